@@ -1,0 +1,123 @@
+"""Every exception batcher raises on purpose.
+
+    BatcherError                 base; the CLI maps each kind to a message and an exit code
+    ├── UsageError               bad options or configuration (exit 2)
+    │   └── MissingKeyError      PIXELDOJO_API_KEY is not set for a real run (exit 2)
+    ├── ManifestError            one or more `FILE:LINE: message` diagnostics (exit 2)
+    ├── LedgerError              the ledger cannot be opened, upgraded or written (exit 2)
+    │   ├── IllegalTransition    a job state change the state machine forbids
+    │   └── DiskFullError        the disk filled up while writing (exit 2; rerun after freeing space)
+    ├── SchemaMismatch           the live model schema rejects the batch's parameters (exit 2)
+    └── ApiError                 the API answered something we cannot use
+        ├── AuthError            401/403: the key is wrong; stops the run
+        ├── CreditsExhausted     402 or 403 insufficient_credits; stops new submissions
+        ├── RejectedError        4xx for one job (404, 422, 400): that job fails with the message
+        ├── RateLimited          429; carries `retry_after` seconds
+        ├── NotSentError         the request provably never reached the API (safe to retry a POST)
+        ├── OutcomeUnknown       a POST may or may not have reached the API (never retried silently)
+        ├── ServerError          5xx or a transport failure on a request that is safe to retry
+        ├── MalformedAnswer      a body that is not the documented answer
+        └── OutputGone           an output URL answered 403/404/410
+
+Messages never contain the API key: the client never puts headers into an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class BatcherError(Exception):
+    """Base of every error batcher raises on purpose."""
+
+
+class UsageError(BatcherError):
+    """Bad options or configuration."""
+
+
+class MissingKeyError(UsageError):
+    """A real run needs PIXELDOJO_API_KEY."""
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One problem in an input file, located to the line."""
+
+    file: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}"
+
+
+class ManifestError(BatcherError):
+    """A manifest (or a file it reads rows from) is invalid; carries every diagnostic found."""
+
+    def __init__(self, diagnostics: list[Diagnostic]):
+        self.diagnostics = diagnostics
+        super().__init__("\n".join(str(d) for d in diagnostics))
+
+
+class LedgerError(BatcherError):
+    """The ledger cannot be opened, upgraded or written."""
+
+
+class IllegalTransition(LedgerError):
+    """A job state change the state machine forbids."""
+
+
+class DiskFullError(LedgerError):
+    """No space left while writing the ledger or a video."""
+
+
+class SchemaMismatch(BatcherError):
+    """The live model schema rejects a parameter the batch would send."""
+
+
+class ApiError(BatcherError):
+    """The API answered something we cannot use."""
+
+    def __init__(self, message: str, status: int | None = None):
+        self.status = status
+        super().__init__(message)
+
+
+class AuthError(ApiError):
+    """The API rejected the key: nothing else can succeed."""
+
+
+class CreditsExhausted(ApiError):
+    """The account has no credits for another submission."""
+
+
+class RejectedError(ApiError):
+    """The API refused this one request (4xx): retrying it as it is cannot help."""
+
+
+class RateLimited(ApiError):
+    """429: come back after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: float, status: int = 429):
+        self.retry_after = retry_after
+        super().__init__(message, status)
+
+
+class NotSentError(ApiError):
+    """The request provably never reached the API: safe to send again, even a paid POST."""
+
+
+class OutcomeUnknown(ApiError):
+    """A POST may have reached the API and been charged; only the user may resubmit it."""
+
+
+class ServerError(ApiError):
+    """5xx or a transport failure on a request that is safe to retry (GETs)."""
+
+
+class MalformedAnswer(ApiError):
+    """The API answered, but not with the documented shape."""
+
+
+class OutputGone(ApiError):
+    """The output URL no longer serves the video (403/404/410)."""

@@ -1,0 +1,597 @@
+"""The SQLite ledger: batches, jobs, submission attempts and each job's event history.
+
+Every write is one transaction started with `BEGIN IMMEDIATE` (so a writer never fails half
+way with SQLITE_BUSY), in WAL mode with `synchronous=FULL` (a commit survives power loss: the
+submission intent written before each paid POST must). Writes are compare-and-set on the job's
+state and checked against `states.TRANSITIONS`.
+
+The schema is built by an append-only list of migrations recorded in `schema_migrations`;
+opening an older ledger applies the missing ones in place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, TypeVar
+
+from sqlalchemy import Connection, Engine, event, text
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlmodel import Field, Session, SQLModel, create_engine, select
+
+from .errors import DiskFullError, IllegalTransition, LedgerError
+from .plan import JobSpec
+from .states import JobState, check_move
+
+DEFAULT_LEDGER = "batcher.db"
+T = TypeVar("T")
+
+
+# --- tables (mirroring the migrations below; a test checks they agree) -------------------------
+
+class SchemaMigration(SQLModel, table=True):
+    __tablename__ = "schema_migrations"
+    version: int = Field(primary_key=True)
+    name: str
+    applied_at: float
+
+
+class Batch(SQLModel, table=True):
+    __tablename__ = "batch"
+    name: str = Field(primary_key=True)
+    model: str
+    manifest: str
+    generation: int = 0
+    created_at: float
+    updated_at: float
+
+
+class Job(SQLModel, table=True):
+    __tablename__ = "job"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    batch: str = Field(foreign_key="batch.name")
+    key: str
+    seq: int
+    generation: int = 0
+    row: int
+    take: int
+    origin: str
+    label: str
+    params: str  # JSON, manifest names
+    estimate: float
+    state: str = JobState.PENDING.value
+    remote_job_id: Optional[str] = None
+    status_url: Optional[str] = None
+    credit_cost: Optional[float] = None
+    output_url: Optional[str] = None
+    output_expires_at: Optional[float] = None
+    file_path: Optional[str] = None
+    size: Optional[int] = None
+    sha256: Optional[str] = None
+    error: Optional[str] = None
+    attempts: int = 0
+    render_seconds: Optional[float] = None
+    created_at: float
+    updated_at: float
+    submitted_at: Optional[float] = None
+    finished_at: Optional[float] = None
+
+    @property
+    def job_state(self) -> JobState:
+        return JobState(self.state)
+
+    def parameters(self) -> dict[str, Any]:
+        return json.loads(self.params)
+
+
+class Attempt(SQLModel, table=True):
+    """One submission attempt: the record that says what a job may have cost."""
+
+    __tablename__ = "attempt"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="job.id")
+    number: int
+    outcome: str  # submitting | accepted | unknown | not_sent | rejected
+    reserved: float
+    remote_job_id: Optional[str] = None
+    credit_cost: Optional[float] = None
+    refunded: bool = False
+    started_at: float
+    ended_at: Optional[float] = None
+
+
+class Event(SQLModel, table=True):
+    __tablename__ = "event"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="job.id")
+    at: float
+    kind: str
+    from_state: Optional[str] = None
+    to_state: Optional[str] = None
+    detail: Optional[str] = None
+
+
+# --- migrations: append only; never edit one that has shipped ----------------------------------
+
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (1, "initial", [
+        """CREATE TABLE batch (
+            name TEXT PRIMARY KEY, model TEXT NOT NULL, manifest TEXT NOT NULL,
+            created_at REAL NOT NULL, updated_at REAL NOT NULL)""",
+        """CREATE TABLE job (
+            id INTEGER PRIMARY KEY, batch TEXT NOT NULL REFERENCES batch(name), key TEXT NOT NULL,
+            seq INTEGER NOT NULL, row INTEGER NOT NULL, take INTEGER NOT NULL, origin TEXT NOT NULL,
+            label TEXT NOT NULL, params TEXT NOT NULL, estimate REAL NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending', remote_job_id TEXT, status_url TEXT,
+            credit_cost REAL, output_url TEXT, output_expires_at REAL, file_path TEXT, size INTEGER,
+            sha256 TEXT, error TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL, updated_at REAL NOT NULL, submitted_at REAL, finished_at REAL,
+            UNIQUE (batch, key))""",
+        "CREATE INDEX job_batch_state_seq ON job (batch, state, seq)",
+        """CREATE TABLE event (
+            id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL REFERENCES job(id), at REAL NOT NULL,
+            kind TEXT NOT NULL, from_state TEXT, to_state TEXT, detail TEXT)""",
+        "CREATE INDEX event_job ON event (job_id, id)",
+    ]),
+    (2, "attempts, generations and render times", [
+        """CREATE TABLE attempt (
+            id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL REFERENCES job(id), number INTEGER NOT NULL,
+            outcome TEXT NOT NULL, reserved REAL NOT NULL, remote_job_id TEXT, credit_cost REAL,
+            refunded BOOLEAN NOT NULL DEFAULT 0, started_at REAL NOT NULL, ended_at REAL)""",
+        "CREATE INDEX attempt_job ON attempt (job_id)",
+        "ALTER TABLE job ADD COLUMN render_seconds REAL",
+        "ALTER TABLE job ADD COLUMN generation INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE batch ADD COLUMN generation INTEGER NOT NULL DEFAULT 0",
+        # A version-1 ledger kept the cost on the job only: carry it over so budgets stay true.
+        """INSERT INTO attempt (job_id, number, outcome, reserved, remote_job_id, credit_cost, refunded,
+                                started_at, ended_at)
+           SELECT id, 1, CASE WHEN state = 'submitting' THEN 'unknown' ELSE 'accepted' END,
+                  estimate, remote_job_id, credit_cost, state = 'failed', COALESCE(submitted_at, created_at),
+                  finished_at
+           FROM job WHERE remote_job_id IS NOT NULL OR state = 'submitting'""",
+    ]),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    orig = getattr(exc, "orig", exc)
+    code = getattr(orig, "sqlite_errorcode", None)
+    return code == getattr(sqlite3, "SQLITE_FULL", 13) or "disk is full" in str(orig).lower()
+
+
+@dataclass(frozen=True)
+class Spend:
+    """Credits a batch has cost, by how sure we are of it."""
+
+    spent: float  # charged by the API and not refunded
+    held: float  # reserved for submissions whose outcome is unknown (may have been charged)
+    refunded: float
+
+    @property
+    def committed(self) -> float:
+        return self.spent + self.held
+
+
+class Ledger:
+    """One ledger file. Thread-safe: every call takes its own connection from the pool."""
+
+    def __init__(self, path: str | Path = DEFAULT_LEDGER, *, clock: Callable[[], float] = time.time,
+                 upgrade: bool = True, durable: bool = True):
+        self.path = Path(path)
+        self.clock = clock
+        self._durable = durable
+        try:
+            if str(self.path) != ":memory:":
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                # Prompts may be private: the ledger is readable by its owner only.
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                os.close(fd)
+        except OSError as e:
+            raise LedgerError(f"cannot open ledger {self.path}: {e.strerror or e}") from None
+        self.engine: Engine = create_engine(
+            f"sqlite:///{self.path}", connect_args={"check_same_thread": False, "timeout": 60})
+        event.listen(self.engine, "connect", self._on_connect)
+        event.listen(self.engine, "begin", self._on_begin)
+        try:
+            if upgrade:
+                self.upgrade()
+            elif self.schema_version() == 0:
+                raise LedgerError(f"{self.path} is not a batcher ledger")
+        except DBAPIError as e:
+            self.engine.dispose()
+            raise LedgerError(f"cannot open ledger {self.path}: {e.orig}") from None
+
+    def _on_connect(self, dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+        # Let SQLAlchemy's begin event issue BEGIN IMMEDIATE instead of pysqlite's deferred BEGIN.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA synchronous={'FULL' if self._durable else 'NORMAL'}")
+        cur.execute("PRAGMA busy_timeout=60000")
+        cur.close()
+
+    @staticmethod
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def write(self, fn: Callable[[Connection], T]) -> T:
+        """Run `fn` in one write transaction; disk-full becomes DiskFullError."""
+        try:
+            with self.engine.begin() as conn:
+                return fn(conn)
+        except OperationalError as e:
+            if _is_disk_full(e):
+                raise DiskFullError(f"no space left on the disk holding the ledger {self.path}") from None
+            raise LedgerError(f"ledger write failed: {e.orig}") from None
+
+    def write_many(self, fns: list[Callable[[Connection], Any]]) -> list[Any]:
+        """Run several writes in one transaction (one fsync); each in its own savepoint.
+
+        Returns each result, or the exception a write raised (that write alone is rolled back).
+        """
+        results: list[Any] = []
+
+        def run(conn: Connection) -> list[Any]:
+            for fn in fns:
+                savepoint = conn.begin_nested()
+                try:
+                    results.append(fn(conn))
+                    savepoint.commit()
+                except (IllegalTransition, LedgerError) as e:
+                    savepoint.rollback()
+                    results.append(e)
+            return results
+
+        return self.write(run)
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    def schema_version(self) -> int:
+        with self.engine.connect() as conn:
+            exists = conn.exec_driver_sql(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_migrations'").first()
+            if not exists:
+                return 0
+            return conn.exec_driver_sql("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").scalar_one()
+
+    def upgrade(self, target: int = SCHEMA_VERSION) -> list[int]:
+        """Apply missing migrations up to `target`; returns the versions applied."""
+        def run(conn: Connection) -> list[int]:
+            conn.exec_driver_sql(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)")
+            have = {v for (v,) in conn.exec_driver_sql("SELECT version FROM schema_migrations")}
+            newest = max(have, default=0)
+            if newest > SCHEMA_VERSION:
+                raise LedgerError(f"{self.path} was written by a newer batcher (schema {newest}); upgrade batcher")
+            applied = []
+            for version, name, statements in MIGRATIONS:
+                if version in have or version > target:
+                    continue
+                for sql in statements:
+                    conn.exec_driver_sql(sql)
+                conn.execute(text("INSERT INTO schema_migrations VALUES (:v, :n, :t)"),
+                             {"v": version, "n": name, "t": self.clock()})
+                applied.append(version)
+            return applied
+        try:
+            return self.write(run)
+        except LedgerError as e:
+            if "file is not a database" in str(e) or "not a database" in str(e):
+                raise LedgerError(f"{self.path} is not a batcher ledger (not an SQLite database)") from None
+            raise
+
+    # --- batches and jobs ---------------------------------------------------------------------
+
+    def add_jobs(self, batch: str, model: str, manifest: str, jobs: Iterable[JobSpec], chunk: int = 5000
+                 ) -> tuple[int, int]:
+        """Add a manifest's jobs; known keys keep their state. Returns (added, already known).
+
+        Marks every job of this manifest with a new generation, so pending jobs that are no longer
+        in the manifest are not submitted.
+        """
+        now = self.clock()
+
+        def start(conn: Connection) -> int:
+            conn.execute(text(
+                "INSERT INTO batch (name, model, manifest, generation, created_at, updated_at) "
+                "VALUES (:n, :m, :f, 1, :t, :t) ON CONFLICT(name) DO UPDATE SET "
+                "generation = generation + 1, manifest = excluded.manifest, updated_at = excluded.updated_at"),
+                {"n": batch, "m": model, "f": manifest, "t": now})
+            return conn.execute(text("SELECT generation FROM batch WHERE name = :n"), {"n": batch}).scalar_one()
+
+        before = self.count_jobs(batch)
+        seen = 0
+
+        def insert_all(conn: Connection) -> int:
+            nonlocal seen
+            generation = start(conn)
+            sql = text(
+                "INSERT INTO job (batch, key, seq, generation, row, take, origin, label, params, estimate, "
+                "state, attempts, created_at, updated_at) VALUES (:batch, :key, :seq, :gen, :row, :take, "
+                ":origin, :label, :params, :estimate, 'pending', 0, :t, :t) "
+                "ON CONFLICT(batch, key) DO UPDATE SET generation = excluded.generation, "
+                "origin = excluded.origin, label = excluded.label, row = excluded.row")
+            buf: list[dict[str, Any]] = []
+            for job in jobs:
+                buf.append({"batch": batch, "key": job.key, "seq": seen, "gen": generation, "row": job.row,
+                            "take": job.take, "origin": job.origin, "label": job.label,
+                            "params": json.dumps(job.params, ensure_ascii=False), "estimate": job.estimate,
+                            "t": now})
+                seen += 1
+                if len(buf) >= chunk:
+                    conn.execute(sql, buf)
+                    buf.clear()
+            if buf:
+                conn.execute(sql, buf)
+            return generation
+
+        self.write(insert_all)
+        after = self.count_jobs(batch)
+        return after - before, seen - (after - before)
+
+    def generation(self, batch: str) -> int:
+        with self.engine.connect() as conn:
+            value = conn.execute(text("SELECT generation FROM batch WHERE name = :n"), {"n": batch}).scalar()
+            return int(value or 0)
+
+    def batches(self) -> list[Batch]:
+        with self.session() as s:
+            return list(s.exec(select(Batch).order_by(Batch.created_at)))
+
+    def count_jobs(self, batch: str) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(text("SELECT COUNT(*) FROM job WHERE batch = :b"), {"b": batch}).scalar_one()
+
+    def counts(self, batch: str | None = None, generation: int | None = None) -> dict[str, int]:
+        """Jobs per state (every state present, zeros included)."""
+        sql = "SELECT state, COUNT(*) FROM job"
+        where, args = [], {}
+        if batch is not None:
+            where.append("batch = :b")
+            args["b"] = batch
+        if generation is not None:
+            where.append("(generation = :g OR state != 'pending')")
+            args["g"] = generation
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        out = {s.value: 0 for s in JobState}
+        with self.engine.connect() as conn:
+            for state, n in conn.execute(text(sql + " GROUP BY state"), args):
+                out[state] = n
+        return out
+
+    def counts_by_row(self, batch: str) -> list[tuple[str, dict[str, int]]]:
+        rows: dict[str, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            for origin, state, n in conn.execute(text(
+                    "SELECT origin, state, COUNT(*) FROM job WHERE batch = :b GROUP BY origin, state "
+                    "ORDER BY MIN(seq)"), {"b": batch}):
+                rows.setdefault(origin, {})[state] = n
+        return list(rows.items())
+
+    def spend(self, batch: str) -> Spend:
+        with self.engine.connect() as conn:
+            row = conn.execute(text(
+                "SELECT "
+                " COALESCE(SUM(CASE WHEN a.outcome = 'accepted' AND NOT a.refunded THEN a.credit_cost END), 0),"
+                " COALESCE(SUM(CASE WHEN a.outcome IN ('submitting', 'unknown') THEN a.reserved END), 0),"
+                " COALESCE(SUM(CASE WHEN a.outcome = 'accepted' AND a.refunded THEN a.credit_cost END), 0) "
+                "FROM attempt a JOIN job j ON j.id = a.job_id WHERE j.batch = :b"), {"b": batch}).one()
+        return Spend(float(row[0]), float(row[1]), float(row[2]))
+
+    def downloaded_bytes(self, batch: str) -> tuple[int, int]:
+        with self.engine.connect() as conn:
+            n, size = conn.execute(text(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM job WHERE batch = :b AND state = 'completed'"),
+                {"b": batch}).one()
+        return int(n), int(size)
+
+    def get(self, job_id: int) -> Job:
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise LedgerError(f"no job with id {job_id}")
+            return job
+
+    def find(self, key_prefix: str, batch: str | None = None) -> list[Job]:
+        """Jobs whose key starts with `key_prefix` (a short key as shown in file names works)."""
+        with self.session() as s:
+            q = select(Job).where(Job.key.startswith(key_prefix))  # type: ignore[attr-defined]
+            if batch:
+                q = q.where(Job.batch == batch)
+            return list(s.exec(q.limit(20)))
+
+    def jobs_in(self, batch: str, states: Iterable[JobState], *, after_seq: int = -1, limit: int = 500,
+                generation: int | None = None) -> list[Job]:
+        """A page of a batch's jobs in some states, in manifest order (for streaming)."""
+        with self.session() as s:
+            q = select(Job).where(Job.batch == batch, Job.state.in_([st.value for st in states]),  # type: ignore
+                                  Job.seq > after_seq)
+            if generation is not None:
+                q = q.where(Job.generation == generation)
+            return list(s.exec(q.order_by(Job.seq).limit(limit)))
+
+    def iter_batch(self, batch: str | None = None, page: int = 1000) -> Iterator[Job]:
+        """Every job (of a batch, or of the ledger), a page at a time."""
+        last = 0
+        while True:
+            with self.session() as s:
+                q = select(Job).where(Job.id > last)  # type: ignore[operator]
+                if batch:
+                    q = q.where(Job.batch == batch)
+                chunk = list(s.exec(q.order_by(Job.id).limit(page)))
+            if not chunk:
+                return
+            yield from chunk
+            last = chunk[-1].id  # type: ignore[assignment]
+
+    def events(self, job_id: int) -> list[Event]:
+        with self.session() as s:
+            return list(s.exec(select(Event).where(Event.job_id == job_id).order_by(Event.id)))
+
+    def attempts(self, job_id: int) -> list[Attempt]:
+        with self.session() as s:
+            return list(s.exec(select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.id)))
+
+    # --- state changes: each returns a function for write()/write_many() ------------------------
+
+    def move(self, job_id: int, source: JobState, target: JobState, kind: str, detail: str | None = None,
+             **fields: Any) -> Callable[[Connection], None]:
+        """A compare-and-set state change with its event, as a write operation."""
+        check_move(source, target, str(job_id))
+        now = self.clock()
+
+        def op(conn: Connection) -> None:
+            sets = ", ".join(f"{name} = :f_{name}" for name in fields)
+            args = {f"f_{name}": value for name, value in fields.items()}
+            args.update({"id": job_id, "src": source.value, "dst": target.value, "t": now})
+            sql = f"UPDATE job SET state = :dst, updated_at = :t{', ' + sets if sets else ''} " \
+                  f"WHERE id = :id AND state = :src"
+            if conn.execute(text(sql), args).rowcount != 1:
+                current = conn.execute(text("SELECT state FROM job WHERE id = :id"), {"id": job_id}).scalar()
+                raise IllegalTransition(
+                    f"job {job_id}: expected state {source.value}, found {current}; not moving to {target.value}")
+            self._event(conn, job_id, kind, source.value, target.value, detail, now)
+        return op
+
+    def note(self, job_id: int, kind: str, detail: str | None = None, **fields: Any
+             ) -> Callable[[Connection], None]:
+        """An event (and optional field updates) that does not change the state."""
+        now = self.clock()
+
+        def op(conn: Connection) -> None:
+            if fields:
+                sets = ", ".join(f"{name} = :f_{name}" for name in fields)
+                args = {f"f_{name}": value for name, value in fields.items()}
+                args.update({"id": job_id, "t": now})
+                conn.execute(text(f"UPDATE job SET {sets}, updated_at = :t WHERE id = :id"), args)
+            self._event(conn, job_id, kind, None, None, detail, now)
+        return op
+
+    @staticmethod
+    def _event(conn: Connection, job_id: int, kind: str, src: str | None, dst: str | None, detail: str | None,
+               at: float) -> None:
+        conn.execute(text("INSERT INTO event (job_id, at, kind, from_state, to_state, detail) "
+                          "VALUES (:j, :a, :k, :s, :d, :x)"),
+                     {"j": job_id, "a": at, "k": kind, "s": src, "d": dst, "x": detail})
+
+    def begin_submission(self, job_id: int, source: JobState, reserved: float) -> Callable[[Connection], int]:
+        """pending -> submitting, an attempt row and the reservation, in one write. Returns the attempt id."""
+        move = self.move(job_id, source, JobState.SUBMITTING, "submit-intent", f"reserved {reserved:g} credits")
+        now = self.clock()
+
+        def op(conn: Connection) -> int:
+            move(conn)
+            number = conn.execute(text("UPDATE job SET attempts = attempts + 1 WHERE id = :id RETURNING attempts"),
+                                  {"id": job_id}).scalar_one()
+            return conn.execute(text(
+                "INSERT INTO attempt (job_id, number, outcome, reserved, refunded, started_at) "
+                "VALUES (:j, :n, 'submitting', :r, 0, :t) RETURNING id"),
+                {"j": job_id, "n": number, "r": reserved, "t": now}).scalar_one()
+        return op
+
+    def end_attempt(self, attempt_id: int, outcome: str, *, remote_job_id: str | None = None,
+                    credit_cost: float | None = None) -> Callable[[Connection], None]:
+        now = self.clock()
+
+        def op(conn: Connection) -> None:
+            conn.execute(text("UPDATE attempt SET outcome = :o, remote_job_id = COALESCE(:r, remote_job_id), "
+                              "credit_cost = COALESCE(:c, credit_cost), ended_at = :t WHERE id = :id"),
+                         {"o": outcome, "r": remote_job_id, "c": credit_cost, "t": now, "id": attempt_id})
+        return op
+
+    def refund(self, job_id: int) -> Callable[[Connection], None]:
+        """The API refunds failed renders: the accepted attempt of the current remote job no longer costs."""
+        def op(conn: Connection) -> None:
+            conn.execute(text("UPDATE attempt SET refunded = 1 WHERE job_id = :j AND outcome = 'accepted' AND "
+                              "remote_job_id = (SELECT remote_job_id FROM job WHERE id = :j)"), {"j": job_id})
+        return op
+
+    def recover_interrupted(self, batch: str) -> int:
+        """After a crash: a job left in `submitting` may have been sent and charged: hold it as `unknown`."""
+        now = self.clock()
+
+        def op(conn: Connection) -> int:
+            ids = [i for (i,) in conn.execute(text("SELECT id FROM job WHERE batch = :b AND state = 'submitting'"),
+                                              {"b": batch})]
+            for job_id in ids:
+                conn.execute(text("UPDATE job SET state = 'unknown', updated_at = :t, error = :e WHERE id = :id"),
+                             {"t": now, "id": job_id,
+                              "e": "a run stopped while this job's submission was in flight; it may have been "
+                                   "charged. Resubmit with `batcher retry --unknown` if you accept paying twice."})
+                conn.execute(text("UPDATE attempt SET outcome = 'unknown', ended_at = :t "
+                                  "WHERE job_id = :id AND outcome = 'submitting'"), {"t": now, "id": job_id})
+                self._event(conn, job_id, "recovered", "submitting", "unknown",
+                            "found in submitting at start-up: outcome of the POST unknown", now)
+            return len(ids)
+        return self.write(op)
+
+    def requeue(self, batch: str, states: Iterable[JobState], reason: str) -> int:
+        """Move jobs in `states` back to pending (the user's decision, e.g. `batcher retry`)."""
+        wanted = [s for s in states]
+        for s in wanted:
+            check_move(s, JobState.PENDING)
+        now = self.clock()
+
+        def op(conn: Connection) -> int:
+            ids = [(i, st) for (i, st) in conn.execute(
+                text(f"SELECT id, state FROM job WHERE batch = :b AND state IN "
+                     f"({', '.join(repr(s.value) for s in wanted)})"), {"b": batch})]
+            for job_id, st in ids:
+                conn.execute(text("UPDATE job SET state = 'pending', error = NULL, remote_job_id = NULL, "
+                                  "status_url = NULL, output_url = NULL, output_expires_at = NULL, "
+                                  "attempts = CASE WHEN :reset THEN 0 ELSE attempts END, updated_at = :t "
+                                  "WHERE id = :id"),
+                             {"t": now, "id": job_id, "reset": st == "failed"})
+                self._event(conn, job_id, "requeued", st, "pending", reason, now)
+            return len(ids)
+        return self.write(op)
+
+    def held_estimate(self, batch: str) -> tuple[int, float]:
+        """How many jobs are held as unknown, and what resubmitting them all may cost."""
+        with self.engine.connect() as conn:
+            n, credits = conn.execute(text(
+                "SELECT COUNT(*), COALESCE(SUM(estimate), 0) FROM job WHERE batch = :b AND state = 'unknown'"),
+                {"b": batch}).one()
+        return int(n), float(credits)
+
+    def average_render_seconds(self, batch: str) -> float | None:
+        with self.engine.connect() as conn:
+            value = conn.execute(text("SELECT AVG(render_seconds) FROM job WHERE batch = :b AND "
+                                      "render_seconds IS NOT NULL"), {"b": batch}).scalar()
+        return float(value) if value is not None else None
+
+
+def read_states(path: str | Path, batch: str) -> dict[str, str] | None:
+    """Key -> state for a batch, read without writing anything (None if there is no ledger)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            return dict(conn.execute("SELECT key, state FROM job WHERE batch = ?", (batch,)))
+        finally:
+            conn.close()
+    except sqlite3.Error as e:
+        raise LedgerError(f"cannot read ledger {path}: {e}") from None

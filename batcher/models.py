@@ -1,0 +1,230 @@
+"""Per-model parameter tables: the one place that knows a PixelDojo model's rules and prices.
+
+Adding another model means adding one `ModelSpec` to `MODELS`; manifest validation, the
+simulator's strict checks, the JSON schema it serves and cost estimates all read from here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+MAX_INT32 = 2_147_483_647
+
+
+@dataclass(frozen=True)
+class Param:
+    """One API parameter: its manifest name, wire name and rule."""
+
+    name: str  # as written in manifests (snake_case)
+    wire: str  # as sent to the API
+    kind: str  # "string" | "integer" | "enum" | "url_list"
+    required: bool = False
+    default: Any = None
+    minimum: int | None = None
+    maximum: int | None = None
+    max_length: int | None = None
+    min_items: int | None = None
+    max_items: int | None = None
+    choices: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+
+    def check(self, value: Any) -> str | None:
+        """Return why `value` breaks this parameter's rule, or None if it is fine."""
+        if self.kind == "string":
+            if not isinstance(value, str):
+                return f"{self.name} must be a string, got {type_name(value)}"
+            if self.required and not value.strip():
+                return f"{self.name} must not be empty"
+            if self.max_length is not None and len(value) > self.max_length:
+                return f"{self.name} is {len(value)} characters long; the most is {self.max_length}"
+            return None
+        if self.kind == "integer":
+            if isinstance(value, bool) or not isinstance(value, int):
+                return f"{self.name} must be an integer, got {type_name(value)} {short(value)}"
+            if self.minimum is not None and value < self.minimum:
+                return f"{self.name} must be at least {self.minimum}, got {value}"
+            if self.maximum is not None and value > self.maximum:
+                return f"{self.name} must be at most {self.maximum}, got {value}"
+            return None
+        if self.kind == "enum":
+            if value not in self.choices:
+                return f"{self.name} must be one of {', '.join(self.choices)}; got {short(value)}"
+            return None
+        if self.kind == "url_list":
+            if not isinstance(value, list):
+                return f"{self.name} must be a list of URLs, got {type_name(value)}"
+            if self.min_items is not None and len(value) < self.min_items:
+                return f"{self.name} needs at least {self.min_items} URL(s), got {len(value)}"
+            if self.max_items is not None and len(value) > self.max_items:
+                return f"{self.name} takes at most {self.max_items} URLs, got {len(value)}"
+            for url in value:
+                problem = check_url(url)
+                if problem:
+                    return f"{self.name}: {problem}"
+            return None
+        raise ValueError(f"unknown parameter kind {self.kind}")  # a bug in the table
+
+    def json_schema(self) -> dict[str, Any]:
+        """This parameter as a JSON-schema property."""
+        if self.kind == "string":
+            out: dict[str, Any] = {"type": "string"}
+            if self.required:
+                out["minLength"] = 1
+            if self.max_length is not None:
+                out["maxLength"] = self.max_length
+        elif self.kind == "integer":
+            out = {"type": "integer"}
+            if self.minimum is not None:
+                out["minimum"] = self.minimum
+            if self.maximum is not None:
+                out["maximum"] = self.maximum
+        elif self.kind == "enum":
+            out = {"type": "string", "enum": list(self.choices)}
+        else:
+            out = {"type": "array", "items": {"type": "string", "format": "uri"}}
+            if self.min_items is not None:
+                out["minItems"] = self.min_items
+            if self.max_items is not None:
+                out["maxItems"] = self.max_items
+        if self.default is not None:
+            out["default"] = self.default
+        return out
+
+
+def type_name(value: Any) -> str:
+    """A user-facing name for a YAML/JSON value's type."""
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: "text", bool: "true/false", int: "a number",
+            float: "a decimal number"}.get(type(value), type(value).__name__)
+
+
+def short(value: Any, depth: int = 2) -> str:
+    """A repr for messages that stays short whatever the value (a huge list, a long string)."""
+    if isinstance(value, list):
+        if depth <= 0:
+            return "[...]"
+        items = [short(v, depth - 1) for v in value[:4]]
+        return "[" + ", ".join(items + (["..."] if len(value) > 4 else [])) + "]"
+    if isinstance(value, dict):
+        if depth <= 0:
+            return "{...}"
+        items = [f"{short(k, 0)}: {short(v, depth - 1)}" for k, v in list(value.items())[:4]]
+        return "{" + ", ".join(items + (["..."] if len(value) > 4 else [])) + "}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_url(url: Any) -> str | None:
+    """Why `url` is not an absolute http(s) URL, or None."""
+    if not isinstance(url, str):
+        return f"{short(url)} is not a URL"
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return f"{short(url)} is not an http or https URL"
+    return None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model's parameters, prices and typical render time."""
+
+    api_id: str
+    params: tuple[Param, ...]
+    credits_per_second: dict[str, float]
+    # Resolutions whose price is a guess (unpublished); estimates using them are marked as such.
+    guessed_rates: frozenset[str] = field(default_factory=frozenset)
+    rate_param: str = "resolution"
+    seconds_param: str = "duration"
+    expected_render_seconds: float = 90.0
+
+    def param(self, name: str) -> Param | None:
+        """Find a parameter by manifest name, wire name or alias."""
+        for p in self.params:
+            if name == p.name or name == p.wire or name in p.aliases:
+                return p
+        return None
+
+    def names(self) -> list[str]:
+        """Every manifest-side name, for suggestions."""
+        return [p.name for p in self.params]
+
+    def defaults(self) -> dict[str, Any]:
+        """The model's default values by manifest name."""
+        return {p.name: p.default for p in self.params if p.default is not None}
+
+    def to_wire(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Manifest-named parameters to the body the API expects."""
+        out = {}
+        for name, value in params.items():
+            p = self.param(name)
+            if p is None:
+                raise KeyError(name)
+            out[p.wire] = value
+        return out
+
+    def from_wire(self, body: dict[str, Any]) -> dict[str, Any]:
+        """An API body back to manifest names (unknown keys kept as they are)."""
+        out = {}
+        for wire, value in body.items():
+            p = self.param(wire)
+            out[p.name if p else wire] = value
+        return out
+
+    def rate(self, params: dict[str, Any], overrides: dict[str, float] | None = None) -> float:
+        """Credits per second of video for these (manifest-named) parameters."""
+        key = str(params.get(self.rate_param, self.defaults().get(self.rate_param)))
+        rates = dict(self.credits_per_second)
+        rates.update(overrides or {})
+        return rates[key]
+
+    def estimate(self, params: dict[str, Any], overrides: dict[str, float] | None = None) -> float:
+        """Credits one job with these parameters is expected to cost."""
+        seconds = params.get(self.seconds_param, self.defaults().get(self.seconds_param, 0))
+        return math.ceil(self.rate(params, overrides) * seconds * 100) / 100
+
+    def is_guess(self, params: dict[str, Any], overrides: dict[str, float] | None = None) -> bool:
+        """True when the estimate for these parameters rests on an unpublished price."""
+        key = str(params.get(self.rate_param, self.defaults().get(self.rate_param)))
+        return key in self.guessed_rates and key not in (overrides or {})
+
+    def json_schema(self) -> dict[str, Any]:
+        """The model's parameter schema, as /schema serves it."""
+        return {
+            "type": "object",
+            "properties": {p.wire: p.json_schema() for p in self.params},
+            "required": [p.wire for p in self.params if p.required],
+            "additionalProperties": False,
+        }
+
+
+HAPPYHORSE_R2V = ModelSpec(
+    api_id="happyhorse-1.0-r2v",
+    params=(
+        Param("prompt", "prompt", "string", required=True, max_length=5000),
+        Param("references", "reference_urls", "url_list", required=True, min_items=1, max_items=9,
+              aliases=("reference_urls",)),
+        Param("duration", "duration", "integer", default=5, minimum=3, maximum=15),
+        Param("resolution", "resolution", "enum", default="720p", choices=("720p", "1080p")),
+        Param("aspect_ratio", "aspectRatio", "enum", default="16:9",
+              choices=("16:9", "9:16", "1:1", "4:3", "3:4"), aliases=("aspectRatio",)),
+        Param("negative_prompt", "negative_prompt", "string"),
+        Param("seed", "seed", "integer", minimum=0, maximum=MAX_INT32),
+    ),
+    # 20 credits for the default 5 s 720p clip is published; 1080p is not (upstream prices it
+    # at about 1.8x), so we estimate it high on purpose: an estimate that is too low could let
+    # a run spend past its budget.
+    credits_per_second={"720p": 4.0, "1080p": 8.0},
+    guessed_rates=frozenset({"1080p"}),
+)
+
+MODELS: dict[str, ModelSpec] = {HAPPYHORSE_R2V.api_id: HAPPYHORSE_R2V}
+DEFAULT_MODEL = HAPPYHORSE_R2V.api_id
+
+
+def get_model(api_id: str) -> ModelSpec | None:
+    """The spec of a known model, or None."""
+    return MODELS.get(api_id)

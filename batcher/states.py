@@ -1,0 +1,71 @@
+"""Job states and the one table of transitions between them.
+
+    pending ──► submitting ──► submitted ──► rendered ──► completed
+       ▲            │  │  │        │  │          │  │
+       │            │  │  └► failed │  └► pending │  └► expired
+       │            │  └► unknown   └► failed      └► failed (download refused: size cap, not a video)
+       │            └► pending (never reached the API: safe to send again)
+       └──── unknown / failed / expired (only when the user asks: `batcher retry`)
+
+- submitting: the intent is on disk and the POST may be on the wire; a crash here leaves the
+  outcome unknown, so start-up turns it into `unknown`, never back into `pending`.
+- unknown: the API may have created and charged a job; held until the user decides.
+- submitted: the API gave a job id; polled until it ends.
+- rendered: the API finished and gave an output URL; the video is not on disk yet.
+- completed: the video is on disk, verified, with its size and sha256.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from .errors import IllegalTransition
+
+
+class JobState(str, enum.Enum):
+    PENDING = "pending"
+    SUBMITTING = "submitting"
+    UNKNOWN = "unknown"
+    SUBMITTED = "submitted"
+    RENDERED = "rendered"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+S = JobState
+
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    S.PENDING: frozenset({S.SUBMITTING}),
+    # -> pending: provably not sent (connection refused, 429 before acceptance, no credits).
+    S.SUBMITTING: frozenset({S.SUBMITTED, S.UNKNOWN, S.PENDING, S.FAILED}),
+    # -> pending only through `batcher retry --unknown` or `run --resubmit-unknown`: the user's consent.
+    S.UNKNOWN: frozenset({S.PENDING, S.SUBMITTED}),
+    # -> pending: the remote render failed (refunded) and attempts remain.
+    S.SUBMITTED: frozenset({S.RENDERED, S.FAILED, S.PENDING, S.COMPLETED}),
+    S.RENDERED: frozenset({S.COMPLETED, S.EXPIRED, S.FAILED, S.RENDERED}),
+    # -> rendered: the file was deleted from disk and the URL may still serve it.
+    S.COMPLETED: frozenset({S.RENDERED}),
+    S.FAILED: frozenset({S.PENDING}),
+    S.EXPIRED: frozenset({S.PENDING}),
+}
+
+# States in which the API is (or may be) holding credits for the job.
+IN_FLIGHT = frozenset({S.SUBMITTING, S.SUBMITTED})
+HELD = frozenset({S.UNKNOWN})
+FINAL = frozenset({S.COMPLETED, S.FAILED, S.EXPIRED})
+NEEDS_ATTENTION = frozenset({S.FAILED, S.EXPIRED, S.UNKNOWN})
+
+
+def can_move(source: JobState, target: JobState) -> bool:
+    """True when the state machine allows source -> target."""
+    return target in TRANSITIONS[source]
+
+
+def check_move(source: JobState, target: JobState, key: str = "") -> None:
+    """Raise IllegalTransition unless source -> target is allowed."""
+    if not can_move(source, target):
+        raise IllegalTransition(f"job {key}: {source.value} -> {target.value} is not an allowed transition")

@@ -1,0 +1,79 @@
+"""The command line: help everywhere, exit codes, one-line errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from batcher import __version__
+from batcher.cli import cli
+
+from .conftest import MANIFESTS
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def all_commands():
+    return sorted(cli.commands)
+
+
+@pytest.mark.parametrize("name", all_commands())
+def test_every_command_has_help_with_a_summary(name):
+    result = invoke(name, "--help")
+    assert result.exit_code == 0
+    summary = cli.commands[name].get_short_help_str(limit=200)
+    assert summary and summary in " ".join(result.output.split())
+
+
+def test_version():
+    assert __version__ in invoke("--version").output
+
+
+def test_python_dash_m_works():
+    out = subprocess.run([sys.executable, "-m", "batcher", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and __version__ in out.stdout
+
+
+def test_validate_ok_and_errors(write):
+    result = invoke("validate", str(MANIFESTS / "demo.yaml"))
+    assert result.exit_code == 0 and "12 job(s)" in result.output
+    bad = write("bad.yaml", "version: 1\nrows:\n  - prompt: a\n    references: https://x.com/a.png\n    duration: 99\n")
+    result = CliRunner().invoke(cli, ["validate", str(bad)])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"{bad}:5: duration must be at most 15, got 99"
+
+
+def test_plan_json_and_text(tmp_path):
+    result = invoke("plan", str(MANIFESTS / "demo.yaml"), "--json", "--ledger", str(tmp_path / "none.db"))
+    data = json.loads(result.output)
+    assert data["jobs"] == 12 and data["credits"] == 284
+    assert not (tmp_path / "none.db").exists(), "plan must write nothing"
+    text = invoke("plan", str(MANIFESTS / "demo.yaml"), "--ledger", str(tmp_path / "none.db")).output
+    assert "12 job(s)" in text and "284 credits" in text and "unpublished" in text
+
+
+def test_plan_counts_ledger_jobs(tmp_path):
+    from batcher.ledger import Ledger
+    from batcher.manifest import load_manifest
+    from batcher.plan import expand
+    m = load_manifest(MANIFESTS / "demo.yaml")
+    with Ledger(tmp_path / "l.db") as ledger:
+        ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", expand(m)[:4])
+    data = json.loads(invoke("plan", str(MANIFESTS / "demo.yaml"), "--json", "--ledger", str(tmp_path / "l.db")).output)
+    assert data["ledger"]["in_ledger"] == 4 and data["ledger"]["completed"] == 0
+
+
+def test_bad_rate_option_is_a_usage_error():
+    result = CliRunner().invoke(cli, ["plan", str(MANIFESTS / "demo.yaml"), "--rate", "1080p"])
+    assert result.exit_code == 2 and "RESOLUTION=CREDITS_PER_SECOND" in result.output
+
+
+def test_missing_manifest_is_one_line(tmp_path):
+    result = CliRunner().invoke(cli, ["validate", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2
+    assert result.stderr.strip().count("\n") == 0 and "no such file" in result.stderr

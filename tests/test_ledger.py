@@ -1,0 +1,147 @@
+"""The SQLite ledger: idempotent adds, transitions, upgrades, permissions."""
+from __future__ import annotations
+
+import sqlite3
+import stat
+
+import pytest
+
+from batcher.errors import IllegalTransition, LedgerError
+from batcher.ledger import MIGRATIONS, SCHEMA_VERSION, Ledger, SQLModel
+from batcher.manifest import load_manifest
+from batcher.plan import expand
+from batcher.states import TRANSITIONS, JobState
+
+from .conftest import MANIFESTS
+
+
+@pytest.fixture
+def demo():
+    m = load_manifest(MANIFESTS / "demo.yaml")
+    return m, expand(m)
+
+
+def test_add_is_idempotent(tmp_path, demo):
+    m, jobs = demo
+    with Ledger(tmp_path / "l.db") as ledger:
+        assert ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs) == (12, 0)
+        assert ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs) == (0, 12)
+        assert ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs[:5]) == (0, 5)
+        assert ledger.count_jobs(m.batch) == 12
+        assert ledger.counts(m.batch)["pending"] == 12
+
+
+def test_known_keys_keep_their_state(tmp_path, demo):
+    m, jobs = demo
+    with Ledger(tmp_path / "l.db") as ledger:
+        ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs)
+        job = ledger.jobs_in(m.batch, [JobState.PENDING], limit=1)[0]
+        ledger.write(ledger.begin_submission(job.id, JobState.PENDING, 20))
+        ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs)
+        assert ledger.get(job.id).state == "submitting"
+
+
+def test_one_ledger_many_batches(tmp_path, demo):
+    m, jobs = demo
+    other = load_manifest(MANIFESTS / "dataset.yaml")
+    with Ledger(tmp_path / "l.db") as ledger:
+        ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs)
+        ledger.add_jobs(other.batch, other.model.api_id, "dataset.yaml", expand(other))
+        assert {b.name for b in ledger.batches()} == {"knight-and-mare", "animal-dataset"}
+        assert ledger.count_jobs("animal-dataset") == 5
+
+
+def test_transitions_are_enforced(tmp_path, demo):
+    m, jobs = demo
+    with Ledger(tmp_path / "l.db") as ledger:
+        ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs)
+        job = ledger.jobs_in(m.batch, [JobState.PENDING], limit=1)[0]
+        with pytest.raises(IllegalTransition):
+            ledger.move(job.id, JobState.PENDING, JobState.COMPLETED, "nope")
+        # compare-and-set: the recorded state must be the expected one
+        with pytest.raises(IllegalTransition):
+            ledger.write(ledger.move(job.id, JobState.SUBMITTED, JobState.RENDERED, "nope"))
+        assert ledger.get(job.id).state == "pending"
+        attempt = ledger.write(ledger.begin_submission(job.id, JobState.PENDING, 20))
+        ledger.write_many([ledger.move(job.id, JobState.SUBMITTING, JobState.SUBMITTED, "accepted",
+                                       remote_job_id="r1"),
+                           ledger.end_attempt(attempt, "accepted", remote_job_id="r1", credit_cost=20)])
+        assert [(e.from_state, e.to_state) for e in ledger.events(job.id)] == [
+            ("pending", "submitting"), ("submitting", "submitted")]
+        assert ledger.spend(m.batch).spent == 20
+
+
+def test_every_state_has_a_transition_row():
+    assert set(TRANSITIONS) == set(JobState)
+
+
+def test_crash_in_submitting_becomes_unknown(tmp_path, demo):
+    m, jobs = demo
+    with Ledger(tmp_path / "l.db") as ledger:
+        ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs)
+        job = ledger.jobs_in(m.batch, [JobState.PENDING], limit=1)[0]
+        ledger.write(ledger.begin_submission(job.id, JobState.PENDING, 20))
+    with Ledger(tmp_path / "l.db") as ledger:
+        assert ledger.recover_interrupted(m.batch) == 1
+        assert ledger.get(job.id).state == "unknown"
+        spend = ledger.spend(m.batch)
+        assert spend.held == 20 and spend.spent == 0
+
+
+def test_ledger_is_private_and_wal(tmp_path):
+    path = tmp_path / "l.db"
+    Ledger(path).close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_schema_matches_the_table_models(tmp_path):
+    Ledger(tmp_path / "l.db").close()
+    conn = sqlite3.connect(tmp_path / "l.db")
+    for table in SQLModel.metadata.sorted_tables:
+        actual = {row[1] for row in conn.execute(f"PRAGMA table_info({table.name})")}
+        assert actual == {c.name for c in table.columns}, table.name
+
+
+def test_upgrade_from_version_1_keeps_data_and_costs(tmp_path):
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+                 "applied_at REAL NOT NULL)")
+    for sql in MIGRATIONS[0][2]:
+        conn.execute(sql)
+    conn.execute("INSERT INTO schema_migrations VALUES (1, 'initial', 0)")
+    conn.execute("INSERT INTO batch VALUES ('b', 'happyhorse-1.0-r2v', 'm.yaml', 0, 0)")
+    conn.execute("INSERT INTO job (batch, key, seq, row, take, origin, label, params, estimate, state, "
+                 "remote_job_id, credit_cost, created_at, updated_at) VALUES "
+                 "('b', 'k1', 0, 0, 1, 'm.yaml:3', 'row0001', '{}', 20, 'completed', 'r1', 20, 0, 0), "
+                 "('b', 'k2', 1, 0, 1, 'm.yaml:4', 'row0001', '{}', 20, 'pending', NULL, NULL, 0, 0)")
+    conn.commit()
+    conn.close()
+    with Ledger(path) as ledger:
+        assert ledger.schema_version() == SCHEMA_VERSION
+        assert ledger.counts("b")["completed"] == 1
+        assert ledger.spend("b").spent == 20
+        assert [a.credit_cost for a in ledger.attempts(1)] == [20]
+        assert ledger.generation("b") == 0
+    applied = sqlite3.connect(path).execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
+    assert [v for (v,) in applied] == [m[0] for m in MIGRATIONS]
+
+
+def test_newer_ledger_is_refused(tmp_path):
+    path = tmp_path / "l.db"
+    Ledger(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT INTO schema_migrations VALUES (99, 'future', 0)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(LedgerError, match="newer batcher"):
+        Ledger(path)
+
+
+def test_not_a_database_is_a_clear_error(tmp_path):
+    path = tmp_path / "l.db"
+    path.write_bytes(b"this is not sqlite at all" * 100)
+    with pytest.raises(LedgerError, match="not a batcher ledger|cannot open"):
+        Ledger(path)
