@@ -130,6 +130,242 @@ def plan(manifest: str, ledger_path: str, rates: tuple[str, ...], as_json: bool)
         click.echo(f"ledger {ledger_path}: holds {led['in_ledger']} of these jobs, {led['completed']} completed")
 
 
+# --- running ----------------------------------------------------------------------------------
+
+def run_options(f: Any) -> Any:
+    """The options shared by `run` and `retry`."""
+    decorators = [
+        ledger_option,
+        click.option("--out", "out_dir", type=click.Path(file_okay=False),
+                     help="Folder for the videos (default: ./outputs/<batch>/)."),
+        click.option("--concurrency", "-c", default=4, show_default=True, type=click.IntRange(1, 1000),
+                     help="Most jobs in flight at the API at once."),
+        click.option("--budget", type=click.FloatRange(0), default=None,
+                     help="Most credits this batch may spend, counted across reruns."),
+        click.option("--api-base", envvar="PIXELDOJO_API_BASE", default=None,
+                     help="API base URL (or PIXELDOJO_API_BASE); default https://pixeldojo.ai."),
+        click.option("--simulate", is_flag=True, help="Run against the built-in simulator: no network, no key."),
+        click.option("--sim-render-seconds", type=click.FloatRange(0), default=0.5, show_default=True,
+                     help="With --simulate: mean render time."),
+        click.option("--sim-fail-rate", type=click.FloatRange(0, 1), default=0.0,
+                     help="With --simulate: share of renders that fail (refunded)."),
+        click.option("--max-attempts", type=click.IntRange(1), default=2, show_default=True,
+                     help="Submissions per job when renders fail remotely (failures are refunded)."),
+        click.option("--job-timeout", type=click.FloatRange(0), default=None,
+                     help="Seconds after which a job stops being polled in this run (the next run polls it)."),
+        click.option("--expected-render", type=click.FloatRange(0.01), default=60.0, show_default=True,
+                     help="Render time to assume before any has been observed (first polls)."),
+        click.option("--max-download-mb", type=click.IntRange(1), default=2048, show_default=True,
+                     help="Refuse a video larger than this."),
+        rate_option,
+        click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, hidden=True),
+        click.option("-v", "--verbose", is_flag=True, help="Log each request and state change to stderr."),
+        click.option("--log-json", type=click.Path(dir_okay=False), default=None,
+                     help="Write the same log as JSON lines to this file."),
+    ]
+    for d in reversed(decorators):
+        f = d(f)
+    return f
+
+
+def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: int, budget: float | None,
+         api_base: str | None, simulate: bool, sim_render_seconds: float, sim_fail_rate: float,
+         max_attempts: int, job_timeout: float | None, expected_render: float, max_download_mb: int,
+         rates: tuple[str, ...], verbose: bool, log_json: str | None, resubmit_unknown: bool = False,
+         requeue: tuple[str, ...] = (), **_: Any) -> None:
+    import anyio
+
+    from . import api
+    from .display import ProgressPrinter, setup_logging, summary
+    from .ledger import Ledger
+    from .pool import RunOptions
+    from .simulator import SimConfig
+    from .states import JobState
+
+    m = load_manifest(manifest)
+    overrides = parse_rates(rates)
+    check(m, overrides)
+    to = api.target(simulate=SimConfig(render_seconds=sim_render_seconds, fail_rate=sim_fail_rate)
+                    if simulate else False, api_base=api_base)
+    if simulate:
+        expected_render = sim_render_seconds
+    setup_logging(verbose, log_json, None if simulate else to.api_key)
+    out = Path(out_dir) if out_dir else Path("outputs") / m.batch
+    options = RunOptions(concurrency=concurrency, budget=budget, out_dir=out, max_attempts=max_attempts,
+                         job_timeout=job_timeout, resubmit_unknown=resubmit_unknown,
+                         expected_render=expected_render, max_download_bytes=max_download_mb * 1024 * 1024,
+                         handle_signals=True, progress_interval=0.5)
+    live = sys.stderr.isatty()
+    printer = ProgressPrinter(sys.stderr, live=live, interval=30.0)
+    with Ledger(ledger_path) as ledger:
+        from .api import stage
+        added, known = stage(ledger, m, overrides)
+        if requeue:
+            n = ledger.requeue(m.batch, [JobState(s) for s in requeue], "requeued by `batcher retry`")
+            click.echo(f"requeued {n} job(s) ({', '.join(requeue)})", err=True)
+        click.echo(f"batch {m.batch!r}: {added} new job(s), {known} already in {ledger_path}", err=True)
+        report = anyio.run(lambda: api.run_async(
+            m, ledger=ledger, options=options, to=to, rate_overrides=overrides, on_progress=printer,
+            on_force_exit=lambda: os._exit(EXIT_INTERRUPTED), stage_jobs=False))
+        printer.end()
+    for line in summary(report, str(out)):
+        click.echo(line, err=True)
+    sys.exit(report.exit_code)
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@run_options
+@click.option("--resubmit-unknown", is_flag=True,
+              help="Resubmit jobs whose earlier submission had an unknown outcome (may pay twice).")
+def run(manifest: str, **kwargs: Any) -> None:
+    """Render a manifest: submit, poll and download every job, resuming where the last run stopped."""
+    _run(manifest, **kwargs)
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@click.option("--unknown", is_flag=True, help="Resubmit jobs held because a submission's outcome was unknown.")
+@click.option("--failed", is_flag=True, help="Requeue jobs that failed (remote failures or rejected).")
+@click.option("--expired", is_flag=True, help="Re-render jobs whose video expired before it was downloaded.")
+@run_options
+def retry(manifest: str, unknown: bool, failed: bool, expired: bool, **kwargs: Any) -> None:
+    """Requeue held, failed or expired jobs by your decision, then run the manifest."""
+    states = tuple(name for name, on in (("unknown", unknown), ("failed", failed), ("expired", expired)) if on)
+    if not states:
+        raise click.UsageError("say what to retry: --unknown, --failed and/or --expired")
+    _run(manifest, requeue=states, **kwargs)
+
+
+def _batch_for(manifest: str | None) -> str | None:
+    if manifest is None:
+        return None
+    return load_manifest(manifest).batch
+
+
+def _open_existing(ledger_path: str) -> Any:
+    from .errors import LedgerError
+    from .ledger import Ledger
+    if not Path(ledger_path).exists():
+        raise LedgerError(f"no ledger at {ledger_path} (run a manifest first, or pass --ledger)")
+    return Ledger(ledger_path)
+
+
+@cli.command()
+@click.argument("manifest", required=False, type=click.Path(dir_okay=False))
+@ledger_option
+@click.option("--json", "as_json", is_flag=True, help="Print an object with counts, credits_spent and more.")
+@click.option("--job", "job_key", default=None, help="Show one job's history (a key or its first characters).")
+@click.option("--rows", "by_row", is_flag=True, help="Jobs per state for each manifest row.")
+def status(manifest: str | None, ledger_path: str, as_json: bool, job_key: str | None, by_row: bool) -> None:
+    """Show jobs per state, credits spent and held, and videos downloaded."""
+    from . import api
+    from .display import credits, state_counts
+    from .export import iso, job_record
+    batch = _batch_for(manifest)
+    with _open_existing(ledger_path) as ledger:
+        if job_key:
+            jobs = ledger.find(job_key, batch)
+            if not jobs:
+                raise BatcherError(f"no job whose key starts with {job_key!r}")
+            if len(jobs) > 1:
+                raise BatcherError(f"{len(jobs)} jobs start with {job_key!r}; give more characters")
+            job = jobs[0]
+            events = ledger.events(job.id)  # type: ignore[arg-type]
+            if as_json:
+                click.echo(json.dumps({**job_record(job), "events": [
+                    {"at": iso(e.at), "kind": e.kind, "from": e.from_state, "to": e.to_state, "detail": e.detail}
+                    for e in events]}, indent=2))
+                return
+            click.echo(f"job {job.key} ({job.origin}, take {job.take}): {job.state}")
+            if job.error:
+                click.echo(f"  error: {job.error}")
+            click.echo(f"  created {iso(job.created_at)}")
+            for e in events:
+                move = f"{e.from_state} -> {e.to_state}" if e.to_state else ""
+                click.echo(f"  {iso(e.at)}  {e.kind:<18} {move:<24} {e.detail or ''}".rstrip())
+            return
+        if by_row:
+            if batch is None:
+                raise click.UsageError("--rows needs the MANIFEST")
+            rows = ledger.counts_by_row(batch)
+            if as_json:
+                click.echo(json.dumps([{"origin": o, "counts": c} for o, c in rows], indent=2))
+                return
+            for origin, counts in rows:
+                click.echo(f"{origin}: {state_counts(counts)}")
+            return
+        data = api.status(ledger, batch)
+        if as_json:
+            click.echo(json.dumps(data, indent=2))
+            return
+        for name, info in ([(batch, data)] if batch else data["batches"].items()):
+            click.echo(f"batch {name!r}: {info['jobs']} job(s): {state_counts(info['counts']) or 'none'}")
+            click.echo(f"  credits: {credits(info['credits_spent'])} spent, {credits(info['credits_held'])} held "
+                       f"for unknown outcomes, {credits(info['credits_refunded'])} refunded")
+            click.echo(f"  videos: {info['videos']} downloaded, {info['bytes']:,} bytes")
+            if info["held_unknown"]:
+                click.echo(f"  {info['held_unknown']} job(s) held as unknown; `batcher retry --unknown MANIFEST` "
+                           f"resubmits them (up to {credits(info['resubmit_cost'])} credits, maybe paid twice)")
+
+
+@cli.command()
+@click.argument("manifest", required=False, type=click.Path(dir_okay=False))
+@ledger_option
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True,
+              help="Output format.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default="-", show_default=True,
+              help="File to write (- for standard output).")
+def export(manifest: str | None, ledger_path: str, fmt: str, output: str) -> None:
+    """Export one record per job (request, provenance, cost, file, sha256) as JSONL or CSV."""
+    from .export import export as write_export
+    batch = _batch_for(manifest)
+    with _open_existing(ledger_path) as ledger:
+        if output == "-":
+            n = write_export(ledger, batch, fmt, sys.stdout)
+        else:
+            with open(output, "w", encoding="utf-8", newline="") as f:
+                n = write_export(ledger, batch, fmt, f)
+            click.echo(f"wrote {n} record(s) to {output}", err=True)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free).")
+@click.option("--api-key", default="sim-key", show_default=True, help="The key the simulator accepts.")
+@click.option("--credits", "credit_balance", default=1_000_000.0, show_default=True, help="Starting credit balance.")
+@click.option("--render-seconds", default=0.5, show_default=True, help="Mean render time.")
+@click.option("--render-jitter", default=0.2, show_default=True, help="Render time spread, as a fraction.")
+@click.option("--fail-rate", default=0.0, help="Share of renders that fail (refunded).")
+@click.option("--error-rate", default=0.0, help="Share of requests answered 503.")
+@click.option("--drop-rate", default=0.0, help="Share of requests whose connection is dropped unanswered.")
+@click.option("--lost-answer-rate", default=0.0, help="Share of submissions charged whose answer is lost.")
+@click.option("--malformed-rate", default=0.0, help="Share of requests answered with an HTML page.")
+@click.option("--rpm", default=None, type=float, help="Request-rate limit per minute (429 over it).")
+@click.option("--url-ttl", default=3600.0, show_default=True, help="Seconds an output URL stays valid.")
+@click.option("--seed", default=0, help="Random seed for faults and render times.")
+def simulator(host: str, port: int, api_key: str, credit_balance: float, render_seconds: float,
+              render_jitter: float, fail_rate: float, error_rate: float, drop_rate: float, lost_answer_rate: float,
+              malformed_rate: float, rpm: float | None, url_ttl: float, seed: int) -> None:
+    """Serve the built-in PixelDojo API simulator over HTTP (GET /_sim/record shows what it charged)."""
+    from .simulator import SimConfig, Simulator, make_server
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: serving on {host}, not loopback", err=True)
+    sim = Simulator(SimConfig(api_key=api_key, credits=credit_balance, render_seconds=render_seconds,
+                              render_jitter=render_jitter, fail_rate=fail_rate, error_rate=error_rate,
+                              drop_rate=drop_rate, lost_answer_rate=lost_answer_rate, malformed_rate=malformed_rate,
+                              rpm=rpm, url_ttl=url_ttl, seed=seed))
+    server = make_server(sim, host, port)
+    click.echo(f"simulator serving on http://{host}:{server.server_address[1]} (key {api_key!r})", err=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    sys.exit(EXIT_OK)
+
+
 def main() -> None:
     """Entry point of the `batcher` console script."""
     cli(prog_name="batcher")

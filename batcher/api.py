@@ -1,0 +1,144 @@
+"""The Python API: the same operations as the command line, for notebooks and pipelines.
+
+    from batcher import api
+    manifest = api.load("manifests/demo.yaml")
+    print(api.plan(manifest).credits)
+    report = api.run("manifests/demo.yaml", simulate=True, budget=500)
+    print(report.counts, api.status("batcher.db", manifest.batch))
+
+The CLI is built on these functions, so there is one code path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+from .client import DEFAULT_BASE, PixelDojoClient
+from .errors import MissingKeyError, UsageError
+from .ledger import DEFAULT_LEDGER, Ledger
+from .manifest import Manifest, load_manifest
+from .plan import PlanSummary, check, iter_jobs
+from .pool import Progress, RunOptions, RunReport, Runner
+from .simulator import SimConfig, Simulator, SimulatorTransport
+from .states import JobState
+
+
+def load(path: str | Path) -> Manifest:
+    """Load a manifest; raises ManifestError with every problem."""
+    return load_manifest(path)
+
+
+def plan(manifest: Manifest, rate_overrides: dict[str, float] | None = None) -> PlanSummary:
+    """Expand and price a manifest without sending or writing anything."""
+    return check(manifest, rate_overrides)
+
+
+def stage(ledger: Ledger, manifest: Manifest, rate_overrides: dict[str, float] | None = None) -> tuple[int, int]:
+    """Check a manifest and add its jobs to the ledger; returns (added, already known)."""
+    check(manifest, rate_overrides)
+    return ledger.add_jobs(manifest.batch, manifest.model.api_id, str(manifest.path),
+                           iter_jobs(manifest, rate_overrides))
+
+
+@dataclass
+class Target:
+    """Where requests go: the real API (key and base URL) or a simulator."""
+
+    api_key: str
+    base_url: str
+    transport: httpx.AsyncBaseTransport | None = None
+    simulator: Simulator | None = None
+
+
+def target(*, simulate: bool | SimConfig | Simulator = False, api_base: str | None = None,
+           api_key: str | None = None, transport: httpx.AsyncBaseTransport | None = None) -> Target:
+    """Resolve where to send requests. A real run needs PIXELDOJO_API_KEY."""
+    if simulate:
+        sim = simulate if isinstance(simulate, Simulator) else Simulator(
+            simulate if isinstance(simulate, SimConfig) else SimConfig())
+        return Target(sim.config.api_key, "https://pixeldojo.ai", SimulatorTransport(sim), sim)
+    key = api_key if api_key is not None else os.environ.get("PIXELDOJO_API_KEY", "")
+    if not key.strip():
+        raise MissingKeyError("PIXELDOJO_API_KEY is not set: export your PixelDojo API key, or use --simulate")
+    base = api_base or os.environ.get("PIXELDOJO_API_BASE") or DEFAULT_BASE
+    if not base.startswith(("http://", "https://")):
+        raise UsageError(f"--api-base must be an http(s) URL, got {base!r}")
+    return Target(key.strip(), base, transport)
+
+
+async def run_async(manifest: Manifest | str | Path, *, ledger: Ledger | str | Path = DEFAULT_LEDGER,
+                    options: RunOptions | None = None, to: Target | None = None,
+                    rate_overrides: dict[str, float] | None = None,
+                    on_progress: Callable[[Progress], None] | None = None,
+                    on_force_exit: Callable[[], None] | None = None,
+                    stage_jobs: bool = True) -> RunReport:
+    """Add a manifest's jobs to the ledger and run them; returns where the batch stands."""
+    m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+    owned = not isinstance(ledger, Ledger)
+    led = Ledger(ledger) if not isinstance(ledger, Ledger) else ledger
+    try:
+        if stage_jobs:
+            await anyio.to_thread.run_sync(lambda: stage(led, m, rate_overrides))
+        opts = options or RunOptions(out_dir=Path("outputs") / m.batch)
+        dest = to or target()
+        if dest.simulator is not None and options is None:
+            opts.expected_render = dest.simulator.config.render_seconds
+        async with PixelDojoClient(dest.api_key, dest.base_url, transport=dest.transport) as client:
+            runner = Runner(led, client, m.model, m.batch, opts, on_progress=on_progress,
+                            on_force_exit=on_force_exit)
+            return await runner.run()
+    finally:
+        if owned:
+            led.close()
+
+
+def run(manifest: Manifest | str | Path, *, ledger: str | Path = DEFAULT_LEDGER, simulate: bool = False,
+        budget: float | None = None, concurrency: int = 4, out_dir: str | Path | None = None,
+        **kwargs: Any) -> RunReport:
+    """Blocking helper: run a manifest to the end (against the simulator when `simulate`)."""
+    m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+    opts = RunOptions(concurrency=concurrency, budget=budget,
+                      out_dir=Path(out_dir) if out_dir else Path("outputs") / m.batch)
+    to = target(simulate=simulate)
+    if to.simulator is not None:
+        opts.expected_render = to.simulator.config.render_seconds
+    return anyio.run(lambda: run_async(m, ledger=ledger, options=opts, to=to, **kwargs))
+
+
+def status(ledger: Ledger | str | Path, batch: str | None = None) -> dict[str, Any]:
+    """Jobs per state, credits and downloads for a batch (or every batch if None)."""
+    owned = not isinstance(ledger, Ledger)
+    led = Ledger(ledger) if not isinstance(ledger, Ledger) else ledger
+    try:
+        batches = [batch] if batch else [b.name for b in led.batches()]
+        out: dict[str, Any] = {"batches": {}}
+        for name in batches:
+            counts = led.counts(name)
+            spend = led.spend(name)
+            held, held_cost = led.held_estimate(name)
+            files, size = led.downloaded_bytes(name)
+            out["batches"][name] = {
+                "counts": counts, "jobs": sum(counts.values()), "credits_spent": round(spend.spent, 2),
+                "credits_held": round(spend.held, 2), "credits_refunded": round(spend.refunded, 2),
+                "held_unknown": held, "resubmit_cost": round(held_cost, 2), "videos": files, "bytes": size,
+                "average_render_seconds": led.average_render_seconds(name),
+            }
+        if batch:
+            return {"batch": batch, **out["batches"][batch]}
+        totals = {s.value: 0 for s in JobState}
+        for data in out["batches"].values():
+            for state, n in data["counts"].items():
+                totals[state] += n
+        out["counts"] = totals
+        out["credits_spent"] = round(sum(d["credits_spent"] for d in out["batches"].values()), 2)
+        return out
+    finally:
+        if owned:
+            led.close()

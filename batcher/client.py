@@ -1,0 +1,368 @@
+"""The PixelDojo API client (httpx): one method per endpoint, every answer classified.
+
+The classification is what keeps users from paying twice: a paid POST that fails before the
+request could have left (`NotSentError`) is safe to send again; anything after that point
+(`OutcomeUnknown`) is not. The key is sent only to the API's own host, and never appears in an
+error or a log line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import anyio
+import httpx
+
+from .errors import (
+    AuthError, CreditsExhausted, DiskFullError, MalformedAnswer, NotSentError, OutcomeUnknown, OutputGone,
+    RateLimited, RejectedError, ServerError,
+)
+
+DEFAULT_BASE = "https://pixeldojo.ai"
+log = logging.getLogger("batcher.http")
+
+# Failures that prove the request never left this machine.
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+
+@dataclass(frozen=True)
+class Submission:
+    """The documented 202 answer of a run."""
+
+    job_id: str
+    status_url: str
+    credit_cost: float
+    credits_remaining: float | None
+    expires_at: float | None
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A job's status answer. `status` is the API's word; unknown words mean still running."""
+
+    job_id: str
+    status: str
+    video_url: str | None
+    error: str | None
+    credit_cost: float | None
+    expires_at: float | None
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("completed", "failed")
+
+
+@dataclass(frozen=True)
+class Download:
+    path: Path
+    size: int
+    sha256: str
+
+
+def parse_time(value: Any) -> float | None:
+    """An ISO-8601 time (as the API writes expiresAt) to epoch seconds; None if absent or unreadable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def describe(response: httpx.Response) -> str:
+    """'HTTP 502 text/html: <first bytes>' for error messages about answers we cannot use."""
+    head = response.content[:120].decode("utf-8", "replace")
+    head = " ".join(head.split())
+    kind = response.headers.get("content-type", "no content type").split(";")[0]
+    return f"HTTP {response.status_code} {kind}: {head!r}"
+
+
+def api_message(response: httpx.Response) -> tuple[str | None, str]:
+    """(error code, message) from an API error body, whatever its shape."""
+    try:
+        data = response.json()
+    except ValueError:
+        return None, describe(response)
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict):
+            return err.get("code"), str(err.get("message") or err.get("code") or describe(response))
+        if isinstance(err, str):
+            return data.get("code"), err
+        if isinstance(data.get("message"), str):
+            return data.get("code"), data["message"]
+    return None, describe(response)
+
+
+def retry_after(response: httpx.Response, default: float = 5.0) -> float:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return default
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return default
+
+
+class PixelDojoClient:
+    """Async client for one API base URL and key."""
+
+    def __init__(self, api_key: str, base_url: str = DEFAULT_BASE, *,
+                 transport: httpx.AsyncBaseTransport | None = None, timeout: float = 30.0,
+                 before_request: Callable[[str], Awaitable[None]] | None = None,
+                 after_response: Callable[[str, int | None], Awaitable[None]] | None = None):
+        self.base_url = base_url.rstrip("/")
+        self._api_host = urlsplit(self.base_url).netloc
+        self._key = api_key
+        self._http = httpx.AsyncClient(
+            transport=transport, timeout=httpx.Timeout(timeout, connect=10.0),
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=50),
+            headers={"user-agent": "batcher"}, follow_redirects=False)
+        # Hooks for the pool's rate limiter: called with the request kind ("submit", "poll", ...).
+        self._before = before_request
+        self._after = after_response
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> "PixelDojoClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    def _auth(self, url: str) -> dict[str, str]:
+        # Never hand the key to another host, whatever URL an answer names.
+        if urlsplit(url).netloc != self._api_host:
+            return {}
+        return {"authorization": f"Bearer {self._key}"}
+
+    async def _send(self, kind: str, method: str, url: str, *, body: Any = None, paid: bool = False
+                    ) -> httpx.Response:
+        if self._before:
+            await self._before(kind)
+        started = time.monotonic()
+        status: int | None = None
+        try:
+            response = await self._http.request(method, url, json=body, headers=self._auth(url))
+            status = response.status_code
+        except NOT_SENT as e:
+            raise NotSentError(f"{method} {urlsplit(url).path}: could not connect ({type(e).__name__})") from None
+        except httpx.TransportError as e:
+            cls = OutcomeUnknown if paid else ServerError
+            raise cls(f"{method} {urlsplit(url).path}: connection failed after sending "
+                      f"({type(e).__name__}: {e})") from None
+        finally:
+            log.info("%s %s %s %.0fms", method, urlsplit(url).path, status if status is not None else "-",
+                     (time.monotonic() - started) * 1000,
+                     extra={"kind": kind, "method": method, "path": urlsplit(url).path, "status": status,
+                            "ms": round((time.monotonic() - started) * 1000, 1)})
+            if self._after:
+                await self._after(kind, status)
+        return response
+
+    def _raise_for_api_status(self, response: httpx.Response, paid: bool) -> None:
+        status = response.status_code
+        if status < 400:
+            return
+        code, message = api_message(response)
+        if status == 401:
+            raise AuthError(f"the API rejected the key (401): {message}", status)
+        if status == 402 or (status == 403 and code in ("insufficient_credits", "quota_exceeded")):
+            raise CreditsExhausted(f"not enough credits ({status}): {message}", status)
+        if status == 403:
+            raise AuthError(f"the API refused access (403): {message}", status)
+        if status == 429:
+            raise RateLimited(f"rate limited: {message}", retry_after(response))
+        if status >= 500:
+            cls = OutcomeUnknown if paid else ServerError
+            raise cls(f"server error: {describe(response)}", status)
+        raise RejectedError(f"the API refused the request ({status}): {message}", status)
+
+    def _json(self, response: httpx.Response, paid: bool) -> dict[str, Any]:
+        try:
+            data = response.json()
+        except (ValueError, UnicodeDecodeError):
+            data = None
+        if not isinstance(data, dict):
+            cls = OutcomeUnknown if paid else MalformedAnswer
+            raise cls(f"the API answered something that is not the documented JSON: {describe(response)}",
+                      response.status_code)
+        return data
+
+    # --- endpoints ---------------------------------------------------------------------------
+
+    async def schema(self, model: str) -> dict[str, Any]:
+        """The model's parameter JSON schema."""
+        response = await self._send("schema", "GET", f"{self.base_url}/api/v1/models/{model}/schema")
+        self._raise_for_api_status(response, paid=False)
+        return self._json(response, paid=False)
+
+    async def submit(self, model: str, wire: dict[str, Any]) -> Submission:
+        """POST a job. Raises NotSentError (safe to resend) or OutcomeUnknown (never resend silently)."""
+        response = await self._send("submit", "POST", f"{self.base_url}/api/v1/models/{model}/run",
+                                    body=wire, paid=True)
+        self._raise_for_api_status(response, paid=True)
+        data = self._json(response, paid=True)
+        job_id, status_url, cost = data.get("jobId"), data.get("statusUrl"), data.get("creditCost")
+        if not isinstance(job_id, str) or not job_id or not isinstance(cost, (int, float)) or isinstance(cost, bool):
+            raise OutcomeUnknown(f"the submit answer lacks jobId or creditCost: {describe(response)}",
+                                 response.status_code)
+        if not isinstance(status_url, str) or not status_url:
+            status_url = f"{self.base_url}/api/v1/jobs/{job_id}"
+        remaining = data.get("creditsRemaining")
+        return Submission(job_id, status_url, float(cost),
+                          float(remaining) if isinstance(remaining, (int, float)) else None,
+                          parse_time(data.get("expiresAt")))
+
+    def status_url_for(self, job_id: str, status_url: str | None) -> str:
+        """The URL to poll: the API's statusUrl when it points at the API's host, else our own."""
+        if status_url and urlsplit(status_url).netloc == self._api_host:
+            return status_url
+        return f"{self.base_url}/api/v1/jobs/{job_id}"
+
+    async def status(self, job_id: str, status_url: str | None = None) -> JobStatus:
+        """GET the job's status. Raises ServerError/RateLimited (retry), MalformedAnswer, RejectedError."""
+        response = await self._send("poll", "GET", self.status_url_for(job_id, status_url))
+        self._raise_for_api_status(response, paid=False)
+        data = self._json(response, paid=False)
+        status = data.get("status")
+        if not isinstance(status, str):
+            raise MalformedAnswer(f"the status answer has no status: {describe(response)}", response.status_code)
+        output = data.get("output")
+        video = output.get("video") if isinstance(output, dict) else None
+        if status == "completed" and video is not None and not isinstance(video, str):
+            raise MalformedAnswer(f"output.video is not a URL: {describe(response)}", response.status_code)
+        error = data.get("error")
+        if isinstance(error, dict):
+            error = error.get("message") or error.get("code")
+        cost = data.get("creditCost")
+        return JobStatus(job_id, status, video, str(error) if error else None,
+                         float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None,
+                         parse_time(data.get("expiresAt")))
+
+    async def download(self, url: str, dest: Path, *, max_bytes: int, max_redirects: int = 5) -> Download:
+        """Stream a video to `dest` (a temporary name chosen by the caller), fsync it, check it is MP4.
+
+        Only http(s) URLs and redirects are followed; more than `max_bytes` aborts. Raises
+        OutputGone for 403/404/410, ServerError for what is worth retrying, MalformedAnswer for a
+        file that is not a video.
+        """
+        for _ in range(max_redirects + 1):
+            scheme = urlsplit(url).scheme
+            if scheme not in ("http", "https"):
+                raise MalformedAnswer(f"refusing to download from a {scheme or 'relative'} URL")
+            if self._before:
+                await self._before("download")
+            started = time.monotonic()
+            status: int | None = None
+            try:
+                async with self._http.stream("GET", url, headers=self._auth(url)) as response:
+                    status = response.status_code
+                    if response.is_redirect:
+                        url = urljoin(url, response.headers.get("location", ""))
+                        continue
+                    if status in (403, 404, 410):
+                        raise OutputGone(f"the output URL answered {status} (expired or removed)", status)
+                    if status == 429:
+                        raise RateLimited("rate limited while downloading", retry_after(response))
+                    if status >= 500:
+                        raise ServerError(f"download failed: HTTP {status}", status)
+                    if status != 200:
+                        raise MalformedAnswer(f"download failed: HTTP {status}", status)
+                    length = response.headers.get("content-length")
+                    if length and length.isdigit() and int(length) > max_bytes:
+                        raise MalformedAnswer(f"the video is {length} bytes, over the {max_bytes}-byte cap")
+                    return await self._save(response, dest, max_bytes)
+            except httpx.TransportError as e:
+                raise ServerError(f"download failed: {type(e).__name__}") from None
+            finally:
+                log.info("GET %s %s %.0fms", urlsplit(url).path, status if status is not None else "-",
+                         (time.monotonic() - started) * 1000,
+                         extra={"kind": "download", "method": "GET", "path": urlsplit(url).path,
+                                "status": status, "ms": round((time.monotonic() - started) * 1000, 1)})
+                if self._after:
+                    await self._after("download", status)
+        raise MalformedAnswer(f"more than {max_redirects} redirects")
+
+    @staticmethod
+    async def _save(response: httpx.Response, dest: Path, max_bytes: int) -> Download:
+        digest = hashlib.sha256()
+        size = 0
+        first = b""
+        try:
+            with open(dest, "wb") as f:
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise MalformedAnswer(f"the video is over the {max_bytes}-byte cap; download stopped")
+                    if len(first) < 12:
+                        first += chunk[: 12 - len(first)]
+                    digest.update(chunk)
+                    f.write(chunk)
+                f.flush()
+                await anyio.to_thread.run_sync(os.fsync, f.fileno())
+        except OSError as e:
+            if e.errno == 28:  # ENOSPC
+                raise DiskFullError(f"no space left on the disk while writing {dest.parent}") from None
+            raise
+        if first[4:8] != b"ftyp":
+            raise MalformedAnswer(f"the downloaded file is not an MP4 video (starts with {first[:12]!r})")
+        return Download(dest, size, digest.hexdigest())
+
+
+def check_schema(schema: dict[str, Any], body: dict[str, Any]) -> str | None:
+    """Check a request body against the subset of JSON schema the API's model schemas use.
+
+    Returns 'PARAM: why' for the first violation, or None.
+    """
+    props = schema.get("properties")
+    if not isinstance(props, dict):
+        return None
+    if schema.get("additionalProperties") is False:
+        for key in body:
+            if key not in props:
+                return f"{key}: the live schema does not accept this parameter (accepted: {', '.join(props)})"
+    for key in schema.get("required", []) or []:
+        if key not in body:
+            return f"{key}: required by the live schema but not sent"
+    for key, value in body.items():
+        rule = props.get(key)
+        if not isinstance(rule, dict):
+            continue
+        kind = rule.get("type")
+        if kind == "integer" and (isinstance(value, bool) or not isinstance(value, int)):
+            return f"{key}: the live schema wants an integer, got {value!r}"
+        if kind == "string" and not isinstance(value, str):
+            return f"{key}: the live schema wants text"
+        if kind == "array" and not isinstance(value, list):
+            return f"{key}: the live schema wants a list"
+        if "enum" in rule and value not in rule["enum"]:
+            return f"{key}: {value!r} is not one of {rule['enum']} in the live schema"
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if "minimum" in rule and value < rule["minimum"]:
+                return f"{key}: {value} is below the live schema's minimum {rule['minimum']}"
+            if "maximum" in rule and value > rule["maximum"]:
+                return f"{key}: {value} is above the live schema's maximum {rule['maximum']}"
+        if isinstance(value, str) and "maxLength" in rule and len(value) > rule["maxLength"]:
+            return f"{key}: longer than the live schema's {rule['maxLength']} characters"
+        if isinstance(value, list):
+            if "maxItems" in rule and len(value) > rule["maxItems"]:
+                return f"{key}: more than the live schema's {rule['maxItems']} items"
+            if "minItems" in rule and len(value) < rule["minItems"]:
+                return f"{key}: fewer than the live schema's {rule['minItems']} items"
+    return None
+

@@ -1,0 +1,749 @@
+"""The anyio worker pool: submit, poll and download a batch's jobs under a concurrency cap and a
+credit budget, recording every step in the ledger so an interrupted run resumes.
+
+One task group per run, tasks named. A feeder streams jobs from the ledger a page at a time into
+a bounded memory stream (memory stays flat whatever the batch size); `concurrency` workers each
+carry one job from submission to the end of its render; downloaders take finished jobs soonest
+URL expiry first. Ledger writes go through one writer task that commits whatever has queued up
+in a single transaction (group commit), inside shielded cancel scopes so Ctrl-C cannot lose them.
+
+The submission protocol (never pay twice):
+1. write the intent (job -> submitting, an attempt row, the estimate reserved) and commit;
+2. POST, shielded from cancellation;
+3. record the answer: accepted (job id, status URL, cost) in one transaction; provably not sent
+   (back to pending, retried); refused (failed); anything else -> `unknown`, held for the user.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from .client import JobStatus, PixelDojoClient, check_schema
+from .errors import (
+    AuthError, BatcherError, CreditsExhausted, DiskFullError, MalformedAnswer, NotSentError,
+    OutcomeUnknown, OutputGone, RateLimited, RejectedError, SchemaMismatch, ServerError,
+)
+from .ledger import Job, Ledger
+from .models import ModelSpec
+from .policy import Budget, PollPlanner, RetryPolicy
+from .states import JobState as S
+
+try:
+    BaseExceptionGroup
+except NameError:  # Python 3.10
+    from exceptiongroup import BaseExceptionGroup  # type: ignore[no-redef]
+
+log = logging.getLogger("batcher.run")
+PAGE = 500
+
+
+@dataclass
+class RunOptions:
+    """How a run behaves; the CLI's options map one to one."""
+
+    concurrency: int = 4
+    budget: float | None = None
+    out_dir: Path = Path("outputs")
+    max_attempts: int = 2
+    job_timeout: float | None = None
+    resubmit_unknown: bool = False
+    downloads: int = 4
+    max_download_bytes: int = 2 * 1024 ** 3
+    expected_render: float = 60.0  # first poll guess before anything is learned
+    check_schema: bool = True
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    submit_retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(base=1.0, cap=30.0, max_attempts=6))
+    progress_interval: float = 1.0
+    handle_signals: bool = False
+    seed: int | None = None
+
+
+@dataclass
+class Progress:
+    """A snapshot for progress displays."""
+
+    batch: str
+    counts: dict[str, int]
+    spent: float
+    reserved: float
+    budget: float | None
+    elapsed: float
+    completed_this_run: int
+    total: int
+
+
+@dataclass
+class RunReport:
+    """Where a run left its batch."""
+
+    batch: str
+    counts: dict[str, int]
+    spent: float
+    held_jobs: int
+    held_cost: float
+    budget: float | None
+    elapsed: float
+    submitted: int
+    completed: int
+    stop_reason: str | None  # budget | credits | interrupted | auth | disk
+    messages: list[str]
+    downloaded_bytes: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def exit_code(self) -> int:
+        if self.stop_reason in ("auth", "disk"):
+            return 2
+        if self.stop_reason == "interrupted":
+            return 130
+        if self.stop_reason in ("budget", "credits"):
+            return 3
+        return 0 if self.counts.get("completed", 0) == self.total else 1
+
+
+class LedgerWriter:
+    """One task that commits queued writes together: one fsync for many jobs under load."""
+
+    def __init__(self, ledger: Ledger, max_batch: int = 256):
+        self.ledger = ledger
+        self.max_batch = max_batch
+        self._send, self._recv = anyio.create_memory_object_stream[tuple[Any, list, anyio.Event]](10_000)
+        self.commits = 0
+        self.writes = 0
+
+    async def run(self) -> None:
+        async with self._recv:
+            async for item in self._recv:
+                batch = [item]
+                while len(batch) < self.max_batch:
+                    try:
+                        batch.append(self._recv.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                with anyio.CancelScope(shield=True):
+                    try:
+                        results = await anyio.to_thread.run_sync(self.ledger.write_many, [b[0] for b in batch])
+                    except BatcherError as e:
+                        results = [e] * len(batch)
+                    self.commits += 1
+                    self.writes += len(batch)
+                    for (_, box, done), result in zip(batch, results):
+                        box.append(result)
+                        done.set()
+
+    async def write(self, op: Callable[[Any], Any]) -> Any:
+        """Commit one write (shielded: a cancellation cannot lose it); raise what it raised."""
+        with anyio.CancelScope(shield=True):
+            box: list[Any] = []
+            done = anyio.Event()
+            await self._send.send((op, box, done))
+            await done.wait()
+        result = box[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def close(self) -> None:
+        self._send.close()
+
+
+class ExpiryQueue:
+    """Jobs waiting for download, soonest-expiring URL first."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Job]] = []
+        self._closed = False
+        self._event = anyio.Event()
+        self._n = 0
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def put(self, job: Job) -> None:
+        self._n += 1
+        heapq.heappush(self._heap, (job.output_expires_at or float("inf"), self._n, job))
+        self._event.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._event.set()
+
+    async def get(self) -> Job | None:
+        while True:
+            if self._heap:
+                return heapq.heappop(self._heap)[2]
+            if self._closed:
+                return None
+            if self._event.is_set():
+                self._event = anyio.Event()
+            await self._event.wait()
+
+
+def job_class(params: dict[str, Any]) -> tuple:
+    return (params.get("duration"), params.get("resolution"))
+
+
+class Runner:
+    """Runs one batch of a ledger against one client."""
+
+    def __init__(self, ledger: Ledger, client: PixelDojoClient, model: ModelSpec, batch: str,
+                 options: RunOptions | None = None, *,
+                 on_progress: Callable[[Progress], None] | None = None,
+                 on_force_exit: Callable[[], None] | None = None,
+                 wall: Callable[[], float] = time.time):
+        self.ledger = ledger
+        self.client = client
+        self.model = model
+        self.batch = batch
+        self.options = options or RunOptions()
+        self.on_progress = on_progress
+        self.on_force_exit = on_force_exit
+        self.wall = wall
+        self.rng = random.Random(self.options.seed)
+        self.budget = Budget(self.options.budget)
+        self.planner = PollPlanner(initial=max(0.01, 0.5 * self.options.expected_render),
+                                   max_interval=max(1.0, self.options.expected_render))
+        self.writer = LedgerWriter(ledger)
+        self.downloads = ExpiryQueue()
+        self.stop_reason: str | None = None
+        self.messages: list[str] = []
+        self.submitted = 0
+        self.completed = 0
+        self._pause_until = 0.0  # a shared pause after 429s
+        self._budget_changed = anyio.Event()
+        self._core: anyio.CancelScope | None = None
+        self._started = 0.0
+        self._generation = 0
+        self._workers_left = 0
+        self._cost_seen: dict[tuple, float] = {}
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def _note(self, message: str) -> None:
+        if message not in self.messages:
+            self.messages.append(message)
+        log.warning(message)
+
+    def _stop(self, reason: str, message: str) -> None:
+        if self.stop_reason is None or reason in ("auth", "disk", "interrupted"):
+            if self.stop_reason not in ("auth", "disk", "interrupted"):
+                self.stop_reason = reason
+        self._note(message)
+        self._budget_changed.set()
+
+    @property
+    def submitting_allowed(self) -> bool:
+        return self.stop_reason is None
+
+    async def _move(self, job: Job, source: S, target: S, kind: str, detail: str | None = None, **fields: Any
+                    ) -> None:
+        await self.writer.write(self.ledger.move(job.id, source, target, kind, detail, **fields))  # type: ignore
+        job.state = target.value
+        for name, value in fields.items():
+            setattr(job, name, value)
+        log.info("job %s: %s -> %s (%s)%s", job.key, source.value, target.value, kind,
+                 f": {detail}" if detail else "",
+                 extra={"job": job.key, "from": source.value, "to": target.value, "event": kind})
+
+    async def _event(self, job: Job, kind: str, detail: str | None = None, **fields: Any) -> None:
+        await self.writer.write(self.ledger.note(job.id, kind, detail, **fields))  # type: ignore[arg-type]
+        log.info("job %s: %s%s", job.key, kind, f": {detail}" if detail else "",
+                 extra={"job": job.key, "event": kind})
+
+    async def _wait_pause(self) -> None:
+        delay = self._pause_until - time.monotonic()
+        if delay > 0:
+            await anyio.sleep(delay)
+
+    def _pause(self, seconds: float) -> None:
+        self._pause_until = max(self._pause_until, time.monotonic() + seconds)
+
+    def _budget_signal(self) -> None:
+        self._budget_changed.set()
+        self._budget_changed = anyio.Event()
+
+    async def _reserve(self, estimate: float) -> bool:
+        """Reserve `estimate`; while other submissions' answers may free room, wait for them."""
+        while True:
+            if not self.submitting_allowed:
+                return False
+            if self.budget.reserve(estimate):
+                return True
+            if self.budget.reservations == 0:
+                return False
+            await self._budget_changed.wait()
+
+    # --- the run -----------------------------------------------------------------------------
+
+    async def run(self) -> RunReport:
+        self._started = time.monotonic()
+        to_thread = anyio.to_thread.run_sync
+        recovered = await to_thread(self.ledger.recover_interrupted, self.batch)
+        if recovered:
+            self._note(f"{recovered} job(s) were mid-submission when a run stopped; they are held as "
+                       f"'unknown' (they may have been charged)")
+        if self.options.resubmit_unknown:
+            n = await to_thread(self.ledger.requeue, self.batch, [S.UNKNOWN],
+                                "resubmitted by consent (--resubmit-unknown)")
+            if n:
+                self._note(f"{n} held job(s) requeued by --resubmit-unknown: they may be charged twice")
+        self._generation = await to_thread(self.ledger.generation, self.batch)
+        await to_thread(self._prepare_outputs)
+        spend = await to_thread(self.ledger.spend, self.batch)
+        self.budget.committed = spend.committed
+        avg = await to_thread(self.ledger.average_render_seconds, self.batch)
+        if avg:
+            self.planner.initial = max(0.01, avg * 0.9)
+
+        work_send, work_recv = anyio.create_memory_object_stream[Job](max(1, self.options.concurrency))
+        try:
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(self.writer.run, name="ledger-writer")
+                try:
+                    if self.options.check_schema:
+                        await self._check_schema()
+                    async with anyio.create_task_group() as aux:
+                        if self.on_progress:
+                            aux.start_soon(self._report_progress, name="progress")
+                        if self.options.handle_signals:
+                            aux.start_soon(self._watch_signals, name="signals")
+                        async with anyio.create_task_group() as core:
+                            self._core = core.cancel_scope
+                            core.start_soon(self._feed, work_send, name="feeder")
+                            self._workers_left = self.options.concurrency
+                            for i in range(self.options.concurrency):
+                                core.start_soon(self._worker, work_recv.clone(), name=f"worker-{i}")
+                            work_recv.close()
+                            for i in range(self.options.downloads):
+                                core.start_soon(self._downloader, name=f"downloader-{i}")
+                        aux.cancel_scope.cancel()
+                finally:
+                    self.writer.close()
+        except BaseException as e:  # noqa: BLE001 - unwrap task-group exception groups
+            raise _first_batcher_error(e) from None
+        return await self._finish()
+
+    async def _finish(self) -> RunReport:
+        to_thread = anyio.to_thread.run_sync
+        counts = await to_thread(lambda: self.ledger.counts(self.batch, self._generation))
+        spend = await to_thread(self.ledger.spend, self.batch)
+        held, held_cost = await to_thread(self.ledger.held_estimate, self.batch)
+        _, size = await to_thread(self.ledger.downloaded_bytes, self.batch)
+        if held:
+            self._note(f"{held} job(s) held as unknown: their submission may or may not have been charged. "
+                       f"`batcher retry --unknown` resubmits them (up to {held_cost:g} credits more).")
+        return RunReport(self.batch, counts, spend.spent, held, held_cost, self.options.budget,
+                         time.monotonic() - self._started, self.submitted, self.completed, self.stop_reason,
+                         self.messages, size)
+
+    def _prepare_outputs(self) -> None:
+        """Remove stray temporary files; send completed jobs whose file vanished back to download."""
+        out = self.options.out_dir
+        out.mkdir(parents=True, exist_ok=True)
+        for stray in out.glob(".*.part"):
+            try:
+                stray.unlink()
+            except OSError:
+                pass
+        for job in self.ledger.iter_batch(self.batch):
+            if job.state == S.COMPLETED.value and job.file_path and not Path(job.file_path).exists():
+                self.ledger.write(self.ledger.move(job.id, S.COMPLETED, S.RENDERED, "file-missing",  # type: ignore
+                                                   f"{job.file_path} is gone; downloading again"))
+
+    async def _check_schema(self) -> None:
+        """Hold the batch's requests against the live schema before spending anything."""
+        try:
+            schema = await self.client.schema(self.model.api_id)
+        except AuthError:
+            raise
+        except BatcherError as e:
+            self._note(f"could not fetch the model schema ({e}); going on with the built-in rules")
+            return
+        after = -1
+        seen: set[str] = set()
+        while True:
+            page = await anyio.to_thread.run_sync(
+                lambda: self.ledger.jobs_in(self.batch, [S.PENDING], after_seq=after, limit=2000,
+                                            generation=self._generation))
+            if not page:
+                return
+            for job in page:
+                if job.params in seen:
+                    continue
+                seen.add(job.params)
+                problem = check_schema(schema, self.model.to_wire(job.parameters()))
+                if problem:
+                    raise SchemaMismatch(f"{job.origin}: the live API schema rejects this batch before anything "
+                                         f"was spent: {problem}")
+            after = page[-1].seq
+
+    async def _feed(self, send: MemoryObjectSendStream[Job]) -> None:
+        async with send:
+            # Rendered jobs only need their video: straight to the downloaders, a page at a time.
+            await self._stream([S.RENDERED], None, None)
+            # Submitted jobs are paid for: poll them before anything new is submitted.
+            await self._stream([S.SUBMITTED], None, send)
+            if self.submitting_allowed:
+                await self._stream([S.PENDING], self._generation, send)
+
+    async def _stream(self, states: list[S], generation: int | None,
+                      send: MemoryObjectSendStream[Job] | None) -> None:
+        after = -1
+        while True:
+            if states == [S.PENDING] and not self.submitting_allowed:
+                return
+            page = await anyio.to_thread.run_sync(
+                lambda: self.ledger.jobs_in(self.batch, states, after_seq=after, limit=PAGE, generation=generation))
+            if not page:
+                return
+            for job in page:
+                if send is None:
+                    while len(self.downloads) > 2 * PAGE:
+                        await anyio.sleep(0.05)
+                    self.downloads.put(job)
+                else:
+                    if job.state == S.PENDING.value and not self.submitting_allowed:
+                        return
+                    await send.send(job)
+            after = page[-1].seq
+
+    async def _worker(self, recv: MemoryObjectReceiveStream[Job]) -> None:
+        try:
+            async with recv:
+                async for job in recv:
+                    if job.state == S.PENDING.value:
+                        if self.submitting_allowed:
+                            await self._submit_and_follow(job)
+                    elif job.state == S.SUBMITTED.value:
+                        await self._follow_to_end(job)
+        finally:
+            self._workers_left -= 1
+            if self._workers_left == 0:
+                self.downloads.close()
+
+    # --- submission --------------------------------------------------------------------------
+
+    def _estimate(self, job: Job, params: dict[str, Any]) -> float:
+        # If the API charged more than our estimate for this kind of job, reserve that instead.
+        return max(job.estimate, self._cost_seen.get(job_class(params), 0.0))
+
+    async def _submit_and_follow(self, job: Job) -> None:
+        params = job.parameters()
+        wire = self.model.to_wire(params)
+        not_sent = 0
+        first_try = time.monotonic()
+        while True:
+            estimate = self._estimate(job, params)
+            if not await self._reserve(estimate):
+                if self.stop_reason is None:
+                    remaining = self.budget.remaining or 0
+                    self._stop("budget", f"budget reached: {self.budget.committed:g} of {self.budget.limit:g} "
+                                         f"credits committed; the next job needs {estimate:g} "
+                                         f"({remaining:g} left)")
+                return
+            await self._wait_pause()
+            outcome = await self._submit_once(job, wire, estimate)
+            if outcome == "retry":
+                not_sent += 1
+                if self.options.submit_retry.gives_up(not_sent, time.monotonic() - first_try):
+                    await self._event(job, "submit-given-up", f"not sent after {not_sent} tries; stays pending")
+                    self._note("some submissions could not reach the API; rerun to try them again")
+                    return
+                delay = self.options.submit_retry.delay(not_sent, self.rng)
+                await self._event(job, "submit-retry", f"waiting {delay:.1f}s before sending again")
+                await anyio.sleep(delay)
+                continue
+            if outcome != "submitted":
+                return
+            result = await self._follow_to_end(job)
+            if result != "requeued":
+                return
+
+    async def _submit_once(self, job: Job, wire: dict[str, Any], estimate: float) -> str:
+        """One attempt: intent, POST, answer. Returns submitted | retry | failed | unknown | stopped."""
+        with anyio.CancelScope(shield=True):
+            source = S(job.state)
+            attempt_id = await self.writer.write(self.ledger.begin_submission(job.id, source, estimate))  # type: ignore
+            job.state = S.SUBMITTING.value
+            try:
+                with anyio.fail_after(self.options.retry.cap + 60):
+                    answer = await self.client.submit(self.model.api_id, wire)
+            except TimeoutError:
+                return await self._held(job, attempt_id, estimate, "no answer to the submission in time")
+            except OutcomeUnknown as e:
+                return await self._held(job, attempt_id, estimate, str(e))
+            except (NotSentError, RateLimited, CreditsExhausted, AuthError) as e:
+                self.budget.settle(estimate, None)
+                self._budget_signal()
+                await self.writer.write(self.ledger.end_attempt(attempt_id, "not_sent"))
+                await self._move(job, S.SUBMITTING, S.PENDING, "not-sent", str(e))
+                if isinstance(e, RateLimited):
+                    self._pause(e.retry_after)
+                    return "retry"
+                if isinstance(e, CreditsExhausted):
+                    self._stop("credits", f"the account is out of credits: {e}")
+                    return "stopped"
+                if isinstance(e, AuthError):
+                    self._stop("auth", str(e))
+                    return "stopped"
+                return "retry"
+            except RejectedError as e:
+                self.budget.settle(estimate, None)
+                self._budget_signal()
+                await self.writer.write(self.ledger.end_attempt(attempt_id, "rejected"))
+                await self._move(job, S.SUBMITTING, S.FAILED, "rejected", str(e), error=str(e))
+                return "failed"
+            self.budget.settle(estimate, answer.credit_cost)
+            self._budget_signal()
+            self._cost_seen[job_class(job.parameters())] = max(self._cost_seen.get(job_class(job.parameters()), 0),
+                                                               answer.credit_cost)
+            submitted_at = self.wall()
+
+            def accept(conn: Any) -> None:
+                self.ledger.end_attempt(attempt_id, "accepted", remote_job_id=answer.job_id,
+                                        credit_cost=answer.credit_cost)(conn)
+                self.ledger.move(job.id, S.SUBMITTING, S.SUBMITTED, "accepted",  # type: ignore[arg-type]
+                                 f"job {answer.job_id}, {answer.credit_cost:g} credits",
+                                 remote_job_id=answer.job_id, status_url=answer.status_url,
+                                 credit_cost=answer.credit_cost, submitted_at=submitted_at, error=None)(conn)
+            await self.writer.write(accept)
+            job.state, job.remote_job_id, job.status_url = S.SUBMITTED.value, answer.job_id, answer.status_url
+            job.credit_cost, job.submitted_at = answer.credit_cost, submitted_at
+            self.submitted += 1
+            log.info("job %s: submitted as %s", job.key, answer.job_id)
+            return "submitted"
+
+    async def _held(self, job: Job, attempt_id: int, estimate: float, why: str) -> str:
+        # The API may have charged us: the reservation stays committed, the job waits for the user.
+        self.budget.settle(estimate, estimate)
+        self._budget_signal()
+        await self.writer.write(self.ledger.end_attempt(attempt_id, "unknown"))
+        message = f"submission outcome unknown ({why}); held: it may have been charged"
+        await self._move(job, S.SUBMITTING, S.UNKNOWN, "unknown", message, error=message)
+        return "unknown"
+
+    # --- polling -----------------------------------------------------------------------------
+
+    async def _follow_to_end(self, job: Job) -> str:
+        """Poll a submitted job until it ends. Returns rendered | failed | requeued | left."""
+        params = job.parameters()
+        cls = job_class(params)
+        start_wall = job.submitted_at or self.wall()
+        elapsed = lambda: max(0.0, self.wall() - start_wall)  # noqa: E731
+        polls = 0
+        failures = 0
+        first_failure = 0.0
+        lower = 0.0
+        while True:
+            due = self.planner.next_poll(cls, elapsed(), polls)
+            if self.options.job_timeout is not None and due > self.options.job_timeout:
+                due = max(elapsed(), self.options.job_timeout)
+            delay = due - elapsed()
+            if delay > 0:
+                await anyio.sleep(delay)
+            if self.options.job_timeout is not None and elapsed() >= self.options.job_timeout and polls > 0:
+                await self._event(job, "timeout", f"not finished after {self.options.job_timeout:g}s; "
+                                                  f"the next run polls it again")
+                self._note("some jobs passed --job-timeout; rerun to keep polling them")
+                return "left"
+            await self._wait_pause()
+            seen_at = elapsed()
+            try:
+                status = await self.client.status(job.remote_job_id or "", job.status_url)
+            except RateLimited as e:
+                self._pause(e.retry_after)
+                await self._event(job, "poll-paused", f"rate limited; pausing {e.retry_after:g}s")
+                continue
+            except (ServerError, MalformedAnswer) as e:
+                failures += 1
+                if failures == 1:
+                    first_failure = time.monotonic()
+                if self.options.retry.gives_up(failures, time.monotonic() - first_failure):
+                    await self._event(job, "poll-given-up", f"{failures} polls failed ({e}); stays submitted, "
+                                                            f"the next run polls it again")
+                    self._note("polls of some jobs kept failing; they stay submitted and the next run polls them")
+                    return "left"
+                delay = self.options.retry.delay(failures, self.rng)
+                await self._event(job, "poll-retry", f"{e}; retrying in {delay:.1f}s")
+                await anyio.sleep(delay)
+                continue
+            except AuthError as e:
+                self._stop("auth", str(e))
+                return "left"
+            except RejectedError as e:
+                await self._move(job, S.SUBMITTED, S.FAILED, "poll-rejected", str(e), error=str(e))
+                return "failed"
+            failures = 0
+            polls += 1
+            if not status.done:
+                lower = seen_at
+                continue
+            self.planner.observe(cls, lower, seen_at)
+            return await self._finished(job, status, (lower + seen_at) / 2)
+
+    async def _finished(self, job: Job, status: JobStatus, render_seconds: float) -> str:
+        now = self.wall()
+        if status.status == "completed":
+            if not status.video_url:
+                message = "the API reports the job completed but gave no output URL"
+                await self._move(job, S.SUBMITTED, S.FAILED, "no-output", message, error=message, finished_at=now)
+                return "failed"
+            expires = status.expires_at
+            await self._move(job, S.SUBMITTED, S.RENDERED, "rendered", None, output_url=status.video_url,
+                             output_expires_at=expires, render_seconds=render_seconds, finished_at=now)
+            self.downloads.put(job)
+            return "rendered"
+        error = status.error or "the API reported the render failed, without a reason"
+        await self.writer.write(self.ledger.refund(job.id))  # type: ignore[arg-type]
+        if job.credit_cost:
+            self.budget.refund(job.credit_cost)
+            self._budget_signal()
+        attempts = (await anyio.to_thread.run_sync(self.ledger.get, job.id)).attempts
+        if attempts < self.options.max_attempts and self.submitting_allowed:
+            await self._move(job, S.SUBMITTED, S.PENDING, "remote-failed",
+                             f"{error} (refunded; attempt {attempts} of {self.options.max_attempts}, retrying)",
+                             error=error, finished_at=now)
+            job.attempts = attempts
+            return "requeued"
+        await self._move(job, S.SUBMITTED, S.FAILED, "remote-failed",
+                         f"{error} (refunded; {attempts} attempt(s))", error=error, finished_at=now)
+        return "failed"
+
+    # --- downloads ---------------------------------------------------------------------------
+
+    async def _downloader(self) -> None:
+        while True:
+            job = await self.downloads.get()
+            if job is None:
+                return
+            await self._download(job)
+
+    async def _download(self, job: Job) -> None:
+        out = self.options.out_dir
+        final = out / f"{job.label}_t{job.take}_{job.key[:8]}.mp4"
+        url = job.output_url or ""
+        failures = 0
+        refreshed = False
+        while True:
+            tmp = out / f".{final.name}.{os.getpid()}-{self.rng.randrange(1 << 30):x}.part"
+            try:
+                await self._wait_pause()
+                result = await self.client.download(url, tmp, max_bytes=self.options.max_download_bytes)
+                await anyio.to_thread.run_sync(_publish, tmp, final)
+            except OutputGone as e:
+                if refreshed:
+                    message = f"the output URL expired and the API has no fresh one ({e}); re-render with " \
+                              f"`batcher retry --expired`"
+                    await self._move(job, S.RENDERED, S.EXPIRED, "expired", message, error=message)
+                    return
+                refreshed = True
+                fresh = await self._fresh_url(job)
+                if fresh is None or fresh == url:
+                    message = f"the output URL expired and the API has no fresh one ({e}); re-render with " \
+                              f"`batcher retry --expired`"
+                    await self._move(job, S.RENDERED, S.EXPIRED, "expired", message, error=message)
+                    return
+                url = fresh
+                await self._event(job, "url-refreshed", "the output URL had expired; got a fresh one",
+                                  output_url=fresh)
+                continue
+            except (ServerError, RateLimited) as e:
+                failures += 1
+                if isinstance(e, RateLimited):
+                    self._pause(e.retry_after)
+                if self.options.retry.gives_up(failures, 0):
+                    await self._event(job, "download-given-up", f"{e}; the next run downloads it")
+                    self._note("some downloads kept failing; the next run fetches them")
+                    return
+                delay = self.options.retry.delay(failures, self.rng, getattr(e, "retry_after", None))
+                await self._event(job, "download-retry", f"{e}; retrying in {delay:.1f}s")
+                await anyio.sleep(delay)
+                continue
+            except MalformedAnswer as e:
+                await self._move(job, S.RENDERED, S.FAILED, "bad-video", str(e), error=str(e))
+                return
+            except DiskFullError as e:
+                self._stop("disk", f"{e}: free some space and run the same command again")
+                if self._core is not None:
+                    self._core.cancel()
+                return
+            finally:
+                with anyio.CancelScope(shield=True):
+                    if tmp.exists():
+                        tmp.unlink()
+            await self._move(job, S.RENDERED, S.COMPLETED, "downloaded",
+                             f"{result.size} bytes, sha256 {result.sha256[:12]}",
+                             file_path=str(final.resolve()), size=result.size, sha256=result.sha256)
+            self.completed += 1
+            return
+
+    async def _fresh_url(self, job: Job) -> str | None:
+        try:
+            status = await self.client.status(job.remote_job_id or "", job.status_url)
+        except BatcherError:
+            return None
+        return status.video_url if status.status == "completed" else None
+
+    # --- progress and signals ----------------------------------------------------------------
+
+    async def snapshot(self) -> Progress:
+        counts = await anyio.to_thread.run_sync(lambda: self.ledger.counts(self.batch, self._generation))
+        return Progress(self.batch, counts, self.budget.committed, self.budget.reserved, self.budget.limit,
+                        time.monotonic() - self._started, self.completed, sum(counts.values()))
+
+    async def _report_progress(self) -> None:
+        assert self.on_progress is not None
+        while True:
+            await anyio.sleep(self.options.progress_interval)
+            self.on_progress(await self.snapshot())
+
+    async def _watch_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            count = 0
+            async for signum in signals:
+                count += 1
+                if count == 1:
+                    self._stop("interrupted", f"interrupted by {signal.Signals(signum).name}: stopped submitting; "
+                                              f"submitted jobs are recorded and the next run picks them up")
+                    if self._core is not None:
+                        self._core.cancel()
+                elif self.on_force_exit is not None:
+                    self.on_force_exit()
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Atomically give a verified download its final name, durably."""
+    os.replace(tmp, final)
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _first_batcher_error(exc: BaseException) -> BaseException:
+    """The most meaningful error inside a (nested) exception group."""
+    if isinstance(exc, BaseExceptionGroup):
+        found = [_first_batcher_error(e) for e in exc.exceptions]
+        for e in found:
+            if isinstance(e, BatcherError):
+                return e
+        return found[0] if found else exc
+    return exc
+
+

@@ -1,0 +1,440 @@
+"""A faithful fake of the PixelDojo API, for `--simulate`, tests, demos and other clients.
+
+It speaks the documented wire protocol (../shared/reference/pixeldojo-api.md): Bearer auth,
+`POST /api/v1/models/{apiId}/run` answering 202 with `{jobId, status, statusUrl, creditCost,
+creditsRemaining, expiresAt}`, `GET /api/v1/jobs/{jobId}`, the model and schema endpoints, output
+files on a temporary path that expire. Parameters are validated strictly (unknown keys rejected,
+as `additionalProperties: false`), video is billed per second against a credit balance, failed
+renders are refunded, and faults can be switched on: 5xx answers, dropped connections, refused
+connections, a submission accepted and charged whose answer is lost, malformed bodies, and 429
+with `Retry-After` over a request-rate limit.
+
+The core (`Simulator.handle`) is transport-free; `SimulatorTransport` serves it in-process to
+httpx, `serve()` over HTTP on a loopback socket. It keeps its own record of what it received,
+charged and refunded, so tests can hold the ledger against the "server".
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import random
+import secrets
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+import httpx
+
+from .models import MODELS, ModelSpec
+
+# Upstream prices 1080p at about 1.8x 720p; the simulator charges that, below batcher's estimate.
+SIM_RATES = {"720p": 4.0, "1080p": 7.2}
+
+
+@dataclass
+class SimConfig:
+    """Everything that can be tuned or broken in the simulator."""
+
+    api_key: str = "sim-key"
+    credits: float = 1_000_000.0
+    render_seconds: float = 0.5  # mean render time
+    render_jitter: float = 0.2  # standard deviation as a fraction of the mean
+    render_per_video_second: bool = False  # scale render time by duration / 5
+    fail_rate: float = 0.0  # remote failures (refunded)
+    error_rate: float = 0.0  # 5xx answers, nothing done
+    drop_rate: float = 0.0  # connection dropped before anything is done
+    refuse_rate: float = 0.0  # connection refused (in-process only; over HTTP: dropped unread)
+    lost_answer_rate: float = 0.0  # POST run accepted and charged, then the answer is lost
+    malformed_rate: float = 0.0  # a 200 HTML page instead of the JSON answer
+    rpm: float | None = None  # request-rate limit per minute (429 over it)
+    url_ttl: float = 3600.0  # lifetime of one output URL
+    retention: float = 86_400.0  # how long a finished job can hand out fresh URLs
+    insufficient_status: int = 402  # 402, or 403 with code insufficient_credits (the older API)
+    seed: int = 0
+    rates: dict[str, float] = field(default_factory=lambda: dict(SIM_RATES))
+
+
+@dataclass
+class Answer:
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Dropped(Exception):
+    """The connection is closed without an answer (after doing `effects`, if any)."""
+
+
+class Refused(Exception):
+    """The connection is refused: nothing reached the server."""
+
+
+@dataclass
+class SimJob:
+    job_id: str
+    model: str
+    body: dict[str, Any]
+    cost: float
+    submitted: float
+    ends: float
+    fails: bool
+    refunded: bool = False
+    answer_lost: bool = False
+
+
+def demo_clip() -> bytes:
+    """The small real MP4 clip shipped with the package."""
+    return resources.files("batcher").joinpath("data/demo.mp4").read_bytes()
+
+
+def clip_for(job_id: str) -> bytes:
+    """The demo clip with a top-level `free` box naming the job: still playable, unique per job."""
+    payload = f"batcher-simulator job {job_id}".encode()
+    return demo_clip() + struct.pack(">I", 8 + len(payload)) + b"free" + payload
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _json(status: int, data: Any, headers: dict[str, str] | None = None) -> Answer:
+    return Answer(status, json.dumps(data).encode(), {"content-type": "application/json", **(headers or {})})
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Answer:
+    return _json(status, {"error": {"code": code, "message": message}}, headers)
+
+
+class Simulator:
+    """The fake API's state and logic; thread-safe."""
+
+    def __init__(self, config: SimConfig | None = None, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time):
+        self.config = config or SimConfig()
+        self.clock = clock
+        self.wall = wall
+        self.rng = random.Random(self.config.seed)
+        self.lock = threading.Lock()
+        self.credits = self.config.credits
+        self.jobs: dict[str, SimJob] = {}
+        self.files: dict[str, tuple[str, float]] = {}  # token -> (job id, expires at, wall clock)
+        self._ends: list[float] = []  # render end times of jobs still rendering (heap)
+        self._refund_queue: list[tuple[float, str]] = []
+        self._recent: deque[float] = deque()
+        self.peak_in_flight = 0
+        self.requests: dict[str, int] = {}
+        self.rate_limited = 0
+        self.faults: dict[str, int] = {}
+        self.run_bodies: list[dict[str, Any]] = []  # every POST run body received, accepted or not
+
+    # --- the record --------------------------------------------------------------------------
+
+    def record(self) -> dict[str, Any]:
+        """What the server saw, charged and refunded (JSON-friendly)."""
+        with self.lock:
+            self._tick()
+            jobs = [{"job_id": j.job_id, "body": j.body, "cost": j.cost, "fails": j.fails,
+                     "refunded": j.refunded, "answer_lost": j.answer_lost} for j in self.jobs.values()]
+            return {
+                "jobs": jobs,
+                "charged": sum(j.cost for j in self.jobs.values()),
+                "refunded": sum(j.cost for j in self.jobs.values() if j.refunded),
+                "credits": self.credits,
+                "peak_in_flight": self.peak_in_flight,
+                "requests": dict(self.requests),
+                "rate_limited": self.rate_limited,
+                "faults": dict(self.faults),
+                "run_bodies": len(self.run_bodies),
+            }
+
+    def _tick(self) -> None:
+        now = self.clock()
+        while self._ends and self._ends[0] <= now:
+            heapq.heappop(self._ends)
+        while self._refund_queue and self._refund_queue[0][0] <= now:
+            _, job_id = heapq.heappop(self._refund_queue)
+            job = self.jobs[job_id]
+            if not job.refunded:
+                job.refunded = True
+                self.credits += job.cost
+
+    # --- requests ----------------------------------------------------------------------------
+
+    def handle(self, method: str, url: str, headers: dict[str, str], body: bytes) -> Answer:
+        """Answer one request, or raise Dropped/Refused. `url` is absolute."""
+        parts = urlsplit(url)
+        base = f"{parts.scheme}://{parts.netloc}"
+        path = parts.path.rstrip("/")
+        with self.lock:
+            self._tick()
+            route = self._route_name(method, path)
+            self.requests[route] = self.requests.get(route, 0) + 1
+            if route == "admin":
+                return _json(200, {})  # answered by the caller (record must not nest the lock)
+            if route != "file":
+                auth = headers.get("authorization", "")
+                if auth != f"Bearer {self.config.api_key}":
+                    return _error(401, "invalid_api_key", "Invalid or missing API key")
+            limited = self._rate_limit()
+            if limited is not None:
+                return limited
+            fault = self._fault(route)
+            if fault == "refuse":
+                raise Refused()
+            if fault == "drop":
+                raise Dropped()
+            if fault == "error":
+                return _error(503, "server_error", "The server is temporarily unavailable")
+            if fault == "malformed":
+                return Answer(200, b"<html><body><h1>502 Bad Gateway</h1></body></html>",
+                              {"content-type": "text/html"})
+            if route == "run":
+                answer = self._run(path.split("/")[-2], body, base)
+                if answer.status == 202 and self._roll(self.config.lost_answer_rate):
+                    self.faults["lost_answer"] = self.faults.get("lost_answer", 0) + 1
+                    job_id = json.loads(answer.body)["jobId"]
+                    self.jobs[job_id].answer_lost = True
+                    raise Dropped()
+                return answer
+            if route == "job":
+                return self._status(path.split("/")[-1], base)
+            if route == "file":
+                return self._file(path.split("/")[-1])
+            if route == "models":
+                return _json(200, {"models": [{"apiId": m.api_id} for m in MODELS.values()]})
+            if route in ("model", "schema"):
+                api_id = path.split("/")[4]
+                spec = MODELS.get(api_id)
+                if spec is None:
+                    return _error(404, "model_not_found", f"Model {api_id} not found")
+                if route == "schema":
+                    return _json(200, spec.json_schema())
+                return _json(200, {"apiId": spec.api_id, "type": "video"})
+            return _error(404, "not_found", f"No route for {method} {path}")
+
+    @staticmethod
+    def _route_name(method: str, path: str) -> str:
+        p = path.split("/")
+        if path.startswith("/_sim/"):
+            return "admin"
+        if method == "POST" and len(p) == 6 and p[1:4] == ["api", "v1", "models"] and p[5] == "run":
+            return "run"
+        if method == "GET" and len(p) == 5 and p[1:4] == ["api", "v1", "jobs"]:
+            return "job"
+        if method == "GET" and len(p) == 3 and p[1] == "pixeldojotemp":
+            return "file"
+        if method == "GET" and path == "/api/v1/models":
+            return "models"
+        if method == "GET" and len(p) == 5 and p[1:4] == ["api", "v1", "models"]:
+            return "model"
+        if method == "GET" and len(p) == 6 and p[1:4] == ["api", "v1", "models"] and p[5] == "schema":
+            return "schema"
+        return "other"
+
+    def _roll(self, rate: float) -> bool:
+        return rate > 0 and self.rng.random() < rate
+
+    def _fault(self, route: str) -> str | None:
+        c = self.config
+        for name, rate in (("refuse", c.refuse_rate), ("drop", c.drop_rate), ("error", c.error_rate),
+                           ("malformed", c.malformed_rate)):
+            if self._roll(rate):
+                self.faults[name] = self.faults.get(name, 0) + 1
+                return name
+        return None
+
+    def _rate_limit(self) -> Answer | None:
+        if not self.config.rpm:
+            return None
+        now = self.clock()
+        while self._recent and self._recent[0] <= now - 60.0:
+            self._recent.popleft()
+        if len(self._recent) >= self.config.rpm:
+            self.rate_limited += 1
+            wait = max(1, int(self._recent[0] + 60.0 - now + 0.999))
+            return _error(429, "rate_limited", "Too many requests", {"retry-after": str(wait)})
+        self._recent.append(now)
+        return None
+
+    def _run(self, api_id: str, body: bytes, base: str) -> Answer:
+        spec = MODELS.get(api_id)
+        if spec is None:
+            return _error(404, "model_not_found", f"Model {api_id} not found")
+        try:
+            data = json.loads(body or b"null")
+        except ValueError:
+            return _error(400, "invalid_request", "Body is not JSON")
+        self.run_bodies.append(data if isinstance(data, dict) else {"_invalid": data})
+        problem = validate_body(spec, data)
+        if problem:
+            return _error(422, "invalid_request", problem)
+        params = spec.from_wire(data)
+        duration = params.get("duration", spec.defaults()["duration"])
+        rate = self.config.rates[str(params.get("resolution", spec.defaults()["resolution"]))]
+        cost = round(rate * duration, 2)
+        if self.credits < cost:
+            if self.config.insufficient_status == 403:
+                return _error(403, "insufficient_credits", f"Need {cost} credits, have {self.credits}")
+            return _error(402, "insufficient_credits", f"Need {cost} credits, have {self.credits}")
+        self.credits -= cost
+        now = self.clock()
+        mean = self.config.render_seconds * (duration / 5 if self.config.render_per_video_second else 1)
+        render = max(0.0, self.rng.gauss(mean, mean * self.config.render_jitter))
+        job_id = "job_" + secrets.token_hex(8)
+        job = SimJob(job_id, api_id, data, cost, now, now + render, self._roll(self.config.fail_rate))
+        self.jobs[job_id] = job
+        heapq.heappush(self._ends, job.ends)
+        self.peak_in_flight = max(self.peak_in_flight, len(self._ends))
+        if job.fails:
+            heapq.heappush(self._refund_queue, (job.ends, job_id))
+        return _json(202, {
+            "jobId": job_id, "status": "pending", "statusUrl": f"{base}/api/v1/jobs/{job_id}",
+            "creditCost": cost, "creditsRemaining": self.credits,
+            "expiresAt": _iso(self.wall() + self.config.retention),
+        })
+
+    def _status(self, job_id: str, base: str) -> Answer:
+        job = self.jobs.get(job_id)
+        if job is None:
+            return _error(404, "not_found", f"Job {job_id} not found")
+        now = self.clock()
+        base_answer = {"jobId": job_id, "creditCost": job.cost,
+                       "expiresAt": _iso(self.wall() + self.config.retention - (now - job.submitted))}
+        if now < job.submitted + 0.1 * (job.ends - job.submitted):
+            return _json(200, {**base_answer, "status": "pending"})
+        if now < job.ends:
+            return _json(200, {**base_answer, "status": "processing"})
+        if job.fails:
+            return _json(200, {**base_answer, "status": "failed", "error": "Generation failed: upstream model error"})
+        if now > job.ends + self.config.retention:
+            return _json(200, {**base_answer, "status": "completed", "output": {}})
+        token = secrets.token_hex(10)
+        expires = self.wall() + self.config.url_ttl
+        self.files[token] = (job_id, expires)
+        return _json(200, {**base_answer, "status": "completed",
+                           "output": {"video": f"{base}/pixeldojotemp/{token}.mp4"}})
+
+    def _file(self, name: str) -> Answer:
+        token = name.removesuffix(".mp4")
+        found = self.files.get(token)
+        if found is None:
+            return Answer(404, b"Not Found", {"content-type": "text/plain"})
+        job_id, expires = found
+        if self.wall() > expires:
+            return Answer(403, b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>",
+                          {"content-type": "application/xml"})
+        return Answer(200, clip_for(job_id), {"content-type": "video/mp4"})
+
+    def expire_urls(self) -> None:
+        """Make every output URL handed out so far expire now (for tests)."""
+        with self.lock:
+            for token, (job_id, _) in list(self.files.items()):
+                self.files[token] = (job_id, self.wall() - 1)
+
+
+def validate_body(spec: ModelSpec, data: Any) -> str | None:
+    """Strict validation of a run body, as a JSON schema with additionalProperties false would."""
+    if not isinstance(data, dict):
+        return "Body must be a JSON object"
+    wire_names = {p.wire for p in spec.params}
+    for key in data:
+        if key not in wire_names:
+            return f"Unknown parameter '{key}' (additional properties are not allowed)"
+    for p in spec.params:
+        if p.wire not in data:
+            if p.required:
+                return f"Missing required parameter '{p.wire}'"
+            continue
+        problem = p.check(data[p.wire])
+        if problem:
+            return problem.replace(p.name, p.wire, 1)
+    return None
+
+
+# --- in-process transport -----------------------------------------------------------------------
+
+class SimulatorTransport(httpx.AsyncBaseTransport):
+    """Serves a Simulator to an httpx.AsyncClient in-process, faults included."""
+
+    def __init__(self, simulator: Simulator):
+        self.simulator = simulator
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        body = await request.aread()
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        if request.url.path == "/_sim/record":
+            return httpx.Response(200, json=self.simulator.record(), request=request)
+        try:
+            answer = self.simulator.handle(request.method, str(request.url), headers, body)
+        except Refused:
+            raise httpx.ConnectError("[Errno 111] Connection refused", request=request) from None
+        except Dropped:
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.",
+                                            request=request) from None
+        return httpx.Response(answer.status, headers=answer.headers, content=answer.body, request=request)
+
+
+# --- over HTTP ----------------------------------------------------------------------------------
+
+class _Handler(BaseHTTPRequestHandler):
+    simulator: Simulator
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass  # quiet: the record says what happened
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length) if length else b""
+        if self.path == "/_sim/record":
+            answer = _json(200, self.simulator.record())
+        else:
+            host = self.headers.get("host") or f"127.0.0.1:{self.server.server_address[1]}"
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            try:
+                answer = self.simulator.handle(self.command, f"http://{host}{self.path}", headers, body)
+            except (Dropped, Refused):
+                self.close_connection = True
+                try:
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                return
+        self.send_response(answer.status)
+        for name, value in answer.headers.items():
+            self.send_header(name, value)
+        self.send_header("content-length", str(len(answer.body)))
+        self.end_headers()
+        self.wfile.write(answer.body)
+
+    do_GET = _serve
+    do_POST = _serve
+
+
+class SimulatorServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def make_server(simulator: Simulator, host: str = "127.0.0.1", port: int = 0) -> SimulatorServer:
+    """An HTTP server for `simulator` on host:port (port 0 picks a free one)."""
+    handler = type("Handler", (_Handler,), {"simulator": simulator})
+    return SimulatorServer((host, port), handler)
+
+
+def config_from_dict(values: dict[str, Any]) -> SimConfig:
+    known = {k: v for k, v in values.items() if k in SimConfig.__dataclass_fields__ and v is not None}
+    return SimConfig(**known)
+
+
+def config_to_dict(config: SimConfig) -> dict[str, Any]:
+    return asdict(config)
