@@ -27,3 +27,33 @@ rows:
   - prompt: "a hero walks"
     references: hero
 """
+
+
+def small_manifest(n_rows: int = 6, repeat: int = 1, resolution: str = "720p", duration: int = 5) -> str:
+    rows = "".join(f"  - prompt: 'shot number {i}'\n    references: hero\n    repeat: {repeat}\n" for i in range(n_rows))
+    return (f"version: 1\nbatch: small\ndefaults:\n  duration: {duration}\n  resolution: {resolution}\n"
+            f"reference_sets:\n  hero: [https://example.com/hero.png]\nrows:\n" + rows)
+
+
+@pytest.fixture
+def simrun(tmp_path: Path):
+    """Run a manifest in-process against a simulator; returns (report, simulator, ledger path)."""
+    import anyio
+
+    from batcher import api
+    from batcher.policy import RetryPolicy
+    from batcher.pool import RunOptions
+    from batcher.simulator import SimConfig, Simulator
+
+    def _run(manifest: Path, config: SimConfig | None = None, simulator: Simulator | None = None,
+             ledger: Path | None = None, **options):
+        sim = simulator or Simulator(config or SimConfig(render_seconds=0.05, render_jitter=0.2))
+        fast = RetryPolicy(base=0.01, cap=0.05, max_attempts=6)
+        options.setdefault("retry", fast)
+        options.setdefault("submit_retry", fast)
+        options.setdefault("out_dir", tmp_path / "out")
+        opts = RunOptions(expected_render=sim.config.render_seconds, seed=1, **options)
+        led = ledger or tmp_path / "ledger.db"
+        report = anyio.run(lambda: api.run_async(manifest, ledger=led, options=opts, to=api.target(simulate=sim)))
+        return report, sim, led
+    return _run
