@@ -594,4 +594,6 @@ def read_states(path: str | Path, batch: str) -> dict[str, str] | None:
         finally:
             conn.close()
     except sqlite3.Error as e:
+        if "no such table" in str(e):
+            return {}  # a ledger still being created
         raise LedgerError(f"cannot read ledger {path}: {e}") from None

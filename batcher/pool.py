@@ -47,6 +47,22 @@ except NameError:  # Python 3.10
 
 log = logging.getLogger("batcher.run")
 PAGE = 500
+# Crash tests: BATCHER_FAILPOINT=NAME[:N] kills this process with SIGKILL the Nth time the run
+# reaches step NAME (after-intent, after-post, after-accept, after-rendered, after-publish).
+_FAILPOINT = os.environ.get("BATCHER_FAILPOINT", "")
+_failpoint_hits: dict[str, int] = {}
+
+
+def failpoint(name: str) -> None:
+    """Die here, like a power cut, when the environment asks for it (crash tests only)."""
+    if not _FAILPOINT:
+        return
+    wanted, _, nth = _FAILPOINT.partition(":")
+    if wanted != name:
+        return
+    _failpoint_hits[name] = _failpoint_hits.get(name, 0) + 1
+    if _failpoint_hits[name] >= int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -231,6 +247,11 @@ class Runner:
         self._generation = 0
         self._workers_left = 0
         self._cost_seen: dict[tuple, float] = {}
+        self._trouble: list[float] = []
+        self._trouble_level = 0
+        self.pauses = 0
+
+    TROUBLE_BURST = 5
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -272,6 +293,25 @@ class Runner:
 
     def _pause(self, seconds: float) -> None:
         self._pause_until = max(self._pause_until, time.monotonic() + seconds)
+
+    def _server_trouble(self) -> None:
+        """Many 5xx or failed connections at once: pause every request, so a bad minute does not
+        become thousands of failing requests. The pause doubles while the trouble lasts."""
+        now = time.monotonic()
+        self._trouble = [t for t in self._trouble if t > now - 10.0] + [now]
+        if len(self._trouble) >= self.TROUBLE_BURST and now >= self._pause_until:
+            self._trouble_level = min(self._trouble_level + 1, 6)
+            pause = self.options.retry.base * (2 ** self._trouble_level)
+            self._pause(pause)
+            self._trouble = []
+            self._note_pause(pause)
+
+    def _note_pause(self, seconds: float) -> None:
+        self.pauses += 1
+        log.warning("many server errors at once: pausing all requests for %.1fs", seconds)
+
+    def _server_fine(self) -> None:
+        self._trouble_level = 0
 
     def _budget_signal(self) -> None:
         self._budget_changed.set()
@@ -480,12 +520,14 @@ class Runner:
             source = S(job.state)
             attempt_id = await self.writer.write(self.ledger.begin_submission(job.id, source, estimate))  # type: ignore
             job.state = S.SUBMITTING.value
+            failpoint("after-intent")
             try:
                 with anyio.fail_after(self.options.retry.cap + 60):
                     answer = await self.client.submit(self.model.api_id, wire)
             except TimeoutError:
                 return await self._held(job, attempt_id, estimate, "no answer to the submission in time")
             except OutcomeUnknown as e:
+                self._server_trouble()
                 return await self._held(job, attempt_id, estimate, str(e))
             except (NotSentError, RateLimited, CreditsExhausted, AuthError) as e:
                 self.budget.settle(estimate, None)
@@ -508,6 +550,7 @@ class Runner:
                 await self.writer.write(self.ledger.end_attempt(attempt_id, "rejected"))
                 await self._move(job, S.SUBMITTING, S.FAILED, "rejected", str(e), error=str(e))
                 return "failed"
+            failpoint("after-post")
             self.budget.settle(estimate, answer.credit_cost)
             self._budget_signal()
             self._cost_seen[job_class(job.parameters())] = max(self._cost_seen.get(job_class(job.parameters()), 0),
@@ -522,6 +565,7 @@ class Runner:
                                  remote_job_id=answer.job_id, status_url=answer.status_url,
                                  credit_cost=answer.credit_cost, submitted_at=submitted_at, error=None)(conn)
             await self.writer.write(accept)
+            failpoint("after-accept")
             job.state, job.remote_job_id, job.status_url = S.SUBMITTED.value, answer.job_id, answer.status_url
             job.credit_cost, job.submitted_at = answer.credit_cost, submitted_at
             self.submitted += 1
@@ -570,6 +614,7 @@ class Runner:
                 await self._event(job, "poll-paused", f"rate limited; pausing {e.retry_after:g}s")
                 continue
             except (ServerError, MalformedAnswer) as e:
+                self._server_trouble()
                 failures += 1
                 if failures == 1:
                     first_failure = time.monotonic()
@@ -589,6 +634,7 @@ class Runner:
                 await self._move(job, S.SUBMITTED, S.FAILED, "poll-rejected", str(e), error=str(e))
                 return "failed"
             failures = 0
+            self._server_fine()
             polls += 1
             if not status.done:
                 lower = seen_at
@@ -606,6 +652,7 @@ class Runner:
             expires = status.expires_at
             await self._move(job, S.SUBMITTED, S.RENDERED, "rendered", None, output_url=status.video_url,
                              output_expires_at=expires, render_seconds=render_seconds, finished_at=now)
+            failpoint("after-rendered")
             self.downloads.put(job)
             return "rendered"
         error = status.error or "the API reported the render failed, without a reason"
@@ -645,6 +692,7 @@ class Runner:
                 await self._wait_pause()
                 result = await self.client.download(url, tmp, max_bytes=self.options.max_download_bytes)
                 await anyio.to_thread.run_sync(_publish, tmp, final)
+                failpoint("after-publish")
             except OutputGone as e:
                 if refreshed:
                     message = f"the output URL expired and the API has no fresh one ({e}); re-render with " \
@@ -666,6 +714,8 @@ class Runner:
                 failures += 1
                 if isinstance(e, RateLimited):
                     self._pause(e.retry_after)
+                else:
+                    self._server_trouble()
                 if self.options.retry.gives_up(failures, 0):
                     await self._event(job, "download-given-up", f"{e}; the next run downloads it")
                     self._note("some downloads kept failing; the next run fetches them")
