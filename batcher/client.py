@@ -23,7 +23,7 @@ import anyio
 import httpx
 
 from .errors import (
-    AuthError, CreditsExhausted, DiskFullError, MalformedAnswer, NotSentError, OutcomeUnknown, OutputGone,
+    AuthError, CreditsExhausted, DiskFullError, MalformedAnswer, NotSentError, OutcomeUnknown, OutputGone, OversizeError,
     RateLimited, RejectedError, ServerError,
 )
 
@@ -160,7 +160,9 @@ class PixelDojoClient:
             response = await self._http.request(method, url, json=body, headers=self._auth(url))
             status = response.status_code
         except NOT_SENT as e:
-            raise NotSentError(f"{method} {urlsplit(url).path}: could not connect ({type(e).__name__})") from None
+            # For a GET the distinction does not matter: both are safe to retry.
+            cls = NotSentError if paid else ServerError
+            raise cls(f"{method} {urlsplit(url).path}: could not connect ({type(e).__name__})") from None
         except httpx.TransportError as e:
             cls = OutcomeUnknown if paid else ServerError
             raise cls(f"{method} {urlsplit(url).path}: connection failed after sending "
@@ -285,7 +287,7 @@ class PixelDojoClient:
                         raise MalformedAnswer(f"download failed: HTTP {status}", status)
                     length = response.headers.get("content-length")
                     if length and length.isdigit() and int(length) > max_bytes:
-                        raise MalformedAnswer(f"the video is {length} bytes, over the {max_bytes}-byte cap")
+                        raise OversizeError(f"the video is {length} bytes, over the {max_bytes}-byte cap")
                     return await self._save(response, dest, max_bytes)
             except httpx.TransportError as e:
                 raise ServerError(f"download failed: {type(e).__name__}") from None
@@ -308,7 +310,7 @@ class PixelDojoClient:
                 async for chunk in response.aiter_bytes():
                     size += len(chunk)
                     if size > max_bytes:
-                        raise MalformedAnswer(f"the video is over the {max_bytes}-byte cap; download stopped")
+                        raise OversizeError(f"the video is over the {max_bytes}-byte cap; download stopped")
                     if len(first) < 12:
                         first += chunk[: 12 - len(first)]
                     digest.update(chunk)

@@ -17,6 +17,7 @@
         ├── OutcomeUnknown       a POST may or may not have reached the API (never retried silently)
         ├── ServerError          5xx or a transport failure on a request that is safe to retry
         ├── MalformedAnswer      a body that is not the documented answer
+        │   └── OversizeError    a download over the configured size cap
         └── OutputGone           an output URL answered 403/404/410
 
 Messages never contain the API key: the client never puts headers into an error.
@@ -117,6 +118,10 @@ class ServerError(ApiError):
 
 class MalformedAnswer(ApiError):
     """The API answered, but not with the documented shape."""
+
+
+class OversizeError(MalformedAnswer):
+    """A download larger than the configured cap: stopped so a broken server cannot fill the disk."""
 
 
 class OutputGone(ApiError):

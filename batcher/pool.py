@@ -33,7 +33,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from .client import JobStatus, PixelDojoClient, check_schema
 from .errors import (
     AuthError, BatcherError, CreditsExhausted, DiskFullError, MalformedAnswer, NotSentError,
-    OutcomeUnknown, OutputGone, RateLimited, RejectedError, SchemaMismatch, ServerError,
+    OutcomeUnknown, OutputGone, OversizeError, RateLimited, RejectedError, SchemaMismatch, ServerError,
 )
 from .ledger import Job, Ledger
 from .models import ModelSpec
@@ -710,7 +710,12 @@ class Runner:
                 await self._event(job, "url-refreshed", "the output URL had expired; got a fresh one",
                                   output_url=fresh)
                 continue
-            except (ServerError, RateLimited) as e:
+            except OversizeError as e:
+                await self._move(job, S.RENDERED, S.FAILED, "oversize", str(e), error=str(e))
+                return
+            except (ServerError, RateLimited, MalformedAnswer) as e:
+                # Not a video (an error page from a proxy, say) is retried like a server error;
+                # the clip is paid for, so we never give up on it for good within a run.
                 failures += 1
                 if isinstance(e, RateLimited):
                     self._pause(e.retry_after)
@@ -724,9 +729,6 @@ class Runner:
                 await self._event(job, "download-retry", f"{e}; retrying in {delay:.1f}s")
                 await anyio.sleep(delay)
                 continue
-            except MalformedAnswer as e:
-                await self._move(job, S.RENDERED, S.FAILED, "bad-video", str(e), error=str(e))
-                return
             except DiskFullError as e:
                 self._stop("disk", f"{e}: free some space and run the same command again")
                 if self._core is not None:

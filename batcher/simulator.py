@@ -55,7 +55,8 @@ class SimConfig:
     refuse_rate: float = 0.0  # connection refused (in-process only; over HTTP: dropped unread)
     lost_answer_rate: float = 0.0  # POST run accepted and charged, then the answer is lost
     malformed_rate: float = 0.0  # a 200 HTML page instead of the JSON answer
-    rpm: float | None = None  # request-rate limit per minute (429 over it)
+    rpm: float | None = None  # request-rate limit per window (429 over it)
+    rate_window: float = 60.0  # seconds the rpm limit counts over (tests shorten it)
     url_ttl: float = 3600.0  # lifetime of one output URL
     retention: float = 86_400.0  # how long a finished job can hand out fresh URLs
     insufficient_status: int = 402  # 402, or 403 with code insufficient_credits (the older API)
@@ -256,11 +257,12 @@ class Simulator:
         if not self.config.rpm:
             return None
         now = self.clock()
-        while self._recent and self._recent[0] <= now - 60.0:
+        window = self.config.rate_window
+        while self._recent and self._recent[0] <= now - window:
             self._recent.popleft()
         if len(self._recent) >= self.config.rpm:
             self.rate_limited += 1
-            wait = max(1, int(self._recent[0] + 60.0 - now + 0.999))
+            wait = max(1, int(self._recent[0] + window - now + 0.999))
             return _error(429, "rate_limited", "Too many requests", {"retry-after": str(wait)})
         self._recent.append(now)
         return None
