@@ -366,6 +366,30 @@ def simulator(host: str, port: int, api_key: str, credit_balance: float, render_
     sys.exit(EXIT_OK)
 
 
+@cli.command()
+@click.argument("sections", nargs=-1, type=click.Choice(["efficiency", "ratelimit", "overhead", "stage", "all"]))
+@click.option("--jobs", default=800, show_default=True, help="Jobs in the efficiency run.")
+@click.option("--concurrency", default=40, show_default=True, help="Jobs in flight.")
+@click.option("--render", default=1.0, show_default=True, help="Mean simulated render seconds.")
+@click.option("--jitter", default=0.2, show_default=True, help="Render time spread (fraction of the mean).")
+@click.option("--rate-jobs", default=400, show_default=True, help="Jobs in the rate-limited run.")
+@click.option("--sim-rpm", default=1200.0, show_default=True, help="The simulator's request limit per minute.")
+@click.option("--rpm", "client_rpm", default=1100.0, show_default=True, help="batcher's --rpm in that run.")
+@click.option("--overhead-jobs", default=10_000, show_default=True, help="Jobs in the zero-render run.")
+@click.option("--stage-jobs", default=100_000, show_default=True, help="Jobs planned and added to a ledger.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON too.")
+def bench(sections: tuple[str, ...], jobs: int, concurrency: int, render: float, jitter: float, rate_jobs: int,
+          sim_rpm: float, client_rpm: float, overhead_jobs: int, stage_jobs: int, as_json: bool) -> None:
+    """Benchmark batcher against the built-in simulator and print a table of figures."""
+    from .bench import SECTIONS, run_all
+    chosen = SECTIONS if not sections or "all" in sections else list(sections)
+    results = run_all(chosen, jobs=jobs, concurrency=concurrency, render=render, jitter=jitter,
+                      overhead_jobs=overhead_jobs, stage_jobs=stage_jobs, sim_rpm=sim_rpm, client_rpm=client_rpm,
+                      rate_jobs=rate_jobs, echo=click.echo)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+
+
 def main() -> None:
     """Entry point of the `batcher` console script."""
     cli(prog_name="batcher")

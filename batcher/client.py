@@ -135,6 +135,11 @@ class PixelDojoClient:
         self._before = before_request
         self._after = after_response
 
+    def set_hooks(self, before_request: Callable[[str], Awaitable[None]] | None,
+                  after_response: Callable[[str, int | None], Awaitable[None]] | None) -> None:
+        """Install the rate limiter's hooks: awaited before each request and after each answer."""
+        self._before, self._after = before_request, after_response
+
     async def aclose(self) -> None:
         await self._http.aclose()
 

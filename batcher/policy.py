@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import deque
 from dataclasses import dataclass, field
 
 
@@ -37,68 +38,121 @@ class RetryPolicy:
 
 # --- polling -------------------------------------------------------------------------------------
 
+_SQRT2 = math.sqrt(2.0)
+_SQRT2PI = math.sqrt(2.0 * math.pi)
+
+
+def _phi(z: float) -> float:
+    return math.exp(-0.5 * z * z) / _SQRT2PI if math.isfinite(z) else 0.0
+
+
+def _cdf(z: float) -> float:
+    return 0.5 * (1.0 + math.erf(z / _SQRT2)) if math.isfinite(z) else (1.0 if z > 0 else 0.0)
+
+
+def fit_censored_normal(intervals: list[tuple[float, float]], iterations: int = 4,
+                        start: tuple[float, float] | None = None) -> tuple[float, float]:
+    """Mean and standard deviation of a normal from interval-censored samples (EM).
+
+    Each render is only known to have ended between two polls (or before the first): the
+    midpoint of (0, first poll] is badly biased, so the moments are fitted properly.
+    """
+    if start is not None:
+        mu, sigma = start
+    else:
+        mids = [(a + b) / 2 for a, b in intervals]
+        mu = sum(mids) / len(mids)
+        var = sum((m - mu) ** 2 for m in mids) / max(1, len(mids) - 1)
+        sigma = max(math.sqrt(var), 1e-3 * max(mu, 1e-3))
+    for _ in range(iterations):
+        s1 = s2 = 0.0
+        for a, b in intervals:
+            alpha = (a - mu) / sigma if a > 0 else -math.inf
+            beta = (b - mu) / sigma
+            mass = _cdf(beta) - _cdf(alpha)
+            if mass < 1e-9:
+                x = (a + b) / 2
+                s1 += x
+                s2 += x * x
+                continue
+            ez = (_phi(alpha) - _phi(beta)) / mass
+            a_term = alpha * _phi(alpha) if math.isfinite(alpha) else 0.0
+            ez2 = 1.0 + (a_term - beta * _phi(beta)) / mass
+            s1 += mu + sigma * ez
+            s2 += mu * mu + 2 * mu * sigma * ez + sigma * sigma * ez2
+        n = len(intervals)
+        mu = s1 / n
+        sigma = max(math.sqrt(max(s2 / n - mu * mu, 0.0)), 1e-3 * max(mu, 1e-3))
+    return mu, sigma
+
+
 @dataclass
-class _Stats:
-    n: int = 0
-    mean: float = 0.0
-    m2: float = 0.0
+class _Observed:
+    intervals: deque = field(default_factory=lambda: deque(maxlen=400))
+    fit: tuple[float, float] | None = None
+    since_fit: int = 0
 
-    def add(self, x: float) -> None:
-        self.n += 1
-        d = x - self.mean
-        self.mean += d / self.n
-        self.m2 += d * (x - self.mean)
-
-    @property
-    def std(self) -> float:
-        return math.sqrt(self.m2 / (self.n - 1)) if self.n > 1 else 0.0
+    def add(self, lower: float, upper: float, min_samples: int) -> None:
+        self.intervals.append((lower, upper))
+        self.since_fit += 1
+        n = len(self.intervals)
+        # Refit often while learning, then every 50 renders, warm-started (cheap at any rate).
+        if n >= min_samples and (self.fit is None or n < 50 or self.since_fit >= 50):
+            warm = self.fit if n >= 50 else None
+            self.fit = fit_censored_normal(list(self.intervals), 2 if warm else 4, warm)
+            self.since_fit = 0
 
 
 @dataclass
 class PollPlanner:
     """When to poll a job, learned from the render times this run has observed.
 
-    A render's true length lies between the last poll that saw it running and the first that
-    saw it done; the midpoint feeds running statistics per job class (duration, resolution).
-    With enough data, the first poll comes a little before the expected end (mean - lead*std)
-    and later polls follow every `step_std * std`, so most jobs are seen about once or twice
-    after they finish. Past the expected spread, or with no data yet, polls back off
-    geometrically from a start value.
+    A render's true length lies between the last poll that saw it running (or its submission)
+    and the first that saw it done; a normal is fitted to these intervals per job class
+    (duration, resolution). With enough data the first poll comes a little before the expected
+    end (mean - lead*std) and later polls follow every `step_std * std`, so most jobs are seen
+    once or twice after they finish. Past the expected spread, or with no data yet, polls back
+    off geometrically.
     """
 
-    initial: float = 5.0  # first poll when nothing has been observed yet
+    initial: float = 5.0  # expected render seconds before anything has been observed
     factor: float = 1.5  # back-off between polls when nothing better is known
     max_interval: float = 60.0
     min_interval: float = 0.02
-    lead: float = 0.6  # first poll at mean - lead * std
-    step_std: float = 0.5  # then every step_std * std ...
+    lead: float = 0.2  # first poll at mean - lead * std
+    step_std: float = 0.6  # then every step_std * std ...
     min_step_fraction: float = 0.04  # ... but never more often than this fraction of the mean
     min_samples: int = 3
-    _classes: dict[tuple, _Stats] = field(default_factory=dict)
-    _all: _Stats = field(default_factory=_Stats)
+    _classes: dict[tuple, _Observed] = field(default_factory=dict)
+    _all: _Observed = field(default_factory=_Observed)
 
     def observe(self, job_class: tuple, lower: float, upper: float) -> None:
         """A render of `job_class` finished between `lower` and `upper` seconds after submission."""
-        estimate = max(0.0, (lower + upper) / 2)
-        self._classes.setdefault(job_class, _Stats()).add(estimate)
-        self._all.add(estimate)
+        lower, upper = max(0.0, lower), max(0.0, upper)
+        self._classes.setdefault(job_class, _Observed()).add(lower, upper, self.min_samples)
+        self._all.add(lower, upper, self.min_samples)
 
     def expected(self, job_class: tuple) -> tuple[float, float] | None:
         """(mean, std) of render seconds for a class, falling back to all classes; None without data."""
-        stats = self._classes.get(job_class)
-        if stats is None or stats.n < self.min_samples:
-            stats = self._all
-        if stats.n < self.min_samples:
+        observed = self._classes.get(job_class)
+        fit = observed.fit if observed is not None else None
+        if fit is None:
+            fit = self._all.fit
+        if fit is None:
             return None
-        return stats.mean, max(stats.std, 0.02 * stats.mean)
+        mean, std = fit
+        return mean, max(std, 0.02 * mean)
 
     def next_poll(self, job_class: tuple, elapsed: float, polls: int) -> float:
         """Seconds after submission at which to poll next, given `polls` so far at `elapsed`."""
         expected = self.expected(job_class)
         if expected is None:
-            # Nothing learned yet: initial, then intervals growing by `factor`.
-            interval = min(self.max_interval, max(self.min_interval, self.initial * (self.factor ** polls)))
-            return elapsed + interval if polls else interval
+            # Nothing learned yet: a first poll a little before the expected render time, then
+            # steps of a quarter of it, growing by `factor`.
+            if polls == 0:
+                return max(self.min_interval, 0.8 * self.initial)
+            step = 0.25 * self.initial * (self.factor ** (polls - 1))
+            return elapsed + min(self.max_interval, max(self.min_interval, step))
         mean, std = expected
         first = max(self.min_interval, mean - self.lead * std)
         if elapsed < first:
@@ -148,3 +202,56 @@ class Budget:
     @property
     def remaining(self) -> float | None:
         return None if self.limit is None else max(0.0, self.limit - self.committed - self.reserved)
+
+
+# --- request rate --------------------------------------------------------------------------------
+
+@dataclass
+class RatePolicy:
+    """Spacing of API requests under `rpm`, adapting when the API answers 429 anyway.
+
+    A generic cell-rate algorithm: requests go at most `burst` at once, then one per interval,
+    with a safety `margin` below the limit (timers and networks jitter), so no 60-second window
+    holds more than `rpm`. A 429 cuts the rate by `backoff` and holds every request until its
+    `Retry-After`; every `recover_after` answers without one, the rate climbs back by `growth`.
+    """
+
+    rpm: float
+    burst: int = 1
+    margin: float = 0.97
+    backoff: float = 0.7
+    growth: float = 1.1
+    recover_after: int = 20
+    floor: float = 1.0
+    _rate: float = 0.0  # requests per minute in force now
+    _tat: float = float("-inf")  # theoretical arrival time of the next request
+    _calm: int = 0
+
+    def __post_init__(self) -> None:
+        self._rate = self.rpm * self.margin
+
+    @property
+    def rate(self) -> float:
+        return self._rate
+
+    @property
+    def interval(self) -> float:
+        return 60.0 / self._rate
+
+    def take(self, now: float) -> float:
+        """Claim the next slot; returns the time the request may be sent (>= now)."""
+        tolerance = (self.burst - 1) * self.interval
+        at = max(now, self._tat - tolerance)
+        self._tat = max(self._tat, at) + self.interval
+        return at
+
+    def on_rate_limited(self, now: float, retry_after: float) -> None:
+        self._rate = max(self.floor, self._rate * self.backoff)
+        self._calm = 0
+        self._tat = max(self._tat, now + retry_after)
+
+    def on_answer(self) -> None:
+        self._calm += 1
+        if self._calm >= self.recover_after and self._rate < self.rpm * self.margin:
+            self._rate = min(self.rpm * self.margin, self._rate * self.growth)
+            self._calm = 0

@@ -37,7 +37,7 @@ from .errors import (
 )
 from .ledger import Job, Ledger
 from .models import ModelSpec
-from .policy import Budget, PollPlanner, RetryPolicy
+from .policy import Budget, PollPlanner, RatePolicy, RetryPolicy
 from .states import JobState as S
 
 try:
@@ -81,6 +81,7 @@ class RunOptions:
     check_schema: bool = True
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     submit_retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(base=1.0, cap=30.0, max_attempts=6))
+    rpm: float | None = None  # client-side request-rate limit, all API calls together
     progress_interval: float = 1.0
     handle_signals: bool = False
     seed: int | None = None
@@ -178,6 +179,56 @@ class LedgerWriter:
         self._send.close()
 
 
+class RequestPacer:
+    """Lets API requests go at the pace `RatePolicy` allows, most urgent first: polls (their jobs
+    may be finished, with URLs that expire) before new submissions. Downloads are not paced: the
+    files live on another host."""
+
+    PRIORITY = {"poll": 0, "schema": 0, "submit": 1}
+
+    def __init__(self, policy: RatePolicy, clock: Callable[[], float] = time.monotonic):
+        self.policy = policy
+        self.clock = clock
+        self._waiting: list[tuple[int, int, anyio.Event]] = []
+        self._wake = anyio.Event()
+        self._seq = 0
+        self.rate_limited = 0
+
+    async def before(self, kind: str) -> None:
+        if kind == "download":
+            return
+        done = anyio.Event()
+        self._seq += 1
+        heapq.heappush(self._waiting, (self.PRIORITY.get(kind, 0), self._seq, done))
+        self._wake.set()
+        await done.wait()
+
+    async def after(self, kind: str, status: int | None) -> None:
+        if kind == "download":
+            return
+        if status == 429:
+            self.rate_limited += 1
+            self.policy.on_rate_limited(self.clock(), 0.0)
+        elif status is not None:
+            self.policy.on_answer()
+
+    def hold(self, seconds: float) -> None:
+        """Retry-After: nothing goes before then."""
+        self.policy.on_rate_limited(self.clock(), seconds)
+
+    async def run(self) -> None:
+        while True:
+            if not self._waiting:
+                self._wake = anyio.Event()
+                await self._wake.wait()
+                continue
+            at = self.policy.take(self.clock())
+            delay = at - self.clock()
+            if delay > 0:
+                await anyio.sleep(delay)
+            heapq.heappop(self._waiting)[2].set()
+
+
 class ExpiryQueue:
     """Jobs waiting for download, soonest-expiring URL first."""
 
@@ -232,9 +283,12 @@ class Runner:
         self.wall = wall
         self.rng = random.Random(self.options.seed)
         self.budget = Budget(self.options.budget)
-        self.planner = PollPlanner(initial=max(0.01, 0.5 * self.options.expected_render),
+        self.planner = PollPlanner(initial=max(0.01, self.options.expected_render),
                                    max_interval=max(1.0, self.options.expected_render))
         self.writer = LedgerWriter(ledger)
+        self.pacer = RequestPacer(RatePolicy(self.options.rpm)) if self.options.rpm else None
+        if self.pacer is not None:
+            client.set_hooks(self.pacer.before, self.pacer.after)
         self.downloads = ExpiryQueue()
         self.stop_reason: str | None = None
         self.messages: list[str] = []
@@ -293,6 +347,8 @@ class Runner:
 
     def _pause(self, seconds: float) -> None:
         self._pause_until = max(self._pause_until, time.monotonic() + seconds)
+        if self.pacer is not None:
+            self.pacer.hold(seconds)
 
     def _server_trouble(self) -> None:
         """Many 5xx or failed connections at once: pause every request, so a bad minute does not
@@ -348,12 +404,15 @@ class Runner:
         self.budget.committed = spend.committed
         avg = await to_thread(self.ledger.average_render_seconds, self.batch)
         if avg:
-            self.planner.initial = max(0.01, avg * 0.9)
+            self.planner.initial = max(0.01, avg)
 
         work_send, work_recv = anyio.create_memory_object_stream[Job](max(1, self.options.concurrency))
         try:
             async with anyio.create_task_group() as outer:
                 outer.start_soon(self.writer.run, name="ledger-writer")
+                pacing = anyio.CancelScope()
+                if self.pacer is not None:
+                    outer.start_soon(self._run_pacer, pacing, name="request-pacer")
                 try:
                     if self.options.check_schema:
                         await self._check_schema()
@@ -373,10 +432,16 @@ class Runner:
                                 core.start_soon(self._downloader, name=f"downloader-{i}")
                         aux.cancel_scope.cancel()
                 finally:
+                    pacing.cancel()
                     self.writer.close()
         except BaseException as e:  # noqa: BLE001 - unwrap task-group exception groups
             raise _first_batcher_error(e) from None
         return await self._finish()
+
+    async def _run_pacer(self, scope: anyio.CancelScope) -> None:
+        assert self.pacer is not None
+        with scope:
+            await self.pacer.run()
 
     async def _finish(self) -> RunReport:
         to_thread = anyio.to_thread.run_sync
@@ -649,10 +714,10 @@ class Runner:
                 message = "the API reports the job completed but gave no output URL"
                 await self._move(job, S.SUBMITTED, S.FAILED, "no-output", message, error=message, finished_at=now)
                 return "failed"
-            expires = status.expires_at
-            await self._move(job, S.SUBMITTED, S.RENDERED, "rendered", None, output_url=status.video_url,
-                             output_expires_at=expires, render_seconds=render_seconds, finished_at=now)
-            failpoint("after-rendered")
+            # The downloader records `rendered` before it fetches: the worker is free for the next
+            # job at once. A crash in between leaves the job submitted; the next run polls it again.
+            job.output_url, job.output_expires_at = status.video_url, status.expires_at
+            job.render_seconds, job.finished_at = render_seconds, now
             self.downloads.put(job)
             return "rendered"
         error = status.error or "the API reported the render failed, without a reason"
@@ -681,6 +746,11 @@ class Runner:
             await self._download(job)
 
     async def _download(self, job: Job) -> None:
+        if job.state == S.SUBMITTED.value:
+            await self._move(job, S.SUBMITTED, S.RENDERED, "rendered", None, output_url=job.output_url,
+                             output_expires_at=job.output_expires_at, render_seconds=job.render_seconds,
+                             finished_at=job.finished_at)
+            failpoint("after-rendered")
         out = self.options.out_dir
         final = out / f"{job.label}_t{job.take}_{job.key[:8]}.mp4"
         url = job.output_url or ""

@@ -144,7 +144,8 @@ class Simulator:
         with self.lock:
             self._tick()
             jobs = [{"job_id": j.job_id, "body": j.body, "cost": j.cost, "fails": j.fails,
-                     "refunded": j.refunded, "answer_lost": j.answer_lost} for j in self.jobs.values()]
+                     "refunded": j.refunded, "answer_lost": j.answer_lost,
+                     "render_seconds": round(j.ends - j.submitted, 6)} for j in self.jobs.values()]
             return {
                 "jobs": jobs,
                 "charged": sum(j.cost for j in self.jobs.values()),
@@ -185,7 +186,8 @@ class Simulator:
                 auth = headers.get("authorization", "")
                 if auth != f"Bearer {self.config.api_key}":
                     return _error(401, "invalid_api_key", "Invalid or missing API key")
-            limited = self._rate_limit()
+            # Output files live on another host (temp.pixeldojo.ai): not under the API's rate limit.
+            limited = self._rate_limit() if route != "file" else None
             if limited is not None:
                 return limited
             fault = self._fault(route)
