@@ -1,0 +1,129 @@
+"""Pure policies: retry back-off, poll planning, budget, request rate (injected clocks, no I/O)."""
+from __future__ import annotations
+
+import math
+import random
+
+import anyio
+import pytest
+
+from batcher.policy import Budget, PollPlanner, RatePolicy, RetryPolicy, fit_censored_normal
+from batcher.pool import RequestPacer
+
+
+def test_full_jitter_backoff_is_bounded_and_honours_retry_after():
+    policy = RetryPolicy(base=1, cap=8, max_attempts=5, max_total=100)
+    rng = random.Random(0)
+    for attempt in range(1, 10):
+        d = policy.delay(attempt, rng)
+        assert 0 <= d <= min(8, 2 ** (attempt - 1))
+    assert policy.delay(1, rng, retry_after=30) == 30
+    assert not policy.gives_up(4, 10) and policy.gives_up(5, 10) and policy.gives_up(1, 100)
+
+
+def test_censored_fit_recovers_the_render_distribution():
+    rng = random.Random(3)
+    intervals = []
+    for _ in range(400):
+        r = rng.gauss(10, 2)
+        if r <= 9.6:
+            intervals.append((0.0, 9.6))
+        else:
+            k = math.ceil((r - 9.6) / 1.2)
+            intervals.append((9.6 + (k - 1) * 1.2, 9.6 + k * 1.2))
+    mean, std = fit_censored_normal(intervals)
+    assert abs(mean - 10) < 0.4 and abs(std - 2) < 0.4
+    # the naive midpoint mean is far off: why the fit exists
+    naive = sum((a + b) / 2 for a, b in intervals) / len(intervals)
+    assert abs(naive - 10) > abs(mean - 10)
+
+
+def simulate_polls(planner: PollPlanner, renders: list[float]) -> tuple[float, float]:
+    polls = delay = 0.0
+    for r in renders:
+        t, n, lower = 0.0, 0, 0.0
+        while True:
+            t = planner.next_poll(("5", "720p"), t, n)
+            n += 1
+            if t >= r:
+                planner.observe(("5", "720p"), lower, t)
+                break
+            lower = t
+        polls += n
+        delay += t - r
+    return polls / len(renders), delay / len(renders)
+
+
+def test_planner_learns_to_poll_about_twice_per_job():
+    rng = random.Random(1)
+    renders = [max(0.1, rng.gauss(60, 12)) for _ in range(600)]
+    planner = PollPlanner(initial=60)
+    simulate_polls(planner, renders[:100])  # learning
+    polls, delay = simulate_polls(planner, renders[100:])
+    assert polls <= 2.5 and delay / 60 < 0.12, (polls, delay)
+    mean, std = planner.expected(("5", "720p"))
+    assert abs(mean - 60) < 4 and abs(std - 12) < 4
+
+
+def test_planner_backs_off_without_data_and_past_the_spread():
+    planner = PollPlanner(initial=10, factor=2, max_interval=30)
+    times = [0.0]
+    for n in range(6):
+        times.append(planner.next_poll(("x",), times[-1], n))
+    gaps = [b - a for a, b in zip(times[1:], times[2:])]
+    assert times[1] == 8 and gaps == sorted(gaps) and max(gaps) <= 30
+    for _ in range(20):
+        planner.observe(("x",), 9, 11)
+    late = planner.next_poll(("x",), 500, 3)
+    assert 500 < late <= 530
+
+
+def test_budget_reserve_settle_refund():
+    b = Budget(limit=100, committed=30)
+    assert b.reserve(50) and not b.reserve(30) and b.reservations == 1
+    b.settle(50, 45)
+    assert b.committed == 75 and b.reserved == 0 and b.remaining == 25
+    b.refund(45)
+    assert b.committed == 30 and b.fits(70) and not b.fits(71)
+    assert Budget(limit=None).reserve(1e9)
+
+
+def test_rate_policy_spaces_requests_under_the_limit():
+    policy = RatePolicy(rpm=60, margin=1.0)
+    sends = [policy.take(0.0) for _ in range(5)]
+    assert sends == [0.0, 1.0, 2.0, 3.0, 4.0]
+    # any 60-second window holds at most rpm requests
+    policy = RatePolicy(rpm=120)
+    times = [policy.take(t * 0.01) for t in range(500)]
+    assert all(sum(1 for x in times if w <= x < w + 60) <= 120 for w in times)
+
+
+def test_rate_policy_slows_on_429_and_recovers():
+    policy = RatePolicy(rpm=100, margin=1.0, backoff=0.5, growth=2.0, recover_after=3)
+    policy.on_rate_limited(now=10.0, retry_after=5.0)
+    assert policy.rate == 50 and policy.take(10.0) == 15.0
+    for _ in range(3):
+        policy.on_answer()
+    assert policy.rate == 100
+
+
+def test_pacer_serves_polls_before_submissions():
+    order = []
+
+    async def main():
+        pacer = RequestPacer(RatePolicy(rpm=600, margin=1.0))  # one request every 0.1 s
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pacer.run)
+
+            async def req(kind, i):
+                await pacer.before(kind)
+                order.append((kind, i))
+            for i in range(3):
+                tg.start_soon(req, "submit", i)
+            await anyio.sleep(0.01)
+            for i in range(3):
+                tg.start_soon(req, "poll", i)
+            await anyio.sleep(0.75)
+            tg.cancel_scope.cancel()
+    anyio.run(main)
+    assert [k for k, _ in order[:4]] == ["submit", "poll", "poll", "poll"]
