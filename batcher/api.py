@@ -5,6 +5,8 @@
     print(api.plan(manifest).credits)
     report = api.run("manifests/demo.yaml", simulate=True, budget=500)
     print(report.counts, api.status("batcher.db", manifest.batch))
+    api.export_dataset("batcher.db", manifest.batch, "dataset/")    # a VideoFolder dataset
+    api.report("batcher.db", manifest.batch, "report.html")         # the HTML gallery
 
 The CLI is built on these functions, so there is one code path.
 """
@@ -142,3 +144,29 @@ def status(ledger: Ledger | str | Path, batch: str | None = None) -> dict[str, A
     finally:
         if owned:
             led.close()
+
+
+def _with_ledger(ledger: Ledger | str | Path, fn: Callable[[Ledger], Any]) -> Any:
+    if isinstance(ledger, Ledger):
+        return fn(ledger)
+    with Ledger(ledger) as led:
+        return fn(led)
+
+
+def export_records(ledger: Ledger | str | Path, batch: str | None = None) -> list[dict[str, Any]]:
+    """Every job's record (request, provenance, cost, file, sha256), as JSONL/CSV export writes them."""
+    from .export import records
+    return _with_ledger(ledger, lambda led: list(records(led, batch)))
+
+
+def export_dataset(ledger: Ledger | str | Path, batch: str | None, out_dir: str | Path,
+                   include_failed: bool = False) -> Any:
+    """A Hugging Face VideoFolder dataset: verified videos and metadata.jsonl."""
+    from .export import export_videofolder
+    return _with_ledger(ledger, lambda led: export_videofolder(led, batch, Path(out_dir), include_failed))
+
+
+def report(ledger: Ledger | str | Path, batch: str, out_path: str | Path = "report.html") -> int:
+    """Write the batch's self-contained HTML gallery; returns the number of cards."""
+    from .report import build_report
+    return _with_ledger(ledger, lambda led: build_report(led, batch, Path(out_path)))

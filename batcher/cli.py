@@ -158,7 +158,10 @@ def run_options(f: Any) -> Any:
         click.option("--max-download-mb", type=click.IntRange(1), default=2048, show_default=True,
                      help="Refuse a video larger than this."),
         rate_option,
-        click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, hidden=True),
+        click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+                     help="Write the HTML gallery here at the end, and print its path."),
+        click.option("--rpm", type=click.FloatRange(1), default=None,
+                     help="Most API requests per minute, all calls together (adapts to 429s)."),
         click.option("-v", "--verbose", is_flag=True, help="Log each request and state change to stderr."),
         click.option("--log-json", type=click.Path(dir_okay=False), default=None,
                      help="Write the same log as JSON lines to this file."),
@@ -172,7 +175,8 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
          api_base: str | None, simulate: bool, sim_render_seconds: float, sim_fail_rate: float,
          max_attempts: int, job_timeout: float | None, expected_render: float, max_download_mb: int,
          rates: tuple[str, ...], verbose: bool, log_json: str | None, resubmit_unknown: bool = False,
-         requeue: tuple[str, ...] = (), **_: Any) -> None:
+         requeue: tuple[str, ...] = (), report_path: str | None = None, rpm: float | None = None,
+         **_: Any) -> None:
     import anyio
 
     from . import api
@@ -194,7 +198,7 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
     options = RunOptions(concurrency=concurrency, budget=budget, out_dir=out, max_attempts=max_attempts,
                          job_timeout=job_timeout, resubmit_unknown=resubmit_unknown,
                          expected_render=expected_render, max_download_bytes=max_download_mb * 1024 * 1024,
-                         handle_signals=True, progress_interval=0.5)
+                         handle_signals=True, progress_interval=0.5, rpm=rpm)
     live = sys.stderr.isatty()
     printer = ProgressPrinter(sys.stderr, live=live, interval=30.0)
     with Ledger(ledger_path) as ledger:
@@ -208,8 +212,13 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
             m, ledger=ledger, options=options, to=to, rate_overrides=overrides, on_progress=printer,
             on_force_exit=lambda: os._exit(EXIT_INTERRUPTED), stage_jobs=False))
         printer.end()
+        if report_path:
+            from .report import build_report
+            build_report(ledger, m.batch, Path(report_path))
     for line in summary(report, str(out)):
         click.echo(line, err=True)
+    if report_path:
+        click.echo(f"report: {Path(report_path).resolve()}", err=True)
     sys.exit(report.exit_code)
 
 
@@ -312,21 +321,54 @@ def status(manifest: str | None, ledger_path: str, as_json: bool, job_key: str |
 @cli.command()
 @click.argument("manifest", required=False, type=click.Path(dir_okay=False))
 @ledger_option
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True,
-              help="Output format.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "videofolder"]), default="jsonl",
+              show_default=True, help="jsonl or csv records, or a videofolder dataset.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="-", show_default=True,
-              help="File to write (- for standard output).")
-def export(manifest: str | None, ledger_path: str, fmt: str, output: str) -> None:
-    """Export one record per job (request, provenance, cost, file, sha256) as JSONL or CSV."""
+              help="File to write (- for standard output); jsonl and csv.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for --format videofolder.")
+@click.option("--include-failed", is_flag=True, help="videofolder: list jobs without a video in not_completed.jsonl.")
+def export(manifest: str | None, ledger_path: str, fmt: str, output: str, out_dir: str | None,
+           include_failed: bool) -> None:
+    """Export jobs with their provenance: JSONL or CSV records, or a VideoFolder dataset."""
     from .export import export as write_export
+    from .export import export_videofolder
     batch = _batch_for(manifest)
     with _open_existing(ledger_path) as ledger:
+        if fmt == "videofolder":
+            if not out_dir:
+                raise click.UsageError("--format videofolder needs --out DIR")
+            r = export_videofolder(ledger, batch, Path(out_dir), include_failed)
+            click.echo(f"{out_dir}: {r.videos} video(s) ({r.linked} linked, {r.copied} copied, {r.unchanged} "
+                       f"already there) and metadata.jsonl; {r.others} job(s) without a video"
+                       + (f"; {len(r.unverified)} skipped: file missing or not matching its sha256"
+                          if r.unverified else ""), err=True)
+            return
         if output == "-":
             n = write_export(ledger, batch, fmt, sys.stdout)
         else:
             with open(output, "w", encoding="utf-8", newline="") as f:
                 n = write_export(ledger, batch, fmt, f)
             click.echo(f"wrote {n} record(s) to {output}", err=True)
+
+
+@cli.command()
+@click.argument("manifest", required=False, type=click.Path(dir_okay=False))
+@ledger_option
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default="report.html", show_default=True,
+              help="The HTML file to write.")
+def report(manifest: str | None, ledger_path: str, output: str) -> None:
+    """Write a self-contained HTML gallery of a batch: clips, prompts, references, costs, reasons."""
+    from .report import build_report
+    with _open_existing(ledger_path) as ledger:
+        batch = _batch_for(manifest)
+        if batch is None:
+            names = [b.name for b in ledger.batches()]
+            if len(names) != 1:
+                raise click.UsageError(f"the ledger holds {len(names)} batches; name the MANIFEST")
+            batch = names[0]
+        n = build_report(ledger, batch, Path(output))
+    click.echo(f"wrote {output} ({n} job(s))", err=True)
 
 
 @cli.command()

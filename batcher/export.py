@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import os
+import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
@@ -14,7 +18,8 @@ from .ledger import Job, Ledger
 FIELDS = ["id", "batch", "origin", "prompt", "reference_urls", "duration", "resolution", "aspect_ratio",
           "negative_prompt", "seed", "state", "remote_job_id", "credit_cost", "output_url", "file", "sha256",
           "error"]
-EXTRA_FIELDS = ["model", "size", "attempts", "render_seconds", "submitted_at", "finished_at", "label", "take"]
+EXTRA_FIELDS = ["model", "size", "attempts", "render_seconds", "submitted_at", "finished_at", "label", "take",
+                "created_at"]
 
 
 def iso(epoch: float | None) -> str | None:
@@ -22,7 +27,10 @@ def iso(epoch: float | None) -> str | None:
 
 
 def job_record(job: Job, model: str | None = None) -> dict[str, Any]:
-    """A job's provenance: the request, where it came from, what it cost and where its video is."""
+    """A job's provenance: the request, where it came from, what it cost and where its video is.
+
+    The one record builder behind JSONL, CSV, dataset folders and the HTML report.
+    """
     params = job.parameters()
     return {
         "id": job.key, "batch": job.batch, "origin": job.origin, "prompt": params.get("prompt"),
@@ -33,7 +41,7 @@ def job_record(job: Job, model: str | None = None) -> dict[str, Any]:
         "file": job.file_path, "sha256": job.sha256, "error": job.error,
         "model": model, "size": job.size, "attempts": job.attempts, "render_seconds": job.render_seconds,
         "submitted_at": iso(job.submitted_at), "finished_at": iso(job.finished_at), "label": job.label,
-        "take": job.take,
+        "take": job.take, "created_at": iso(job.created_at),
     }
 
 
@@ -75,3 +83,95 @@ def export(ledger: Ledger, batch: str | None, fmt: str, out: IO[str]) -> int:
 
 def default_path(batch: str, fmt: str) -> Path:
     return Path(f"{batch}.{fmt}")
+
+
+# --- dataset folders --------------------------------------------------------------------------
+
+@dataclass
+class FolderExport:
+    videos: int = 0
+    linked: int = 0
+    copied: int = 0
+    unchanged: int = 0
+    unverified: list[str] = field(default_factory=list)
+    others: int = 0
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _place(source: Path, target: Path, sha256: str, result: FolderExport) -> None:
+    """Hard-link (else copy) a verified video into the folder; leave it if already there."""
+    if target.exists():
+        try:
+            if os.path.samefile(source, target) or file_sha256(target) == sha256:
+                result.unchanged += 1
+                return
+        except OSError:
+            pass
+    tmp = target.with_name(f".{target.name}.tmp")
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        os.link(source, tmp)
+        result.linked += 1
+    except OSError:
+        shutil.copy2(source, tmp)
+        result.copied += 1
+    os.replace(tmp, target)
+
+
+def export_videofolder(ledger: Ledger, batch: str | None, out_dir: Path, include_failed: bool = False
+                       ) -> FolderExport:
+    """A folder Hugging Face datasets' VideoFolder loads as it is: the videos and metadata.jsonl.
+
+    Only completed clips whose file is present and matches its recorded sha256 go in. Exporting
+    again into the same folder updates it: records are keyed by file name, never duplicated.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta_path = out_dir / "metadata.jsonl"
+    existing: dict[str, dict[str, Any]] = {}
+    if meta_path.exists():
+        for line in meta_path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                    existing[row["file_name"]] = row
+                except (ValueError, KeyError, TypeError):
+                    continue
+    result = FolderExport()
+    failed: list[dict[str, Any]] = []
+    for record in records(ledger, batch):
+        if record["state"] != "completed" or not record["file"]:
+            result.others += 1
+            if include_failed:
+                failed.append(record)
+            continue
+        source = Path(record["file"])
+        if not source.exists() or file_sha256(source) != record["sha256"]:
+            result.unverified.append(record["id"])
+            continue
+        name = source.name
+        _place(source, out_dir / name, record["sha256"], result)
+        row = {"file_name": name, **{k: v for k, v in record.items() if k != "file"}}
+        existing[name] = row
+        result.videos += 1
+    _write_jsonl_atomically(meta_path, existing.values())
+    if include_failed:
+        _write_jsonl_atomically(out_dir / "not_completed.jsonl", failed)
+    return result
+
+
+def _write_jsonl_atomically(path: Path, rows: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -47,6 +47,7 @@ class Batch(SQLModel, table=True):
     model: str
     manifest: str
     generation: int = 0
+    budget: Optional[float] = None  # the budget of the latest run
     created_at: float
     updated_at: float
 
@@ -154,6 +155,9 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
                   estimate, remote_job_id, credit_cost, state = 'failed', COALESCE(submitted_at, created_at),
                   finished_at
            FROM job WHERE remote_job_id IS NOT NULL OR state = 'submitting'""",
+    ]),
+    (3, "batch budget", [
+        "ALTER TABLE batch ADD COLUMN budget REAL",
     ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -369,6 +373,22 @@ class Ledger:
         with self.engine.connect() as conn:
             value = conn.execute(text("SELECT generation FROM batch WHERE name = :n"), {"n": batch}).scalar()
             return int(value or 0)
+
+    def set_budget(self, batch: str, budget: float | None) -> None:
+        self.write(lambda conn: conn.execute(text("UPDATE batch SET budget = :b WHERE name = :n"),
+                                             {"b": budget, "n": batch}))
+
+    def batch(self, name: str) -> Batch | None:
+        with self.session() as s:
+            return s.get(Batch, name)
+
+    def timings(self, batch: str) -> tuple[float | None, float | None]:
+        """(first submission, last update of a finished job) of a batch, epoch seconds."""
+        with self.engine.connect() as conn:
+            first, last = conn.execute(text(
+                "SELECT MIN(submitted_at), MAX(CASE WHEN state IN ('completed', 'failed', 'expired') "
+                "THEN updated_at END) FROM job WHERE batch = :b"), {"b": batch}).one()
+        return first, last
 
     def batches(self) -> list[Batch]:
         with self.session() as s:

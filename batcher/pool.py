@@ -399,6 +399,7 @@ class Runner:
             if n:
                 self._note(f"{n} held job(s) requeued by --resubmit-unknown: they may be charged twice")
         self._generation = await to_thread(self.ledger.generation, self.batch)
+        await to_thread(self.ledger.set_budget, self.batch, self.options.budget)
         await to_thread(self._prepare_outputs)
         spend = await to_thread(self.ledger.spend, self.batch)
         self.budget.committed = spend.committed

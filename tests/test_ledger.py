@@ -125,6 +125,7 @@ def test_upgrade_from_version_1_keeps_data_and_costs(tmp_path):
         assert ledger.spend("b").spent == 20
         assert [a.credit_cost for a in ledger.attempts(1)] == [20]
         assert ledger.generation("b") == 0
+        assert ledger.batch("b").budget is None
     applied = sqlite3.connect(path).execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
     assert [v for (v,) in applied] == [m[0] for m in MIGRATIONS]
 

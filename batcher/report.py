@@ -1,0 +1,147 @@
+"""A self-contained HTML gallery of a batch: works offline from file://, no CDN, no fonts, no
+external scripts. Every piece of text from a manifest or the API is escaped.
+
+Reference images are remote URLs: the page does not fetch them unless the reader ticks
+"show reference thumbnails", so opening it offline makes no failing requests (and leaks
+nothing to the image hosts).
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from .export import iso, records
+from .ledger import Ledger
+from .states import JobState
+
+STATE_COLOURS = {"completed": "#1b7f3b", "failed": "#b3261e", "unknown": "#a15c00", "expired": "#6b4fa0",
+                 "pending": "#555", "submitted": "#1f5fa8", "rendered": "#1f5fa8", "submitting": "#a15c00"}
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;background:#f4f4f2;color:#1d1d1b}
+header{background:#1d1d1b;color:#fafaf8;padding:16px 24px}
+header h1{margin:0 0 8px;font-size:20px}
+.figs{display:flex;flex-wrap:wrap;gap:18px}.figs div{min-width:90px}.figs b{display:block;font-size:18px}
+.bar{padding:10px 24px;background:#e8e8e4;display:flex;gap:16px;align-items:center;flex-wrap:wrap}
+main{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:16px;padding:16px 24px}
+.card{background:#fff;border-radius:8px;box-shadow:0 1px 3px #0002;overflow:hidden;display:flex;flex-direction:column}
+.card video{width:100%;background:#000;aspect-ratio:16/9}
+.noclip{aspect-ratio:16/9;display:flex;align-items:center;justify-content:center;background:#ddd;color:#555;padding:8px;text-align:center}
+.body{padding:10px 12px}.prompt{margin:0 0 6px;white-space:pre-wrap;word-break:break-word}
+.state{display:inline-block;color:#fff;border-radius:4px;padding:0 6px;font-size:12px;font-weight:600}
+.meta{color:#555;font-size:12px}.meta code{font-size:11px}
+.refs{display:flex;gap:6px;flex-wrap:wrap;margin:6px 0}.refs a{font-size:11px;word-break:break-all}
+.refs img{width:56px;height:56px;object-fit:cover;border-radius:4px;display:none}
+body.thumbs .refs img{display:block}
+.error{color:#b3261e;font-size:12px;white-space:pre-wrap;word-break:break-word}
+.hidden{display:none}
+"""
+
+SCRIPT = """
+(function(){
+  var state=document.getElementById('f-state'), row=document.getElementById('f-row'),
+      thumbs=document.getElementById('f-thumbs'), shown=document.getElementById('shown');
+  function apply(){
+    var n=0;
+    document.querySelectorAll('.card').forEach(function(c){
+      var ok=(!state.value||c.dataset.state===state.value)&&(!row.value||c.dataset.row===row.value);
+      c.classList.toggle('hidden',!ok); if(ok){n++;}
+    });
+    shown.textContent=n;
+  }
+  state.addEventListener('change',apply); row.addEventListener('change',apply);
+  thumbs.addEventListener('change',function(){
+    if(thumbs.checked){document.querySelectorAll('.refs img[data-src]').forEach(function(i){i.src=i.dataset.src;});}
+    document.body.classList.toggle('thumbs',thumbs.checked);
+  });
+  apply();
+})();
+"""
+
+
+def esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _credits(value: float | None) -> str:
+    if value is None:
+        return "none"
+    text = f"{value:,.2f}"
+    return text.rstrip("0").rstrip(".")
+
+
+def build_report(ledger: Ledger, batch: str, out_path: Path) -> int:
+    """Write the gallery of `batch` to `out_path`; returns the number of cards."""
+    info = ledger.batch(batch)
+    counts = ledger.counts(batch)
+    spend = ledger.spend(batch)
+    first, last = ledger.timings(batch)
+    avg = ledger.average_render_seconds(batch)
+    base = out_path.resolve().parent
+    cards: list[str] = []
+    rows: Counter[str] = Counter()
+    for record in records(ledger, batch):
+        rows[record["origin"]] += 1
+        cards.append(_card(record, base))
+    wall = f"{last - first:,.0f} s" if first and last and last > first else "n/a"
+    figures = [("jobs", sum(counts.values()))] + [(s.value, counts[s.value]) for s in JobState if counts[s.value]]
+    figures += [("credits spent", _credits(spend.spent)),
+                ("budget", _credits(info.budget if info else None)),
+                ("held (unknown)", _credits(spend.held)), ("wall time", wall),
+                ("avg render", f"{avg:.1f} s" if avg else "n/a")]
+    state_options = "".join(f'<option value="{esc(s.value)}">{esc(s.value)} ({counts[s.value]})</option>'
+                            for s in JobState if counts[s.value])
+    row_options = "".join(f'<option value="{esc(o)}">{esc(o)} ({n})</option>' for o, n in rows.items())
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width,initial-scale=1">
+<title>batcher: {esc(batch)}</title><style>{CSS}</style></head>
+<body>
+<header><h1>{esc(batch)} <small>({esc(info.model if info else '')})</small></h1>
+<div class="figs">{''.join(f'<div><b>{esc(v)}</b>{esc(k)}</div>' for k, v in figures)}</div>
+<div class="meta">generated {esc(iso(os.path.getmtime(ledger.path)) if ledger.path.exists() else '')} from {esc(ledger.path)}</div>
+</header>
+<div class="bar">
+<label>state <select id="f-state"><option value="">all</option>{state_options}</select></label>
+<label>row <select id="f-row"><option value="">all</option>{row_options}</select></label>
+<label><input type="checkbox" id="f-thumbs"> show reference thumbnails (fetches them from the network)</label>
+<span><span id="shown">{len(cards)}</span> of {len(cards)} shown</span>
+</div>
+<main id="cards">
+{''.join(cards)}
+</main>
+<script>{SCRIPT}</script>
+</body></html>
+"""
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, out_path)
+    return len(cards)
+
+
+def _card(r: dict[str, Any], base: Path) -> str:
+    state = r["state"]
+    colour = STATE_COLOURS.get(state, "#555")
+    if state == "completed" and r["file"]:
+        src = os.path.relpath(r["file"], base)
+        media = (f'<video controls muted preload="metadata" src="{esc(Path(src).as_posix())}" '
+                 f'data-key="{esc(r["id"])}"></video>')
+    else:
+        media = f'<div class="noclip">{esc(state)}</div>'
+    refs = "".join(f'<a href="{esc(u)}" title="{esc(u)}"><img alt="reference" data-src="{esc(u)}">'
+                   f'{esc(u.rsplit("/", 1)[-1])}</a>' for u in r["reference_urls"] or [])
+    params = ", ".join(f"{k} {esc(r[k])}" for k in ("duration", "resolution", "aspect_ratio") if r.get(k))
+    seed = f", seed {esc(r['seed'])}" if r.get("seed") is not None else ""
+    cost = f", {esc(_credits(r['credit_cost']))} credits" if r.get("credit_cost") is not None else ""
+    negative = f'<div class="meta">negative: {esc(r["negative_prompt"])}</div>' if r.get("negative_prompt") else ""
+    error = f'<div class="error">{esc(r["error"])}</div>' if r.get("error") else ""
+    return (f'<article class="card" data-state="{esc(state)}" data-row="{esc(r["origin"])}">{media}'
+            f'<div class="body"><span class="state" style="background:{colour}">{esc(state)}</span> '
+            f'<span class="meta">{esc(r["origin"])} · take {esc(r["take"])} · <code>{esc(r["id"][:12])}</code></span>'
+            f'<p class="prompt">{esc(r["prompt"])}</p>{negative}<div class="refs">{refs}</div>'
+            f'<div class="meta">{params}{seed}{cost}</div>{error}</div></article>\n')
+
