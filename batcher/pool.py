@@ -75,7 +75,7 @@ class RunOptions:
     max_attempts: int = 2
     job_timeout: float | None = None
     resubmit_unknown: bool = False
-    downloads: int = 4
+    downloads: int = 8
     max_download_bytes: int = 2 * 1024 ** 3
     expected_render: float = 60.0  # first poll guess before anything is learned
     check_schema: bool = True
@@ -850,7 +850,13 @@ class Runner:
 
 
 def _publish(tmp: Path, final: Path) -> None:
-    """Atomically give a verified download its final name, durably."""
+    """Atomically give a verified download its final name, durably: the content is on disk
+    before the rename, and the rename before the ledger says `completed`."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     os.replace(tmp, final)
     fd = os.open(final.parent, os.O_RDONLY)
     try:

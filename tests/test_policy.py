@@ -5,7 +5,6 @@ import math
 import random
 
 import anyio
-import pytest
 
 from batcher.policy import Budget, PollPlanner, RatePolicy, RetryPolicy, fit_censored_normal
 from batcher.pool import RequestPacer
