@@ -6,7 +6,9 @@
     ├── ManifestError            one or more `FILE:LINE: message` diagnostics (exit 2)
     ├── LedgerError              the ledger cannot be opened, upgraded or written (exit 2)
     │   ├── IllegalTransition    a job state change the state machine forbids
+    │   │   └── LeaseLost        another runner took the job over (its fencing token moved on)
     │   └── DiskFullError        the disk filled up while writing (exit 2; rerun after freeing space)
+    ├── BudgetExceeded           the shared budget has no room for another submission
     ├── SchemaMismatch           the live model schema rejects the batch's parameters (exit 2)
     └── ApiError                 the API answered something we cannot use
         ├── AuthError            401/403: the key is wrong; stops the run
@@ -66,6 +68,18 @@ class LedgerError(BatcherError):
 
 class IllegalTransition(LedgerError):
     """A job state change the state machine forbids."""
+
+
+class LeaseLost(IllegalTransition):
+    """Another runner holds this job now: the write was refused by its fencing token."""
+
+
+class BudgetExceeded(BatcherError):
+    """The batch's budget, shared by every runner, cannot cover another reservation."""
+
+    def __init__(self, message: str, committed: float):
+        self.committed = committed
+        super().__init__(message)
 
 
 class DiskFullError(LedgerError):

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
-from sqlalchemy import Connection, Engine, event, text
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy import Connection, Engine, event, inspect, make_url, text
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
-from .errors import DiskFullError, IllegalTransition, LedgerError
+from .errors import BatcherError, BudgetExceeded, DiskFullError, IllegalTransition, LeaseLost, LedgerError
 from .plan import JobSpec
 from .states import JobState, check_move
 
@@ -48,6 +48,7 @@ class Batch(SQLModel, table=True):
     manifest: str
     generation: int = 0
     budget: Optional[float] = None  # the budget of the latest run
+    committed: float = 0.0  # credits charged or reserved: the shared budget's running total
     created_at: float
     updated_at: float
 
@@ -77,6 +78,9 @@ class Job(SQLModel, table=True):
     error: Optional[str] = None
     attempts: int = 0
     render_seconds: Optional[float] = None
+    owner: Optional[str] = None  # the runner holding the lease
+    lease_until: Optional[float] = None
+    lease_token: int = 0  # fencing token: bumped by every claim; every write checks it
     created_at: float
     updated_at: float
     submitted_at: Optional[float] = None
@@ -123,29 +127,29 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (1, "initial", [
         """CREATE TABLE batch (
             name TEXT PRIMARY KEY, model TEXT NOT NULL, manifest TEXT NOT NULL,
-            created_at REAL NOT NULL, updated_at REAL NOT NULL)""",
+            created_at {real} NOT NULL, updated_at {real} NOT NULL)""",
         """CREATE TABLE job (
-            id INTEGER PRIMARY KEY, batch TEXT NOT NULL REFERENCES batch(name), key TEXT NOT NULL,
+            id {pk}, batch TEXT NOT NULL REFERENCES batch(name), key TEXT NOT NULL,
             seq INTEGER NOT NULL, row INTEGER NOT NULL, take INTEGER NOT NULL, origin TEXT NOT NULL,
-            label TEXT NOT NULL, params TEXT NOT NULL, estimate REAL NOT NULL,
+            label TEXT NOT NULL, params TEXT NOT NULL, estimate {real} NOT NULL,
             state TEXT NOT NULL DEFAULT 'pending', remote_job_id TEXT, status_url TEXT,
-            credit_cost REAL, output_url TEXT, output_expires_at REAL, file_path TEXT, size INTEGER,
+            credit_cost {real}, output_url TEXT, output_expires_at {real}, file_path TEXT, size BIGINT,
             sha256 TEXT, error TEXT, attempts INTEGER NOT NULL DEFAULT 0,
-            created_at REAL NOT NULL, updated_at REAL NOT NULL, submitted_at REAL, finished_at REAL,
+            created_at {real} NOT NULL, updated_at {real} NOT NULL, submitted_at {real}, finished_at {real},
             UNIQUE (batch, key))""",
         "CREATE INDEX job_batch_state_seq ON job (batch, state, seq)",
         """CREATE TABLE event (
-            id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL REFERENCES job(id), at REAL NOT NULL,
+            id {pk}, job_id {ref} NOT NULL REFERENCES job(id), at {real} NOT NULL,
             kind TEXT NOT NULL, from_state TEXT, to_state TEXT, detail TEXT)""",
         "CREATE INDEX event_job ON event (job_id, id)",
     ]),
     (2, "attempts, generations and render times", [
         """CREATE TABLE attempt (
-            id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL REFERENCES job(id), number INTEGER NOT NULL,
-            outcome TEXT NOT NULL, reserved REAL NOT NULL, remote_job_id TEXT, credit_cost REAL,
-            refunded BOOLEAN NOT NULL DEFAULT 0, started_at REAL NOT NULL, ended_at REAL)""",
+            id {pk}, job_id {ref} NOT NULL REFERENCES job(id), number INTEGER NOT NULL,
+            outcome TEXT NOT NULL, reserved {real} NOT NULL, remote_job_id TEXT, credit_cost {real},
+            refunded BOOLEAN NOT NULL DEFAULT {false}, started_at {real} NOT NULL, ended_at {real})""",
         "CREATE INDEX attempt_job ON attempt (job_id)",
-        "ALTER TABLE job ADD COLUMN render_seconds REAL",
+        "ALTER TABLE job ADD COLUMN render_seconds {real}",
         "ALTER TABLE job ADD COLUMN generation INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE batch ADD COLUMN generation INTEGER NOT NULL DEFAULT 0",
         # A version-1 ledger kept the cost on the job only: carry it over so budgets stay true.
@@ -157,10 +161,38 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
            FROM job WHERE remote_job_id IS NOT NULL OR state = 'submitting'""",
     ]),
     (3, "batch budget", [
-        "ALTER TABLE batch ADD COLUMN budget REAL",
+        "ALTER TABLE batch ADD COLUMN budget {real}",
+    ]),
+    (4, "leases, fencing tokens and the shared budget's running total", [
+        "ALTER TABLE job ADD COLUMN owner TEXT",
+        "ALTER TABLE job ADD COLUMN lease_until {real}",
+        "ALTER TABLE job ADD COLUMN lease_token INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX job_batch_owner ON job (batch, owner)",
+        "ALTER TABLE batch ADD COLUMN committed {real} NOT NULL DEFAULT 0",
+        """UPDATE batch SET committed = COALESCE((
+             SELECT SUM(CASE WHEN a.outcome = 'accepted' AND NOT a.refunded THEN a.credit_cost
+                             WHEN a.outcome IN ('submitting', 'unknown') THEN a.reserved ELSE 0 END)
+             FROM attempt a JOIN job j ON j.id = a.job_id WHERE j.batch = batch.name), 0)""",
     ]),
 ]
+
+# Column types per database: migrations are written once with these tokens.
+DIALECT_TOKENS = {
+    "sqlite": {"{pk}": "INTEGER PRIMARY KEY", "{real}": "REAL", "{ref}": "INTEGER", "{false}": "0"},
+    "postgresql": {"{pk}": "BIGSERIAL PRIMARY KEY", "{real}": "DOUBLE PRECISION", "{ref}": "BIGINT",
+                   "{false}": "FALSE"},
+}
+
+
+def render_ddl(sql: str, dialect: str) -> str:
+    for token, value in DIALECT_TOKENS[dialect].items():
+        sql = sql.replace(token, value)
+    return sql
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def _first_line(exc: Any) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _is_disk_full(exc: BaseException) -> bool:
@@ -182,34 +214,65 @@ class Spend:
         return self.spent + self.held
 
 
+def is_database_url(location: str | Path) -> bool:
+    """True for a PostgreSQL URL (postgresql+psycopg://...), False for an SQLite file path."""
+    return str(location).startswith(("postgresql", "postgres://"))
+
+
+def display_location(location: str | Path) -> str:
+    """The ledger's location for messages, with any password hidden."""
+    if is_database_url(location):
+        try:
+            return make_url(str(location)).render_as_string(hide_password=True)
+        except Exception:  # noqa: BLE001 - a malformed URL must not leak through an error
+            return "postgresql://..."
+    return str(location)
+
+
 class Ledger:
-    """One ledger file. Thread-safe: every call takes its own connection from the pool."""
+    """One ledger: an SQLite file (one host) or a PostgreSQL database (many hosts).
+
+    Thread-safe: every call takes its own connection from the pool.
+    """
 
     def __init__(self, path: str | Path = DEFAULT_LEDGER, *, clock: Callable[[], float] = time.time,
                  upgrade: bool = True, durable: bool = True):
-        self.path = Path(path)
+        self.location = str(path)
+        self.postgres = is_database_url(path)
+        self.dialect = "postgresql" if self.postgres else "sqlite"
+        self.path = Path(path) if not self.postgres else Path("postgresql")
+        self.display = display_location(path)
         self.clock = clock
         self._durable = durable
-        try:
-            if str(self.path) != ":memory:":
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                # Prompts may be private: the ledger is readable by its owner only.
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-                os.close(fd)
-        except OSError as e:
-            raise LedgerError(f"cannot open ledger {self.path}: {e.strerror or e}") from None
-        self.engine: Engine = create_engine(
-            f"sqlite:///{self.path}", connect_args={"check_same_thread": False, "timeout": 60})
-        event.listen(self.engine, "connect", self._on_connect)
-        event.listen(self.engine, "begin", self._on_begin)
+        if self.postgres:
+            url = make_url(self.location)
+            if url.drivername in ("postgresql", "postgres"):
+                url = url.set(drivername="postgresql+psycopg")
+            try:
+                self.engine: Engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+            except Exception as e:  # noqa: BLE001 - e.g. the driver is not installed
+                raise LedgerError(f"cannot use ledger {self.display}: {e}") from None
+        else:
+            try:
+                if str(self.path) != ":memory:":
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    # Prompts may be private: the ledger is readable by its owner only.
+                    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                    os.close(fd)
+            except OSError as e:
+                raise LedgerError(f"cannot open ledger {self.path}: {e.strerror or e}") from None
+            self.engine = create_engine(
+                f"sqlite:///{self.path}", connect_args={"check_same_thread": False, "timeout": 60})
+            event.listen(self.engine, "connect", self._on_connect)
+            event.listen(self.engine, "begin", self._on_begin)
         try:
             if upgrade:
                 self.upgrade()
             elif self.schema_version() == 0:
-                raise LedgerError(f"{self.path} is not a batcher ledger")
+                raise LedgerError(f"{self.display} is not a batcher ledger")
         except DBAPIError as e:
             self.engine.dispose()
-            raise LedgerError(f"cannot open ledger {self.path}: {e.orig}") from None
+            raise LedgerError(f"cannot open ledger {self.display}: {_first_line(e.orig)}") from None
 
     def _on_connect(self, dbapi_conn: sqlite3.Connection, _record: Any) -> None:
         # Let SQLAlchemy's begin event issue BEGIN IMMEDIATE instead of pysqlite's deferred BEGIN.
@@ -241,17 +304,17 @@ class Ledger:
         try:
             with self.engine.begin() as conn:
                 return fn(conn)
-        except OperationalError as e:
+        except DBAPIError as e:
             if _is_disk_full(e):
-                raise DiskFullError(f"no space left on the disk holding the ledger {self.path}") from None
-            raise LedgerError(f"ledger write failed: {e.orig}") from None
+                raise DiskFullError(f"no space left on the disk holding the ledger {self.display}") from None
+            raise LedgerError(f"ledger write failed: {_first_line(e.orig)}") from None
 
     def write_many(self, fns: list[Callable[[Connection], Any]]) -> list[Any]:
         """Run several writes in one transaction (one fsync for them all).
 
         Returns each result, or the exception a write raised: that write alone is left out. The
         common case (no write fails) runs them straight; only when one fails are they run again,
-        each in its own savepoint.
+        each in its own savepoint. A full disk fails them all.
         """
         class _Retry(Exception):
             pass
@@ -261,7 +324,9 @@ class Ledger:
             for fn in fns:
                 try:
                     results.append(fn(conn))
-                except (IllegalTransition, LedgerError) as e:
+                except DiskFullError:
+                    raise
+                except BatcherError as e:
                     raise _Retry() from e
             return results
 
@@ -272,7 +337,9 @@ class Ledger:
                 try:
                     results.append(fn(conn))
                     savepoint.commit()
-                except (IllegalTransition, LedgerError) as e:
+                except DiskFullError:
+                    raise
+                except BatcherError as e:
                     savepoint.rollback()
                     results.append(e)
             return results
@@ -287,28 +354,30 @@ class Ledger:
 
     def schema_version(self) -> int:
         with self.engine.connect() as conn:
-            exists = conn.exec_driver_sql(
-                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_migrations'").first()
-            if not exists:
+            if not inspect(conn).has_table("schema_migrations"):
                 return 0
             return conn.exec_driver_sql("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").scalar_one()
 
     def upgrade(self, target: int = SCHEMA_VERSION) -> list[int]:
         """Apply missing migrations up to `target`; returns the versions applied."""
         def run(conn: Connection) -> list[int]:
-            conn.exec_driver_sql(
+            if self.postgres:
+                # Runners starting together: one migrates, the others wait and find it done.
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(727274)")
+            conn.exec_driver_sql(render_ddl(
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
-                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)")
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at {real} NOT NULL)", self.dialect))
             have = {v for (v,) in conn.exec_driver_sql("SELECT version FROM schema_migrations")}
             newest = max(have, default=0)
             if newest > SCHEMA_VERSION:
-                raise LedgerError(f"{self.path} was written by a newer batcher (schema {newest}); upgrade batcher")
+                raise LedgerError(f"{self.display} was written by a newer batcher (schema {newest}); "
+                                  f"upgrade batcher")
             applied = []
             for version, name, statements in MIGRATIONS:
                 if version in have or version > target:
                     continue
                 for sql in statements:
-                    conn.exec_driver_sql(sql)
+                    conn.exec_driver_sql(render_ddl(sql, self.dialect))
                 conn.execute(text("INSERT INTO schema_migrations VALUES (:v, :n, :t)"),
                              {"v": version, "n": name, "t": self.clock()})
                 applied.append(version)
@@ -316,7 +385,7 @@ class Ledger:
         try:
             return self.write(run)
         except LedgerError as e:
-            if "file is not a database" in str(e) or "not a database" in str(e):
+            if "not a database" in str(e):
                 raise LedgerError(f"{self.path} is not a batcher ledger (not an SQLite database)") from None
             raise
 
@@ -335,7 +404,7 @@ class Ledger:
             conn.execute(text(
                 "INSERT INTO batch (name, model, manifest, generation, created_at, updated_at) "
                 "VALUES (:n, :m, :f, 1, :t, :t) ON CONFLICT(name) DO UPDATE SET "
-                "generation = generation + 1, manifest = excluded.manifest, updated_at = excluded.updated_at"),
+                "generation = batch.generation + 1, manifest = excluded.manifest, updated_at = excluded.updated_at"),
                 {"n": batch, "m": model, "f": manifest, "t": now})
             return conn.execute(text("SELECT generation FROM batch WHERE name = :n"), {"n": batch}).scalar_one()
 
@@ -492,35 +561,46 @@ class Ledger:
     # --- state changes: each returns a function for write()/write_many() ------------------------
 
     def move(self, job_id: int, source: JobState, target: JobState, kind: str, detail: str | None = None,
-             **fields: Any) -> Callable[[Connection], None]:
-        """A compare-and-set state change with its event, as a write operation."""
+             token: int | None = None, **fields: Any) -> Callable[[Connection], None]:
+        """A compare-and-set state change with its event, as a write operation.
+
+        With `token`, the write also requires the job's fencing token to be unchanged: a runner
+        whose lease was taken over cannot overwrite the runner that took it.
+        """
         check_move(source, target, str(job_id))
         now = self.clock()
 
         def op(conn: Connection) -> None:
             sets = ", ".join(f"{name} = :f_{name}" for name in fields)
             args = {f"f_{name}": value for name, value in fields.items()}
-            args.update({"id": job_id, "src": source.value, "dst": target.value, "t": now})
+            args.update({"id": job_id, "src": source.value, "dst": target.value, "t": now, "tok": token})
+            fence = " AND lease_token = :tok" if token is not None else ""
             sql = f"UPDATE job SET state = :dst, updated_at = :t{', ' + sets if sets else ''} " \
-                  f"WHERE id = :id AND state = :src"
+                  f"WHERE id = :id AND state = :src{fence}"
             if conn.execute(text(sql), args).rowcount != 1:
-                current = conn.execute(text("SELECT state FROM job WHERE id = :id"), {"id": job_id}).scalar()
+                row = conn.execute(text("SELECT state, lease_token FROM job WHERE id = :id"), {"id": job_id}).first()
+                if row is not None and token is not None and row[1] != token:
+                    raise LeaseLost(f"job {job_id}: another runner holds it now (token {row[1]}, ours {token})")
                 raise IllegalTransition(
-                    f"job {job_id}: expected state {source.value}, found {current}; not moving to {target.value}")
+                    f"job {job_id}: expected state {source.value}, found {row[0] if row else None}; "
+                    f"not moving to {target.value}")
             self._event(conn, job_id, kind, source.value, target.value, detail, now)
         return op
 
-    def note(self, job_id: int, kind: str, detail: str | None = None, **fields: Any
+    def note(self, job_id: int, kind: str, detail: str | None = None, token: int | None = None, **fields: Any
              ) -> Callable[[Connection], None]:
-        """An event (and optional field updates) that does not change the state."""
+        """An event (and optional field updates, fenced by `token`) that does not change the state."""
         now = self.clock()
 
         def op(conn: Connection) -> None:
             if fields:
                 sets = ", ".join(f"{name} = :f_{name}" for name in fields)
                 args = {f"f_{name}": value for name, value in fields.items()}
-                args.update({"id": job_id, "t": now})
-                conn.execute(text(f"UPDATE job SET {sets}, updated_at = :t WHERE id = :id"), args)
+                args.update({"id": job_id, "t": now, "tok": token})
+                fence = " AND lease_token = :tok" if token is not None else ""
+                if conn.execute(text(f"UPDATE job SET {sets}, updated_at = :t WHERE id = :id{fence}"),
+                                args).rowcount != 1:
+                    raise LeaseLost(f"job {job_id}: another runner holds it now")
             self._event(conn, job_id, kind, None, None, detail, now)
         return op
 
@@ -531,56 +611,160 @@ class Ledger:
                           "VALUES (:j, :a, :k, :s, :d, :x)"),
                      {"j": job_id, "a": at, "k": kind, "s": src, "d": dst, "x": detail})
 
-    def begin_submission(self, job_id: int, source: JobState, reserved: float) -> Callable[[Connection], int]:
-        """pending -> submitting, an attempt row and the reservation, in one write. Returns the attempt id."""
-        move = self.move(job_id, source, JobState.SUBMITTING, "submit-intent", f"reserved {reserved:g} credits")
+    def _lock_batch(self, conn: Connection, batch: str) -> float:
+        """The batch's committed credits, locked until the transaction ends (PostgreSQL; SQLite's
+        BEGIN IMMEDIATE already serialises writers)."""
+        lock = " FOR UPDATE" if self.postgres else ""
+        value = conn.execute(text(f"SELECT committed FROM batch WHERE name = :b{lock}"), {"b": batch}).scalar()
+        return float(value or 0.0)
+
+    def begin_submission(self, job_id: int, source: JobState, reserved: float, *, token: int | None = None,
+                         batch: str | None = None, budget: float | None = None) -> Callable[[Connection], int]:
+        """The intent before a paid POST, in one transaction: job -> submitting, an attempt row, and
+        the reservation added to the batch's running total, checked against `budget` there, so
+        runners on different hosts together never exceed it. Returns the attempt id."""
+        move = self.move(job_id, source, JobState.SUBMITTING, "submit-intent", f"reserved {reserved:g} credits",
+                         token=token)
         now = self.clock()
 
         def op(conn: Connection) -> int:
+            name = batch or conn.execute(text("SELECT batch FROM job WHERE id = :id"), {"id": job_id}).scalar_one()
+            committed = self._lock_batch(conn, name)
+            if budget is not None and committed + reserved > budget + 1e-9:
+                raise BudgetExceeded(f"budget reached: {committed:g} of {budget:g} credits committed; the next job "
+                                     f"needs {reserved:g}", committed)
             move(conn)
             number = conn.execute(text("UPDATE job SET attempts = attempts + 1 WHERE id = :id RETURNING attempts"),
                                   {"id": job_id}).scalar_one()
+            conn.execute(text("UPDATE batch SET committed = committed + :r WHERE name = :b"), {"r": reserved, "b": name})
             return conn.execute(text(
                 "INSERT INTO attempt (job_id, number, outcome, reserved, refunded, started_at) "
-                "VALUES (:j, :n, 'submitting', :r, 0, :t) RETURNING id"),
+                "VALUES (:j, :n, 'submitting', :r, FALSE, :t) RETURNING id"),
                 {"j": job_id, "n": number, "r": reserved, "t": now}).scalar_one()
         return op
 
     def end_attempt(self, attempt_id: int, outcome: str, *, remote_job_id: str | None = None,
                     credit_cost: float | None = None) -> Callable[[Connection], None]:
+        """Record how a submission ended, and move the batch's running total to match."""
         now = self.clock()
 
         def op(conn: Connection) -> None:
+            row = conn.execute(text("SELECT a.outcome, a.reserved, j.batch FROM attempt a JOIN job j ON j.id = a.job_id "
+                                    "WHERE a.id = :id"), {"id": attempt_id}).first()
+            if row is None:
+                raise LedgerError(f"no attempt {attempt_id}")
+            before, reserved, batch = row
+            delta = 0.0
+            if before in ("submitting", "unknown"):
+                if outcome == "accepted":
+                    delta = (credit_cost or 0.0) - reserved
+                elif outcome in ("not_sent", "rejected"):
+                    delta = -reserved
             conn.execute(text("UPDATE attempt SET outcome = :o, remote_job_id = COALESCE(:r, remote_job_id), "
                               "credit_cost = COALESCE(:c, credit_cost), ended_at = :t WHERE id = :id"),
                          {"o": outcome, "r": remote_job_id, "c": credit_cost, "t": now, "id": attempt_id})
+            if delta:
+                conn.execute(text("UPDATE batch SET committed = committed + :d WHERE name = :b"),
+                             {"d": delta, "b": batch})
         return op
 
     def refund(self, job_id: int) -> Callable[[Connection], None]:
         """The API refunds failed renders: the accepted attempt of the current remote job no longer costs."""
         def op(conn: Connection) -> None:
-            conn.execute(text("UPDATE attempt SET refunded = 1 WHERE job_id = :j AND outcome = 'accepted' AND "
-                              "remote_job_id = (SELECT remote_job_id FROM job WHERE id = :j)"), {"j": job_id})
+            costs = [c for (c,) in conn.execute(text(
+                "UPDATE attempt SET refunded = TRUE WHERE job_id = :j AND outcome = 'accepted' AND NOT refunded AND "
+                "remote_job_id = (SELECT remote_job_id FROM job WHERE id = :j) RETURNING credit_cost"), {"j": job_id})]
+            if costs:
+                conn.execute(text("UPDATE batch SET committed = committed - :c WHERE name = "
+                                  "(SELECT batch FROM job WHERE id = :j)"), {"c": sum(c or 0 for c in costs), "j": job_id})
         return op
 
     def recover_interrupted(self, batch: str) -> int:
-        """After a crash: a job left in `submitting` may have been sent and charged: hold it as `unknown`."""
+        """Reap: a job left in `submitting` by a runner that is gone (no lease, or one that expired)
+        may have been sent and charged: hold it as `unknown`, never pending again. Its fencing token
+        moves on, so the runner that left it cannot write to it if it wakes up."""
         now = self.clock()
 
         def op(conn: Connection) -> int:
-            ids = [i for (i,) in conn.execute(text("SELECT id FROM job WHERE batch = :b AND state = 'submitting'"),
-                                              {"b": batch})]
+            ids = [i for (i,) in conn.execute(text(
+                "SELECT id FROM job WHERE batch = :b AND state = 'submitting' AND "
+                "(owner IS NULL OR lease_until IS NULL OR lease_until < :now)"), {"b": batch, "now": now})]
             for job_id in ids:
-                conn.execute(text("UPDATE job SET state = 'unknown', updated_at = :t, error = :e WHERE id = :id"),
+                conn.execute(text("UPDATE job SET state = 'unknown', updated_at = :t, error = :e, owner = NULL, "
+                                  "lease_until = NULL, lease_token = lease_token + 1 WHERE id = :id"),
                              {"t": now, "id": job_id,
                               "e": "a run stopped while this job's submission was in flight; it may have been "
                                    "charged. Resubmit with `batcher retry --unknown` if you accept paying twice."})
                 conn.execute(text("UPDATE attempt SET outcome = 'unknown', ended_at = :t "
                                   "WHERE job_id = :id AND outcome = 'submitting'"), {"t": now, "id": job_id})
                 self._event(conn, job_id, "recovered", "submitting", "unknown",
-                            "found in submitting at start-up: outcome of the POST unknown", now)
+                            "found in submitting with no live lease: outcome of the POST unknown", now)
             return len(ids)
         return self.write(op)
+
+    # --- leases -------------------------------------------------------------------------------
+
+    def claim(self, batch: str, states: Iterable[JobState], owner: str, lease_seconds: float, limit: int,
+              generation: int | None = None) -> list[Job]:
+        """Take up to `limit` jobs nobody holds (or whose lease expired), paid work first.
+
+        One statement: each claimed job gets this owner, a lease and a new fencing token
+        (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite's BEGIN IMMEDIATE serialises claims).
+        """
+        now = self.clock()
+        wanted = ", ".join(f"'{s.value}'" for s in states)
+        skip = " FOR UPDATE SKIP LOCKED" if self.postgres else ""
+        gen = " AND (generation = :g OR state != 'pending')" if generation is not None else ""
+        sql = (f"UPDATE job SET owner = :o, lease_until = :u, lease_token = lease_token + 1 WHERE id IN ("
+               f"SELECT id FROM job WHERE batch = :b AND state IN ({wanted}){gen} AND "
+               f"(owner IS NULL OR lease_until IS NULL OR lease_until < :now) "
+               f"ORDER BY CASE state WHEN 'rendered' THEN 0 WHEN 'submitted' THEN 1 ELSE 2 END, seq "
+               f"LIMIT :n{skip}) RETURNING id")
+        ids = self.write(lambda conn: [i for (i,) in conn.execute(text(sql), {
+            "o": owner, "u": now + lease_seconds, "b": batch, "now": now, "n": limit, "g": generation})])
+        if not ids:
+            return []
+        with self.session() as s:
+            jobs = list(s.exec(select(Job).where(Job.id.in_(ids))))  # type: ignore[union-attr]
+        order = {"rendered": 0, "submitted": 1}
+        return sorted(jobs, key=lambda j: (order.get(j.state, 2), j.seq))
+
+    def renew(self, batch: str, owner: str, lease_seconds: float) -> int:
+        """Extend every lease this runner holds in the batch."""
+        until = self.clock() + lease_seconds
+        return self.write(lambda conn: conn.execute(text(
+            "UPDATE job SET lease_until = :u WHERE batch = :b AND owner = :o"),
+            {"u": until, "b": batch, "o": owner}).rowcount)
+
+    def release(self, batch: str, owner: str) -> int:
+        """Give up every lease this runner holds (end of run): others may take the jobs at once."""
+        return self.write(lambda conn: conn.execute(text(
+            "UPDATE job SET owner = NULL, lease_until = NULL WHERE batch = :b AND owner = :o"),
+            {"b": batch, "o": owner}).rowcount)
+
+    def owners(self, batch: str) -> list[str]:
+        """Runners holding leases in a batch."""
+        with self.engine.connect() as conn:
+            return [o for (o,) in conn.execute(text(
+                "SELECT DISTINCT owner FROM job WHERE batch = :b AND owner IS NOT NULL"), {"b": batch})]
+
+    def expire_owner(self, batch: str, owner: str) -> int:
+        """End the leases of a runner known to be dead (same host, process gone)."""
+        return self.write(lambda conn: conn.execute(text(
+            "UPDATE job SET lease_until = 0 WHERE batch = :b AND owner = :o"), {"b": batch, "o": owner}).rowcount)
+
+    def held_by_others(self, batch: str, owner: str) -> int:
+        """Unfinished jobs other runners hold with live leases (work that may still come back)."""
+        with self.engine.connect() as conn:
+            return conn.execute(text(
+                "SELECT COUNT(*) FROM job WHERE batch = :b AND owner IS NOT NULL AND owner != :o AND "
+                "lease_until >= :now AND state IN ('pending', 'submitting', 'submitted', 'rendered')"),
+                {"b": batch, "o": owner, "now": self.clock()}).scalar_one()
+
+    def committed(self, batch: str) -> float:
+        """The shared budget's running total for a batch (charged, plus reserved and held)."""
+        with self.engine.connect() as conn:
+            return float(conn.execute(text("SELECT committed FROM batch WHERE name = :b"), {"b": batch}).scalar() or 0)
 
     def requeue(self, batch: str, states: Iterable[JobState], reason: str) -> int:
         """Move jobs in `states` back to pending (the user's decision, e.g. `batcher retry`)."""
@@ -595,7 +779,8 @@ class Ledger:
                      f"({', '.join(repr(s.value) for s in wanted)})"), {"b": batch})]
             for job_id, st in ids:
                 conn.execute(text("UPDATE job SET state = 'pending', error = NULL, remote_job_id = NULL, "
-                                  "status_url = NULL, output_url = NULL, output_expires_at = NULL, "
+                                  "status_url = NULL, output_url = NULL, output_expires_at = NULL, owner = NULL, "
+                                  "lease_until = NULL, lease_token = lease_token + 1, "
                                   "attempts = CASE WHEN :reset THEN 0 ELSE attempts END, updated_at = :t "
                                   "WHERE id = :id"),
                              {"t": now, "id": job_id, "reset": st == "failed"})

@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .client import JobStatus, PixelDojoClient, check_schema
 from .errors import (
-    AuthError, BatcherError, CreditsExhausted, DiskFullError, MalformedAnswer, NotSentError,
+    AuthError, BatcherError, BudgetExceeded, CreditsExhausted, DiskFullError, LeaseLost, MalformedAnswer, NotSentError,
     OutcomeUnknown, OutputGone, OversizeError, RateLimited, RejectedError, SchemaMismatch, ServerError,
 )
 from .ledger import Job, Ledger
@@ -82,6 +83,7 @@ class RunOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     submit_retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(base=1.0, cap=30.0, max_attempts=6))
     rpm: float | None = None  # client-side request-rate limit, all API calls together
+    lease_seconds: float = 60.0  # how long a claimed job stays ours without a renewal
     progress_interval: float = 1.0
     handle_signals: bool = False
     seed: int | None = None
@@ -304,6 +306,8 @@ class Runner:
         self._trouble: list[float] = []
         self._trouble_level = 0
         self.pauses = 0
+        # Who holds leases: unique per process and run, readable in the ledger.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{self.rng.randrange(1 << 32):08x}"
 
     TROUBLE_BURST = 5
 
@@ -327,7 +331,8 @@ class Runner:
 
     async def _move(self, job: Job, source: S, target: S, kind: str, detail: str | None = None, **fields: Any
                     ) -> None:
-        await self.writer.write(self.ledger.move(job.id, source, target, kind, detail, **fields))  # type: ignore
+        await self.writer.write(self.ledger.move(job.id, source, target, kind, detail,  # type: ignore[arg-type]
+                                                 token=job.lease_token, **fields))
         job.state = target.value
         for name, value in fields.items():
             setattr(job, name, value)
@@ -336,7 +341,8 @@ class Runner:
                  extra={"job": job.key, "from": source.value, "to": target.value, "event": kind})
 
     async def _event(self, job: Job, kind: str, detail: str | None = None, **fields: Any) -> None:
-        await self.writer.write(self.ledger.note(job.id, kind, detail, **fields))  # type: ignore[arg-type]
+        await self.writer.write(self.ledger.note(job.id, kind, detail,  # type: ignore[arg-type]
+                                                 token=job.lease_token if fields else None, **fields))
         log.info("job %s: %s%s", job.key, kind, f": {detail}" if detail else "",
                  extra={"job": job.key, "event": kind})
 
@@ -389,10 +395,7 @@ class Runner:
     async def run(self) -> RunReport:
         self._started = time.monotonic()
         to_thread = anyio.to_thread.run_sync
-        recovered = await to_thread(self.ledger.recover_interrupted, self.batch)
-        if recovered:
-            self._note(f"{recovered} job(s) were mid-submission when a run stopped; they are held as "
-                       f"'unknown' (they may have been charged)")
+        await self._reap()
         if self.options.resubmit_unknown:
             n = await to_thread(self.ledger.requeue, self.batch, [S.UNKNOWN],
                                 "resubmitted by consent (--resubmit-unknown)")
@@ -422,6 +425,7 @@ class Runner:
                             aux.start_soon(self._report_progress, name="progress")
                         if self.options.handle_signals:
                             aux.start_soon(self._watch_signals, name="signals")
+                        aux.start_soon(self._heartbeat, name="lease-heartbeat")
                         async with anyio.create_task_group() as core:
                             self._core = core.cancel_scope
                             core.start_soon(self._feed, work_send, name="feeder")
@@ -435,9 +439,35 @@ class Runner:
                 finally:
                     pacing.cancel()
                     self.writer.close()
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(self.ledger.release, self.batch, self.owner)
         except BaseException as e:  # noqa: BLE001 - unwrap task-group exception groups
             raise _first_batcher_error(e) from None
         return await self._finish()
+
+    async def _reap(self) -> None:
+        await anyio.to_thread.run_sync(self._expire_dead_owners)
+        recovered = await anyio.to_thread.run_sync(self.ledger.recover_interrupted, self.batch)
+        if recovered:
+            self._note(f"{recovered} job(s) were mid-submission when their runner stopped; they are held as "
+                       f"'unknown' (they may have been charged)")
+
+    def _expire_dead_owners(self) -> None:
+        """Stale leases of runners that died on this host are reaped at once, not after they expire."""
+        host = socket.gethostname()
+        for owner in self.ledger.owners(self.batch):
+            name, _, rest = owner.partition(":")
+            pid = rest.partition(":")[0]
+            if owner == self.owner or name != host or not pid.isdigit():
+                continue
+            if not _process_alive(int(pid)):
+                self.ledger.expire_owner(self.batch, owner)
+
+    async def _heartbeat(self) -> None:
+        """Renew our leases well before they run out, so nobody takes over live work."""
+        while True:
+            await anyio.sleep(self.options.lease_seconds / 3)
+            await anyio.to_thread.run_sync(self.ledger.renew, self.batch, self.owner, self.options.lease_seconds)
 
     async def _run_pacer(self, scope: anyio.CancelScope) -> None:
         assert self.pacer is not None
@@ -466,6 +496,8 @@ class Runner:
                 stray.unlink()
             except OSError:
                 pass
+        if self.ledger.postgres:
+            return  # other runners' files live on their own hosts
         for job in self.ledger.iter_batch(self.batch):
             if job.state == S.COMPLETED.value and job.file_path and not Path(job.file_path).exists():
                 self.ledger.write(self.ledger.move(job.id, S.COMPLETED, S.RENDERED, "file-missing",  # type: ignore
@@ -499,44 +531,45 @@ class Runner:
             after = page[-1].seq
 
     async def _feed(self, send: MemoryObjectSendStream[Job]) -> None:
+        """Claim work a few jobs at a time (paid work first: rendered, then submitted, then pending)
+        so several runners share a batch; finish when nothing is left that anyone could claim."""
+        claim_size = max(1, self.options.concurrency)
         async with send:
-            # Rendered jobs only need their video: straight to the downloaders, a page at a time.
-            await self._stream([S.RENDERED], None, None)
-            # Submitted jobs are paid for: poll them before anything new is submitted.
-            await self._stream([S.SUBMITTED], None, send)
-            if self.submitting_allowed:
-                await self._stream([S.PENDING], self._generation, send)
-
-    async def _stream(self, states: list[S], generation: int | None,
-                      send: MemoryObjectSendStream[Job] | None) -> None:
-        after = -1
-        while True:
-            if states == [S.PENDING] and not self.submitting_allowed:
-                return
-            page = await anyio.to_thread.run_sync(
-                lambda: self.ledger.jobs_in(self.batch, states, after_seq=after, limit=PAGE, generation=generation))
-            if not page:
-                return
-            for job in page:
-                if send is None:
-                    while len(self.downloads) > 2 * PAGE:
-                        await anyio.sleep(0.05)
-                    self.downloads.put(job)
-                else:
-                    if job.state == S.PENDING.value and not self.submitting_allowed:
-                        return
-                    await send.send(job)
-            after = page[-1].seq
+            while True:
+                states = [S.RENDERED, S.SUBMITTED] + ([S.PENDING] if self.submitting_allowed else [])
+                jobs = await anyio.to_thread.run_sync(
+                    lambda: self.ledger.claim(self.batch, states, self.owner, self.options.lease_seconds,
+                                              claim_size, self._generation))
+                if jobs:
+                    for job in jobs:
+                        if job.state == S.RENDERED.value:
+                            while len(self.downloads) > 2 * PAGE:
+                                await anyio.sleep(0.05)
+                            self.downloads.put(job)
+                        elif job.state == S.PENDING.value and not self.submitting_allowed:
+                            continue  # released at the end of the run
+                        else:
+                            await send.send(job)
+                    continue
+                # Nothing claimable. Other runners may still hand work back (a lease that runs out,
+                # a job whose submission dies with its runner): wait for them, reaping as we go.
+                if not await anyio.to_thread.run_sync(self.ledger.held_by_others, self.batch, self.owner):
+                    return
+                await anyio.sleep(min(2.0, self.options.lease_seconds / 4))
+                await self._reap()
 
     async def _worker(self, recv: MemoryObjectReceiveStream[Job]) -> None:
         try:
             async with recv:
                 async for job in recv:
-                    if job.state == S.PENDING.value:
-                        if self.submitting_allowed:
-                            await self._submit_and_follow(job)
-                    elif job.state == S.SUBMITTED.value:
-                        await self._follow_to_end(job)
+                    try:
+                        if job.state == S.PENDING.value:
+                            if self.submitting_allowed:
+                                await self._submit_and_follow(job)
+                        elif job.state == S.SUBMITTED.value:
+                            await self._follow_to_end(job)
+                    except LeaseLost as e:
+                        log.warning("job %s: %s; leaving it to that runner", job.key, e)
         finally:
             self._workers_left -= 1
             if self._workers_left == 0:
@@ -555,15 +588,22 @@ class Runner:
         first_try = time.monotonic()
         while True:
             estimate = self._estimate(job, params)
-            if not await self._reserve(estimate):
+            reserved = await self._reserve(estimate)
+            if reserved:
+                await self._wait_pause()
+                outcome = await self._submit_once(job, wire, estimate)
+                if outcome == "budget":
+                    if self.budget.reservations:
+                        await self._budget_changed.wait()
+                        continue
+                    reserved = False
+            if not reserved:
                 if self.stop_reason is None:
                     remaining = self.budget.remaining or 0
                     self._stop("budget", f"budget reached: {self.budget.committed:g} of {self.budget.limit:g} "
                                          f"credits committed; the next job needs {estimate:g} "
                                          f"({remaining:g} left)")
                 return
-            await self._wait_pause()
-            outcome = await self._submit_once(job, wire, estimate)
             if outcome == "retry":
                 not_sent += 1
                 if self.options.submit_retry.gives_up(not_sent, time.monotonic() - first_try):
@@ -584,7 +624,15 @@ class Runner:
         """One attempt: intent, POST, answer. Returns submitted | retry | failed | unknown | stopped."""
         with anyio.CancelScope(shield=True):
             source = S(job.state)
-            attempt_id = await self.writer.write(self.ledger.begin_submission(job.id, source, estimate))  # type: ignore
+            try:
+                attempt_id = await self.writer.write(self.ledger.begin_submission(  # type: ignore[arg-type]
+                    job.id, source, estimate, token=job.lease_token, batch=self.batch, budget=self.options.budget))
+            except BudgetExceeded as e:
+                # Other runners share the budget: the database has the last word.
+                self.budget.settle(estimate, None)
+                self.budget.committed = max(self.budget.committed, e.committed - self.budget.reserved)
+                self._budget_signal()
+                return "budget"
             job.state = S.SUBMITTING.value
             failpoint("after-intent")
             try:
@@ -623,14 +671,27 @@ class Runner:
                                                                answer.credit_cost)
             submitted_at = self.wall()
 
-            def accept(conn: Any) -> None:
+            def accept(conn: Any) -> bool:
                 self.ledger.end_attempt(attempt_id, "accepted", remote_job_id=answer.job_id,
                                         credit_cost=answer.credit_cost)(conn)
-                self.ledger.move(job.id, S.SUBMITTING, S.SUBMITTED, "accepted",  # type: ignore[arg-type]
-                                 f"job {answer.job_id}, {answer.credit_cost:g} credits",
-                                 remote_job_id=answer.job_id, status_url=answer.status_url,
-                                 credit_cost=answer.credit_cost, submitted_at=submitted_at, error=None)(conn)
-            await self.writer.write(accept)
+                savepoint = conn.begin_nested()
+                try:
+                    self.ledger.move(job.id, S.SUBMITTING, S.SUBMITTED, "accepted",  # type: ignore[arg-type]
+                                     f"job {answer.job_id}, {answer.credit_cost:g} credits", token=job.lease_token,
+                                     remote_job_id=answer.job_id, status_url=answer.status_url,
+                                     credit_cost=answer.credit_cost, submitted_at=submitted_at, error=None)(conn)
+                    savepoint.commit()
+                    return True
+                except LeaseLost:
+                    # We were paused past our lease and the job is held as unknown by now: keep what
+                    # the API told us in its history, so the user can see it was accepted.
+                    savepoint.rollback()
+                    self.ledger._event(conn, job.id, "late-answer", None, None,  # type: ignore[arg-type]
+                                       f"accepted as {answer.job_id} ({answer.credit_cost:g} credits) after this "
+                                       f"runner lost its lease", self.ledger.clock())
+                    return False
+            if not await self.writer.write(accept):
+                return "stopped"
             failpoint("after-accept")
             job.state, job.remote_job_id, job.status_url = S.SUBMITTED.value, answer.job_id, answer.status_url
             job.credit_cost, job.submitted_at = answer.credit_cost, submitted_at
@@ -744,7 +805,10 @@ class Runner:
             job = await self.downloads.get()
             if job is None:
                 return
-            await self._download(job)
+            try:
+                await self._download(job)
+            except LeaseLost as e:
+                log.warning("job %s: %s; leaving it to that runner", job.key, e)
 
     async def _download(self, job: Job) -> None:
         if job.state == S.SUBMITTED.value:
@@ -847,6 +911,20 @@ class Runner:
                         self._core.cancel()
                 elif self.on_force_exit is not None:
                     self.on_force_exit()
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (killed, not yet reaped by its parent) is dead for our purposes
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def _publish(tmp: Path, final: Path) -> None:

@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from batcher.errors import IllegalTransition, LedgerError
-from batcher.ledger import MIGRATIONS, SCHEMA_VERSION, Ledger, SQLModel
+from batcher.ledger import MIGRATIONS, SCHEMA_VERSION, Ledger, SQLModel, render_ddl
 from batcher.manifest import load_manifest
 from batcher.plan import expand
 from batcher.states import TRANSITIONS, JobState
@@ -110,7 +110,7 @@ def test_upgrade_from_version_1_keeps_data_and_costs(tmp_path):
     conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
                  "applied_at REAL NOT NULL)")
     for sql in MIGRATIONS[0][2]:
-        conn.execute(sql)
+        conn.execute(render_ddl(sql, "sqlite"))
     conn.execute("INSERT INTO schema_migrations VALUES (1, 'initial', 0)")
     conn.execute("INSERT INTO batch VALUES ('b', 'happyhorse-1.0-r2v', 'm.yaml', 0, 0)")
     conn.execute("INSERT INTO job (batch, key, seq, row, take, origin, label, params, estimate, state, "
@@ -126,6 +126,7 @@ def test_upgrade_from_version_1_keeps_data_and_costs(tmp_path):
         assert [a.credit_cost for a in ledger.attempts(1)] == [20]
         assert ledger.generation("b") == 0
         assert ledger.batch("b").budget is None
+        assert ledger.committed("b") == 20  # the shared budget's running total, backfilled
     applied = sqlite3.connect(path).execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
     assert [v for (v,) in applied] == [m[0] for m in MIGRATIONS]
 
