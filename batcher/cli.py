@@ -47,8 +47,9 @@ class BatcherGroup(click.Group):
 
 def ledger_option(f: Any) -> Any:
     return click.option("--ledger", "ledger_path", envvar="BATCHER_LEDGER", default=DEFAULT_LEDGER,
-                        show_default=True, type=click.Path(dir_okay=False),
-                        help="Ledger file (or set BATCHER_LEDGER).")(f)
+                        show_default=True, metavar="PATH|URL",
+                        help="SQLite ledger file, or postgresql+psycopg://USER:PASS@HOST/DB for a ledger "
+                             "shared by several runners (or set BATCHER_LEDGER).")(f)
 
 
 def parse_rates(values: tuple[str, ...]) -> dict[str, float]:
@@ -162,6 +163,8 @@ def run_options(f: Any) -> Any:
                      help="Write the HTML gallery here at the end, and print its path."),
         click.option("--rpm", type=click.FloatRange(1), default=None,
                      help="Most API requests per minute, all calls together (adapts to 429s)."),
+        click.option("--lease-seconds", type=click.FloatRange(1), default=60.0, show_default=True,
+                     help="How long a claimed job stays this runner's without a renewal (several runners)."),
         click.option("-v", "--verbose", is_flag=True, help="Log each request and state change to stderr."),
         click.option("--log-json", type=click.Path(dir_okay=False), default=None,
                      help="Write the same log as JSON lines to this file."),
@@ -176,7 +179,7 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
          max_attempts: int, job_timeout: float | None, expected_render: float, max_download_mb: int,
          rates: tuple[str, ...], verbose: bool, log_json: str | None, resubmit_unknown: bool = False,
          requeue: tuple[str, ...] = (), report_path: str | None = None, rpm: float | None = None,
-         **_: Any) -> None:
+         lease_seconds: float = 60.0, **_: Any) -> None:
     import anyio
 
     from . import api
@@ -198,7 +201,7 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
     options = RunOptions(concurrency=concurrency, budget=budget, out_dir=out, max_attempts=max_attempts,
                          job_timeout=job_timeout, resubmit_unknown=resubmit_unknown,
                          expected_render=expected_render, max_download_bytes=max_download_mb * 1024 * 1024,
-                         handle_signals=True, progress_interval=0.5, rpm=rpm)
+                         handle_signals=True, progress_interval=0.5, rpm=rpm, lease_seconds=lease_seconds)
     live = sys.stderr.isatty()
     printer = ProgressPrinter(sys.stderr, live=live, interval=30.0)
     with Ledger(ledger_path) as ledger:
@@ -207,7 +210,7 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
         if requeue:
             n = ledger.requeue(m.batch, [JobState(s) for s in requeue], "requeued by `batcher retry`")
             click.echo(f"requeued {n} job(s) ({', '.join(requeue)})", err=True)
-        click.echo(f"batch {m.batch!r}: {added} new job(s), {known} already in {ledger_path}", err=True)
+        click.echo(f"batch {m.batch!r}: {added} new job(s), {known} already in {ledger.display}", err=True)
         report = anyio.run(lambda: api.run_async(
             m, ledger=ledger, options=options, to=to, rate_overrides=overrides, on_progress=printer,
             on_force_exit=lambda: os._exit(EXIT_INTERRUPTED), stage_jobs=False))
@@ -254,8 +257,8 @@ def _batch_for(manifest: str | None) -> str | None:
 
 def _open_existing(ledger_path: str) -> Any:
     from .errors import LedgerError
-    from .ledger import Ledger
-    if not Path(ledger_path).exists():
+    from .ledger import Ledger, is_database_url
+    if not is_database_url(ledger_path) and not Path(ledger_path).exists():
         raise LedgerError(f"no ledger at {ledger_path} (run a manifest first, or pass --ledger)")
     return Ledger(ledger_path)
 

@@ -753,13 +753,22 @@ class Ledger:
         return self.write(lambda conn: conn.execute(text(
             "UPDATE job SET lease_until = 0 WHERE batch = :b AND owner = :o"), {"b": batch, "o": owner}).rowcount)
 
-    def held_by_others(self, batch: str, owner: str) -> int:
+    def held_by_others(self, batch: str, owner: str, include_pending: bool = True) -> int:
         """Unfinished jobs other runners hold with live leases (work that may still come back)."""
+        states = "'submitting', 'submitted', 'rendered'" + (", 'pending'" if include_pending else "")
         with self.engine.connect() as conn:
             return conn.execute(text(
                 "SELECT COUNT(*) FROM job WHERE batch = :b AND owner IS NOT NULL AND owner != :o AND "
-                "lease_until >= :now AND state IN ('pending', 'submitting', 'submitted', 'rendered')"),
+                f"lease_until >= :now AND state IN ({states})"),
                 {"b": batch, "o": owner, "now": self.clock()}).scalar_one()
+
+    def release_jobs(self, ids: list[int], owner: str) -> int:
+        """Give back particular jobs this runner claimed but will not work on."""
+        if not ids:
+            return 0
+        return self.write(lambda conn: conn.execute(text(
+            f"UPDATE job SET owner = NULL, lease_until = NULL WHERE owner = :o AND id IN "
+            f"({', '.join(str(int(i)) for i in ids)})"), {"o": owner}).rowcount)
 
     def committed(self, batch: str) -> float:
         """The shared budget's running total for a batch (charged, plus reserved and held)."""
@@ -805,6 +814,18 @@ class Ledger:
 
 def read_states(path: str | Path, batch: str) -> dict[str, str] | None:
     """Key -> state for a batch, read without writing anything (None if there is no ledger)."""
+    if is_database_url(path):
+        engine = create_engine(str(path).replace("postgresql://", "postgresql+psycopg://", 1))
+        try:
+            with engine.connect() as conn:
+                if not inspect(conn).has_table("job"):
+                    return None
+                return {k: v for k, v in conn.execute(text("SELECT key, state FROM job WHERE batch = :b"),
+                                                      {"b": batch})}
+        except DBAPIError as e:
+            raise LedgerError(f"cannot read ledger {display_location(path)}: {_first_line(e.orig)}") from None
+        finally:
+            engine.dispose()
     path = Path(path)
     if not path.exists():
         return None

@@ -541,19 +541,23 @@ class Runner:
                     lambda: self.ledger.claim(self.batch, states, self.owner, self.options.lease_seconds,
                                               claim_size, self._generation))
                 if jobs:
+                    skipped = []
                     for job in jobs:
                         if job.state == S.RENDERED.value:
                             while len(self.downloads) > 2 * PAGE:
                                 await anyio.sleep(0.05)
                             self.downloads.put(job)
                         elif job.state == S.PENDING.value and not self.submitting_allowed:
-                            continue  # released at the end of the run
+                            skipped.append(job.id)
                         else:
                             await send.send(job)
+                    # Pending jobs we may no longer submit go back at once, for runners that still can.
+                    await anyio.to_thread.run_sync(self.ledger.release_jobs, skipped, self.owner)
                     continue
                 # Nothing claimable. Other runners may still hand work back (a lease that runs out,
                 # a job whose submission dies with its runner): wait for them, reaping as we go.
-                if not await anyio.to_thread.run_sync(self.ledger.held_by_others, self.batch, self.owner):
+                if not await anyio.to_thread.run_sync(self.ledger.held_by_others, self.batch, self.owner,
+                                                      self.submitting_allowed):
                     return
                 await anyio.sleep(min(2.0, self.options.lease_seconds / 4))
                 await self._reap()
@@ -566,6 +570,8 @@ class Runner:
                         if job.state == S.PENDING.value:
                             if self.submitting_allowed:
                                 await self._submit_and_follow(job)
+                            else:
+                                await anyio.to_thread.run_sync(self.ledger.release_jobs, [job.id], self.owner)
                         elif job.state == S.SUBMITTED.value:
                             await self._follow_to_end(job)
                     except LeaseLost as e:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -57,3 +58,32 @@ def simrun(tmp_path: Path):
         report = anyio.run(lambda: api.run_async(manifest, ledger=led, options=opts, to=api.target(simulate=sim)))
         return report, sim, led
     return _run
+
+
+PG_URL = os.environ.get("BATCHER_TEST_PG")
+
+
+def pg_schema_url(name: str) -> str:
+    """A fresh schema in the test database, reached through search_path: one per test."""
+    import sqlalchemy
+    engine = sqlalchemy.create_engine(PG_URL)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        conn.exec_driver_sql(f'CREATE SCHEMA "{name}"')
+    engine.dispose()
+    sep = "&" if "?" in PG_URL else "?"
+    return f"{PG_URL}{sep}options=-csearch_path%3D{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def ledger_url(request, tmp_path: Path) -> str:
+    """The same suite against both backends: an SQLite file, and a PostgreSQL schema."""
+    if request.param == "sqlite":
+        return str(tmp_path / "ledger.db")
+    if not PG_URL:
+        if os.environ.get("CI"):
+            pytest.fail("BATCHER_TEST_PG is not set: .ci/run starts PostgreSQL and sets it")
+        pytest.skip("BATCHER_TEST_PG is not set (no PostgreSQL to test against)")
+    import re
+    name = "t_" + re.sub(r"[^a-z0-9]", "_", request.node.name.lower())[:50] + f"_{os.getpid()}"
+    return pg_schema_url(name)

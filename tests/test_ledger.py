@@ -21,9 +21,9 @@ def demo():
     return m, expand(m)
 
 
-def test_add_is_idempotent(tmp_path, demo):
+def test_add_is_idempotent(ledger_url, demo):
     m, jobs = demo
-    with Ledger(tmp_path / "l.db") as ledger:
+    with Ledger(ledger_url) as ledger:
         assert ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs) == (12, 0)
         assert ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs) == (0, 12)
         assert ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs[:5]) == (0, 5)
@@ -31,9 +31,9 @@ def test_add_is_idempotent(tmp_path, demo):
         assert ledger.counts(m.batch)["pending"] == 12
 
 
-def test_known_keys_keep_their_state(tmp_path, demo):
+def test_known_keys_keep_their_state(ledger_url, demo):
     m, jobs = demo
-    with Ledger(tmp_path / "l.db") as ledger:
+    with Ledger(ledger_url) as ledger:
         ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs)
         job = ledger.jobs_in(m.batch, [JobState.PENDING], limit=1)[0]
         ledger.write(ledger.begin_submission(job.id, JobState.PENDING, 20))
@@ -41,19 +41,19 @@ def test_known_keys_keep_their_state(tmp_path, demo):
         assert ledger.get(job.id).state == "submitting"
 
 
-def test_one_ledger_many_batches(tmp_path, demo):
+def test_one_ledger_many_batches(ledger_url, demo):
     m, jobs = demo
     other = load_manifest(MANIFESTS / "dataset.yaml")
-    with Ledger(tmp_path / "l.db") as ledger:
+    with Ledger(ledger_url) as ledger:
         ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs)
         ledger.add_jobs(other.batch, other.model.api_id, "dataset.yaml", expand(other))
         assert {b.name for b in ledger.batches()} == {"knight-and-mare", "animal-dataset"}
         assert ledger.count_jobs("animal-dataset") == 5
 
 
-def test_transitions_are_enforced(tmp_path, demo):
+def test_transitions_are_enforced(ledger_url, demo):
     m, jobs = demo
-    with Ledger(tmp_path / "l.db") as ledger:
+    with Ledger(ledger_url) as ledger:
         ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs)
         job = ledger.jobs_in(m.batch, [JobState.PENDING], limit=1)[0]
         with pytest.raises(IllegalTransition):
@@ -75,13 +75,13 @@ def test_every_state_has_a_transition_row():
     assert set(TRANSITIONS) == set(JobState)
 
 
-def test_crash_in_submitting_becomes_unknown(tmp_path, demo):
+def test_crash_in_submitting_becomes_unknown(ledger_url, demo):
     m, jobs = demo
-    with Ledger(tmp_path / "l.db") as ledger:
+    with Ledger(ledger_url) as ledger:
         ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs)
         job = ledger.jobs_in(m.batch, [JobState.PENDING], limit=1)[0]
         ledger.write(ledger.begin_submission(job.id, JobState.PENDING, 20))
-    with Ledger(tmp_path / "l.db") as ledger:
+    with Ledger(ledger_url) as ledger:
         assert ledger.recover_interrupted(m.batch) == 1
         assert ledger.get(job.id).state == "unknown"
         spend = ledger.spend(m.batch)
@@ -96,12 +96,13 @@ def test_ledger_is_private_and_wal(tmp_path):
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_schema_matches_the_table_models(tmp_path):
-    Ledger(tmp_path / "l.db").close()
-    conn = sqlite3.connect(tmp_path / "l.db")
-    for table in SQLModel.metadata.sorted_tables:
-        actual = {row[1] for row in conn.execute(f"PRAGMA table_info({table.name})")}
-        assert actual == {c.name for c in table.columns}, table.name
+def test_schema_matches_the_table_models(ledger_url):
+    from sqlalchemy import inspect
+    with Ledger(ledger_url) as ledger:
+        inspector = inspect(ledger.engine)
+        for table in SQLModel.metadata.sorted_tables:
+            actual = {c["name"] for c in inspector.get_columns(table.name)}
+            assert actual == {c.name for c in table.columns}, table.name
 
 
 def test_upgrade_from_version_1_keeps_data_and_costs(tmp_path):

@@ -1,0 +1,114 @@
+"""Leases, fencing tokens and the shared budget: one suite, both backends."""
+from __future__ import annotations
+
+import pytest
+
+from batcher.errors import BudgetExceeded, IllegalTransition, LeaseLost
+from batcher.ledger import Ledger
+from batcher.plan import JobSpec
+from batcher.states import JobState as S
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1_000_000.0
+
+    def __call__(self):
+        return self.t
+
+
+def specs(n: int) -> list[JobSpec]:
+    return [JobSpec(key=f"k{i:03d}", batch="b", row=i, take=1, origin=f"m.yaml:{i + 1}", label="r",
+                    params={"prompt": f"p{i}"}, estimate=20, estimate_is_guess=False) for i in range(n)]
+
+
+@pytest.fixture
+def two(ledger_url):
+    """Two runners' views of one ledger, sharing a clock."""
+    clock = Clock()
+    a = Ledger(ledger_url, clock=clock)
+    b = Ledger(ledger_url, clock=clock)
+    a.add_jobs("b", "happyhorse-1.0-r2v", "m.yaml", specs(10))
+    yield a, b, clock
+    a.close()
+    b.close()
+
+
+def test_claims_are_exclusive(two):
+    a, b, clock = two
+    ga = a.claim("b", [S.PENDING], "A", 30, 6)
+    gb = b.claim("b", [S.PENDING], "B", 30, 6)
+    assert len(ga) == 6 and len(gb) == 4
+    assert not {j.id for j in ga} & {j.id for j in gb}
+    assert b.claim("b", [S.PENDING], "B", 30, 6) == []
+    assert a.held_by_others("b", "A") == 4
+
+
+def test_expired_lease_is_taken_over_and_the_old_holder_is_fenced(two):
+    a, b, clock = two
+    [job] = a.claim("b", [S.PENDING], "A", 30, 1)
+    clock.t += 31  # A paused past its lease
+    [again] = b.claim("b", [S.PENDING], "B", 30, 1)
+    assert again.id == job.id and again.lease_token == job.lease_token + 1
+    with pytest.raises(LeaseLost):
+        a.write(a.begin_submission(job.id, S.PENDING, 20, token=job.lease_token))
+    b.write(b.begin_submission(again.id, S.PENDING, 20, token=again.lease_token))
+    assert b.get(job.id).state == "submitting"
+
+
+def test_renewal_keeps_a_lease(two):
+    a, b, clock = two
+    a.claim("b", [S.PENDING], "A", 30, 10)
+    clock.t += 20
+    assert a.renew("b", "A", 30) == 10
+    clock.t += 20
+    assert b.claim("b", [S.PENDING], "B", 30, 10) == []
+    a.release("b", "A")
+    assert len(b.claim("b", [S.PENDING], "B", 30, 10)) == 10
+
+
+def test_expired_lease_in_submitting_becomes_unknown_never_pending(two):
+    a, b, clock = two
+    [job] = a.claim("b", [S.PENDING], "A", 30, 1)
+    a.write(a.begin_submission(job.id, S.PENDING, 20, token=job.lease_token))
+    assert b.recover_interrupted("b") == 0  # A's lease is live: its POST may be on the wire
+    clock.t += 31
+    assert b.recover_interrupted("b") == 1
+    held = b.get(job.id)
+    assert held.state == "unknown" and held.owner is None and held.lease_token == job.lease_token + 1
+    assert not [j for j in b.claim("b", [S.PENDING, S.SUBMITTED], "B", 30, 20) if j.id == job.id]
+    with pytest.raises(IllegalTransition):
+        a.write(a.move(job.id, S.SUBMITTING, S.SUBMITTED, "late", token=job.lease_token))
+
+
+def test_shared_budget_is_enforced_in_the_ledger(two):
+    a, b, clock = two
+    ja = a.claim("b", [S.PENDING], "A", 30, 5)
+    jb = b.claim("b", [S.PENDING], "B", 30, 5)
+    granted = 0
+    for x, y in zip(ja, jb):
+        for led, job in ((a, x), (b, y)):
+            try:
+                led.write(led.begin_submission(job.id, S.PENDING, 20, token=job.lease_token, batch="b", budget=90))
+                granted += 1
+            except BudgetExceeded as e:
+                assert e.committed == 80
+    assert granted == 4 and a.committed("b") == 80
+    assert a.spend("b").held == 80  # reservations in flight count until answered
+
+
+def test_running_total_follows_every_outcome(two):
+    a, _, _ = two
+    jobs = a.claim("b", [S.PENDING], "A", 30, 4)
+    ids = [a.write(a.begin_submission(j.id, S.PENDING, 20, token=j.lease_token, batch="b")) for j in jobs]
+    a.write(a.end_attempt(ids[0], "accepted", remote_job_id="r0", credit_cost=18))
+    a.write(a.end_attempt(ids[1], "not_sent"))
+    a.write(a.end_attempt(ids[2], "rejected"))
+    a.write(a.end_attempt(ids[3], "unknown"))
+    assert a.committed("b") == 18 + 20
+    a.write(a.move(jobs[0].id, S.SUBMITTING, S.SUBMITTED, "ok", token=jobs[0].lease_token, remote_job_id="r0"))
+    a.write(a.refund(jobs[0].id))
+    a.write(a.refund(jobs[0].id))  # twice: counted once
+    assert a.committed("b") == 20
+    spend = a.spend("b")
+    assert spend.committed == a.committed("b")
