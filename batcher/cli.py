@@ -27,6 +27,7 @@ def fmt_credits(value: float) -> str:
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
+SIM_LEDGER = "batcher-sim.db"
 EXIT_OK, EXIT_ATTENTION, EXIT_USAGE, EXIT_BUDGET, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
@@ -197,7 +198,14 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
     if simulate:
         expected_render = sim_render_seconds
     setup_logging(verbose, log_json, None if simulate else to.api_key)
-    out = Path(out_dir) if out_dir else Path("outputs") / m.batch
+    if simulate:
+        # Simulated clips must never pass for real ones: unless told otherwise, a simulated run
+        # keeps its own ledger and folder, so a later real run of the batch renders everything.
+        source = click.get_current_context().get_parameter_source("ledger_path")
+        if source == click.core.ParameterSource.DEFAULT:
+            ledger_path = SIM_LEDGER
+    out = Path(out_dir) if out_dir else (Path("outputs") / "simulated" / m.batch if simulate
+                                         else Path("outputs") / m.batch)
     options = RunOptions(concurrency=concurrency, budget=budget, out_dir=out, max_attempts=max_attempts,
                          job_timeout=job_timeout, resubmit_unknown=resubmit_unknown,
                          expected_render=expected_render, max_download_bytes=max_download_mb * 1024 * 1024,
@@ -412,7 +420,8 @@ def simulator(host: str, port: int, api_key: str, credit_balance: float, render_
 
 
 @cli.command()
-@click.argument("sections", nargs=-1, type=click.Choice(["efficiency", "ratelimit", "overhead", "stage", "all"]))
+@click.argument("sections", nargs=-1, type=click.Choice(["efficiency", "ratelimit", "spare", "overhead", "stage",
+                                                          "all"]))
 @click.option("--jobs", default=800, show_default=True, help="Jobs in the efficiency run.")
 @click.option("--concurrency", default=40, show_default=True, help="Jobs in flight.")
 @click.option("--render", default=1.0, show_default=True, help="Mean simulated render seconds.")

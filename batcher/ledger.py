@@ -550,6 +550,13 @@ class Ledger:
             yield from chunk
             last = chunk[-1].id  # type: ignore[assignment]
 
+    def completed_files(self, batch: str) -> list[tuple[int, str]]:
+        """(job id, file path) of a batch's completed jobs."""
+        with self.engine.connect() as conn:
+            return [(i, f) for i, f in conn.execute(text(
+                "SELECT id, file_path FROM job WHERE batch = :b AND state = 'completed' AND file_path IS NOT NULL"),
+                {"b": batch})]
+
     def events(self, job_id: int) -> list[Event]:
         with self.session() as s:
             return list(s.exec(select(Event).where(Event.job_id == job_id).order_by(Event.id)))
@@ -629,10 +636,11 @@ class Ledger:
 
         def op(conn: Connection) -> int:
             name = batch or conn.execute(text("SELECT batch FROM job WHERE id = :id"), {"id": job_id}).scalar_one()
-            committed = self._lock_batch(conn, name)
-            if budget is not None and committed + reserved > budget + 1e-9:
-                raise BudgetExceeded(f"budget reached: {committed:g} of {budget:g} credits committed; the next job "
-                                     f"needs {reserved:g}", committed)
+            if budget is not None:
+                committed = self._lock_batch(conn, name)
+                if committed + reserved > budget + 1e-9:
+                    raise BudgetExceeded(f"budget reached: {committed:g} of {budget:g} credits committed; the next "
+                                         f"job needs {reserved:g}", committed)
             move(conn)
             number = conn.execute(text("UPDATE job SET attempts = attempts + 1 WHERE id = :id RETURNING attempts"),
                                   {"id": job_id}).scalar_one()
@@ -644,13 +652,17 @@ class Ledger:
         return op
 
     def end_attempt(self, attempt_id: int, outcome: str, *, remote_job_id: str | None = None,
-                    credit_cost: float | None = None) -> Callable[[Connection], None]:
-        """Record how a submission ended, and move the batch's running total to match."""
+                    credit_cost: float | None = None, known: tuple[str, float, str] | None = None
+                    ) -> Callable[[Connection], None]:
+        """Record how a submission ended, and move the batch's running total to match.
+
+        `known` = (outcome so far, reserved, batch) saves a lookup when the caller has them."""
         now = self.clock()
 
         def op(conn: Connection) -> None:
-            row = conn.execute(text("SELECT a.outcome, a.reserved, j.batch FROM attempt a JOIN job j ON j.id = a.job_id "
-                                    "WHERE a.id = :id"), {"id": attempt_id}).first()
+            row = known or conn.execute(text(
+                "SELECT a.outcome, a.reserved, j.batch FROM attempt a JOIN job j ON j.id = a.job_id "
+                "WHERE a.id = :id"), {"id": attempt_id}).first()
             if row is None:
                 raise LedgerError(f"no attempt {attempt_id}")
             before, reserved, batch = row

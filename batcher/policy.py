@@ -118,7 +118,7 @@ class PollPlanner:
     initial: float = 5.0  # expected render seconds before anything has been observed
     factor: float = 1.5  # back-off between polls when nothing better is known
     max_interval: float = 60.0
-    min_interval: float = 0.02
+    min_interval: float = 0.005
     lead: float = 0.2  # first poll at mean - lead * std
     step_std: float = 0.6  # then every step_std * std ...
     min_step_fraction: float = 0.04  # ... but never more often than this fraction of the mean
@@ -143,8 +143,11 @@ class PollPlanner:
         mean, std = fit
         return mean, max(std, 0.02 * mean)
 
-    def next_poll(self, job_class: tuple, elapsed: float, polls: int) -> float:
-        """Seconds after submission at which to poll next, given `polls` so far at `elapsed`."""
+    def next_poll(self, job_class: tuple, elapsed: float, polls: int, density: float = 1.0) -> float:
+        """Seconds after submission at which to poll next, given `polls` so far at `elapsed`.
+
+        `density` > 1 polls more often (the request rate has room to spare: spend it on a shorter
+        detection delay); < 1 less often (the rate is the bottleneck)."""
         expected = self.expected(job_class)
         if expected is None:
             # Nothing learned yet: a first poll a little before the expected render time, then
@@ -154,10 +157,10 @@ class PollPlanner:
             step = 0.25 * self.initial * (self.factor ** (polls - 1))
             return elapsed + min(self.max_interval, max(self.min_interval, step))
         mean, std = expected
-        first = max(self.min_interval, mean - self.lead * std)
+        first = max(self.min_interval, mean - self.lead * density * std)
         if elapsed < first:
             return first
-        step = max(self.step_std * std, self.min_step_fraction * mean, self.min_interval)
+        step = max(self.step_std * std / density, self.min_step_fraction * mean / density, self.min_interval)
         late = mean + 3 * std
         if elapsed < late:
             return elapsed + step

@@ -17,6 +17,7 @@ The submission protocol (never pay twice):
 from __future__ import annotations
 
 import heapq
+from collections import deque
 import logging
 import os
 import random
@@ -195,6 +196,7 @@ class RequestPacer:
         self._wake = anyio.Event()
         self._seq = 0
         self.rate_limited = 0
+        self._granted: deque[float] = deque()
 
     async def before(self, kind: str) -> None:
         if kind == "download":
@@ -229,6 +231,21 @@ class RequestPacer:
             if delay > 0:
                 await anyio.sleep(delay)
             heapq.heappop(self._waiting)[2].set()
+            now = self.clock()
+            self._granted.append(now)
+            while self._granted and self._granted[0] < now - 10.0:
+                self._granted.popleft()
+
+    def density(self) -> float:
+        """How densely to poll: sparser while requests queue for the rate, denser while it idles."""
+        if len(self._waiting) > 1:
+            return 0.7
+        used = len(self._granted) * 6.0 / max(self.policy.rate, 1e-9)  # share of the rate, last 10 s
+        if used < 0.5:
+            return 2.0
+        if used < 0.8:
+            return 1.4
+        return 1.0
 
 
 class ExpiryQueue:
@@ -491,6 +508,7 @@ class Runner:
         """Remove stray temporary files; send completed jobs whose file vanished back to download."""
         out = self.options.out_dir
         out.mkdir(parents=True, exist_ok=True)
+        self._out_abs = out.resolve()
         for stray in out.glob(".*.part"):
             try:
                 stray.unlink()
@@ -498,10 +516,10 @@ class Runner:
                 pass
         if self.ledger.postgres:
             return  # other runners' files live on their own hosts
-        for job in self.ledger.iter_batch(self.batch):
-            if job.state == S.COMPLETED.value and job.file_path and not Path(job.file_path).exists():
-                self.ledger.write(self.ledger.move(job.id, S.COMPLETED, S.RENDERED, "file-missing",  # type: ignore
-                                                   f"{job.file_path} is gone; downloading again"))
+        for job_id, file_path in self.ledger.completed_files(self.batch):
+            if not Path(file_path).exists():
+                self.ledger.write(self.ledger.move(job_id, S.COMPLETED, S.RENDERED, "file-missing",
+                                                   f"{file_path} is gone; downloading again"))
 
     async def _check_schema(self) -> None:
         """Hold the batch's requests against the live schema before spending anything."""
@@ -652,7 +670,8 @@ class Runner:
             except (NotSentError, RateLimited, CreditsExhausted, AuthError) as e:
                 self.budget.settle(estimate, None)
                 self._budget_signal()
-                await self.writer.write(self.ledger.end_attempt(attempt_id, "not_sent"))
+                await self.writer.write(self.ledger.end_attempt(attempt_id, "not_sent",
+                                                                known=("submitting", estimate, self.batch)))
                 await self._move(job, S.SUBMITTING, S.PENDING, "not-sent", str(e))
                 if isinstance(e, RateLimited):
                     self._pause(e.retry_after)
@@ -667,7 +686,8 @@ class Runner:
             except RejectedError as e:
                 self.budget.settle(estimate, None)
                 self._budget_signal()
-                await self.writer.write(self.ledger.end_attempt(attempt_id, "rejected"))
+                await self.writer.write(self.ledger.end_attempt(attempt_id, "rejected",
+                                                                known=("submitting", estimate, self.batch)))
                 await self._move(job, S.SUBMITTING, S.FAILED, "rejected", str(e), error=str(e))
                 return "failed"
             failpoint("after-post")
@@ -678,20 +698,20 @@ class Runner:
             submitted_at = self.wall()
 
             def accept(conn: Any) -> bool:
+                # (a reaper may have moved the attempt to unknown meanwhile: the total moves the same way)
                 self.ledger.end_attempt(attempt_id, "accepted", remote_job_id=answer.job_id,
-                                        credit_cost=answer.credit_cost)(conn)
-                savepoint = conn.begin_nested()
+                                        credit_cost=answer.credit_cost,
+                                        known=("submitting", estimate, self.batch))(conn)
                 try:
+                    # A refused move writes nothing, so no savepoint is needed around it.
                     self.ledger.move(job.id, S.SUBMITTING, S.SUBMITTED, "accepted",  # type: ignore[arg-type]
                                      f"job {answer.job_id}, {answer.credit_cost:g} credits", token=job.lease_token,
                                      remote_job_id=answer.job_id, status_url=answer.status_url,
                                      credit_cost=answer.credit_cost, submitted_at=submitted_at, error=None)(conn)
-                    savepoint.commit()
                     return True
                 except LeaseLost:
                     # We were paused past our lease and the job is held as unknown by now: keep what
                     # the API told us in its history, so the user can see it was accepted.
-                    savepoint.rollback()
                     self.ledger._event(conn, job.id, "late-answer", None, None,  # type: ignore[arg-type]
                                        f"accepted as {answer.job_id} ({answer.credit_cost:g} credits) after this "
                                        f"runner lost its lease", self.ledger.clock())
@@ -709,7 +729,8 @@ class Runner:
         # The API may have charged us: the reservation stays committed, the job waits for the user.
         self.budget.settle(estimate, estimate)
         self._budget_signal()
-        await self.writer.write(self.ledger.end_attempt(attempt_id, "unknown"))
+        await self.writer.write(self.ledger.end_attempt(attempt_id, "unknown",
+                                                        known=("submitting", estimate, self.batch)))
         message = f"submission outcome unknown ({why}); held: it may have been charged"
         await self._move(job, S.SUBMITTING, S.UNKNOWN, "unknown", message, error=message)
         return "unknown"
@@ -727,7 +748,8 @@ class Runner:
         first_failure = 0.0
         lower = 0.0
         while True:
-            due = self.planner.next_poll(cls, elapsed(), polls)
+            density = self.pacer.density() if self.pacer is not None else 1.0
+            due = self.planner.next_poll(cls, elapsed(), polls, density)
             if self.options.job_timeout is not None and due > self.options.job_timeout:
                 due = max(elapsed(), self.options.job_timeout)
             delay = due - elapsed()
@@ -877,11 +899,13 @@ class Runner:
                 return
             finally:
                 with anyio.CancelScope(shield=True):
-                    if tmp.exists():
-                        tmp.unlink()
+                    try:
+                        tmp.unlink()  # still there only if the download failed
+                    except FileNotFoundError:
+                        pass
             await self._move(job, S.RENDERED, S.COMPLETED, "downloaded",
                              f"{result.size} bytes, sha256 {result.sha256[:12]}",
-                             file_path=str(final.resolve()), size=result.size, sha256=result.sha256)
+                             file_path=str(self._out_abs / final.name), size=result.size, sha256=result.sha256)
             self.completed += 1
             return
 

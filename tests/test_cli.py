@@ -77,3 +77,14 @@ def test_missing_manifest_is_one_line(tmp_path):
     result = CliRunner().invoke(cli, ["validate", str(tmp_path / "nope.yaml")])
     assert result.exit_code == 2
     assert result.stderr.strip().count("\n") == 0 and "no such file" in result.stderr
+
+
+def test_simulated_runs_keep_their_own_ledger_and_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BATCHER_LEDGER", raising=False)
+    result = CliRunner().invoke(cli, ["run", str(MANIFESTS / "demo.yaml"), "--simulate", "--sim-render-seconds",
+                                      "0.05"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "batcher-sim.db").exists() and not (tmp_path / "batcher.db").exists()
+    clips = list((tmp_path / "outputs" / "simulated" / "knight-and-mare").glob("*.mp4"))
+    assert len(clips) == 12

@@ -126,3 +126,31 @@ def test_pacer_serves_polls_before_submissions():
             tg.cancel_scope.cancel()
     anyio.run(main)
     assert [k for k, _ in order[:4]] == ["submit", "poll", "poll", "poll"]
+
+
+def test_density_trades_polls_for_detection_delay():
+    rng = random.Random(5)
+    renders = [max(0.1, rng.gauss(60, 12)) for _ in range(400)]
+
+    def run(density):
+        planner = PollPlanner(initial=60)
+        simulate_polls(planner, renders[:100])
+        polls = delay = 0.0
+        for r in renders[100:]:
+            t, n = 0.0, 0
+            while t < r:
+                t = planner.next_poll(("5", "720p"), t, n, density)
+                n += 1
+            polls += n
+            delay += t - r
+        return polls / 300, delay / 300
+    sparse, normal, dense = run(0.7), run(1.0), run(2.0)
+    assert sparse[0] < normal[0] < dense[0]
+    assert sparse[1] > normal[1] > dense[1]
+
+
+def test_pacer_density_follows_use_of_the_rate():
+    pacer = RequestPacer(RatePolicy(rpm=600))
+    assert pacer.density() == 2.0  # idle: spend the spare rate on polls
+    pacer._granted.extend([0.0] * 95)  # ~570/min of a 582/min rate in the last 10 s
+    assert pacer.density() == 1.0
