@@ -11,8 +11,10 @@ opening an older ledger applies the missing ones in place.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -191,6 +193,15 @@ def render_ddl(sql: str, dialect: str) -> str:
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
+_NAMED = re.compile(r"(?<![:\w]):(\w+)")
+
+
+@functools.lru_cache(maxsize=256)
+def _pyformat(sql: str) -> str:
+    """`:name` placeholders (sqlite3's native named style) as psycopg's `%(name)s`."""
+    return _NAMED.sub(r"%(\1)s", sql)
+
+
 def _first_line(exc: Any) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
@@ -348,6 +359,11 @@ class Ledger:
             return self.write(straight)
         except _Retry:
             return self.write(guarded)
+
+    def x(self, conn: Connection, sql: str, params: dict[str, Any] | None = None) -> Any:
+        """Run one statement on the hot path straight through the driver (no SQL compilation):
+        written once with `:name` placeholders, for both databases."""
+        return conn.exec_driver_sql(_pyformat(sql) if self.postgres else sql, params or {})
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
@@ -584,8 +600,8 @@ class Ledger:
             fence = " AND lease_token = :tok" if token is not None else ""
             sql = f"UPDATE job SET state = :dst, updated_at = :t{', ' + sets if sets else ''} " \
                   f"WHERE id = :id AND state = :src{fence}"
-            if conn.execute(text(sql), args).rowcount != 1:
-                row = conn.execute(text("SELECT state, lease_token FROM job WHERE id = :id"), {"id": job_id}).first()
+            if self.x(conn, sql, args).rowcount != 1:
+                row = self.x(conn, "SELECT state, lease_token FROM job WHERE id = :id", {"id": job_id}).first()
                 if row is not None and token is not None and row[1] != token:
                     raise LeaseLost(f"job {job_id}: another runner holds it now (token {row[1]}, ours {token})")
                 raise IllegalTransition(
@@ -605,18 +621,16 @@ class Ledger:
                 args = {f"f_{name}": value for name, value in fields.items()}
                 args.update({"id": job_id, "t": now, "tok": token})
                 fence = " AND lease_token = :tok" if token is not None else ""
-                if conn.execute(text(f"UPDATE job SET {sets}, updated_at = :t WHERE id = :id{fence}"),
-                                args).rowcount != 1:
+                if self.x(conn, f"UPDATE job SET {sets}, updated_at = :t WHERE id = :id{fence}", args).rowcount != 1:
                     raise LeaseLost(f"job {job_id}: another runner holds it now")
             self._event(conn, job_id, kind, None, None, detail, now)
         return op
 
-    @staticmethod
-    def _event(conn: Connection, job_id: int, kind: str, src: str | None, dst: str | None, detail: str | None,
-               at: float) -> None:
-        conn.execute(text("INSERT INTO event (job_id, at, kind, from_state, to_state, detail) "
-                          "VALUES (:j, :a, :k, :s, :d, :x)"),
-                     {"j": job_id, "a": at, "k": kind, "s": src, "d": dst, "x": detail})
+    def _event(self, conn: Connection, job_id: int, kind: str, src: str | None, dst: str | None,
+               detail: str | None, at: float) -> None:
+        self.x(conn, "INSERT INTO event (job_id, at, kind, from_state, to_state, detail) "
+                     "VALUES (:j, :a, :k, :s, :d, :x)",
+               {"j": job_id, "a": at, "k": kind, "s": src, "d": dst, "x": detail})
 
     def _lock_batch(self, conn: Connection, batch: str) -> float:
         """The batch's committed credits, locked until the transaction ends (PostgreSQL; SQLite's
@@ -642,13 +656,12 @@ class Ledger:
                     raise BudgetExceeded(f"budget reached: {committed:g} of {budget:g} credits committed; the next "
                                          f"job needs {reserved:g}", committed)
             move(conn)
-            number = conn.execute(text("UPDATE job SET attempts = attempts + 1 WHERE id = :id RETURNING attempts"),
-                                  {"id": job_id}).scalar_one()
-            conn.execute(text("UPDATE batch SET committed = committed + :r WHERE name = :b"), {"r": reserved, "b": name})
-            return conn.execute(text(
-                "INSERT INTO attempt (job_id, number, outcome, reserved, refunded, started_at) "
-                "VALUES (:j, :n, 'submitting', :r, FALSE, :t) RETURNING id"),
-                {"j": job_id, "n": number, "r": reserved, "t": now}).scalar_one()
+            number = self.x(conn, "UPDATE job SET attempts = attempts + 1 WHERE id = :id RETURNING attempts",
+                            {"id": job_id}).scalar_one()
+            self.x(conn, "UPDATE batch SET committed = committed + :r WHERE name = :b", {"r": reserved, "b": name})
+            return self.x(conn, "INSERT INTO attempt (job_id, number, outcome, reserved, refunded, started_at) "
+                                "VALUES (:j, :n, 'submitting', :r, FALSE, :t) RETURNING id",
+                          {"j": job_id, "n": number, "r": reserved, "t": now}).scalar_one()
         return op
 
     def end_attempt(self, attempt_id: int, outcome: str, *, remote_job_id: str | None = None,
@@ -672,12 +685,11 @@ class Ledger:
                     delta = (credit_cost or 0.0) - reserved
                 elif outcome in ("not_sent", "rejected"):
                     delta = -reserved
-            conn.execute(text("UPDATE attempt SET outcome = :o, remote_job_id = COALESCE(:r, remote_job_id), "
-                              "credit_cost = COALESCE(:c, credit_cost), ended_at = :t WHERE id = :id"),
-                         {"o": outcome, "r": remote_job_id, "c": credit_cost, "t": now, "id": attempt_id})
+            self.x(conn, "UPDATE attempt SET outcome = :o, remote_job_id = COALESCE(:r, remote_job_id), "
+                         "credit_cost = COALESCE(:c, credit_cost), ended_at = :t WHERE id = :id",
+                   {"o": outcome, "r": remote_job_id, "c": credit_cost, "t": now, "id": attempt_id})
             if delta:
-                conn.execute(text("UPDATE batch SET committed = committed + :d WHERE name = :b"),
-                             {"d": delta, "b": batch})
+                self.x(conn, "UPDATE batch SET committed = committed + :d WHERE name = :b", {"d": delta, "b": batch})
         return op
 
     def refund(self, job_id: int) -> Callable[[Connection], None]:
