@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import os
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,7 @@ def build_report(ledger: Ledger, batch: str, out_path: Path) -> int:
 <body>
 <header><h1>{esc(batch)} <small>({esc(info.model if info else '')})</small></h1>
 <div class="figs">{''.join(f'<div><b>{esc(v)}</b>{esc(k)}</div>' for k, v in figures)}</div>
-<div class="meta">generated {esc(iso(os.path.getmtime(ledger.path)) if ledger.path.exists() else '')} from {esc(ledger.path)}</div>
+<div class="meta">generated {esc(iso(time.time()))} from {esc(ledger.display)}</div>
 </header>
 <div class="bar">
 <label>state <select id="f-state"><option value="">all</option>{state_options}</select></label>
