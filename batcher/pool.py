@@ -363,9 +363,11 @@ class Runner:
         log.info("job %s: %s%s", job.key, kind, f": {detail}" if detail else "",
                  extra={"job": job.key, "event": kind})
 
-    async def _wait_pause(self) -> None:
+    async def _wait_pause(self, job: Job) -> None:
+        """Wait out a shared pause (429s, a burst of server errors); the job's history records it."""
         delay = self._pause_until - time.monotonic()
         if delay > 0:
+            await self._event(job, "paused", f"all requests paused for {delay:.1f}s (rate limit or server errors)")
             await anyio.sleep(delay)
 
     def _pause(self, seconds: float) -> None:
@@ -614,7 +616,7 @@ class Runner:
             estimate = self._estimate(job, params)
             reserved = await self._reserve(estimate)
             if reserved:
-                await self._wait_pause()
+                await self._wait_pause(job)
                 outcome = await self._submit_once(job, wire, estimate)
                 if outcome == "budget":
                     if self.budget.reservations:
@@ -760,7 +762,7 @@ class Runner:
                                                   f"the next run polls it again")
                 self._note("some jobs passed --job-timeout; rerun to keep polling them")
                 return "left"
-            await self._wait_pause()
+            await self._wait_pause(job)
             seen_at = elapsed()
             try:
                 status = await self.client.status(job.remote_job_id or "", job.status_url)
@@ -852,7 +854,7 @@ class Runner:
         while True:
             tmp = out / f".{final.name}.{os.getpid()}-{self.rng.randrange(1 << 30):x}.part"
             try:
-                await self._wait_pause()
+                await self._wait_pause(job)
                 result = await self.client.download(url, tmp, max_bytes=self.options.max_download_bytes)
                 await anyio.to_thread.run_sync(_publish, tmp, final)
                 failpoint("after-publish")

@@ -98,6 +98,9 @@ def test_rate_limit_is_waited_out(simrun, write):
     assert record["rate_limited"] >= 1
     assert report.counts["completed"] == 3 and len(record["jobs"]) == 3
     assert_consistent(sim, ledger)
+    with Ledger(ledger) as led:
+        kinds = {e.kind for j in led.iter_batch("small") for e in led.events(j.id)}
+    assert kinds & {"paused", "poll-paused", "submit-retry"}  # the waits are in the jobs' histories
 
 
 def test_remote_failure_then_success_keeps_one_net_charge(simrun, write):
