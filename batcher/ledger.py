@@ -703,6 +703,24 @@ class Ledger:
                                   "(SELECT batch FROM job WHERE id = :j)"), {"c": sum(c or 0 for c in costs), "j": job_id})
         return op
 
+    def resolve_unknown(self, job_id: int, remote_job_id: str, status_url: str, credit_cost: float,
+                        submitted_at: float) -> Callable[[Connection], bool]:
+        """A late answer for a job held as unknown (its runner lost the lease mid-POST): if nobody
+        has touched it since, it is submitted after all, and will be polled instead of held."""
+        now = self.clock()
+
+        def op(conn: Connection) -> bool:
+            moved = self.x(conn, "UPDATE job SET state = 'submitted', remote_job_id = :r, status_url = :u, "
+                                 "credit_cost = :c, submitted_at = :s, error = NULL, updated_at = :t "
+                                 "WHERE id = :id AND state = 'unknown' AND owner IS NULL",
+                           {"r": remote_job_id, "u": status_url, "c": credit_cost, "s": submitted_at, "t": now,
+                            "id": job_id}).rowcount == 1
+            detail = f"accepted as {remote_job_id} ({credit_cost:g} credits), answered after its runner lost the lease"
+            self._event(conn, job_id, "late-answer", "unknown" if moved else None, "submitted" if moved else None,
+                        detail, now)
+            return moved
+        return op
+
     def recover_interrupted(self, batch: str) -> int:
         """Reap: a job left in `submitting` by a runner that is gone (no lease, or one that expired)
         may have been sent and charged: hold it as `unknown`, never pending again. Its fencing token

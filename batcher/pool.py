@@ -712,11 +712,11 @@ class Runner:
                                      credit_cost=answer.credit_cost, submitted_at=submitted_at, error=None)(conn)
                     return True
                 except LeaseLost:
-                    # We were paused past our lease and the job is held as unknown by now: keep what
-                    # the API told us in its history, so the user can see it was accepted.
-                    self.ledger._event(conn, job.id, "late-answer", None, None,  # type: ignore[arg-type]
-                                       f"accepted as {answer.job_id} ({answer.credit_cost:g} credits) after this "
-                                       f"runner lost its lease", self.ledger.clock())
+                    # We were paused past our lease and the job was held as unknown meanwhile: what
+                    # the API told us resolves it (it is submitted, and whoever claims it polls it),
+                    # unless someone has acted on it since; either way its history says so.
+                    self.ledger.resolve_unknown(job.id, answer.job_id, answer.status_url,  # type: ignore[arg-type]
+                                                answer.credit_cost, submitted_at)(conn)
                     return False
             if not await self.writer.write(accept):
                 return "stopped"

@@ -43,6 +43,7 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     # -> pending: provably not sent (connection refused, 429 before acceptance, no credits).
     S.SUBMITTING: frozenset({S.SUBMITTED, S.UNKNOWN, S.PENDING, S.FAILED}),
     # -> pending only through `batcher retry --unknown` or `run --resubmit-unknown`: the user's consent.
+    # -> submitted: a late answer from a runner that lost its lease mid-POST (Ledger.resolve_unknown).
     S.UNKNOWN: frozenset({S.PENDING, S.SUBMITTED}),
     # -> pending: the remote render failed (refunded) and attempts remain.
     S.SUBMITTED: frozenset({S.RENDERED, S.FAILED, S.PENDING, S.COMPLETED}),

@@ -112,3 +112,22 @@ def test_running_total_follows_every_outcome(two):
     assert a.committed("b") == 20
     spend = a.spend("b")
     assert spend.committed == a.committed("b")
+
+
+def test_a_late_answer_resolves_a_held_job(two):
+    a, b, clock = two
+    [job] = a.claim("b", [S.PENDING], "A", 30, 1)
+    a.write(a.begin_submission(job.id, S.PENDING, 20, token=job.lease_token))
+    clock.t += 31
+    assert b.recover_interrupted("b") == 1  # A looks dead: held as unknown
+    # A wakes up with the API's answer: it cannot move the job as its owner any more...
+    with pytest.raises(LeaseLost):
+        a.write(a.move(job.id, S.SUBMITTING, S.SUBMITTED, "accepted", token=job.lease_token))
+    # ...but the answer resolves the held job, which is then polled, not resubmitted
+    assert a.write(a.resolve_unknown(job.id, "r1", "https://x/api/v1/jobs/r1", 20, clock.t)) is True
+    resolved = b.get(job.id)
+    assert resolved.state == "submitted" and resolved.remote_job_id == "r1"
+    assert [j.id for j in b.claim("b", [S.SUBMITTED], "B", 30, 5)] == [job.id]
+    # once someone acted on a held job, a late answer only goes into its history
+    assert a.write(a.resolve_unknown(job.id, "r1", "u", 20, clock.t)) is False
+    assert [e.kind for e in a.events(job.id)][-1] == "late-answer"
