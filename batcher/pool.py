@@ -117,7 +117,7 @@ class RunReport:
     elapsed: float
     submitted: int
     completed: int
-    stop_reason: str | None  # budget | credits | interrupted | auth | disk
+    stop_reason: str | None  # budget | credits | interrupted | auth | disk | unreachable
     messages: list[str]
     downloaded_bytes: int = 0
 
@@ -322,6 +322,7 @@ class Runner:
         self._cost_seen: dict[tuple, float] = {}
         self._trouble: list[float] = []
         self._trouble_level = 0
+        self._unreachable = 0  # submissions in a row that could not connect
         self.pauses = 0
         # Who holds leases: unique per process and run, readable in the ledger.
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{self.rng.randrange(1 << 32):08x}"
@@ -630,8 +631,15 @@ class Runner:
                                          f"credits committed; the next job needs {estimate:g} "
                                          f"({remaining:g} left)")
                 return
-            if outcome == "retry":
+            if outcome in ("retry", "rate-limited"):
                 not_sent += 1
+                self._unreachable = self._unreachable + 1 if outcome == "retry" else 0
+                if self._unreachable >= max(8, 2 * self.options.concurrency) and self.stop_reason is None:
+                    self._stop("unreachable", f"cannot reach the API at {self.client.base_url}: "
+                                              f"{self._unreachable} submissions in a row never left this machine; "
+                                              f"nothing was charged for them. Check the network or --api-base, "
+                                              f"then run again")
+                    return
                 if self.options.submit_retry.gives_up(not_sent, time.monotonic() - first_try):
                     await self._event(job, "submit-given-up", f"not sent after {not_sent} tries; stays pending")
                     self._note("some submissions could not reach the API; rerun to try them again")
@@ -642,6 +650,7 @@ class Runner:
                 continue
             if outcome != "submitted":
                 return
+            self._unreachable = 0
             result = await self._follow_to_end(job)
             if result != "requeued":
                 return
@@ -677,7 +686,7 @@ class Runner:
                 await self._move(job, S.SUBMITTING, S.PENDING, "not-sent", str(e))
                 if isinstance(e, RateLimited):
                     self._pause(e.retry_after)
-                    return "retry"
+                    return "rate-limited"
                 if isinstance(e, CreditsExhausted):
                     self._stop("credits", f"the account is out of credits: {e}")
                     return "stopped"

@@ -110,3 +110,13 @@ def test_remote_failure_then_success_keeps_one_net_charge(simrun, write):
     assert any(j["refunded"] for j in record["jobs"])
     for job in jobs:
         assert job.state in ("completed", "failed")
+
+
+def test_an_unreachable_api_stops_the_run_quickly(simrun, write):
+    report, sim, ledger = simrun(write("m.yaml", small_manifest(12)), config=SimConfig(refuse_rate=1.0),
+                                 check_schema=False, concurrency=4)
+    assert report.stop_reason == "unreachable" and report.exit_code == 1
+    assert any("cannot reach the API" in m for m in report.messages)
+    assert sim.record()["charged"] == 0
+    jobs, _, spend = ledger_view(ledger)
+    assert {j.state for j in jobs} == {"pending"} and spend.committed == 0
