@@ -2,8 +2,8 @@
 external scripts. Every piece of text from a manifest or the API is escaped.
 
 Reference images are remote URLs: the page does not fetch them unless the reader ticks
-"show reference thumbnails", so opening it offline makes no failing requests (and leaks
-nothing to the image hosts).
+"show reference thumbnails" (remembered in the browser for next time), so opening it offline
+makes no failing requests and leaks nothing to the image hosts.
 """
 
 from __future__ import annotations
@@ -55,10 +55,17 @@ SCRIPT = """
     shown.textContent=n;
   }
   state.addEventListener('change',apply); row.addEventListener('change',apply);
-  thumbs.addEventListener('change',function(){
+  function showThumbs(){
     if(thumbs.checked){document.querySelectorAll('.refs img[data-src]').forEach(function(i){i.src=i.dataset.src;});}
     document.body.classList.toggle('thumbs',thumbs.checked);
+  }
+  var KEY='batcher-report-thumbnails';
+  try{thumbs.checked=localStorage.getItem(KEY)==='1';}catch(e){}
+  thumbs.addEventListener('change',function(){
+    try{localStorage.setItem(KEY,thumbs.checked?'1':'0');}catch(e){}
+    showThumbs();
   });
+  showThumbs();
   apply();
 })();
 """

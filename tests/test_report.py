@@ -88,8 +88,11 @@ def test_report_in_a_real_browser(gallery, tmp_path):
         assert page.inner_text("#shown") == str(counts["failed"])
         page.select_option("#f-state", "")
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        assert not errors, errors
+        assert page.locator(".refs img[src]").count() == 0  # nothing fetched until asked
+        page.check("#f-thumbs")
+        assert page.locator(".refs img[src]").count() == n  # one reference image per card here
         browser.close()
-    assert not errors, errors
     assert not dialogs
     assert (tmp_path / "report.png").stat().st_size > 10_000
     shots = os.environ.get("BATCHER_SCREENSHOTS")
