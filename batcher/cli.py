@@ -106,7 +106,8 @@ def plan(manifest: str, ledger_path: str, rates: tuple[str, ...], as_json: bool)
             if state is not None:
                 held["in_ledger"] += 1
                 held["completed"] += state == "completed"
-        data["ledger"] = {"path": ledger_path, **held}
+        from .ledger import display_location
+        data["ledger"] = {"path": display_location(ledger_path), **held}
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -129,7 +130,7 @@ def plan(manifest: str, ledger_path: str, rates: tuple[str, ...], as_json: bool)
         click.echo(f"  ... and {len(summary.rows) - len(shown)} more row(s) (--json lists them all)")
     if states is not None:
         led = data["ledger"]
-        click.echo(f"ledger {ledger_path}: holds {led['in_ledger']} of these jobs, {led['completed']} completed")
+        click.echo(f"ledger {led['path']}: holds {led['in_ledger']} of these jobs, {led['completed']} completed")
 
 
 # --- running ----------------------------------------------------------------------------------

@@ -131,3 +131,22 @@ def test_a_late_answer_resolves_a_held_job(two):
     # once someone acted on a held job, a late answer only goes into its history
     assert a.write(a.resolve_unknown(job.id, "r1", "u", 20, clock.t)) is False
     assert [e.kind for e in a.events(job.id)][-1] == "late-answer"
+
+
+def test_plan_reads_either_ledger_without_writing(ledger_url, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from batcher.cli import cli
+    from batcher.manifest import load_manifest
+    from batcher.plan import expand
+
+    from .conftest import MANIFESTS
+    m = load_manifest(MANIFESTS / "demo.yaml")
+    with Ledger(ledger_url) as led:
+        led.add_jobs(m.batch, m.model.api_id, "demo.yaml", expand(m)[:5])
+    out = CliRunner().invoke(cli, ["plan", str(MANIFESTS / "demo.yaml"), "--json", "--ledger", ledger_url])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["ledger"]["in_ledger"] == 5
+    assert ":batcher@" not in out.output  # a database password never shows

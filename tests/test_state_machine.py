@@ -1,8 +1,11 @@
 """Hypothesis stateful test: the ledger's transitions against a model of the state machine."""
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
+
+import pytest
 
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -13,15 +16,24 @@ from batcher.ledger import Ledger
 from batcher.plan import JobSpec
 from batcher.states import TRANSITIONS, JobState
 
+from .conftest import PG_URL, pg_schema_url
+
 STATES = list(JobState)
 N_JOBS = 4
 
 
 class LedgerMachine(RuleBasedStateMachine):
+    backend = "sqlite"
+
     def __init__(self):
         super().__init__()
         self.dir = tempfile.TemporaryDirectory()
-        self.ledger = Ledger(Path(self.dir.name) / "l.db", durable=False)
+        if self.backend == "postgres":
+            LedgerMachine.runs += 1
+            url = pg_schema_url(f"t_state_machine_{os.getpid()}_{LedgerMachine.runs}")
+        else:
+            url = str(Path(self.dir.name) / "l.db")
+        self.ledger = Ledger(url, durable=False)
         specs = [JobSpec(key=f"k{i}", batch="b", row=i, take=1, origin=f"m.yaml:{i}", label="r", params={"prompt": "p"},
                          estimate=20, estimate_is_guess=False) for i in range(N_JOBS)]
         self.ledger.add_jobs("b", "happyhorse-1.0-r2v", "m.yaml", specs)
@@ -77,5 +89,18 @@ class LedgerMachine(RuleBasedStateMachine):
         assert spend.held >= 0 and spend.spent == 0
 
 
+LedgerMachine.runs = 0
 LedgerMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
 TestLedgerStateMachine = LedgerMachine.TestCase
+
+
+class PostgresLedgerMachine(LedgerMachine):
+    backend = "postgres"
+
+
+PostgresLedgerMachine.TestCase.settings = settings(max_examples=25, stateful_step_count=20, deadline=None)
+
+
+@pytest.mark.skipif(not PG_URL and not os.environ.get("CI"), reason="BATCHER_TEST_PG is not set")
+class TestPostgresLedgerStateMachine(PostgresLedgerMachine.TestCase):
+    pass
