@@ -99,6 +99,22 @@ print(json.dumps({"added": added, "stage_seconds": t_stage, "status_seconds": t_
 """
 
 
+_RUN_SCRIPT = """
+import json, resource, sys
+from batcher.bench import bench_run
+f = bench_run(int(sys.argv[1]), int(sys.argv[2]), 0.0, 0.0)
+print(json.dumps({"wall": f.wall, "completed": f.completed,
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def bench_overhead(jobs: int, concurrency: int) -> dict[str, Any]:
+    """A zero-render run in a fresh process, so its peak memory is its own."""
+    out = subprocess.run([sys.executable, "-c", _RUN_SCRIPT, str(jobs), str(concurrency)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def bench_stage(jobs: int, workdir: Path | None = None) -> dict[str, Any]:
     """Plan and add `jobs` jobs to a new ledger in a fresh process; then time `status`."""
     work = workdir or Path(tempfile.mkdtemp(prefix="batcher-bench-"))
@@ -149,10 +165,13 @@ def run_all(sections: list[str], *, jobs: int = 800, concurrency: int = 40, rend
         echo(f"spare rate   {jobs} jobs, --rpm {spare_rpm:g} (more than needed): wall {f.wall:.2f}s, efficiency "
              f"{f.efficiency:.3f}, {f.polls_per_job:.2f} polls/job, {f.rate_limited} answered 429")
     if "overhead" in sections:
-        f = bench_run(overhead_jobs, concurrency, 0.0, 0.0)
-        results["overhead"] = f.__dict__ | {"jobs_per_second": overhead_jobs / f.wall}
-        echo(f"overhead     {overhead_jobs} jobs, zero render time: {f.wall:.2f}s, "
-             f"{overhead_jobs / f.wall:.0f} jobs/s ({f.completed} completed)")
+        small = bench_overhead(max(1, overhead_jobs // 5), concurrency)
+        big = bench_overhead(overhead_jobs, concurrency)
+        results["overhead"] = {"jobs": overhead_jobs, **big, "jobs_per_second": overhead_jobs / big["wall"],
+                               "smaller_run": {"jobs": max(1, overhead_jobs // 5), **small}}
+        echo(f"overhead     {overhead_jobs} jobs, zero render time: {big['wall']:.2f}s, "
+             f"{overhead_jobs / big['wall']:.0f} jobs/s ({big['completed']} completed); peak memory "
+             f"{big['peak_mb']:.0f} MB (vs {small['peak_mb']:.0f} MB for {max(1, overhead_jobs // 5)} jobs)")
     if "stage" in sections:
         r = bench_stage(stage_jobs)
         results["stage"] = r

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -42,6 +42,8 @@ from .models import ModelSpec
 from .policy import Budget, PollPlanner, RatePolicy, RetryPolicy
 from .states import JobState as S
 
+T = TypeVar("T")
+
 try:
     BaseExceptionGroup
 except NameError:  # Python 3.10
@@ -49,6 +51,28 @@ except NameError:  # Python 3.10
 
 log = logging.getLogger("batcher.run")
 PAGE = 500
+# Blocking work (ledger, fsync) runs on a few threads, not anyio's default 40: each thread costs a
+# malloc arena and a connection with its own page cache, and more threads buy no throughput here.
+IO_THREADS = 6
+
+
+async def in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run blocking `fn` on the pool's small set of I/O threads."""
+    return await anyio.to_thread.run_sync(fn, *args, limiter=_io_limiter())
+
+
+_limiters: dict[int, anyio.CapacityLimiter] = {}
+
+
+def _io_limiter() -> anyio.CapacityLimiter:
+    # one limiter per event loop (anyio primitives belong to the loop that made them)
+    import asyncio
+    key = id(asyncio.get_running_loop())
+    limiter = _limiters.get(key)
+    if limiter is None:
+        _limiters.clear()
+        limiter = _limiters[key] = anyio.CapacityLimiter(IO_THREADS)
+    return limiter
 # Crash tests: BATCHER_FAILPOINT=NAME[:N] kills this process with SIGKILL the Nth time the run
 # reaches step NAME (after-intent, after-post, after-accept, after-rendered, after-publish).
 _FAILPOINT = os.environ.get("BATCHER_FAILPOINT", "")
@@ -157,7 +181,7 @@ class LedgerWriter:
                         break
                 with anyio.CancelScope(shield=True):
                     try:
-                        results = await anyio.to_thread.run_sync(self.ledger.write_many, [b[0] for b in batch])
+                        results = await in_thread(self.ledger.write_many, [b[0] for b in batch])
                     except BatcherError as e:
                         results = [e] * len(batch)
                     self.commits += 1
@@ -414,7 +438,7 @@ class Runner:
 
     async def run(self) -> RunReport:
         self._started = time.monotonic()
-        to_thread = anyio.to_thread.run_sync
+        to_thread = in_thread
         await self._reap()
         if self.options.resubmit_unknown:
             n = await to_thread(self.ledger.requeue, self.batch, [S.UNKNOWN],
@@ -460,14 +484,14 @@ class Runner:
                     pacing.cancel()
                     self.writer.close()
                     with anyio.CancelScope(shield=True):
-                        await anyio.to_thread.run_sync(self.ledger.release, self.batch, self.owner)
+                        await in_thread(self.ledger.release, self.batch, self.owner)
         except BaseException as e:  # noqa: BLE001 - unwrap task-group exception groups
             raise _first_batcher_error(e) from None
         return await self._finish()
 
     async def _reap(self) -> None:
-        await anyio.to_thread.run_sync(self._expire_dead_owners)
-        recovered = await anyio.to_thread.run_sync(self.ledger.recover_interrupted, self.batch)
+        await in_thread(self._expire_dead_owners)
+        recovered = await in_thread(self.ledger.recover_interrupted, self.batch)
         if recovered:
             self._note(f"{recovered} job(s) were mid-submission when their runner stopped; they are held as "
                        f"'unknown' (they may have been charged)")
@@ -487,7 +511,7 @@ class Runner:
         """Renew our leases well before they run out, so nobody takes over live work."""
         while True:
             await anyio.sleep(self.options.lease_seconds / 3)
-            await anyio.to_thread.run_sync(self.ledger.renew, self.batch, self.owner, self.options.lease_seconds)
+            await in_thread(self.ledger.renew, self.batch, self.owner, self.options.lease_seconds)
 
     async def _run_pacer(self, scope: anyio.CancelScope) -> None:
         assert self.pacer is not None
@@ -495,7 +519,7 @@ class Runner:
             await self.pacer.run()
 
     async def _finish(self) -> RunReport:
-        to_thread = anyio.to_thread.run_sync
+        to_thread = in_thread
         counts = await to_thread(lambda: self.ledger.counts(self.batch, self._generation))
         spend = await to_thread(self.ledger.spend, self.batch)
         held, held_cost = await to_thread(self.ledger.held_estimate, self.batch)
@@ -534,17 +558,18 @@ class Runner:
             self._note(f"could not fetch the model schema ({e}); going on with the built-in rules")
             return
         after = -1
-        seen: set[str] = set()
+        seen: set[int] = set()  # hashes of requests checked: small, whatever the batch size
         while True:
-            page = await anyio.to_thread.run_sync(
+            page = await in_thread(
                 lambda: self.ledger.jobs_in(self.batch, [S.PENDING], after_seq=after, limit=2000,
                                             generation=self._generation))
             if not page:
                 return
             for job in page:
-                if job.params in seen:
+                digest = hash(job.params)
+                if digest in seen:
                     continue
-                seen.add(job.params)
+                seen.add(digest)
                 problem = check_schema(schema, self.model.to_wire(job.parameters()))
                 if problem:
                     raise SchemaMismatch(f"{job.origin}: the live API schema rejects this batch before anything "
@@ -558,7 +583,7 @@ class Runner:
         async with send:
             while True:
                 states = [S.RENDERED, S.SUBMITTED] + ([S.PENDING] if self.submitting_allowed else [])
-                jobs = await anyio.to_thread.run_sync(
+                jobs = await in_thread(
                     lambda: self.ledger.claim(self.batch, states, self.owner, self.options.lease_seconds,
                                               claim_size, self._generation))
                 if jobs:
@@ -573,11 +598,11 @@ class Runner:
                         else:
                             await send.send(job)
                     # Pending jobs we may no longer submit go back at once, for runners that still can.
-                    await anyio.to_thread.run_sync(self.ledger.release_jobs, skipped, self.owner)
+                    await in_thread(self.ledger.release_jobs, skipped, self.owner)
                     continue
                 # Nothing claimable. Other runners may still hand work back (a lease that runs out,
                 # a job whose submission dies with its runner): wait for them, reaping as we go.
-                if not await anyio.to_thread.run_sync(self.ledger.held_by_others, self.batch, self.owner,
+                if not await in_thread(self.ledger.held_by_others, self.batch, self.owner,
                                                       self.submitting_allowed):
                     return
                 await anyio.sleep(min(2.0, self.options.lease_seconds / 4))
@@ -592,7 +617,7 @@ class Runner:
                             if self.submitting_allowed:
                                 await self._submit_and_follow(job)
                             else:
-                                await anyio.to_thread.run_sync(self.ledger.release_jobs, [job.id], self.owner)
+                                await in_thread(self.ledger.release_jobs, [job.id], self.owner)
                         elif job.state == S.SUBMITTED.value:
                             await self._follow_to_end(job)
                     except LeaseLost as e:
@@ -826,7 +851,7 @@ class Runner:
         if job.credit_cost:
             self.budget.refund(job.credit_cost)
             self._budget_signal()
-        attempts = (await anyio.to_thread.run_sync(self.ledger.get, job.id)).attempts
+        attempts = (await in_thread(self.ledger.get, job.id)).attempts
         if attempts < self.options.max_attempts and self.submitting_allowed:
             await self._move(job, S.SUBMITTED, S.PENDING, "remote-failed",
                              f"{error} (refunded; attempt {attempts} of {self.options.max_attempts}, retrying)",
@@ -865,7 +890,7 @@ class Runner:
             try:
                 await self._wait_pause(job)
                 result = await self.client.download(url, tmp, max_bytes=self.options.max_download_bytes)
-                await anyio.to_thread.run_sync(_publish, tmp, final)
+                await in_thread(_publish, tmp, final)
                 failpoint("after-publish")
             except OutputGone as e:
                 if refreshed:
@@ -930,7 +955,7 @@ class Runner:
     # --- progress and signals ----------------------------------------------------------------
 
     async def snapshot(self) -> Progress:
-        counts = await anyio.to_thread.run_sync(lambda: self.ledger.counts(self.batch, self._generation))
+        counts = await in_thread(lambda: self.ledger.counts(self.batch, self._generation))
         return Progress(self.batch, counts, self.budget.committed, self.budget.reserved, self.budget.limit,
                         time.monotonic() - self._started, self.completed, sum(counts.values()))
 
