@@ -273,18 +273,25 @@ class RequestPacer:
 
 
 class ExpiryQueue:
-    """Jobs waiting for download, soonest-expiring URL first."""
+    """Jobs waiting for download, soonest-expiring URL first, bounded: when downloads fall behind,
+    `put` waits, so workers stop taking new jobs instead of the backlog growing with the batch."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 256) -> None:
+        self.limit = limit
         self._heap: list[tuple[float, int, Job]] = []
         self._closed = False
         self._event = anyio.Event()
+        self._space = anyio.Event()
         self._n = 0
 
     def __len__(self) -> int:
         return len(self._heap)
 
-    def put(self, job: Job) -> None:
+    async def put(self, job: Job) -> None:
+        while len(self._heap) >= self.limit:
+            if self._space.is_set():
+                self._space = anyio.Event()
+            await self._space.wait()
         self._n += 1
         heapq.heappush(self._heap, (job.output_expires_at or float("inf"), self._n, job))
         self._event.set()
@@ -296,7 +303,9 @@ class ExpiryQueue:
     async def get(self) -> Job | None:
         while True:
             if self._heap:
-                return heapq.heappop(self._heap)[2]
+                item = heapq.heappop(self._heap)[2]
+                self._space.set()
+                return item
             if self._closed:
                 return None
             if self._event.is_set():
@@ -332,7 +341,7 @@ class Runner:
         self.pacer = RequestPacer(RatePolicy(self.options.rpm)) if self.options.rpm else None
         if self.pacer is not None:
             client.set_hooks(self.pacer.before, self.pacer.after)
-        self.downloads = ExpiryQueue()
+        self.downloads = ExpiryQueue(limit=max(64, 8 * self.options.downloads))
         self.stop_reason: str | None = None
         self.messages: list[str] = []
         self.submitted = 0
@@ -590,9 +599,7 @@ class Runner:
                     skipped = []
                     for job in jobs:
                         if job.state == S.RENDERED.value:
-                            while len(self.downloads) > 2 * PAGE:
-                                await anyio.sleep(0.05)
-                            self.downloads.put(job)
+                            await self.downloads.put(job)
                         elif job.state == S.PENDING.value and not self.submitting_allowed:
                             skipped.append(job.id)
                         else:
@@ -844,7 +851,7 @@ class Runner:
             # job at once. A crash in between leaves the job submitted; the next run polls it again.
             job.output_url, job.output_expires_at = status.video_url, status.expires_at
             job.render_seconds, job.finished_at = render_seconds, now
-            self.downloads.put(job)
+            await self.downloads.put(job)
             return "rendered"
         error = status.error or "the API reported the render failed, without a reason"
         await self.writer.write(self.ledger.refund(job.id))  # type: ignore[arg-type]
