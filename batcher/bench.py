@@ -5,6 +5,7 @@
 - ratelimit: the same with the simulator's request-rate limit on and `--rpm` set below it.
 - spare: `--rpm` well above what the batch needs: the spare rate goes into denser polls.
 - overhead: jobs per second with zero render time (the runner's own cost).
+- memory: the runner's resident memory through a run, against `batcher simulator` over loopback.
 - stage: seconds and peak memory to plan and add a large manifest to the ledger, and `status`.
 """
 
@@ -115,6 +116,55 @@ def bench_overhead(jobs: int, concurrency: int) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+_MEMORY_SCRIPT = """
+import json, sys, tempfile, threading, time
+from pathlib import Path
+import anyio
+from batcher.api import run_async, stage, target
+from batcher.bench import manifest_text
+from batcher.ledger import Ledger
+from batcher.manifest import load_manifest
+from batcher.pool import RunOptions
+def rss():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1024
+n, url = int(sys.argv[1]), sys.argv[2]
+work = Path(tempfile.mkdtemp(prefix="batcher-bench-"))
+path = work / "m.yaml"
+path.write_text(manifest_text(n))
+with Ledger(work / "l.db") as led:
+    stage(led, load_manifest(path))
+samples, done = [], []
+def sample():
+    while not done:
+        samples.append(rss())
+        time.sleep(0.5)
+threading.Thread(target=sample, daemon=True).start()
+opts = RunOptions(concurrency=40, out_dir=work / "out", expected_render=0.01, check_schema=False)
+anyio.run(lambda: run_async(path, ledger=work / "l.db", options=opts, to=target(api_base=url, api_key="sim-key"),
+                            stage_jobs=False))
+done.append(1)
+k = len(samples)
+print(json.dumps({"tenth": samples[max(0, k // 10)], "half": samples[k // 2], "end": samples[-1], "max": max(samples)}))
+"""
+
+
+def bench_memory(jobs: int) -> dict[str, Any]:
+    """Resident memory of the runner alone through a run (the simulator in its own process)."""
+    sim = subprocess.Popen([sys.executable, "-m", "batcher", "simulator", "--port", "0", "--render-seconds", "0",
+                            "--render-jitter", "0"], stderr=subprocess.PIPE, text=True)
+    try:
+        url = sim.stderr.readline().split("serving on ")[1].split()[0]  # type: ignore[union-attr]
+        out = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, str(jobs), url], capture_output=True, text=True,
+                             check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    finally:
+        sim.terminate()
+        sim.wait(timeout=10)
+
+
 def bench_stage(jobs: int, workdir: Path | None = None) -> dict[str, Any]:
     """Plan and add `jobs` jobs to a new ledger in a fresh process; then time `status`."""
     work = workdir or Path(tempfile.mkdtemp(prefix="batcher-bench-"))
@@ -141,7 +191,8 @@ def machine() -> str:
 
 def run_all(sections: list[str], *, jobs: int = 800, concurrency: int = 40, render: float = 1.0,
             jitter: float = 0.2, overhead_jobs: int = 10_000, stage_jobs: int = 100_000, sim_rpm: float = 1200,
-            client_rpm: float = 1100, rate_jobs: int = 400, spare_rpm: float = 30000, echo: Callable[[str], None] = print) -> dict[str, Any]:
+            client_rpm: float = 1100, rate_jobs: int = 400, spare_rpm: float = 30000, memory_jobs: int = 3000,
+            echo: Callable[[str], None] = print) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine()}
     echo(f"machine: {results['machine']}")
     if "efficiency" in sections:
@@ -172,6 +223,11 @@ def run_all(sections: list[str], *, jobs: int = 800, concurrency: int = 40, rend
         echo(f"overhead     {overhead_jobs} jobs, zero render time: {big['wall']:.2f}s, "
              f"{overhead_jobs / big['wall']:.0f} jobs/s ({big['completed']} completed); peak memory "
              f"{big['peak_mb']:.0f} MB (vs {small['peak_mb']:.0f} MB for {max(1, overhead_jobs // 5)} jobs)")
+    if "memory" in sections:
+        m = bench_memory(memory_jobs)
+        results["memory"] = {"jobs": memory_jobs, **m}
+        echo(f"memory       {memory_jobs} jobs, runner alone (simulator in its own process): "
+             f"{m['tenth']:.0f} MB after 10% of the run, {m['half']:.0f} MB at half way, {m['end']:.0f} MB at the end")
     if "stage" in sections:
         r = bench_stage(stage_jobs)
         results["stage"] = r
@@ -181,4 +237,4 @@ def run_all(sections: list[str], *, jobs: int = 800, concurrency: int = 40, rend
     return results
 
 
-SECTIONS = ["efficiency", "ratelimit", "spare", "overhead", "stage"]
+SECTIONS = ["efficiency", "ratelimit", "spare", "overhead", "memory", "stage"]

@@ -421,8 +421,8 @@ def simulator(host: str, port: int, api_key: str, credit_balance: float, render_
 
 
 @cli.command()
-@click.argument("sections", nargs=-1, type=click.Choice(["efficiency", "ratelimit", "spare", "overhead", "stage",
-                                                          "all"]))
+@click.argument("sections", nargs=-1, type=click.Choice(["efficiency", "ratelimit", "spare", "overhead", "memory",
+                                                          "stage", "all"]))
 @click.option("--jobs", default=800, show_default=True, help="Jobs in the efficiency run.")
 @click.option("--concurrency", default=40, show_default=True, help="Jobs in flight.")
 @click.option("--render", default=1.0, show_default=True, help="Mean simulated render seconds.")
@@ -432,15 +432,17 @@ def simulator(host: str, port: int, api_key: str, credit_balance: float, render_
 @click.option("--rpm", "client_rpm", default=1100.0, show_default=True, help="batcher's --rpm in that run.")
 @click.option("--overhead-jobs", default=10_000, show_default=True, help="Jobs in the zero-render run.")
 @click.option("--stage-jobs", default=100_000, show_default=True, help="Jobs planned and added to a ledger.")
+@click.option("--memory-jobs", default=3000, show_default=True, help="Jobs in the memory run (over loopback).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON too.")
 def bench(sections: tuple[str, ...], jobs: int, concurrency: int, render: float, jitter: float, rate_jobs: int,
-          sim_rpm: float, client_rpm: float, overhead_jobs: int, stage_jobs: int, as_json: bool) -> None:
+          sim_rpm: float, client_rpm: float, overhead_jobs: int, stage_jobs: int, memory_jobs: int,
+          as_json: bool) -> None:
     """Benchmark batcher against the built-in simulator and print a table of figures."""
     from .bench import SECTIONS, run_all
     chosen = SECTIONS if not sections or "all" in sections else list(sections)
     results = run_all(chosen, jobs=jobs, concurrency=concurrency, render=render, jitter=jitter,
                       overhead_jobs=overhead_jobs, stage_jobs=stage_jobs, sim_rpm=sim_rpm, client_rpm=client_rpm,
-                      rate_jobs=rate_jobs, echo=click.echo)
+                      rate_jobs=rate_jobs, memory_jobs=memory_jobs, echo=click.echo)
     if as_json:
         click.echo(json.dumps(results, indent=2))
 
