@@ -42,9 +42,12 @@ def plan(manifest: Manifest, rate_overrides: dict[str, float] | None = None) -> 
     return check(manifest, rate_overrides)
 
 
-def stage(ledger: Ledger, manifest: Manifest, rate_overrides: dict[str, float] | None = None) -> tuple[int, int]:
-    """Check a manifest and add its jobs to the ledger; returns (added, already known)."""
-    check(manifest, rate_overrides)
+def stage(ledger: Ledger, manifest: Manifest, rate_overrides: dict[str, float] | None = None, *,
+          checked: bool = False) -> tuple[int, int]:
+    """Check a manifest (unless the caller just did) and add its jobs to the ledger; returns
+    (added, already known)."""
+    if not checked:
+        check(manifest, rate_overrides)
     return ledger.add_jobs(manifest.batch, manifest.model.api_id, str(manifest.path),
                            iter_jobs(manifest, rate_overrides))
 

@@ -19,13 +19,8 @@ from . import __version__
 from .errors import BatcherError, ManifestError
 from .ledger import DEFAULT_LEDGER, read_states
 from .manifest import load_manifest
+from .models import format_credits
 from .plan import check
-
-def fmt_credits(value: float) -> str:
-    """1234.5 -> '1,234.5'; whole numbers without decimals."""
-    text = f"{value:,.2f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text
-
 
 SIM_LEDGER = "batcher-sim.db"
 EXIT_OK, EXIT_ATTENTION, EXIT_USAGE, EXIT_BUDGET, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -118,14 +113,14 @@ def plan(manifest: str, ledger_path: str, rates: tuple[str, ...], as_json: bool)
             f"{r} at {m.model.credits_per_second[r]:g} credits/s is unpublished" for r in guessed) + \
             "; set --rate to change it)"
     click.echo(f"batch {m.batch!r}: {summary.jobs} job(s), {summary.seconds_of_video} s of video, "
-               f"estimated {fmt_credits(summary.credits)} credits{guess}")
+               f"estimated {format_credits(summary.credits)} credits{guess}")
     if summary.duplicates:
         click.echo(f"{summary.duplicates} duplicate job(s) merged: identical requests are rendered once")
     width = max([len(r.origin) for r in summary.rows] + [6])
     click.echo(f"  {'row':<{width}}  {'label':<12} {'jobs':>7} {'credits':>10}")
     shown = summary.rows[:50]
     for r in shown:
-        click.echo(f"  {r.origin:<{width}}  {r.label:<12} {r.jobs:>7} {fmt_credits(r.credits):>10}")
+        click.echo(f"  {r.origin:<{width}}  {r.label:<12} {r.jobs:>7} {format_credits(r.credits):>10}")
     if len(summary.rows) > len(shown):
         click.echo(f"  ... and {len(summary.rows) - len(shown)} more row(s) (--json lists them all)")
     if states is not None:
@@ -210,12 +205,14 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
     options = RunOptions(concurrency=concurrency, budget=budget, out_dir=out, max_attempts=max_attempts,
                          job_timeout=job_timeout, resubmit_unknown=resubmit_unknown,
                          expected_render=expected_render, max_download_bytes=max_download_mb * 1024 * 1024,
-                         handle_signals=True, progress_interval=0.5, rpm=rpm, lease_seconds=lease_seconds)
+                         handle_signals=True, rpm=rpm, lease_seconds=lease_seconds)
     live = sys.stderr.isatty()
+    # Redraw twice a second on a terminal; otherwise a line every 30 s, and no counting in between.
+    options.progress_interval = 0.5 if live else 30.0
     printer = ProgressPrinter(sys.stderr, live=live, interval=30.0)
     with Ledger(ledger_path) as ledger:
         from .api import stage
-        added, known = stage(ledger, m, overrides)
+        added, known = stage(ledger, m, overrides, checked=True)  # checked above, before anything else
         if requeue:
             n = ledger.requeue(m.batch, [JobState(s) for s in requeue], "requeued by `batcher retry`")
             click.echo(f"requeued {n} job(s) ({', '.join(requeue)})", err=True)
@@ -281,7 +278,7 @@ def _open_existing(ledger_path: str) -> Any:
 def status(manifest: str | None, ledger_path: str, as_json: bool, job_key: str | None, by_row: bool) -> None:
     """Show jobs per state, credits spent and held, and videos downloaded."""
     from . import api
-    from .display import credits, state_counts
+    from .display import state_counts
     from .export import iso, job_record
     batch = _batch_for(manifest)
     with _open_existing(ledger_path) as ledger:
@@ -322,12 +319,13 @@ def status(manifest: str | None, ledger_path: str, as_json: bool, job_key: str |
             return
         for name, info in ([(batch, data)] if batch else data["batches"].items()):
             click.echo(f"batch {name!r}: {info['jobs']} job(s): {state_counts(info['counts']) or 'none'}")
-            click.echo(f"  credits: {credits(info['credits_spent'])} spent, {credits(info['credits_held'])} held "
-                       f"for unknown outcomes, {credits(info['credits_refunded'])} refunded")
+            click.echo(f"  credits: {format_credits(info['credits_spent'])} spent, "
+                       f"{format_credits(info['credits_held'])} held for unknown outcomes, "
+                       f"{format_credits(info['credits_refunded'])} refunded")
             click.echo(f"  videos: {info['videos']} downloaded, {info['bytes']:,} bytes")
             if info["held_unknown"]:
                 click.echo(f"  {info['held_unknown']} job(s) held as unknown; `batcher retry --unknown MANIFEST` "
-                           f"resubmits them (up to {credits(info['resubmit_cost'])} credits, maybe paid twice)")
+                           f"resubmits them (up to {format_credits(info['resubmit_cost'])} credits, maybe paid twice)")
 
 
 @cli.command()

@@ -162,6 +162,15 @@ class PixelDojoClient:
             return {}
         return {"authorization": f"Bearer {self._key}"}
 
+    async def _answered(self, kind: str, method: str, url: str, status: int | None, started: float) -> None:
+        """Log one request (never its headers: they carry the key) and tell the rate limiter."""
+        ms = (time.monotonic() - started) * 1000
+        path = urlsplit(url).path
+        log.info("%s %s %s %.0fms", method, path, status if status is not None else "-", ms,
+                 extra={"kind": kind, "method": method, "path": path, "status": status, "ms": round(ms, 1)})
+        if self._after:
+            await self._after(kind, status)
+
     async def _send(self, kind: str, method: str, url: str, *, body: Any = None, paid: bool = False
                     ) -> httpx.Response:
         if self._before:
@@ -180,12 +189,7 @@ class PixelDojoClient:
             raise cls(f"{method} {urlsplit(url).path}: connection failed after sending "
                       f"({type(e).__name__}: {e})") from None
         finally:
-            log.info("%s %s %s %.0fms", method, urlsplit(url).path, status if status is not None else "-",
-                     (time.monotonic() - started) * 1000,
-                     extra={"kind": kind, "method": method, "path": urlsplit(url).path, "status": status,
-                            "ms": round((time.monotonic() - started) * 1000, 1)})
-            if self._after:
-                await self._after(kind, status)
+            await self._answered(kind, method, url, status, started)
         return response
 
     def _raise_for_api_status(self, response: httpx.Response, paid: bool) -> None:
@@ -283,6 +287,7 @@ class PixelDojoClient:
                 await self._before("download")
             started = time.monotonic()
             status: int | None = None
+            requested = url
             try:
                 async with self._http.stream("GET", url, headers=self._auth(url)) as response:
                     status = response.status_code
@@ -304,12 +309,7 @@ class PixelDojoClient:
             except httpx.TransportError as e:
                 raise ServerError(f"download failed: {type(e).__name__}") from None
             finally:
-                log.info("GET %s %s %.0fms", urlsplit(url).path, status if status is not None else "-",
-                         (time.monotonic() - started) * 1000,
-                         extra={"kind": "download", "method": "GET", "path": urlsplit(url).path,
-                                "status": status, "ms": round((time.monotonic() - started) * 1000, 1)})
-                if self._after:
-                    await self._after("download", status)
+                await self._answered("download", "GET", requested, status, started)
         raise MalformedAnswer(f"more than {max_redirects} redirects")
 
     @staticmethod

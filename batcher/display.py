@@ -8,14 +8,10 @@ import sys
 import time
 from typing import IO, Any
 
+from .models import format_credits
 from .pool import Progress, RunReport
 
 ORDER = ["completed", "rendered", "submitted", "submitting", "pending", "unknown", "failed", "expired"]
-
-
-def credits(value: float) -> str:
-    text = f"{value:,.2f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def state_counts(counts: dict[str, int]) -> str:
@@ -27,9 +23,9 @@ def progress_line(p: Progress) -> str:
     rate = p.completed_this_run / p.elapsed if p.elapsed > 0 else 0.0
     left = p.total - done - p.counts.get("failed", 0) - p.counts.get("expired", 0) - p.counts.get("unknown", 0)
     eta = f", ETA {format_seconds(left / rate)}" if rate > 0 and left > 0 else ""
-    budget = f" of {credits(p.budget)}" if p.budget is not None else ""
+    budget = f" of {format_credits(p.budget)}" if p.budget is not None else ""
     return (f"[{p.batch}] {done}/{p.total} done | {state_counts(p.counts)} | "
-            f"{credits(p.spent)}{budget} credits | {rate * 60:.1f}/min{eta}")
+            f"{format_credits(p.spent)}{budget} credits | {rate * 60:.1f}/min{eta}")
 
 
 def format_seconds(s: float) -> str:
@@ -69,8 +65,8 @@ class ProgressPrinter:
 def summary(report: RunReport, out_dir: str) -> list[str]:
     lines = [f"batch {report.batch!r}: {state_counts(report.counts) or 'no jobs'} "
              f"(of {report.total}) in {format_seconds(report.elapsed)}"]
-    budget = f" of a {credits(report.budget)} budget" if report.budget is not None else ""
-    lines.append(f"credits: {credits(report.spent)} spent{budget}; {report.submitted} submitted this run, "
+    budget = f" of a {format_credits(report.budget)} budget" if report.budget is not None else ""
+    lines.append(f"credits: {format_credits(report.spent)} spent{budget}; {report.submitted} submitted this run, "
                  f"{report.completed} videos downloaded to {out_dir}")
     lines.extend(report.messages)
     return lines

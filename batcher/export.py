@@ -81,10 +81,6 @@ def export(ledger: Ledger, batch: str | None, fmt: str, out: IO[str]) -> int:
     raise ValueError(fmt)
 
 
-def default_path(batch: str, fmt: str) -> Path:
-    return Path(f"{batch}.{fmt}")
-
-
 # --- dataset folders --------------------------------------------------------------------------
 
 @dataclass

@@ -230,6 +230,12 @@ def is_database_url(location: str | Path) -> bool:
     return str(location).startswith(("postgresql", "postgres://"))
 
 
+def engine_url(location: str) -> Any:
+    """A PostgreSQL URL with its driver named (plain postgresql:// means psycopg 3 here)."""
+    url = make_url(location)
+    return url.set(drivername="postgresql+psycopg") if url.drivername in ("postgresql", "postgres") else url
+
+
 def display_location(location: str | Path) -> str:
     """The ledger's location for messages, with any password hidden."""
     if is_database_url(location):
@@ -256,11 +262,8 @@ class Ledger:
         self.clock = clock
         self._durable = durable
         if self.postgres:
-            url = make_url(self.location)
-            if url.drivername in ("postgresql", "postgres"):
-                url = url.set(drivername="postgresql+psycopg")
             try:
-                self.engine: Engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+                self.engine: Engine = create_engine(engine_url(self.location), pool_pre_ping=True, pool_size=10, max_overflow=20)
             except Exception as e:  # noqa: BLE001 - e.g. the driver is not installed
                 raise LedgerError(f"cannot use ledger {self.display}: {e}") from None
         else:
@@ -857,7 +860,7 @@ class Ledger:
 def read_states(path: str | Path, batch: str) -> dict[str, str] | None:
     """Key -> state for a batch, read without writing anything (None if there is no ledger)."""
     if is_database_url(path):
-        engine = create_engine(str(path).replace("postgresql://", "postgresql+psycopg://", 1))
+        engine = create_engine(engine_url(str(path)))
         try:
             with engine.connect() as conn:
                 if not inspect(conn).has_table("job"):

@@ -118,6 +118,11 @@ def short(value: Any, depth: int = 2) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def format_credits(value: float) -> str:
+    """1234.5 -> '1,234.5'; whole numbers without decimals."""
+    return f"{value:,.2f}".rstrip("0").rstrip(".")
+
+
 def check_url(url: Any) -> str | None:
     """Why `url` is not an absolute http(s) URL, or None."""
     if not isinstance(url, str):

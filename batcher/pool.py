@@ -1,10 +1,10 @@
 """The anyio worker pool: submit, poll and download a batch's jobs under a concurrency cap and a
 credit budget, recording every step in the ledger so an interrupted run resumes.
 
-One task group per run, tasks named. A feeder streams jobs from the ledger a page at a time into
-a bounded memory stream (memory stays flat whatever the batch size); `concurrency` workers each
-carry one job from submission to the end of its render; downloaders take finished jobs soonest
-URL expiry first. Ledger writes go through one writer task that commits whatever has queued up
+One task group per run, tasks named. A feeder claims jobs from the ledger a few at a time (with
+leases, so several runners can share a batch) into a bounded memory stream; `concurrency` workers
+each carry one job from submission to the end of its render; downloaders take finished jobs from
+a bounded queue, soonest URL expiry first. Memory stays flat whatever the batch size. Ledger writes go through one writer task that commits whatever has queued up
 in a single transaction (group commit), inside shielded cancel scopes so Ctrl-C cannot lose them.
 
 The submission protocol (never pay twice):
@@ -17,13 +17,13 @@ The submission protocol (never pay twice):
 from __future__ import annotations
 
 import heapq
-from collections import deque
 import logging
 import os
 import random
 import signal
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +50,6 @@ except NameError:  # Python 3.10
     from exceptiongroup import BaseExceptionGroup  # type: ignore[no-redef]
 
 log = logging.getLogger("batcher.run")
-PAGE = 500
 # Blocking work (ledger, fsync) runs on a few threads, not anyio's default 40: each thread costs a
 # malloc arena and a connection with its own page cache, and more threads buy no throughput here.
 IO_THREADS = 6
@@ -167,8 +166,6 @@ class LedgerWriter:
         self.ledger = ledger
         self.max_batch = max_batch
         self._send, self._recv = anyio.create_memory_object_stream[tuple[Any, list, anyio.Event]](10_000)
-        self.commits = 0
-        self.writes = 0
 
     async def run(self) -> None:
         async with self._recv:
@@ -184,8 +181,6 @@ class LedgerWriter:
                         results = await in_thread(self.ledger.write_many, [b[0] for b in batch])
                     except BatcherError as e:
                         results = [e] * len(batch)
-                    self.commits += 1
-                    self.writes += len(batch)
                     for (_, box, done), result in zip(batch, results):
                         box.append(result)
                         done.set()
@@ -219,7 +214,6 @@ class RequestPacer:
         self._waiting: list[tuple[int, int, anyio.Event]] = []
         self._wake = anyio.Event()
         self._seq = 0
-        self.rate_limited = 0
         self._granted: deque[float] = deque()
 
     async def before(self, kind: str) -> None:
@@ -235,7 +229,6 @@ class RequestPacer:
         if kind == "download":
             return
         if status == 429:
-            self.rate_limited += 1
             self.policy.on_rate_limited(self.clock(), 0.0)
         elif status is not None:
             self.policy.on_answer()
@@ -356,7 +349,6 @@ class Runner:
         self._trouble: list[float] = []
         self._trouble_level = 0
         self._unreachable = 0  # submissions in a row that could not connect
-        self.pauses = 0
         # Who holds leases: unique per process and run, readable in the ledger.
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{self.rng.randrange(1 << 32):08x}"
 
@@ -419,11 +411,7 @@ class Runner:
             pause = self.options.retry.base * (2 ** self._trouble_level)
             self._pause(pause)
             self._trouble = []
-            self._note_pause(pause)
-
-    def _note_pause(self, seconds: float) -> None:
-        self.pauses += 1
-        log.warning("many server errors at once: pausing all requests for %.1fs", seconds)
+            log.warning("many server errors at once: pausing all requests for %.1fs", pause)
 
     def _server_fine(self) -> None:
         self._trouble_level = 0
@@ -447,19 +435,18 @@ class Runner:
 
     async def run(self) -> RunReport:
         self._started = time.monotonic()
-        to_thread = in_thread
         await self._reap()
         if self.options.resubmit_unknown:
-            n = await to_thread(self.ledger.requeue, self.batch, [S.UNKNOWN],
+            n = await in_thread(self.ledger.requeue, self.batch, [S.UNKNOWN],
                                 "resubmitted by consent (--resubmit-unknown)")
             if n:
                 self._note(f"{n} held job(s) requeued by --resubmit-unknown: they may be charged twice")
-        self._generation = await to_thread(self.ledger.generation, self.batch)
-        await to_thread(self.ledger.set_budget, self.batch, self.options.budget)
-        await to_thread(self._prepare_outputs)
-        spend = await to_thread(self.ledger.spend, self.batch)
+        self._generation = await in_thread(self.ledger.generation, self.batch)
+        await in_thread(self.ledger.set_budget, self.batch, self.options.budget)
+        await in_thread(self._prepare_outputs)
+        spend = await in_thread(self.ledger.spend, self.batch)
         self.budget.committed = spend.committed
-        avg = await to_thread(self.ledger.average_render_seconds, self.batch)
+        avg = await in_thread(self.ledger.average_render_seconds, self.batch)
         if avg:
             self.planner.initial = max(0.01, avg)
 
@@ -528,11 +515,10 @@ class Runner:
             await self.pacer.run()
 
     async def _finish(self) -> RunReport:
-        to_thread = in_thread
-        counts = await to_thread(lambda: self.ledger.counts(self.batch, self._generation))
-        spend = await to_thread(self.ledger.spend, self.batch)
-        held, held_cost = await to_thread(self.ledger.held_estimate, self.batch)
-        _, size = await to_thread(self.ledger.downloaded_bytes, self.batch)
+        counts = await in_thread(lambda: self.ledger.counts(self.batch, self._generation))
+        spend = await in_thread(self.ledger.spend, self.batch)
+        held, held_cost = await in_thread(self.ledger.held_estimate, self.batch)
+        _, size = await in_thread(self.ledger.downloaded_bytes, self.batch)
         if held:
             self._note(f"{held} job(s) held as unknown: their submission may or may not have been charged. "
                        f"`batcher retry --unknown` resubmits them (up to {held_cost:g} credits more).")
@@ -701,6 +687,7 @@ class Runner:
                 self._budget_signal()
                 return "budget"
             job.state = S.SUBMITTING.value
+            job.attempts += 1  # as begin_submission counted it in the ledger
             failpoint("after-intent")
             try:
                 with anyio.fail_after(self.options.retry.cap + 60):
@@ -736,8 +723,8 @@ class Runner:
             failpoint("after-post")
             self.budget.settle(estimate, answer.credit_cost)
             self._budget_signal()
-            self._cost_seen[job_class(job.parameters())] = max(self._cost_seen.get(job_class(job.parameters()), 0),
-                                                               answer.credit_cost)
+            cls = job_class(job.parameters())
+            self._cost_seen[cls] = max(self._cost_seen.get(cls, 0.0), answer.credit_cost)
             submitted_at = self.wall()
 
             def accept(conn: Any) -> bool:
@@ -858,12 +845,11 @@ class Runner:
         if job.credit_cost:
             self.budget.refund(job.credit_cost)
             self._budget_signal()
-        attempts = (await in_thread(self.ledger.get, job.id)).attempts
+        attempts = job.attempts
         if attempts < self.options.max_attempts and self.submitting_allowed:
             await self._move(job, S.SUBMITTED, S.PENDING, "remote-failed",
                              f"{error} (refunded; attempt {attempts} of {self.options.max_attempts}, retrying)",
                              error=error, finished_at=now)
-            job.attempts = attempts
             return "requeued"
         await self._move(job, S.SUBMITTED, S.FAILED, "remote-failed",
                          f"{error} (refunded; {attempts} attempt(s))", error=error, finished_at=now)
@@ -900,13 +886,8 @@ class Runner:
                 await in_thread(_publish, tmp, final)
                 failpoint("after-publish")
             except OutputGone as e:
-                if refreshed:
-                    message = f"the output URL expired and the API has no fresh one ({e}); re-render with " \
-                              f"`batcher retry --expired`"
-                    await self._move(job, S.RENDERED, S.EXPIRED, "expired", message, error=message)
-                    return
+                fresh = None if refreshed else await self._fresh_url(job)
                 refreshed = True
-                fresh = await self._fresh_url(job)
                 if fresh is None or fresh == url:
                     message = f"the output URL expired and the API has no fresh one ({e}); re-render with " \
                               f"`batcher retry --expired`"

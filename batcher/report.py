@@ -17,6 +17,7 @@ from typing import Any
 
 from .export import iso, records
 from .ledger import Ledger
+from .models import format_credits
 from .states import JobState
 
 STATE_COLOURS = {"completed": "#1b7f3b", "failed": "#b3261e", "unknown": "#a15c00", "expired": "#6b4fa0",
@@ -76,10 +77,7 @@ def esc(value: Any) -> str:
 
 
 def _credits(value: float | None) -> str:
-    if value is None:
-        return "none"
-    text = f"{value:,.2f}"
-    return text.rstrip("0").rstrip(".")
+    return "none" if value is None else format_credits(value)
 
 
 def build_report(ledger: Ledger, batch: str, out_path: Path) -> int:

@@ -25,7 +25,7 @@ import struct
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -338,12 +338,6 @@ class Simulator:
                           {"content-type": "application/xml"})
         return Answer(200, clip_for(job_id), {"content-type": "video/mp4"})
 
-    def expire_urls(self) -> None:
-        """Make every output URL handed out so far expire now (for tests)."""
-        with self.lock:
-            for token, (job_id, _) in list(self.files.items()):
-                self.files[token] = (job_id, self.wall() - 1)
-
 
 def validate_body(spec: ModelSpec, data: Any) -> str | None:
     """Strict validation of a run body, as a JSON schema with additionalProperties false would."""
@@ -433,12 +427,3 @@ def make_server(simulator: Simulator, host: str = "127.0.0.1", port: int = 0) ->
     """An HTTP server for `simulator` on host:port (port 0 picks a free one)."""
     handler = type("Handler", (_Handler,), {"simulator": simulator})
     return SimulatorServer((host, port), handler)
-
-
-def config_from_dict(values: dict[str, Any]) -> SimConfig:
-    known = {k: v for k, v in values.items() if k in SimConfig.__dataclass_fields__ and v is not None}
-    return SimConfig(**known)
-
-
-def config_to_dict(config: SimConfig) -> dict[str, Any]:
-    return asdict(config)
