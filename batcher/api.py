@@ -43,13 +43,30 @@ def plan(manifest: Manifest, rate_overrides: dict[str, float] | None = None) -> 
 
 
 def stage(ledger: Ledger, manifest: Manifest, rate_overrides: dict[str, float] | None = None, *,
-          checked: bool = False) -> tuple[int, int]:
+          checked: bool = False, simulated: bool = False) -> tuple[int, int]:
     """Check a manifest (unless the caller just did) and add its jobs to the ledger; returns
-    (added, already known)."""
+    (added, already known). `simulated` marks the batch as rendered by the simulator; a batch
+    with results of the other kind is refused (SimulationMismatch)."""
     if not checked:
         check(manifest, rate_overrides)
+    ledger.check_mode(manifest.batch, simulated)  # before the expansion, which can take a while
     return ledger.add_jobs(manifest.batch, manifest.model.api_id, str(manifest.path),
-                           iter_jobs(manifest, rate_overrides))
+                           iter_jobs(manifest, rate_overrides), simulated=simulated)
+
+
+OUTPUTS = Path("outputs")
+SIMULATED_LEDGER = "batcher-sim.db"
+
+
+def default_out_dir(batch: str, simulated: bool = False, base: Path = OUTPUTS) -> Path:
+    """Where a batch's videos go unless --out says otherwise: ./outputs/<batch>/, or
+    ./outputs/simulated/<batch>/ for simulated runs. The folder never leaves `base`, whatever the
+    batch name says (manifests check names too; this is the last word)."""
+    root = base / "simulated" if simulated else base
+    folder = root / batch
+    if not batch or folder.resolve().parent != root.resolve() or folder.name != batch:
+        raise UsageError(f"batch name {batch!r} cannot be a folder name under {root}/")
+    return folder
 
 
 @dataclass
@@ -89,10 +106,13 @@ async def run_async(manifest: Manifest | str | Path, *, ledger: Ledger | str | P
     owned = not isinstance(ledger, Ledger)
     led = Ledger(ledger) if not isinstance(ledger, Ledger) else ledger
     try:
-        if stage_jobs:
-            await anyio.to_thread.run_sync(lambda: stage(led, m, rate_overrides))
-        opts = options or RunOptions(out_dir=Path("outputs") / m.batch)
         dest = to or target()
+        simulated = dest.simulator is not None
+        if stage_jobs:
+            await anyio.to_thread.run_sync(lambda: stage(led, m, rate_overrides, simulated=simulated))
+        else:
+            led.check_mode(m.batch, simulated)
+        opts = options or RunOptions(out_dir=default_out_dir(m.batch, simulated))
         if dest.simulator is not None and options is None:
             opts.expected_render = dest.simulator.config.render_seconds
         async with PixelDojoClient(dest.api_key, dest.base_url, transport=dest.transport) as client:
@@ -110,7 +130,7 @@ def run(manifest: Manifest | str | Path, *, ledger: str | Path = DEFAULT_LEDGER,
     """Blocking helper: run a manifest to the end (against the simulator when `simulate`)."""
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     opts = RunOptions(concurrency=concurrency, budget=budget,
-                      out_dir=Path(out_dir) if out_dir else Path("outputs") / m.batch)
+                      out_dir=Path(out_dir) if out_dir else default_out_dir(m.batch, bool(simulate)))
     to = target(simulate=simulate)
     if to.simulator is not None:
         opts.expected_render = to.simulator.config.render_seconds
@@ -134,6 +154,7 @@ def status(ledger: Ledger | str | Path, batch: str | None = None) -> dict[str, A
                 "credits_held": round(spend.held, 2), "credits_refunded": round(spend.refunded, 2),
                 "held_unknown": held, "resubmit_cost": round(held_cost, 2), "videos": files, "bytes": size,
                 "average_render_seconds": led.average_render_seconds(name),
+                "simulated": led.is_simulated(name),
             }
         if batch:
             return {"batch": batch, **out["batches"][batch]}

@@ -22,7 +22,6 @@ from .manifest import load_manifest
 from .models import format_credits
 from .plan import check
 
-SIM_LEDGER = "batcher-sim.db"
 EXIT_OK, EXIT_ATTENTION, EXIT_USAGE, EXIT_BUDGET, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
@@ -195,13 +194,13 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
         expected_render = sim_render_seconds
     setup_logging(verbose, log_json, None if simulate else to.api_key)
     if simulate:
-        # Simulated clips must never pass for real ones: unless told otherwise, a simulated run
-        # keeps its own ledger and folder, so a later real run of the batch renders everything.
+        # Simulated clips must never pass for real ones: unless --ledger is given on the command
+        # line (BATCHER_LEDGER names the real ledger: it does not count), a simulated run keeps
+        # its own ledger and folder, so a later real run of the batch renders everything.
         source = click.get_current_context().get_parameter_source("ledger_path")
-        if source == click.core.ParameterSource.DEFAULT:
-            ledger_path = SIM_LEDGER
-    out = Path(out_dir) if out_dir else (Path("outputs") / "simulated" / m.batch if simulate
-                                         else Path("outputs") / m.batch)
+        if source != click.core.ParameterSource.COMMANDLINE:
+            ledger_path = api.SIMULATED_LEDGER
+    out = Path(out_dir) if out_dir else api.default_out_dir(m.batch, simulate)
     options = RunOptions(concurrency=concurrency, budget=budget, out_dir=out, max_attempts=max_attempts,
                          job_timeout=job_timeout, resubmit_unknown=resubmit_unknown,
                          expected_render=expected_render, max_download_bytes=max_download_mb * 1024 * 1024,
@@ -212,7 +211,7 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
     printer = ProgressPrinter(sys.stderr, live=live, interval=30.0)
     with Ledger(ledger_path) as ledger:
         from .api import stage
-        added, known = stage(ledger, m, overrides, checked=True)  # checked above, before anything else
+        added, known = stage(ledger, m, overrides, checked=True, simulated=simulate)  # checked above
         if requeue:
             n = ledger.requeue(m.batch, [JobState(s) for s in requeue], "requeued by `batcher retry`")
             click.echo(f"requeued {n} job(s) ({', '.join(requeue)})", err=True)
@@ -318,7 +317,8 @@ def status(manifest: str | None, ledger_path: str, as_json: bool, job_key: str |
             click.echo(json.dumps(data, indent=2))
             return
         for name, info in ([(batch, data)] if batch else data["batches"].items()):
-            click.echo(f"batch {name!r}: {info['jobs']} job(s): {state_counts(info['counts']) or 'none'}")
+            sim = " (SIMULATED: clips from --simulate, not real renders)" if info["simulated"] else ""
+            click.echo(f"batch {name!r}{sim}: {info['jobs']} job(s): {state_counts(info['counts']) or 'none'}")
             click.echo(f"  credits: {format_credits(info['credits_spent'])} spent, "
                        f"{format_credits(info['credits_held'])} held for unknown outcomes, "
                        f"{format_credits(info['credits_refunded'])} refunded")

@@ -2,7 +2,8 @@
 
     BatcherError                 base; the CLI maps each kind to a message and an exit code
     ├── UsageError               bad options or configuration (exit 2)
-    │   └── MissingKeyError      PIXELDOJO_API_KEY is not set for a real run (exit 2)
+    │   ├── MissingKeyError      PIXELDOJO_API_KEY is not set for a real run (exit 2)
+    │   └── SimulationMismatch   a real run on a simulated batch, or the other way round (exit 2)
     ├── ManifestError            one or more `FILE:LINE: message` diagnostics (exit 2)
     ├── LedgerError              the ledger cannot be opened, upgraded or written (exit 2)
     │   ├── IllegalTransition    a job state change the state machine forbids
@@ -40,6 +41,10 @@ class UsageError(BatcherError):
 
 class MissingKeyError(UsageError):
     """A real run needs PIXELDOJO_API_KEY."""
+
+
+class SimulationMismatch(UsageError):
+    """Simulated and real results must never mix in one batch."""
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import shutil
@@ -13,20 +12,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
+from .files import file_sha256
 from .ledger import Job, Ledger
 
 FIELDS = ["id", "batch", "origin", "prompt", "reference_urls", "duration", "resolution", "aspect_ratio",
           "negative_prompt", "seed", "state", "remote_job_id", "credit_cost", "output_url", "file", "sha256",
           "error"]
 EXTRA_FIELDS = ["model", "size", "attempts", "render_seconds", "submitted_at", "finished_at", "label", "take",
-                "created_at"]
+                "created_at", "simulated"]
 
 
 def iso(epoch: float | None) -> str | None:
     return datetime.fromtimestamp(epoch, timezone.utc).isoformat() if epoch else None
 
 
-def job_record(job: Job, model: str | None = None) -> dict[str, Any]:
+def job_record(job: Job, model: str | None = None, simulated: bool = False) -> dict[str, Any]:
     """A job's provenance: the request, where it came from, what it cost and where its video is.
 
     The one record builder behind JSONL, CSV, dataset folders and the HTML report.
@@ -42,13 +42,16 @@ def job_record(job: Job, model: str | None = None) -> dict[str, Any]:
         "model": model, "size": job.size, "attempts": job.attempts, "render_seconds": job.render_seconds,
         "submitted_at": iso(job.submitted_at), "finished_at": iso(job.finished_at), "label": job.label,
         "take": job.take, "created_at": iso(job.created_at),
+        # Rendered by batcher's built-in simulator: the clip is a stand-in, not a real render.
+        "simulated": simulated,
     }
 
 
 def records(ledger: Ledger, batch: str | None) -> Iterator[dict[str, Any]]:
-    models = {b.name: b.model for b in ledger.batches()}
+    batches = {b.name: b for b in ledger.batches()}
     for job in ledger.iter_batch(batch):
-        yield job_record(job, models.get(job.batch))
+        info = batches.get(job.batch)
+        yield job_record(job, info.model if info else None, bool(info and info.simulated))
 
 
 def write_jsonl(rows: Iterator[dict[str, Any]], out: IO[str]) -> int:
@@ -91,14 +94,6 @@ class FolderExport:
     unchanged: int = 0
     unverified: list[str] = field(default_factory=list)
     others: int = 0
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _place(source: Path, target: Path, sha256: str, result: FolderExport) -> None:

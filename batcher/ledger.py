@@ -26,7 +26,9 @@ from sqlalchemy import Connection, Engine, event, inspect, make_url, text
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
-from .errors import BatcherError, BudgetExceeded, DiskFullError, IllegalTransition, LeaseLost, LedgerError
+from .errors import (
+    BatcherError, BudgetExceeded, DiskFullError, IllegalTransition, LeaseLost, LedgerError, SimulationMismatch,
+)
 from .plan import JobSpec
 from .states import JobState, check_move
 
@@ -51,6 +53,7 @@ class Batch(SQLModel, table=True):
     generation: int = 0
     budget: Optional[float] = None  # the budget of the latest run
     committed: float = 0.0  # credits charged or reserved: the shared budget's running total
+    simulated: bool = False  # rendered by the built-in simulator: its clips are not real renders
     created_at: float
     updated_at: float
 
@@ -175,6 +178,9 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
              SELECT SUM(CASE WHEN a.outcome = 'accepted' AND NOT a.refunded THEN a.credit_cost
                              WHEN a.outcome IN ('submitting', 'unknown') THEN a.reserved ELSE 0 END)
              FROM attempt a JOIN job j ON j.id = a.job_id WHERE j.batch = batch.name), 0)""",
+    ]),
+    (5, "batches remember whether they were simulated", [
+        "ALTER TABLE batch ADD COLUMN simulated BOOLEAN NOT NULL DEFAULT {false}",
     ]),
 ]
 
@@ -410,21 +416,25 @@ class Ledger:
 
     # --- batches and jobs ---------------------------------------------------------------------
 
-    def add_jobs(self, batch: str, model: str, manifest: str, jobs: Iterable[JobSpec], chunk: int = 5000
-                 ) -> tuple[int, int]:
+    def add_jobs(self, batch: str, model: str, manifest: str, jobs: Iterable[JobSpec], chunk: int = 5000,
+                 *, simulated: bool = False) -> tuple[int, int]:
         """Add a manifest's jobs; known keys keep their state. Returns (added, already known).
 
         Marks every job of this manifest with a new generation, so pending jobs that are no longer
-        in the manifest are not submitted.
+        in the manifest are not submitted. A batch remembers whether it is simulated: once anything
+        of it was submitted, a run of the other kind is refused (SimulationMismatch), so simulated
+        clips never pass for real ones.
         """
         now = self.clock()
 
         def start(conn: Connection) -> int:
+            self._check_mode(conn, batch, simulated)
             conn.execute(text(
-                "INSERT INTO batch (name, model, manifest, generation, created_at, updated_at) "
-                "VALUES (:n, :m, :f, 1, :t, :t) ON CONFLICT(name) DO UPDATE SET "
-                "generation = batch.generation + 1, manifest = excluded.manifest, updated_at = excluded.updated_at"),
-                {"n": batch, "m": model, "f": manifest, "t": now})
+                "INSERT INTO batch (name, model, manifest, generation, simulated, created_at, updated_at) "
+                "VALUES (:n, :m, :f, 1, :s, :t, :t) ON CONFLICT(name) DO UPDATE SET "
+                "generation = batch.generation + 1, manifest = excluded.manifest, simulated = excluded.simulated, "
+                "updated_at = excluded.updated_at"),
+                {"n": batch, "m": model, "f": manifest, "s": simulated, "t": now})
             return conn.execute(text("SELECT generation FROM batch WHERE name = :n"), {"n": batch}).scalar_one()
 
         before = self.count_jobs(batch)
@@ -456,6 +466,32 @@ class Ledger:
         self.write(insert_all)
         after = self.count_jobs(batch)
         return after - before, seen - (after - before)
+
+    def _check_mode(self, conn: Connection, batch: str, simulated: bool) -> None:
+        was = conn.execute(text("SELECT simulated FROM batch WHERE name = :n"), {"n": batch}).scalar()
+        if was is None or bool(was) == simulated:
+            return
+        submitted = conn.execute(text(
+            "SELECT COUNT(*) FROM attempt a JOIN job j ON j.id = a.job_id WHERE j.batch = :n"), {"n": batch}).scalar()
+        if not submitted:
+            return  # nothing was rendered yet: the batch may change sides
+        if was:
+            raise SimulationMismatch(
+                f"batch {batch!r} in {self.display} holds simulated results (from --simulate); a real run would "
+                f"take them for real clips. Use another ledger for real renders (--ledger real.db), or rename the "
+                f"batch ('batch:' in the manifest)")
+        raise SimulationMismatch(
+            f"batch {batch!r} in {self.display} holds real, paid results; a simulated run would mix fake clips "
+            f"into them. Drop --ledger to let --simulate keep its own ledger, or rename the batch")
+
+    def check_mode(self, batch: str, simulated: bool) -> None:
+        """Raise SimulationMismatch if a run of this kind (simulated or real) would mix results."""
+        with self.engine.connect() as conn:
+            self._check_mode(conn, batch, simulated)
+
+    def is_simulated(self, batch: str) -> bool:
+        with self.engine.connect() as conn:
+            return bool(conn.execute(text("SELECT simulated FROM batch WHERE name = :n"), {"n": batch}).scalar())
 
     def generation(self, batch: str) -> int:
         with self.engine.connect() as conn:
@@ -569,12 +605,17 @@ class Ledger:
             yield from chunk
             last = chunk[-1].id  # type: ignore[assignment]
 
-    def completed_files(self, batch: str) -> list[tuple[int, str]]:
-        """(job id, file path) of a batch's completed jobs."""
+    def completed_files(self, batch: str) -> list[tuple[int, str, int | None, str | None]]:
+        """(job id, file path, size, sha256) of a batch's completed jobs."""
         with self.engine.connect() as conn:
-            return [(i, f) for i, f in conn.execute(text(
-                "SELECT id, file_path FROM job WHERE batch = :b AND state = 'completed' AND file_path IS NOT NULL"),
-                {"b": batch})]
+            return [(i, f, n, h) for i, f, n, h in conn.execute(text(
+                "SELECT id, file_path, size, sha256 FROM job WHERE batch = :b AND state = 'completed' "
+                "AND file_path IS NOT NULL"), {"b": batch})]
+
+    def file_owners(self, file_path: str) -> list[int]:
+        """Jobs (of any batch) whose recorded video is `file_path`."""
+        with self.engine.connect() as conn:
+            return [i for (i,) in conn.execute(text("SELECT id FROM job WHERE file_path = :f"), {"f": file_path})]
 
     def events(self, job_id: int) -> list[Event]:
         with self.session() as s:

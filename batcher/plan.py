@@ -40,10 +40,6 @@ class JobSpec:
     def wire(self, model: ModelSpec) -> dict[str, Any]:
         return model.to_wire(self.params)
 
-    @property
-    def file_stem(self) -> str:
-        """A file name a person can find: row label, take, short key."""
-        return f"{self.label}_t{self.take}_{self.key[:8]}"
 
 
 @dataclass

@@ -33,6 +33,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .client import JobStatus, PixelDojoClient, check_schema
+from .files import matches, process_alive, publish, sweep_temp_files, temp_name, video_name
 from .errors import (
     AuthError, BatcherError, BudgetExceeded, CreditsExhausted, DiskFullError, LeaseLost, MalformedAnswer, NotSentError,
     OutcomeUnknown, OutputGone, OversizeError, RateLimited, RejectedError, SchemaMismatch, ServerError,
@@ -500,7 +501,7 @@ class Runner:
             pid = rest.partition(":")[0]
             if owner == self.owner or name != host or not pid.isdigit():
                 continue
-            if not _process_alive(int(pid)):
+            if not process_alive(int(pid)):
                 self.ledger.expire_owner(self.batch, owner)
 
     async def _heartbeat(self) -> None:
@@ -527,21 +528,21 @@ class Runner:
                          self.messages, size)
 
     def _prepare_outputs(self) -> None:
-        """Remove stray temporary files; send completed jobs whose file vanished back to download."""
+        """Remove temporary files of dead downloaders; send every completed job whose file is gone
+        or no longer matches its recorded size and sha256 back to download (while its URL lives)."""
         out = self.options.out_dir
         out.mkdir(parents=True, exist_ok=True)
         self._out_abs = out.resolve()
-        for stray in out.glob(".*.part"):
-            try:
-                stray.unlink()
-            except OSError:
-                pass
-        if self.ledger.postgres:
-            return  # other runners' files live on their own hosts
-        for job_id, file_path in self.ledger.completed_files(self.batch):
-            if not Path(file_path).exists():
-                self.ledger.write(self.ledger.move(job_id, S.COMPLETED, S.RENDERED, "file-missing",
-                                                   f"{file_path} is gone; downloading again"))
+        sweep_temp_files(out)
+        for job_id, file_path, size, sha256 in self.ledger.completed_files(self.batch):
+            path = Path(file_path)
+            if self.ledger.postgres and not path.exists():
+                continue  # on a shared ledger, other runners' files live on their own hosts
+            if matches(path, size, sha256):
+                continue
+            why = "is gone" if not path.exists() else "does not match its recorded size and sha256"
+            self.ledger.write(self.ledger.move(job_id, S.COMPLETED, S.RENDERED, "file-mismatch",
+                                               f"{file_path} {why}; downloading again"))
 
     async def _check_schema(self) -> None:
         """Hold the batch's requests against the live schema before spending anything."""
@@ -874,16 +875,17 @@ class Runner:
                              finished_at=job.finished_at)
             failpoint("after-rendered")
         out = self.options.out_dir
-        final = out / f"{job.label}_t{job.take}_{job.key[:8]}.mp4"
+        final = out / video_name(job.label, job.take, job.key)
         url = job.output_url or ""
         failures = 0
         refreshed = False
         while True:
-            tmp = out / f".{final.name}.{os.getpid()}-{self.rng.randrange(1 << 30):x}.part"
+            tmp = out / temp_name(final.name, self.rng.randrange(1 << 30))
             try:
                 await self._wait_pause(job)
                 result = await self.client.download(url, tmp, max_bytes=self.options.max_download_bytes)
-                await in_thread(_publish, tmp, final)
+                published = await in_thread(publish, tmp, final, result.sha256,
+                                            lambda path: self._may_replace(job, path))
                 failpoint("after-publish")
             except OutputGone as e:
                 fresh = None if refreshed else await self._fresh_url(job)
@@ -900,11 +902,14 @@ class Runner:
             except OversizeError as e:
                 await self._move(job, S.RENDERED, S.FAILED, "oversize", str(e), error=str(e))
                 return
-            except (ServerError, RateLimited, MalformedAnswer) as e:
+            except (ServerError, RateLimited, MalformedAnswer, FileNotFoundError) as e:
                 # Not a video (an error page from a proxy, say) is retried like a server error;
-                # the clip is paid for, so we never give up on it for good within a run.
+                # the clip is paid for, so we never give up on it for good within a run. A
+                # temporary file that vanished (someone cleaned the folder) is downloaded again.
                 failures += 1
-                if isinstance(e, RateLimited):
+                if isinstance(e, FileNotFoundError):
+                    e = ServerError(f"the temporary file {tmp.name} vanished before it was saved")
+                elif isinstance(e, RateLimited):
                     self._pause(e.retry_after)
                 else:
                     self._server_trouble()
@@ -929,9 +934,13 @@ class Runner:
                         pass
             await self._move(job, S.RENDERED, S.COMPLETED, "downloaded",
                              f"{result.size} bytes, sha256 {result.sha256[:12]}",
-                             file_path=str(self._out_abs / final.name), size=result.size, sha256=result.sha256)
+                             file_path=str(self._out_abs / published.name), size=result.size, sha256=result.sha256)
             self.completed += 1
             return
+
+    def _may_replace(self, job: Job, path: Path) -> bool:
+        """A file already at a video's name may be replaced only if no other job's video is it."""
+        return all(owner == job.id for owner in self.ledger.file_owners(str(self._out_abs / path.name)))
 
     async def _fresh_url(self, job: Job) -> str | None:
         try:
@@ -965,36 +974,6 @@ class Runner:
                         self._core.cancel()
                 elif self.on_force_exit is not None:
                     self.on_force_exit()
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (killed, not yet reaped by its parent) is dead for our purposes
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def _publish(tmp: Path, final: Path) -> None:
-    """Atomically give a verified download its final name, durably: the content is on disk
-    before the rename, and the rename before the ledger says `completed`."""
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, final)
-    fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _first_batcher_error(exc: BaseException) -> BaseException:

@@ -39,6 +39,7 @@ main{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:
 .refs{display:flex;gap:6px;flex-wrap:wrap;margin:6px 0}.refs a{font-size:11px;word-break:break-all}
 .refs img{width:56px;height:56px;object-fit:cover;border-radius:4px;display:none}
 body.thumbs .refs img{display:block}
+.simulated{background:#fff3cd;border:1px solid #e0b000;padding:6px 10px;margin:8px 0;font-weight:600}
 .error{color:#b3261e;font-size:12px;white-space:pre-wrap;word-break:break-word}
 .hidden{display:none}
 """
@@ -70,6 +71,10 @@ SCRIPT = """
   apply();
 })();
 """
+
+
+SIMULATED_BANNER = ('<div class="simulated">SIMULATED: these clips come from batcher\'s built-in simulator '
+                    '(--simulate), not from real renders.</div>')
 
 
 def esc(value: Any) -> str:
@@ -109,7 +114,7 @@ def build_report(ledger: Ledger, batch: str, out_path: Path) -> int:
 <body>
 <header><h1>{esc(batch)} <small>({esc(info.model if info else '')})</small></h1>
 <div class="figs">{''.join(f'<div><b>{esc(v)}</b>{esc(k)}</div>' for k, v in figures)}</div>
-<div class="meta">generated {esc(iso(time.time()))} from {esc(ledger.display)}</div>
+{SIMULATED_BANNER if info and info.simulated else ''}<div class="meta">generated {esc(iso(time.time()))} from {esc(ledger.display)}</div>
 </header>
 <div class="bar">
 <label>state <select id="f-state"><option value="">all</option>{state_options}</select></label>
