@@ -24,11 +24,11 @@ import httpx
 
 from .client import DEFAULT_BASE, PixelDojoClient
 from .errors import MissingKeyError, UsageError
-from .ledger import DEFAULT_LEDGER, Ledger
+from .ledger import DEFAULT_LEDGER, Ledger, is_database_url
 from .manifest import Manifest, load_manifest
 from .plan import PlanSummary, check, iter_jobs
 from .pool import Progress, RunOptions, RunReport, Runner
-from .simulator import SimConfig, Simulator, SimulatorTransport
+from .simulator import SimConfig, Simulator, SimulatorTransport, load_state, save_state
 from .states import JobState
 
 
@@ -77,15 +77,33 @@ class Target:
     base_url: str
     transport: httpx.AsyncBaseTransport | None = None
     simulator: Simulator | None = None
+    simulator_state: Path | None = None  # where the simulator keeps its jobs between runs
+
+    def save(self) -> None:
+        """Keep the simulator's jobs for the next run (a no-op for the real API)."""
+        if self.simulator is not None and self.simulator_state is not None:
+            save_state(self.simulator, self.simulator_state)
+
+
+def simulator_state_for(ledger: str | Path) -> Path | None:
+    """The file beside an SQLite ledger where the built-in simulator keeps its state."""
+    if is_database_url(ledger):
+        return None
+    path = Path(ledger)
+    return path.with_name(path.name + ".simulator.json")
 
 
 def target(*, simulate: bool | SimConfig | Simulator = False, api_base: str | None = None,
-           api_key: str | None = None, transport: httpx.AsyncBaseTransport | None = None) -> Target:
-    """Resolve where to send requests. A real run needs PIXELDOJO_API_KEY."""
+           api_key: str | None = None, transport: httpx.AsyncBaseTransport | None = None,
+           simulator_state: Path | None = None) -> Target:
+    """Resolve where to send requests. A real run needs PIXELDOJO_API_KEY. A simulator given a
+    `simulator_state` file starts from it, if it exists, and `Target.save` writes it."""
     if simulate:
         sim = simulate if isinstance(simulate, Simulator) else Simulator(
             simulate if isinstance(simulate, SimConfig) else SimConfig())
-        return Target(sim.config.api_key, "https://pixeldojo.ai", SimulatorTransport(sim), sim)
+        if simulator_state is not None:
+            load_state(sim, simulator_state)
+        return Target(sim.config.api_key, "https://pixeldojo.ai", SimulatorTransport(sim), sim, simulator_state)
     key = api_key if api_key is not None else os.environ.get("PIXELDOJO_API_KEY", "")
     if not key.strip():
         raise MissingKeyError("PIXELDOJO_API_KEY is not set: export your PixelDojo API key, or use --simulate")
@@ -115,10 +133,13 @@ async def run_async(manifest: Manifest | str | Path, *, ledger: Ledger | str | P
         opts = options or RunOptions(out_dir=default_out_dir(m.batch, simulated))
         if dest.simulator is not None and options is None:
             opts.expected_render = dest.simulator.config.render_seconds
-        async with PixelDojoClient(dest.api_key, dest.base_url, transport=dest.transport) as client:
-            runner = Runner(led, client, m.model, m.batch, opts, on_progress=on_progress,
-                            on_force_exit=on_force_exit)
-            return await runner.run()
+        try:
+            async with PixelDojoClient(dest.api_key, dest.base_url, transport=dest.transport) as client:
+                runner = Runner(led, client, m.model, m.batch, opts, on_progress=on_progress,
+                                on_force_exit=on_force_exit)
+                return await runner.run()
+        finally:
+            dest.save()
     finally:
         if owned:
             led.close()
@@ -131,7 +152,7 @@ def run(manifest: Manifest | str | Path, *, ledger: str | Path = DEFAULT_LEDGER,
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     opts = RunOptions(concurrency=concurrency, budget=budget,
                       out_dir=Path(out_dir) if out_dir else default_out_dir(m.batch, bool(simulate)))
-    to = target(simulate=simulate)
+    to = target(simulate=simulate, simulator_state=simulator_state_for(ledger) if simulate else None)
     if to.simulator is not None:
         opts.expected_render = to.simulator.config.render_seconds
     return anyio.run(lambda: run_async(m, ledger=ledger, options=opts, to=to, **kwargs))
@@ -152,9 +173,12 @@ def status(ledger: Ledger | str | Path, batch: str | None = None) -> dict[str, A
             out["batches"][name] = {
                 "counts": counts, "jobs": sum(counts.values()), "credits_spent": round(spend.spent, 2),
                 "credits_held": round(spend.held, 2), "credits_refunded": round(spend.refunded, 2),
-                "held_unknown": held, "resubmit_cost": round(held_cost, 2), "videos": files, "bytes": size,
+                "held_unknown": held, "lost_after_payment": led.lost_jobs(name), "resubmit_cost": round(held_cost, 2), "videos": files, "bytes": size,
                 "average_render_seconds": led.average_render_seconds(name),
                 "simulated": led.is_simulated(name),
+                # What the latest run was given; every runner keeps to its own --budget.
+                "budget": info.budget if (info := led.batch(name)) else None,
+                "credits_committed": round(led.committed(name), 2),
             }
         if batch:
             return {"batch": batch, **out["batches"][batch]}

@@ -188,11 +188,6 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
     m = load_manifest(manifest)
     overrides = parse_rates(rates)
     check(m, overrides)
-    to = api.target(simulate=SimConfig(render_seconds=sim_render_seconds, fail_rate=sim_fail_rate)
-                    if simulate else False, api_base=api_base)
-    if simulate:
-        expected_render = sim_render_seconds
-    setup_logging(verbose, log_json, None if simulate else to.api_key)
     if simulate:
         # Simulated clips must never pass for real ones: unless --ledger is given on the command
         # line (BATCHER_LEDGER names the real ledger: it does not count), a simulated run keeps
@@ -200,6 +195,11 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
         source = click.get_current_context().get_parameter_source("ledger_path")
         if source != click.core.ParameterSource.COMMANDLINE:
             ledger_path = api.SIMULATED_LEDGER
+        expected_render = sim_render_seconds
+    to = api.target(simulate=SimConfig(render_seconds=sim_render_seconds, fail_rate=sim_fail_rate)
+                    if simulate else False, api_base=api_base,
+                    simulator_state=api.simulator_state_for(ledger_path) if simulate else None)
+    setup_logging(verbose, log_json, None if simulate else to.api_key)
     out = Path(out_dir) if out_dir else api.default_out_dir(m.batch, simulate)
     options = RunOptions(concurrency=concurrency, budget=budget, out_dir=out, max_attempts=max_attempts,
                          job_timeout=job_timeout, resubmit_unknown=resubmit_unknown,
@@ -319,13 +319,20 @@ def status(manifest: str | None, ledger_path: str, as_json: bool, job_key: str |
         for name, info in ([(batch, data)] if batch else data["batches"].items()):
             sim = " (SIMULATED: clips from --simulate, not real renders)" if info["simulated"] else ""
             click.echo(f"batch {name!r}{sim}: {info['jobs']} job(s): {state_counts(info['counts']) or 'none'}")
+            budget = (f" of a budget of {format_credits(info['budget'])} (the latest run's --budget)"
+                      if info["budget"] is not None else " (no budget set)")
             click.echo(f"  credits: {format_credits(info['credits_spent'])} spent, "
                        f"{format_credits(info['credits_held'])} held for unknown outcomes, "
-                       f"{format_credits(info['credits_refunded'])} refunded")
+                       f"{format_credits(info['credits_refunded'])} refunded; "
+                       f"{format_credits(info['credits_committed'])} committed{budget}")
             click.echo(f"  videos: {info['videos']} downloaded, {info['bytes']:,} bytes")
             if info["held_unknown"]:
-                click.echo(f"  {info['held_unknown']} job(s) held as unknown; `batcher retry --unknown MANIFEST` "
-                           f"resubmits them (up to {format_credits(info['resubmit_cost'])} credits, maybe paid twice)")
+                lost = info["lost_after_payment"]
+                lost_text = (f" ({lost} of them paid, then no longer known to the API: their cost is counted as "
+                             f"spent)" if lost else "")
+                click.echo(f"  {info['held_unknown']} job(s) held as unknown{lost_text}; `batcher status --job KEY` "
+                           f"shows why; `batcher retry --unknown MANIFEST` resubmits them (up to "
+                           f"{format_credits(info['resubmit_cost'])} credits, maybe paid twice)")
 
 
 @cli.command()
@@ -396,9 +403,11 @@ def report(manifest: str | None, ledger_path: str, output: str) -> None:
 @click.option("--rpm", default=None, type=float, help="Request-rate limit per minute (429 over it).")
 @click.option("--url-ttl", default=3600.0, show_default=True, help="Seconds an output URL stays valid.")
 @click.option("--seed", default=0, help="Random seed for faults and render times.")
+@click.option("--echo-key-in-errors", is_flag=True,
+              help="Act as a careless API: repeat the Authorization header in every error text.")
 def simulator(host: str, port: int, api_key: str, credit_balance: float, render_seconds: float,
               render_jitter: float, fail_rate: float, error_rate: float, drop_rate: float, lost_answer_rate: float,
-              malformed_rate: float, rpm: float | None, url_ttl: float, seed: int) -> None:
+              malformed_rate: float, rpm: float | None, url_ttl: float, seed: int, echo_key_in_errors: bool) -> None:
     """Serve the built-in PixelDojo API simulator over HTTP (GET /_sim/record shows what it charged)."""
     from .simulator import SimConfig, Simulator, make_server
     if host not in ("127.0.0.1", "localhost", "::1"):
@@ -406,7 +415,7 @@ def simulator(host: str, port: int, api_key: str, credit_balance: float, render_
     sim = Simulator(SimConfig(api_key=api_key, credits=credit_balance, render_seconds=render_seconds,
                               render_jitter=render_jitter, fail_rate=fail_rate, error_rate=error_rate,
                               drop_rate=drop_rate, lost_answer_rate=lost_answer_rate, malformed_rate=malformed_rate,
-                              rpm=rpm, url_ttl=url_ttl, seed=seed))
+                              rpm=rpm, url_ttl=url_ttl, seed=seed, echo_key_in_errors=echo_key_in_errors))
     server = make_server(sim, host, port)
     click.echo(f"simulator serving on http://{host}:{server.server_address[1]} (key {api_key!r})", err=True)
     try:

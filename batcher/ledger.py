@@ -694,12 +694,17 @@ class Ledger:
 
         def op(conn: Connection) -> int:
             name = batch or conn.execute(text("SELECT batch FROM job WHERE id = :id"), {"id": job_id}).scalar_one()
-            if budget is not None:
+            if budget is None:
+                move(conn)
+            else:
+                # This runner's own --budget, against the batch's total of every runner's spending.
                 committed = self._lock_batch(conn, name)
                 if committed + reserved > budget + 1e-9:
                     raise BudgetExceeded(f"budget reached: {committed:g} of {budget:g} credits committed; the next "
                                          f"job needs {reserved:g}", committed)
-            move(conn)
+                self.move(job_id, source, JobState.SUBMITTING, "submit-intent",
+                          f"reserved {reserved:g} credits; batch total {committed + reserved:g} of budget {budget:g}",
+                          token=token)(conn)
             number = self.x(conn, "UPDATE job SET attempts = attempts + 1 WHERE id = :id RETURNING attempts",
                             {"id": job_id}).scalar_one()
             self.x(conn, "UPDATE batch SET committed = committed + :r WHERE name = :b", {"r": reserved, "b": name})
@@ -890,6 +895,14 @@ class Ledger:
                 "SELECT COUNT(*), COALESCE(SUM(estimate), 0) FROM job WHERE batch = :b AND state = 'unknown'"),
                 {"b": batch}).one()
         return int(n), float(credits)
+
+    def lost_jobs(self, batch: str) -> int:
+        """Jobs held as unknown although the API accepted (and charged) them: it no longer knows them."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(text(
+                "SELECT COUNT(*) FROM job j WHERE j.batch = :b AND j.state = 'unknown' AND (SELECT a.outcome "
+                "FROM attempt a WHERE a.job_id = j.id ORDER BY a.id DESC LIMIT 1) = 'accepted'"),
+                {"b": batch}).scalar_one())
 
     def average_render_seconds(self, batch: str) -> float | None:
         with self.engine.connect() as conn:

@@ -521,8 +521,12 @@ class Runner:
         held, held_cost = await in_thread(self.ledger.held_estimate, self.batch)
         _, size = await in_thread(self.ledger.downloaded_bytes, self.batch)
         if held:
-            self._note(f"{held} job(s) held as unknown: their submission may or may not have been charged. "
-                       f"`batcher retry --unknown` resubmits them (up to {held_cost:g} credits more).")
+            lost = await in_thread(self.ledger.lost_jobs, self.batch)
+            why = "their submission may or may not have been charged"
+            if lost:
+                why += f"; {lost} of them were charged and then lost by the API (a poll answered 404)"
+            self._note(f"{held} job(s) held as unknown: {why}. `batcher retry --unknown` resubmits them "
+                       f"(up to {held_cost:g} credits more).")
         return RunReport(self.batch, counts, spend.spent, held, held_cost, self.options.budget,
                          time.monotonic() - self._started, self.submitted, self.completed, self.stop_reason,
                          self.messages, size)
@@ -817,8 +821,15 @@ class Runner:
                 self._stop("auth", str(e))
                 return "left"
             except RejectedError as e:
-                await self._move(job, S.SUBMITTED, S.FAILED, "poll-rejected", str(e), error=str(e))
-                return "failed"
+                # Refused a poll (404: it no longer knows the job). We were charged and nothing says
+                # we were refunded: hold it like an unknown outcome, never pay for it again unasked.
+                charged = f"{job.credit_cost:g} credits" if job.credit_cost is not None else "its cost"
+                message = (f"the API no longer knows this paid job {job.remote_job_id} ({e}); {charged} stay "
+                           f"counted as spent. `batcher retry --unknown` renders it again, paying again")
+                await self._move(job, S.SUBMITTED, S.UNKNOWN, "lost", message, error=message)
+                self._note("some paid jobs are no longer known to the API; they are held as unknown "
+                           "(`batcher status --job KEY` shows why)")
+                return "held"
             failures = 0
             self._server_fine()
             polls += 1

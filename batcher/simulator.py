@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import os
 import random
 import secrets
 import socket
@@ -29,8 +30,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
+from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -60,6 +62,9 @@ class SimConfig:
     url_ttl: float = 3600.0  # lifetime of one output URL
     retention: float = 86_400.0  # how long a finished job can hand out fresh URLs
     insufficient_status: int = 402  # 402, or 403 with code insufficient_credits (the older API)
+    # A hostile API: every error answer, error page and failed render's `error` repeats the
+    # Authorization header it received (bare, Bearer form and URL-encoded).
+    echo_key_in_errors: bool = False
     seed: int = 0
     rates: dict[str, float] = field(default_factory=lambda: dict(SIM_RATES))
 
@@ -113,6 +118,27 @@ def _json(status: int, data: Any, headers: dict[str, str] | None = None) -> Answ
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Answer:
     return _json(status, {"error": {"code": code, "message": message}}, headers)
+
+
+def _echo_key(answer: Answer, authorization: str) -> Answer:
+    """`answer` as a careless API would give it: quoting the request's credentials in its error texts."""
+    token = authorization.removeprefix("Bearer ")
+    echo = f"request had Authorization: {authorization} (token={quote(token, safe='')})"
+    kind = answer.headers.get("content-type", "")
+    if kind.startswith("application/json"):
+        data = json.loads(answer.body)
+        if not isinstance(data, dict):
+            return answer
+        if answer.status >= 400 and isinstance(data.get("error"), dict):
+            data["error"]["message"] = f"{data['error'].get('message', '')}; {echo}"
+        elif data.get("status") == "failed" and isinstance(data.get("error"), str):
+            data["error"] = f"{data['error']}; {echo}"
+        else:
+            return answer
+        return Answer(answer.status, json.dumps(data).encode(), answer.headers)
+    if answer.status >= 400 or kind.startswith("text/html"):  # error pages, the malformed fault's too
+        return Answer(answer.status, answer.body + f"\n<!-- {echo} -->".encode(), answer.headers)
+    return answer
 
 
 class Simulator:
@@ -173,6 +199,12 @@ class Simulator:
 
     def handle(self, method: str, url: str, headers: dict[str, str], body: bytes) -> Answer:
         """Answer one request, or raise Dropped/Refused. `url` is absolute."""
+        answer = self._answer(method, url, headers, body)
+        if self.config.echo_key_in_errors:
+            answer = _echo_key(answer, headers.get("authorization", ""))
+        return answer
+
+    def _answer(self, method: str, url: str, headers: dict[str, str], body: bytes) -> Answer:
         parts = urlsplit(url)
         base = f"{parts.scheme}://{parts.netloc}"
         path = parts.path.rstrip("/")
@@ -337,6 +369,52 @@ class Simulator:
             return Answer(403, b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>",
                           {"content-type": "application/xml"})
         return Answer(200, clip_for(job_id), {"content-type": "video/mp4"})
+
+
+# --- state kept between runs -----------------------------------------------------------------------
+
+STATE_VERSION = 1
+
+
+def save_state(sim: Simulator, path: Path) -> None:
+    """Write what the simulator knows (credits, jobs, output files) beside the simulated ledger, so
+    a simulated run that is interrupted resumes as it would against the real API, which
+    remembers its jobs. Times are stored as wall-clock epochs: monotonic clocks do not survive."""
+    with sim.lock:
+        sim._tick()
+        offset = sim.wall() - sim.clock()
+        data = {
+            "version": STATE_VERSION, "credits": sim.credits,
+            "jobs": [{"job_id": j.job_id, "model": j.model, "body": j.body, "cost": j.cost,
+                      "submitted": j.submitted + offset, "ends": j.ends + offset, "fails": j.fails,
+                      "refunded": j.refunded, "answer_lost": j.answer_lost} for j in sim.jobs.values()],
+            "files": {token: [job_id, expires] for token, (job_id, expires) in sim.files.items()},
+        }
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def load_state(sim: Simulator, path: Path) -> bool:
+    """Restore what `save_state` wrote; False (and nothing changed) if there is no usable state."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+            return False
+        offset = sim.wall() - sim.clock()
+        jobs = {j["job_id"]: SimJob(j["job_id"], j["model"], j["body"], float(j["cost"]),
+                                    float(j["submitted"]) - offset, float(j["ends"]) - offset, bool(j["fails"]),
+                                    bool(j["refunded"]), bool(j["answer_lost"])) for j in data["jobs"]}
+        files = {str(t): (str(v[0]), float(v[1])) for t, v in data["files"].items()}
+        credits = float(data["credits"])
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return False
+    with sim.lock:
+        sim.credits, sim.jobs, sim.files = credits, jobs, files
+        now = sim.clock()
+        sim._ends = sorted(j.ends for j in jobs.values() if j.ends > now)
+        sim._refund_queue = sorted((j.ends, j.job_id) for j in jobs.values() if j.fails and not j.refunded)
+    return True
 
 
 def validate_body(spec: ModelSpec, data: Any) -> str | None:

@@ -1,15 +1,17 @@
 """Job states and the one table of transitions between them.
 
     pending ──► submitting ──► submitted ──► rendered ──► completed
-       ▲            │  │  │        │  │          │  │
-       │            │  │  └► failed │  └► pending │  └► expired
-       │            │  └► unknown   └► failed      └► failed (download refused: size cap, not a video)
+       ▲            │  │  │        │ │ │         │  │
+       │            │  │  └► failed │ │ └► pending │  └► expired
+       │            │  └► unknown   │ └► failed     └► failed (download refused: size cap, not a video)
+       │            │               └► unknown (paid, but the API no longer knows the job)
        │            └► pending (never reached the API: safe to send again)
        └──── unknown / failed / expired (only when the user asks: `batcher retry`)
 
 - submitting: the intent is on disk and the POST may be on the wire; a crash here leaves the
   outcome unknown, so start-up turns it into `unknown`, never back into `pending`.
-- unknown: the API may have created and charged a job; held until the user decides.
+- unknown: the API may have created and charged a job (or did, and then lost it: a poll answered
+  404); held until the user decides, never resubmitted silently.
 - submitted: the API gave a job id; polled until it ends.
 - rendered: the API finished and gave an output URL; the video is not on disk yet.
 - completed: the video is on disk, verified, with its size and sha256.
@@ -46,7 +48,8 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     # -> submitted: a late answer from a runner that lost its lease mid-POST (Ledger.resolve_unknown).
     S.UNKNOWN: frozenset({S.PENDING, S.SUBMITTED}),
     # -> pending: the remote render failed (refunded) and attempts remain.
-    S.SUBMITTED: frozenset({S.RENDERED, S.FAILED, S.PENDING, S.COMPLETED}),
+    # -> unknown: a paid job the API no longer knows (a poll answered 4xx): charged, not refunded.
+    S.SUBMITTED: frozenset({S.RENDERED, S.FAILED, S.PENDING, S.COMPLETED, S.UNKNOWN}),
     S.RENDERED: frozenset({S.COMPLETED, S.EXPIRED, S.FAILED, S.RENDERED}),
     # -> rendered: the file was deleted from disk and the URL may still serve it.
     S.COMPLETED: frozenset({S.RENDERED}),

@@ -216,3 +216,140 @@ def test_exports_status_and_gallery_mark_simulated_results(tmp_path, write):
     assert meta and all(m["simulated"] is True for m in meta)
     assert _cli(["report", str(manifest), *ledger, "-o", "r.html"], tmp_path).returncode == 0
     assert "SIMULATED" in (tmp_path / "r.html").read_text()
+
+
+# --- budgets ----------------------------------------------------------------------------------------
+
+def test_a_runner_keeps_to_its_own_budget_whatever_other_runners_were_given(tmp_path, write):
+    import re
+
+    import anyio
+
+    from batcher.pool import RunOptions
+    manifest = api.load(write("m.yaml", small_manifest(n_rows=40)))  # 20 credits a job
+    ledger_path = tmp_path / "l.db"
+    with Ledger(ledger_path) as ledger:
+        api.stage(ledger, manifest, simulated=True)
+    sim = Simulator(SimConfig(render_seconds=0.05))
+    to = api.target(simulate=sim)
+
+    async def both() -> list:
+        reports: list = []
+
+        async def one(budget: float, concurrency: int, delay: float = 0.0) -> None:
+            await anyio.sleep(delay)  # the small budget starts first, so both runners submit
+            opts = RunOptions(out_dir=tmp_path / f"out{budget:g}", budget=budget, concurrency=concurrency,
+                              expected_render=0.05)
+            reports.append(await api.run_async(manifest, ledger=ledger_path, options=opts, to=to, stage_jobs=False))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one, 100.0, 6)
+            tg.start_soon(one, 1000.0, 6, 0.05)
+        return reports
+    anyio.run(both)
+    with Ledger(ledger_path) as ledger:
+        intents = [e.detail for j in ledger.iter_batch("small") for e in ledger.events(j.id) if e.kind == "submit-intent"]
+        spent = ledger.spend("small").spent
+    small = [d for d in intents if d.endswith("of budget 100")]
+    assert small, "the runner with budget 100 submitted nothing: the race was not exercised"
+    for detail in small:
+        total = float(re.search(r"batch total ([\d.]+)", detail).group(1))
+        assert total <= 100
+    assert spent <= 1000
+
+
+def test_a_runner_with_a_smaller_budget_submits_nothing_once_others_spent_past_it(tmp_path, write):
+    manifest = write("m.yaml", small_manifest(n_rows=10))
+    sim = Simulator(SimConfig(render_seconds=0.02))
+    ledger_path = tmp_path / "l.db"
+    import anyio
+
+    from batcher.pool import RunOptions
+
+    def run(budget: float, n_jobs_manifest: Path) -> object:
+        opts = RunOptions(out_dir=tmp_path / "out", budget=budget, expected_render=0.02, concurrency=4)
+        return anyio.run(lambda: api.run_async(n_jobs_manifest, ledger=ledger_path, options=opts,
+                                               to=api.target(simulate=sim)))
+    big = run(120.0, manifest)  # 6 of 10 jobs
+    assert big.counts["completed"] == 6
+    small = run(100.0, manifest)
+    assert small.submitted == 0 and small.exit_code == 3
+    assert len(sim.record()["jobs"]) == 6
+    status = _cli(["status", str(manifest), "--ledger", str(ledger_path)], tmp_path).stdout
+    assert "120 committed of a budget of 100" in status
+
+
+# --- a paid job the API forgets -------------------------------------------------------------------
+
+class ForgetfulApi(httpx.AsyncBaseTransport):
+    """The simulator, except that status polls of the first `forget` jobs answer 404."""
+
+    def __init__(self, sim: Simulator, forget: int):
+        self.inner = SimulatorTransport(sim)
+        self.forget = forget
+        self.forgotten: set[str] = set()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path.startswith("/api/v1/jobs/"):
+            job_id = path.rsplit("/", 1)[-1]
+            if job_id in self.forgotten or len(self.forgotten) < self.forget:
+                self.forgotten.add(job_id)
+                return httpx.Response(404, json={"error": {"code": "not_found", "message": f"Job {job_id} not found"}},
+                                      request=request)
+        return await self.inner.handle_async_request(request)
+
+
+def test_a_paid_job_the_api_no_longer_knows_is_held_not_paid_again(tmp_path, write):
+    import anyio
+
+    from batcher.pool import RunOptions
+    manifest = write("m.yaml", small_manifest(n_rows=3))
+    sim = Simulator(SimConfig(render_seconds=0.02))
+    transport = ForgetfulApi(sim, forget=1)
+    to = api.Target(sim.config.api_key, "https://pixeldojo.ai", transport, sim)
+    opts = RunOptions(out_dir=tmp_path / "out", expected_render=0.02, concurrency=1)
+    report = anyio.run(lambda: api.run_async(manifest, ledger=tmp_path / "l.db", options=opts, to=to))
+    assert report.counts["unknown"] == 1 and report.counts["failed"] == 0 and report.exit_code == 1
+    assert any("lost by the API" in m for m in report.messages)
+    with Ledger(tmp_path / "l.db") as ledger:
+        held = [j for j in ledger.iter_batch("small") if j.state == "unknown"][0]
+        assert "no longer knows" in held.error and "retry --unknown" in held.error
+        assert ledger.spend("small").spent == 60  # the lost job's 20 credits stay spent
+        assert ledger.lost_jobs("small") == 1
+    # `retry --failed` has nothing to pay for again; a rerun does not resubmit the held job.
+    report = anyio.run(lambda: api.run_async(manifest, ledger=tmp_path / "l.db", options=opts, to=to))
+    assert len(sim.record()["jobs"]) == 3 and report.counts["unknown"] == 1
+    status = _cli(["status", str(manifest), "--ledger", str(tmp_path / "l.db")], tmp_path).stdout
+    assert "1 of them paid, then no longer known to the API" in status and "retry --unknown" in status
+
+
+# --- simulated runs resume like real ones -----------------------------------------------------------
+
+def test_interrupted_simulated_run_resumes_at_the_cost_of_an_uninterrupted_one(tmp_path, write):
+    import signal
+    import time
+
+    from batcher.ledger import read_states
+    manifest = write("m.yaml", small_manifest(n_rows=8))
+    args = [sys.executable, "-m", "batcher", "run", str(manifest), "--simulate", "--sim-render-seconds", "1.0",
+            "-c", "4"]
+    env = {k: v for k, v in os.environ.items() if k not in ("BATCHER_LEDGER", "PIXELDOJO_API_KEY")}
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        states = read_states(tmp_path / "batcher-sim.db", "small") or {}
+        if list(states.values()).count("submitted") >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    states = read_states(tmp_path / "batcher-sim.db", "small")
+    assert list(states.values()).count("completed") < 8
+    done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    with Ledger(tmp_path / "batcher-sim.db") as ledger:
+        assert ledger.counts("small")["completed"] == 8
+        assert ledger.spend("small").spent == 8 * 20  # each clip paid once, as in an uninterrupted run
+    state = json.loads((tmp_path / "batcher-sim.db.simulator.json").read_text())
+    assert len(state["jobs"]) == 8
