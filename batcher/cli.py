@@ -38,6 +38,12 @@ class BatcherGroup(click.Group):
         except BatcherError as e:
             click.echo(f"batcher: {e}", err=True)
             ctx.exit(EXIT_USAGE)
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM outside a run (while a manifest is expanded or added to the
+            # ledger): every ledger write is one transaction, so nothing half-done is left.
+            click.echo("batcher: interrupted; nothing was submitted, and the ledger is as it was before this "
+                       "step. Run the same command again to go on", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
 
 
 def ledger_option(f: Any) -> Any:
@@ -454,8 +460,14 @@ def bench(sections: tuple[str, ...], jobs: int, concurrency: int, render: float,
         click.echo(json.dumps(results, indent=2))
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops batcher as Ctrl-C does (a run installs its own handling)
+
+
 def main() -> None:
     """Entry point of the `batcher` console script."""
+    import signal
+    signal.signal(signal.SIGTERM, _terminate)
     cli(prog_name="batcher")
 
 

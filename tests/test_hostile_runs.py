@@ -353,3 +353,39 @@ def test_interrupted_simulated_run_resumes_at_the_cost_of_an_uninterrupted_one(t
         assert ledger.spend("small").spent == 8 * 20  # each clip paid once, as in an uninterrupted run
     state = json.loads((tmp_path / "batcher-sim.db.simulator.json").read_text())
     assert len(state["jobs"]) == 8
+
+
+# --- interrupted while staging ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_while_a_large_manifest_is_staged_exits_130_with_one_line(tmp_path, write, signame):
+    import signal
+    import sqlite3
+    import time
+    manifest = write("big.yaml", """
+        version: 1
+        batch: big
+        rows:
+          - prompt: "shot {a} {b}"
+            references: [https://example.com/a.png]
+            vary: {a: [%s], b: [%s]}
+        """ % (", ".join(map(str, range(400))), ", ".join(map(str, range(500)))))
+    env = {k: v for k, v in os.environ.items() if k not in ("BATCHER_LEDGER",)}
+    env["PIXELDOJO_API_KEY"] = "k"
+    proc = subprocess.Popen([sys.executable, "-m", "batcher", "run", str(manifest), "--budget", "0",
+                             "--ledger", "l.db", "--api-base", "http://127.0.0.1:9"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "l.db").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.5)  # well into adding 200,000 jobs
+    proc.send_signal(getattr(signal, signame))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "interrupted" in lines[0], err
+    assert "Aborted" not in err and "Traceback" not in err
+    conn = sqlite3.connect(tmp_path / "l.db")
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert conn.execute("SELECT COUNT(*) FROM job").fetchone()[0] in (0, 200_000)
+    conn.close()
