@@ -65,6 +65,16 @@ def parse_rates(values: tuple[str, ...]) -> dict[str, float]:
     return rates
 
 
+def checked_rates(model: Any, values: tuple[str, ...]) -> dict[str, float]:
+    """--rate values for this manifest's model; an unknown resolution is a usage error."""
+    from .errors import UsageError
+    rates = parse_rates(values)
+    problem = model.check_rates(rates)
+    if problem:
+        raise UsageError(problem)
+    return rates
+
+
 rate_option = click.option("--rate", "rates", multiple=True, metavar="RES=CREDITS",
                            help="Credits per second of video for a resolution, e.g. 1080p=7.2 "
                                 "(replaces the built-in estimate).")
@@ -94,7 +104,7 @@ def validate(manifest: str) -> None:
 def plan(manifest: str, ledger_path: str, rates: tuple[str, ...], as_json: bool) -> None:
     """Show the jobs a manifest expands to and what they should cost; sends and writes nothing."""
     m = load_manifest(manifest)
-    overrides = parse_rates(rates)
+    overrides = checked_rates(m.model, rates)
     summary = check(m, overrides)
     states = read_states(ledger_path, m.batch)
     data = summary.to_json()
@@ -192,7 +202,7 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
     from .states import JobState
 
     m = load_manifest(manifest)
-    overrides = parse_rates(rates)
+    overrides = checked_rates(m.model, rates)
     check(m, overrides)
     if simulate:
         # Simulated clips must never pass for real ones: unless --ledger is given on the command
@@ -266,12 +276,24 @@ def _batch_for(manifest: str | None) -> str | None:
     return load_manifest(manifest).batch
 
 
-def _open_existing(ledger_path: str) -> Any:
+def _open_existing(ledger_path: str, batch: str | None = None) -> Any:
+    """The ledger to read; when it lacks the batch but the simulated ledger has it, say so."""
+    from .api import SIMULATED_LEDGER
     from .errors import LedgerError
-    from .ledger import Ledger, is_database_url
+    from .ledger import Ledger, is_database_url, read_states
+    simulated = Path(SIMULATED_LEDGER)
+    hint = ""
+    if ledger_path != SIMULATED_LEDGER and simulated.exists() and (
+            batch is None or read_states(simulated, batch)):
+        what = f"batch {batch!r}" if batch else "simulated batches"
+        hint = f"; {SIMULATED_LEDGER} holds {what} from --simulate runs: add --ledger {SIMULATED_LEDGER}"
     if not is_database_url(ledger_path) and not Path(ledger_path).exists():
-        raise LedgerError(f"no ledger at {ledger_path} (run a manifest first, or pass --ledger)")
-    return Ledger(ledger_path)
+        raise LedgerError(f"no ledger at {ledger_path}{hint or ' (run a manifest first, or pass --ledger)'}")
+    ledger = Ledger(ledger_path)
+    if batch is not None and ledger.batch(batch) is None:
+        ledger.close()
+        raise LedgerError(f"batch {batch!r} is not in the ledger {ledger.display}{hint}")
+    return ledger
 
 
 @cli.command()
@@ -286,7 +308,7 @@ def status(manifest: str | None, ledger_path: str, as_json: bool, job_key: str |
     from .display import state_counts
     from .export import iso, job_record
     batch = _batch_for(manifest)
-    with _open_existing(ledger_path) as ledger:
+    with _open_existing(ledger_path, batch) as ledger:
         if job_key:
             jobs = ledger.find(job_key, batch)
             if not jobs:
@@ -357,7 +379,7 @@ def export(manifest: str | None, ledger_path: str, fmt: str, output: str, out_di
     from .export import export as write_export
     from .export import export_videofolder
     batch = _batch_for(manifest)
-    with _open_existing(ledger_path) as ledger:
+    with _open_existing(ledger_path, batch) as ledger:
         if fmt == "videofolder":
             if not out_dir:
                 raise click.UsageError("--format videofolder needs --out DIR")
@@ -383,8 +405,8 @@ def export(manifest: str | None, ledger_path: str, fmt: str, output: str, out_di
 def report(manifest: str | None, ledger_path: str, output: str) -> None:
     """Write a self-contained HTML gallery of a batch: clips, prompts, references, costs, reasons."""
     from .report import build_report
-    with _open_existing(ledger_path) as ledger:
-        batch = _batch_for(manifest)
+    batch = _batch_for(manifest)
+    with _open_existing(ledger_path, batch) as ledger:
         if batch is None:
             names = [b.name for b in ledger.batches()]
             if len(names) != 1:

@@ -242,6 +242,19 @@ def engine_url(location: str) -> Any:
     return url.set(drivername="postgresql+psycopg") if url.drivername in ("postgresql", "postgres") else url
 
 
+def postgres_engine(location: str, **options: Any) -> Engine:
+    """An engine for a PostgreSQL ledger; a missing driver is a clear LedgerError, not a traceback."""
+    try:
+        import psycopg  # noqa: F401 - only to learn whether the driver is installed
+    except ImportError:
+        raise LedgerError(f"the ledger {display_location(location)} is on PostgreSQL, whose driver is not "
+                          f"installed: pip install 'batcher[postgres]'") from None
+    try:
+        return create_engine(engine_url(location), **options)
+    except Exception as e:  # noqa: BLE001 - a malformed URL, say; its text may hold the password
+        raise LedgerError(f"cannot use ledger {display_location(location)}: {type(e).__name__}") from None
+
+
 def display_location(location: str | Path) -> str:
     """The ledger's location for messages, with any password hidden."""
     if is_database_url(location):
@@ -268,10 +281,7 @@ class Ledger:
         self.clock = clock
         self._durable = durable
         if self.postgres:
-            try:
-                self.engine: Engine = create_engine(engine_url(self.location), pool_pre_ping=True, pool_size=10, max_overflow=20)
-            except Exception as e:  # noqa: BLE001 - e.g. the driver is not installed
-                raise LedgerError(f"cannot use ledger {self.display}: {e}") from None
+            self.engine: Engine = postgres_engine(self.location, pool_pre_ping=True, pool_size=10, max_overflow=20)
         else:
             try:
                 if str(self.path) != ":memory:":
@@ -914,7 +924,7 @@ class Ledger:
 def read_states(path: str | Path, batch: str) -> dict[str, str] | None:
     """Key -> state for a batch, read without writing anything (None if there is no ledger)."""
     if is_database_url(path):
-        engine = create_engine(engine_url(str(path)))
+        engine = postgres_engine(str(path))
         try:
             with engine.connect() as conn:
                 if not inspect(conn).has_table("job"):

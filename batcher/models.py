@@ -179,6 +179,17 @@ class ModelSpec:
             out[p.name if p else wire] = value
         return out
 
+    def check_rates(self, overrides: dict[str, float]) -> str | None:
+        """Why `--rate` overrides do not fit this model (an unknown resolution, a rate that is not a
+        positive number), or None."""
+        for name, value in overrides.items():
+            if name not in self.credits_per_second:
+                return (f"--rate {name}={value:g}: {self.api_id} has no resolution {name!r} (it has "
+                        f"{', '.join(self.credits_per_second)})")
+            if not math.isfinite(value) or value <= 0:
+                return f"--rate {name}={value:g}: credits per second must be a positive number"
+        return None
+
     def rate(self, params: dict[str, Any], overrides: dict[str, float] | None = None) -> float:
         """Credits per second of video for these (manifest-named) parameters."""
         key = str(params.get(self.rate_param, self.defaults().get(self.rate_param)))
