@@ -27,7 +27,8 @@ from .errors import MissingKeyError, UsageError
 from .ledger import DEFAULT_LEDGER, Ledger, is_database_url
 from .manifest import Manifest, load_manifest
 from .plan import PlanSummary, check, iter_jobs
-from .pool import Progress, RunOptions, RunReport, Runner
+from .pool import BudgetOutlook, Progress, RunOptions, RunReport, Runner
+from .pool import budget_outlook as _budget_outlook
 from .simulator import SimConfig, Simulator, SimulatorTransport, load_state, save_state
 from .states import JobState
 
@@ -67,6 +68,11 @@ def default_out_dir(batch: str, simulated: bool = False, base: Path = OUTPUTS) -
     if not batch or folder.resolve().parent != root.resolve() or folder.name != batch:
         raise UsageError(f"batch name {batch!r} cannot be a folder name under {root}/")
     return folder
+
+
+def budget_outlook(ledger: Ledger, batch: str, budget: float) -> BudgetOutlook:
+    """How far `budget` goes for the batch's pending jobs (tell the user before spending)."""
+    return _budget_outlook(ledger, batch, ledger.generation(batch), budget)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from .errors import BatcherError, ManifestError
 from .ledger import DEFAULT_LEDGER, read_states
 from .manifest import load_manifest
 from .models import format_credits
-from .plan import check
+from .plan import MAX_JOBS, check
 
 EXIT_OK, EXIT_ATTENTION, EXIT_USAGE, EXIT_BUDGET, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -86,12 +87,18 @@ def cli() -> None:
     """Render batches of reference-to-video clips through PixelDojo's API, safely."""
 
 
+max_jobs_option = click.option("--max-jobs", type=click.IntRange(1), default=MAX_JOBS,
+                               help=f"Refuse a manifest that expands to more jobs than this, counted before "
+                                    f"identical requests merge (default {MAX_JOBS:,}).")
+
+
 @cli.command()
 @click.argument("manifest", type=click.Path(dir_okay=False))
-def validate(manifest: str) -> None:
+@max_jobs_option
+def validate(manifest: str, max_jobs: int) -> None:
     """Check a manifest and report every problem as FILE:LINE: message."""
     m = load_manifest(manifest)
-    summary = check(m)
+    summary = check(m, max_jobs=max_jobs)
     click.echo(f"{manifest}: ok, batch {m.batch!r}, {len(m.rows)} row(s), {summary.jobs} job(s)"
                + (f", {summary.duplicates} duplicate(s) merged" if summary.duplicates else ""))
 
@@ -101,17 +108,18 @@ def validate(manifest: str) -> None:
 @ledger_option
 @rate_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as a JSON object.")
-def plan(manifest: str, ledger_path: str, rates: tuple[str, ...], as_json: bool) -> None:
+@max_jobs_option
+def plan(manifest: str, ledger_path: str, rates: tuple[str, ...], as_json: bool, max_jobs: int) -> None:
     """Show the jobs a manifest expands to and what they should cost; sends and writes nothing."""
     m = load_manifest(manifest)
     overrides = checked_rates(m.model, rates)
-    summary = check(m, overrides)
+    summary = check(m, overrides, max_jobs=max_jobs)
     states = read_states(ledger_path, m.batch)
     data = summary.to_json()
     if states is not None:
         from .plan import iter_jobs
         held = {"completed": 0, "in_ledger": 0}
-        for job in iter_jobs(m, overrides):
+        for job in iter_jobs(m, overrides, max_jobs=max_jobs):
             state = states.get(job.key)
             if state is not None:
                 held["in_ledger"] += 1
@@ -177,6 +185,8 @@ def run_options(f: Any) -> Any:
                      help="Most API requests per minute, all calls together (adapts to 429s)."),
         click.option("--lease-seconds", type=click.FloatRange(1), default=60.0, show_default=True,
                      help="How long a claimed job stays this runner's without a renewal (several runners)."),
+        click.option("--json", "as_json", is_flag=True,
+                     help="Print the end summary as a JSON object on stdout (progress stays on stderr)."),
         click.option("-v", "--verbose", is_flag=True, help="Log each request and state change to stderr."),
         click.option("--log-json", type=click.Path(dir_okay=False), default=None,
                      help="Write the same log as JSON lines to this file."),
@@ -191,11 +201,12 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
          max_attempts: int, job_timeout: float | None, expected_render: float, max_download_mb: int,
          rates: tuple[str, ...], verbose: bool, log_json: str | None, resubmit_unknown: bool = False,
          requeue: tuple[str, ...] = (), report_path: str | None = None, rpm: float | None = None,
-         lease_seconds: float = 60.0, **_: Any) -> None:
+         lease_seconds: float = 60.0, as_json: bool = False, **_: Any) -> None:
     import anyio
 
     from . import api
-    from .display import ProgressPrinter, setup_logging, summary
+    from .display import ProgressPrinter, setup_logging, summary, summary_json
+    from .ledger import display_location
     from .ledger import Ledger
     from .pool import RunOptions
     from .simulator import SimConfig
@@ -232,6 +243,10 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
             n = ledger.requeue(m.batch, [JobState(s) for s in requeue], "requeued by `batcher retry`")
             click.echo(f"requeued {n} job(s) ({', '.join(requeue)})", err=True)
         click.echo(f"batch {m.batch!r}: {added} new job(s), {known} already in {ledger.display}", err=True)
+        if budget is not None:
+            outlook = api.budget_outlook(ledger, m.batch, budget).message()
+            if outlook:
+                click.echo(outlook, err=True)  # before anything is spent
         report = anyio.run(lambda: api.run_async(
             m, ledger=ledger, options=options, to=to, rate_overrides=overrides, on_progress=printer,
             on_force_exit=lambda: os._exit(EXIT_INTERRUPTED), stage_jobs=False))
@@ -239,10 +254,28 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
         if report_path:
             from .report import build_report
             build_report(ledger, m.batch, Path(report_path))
-    for line in summary(report, str(out)):
-        click.echo(line, err=True)
-    if report_path:
-        click.echo(f"report: {Path(report_path).resolve()}", err=True)
+    ledger_given = click.get_current_context().get_parameter_source("ledger_path") in (
+        click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT) and not simulate
+
+    def retry_command(state: str) -> str:
+        words = ["batcher", "retry", f"--{state}", manifest]
+        if ledger_given or (simulate and ledger_path != api.SIMULATED_LEDGER):
+            words += ["--ledger", display_location(ledger_path)]
+        if simulate:
+            words.append("--simulate")
+        return " ".join(shlex.quote(w) for w in words)
+    # Progress and logs went to stderr; the summary is the command's result: stdout.
+    if as_json:
+        data = summary_json(report, str(out), retry_command)
+        data["ledger"], data["simulated"] = display_location(ledger_path), simulate
+        if report_path:
+            data["report"] = str(Path(report_path).resolve())
+        click.echo(json.dumps(data, indent=2))
+    else:
+        for line in summary(report, str(out), retry_command):
+            click.echo(line)
+        if report_path:
+            click.echo(f"report: {Path(report_path).resolve()}")
     sys.exit(report.exit_code)
 
 

@@ -199,6 +199,7 @@ def render_ddl(sql: str, dialect: str) -> str:
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
+_ID_OR_NUMBER = re.compile(r"\b(?:job_)?[0-9a-f]*\d[0-9a-f]*\b")
 _NAMED = re.compile(r"(?<![:\w]):(\w+)")
 
 
@@ -905,6 +906,35 @@ class Ledger:
                 "SELECT COUNT(*), COALESCE(SUM(estimate), 0) FROM job WHERE batch = :b AND state = 'unknown'"),
                 {"b": batch}).one()
         return int(n), float(credits)
+
+    def budget_outlook(self, batch: str, generation: int, remaining: float) -> tuple[int, int, float]:
+        """(pending jobs, how many of them `remaining` credits cover in the order they are submitted,
+        their total estimate), summed in the database: no list of a million estimates in memory."""
+        with self.engine.connect() as conn:
+            pending, total = conn.execute(text(
+                "SELECT COUNT(*), COALESCE(SUM(estimate), 0) FROM job WHERE batch = :b AND state = 'pending' "
+                "AND generation = :g"), {"b": batch, "g": generation}).one()
+            covered = conn.execute(text(
+                "SELECT COUNT(*) FROM (SELECT SUM(estimate) OVER (ORDER BY seq) AS running FROM job "
+                "WHERE batch = :b AND state = 'pending' AND generation = :g) AS s WHERE running <= :r"),
+                {"b": batch, "g": generation, "r": remaining + 1e-9}).scalar_one()
+        return int(pending), int(covered), float(total)
+
+    def failure_groups(self, batch: str, keys_per_group: int = 3) -> list[tuple[str, str, int, list[str]]]:
+        """Failed and expired jobs grouped by state and reason: (state, reason, count, a few keys),
+        largest group first. Reasons that differ only in ids or numbers are one group."""
+        groups: dict[tuple[str, str], list[Any]] = {}
+        with self.engine.connect() as conn:
+            for state, error, key in conn.execute(text(
+                    "SELECT state, error, key FROM job WHERE batch = :b AND state IN ('failed', 'expired') "
+                    "ORDER BY seq"), {"b": batch}):
+                reason = _ID_OR_NUMBER.sub("#", error or "no reason recorded")[:200]
+                group = groups.setdefault((state, reason), [0, []])
+                group[0] += 1
+                if len(group[1]) < keys_per_group:
+                    group[1].append(key)
+        ordered = sorted(groups.items(), key=lambda item: -item[1][0])
+        return [(state, reason, n, keys) for (state, reason), (n, keys) in ordered]
 
     def lost_jobs(self, batch: str) -> int:
         """Jobs held as unknown although the API accepted (and charged) them: it no longer knows them."""

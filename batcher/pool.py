@@ -39,7 +39,7 @@ from .errors import (
     OutcomeUnknown, OutputGone, OversizeError, RateLimited, RejectedError, SchemaMismatch, ServerError,
 )
 from .ledger import Job, Ledger
-from .models import ModelSpec
+from .models import ModelSpec, format_credits
 from .policy import Budget, PollPlanner, RatePolicy, RetryPolicy
 from .states import JobState as S
 
@@ -114,6 +114,33 @@ class RunOptions:
     seed: int | None = None
 
 
+@dataclass(frozen=True)
+class BudgetOutlook:
+    """What a budget will let a run do, told before anything is spent."""
+
+    budget: float
+    committed: float  # already charged, reserved or held, by every runner
+    pending: int  # jobs still to submit
+    covered: int  # of them, how many the budget covers (in the order they are submitted)
+    estimate: float  # what the pending jobs are expected to cost
+
+    def message(self) -> str | None:
+        """`budget 1,000 covers about 50 of 60 jobs (estimate 1,200)`, or None if it covers all."""
+        if self.covered >= self.pending:
+            return None
+        spent = f" ({format_credits(self.committed)} committed already)" if self.committed else ""
+        left = "jobs" if not self.committed else "jobs left"
+        return (f"budget {format_credits(self.budget)}{spent} covers about {self.covered:,} of {self.pending:,} "
+                f"{left} (estimate {format_credits(self.estimate)}); the run stops there (exit 3)")
+
+
+def budget_outlook(ledger: Ledger, batch: str, generation: int, budget: float) -> BudgetOutlook:
+    """How far `budget` goes for the batch's pending jobs, given what the batch has committed."""
+    committed = ledger.committed(batch)
+    pending, covered, estimate = ledger.budget_outlook(batch, generation, max(0.0, budget - committed))
+    return BudgetOutlook(budget, committed, pending, covered, estimate)
+
+
 @dataclass
 class Progress:
     """A snapshot for progress displays."""
@@ -126,6 +153,9 @@ class Progress:
     elapsed: float
     completed_this_run: int
     total: int
+    # Jobs the budget lets finish (done, in flight, and the pending ones it covers), when the
+    # budget will stop the run before the end; None when it covers everything.
+    covered: int | None = None
 
 
 @dataclass
@@ -144,6 +174,8 @@ class RunReport:
     stop_reason: str | None  # budget | credits | interrupted | auth | disk | unreachable
     messages: list[str]
     downloaded_bytes: int = 0
+    # Failed and expired jobs by reason: (state, reason, count, a few keys), largest first.
+    failures: list[tuple[str, str, int, list[str]]] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -337,6 +369,7 @@ class Runner:
             client.set_hooks(self.pacer.before, self.pacer.after)
         self.downloads = ExpiryQueue(limit=max(64, 8 * self.options.downloads))
         self.stop_reason: str | None = None
+        self.outlook: BudgetOutlook | None = None
         self.messages: list[str] = []
         self.submitted = 0
         self.completed = 0
@@ -447,6 +480,9 @@ class Runner:
         await in_thread(self._prepare_outputs)
         spend = await in_thread(self.ledger.spend, self.batch)
         self.budget.committed = spend.committed
+        if self.options.budget is not None:
+            self.outlook = await in_thread(budget_outlook, self.ledger, self.batch, self._generation,
+                                           self.options.budget)
         avg = await in_thread(self.ledger.average_render_seconds, self.batch)
         if avg:
             self.planner.initial = max(0.01, avg)
@@ -527,9 +563,10 @@ class Runner:
                 why += f"; {lost} of them were charged and then lost by the API (a poll answered 404)"
             self._note(f"{held} job(s) held as unknown: {why}. `batcher retry --unknown` resubmits them "
                        f"(up to {held_cost:g} credits more).")
+        failures = await in_thread(self.ledger.failure_groups, self.batch)
         return RunReport(self.batch, counts, spend.spent, held, held_cost, self.options.budget,
                          time.monotonic() - self._started, self.submitted, self.completed, self.stop_reason,
-                         self.messages, size)
+                         self.messages, size, failures)
 
     def _prepare_outputs(self) -> None:
         """Remove temporary files of dead downloaders; send every completed job whose file is gone
@@ -964,8 +1001,12 @@ class Runner:
 
     async def snapshot(self) -> Progress:
         counts = await in_thread(lambda: self.ledger.counts(self.batch, self._generation))
+        total = sum(counts.values())
+        covered = None
+        if self.outlook is not None and self.outlook.covered < self.outlook.pending:
+            covered = total - (self.outlook.pending - self.outlook.covered)
         return Progress(self.batch, counts, self.budget.committed, self.budget.reserved, self.budget.limit,
-                        time.monotonic() - self._started, self.completed, sum(counts.values()))
+                        time.monotonic() - self._started, self.completed, total, covered)
 
     async def _report_progress(self) -> None:
         assert self.on_progress is not None

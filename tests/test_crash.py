@@ -52,7 +52,7 @@ def test_crash_around_the_post_holds_the_job(server, tmp_path, write, point, hel
     second = run_cli(server, manifest, tmp_path)
     assert second.returncode == 1, second.stderr
     assert states(tmp_path) == Counter({"completed": 2, "unknown": held})
-    assert "held as unknown" in second.stderr
+    assert "held as unknown" in second.stdout
     rec = record(server)
     bodies = Counter(str(sorted(j["body"].items())) for j in rec["jobs"])
     assert all(n == 1 for n in bodies.values())

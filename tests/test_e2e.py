@@ -64,7 +64,7 @@ def test_run_over_http(simulator_server, tmp_path, write):
     assert len(rec["jobs"]) == 5 and rec["peak_in_flight"] <= 3
     files = sorted((tmp_path / "out").glob("*.mp4"))
     assert len(files) == 5 and all(f.read_bytes()[4:8] == b"ftyp" for f in files)
-    assert "5 completed" in err
+    assert "5 completed" in out
 
 
 def test_missing_key_stops_before_sending(simulator_server, tmp_path, write):
@@ -92,7 +92,7 @@ def test_sigint_then_rerun_completes_without_paying_twice(simulator_server, tmp_
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
-    assert "interrupted" in err
+    assert "interrupted" in out
     states = read_states(tmp_path / "l.db", "small")
     assert "completed" not in states.values() or list(states.values()).count("completed") < 8
     proc = batcher(*args)

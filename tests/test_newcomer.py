@@ -48,3 +48,72 @@ def test_status_after_the_demo_names_the_simulated_ledger(tmp_path):
     done = cli(["status", "m.yaml"], tmp_path)
     assert done.returncode == 2 and "not in the ledger batcher.db" in done.stderr
     assert "--ledger batcher-sim.db" in done.stderr
+
+
+# --- the run, on screen ---------------------------------------------------------------------------
+
+def _progress(**kw):
+    from batcher.pool import Progress
+    base = dict(batch="knight-and-mare", counts={"completed": 30, "submitted": 4, "pending": 24, "failed": 1,
+                                                  "unknown": 1}, spent=640.0, reserved=80.0, budget=1000.0,
+                elapsed=30.0, completed_this_run=30, total=60, covered=None)
+    base.update(kw)
+    return Progress(**base)
+
+
+@pytest.mark.parametrize("width", [40, 80, 160])
+def test_the_progress_line_fits_the_terminal_and_shows_a_bar(width):
+    from batcher.display import progress_line
+    line = progress_line(_progress(), width)
+    assert len(line) <= width - 1 and "\n" not in line
+    assert line.startswith("[#") and "30/60" in line
+    if width >= 80:
+        assert "640/1,000 cr" in line and "ETA" in line
+    if width >= 160:
+        assert "4 rendering" in line and "/min" in line
+
+
+def test_the_live_display_redraws_in_place_at_the_terminal_width():
+    import io
+
+    from batcher.display import ProgressPrinter
+    stream = io.StringIO()
+    printer = ProgressPrinter(stream, live=True, width=80)
+    for done in (10, 20, 30):
+        printer(_progress(counts={"completed": done, "pending": 60 - done}, completed_this_run=done))
+    printer.end()
+    text = stream.getvalue()
+    assert "\n" not in text and text.count("\r\x1b[2K") == 4
+    assert all(len(chunk) <= 79 for chunk in text.split("\r\x1b[2K"))
+
+
+def test_eta_counts_only_the_jobs_the_budget_covers():
+    from batcher.display import progress_line
+    line = progress_line(_progress(counts={"completed": 40, "submitted": 2, "pending": 18}, completed_this_run=40,
+                                   elapsed=40.0, covered=50), 160)
+    # 10 jobs left that the budget covers, at one a second: 10 s, not the 20 s of the whole plan
+    assert "ETA 10s (budget stops at ~50 of 60)" in line
+
+
+def test_run_says_before_spending_how_far_the_budget_goes_and_summarises_on_stdout(tmp_path):
+    (tmp_path / "m.yaml").write_text(small_manifest(n_rows=6))  # 6 jobs of 20 credits
+    done = cli(["run", "m.yaml", "--simulate", "--sim-render-seconds", "0.02", "--budget", "70"], tmp_path)
+    assert done.returncode == 3
+    assert "budget 70 covers about 3 of 6 jobs (estimate 120)" in done.stderr
+    assert "batch 'small': 3 completed, 3 pending" in done.stdout and "budget reached" in done.stdout
+    as_json = cli(["run", "m.yaml", "--simulate", "--sim-render-seconds", "0.02", "--budget", "70", "--json"],
+                  tmp_path)
+    import json
+    data = json.loads(as_json.stdout)
+    assert data["exit_code"] == 3 and data["counts"]["completed"] == 3 and data["simulated"] is True
+
+
+def test_the_summary_groups_failures_by_reason_and_prints_the_retry_command(tmp_path):
+    (tmp_path / "m.yaml").write_text(small_manifest(n_rows=8))
+    done = cli(["run", "m.yaml", "--simulate", "--sim-render-seconds", "0.02", "--sim-fail-rate", "1",
+                "--max-attempts", "1"], tmp_path)
+    assert done.returncode == 1
+    lines = done.stdout.splitlines()
+    assert "failed (8), by reason:" in lines
+    assert any(line.startswith("  8 x Generation failed: upstream model error (e.g. ") for line in lines)
+    assert "batcher retry --failed m.yaml --simulate" in done.stdout
