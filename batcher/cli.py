@@ -108,16 +108,31 @@ def validate(manifest: str, max_jobs: int) -> None:
 @ledger_option
 @rate_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as a JSON object.")
+@click.option("--jobs", "list_jobs", is_flag=True,
+              help="List every job: key, label, take, estimate, prompt after templating, parameters.")
+@click.option("--concurrency", "-c", default=4, show_default=True, type=click.IntRange(1, 1000),
+              help="Jobs in flight, for the wall-time estimate.")
 @max_jobs_option
-def plan(manifest: str, ledger_path: str, rates: tuple[str, ...], as_json: bool, max_jobs: int) -> None:
-    """Show the jobs a manifest expands to and what they should cost; sends and writes nothing."""
+def plan(manifest: str, ledger_path: str, rates: tuple[str, ...], as_json: bool, list_jobs: bool,
+         concurrency: int, max_jobs: int) -> None:
+    """Show the jobs a manifest expands to, what they should cost and take; sends and writes nothing."""
+    from .display import format_seconds
+    from .plan import iter_jobs
+    from .policy import estimate_wall_seconds
     m = load_manifest(manifest)
     overrides = checked_rates(m.model, rates)
     summary = check(m, overrides, max_jobs=max_jobs)
     states = read_states(ledger_path, m.batch)
     data = summary.to_json()
+    wall = estimate_wall_seconds(summary.jobs, concurrency, m.model.expected_render_seconds)
+    data["wall_time"] = {"seconds": wall, "concurrency": concurrency,
+                         "typical_render_seconds": m.model.expected_render_seconds}
+    jobs = list(iter_jobs(m, overrides, max_jobs=max_jobs)) if list_jobs else []
+    if list_jobs:
+        data["job_list"] = [{"key": j.key, "label": j.label, "take": j.take, "origin": j.origin,
+                             "prompt": j.params.get("prompt"), "parameters": j.params, "estimate": j.estimate}
+                            for j in jobs]
     if states is not None:
-        from .plan import iter_jobs
         held = {"completed": 0, "in_ledger": 0}
         for job in iter_jobs(m, overrides, max_jobs=max_jobs):
             state = states.get(job.key)
@@ -139,6 +154,14 @@ def plan(manifest: str, ledger_path: str, rates: tuple[str, ...], as_json: bool,
                f"estimated {format_credits(summary.credits)} credits{guess}")
     if summary.duplicates:
         click.echo(f"{summary.duplicates} duplicate job(s) merged: identical requests are rendered once")
+    click.echo(f"wall time at --concurrency {concurrency}: about {format_seconds(wall)} "
+               f"(renders of {m.model.api_id} typically take {m.model.expected_render_seconds:g} s)")
+    if list_jobs:
+        for j in jobs:
+            extra = {k: v for k, v in j.params.items() if k not in ("prompt", "references")}
+            prompt = " ".join(str(j.params.get("prompt", "")).split())
+            click.echo(f"  {j.key}  {j.label} t{j.take}  {format_credits(j.estimate):>7}  {prompt!r}  "
+                       f"{json.dumps(extra, ensure_ascii=False)}  refs: {len(j.params.get('references', []))}")
     width = max([len(r.origin) for r in summary.rows] + [6])
     click.echo(f"  {'row':<{width}}  {'label':<12} {'jobs':>7} {'credits':>10}")
     shown = summary.rows[:50]
@@ -368,10 +391,13 @@ def status(manifest: str | None, ledger_path: str, as_json: bool, job_key: str |
                 raise click.UsageError("--rows needs the MANIFEST")
             rows = ledger.counts_by_row(batch)
             if as_json:
-                click.echo(json.dumps([{"origin": o, "counts": c} for o, c in rows], indent=2))
+                click.echo(json.dumps([{"origin": o, "label": label, "prompt": prompt, "counts": c}
+                                       for o, label, prompt, c in rows], indent=2))
                 return
-            for origin, counts in rows:
-                click.echo(f"{origin}: {state_counts(counts)}")
+            for origin, label, prompt, counts in rows:
+                start = " ".join(prompt.split())
+                start = start if len(start) <= 40 else start[:39] + "…"
+                click.echo(f"{origin} {label} \"{start}\": {state_counts(counts)}")
             return
         data = api.status(ledger, batch)
         if as_json:

@@ -551,14 +551,22 @@ class Ledger:
                 out[state] = n
         return out
 
-    def counts_by_row(self, batch: str) -> list[tuple[str, dict[str, int]]]:
+    def counts_by_row(self, batch: str) -> list[tuple[str, str, str, dict[str, int]]]:
+        """Per manifest row, in manifest order: (origin, label, the prompt of its first job, jobs per state)."""
         rows: dict[str, dict[str, int]] = {}
         with self.engine.connect() as conn:
             for origin, state, n in conn.execute(text(
                     "SELECT origin, state, COUNT(*) FROM job WHERE batch = :b GROUP BY origin, state "
                     "ORDER BY MIN(seq)"), {"b": batch}):
                 rows.setdefault(origin, {})[state] = n
-        return list(rows.items())
+            first = {origin: (label, params) for origin, label, params in conn.execute(text(
+                "SELECT origin, label, params FROM job WHERE batch = :b AND seq IN "
+                "(SELECT MIN(seq) FROM job WHERE batch = :b GROUP BY origin)"), {"b": batch})}
+        out = []
+        for origin, counts in rows.items():
+            label, params = first.get(origin, ("", "{}"))
+            out.append((origin, label, str(json.loads(params).get("prompt", "")), counts))
+        return out
 
     def spend(self, batch: str) -> Spend:
         with self.engine.connect() as conn:

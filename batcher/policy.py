@@ -258,3 +258,13 @@ class RatePolicy:
         if self._calm >= self.recover_after and self._rate < self.rpm * self.margin:
             self._rate = min(self.rpm * self.margin, self._rate * self.growth)
             self._calm = 0
+
+
+# --- wall time -----------------------------------------------------------------------------------
+
+def estimate_wall_seconds(jobs: int, concurrency: int, render_seconds: float) -> float:
+    """How long a batch should take: waves of `concurrency` renders, each of a typical render time
+    (polling and downloads add a little; the API's own queue may add more)."""
+    if jobs <= 0:
+        return 0.0
+    return math.ceil(jobs / max(1, concurrency)) * render_seconds

@@ -117,3 +117,25 @@ def test_the_summary_groups_failures_by_reason_and_prints_the_retry_command(tmp_
     assert "failed (8), by reason:" in lines
     assert any(line.startswith("  8 x Generation failed: upstream model error (e.g. ") for line in lines)
     assert "batcher retry --failed m.yaml --simulate" in done.stdout
+
+
+def test_plan_lists_every_job_and_estimates_the_wall_time(tmp_path):
+    import json
+    done = cli(["plan", str(MANIFESTS / "demo.yaml"), "--jobs", "-c", "4"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "wall time at --concurrency 4: about 4m30s" in done.stdout  # 12 jobs: 3 waves of 90 s
+    assert "'The mare trots across a meadow'" in done.stdout  # the prompt after templating
+    data = json.loads(cli(["plan", str(MANIFESTS / "demo.yaml"), "--jobs", "--json", "-c", "12"], tmp_path).stdout)
+    assert len(data["job_list"]) == data["jobs"] == 12
+    assert data["wall_time"]["seconds"] == 90
+    job = data["job_list"][3]
+    assert {"key", "label", "take", "prompt", "parameters", "estimate"} <= set(job)
+    assert "{" not in job["prompt"]
+
+
+def test_status_rows_shows_each_rows_label_and_prompt(tmp_path):
+    done = cli(["run", str(MANIFESTS / "demo.yaml"), "--simulate", "--sim-render-seconds", "0.02"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    rows = cli(["status", str(MANIFESTS / "demo.yaml"), "--ledger", "batcher-sim.db", "--rows"], tmp_path).stdout
+    assert 'closeup "Close-up of the knight and the mare": 1 completed' in rows
+    assert 'row0001 "The knight rides through falling snow": 3 completed' in rows
