@@ -11,12 +11,12 @@ from __future__ import annotations
 import html
 import os
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from .export import iso, records
 from .ledger import Ledger
+from .media import mismatches, probe
 from .models import format_credits
 from .states import JobState
 
@@ -31,15 +31,19 @@ header h1{margin:0 0 8px;font-size:20px}
 .bar{padding:10px 24px;background:#e8e8e4;display:flex;gap:16px;align-items:center;flex-wrap:wrap}
 main{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:16px;padding:16px 24px}
 .card{background:#fff;border-radius:8px;box-shadow:0 1px 3px #0002;overflow:hidden;display:flex;flex-direction:column}
-.card video{width:100%;background:#000;aspect-ratio:16/9}
+.card video{width:100%;background:#3a3a38;aspect-ratio:16/9}
 .noclip{aspect-ratio:16/9;display:flex;align-items:center;justify-content:center;background:#ddd;color:#555;padding:8px;text-align:center}
 .body{padding:10px 12px}.prompt{margin:0 0 6px;white-space:pre-wrap;word-break:break-word}
 .state{display:inline-block;color:#fff;border-radius:4px;padding:0 6px;font-size:12px;font-weight:600}
 .meta{color:#555;font-size:12px}.meta code{font-size:11px}
+header .meta{color:#d6d6d0}
+.facts{font-size:12px;color:#333}.mismatch{font-size:12px;color:#8a1c14;background:#fdecea;border-radius:4px;padding:2px 6px;margin:4px 0}
 .refs{display:flex;gap:6px;flex-wrap:wrap;margin:6px 0}.refs a{font-size:11px;word-break:break-all}
-.refs img{width:56px;height:56px;object-fit:cover;border-radius:4px;display:none}
-body.thumbs .refs img{display:block}
-.simulated{background:#fff3cd;border:1px solid #e0b000;padding:6px 10px;margin:8px 0;font-weight:600}
+.refs img,.refs .missing{width:56px;height:56px;object-fit:cover;border-radius:4px;display:none}
+.refs .missing{align-items:center;justify-content:center;background:#e8e8e4;color:#555;font-size:10px;text-align:center}
+body.thumbs .refs img{display:block}body.thumbs .refs .missing{display:flex}
+body.thumbs .refs img.failed{display:none}
+.simulated{background:#fff3cd;color:#3d2f00;border:1px solid #e0b000;padding:6px 10px;margin:8px 0;font-weight:600}
 .error{color:#b3261e;font-size:12px;white-space:pre-wrap;word-break:break-word}
 .hidden{display:none}
 """
@@ -57,6 +61,14 @@ SCRIPT = """
     shown.textContent=n;
   }
   state.addEventListener('change',apply); row.addEventListener('change',apply);
+  document.querySelectorAll('.refs img').forEach(function(i){
+    i.addEventListener('error',function(){
+      // a clean placeholder instead of a broken-image icon with wrapped alt text
+      i.classList.add('failed');
+      var m=document.createElement('span'); m.className='missing'; m.textContent='not available';
+      i.parentNode.insertBefore(m,i);
+    });
+  });
   function showThumbs(){
     if(thumbs.checked){document.querySelectorAll('.refs img[data-src]').forEach(function(i){i.src=i.dataset.src;});}
     document.body.classList.toggle('thumbs',thumbs.checked);
@@ -94,9 +106,10 @@ def build_report(ledger: Ledger, batch: str, out_path: Path) -> int:
     avg = ledger.average_render_seconds(batch)
     base = out_path.resolve().parent
     cards: list[str] = []
-    rows: Counter[str] = Counter()
+    rows: dict[str, tuple[str, int]] = {}
     for record in records(ledger, batch):
-        rows[record["origin"]] += 1
+        name, n = rows.get(record["origin"], (_row_name(record), 0))
+        rows[record["origin"]] = (name, n + 1)
         cards.append(_card(record, base))
     wall = f"{last - first:,.0f} s" if first and last and last > first else "n/a"
     figures = [("jobs", sum(counts.values()))] + [(s.value, counts[s.value]) for s in JobState if counts[s.value]]
@@ -106,7 +119,8 @@ def build_report(ledger: Ledger, batch: str, out_path: Path) -> int:
                 ("avg render", f"{avg:.1f} s" if avg else "n/a")]
     state_options = "".join(f'<option value="{esc(s.value)}">{esc(s.value)} ({counts[s.value]})</option>'
                             for s in JobState if counts[s.value])
-    row_options = "".join(f'<option value="{esc(o)}">{esc(o)} ({n})</option>' for o, n in rows.items())
+    row_options = "".join(f'<option value="{esc(o)}" title="{esc(o)}">{esc(name)} ({n})</option>'
+                          for o, (name, n) in rows.items())
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width,initial-scale=1">
@@ -134,16 +148,38 @@ def build_report(ledger: Ledger, batch: str, out_path: Path) -> int:
     return len(cards)
 
 
+def _row_name(record: dict[str, Any]) -> str:
+    """A row as people know it: its label and the start of its prompt (not FILE:LINE)."""
+    prompt = " ".join(str(record.get("prompt") or "").split())
+    return f"{record['label']}: {prompt[:40]}{'…' if len(prompt) > 40 else ''}"
+
+
+def _facts(r: dict[str, Any]) -> str:
+    """What the downloaded file really is, beside what was asked; a mismatch is flagged."""
+    info = probe(Path(r["file"]))
+    if info is None:
+        return '<div class="mismatch">the file cannot be read as an MP4 video</div>'
+    size = f"{info.size / 1e6:.1f} MB" if info.size >= 1e6 else f"{info.size / 1e3:.0f} kB"
+    facts = f'<div class="facts">file: {info.seconds:g} s, {info.width}x{info.height}, {size}</div>'
+    problems = mismatches(info, r.get("duration"), r.get("resolution"), r.get("aspect_ratio"))
+    if problems:
+        facts += f'<div class="mismatch">not what was asked: {esc("; ".join(problems))}</div>'
+    return facts
+
+
 def _card(r: dict[str, Any], base: Path) -> str:
     state = r["state"]
     colour = STATE_COLOURS.get(state, "#555")
     if state == "completed" and r["file"]:
         src = os.path.relpath(r["file"], base)
-        media = (f'<video controls muted preload="metadata" src="{esc(Path(src).as_posix())}" '
+        # The #t fragment makes the browser decode and show the first frame at load: the page
+        # reads at a glance (and in a screenshot) without a tile of black per clip.
+        media = (f'<video controls muted preload="metadata" src="{esc(Path(src).as_posix())}#t=0.05" '
                  f'data-key="{esc(r["id"])}"></video>')
+        facts = _facts(r)
     else:
-        media = f'<div class="noclip">{esc(state)}</div>'
-    refs = "".join(f'<a href="{esc(u)}" title="{esc(u)}"><img alt="reference" data-src="{esc(u)}">'
+        media, facts = f'<div class="noclip">{esc(state)}</div>', ""
+    refs = "".join(f'<a href="{esc(u)}" title="{esc(u)}"><img alt="" data-src="{esc(u)}">'
                    f'{esc(u.rsplit("/", 1)[-1])}</a>' for u in r["reference_urls"] or [])
     params = ", ".join(f"{k} {esc(r[k])}" for k in ("duration", "resolution", "aspect_ratio") if r.get(k))
     seed = f", seed {esc(r['seed'])}" if r.get("seed") is not None else ""
@@ -154,5 +190,5 @@ def _card(r: dict[str, Any], base: Path) -> str:
             f'<div class="body"><span class="state" style="background:{colour}">{esc(state)}</span> '
             f'<span class="meta">{esc(r["origin"])} · take {esc(r["take"])} · <code>{esc(r["id"][:12])}</code></span>'
             f'<p class="prompt">{esc(r["prompt"])}</p>{negative}<div class="refs">{refs}</div>'
-            f'<div class="meta">{params}{seed}{cost}</div>{error}</div></article>\n')
+            f'<div class="meta">asked: {params}{seed}{cost}</div>{facts}{error}</div></article>\n')
 

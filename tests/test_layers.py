@@ -7,7 +7,7 @@ from pathlib import Path
 
 import batcher
 
-ORDER = ["errors", "models", "template", "states", "policy", "manifest", "plan", "files", "ledger", "client", "simulator",
+ORDER = ["errors", "models", "template", "states", "policy", "manifest", "plan", "files", "media", "ledger", "client", "simulator",
          "pool", "export", "report", "display", "api", "bench", "cli", "__main__"]
 PACKAGE = Path(batcher.__file__).parent
 
