@@ -140,7 +140,8 @@ async def run_async(manifest: Manifest | str | Path, *, ledger: Ledger | str | P
         if dest.simulator is not None and options is None:
             opts.expected_render = dest.simulator.config.render_seconds
         try:
-            async with PixelDojoClient(dest.api_key, dest.base_url, transport=dest.transport) as client:
+            async with PixelDojoClient(dest.api_key, dest.base_url, transport=dest.transport,
+                                       max_retry_after=opts.max_retry_after) as client:
                 runner = Runner(led, client, m.model, m.batch, opts, on_progress=on_progress,
                                 on_force_exit=on_force_exit)
                 return await runner.run()
@@ -182,6 +183,7 @@ def status(ledger: Ledger | str | Path, batch: str | None = None) -> dict[str, A
                 "held_unknown": held, "lost_after_payment": led.lost_jobs(name), "resubmit_cost": round(held_cost, 2), "videos": files, "bytes": size,
                 "average_render_seconds": led.average_render_seconds(name),
                 "simulated": led.is_simulated(name),
+                "untrusted_costs": led.jobs_with_event(name, "cost-untrusted"),
                 # What the latest run was given; every runner keeps to its own --budget.
                 "budget": info.budget if (info := led.batch(name)) else None,
                 "credits_committed": round(led.committed(name), 2),

@@ -206,6 +206,8 @@ def run_options(f: Any) -> Any:
                      help="Write the HTML gallery here at the end, and print its path."),
         click.option("--rpm", type=click.FloatRange(1), default=None,
                      help="Most API requests per minute, all calls together (adapts to 429s)."),
+        click.option("--max-retry-after", type=click.FloatRange(0), default=300.0, show_default=True,
+                     help="Longest pause a 429's Retry-After may impose, in seconds (a longer one is capped)."),
         click.option("--lease-seconds", type=click.FloatRange(1), default=60.0, show_default=True,
                      help="How long a claimed job stays this runner's without a renewal (several runners)."),
         click.option("--json", "as_json", is_flag=True,
@@ -224,7 +226,7 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
          max_attempts: int, job_timeout: float | None, expected_render: float, max_download_mb: int,
          rates: tuple[str, ...], verbose: bool, log_json: str | None, resubmit_unknown: bool = False,
          requeue: tuple[str, ...] = (), report_path: str | None = None, rpm: float | None = None,
-         lease_seconds: float = 60.0, as_json: bool = False, **_: Any) -> None:
+         lease_seconds: float = 60.0, as_json: bool = False, max_retry_after: float = 300.0, **_: Any) -> None:
     import anyio
 
     from . import api
@@ -254,7 +256,7 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
     options = RunOptions(concurrency=concurrency, budget=budget, out_dir=out, max_attempts=max_attempts,
                          job_timeout=job_timeout, resubmit_unknown=resubmit_unknown,
                          expected_render=expected_render, max_download_bytes=max_download_mb * 1024 * 1024,
-                         handle_signals=True, rpm=rpm, lease_seconds=lease_seconds)
+                         handle_signals=True, rpm=rpm, lease_seconds=lease_seconds, max_retry_after=max_retry_after)
     live = sys.stderr.isatty()
     # Redraw twice a second on a terminal; otherwise a line every 30 s, and no counting in between.
     options.progress_interval = 0.5 if live else 30.0
@@ -413,6 +415,10 @@ def status(manifest: str | None, ledger_path: str, as_json: bool, job_key: str |
                        f"{format_credits(info['credits_refunded'])} refunded; "
                        f"{format_credits(info['credits_committed'])} committed{budget}")
             click.echo(f"  videos: {info['videos']} downloaded, {info['bytes']:,} bytes")
+            if info["untrusted_costs"]:
+                click.echo(f"  warning: {info['untrusted_costs']} job(s) were answered with a creditCost that "
+                           f"cannot be believed (negative or not a number); their estimates are counted "
+                           f"instead. `batcher status --job KEY` shows the answer")
             if info["held_unknown"]:
                 lost = info["lost_after_payment"]
                 lost_text = (f" ({lost} of them paid, then no longer known to the API: their cost is counted as "

@@ -15,7 +15,7 @@
         ├── AuthError            401/403: the key is wrong; stops the run
         ├── CreditsExhausted     402 or 403 insufficient_credits; stops new submissions
         ├── RejectedError        4xx for one job (404, 422, 400): that job fails with the message
-        ├── RateLimited          429; carries `retry_after` seconds
+        ├── RateLimited          429; carries `retry_after` seconds (capped) and the `asked` wait
         ├── NotSentError         the request provably never reached the API (safe to retry a POST)
         ├── OutcomeUnknown       a POST may or may not have reached the API (never retried silently)
         ├── ServerError          5xx or a transport failure on a request that is safe to retry
@@ -23,7 +23,8 @@
         │   └── OversizeError    a download over the configured size cap
         └── OutputGone           an output URL answered 403/404/410
 
-Messages never contain the API key: the client never puts headers into an error.
+Messages never contain the API key: the client never puts headers into an error, and redacts the
+key from every text an answer brings (the API may echo it back).
 """
 
 from __future__ import annotations
@@ -116,10 +117,15 @@ class RejectedError(ApiError):
 
 
 class RateLimited(ApiError):
-    """429: come back after `retry_after` seconds."""
+    """429: come back after `retry_after` seconds.
 
-    def __init__(self, message: str, retry_after: float, status: int = 429):
+    `asked` is what the server's Retry-After asked for (None if it named no usable wait); it
+    exceeds `retry_after` when the client capped a wait too long to honour.
+    """
+
+    def __init__(self, message: str, retry_after: float, status: int = 429, asked: float | None = None):
         self.retry_after = retry_after
+        self.asked = asked
         super().__init__(message, status)
 
 

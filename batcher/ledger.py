@@ -944,6 +944,13 @@ class Ledger:
         ordered = sorted(groups.items(), key=lambda item: -item[1][0])
         return [(state, reason, n, keys) for (state, reason), (n, keys) in ordered]
 
+    def jobs_with_event(self, batch: str, kind: str) -> int:
+        """How many jobs of a batch have an event of this kind in their history."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(text(
+                "SELECT COUNT(DISTINCT e.job_id) FROM event e JOIN job j ON j.id = e.job_id "
+                "WHERE j.batch = :b AND e.kind = :k"), {"b": batch, "k": kind}).scalar_one())
+
     def lost_jobs(self, batch: str) -> int:
         """Jobs held as unknown although the API accepted (and charged) them: it no longer knows them."""
         with self.engine.connect() as conn:

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .client import JobStatus, PixelDojoClient, check_schema
+from .client import DEFAULT_MAX_RETRY_AFTER, JobStatus, PixelDojoClient, check_schema
 from .files import matches, process_alive, publish, sweep_temp_files, temp_name, video_name
 from .errors import (
     AuthError, BatcherError, BudgetExceeded, CreditsExhausted, DiskFullError, LeaseLost, MalformedAnswer, NotSentError,
@@ -104,6 +104,7 @@ class RunOptions:
     downloads: int = 8
     max_download_bytes: int = 2 * 1024 ** 3
     expected_render: float = 60.0  # first poll guess before anything is learned
+    max_retry_after: float = DEFAULT_MAX_RETRY_AFTER  # the longest Retry-After honoured as it is
     check_schema: bool = True
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     submit_retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(base=1.0, cap=30.0, max_attempts=6))
@@ -435,6 +436,13 @@ class Runner:
         if self.pacer is not None:
             self.pacer.hold(seconds)
 
+    def _rate_limited(self, e: RateLimited) -> None:
+        """A 429: everything waits for its Retry-After, which the client capped at --max-retry-after."""
+        if e.asked is not None and e.asked > e.retry_after:
+            self._note(f"the API asked to wait {e.asked:,.0f}s before more requests; waiting {e.retry_after:g}s "
+                       f"instead (--max-retry-after)")
+        self._pause(e.retry_after)
+
     def _server_trouble(self) -> None:
         """Many 5xx or failed connections at once: pause every request, so a bad minute does not
         become thousands of failing requests. The pause doubles while the trouble lasts."""
@@ -746,7 +754,7 @@ class Runner:
                                                                 known=("submitting", estimate, self.batch)))
                 await self._move(job, S.SUBMITTING, S.PENDING, "not-sent", str(e))
                 if isinstance(e, RateLimited):
-                    self._pause(e.retry_after)
+                    self._rate_limited(e)
                     return "rate-limited"
                 if isinstance(e, CreditsExhausted):
                     self._stop("credits", f"the account is out of credits: {e}")
@@ -763,36 +771,44 @@ class Runner:
                 await self._move(job, S.SUBMITTING, S.FAILED, "rejected", str(e), error=str(e))
                 return "failed"
             failpoint("after-post")
-            self.budget.settle(estimate, answer.credit_cost)
+            # A charge we cannot believe (negative, not a number) is replaced by the estimate.
+            charge = answer.credit_cost if answer.credit_cost is not None else estimate
+            self.budget.settle(estimate, charge)
             self._budget_signal()
             cls = job_class(job.parameters())
-            self._cost_seen[cls] = max(self._cost_seen.get(cls, 0.0), answer.credit_cost)
+            self._cost_seen[cls] = max(self._cost_seen.get(cls, 0.0), charge)
             submitted_at = self.wall()
 
             def accept(conn: Any) -> bool:
                 # (a reaper may have moved the attempt to unknown meanwhile: the total moves the same way)
                 self.ledger.end_attempt(attempt_id, "accepted", remote_job_id=answer.job_id,
-                                        credit_cost=answer.credit_cost,
+                                        credit_cost=charge,
                                         known=("submitting", estimate, self.batch))(conn)
                 try:
                     # A refused move writes nothing, so no savepoint is needed around it.
                     self.ledger.move(job.id, S.SUBMITTING, S.SUBMITTED, "accepted",  # type: ignore[arg-type]
-                                     f"job {answer.job_id}, {answer.credit_cost:g} credits", token=job.lease_token,
+                                     f"job {answer.job_id}, {charge:g} credits", token=job.lease_token,
                                      remote_job_id=answer.job_id, status_url=answer.status_url,
-                                     credit_cost=answer.credit_cost, submitted_at=submitted_at, error=None)(conn)
+                                     credit_cost=charge, submitted_at=submitted_at, error=None)(conn)
+                    if answer.cost_problem:
+                        self.ledger.note(job.id, "cost-untrusted", f"{answer.cost_problem}; its estimate "  # type: ignore[arg-type]
+                                         f"{estimate:g} is counted against the budget instead")(conn)
                     return True
                 except LeaseLost:
                     # We were paused past our lease and the job was held as unknown meanwhile: what
                     # the API told us resolves it (it is submitted, and whoever claims it polls it),
                     # unless someone has acted on it since; either way its history says so.
                     self.ledger.resolve_unknown(job.id, answer.job_id, answer.status_url,  # type: ignore[arg-type]
-                                                answer.credit_cost, submitted_at)(conn)
+                                                charge, submitted_at)(conn)
                     return False
             if not await self.writer.write(accept):
                 return "stopped"
             failpoint("after-accept")
             job.state, job.remote_job_id, job.status_url = S.SUBMITTED.value, answer.job_id, answer.status_url
-            job.credit_cost, job.submitted_at = answer.credit_cost, submitted_at
+            job.credit_cost, job.submitted_at = charge, submitted_at
+            if answer.cost_problem:
+                self._note("the API answered some submissions with a creditCost that cannot be believed (negative "
+                           "or not a number); their estimates are counted instead (`batcher status` counts them)")
             self.submitted += 1
             log.info("job %s: submitted as %s", job.key, answer.job_id)
             return "submitted"
@@ -837,7 +853,7 @@ class Runner:
             try:
                 status = await self.client.status(job.remote_job_id or "", job.status_url)
             except RateLimited as e:
-                self._pause(e.retry_after)
+                self._rate_limited(e)
                 await self._event(job, "poll-paused", f"rate limited; pausing {e.retry_after:g}s")
                 continue
             except (ServerError, MalformedAnswer) as e:
@@ -958,7 +974,7 @@ class Runner:
                 if isinstance(e, FileNotFoundError):
                     e = ServerError(f"the temporary file {tmp.name} vanished before it was saved")
                 elif isinstance(e, RateLimited):
-                    self._pause(e.retry_after)
+                    self._rate_limited(e)
                 else:
                     self._server_trouble()
                 if self.options.retry.gives_up(failures, 0):

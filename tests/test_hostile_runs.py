@@ -389,3 +389,76 @@ def test_a_signal_while_a_large_manifest_is_staged_exits_130_with_one_line(tmp_p
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert conn.execute("SELECT COUNT(*) FROM job").fetchone()[0] in (0, 200_000)
     conn.close()
+
+
+class LyingCost(httpx.AsyncBaseTransport):
+    """The simulator, except that every submit answer claims the charge was `cost`."""
+
+    def __init__(self, sim: Simulator, cost: object):
+        self.inner = SimulatorTransport(sim)
+        self.cost = cost
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.method == "POST" and response.status_code == 202:
+            body = json.loads(response.content)
+            body["creditCost"] = self.cost
+            return httpx.Response(202, content=json.dumps(body).encode(),  # NaN written as NaN, as a lying API might
+                                  headers={"content-type": "application/json"}, request=request)
+        return response
+
+
+@pytest.mark.parametrize("cost", [-100, "free", None, float("nan")], ids=["negative", "text", "null", "nan"])
+def test_a_cost_that_cannot_be_believed_does_not_get_around_the_budget(tmp_path, write, cost):
+    import anyio
+
+    from batcher.pool import RunOptions
+    manifest = write("m.yaml", small_manifest(n_rows=10))  # 20 credits a job by estimate
+    sim = Simulator(SimConfig(render_seconds=0.02))
+    transport = LyingCost(sim, cost)
+    to = api.Target(sim.config.api_key, "https://pixeldojo.ai", transport, sim)
+    opts = RunOptions(out_dir=tmp_path / "out", expected_render=0.02, budget=50, concurrency=2)
+    report = anyio.run(lambda: api.run_async(manifest, ledger=tmp_path / "l.db", options=opts, to=to))
+    assert report.exit_code == 3
+    assert len(sim.record()["jobs"]) == 2  # 2 x 20 fits in 50; a third would not
+    assert report.spent == 40
+    with Ledger(tmp_path / "l.db") as ledger:
+        assert ledger.jobs_with_event("small", "cost-untrusted") == 2
+        job = [j for j in ledger.iter_batch("small") if j.remote_job_id][0]
+        detail = [e.detail for e in ledger.events(job.id) if e.kind == "cost-untrusted"][0]
+    assert "not a believable charge" in detail and "estimate 20" in detail
+    status = _cli(["status", str(manifest), "--ledger", str(tmp_path / "l.db")], tmp_path).stdout
+    assert "2 job(s) were answered with a creditCost that cannot be believed" in status
+
+
+class YearLongRetryAfter(httpx.AsyncBaseTransport):
+    """The simulator, except that the first status poll is answered 429 with a year's Retry-After."""
+
+    def __init__(self, sim: Simulator):
+        self.inner = SimulatorTransport(sim)
+        self.sent = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/api/v1/jobs/") and not self.sent:
+            self.sent += 1
+            return httpx.Response(429, json={"error": {"code": "rate_limited", "message": "slow down"}},
+                                  headers={"retry-after": "31536000"}, request=request)
+        return await self.inner.handle_async_request(request)
+
+
+def test_a_year_long_retry_after_is_capped_and_the_run_says_so(tmp_path, write):
+    import time
+
+    import anyio
+
+    from batcher.pool import RunOptions
+    manifest = write("m.yaml", small_manifest(n_rows=2))
+    sim = Simulator(SimConfig(render_seconds=0.02))
+    transport = YearLongRetryAfter(sim)
+    to = api.Target(sim.config.api_key, "https://pixeldojo.ai", transport, sim)
+    opts = RunOptions(out_dir=tmp_path / "out", expected_render=0.02, max_retry_after=0.2)
+    started = time.monotonic()
+    report = anyio.run(lambda: api.run_async(manifest, ledger=tmp_path / "l.db", options=opts, to=to))
+    assert transport.sent == 1 and report.exit_code == 0
+    assert time.monotonic() - started < 30
+    assert any("asked to wait 31,536,000s" in m and "waiting 0.2s" in m for m in report.messages)
