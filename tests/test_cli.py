@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -88,3 +89,19 @@ def test_simulated_runs_keep_their_own_ledger_and_folder(tmp_path, monkeypatch):
     assert (tmp_path / "batcher-sim.db").exists() and not (tmp_path / "batcher.db").exists()
     clips = list((tmp_path / "outputs" / "simulated" / "knight-and-mare").glob("*.mp4"))
     assert len(clips) == 12
+
+
+def test_every_option_of_every_command_is_documented_in_the_readme():
+    import click
+
+    from batcher.cli import cli
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    missing = []
+    for name, command in cli.commands.items():
+        assert f"batcher {name}" in readme, name
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert param.help, f"{name} {param.opts} has no help text"
+                if not any(f"`{opt}`" in readme for opt in param.opts):
+                    missing.append(f"{name} {param.opts[0]}")
+    assert not missing, missing
