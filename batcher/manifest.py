@@ -11,6 +11,9 @@ import csv
 import difflib
 import io
 import json
+import os
+import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,12 +21,26 @@ from typing import Any
 import yaml
 
 from .errors import Diagnostic, ManifestError
-from .models import DEFAULT_MODEL, MODELS, ModelSpec, check_url, get_model, short, type_name
-from .template import variables_in
+from .models import (
+    DEFAULT_MODEL,
+    MODELS,
+    ModelSpec,
+    check_url,
+    get_model,
+    short,
+    type_name,
+)
+from .template import is_template_value, variables_in
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_DIAGNOSTICS = 50
 MAX_REPEAT = 10_000
+# Most values (scalars, lists, mappings) a YAML manifest may hold once its aliases are expanded:
+# an alias counts the full size of what it names, each time it is used. Without this, a few
+# hundred bytes of nested aliases stand for billions of values (a "billion laughs" file). A
+# plain file under 1 MB holds at most about 500,000 values, so only aliases reach the limit.
+MAX_YAML_VALUES = 1_000_000
+MAX_BATCH_NAME = 100
 
 TOP_FIELDS = ("version", "batch", "model", "defaults", "reference_sets", "rows")
 # Row fields that are not API parameters.
@@ -98,11 +115,35 @@ class _Diagnostics:
             raise ManifestError(items)
 
 
+# --- batch names -----------------------------------------------------------------------------
+
+_SAFE_BATCH = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_BATCH_NAME - 1}}}")
+# Names Windows gives to devices, whatever the extension: a folder "nul" is no folder there.
+_WINDOWS_DEVICES = re.compile(r"(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³])(\..*)?", re.IGNORECASE)
+BATCH_NAME_RULE = (f"1 to {MAX_BATCH_NAME} letters, digits, '.', '_' or '-', starting with a letter or digit, "
+                   "with no '..' and not ending in '.'")
+
+
+def is_safe_batch_name(name: object) -> bool:
+    """Whether `name` is safe as one folder name under an output folder: it can never name a
+    parent, an absolute path, a hidden file or a device (see BATCH_NAME_RULE)."""
+    return (isinstance(name, str) and _SAFE_BATCH.fullmatch(name) is not None and ".." not in name
+            and not name.endswith(".") and _WINDOWS_DEVICES.fullmatch(name) is None)
+
+
+def _safe_batch_like(name: str) -> str:
+    """A safe batch name close to `name`, to suggest (or to stand in while the manifest is refused)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+    cleaned = re.sub(r"\.{2,}", ".", cleaned).strip("._-")[:MAX_BATCH_NAME].rstrip("._-")
+    return cleaned if is_safe_batch_name(cleaned) else "batch"
+
+
 # --- YAML with line numbers -------------------------------------------------------------------
 
 class LineDict(dict):
     """A mapping that remembers the line of each key and value."""
 
+    __slots__ = ("key_lines", "line", "value_lines")  # no __dict__: a manifest can hold 500,000 of these
     line: int
     key_lines: dict[Any, int]
     value_lines: dict[Any, int]
@@ -111,12 +152,65 @@ class LineDict(dict):
 class LineList(list):
     """A list that remembers the line of each item."""
 
+    __slots__ = ("item_lines", "line")
     line: int
     item_lines: list[int]
 
 
-class _Loader(yaml.SafeLoader):
-    pass
+class _TooLarge(yaml.MarkedYAMLError):
+    """The document, aliases expanded, is past MAX_YAML_VALUES (or an alias names itself)."""
+
+
+def _check_size(root: yaml.Node, limit: int) -> None:
+    """Raise _TooLarge where the document's expanded size first passes `limit`.
+
+    Walks the composed node graph once: a node reached again through an alias is not walked
+    again but adds its remembered size, so the walk is linear in the file however much the
+    aliases would expand.
+    """
+    sizes: dict[int, int] = {}
+    total = 0
+
+    def add(node: yaml.Node, where: yaml.Mark | None) -> None:
+        nonlocal total
+        known = sizes.get(id(node))
+        if known is not None:
+            if known < 0:
+                raise _TooLarge(None, None, "this alias names a value that contains it", where or node.start_mark)
+            total += known
+            if total > limit:
+                raise _TooLarge(None, None, f"the aliases here expand the manifest past {limit:,} values "
+                                f"(the most batcher reads); write the values out or use fewer aliases",
+                                where or node.start_mark)
+            return
+        sizes[id(node)] = -1  # being walked: reaching it again means a cycle
+        before = total
+        total += 1
+        if total > limit:
+            raise _TooLarge(None, None, f"the manifest holds more than {limit:,} values (the most batcher "
+                            f"reads)", node.start_mark)
+        if isinstance(node, yaml.SequenceNode):
+            for child in node.value:
+                # An alias has no mark of its own: the sequence's line is the nearest we know.
+                add(child, node.start_mark if id(child) in sizes else child.start_mark)
+        elif isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                add(key, key.start_mark)
+                add(value, key.start_mark if id(value) in sizes else value.start_mark)
+        sizes[id(node)] = total - before
+
+    add(root, None)
+
+
+# libyaml when PyYAML has it: the pure-Python parser takes seconds and hundreds of MB for a
+# dense 1 MB file. Both give the same marks and the same values.
+_BaseLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_size(node, MAX_YAML_VALUES)
+        return super().construct_document(node)
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
@@ -171,25 +265,56 @@ def _decode(data: bytes, display: str, diags: _Diagnostics) -> str | None:
     return text
 
 
+def _file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+# Opening a FIFO without O_NONBLOCK waits for a writer; stat before opening already refuses it,
+# this covers a file swapped for one in between.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
 def _read_text(path: Path, display: str, diags: _Diagnostics, line_for_missing: tuple[str, int] | None = None
                ) -> str | None:
+    """A regular file's text, at most MAX_FILE_BYTES; anything else (a FIFO, a device) is refused
+    without reading, since reading one can block or never end."""
+    where = line_for_missing or (display, 1)
+    too_big = f"the file is larger than {MAX_FILE_BYTES} bytes, the most batcher reads"
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            diags.add(display, 1, f"the file is {size} bytes; the most batcher reads is {MAX_FILE_BYTES}")
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            diags.add(where[0], where[1], f"{display} is a directory, not a file")
             return None
-        data = path.read_bytes()
-    except IsADirectoryError:
-        where = line_for_missing or (display, 1)
-        diags.add(where[0], where[1], f"{display} is a directory, not a file")
-        return None
+        if not stat.S_ISREG(st.st_mode):
+            diags.add(where[0], where[1], f"{display} is {_file_kind(st.st_mode)}, not a regular file")
+            return None
+        if st.st_size > MAX_FILE_BYTES:
+            diags.add(display, 1, f"the file is {st.st_size} bytes; the most batcher reads is {MAX_FILE_BYTES}")
+            return None
+        fd = os.open(path, _OPEN_FLAGS)
+        with open(fd, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                diags.add(where[0], where[1], f"{display} is {_file_kind(mode)}, not a regular file")
+                return None
+            data = f.read(MAX_FILE_BYTES + 1)  # bounded even if the file grows meanwhile
+        if len(data) > MAX_FILE_BYTES:
+            diags.add(display, 1, too_big)
+            return None
     except FileNotFoundError:
-        where = line_for_missing or (display, 1)
         diags.add(where[0], where[1], f"no such file: {display}")
         return None
     except OSError as e:
-        where = line_for_missing or (display, 1)
         diags.add(where[0], where[1], f"cannot read {display}: {e.strerror or e}")
+        return None
+    except ValueError:  # a NUL character in the name
+        diags.add(where[0], where[1], f"cannot read {short(display)}: the name contains a NUL character")
         return None
     return _decode(data, display, diags)
 
@@ -198,6 +323,9 @@ def parse_yaml(text: str, display: str, diags: _Diagnostics) -> Any:
     """YAML text to LineDict/LineList values; syntax problems become diagnostics."""
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except _TooLarge as e:
+        mark = e.problem_mark
+        diags.add(display, mark.line + 1 if mark else 1, e.problem or "the manifest is too large")
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else 1
@@ -205,7 +333,9 @@ def parse_yaml(text: str, display: str, diags: _Diagnostics) -> Any:
         diags.add(display, line, f"invalid YAML: {problem}")
     except yaml.reader.ReaderError as e:
         line = text[: e.position].count("\n") + 1
-        diags.add(display, line, f"invalid YAML: character {short(e.character)} is not allowed in YAML")
+        # libyaml gives the character as a number, the Python reader as text.
+        char = chr(e.character) if isinstance(e.character, int) else e.character
+        diags.add(display, line, f"invalid YAML: character {short(char)} is not allowed in YAML")
     except yaml.YAMLError as e:
         diags.add(display, 1, f"invalid YAML: {str(e).splitlines()[0] if str(e) else 'unreadable'}")
     except RecursionError:
@@ -262,10 +392,24 @@ def _check_top(doc: LineDict, path: Path, display: str, diags: _Diagnostics) -> 
     elif version != 1 or isinstance(version, bool):
         diags.add(display, _line_of(doc, "version", 1), f"version must be 1, got {short(version)}")
 
-    batch = doc.get("batch", path.stem)
-    if not isinstance(batch, str) or not batch.strip():
-        diags.add(display, _line_of(doc, "batch", 1), f"batch must be non-empty text, got {short(batch)}")
+    # The batch names the output folder: it must stay one plain folder name inside --out.
+    if "batch" in doc:
+        batch = doc["batch"]
+        line = _line_of(doc, "batch", 1)
+        if not isinstance(batch, str) or not batch.strip():
+            diags.add(display, line, f"batch must be non-empty text, got {short(batch)}")
+            batch = _safe_batch_like(path.stem)
+        elif not is_safe_batch_name(batch):
+            diags.add(display, line, f"batch {short(batch)} cannot be a folder name: use {BATCH_NAME_RULE} "
+                      f"(e.g. {_safe_batch_like(batch)!r})")
+            batch = _safe_batch_like(batch)
+    else:
         batch = path.stem
+        if not is_safe_batch_name(batch):
+            suggestion = _safe_batch_like(batch)
+            diags.add(display, 1, f"the batch name defaults to the file name {short(batch)}, which cannot be a "
+                      f"folder name; add 'batch: {suggestion}' (the rule: {BATCH_NAME_RULE})")
+            batch = suggestion
 
     model_id = doc.get("model", DEFAULT_MODEL)
     model = get_model(model_id) if isinstance(model_id, str) else None
@@ -397,6 +541,7 @@ def _rows_from_file(entry: LineDict, manifest_path: Path, display: str, first_in
     for rec_line, record in records:
         fields = dict(base_fields)
         variables: dict[str, Located] = {}
+        unusable = False
         for key, value in record.items():
             if value is None or value == "":
                 continue  # an empty cell leaves the entry's default
@@ -404,6 +549,11 @@ def _rows_from_file(entry: LineDict, manifest_path: Path, display: str, first_in
             if name is None:
                 # Columns named in the entry's prompt template are its variables.
                 if key in template_names or key in _template_names_of(record):
+                    if not is_template_value(value):
+                        diags.add(file_display, rec_line, f"column {short(key)} fills {{{key}}}: it must be text "
+                                  f"or a number, not {type_name(value)}")
+                        unusable = True  # expanding it would only add "undefined variable" noise
+                        continue
                     variables[key] = Located(value, file_display, rec_line)
                     continue
                 diags.add(file_display, rec_line, f"unknown column {short(key)}{suggest(key, valid)}")
@@ -412,7 +562,8 @@ def _rows_from_file(entry: LineDict, manifest_path: Path, display: str, first_in
                 diags.add(file_display, rec_line, "'vary' cannot come from a file; put it on the 'from' entry")
                 continue
             fields[name] = Located(_coerce_cell(name, value, model), file_display, rec_line)
-        rows.append(Row(first_index + len(rows), file_display, rec_line, fields, variables))
+        if not unusable:
+            rows.append(Row(first_index + len(rows), file_display, rec_line, fields, variables))
     if not rows and not diags.items:
         diags.add(file_display, 1, "this file has no rows")
     return rows
@@ -485,13 +636,32 @@ def _csv_records(text: str, display: str, diags: _Diagnostics) -> list[tuple[int
     return out
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object hook: a key given twice is an error, as in YAML, not last-one-wins."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def _jsonl_records(text: str, display: str, diags: _Diagnostics) -> list[tuple[int, dict[str, Any]]]:
     out: list[tuple[int, dict[str, Any]]] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = json.loads(line, object_pairs_hook=_unique_pairs)
+        except _DuplicateKey as e:
+            diags.add(display, number, f"duplicate key {short(e.key)} in this JSON object")
+            continue
         except (ValueError, RecursionError) as e:
             diags.add(display, number, f"invalid JSON: {e}")
             continue

@@ -15,11 +15,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import Diagnostic, ManifestError
-from .manifest import MAX_REPEAT, LineDict, LineList, Located, Manifest, Row, _Diagnostics, suggest
-from .models import MAX_INT32, ModelSpec, short
-from .template import render, variables_in
+from .manifest import (
+    MAX_REPEAT,
+    LineDict,
+    LineList,
+    Located,
+    Manifest,
+    Row,
+    _Diagnostics,
+    suggest,
+)
+from .models import MAX_INT32, ModelSpec, Param, short, type_name
+from .template import Template, compile_template, is_template_value, variables_in
 
-MAX_JOBS = 5_000_000
+# The default for `max_jobs`: the most jobs a manifest may expand to, counted row by row before
+# any job is built (and before identical requests are merged), so a huge manifest is refused at
+# once instead of after minutes of expansion. The CLI's --max-jobs changes it.
+MAX_JOBS = 1_000_000
 KEY_LENGTH = 20
 
 
@@ -76,10 +88,14 @@ class PlanSummary:
         }
 
 
+# What json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False) builds on each call,
+# built once: this runs for every job, and keys must never change.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_request(model: ModelSpec, wire: dict[str, Any]) -> str:
     """The canonical JSON text of a request: the thing a job key hashes."""
-    return json.dumps({"model": model.api_id, "params": wire}, sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=False)
+    return _CANONICAL.encode({"model": model.api_id, "params": wire})
 
 
 def job_key(model: ModelSpec, wire: dict[str, Any], take: int) -> str:
@@ -123,8 +139,14 @@ def _as_list(loc: Located) -> list[Located]:
     return [loc]
 
 
+def _kind(value: Any) -> str:
+    """type_name, for LineDict and LineList too."""
+    return "a mapping" if isinstance(value, dict) else "a list" if isinstance(value, list) else type_name(value)
+
+
 def _row_dimensions(row: Row, model: ModelSpec, diags: _Diagnostics) -> list[_Dimension] | None:
     dims: list[_Dimension] = []
+    invalid = False
     vary = row.fields.get("vary")
     if vary is not None:
         if not isinstance(vary.value, dict) or not vary.value:
@@ -159,6 +181,15 @@ def _row_dimensions(row: Row, model: ModelSpec, diags: _Diagnostics) -> list[_Di
                           f"vary {short(key)} is not an API parameter{suggest(key, model.names())} and the prompt "
                           f"has no {{{key}}}")
             else:
+                # str() of a list or mapping is not a prompt, and through aliases it can be huge.
+                bad = [loc for loc in located if not is_template_value(loc.value)]
+                if bad:
+                    # The first one, and how many more: a list can hold 500,000 of them.
+                    more = f" ({len(bad) - 1:,} more in this list)" if len(bad) > 1 else ""
+                    diags.add(bad[0].file, bad[0].line, f"vary {short(key)}: a value for {{{key}}} must be text "
+                              f"or a number, not {_kind(bad[0].value)} {short(bad[0].value)}{more}")
+                    invalid = True
+                    continue
                 dims.append(_Dimension(key, False, located))
     seeds = row.fields.get("seeds")
     if seeds is not None:
@@ -169,7 +200,7 @@ def _row_dimensions(row: Row, model: ModelSpec, diags: _Diagnostics) -> list[_Di
             diags.add(seeds.file, seeds.line, "seeds must be a non-empty list of integers")
             return None
         dims.append(_Dimension("seed", True, _as_list(seeds)))
-    return dims
+    return None if invalid else dims
 
 
 def _repeat(row: Row, diags: _Diagnostics) -> int | None:
@@ -211,12 +242,29 @@ def _resolve_references(loc: Located, manifest: Manifest, diags: _Diagnostics) -
     return list(dict.fromkeys(urls))
 
 
-def _expand(manifest: Manifest, diags: _Diagnostics, rate_overrides: dict[str, float] | None
-            ) -> Iterator[JobSpec]:
+@dataclass
+class _RowPlan:
+    """A row ready to expand: its axes, takes and fixed fields, and how many jobs it makes."""
+
+    row: Row
+    dims: list[_Dimension]
+    repeat: int
+    fields: dict[str, Located]
+    jobs: int
+
+
+def _count_text(n: int) -> str:
+    return f"{n:,}" if n < 10**15 else f"about {n:.1e}"
+
+
+def _plan_rows(manifest: Manifest, diags: _Diagnostics, max_jobs: int) -> list[_RowPlan] | None:
+    """Every row's shape and job count, before any job is built; None (with a diagnostic at
+    the row that crosses it) when the manifest expands to more than `max_jobs`."""
     model = manifest.model
     base: dict[str, Located] = {name: Located(value, manifest.display, 0)
                                 for name, value in model.defaults().items()}
     base.update(manifest.defaults)
+    plans: list[_RowPlan] = []
     total = 0
     for row in manifest.rows:
         dims = _row_dimensions(row, model, diags)
@@ -234,84 +282,152 @@ def _expand(manifest: Manifest, diags: _Diagnostics, rate_overrides: dict[str, f
         for dim in dims:
             count *= len(dim.values)
         total += count
-        if total > MAX_JOBS:
-            diags.add(row.file, row.line, f"the manifest expands to more than {MAX_JOBS} jobs; split it")
-            return
-        label = row_label(row)
-        combos = itertools.product(*[dim.values for dim in dims]) if dims else [()]
-        for combo in combos:
-            params_loc = dict(fields)
-            variables = {k: v.value for k, v in row.variables.items()}
-            for dim, loc in zip(dims, combo):
-                if dim.is_param:
-                    params_loc[dim.name] = loc
-                else:
-                    variables[dim.name] = loc.value
-            job_params = _finalise(params_loc, variables, manifest, diags)
-            if job_params is None:
-                continue
-            for take in range(1, repeat + 1):
-                params = dict(job_params)
-                seed_loc = params_loc.get("seed")
-                if seed_loc is not None and seed_loc.value == "auto":
-                    without = model.to_wire({k: v for k, v in params.items() if k != "seed"})
-                    params["seed"] = auto_seed(model, without, take)
-                wire = model.to_wire(params)
-                yield JobSpec(
-                    key=job_key(model, wire, take), batch=manifest.batch, row=row.index, take=take,
-                    origin=row.origin, label=label, params=params,
-                    estimate=model.estimate(params, rate_overrides),
-                    estimate_is_guess=model.is_guess(params, rate_overrides),
-                )
+        if total > max_jobs:
+            diags.add(row.file, row.line,
+                      f"the manifest expands to more than {max_jobs:,} jobs: with this row's {_count_text(count)} "
+                      f"it reaches {_count_text(total)} (counted before identical requests merge); split it "
+                      f"into smaller manifests or raise the limit with --max-jobs")
+            return None
+        plans.append(_RowPlan(row, dims, repeat, fields, count))
+    return plans
 
 
-def _finalise(params_loc: dict[str, Located], variables: dict[str, Any], manifest: Manifest,
-              diags: _Diagnostics) -> dict[str, Any] | None:
-    """Templating, reference resolution and each parameter's rule; None if anything is wrong."""
+def _expand(manifest: Manifest, diags: _Diagnostics, rate_overrides: dict[str, float] | None,
+            max_jobs: int = MAX_JOBS) -> Iterator[JobSpec]:
+    plans = _plan_rows(manifest, diags, max_jobs)
+    if plans is None:
+        return
+    wire_names = {p.name: p.wire for p in manifest.model.params}  # model.to_wire without a search per key
+    costs: dict[tuple[Any, Any], tuple[float, bool]] = {}
+    for plan in plans:
+        yield from _expand_row(plan, manifest, diags, rate_overrides, wire_names, costs)
+
+
+_TEMPLATED = ("prompt", "negative_prompt")
+_AUTO = object()  # a checked `seed: auto`, derived per take
+
+
+def _expand_row(plan: _RowPlan, manifest: Manifest, diags: _Diagnostics, rate_overrides: dict[str, float] | None,
+                wire_names: dict[str, str], costs: dict[tuple[Any, Any], tuple[float, bool]]) -> Iterator[JobSpec]:
+    """A row's jobs: templating, reference resolution and each parameter's rule per job.
+
+    A value every job of the row shares is checked once for the row, not once per job (a
+    reference list can hold a million values through aliases; a template is parsed once)."""
     model = manifest.model
-    out: dict[str, Any] = {}
+    row, dims, repeat = plan.row, plan.dims, plan.repeat
+    # Where each parameter comes from: an axis of the expansion (the last one naming it wins)
+    # or the row's fields and defaults.
+    axis_of = {dim.name: i for i, dim in enumerate(dims) if dim.is_param}
+    steps: list[tuple[Param, int | None, Located | None]] = [
+        (p, axis_of.get(p.name), plan.fields.get(p.name)) for p in model.params
+        if p.name in axis_of or p.name in plan.fields]
+    variable_axes = [(i, dim.name) for i, dim in enumerate(dims) if not dim.is_param]
+    row_variables = {k: v.value for k, v in row.variables.items()}
+    checked: dict[int, tuple[bool, Any]] = {}  # id(Located) -> outcome; the row keeps them alive
+    templates: dict[int, Template] = {}
+    label = row_label(row)
+    combos = itertools.product(*[dim.values for dim in dims]) if dims else [()]
+    for combo in combos:
+        variables = row_variables
+        if variable_axes:
+            variables = dict(row_variables)
+            for i, name in variable_axes:
+                variables[name] = combo[i].value
+        params: dict[str, Any] = {}
+        ok = True
+        auto = False
+        for p, axis, fixed in steps:
+            loc = combo[axis] if axis is not None else fixed
+            assert loc is not None
+            if p.name in _TEMPLATED and isinstance(loc.value, str):
+                template = templates.get(id(loc))
+                if template is None:
+                    template = templates[id(loc)] = compile_template(loc.value)
+                value = _render_checked(p, loc, template, variables, diags)
+                good = value is not None
+            else:
+                outcome = checked.get(id(loc))
+                if outcome is None:
+                    outcome = checked[id(loc)] = _check_value(p, loc, manifest, diags)
+                good, value = outcome
+            if not good:
+                ok = False
+            elif value is _AUTO:
+                auto = True
+            else:
+                # Checked values are shared by the row's jobs; each job gets its own list.
+                params[p.name] = list(value) if isinstance(value, list) else value
+        if not ok:
+            continue
+        # An estimate depends only on the rate and seconds parameters, never on the seed.
+        cost_key = (params.get(model.rate_param), params.get(model.seconds_param))
+        cost = costs.get(cost_key)
+        if cost is None:
+            cost = costs[cost_key] = (model.estimate(params, rate_overrides), model.is_guess(params, rate_overrides))
+        wire = {wire_names[k]: v for k, v in params.items()}  # without the seed when it is derived
+        for take in range(1, repeat + 1):
+            job_params = dict(params)
+            job_wire = wire
+            if auto:
+                job_params["seed"] = auto_seed(model, wire, take)
+                job_wire = dict(wire)
+                job_wire[wire_names["seed"]] = job_params["seed"]
+            yield JobSpec(
+                key=job_key(model, job_wire, take), batch=manifest.batch, row=row.index, take=take,
+                origin=row.origin, label=label, params=job_params, estimate=cost[0], estimate_is_guess=cost[1],
+            )
+
+
+def _render_checked(p: Param, loc: Located, template: Template, variables: dict[str, Any],
+                    diags: _Diagnostics) -> str | None:
     ok = True
-    for p in model.params:
-        loc = params_loc.get(p.name)
-        if loc is None:
-            continue
-        value = loc.value
-        if p.name in ("prompt", "negative_prompt") and isinstance(value, str):
-            value, missing = render(value, variables)
-            for name in missing:
-                diags.add(loc.file, loc.line, f"undefined template variable {{{name}}}"
-                          f"{suggest(name, list(variables))}")
-                ok = False
-        elif p.name == "references":
-            value = _resolve_references(loc, manifest, diags)
-            if value is None:
-                ok = False
-                continue
-        elif p.name == "seed" and value == "auto":
-            continue  # derived per take from the final request
-        elif p.kind == "integer" and isinstance(value, float) and value.is_integer():
-            value = int(value)
-        problem = p.check(value)
-        if problem:
-            where = loc.line or 1
-            diags.add(loc.file, where, problem)
-            ok = False
-            continue
-        out[p.name] = value
-    if ok and "seed" in params_loc and params_loc["seed"].value == "auto":
-        out["seed"] = "auto"
-    return out if ok else None
+    for name in template.missing(variables):
+        diags.add(loc.file, loc.line, f"undefined template variable {{{name}}}{suggest(name, list(variables))}")
+        ok = False
+    # Measured before it is built: a long template times many jobs must not cost a render each.
+    length = template.length(variables)
+    if p.max_length is not None and length > p.max_length:
+        # The same words Param.check uses for a text that is too long.
+        diags.add(loc.file, loc.line or 1, f"{p.name} is {length} characters long; the most is {p.max_length}")
+        return None
+    value = template.render(variables)
+    problem = p.check(value)
+    if problem:
+        diags.add(loc.file, loc.line or 1, problem)
+        return None
+    return value if ok else None
 
 
-def check(manifest: Manifest, rate_overrides: dict[str, float] | None = None) -> PlanSummary:
-    """Expand every job once, raising ManifestError with every problem; return the plan's figures."""
+def _check_value(p: Param, loc: Located, manifest: Manifest, diags: _Diagnostics) -> tuple[bool, Any]:
+    """(ok, value) for a parameter that is not a template: references resolved, rule checked."""
+    value = loc.value
+    if p.name == "references":
+        value = _resolve_references(loc, manifest, diags)
+        if value is None:
+            return False, None
+    elif p.name == "seed" and value == "auto":
+        return True, _AUTO
+    elif p.kind == "integer" and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    problem = p.check(value)
+    if problem:
+        diags.add(loc.file, loc.line or 1, problem)
+        return False, None
+    return True, value
+
+
+def check(manifest: Manifest, rate_overrides: dict[str, float] | None = None, *,
+          max_jobs: int = MAX_JOBS) -> PlanSummary:
+    """Expand every job once, raising ManifestError with every problem; return the plan's figures.
+
+    A manifest that expands to more than `max_jobs` jobs is refused before any job is built."""
     diags = _Diagnostics()
     for d in manifest.problems:
         diags.add(d.file, d.line, d.message)
     summary = PlanSummary(batch=manifest.batch, model=manifest.model.api_id)
     rows: dict[int, RowSummary] = {}
     seen: set[str] = set()
-    for job in _expand(manifest, diags, rate_overrides):
+    for job in _expand(manifest, diags, rate_overrides, max_jobs):
         if job.key in seen:
             summary.duplicates += 1
             continue
@@ -332,13 +448,14 @@ def check(manifest: Manifest, rate_overrides: dict[str, float] | None = None) ->
     return summary
 
 
-def iter_jobs(manifest: Manifest, rate_overrides: dict[str, float] | None = None) -> Iterator[JobSpec]:
+def iter_jobs(manifest: Manifest, rate_overrides: dict[str, float] | None = None, *,
+              max_jobs: int = MAX_JOBS) -> Iterator[JobSpec]:
     """Every distinct job of a manifest that `check` accepted, in manifest order."""
     if manifest.problems:
         raise ManifestError(list(manifest.problems))
     diags = _Diagnostics()
     seen: set[str] = set()
-    for job in _expand(manifest, diags, rate_overrides):
+    for job in _expand(manifest, diags, rate_overrides, max_jobs):
         if job.key not in seen:
             seen.add(job.key)
             yield job
@@ -346,10 +463,11 @@ def iter_jobs(manifest: Manifest, rate_overrides: dict[str, float] | None = None
         raise ManifestError(list(diags.items))
 
 
-def expand(manifest: Manifest, rate_overrides: dict[str, float] | None = None) -> list[JobSpec]:
+def expand(manifest: Manifest, rate_overrides: dict[str, float] | None = None, *,
+           max_jobs: int = MAX_JOBS) -> list[JobSpec]:
     """Check a manifest and return all its jobs (for small batches and tests)."""
-    check(manifest, rate_overrides)
-    return list(iter_jobs(manifest, rate_overrides))
+    check(manifest, rate_overrides, max_jobs=max_jobs)
+    return list(iter_jobs(manifest, rate_overrides, max_jobs=max_jobs))
 
 
-__all__ = ["Diagnostic", "JobSpec", "PlanSummary", "RowSummary", "check", "expand", "iter_jobs", "job_key"]
+__all__ = ["MAX_JOBS", "Diagnostic", "JobSpec", "PlanSummary", "RowSummary", "check", "expand", "iter_jobs", "job_key"]

@@ -35,3 +35,21 @@ def test_videofolder_export_loads_with_the_datasets_library(simrun, write, tmp_p
         with open(path, "rb") as f:
             assert hashlib.sha256(f.read()).hexdigest() == job.sha256 == row["sha256"]
         assert row["prompt"] == job.parameters()["prompt"] and row["remote_job_id"] == job.remote_job_id
+
+
+def test_exported_clips_decode_where_torchcodec_is_installed(simrun, write, tmp_path, monkeypatch):
+    """Decoding needs torchcodec, PyTorch and FFmpeg's libraries (README: "Decoding the clips");
+    not part of the test extras, so this runs only where they are installed."""
+    datasets = pytest.importorskip("datasets")
+    try:
+        import torchcodec  # noqa: F401
+    except (ImportError, OSError):
+        pytest.skip("torchcodec is not installed, or cannot load on this machine")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    simrun(write("m.yaml", small_manifest(2)))
+    api.export_dataset(tmp_path / "ledger.db", "small", tmp_path / "ds")
+    ds = datasets.load_dataset("videofolder", data_dir=str(tmp_path / "ds"), split="train",
+                               cache_dir=str(tmp_path / "hf-cache"))
+    video = ds[0]["video"]
+    assert video.metadata.width == 160 and video.metadata.height == 90
+    assert abs(video.metadata.duration_seconds - 2.0) < 0.1

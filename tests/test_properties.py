@@ -104,3 +104,32 @@ def test_huge_expansion_is_refused(tmp_path):
 def test_directory_and_missing_file(tmp_path):
     run(tmp_path)
     run(tmp_path / "missing.yaml")
+
+
+def _reference_render(template: str, variables: dict) -> tuple[str, list[str]]:
+    """The original one-pass regex renderer, kept here as the specification."""
+    import re
+    missing: list[str] = []
+
+    def replace(m: re.Match) -> str:
+        if m.group(0) in ("{{", "}}"):
+            return m.group(0)[0]
+        if m.group(1) in variables:
+            return str(variables[m.group(1)])
+        missing.append(m.group(1))
+        return m.group(0)
+    return re.sub(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}", replace, template), missing
+
+
+@settings(max_examples=500, deadline=None)
+@given(parts=st.lists(st.sampled_from(["{", "}", "{{", "}}", "x", "{x}", "{y}", "{x_1}", "{1}", " ", "é"]), max_size=20),
+       variables=st.dictionaries(st.sampled_from(["x", "y", "x_1"]), st.one_of(st.text(max_size=5), st.integers())))
+def test_compiled_templates_render_and_measure_like_the_regex(parts, variables):
+    from batcher.template import compile_template, render
+    template = "".join(parts)
+    expected = _reference_render(template, variables)
+    assert render(template, variables) == expected
+    compiled = compile_template(template)
+    assert compiled.render(variables) == expected[0]
+    assert compiled.length(variables) == len(expected[0])
+    assert compiled.missing(variables) == list(dict.fromkeys(expected[1]))
