@@ -26,7 +26,7 @@ from .client import DEFAULT_BASE, PixelDojoClient
 from .errors import MissingKeyError, UsageError
 from .ledger import DEFAULT_LEDGER, Ledger, is_database_url
 from .manifest import Manifest, load_manifest
-from .plan import PlanSummary, check, iter_jobs
+from .plan import MAX_JOBS, PlanSummary, check, iter_jobs
 from .pool import BudgetOutlook, Progress, RunOptions, RunReport, Runner
 from .pool import budget_outlook as _budget_outlook
 from .simulator import SimConfig, Simulator, SimulatorTransport, load_state, save_state
@@ -38,21 +38,22 @@ def load(path: str | Path) -> Manifest:
     return load_manifest(path)
 
 
-def plan(manifest: Manifest, rate_overrides: dict[str, float] | None = None) -> PlanSummary:
+def plan(manifest: Manifest, rate_overrides: dict[str, float] | None = None, *,
+         max_jobs: int = MAX_JOBS) -> PlanSummary:
     """Expand and price a manifest without sending or writing anything."""
-    return check(manifest, rate_overrides)
+    return check(manifest, rate_overrides, max_jobs=max_jobs)
 
 
 def stage(ledger: Ledger, manifest: Manifest, rate_overrides: dict[str, float] | None = None, *,
-          checked: bool = False, simulated: bool = False) -> tuple[int, int]:
+          checked: bool = False, simulated: bool = False, max_jobs: int = MAX_JOBS) -> tuple[int, int]:
     """Check a manifest (unless the caller just did) and add its jobs to the ledger; returns
     (added, already known). `simulated` marks the batch as rendered by the simulator; a batch
     with results of the other kind is refused (SimulationMismatch)."""
     if not checked:
-        check(manifest, rate_overrides)
+        check(manifest, rate_overrides, max_jobs=max_jobs)
     ledger.check_mode(manifest.batch, simulated)  # before the expansion, which can take a while
     return ledger.add_jobs(manifest.batch, manifest.model.api_id, str(manifest.path),
-                           iter_jobs(manifest, rate_overrides), simulated=simulated)
+                           iter_jobs(manifest, rate_overrides, max_jobs=max_jobs), simulated=simulated)
 
 
 OUTPUTS = Path("outputs")

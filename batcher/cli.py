@@ -206,6 +206,7 @@ def run_options(f: Any) -> Any:
                      help="Write the HTML gallery here at the end, and print its path."),
         click.option("--rpm", type=click.FloatRange(1), default=None,
                      help="Most API requests per minute, all calls together (adapts to 429s)."),
+        max_jobs_option,
         click.option("--max-retry-after", type=click.FloatRange(0), default=300.0, show_default=True,
                      help="Longest pause a 429's Retry-After may impose, in seconds (a longer one is capped)."),
         click.option("--lease-seconds", type=click.FloatRange(1), default=60.0, show_default=True,
@@ -226,7 +227,8 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
          max_attempts: int, job_timeout: float | None, expected_render: float, max_download_mb: int,
          rates: tuple[str, ...], verbose: bool, log_json: str | None, resubmit_unknown: bool = False,
          requeue: tuple[str, ...] = (), report_path: str | None = None, rpm: float | None = None,
-         lease_seconds: float = 60.0, as_json: bool = False, max_retry_after: float = 300.0, **_: Any) -> None:
+         lease_seconds: float = 60.0, as_json: bool = False, max_retry_after: float = 300.0,
+         max_jobs: int = MAX_JOBS, **_: Any) -> None:
     import anyio
 
     from . import api
@@ -239,7 +241,7 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
 
     m = load_manifest(manifest)
     overrides = checked_rates(m.model, rates)
-    check(m, overrides)
+    check(m, overrides, max_jobs=max_jobs)
     if simulate:
         # Simulated clips must never pass for real ones: unless --ledger is given on the command
         # line (BATCHER_LEDGER names the real ledger: it does not count), a simulated run keeps
@@ -263,7 +265,8 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
     printer = ProgressPrinter(sys.stderr, live=live, interval=30.0)
     with Ledger(ledger_path) as ledger:
         from .api import stage
-        added, known = stage(ledger, m, overrides, checked=True, simulated=simulate)  # checked above
+        added, known = stage(ledger, m, overrides, checked=True, simulated=simulate,  # checked above
+                             max_jobs=max_jobs)
         if requeue:
             n = ledger.requeue(m.batch, [JobState(s) for s in requeue], "requeued by `batcher retry`")
             click.echo(f"requeued {n} job(s) ({', '.join(requeue)})", err=True)

@@ -462,3 +462,14 @@ def test_a_year_long_retry_after_is_capped_and_the_run_says_so(tmp_path, write):
     assert transport.sent == 1 and report.exit_code == 0
     assert time.monotonic() - started < 30
     assert any("asked to wait 31,536,000s" in m and "waiting 0.2s" in m for m in report.messages)
+
+
+def test_run_takes_max_jobs_and_stages_past_the_default_when_told(tmp_path, write):
+    manifest = write("m.yaml", small_manifest(n_rows=3))
+    refused = _cli(["run", str(manifest), "--simulate", "--max-jobs", "2"], tmp_path)
+    assert refused.returncode == 2 and "--max-jobs" in refused.stderr and "Traceback" not in refused.stderr
+    done = _cli(["run", str(manifest), "--simulate", "--sim-render-seconds", "0.02", "--max-jobs", "3"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    with Ledger(tmp_path / "batcher-sim.db") as ledger:
+        with pytest.raises(Exception, match="max-jobs"):
+            api.stage(ledger, api.load(manifest), max_jobs=2)
