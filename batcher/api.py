@@ -27,8 +27,8 @@ from .errors import MissingKeyError, UsageError
 from .ledger import DEFAULT_LEDGER, Ledger, is_database_url
 from .manifest import Manifest, load_manifest
 from .plan import MAX_JOBS, PlanSummary, check, iter_jobs
-from .pool import BudgetOutlook, Progress, RunOptions, RunReport, Runner
-from .pool import budget_outlook as _budget_outlook
+from .run import BudgetOutlook, Progress, RunOptions, RunReport, Runner
+from .run import budget_outlook as _budget_outlook
 from .simulator import SimConfig, Simulator, SimulatorTransport, load_state, save_state
 from .states import JobState
 

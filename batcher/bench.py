@@ -24,7 +24,7 @@ from typing import Any, Callable
 import anyio
 
 from .api import run_async, target
-from .pool import RunOptions
+from .run import RunOptions
 from .simulator import SimConfig, Simulator
 
 
@@ -124,7 +124,7 @@ from batcher.api import run_async, stage, target
 from batcher.bench import manifest_text
 from batcher.ledger import Ledger
 from batcher.manifest import load_manifest
-from batcher.pool import RunOptions
+from batcher.run import RunOptions
 def rss():
     with open("/proc/self/status") as f:
         for line in f:

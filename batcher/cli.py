@@ -235,7 +235,7 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
     from .display import ProgressPrinter, setup_logging, summary, summary_json
     from .ledger import display_location
     from .ledger import Ledger
-    from .pool import RunOptions
+    from .run import RunOptions
     from .simulator import SimConfig
     from .states import JobState
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from .models import format_credits
-from .pool import Progress, RunReport
+from .run import Progress, RunReport
 
 ORDER = ["completed", "rendered", "submitted", "submitting", "pending", "unknown", "failed", "expired"]
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from .text import format_credits, short, type_name  # noqa: F401 - format_credits: re-exported for callers
+
 MAX_INT32 = 2_147_483_647
 
 
@@ -92,35 +94,6 @@ class Param:
         if self.default is not None:
             out["default"] = self.default
         return out
-
-
-def type_name(value: Any) -> str:
-    """A user-facing name for a YAML/JSON value's type."""
-    if value is None:
-        return "nothing"
-    return {dict: "a mapping", list: "a list", str: "text", bool: "true/false", int: "a number",
-            float: "a decimal number"}.get(type(value), type(value).__name__)
-
-
-def short(value: Any, depth: int = 2) -> str:
-    """A repr for messages that stays short whatever the value (a huge list, a long string)."""
-    if isinstance(value, list):
-        if depth <= 0:
-            return "[...]"
-        items = [short(v, depth - 1) for v in value[:4]]
-        return "[" + ", ".join(items + (["..."] if len(value) > 4 else [])) + "]"
-    if isinstance(value, dict):
-        if depth <= 0:
-            return "{...}"
-        items = [f"{short(k, 0)}: {short(v, depth - 1)}" for k, v in list(value.items())[:4]]
-        return "{" + ", ".join(items + (["..."] if len(value) > 4 else [])) + "}"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def format_credits(value: float) -> str:
-    """1234.5 -> '1,234.5'; whole numbers without decimals."""
-    return f"{value:,.2f}".rstrip("0").rstrip(".")
 
 
 def check_url(url: Any) -> str | None:
@@ -244,3 +217,48 @@ DEFAULT_MODEL = HAPPYHORSE_R2V.api_id
 def get_model(api_id: str) -> ModelSpec | None:
     """The spec of a known model, or None."""
     return MODELS.get(api_id)
+
+
+def check_schema(schema: dict[str, Any], body: dict[str, Any]) -> str | None:
+    """Check a request body against the model's live schema (the subset of JSON schema the API's
+    model schemas use), before anything is spent.
+
+    Returns 'PARAM: why' for the first violation, or None.
+    """
+    props = schema.get("properties")
+    if not isinstance(props, dict):
+        return None
+    if schema.get("additionalProperties") is False:
+        for key in body:
+            if key not in props:
+                return f"{key}: the live schema does not accept this parameter (accepted: {', '.join(props)})"
+    for key in schema.get("required", []) or []:
+        if key not in body:
+            return f"{key}: required by the live schema but not sent"
+    for key, value in body.items():
+        rule = props.get(key)
+        if not isinstance(rule, dict):
+            continue
+        kind = rule.get("type")
+        if kind == "integer" and (isinstance(value, bool) or not isinstance(value, int)):
+            return f"{key}: the live schema wants an integer, got {value!r}"
+        if kind == "string" and not isinstance(value, str):
+            return f"{key}: the live schema wants text"
+        if kind == "array" and not isinstance(value, list):
+            return f"{key}: the live schema wants a list"
+        if "enum" in rule and value not in rule["enum"]:
+            return f"{key}: {value!r} is not one of {rule['enum']} in the live schema"
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if "minimum" in rule and value < rule["minimum"]:
+                return f"{key}: {value} is below the live schema's minimum {rule['minimum']}"
+            if "maximum" in rule and value > rule["maximum"]:
+                return f"{key}: {value} is above the live schema's maximum {rule['maximum']}"
+        if isinstance(value, str) and "maxLength" in rule and len(value) > rule["maxLength"]:
+            return f"{key}: longer than the live schema's {rule['maxLength']} characters"
+        if isinstance(value, list):
+            if "maxItems" in rule and len(value) > rule["maxItems"]:
+                return f"{key}: more than the live schema's {rule['maxItems']} items"
+            if "minItems" in rule and len(value) < rule["minItems"]:
+                return f"{key}: fewer than the live schema's {rule['minItems']} items"
+    return None
+

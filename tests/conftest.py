@@ -43,7 +43,7 @@ def simrun(tmp_path: Path):
 
     from batcher import api
     from batcher.policy import RetryPolicy
-    from batcher.pool import RunOptions
+    from batcher.run import RunOptions
     from batcher.simulator import SimConfig, Simulator
 
     def _run(manifest: Path, config: SimConfig | None = None, simulator: Simulator | None = None,

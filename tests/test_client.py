@@ -5,7 +5,8 @@ import anyio
 import httpx
 import pytest
 
-from batcher.client import PixelDojoClient, check_schema
+from batcher.client import PixelDojoClient
+from batcher.models import check_schema
 from batcher.errors import (
     AuthError, CreditsExhausted, MalformedAnswer, NotSentError, OutcomeUnknown, OutputGone, RateLimited,
     RejectedError, ServerError,

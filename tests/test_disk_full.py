@@ -14,7 +14,7 @@ from batcher.errors import DiskFullError
 from batcher.ledger import Ledger
 from batcher.manifest import load_manifest
 from batcher.policy import RetryPolicy
-from batcher.pool import RunOptions
+from batcher.run import RunOptions
 from batcher.simulator import SimConfig, Simulator
 
 from .conftest import small_manifest

@@ -23,7 +23,7 @@ from batcher.errors import (
 from batcher.export import export
 from batcher.ledger import Ledger
 from batcher.policy import RetryPolicy
-from batcher.pool import RunOptions
+from batcher.run import RunOptions
 from batcher.report import build_report
 from batcher.simulator import SimConfig, Simulator, SimulatorTransport
 

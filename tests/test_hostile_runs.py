@@ -135,7 +135,7 @@ def test_a_vanished_temporary_file_is_downloaded_again_not_a_crash(tmp_path, wri
     import anyio
 
     from batcher.policy import RetryPolicy
-    from batcher.pool import RunOptions
+    from batcher.run import RunOptions
     manifest = write("m.yaml", small_manifest(n_rows=2))
     sim = Simulator(SimConfig(render_seconds=0.02))
     out = tmp_path / "out"
@@ -193,7 +193,7 @@ def test_ledger_refuses_to_mix_simulated_and_real_results(tmp_path, write):
     simulate = Simulator(SimConfig(render_seconds=0.01))
     import anyio
 
-    from batcher.pool import RunOptions
+    from batcher.run import RunOptions
     opts = RunOptions(out_dir=tmp_path / "out", expected_render=0.01)
     anyio.run(lambda: api.run_async(manifest, ledger=tmp_path / "l.db", options=opts,
                                     to=api.target(simulate=simulate)))
@@ -225,7 +225,7 @@ def test_a_runner_keeps_to_its_own_budget_whatever_other_runners_were_given(tmp_
 
     import anyio
 
-    from batcher.pool import RunOptions
+    from batcher.run import RunOptions
     manifest = api.load(write("m.yaml", small_manifest(n_rows=40)))  # 20 credits a job
     ledger_path = tmp_path / "l.db"
     with Ledger(ledger_path) as ledger:
@@ -263,7 +263,7 @@ def test_a_runner_with_a_smaller_budget_submits_nothing_once_others_spent_past_i
     ledger_path = tmp_path / "l.db"
     import anyio
 
-    from batcher.pool import RunOptions
+    from batcher.run import RunOptions
 
     def run(budget: float, n_jobs_manifest: Path) -> object:
         opts = RunOptions(out_dir=tmp_path / "out", budget=budget, expected_render=0.02, concurrency=4)
@@ -302,7 +302,7 @@ class ForgetfulApi(httpx.AsyncBaseTransport):
 def test_a_paid_job_the_api_no_longer_knows_is_held_not_paid_again(tmp_path, write):
     import anyio
 
-    from batcher.pool import RunOptions
+    from batcher.run import RunOptions
     manifest = write("m.yaml", small_manifest(n_rows=3))
     sim = Simulator(SimConfig(render_seconds=0.02))
     transport = ForgetfulApi(sim, forget=1)
@@ -412,7 +412,7 @@ class LyingCost(httpx.AsyncBaseTransport):
 def test_a_cost_that_cannot_be_believed_does_not_get_around_the_budget(tmp_path, write, cost):
     import anyio
 
-    from batcher.pool import RunOptions
+    from batcher.run import RunOptions
     manifest = write("m.yaml", small_manifest(n_rows=10))  # 20 credits a job by estimate
     sim = Simulator(SimConfig(render_seconds=0.02))
     transport = LyingCost(sim, cost)
@@ -451,7 +451,7 @@ def test_a_year_long_retry_after_is_capped_and_the_run_says_so(tmp_path, write):
 
     import anyio
 
-    from batcher.pool import RunOptions
+    from batcher.run import RunOptions
     manifest = write("m.yaml", small_manifest(n_rows=2))
     sim = Simulator(SimConfig(render_seconds=0.02))
     transport = YearLongRetryAfter(sim)

@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from batcher.errors import IllegalTransition, LedgerError
-from batcher.ledger import MIGRATIONS, SCHEMA_VERSION, Ledger, SQLModel, render_ddl
+from batcher.ledger import MIGRATIONS, SCHEMA_VERSION, Ledger, SQLModel
 from batcher.manifest import load_manifest
 from batcher.plan import expand
 from batcher.states import TRANSITIONS, JobState
@@ -105,13 +105,35 @@ def test_schema_matches_the_table_models(ledger_url):
             assert actual == {c.name for c in table.columns}, table.name
 
 
+# The schema of a version-1 ledger, as the first release wrote it (SQLite).
+VERSION_1_DDL = [
+    """CREATE TABLE batch (
+        name TEXT PRIMARY KEY, model TEXT NOT NULL, manifest TEXT NOT NULL,
+        created_at REAL NOT NULL, updated_at REAL NOT NULL)""",
+    """CREATE TABLE job (
+        id INTEGER PRIMARY KEY, batch TEXT NOT NULL REFERENCES batch(name), key TEXT NOT NULL,
+        seq INTEGER NOT NULL, row INTEGER NOT NULL, take INTEGER NOT NULL, origin TEXT NOT NULL,
+        label TEXT NOT NULL, params TEXT NOT NULL, estimate REAL NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending', remote_job_id TEXT, status_url TEXT,
+        credit_cost REAL, output_url TEXT, output_expires_at REAL, file_path TEXT, size BIGINT,
+        sha256 TEXT, error TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL, updated_at REAL NOT NULL, submitted_at REAL, finished_at REAL,
+        UNIQUE (batch, key))""",
+    "CREATE INDEX job_batch_state_seq ON job (batch, state, seq)",
+    """CREATE TABLE event (
+        id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL REFERENCES job(id), at REAL NOT NULL,
+        kind TEXT NOT NULL, from_state TEXT, to_state TEXT, detail TEXT)""",
+    "CREATE INDEX event_job ON event (job_id, id)",
+]
+
+
 def test_upgrade_from_version_1_keeps_data_and_costs(tmp_path):
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path)
     conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
                  "applied_at REAL NOT NULL)")
-    for sql in MIGRATIONS[0][2]:
-        conn.execute(render_ddl(sql, "sqlite"))
+    for sql in VERSION_1_DDL:
+        conn.execute(sql)
     conn.execute("INSERT INTO schema_migrations VALUES (1, 'initial', 0)")
     conn.execute("INSERT INTO batch VALUES ('b', 'happyhorse-1.0-r2v', 'm.yaml', 0, 0)")
     conn.execute("INSERT INTO job (batch, key, seq, row, take, origin, label, params, estimate, state, "

@@ -53,7 +53,7 @@ def test_status_after_the_demo_names_the_simulated_ledger(tmp_path):
 # --- the run, on screen ---------------------------------------------------------------------------
 
 def _progress(**kw):
-    from batcher.pool import Progress
+    from batcher.run import Progress
     base = dict(batch="knight-and-mare", counts={"completed": 30, "submitted": 4, "pending": 24, "failed": 1,
                                                   "unknown": 1}, spent=640.0, reserved=80.0, budget=1000.0,
                 elapsed=30.0, completed_this_run=30, total=60, covered=None)

@@ -7,7 +7,7 @@ import random
 import anyio
 
 from batcher.policy import Budget, PollPlanner, RatePolicy, RetryPolicy, fit_censored_normal
-from batcher.pool import RequestPacer
+from batcher.run import RequestPacer
 
 
 def test_full_jitter_backoff_is_bounded_and_honours_retry_after():

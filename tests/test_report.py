@@ -12,7 +12,7 @@ import pytest
 
 from batcher import api
 from batcher.ledger import Ledger
-from batcher.pool import RunOptions
+from batcher.run import RunOptions
 from batcher.report import build_report
 from batcher.simulator import SimConfig, Simulator
 

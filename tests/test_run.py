@@ -20,7 +20,7 @@ from batcher.ledger import Ledger
 from batcher.manifest import load_manifest
 from batcher.models import HAPPYHORSE_R2V
 from batcher.plan import expand
-from batcher.pool import RunOptions
+from batcher.run import RunOptions
 from batcher.simulator import SimConfig, Simulator, clip_for
 
 from .conftest import MANIFESTS, small_manifest

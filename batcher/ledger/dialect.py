@@ -1,0 +1,129 @@
+"""Where the ledger lives and how its two databases differ, decided once: SQLite (one host, a
+file) or PostgreSQL (many hosts, a URL). Everything that depends on which one it is lives here.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, event, make_url
+from sqlmodel import create_engine
+
+from ..errors import LedgerError
+
+DEFAULT_LEDGER = "batcher.db"
+_NAMED = re.compile(r"(?<![:\w]):(\w+)")
+
+
+def is_database_url(location: str | Path) -> bool:
+    """True for a PostgreSQL URL (postgresql+psycopg://...), False for an SQLite file path."""
+    return str(location).startswith(("postgresql", "postgres://"))
+
+
+def engine_url(location: str) -> Any:
+    """A PostgreSQL URL with its driver named (plain postgresql:// means psycopg 3 here)."""
+    url = make_url(location)
+    return url.set(drivername="postgresql+psycopg") if url.drivername in ("postgresql", "postgres") else url
+
+
+def display_location(location: str | Path) -> str:
+    """The ledger's location for messages, with any password hidden."""
+    if is_database_url(location):
+        try:
+            return make_url(str(location)).render_as_string(hide_password=True)
+        except Exception:  # noqa: BLE001 - a malformed URL must not leak through an error
+            return "postgresql://..."
+    return str(location)
+
+
+def postgres_engine(location: str, **options: Any) -> Engine:
+    """An engine for a PostgreSQL ledger; a missing driver is a clear LedgerError, not a traceback."""
+    try:
+        import psycopg  # noqa: F401 - only to learn whether the driver is installed
+    except ImportError:
+        raise LedgerError(f"the ledger {display_location(location)} is on PostgreSQL, whose driver is not "
+                          f"installed: pip install 'batcher[postgres]'") from None
+    try:
+        return create_engine(engine_url(location), **options)
+    except Exception as e:  # noqa: BLE001 - a malformed URL, say; its text may hold the password
+        raise LedgerError(f"cannot use ledger {display_location(location)}: {type(e).__name__}") from None
+
+
+def sqlite_engine(path: Path, durable: bool) -> Engine:
+    """An engine for an SQLite ledger file, created readable by its owner only.
+
+    WAL mode (many readers, one writer), foreign keys on, `synchronous=FULL` when durable (a
+    commit survives power loss: the intent before each paid POST must), and every transaction
+    started with BEGIN IMMEDIATE so a writer never fails half way with SQLITE_BUSY.
+    """
+    try:
+        if str(path) != ":memory:":
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # prompts may be private
+            os.close(fd)
+    except OSError as e:
+        raise LedgerError(f"cannot open ledger {path}: {e.strerror or e}") from None
+    engine = create_engine(f"sqlite:///{path}", connect_args={"check_same_thread": False, "timeout": 60})
+
+    def on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+        # Let the begin event below issue BEGIN IMMEDIATE instead of pysqlite's deferred BEGIN.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        cur.execute("PRAGMA busy_timeout=60000")
+        cur.close()
+
+    def on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    event.listen(engine, "connect", on_connect)
+    event.listen(engine, "begin", on_begin)
+    return engine
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """The differences between the two databases, as the queries need them."""
+
+    postgres: bool
+
+    @property
+    def name(self) -> str:
+        return "postgresql" if self.postgres else "sqlite"
+
+    @property
+    def lock_row(self) -> str:
+        """Lock a row read in a write transaction (SQLite's BEGIN IMMEDIATE already serialises)."""
+        return " FOR UPDATE" if self.postgres else ""
+
+    @property
+    def skip_locked(self) -> str:
+        """Claim rows other runners are not claiming at this moment (SQLite: one writer anyway)."""
+        return " FOR UPDATE SKIP LOCKED" if self.postgres else ""
+
+    def driver_sql(self, sql: str) -> str:
+        """`:name` placeholders (sqlite3's native style) in the driver's own style."""
+        return _pyformat(sql) if self.postgres else sql
+
+
+@functools.lru_cache(maxsize=256)
+def _pyformat(sql: str) -> str:
+    return _NAMED.sub(r"%(\1)s", sql)
+
+
+def first_line(exc: Any) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    orig = getattr(exc, "orig", exc)
+    code = getattr(orig, "sqlite_errorcode", None)
+    return code == getattr(sqlite3, "SQLITE_FULL", 13) or "disk is full" in str(orig).lower()

@@ -1,0 +1,167 @@
+"""Batches and their jobs: adding a manifest's jobs (known keys keep their state) and reading
+jobs, batches, attempts and events back as frozen rows."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from ..errors import LedgerError, SimulationMismatch
+from ..plan import JobSpec
+from ..states import JobState
+from .rows import Attempt, Batch, Event, Job, from_mapping
+from .store import LedgerStore
+
+
+class LedgerJobs(LedgerStore):
+    def add_jobs(self, batch: str, model: str, manifest: str, jobs: Iterable[JobSpec], chunk: int = 5000,
+                 *, simulated: bool = False) -> tuple[int, int]:
+        """Add a manifest's jobs; known keys keep their state. Returns (added, already known).
+
+        Marks every job of this manifest with a new generation, so pending jobs that are no longer
+        in the manifest are not submitted. A batch remembers whether it is simulated: once anything
+        of it was submitted, a run of the other kind is refused (SimulationMismatch), so simulated
+        clips never pass for real ones.
+        """
+        now = self.clock()
+        before = self.count_jobs(batch)
+        seen = 0
+
+        def insert_all(conn: Connection) -> int:
+            nonlocal seen
+            self._check_mode(conn, batch, simulated)
+            conn.execute(text(
+                "INSERT INTO batch (name, model, manifest, generation, simulated, committed, created_at, updated_at) "
+                "VALUES (:n, :m, :f, 1, :s, 0, :t, :t) ON CONFLICT(name) DO UPDATE SET "
+                "generation = batch.generation + 1, manifest = excluded.manifest, simulated = excluded.simulated, "
+                "updated_at = excluded.updated_at"),
+                {"n": batch, "m": model, "f": manifest, "s": simulated, "t": now})
+            generation = conn.execute(text("SELECT generation FROM batch WHERE name = :n"), {"n": batch}).scalar_one()
+            sql = text(
+                "INSERT INTO job (batch, key, seq, generation, row, take, origin, label, params, estimate, "
+                "state, attempts, lease_token, created_at, updated_at) VALUES (:batch, :key, :seq, :gen, :row, "
+                ":take, :origin, :label, :params, :estimate, 'pending', 0, 0, :t, :t) "
+                "ON CONFLICT(batch, key) DO UPDATE SET generation = excluded.generation, "
+                "origin = excluded.origin, label = excluded.label, row = excluded.row")
+            buf: list[dict[str, Any]] = []
+            for job in jobs:
+                buf.append({"batch": batch, "key": job.key, "seq": seen, "gen": generation, "row": job.row,
+                            "take": job.take, "origin": job.origin, "label": job.label,
+                            "params": json.dumps(job.params, ensure_ascii=False), "estimate": job.estimate,
+                            "t": now})
+                seen += 1
+                if len(buf) >= chunk:
+                    conn.execute(sql, buf)
+                    buf.clear()
+            if buf:
+                conn.execute(sql, buf)
+            return int(generation)
+
+        self.write(insert_all)
+        after = self.count_jobs(batch)
+        return after - before, seen - (after - before)
+
+    def _check_mode(self, conn: Connection, batch: str, simulated: bool) -> None:
+        was = conn.execute(text("SELECT simulated FROM batch WHERE name = :n"), {"n": batch}).scalar()
+        if was is None or bool(was) == simulated:
+            return
+        submitted = conn.execute(text(
+            "SELECT COUNT(*) FROM attempt a JOIN job j ON j.id = a.job_id WHERE j.batch = :n"), {"n": batch}).scalar()
+        if not submitted:
+            return  # nothing was rendered yet: the batch may change sides
+        if was:
+            raise SimulationMismatch(
+                f"batch {batch!r} in {self.display} holds simulated results (from --simulate); a real run would "
+                f"take them for real clips. Use another ledger for real renders (--ledger real.db), or rename the "
+                f"batch ('batch:' in the manifest)")
+        raise SimulationMismatch(
+            f"batch {batch!r} in {self.display} holds real, paid results; a simulated run would mix fake clips "
+            f"into them. Drop --ledger to let --simulate keep its own ledger, or rename the batch")
+
+    def check_mode(self, batch: str, simulated: bool) -> None:
+        """Raise SimulationMismatch if a run of this kind (simulated or real) would mix results."""
+        with self.engine.connect() as conn:
+            self._check_mode(conn, batch, simulated)
+
+    def set_budget(self, batch: str, budget: float | None) -> None:
+        self.write(lambda conn: conn.execute(text("UPDATE batch SET budget = :b WHERE name = :n"),
+                                             {"b": budget, "n": batch}))
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    def _rows(self, cls: type[Any], sql: str, params: dict[str, Any]) -> list[Any]:
+        with self.engine.connect() as conn:
+            return [from_mapping(cls, row) for row in conn.execute(text(sql), params).mappings()]
+
+    def is_simulated(self, batch: str) -> bool:
+        info = self.batch(batch)
+        return bool(info and info.simulated)
+
+    def generation(self, batch: str) -> int:
+        info = self.batch(batch)
+        return int(info.generation) if info else 0
+
+    def batch(self, name: str) -> Batch | None:
+        found = self._rows(Batch, "SELECT * FROM batch WHERE name = :n", {"n": name})
+        return found[0] if found else None
+
+    def batches(self) -> list[Batch]:
+        return self._rows(Batch, "SELECT * FROM batch ORDER BY created_at", {})
+
+    def count_jobs(self, batch: str) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(text("SELECT COUNT(*) FROM job WHERE batch = :b"), {"b": batch}).scalar_one())
+
+    def get(self, job_id: int) -> Job:
+        found = self._rows(Job, "SELECT * FROM job WHERE id = :id", {"id": job_id})
+        if not found:
+            raise LedgerError(f"no job with id {job_id}")
+        return found[0]  # type: ignore[no-any-return]
+
+    def find(self, key_prefix: str, batch: str | None = None) -> list[Job]:
+        """Jobs whose key starts with `key_prefix` (a short key as shown in file names works)."""
+        prefix = key_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        where = " AND batch = :b" if batch else ""
+        return self._rows(Job, f"SELECT * FROM job WHERE key LIKE :k ESCAPE '\\'{where} ORDER BY id LIMIT 20",
+                          {"k": prefix, "b": batch})
+
+    def jobs_in(self, batch: str, states: Iterable[JobState], *, after_seq: int = -1, limit: int = 500,
+                generation: int | None = None) -> list[Job]:
+        """A page of a batch's jobs in some states, in manifest order (for streaming)."""
+        wanted = ", ".join(f"'{JobState(s).value}'" for s in states)
+        gen = " AND generation = :g" if generation is not None else ""
+        return self._rows(Job, f"SELECT * FROM job WHERE batch = :b AND state IN ({wanted}) AND seq > :after{gen} "
+                               f"ORDER BY seq LIMIT :n", {"b": batch, "after": after_seq, "n": limit, "g": generation})
+
+    def iter_batch(self, batch: str | None = None, page: int = 1000) -> Iterator[Job]:
+        """Every job (of a batch, or of the ledger), a page at a time."""
+        last = 0
+        where = " AND batch = :b" if batch else ""
+        while True:
+            chunk = self._rows(Job, f"SELECT * FROM job WHERE id > :last{where} ORDER BY id LIMIT :n",
+                               {"last": last, "b": batch, "n": page})
+            if not chunk:
+                return
+            yield from chunk
+            last = chunk[-1].id
+
+    def completed_files(self, batch: str) -> list[tuple[int, str, int | None, str | None]]:
+        """(job id, file path, size, sha256) of a batch's completed jobs."""
+        with self.engine.connect() as conn:
+            return [(i, f, n, h) for i, f, n, h in conn.execute(text(
+                "SELECT id, file_path, size, sha256 FROM job WHERE batch = :b AND state = 'completed' "
+                "AND file_path IS NOT NULL"), {"b": batch})]
+
+    def file_owners(self, file_path: str) -> list[int]:
+        """Jobs (of any batch) whose recorded video is `file_path`."""
+        with self.engine.connect() as conn:
+            return [i for (i,) in conn.execute(text("SELECT id FROM job WHERE file_path = :f"), {"f": file_path})]
+
+    def events(self, job_id: int) -> list[Event]:
+        return self._rows(Event, "SELECT * FROM event WHERE job_id = :j ORDER BY id", {"j": job_id})
+
+    def attempts(self, job_id: int) -> list[Attempt]:
+        return self._rows(Attempt, "SELECT * FROM attempt WHERE job_id = :j ORDER BY id", {"j": job_id})

@@ -1,0 +1,97 @@
+"""Leases: runners claim jobs a few at a time, renew their leases, release them, and reap those
+of runners that died. A claim bumps the job's fencing token, which every later write checks.
+Runners are recorded with their host, process and heartbeat."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from sqlalchemy import Connection, text
+
+from ..states import JobState
+from .rows import Job, from_mapping
+from .store import LedgerStore
+
+
+class LedgerLeases(LedgerStore):
+    def claim(self, batch: str, states: Iterable[JobState], owner: str, lease_seconds: float, limit: int,
+              generation: int | None = None) -> list[Job]:
+        """Take up to `limit` jobs nobody holds (or whose lease expired), paid work first.
+
+        One statement: each claimed job gets this owner, a lease and a new fencing token
+        (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite's BEGIN IMMEDIATE serialises claims).
+        """
+        now = self.clock()
+        wanted = ", ".join(f"'{s.value}'" for s in states)
+        skip = self.sql.skip_locked
+        gen = " AND (generation = :g OR state != 'pending')" if generation is not None else ""
+        sql = (f"UPDATE job SET owner = :o, lease_until = :u, lease_token = lease_token + 1 WHERE id IN ("
+               f"SELECT id FROM job WHERE batch = :b AND state IN ({wanted}){gen} AND "
+               f"(owner IS NULL OR lease_until IS NULL OR lease_until < :now) "
+               f"ORDER BY CASE state WHEN 'rendered' THEN 0 WHEN 'submitted' THEN 1 ELSE 2 END, seq "
+               f"LIMIT :n{skip}) RETURNING *")
+        jobs = self.write(lambda conn: [from_mapping(Job, row) for row in conn.execute(text(sql), {
+            "o": owner, "u": now + lease_seconds, "b": batch, "now": now, "n": limit, "g": generation}).mappings()])
+        order = {"rendered": 0, "submitted": 1}
+        return sorted(jobs, key=lambda j: (order.get(j.state, 2), j.seq))
+
+    def register(self, owner: str, batch: str, host: str, pid: int) -> None:
+        """Record a runner starting on a batch: who it is, on which host and process."""
+        now = self.clock()
+        self.write(lambda conn: conn.execute(text(
+            "INSERT INTO runner (owner, batch, host, pid, started_at, heartbeat_at) VALUES (:o, :b, :h, :p, :t, :t) "
+            "ON CONFLICT(owner) DO UPDATE SET heartbeat_at = excluded.heartbeat_at"),
+            {"o": owner, "b": batch, "h": host, "p": pid, "t": now}))
+
+    def renew(self, batch: str, owner: str, lease_seconds: float) -> int:
+        """The runner's heartbeat: extend every lease it holds in the batch."""
+        now = self.clock()
+
+        def op(conn: Connection) -> int:
+            conn.execute(text("UPDATE runner SET heartbeat_at = :t WHERE owner = :o"), {"t": now, "o": owner})
+            return int(conn.execute(text("UPDATE job SET lease_until = :u WHERE batch = :b AND owner = :o"),
+                                    {"u": now + lease_seconds, "b": batch, "o": owner}).rowcount)
+        return self.write(op)
+
+    def release(self, batch: str, owner: str) -> int:
+        """Give up every lease this runner holds (end of run): others may take the jobs at once."""
+        def op(conn: Connection) -> int:
+            conn.execute(text("DELETE FROM runner WHERE owner = :o"), {"o": owner})
+            return int(conn.execute(text("UPDATE job SET owner = NULL, lease_until = NULL WHERE batch = :b AND "
+                                         "owner = :o"), {"b": batch, "o": owner}).rowcount)
+        return self.write(op)
+
+    def reap_dead_runners(self, batch: str, host: str, alive: Callable[[int], bool], me: str) -> int:
+        """End at once the leases of runners of this batch on this host whose process is gone (a
+        runner on another host is known dead only when its leases run out). Returns how many."""
+        with self.engine.connect() as conn:
+            runners = [(o, p) for o, p in conn.execute(text(
+                "SELECT owner, pid FROM runner WHERE batch = :b AND host = :h AND owner != :me"),
+                {"b": batch, "h": host, "me": me})]
+        dead = [owner for owner, pid in runners if not alive(int(pid))]
+
+        def op(conn: Connection) -> None:
+            for owner in dead:
+                conn.execute(text("UPDATE job SET lease_until = 0 WHERE batch = :b AND owner = :o"),
+                             {"b": batch, "o": owner})
+                conn.execute(text("DELETE FROM runner WHERE owner = :o"), {"o": owner})
+        if dead:
+            self.write(op)
+        return len(dead)
+
+    def held_by_others(self, batch: str, owner: str, include_pending: bool = True) -> int:
+        """Unfinished jobs other runners hold with live leases (work that may still come back)."""
+        states = "'submitting', 'submitted', 'rendered'" + (", 'pending'" if include_pending else "")
+        with self.engine.connect() as conn:
+            return conn.execute(text(
+                "SELECT COUNT(*) FROM job WHERE batch = :b AND owner IS NOT NULL AND owner != :o AND "
+                f"lease_until >= :now AND state IN ({states})"),
+                {"b": batch, "o": owner, "now": self.clock()}).scalar_one()
+
+    def release_jobs(self, ids: list[int], owner: str) -> int:
+        """Give back particular jobs this runner claimed but will not work on."""
+        if not ids:
+            return 0
+        return self.write(lambda conn: conn.execute(text(
+            f"UPDATE job SET owner = NULL, lease_until = NULL WHERE owner = :o AND id IN "
+            f"({', '.join(str(int(i)) for i in ids)})"), {"o": owner}).rowcount)

@@ -1,0 +1,123 @@
+"""Named, append-only migrations: what each version of the ledger added, by name of the schema's
+own columns and tables, so the schema is written once (in `schema.py`).
+
+A new ledger is created whole from the schema and stamped with every version. An older ledger
+gets the steps of the versions it lacks, in order; adding a column or table that is already
+there is skipped, so a step stays correct when the schema grows later. Data carried over
+between versions is plain SQL, written for both databases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from sqlalchemy import Column, Connection, Index, Table, inspect, text
+from sqlalchemy.schema import CreateColumn
+from sqlmodel import SQLModel
+
+from ..errors import LedgerError
+from .schema import AttemptTable, BatchTable, JobTable, RunnerTable, SchemaMigration
+
+Step = Callable[[Connection], None]
+
+
+class Migration(NamedTuple):
+    version: int
+    name: str
+    steps: list[Step]
+
+
+def _table(model: Any) -> Table:
+    return model.__table__  # type: ignore[no-any-return]
+
+
+def add_column(model: Any, name: str) -> Step:
+    """ALTER TABLE ... ADD COLUMN, the column rendered from the schema for this database."""
+    table = _table(model)
+    column: Column[Any] = table.c[name]
+
+    def step(conn: Connection) -> None:
+        if name in {c["name"] for c in inspect(conn).get_columns(table.name)}:
+            return
+        ddl = CreateColumn(column).compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
+    return step
+
+
+def create_table(model: Any) -> Step:
+    """A table of the schema (with its indexes), if it is not there yet."""
+    def step(conn: Connection) -> None:
+        _table(model).create(conn, checkfirst=True)
+    return step
+
+
+def create_index(model: Any, name: str) -> Step:
+    def step(conn: Connection) -> None:
+        index: Index = next(i for i in _table(model).indexes if i.name == name)
+        index.create(conn, checkfirst=True)
+    return step
+
+
+def sql(statement: str) -> Step:
+    def step(conn: Connection) -> None:
+        conn.execute(text(statement))
+    return step
+
+
+MIGRATIONS: list[Migration] = [
+    # Every table of version 1 is made whole by `create` for a new ledger; nothing older exists.
+    Migration(1, "initial", []),
+    Migration(2, "attempts, generations and render times", [
+        create_table(AttemptTable),
+        add_column(JobTable, "render_seconds"),
+        add_column(JobTable, "generation"),
+        add_column(BatchTable, "generation"),
+        # A version-1 ledger kept the cost on the job only: carry it over so budgets stay true.
+        sql("""INSERT INTO attempt (job_id, number, outcome, reserved, remote_job_id, credit_cost, refunded,
+                                    started_at, ended_at)
+               SELECT id, 1, CASE WHEN state = 'submitting' THEN 'unknown' ELSE 'accepted' END,
+                      estimate, remote_job_id, credit_cost, state = 'failed', COALESCE(submitted_at, created_at),
+                      finished_at
+               FROM job WHERE remote_job_id IS NOT NULL OR state = 'submitting'"""),
+    ]),
+    Migration(3, "batch budget", [add_column(BatchTable, "budget")]),
+    Migration(4, "leases, fencing tokens and the shared budget's running total", [
+        add_column(JobTable, "owner"),
+        add_column(JobTable, "lease_until"),
+        add_column(JobTable, "lease_token"),
+        create_index(JobTable, "job_batch_owner"),
+        add_column(BatchTable, "committed"),
+        sql("""UPDATE batch SET committed = COALESCE((
+                 SELECT SUM(CASE WHEN a.outcome = 'accepted' AND NOT a.refunded THEN a.credit_cost
+                                 WHEN a.outcome IN ('submitting', 'unknown') THEN a.reserved ELSE 0 END)
+                 FROM attempt a JOIN job j ON j.id = a.job_id WHERE j.batch = batch.name), 0)"""),
+    ]),
+    Migration(5, "batches remember whether they were simulated", [add_column(BatchTable, "simulated")]),
+    Migration(6, "runners recorded with their host, process and heartbeat", [create_table(RunnerTable)]),
+]
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+def upgrade(conn: Connection, now: float, display: str, target: int = SCHEMA_VERSION) -> list[int]:
+    """Bring the ledger on `conn` to `target`; returns the versions applied."""
+    migrations = _table(SchemaMigration)
+    fresh = not inspect(conn).has_table("schema_migrations")
+    if fresh and inspect(conn).has_table("job"):
+        raise LedgerError(f"{display} has batcher's tables but no schema_migrations: not a ledger batcher wrote")
+    migrations.create(conn, checkfirst=True)
+    have = {v for (v,) in conn.execute(text("SELECT version FROM schema_migrations"))}
+    newest = max(have, default=0)
+    if newest > SCHEMA_VERSION:
+        raise LedgerError(f"{display} was written by a newer batcher (schema {newest}); upgrade batcher")
+    wanted = [m for m in MIGRATIONS if m.version not in have and (fresh or m.version <= target)]
+    if fresh:
+        SQLModel.metadata.create_all(conn)  # the whole schema at once; every version is in it
+    else:
+        for migration in wanted:
+            for step in migration.steps:
+                step(conn)
+    for migration in wanted:
+        conn.execute(text("INSERT INTO schema_migrations (version, name, applied_at) VALUES (:v, :n, :t)"),
+                     {"v": migration.version, "n": migration.name, "t": now})
+    return [m.version for m in wanted]

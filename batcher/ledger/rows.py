@@ -1,0 +1,113 @@
+"""What the ledger hands out: frozen rows. Code that changes a job writes to the ledger and takes
+the new row (or `dataclasses.replace`s its copy with what it wrote); nothing edits a row in place."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+from ..states import JobState
+
+R = TypeVar("R")
+
+
+def from_mapping(cls: type[R], row: Mapping[str, Any]) -> R:
+    """A frozen row from a database row (extra columns ignored)."""
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in row.items() if k in names})
+
+
+@dataclass(frozen=True)
+class Batch:
+    name: str
+    model: str
+    manifest: str
+    generation: int
+    budget: float | None  # the budget of the latest run
+    committed: float  # credits charged or reserved: the shared budget's running total
+    simulated: bool
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    batch: str
+    key: str
+    seq: int
+    generation: int
+    row: int
+    take: int
+    origin: str
+    label: str
+    params: str  # JSON, manifest names
+    estimate: float
+    state: str
+    remote_job_id: str | None
+    status_url: str | None
+    credit_cost: float | None
+    output_url: str | None
+    output_expires_at: float | None
+    file_path: str | None
+    size: int | None
+    sha256: str | None
+    error: str | None
+    attempts: int
+    render_seconds: float | None
+    owner: str | None
+    lease_until: float | None
+    lease_token: int
+    created_at: float
+    updated_at: float
+    submitted_at: float | None
+    finished_at: float | None
+
+    @property
+    def job_state(self) -> JobState:
+        return JobState(self.state)
+
+    def parameters(self) -> dict[str, Any]:
+        return json.loads(self.params)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One submission attempt: the record that says what a job may have cost."""
+
+    id: int
+    job_id: int
+    number: int
+    outcome: str  # submitting | accepted | unknown | not_sent | rejected
+    reserved: float
+    remote_job_id: str | None
+    credit_cost: float | None
+    refunded: bool
+    started_at: float
+    ended_at: float | None
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    job_id: int
+    at: float
+    kind: str
+    from_state: str | None
+    to_state: str | None
+    detail: str | None
+
+
+@dataclass(frozen=True)
+class Spend:
+    """Credits a batch has cost, by how sure we are of it."""
+
+    spent: float  # charged by the API and not refunded
+    held: float  # reserved for submissions whose outcome is unknown (may have been charged)
+    refunded: float
+
+    @property
+    def committed(self) -> float:
+        return self.spent + self.held

@@ -1,0 +1,141 @@
+"""The ledger's schema, defined once: these tables create a new ledger whole, and migrations
+name the columns and tables of them that an older ledger lacks.
+
+Types are chosen to be the same on SQLite and PostgreSQL: ids are 64-bit on PostgreSQL and
+SQLite's rowid alias (INTEGER PRIMARY KEY) there; columns added by migrations carry server
+defaults so `ALTER TABLE ... ADD COLUMN ... NOT NULL` works on a table with rows.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from sqlalchemy import (
+    BigInteger, Boolean, Column, Float, ForeignKey, Index, Integer, Text, UniqueConstraint, false, text,
+)
+from sqlmodel import Field, SQLModel
+
+# 64-bit ids on PostgreSQL; on SQLite only INTEGER PRIMARY KEY is the auto-numbered rowid.
+ID = BigInteger().with_variant(Integer(), "sqlite")
+REAL = Float(precision=53)  # DOUBLE PRECISION on PostgreSQL, REAL on SQLite
+
+
+def _id() -> Column:  # type: ignore[type-arg]  # sqlmodel wants an untyped Column here
+    return Column(ID, primary_key=True, autoincrement=True)
+
+
+def _ref(target: str) -> Column:  # type: ignore[type-arg]
+    return Column(ID, ForeignKey(target), nullable=False)
+
+
+def _real(nullable: bool = True, default: str | None = None) -> Column:  # type: ignore[type-arg]
+    return Column(REAL, nullable=nullable, server_default=text(default) if default is not None else None)
+
+
+def _int(default: str) -> Column:  # type: ignore[type-arg]
+    return Column(Integer, nullable=False, server_default=text(default))
+
+
+class SchemaMigration(SQLModel, table=True):
+    __tablename__ = "schema_migrations"
+    version: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    name: str
+    applied_at: float = Field(sa_column=_real(nullable=False))
+
+
+class BatchTable(SQLModel, table=True):
+    __tablename__ = "batch"
+    name: str = Field(primary_key=True)
+    model: str
+    manifest: str
+    generation: int = Field(default=0, sa_column=_int("0"))
+    budget: Optional[float] = Field(default=None, sa_column=_real())  # the budget of the latest run
+    # credits charged or reserved: the shared budget's running total
+    committed: float = Field(default=0.0, sa_column=_real(nullable=False, default="0"))
+    # rendered by the built-in simulator: its clips are not real renders
+    simulated: bool = Field(default=False, sa_column=Column("simulated", nullable=False, server_default=false(),
+                                                             type_=Boolean))
+    created_at: float = Field(sa_column=_real(nullable=False))
+    updated_at: float = Field(sa_column=_real(nullable=False))
+
+
+class JobTable(SQLModel, table=True):
+    __tablename__ = "job"
+    __table_args__ = (
+        UniqueConstraint("batch", "key"),
+        Index("job_batch_state_seq", "batch", "state", "seq"),
+        Index("job_batch_owner", "batch", "owner"),
+    )
+    id: Optional[int] = Field(default=None, sa_column=_id())
+    batch: str = Field(foreign_key="batch.name")
+    key: str
+    seq: int
+    generation: int = Field(default=0, sa_column=_int("0"))
+    row: int
+    take: int
+    origin: str
+    label: str
+    params: str  # JSON, manifest names
+    estimate: float = Field(sa_column=_real(nullable=False))
+    state: str = Field(default="pending", sa_column=Column("state", nullable=False, server_default="pending",
+                                                           type_=Text))
+    remote_job_id: Optional[str] = None
+    status_url: Optional[str] = None
+    credit_cost: Optional[float] = Field(default=None, sa_column=_real())
+    output_url: Optional[str] = None
+    output_expires_at: Optional[float] = Field(default=None, sa_column=_real())
+    file_path: Optional[str] = None
+    size: Optional[int] = Field(default=None, sa_column=Column(BigInteger))
+    sha256: Optional[str] = None
+    error: Optional[str] = None
+    attempts: int = Field(default=0, sa_column=_int("0"))
+    render_seconds: Optional[float] = Field(default=None, sa_column=_real())
+    owner: Optional[str] = None  # the runner holding the lease
+    lease_until: Optional[float] = Field(default=None, sa_column=_real())
+    lease_token: int = Field(default=0, sa_column=_int("0"))  # fencing token: bumped by every claim
+    created_at: float = Field(sa_column=_real(nullable=False))
+    updated_at: float = Field(sa_column=_real(nullable=False))
+    submitted_at: Optional[float] = Field(default=None, sa_column=_real())
+    finished_at: Optional[float] = Field(default=None, sa_column=_real())
+
+
+class AttemptTable(SQLModel, table=True):
+    """One submission attempt: the record that says what a job may have cost."""
+
+    __tablename__ = "attempt"
+    __table_args__ = (Index("attempt_job", "job_id"),)
+    id: Optional[int] = Field(default=None, sa_column=_id())
+    job_id: int = Field(sa_column=_ref("job.id"))
+    number: int
+    outcome: str  # submitting | accepted | unknown | not_sent | rejected
+    reserved: float = Field(sa_column=_real(nullable=False))
+    remote_job_id: Optional[str] = None
+    credit_cost: Optional[float] = Field(default=None, sa_column=_real())
+    refunded: bool = Field(default=False, sa_column=Column("refunded", nullable=False, server_default=false(),
+                                                           type_=Boolean))
+    started_at: float = Field(sa_column=_real(nullable=False))
+    ended_at: Optional[float] = Field(default=None, sa_column=_real())
+
+
+class EventTable(SQLModel, table=True):
+    __tablename__ = "event"
+    __table_args__ = (Index("event_job", "job_id", "id"),)
+    id: Optional[int] = Field(default=None, sa_column=_id())
+    job_id: int = Field(sa_column=_ref("job.id"))
+    at: float = Field(sa_column=_real(nullable=False))
+    kind: str
+    from_state: Optional[str] = None
+    to_state: Optional[str] = None
+    detail: Optional[str] = None
+
+
+class RunnerTable(SQLModel, table=True):
+    """A runner working on a batch: where it runs and when it last said it was alive."""
+
+    __tablename__ = "runner"
+    owner: str = Field(primary_key=True)  # the name its leases carry
+    batch: str
+    host: str
+    pid: int
+    started_at: float = Field(sa_column=_real(nullable=False))
+    heartbeat_at: float = Field(sa_column=_real(nullable=False))

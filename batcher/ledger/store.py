@@ -1,0 +1,147 @@
+"""The ledger's plumbing: opening (and upgrading) the database, and running writes, one
+transaction each or many in one (group commit), with a full disk reported as such."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, inspect
+from sqlalchemy.exc import DBAPIError
+from sqlmodel import Session
+
+from ..errors import BatcherError, DiskFullError, LedgerError
+from .dialect import (
+    DEFAULT_LEDGER, Dialect, display_location, first_line, is_database_url, is_disk_full, postgres_engine,
+    sqlite_engine,
+)
+from .migrations import SCHEMA_VERSION
+from .migrations import upgrade as apply_migrations
+
+T = TypeVar("T")
+Write = Callable[[Connection], T]
+
+
+class LedgerStore:
+    """One ledger database, SQLite file (one host) or PostgreSQL (many hosts). Thread-safe: every
+    call takes its own connection from the pool."""
+
+    def __init__(self, path: str | Path = DEFAULT_LEDGER, *, clock: Callable[[], float] = time.time,
+                 upgrade: bool = True, durable: bool = True):
+        self.location = str(path)
+        self.postgres = is_database_url(path)
+        self.sql = Dialect(self.postgres)
+        self.dialect = self.sql.name
+        self.path = Path(path) if not self.postgres else Path("postgresql")
+        self.display = display_location(path)
+        self.clock = clock
+        if self.postgres:
+            self.engine: Engine = postgres_engine(self.location, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        else:
+            self.engine = sqlite_engine(self.path, durable)
+        try:
+            if upgrade:
+                self.upgrade()
+            elif self.schema_version() == 0:
+                raise LedgerError(f"{self.display} is not a batcher ledger")
+        except DBAPIError as e:
+            self.engine.dispose()
+            raise LedgerError(f"cannot open ledger {self.display}: {first_line(e.orig)}") from None
+        except LedgerError:
+            self.engine.dispose()
+            raise
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def write(self, fn: Callable[[Connection], T]) -> T:
+        """Run `fn` in one write transaction; disk-full becomes DiskFullError."""
+        try:
+            with self.engine.begin() as conn:
+                return fn(conn)
+        except DBAPIError as e:
+            if is_disk_full(e):
+                raise DiskFullError(f"no space left on the disk holding the ledger {self.display}") from None
+            raise LedgerError(f"ledger write failed: {first_line(e.orig)}") from None
+
+    def write_many(self, fns: list[Callable[[Connection], Any]]) -> list[Any]:
+        """Run several writes in one transaction (one fsync for them all).
+
+        Returns each result, or the exception a write raised: that write alone is left out. The
+        common case (no write fails) runs them straight; only when one fails are they run again,
+        each in its own savepoint. A full disk fails them all.
+        """
+        class _Retry(Exception):
+            pass
+
+        def straight(conn: Connection) -> list[Any]:
+            results = []
+            for fn in fns:
+                try:
+                    results.append(fn(conn))
+                except DiskFullError:
+                    raise
+                except BatcherError as e:
+                    raise _Retry() from e
+            return results
+
+        def guarded(conn: Connection) -> list[Any]:
+            results: list[Any] = []
+            for fn in fns:
+                savepoint = conn.begin_nested()
+                try:
+                    results.append(fn(conn))
+                    savepoint.commit()
+                except DiskFullError:
+                    raise
+                except BatcherError as e:
+                    savepoint.rollback()
+                    results.append(e)
+            return results
+
+        try:
+            return self.write(straight)
+        except _Retry:
+            return self.write(guarded)
+
+    def x(self, conn: Connection, sql: str, params: dict[str, Any] | None = None) -> Any:
+        """Run one statement on the hot path straight through the driver (no SQL compilation):
+        written once with `:name` placeholders, for both databases."""
+        return conn.exec_driver_sql(self.sql.driver_sql(sql), params or {})
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    def schema_version(self) -> int:
+        with self.engine.connect() as conn:
+            if not inspect(conn).has_table("schema_migrations"):
+                return 0
+            return int(conn.exec_driver_sql("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").scalar_one())
+
+    def upgrade(self, target: int = SCHEMA_VERSION) -> list[int]:
+        """Apply missing migrations up to `target`; returns the versions applied."""
+        def run(conn: Connection) -> list[int]:
+            if self.postgres:
+                # Runners starting together: one migrates, the others wait and find it done.
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(727274)")
+            return apply_migrations(conn, self.clock(), self.display, target)
+        try:
+            return self.write(run)
+        except LedgerError as e:
+            if "not a database" in str(e):
+                raise LedgerError(f"{self.path} is not a batcher ledger (not an SQLite database)") from None
+            raise
+
+    def _event(self, conn: Connection, job_id: int, kind: str, src: str | None, dst: str | None,
+               detail: str | None, at: float) -> None:
+        self.x(conn, "INSERT INTO event (job_id, at, kind, from_state, to_state, detail) "
+                     "VALUES (:j, :a, :k, :s, :d, :x)",
+               {"j": job_id, "a": at, "k": kind, "s": src, "d": dst, "x": detail})

@@ -1,0 +1,207 @@
+"""State changes, each a compare-and-set checked against `states.TRANSITIONS`, with its event:
+every one returns a write operation, for `Ledger.write`, `write_many` or the run's group writer,
+so the caller decides what commits together. The submission protocol lives here: the intent
+(with the budget's reservation) before a paid POST, the attempt's end, refunds, late answers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from ..errors import BudgetExceeded, IllegalTransition, LeaseLost, LedgerError
+from ..states import JobState, check_move
+from .store import LedgerStore
+
+
+class LedgerTransitions(LedgerStore):
+    def move(self, job_id: int, source: JobState, target: JobState, kind: str, detail: str | None = None,
+             token: int | None = None, **fields: Any) -> Callable[[Connection], None]:
+        """A compare-and-set state change with its event, as a write operation.
+
+        With `token`, the write also requires the job's fencing token to be unchanged: a runner
+        whose lease was taken over cannot overwrite the runner that took it.
+        """
+        check_move(source, target, str(job_id))
+        now = self.clock()
+
+        def op(conn: Connection) -> None:
+            sets = ", ".join(f"{name} = :f_{name}" for name in fields)
+            args = {f"f_{name}": value for name, value in fields.items()}
+            args.update({"id": job_id, "src": source.value, "dst": target.value, "t": now, "tok": token})
+            fence = " AND lease_token = :tok" if token is not None else ""
+            sql = f"UPDATE job SET state = :dst, updated_at = :t{', ' + sets if sets else ''} " \
+                  f"WHERE id = :id AND state = :src{fence}"
+            if self.x(conn, sql, args).rowcount != 1:
+                row = self.x(conn, "SELECT state, lease_token FROM job WHERE id = :id", {"id": job_id}).first()
+                if row is not None and token is not None and row[1] != token:
+                    raise LeaseLost(f"job {job_id}: another runner holds it now (token {row[1]}, ours {token})")
+                raise IllegalTransition(
+                    f"job {job_id}: expected state {source.value}, found {row[0] if row else None}; "
+                    f"not moving to {target.value}")
+            self._event(conn, job_id, kind, source.value, target.value, detail, now)
+        return op
+
+    def note(self, job_id: int, kind: str, detail: str | None = None, token: int | None = None, **fields: Any
+             ) -> Callable[[Connection], None]:
+        """An event (and optional field updates, fenced by `token`) that does not change the state."""
+        now = self.clock()
+
+        def op(conn: Connection) -> None:
+            if fields:
+                sets = ", ".join(f"{name} = :f_{name}" for name in fields)
+                args = {f"f_{name}": value for name, value in fields.items()}
+                args.update({"id": job_id, "t": now, "tok": token})
+                fence = " AND lease_token = :tok" if token is not None else ""
+                if self.x(conn, f"UPDATE job SET {sets}, updated_at = :t WHERE id = :id{fence}", args).rowcount != 1:
+                    raise LeaseLost(f"job {job_id}: another runner holds it now")
+            self._event(conn, job_id, kind, None, None, detail, now)
+        return op
+
+    def _lock_batch(self, conn: Connection, batch: str) -> float:
+        """The batch's committed credits, locked until the transaction ends (PostgreSQL; SQLite's
+        BEGIN IMMEDIATE already serialises writers)."""
+        lock = self.sql.lock_row
+        value = conn.execute(text(f"SELECT committed FROM batch WHERE name = :b{lock}"), {"b": batch}).scalar()
+        return float(value or 0.0)
+
+    def begin_submission(self, job_id: int, source: JobState, reserved: float, *, token: int | None = None,
+                         batch: str | None = None, budget: float | None = None) -> Callable[[Connection], int]:
+        """The intent before a paid POST, in one transaction: job -> submitting, an attempt row, and
+        the reservation added to the batch's running total, checked against `budget` there, so
+        runners on different hosts together never exceed it. Returns the attempt id."""
+        move = self.move(job_id, source, JobState.SUBMITTING, "submit-intent", f"reserved {reserved:g} credits",
+                         token=token)
+        now = self.clock()
+
+        def op(conn: Connection) -> int:
+            name = batch or conn.execute(text("SELECT batch FROM job WHERE id = :id"), {"id": job_id}).scalar_one()
+            if budget is None:
+                move(conn)
+            else:
+                # This runner's own --budget, against the batch's total of every runner's spending.
+                committed = self._lock_batch(conn, name)
+                if committed + reserved > budget + 1e-9:
+                    raise BudgetExceeded(f"budget reached: {committed:g} of {budget:g} credits committed; the next "
+                                         f"job needs {reserved:g}", committed)
+                self.move(job_id, source, JobState.SUBMITTING, "submit-intent",
+                          f"reserved {reserved:g} credits; batch total {committed + reserved:g} of budget {budget:g}",
+                          token=token)(conn)
+            number = self.x(conn, "UPDATE job SET attempts = attempts + 1 WHERE id = :id RETURNING attempts",
+                            {"id": job_id}).scalar_one()
+            self.x(conn, "UPDATE batch SET committed = committed + :r WHERE name = :b", {"r": reserved, "b": name})
+            return self.x(conn, "INSERT INTO attempt (job_id, number, outcome, reserved, refunded, started_at) "
+                                "VALUES (:j, :n, 'submitting', :r, FALSE, :t) RETURNING id",
+                          {"j": job_id, "n": number, "r": reserved, "t": now}).scalar_one()
+        return op
+
+    def end_attempt(self, attempt_id: int, outcome: str, *, remote_job_id: str | None = None,
+                    credit_cost: float | None = None, known: tuple[str, float, str] | None = None
+                    ) -> Callable[[Connection], None]:
+        """Record how a submission ended, and move the batch's running total to match.
+
+        `known` = (outcome so far, reserved, batch) saves a lookup when the caller has them."""
+        now = self.clock()
+
+        def op(conn: Connection) -> None:
+            row = known or conn.execute(text(
+                "SELECT a.outcome, a.reserved, j.batch FROM attempt a JOIN job j ON j.id = a.job_id "
+                "WHERE a.id = :id"), {"id": attempt_id}).first()
+            if row is None:
+                raise LedgerError(f"no attempt {attempt_id}")
+            before, reserved, batch = row
+            delta = 0.0
+            if before in ("submitting", "unknown"):
+                if outcome == "accepted":
+                    delta = (credit_cost or 0.0) - reserved
+                elif outcome in ("not_sent", "rejected"):
+                    delta = -reserved
+            self.x(conn, "UPDATE attempt SET outcome = :o, remote_job_id = COALESCE(:r, remote_job_id), "
+                         "credit_cost = COALESCE(:c, credit_cost), ended_at = :t WHERE id = :id",
+                   {"o": outcome, "r": remote_job_id, "c": credit_cost, "t": now, "id": attempt_id})
+            if delta:
+                self.x(conn, "UPDATE batch SET committed = committed + :d WHERE name = :b", {"d": delta, "b": batch})
+        return op
+
+    def refund(self, job_id: int) -> Callable[[Connection], None]:
+        """The API refunds failed renders: the accepted attempt of the current remote job no longer costs."""
+        def op(conn: Connection) -> None:
+            costs = [c for (c,) in conn.execute(text(
+                "UPDATE attempt SET refunded = TRUE WHERE job_id = :j AND outcome = 'accepted' AND NOT refunded AND "
+                "remote_job_id = (SELECT remote_job_id FROM job WHERE id = :j) RETURNING credit_cost"), {"j": job_id})]
+            if costs:
+                conn.execute(text("UPDATE batch SET committed = committed - :c WHERE name = "
+                                  "(SELECT batch FROM job WHERE id = :j)"), {"c": sum(c or 0 for c in costs), "j": job_id})
+        return op
+
+    def resolve_unknown(self, job_id: int, remote_job_id: str, status_url: str, credit_cost: float,
+                        submitted_at: float) -> Callable[[Connection], bool]:
+        """A late answer for a job held as unknown (its runner lost the lease mid-POST): if nobody
+        has touched it since, it is submitted after all, and will be polled instead of held."""
+        now = self.clock()
+
+        def op(conn: Connection) -> bool:
+            moved = self.x(conn, "UPDATE job SET state = 'submitted', remote_job_id = :r, status_url = :u, "
+                                 "credit_cost = :c, submitted_at = :s, error = NULL, updated_at = :t "
+                                 "WHERE id = :id AND state = 'unknown' AND owner IS NULL",
+                           {"r": remote_job_id, "u": status_url, "c": credit_cost, "s": submitted_at, "t": now,
+                            "id": job_id}).rowcount == 1
+            detail = f"accepted as {remote_job_id} ({credit_cost:g} credits), answered after its runner lost the lease"
+            self._event(conn, job_id, "late-answer", "unknown" if moved else None, "submitted" if moved else None,
+                        detail, now)
+            return moved
+        return op
+
+    def recover_interrupted(self, batch: str) -> int:
+        """Hold as `unknown` every job a gone runner left in `submitting`; returns how many."""
+        return self.write(self.recovering(batch))
+
+    def requeue(self, batch: str, states: Iterable[JobState], reason: str) -> int:
+        """Move jobs in `states` back to pending (the user's decision); returns how many."""
+        return self.write(self.requeueing(batch, states, reason))
+
+    def recovering(self, batch: str) -> Callable[[Connection], int]:
+        """Reap: a job left in `submitting` by a runner that is gone (no lease, or one that expired)
+        may have been sent and charged: hold it as `unknown`, never pending again. Its fencing token
+        moves on, so the runner that left it cannot write to it if it wakes up."""
+        now = self.clock()
+
+        def op(conn: Connection) -> int:
+            ids = [i for (i,) in conn.execute(text(
+                "SELECT id FROM job WHERE batch = :b AND state = 'submitting' AND "
+                "(owner IS NULL OR lease_until IS NULL OR lease_until < :now)"), {"b": batch, "now": now})]
+            for job_id in ids:
+                conn.execute(text("UPDATE job SET state = 'unknown', updated_at = :t, error = :e, owner = NULL, "
+                                  "lease_until = NULL, lease_token = lease_token + 1 WHERE id = :id"),
+                             {"t": now, "id": job_id,
+                              "e": "a run stopped while this job's submission was in flight; it may have been "
+                                   "charged. Resubmit with `batcher retry --unknown` if you accept paying twice."})
+                conn.execute(text("UPDATE attempt SET outcome = 'unknown', ended_at = :t "
+                                  "WHERE job_id = :id AND outcome = 'submitting'"), {"t": now, "id": job_id})
+                self._event(conn, job_id, "recovered", "submitting", "unknown",
+                            "found in submitting with no live lease: outcome of the POST unknown", now)
+            return len(ids)
+        return op
+
+    def requeueing(self, batch: str, states: Iterable[JobState], reason: str) -> Callable[[Connection], int]:
+        """Move jobs in `states` back to pending (the user's decision, e.g. `batcher retry`)."""
+        wanted = [s for s in states]
+        for s in wanted:
+            check_move(s, JobState.PENDING)
+        now = self.clock()
+
+        def op(conn: Connection) -> int:
+            ids = [(i, st) for (i, st) in conn.execute(
+                text(f"SELECT id, state FROM job WHERE batch = :b AND state IN "
+                     f"({', '.join(repr(s.value) for s in wanted)})"), {"b": batch})]
+            for job_id, st in ids:
+                conn.execute(text("UPDATE job SET state = 'pending', error = NULL, remote_job_id = NULL, "
+                                  "status_url = NULL, output_url = NULL, output_expires_at = NULL, owner = NULL, "
+                                  "lease_until = NULL, lease_token = lease_token + 1, "
+                                  "attempts = CASE WHEN :reset THEN 0 ELSE attempts END, updated_at = :t "
+                                  "WHERE id = :id"),
+                             {"t": now, "id": job_id, "reset": st == "failed"})
+                self._event(conn, job_id, "requeued", st, "pending", reason, now)
+            return len(ids)
+        return op

@@ -1,0 +1,151 @@
+"""What every loop of a run shares: the ledger and its group writer, the client, the budget, the
+pauses, the poll planner, the download queue, and the run's stop reason and messages. Loops get
+the context explicitly; job rows are frozen, so each write returns the job as it now is."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ..client import PixelDojoClient
+from ..ledger import Job, Ledger
+from ..models import ModelSpec
+from ..policy import Budget, PollPlanner, RatePolicy
+from ..states import JobState
+from .downloads_queue import ExpiryQueue
+from .options import RunOptions
+from .outcomes import StopReason
+from .pacer import RequestPacer
+from .pauses import Pauses
+from .threads import IoThreads
+from .writer import LedgerWriter
+
+log = logging.getLogger("batcher.run")
+
+
+def job_class(params: dict[str, Any]) -> tuple[Any, ...]:
+    """Jobs that render alike: render times are learned, and charges remembered, per class."""
+    return (params.get("duration"), params.get("resolution"))
+
+
+@dataclass
+class RunContext:
+    """One run of one batch: shared state and the small actions every loop needs."""
+
+    ledger: Ledger
+    client: PixelDojoClient
+    model: ModelSpec
+    batch: str
+    options: RunOptions
+    wall: Callable[[], float] = time.time
+    rng: random.Random = field(init=False)
+    threads: IoThreads = field(init=False)
+    writer: LedgerWriter = field(init=False)
+    pacer: RequestPacer | None = field(init=False)
+    pauses: Pauses = field(init=False)
+    budget: Budget = field(init=False)
+    planner: PollPlanner = field(init=False)
+    downloads: ExpiryQueue = field(init=False)
+    owner: str = field(init=False)  # who holds leases: unique per process and run, readable in the ledger
+    stop_reason: StopReason | None = None
+    messages: list[str] = field(default_factory=list)
+    submitted: int = 0
+    completed: int = 0
+    generation: int = 0
+    out_abs: Path = Path()
+    cost_seen: dict[tuple[Any, ...], float] = field(default_factory=dict)
+    unreachable: int = 0  # submissions in a row that could not connect
+    core: anyio.CancelScope | None = None
+    _budget_changed: anyio.Event | None = None
+
+    def __post_init__(self) -> None:
+        o = self.options
+        self.rng = random.Random(o.seed)
+        self.threads = IoThreads()
+        self.writer = LedgerWriter(self.ledger, self.threads)
+        self.pacer = RequestPacer(RatePolicy(o.rpm)) if o.rpm else None
+        if self.pacer is not None:
+            self.client.set_hooks(self.pacer.before, self.pacer.after)
+        self.pauses = Pauses(o.retry.base, self.pacer, self.note)
+        self.budget = Budget(o.budget)
+        self.planner = PollPlanner(initial=max(0.01, o.expected_render), max_interval=max(1.0, o.expected_render))
+        self.downloads = ExpiryQueue(limit=max(64, 8 * o.downloads))
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{self.rng.randrange(1 << 32):08x}"
+
+    # --- the run's word ------------------------------------------------------------------------
+
+    def note(self, message: str) -> None:
+        """A message for the end summary (once) and the log."""
+        if message not in self.messages:
+            self.messages.append(message)
+        log.warning(message)
+
+    def stop(self, reason: StopReason, message: str) -> None:
+        """Stop submitting; the first reason stays unless a later one overrides it."""
+        if self.stop_reason is None or (reason.overriding and not self.stop_reason.overriding):
+            self.stop_reason = reason
+        self.note(message)
+        self.budget_signal()
+
+    @property
+    def submitting_allowed(self) -> bool:
+        return self.stop_reason is None
+
+    # --- writes of one job ---------------------------------------------------------------------
+
+    async def move(self, job: Job, source: JobState, target: JobState, kind: str, detail: str | None = None,
+                   **fields: Any) -> Job:
+        """Change a job's state in the ledger (fenced by its lease) and return the job as it now is."""
+        await self.writer.write(self.ledger.move(job.id, source, target, kind, detail, token=job.lease_token,
+                                                 **fields))
+        log.info("job %s: %s -> %s (%s)%s", job.key, source.value, target.value, kind,
+                 f": {detail}" if detail else "",
+                 extra={"job": job.key, "from": source.value, "to": target.value, "event": kind})
+        return replace(job, state=target.value, **fields)
+
+    async def event(self, job: Job, kind: str, detail: str | None = None, **fields: Any) -> Job:
+        """Record an event in a job's history (and field updates, fenced by its lease)."""
+        await self.writer.write(self.ledger.note(job.id, kind, detail, token=job.lease_token if fields else None,
+                                                 **fields))
+        log.info("job %s: %s%s", job.key, kind, f": {detail}" if detail else "", extra={"job": job.key, "event": kind})
+        return replace(job, **fields) if fields else job
+
+    async def wait_pause(self, job: Job) -> None:
+        """Wait out a shared pause (429s, a burst of server errors); the job's history records it."""
+        delay = self.pauses.remaining()
+        if delay > 0:
+            await self.event(job, "paused", f"all requests paused for {delay:.1f}s (rate limit or server errors)")
+            await anyio.sleep(delay)
+
+    # --- the budget ----------------------------------------------------------------------------
+
+    def budget_signal(self) -> None:
+        """Wake submissions waiting for room in the budget (an answer settled a reservation)."""
+        if self._budget_changed is not None:
+            self._budget_changed.set()
+        self._budget_changed = anyio.Event()
+
+    async def budget_changed(self) -> None:
+        if self._budget_changed is None:
+            self._budget_changed = anyio.Event()
+        await self._budget_changed.wait()
+
+    async def reserve(self, estimate: float) -> bool:
+        """Reserve `estimate`; while other submissions' answers may free room, wait for them."""
+        while True:
+            if not self.submitting_allowed:
+                return False
+            if self.budget.reserve(estimate):
+                return True
+            if self.budget.reservations == 0:
+                return False
+            await self.budget_changed()

@@ -1,0 +1,64 @@
+"""How things end, as enums: a run's stop reason (which owns its exit code), and the outcome of
+one submission or one job's polling. The CLI's exit codes are defined here, once."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """The process's exit status, documented in the README."""
+
+    OK = 0  # success (for `run`: every job completed)
+    ATTENTION = 1  # some jobs failed, expired, are held, or could not be finished in this run
+    USAGE = 2  # usage, manifest or configuration error
+    BUDGET = 3  # stopped by the budget or the account's credits
+    INTERRUPTED = 130  # Ctrl-C or SIGTERM
+
+
+class StopReason(str, enum.Enum):
+    """Why a run stopped submitting before its batch was done."""
+
+    BUDGET = "budget"
+    CREDITS = "credits"
+    INTERRUPTED = "interrupted"
+    AUTH = "auth"
+    DISK = "disk"
+    UNREACHABLE = "unreachable"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def overriding(self) -> bool:
+        """Reasons that replace an earlier one: the user's or the machine's word is final."""
+        return self in (StopReason.AUTH, StopReason.DISK, StopReason.INTERRUPTED)
+
+    @property
+    def exit_code(self) -> ExitCode | None:
+        """The exit status this reason forces, or None (then the jobs' states decide)."""
+        return {StopReason.AUTH: ExitCode.USAGE, StopReason.DISK: ExitCode.USAGE,
+                StopReason.INTERRUPTED: ExitCode.INTERRUPTED, StopReason.BUDGET: ExitCode.BUDGET,
+                StopReason.CREDITS: ExitCode.BUDGET}.get(self)
+
+
+class Submitted(enum.Enum):
+    """What one submission attempt came to."""
+
+    ACCEPTED = "accepted"  # the API took it: polled next
+    NOT_SENT = "not sent"  # provably never reached the API: send again after a pause
+    RATE_LIMITED = "rate limited"  # 429 before acceptance: send again after Retry-After
+    FAILED = "failed"  # the API refused it (4xx)
+    HELD = "held"  # the outcome is unknown: held for the user
+    BUDGET = "budget"  # the shared budget had no room
+    STOPPED = "stopped"  # the run is stopping (credits, auth) or another runner took the job
+
+
+class Followed(enum.Enum):
+    """What following one submitted job to the end of its render came to."""
+
+    RENDERED = "rendered"  # finished, queued for download
+    FAILED = "failed"
+    REQUEUED = "requeued"  # failed remotely, refunded, to be submitted again
+    HELD = "held"  # paid, but the API no longer knows it
+    LEFT = "left"  # not finished in this run (timeout, polls failing, stopping): the next run goes on

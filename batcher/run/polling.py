@@ -1,0 +1,115 @@
+"""Polling: follow one submitted job to the end of its render, as often as the learned render
+times say, and record how it ended: rendered (queued for download), failed and refunded
+(requeued while attempts remain), held (paid, then unknown to the API), or left for the next run."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import anyio
+
+from ..client import JobStatus
+from ..errors import AuthError, MalformedAnswer, RateLimited, RejectedError, ServerError
+from ..ledger import Job
+from ..states import JobState as S
+from .context import RunContext, job_class
+from .outcomes import Followed, StopReason
+
+
+async def follow_to_end(ctx: RunContext, job: Job) -> tuple[Followed, Job]:
+    """Poll a submitted job until it ends (or this run stops following it)."""
+    o = ctx.options
+    cls = job_class(job.parameters())
+    start_wall = job.submitted_at or ctx.wall()
+
+    def elapsed() -> float:
+        return max(0.0, ctx.wall() - start_wall)
+    polls = failures = 0
+    first_failure = lower = 0.0
+    while True:
+        density = ctx.pacer.density() if ctx.pacer is not None else 1.0
+        due = ctx.planner.next_poll(cls, elapsed(), polls, density)
+        if o.job_timeout is not None and due > o.job_timeout:
+            due = max(elapsed(), o.job_timeout)
+        if due - elapsed() > 0:
+            await anyio.sleep(due - elapsed())
+        if o.job_timeout is not None and elapsed() >= o.job_timeout and polls > 0:
+            await ctx.event(job, "timeout", f"not finished after {o.job_timeout:g}s; the next run polls it again")
+            ctx.note("some jobs passed --job-timeout; rerun to keep polling them")
+            return Followed.LEFT, job
+        await ctx.wait_pause(job)
+        seen_at = elapsed()
+        try:
+            status = await ctx.client.status(job.remote_job_id or "", job.status_url)
+        except RateLimited as e:
+            ctx.pauses.rate_limited(e)
+            await ctx.event(job, "poll-paused", f"rate limited; pausing {e.retry_after:g}s")
+            continue
+        except (ServerError, MalformedAnswer) as e:
+            ctx.pauses.server_trouble()
+            failures += 1
+            if failures == 1:
+                first_failure = time.monotonic()
+            if o.retry.gives_up(failures, time.monotonic() - first_failure):
+                await ctx.event(job, "poll-given-up", f"{failures} polls failed ({e}); stays submitted, "
+                                                      f"the next run polls it again")
+                ctx.note("polls of some jobs kept failing; they stay submitted and the next run polls them")
+                return Followed.LEFT, job
+            delay = o.retry.delay(failures, ctx.rng)
+            await ctx.event(job, "poll-retry", f"{e}; retrying in {delay:.1f}s")
+            await anyio.sleep(delay)
+            continue
+        except AuthError as e:
+            ctx.stop(StopReason.AUTH, str(e))
+            return Followed.LEFT, job
+        except RejectedError as e:
+            return Followed.HELD, await _lost(ctx, job, e)
+        failures = 0
+        ctx.pauses.server_fine()
+        polls += 1
+        if not status.done:
+            lower = seen_at
+            continue
+        ctx.planner.observe(cls, lower, seen_at)
+        return await _finished(ctx, job, status, (lower + seen_at) / 2)
+
+
+async def _lost(ctx: RunContext, job: Job, e: RejectedError) -> Job:
+    # Refused a poll (404: it no longer knows the job). We were charged and nothing says we were
+    # refunded: hold it like an unknown outcome, never pay for it again unasked.
+    charged = f"{job.credit_cost:g} credits" if job.credit_cost is not None else "its cost"
+    message = (f"the API no longer knows this paid job {job.remote_job_id} ({e}); {charged} stay "
+               f"counted as spent. `batcher retry --unknown` renders it again, paying again")
+    job = await ctx.move(job, S.SUBMITTED, S.UNKNOWN, "lost", message, error=message)
+    ctx.note("some paid jobs are no longer known to the API; they are held as unknown "
+             "(`batcher status --job KEY` shows why)")
+    return job
+
+
+async def _finished(ctx: RunContext, job: Job, status: JobStatus, render_seconds: float) -> tuple[Followed, Job]:
+    now = ctx.wall()
+    if status.status == "completed":
+        if not status.video_url:
+            message = "the API reports the job completed but gave no output URL"
+            job = await ctx.move(job, S.SUBMITTED, S.FAILED, "no-output", message, error=message, finished_at=now)
+            return Followed.FAILED, job
+        # The downloader records `rendered` before it fetches: the worker is free for the next
+        # job at once. A crash in between leaves the job submitted; the next run polls it again.
+        job = replace(job, output_url=status.video_url, output_expires_at=status.expires_at,
+                      render_seconds=render_seconds, finished_at=now)
+        await ctx.downloads.put(job)
+        return Followed.RENDERED, job
+    error = status.error or "the API reported the render failed, without a reason"
+    await ctx.writer.write(ctx.ledger.refund(job.id))
+    if job.credit_cost:
+        ctx.budget.refund(job.credit_cost)
+        ctx.budget_signal()
+    attempts, most = job.attempts, ctx.options.max_attempts
+    if attempts < most and ctx.submitting_allowed:
+        job = await ctx.move(job, S.SUBMITTED, S.PENDING, "remote-failed",
+                             f"{error} (refunded; attempt {attempts} of {most}, retrying)", error=error, finished_at=now)
+        return Followed.REQUEUED, job
+    job = await ctx.move(job, S.SUBMITTED, S.FAILED, "remote-failed", f"{error} (refunded; {attempts} attempt(s))",
+                         error=error, finished_at=now)
+    return Followed.FAILED, job

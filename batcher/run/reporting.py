@@ -1,0 +1,85 @@
+"""What a run tells: progress snapshots while it works, how far the budget goes before it spends,
+and the report of where it left its batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..ledger import Ledger
+from ..text import format_credits
+from .outcomes import ExitCode, StopReason
+
+
+@dataclass(frozen=True)
+class BudgetOutlook:
+    """What a budget will let a run do, told before anything is spent."""
+
+    budget: float
+    committed: float  # already charged, reserved or held, by every runner
+    pending: int  # jobs still to submit
+    covered: int  # of them, how many the budget covers (in the order they are submitted)
+    estimate: float  # what the pending jobs are expected to cost
+
+    def message(self) -> str | None:
+        """`budget 1,000 covers about 50 of 60 jobs (estimate 1,200)`, or None if it covers all."""
+        if self.covered >= self.pending:
+            return None
+        spent = f" ({format_credits(self.committed)} committed already)" if self.committed else ""
+        left = "jobs" if not self.committed else "jobs left"
+        return (f"budget {format_credits(self.budget)}{spent} covers about {self.covered:,} of {self.pending:,} "
+                f"{left} (estimate {format_credits(self.estimate)}); the run stops there (exit 3)")
+
+
+def budget_outlook(ledger: Ledger, batch: str, generation: int, budget: float) -> BudgetOutlook:
+    """How far `budget` goes for the batch's pending jobs, given what the batch has committed."""
+    committed = ledger.committed(batch)
+    pending, covered, estimate = ledger.budget_outlook(batch, generation, max(0.0, budget - committed))
+    return BudgetOutlook(budget, committed, pending, covered, estimate)
+
+
+@dataclass
+class Progress:
+    """A snapshot for progress displays."""
+
+    batch: str
+    counts: dict[str, int]
+    spent: float
+    reserved: float
+    budget: float | None
+    elapsed: float
+    completed_this_run: int
+    total: int
+    # Jobs the budget lets finish (done, in flight, and the pending ones it covers), when the
+    # budget will stop the run before the end; None when it covers everything.
+    covered: int | None = None
+
+
+@dataclass
+class RunReport:
+    """Where a run left its batch."""
+
+    batch: str
+    counts: dict[str, int]
+    spent: float
+    held_jobs: int
+    held_cost: float
+    budget: float | None
+    elapsed: float
+    submitted: int
+    completed: int
+    stop_reason: StopReason | None
+    messages: list[str]
+    downloaded_bytes: int = 0
+    # Failed and expired jobs by reason: (state, reason, count, a few keys), largest first.
+    failures: list[tuple[str, str, int, list[str]]] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def exit_code(self) -> ExitCode:
+        forced = self.stop_reason.exit_code if self.stop_reason is not None else None
+        if forced is not None:
+            return forced
+        return ExitCode.OK if self.counts.get("completed", 0) == self.total else ExitCode.ATTENTION

@@ -1,0 +1,196 @@
+"""The run's wiring: one task group per run, tasks named. A feeder claims jobs into a bounded
+stream; `concurrency` workers each carry one job from submission to the end of its render;
+downloaders take finished jobs from a bounded queue; one writer commits the ledger writes; the
+pacer, the heartbeat, progress and signals run beside them. Memory stays flat in the batch size."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from ..client import PixelDojoClient
+from ..errors import BatcherError, LeaseLost
+from ..ledger import Job, Ledger
+from ..models import ModelSpec
+from ..states import JobState as S
+from .context import RunContext
+from .downloads import downloader
+from .feeder import feed, heartbeat, reap, register
+from .options import RunOptions
+from .outcomes import StopReason
+from .polling import follow_to_end
+from .reporting import BudgetOutlook, Progress, RunReport, budget_outlook
+from .startup import check_live_schema, prepare_outputs
+from .submission import submit_and_follow
+
+try:
+    BaseExceptionGroup
+except NameError:  # Python 3.10
+    from exceptiongroup import BaseExceptionGroup  # type: ignore[no-redef]  # the backport's name
+
+log = logging.getLogger("batcher.run")
+
+
+class Runner:
+    """Runs one batch of a ledger against one client."""
+
+    def __init__(self, ledger: Ledger, client: PixelDojoClient, model: ModelSpec, batch: str,
+                 options: RunOptions | None = None, *,
+                 on_progress: Callable[[Progress], None] | None = None,
+                 on_force_exit: Callable[[], None] | None = None,
+                 wall: Callable[[], float] = time.time):
+        self.ctx = RunContext(ledger, client, model, batch, options or RunOptions(), wall)
+        self.on_progress = on_progress
+        self.on_force_exit = on_force_exit
+        self.outlook: BudgetOutlook | None = None
+        self._started = 0.0
+        self._workers_left = 0
+
+    async def run(self) -> RunReport:
+        ctx = self.ctx
+        self._started = time.monotonic()
+        await self._start()
+        work_send, work_recv = anyio.create_memory_object_stream[Job](max(1, ctx.options.concurrency))
+        try:
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(ctx.writer.run, name="ledger-writer")
+                pacing = anyio.CancelScope()
+                if ctx.pacer is not None:
+                    outer.start_soon(self._run_pacer, pacing, name="request-pacer")
+                try:
+                    if ctx.options.check_schema:
+                        await check_live_schema(ctx)
+                    async with anyio.create_task_group() as aux:
+                        if self.on_progress:
+                            aux.start_soon(self._report_progress, name="progress")
+                        if ctx.options.handle_signals:
+                            aux.start_soon(self._watch_signals, name="signals")
+                        aux.start_soon(heartbeat, ctx, name="lease-heartbeat")
+                        async with anyio.create_task_group() as core:
+                            ctx.core = core.cancel_scope
+                            core.start_soon(feed, ctx, work_send, name="feeder")
+                            self._workers_left = ctx.options.concurrency
+                            for i in range(ctx.options.concurrency):
+                                core.start_soon(self._worker, work_recv.clone(), name=f"worker-{i}")
+                            work_recv.close()
+                            for i in range(ctx.options.downloads):
+                                core.start_soon(downloader, ctx, name=f"downloader-{i}")
+                        aux.cancel_scope.cancel()
+                finally:
+                    pacing.cancel()
+                    ctx.writer.close()
+                    with anyio.CancelScope(shield=True):
+                        await ctx.threads.run(ctx.ledger.release, ctx.batch, ctx.owner)
+        except BaseException as e:  # noqa: BLE001 - unwrap task-group exception groups
+            raise _first_batcher_error(e) from None
+        return await self._finish()
+
+    async def _start(self) -> None:
+        ctx, o = self.ctx, self.ctx.options
+        await register(ctx)
+        await reap(ctx)
+        if o.resubmit_unknown:
+            n = await ctx.threads.run(ctx.ledger.requeue, ctx.batch, [S.UNKNOWN],
+                                      "resubmitted by consent (--resubmit-unknown)")
+            if n:
+                ctx.note(f"{n} held job(s) requeued by --resubmit-unknown: they may be charged twice")
+        ctx.generation = await ctx.threads.run(ctx.ledger.generation, ctx.batch)
+        await ctx.threads.run(ctx.ledger.set_budget, ctx.batch, o.budget)
+        await ctx.threads.run(prepare_outputs, ctx)
+        spend = await ctx.threads.run(ctx.ledger.spend, ctx.batch)
+        ctx.budget.committed = spend.committed
+        if o.budget is not None:
+            self.outlook = await ctx.threads.run(budget_outlook, ctx.ledger, ctx.batch, ctx.generation, o.budget)
+        avg = await ctx.threads.run(ctx.ledger.average_render_seconds, ctx.batch)
+        if avg:
+            ctx.planner.initial = max(0.01, avg)
+
+    async def _worker(self, recv: MemoryObjectReceiveStream[Job]) -> None:
+        ctx = self.ctx
+        try:
+            async with recv:
+                async for job in recv:
+                    try:
+                        if job.state == S.PENDING.value:
+                            if ctx.submitting_allowed:
+                                await submit_and_follow(ctx, job)
+                            else:
+                                await ctx.threads.run(ctx.ledger.release_jobs, [job.id], ctx.owner)
+                        elif job.state == S.SUBMITTED.value:
+                            await follow_to_end(ctx, job)
+                    except LeaseLost as e:
+                        log.warning("job %s: %s; leaving it to that runner", job.key, e)
+        finally:
+            self._workers_left -= 1
+            if self._workers_left == 0:
+                ctx.downloads.close()
+
+    async def _run_pacer(self, scope: anyio.CancelScope) -> None:
+        assert self.ctx.pacer is not None
+        with scope:
+            await self.ctx.pacer.run()
+
+    async def _finish(self) -> RunReport:
+        ctx, run = self.ctx, self.ctx.threads.run
+        counts = await run(lambda: ctx.ledger.counts(ctx.batch, ctx.generation))
+        spend = await run(ctx.ledger.spend, ctx.batch)
+        held, held_cost = await run(ctx.ledger.held_estimate, ctx.batch)
+        _, size = await run(ctx.ledger.downloaded_bytes, ctx.batch)
+        if held:
+            lost = await run(ctx.ledger.lost_jobs, ctx.batch)
+            why = "their submission may or may not have been charged"
+            if lost:
+                why += f"; {lost} of them were charged and then lost by the API (a poll answered 404)"
+            ctx.note(f"{held} job(s) held as unknown: {why}. `batcher retry --unknown` resubmits them "
+                     f"(up to {held_cost:g} credits more).")
+        failures = await run(ctx.ledger.failure_groups, ctx.batch)
+        return RunReport(ctx.batch, counts, spend.spent, held, held_cost, ctx.options.budget,
+                         time.monotonic() - self._started, ctx.submitted, ctx.completed, ctx.stop_reason,
+                         ctx.messages, size, failures)
+
+    # --- progress and signals ------------------------------------------------------------------
+
+    async def snapshot(self) -> Progress:
+        ctx = self.ctx
+        counts = await ctx.threads.run(lambda: ctx.ledger.counts(ctx.batch, ctx.generation))
+        total = sum(counts.values())
+        covered = None
+        if self.outlook is not None and self.outlook.covered < self.outlook.pending:
+            covered = total - (self.outlook.pending - self.outlook.covered)
+        return Progress(ctx.batch, counts, ctx.budget.committed, ctx.budget.reserved, ctx.budget.limit,
+                        time.monotonic() - self._started, ctx.completed, total, covered)
+
+    async def _report_progress(self) -> None:
+        assert self.on_progress is not None
+        while True:
+            await anyio.sleep(self.ctx.options.progress_interval)
+            self.on_progress(await self.snapshot())
+
+    async def _watch_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            count = 0
+            async for signum in signals:
+                count += 1
+                if count == 1:
+                    self.ctx.stop(StopReason.INTERRUPTED, f"interrupted by {signal.Signals(signum).name}: stopped "
+                                  f"submitting; submitted jobs are recorded and the next run picks them up")
+                    if self.ctx.core is not None:
+                        self.ctx.core.cancel()
+                elif self.on_force_exit is not None:
+                    self.on_force_exit()
+
+
+def _first_batcher_error(exc: BaseException) -> BaseException:
+    """The most meaningful error inside a (nested) exception group."""
+    if isinstance(exc, BaseExceptionGroup):
+        found = [_first_batcher_error(e) for e in exc.exceptions]
+        for e in found:
+            if isinstance(e, BatcherError):
+                return e
+        return found[0] if found else exc
+    return exc

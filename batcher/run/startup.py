@@ -1,0 +1,59 @@
+"""Before the first submission: the output folder made ready (temporary files of dead downloaders
+removed, completed videos verified against their size and sha256), and every distinct request
+of the batch held against the model's live schema, so a mismatch costs nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import AuthError, BatcherError, SchemaMismatch
+from ..files import matches, sweep_temp_files
+from ..models import check_schema
+from ..states import JobState as S
+from .context import RunContext
+
+
+def prepare_outputs(ctx: RunContext) -> None:
+    """Send every completed job whose file is gone or no longer matches back to download."""
+    out = ctx.options.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    ctx.out_abs = out.resolve()
+    sweep_temp_files(out)
+    for job_id, file_path, size, sha256 in ctx.ledger.completed_files(ctx.batch):
+        path = Path(file_path)
+        if ctx.ledger.postgres and not path.exists():
+            continue  # on a shared ledger, other runners' files live on their own hosts
+        if matches(path, size, sha256):
+            continue
+        why = "is gone" if not path.exists() else "does not match its recorded size and sha256"
+        ctx.ledger.write(ctx.ledger.move(job_id, S.COMPLETED, S.RENDERED, "file-mismatch",
+                                         f"{file_path} {why}; downloading again"))
+
+
+async def check_live_schema(ctx: RunContext) -> None:
+    """Hold the batch's requests against the live schema before spending anything (each distinct
+    request once)."""
+    try:
+        schema = await ctx.client.schema(ctx.model.api_id)
+    except AuthError:
+        raise
+    except BatcherError as e:
+        ctx.note(f"could not fetch the model schema ({e}); going on with the built-in rules")
+        return
+    after = -1
+    seen: set[int] = set()  # hashes of requests checked: small, whatever the batch size
+    while True:
+        page = await ctx.threads.run(lambda: ctx.ledger.jobs_in(ctx.batch, [S.PENDING], after_seq=after, limit=2000,
+                                                                generation=ctx.generation))
+        if not page:
+            return
+        for job in page:
+            digest = hash(job.params)
+            if digest in seen:
+                continue
+            seen.add(digest)
+            problem = check_schema(schema, ctx.model.to_wire(job.parameters()))
+            if problem:
+                raise SchemaMismatch(f"{job.origin}: the live API schema rejects this batch before anything "
+                                     f"was spent: {problem}")
+        after = page[-1].seq

@@ -1,0 +1,193 @@
+"""Submission, the paid step (never pay twice):
+1. write the intent (job -> submitting, an attempt row, the estimate reserved against the budget
+   shared by every runner) and commit;
+2. POST, shielded from cancellation;
+3. record the answer: accepted (job id, status URL, cost) in one transaction; provably not sent
+   (back to pending, sent again later); refused (failed); anything else -> `unknown`, held for
+   the user.
+Then the job is followed to the end of its render (`polling`), and submitted again while its
+refunded remote failures leave attempts."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from typing import Any
+
+import anyio
+from sqlalchemy import Connection
+
+from ..client import Submission
+from ..errors import (
+    AuthError, BudgetExceeded, CreditsExhausted, LeaseLost, NotSentError, OutcomeUnknown, RateLimited, RejectedError,
+)
+from ..ledger import Job
+from ..states import JobState as S
+from .context import RunContext, job_class
+from .failpoints import failpoint
+from .outcomes import Followed, StopReason, Submitted
+from .polling import follow_to_end
+
+log = logging.getLogger("batcher.run")
+
+
+def estimate_for(ctx: RunContext, job: Job) -> float:
+    # If the API charged more than our estimate for this kind of job, reserve that instead.
+    return max(job.estimate, ctx.cost_seen.get(job_class(job.parameters()), 0.0))
+
+
+async def submit_and_follow(ctx: RunContext, job: Job) -> None:
+    """Submit a pending job (again, while refunded failures leave attempts) and follow it."""
+    wire = ctx.model.to_wire(job.parameters())
+    not_sent = 0
+    first_try = time.monotonic()
+    while True:
+        estimate = estimate_for(ctx, job)
+        outcome = Submitted.BUDGET
+        if await ctx.reserve(estimate):
+            await ctx.wait_pause(job)
+            outcome, job = await submit_once(ctx, job, wire, estimate)
+            if outcome is Submitted.BUDGET and ctx.budget.reservations:
+                await ctx.budget_changed()
+                continue
+        if outcome is Submitted.BUDGET:
+            if ctx.stop_reason is None:
+                ctx.stop(StopReason.BUDGET, f"budget reached: {ctx.budget.committed:g} of {ctx.budget.limit:g} "
+                                            f"credits committed; the next job needs {estimate:g} "
+                                            f"({ctx.budget.remaining or 0:g} left)")
+            return
+        if outcome in (Submitted.NOT_SENT, Submitted.RATE_LIMITED):
+            not_sent += 1
+            if not await _send_again(ctx, job, outcome, not_sent, first_try):
+                return
+            continue
+        if outcome is not Submitted.ACCEPTED:
+            return
+        ctx.unreachable = 0
+        followed, job = await follow_to_end(ctx, job)
+        if followed is not Followed.REQUEUED:
+            return
+
+
+async def _send_again(ctx: RunContext, job: Job, outcome: Submitted, tries: int, first_try: float) -> bool:
+    """After a submission that never reached the API: wait and send again, unless the API looks
+    unreachable (then the run stops quickly) or this job has tried long enough."""
+    ctx.unreachable = ctx.unreachable + 1 if outcome is Submitted.NOT_SENT else 0
+    if ctx.unreachable >= max(8, 2 * ctx.options.concurrency) and ctx.stop_reason is None:
+        ctx.stop(StopReason.UNREACHABLE, f"cannot reach the API at {ctx.client.base_url}: {ctx.unreachable} "
+                                         f"submissions in a row never left this machine; nothing was charged for "
+                                         f"them. Check the network or --api-base, then run again")
+        return False
+    policy = ctx.options.submit_retry
+    if policy.gives_up(tries, time.monotonic() - first_try):
+        await ctx.event(job, "submit-given-up", f"not sent after {tries} tries; stays pending")
+        ctx.note("some submissions could not reach the API; rerun to try them again")
+        return False
+    delay = policy.delay(tries, ctx.rng)
+    await ctx.event(job, "submit-retry", f"waiting {delay:.1f}s before sending again")
+    await anyio.sleep(delay)
+    return True
+
+
+async def submit_once(ctx: RunContext, job: Job, wire: dict[str, Any], estimate: float) -> tuple[Submitted, Job]:
+    """One attempt: intent, POST, answer."""
+    with anyio.CancelScope(shield=True):
+        try:
+            attempt_id = await ctx.writer.write(ctx.ledger.begin_submission(
+                job.id, S(job.state), estimate, token=job.lease_token, batch=ctx.batch, budget=ctx.options.budget))
+        except BudgetExceeded as e:
+            # Other runners share the budget: the database has the last word.
+            ctx.budget.settle(estimate, None)
+            ctx.budget.committed = max(ctx.budget.committed, e.committed - ctx.budget.reserved)
+            ctx.budget_signal()
+            return Submitted.BUDGET, job
+        job = replace(job, state=S.SUBMITTING.value, attempts=job.attempts + 1)  # as the ledger counted it
+        failpoint("after-intent")
+        known = ("submitting", estimate, ctx.batch)
+        try:
+            with anyio.fail_after(ctx.options.retry.cap + 60):
+                answer = await ctx.client.submit(ctx.model.api_id, wire)
+        except TimeoutError:
+            return Submitted.HELD, await _held(ctx, job, attempt_id, estimate, "no answer to the submission in time")
+        except OutcomeUnknown as e:
+            ctx.pauses.server_trouble()
+            return Submitted.HELD, await _held(ctx, job, attempt_id, estimate, str(e))
+        except (NotSentError, RateLimited, CreditsExhausted, AuthError) as e:
+            ctx.budget.settle(estimate, None)
+            ctx.budget_signal()
+            await ctx.writer.write(ctx.ledger.end_attempt(attempt_id, "not_sent", known=known))
+            job = await ctx.move(job, S.SUBMITTING, S.PENDING, "not-sent", str(e))
+            return _not_sent(ctx, e), job
+        except RejectedError as e:
+            ctx.budget.settle(estimate, None)
+            ctx.budget_signal()
+            await ctx.writer.write(ctx.ledger.end_attempt(attempt_id, "rejected", known=known))
+            return Submitted.FAILED, await ctx.move(job, S.SUBMITTING, S.FAILED, "rejected", str(e), error=str(e))
+        failpoint("after-post")
+        return await _accepted(ctx, job, attempt_id, estimate, answer)
+
+
+def _not_sent(ctx: RunContext, e: Exception) -> Submitted:
+    if isinstance(e, RateLimited):
+        ctx.pauses.rate_limited(e)
+        return Submitted.RATE_LIMITED
+    if isinstance(e, CreditsExhausted):
+        ctx.stop(StopReason.CREDITS, f"the account is out of credits: {e}")
+        return Submitted.STOPPED
+    if isinstance(e, AuthError):
+        ctx.stop(StopReason.AUTH, str(e))
+        return Submitted.STOPPED
+    return Submitted.NOT_SENT
+
+
+async def _accepted(ctx: RunContext, job: Job, attempt_id: int, estimate: float, answer: Submission
+                    ) -> tuple[Submitted, Job]:
+    # A charge we cannot believe (negative, not a number) is replaced by the estimate.
+    charge = answer.credit_cost if answer.credit_cost is not None else estimate
+    ctx.budget.settle(estimate, charge)
+    ctx.budget_signal()
+    cls = job_class(job.parameters())
+    ctx.cost_seen[cls] = max(ctx.cost_seen.get(cls, 0.0), charge)
+    submitted_at = ctx.wall()
+    ledger = ctx.ledger
+
+    def accept(conn: Connection) -> bool:
+        # (a reaper may have moved the attempt to unknown meanwhile: the total moves the same way)
+        ledger.end_attempt(attempt_id, "accepted", remote_job_id=answer.job_id, credit_cost=charge,
+                           known=("submitting", estimate, ctx.batch))(conn)
+        try:
+            # A refused move writes nothing, so no savepoint is needed around it.
+            ledger.move(job.id, S.SUBMITTING, S.SUBMITTED, "accepted", f"job {answer.job_id}, {charge:g} credits",
+                        token=job.lease_token, remote_job_id=answer.job_id, status_url=answer.status_url,
+                        credit_cost=charge, submitted_at=submitted_at, error=None)(conn)
+            if answer.cost_problem:
+                ledger.note(job.id, "cost-untrusted", f"{answer.cost_problem}; its estimate {estimate:g} is "
+                                                      f"counted against the budget instead")(conn)
+            return True
+        except LeaseLost:
+            # We were paused past our lease and the job was held as unknown meanwhile: what the API
+            # told us resolves it (it is submitted, and whoever claims it polls it), unless someone
+            # has acted on it since; either way its history says so.
+            ledger.resolve_unknown(job.id, answer.job_id, answer.status_url, charge, submitted_at)(conn)
+            return False
+    if not await ctx.writer.write(accept):
+        return Submitted.STOPPED, job
+    failpoint("after-accept")
+    job = replace(job, state=S.SUBMITTED.value, remote_job_id=answer.job_id, status_url=answer.status_url,
+                  credit_cost=charge, submitted_at=submitted_at, error=None)
+    if answer.cost_problem:
+        ctx.note("the API answered some submissions with a creditCost that cannot be believed (negative "
+                 "or not a number); their estimates are counted instead (`batcher status` counts them)")
+    ctx.submitted += 1
+    log.info("job %s: submitted as %s", job.key, answer.job_id)
+    return Submitted.ACCEPTED, job
+
+
+async def _held(ctx: RunContext, job: Job, attempt_id: int, estimate: float, why: str) -> Job:
+    # The API may have charged us: the reservation stays committed, the job waits for the user.
+    ctx.budget.settle(estimate, estimate)
+    ctx.budget_signal()
+    await ctx.writer.write(ctx.ledger.end_attempt(attempt_id, "unknown", known=("submitting", estimate, ctx.batch)))
+    message = f"submission outcome unknown ({why}); held: it may have been charged"
+    return await ctx.move(job, S.SUBMITTING, S.UNKNOWN, "unknown", message, error=message)

@@ -1,0 +1,34 @@
+"""Values as people read them in messages: type names, short reprs, credits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def type_name(value: Any) -> str:
+    """A user-facing name for a YAML/JSON value's type."""
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: "text", bool: "true/false", int: "a number",
+            float: "a decimal number"}.get(type(value), type(value).__name__)
+
+
+def short(value: Any, depth: int = 2) -> str:
+    """A repr for messages that stays short whatever the value (a huge list, a long string)."""
+    if isinstance(value, list):
+        if depth <= 0:
+            return "[...]"
+        items = [short(v, depth - 1) for v in value[:4]]
+        return "[" + ", ".join(items + (["..."] if len(value) > 4 else [])) + "]"
+    if isinstance(value, dict):
+        if depth <= 0:
+            return "{...}"
+        items = [f"{short(k, 0)}: {short(v, depth - 1)}" for k, v in list(value.items())[:4]]
+        return "{" + ", ".join(items + (["..."] if len(value) > 4 else [])) + "}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def format_credits(value: float) -> str:
+    """1234.5 -> '1,234.5'; whole numbers without decimals."""
+    return f"{value:,.2f}".rstrip("0").rstrip(".")
