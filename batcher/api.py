@@ -14,6 +14,7 @@ The CLI is built on these functions, so there is one code path.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +25,12 @@ import httpx
 
 from .client import DEFAULT_BASE, PixelDojoClient
 from .errors import MissingKeyError, UsageError
-from .ledger import DEFAULT_LEDGER, Ledger, is_database_url
+from .ledger import DEFAULT_LEDGER, Ledger, display_location, is_database_url
 from .manifest import Manifest, load_manifest
 from .plan import MAX_JOBS, PlanSummary, check, iter_jobs
 from .run import BudgetOutlook, Progress, RunOptions, RunReport, Runner
 from .run import budget_outlook as _budget_outlook
-from .simulator import SimConfig, Simulator, SimulatorTransport, load_state, save_state
+from .simulator import Journal, SimConfig, Simulator, SimulatorTransport
 from .states import JobState
 
 
@@ -65,6 +66,9 @@ def default_out_dir(batch: str, simulated: bool = False, base: Path = OUTPUTS) -
     ./outputs/simulated/<batch>/ for simulated runs. The folder never leaves `base`, whatever the
     batch name says (manifests check names too; this is the last word)."""
     root = base / "simulated" if simulated else base
+    if not simulated and batch == "simulated":
+        raise UsageError("a batch named 'simulated' would put real clips in ./outputs/simulated/, beside simulated "
+                         "runs: rename the batch ('batch:' in the manifest) or give --out")
     folder = root / batch
     if not batch or folder.resolve().parent != root.resolve() or folder.name != batch:
         raise UsageError(f"batch name {batch!r} cannot be a folder name under {root}/")
@@ -84,33 +88,35 @@ class Target:
     base_url: str
     transport: httpx.AsyncBaseTransport | None = None
     simulator: Simulator | None = None
-    simulator_state: Path | None = None  # where the simulator keeps its jobs between runs
 
-    def save(self) -> None:
-        """Keep the simulator's jobs for the next run (a no-op for the real API)."""
-        if self.simulator is not None and self.simulator_state is not None:
-            save_state(self.simulator, self.simulator_state)
+    def close(self) -> None:
+        if self.simulator is not None and self.simulator.journal is not None:
+            self.simulator.journal.close()
 
 
-def simulator_state_for(ledger: str | Path) -> Path | None:
-    """The file beside an SQLite ledger where the built-in simulator keeps its state."""
+def simulator_state_for(ledger: str | Path) -> Path:
+    """The file where the built-in simulator keeps its jobs: beside an SQLite ledger, or (for a
+    PostgreSQL ledger) in the working folder, named after the database."""
     if is_database_url(ledger):
-        return None
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", display_location(ledger).rsplit("/", 1)[-1]) or "ledger"
+        return Path(f"batcher-sim-{name}.simulator.jsonl")
     path = Path(ledger)
-    return path.with_name(path.name + ".simulator.json")
+    return path.with_name(path.name + ".simulator.jsonl")
 
 
 def target(*, simulate: bool | SimConfig | Simulator = False, api_base: str | None = None,
            api_key: str | None = None, transport: httpx.AsyncBaseTransport | None = None,
            simulator_state: Path | None = None) -> Target:
     """Resolve where to send requests. A real run needs PIXELDOJO_API_KEY. A simulator given a
-    `simulator_state` file starts from it, if it exists, and `Target.save` writes it."""
+    `simulator_state` file starts from what it holds and records there what it charges."""
     if simulate:
         sim = simulate if isinstance(simulate, Simulator) else Simulator(
             simulate if isinstance(simulate, SimConfig) else SimConfig())
         if simulator_state is not None:
-            load_state(sim, simulator_state)
-        return Target(sim.config.api_key, "https://pixeldojo.ai", SimulatorTransport(sim), sim, simulator_state)
+            journal = Journal(simulator_state)
+            journal.replay(sim)
+            sim.journal = journal
+        return Target(sim.config.api_key, "https://pixeldojo.ai", SimulatorTransport(sim), sim)
     key = api_key if api_key is not None else os.environ.get("PIXELDOJO_API_KEY", "")
     if not key.strip():
         raise MissingKeyError("PIXELDOJO_API_KEY is not set: export your PixelDojo API key, or use --simulate")
@@ -147,7 +153,7 @@ async def run_async(manifest: Manifest | str | Path, *, ledger: Ledger | str | P
                                 on_force_exit=on_force_exit)
                 return await runner.run()
         finally:
-            dest.save()
+            dest.close()
     finally:
         if owned:
             led.close()
@@ -160,6 +166,8 @@ def run(manifest: Manifest | str | Path, *, ledger: str | Path = DEFAULT_LEDGER,
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     opts = RunOptions(concurrency=concurrency, budget=budget,
                       out_dir=Path(out_dir) if out_dir else default_out_dir(m.batch, bool(simulate)))
+    if simulate and str(ledger) == DEFAULT_LEDGER:
+        ledger = SIMULATED_LEDGER  # simulated clips never pass for real ones
     to = target(simulate=simulate, simulator_state=simulator_state_for(ledger) if simulate else None)
     if to.simulator is not None:
         opts.expected_render = to.simulator.config.render_seconds

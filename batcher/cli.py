@@ -279,6 +279,7 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
             m, ledger=ledger, options=options, to=to, rate_overrides=overrides, on_progress=printer,
             on_force_exit=lambda: os._exit(EXIT_INTERRUPTED), stage_jobs=False))
         printer.end()
+        _handle_signals()
         if report_path:
             from .report import build_report
             build_report(ledger, m.batch, Path(report_path))
@@ -551,13 +552,20 @@ def bench(sections: tuple[str, ...], jobs: int, concurrency: int, render: float,
 
 
 def _terminate(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt  # SIGTERM stops batcher as Ctrl-C does (a run installs its own handling)
+    raise KeyboardInterrupt
+
+
+def _handle_signals() -> None:
+    """SIGTERM and SIGHUP (a closed terminal) stop batcher as Ctrl-C does, at any step. A run
+    installs its own handling while it works and puts back the default after: so again after."""
+    import signal
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _terminate)
 
 
 def main() -> None:
     """Entry point of the `batcher` console script."""
-    import signal
-    signal.signal(signal.SIGTERM, _terminate)
+    _handle_signals()
     cli(prog_name="batcher")
 
 

@@ -10,167 +10,29 @@ where foreign text enters, and ids or URLs that carry it are refused.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import math
-import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, quote_plus, urljoin, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import httpx
 
+from .answers import (
+    DEFAULT_MAX_RETRY_AFTER, as_number, raise_for_status, REDACTED, Download, JobStatus, Submission, asked_retry_after, describe,
+    is_safe_job_id, origin, parse_time, redact_json, secret_pattern,
+)
 from .errors import (
-    AuthError, CreditsExhausted, DiskFullError, MalformedAnswer, NotSentError, OutcomeUnknown, OutputGone, OversizeError,
-    RateLimited, RejectedError, ServerError, UsageError,
+    DiskFullError, MalformedAnswer, NotSentError, OutcomeUnknown, OutputGone, OversizeError,
+    RateLimited, ServerError, UsageError,
 )
 
 DEFAULT_BASE = "https://pixeldojo.ai"
-DEFAULT_MAX_RETRY_AFTER = 300.0  # seconds: a longer Retry-After is capped to this
-REDACTED = "[redacted]"
-# What a job id may look like before it goes into a path: no slashes, dots-only segments or
-# query characters, so an answer cannot steer our requests elsewhere on the API.
-SAFE_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
-DEFAULT_PORTS = {"http": 80, "https": 443}
 log = logging.getLogger("batcher.http")
 
 # Failures that prove the request never left this machine.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
-
-
-@dataclass(frozen=True)
-class Submission:
-    """The documented 202 answer of a run."""
-
-    job_id: str
-    status_url: str
-    credit_cost: float | None  # None: the answer's creditCost cannot be believed (see cost_problem)
-    credits_remaining: float | None
-    expires_at: float | None
-    cost_problem: str | None = None
-
-
-@dataclass(frozen=True)
-class JobStatus:
-    """A job's status answer. `status` is the API's word; unknown words mean still running."""
-
-    job_id: str
-    status: str
-    video_url: str | None
-    error: str | None
-    credit_cost: float | None
-    expires_at: float | None
-
-    @property
-    def done(self) -> bool:
-        return self.status in ("completed", "failed")
-
-
-@dataclass(frozen=True)
-class Download:
-    path: Path
-    size: int
-    sha256: str
-
-
-def parse_time(value: Any) -> float | None:
-    """An ISO-8601 time (as the API writes expiresAt) to epoch seconds; None if absent or unreadable."""
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
-def _verbatim(text: str) -> str:
-    return text
-
-
-def describe(response: httpx.Response, redact: Callable[[str], str] = _verbatim) -> str:
-    """'HTTP 502 text/html: <first bytes>' for error messages about answers we cannot use.
-
-    `redact` runs before the text is cut short, so a secret at the cut is never half shown.
-    """
-    head = " ".join(redact(response.content[:65536].decode("utf-8", "replace")).split())[:120]
-    kind = redact(response.headers.get("content-type", "no content type").split(";")[0])
-    return f"HTTP {response.status_code} {kind}: {head!r}"
-
-
-def api_message(response: httpx.Response, redact: Callable[[str], str] = _verbatim) -> tuple[str | None, str]:
-    """(error code, message) from an API error body, whatever its shape."""
-    try:
-        data = response.json()
-    except ValueError:
-        return None, describe(response, redact)
-    if isinstance(data, dict):
-        err = data.get("error")
-        code = data.get("code")
-        if isinstance(err, dict):
-            code = err.get("code")
-            text = err.get("message") or err.get("code")
-            return _code(code), redact(str(text)) if text else describe(response, redact)
-        if isinstance(err, str):
-            return _code(code), redact(err)
-        if isinstance(data.get("message"), str):
-            return _code(code), redact(data["message"])
-    return None, describe(response, redact)
-
-
-def _code(value: Any) -> str | None:
-    # Codes are only compared with known words, never shown: anything else is no code at all.
-    return value if isinstance(value, str) else None
-
-
-def asked_retry_after(response: httpx.Response) -> float | None:
-    """The wait Retry-After asks for, in seconds (it may be an HTTP date); None if absent or unusable."""
-    value = response.headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)  # HTTP dates are GMT
-        seconds = max(0.0, when.timestamp() - time.time())
-    if not math.isfinite(seconds) or seconds < 0:
-        return None
-    return seconds
-
-
-def retry_after(response: httpx.Response, default: float = 5.0, cap: float = DEFAULT_MAX_RETRY_AFTER) -> float:
-    """Seconds to wait after this answer: its Retry-After capped to `cap`, `default` if it has none usable."""
-    asked = asked_retry_after(response)
-    return default if asked is None else min(asked, cap)
-
-
-def origin(url: str) -> tuple[str, str, int] | None:
-    """(scheme, host, port) of an http(s) URL, default ports filled in; None for anything else.
-
-    Parsed by httpx, the parser that will connect, so no URL can mean one host here and another there.
-    """
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError, ValueError):
-        return None
-    scheme = parsed.scheme.lower()
-    if scheme not in DEFAULT_PORTS or not parsed.host:
-        return None
-    return scheme, parsed.host.lower(), parsed.port if parsed.port is not None else DEFAULT_PORTS[scheme]
-
-
-def is_safe_job_id(value: Any) -> bool:
-    """Whether a job id from an answer may go into a path (and the ledger) as it is."""
-    return isinstance(value, str) and SAFE_JOB_ID.fullmatch(value) is not None
 
 
 class _NoCookies(httpx.Cookies):
@@ -196,7 +58,7 @@ class PixelDojoClient:
         self.base_url = base_url.rstrip("/")
         self._api_origin = origin(self.base_url)
         self._key = api_key
-        self._secret = _secret_pattern(api_key)
+        self._secret = secret_pattern(api_key)
         self.max_retry_after = max_retry_after
         self._http = httpx.AsyncClient(
             transport=transport, timeout=httpx.Timeout(timeout, connect=10.0),
@@ -225,11 +87,17 @@ class PixelDojoClient:
         await self.aclose()
 
     def redact(self, text: str) -> str:
-        """`text` with the key (bare, as `Bearer <key>`, URL- or JSON-encoded) replaced by [redacted]."""
-        return self._secret.sub(REDACTED, text) if self._secret is not None else text
+        """`text` with the key (bare, as `Bearer <key>`, URL- or JSON-encoded) replaced by [redacted].
+        A text that hides the key in percent-escapes of any kind is decoded first."""
+        if self._secret is None:
+            return text
+        if self._secret.search(text) is None and self._secret.search(unquote(text)) is not None:
+            text = unquote(text)
+        return self._secret.sub(REDACTED, text)
 
     def _leaks(self, text: str) -> bool:
-        return self._secret is not None and self._secret.search(text) is not None
+        return self._secret is not None and (self._secret.search(text) is not None
+                                             or self._secret.search(unquote(text)) is not None)
 
     def _describe(self, response: httpx.Response) -> str:
         return describe(response, self.redact)
@@ -272,7 +140,7 @@ class PixelDojoClient:
             cls = NotSentError if paid else ServerError
             raise cls(self.redact(f"{method} {urlsplit(url).path}: could not connect ({type(e).__name__})")
                       ) from None
-        except httpx.TransportError as e:
+        except httpx.RequestError as e:  # transport failures, and bodies that cannot be decoded
             # httpx's own text may quote the URL or what the server sent
             cls = OutcomeUnknown if paid else ServerError
             raise cls(self.redact(f"{method} {urlsplit(url).path}: connection failed after sending "
@@ -282,22 +150,7 @@ class PixelDojoClient:
         return response
 
     def _raise_for_api_status(self, response: httpx.Response, paid: bool) -> None:
-        status = response.status_code
-        if status < 400:
-            return
-        code, message = api_message(response, self.redact)
-        if status == 401:
-            raise AuthError(f"the API rejected the key (401): {message}", status)
-        if status == 402 or (status == 403 and code in ("insufficient_credits", "quota_exceeded")):
-            raise CreditsExhausted(f"not enough credits ({status}): {message}", status)
-        if status == 403:
-            raise AuthError(f"the API refused access (403): {message}", status)
-        if status == 429:
-            raise self._rate_limited(f"rate limited: {message}", response)
-        if status >= 500:
-            cls = OutcomeUnknown if paid else ServerError
-            raise cls(f"server error: {self._describe(response)}", status)
-        raise RejectedError(f"the API refused the request ({status}): {message}", status)
+        raise_for_status(response, paid, self.redact, self.max_retry_after)
 
     def _json(self, response: httpx.Response, paid: bool) -> dict[str, Any]:
         try:
@@ -317,7 +170,7 @@ class PixelDojoClient:
         response = await self._send("schema", "GET", f"{self.base_url}/api/v1/models/{model}/schema")
         self._raise_for_api_status(response, paid=False)
         # The schema's names and values end up in SchemaMismatch messages.
-        return _redact_json(self._json(response, paid=False), self.redact)
+        return redact_json(self._json(response, paid=False), self.redact)
 
     async def submit(self, model: str, wire: dict[str, Any]) -> Submission:
         """POST a job. Raises NotSentError (safe to resend) or OutcomeUnknown (never resend silently)."""
@@ -331,10 +184,10 @@ class PixelDojoClient:
         # A charge that is negative, infinite or not a number would let a run spend past its
         # budget: it is not believed (the caller counts its estimate instead), but the job is
         # known, so it is polled like any other.
-        believable = (isinstance(cost, (int, float)) and not isinstance(cost, bool) and math.isfinite(cost)
-                      and cost >= 0)
+        charge = as_number(cost)
+        believable = charge is not None and charge >= 0
         problem = None if believable else \
-            f"the API's creditCost {self.redact(repr(cost))[:40]} is not a believable charge"
+            f"the API's creditCost {self.redact(repr(cost)[:40])} is not a believable charge"
         # The POST may have been charged: a job id or status URL we cannot use holds the job
         # (OutcomeUnknown) instead of storing what would splice into paths or carry the key.
         if not is_safe_job_id(job_id) or self._leaks(job_id):
@@ -344,9 +197,7 @@ class PixelDojoClient:
             raise OutcomeUnknown(f"the submit answer's statusUrl carries the API key: {self._describe(response)}",
                                  response.status_code)
         status_url = self.status_url_for(job_id, status_url if isinstance(status_url, str) else None)
-        remaining = data.get("creditsRemaining")
-        return Submission(job_id, status_url, float(cost) if believable else None,
-                          float(remaining) if isinstance(remaining, (int, float)) else None,
+        return Submission(job_id, status_url, charge if believable else None, as_number(data.get("creditsRemaining")),
                           parse_time(data.get("expiresAt")), problem)
 
     def status_url_for(self, job_id: str, status_url: str | None) -> str:
@@ -383,7 +234,7 @@ class PixelDojoClient:
             error = error.get("message") or error.get("code")
         cost = data.get("creditCost")
         return JobStatus(job_id, self.redact(status), video, self.redact(str(error)) if error else None,
-                         float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None,
+                         as_number(cost),
                          parse_time(data.get("expiresAt")))
 
     async def download(self, url: str, dest: Path, *, max_bytes: int, max_redirects: int = 5) -> Download:
@@ -421,53 +272,34 @@ class PixelDojoClient:
                     length = response.headers.get("content-length")
                     if length and length.isdigit() and int(length) > max_bytes:
                         raise OversizeError(f"the video is {length} bytes, over the {max_bytes}-byte cap")
-                    return await self._save(response, dest, max_bytes)
-            except httpx.TransportError as e:
+                    return await save_video(response, dest, max_bytes)
+            except httpx.RequestError as e:  # transport failures, and bodies that cannot be decoded
                 raise ServerError(f"download failed: {type(e).__name__}") from None
             finally:
                 await self._answered("download", "GET", requested, status, started)
         raise MalformedAnswer(f"more than {max_redirects} redirects")
 
-    @staticmethod
-    async def _save(response: httpx.Response, dest: Path, max_bytes: int) -> Download:
-        digest = hashlib.sha256()
-        size = 0
-        first = b""
-        try:
-            with open(dest, "wb") as f:
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise OversizeError(f"the video is over the {max_bytes}-byte cap; download stopped")
-                    if len(first) < 12:
-                        first += chunk[: 12 - len(first)]
-                    digest.update(chunk)
-                    f.write(chunk)
-                f.flush()  # durability (fsync) is the caller's, when it gives the file its final name
-        except OSError as e:
-            if e.errno == 28:  # ENOSPC
-                raise DiskFullError(f"no space left on the disk while writing {dest.parent}") from None
-            raise
-        if first[4:8] != b"ftyp":
-            raise MalformedAnswer(f"the downloaded file is not an MP4 video (starts with {first[:12]!r})")
-        return Download(dest, size, digest.hexdigest())
 
-
-def _secret_pattern(key: str) -> re.Pattern[str] | None:
-    """Every form the key may come back in: bare, URL-encoded (either hex case), JSON-escaped,
-    and the whole `Bearer <key>` (or `Bearer%20<key>`) around any of them."""
-    if not key:
-        return None
-    forms = {key, quote(key, safe=""), quote(key), quote_plus(key), json.dumps(key)[1:-1], key.replace("/", "\\/")}
-    alternatives = "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True))
-    return re.compile(rf"(?:bearer(?:\s+|%20|\+))?(?:{alternatives})", re.IGNORECASE)
-
-
-def _redact_json(value: Any, redact: Callable[[str], str]) -> Any:
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, list):
-        return [_redact_json(v, redact) for v in value]
-    if isinstance(value, dict):
-        return {redact(k) if isinstance(k, str) else k: _redact_json(v, redact) for k, v in value.items()}
-    return value
+async def save_video(response: httpx.Response, dest: Path, max_bytes: int) -> Download:
+    """Stream a video to `dest`, hashing it, up to `max_bytes`; it must start like an MP4 file."""
+    digest = hashlib.sha256()
+    size = 0
+    first = b""
+    try:
+        with open(dest, "wb") as f:
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise OversizeError(f"the video is over the {max_bytes}-byte cap; download stopped")
+                if len(first) < 12:
+                    first += chunk[: 12 - len(first)]
+                digest.update(chunk)
+                f.write(chunk)
+            f.flush()  # durability (fsync) is the caller's, when it gives the file its final name
+    except OSError as e:
+        if e.errno == 28:  # ENOSPC
+            raise DiskFullError(f"no space left on the disk while writing {dest.parent}") from None
+        raise
+    if first[4:8] != b"ftyp":
+        raise MalformedAnswer(f"the downloaded file is not an MP4 video (starts with {first[:12]!r})")
+    return Download(dest, size, digest.hexdigest())

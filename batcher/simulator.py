@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import heapq
 import json
-import os
 import random
 import secrets
 import socket
@@ -162,6 +161,7 @@ class Simulator:
         self.rate_limited = 0
         self.faults: dict[str, int] = {}
         self.run_bodies: list[dict[str, Any]] = []  # every POST run body received, accepted or not
+        self.journal: Journal | None = None  # where charges and handed-out URLs are kept between runs
 
     # --- the record --------------------------------------------------------------------------
 
@@ -328,6 +328,8 @@ class Simulator:
         job_id = "job_" + secrets.token_hex(8)
         job = SimJob(job_id, api_id, data, cost, now, now + render, self._roll(self.config.fail_rate))
         self.jobs[job_id] = job
+        if self.journal is not None:
+            self.journal.job(self, job)
         heapq.heappush(self._ends, job.ends)
         self.peak_in_flight = max(self.peak_in_flight, len(self._ends))
         if job.fails:
@@ -356,6 +358,8 @@ class Simulator:
         token = secrets.token_hex(10)
         expires = self.wall() + self.config.url_ttl
         self.files[token] = (job_id, expires)
+        if self.journal is not None:
+            self.journal.file(token, job_id, expires)
         return _json(200, {**base_answer, "status": "completed",
                            "output": {"video": f"{base}/pixeldojotemp/{token}.mp4"}})
 
@@ -373,48 +377,65 @@ class Simulator:
 
 # --- state kept between runs -----------------------------------------------------------------------
 
-STATE_VERSION = 1
+JOURNAL_VERSION = 1
 
 
-def save_state(sim: Simulator, path: Path) -> None:
-    """Write what the simulator knows (credits, jobs, output files) beside the simulated ledger, so
-    a simulated run that is interrupted resumes as it would against the real API, which
-    remembers its jobs. Times are stored as wall-clock epochs: monotonic clocks do not survive."""
-    with sim.lock:
-        sim._tick()
+class Journal:
+    """What the simulator charged and handed out, appended as it happens (one JSON line each), so a
+    simulated run that is interrupted in any way, Ctrl-C or kill -9, resumes as it would against
+    the real API, which remembers its jobs. Times are wall-clock epochs: monotonic clocks do not
+    survive the process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: Any = None
+
+    def replay(self, sim: Simulator) -> int:
+        """Load what earlier runs recorded into `sim`; returns the jobs restored."""
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return 0
         offset = sim.wall() - sim.clock()
-        data = {
-            "version": STATE_VERSION, "credits": sim.credits,
-            "jobs": [{"job_id": j.job_id, "model": j.model, "body": j.body, "cost": j.cost,
-                      "submitted": j.submitted + offset, "ends": j.ends + offset, "fails": j.fails,
-                      "refunded": j.refunded, "answer_lost": j.answer_lost} for j in sim.jobs.values()],
-            "files": {token: [job_id, expires] for token, (job_id, expires) in sim.files.items()},
-        }
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def load_state(sim: Simulator, path: Path) -> bool:
-    """Restore what `save_state` wrote; False (and nothing changed) if there is no usable state."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
-            return False
-        offset = sim.wall() - sim.clock()
-        jobs = {j["job_id"]: SimJob(j["job_id"], j["model"], j["body"], float(j["cost"]),
-                                    float(j["submitted"]) - offset, float(j["ends"]) - offset, bool(j["fails"]),
-                                    bool(j["refunded"]), bool(j["answer_lost"])) for j in data["jobs"]}
-        files = {str(t): (str(v[0]), float(v[1])) for t, v in data["files"].items()}
-        credits = float(data["credits"])
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
-        return False
-    with sim.lock:
-        sim.credits, sim.jobs, sim.files = credits, jobs, files
+        for line in lines:
+            try:
+                entry = json.loads(line)
+                if "job" in entry:
+                    j = entry["job"]
+                    sim.jobs[j["job_id"]] = SimJob(j["job_id"], j["model"], j["body"], float(j["cost"]),
+                                                   float(j["submitted"]) - offset, float(j["ends"]) - offset,
+                                                   bool(j["fails"]), False, bool(j["answer_lost"]))
+                elif "file" in entry:
+                    token, job_id, expires = entry["file"]
+                    sim.files[str(token)] = (str(job_id), float(expires))
+            except (ValueError, KeyError, TypeError, IndexError):
+                continue  # a line cut short by a kill: the rest still counts
+        sim.credits = sim.config.credits - sum(j.cost for j in sim.jobs.values())
         now = sim.clock()
-        sim._ends = sorted(j.ends for j in jobs.values() if j.ends > now)
-        sim._refund_queue = sorted((j.ends, j.job_id) for j in jobs.values() if j.fails and not j.refunded)
-    return True
+        sim._ends = sorted(j.ends for j in sim.jobs.values() if j.ends > now)
+        sim._refund_queue = sorted((j.ends, j.job_id) for j in sim.jobs.values() if j.fails)
+        sim._tick()  # refunds of failures that ended meanwhile
+        return len(sim.jobs)
+
+    def job(self, sim: Simulator, job: SimJob) -> None:
+        offset = sim.wall() - sim.clock()
+        self._write({"job": {"job_id": job.job_id, "model": job.model, "body": job.body, "cost": job.cost,
+                             "submitted": job.submitted + offset, "ends": job.ends + offset, "fails": job.fails,
+                             "answer_lost": job.answer_lost}})
+
+    def file(self, token: str, job_id: str, expires: float) -> None:
+        self._write({"file": [token, job_id, expires]})
+
+    def _write(self, entry: dict[str, Any]) -> None:
+        if self._file is None:
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
+        self._file.write(json.dumps(entry) + "\n")
+        self._file.flush()  # in the OS's hands: survives a kill of this process
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 def validate_body(spec: ModelSpec, data: Any) -> str | None:

@@ -404,3 +404,52 @@ def test_retry_after_as_a_far_http_date_is_capped_on_polls_and_downloads(tmp_pat
     assert info.value.retry_after == 60.0 and info.value.asked > 3600 * 24 * 3649
     with pytest.raises(Exception, match="max_retry_after"):
         PixelDojoClient(KEY, BASE, max_retry_after=float("nan"))
+
+
+# --- found by a hostile review after the fixes -----------------------------------------------------
+
+def _answering(handler):
+    return httpx.MockTransport(handler)
+
+
+def test_an_absurdly_large_credit_cost_is_not_a_crash():
+    import anyio
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = '{"jobId": "job_1", "status": "pending", "creditCost": 1%s, "creditsRemaining": 1%s}' % (
+            "0" * 400, "0" * 400)
+        return httpx.Response(202, content=body.encode(), headers={"content-type": "application/json"})
+
+    async def go():
+        async with PixelDojoClient("sk-live-secret", "https://api.test", transport=_answering(handler)) as client:
+            return await client.submit("happyhorse-1.0-r2v", {"prompt": "p"})
+    answer = anyio.run(go)
+    assert answer.credit_cost is None and "not a believable charge" in answer.cost_problem
+    assert answer.credits_remaining is None
+
+
+@pytest.mark.parametrize("paid", [True, False])
+def test_a_body_that_cannot_be_decoded_is_classified_not_a_crash(paid):
+    import anyio
+
+    from batcher.errors import OutcomeUnknown, ServerError
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(202 if paid else 200, content=b"this is not gzip",
+                              headers={"content-type": "application/json", "content-encoding": "gzip"})
+
+    async def go():
+        async with PixelDojoClient("sk-live-secret", "https://api.test", transport=_answering(handler)) as client:
+            if paid:
+                return await client.submit("happyhorse-1.0-r2v", {"prompt": "p"})
+            return await client.status("job_1")
+    with pytest.raises(OutcomeUnknown if paid else ServerError):
+        anyio.run(go)
+
+
+def test_a_key_hidden_in_percent_escapes_is_redacted_and_refused():
+    client = PixelDojoClient("sim-key", "https://api.test")
+    hidden = "".join(f"%{b:02X}" for b in b"sim-key")
+    assert "sim-key" not in client.redact(f"bad token {hidden}")
+    assert "[redacted]" in client.redact(f"bad token {hidden}")
+    assert client._leaks(f"https://cdn.test/v.mp4?auth={hidden}")

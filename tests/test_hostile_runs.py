@@ -325,7 +325,8 @@ def test_a_paid_job_the_api_no_longer_knows_is_held_not_paid_again(tmp_path, wri
 
 # --- simulated runs resume like real ones -----------------------------------------------------------
 
-def test_interrupted_simulated_run_resumes_at_the_cost_of_an_uninterrupted_one(tmp_path, write):
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGKILL"])
+def test_interrupted_simulated_run_resumes_at_the_cost_of_an_uninterrupted_one(tmp_path, write, signame):
     import signal
     import time
 
@@ -341,9 +342,9 @@ def test_interrupted_simulated_run_resumes_at_the_cost_of_an_uninterrupted_one(t
         if list(states.values()).count("submitted") >= 2:
             break
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, signame))
     _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130, err
+    assert proc.returncode == (130 if signame == "SIGINT" else -9), err
     states = read_states(tmp_path / "batcher-sim.db", "small")
     assert list(states.values()).count("completed") < 8
     done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
@@ -351,8 +352,8 @@ def test_interrupted_simulated_run_resumes_at_the_cost_of_an_uninterrupted_one(t
     with Ledger(tmp_path / "batcher-sim.db") as ledger:
         assert ledger.counts("small")["completed"] == 8
         assert ledger.spend("small").spent == 8 * 20  # each clip paid once, as in an uninterrupted run
-    state = json.loads((tmp_path / "batcher-sim.db.simulator.json").read_text())
-    assert len(state["jobs"]) == 8
+    journal = (tmp_path / "batcher-sim.db.simulator.jsonl").read_text().splitlines()
+    assert sum(1 for line in journal if '"job"' in line) == 8
 
 
 # --- interrupted while staging ------------------------------------------------------------------------
@@ -473,3 +474,90 @@ def test_run_takes_max_jobs_and_stages_past_the_default_when_told(tmp_path, writ
     with Ledger(tmp_path / "batcher-sim.db") as ledger:
         with pytest.raises(Exception, match="max-jobs"):
             api.stage(ledger, api.load(manifest), max_jobs=2)
+
+
+# --- found by a hostile review of the fixes ------------------------------------------------------------
+
+def test_a_rate_below_the_real_price_costs_one_job_past_the_budget_not_a_wave(tmp_path, write):
+    manifest = write("m.yaml", small_manifest(n_rows=20))  # the simulator charges 20 a job
+    done = _cli(["run", str(manifest), "--simulate", "--sim-render-seconds", "0.02", "--budget", "30",
+                 "--rate", "720p=0.4", "-c", "8", "--json"], tmp_path)
+    data = json.loads(done.stdout)
+    assert data["exit_code"] == 3
+    # the first job, estimated at 2, is charged 20; after it every job is estimated at 20
+    assert data["credits_spent"] <= 30 + 20
+
+
+def test_another_ledgers_videos_in_a_shared_folder_are_never_replaced(tmp_path, write):
+    manifest = write("m.yaml", small_manifest(n_rows=3))
+    common = ["run", str(manifest), "--simulate", "--sim-render-seconds", "0.02", "--out", "shared"]
+    assert _cli([*common, "--ledger", "a.db"], tmp_path).returncode == 0
+    before = {p.name: _sha(p) for p in (tmp_path / "shared").glob("*.mp4")}
+    assert _cli([*common, "--ledger", "b.db"], tmp_path).returncode == 0
+    after = {p.name: _sha(p) for p in (tmp_path / "shared").glob("*.mp4")}
+    assert len(after) == 6 and all(after[name] == sha for name, sha in before.items())
+    for name in ("a.db", "b.db"):
+        with Ledger(tmp_path / name) as ledger:
+            for job in ledger.iter_batch("small"):
+                assert _sha(Path(job.file_path)) == job.sha256
+    assert _cli([*common, "--ledger", "a.db"], tmp_path).returncode == 0  # nothing to repair
+    assert {p.name: _sha(p) for p in (tmp_path / "shared").glob("*.mp4")} == after
+
+
+def test_a_video_that_cannot_be_saved_leaves_the_job_for_the_next_run(tmp_path, write):
+    manifest = write("m.yaml", small_manifest(n_rows=2))
+    common = ["run", str(manifest), "--simulate", "--sim-render-seconds", "0.02", "--out", "out"]
+    assert _cli(common, tmp_path).returncode == 0
+    with Ledger(tmp_path / "batcher-sim.db") as ledger:
+        victim = list(ledger.iter_batch("small"))[0]
+    path = Path(victim.file_path)
+    path.unlink()
+    path.mkdir()  # a directory in the video's way
+    done = _cli(common, tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "could not be saved" in done.stdout
+    path.rmdir()
+    assert _cli(common, tmp_path).returncode == 0
+
+
+class PollsAnswer(httpx.AsyncBaseTransport):
+    """The simulator, except that every status poll gets the same answer."""
+
+    def __init__(self, sim: Simulator, status: int, headers: dict[str, str] | None = None):
+        self.inner = SimulatorTransport(sim)
+        self.status, self.headers = status, headers or {}
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/api/v1/jobs/"):
+            return httpx.Response(self.status, json={"error": {"code": "insufficient_credits", "message": "no"}},
+                                  headers=self.headers, request=request)
+        return await self.inner.handle_async_request(request)
+
+
+@pytest.mark.parametrize("status,headers", [(402, {}), (429, {"retry-after": "1"})], ids=["402", "429"])
+def test_polls_that_never_succeed_end_the_job_for_this_run_not_the_run(tmp_path, write, status, headers):
+    import anyio
+
+    from batcher.policy import RetryPolicy
+    from batcher.run import RunOptions
+    manifest = write("m.yaml", small_manifest(n_rows=2))
+    sim = Simulator(SimConfig(render_seconds=0.02))
+    to = api.Target(sim.config.api_key, "https://pixeldojo.ai", PollsAnswer(sim, status, headers), sim)
+    fast = RetryPolicy(base=0.01, cap=0.05, max_attempts=3)
+    opts = RunOptions(out_dir=tmp_path / "out", expected_render=0.02, job_timeout=1.5, retry=fast, max_retry_after=0.2)
+    report = anyio.run(lambda: api.run_async(manifest, ledger=tmp_path / "l.db", options=opts, to=to))
+    assert report.exit_code == 1 and report.counts["submitted"] == 2  # polled again by the next run
+    assert report.stop_reason is None
+
+
+def test_the_python_api_keeps_simulated_runs_out_of_the_real_ledger(tmp_path, monkeypatch, write):
+    monkeypatch.chdir(tmp_path)
+    manifest = write("m.yaml", small_manifest(n_rows=1))
+    api.run(manifest, simulate=True)
+    assert (tmp_path / "batcher-sim.db").exists() and not (tmp_path / "batcher.db").exists()
+
+
+def test_a_real_batch_named_simulated_does_not_land_among_simulated_runs(tmp_path, write):
+    manifest = write("m.yaml", small_manifest(n_rows=1).replace("batch: small", "batch: simulated"))
+    done = _cli(["run", str(manifest), "--api-base", "http://127.0.0.1:9"], tmp_path, {"PIXELDOJO_API_KEY": "k"})
+    assert done.returncode == 2 and "rename the batch" in done.stderr and "Traceback" not in done.stderr

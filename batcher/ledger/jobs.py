@@ -155,11 +155,6 @@ class LedgerJobs(LedgerStore):
                 "SELECT id, file_path, size, sha256 FROM job WHERE batch = :b AND state = 'completed' "
                 "AND file_path IS NOT NULL"), {"b": batch})]
 
-    def file_owners(self, file_path: str) -> list[int]:
-        """Jobs (of any batch) whose recorded video is `file_path`."""
-        with self.engine.connect() as conn:
-            return [i for (i,) in conn.execute(text("SELECT id FROM job WHERE file_path = :f"), {"f": file_path})]
-
     def events(self, job_id: int) -> list[Event]:
         return self._rows(Event, "SELECT * FROM event WHERE job_id = :j ORDER BY id", {"j": job_id})
 

@@ -62,7 +62,8 @@ class RunContext:
     completed: int = 0
     generation: int = 0
     out_abs: Path = Path()
-    cost_seen: dict[tuple[Any, ...], float] = field(default_factory=dict)
+    cost_seen: dict[tuple[Any, ...], float] = field(default_factory=dict)  # the most charged per job class
+    probing: set[tuple[Any, ...]] = field(default_factory=set)  # classes with a first submission in flight
     unreachable: int = 0  # submissions in a row that could not connect
     core: anyio.CancelScope | None = None
     _budget_changed: anyio.Event | None = None

@@ -80,6 +80,12 @@ async def download(ctx: RunContext, job: Job) -> None:
             if ctx.core is not None:
                 ctx.core.cancel()
             return
+        except OSError as e:
+            # The folder refuses this file (a directory in the way, permissions, a read-only or
+            # failing disk): the job stays rendered and the next run tries again.
+            await ctx.event(job, "download-unsaved", f"cannot save {final.name}: {e.strerror or e}")
+            ctx.note(f"some videos could not be saved in {out} ({e.strerror or e}); fix the folder and run again")
+            return
         finally:
             with anyio.CancelScope(shield=True):
                 tmp.unlink(missing_ok=True)  # still there only if the download failed
@@ -110,8 +116,10 @@ async def _retry(ctx: RunContext, job: Job, e: Exception, tmp: Path, failures: i
 
 
 def _may_replace(ctx: RunContext, job: Job, path: Path) -> bool:
-    """A file already at a video's name may be replaced only if no other job's video is it."""
-    return all(owner == job.id for owner in ctx.ledger.file_owners(str(ctx.out_abs / path.name)))
+    """A file already at a video's name may be replaced only if it is this very job's own earlier
+    copy (recorded as its file, found changed at start); anything else, another job's video or one
+    of another ledger sharing the folder, is kept, and this video takes the next free name."""
+    return job.file_path == str(ctx.out_abs / path.name)
 
 
 async def _fresh_url(ctx: RunContext, job: Job) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..client import DEFAULT_MAX_RETRY_AFTER
+from ..answers import DEFAULT_MAX_RETRY_AFTER
 from ..policy import RetryPolicy
 
 

@@ -9,8 +9,8 @@ from dataclasses import replace
 
 import anyio
 
-from ..client import JobStatus
-from ..errors import AuthError, MalformedAnswer, RateLimited, RejectedError, ServerError
+from ..answers import JobStatus
+from ..errors import AuthError, CreditsExhausted, MalformedAnswer, RateLimited, RejectedError, ServerError
 from ..ledger import Job
 from ..states import JobState as S
 from .context import RunContext, job_class
@@ -25,7 +25,7 @@ async def follow_to_end(ctx: RunContext, job: Job) -> tuple[Followed, Job]:
 
     def elapsed() -> float:
         return max(0.0, ctx.wall() - start_wall)
-    polls = failures = 0
+    polls = failures = tries = 0
     first_failure = lower = 0.0
     while True:
         density = ctx.pacer.density() if ctx.pacer is not None else 1.0
@@ -34,19 +34,21 @@ async def follow_to_end(ctx: RunContext, job: Job) -> tuple[Followed, Job]:
             due = max(elapsed(), o.job_timeout)
         if due - elapsed() > 0:
             await anyio.sleep(due - elapsed())
-        if o.job_timeout is not None and elapsed() >= o.job_timeout and polls > 0:
+        if o.job_timeout is not None and elapsed() >= o.job_timeout and tries > 0:
             await ctx.event(job, "timeout", f"not finished after {o.job_timeout:g}s; the next run polls it again")
             ctx.note("some jobs passed --job-timeout; rerun to keep polling them")
             return Followed.LEFT, job
         await ctx.wait_pause(job)
         seen_at = elapsed()
+        tries += 1
         try:
             status = await ctx.client.status(job.remote_job_id or "", job.status_url)
         except RateLimited as e:
             ctx.pauses.rate_limited(e)
             await ctx.event(job, "poll-paused", f"rate limited; pausing {e.retry_after:g}s")
             continue
-        except (ServerError, MalformedAnswer) as e:
+        except (ServerError, MalformedAnswer, CreditsExhausted) as e:
+            # (402 on a poll is nonsense, but only this job's problem: retried like a server error)
             ctx.pauses.server_trouble()
             failures += 1
             if failures == 1:

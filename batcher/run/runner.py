@@ -172,7 +172,7 @@ class Runner:
             self.on_progress(await self.snapshot())
 
     async def _watch_signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             count = 0
             async for signum in signals:
                 count += 1

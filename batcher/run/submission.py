@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 from sqlalchemy import Connection
 
-from ..client import Submission
+from ..answers import Submission
 from ..errors import (
     AuthError, BudgetExceeded, CreditsExhausted, LeaseLost, NotSentError, OutcomeUnknown, RateLimited, RejectedError,
 )
@@ -40,17 +40,30 @@ def estimate_for(ctx: RunContext, job: Job) -> float:
 async def submit_and_follow(ctx: RunContext, job: Job) -> None:
     """Submit a pending job (again, while refunded failures leave attempts) and follow it."""
     wire = ctx.model.to_wire(job.parameters())
+    cls = job_class(job.parameters())
     not_sent = 0
     first_try = time.monotonic()
     while True:
+        # Until the API has charged one job of a kind, only one of that kind is in flight: an
+        # estimate that is too low (a --rate below the real price) costs one job, not a wave.
+        while cls not in ctx.cost_seen and cls in ctx.probing and ctx.submitting_allowed:
+            await ctx.budget_changed()
         estimate = estimate_for(ctx, job)
         outcome = Submitted.BUDGET
-        if await ctx.reserve(estimate):
-            await ctx.wait_pause(job)
-            outcome, job = await submit_once(ctx, job, wire, estimate)
-            if outcome is Submitted.BUDGET and ctx.budget.reservations:
-                await ctx.budget_changed()
-                continue
+        probe = cls not in ctx.cost_seen
+        if probe:
+            ctx.probing.add(cls)
+        try:
+            if await ctx.reserve(estimate):
+                await ctx.wait_pause(job)
+                outcome, job = await submit_once(ctx, job, wire, estimate)
+        finally:
+            if probe:
+                ctx.probing.discard(cls)
+                ctx.budget_signal()
+        if outcome is Submitted.BUDGET and ctx.budget.reservations:
+            await ctx.budget_changed()
+            continue
         if outcome is Submitted.BUDGET:
             if ctx.stop_reason is None:
                 ctx.stop(StopReason.BUDGET, f"budget reached: {ctx.budget.committed:g} of {ctx.budget.limit:g} "

@@ -1,0 +1,214 @@
+"""What an API answer says, read without trusting it: the answers' shapes, error texts and codes,
+Retry-After, origins, job ids, and the key's every form, so it can be redacted from any of them."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+import httpx
+
+from .errors import AuthError, CreditsExhausted, OutcomeUnknown, RateLimited, RejectedError, ServerError
+
+DEFAULT_MAX_RETRY_AFTER = 300.0  # seconds: a longer Retry-After is capped to this
+REDACTED = "[redacted]"
+# What a job id may look like before it goes into a path: no slashes, dots-only segments or
+# query characters, so an answer cannot steer our requests elsewhere on the API.
+SAFE_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+
+@dataclass(frozen=True)
+class Submission:
+    """The documented 202 answer of a run."""
+
+    job_id: str
+    status_url: str
+    credit_cost: float | None  # None: the answer's creditCost cannot be believed (see cost_problem)
+    credits_remaining: float | None
+    expires_at: float | None
+    cost_problem: str | None = None
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A job's status answer. `status` is the API's word; unknown words mean still running."""
+
+    job_id: str
+    status: str
+    video_url: str | None
+    error: str | None
+    credit_cost: float | None
+    expires_at: float | None
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("completed", "failed")
+
+
+@dataclass(frozen=True)
+class Download:
+    path: Path
+    size: int
+    sha256: str
+
+
+def parse_time(value: Any) -> float | None:
+    """An ISO-8601 time (as the API writes expiresAt) to epoch seconds; None if absent or unreadable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _verbatim(text: str) -> str:
+    return text
+
+
+def describe(response: httpx.Response, redact: Callable[[str], str] = _verbatim) -> str:
+    """'HTTP 502 text/html: <first bytes>' for error messages about answers we cannot use.
+
+    `redact` runs before the text is cut short, so a secret at the cut is never half shown.
+    """
+    head = " ".join(redact(response.content[:65536].decode("utf-8", "replace")).split())[:120]
+    kind = redact(response.headers.get("content-type", "no content type").split(";")[0])
+    return f"HTTP {response.status_code} {kind}: {head!r}"
+
+
+def api_message(response: httpx.Response, redact: Callable[[str], str] = _verbatim) -> tuple[str | None, str]:
+    """(error code, message) from an API error body, whatever its shape."""
+    try:
+        data = response.json()
+    except ValueError:
+        return None, describe(response, redact)
+    if isinstance(data, dict):
+        err = data.get("error")
+        code = data.get("code")
+        if isinstance(err, dict):
+            code = err.get("code")
+            text = err.get("message") or err.get("code")
+            return _code(code), redact(str(text)) if text else describe(response, redact)
+        if isinstance(err, str):
+            return _code(code), redact(err)
+        if isinstance(data.get("message"), str):
+            return _code(code), redact(data["message"])
+    return None, describe(response, redact)
+
+
+def _code(value: Any) -> str | None:
+    # Codes are only compared with known words, never shown: anything else is no code at all.
+    return value if isinstance(value, str) else None
+
+
+def asked_retry_after(response: httpx.Response) -> float | None:
+    """The wait Retry-After asks for, in seconds (it may be an HTTP date); None if absent or unusable."""
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)  # HTTP dates are GMT
+        seconds = max(0.0, when.timestamp() - time.time())
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return seconds
+
+
+def retry_after(response: httpx.Response, default: float = 5.0, cap: float = DEFAULT_MAX_RETRY_AFTER) -> float:
+    """Seconds to wait after this answer: its Retry-After capped to `cap`, `default` if it has none usable."""
+    asked = asked_retry_after(response)
+    return default if asked is None else min(asked, cap)
+
+
+def origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an http(s) URL, default ports filled in; None for anything else.
+
+    Parsed by httpx, the parser that will connect, so no URL can mean one host here and another there.
+    """
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return None
+    scheme = parsed.scheme.lower()
+    if scheme not in DEFAULT_PORTS or not parsed.host:
+        return None
+    return scheme, parsed.host.lower(), parsed.port if parsed.port is not None else DEFAULT_PORTS[scheme]
+
+
+def is_safe_job_id(value: Any) -> bool:
+    """Whether a job id from an answer may go into a path (and the ledger) as it is."""
+    return isinstance(value, str) and SAFE_JOB_ID.fullmatch(value) is not None
+
+
+def secret_pattern(key: str) -> re.Pattern[str] | None:
+    """Every form the key may come back in: bare, URL-encoded (either hex case), JSON-escaped,
+    and the whole `Bearer <key>` (or `Bearer%20<key>`) around any of them."""
+    if not key:
+        return None
+    forms = {key, quote(key, safe=""), quote(key), quote_plus(key), json.dumps(key)[1:-1], key.replace("/", "\\/")}
+    alternatives = "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True))
+    return re.compile(rf"(?:bearer(?:\s+|%20|\+))?(?:{alternatives})", re.IGNORECASE)
+
+
+def as_number(value: Any) -> float | None:
+    """A JSON number as a finite float, or None (text, true/false, NaN, infinity, or an integer too
+    large for a float: an answer cannot crash us by being absurd)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def redact_json(value: Any, redact: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [redact_json(v, redact) for v in value]
+    if isinstance(value, dict):
+        return {redact(k) if isinstance(k, str) else k: redact_json(v, redact) for k, v in value.items()}
+    return value
+
+
+def raise_for_status(response: httpx.Response, paid: bool, redact: Callable[[str], str], max_retry_after: float
+                     ) -> None:
+    """Raise the error an answer's status code means (nothing below 400); every text redacted. A paid
+    request answered 5xx may have been charged: OutcomeUnknown, never retried silently."""
+    status = response.status_code
+    if status < 400:
+        return
+    code, message = api_message(response, redact)
+    if status == 401:
+        raise AuthError(f"the API rejected the key (401): {message}", status)
+    if status == 402 or (status == 403 and code in ("insufficient_credits", "quota_exceeded")):
+        raise CreditsExhausted(f"not enough credits ({status}): {message}", status)
+    if status == 403:
+        raise AuthError(f"the API refused access (403): {message}", status)
+    if status == 429:
+        asked = asked_retry_after(response)
+        wait = 5.0 if asked is None else min(asked, max_retry_after)
+        raise RateLimited(redact(f"rate limited: {message}"), wait, asked=asked)
+    if status >= 500:
+        cls = OutcomeUnknown if paid else ServerError
+        raise cls(f"server error: {describe(response, redact)}", status)
+    raise RejectedError(f"the API refused the request ({status}): {message}", status)
