@@ -66,6 +66,9 @@ class Row:
     line: int
     fields: dict[str, Located]  # canonical field name -> value
     variables: dict[str, Located] = field(default_factory=dict)  # template variables
+    # For rows from a file: its columns that are not row fields, the names a misspelt
+    # {variable} may have meant.
+    columns: tuple[str, ...] = ()
 
     @property
     def origin(self) -> str:
@@ -155,6 +158,46 @@ class LineList(list):
     __slots__ = ("item_lines", "line")
     line: int
     item_lines: list[int]
+
+
+class SexagesimalInt(int):
+    """An integer YAML 1.1 read from `a:b` digits (unquoted 16:9 is 969), keeping the text so a
+    message can say what happened; it behaves as the plain int everywhere else (keys included)."""
+
+    text: str
+
+
+def _construct_int(loader: Any, node: yaml.ScalarNode) -> int:
+    value = loader.construct_yaml_int(node)
+    if isinstance(node.value, str) and ":" in node.value:
+        out = SexagesimalInt(value)
+        out.text = node.value
+        return out
+    return value
+
+
+def sexagesimal_problem(name: str, value: Any) -> str | None:
+    """For an enum parameter given an unquoted `a:b` number: what to write instead."""
+    if isinstance(value, SexagesimalInt):
+        return (f'{name}: write "{value.text}" in quotes (unquoted, YAML reads {value.text} as the number '
+                f'{int(value)})')
+    return None
+
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif", ".heic")
+
+
+def looks_like_local_file(text: str) -> bool:
+    """Whether a reference that is no URL reads as a path on this machine (./a.png, ~/b.jpg, c.webp)."""
+    if text.lower().startswith("file:"):
+        return True
+    if "://" in text:
+        return False
+    # A set name never needs a slash; a path (./a, C:\\a, dir/a) always has one.
+    return text.startswith("~") or "/" in text or "\\" in text or text.lower().endswith(_IMAGE_SUFFIXES)
+
+
+LOCAL_FILES_UNSUPPORTED = "(local files are not supported yet)"
 
 
 class _TooLarge(yaml.MarkedYAMLError):
@@ -249,6 +292,7 @@ def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> LineList:
 
 _Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
 _Loader.add_constructor("tag:yaml.org,2002:seq", _construct_sequence)
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 def _decode(data: bytes, display: str, diags: _Diagnostics) -> str | None:
@@ -456,6 +500,9 @@ def _check_top(doc: LineDict, path: Path, display: str, diags: _Diagnostics) -> 
             for i, url in enumerate(urls):
                 problem = check_url(url)
                 if problem:
+                    if isinstance(url, str) and looks_like_local_file(url):
+                        problem = (f"{short(url)} looks like a local file; a reference set holds http(s) image "
+                                   f"URLs {LOCAL_FILES_UNSUPPORTED}")
                     item_line = urls.item_lines[i] if isinstance(urls, LineList) else line
                     diags.add(display, item_line, f"reference set {short(name)}: {problem}")
             sets[name] = Located(list(urls), display, line)
@@ -542,6 +589,7 @@ def _rows_from_file(entry: LineDict, manifest_path: Path, display: str, first_in
         fields = dict(base_fields)
         variables: dict[str, Located] = {}
         unusable = False
+        columns = tuple(key for key in record if canonical_field(model, key) is None)
         for key, value in record.items():
             if value is None or value == "":
                 continue  # an empty cell leaves the entry's default
@@ -556,14 +604,17 @@ def _rows_from_file(entry: LineDict, manifest_path: Path, display: str, first_in
                         continue
                     variables[key] = Located(value, file_display, rec_line)
                     continue
-                diags.add(file_display, rec_line, f"unknown column {short(key)}{suggest(key, valid)}")
+                # A misspelt column most likely meant a {variable} of the prompt no column fills.
+                unfilled = sorted((template_names | _template_names_of(record)) - set(record))
+                hint = suggest(key, unfilled) or suggest(key, valid)
+                diags.add(file_display, rec_line, f"unknown column {short(key)}{hint}")
                 continue
             if name == "vary":
                 diags.add(file_display, rec_line, "'vary' cannot come from a file; put it on the 'from' entry")
                 continue
             fields[name] = Located(_coerce_cell(name, value, model), file_display, rec_line)
         if not unusable:
-            rows.append(Row(first_index + len(rows), file_display, rec_line, fields, variables))
+            rows.append(Row(first_index + len(rows), file_display, rec_line, fields, variables, columns))
     if not rows and not diags.items:
         diags.add(file_display, 1, "this file has no rows")
     return rows

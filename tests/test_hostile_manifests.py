@@ -252,3 +252,19 @@ def test_jsonl_duplicate_keys_are_refused_like_yaml(tmp_path):
     yaml_dup.write_text("version: 1\nrows:\n  - prompt: a\n    prompt: b\n    references: https://x.com/a.png\n")
     [(_, line, message)] = diagnostics(yaml_dup)
     assert line == 4 and "duplicate key 'prompt'" in message
+
+
+def test_a_valid_row_is_counted_without_building_its_jobs(tmp_path, monkeypatch):
+    # validate must answer for a million valid jobs in seconds: a row whose every job is valid is
+    # counted from its compiled key text, no job, request dict or JSON encoding per job.
+    path = tmp_path / "big.yaml"
+    path.write_text(thousand_by_thousand_rows(1).replace(",".join(str(i) for i in range(1000)),
+                                                         ",".join(str(i) for i in range(300))))
+    expected = check(load_manifest(path))
+
+    def no_jobs(*args, **kwargs):
+        raise AssertionError("a job was built to validate a valid row")
+    monkeypatch.setattr(plan_module, "job_key", no_jobs)
+    monkeypatch.setattr(plan_module, "JobSpec", no_jobs)
+    summary = check(load_manifest(path))
+    assert summary.jobs == expected.jobs == 90_000 and summary.duplicates == 0

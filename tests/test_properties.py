@@ -133,3 +133,76 @@ def test_compiled_templates_render_and_measure_like_the_regex(parts, variables):
     assert compiled.render(variables) == expected[0]
     assert compiled.length(variables) == len(expected[0])
     assert compiled.missing(variables) == list(dict.fromkeys(expected[1]))
+
+
+# --- check counts rows without building jobs: the same keys and figures as job by job ----------
+
+_texts = st.sampled_from(["a", "b", "é", '"q"', "x\\y", "{", "", "1", "\t", "{{"])
+_rows = st.fixed_dictionaries({
+    "prompt": st.sampled_from(["p {v}", "{v}-{w}", "p", "{{v}} {v}", "\u00e9 {w} \u2713"]),
+    "references": st.sampled_from(["hero", ["hero", "https://x.com/b.png"], "https://x.com/b.png"]),
+}, optional={
+    "vary": st.fixed_dictionaries({}, optional={
+        "v": st.lists(_texts | st.integers(-3, 3) | st.booleans() | st.floats(-2, 2, allow_nan=False), min_size=1,
+                      max_size=3),
+        "w": st.lists(_texts, min_size=1, max_size=2),
+        "duration": st.lists(st.sampled_from([3, 5, 5.0, 15]), min_size=1, max_size=2),
+        "resolution": st.lists(st.sampled_from(["720p", "1080p"]), min_size=1, max_size=2),
+        "aspectRatio": st.lists(st.sampled_from(["16:9", "1:1"]), min_size=1, max_size=2),
+    }),
+    "seed": st.sampled_from([0, 7, "auto"]),
+    "repeat": st.integers(1, 3),
+    "negative_prompt": st.sampled_from(["n {v}", "plain", ""]),
+    "duration": st.sampled_from([4, 8.0]),
+})
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(_rows, min_size=1, max_size=4),
+       defaults=st.fixed_dictionaries({}, optional={"seed": st.just("auto"), "resolution": st.just("1080p")}))
+def test_counting_rows_gives_the_keys_and_figures_of_building_jobs(tmp_path, rows, defaults):
+    from batcher.plan import iter_jobs, row_key_texts
+    from batcher.template import variables_in
+    for row in rows:  # every {variable} filled and every vary name used, so the rows are valid
+        used = variables_in(row["prompt"]) | variables_in(row.get("negative_prompt", ""))
+        vary = row.setdefault("vary", {})
+        for name in ("v", "w"):
+            if name in used:
+                vary.setdefault(name, ["z"])
+            else:
+                vary.pop(name, None)
+        if not vary:
+            del row["vary"]
+    doc = {"version": 1, "defaults": defaults, "reference_sets": {"hero": ["https://x.com/a.png"]}, "rows": rows}
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    m = load_manifest(path)
+    summary = check(m)
+    jobs = list(iter_jobs(m))
+    all_keys = [j.key for j in _jobs_with_duplicates(m)]
+    assert summary.jobs == len(jobs) and summary.duplicates == len(all_keys) - len(jobs)
+    assert summary.credits == sum(j.estimate for j in jobs)
+    assert summary.seconds_of_video == sum(j.params["duration"] for j in jobs)
+    assert summary.by_resolution == {r: sum(j.params["resolution"] == r for j in jobs)
+                                     for r in dict.fromkeys(j.params["resolution"] for j in jobs)}
+    assert [(r.jobs, r.label) for r in summary.rows] == [
+        (n, label) for label, n in _count_by_label(jobs)]
+    for fast, slow in zip(row_key_texts(m), _keys_per_row(m, len(rows)), strict=True):
+        assert fast is None or fast == slow
+
+
+def _jobs_with_duplicates(m):
+    from batcher.plan import _Diagnostics, _expand
+    return list(_expand(m, _Diagnostics(), None))
+
+
+def _keys_per_row(m, n):
+    jobs = _jobs_with_duplicates(m)
+    return [[j.key for j in jobs if j.row == i] for i in range(n)]
+
+
+def _count_by_label(jobs):
+    counts: dict[str, int] = {}
+    for j in jobs:
+        counts[j.label] = counts.get(j.label, 0) + 1
+    return list(counts.items())

@@ -1,0 +1,109 @@
+"""The command line: a thin click layer over the library; the only package that imports click or
+exits the process.
+
+Exit codes: 0 every job completed (or the command succeeded); 1 some jobs failed or need
+attention; 2 usage, manifest or configuration error; 3 stopped by the budget or the account's
+credits; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from .. import __version__
+from ..errors import BatcherError, ManifestError, UsageError
+from ..ledger import DEFAULT_LEDGER
+from ..plan import MAX_JOBS
+from ..run import ExitCode
+
+class BatcherGroup(click.Group):
+    """Maps library errors to one-line messages and exit codes, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ManifestError as e:
+            for d in e.diagnostics:
+                click.echo(str(d), err=True)
+            ctx.exit(ExitCode.USAGE)
+        except BatcherError as e:
+            click.echo(f"batcher: {e}", err=True)
+            ctx.exit(ExitCode.USAGE)
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM outside a run (while a manifest is expanded or added to the
+            # ledger): every ledger write is one transaction, so nothing half-done is left.
+            click.echo("batcher: interrupted; nothing was submitted, and the ledger is as it was before this "
+                       "step. Run the same command again to go on", err=True)
+            ctx.exit(ExitCode.INTERRUPTED)
+
+
+def ledger_option(f: Any) -> Any:
+    return click.option("--ledger", "ledger_path", envvar="BATCHER_LEDGER", default=DEFAULT_LEDGER,
+                        show_default=True, metavar="PATH|URL",
+                        help="SQLite ledger file, or postgresql+psycopg://USER:PASS@HOST/DB for a ledger "
+                             "shared by several runners (or set BATCHER_LEDGER).")(f)
+
+
+def parse_rates(values: tuple[str, ...]) -> dict[str, float]:
+    rates = {}
+    for item in values:
+        name, _, value = item.partition("=")
+        try:
+            rates[name.strip()] = float(value)
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: write RESOLUTION=CREDITS_PER_SECOND, e.g. 1080p=7.2",
+                                     param_hint="--rate") from None
+    return rates
+
+
+def checked_rates(model: Any, values: tuple[str, ...]) -> dict[str, float]:
+    """--rate values for this manifest's model; an unknown resolution is a usage error."""
+    rates = parse_rates(values)
+    problem = model.check_rates(rates)
+    if problem:
+        raise UsageError(problem)
+    return rates
+
+
+rate_option = click.option("--rate", "rates", multiple=True, metavar="RES=CREDITS",
+                           help="Credits per second of video for a resolution, e.g. 1080p=7.2 "
+                                "(replaces the built-in estimate).")
+
+
+@click.group(cls=BatcherGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="batcher")
+def cli() -> None:
+    """Render batches of reference-to-video clips through PixelDojo's API, safely."""
+
+
+max_jobs_option = click.option("--max-jobs", type=click.IntRange(1), default=MAX_JOBS,
+                               help=f"Refuse a manifest that expands to more jobs than this, counted before "
+                                    f"identical requests merge (default {MAX_JOBS:,}).")
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def handle_signals() -> None:
+    """SIGTERM and SIGHUP (a closed terminal) stop batcher as Ctrl-C does, at any step. A run
+    installs its own handling while it works and puts back the default after: so again after."""
+    import signal
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _terminate)
+
+
+def main() -> None:
+    """Entry point of the `batcher` console script."""
+    handle_signals()
+    cli(prog_name="batcher")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+
+
+# The commands, registered on `cli` as their modules load.
+from . import plans, results, running, tools  # noqa: E402,F401 - import for the commands they define

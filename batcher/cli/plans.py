@@ -1,0 +1,67 @@
+"""Checking and planning a manifest: nothing is sent, nothing is written."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..ledger import read_states
+from ..manifest import load_manifest
+from ..plan import check
+from . import checked_rates, cli, ledger_option, max_jobs_option, rate_option
+
+@cli.command()
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@max_jobs_option
+def validate(manifest: str, max_jobs: int) -> None:
+    """Check a manifest and report every problem as FILE:LINE: message."""
+    m = load_manifest(manifest)
+    summary = check(m, max_jobs=max_jobs)
+    click.echo(f"{manifest}: ok, batch {m.batch!r}, {len(m.rows)} row(s), {summary.jobs} job(s)"
+               + (f", {summary.duplicates} duplicate(s) merged" if summary.duplicates else ""))
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@ledger_option
+@rate_option
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as a JSON object.")
+@click.option("--jobs", "list_jobs", is_flag=True,
+              help="List every job: key, label, take, estimate, prompt after templating, parameters.")
+@click.option("--concurrency", "-c", default=4, show_default=True, type=click.IntRange(1, 1000),
+              help="Jobs in flight, for the wall-time estimate.")
+@max_jobs_option
+def plan(manifest: str, ledger_path: str, rates: tuple[str, ...], as_json: bool, list_jobs: bool,
+         concurrency: int, max_jobs: int) -> None:
+    """Show the jobs a manifest expands to, what they should cost and take; sends and writes nothing."""
+    from ..plan import iter_jobs
+    from ..policy import estimate_wall_seconds
+    from ..views import plan_lines
+    m = load_manifest(manifest)
+    overrides = checked_rates(m.model, rates)
+    summary = check(m, overrides, max_jobs=max_jobs)
+    states = read_states(ledger_path, m.batch)
+    data = summary.to_json()
+    wall = estimate_wall_seconds(summary.jobs, concurrency, m.model.expected_render_seconds)
+    data["wall_time"] = {"seconds": wall, "concurrency": concurrency,
+                         "typical_render_seconds": m.model.expected_render_seconds}
+    jobs = list(iter_jobs(m, overrides, max_jobs=max_jobs)) if list_jobs else []
+    if list_jobs:
+        data["job_list"] = [{"key": j.key, "label": j.label, "take": j.take, "origin": j.origin,
+                             "prompt": j.params.get("prompt"), "parameters": j.params, "estimate": j.estimate}
+                            for j in jobs]
+    if states is not None:
+        held = {"completed": 0, "in_ledger": 0}
+        for job in iter_jobs(m, overrides, max_jobs=max_jobs):
+            state = states.get(job.key)
+            if state is not None:
+                held["in_ledger"] += 1
+                held["completed"] += state == "completed"
+        from ..ledger import display_location
+        data["ledger"] = {"path": display_location(ledger_path), **held}
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for line in plan_lines(m, summary, overrides, data, jobs):
+        click.echo(line)

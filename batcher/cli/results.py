@@ -1,0 +1,141 @@
+"""Reading a batch back: status, exports, the gallery."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import BatcherError
+from ..manifest import load_manifest
+from . import cli, ledger_option
+
+def _batch_for(manifest: str | None) -> str | None:
+    if manifest is None:
+        return None
+    return load_manifest(manifest).batch
+
+
+def _open_existing(ledger_path: str, batch: str | None = None) -> Any:
+    """The ledger to read; when it lacks the batch but the simulated ledger has it, say so."""
+    from ..api import SIMULATED_LEDGER
+    from ..errors import LedgerError
+    from ..ledger import Ledger, is_database_url, read_states
+    simulated = Path(SIMULATED_LEDGER)
+    hint = ""
+    if ledger_path != SIMULATED_LEDGER and simulated.exists() and (
+            batch is None or read_states(simulated, batch)):
+        what = f"batch {batch!r}" if batch else "simulated batches"
+        hint = f"; {SIMULATED_LEDGER} holds {what} from --simulate runs: add --ledger {SIMULATED_LEDGER}"
+    if not is_database_url(ledger_path) and not Path(ledger_path).exists():
+        raise LedgerError(f"no ledger at {ledger_path}{hint or ' (run a manifest first, or pass --ledger)'}")
+    ledger = Ledger(ledger_path)
+    if batch is not None and ledger.batch(batch) is None:
+        ledger.close()
+        raise LedgerError(f"batch {batch!r} is not in the ledger {ledger.display}{hint}")
+    return ledger
+
+
+@cli.command()
+@click.argument("manifest", required=False, type=click.Path(dir_okay=False))
+@ledger_option
+@click.option("--json", "as_json", is_flag=True, help="Print an object with counts, credits_spent and more.")
+@click.option("--job", "job_key", default=None, help="Show one job's history (a key or its first characters).")
+@click.option("--rows", "by_row", is_flag=True, help="Jobs per state for each manifest row.")
+def status(manifest: str | None, ledger_path: str, as_json: bool, job_key: str | None, by_row: bool) -> None:
+    """Show jobs per state, credits spent and held, and videos downloaded."""
+    from .. import api
+    from ..export import iso, job_record
+    from ..views import history_lines, row_lines, status_lines
+    batch = _batch_for(manifest)
+    with _open_existing(ledger_path, batch) as ledger:
+        if job_key:
+            jobs = ledger.find(job_key, batch)
+            if not jobs:
+                raise BatcherError(f"no job whose key starts with {job_key!r}")
+            if len(jobs) > 1:
+                raise BatcherError(f"{len(jobs)} jobs start with {job_key!r}; give more characters")
+            job = jobs[0]
+            events = ledger.events(job.id)
+            if as_json:
+                click.echo(json.dumps({**job_record(job), "events": [
+                    {"at": iso(e.at), "kind": e.kind, "from": e.from_state, "to": e.to_state, "detail": e.detail}
+                    for e in events]}, indent=2))
+                return
+            for line in history_lines(job, events):
+                click.echo(line)
+            return
+        if by_row:
+            if batch is None:
+                raise click.UsageError("--rows needs the MANIFEST")
+            rows = ledger.counts_by_row(batch)
+            if as_json:
+                click.echo(json.dumps([{"origin": o, "label": label, "prompt": prompt, "counts": c}
+                                       for o, label, prompt, c in rows], indent=2))
+                return
+            for line in row_lines(rows):
+                click.echo(line)
+            return
+        data = api.status(ledger, batch)
+        if as_json:
+            click.echo(json.dumps(data, indent=2))
+            return
+        for name, info in ([(batch, data)] if batch else data["batches"].items()):
+            for line in status_lines(name, info):
+                click.echo(line)
+
+
+@cli.command()
+@click.argument("manifest", required=False, type=click.Path(dir_okay=False))
+@ledger_option
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "videofolder"]), default="jsonl",
+              show_default=True, help="jsonl or csv records, or a videofolder dataset.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default="-", show_default=True,
+              help="File to write (- for standard output); jsonl and csv.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for --format videofolder.")
+@click.option("--include-failed", is_flag=True, help="videofolder: list jobs without a video in not_completed.jsonl.")
+def export(manifest: str | None, ledger_path: str, fmt: str, output: str, out_dir: str | None,
+           include_failed: bool) -> None:
+    """Export jobs with their provenance: JSONL or CSV records, or a VideoFolder dataset."""
+    from ..export import export as write_export
+    from ..export import export_videofolder
+    batch = _batch_for(manifest)
+    with _open_existing(ledger_path, batch) as ledger:
+        if fmt == "videofolder":
+            if not out_dir:
+                raise click.UsageError("--format videofolder needs --out DIR")
+            r = export_videofolder(ledger, batch, Path(out_dir), include_failed)
+            click.echo(f"{out_dir}: {r.videos} video(s) ({r.linked} linked, {r.copied} copied, {r.unchanged} "
+                       f"already there) and metadata.jsonl; {r.others} job(s) without a video"
+                       + (f"; {len(r.unverified)} skipped: file missing or not matching its sha256"
+                          if r.unverified else ""), err=True)
+            return
+        if output == "-":
+            n = write_export(ledger, batch, fmt, sys.stdout)
+        else:
+            with open(output, "w", encoding="utf-8", newline="") as f:
+                n = write_export(ledger, batch, fmt, f)
+            click.echo(f"wrote {n} record(s) to {output}", err=True)
+
+
+@cli.command()
+@click.argument("manifest", required=False, type=click.Path(dir_okay=False))
+@ledger_option
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default="report.html", show_default=True,
+              help="The HTML file to write.")
+def report(manifest: str | None, ledger_path: str, output: str) -> None:
+    """Write a self-contained HTML gallery of a batch: clips, prompts, references, costs, reasons."""
+    from ..report import build_report
+    batch = _batch_for(manifest)
+    with _open_existing(ledger_path, batch) as ledger:
+        if batch is None:
+            names = [b.name for b in ledger.batches()]
+            if len(names) != 1:
+                raise click.UsageError(f"the ledger holds {len(names)} batches; name the MANIFEST")
+            batch = names[0]
+        n = build_report(ledger, batch, Path(output))
+    click.echo(f"wrote {output} ({n} job(s))", err=True)

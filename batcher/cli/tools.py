@@ -1,0 +1,75 @@
+"""Tools beside the batches: the API simulator and the benchmark."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from . import ExitCode, cli
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free).")
+@click.option("--api-key", default="sim-key", show_default=True, help="The key the simulator accepts.")
+@click.option("--credits", "credit_balance", default=1_000_000.0, show_default=True, help="Starting credit balance.")
+@click.option("--render-seconds", default=0.5, show_default=True, help="Mean render time.")
+@click.option("--render-jitter", default=0.2, show_default=True, help="Render time spread, as a fraction.")
+@click.option("--fail-rate", default=0.0, help="Share of renders that fail (refunded).")
+@click.option("--error-rate", default=0.0, help="Share of requests answered 503.")
+@click.option("--drop-rate", default=0.0, help="Share of requests whose connection is dropped unanswered.")
+@click.option("--lost-answer-rate", default=0.0, help="Share of submissions charged whose answer is lost.")
+@click.option("--malformed-rate", default=0.0, help="Share of requests answered with an HTML page.")
+@click.option("--rpm", default=None, type=float, help="Request-rate limit per minute (429 over it).")
+@click.option("--url-ttl", default=3600.0, show_default=True, help="Seconds an output URL stays valid.")
+@click.option("--seed", default=0, help="Random seed for faults and render times.")
+@click.option("--echo-key-in-errors", is_flag=True,
+              help="Act as a careless API: repeat the Authorization header in every error text.")
+def simulator(host: str, port: int, api_key: str, credit_balance: float, render_seconds: float,
+              render_jitter: float, fail_rate: float, error_rate: float, drop_rate: float, lost_answer_rate: float,
+              malformed_rate: float, rpm: float | None, url_ttl: float, seed: int, echo_key_in_errors: bool) -> None:
+    """Serve the built-in PixelDojo API simulator over HTTP (GET /_sim/record shows what it charged)."""
+    from ..simulator import SimConfig, Simulator, make_server
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: serving on {host}, not loopback", err=True)
+    sim = Simulator(SimConfig(api_key=api_key, credits=credit_balance, render_seconds=render_seconds,
+                              render_jitter=render_jitter, fail_rate=fail_rate, error_rate=error_rate,
+                              drop_rate=drop_rate, lost_answer_rate=lost_answer_rate, malformed_rate=malformed_rate,
+                              rpm=rpm, url_ttl=url_ttl, seed=seed, echo_key_in_errors=echo_key_in_errors))
+    server = make_server(sim, host, port)
+    click.echo(f"simulator serving on http://{host}:{server.server_address[1]} (key {api_key!r})", err=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    sys.exit(ExitCode.OK)
+
+
+@cli.command()
+@click.argument("sections", nargs=-1, type=click.Choice(["efficiency", "ratelimit", "spare", "overhead", "memory",
+                                                          "stage", "all"]))
+@click.option("--jobs", default=800, show_default=True, help="Jobs in the efficiency run.")
+@click.option("--concurrency", default=40, show_default=True, help="Jobs in flight.")
+@click.option("--render", default=1.0, show_default=True, help="Mean simulated render seconds.")
+@click.option("--jitter", default=0.2, show_default=True, help="Render time spread (fraction of the mean).")
+@click.option("--rate-jobs", default=400, show_default=True, help="Jobs in the rate-limited run.")
+@click.option("--sim-rpm", default=1200.0, show_default=True, help="The simulator's request limit per minute.")
+@click.option("--rpm", "client_rpm", default=1100.0, show_default=True, help="batcher's --rpm in that run.")
+@click.option("--overhead-jobs", default=10_000, show_default=True, help="Jobs in the zero-render run.")
+@click.option("--stage-jobs", default=100_000, show_default=True, help="Jobs planned and added to a ledger.")
+@click.option("--memory-jobs", default=3000, show_default=True, help="Jobs in the memory run (over loopback).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON too.")
+def bench(sections: tuple[str, ...], jobs: int, concurrency: int, render: float, jitter: float, rate_jobs: int,
+          sim_rpm: float, client_rpm: float, overhead_jobs: int, stage_jobs: int, memory_jobs: int,
+          as_json: bool) -> None:
+    """Benchmark batcher against the built-in simulator and print a table of figures."""
+    from ..bench import SECTIONS, run_all
+    chosen = SECTIONS if not sections or "all" in sections else list(sections)
+    results = run_all(chosen, jobs=jobs, concurrency=concurrency, render=render, jitter=jitter,
+                      overhead_jobs=overhead_jobs, stage_jobs=stage_jobs, sim_rpm=sim_rpm, client_rpm=client_rpm,
+                      rate_jobs=rate_jobs, memory_jobs=memory_jobs, echo=click.echo)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
