@@ -25,6 +25,7 @@ import httpx
 
 from .client import DEFAULT_BASE, PixelDojoClient
 from .errors import MissingKeyError, UsageError
+from .files import OUTPUTS, default_out_dir  # noqa: F401 - part of the API
 from .ledger import DEFAULT_LEDGER, Ledger, display_location, is_database_url
 from .manifest import Manifest, load_manifest
 from .plan import MAX_JOBS, PlanSummary, check, iter_jobs
@@ -57,22 +58,7 @@ def stage(ledger: Ledger, manifest: Manifest, rate_overrides: dict[str, float] |
                            iter_jobs(manifest, rate_overrides, max_jobs=max_jobs), simulated=simulated)
 
 
-OUTPUTS = Path("outputs")
 SIMULATED_LEDGER = "batcher-sim.db"
-
-
-def default_out_dir(batch: str, simulated: bool = False, base: Path = OUTPUTS) -> Path:
-    """Where a batch's videos go unless --out says otherwise: ./outputs/<batch>/, or
-    ./outputs/simulated/<batch>/ for simulated runs. The folder never leaves `base`, whatever the
-    batch name says (manifests check names too; this is the last word)."""
-    root = base / "simulated" if simulated else base
-    if not simulated and batch == "simulated":
-        raise UsageError("a batch named 'simulated' would put real clips in ./outputs/simulated/, beside simulated "
-                         "runs: rename the batch ('batch:' in the manifest) or give --out")
-    folder = root / batch
-    if not batch or folder.resolve().parent != root.resolve() or folder.name != batch:
-        raise UsageError(f"batch name {batch!r} cannot be a folder name under {root}/")
-    return folder
 
 
 def budget_outlook(ledger: Ledger, batch: str, budget: float) -> BudgetOutlook:
@@ -102,6 +88,11 @@ def simulator_state_for(ledger: str | Path) -> Path:
         return Path(f"batcher-sim-{name}.simulator.jsonl")
     path = Path(ledger)
     return path.with_name(path.name + ".simulator.jsonl")
+
+
+def expected_render_for(to: Target, given: float) -> float:
+    """The render time to assume before any is learned: the simulator's own when simulating."""
+    return to.simulator.config.render_seconds if to.simulator is not None else given
 
 
 def target(*, simulate: bool | SimConfig | Simulator = False, api_base: str | None = None,
@@ -144,8 +135,8 @@ async def run_async(manifest: Manifest | str | Path, *, ledger: Ledger | str | P
         else:
             led.check_mode(m.batch, simulated)
         opts = options or RunOptions(out_dir=default_out_dir(m.batch, simulated))
-        if dest.simulator is not None and options is None:
-            opts.expected_render = dest.simulator.config.render_seconds
+        if options is None:
+            opts.expected_render = expected_render_for(dest, opts.expected_render)
         try:
             async with PixelDojoClient(dest.api_key, dest.base_url, transport=dest.transport,
                                        max_retry_after=opts.max_retry_after) as client:
@@ -169,8 +160,7 @@ def run(manifest: Manifest | str | Path, *, ledger: str | Path = DEFAULT_LEDGER,
     if simulate and str(ledger) == DEFAULT_LEDGER:
         ledger = SIMULATED_LEDGER  # simulated clips never pass for real ones
     to = target(simulate=simulate, simulator_state=simulator_state_for(ledger) if simulate else None)
-    if to.simulator is not None:
-        opts.expected_render = to.simulator.config.render_seconds
+    opts.expected_render = expected_render_for(to, opts.expected_render)
     return anyio.run(lambda: run_async(m, ledger=ledger, options=opts, to=to, **kwargs))
 
 
@@ -182,20 +172,15 @@ def status(ledger: Ledger | str | Path, batch: str | None = None) -> dict[str, A
         batches = [batch] if batch else [b.name for b in led.batches()]
         out: dict[str, Any] = {"batches": {}}
         for name in batches:
-            counts = led.counts(name)
-            spend = led.spend(name)
-            held, held_cost = led.held_estimate(name)
-            files, size = led.downloaded_bytes(name)
+            f = led.figures(name)
             out["batches"][name] = {
-                "counts": counts, "jobs": sum(counts.values()), "credits_spent": round(spend.spent, 2),
-                "credits_held": round(spend.held, 2), "credits_refunded": round(spend.refunded, 2),
-                "held_unknown": held, "lost_after_payment": led.lost_jobs(name), "resubmit_cost": round(held_cost, 2), "videos": files, "bytes": size,
-                "average_render_seconds": led.average_render_seconds(name),
-                "simulated": led.is_simulated(name),
-                "untrusted_costs": led.jobs_with_event(name, "cost-untrusted"),
+                "counts": f.counts, "jobs": f.jobs, "credits_spent": round(f.spend.spent, 2),
+                "credits_held": round(f.spend.held, 2), "credits_refunded": round(f.spend.refunded, 2),
+                "held_unknown": f.held, "lost_after_payment": f.lost, "resubmit_cost": round(f.held_cost, 2),
+                "videos": f.videos, "bytes": f.bytes, "average_render_seconds": f.average_render,
+                "simulated": bool(f.batch and f.batch.simulated), "untrusted_costs": f.untrusted_costs,
                 # What the latest run was given; every runner keeps to its own --budget.
-                "budget": info.budget if (info := led.batch(name)) else None,
-                "credits_committed": round(led.committed(name), 2),
+                "budget": f.batch.budget if f.batch else None, "credits_committed": round(f.committed, 2),
             }
         if batch:
             return {"batch": batch, **out["batches"][batch]}

@@ -17,8 +17,9 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import DiskFullError
+from .errors import DiskFullError, UsageError
 
+OUTPUTS = Path("outputs")  # where videos go by default, one folder per batch
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "host"
 # .NAME.mp4.HOST.PID-RANDOM.part (files from before host names were added lack HOST.)
 _TEMP = re.compile(r"^\.(?P<final>.+\.mp4)\.(?:(?P<host>[A-Za-z0-9-]+)\.)?(?P<pid>\d+)-[0-9a-f]+\.part$")
@@ -138,3 +139,17 @@ def publish(tmp: Path, final: Path, sha256: str, may_replace: Callable[[Path], b
         if e.errno == errno.ENOSPC:
             raise DiskFullError(f"no space left on the disk while saving {final.name}") from None
         raise
+
+
+def default_out_dir(batch: str, simulated: bool = False, base: Path = OUTPUTS) -> Path:
+    """Where a batch's videos go unless --out says otherwise: ./outputs/<batch>/, or
+    ./outputs/simulated/<batch>/ for simulated runs. The folder never leaves `base`, whatever the
+    batch name says (manifests check names too; this is the last word)."""
+    root = base / "simulated" if simulated else base
+    if not simulated and batch == "simulated":
+        raise UsageError("a batch named 'simulated' would put real clips in ./outputs/simulated/, beside simulated "
+                         "runs: rename the batch ('batch:' in the manifest) or give --out")
+    folder = root / batch
+    if not batch or folder.resolve().parent != root.resolve() or folder.name != batch:
+        raise UsageError(f"batch name {batch!r} cannot be a folder name under {root}/")
+    return folder

@@ -126,6 +126,12 @@ class ModelSpec:
                 return p
         return None
 
+    def job_class(self, params: dict[str, Any]) -> tuple[Any, Any]:
+        """Jobs that render and cost alike (seconds of video, resolution): render times are learned,
+        and charges remembered, per class."""
+        return (params.get(self.seconds_param, self.defaults().get(self.seconds_param)),
+                params.get(self.rate_param, self.defaults().get(self.rate_param)))
+
     def names(self) -> list[str]:
         """Every manifest-side name, for suggestions."""
         return [p.name for p in self.params]

@@ -296,8 +296,8 @@ def check(manifest: Manifest, rate_overrides: dict[str, float] | None = None, *,
             summary.jobs += 1
             summary.credits += job.estimate
             summary.credits_are_guess |= job.estimate_is_guess
-            summary.seconds_of_video += int(job.params.get("duration", 0))
-            res = str(job.params.get("resolution"))
+            summary.seconds_of_video += int(job.params.get(manifest.model.seconds_param, 0))
+            res = str(job.params.get(manifest.model.rate_param))
             summary.by_resolution[res] = summary.by_resolution.get(res, 0) + 1
     diags.raise_if_any()
     summary.rows = [rows[i] for i in sorted(rows)]

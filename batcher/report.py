@@ -99,11 +99,9 @@ def _credits(value: float | None) -> str:
 
 def build_report(ledger: Ledger, batch: str, out_path: Path) -> int:
     """Write the gallery of `batch` to `out_path`; returns the number of cards."""
-    info = ledger.batch(batch)
-    counts = ledger.counts(batch)
-    spend = ledger.spend(batch)
-    first, last = ledger.timings(batch)
-    avg = ledger.average_render_seconds(batch)
+    f = ledger.figures(batch)
+    info, counts, spend, avg = f.batch, f.counts, f.spend, f.average_render
+    first, last = f.first_submitted, f.last_finished
     base = out_path.resolve().parent
     cards: list[str] = []
     rows: dict[str, tuple[str, int]] = {}

@@ -187,8 +187,7 @@ def fast_row(plan: RowPlan, manifest: Manifest, rate_overrides: dict[str, float]
         wire[p.wire] = [encode(value)]
         values[p.name] = (None, value)
     text = compile_row(model.api_id, wire, axes, plan.repeat, auto_wire)
-    class_names = [n for n in dict.fromkeys((model.rate_param, model.seconds_param, "duration", "resolution"))
-                   if n in values]
+    class_names = [n for n in dict.fromkeys((model.rate_param, model.seconds_param)) if n in values]
     class_axes = tuple(dict.fromkeys(values[n][0] for n in class_names if values[n][0] is not None))
     by_text = {i: dict(zip(axes[i], axis_values[i])) for i in class_axes}
 
@@ -198,5 +197,5 @@ def fast_row(plan: RowPlan, manifest: Manifest, rate_overrides: dict[str, float]
         params = {n: by_text[values[n][0]][at[values[n][0]]] if values[n][0] is not None else values[n][1]
                   for n in class_names}
         return (model.estimate(params, rate_overrides), model.is_guess(params, rate_overrides),
-                int(params.get("duration", 0)), str(params.get("resolution")))
+                int(params.get(model.seconds_param, 0)), str(params.get(model.rate_param)))
     return FastRow(text, class_axes, class_info)

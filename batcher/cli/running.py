@@ -89,10 +89,10 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
         source = click.get_current_context().get_parameter_source("ledger_path")
         if source != click.core.ParameterSource.COMMANDLINE:
             ledger_path = api.SIMULATED_LEDGER
-        expected_render = sim_render_seconds
     to = api.target(simulate=SimConfig(render_seconds=sim_render_seconds, fail_rate=sim_fail_rate)
                     if simulate else False, api_base=api_base,
                     simulator_state=api.simulator_state_for(ledger_path) if simulate else None)
+    expected_render = api.expected_render_for(to, expected_render)
     setup_logging(verbose, log_json, None if simulate else to.api_key)
     out = Path(out_dir) if out_dir else api.default_out_dir(m.batch, simulate)
     options = RunOptions(concurrency=concurrency, budget=budget, out_dir=out, max_attempts=max_attempts,

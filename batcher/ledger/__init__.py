@@ -25,18 +25,17 @@ from .dialect import (
     DEFAULT_LEDGER, display_location, engine_url, first_line, is_database_url, postgres_engine,
 )
 from .figures import LedgerFigures
-from .jobs import LedgerJobs
 from .leases import LedgerLeases
 from .migrations import MIGRATIONS, SCHEMA_VERSION, Migration
-from .rows import Attempt, Batch, Event, Job, Spend
+from .rows import Attempt, Batch, Event, Figures, Job, Spend
 from .transitions import LedgerTransitions
 
-__all__ = ["DEFAULT_LEDGER", "MIGRATIONS", "SCHEMA_VERSION", "SQLModel", "Attempt", "Batch", "Event", "Job",
+__all__ = ["DEFAULT_LEDGER", "MIGRATIONS", "SCHEMA_VERSION", "SQLModel", "Attempt", "Batch", "Event", "Figures", "Job",
            "Ledger", "Migration", "Spend", "display_location", "engine_url", "is_database_url", "postgres_engine",
            "read_states"]
 
 
-class Ledger(LedgerTransitions, LedgerLeases, LedgerJobs, LedgerFigures):
+class Ledger(LedgerTransitions, LedgerLeases, LedgerFigures):
     """One ledger. Writes return operations (`write`, `write_many`, or the run's group writer
     commit them); reads return frozen rows."""
 

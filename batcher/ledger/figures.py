@@ -10,13 +10,22 @@ from typing import Any
 from sqlalchemy import text
 
 from ..states import JobState
-from .rows import Spend
-from .store import LedgerStore
+from .rows import Figures, Spend
+from .jobs import LedgerJobs
 
 _ID_OR_NUMBER = re.compile(r"\b(?:job_)?[0-9a-f]*\d[0-9a-f]*\b")
 
 
-class LedgerFigures(LedgerStore):
+class LedgerFigures(LedgerJobs):
+    def figures(self, batch: str, generation: int | None = None) -> Figures:
+        """Everything status, a run's report and the gallery show about a batch."""
+        held, held_cost = self.held_estimate(batch)
+        videos, size = self.downloaded_bytes(batch)
+        first, last = self.timings(batch)
+        return Figures(self.batch(batch), self.counts(batch, generation), self.spend(batch), held, held_cost,
+                       self.lost_jobs(batch) if held else 0, videos, size, self.average_render_seconds(batch),
+                       self.committed(batch), self.jobs_with_event(batch, "cost-untrusted"), first, last)
+
     def timings(self, batch: str) -> tuple[float | None, float | None]:
         """(first submission, last update of a finished job) of a batch, epoch seconds."""
         with self.engine.connect() as conn:

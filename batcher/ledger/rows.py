@@ -101,6 +101,29 @@ class Event:
 
 
 @dataclass(frozen=True)
+class Figures:
+    """Where a batch stands, in one place: what status, a run's report and the gallery show."""
+
+    batch: Batch | None
+    counts: dict[str, int]
+    spend: "Spend"
+    held: int  # jobs held as unknown
+    held_cost: float  # what resubmitting them all may cost
+    lost: int  # of the held, jobs the API charged and then no longer knew
+    videos: int
+    bytes: int
+    average_render: float | None
+    committed: float  # the shared budget's running total
+    untrusted_costs: int  # jobs answered with a creditCost that could not be believed
+    first_submitted: float | None
+    last_finished: float | None
+
+    @property
+    def jobs(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass(frozen=True)
 class Spend:
     """Credits a batch has cost, by how sure we are of it."""
 

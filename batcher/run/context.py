@@ -32,11 +32,6 @@ from .writer import LedgerWriter
 log = logging.getLogger("batcher.run")
 
 
-def job_class(params: dict[str, Any]) -> tuple[Any, ...]:
-    """Jobs that render alike: render times are learned, and charges remembered, per class."""
-    return (params.get("duration"), params.get("resolution"))
-
-
 @dataclass
 class RunContext:
     """One run of one batch: shared state and the small actions every loop needs."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..answers import DEFAULT_MAX_RETRY_AFTER
+from ..files import OUTPUTS
 from ..policy import RetryPolicy
 
 
@@ -15,7 +16,7 @@ class RunOptions:
 
     concurrency: int = 4
     budget: float | None = None
-    out_dir: Path = Path("outputs")
+    out_dir: Path = OUTPUTS
     max_attempts: int = 2
     job_timeout: float | None = None
     resubmit_unknown: bool = False

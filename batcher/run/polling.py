@@ -13,14 +13,14 @@ from ..answers import JobStatus
 from ..errors import AuthError, CreditsExhausted, MalformedAnswer, RateLimited, RejectedError, ServerError
 from ..ledger import Job
 from ..states import JobState as S
-from .context import RunContext, job_class
+from .context import RunContext
 from .outcomes import Followed, StopReason
 
 
 async def follow_to_end(ctx: RunContext, job: Job) -> tuple[Followed, Job]:
     """Poll a submitted job until it ends (or this run stops following it)."""
     o = ctx.options
-    cls = job_class(job.parameters())
+    cls = ctx.model.job_class(job.parameters())
     start_wall = job.submitted_at or ctx.wall()
 
     def elapsed() -> float:

@@ -136,22 +136,18 @@ class Runner:
             await self.ctx.pacer.run()
 
     async def _finish(self) -> RunReport:
-        ctx, run = self.ctx, self.ctx.threads.run
-        counts = await run(lambda: ctx.ledger.counts(ctx.batch, ctx.generation))
-        spend = await run(ctx.ledger.spend, ctx.batch)
-        held, held_cost = await run(ctx.ledger.held_estimate, ctx.batch)
-        _, size = await run(ctx.ledger.downloaded_bytes, ctx.batch)
-        if held:
-            lost = await run(ctx.ledger.lost_jobs, ctx.batch)
+        ctx = self.ctx
+        f = await ctx.threads.run(lambda: ctx.ledger.figures(ctx.batch, ctx.generation))
+        if f.held:
             why = "their submission may or may not have been charged"
-            if lost:
-                why += f"; {lost} of them were charged and then lost by the API (a poll answered 404)"
-            ctx.note(f"{held} job(s) held as unknown: {why}. `batcher retry --unknown` resubmits them "
-                     f"(up to {held_cost:g} credits more).")
-        failures = await run(ctx.ledger.failure_groups, ctx.batch)
-        return RunReport(ctx.batch, counts, spend.spent, held, held_cost, ctx.options.budget,
+            if f.lost:
+                why += f"; {f.lost} of them were charged and then lost by the API (a poll answered 404)"
+            ctx.note(f"{f.held} job(s) held as unknown: {why}. `batcher retry --unknown` resubmits them "
+                     f"(up to {f.held_cost:g} credits more).")
+        failures = await ctx.threads.run(ctx.ledger.failure_groups, ctx.batch)
+        return RunReport(ctx.batch, f.counts, f.spend.spent, f.held, f.held_cost, ctx.options.budget,
                          time.monotonic() - self._started, ctx.submitted, ctx.completed, ctx.stop_reason,
-                         ctx.messages, size, failures)
+                         ctx.messages, f.bytes, failures)
 
     # --- progress and signals ------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from ..errors import (
 )
 from ..ledger import Job
 from ..states import JobState as S
-from .context import RunContext, job_class
+from .context import RunContext
 from .failpoints import failpoint
 from .outcomes import Followed, StopReason, Submitted
 from .polling import follow_to_end
@@ -34,13 +34,13 @@ log = logging.getLogger("batcher.run")
 
 def estimate_for(ctx: RunContext, job: Job) -> float:
     # If the API charged more than our estimate for this kind of job, reserve that instead.
-    return max(job.estimate, ctx.cost_seen.get(job_class(job.parameters()), 0.0))
+    return max(job.estimate, ctx.cost_seen.get(ctx.model.job_class(job.parameters()), 0.0))
 
 
 async def submit_and_follow(ctx: RunContext, job: Job) -> None:
     """Submit a pending job (again, while refunded failures leave attempts) and follow it."""
     wire = ctx.model.to_wire(job.parameters())
-    cls = job_class(job.parameters())
+    cls = ctx.model.job_class(job.parameters())
     not_sent = 0
     first_try = time.monotonic()
     while True:
@@ -160,7 +160,7 @@ async def _accepted(ctx: RunContext, job: Job, attempt_id: int, estimate: float,
     charge = answer.credit_cost if answer.credit_cost is not None else estimate
     ctx.budget.settle(estimate, charge)
     ctx.budget_signal()
-    cls = job_class(job.parameters())
+    cls = ctx.model.job_class(job.parameters())
     ctx.cost_seen[cls] = max(ctx.cost_seen.get(cls, 0.0), charge)
     submitted_at = ctx.wall()
     ledger = ctx.ledger
