@@ -29,7 +29,7 @@ from .files import OUTPUTS, default_out_dir  # noqa: F401 - part of the API
 from .ledger import DEFAULT_LEDGER, Ledger, display_location, is_database_url
 from .manifest import Manifest, load_manifest
 from .plan import MAX_JOBS, PlanSummary, check, iter_jobs
-from .run import BudgetOutlook, Progress, RunOptions, RunReport, Runner
+from .run import BudgetOutlook, Progress, Runner, RunOptions, RunReport
 from .run import budget_outlook as _budget_outlook
 from .simulator import Journal, SimConfig, Simulator, SimulatorTransport
 from .states import JobState

@@ -17,9 +17,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import anyio
 
@@ -156,7 +157,7 @@ def bench_memory(jobs: int) -> dict[str, Any]:
     sim = subprocess.Popen([sys.executable, "-m", "batcher", "simulator", "--port", "0", "--render-seconds", "0",
                             "--render-jitter", "0"], stderr=subprocess.PIPE, text=True)
     try:
-        url = sim.stderr.readline().split("serving on ")[1].split()[0]  # type: ignore[union-attr]
+        url = sim.stderr.readline().split("serving on ")[1].split()[0]  # type: ignore[union-attr]  # stderr=PIPE: never None
         out = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, str(jobs), url], capture_output=True, text=True,
                              check=True)
         return json.loads(out.stdout.strip().splitlines()[-1])
@@ -231,7 +232,8 @@ def run_all(sections: list[str], *, jobs: int = 800, concurrency: int = 40, rend
     if "stage" in sections:
         r = bench_stage(stage_jobs)
         results["stage"] = r
-        echo(f"stage        {stage_jobs} jobs planned and added: {r['stage_seconds']:.2f}s, peak {r['peak_mb']:.0f} MB; "
+        echo(f"stage        {stage_jobs} jobs planned and added: {r['stage_seconds']:.2f}s, "
+             f"peak {r['peak_mb']:.0f} MB; "
              f"status {r['status_seconds']:.2f}s in-process ({r['status_cli_seconds']:.2f}s as a command); "
              f"plan as a command {r['plan_cli_seconds']:.2f}s")
     return results

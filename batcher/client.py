@@ -20,12 +20,31 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 import httpx
 
 from .answers import (
-    DEFAULT_MAX_RETRY_AFTER, as_number, raise_for_status, REDACTED, Download, JobStatus, Submission, asked_retry_after, describe,
-    is_safe_job_id, origin, parse_time, redact_json, secret_pattern,
+    DEFAULT_MAX_RETRY_AFTER,
+    REDACTED,
+    Download,
+    JobStatus,
+    Submission,
+    as_number,
+    asked_retry_after,
+    describe,
+    is_safe_job_id,
+    origin,
+    parse_time,
+    raise_for_status,
+    redact_json,
+    secret_pattern,
 )
 from .errors import (
-    DiskFullError, MalformedAnswer, NotSentError, OutcomeUnknown, OutputGone, OversizeError,
-    RateLimited, ServerError, UsageError,
+    DiskFullError,
+    MalformedAnswer,
+    NotSentError,
+    OutcomeUnknown,
+    OutputGone,
+    OversizeError,
+    RateLimited,
+    ServerError,
+    UsageError,
 )
 
 DEFAULT_BASE = "https://pixeldojo.ai"
@@ -80,7 +99,7 @@ class PixelDojoClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def __aenter__(self) -> "PixelDojoClient":
+    async def __aenter__(self) -> PixelDojoClient:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -137,7 +156,7 @@ class PixelDojoClient:
             status = response.status_code
         except NOT_SENT as e:
             # For a GET the distinction does not matter: both are safe to retry.
-            cls = NotSentError if paid else ServerError
+            cls: type[NotSentError | OutcomeUnknown | ServerError] = NotSentError if paid else ServerError
             raise cls(self.redact(f"{method} {urlsplit(url).path}: could not connect ({type(e).__name__})")
                       ) from None
         except httpx.RequestError as e:  # transport failures, and bodies that cannot be decoded

@@ -183,9 +183,9 @@ def setup_logging(verbose: bool, json_path: str | None, secret: str | None) -> l
         h2 = logging.FileHandler(json_path, encoding="utf-8")
         h2.setFormatter(JsonLogFormatter())
         handlers.append(h2)
-    for h in handlers:
-        h.addFilter(RedactFilter(secret))
-        root.addHandler(h)
+    for handler in handlers:
+        handler.addFilter(RedactFilter(secret))
+        root.addHandler(handler)
     root.propagate = False
     if not handlers:
         quiet = logging.NullHandler()

@@ -129,10 +129,7 @@ def publish(tmp: Path, final: Path, sha256: str, may_replace: Callable[[Path], b
                 break
         else:
             raise FileExistsError(f"no free name for {final}")
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass  # renamed, not linked
+        tmp.unlink(missing_ok=True)  # missing: renamed, not linked
         _fsync(final.parent)
         return candidate
     except OSError as e:

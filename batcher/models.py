@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from .text import format_credits, short, type_name  # noqa: F401 - format_credits: re-exported for callers
+from .text import format_credits as format_credits  # re-exported for callers
+from .text import short as short  # re-exported for callers
+from .text import type_name as type_name  # re-exported for callers
 
 MAX_INT32 = 2_147_483_647
 
@@ -178,7 +180,7 @@ class ModelSpec:
 
     def estimate(self, params: dict[str, Any], overrides: dict[str, float] | None = None) -> float:
         """Credits one job with these parameters is expected to cost."""
-        seconds = params.get(self.seconds_param, self.defaults().get(self.seconds_param, 0))
+        seconds: float = params.get(self.seconds_param, self.defaults().get(self.seconds_param, 0))
         return math.ceil(self.rate(params, overrides) * seconds * 100) / 100
 
     def is_guess(self, params: dict[str, Any], overrides: dict[str, float] | None = None) -> bool:

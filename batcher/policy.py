@@ -10,7 +10,7 @@ import math
 import random
 from collections import deque
 from dataclasses import dataclass, field
-
+from typing import Any
 
 # --- retries -------------------------------------------------------------------------------------
 
@@ -88,7 +88,7 @@ def fit_censored_normal(intervals: list[tuple[float, float]], iterations: int = 
 
 @dataclass
 class _Observed:
-    intervals: deque = field(default_factory=lambda: deque(maxlen=400))
+    intervals: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=400))
     fit: tuple[float, float] | None = None
     since_fit: int = 0
 
@@ -123,16 +123,16 @@ class PollPlanner:
     step_std: float = 0.6  # then every step_std * std ...
     min_step_fraction: float = 0.04  # ... but never more often than this fraction of the mean
     min_samples: int = 3
-    _classes: dict[tuple, _Observed] = field(default_factory=dict)
+    _classes: dict[tuple[Any, ...], _Observed] = field(default_factory=dict)
     _all: _Observed = field(default_factory=_Observed)
 
-    def observe(self, job_class: tuple, lower: float, upper: float) -> None:
+    def observe(self, job_class: tuple[Any, ...], lower: float, upper: float) -> None:
         """A render of `job_class` finished between `lower` and `upper` seconds after submission."""
         lower, upper = max(0.0, lower), max(0.0, upper)
         self._classes.setdefault(job_class, _Observed()).add(lower, upper, self.min_samples)
         self._all.add(lower, upper, self.min_samples)
 
-    def expected(self, job_class: tuple) -> tuple[float, float] | None:
+    def expected(self, job_class: tuple[Any, ...]) -> tuple[float, float] | None:
         """(mean, std) of render seconds for a class, falling back to all classes; None without data."""
         observed = self._classes.get(job_class)
         fit = observed.fit if observed is not None else None
@@ -143,7 +143,7 @@ class PollPlanner:
         mean, std = fit
         return mean, max(std, 0.02 * mean)
 
-    def next_poll(self, job_class: tuple, elapsed: float, polls: int, density: float = 1.0) -> float:
+    def next_poll(self, job_class: tuple[Any, ...], elapsed: float, polls: int, density: float = 1.0) -> float:
         """Seconds after submission at which to poll next, given `polls` so far at `elapsed`.
 
         `density` > 1 polls more often (the request rate has room to spare: spend it on a shorter

@@ -37,7 +37,8 @@ main{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:
 .state{display:inline-block;color:#fff;border-radius:4px;padding:0 6px;font-size:12px;font-weight:600}
 .meta{color:#555;font-size:12px}.meta code{font-size:11px}
 header .meta{color:#d6d6d0}
-.facts{font-size:12px;color:#333}.mismatch{font-size:12px;color:#8a1c14;background:#fdecea;border-radius:4px;padding:2px 6px;margin:4px 0}
+.facts{font-size:12px;color:#333}
+.mismatch{font-size:12px;color:#8a1c14;background:#fdecea;border-radius:4px;padding:2px 6px;margin:4px 0}
 .refs{display:flex;gap:6px;flex-wrap:wrap;margin:6px 0}.refs a{font-size:11px;word-break:break-all}
 .refs img,.refs .missing{width:56px;height:56px;object-fit:cover;border-radius:4px;display:none}
 .refs .missing{align-items:center;justify-content:center;background:#e8e8e4;color:#555;font-size:10px;text-align:center}
@@ -110,7 +111,8 @@ def build_report(ledger: Ledger, batch: str, out_path: Path) -> int:
         rows[record["origin"]] = (name, n + 1)
         cards.append(_card(record, base))
     wall = f"{last - first:,.0f} s" if first and last and last > first else "n/a"
-    figures = [("jobs", sum(counts.values()))] + [(s.value, counts[s.value]) for s in JobState if counts[s.value]]
+    figures: list[tuple[str, int | str]] = [("jobs", sum(counts.values()))]
+    figures += [(s.value, counts[s.value]) for s in JobState if counts[s.value]]
     figures += [("credits spent", _credits(spend.spent)),
                 ("budget", _credits(info.budget if info else None)),
                 ("held (unknown)", _credits(spend.held)), ("wall time", wall),
@@ -119,6 +121,7 @@ def build_report(ledger: Ledger, batch: str, out_path: Path) -> int:
                             for s in JobState if counts[s.value])
     row_options = "".join(f'<option value="{esc(o)}" title="{esc(o)}">{esc(name)} ({n})</option>'
                           for o, (name, n) in rows.items())
+    generated = f'<div class="meta">generated {esc(iso(time.time()))} from {esc(ledger.display)}</div>'
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width,initial-scale=1">
@@ -126,7 +129,7 @@ def build_report(ledger: Ledger, batch: str, out_path: Path) -> int:
 <body>
 <header><h1>{esc(batch)} <small>({esc(info.model if info else '')})</small></h1>
 <div class="figs">{''.join(f'<div><b>{esc(v)}</b>{esc(k)}</div>' for k, v in figures)}</div>
-{SIMULATED_BANNER if info and info.simulated else ''}<div class="meta">generated {esc(iso(time.time()))} from {esc(ledger.display)}</div>
+{SIMULATED_BANNER if info and info.simulated else ''}{generated}
 </header>
 <div class="bar">
 <label>state <select id="f-state"><option value="">all</option>{state_options}</select></label>

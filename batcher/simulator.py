@@ -16,6 +16,7 @@ charged and refunded, so tests can hold the ledger against the "server".
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
 import random
@@ -25,12 +26,13 @@ import struct
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -484,9 +486,10 @@ class SimulatorTransport(httpx.AsyncBaseTransport):
 
 class _Handler(BaseHTTPRequestHandler):
     simulator: Simulator
+    server: ThreadingHTTPServer
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:  # `format`: the stdlib's parameter name
         pass  # quiet: the record says what happened
 
     def _serve(self) -> None:
@@ -501,10 +504,8 @@ class _Handler(BaseHTTPRequestHandler):
                 answer = self.simulator.handle(self.command, f"http://{host}{self.path}", headers, body)
             except (Dropped, Refused):
                 self.close_connection = True
-                try:
+                with contextlib.suppress(OSError):
                     self.connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 return
         self.send_response(answer.status)
         for name, value in answer.headers.items():

@@ -65,7 +65,7 @@ def chaos(jobs: int = 24, kills: int = 4, seed: int = 7, budget_factor: float = 
             codes.append(done.returncode)
             if verbose:
                 print(done.stderr, file=sys.stderr)
-            if done.returncode in (0, 3) or "held as unknown" in done.stdout and done.returncode == 1:
+            if done.returncode in (0, 3) or ("held as unknown" in done.stdout and done.returncode == 1):
                 left = _states(work)
                 if not (left["pending"] or left["submitted"] or left["rendered"]) or done.returncode == 3:
                     break

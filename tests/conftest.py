@@ -31,7 +31,8 @@ rows:
 
 
 def small_manifest(n_rows: int = 6, repeat: int = 1, resolution: str = "720p", duration: int = 5) -> str:
-    rows = "".join(f"  - prompt: 'shot number {i}'\n    references: hero\n    repeat: {repeat}\n" for i in range(n_rows))
+    rows = "".join(f"  - prompt: 'shot number {i}'\n    references: hero\n    repeat: {repeat}\n"
+                   for i in range(n_rows))
     return (f"version: 1\nbatch: small\ndefaults:\n  duration: {duration}\n  resolution: {resolution}\n"
             f"reference_sets:\n  hero: [https://example.com/hero.png]\nrows:\n" + rows)
 

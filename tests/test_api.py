@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -60,7 +60,7 @@ def test_videofolder_export_and_update(simrun, write, tmp_path):
 
 
 def test_videofolder_skips_tampered_files(simrun, write, tmp_path):
-    report, _, ledger = simrun(write("m.yaml", small_manifest(2)))
+    _report, _, ledger = simrun(write("m.yaml", small_manifest(2)))
     files = sorted((tmp_path / "out").glob("*.mp4"))
     files[0].write_bytes(files[0].read_bytes() + b"tampered")
     r = api.export_dataset(ledger, "small", tmp_path / "ds")
@@ -69,7 +69,7 @@ def test_videofolder_skips_tampered_files(simrun, write, tmp_path):
 
 def test_status_rows_and_job_history_cli(simrun, write, tmp_path):
     manifest = write("m.yaml", small_manifest(3, repeat=2))
-    report, _, ledger = simrun(manifest)
+    _report, _, ledger = simrun(manifest)
     runner = CliRunner()
     out = runner.invoke(cli, ["status", str(manifest), "--ledger", str(ledger), "--rows", "--json"])
     rows = json.loads(out.output)

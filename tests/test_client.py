@@ -6,12 +6,18 @@ import httpx
 import pytest
 
 from batcher.client import PixelDojoClient
-from batcher.models import check_schema
 from batcher.errors import (
-    AuthError, CreditsExhausted, MalformedAnswer, NotSentError, OutcomeUnknown, OutputGone, RateLimited,
-    RejectedError, ServerError,
+    AuthError,
+    CreditsExhausted,
+    MalformedAnswer,
+    NotSentError,
+    OutcomeUnknown,
+    OutputGone,
+    RateLimited,
+    RejectedError,
+    ServerError,
 )
-from batcher.models import HAPPYHORSE_R2V
+from batcher.models import HAPPYHORSE_R2V, check_schema
 
 BODY = {"prompt": "a", "reference_urls": ["https://x.com/a.png"]}
 OK = {"jobId": "job_1", "status": "pending", "statusUrl": "https://pixeldojo.ai/api/v1/jobs/job_1",

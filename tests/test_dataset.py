@@ -42,7 +42,7 @@ def test_exported_clips_decode_where_torchcodec_is_installed(simrun, write, tmp_
     not part of the test extras, so this runs only where they are installed."""
     datasets = pytest.importorskip("datasets")
     try:
-        import torchcodec  # noqa: F401
+        import torchcodec  # noqa: F401 - only to learn whether it is installed
     except (ImportError, OSError):
         pytest.skip("torchcodec is not installed, or cannot load on this machine")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -5,6 +5,7 @@ import ctypes
 import hashlib
 import sqlite3
 import subprocess
+from pathlib import Path
 
 import anyio
 import pytest
@@ -60,7 +61,7 @@ def test_disk_full_while_downloading(tmp_path, write, tiny_disk):
     with Ledger(tmp_path / "l.db") as led:
         for job in led.iter_batch("small"):
             if job.state == "completed":  # whatever has its final name is whole and verified
-                assert hashlib.sha256(open(job.file_path, "rb").read()).hexdigest() == job.sha256
+                assert hashlib.sha256(Path(job.file_path).read_bytes()).hexdigest() == job.sha256
     tiny_disk.resize("1m")
     report = run(manifest, tmp_path / "l.db", out, sim)
     assert report.exit_code == 0 and report.counts["completed"] == 5
@@ -71,11 +72,11 @@ def test_disk_full_while_writing_the_ledger(tmp_path, write, tiny_disk):
     disk = tiny_disk("160k")
     rows = "".join(f"  - {{prompt: 'a long prompt to fill pages {i} {'x' * 300}', references: hero}}\n"
                    for i in range(600))
-    manifest = write("m.yaml", "version: 1\nbatch: small\nreference_sets:\n  hero: [https://x.com/h.png]\nrows:\n" + rows)
+    manifest = write("m.yaml",
+                     "version: 1\nbatch: small\nreference_sets:\n  hero: [https://x.com/h.png]\nrows:\n" + rows)
     m = load_manifest(manifest)
-    with pytest.raises(DiskFullError, match="no space left"):
-        with Ledger(disk / "l.db") as led:
-            api.stage(led, m)
+    with pytest.raises(DiskFullError, match="no space left"), Ledger(disk / "l.db") as led:
+        api.stage(led, m)
     tiny_disk.resize("8m")
     with Ledger(disk / "l.db") as led:
         assert api.stage(led, m)[0] == 600

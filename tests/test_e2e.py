@@ -71,7 +71,7 @@ def test_missing_key_stops_before_sending(simulator_server, tmp_path, write):
     url = simulator_server()
     manifest = write("m.yaml", small_manifest(n_rows=2))
     proc = batcher("run", str(manifest), "--api-base", url, "--ledger", str(tmp_path / "l.db"), env_key=None)
-    out, err = proc.communicate(timeout=30)
+    _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 2
     assert err.strip().splitlines()[-1].startswith("batcher: PIXELDOJO_API_KEY is not set")
     assert sum(record(url)["requests"].values()) == 0

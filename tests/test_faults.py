@@ -45,7 +45,7 @@ def assert_consistent(sim, ledger_path, *, consented: bool = False):
 def test_refused_connections_are_retried_and_each_job_paid_once(simrun, write):
     report, sim, ledger = simrun(write("m.yaml", small_manifest(8)), config=SimConfig(
         render_seconds=0.02, refuse_rate=0.3, seed=2))
-    jobs, record = assert_consistent(sim, ledger)
+    _jobs, record = assert_consistent(sim, ledger)
     assert record["faults"]["refuse"] > 0
     assert report.counts["completed"] == 8 and len(record["jobs"]) == 8
 
@@ -104,7 +104,7 @@ def test_rate_limit_is_waited_out(simrun, write):
 
 
 def test_remote_failure_then_success_keeps_one_net_charge(simrun, write):
-    report, sim, ledger = simrun(write("m.yaml", small_manifest(10)), config=SimConfig(
+    _report, sim, ledger = simrun(write("m.yaml", small_manifest(10)), config=SimConfig(
         render_seconds=0.02, fail_rate=0.3, seed=9), max_attempts=3)
     jobs, record = assert_consistent(sim, ledger)
     assert any(j["refunded"] for j in record["jobs"])

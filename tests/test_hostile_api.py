@@ -18,13 +18,19 @@ import pytest
 from batcher import api
 from batcher.client import PixelDojoClient
 from batcher.errors import (
-    AuthError, CreditsExhausted, MalformedAnswer, OutcomeUnknown, RateLimited, RejectedError, ServerError,
+    AuthError,
+    CreditsExhausted,
+    MalformedAnswer,
+    OutcomeUnknown,
+    RateLimited,
+    RejectedError,
+    ServerError,
 )
 from batcher.export import export
 from batcher.ledger import Ledger
 from batcher.policy import RetryPolicy
-from batcher.run import RunOptions
 from batcher.report import build_report
+from batcher.run import RunOptions
 from batcher.simulator import SimConfig, Simulator, SimulatorTransport
 
 from .conftest import small_manifest
@@ -159,7 +165,7 @@ def test_submit_answer_id_or_url_carrying_the_key_is_held_not_stored(field, valu
 
 def test_output_url_carrying_the_key_is_refused():
     video = f"https://temp.pixeldojo.ai/pixeldojotemp/x.mp4?sig={quote(KEY, safe='')}"
-    with pytest.raises(MalformedAnswer, match="output.video") as info:
+    with pytest.raises(MalformedAnswer, match=r"output\.video") as info:
         call(answering(200, {"jobId": "job_1", "status": "completed", "output": {"video": video}}),
              "status", "job_1")
     assert_no_key(str(info.value), "MalformedAnswer message")
@@ -416,8 +422,8 @@ def test_an_absurdly_large_credit_cost_is_not_a_crash():
     import anyio
 
     def handler(request: httpx.Request) -> httpx.Response:
-        body = '{"jobId": "job_1", "status": "pending", "creditCost": 1%s, "creditsRemaining": 1%s}' % (
-            "0" * 400, "0" * 400)
+        zeros = "0" * 400
+        body = f'{{"jobId": "job_1", "status": "pending", "creditCost": 1{zeros}, "creditsRemaining": 1{zeros}}}'
         return httpx.Response(202, content=body.encode(), headers={"content-type": "application/json"})
 
     async def go():

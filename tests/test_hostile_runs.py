@@ -38,7 +38,7 @@ def _sha(path: Path) -> str:
 
 def test_jobs_whose_keys_share_a_prefix_keep_both_videos(simrun, write):
     # These two keys agree in their first 32 bits: short-key file names used to collide.
-    report, sim, ledger_path = simrun(write("coll.yaml", COLLIDING))
+    report, _sim, ledger_path = simrun(write("coll.yaml", COLLIDING))
     assert report.counts["completed"] == 2
     with Ledger(ledger_path) as ledger:
         jobs = list(ledger.iter_batch("coll"))
@@ -80,7 +80,7 @@ def test_publish_never_replaces_another_jobs_video(simrun, write, tmp_path):
     simrun(one, out_dir=out)
     simrun(two, out_dir=out)
     with Ledger(tmp_path / "ledger.db") as ledger:
-        a, b = list(ledger.iter_batch("one"))[0], list(ledger.iter_batch("two"))[0]
+        a, b = next(iter(ledger.iter_batch("one"))), next(iter(ledger.iter_batch("two")))
     assert a.key == b.key and a.remote_job_id != b.remote_job_id
     assert a.file_path != b.file_path
     assert Path(a.file_path).read_bytes() == clip_for(a.remote_job_id)
@@ -197,9 +197,8 @@ def test_ledger_refuses_to_mix_simulated_and_real_results(tmp_path, write):
     opts = RunOptions(out_dir=tmp_path / "out", expected_render=0.01)
     anyio.run(lambda: api.run_async(manifest, ledger=tmp_path / "l.db", options=opts,
                                     to=api.target(simulate=simulate)))
-    with Ledger(tmp_path / "l.db") as ledger:
-        with pytest.raises(SimulationMismatch, match="simulated"):
-            api.stage(ledger, manifest, simulated=False)
+    with Ledger(tmp_path / "l.db") as ledger, pytest.raises(SimulationMismatch, match="simulated"):
+        api.stage(ledger, manifest, simulated=False)
 
 
 def test_exports_status_and_gallery_mark_simulated_results(tmp_path, write):
@@ -247,7 +246,8 @@ def test_a_runner_keeps_to_its_own_budget_whatever_other_runners_were_given(tmp_
         return reports
     anyio.run(both)
     with Ledger(ledger_path) as ledger:
-        intents = [e.detail for j in ledger.iter_batch("small") for e in ledger.events(j.id) if e.kind == "submit-intent"]
+        intents = [e.detail for j in ledger.iter_batch("small") for e in ledger.events(j.id)
+                   if e.kind == "submit-intent"]
         spent = ledger.spend("small").spent
     small = [d for d in intents if d.endswith("of budget 100")]
     assert small, "the runner with budget 100 submitted nothing: the race was not exercised"
@@ -312,7 +312,7 @@ def test_a_paid_job_the_api_no_longer_knows_is_held_not_paid_again(tmp_path, wri
     assert report.counts["unknown"] == 1 and report.counts["failed"] == 0 and report.exit_code == 1
     assert any("lost by the API" in m for m in report.messages)
     with Ledger(tmp_path / "l.db") as ledger:
-        held = [j for j in ledger.iter_batch("small") if j.state == "unknown"][0]
+        held = next(j for j in ledger.iter_batch("small") if j.state == "unknown")
         assert "no longer knows" in held.error and "retry --unknown" in held.error
         assert ledger.spend("small").spent == 60  # the lost job's 20 credits stay spent
         assert ledger.lost_jobs("small") == 1
@@ -370,7 +370,7 @@ def test_a_signal_while_a_large_manifest_is_staged_exits_130_with_one_line(tmp_p
           - prompt: "shot {a} {b}"
             references: [https://example.com/a.png]
             vary: {a: [%s], b: [%s]}
-        """ % (", ".join(map(str, range(400))), ", ".join(map(str, range(500)))))
+        """ % (", ".join(map(str, range(400))), ", ".join(map(str, range(500)))))  # noqa: UP031 - the YAML's braces read better unescaped
     env = {k: v for k, v in os.environ.items() if k not in ("BATCHER_LEDGER",)}
     env["PIXELDOJO_API_KEY"] = "k"
     proc = subprocess.Popen([sys.executable, "-m", "batcher", "run", str(manifest), "--budget", "0",
@@ -425,8 +425,8 @@ def test_a_cost_that_cannot_be_believed_does_not_get_around_the_budget(tmp_path,
     assert report.spent == 40
     with Ledger(tmp_path / "l.db") as ledger:
         assert ledger.jobs_with_event("small", "cost-untrusted") == 2
-        job = [j for j in ledger.iter_batch("small") if j.remote_job_id][0]
-        detail = [e.detail for e in ledger.events(job.id) if e.kind == "cost-untrusted"][0]
+        job = next(j for j in ledger.iter_batch("small") if j.remote_job_id)
+        detail = next(e.detail for e in ledger.events(job.id) if e.kind == "cost-untrusted")
     assert "not a believable charge" in detail and "estimate 20" in detail
     status = _cli(["status", str(manifest), "--ledger", str(tmp_path / "l.db")], tmp_path).stdout
     assert "2 job(s) were answered with a creditCost that cannot be believed" in status
@@ -471,9 +471,8 @@ def test_run_takes_max_jobs_and_stages_past_the_default_when_told(tmp_path, writ
     assert refused.returncode == 2 and "--max-jobs" in refused.stderr and "Traceback" not in refused.stderr
     done = _cli(["run", str(manifest), "--simulate", "--sim-render-seconds", "0.02", "--max-jobs", "3"], tmp_path)
     assert done.returncode == 0, done.stderr
-    with Ledger(tmp_path / "batcher-sim.db") as ledger:
-        with pytest.raises(Exception, match="max-jobs"):
-            api.stage(ledger, api.load(manifest), max_jobs=2)
+    with Ledger(tmp_path / "batcher-sim.db") as ledger, pytest.raises(Exception, match="max-jobs"):
+        api.stage(ledger, api.load(manifest), max_jobs=2)
 
 
 # --- found by a hostile review of the fixes ------------------------------------------------------------
@@ -509,7 +508,7 @@ def test_a_video_that_cannot_be_saved_leaves_the_job_for_the_next_run(tmp_path, 
     common = ["run", str(manifest), "--simulate", "--sim-render-seconds", "0.02", "--out", "out"]
     assert _cli(common, tmp_path).returncode == 0
     with Ledger(tmp_path / "batcher-sim.db") as ledger:
-        victim = list(ledger.iter_batch("small"))[0]
+        victim = next(iter(ledger.iter_batch("small")))
     path = Path(victim.file_path)
     path.unlink()
     path.mkdir()  # a directory in the video's way

@@ -35,7 +35,7 @@ def two(ledger_url):
 
 
 def test_claims_are_exclusive(two):
-    a, b, clock = two
+    a, b, _clock = two
     ga = a.claim("b", [S.PENDING], "A", 30, 6)
     gb = b.claim("b", [S.PENDING], "B", 30, 6)
     assert len(ga) == 6 and len(gb) == 4
@@ -82,11 +82,11 @@ def test_expired_lease_in_submitting_becomes_unknown_never_pending(two):
 
 
 def test_shared_budget_is_enforced_in_the_ledger(two):
-    a, b, clock = two
+    a, b, _clock = two
     ja = a.claim("b", [S.PENDING], "A", 30, 5)
     jb = b.claim("b", [S.PENDING], "B", 30, 5)
     granted = 0
-    for x, y in zip(ja, jb):
+    for x, y in zip(ja, jb, strict=True):
         for led, job in ((a, x), (b, y)):
             try:
                 led.write(led.begin_submission(job.id, S.PENDING, 20, token=job.lease_token, batch="b", budget=90))

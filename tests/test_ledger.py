@@ -168,5 +168,5 @@ def test_newer_ledger_is_refused(tmp_path):
 def test_not_a_database_is_a_clear_error(tmp_path):
     path = tmp_path / "l.db"
     path.write_bytes(b"this is not sqlite at all" * 100)
-    with pytest.raises(LedgerError, match="not a batcher ledger|cannot open"):
+    with pytest.raises(LedgerError, match=r"not a batcher ledger|cannot open"):
         Ledger(path)

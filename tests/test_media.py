@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import struct
-from pathlib import Path
 
 from batcher.media import VideoInfo, expected_frame, mismatches, probe
 from batcher.simulator import demo_clip

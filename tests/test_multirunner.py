@@ -52,7 +52,7 @@ def test_four_runners_one_ledger(ledger_url, tmp_path):
         runners[1].send_signal(signal.SIGCONT)
         codes = [r.wait(timeout=120) for r in runners]
         assert codes[0] == -9
-        for code, r in zip(codes[1:], runners[1:]):
+        for code, r in zip(codes[1:], runners[1:], strict=True):
             assert code in (0, 1, 3), r.stderr.read()
         final = runner(url, ledger_url, path, tmp_path / "final")
         assert final.wait(timeout=120) in (0, 1, 3), final.stderr.read()

@@ -1,6 +1,7 @@
 """Pure policies: retry back-off, poll planning, budget, request rate (injected clocks, no I/O)."""
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -69,7 +70,7 @@ def test_planner_backs_off_without_data_and_past_the_spread():
     times = [0.0]
     for n in range(6):
         times.append(planner.next_poll(("x",), times[-1], n))
-    gaps = [b - a for a, b in zip(times[1:], times[2:])]
+    gaps = [b - a for a, b in itertools.pairwise(times[1:])]
     assert times[1] == 8 and gaps == sorted(gaps) and max(gaps) <= 30
     for _ in range(20):
         planner.observe(("x",), 9, 11)

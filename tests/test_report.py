@@ -12,8 +12,8 @@ import pytest
 
 from batcher import api
 from batcher.ledger import Ledger
-from batcher.run import RunOptions
 from batcher.report import build_report
+from batcher.run import RunOptions
 from batcher.simulator import SimConfig, Simulator
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -59,7 +59,7 @@ def test_concurrency_cap_holds_and_is_used(simrun, write):
 
 def test_rerun_after_completion_submits_nothing(simrun, write):
     manifest = write("m.yaml", small_manifest(n_rows=4))
-    report, sim, ledger = simrun(manifest)
+    report, _sim, ledger = simrun(manifest)
     assert report.counts["completed"] == 4
     report2, sim2, _ = simrun(manifest, ledger=ledger)
     assert report2.exit_code == 0 and report2.submitted == 0
@@ -177,5 +177,5 @@ def test_edited_manifest_does_not_submit_dropped_rows(simrun, write, tmp_path):
 
 
 def test_ledger_file_is_valid_sqlite_after_run(simrun, write):
-    report, _, ledger = simrun(write("m.yaml", small_manifest(n_rows=2)))
+    _report, _, ledger = simrun(write("m.yaml", small_manifest(n_rows=2)))
     assert sqlite3.connect(ledger).execute("PRAGMA integrity_check").fetchone()[0] == "ok"

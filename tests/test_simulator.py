@@ -62,7 +62,10 @@ def test_lifecycle_and_expiring_output():
     wall = Clock()
     sim = Simulator(SimConfig(render_seconds=10, render_jitter=0, url_ttl=60), clock=clock, wall=wall)
     job = json.loads(submit(sim).body)
-    status = lambda: json.loads(sim.handle("GET", job["statusUrl"], AUTH, b"").body)  # noqa: E731
+
+    def status():
+        return json.loads(sim.handle("GET", job["statusUrl"], AUTH, b"").body)
+
     assert status()["status"] == "pending"
     clock.t += 5
     assert status()["status"] == "processing"

@@ -18,6 +18,7 @@ from ..ledger import DEFAULT_LEDGER
 from ..plan import MAX_JOBS
 from ..run import ExitCode
 
+
 class BatcherGroup(click.Group):
     """Maps library errors to one-line messages and exit codes, never a traceback."""
 

@@ -11,6 +11,7 @@ from ..manifest import load_manifest
 from ..plan import check
 from . import checked_rates, cli, ledger_option, max_jobs_option, rate_option
 
+
 @cli.command()
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @max_jobs_option

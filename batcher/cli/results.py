@@ -13,6 +13,7 @@ from ..errors import BatcherError
 from ..manifest import load_manifest
 from . import cli, ledger_option
 
+
 def _batch_for(manifest: str | None) -> str | None:
     if manifest is None:
         return None

@@ -22,7 +22,12 @@ from sqlmodel import SQLModel
 
 from ..errors import LedgerError
 from .dialect import (
-    DEFAULT_LEDGER, display_location, engine_url, first_line, is_database_url, postgres_engine,
+    DEFAULT_LEDGER,
+    display_location,
+    engine_url,
+    first_line,
+    is_database_url,
+    postgres_engine,
 )
 from .figures import LedgerFigures
 from .leases import LedgerLeases
@@ -30,16 +35,18 @@ from .migrations import MIGRATIONS, SCHEMA_VERSION, Migration
 from .rows import Attempt, Batch, Event, Figures, Job, Spend
 from .transitions import LedgerTransitions
 
-__all__ = ["DEFAULT_LEDGER", "MIGRATIONS", "SCHEMA_VERSION", "SQLModel", "Attempt", "Batch", "Event", "Figures", "Job",
-           "Ledger", "Migration", "Spend", "display_location", "engine_url", "is_database_url", "postgres_engine",
-           "read_states"]
+__all__ = [
+    "DEFAULT_LEDGER", "MIGRATIONS", "SCHEMA_VERSION", "Attempt", "Batch", "Event", "Figures", "Job", "Ledger",
+    "Migration", "SQLModel", "Spend", "display_location", "engine_url", "is_database_url", "postgres_engine",
+    "read_states"
+]
 
 
 class Ledger(LedgerTransitions, LedgerLeases, LedgerFigures):
     """One ledger. Writes return operations (`write`, `write_many`, or the run's group writer
     commit them); reads return frozen rows."""
 
-    def __enter__(self) -> "Ledger":
+    def __enter__(self) -> Ledger:
         return self
 
 
@@ -61,11 +68,11 @@ def read_states(path: str | Path, batch: str) -> dict[str, str] | None:
     if not path.exists():
         return None
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
-            return dict(conn.execute("SELECT key, state FROM job WHERE batch = ?", (batch,)))
+            return dict(db.execute("SELECT key, state FROM job WHERE batch = ?", (batch,)))
         finally:
-            conn.close()
+            db.close()
     except sqlite3.Error as e:
         if "no such table" in str(e):
             return {}  # a ledger still being created

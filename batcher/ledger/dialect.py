@@ -37,7 +37,7 @@ def display_location(location: str | Path) -> str:
     if is_database_url(location):
         try:
             return make_url(str(location)).render_as_string(hide_password=True)
-        except Exception:  # noqa: BLE001 - a malformed URL must not leak through an error
+        except Exception:  # a malformed URL must not leak through an error
             return "postgresql://..."
     return str(location)
 
@@ -51,7 +51,7 @@ def postgres_engine(location: str, **options: Any) -> Engine:
                           f"installed: pip install 'batcher[postgres]'") from None
     try:
         return create_engine(engine_url(location), **options)
-    except Exception as e:  # noqa: BLE001 - a malformed URL, say; its text may hold the password
+    except Exception as e:  # a malformed URL, say; its text may hold the password
         raise LedgerError(f"cannot use ledger {display_location(location)}: {type(e).__name__}") from None
 
 

@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy import text
 
 from ..states import JobState
-from .rows import Figures, Spend
 from .jobs import LedgerJobs
+from .rows import Figures, Spend
 
 _ID_OR_NUMBER = re.compile(r"\b(?:job_)?[0-9a-f]*\d[0-9a-f]*\b")
 
@@ -37,7 +37,8 @@ class LedgerFigures(LedgerJobs):
     def counts(self, batch: str | None = None, generation: int | None = None) -> dict[str, int]:
         """Jobs per state (every state present, zeros included)."""
         sql = "SELECT state, COUNT(*) FROM job"
-        where, args = [], {}
+        where: list[str] = []
+        args: dict[str, Any] = {}
         if batch is not None:
             where.append("batch = :b")
             args["b"] = batch

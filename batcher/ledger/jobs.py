@@ -12,7 +12,7 @@ from sqlalchemy import Connection, text
 from ..errors import LedgerError, SimulationMismatch
 from ..plan import JobSpec
 from ..states import JobState
-from .rows import Attempt, Batch, Event, Job, from_mapping
+from .rows import Attempt, Batch, Event, Job, R, from_mapping
 from .store import LedgerStore
 
 
@@ -92,7 +92,7 @@ class LedgerJobs(LedgerStore):
 
     # --- reads ---------------------------------------------------------------------------------
 
-    def _rows(self, cls: type[Any], sql: str, params: dict[str, Any]) -> list[Any]:
+    def _rows(self, cls: type[R], sql: str, params: dict[str, Any]) -> list[R]:
         with self.engine.connect() as conn:
             return [from_mapping(cls, row) for row in conn.execute(text(sql), params).mappings()]
 
@@ -119,7 +119,7 @@ class LedgerJobs(LedgerStore):
         found = self._rows(Job, "SELECT * FROM job WHERE id = :id", {"id": job_id})
         if not found:
             raise LedgerError(f"no job with id {job_id}")
-        return found[0]  # type: ignore[no-any-return]
+        return found[0]
 
     def find(self, key_prefix: str, batch: str | None = None) -> list[Job]:
         """Jobs whose key starts with `key_prefix` (a short key as shown in file names works)."""

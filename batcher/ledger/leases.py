@@ -83,10 +83,11 @@ class LedgerLeases(LedgerStore):
         """Unfinished jobs other runners hold with live leases (work that may still come back)."""
         states = "'submitting', 'submitted', 'rendered'" + (", 'pending'" if include_pending else "")
         with self.engine.connect() as conn:
-            return conn.execute(text(
+            held: int = conn.execute(text(
                 "SELECT COUNT(*) FROM job WHERE batch = :b AND owner IS NOT NULL AND owner != :o AND "
                 f"lease_until >= :now AND state IN ({states})"),
                 {"b": batch, "o": owner, "now": self.clock()}).scalar_one()
+            return held
 
     def release_jobs(self, ids: list[int], owner: str) -> int:
         """Give back particular jobs this runner claimed but will not work on."""

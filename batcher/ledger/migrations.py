@@ -29,7 +29,8 @@ class Migration(NamedTuple):
 
 
 def _table(model: Any) -> Table:
-    return model.__table__  # type: ignore[no-any-return]
+    table: Table = model.__table__
+    return table
 
 
 def add_column(model: Any, name: str) -> Step:

@@ -6,16 +6,19 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..states import JobState
 
-R = TypeVar("R")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+R = TypeVar("R", bound="DataclassInstance")
 
 
-def from_mapping(cls: type[R], row: Mapping[str, Any]) -> R:
+def from_mapping(cls: type[R], row: Mapping[Any, Any]) -> R:
     """A frozen row from a database row (extra columns ignored)."""
-    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    names = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in row.items() if k in names})
 
 
@@ -70,7 +73,8 @@ class Job:
         return JobState(self.state)
 
     def parameters(self) -> dict[str, Any]:
-        return json.loads(self.params)  # type: ignore[no-any-return]
+        params: dict[str, Any] = json.loads(self.params)
+        return params
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,7 @@ class Figures:
 
     batch: Batch | None
     counts: dict[str, int]
-    spend: "Spend"
+    spend: Spend
     held: int  # jobs held as unknown
     held_cost: float  # what resubmitting them all may cost
     lost: int  # of the held, jobs the API charged and then no longer knew

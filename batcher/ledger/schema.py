@@ -8,10 +8,20 @@ defaults so `ALTER TABLE ... ADD COLUMN ... NOT NULL` works on a table with rows
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any
 
 from sqlalchemy import (
-    BigInteger, Boolean, Column, Float, ForeignKey, Index, Integer, Text, UniqueConstraint, false, text,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    Text,
+    UniqueConstraint,
+    false,
+    text,
 )
 from sqlmodel import Field, SQLModel
 
@@ -20,19 +30,19 @@ ID = BigInteger().with_variant(Integer(), "sqlite")
 REAL = Float(precision=53)  # DOUBLE PRECISION on PostgreSQL, REAL on SQLite
 
 
-def _id() -> Column:  # type: ignore[type-arg]  # sqlmodel wants an untyped Column here
+def _id() -> Column[Any]:
     return Column(ID, primary_key=True, autoincrement=True)
 
 
-def _ref(target: str) -> Column:  # type: ignore[type-arg]
+def _ref(target: str) -> Column[Any]:
     return Column(ID, ForeignKey(target), nullable=False)
 
 
-def _real(nullable: bool = True, default: str | None = None) -> Column:  # type: ignore[type-arg]
+def _real(nullable: bool = True, default: str | None = None) -> Column[Any]:
     return Column(REAL, nullable=nullable, server_default=text(default) if default is not None else None)
 
 
-def _int(default: str) -> Column:  # type: ignore[type-arg]
+def _int(default: str) -> Column[Any]:
     return Column(Integer, nullable=False, server_default=text(default))
 
 
@@ -49,7 +59,7 @@ class BatchTable(SQLModel, table=True):
     model: str
     manifest: str
     generation: int = Field(default=0, sa_column=_int("0"))
-    budget: Optional[float] = Field(default=None, sa_column=_real())  # the budget of the latest run
+    budget: float | None = Field(default=None, sa_column=_real())  # the budget of the latest run
     # credits charged or reserved: the shared budget's running total
     committed: float = Field(default=0.0, sa_column=_real(nullable=False, default="0"))
     # rendered by the built-in simulator: its clips are not real renders
@@ -66,7 +76,7 @@ class JobTable(SQLModel, table=True):
         Index("job_batch_state_seq", "batch", "state", "seq"),
         Index("job_batch_owner", "batch", "owner"),
     )
-    id: Optional[int] = Field(default=None, sa_column=_id())
+    id: int | None = Field(default=None, sa_column=_id())
     batch: str = Field(foreign_key="batch.name")
     key: str
     seq: int
@@ -79,24 +89,24 @@ class JobTable(SQLModel, table=True):
     estimate: float = Field(sa_column=_real(nullable=False))
     state: str = Field(default="pending", sa_column=Column("state", nullable=False, server_default="pending",
                                                            type_=Text))
-    remote_job_id: Optional[str] = None
-    status_url: Optional[str] = None
-    credit_cost: Optional[float] = Field(default=None, sa_column=_real())
-    output_url: Optional[str] = None
-    output_expires_at: Optional[float] = Field(default=None, sa_column=_real())
-    file_path: Optional[str] = None
-    size: Optional[int] = Field(default=None, sa_column=Column(BigInteger))
-    sha256: Optional[str] = None
-    error: Optional[str] = None
+    remote_job_id: str | None = None
+    status_url: str | None = None
+    credit_cost: float | None = Field(default=None, sa_column=_real())
+    output_url: str | None = None
+    output_expires_at: float | None = Field(default=None, sa_column=_real())
+    file_path: str | None = None
+    size: int | None = Field(default=None, sa_column=Column(BigInteger))
+    sha256: str | None = None
+    error: str | None = None
     attempts: int = Field(default=0, sa_column=_int("0"))
-    render_seconds: Optional[float] = Field(default=None, sa_column=_real())
-    owner: Optional[str] = None  # the runner holding the lease
-    lease_until: Optional[float] = Field(default=None, sa_column=_real())
+    render_seconds: float | None = Field(default=None, sa_column=_real())
+    owner: str | None = None  # the runner holding the lease
+    lease_until: float | None = Field(default=None, sa_column=_real())
     lease_token: int = Field(default=0, sa_column=_int("0"))  # fencing token: bumped by every claim
     created_at: float = Field(sa_column=_real(nullable=False))
     updated_at: float = Field(sa_column=_real(nullable=False))
-    submitted_at: Optional[float] = Field(default=None, sa_column=_real())
-    finished_at: Optional[float] = Field(default=None, sa_column=_real())
+    submitted_at: float | None = Field(default=None, sa_column=_real())
+    finished_at: float | None = Field(default=None, sa_column=_real())
 
 
 class AttemptTable(SQLModel, table=True):
@@ -104,29 +114,29 @@ class AttemptTable(SQLModel, table=True):
 
     __tablename__ = "attempt"
     __table_args__ = (Index("attempt_job", "job_id"),)
-    id: Optional[int] = Field(default=None, sa_column=_id())
+    id: int | None = Field(default=None, sa_column=_id())
     job_id: int = Field(sa_column=_ref("job.id"))
     number: int
     outcome: str  # submitting | accepted | unknown | not_sent | rejected
     reserved: float = Field(sa_column=_real(nullable=False))
-    remote_job_id: Optional[str] = None
-    credit_cost: Optional[float] = Field(default=None, sa_column=_real())
+    remote_job_id: str | None = None
+    credit_cost: float | None = Field(default=None, sa_column=_real())
     refunded: bool = Field(default=False, sa_column=Column("refunded", nullable=False, server_default=false(),
                                                            type_=Boolean))
     started_at: float = Field(sa_column=_real(nullable=False))
-    ended_at: Optional[float] = Field(default=None, sa_column=_real())
+    ended_at: float | None = Field(default=None, sa_column=_real())
 
 
 class EventTable(SQLModel, table=True):
     __tablename__ = "event"
     __table_args__ = (Index("event_job", "job_id", "id"),)
-    id: Optional[int] = Field(default=None, sa_column=_id())
+    id: int | None = Field(default=None, sa_column=_id())
     job_id: int = Field(sa_column=_ref("job.id"))
     at: float = Field(sa_column=_real(nullable=False))
     kind: str
-    from_state: Optional[str] = None
-    to_state: Optional[str] = None
-    detail: Optional[str] = None
+    from_state: str | None = None
+    to_state: str | None = None
+    detail: str | None = None
 
 
 class RunnerTable(SQLModel, table=True):

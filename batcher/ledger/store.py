@@ -14,7 +14,13 @@ from sqlmodel import Session
 
 from ..errors import BatcherError, DiskFullError, LedgerError
 from .dialect import (
-    DEFAULT_LEDGER, Dialect, display_location, first_line, is_database_url, is_disk_full, postgres_engine,
+    DEFAULT_LEDGER,
+    Dialect,
+    display_location,
+    first_line,
+    is_database_url,
+    is_disk_full,
+    postgres_engine,
     sqlite_engine,
 )
 from .migrations import SCHEMA_VERSION
@@ -33,6 +39,8 @@ class LedgerStore:
         self.location = str(path)
         self.postgres = is_database_url(path)
         self.sql = Dialect(self.postgres)
+        # Runners on other hosts share it: their files are not on this host.
+        self.shared = self.postgres
         self.dialect = self.sql.name
         self.path = Path(path) if not self.postgres else Path("postgresql")
         self.display = display_location(path)

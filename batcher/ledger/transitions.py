@@ -91,9 +91,10 @@ class LedgerTransitions(LedgerStore):
             number = self.x(conn, "UPDATE job SET attempts = attempts + 1 WHERE id = :id RETURNING attempts",
                             {"id": job_id}).scalar_one()
             self.x(conn, "UPDATE batch SET committed = committed + :r WHERE name = :b", {"r": reserved, "b": name})
-            return self.x(conn, "INSERT INTO attempt (job_id, number, outcome, reserved, refunded, started_at) "
-                                "VALUES (:j, :n, 'submitting', :r, FALSE, :t) RETURNING id",
-                          {"j": job_id, "n": number, "r": reserved, "t": now}).scalar_one()
+            attempt_id: int = self.x(conn, "INSERT INTO attempt (job_id, number, outcome, reserved, refunded, "
+                                           "started_at) VALUES (:j, :n, 'submitting', :r, FALSE, :t) RETURNING id",
+                                     {"j": job_id, "n": number, "r": reserved, "t": now}).scalar_one()
+            return attempt_id
         return op
 
     def end_attempt(self, attempt_id: int, outcome: str, *, remote_job_id: str | None = None,
@@ -132,7 +133,8 @@ class LedgerTransitions(LedgerStore):
                 "remote_job_id = (SELECT remote_job_id FROM job WHERE id = :j) RETURNING credit_cost"), {"j": job_id})]
             if costs:
                 conn.execute(text("UPDATE batch SET committed = committed - :c WHERE name = "
-                                  "(SELECT batch FROM job WHERE id = :j)"), {"c": sum(c or 0 for c in costs), "j": job_id})
+                                  "(SELECT batch FROM job WHERE id = :j)"),
+                             {"c": sum(c or 0 for c in costs), "j": job_id})
         return op
 
     def resolve_unknown(self, job_id: int, remote_job_id: str, status_url: str, credit_cost: float,
@@ -142,11 +144,11 @@ class LedgerTransitions(LedgerStore):
         now = self.clock()
 
         def op(conn: Connection) -> bool:
-            moved = self.x(conn, "UPDATE job SET state = 'submitted', remote_job_id = :r, status_url = :u, "
-                                 "credit_cost = :c, submitted_at = :s, error = NULL, updated_at = :t "
-                                 "WHERE id = :id AND state = 'unknown' AND owner IS NULL",
-                           {"r": remote_job_id, "u": status_url, "c": credit_cost, "s": submitted_at, "t": now,
-                            "id": job_id}).rowcount == 1
+            moved: bool = self.x(conn, "UPDATE job SET state = 'submitted', remote_job_id = :r, status_url = :u, "
+                                       "credit_cost = :c, submitted_at = :s, error = NULL, updated_at = :t "
+                                       "WHERE id = :id AND state = 'unknown' AND owner IS NULL",
+                                 {"r": remote_job_id, "u": status_url, "c": credit_cost, "s": submitted_at, "t": now,
+                                  "id": job_id}).rowcount == 1
             detail = f"accepted as {remote_job_id} ({credit_cost:g} credits), answered after its runner lost the lease"
             self._event(conn, job_id, "late-answer", "unknown" if moved else None, "submitted" if moved else None,
                         detail, now)

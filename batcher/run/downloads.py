@@ -6,12 +6,20 @@ polling the job again; failures that are worth it are retried (the clip is paid 
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 
 import anyio
 
 from ..errors import (
-    BatcherError, DiskFullError, LeaseLost, MalformedAnswer, OutputGone, OversizeError, RateLimited, ServerError,
+    BatcherError,
+    DiskFullError,
+    LeaseLost,
+    MalformedAnswer,
+    OutputGone,
+    OversizeError,
+    RateLimited,
+    ServerError,
 )
 from ..files import publish, temp_name, video_name
 from ..ledger import Job
@@ -53,7 +61,7 @@ async def download(ctx: RunContext, job: Job) -> None:
             await ctx.wait_pause(job)
             result = await ctx.client.download(url, tmp, max_bytes=ctx.options.max_download_bytes)
             published = await ctx.threads.run(publish, tmp, final, result.sha256,
-                                              lambda path: _may_replace(ctx, job, path))
+                                              partial(_may_replace, ctx, job))
             failpoint("after-publish")
         except OutputGone as e:
             fresh = None if refreshed else await _fresh_url(ctx, job)

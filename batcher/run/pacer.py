@@ -6,6 +6,7 @@ import heapq
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import ClassVar
 
 import anyio
 
@@ -17,7 +18,7 @@ class RequestPacer:
     may be finished, with URLs that expire) before new submissions. Downloads are not paced: the
     files live on another host."""
 
-    PRIORITY = {"poll": 0, "schema": 0, "submit": 1}
+    PRIORITY: ClassVar[dict[str, int]] = {"poll": 0, "schema": 0, "submit": 1}
 
     def __init__(self, policy: RatePolicy, clock: Callable[[], float] = time.monotonic):
         self.policy = policy

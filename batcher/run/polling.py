@@ -110,7 +110,8 @@ async def _finished(ctx: RunContext, job: Job, status: JobStatus, render_seconds
     attempts, most = job.attempts, ctx.options.max_attempts
     if attempts < most and ctx.submitting_allowed:
         job = await ctx.move(job, S.SUBMITTED, S.PENDING, "remote-failed",
-                             f"{error} (refunded; attempt {attempts} of {most}, retrying)", error=error, finished_at=now)
+                             f"{error} (refunded; attempt {attempts} of {most}, retrying)",
+                             error=error, finished_at=now)
         return Followed.REQUEUED, job
     job = await ctx.move(job, S.SUBMITTED, S.FAILED, "remote-failed", f"{error} (refunded; {attempts} attempt(s))",
                          error=error, finished_at=now)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import time
 from collections.abc import Callable
 
@@ -28,10 +29,8 @@ from .reporting import BudgetOutlook, Progress, RunReport, budget_outlook
 from .startup import check_live_schema, prepare_outputs
 from .submission import submit_and_follow
 
-try:
-    BaseExceptionGroup
-except NameError:  # Python 3.10
-    from exceptiongroup import BaseExceptionGroup  # type: ignore[no-redef]  # the backport's name
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup  # the backport (anyio's dependency on 3.10)
 
 log = logging.getLogger("batcher.run")
 
@@ -86,7 +85,7 @@ class Runner:
                     ctx.writer.close()
                     with anyio.CancelScope(shield=True):
                         await ctx.threads.run(ctx.ledger.release, ctx.batch, ctx.owner)
-        except BaseException as e:  # noqa: BLE001 - unwrap task-group exception groups
+        except BaseException as e:  # unwrap task-group exception groups
             raise _first_batcher_error(e) from None
         return await self._finish()
 

@@ -4,6 +4,7 @@ of the batch held against the model's live schema, so a mismatch costs nothing."
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from ..errors import AuthError, BatcherError, SchemaMismatch
@@ -21,7 +22,7 @@ def prepare_outputs(ctx: RunContext) -> None:
     sweep_temp_files(out)
     for job_id, file_path, size, sha256 in ctx.ledger.completed_files(ctx.batch):
         path = Path(file_path)
-        if ctx.ledger.postgres and not path.exists():
+        if ctx.ledger.shared and not path.exists():
             continue  # on a shared ledger, other runners' files live on their own hosts
         if matches(path, size, sha256):
             continue
@@ -43,8 +44,8 @@ async def check_live_schema(ctx: RunContext) -> None:
     after = -1
     seen: set[int] = set()  # hashes of requests checked: small, whatever the batch size
     while True:
-        page = await ctx.threads.run(lambda: ctx.ledger.jobs_in(ctx.batch, [S.PENDING], after_seq=after, limit=2000,
-                                                                generation=ctx.generation))
+        page = await ctx.threads.run(partial(ctx.ledger.jobs_in, ctx.batch, [S.PENDING], after_seq=after, limit=2000,
+                                             generation=ctx.generation))
         if not page:
             return
         for job in page:

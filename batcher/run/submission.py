@@ -20,7 +20,14 @@ from sqlalchemy import Connection
 
 from ..answers import Submission
 from ..errors import (
-    AuthError, BudgetExceeded, CreditsExhausted, LeaseLost, NotSentError, OutcomeUnknown, RateLimited, RejectedError,
+    AuthError,
+    BudgetExceeded,
+    CreditsExhausted,
+    LeaseLost,
+    NotSentError,
+    OutcomeUnknown,
+    RateLimited,
+    RejectedError,
 )
 from ..ledger import Job
 from ..states import JobState as S
@@ -139,6 +146,8 @@ async def submit_once(ctx: RunContext, job: Job, wire: dict[str, Any], estimate:
             return Submitted.FAILED, await ctx.move(job, S.SUBMITTING, S.FAILED, "rejected", str(e), error=str(e))
         failpoint("after-post")
         return await _accepted(ctx, job, attempt_id, estimate, answer)
+    # Not reached: a scope could swallow only its own cancellation, and nothing cancels this one.
+    raise AssertionError("submit_once: the shielded scope ended without an answer")
 
 
 def _not_sent(ctx: RunContext, e: Exception) -> Submitted:

@@ -36,7 +36,7 @@ class LedgerWriter:
                         results = await self.threads.run(self.ledger.write_many, [b[0] for b in batch])
                     except BatcherError as e:
                         results = [e] * len(batch)
-                    for (_, box, done), result in zip(batch, results):
+                    for (_, box, done), result in zip(batch, results, strict=True):  # one result per write
                         box.append(result)
                         done.set()
 
