@@ -12,21 +12,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .manifest import (
-    LOCAL_FILES_UNSUPPORTED,
-    MAX_REPEAT,
-    LineDict,
-    LineList,
-    Located,
-    Manifest,
-    Row,
-    _Diagnostics,
-    looks_like_local_file,
-    sexagesimal_problem,
-    suggest,
-)
-from .models import ModelSpec, Param, check_url, short, type_name
-from .template import Template, compile_template, is_template_value, variables_in
+from .diagnostics import Diagnostics, suggest
+from .manifest import LOCAL_FILES_UNSUPPORTED, MAX_REPEAT, Manifest, looks_like_local_file
+from .models import ModelSpec, Param, check_url
+from .rowfields import Located, Row
+from .template import Template, compile_template, is_template_value, scalar_problem, variables_in
+from .text import short, type_name
+from .yamlfile import LineDict, LineList, sexagesimal_problem
 
 _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -53,13 +45,23 @@ def as_list(loc: Located) -> list[Located]:
     value = loc.value
     if isinstance(value, list):
         lines = value.item_lines if isinstance(value, LineList) else [loc.line] * len(value)
-        return [Located(v, loc.file, line) for v, line in zip(value, lines)]
+        return [Located(v, loc.file, line) for v, line in zip(value, lines, strict=True)]
     return [loc]
 
 
 def _kind(value: Any) -> str:
     """type_name, for LineDict and LineList too."""
     return "a mapping" if isinstance(value, dict) else "a list" if isinstance(value, list) else type_name(value)
+
+
+def _vary_value_rule(value: Any) -> str:
+    """What a YAML value that cannot fill a {variable} must be instead."""
+    scalar = scalar_problem(value)
+    if scalar is None:
+        return f"text or a number, not {_kind(value)} {short(value)}"
+    if isinstance(value, bool):
+        return scalar + " (unquoted, YAML reads yes, no, on, off, true and false as true/false: write it in quotes)"
+    return scalar
 
 
 def vary_variables(row: Row, model: ModelSpec) -> list[str]:
@@ -70,7 +72,7 @@ def vary_variables(row: Row, model: ModelSpec) -> list[str]:
     return [key for key in vary.value if isinstance(key, str) and model.param(key) is None]
 
 
-def _row_dimensions(row: Row, model: ModelSpec, diags: _Diagnostics) -> tuple[list[Dimension], bool]:
+def _row_dimensions(row: Row, model: ModelSpec, diags: Diagnostics) -> tuple[list[Dimension], bool]:
     """The row's axes, and whether they are all usable; every problem is reported, not only the first."""
     dims, usable = _vary_dimensions(row, model, diags)
     seeds = row.fields.get("seeds")
@@ -86,7 +88,7 @@ def _row_dimensions(row: Row, model: ModelSpec, diags: _Diagnostics) -> tuple[li
     return dims, usable
 
 
-def _vary_dimensions(row: Row, model: ModelSpec, diags: _Diagnostics) -> tuple[list[Dimension], bool]:
+def _vary_dimensions(row: Row, model: ModelSpec, diags: Diagnostics) -> tuple[list[Dimension], bool]:
     dims: list[Dimension] = []
     invalid = False
     vary = row.fields.get("vary")
@@ -133,15 +135,16 @@ def _vary_dimensions(row: Row, model: ModelSpec, diags: _Diagnostics) -> tuple[l
                 if bad:
                     # The first one, and how many more: a list can hold 500,000 of them.
                     more = f" ({len(bad) - 1:,} more in this list)" if len(bad) > 1 else ""
-                    diags.add(bad[0].file, bad[0].line, f"vary {short(key)}: a value for {{{key}}} must be text "
-                              f"or a number, not {_kind(bad[0].value)} {short(bad[0].value)}{more}")
+                    rule = _vary_value_rule(bad[0].value)
+                    diags.add(bad[0].file, bad[0].line,
+                              f"vary {short(key)}: a value for {{{key}}} must be {rule}{more}")
                     invalid = True
                     continue
                 dims.append(Dimension(key, False, located))
     return dims, not invalid
 
 
-def _repeat(row: Row, diags: _Diagnostics) -> int | None:
+def _repeat(row: Row, diags: Diagnostics) -> int | None:
     loc = row.fields.get("repeat")
     if loc is None:
         return 1
@@ -152,7 +155,7 @@ def _repeat(row: Row, diags: _Diagnostics) -> int | None:
     return value
 
 
-def _resolve_references(loc: Located, manifest: Manifest, diags: _Diagnostics) -> list[str] | None:
+def _resolve_references(loc: Located, manifest: Manifest, diags: Diagnostics) -> list[str] | None:
     specs = loc.value if isinstance(loc.value, list) else [loc.value]
     urls: list[str] = []
     ok = True
@@ -208,7 +211,7 @@ def count_text(n: int) -> str:
     return f"{n:,}" if n < 10**15 else f"about {n:.1e}"
 
 
-def plan_rows(manifest: Manifest, diags: _Diagnostics, max_jobs: int) -> list[RowPlan] | None:
+def plan_rows(manifest: Manifest, diags: Diagnostics, max_jobs: int) -> list[RowPlan] | None:
     """Every row's shape and job count, before any job is built; None (with a diagnostic at
     the row that crosses it) when the manifest expands to more than `max_jobs`."""
     model = manifest.model
@@ -256,10 +259,12 @@ def param_sources(plan: RowPlan, model: ModelSpec) -> list[tuple[Param, int | No
             if p.name in axis_of or p.name in plan.fields]
 
 
-def check_unusable(plan: RowPlan, manifest: Manifest, diags: _Diagnostics) -> None:
+def check_unusable(plan: RowPlan, manifest: Manifest, diags: Diagnostics) -> None:
     """Check the values of a row that cannot expand, each once, so its other problems show now
     rather than one by one on each try."""
-    known = dict.fromkeys([*plan.row.variables, *plan.names])
+    # A column left blank on this line fills nothing, unless the entry's vary fills it.
+    unfilled = set(plan.row.blank) - set(vary_variables(plan.row, manifest.model))
+    known = dict.fromkeys(name for name in [*plan.row.variables, *plan.names] if name not in unfilled)
     vary = plan.row.fields.get("vary")
     vary_broken = vary is not None and not isinstance(vary.value, dict)  # its names are unknown: no guessing
     for p, axis, fixed in param_sources(plan, manifest.model):
@@ -268,7 +273,7 @@ def check_unusable(plan: RowPlan, manifest: Manifest, diags: _Diagnostics) -> No
                 if vary_broken:
                     continue
                 for name in compile_template(loc.value).missing(known):
-                    diags.add(loc.file, loc.line, f"undefined template variable {{{name}}}{suggest(name, plan.names)}")
+                    report_missing(p, loc, name, plan, diags)
             else:
                 check_value(p, loc, manifest, diags)
 
@@ -317,12 +322,24 @@ def template_always_fits(p: Param, template: Template, plan: RowPlan, variable_a
     return (p.max_length is None or longest <= p.max_length) and not (p.required and blank)
 
 
-def render_checked(p: Param, loc: Located, template: Template, variables: dict[str, Any], names: list[str],
-                    diags: _Diagnostics) -> str | None:
+def report_missing(p: Param, loc: Located, name: str, plan: RowPlan, diags: Diagnostics) -> None:
+    """Report a {variable} of the template at `loc` that nothing fills in `plan`'s row."""
+    blank = plan.row.blank.get(name)
+    if blank is not None:
+        # The file has the column but this line leaves it empty: say so at that line, not as a
+        # variable the template's line does not define.
+        diags.add(plan.row.file, plan.row.line, f"column {short(name)} is {blank} on this line; "
+                  f"{{{name}}} in the {p.name.replace('_', ' ')} needs text or a number")
+        return
+    # Suggested from the names meant as variables here, not only those that fill one.
+    diags.add(loc.file, loc.line, f"undefined template variable {{{name}}}{suggest(name, plan.names)}")
+
+
+def render_checked(p: Param, loc: Located, template: Template, variables: dict[str, Any], plan: RowPlan,
+                   diags: Diagnostics) -> str | None:
     ok = True
     for name in template.missing(variables):
-        # Suggested from the names meant as variables here, not only those that fill one.
-        diags.add(loc.file, loc.line, f"undefined template variable {{{name}}}{suggest(name, names)}")
+        report_missing(p, loc, name, plan, diags)
         ok = False
     # Measured before it is built: a long template times many jobs must not cost a render each.
     length = template.length(variables)
@@ -338,7 +355,7 @@ def render_checked(p: Param, loc: Located, template: Template, variables: dict[s
     return value if ok else None
 
 
-def check_value(p: Param, loc: Located, manifest: Manifest, diags: _Diagnostics) -> tuple[bool, Any]:
+def check_value(p: Param, loc: Located, manifest: Manifest, diags: Diagnostics) -> tuple[bool, Any]:
     """(ok, value) for a parameter that is not a template: references resolved, rule checked."""
     value = loc.value
     if p.name == "references":

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .diagnostics import Diagnostics
 from .errors import Diagnostic, ManifestError
 from .expansion import (
     AUTO,
@@ -27,8 +28,9 @@ from .expansion import (
     render_checked,
     row_label,
 )
-from .manifest import Located, Manifest, _Diagnostics
+from .manifest import Manifest
 from .models import MAX_INT32, ModelSpec
+from .rowfields import Located
 from .rowkeys import CANONICAL, FastRow, fast_row, key_text, row_keys
 from .template import Template, compile_template
 
@@ -112,7 +114,7 @@ def auto_seed(model: ModelSpec, wire_without_seed: dict[str, Any], take: int) ->
     return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:8], 16) % (MAX_INT32 + 1)
 
 
-def _expand(manifest: Manifest, diags: _Diagnostics, rate_overrides: dict[str, float] | None,
+def _expand(manifest: Manifest, diags: Diagnostics, rate_overrides: dict[str, float] | None,
             max_jobs: int = MAX_JOBS) -> Iterator[JobSpec]:
     plans = plan_rows(manifest, diags, max_jobs)
     if plans is None:
@@ -126,7 +128,7 @@ def _expand(manifest: Manifest, diags: _Diagnostics, rate_overrides: dict[str, f
             check_unusable(plan, manifest, diags)
 
 
-def _expand_row(plan: RowPlan, manifest: Manifest, diags: _Diagnostics, rate_overrides: dict[str, float] | None,
+def _expand_row(plan: RowPlan, manifest: Manifest, diags: Diagnostics, rate_overrides: dict[str, float] | None,
                 wire_names: dict[str, str], costs: dict[tuple[Any, Any], tuple[float, bool]], build: bool = True
                 ) -> Iterator[JobSpec]:
     """A row's jobs, one by one: templating, reference resolution and each parameter's rule per
@@ -161,7 +163,7 @@ def _expand_row(plan: RowPlan, manifest: Manifest, diags: _Diagnostics, rate_ove
                 template = templates.get(id(loc))
                 if template is None:
                     template = templates[id(loc)] = compile_template(loc.value)
-                value = render_checked(p, loc, template, variables, plan.names, diags)
+                value = render_checked(p, loc, template, variables, plan, diags)
                 good = value is not None
             else:
                 outcome = checked.get(id(loc))
@@ -237,7 +239,7 @@ def _count_row(fast: FastRow, plan: RowPlan, seen: set[int], summary: PlanSummar
         summary.by_resolution[resolution] = summary.by_resolution.get(resolution, 0) + count
 
 
-class _Recorder(_Diagnostics):
+class _Recorder(Diagnostics):
     """Every diagnostic in order, none dropped: to replay into the real ones."""
 
     def __init__(self) -> None:
@@ -255,7 +257,7 @@ def check(manifest: Manifest, rate_overrides: dict[str, float] | None = None, *,
     A manifest that expands to more than `max_jobs` jobs is refused before any job is built. A
     row whose every job is valid is only counted, its keys computed without building its jobs;
     the others go job by job, which reports each problem."""
-    diags = _Diagnostics()
+    diags = Diagnostics()
     for d in manifest.problems:
         diags.add(d.file, d.line, d.message)
     summary = PlanSummary(batch=manifest.batch, model=manifest.model.api_id)
@@ -309,7 +311,7 @@ def iter_jobs(manifest: Manifest, rate_overrides: dict[str, float] | None = None
     """Every distinct job of a manifest that `check` accepted, in manifest order."""
     if manifest.problems:
         raise ManifestError(list(manifest.problems))
-    diags = _Diagnostics()
+    diags = Diagnostics()
     seen: set[int] = set()
     for job in _expand(manifest, diags, rate_overrides, max_jobs):
         key = int(job.key, 16)
@@ -330,7 +332,7 @@ def expand(manifest: Manifest, rate_overrides: dict[str, float] | None = None, *
 def row_key_texts(manifest: Manifest, max_jobs: int = MAX_JOBS) -> list[list[str] | None]:
     """Each row's job keys (duplicates kept) as `check` computes them, or None for a row it
     goes through job by job: for tests that hold both paths to the same keys."""
-    diags = _Diagnostics()
+    diags = Diagnostics()
     out: list[list[str] | None] = []
     for plan in plan_rows(manifest, diags, max_jobs) or []:
         fast = fast_row(plan, manifest, None) if plan.usable else None

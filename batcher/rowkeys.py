@@ -12,10 +12,11 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .diagnostics import Diagnostics
 from .expansion import (
     AUTO,
     TEMPLATED,
@@ -24,7 +25,7 @@ from .expansion import (
     param_sources,
     template_always_fits,
 )
-from .manifest import Manifest, _Diagnostics
+from .manifest import Manifest
 from .models import MAX_INT32, Param
 from .template import Template, compile_template
 
@@ -53,7 +54,7 @@ def _literal(text: str) -> str:
     return text.replace("{", "{{").replace("}", "}}")
 
 
-def _format(api_id: str, params: dict[str, Sequence[Piece]]) -> str:
+def _format(api_id: str, params: Mapping[str, Sequence[Piece]]) -> str:
     """The format string of `{"model":...,"params":{...}}` with each slot an axis index."""
     out = ["{{", _literal(encode("model") + ":" + encode(api_id) + "," + encode("params") + ":"), "{{"]
     for i, wire in enumerate(sorted(params)):
@@ -73,7 +74,7 @@ class RowText:
     repeat: int
 
 
-def compile_row(api_id: str, params: dict[str, Sequence[Piece]], axes: list[list[str]], repeat: int,
+def compile_row(api_id: str, params: Mapping[str, Sequence[Piece]], axes: list[list[str]], repeat: int,
                 auto_seed_wire: str | None = None) -> RowText:
     """Compile a row whose wire parameters are `params` (pieces; with `auto_seed_wire`, that
     parameter is derived per take and needs no pieces)."""
@@ -138,7 +139,7 @@ def _template_pieces(p: Param, template: Template, plan: RowPlan, variable_axis:
     if not template_always_fits(p, template, plan, variable_axis):
         return None
     pieces: list[str | int] = ['"' + escape(template.parts[0])]
-    for name, part in zip(template.names, template.parts[1:]):
+    for name, part in zip(template.names, template.parts[1:], strict=True):
         pieces.append(variable_axis[name] if name in variable_axis else escape(str(row_values[name])))
         pieces.append(escape(part))
     pieces.append('"')
@@ -152,7 +153,7 @@ def fast_row(plan: RowPlan, manifest: Manifest, rate_overrides: dict[str, float]
     """The row compiled for counting its jobs' keys, or None when some job may be invalid or the
     row has a shape only the job-by-job path handles (a varied negative prompt or `seed: auto`)."""
     model = manifest.model
-    scratch = _Diagnostics()  # the job-by-job path reports problems, in its order
+    scratch = Diagnostics()  # the job-by-job path reports problems, in its order
     variable_axis = {dim.name: i for i, dim in enumerate(plan.dims) if not dim.is_param}
     axes: list[list[str]] = [[""] * len(dim.values) for dim in plan.dims]  # "" where no slot reads it
     wire: dict[str, list[str | int]] = {}
@@ -188,14 +189,16 @@ def fast_row(plan: RowPlan, manifest: Manifest, rate_overrides: dict[str, float]
         values[p.name] = (None, value)
     text = compile_row(model.api_id, wire, axes, plan.repeat, auto_wire)
     class_names = [n for n in dict.fromkeys((model.rate_param, model.seconds_param)) if n in values]
-    class_axes = tuple(dict.fromkeys(values[n][0] for n in class_names if values[n][0] is not None))
-    by_text = {i: dict(zip(axes[i], axis_values[i])) for i in class_axes}
+    class_axes = tuple(dict.fromkeys(axis for n in class_names if (axis := values[n][0]) is not None))
+    by_text = {i: dict(zip(axes[i], axis_values[i], strict=True)) for i in class_axes}
 
     def class_info(texts: Any) -> tuple[float, bool, int, str]:
         chosen = texts if isinstance(texts, tuple) else (texts,)
-        at = dict(zip(class_axes, chosen))
-        params = {n: by_text[values[n][0]][at[values[n][0]]] if values[n][0] is not None else values[n][1]
-                  for n in class_names}
+        at = dict(zip(class_axes, chosen, strict=False))  # `chosen` may hold more axes than the class needs
+        params = {}
+        for n in class_names:
+            axis, fixed = values[n]
+            params[n] = by_text[axis][at[axis]] if axis is not None else fixed
         return (model.estimate(params, rate_overrides), model.is_guess(params, rate_overrides),
                 int(params.get(model.seconds_param, 0)), str(params.get(model.rate_param)))
     return FastRow(text, class_axes, class_info)

@@ -6,6 +6,7 @@ braces need no escaping.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -20,8 +21,19 @@ def variables_in(template: str) -> set[str]:
 
 
 def is_template_value(value: Any) -> bool:
-    """Whether a value may fill a `{variable}`: text or a number, not a list or mapping."""
-    return not isinstance(value, (list, tuple, dict, set))
+    """Whether a value may fill a `{variable}`: text or a finite number, not a list or mapping
+    (see `scalar_problem` for the numbers that are not)."""
+    return not isinstance(value, (list, tuple, dict, set)) and scalar_problem(value) is None
+
+
+def scalar_problem(value: Any) -> str | None:
+    """For true/false, NaN or an infinity, what a `{variable}` value must be instead: they would
+    render as `True`, `nan` or `inf`, text no prompt means (YAML reads unquoted `yes` as true)."""
+    if isinstance(value, bool):
+        return "text or a number, not true/false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"text or a finite number, not {value!r}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -48,7 +60,7 @@ class Template:
     def render(self, variables: dict[str, Any]) -> str:
         """The filled-in text; a missing variable stays as written."""
         out = [self.parts[0]]
-        for name, part in zip(self.names, self.parts[1:]):
+        for name, part in zip(self.names, self.parts[1:], strict=True):
             out.append(str(variables[name]) if name in variables else "{" + name + "}")
             out.append(part)
         return "".join(out)

@@ -98,7 +98,8 @@ def test_jsonl_values_for_template_variables_must_be_scalars(tmp_path):
 
 def thousand_by_thousand_rows(n: int) -> str:
     values = "[" + ",".join(str(i) for i in range(1000)) + "]"
-    row = "  - prompt: 'shot {a} {b}'\n    references: https://x.com/a.png\n    vary:\n      a: VALUES\n      b: VALUES\n"
+    row = ("  - prompt: 'shot {a} {b}'\n    references: https://x.com/a.png\n"
+           "    vary:\n      a: VALUES\n      b: VALUES\n")
     return "version: 1\nrows:\n" + row.replace("VALUES", values) * n
 
 
@@ -194,7 +195,7 @@ def run_with_timeout(fn, fifo: Path, seconds: float = 5.0):
     def target():
         try:
             result["value"] = fn()
-        except BaseException as e:  # noqa: BLE001 - handed back to the test
+        except BaseException as e:
             result["error"] = e
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
@@ -236,7 +237,7 @@ def test_devices_are_refused(tmp_path):
     assert line == 3 and "is a device, not a regular file" in message
     with pytest.raises(ManifestError) as info:
         load_manifest("/dev/null")
-    assert "/dev/null:1: /dev/null is a device, not a regular file" == str(info.value.diagnostics[0])
+    assert str(info.value.diagnostics[0]) == "/dev/null:1: /dev/null is a device, not a regular file"
 
 
 def test_jsonl_duplicate_keys_are_refused_like_yaml(tmp_path):
@@ -268,3 +269,59 @@ def test_a_valid_row_is_counted_without_building_its_jobs(tmp_path, monkeypatch)
     monkeypatch.setattr(plan_module, "JobSpec", no_jobs)
     summary = check(load_manifest(path))
     assert summary.jobs == expected.jobs == 90_000 and summary.duplicates == 0
+
+
+# --- 14: values the YAML loader cannot build are FILE:LINE diagnostics, never a traceback -----
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("2001-02-30", "2001-02-30 is not a date (day is out of range for month); write it in quotes if it is text"),
+    ("1" * 5000, "this number has 5,000 digits; the most batcher reads is 1,000 (write it in quotes if it is text)"),
+    ("0x" + "f" * 5000, "this number has 5,000 digits; the most batcher reads is 1,000 (write it in quotes if it "
+                       "is text)"),
+    ("-1_" + "2" * 2000, "this number has 2,001 digits; the most batcher reads is 1,000 (write it in quotes if it "
+                        "is text)"),
+])
+def test_yaml_values_the_loader_cannot_build_are_diagnostics(tmp_path, value, expected):
+    path = tmp_path / "m.yaml"
+    path.write_text(f"version: 1\nrows:\n  - prompt: a\n    references: https://x.com/a.png\n    seed: {value}\n")
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    found = [(d.file, d.line, d.message) for d in info.value.diagnostics]
+    assert found == [(str(path), 5, f"invalid YAML: {expected}")]
+    refused = CliRunner().invoke(cli, ["validate", str(path)])
+    assert refused.exit_code == 2, refused.output
+    assert f"{path}:5: invalid YAML: " in refused.output and "Traceback" not in refused.output
+
+
+def test_yaml_values_the_loader_cannot_build_inside_aliases_and_lists_are_diagnostics(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text("version: 1\nrows:\n  - prompt: 'a {x}'\n    references: https://x.com/a.png\n"
+                    "    vary:\n      x: &v\n        - ok\n        - 2023-13-01\n      y: *v\n")
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    [d] = info.value.diagnostics
+    assert d.line == 8 and d.message.startswith("invalid YAML: 2023-13-01 is not a date (month must be in 1..12)")
+
+
+def test_long_numbers_under_the_limit_still_load(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text("version: 1\nrows:\n  - prompt: 'a {x}'\n    references: https://x.com/a.png\n"
+                    f"    vary: {{x: [{'9' * 1000}, '{'9' * 4000}']}}\n")
+    assert check(load_manifest(path)).jobs == 2
+
+
+# --- 15: JSONL line numbers are file lines; null, booleans and NaN never fill a {variable} -----
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\u0085"])
+def test_jsonl_line_numbers_are_file_lines_whatever_the_strings_hold(tmp_path, separator):
+    (tmp_path / "rows.jsonl").write_text(
+        f'{{"prompt": "one{separator}two"}}\r\n{{"prompt": "three", "seed": 1}}\r\nnot json\n', encoding="utf-8")
+    path = tmp_path / "m.yaml"
+    path.write_text("version: 1\nrows:\n  - from: rows.jsonl\n    references: https://x.com/a.png\n")
+    [(file, line, message)] = diagnostics(path)
+    assert Path(file).name == "rows.jsonl" and line == 3 and message.startswith("invalid JSON")
+    (tmp_path / "rows.jsonl").write_text(f'{{"prompt": "one{separator}two"}}\r\n{{"prompt": "three"}}\n',
+                                         encoding="utf-8")
+    jobs = expand(load_manifest(path))
+    assert [job.origin.rsplit(":", 1)[1] for job in jobs] == ["1", "2"]
+    assert jobs[0].params["prompt"] == f"one{separator}two"

@@ -7,7 +7,7 @@ import pytest
 
 from batcher.errors import ManifestError
 from batcher.manifest import load_manifest
-from batcher.plan import check
+from batcher.plan import check, expand
 
 URL = "https://x.com/a.png"
 
@@ -181,8 +181,83 @@ def test_misspelt_vary_name_suggests_the_prompt_variable(write):
 
 def test_misspelt_variable_of_a_from_row_suggests_the_file_column(write):
     write("rows.csv", "animal\nfox\n")
-    path = write("m.yaml", f"version: 1\nrows:\n  - from: rows.csv\n    prompt: 'A {{anmial}}'\n    references: {URL}\n")
+    path = write("m.yaml",
+                 f"version: 1\nrows:\n  - from: rows.csv\n    prompt: 'A {{anmial}}'\n    references: {URL}\n")
     assert messages(path) == [
         "m.yaml:4: undefined template variable {anmial} (did you mean 'animal'?)",
         "rows.csv:2: unknown column 'animal' (did you mean 'anmial'?)",
+    ]
+
+
+# --- a JSONL null, or an empty cell, never reads as an undefined variable ------------------------
+
+def test_null_or_empty_column_for_a_template_variable_says_the_column_is_empty(write):
+    write("rows.jsonl", '{"who": "fox"}\n{"who": null}\n{"who": ""}\n{"prompt": "plain", "who": null}\n')
+    write("rows.csv", "who,duration\nfox,5\n,5\n")
+    path = write("m.yaml", f"""
+        version: 1
+        rows:
+          - from: rows.jsonl
+            prompt: "a {{who}}"
+            references: {URL}
+          - from: rows.csv
+            prompt: "a {{who}}"
+            references: {URL}
+        """)
+    assert messages(path) == [
+        "rows.csv:3: column 'who' is empty on this line; {who} in the prompt needs text or a number",
+        "rows.jsonl:2: column 'who' is null on this line; {who} in the prompt needs text or a number",
+        "rows.jsonl:3: column 'who' is empty on this line; {who} in the prompt needs text or a number",
+    ]
+
+
+def test_empty_column_is_fine_when_the_entry_varies_the_variable(write):
+    write("rows.jsonl", '{"who": null}\n')
+    path = write("m.yaml", f"""
+        version: 1
+        rows:
+          - from: rows.jsonl
+            prompt: "a {{who}}"
+            references: {URL}
+            vary: {{who: [fox, hare]}}
+        """)
+    assert [job.params["prompt"] for job in expand(load_manifest(path))] == ["a fox", "a hare"]
+
+
+def test_booleans_and_non_finite_numbers_never_fill_a_template_variable(write):
+    write("rows.jsonl", '{"who": true}\n{"who": NaN}\n{"who": -Infinity}\n{"who": 1e999}\n{"who": 1.5}\n')
+    path = write("m.yaml", f"""
+        version: 1
+        rows:
+          - from: rows.jsonl
+            prompt: "a {{who}}"
+            references: {URL}
+          - prompt: "b {{mood}}"
+            references: {URL}
+            vary:
+              mood: [calm, yes]
+          - prompt: "c {{n}}"
+            references: {URL}
+            vary:
+              n: [1, .nan, .inf]
+        """)
+    assert messages(path) == [
+        "m.yaml:9: vary 'mood': a value for {mood} must be text or a number, not true/false (unquoted, YAML reads "
+        "yes, no, on, off, true and false as true/false: write it in quotes)",
+        "m.yaml:13: vary 'n': a value for {n} must be text or a finite number, not nan (1 more in this list)",
+        "rows.jsonl:1: column 'who' fills {who}: it must be text or a number, not true/false "
+        "(write it in quotes to use it as text)",
+        "rows.jsonl:2: column 'who' fills {who}: it must be text or a finite number, not nan",
+        "rows.jsonl:3: column 'who' fills {who}: it must be text or a finite number, not -inf",
+        "rows.jsonl:4: column 'who' fills {who}: it must be text or a finite number, not inf",
+    ]
+
+
+def test_empty_column_is_reported_with_the_other_problems_of_its_row(write):
+    write("rows.jsonl", '{"who": null, "duration": 99}\n')
+    path = write("m.yaml", 'version: 1\nrows:\n  - from: rows.jsonl\n    prompt: "a {who}"\n')
+    assert messages(path) == [
+        "rows.jsonl:1: this row has no references",
+        "rows.jsonl:1: column 'who' is null on this line; {who} in the prompt needs text or a number",
+        "rows.jsonl:1: duration must be at most 15, got 99",
     ]

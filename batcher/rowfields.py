@@ -1,0 +1,81 @@
+"""A manifest row before expansion: located values, the fields a row may have (the model's
+parameters and the expansion fields) and their canonical names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .diagnostics import Diagnostics, suggest
+from .models import ModelSpec
+from .text import short
+from .yamlfile import LineDict, key_line, value_line
+
+# Row fields that are not API parameters.
+ROW_EXTRAS = ("seeds", "vary", "repeat", "name")
+FROM_FIELD = "from"
+
+
+@dataclass(frozen=True)
+class Located:
+    """A value with the place it was written."""
+
+    value: Any
+    file: str
+    line: int
+
+
+@dataclass
+class Row:
+    """One manifest row (or one line of a `from:` file), before expansion."""
+
+    index: int  # position among all rows, from 0; CSV/JSONL lines count one each
+    file: str
+    line: int
+    fields: dict[str, Located]  # canonical field name -> value
+    variables: dict[str, Located] = field(default_factory=dict)  # template variables
+    # For rows from a file: its columns that are not row fields, the names a misspelt
+    # {variable} may have meant.
+    columns: tuple[str, ...] = ()
+    # For rows from a file: columns left empty (or JSON null) on this line -> "empty"/"null",
+    # so a {variable} they leave unfilled is reported as such, not as undefined.
+    blank: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def origin(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+def row_field_names(model: ModelSpec) -> list[str]:
+    """Every field a row may have."""
+    return model.names() + list(ROW_EXTRAS)
+
+
+def canonical_field(model: ModelSpec, key: Any) -> str | None:
+    """A row key to its canonical name (aliases resolved), or None if unknown."""
+    if not isinstance(key, str):
+        return None
+    p = model.param(key)
+    if p is not None:
+        return p.name
+    return key if key in ROW_EXTRAS else None
+
+
+def row_fields(raw: LineDict, display: str, model: ModelSpec, diags: Diagnostics, allow_from: bool
+               ) -> dict[str, Located]:
+    """A YAML row's fields by canonical name; unknown and repeated fields are reported."""
+    fields: dict[str, Located] = {}
+    valid = row_field_names(model) + ([FROM_FIELD] if allow_from else [])
+    for key, value in raw.items():
+        if allow_from and key == FROM_FIELD:
+            continue
+        name = canonical_field(model, key)
+        if name is None:
+            diags.add(display, key_line(raw, key, raw.line), f"unknown row field {short(key)}{suggest(key, valid)}")
+            continue
+        if name in fields:
+            diags.add(display, key_line(raw, key, raw.line),
+                      f"{short(key)} repeats field {short(name)} under another name")
+            continue
+        fields[name] = Located(value, display, value_line(raw, key, raw.line))
+    return fields
