@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -134,12 +134,13 @@ async def run_async(manifest: Manifest | str | Path, *, ledger: Ledger | str | P
             await anyio.to_thread.run_sync(lambda: stage(led, m, rate_overrides, simulated=simulated))
         else:
             led.check_mode(m.batch, simulated)
-        opts = options or RunOptions(out_dir=default_out_dir(m.batch, simulated))
+        opts = options or RunOptions.of(out_dir=default_out_dir(m.batch, simulated))
         if options is None:
-            opts.expected_render = expected_render_for(dest, opts.expected_render)
+            first_poll = expected_render_for(dest, opts.polling.expected_render)
+            opts.polling = replace(opts.polling, expected_render=first_poll)
         try:
             async with PixelDojoClient(dest.api_key, dest.base_url, transport=dest.transport,
-                                       max_retry_after=opts.max_retry_after) as client:
+                                       max_retry_after=opts.polling.max_retry_after) as client:
                 runner = Runner(led, client, m.model, m.batch, opts, on_progress=on_progress,
                                 on_force_exit=on_force_exit)
                 return await runner.run()
@@ -155,12 +156,11 @@ def run(manifest: Manifest | str | Path, *, ledger: str | Path = DEFAULT_LEDGER,
         **kwargs: Any) -> RunReport:
     """Blocking helper: run a manifest to the end (against the simulator when `simulate`)."""
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
-    opts = RunOptions(concurrency=concurrency, budget=budget,
-                      out_dir=Path(out_dir) if out_dir else default_out_dir(m.batch, bool(simulate)))
     if simulate and str(ledger) == DEFAULT_LEDGER:
         ledger = SIMULATED_LEDGER  # simulated clips never pass for real ones
     to = target(simulate=simulate, simulator_state=simulator_state_for(ledger) if simulate else None)
-    opts.expected_render = expected_render_for(to, opts.expected_render)
+    opts = RunOptions.of(concurrency=concurrency, budget=budget, expected_render=expected_render_for(to, 60.0),
+                         out_dir=Path(out_dir) if out_dir else default_out_dir(m.batch, bool(simulate)))
     return anyio.run(lambda: run_async(m, ledger=ledger, options=opts, to=to, **kwargs))
 
 

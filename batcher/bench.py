@@ -69,7 +69,7 @@ def bench_run(jobs: int, concurrency: int, render: float, jitter: float, *, sim_
     path.write_text(manifest_text(jobs))
     sim = Simulator(SimConfig(render_seconds=render, render_jitter=jitter, rpm=sim_rpm, seed=seed,
                               credits=1e12))
-    options = RunOptions(concurrency=concurrency, out_dir=work / "out", expected_render=max(render, 0.01),
+    options = RunOptions.of(concurrency=concurrency, out_dir=work / "out", expected_render=max(render, 0.01),
                          rpm=client_rpm, seed=seed, progress_interval=3600)
     started = time.monotonic()
     report = anyio.run(lambda: run_async(path, ledger=work / "ledger.db", options=options,
@@ -143,7 +143,7 @@ def sample():
         samples.append(rss())
         time.sleep(0.5)
 threading.Thread(target=sample, daemon=True).start()
-opts = RunOptions(concurrency=40, out_dir=work / "out", expected_render=0.01, check_schema=False)
+opts = RunOptions.of(concurrency=40, out_dir=work / "out", expected_render=0.01, check_schema=False)
 anyio.run(lambda: run_async(path, ledger=work / "l.db", options=opts, to=target(api_base=url, api_key="sim-key"),
                             stage_jobs=False))
 done.append(1)

@@ -54,7 +54,7 @@ def simrun(tmp_path: Path):
         options.setdefault("retry", fast)
         options.setdefault("submit_retry", fast)
         options.setdefault("out_dir", tmp_path / "out")
-        opts = RunOptions(expected_render=sim.config.render_seconds, seed=1, **options)
+        opts = RunOptions.of(expected_render=sim.config.render_seconds, seed=1, **options)
         led = ledger or tmp_path / "ledger.db"
         report = anyio.run(lambda: api.run_async(manifest, ledger=led, options=opts, to=api.target(simulate=sim)))
         return report, sim, led

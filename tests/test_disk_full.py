@@ -46,7 +46,7 @@ def tiny_disk(tmp_path):
 
 def run(manifest, ledger, out, sim):
     fast = RetryPolicy(base=0.01, cap=0.05, max_attempts=4)
-    return anyio.run(lambda: api.run_async(manifest, ledger=ledger, to=api.target(simulate=sim), options=RunOptions(
+    return anyio.run(lambda: api.run_async(manifest, ledger=ledger, to=api.target(simulate=sim), options=RunOptions.of(
         out_dir=out, expected_render=0.02, retry=fast, submit_retry=fast, concurrency=2)))
 
 

@@ -185,7 +185,7 @@ def test_redirect_to_a_url_carrying_the_key_is_not_followed(tmp_path):
 
 def fast_options(tmp_path: Path, **kw) -> RunOptions:
     fast = RetryPolicy(base=0.01, cap=0.05, max_attempts=6)
-    return RunOptions(expected_render=0.05, seed=1, retry=fast, submit_retry=fast, out_dir=tmp_path / "out", **kw)
+    return RunOptions.of(expected_render=0.05, seed=1, retry=fast, submit_retry=fast, out_dir=tmp_path / "out", **kw)
 
 
 def everything_written(ledger_path: Path, batches: list[str], tmp_path: Path) -> dict[str, str | bytes]:

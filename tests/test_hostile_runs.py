@@ -142,7 +142,7 @@ def test_a_vanished_temporary_file_is_downloaded_again_not_a_crash(tmp_path, wri
     transport = VanishingTemp(sim, out)
     to = api.Target(sim.config.api_key, "https://pixeldojo.ai", transport, sim)
     fast = RetryPolicy(base=0.01, cap=0.05, max_attempts=6)
-    opts = RunOptions(out_dir=out, expected_render=0.02, retry=fast, submit_retry=fast, seed=1)
+    opts = RunOptions.of(out_dir=out, expected_render=0.02, retry=fast, submit_retry=fast, seed=1)
     report = anyio.run(lambda: api.run_async(manifest, ledger=tmp_path / "l.db", options=opts, to=to))
     assert transport.struck == 1
     assert report.exit_code == 0 and report.counts["completed"] == 2
@@ -194,7 +194,7 @@ def test_ledger_refuses_to_mix_simulated_and_real_results(tmp_path, write):
     import anyio
 
     from batcher.run import RunOptions
-    opts = RunOptions(out_dir=tmp_path / "out", expected_render=0.01)
+    opts = RunOptions.of(out_dir=tmp_path / "out", expected_render=0.01)
     anyio.run(lambda: api.run_async(manifest, ledger=tmp_path / "l.db", options=opts,
                                     to=api.target(simulate=simulate)))
     with Ledger(tmp_path / "l.db") as ledger, pytest.raises(SimulationMismatch, match="simulated"):
@@ -237,7 +237,7 @@ def test_a_runner_keeps_to_its_own_budget_whatever_other_runners_were_given(tmp_
 
         async def one(budget: float, concurrency: int, delay: float = 0.0) -> None:
             await anyio.sleep(delay)  # the small budget starts first, so both runners submit
-            opts = RunOptions(out_dir=tmp_path / f"out{budget:g}", budget=budget, concurrency=concurrency,
+            opts = RunOptions.of(out_dir=tmp_path / f"out{budget:g}", budget=budget, concurrency=concurrency,
                               expected_render=0.05)
             reports.append(await api.run_async(manifest, ledger=ledger_path, options=opts, to=to, stage_jobs=False))
         async with anyio.create_task_group() as tg:
@@ -266,7 +266,7 @@ def test_a_runner_with_a_smaller_budget_submits_nothing_once_others_spent_past_i
     from batcher.run import RunOptions
 
     def run(budget: float, n_jobs_manifest: Path) -> object:
-        opts = RunOptions(out_dir=tmp_path / "out", budget=budget, expected_render=0.02, concurrency=4)
+        opts = RunOptions.of(out_dir=tmp_path / "out", budget=budget, expected_render=0.02, concurrency=4)
         return anyio.run(lambda: api.run_async(n_jobs_manifest, ledger=ledger_path, options=opts,
                                                to=api.target(simulate=sim)))
     big = run(120.0, manifest)  # 6 of 10 jobs
@@ -307,7 +307,7 @@ def test_a_paid_job_the_api_no_longer_knows_is_held_not_paid_again(tmp_path, wri
     sim = Simulator(SimConfig(render_seconds=0.02))
     transport = ForgetfulApi(sim, forget=1)
     to = api.Target(sim.config.api_key, "https://pixeldojo.ai", transport, sim)
-    opts = RunOptions(out_dir=tmp_path / "out", expected_render=0.02, concurrency=1)
+    opts = RunOptions.of(out_dir=tmp_path / "out", expected_render=0.02, concurrency=1)
     report = anyio.run(lambda: api.run_async(manifest, ledger=tmp_path / "l.db", options=opts, to=to))
     assert report.counts["unknown"] == 1 and report.counts["failed"] == 0 and report.exit_code == 1
     assert any("lost by the API" in m for m in report.messages)
@@ -418,7 +418,7 @@ def test_a_cost_that_cannot_be_believed_does_not_get_around_the_budget(tmp_path,
     sim = Simulator(SimConfig(render_seconds=0.02))
     transport = LyingCost(sim, cost)
     to = api.Target(sim.config.api_key, "https://pixeldojo.ai", transport, sim)
-    opts = RunOptions(out_dir=tmp_path / "out", expected_render=0.02, budget=50, concurrency=2)
+    opts = RunOptions.of(out_dir=tmp_path / "out", expected_render=0.02, budget=50, concurrency=2)
     report = anyio.run(lambda: api.run_async(manifest, ledger=tmp_path / "l.db", options=opts, to=to))
     assert report.exit_code == 3
     assert len(sim.record()["jobs"]) == 2  # 2 x 20 fits in 50; a third would not
@@ -457,7 +457,7 @@ def test_a_year_long_retry_after_is_capped_and_the_run_says_so(tmp_path, write):
     sim = Simulator(SimConfig(render_seconds=0.02))
     transport = YearLongRetryAfter(sim)
     to = api.Target(sim.config.api_key, "https://pixeldojo.ai", transport, sim)
-    opts = RunOptions(out_dir=tmp_path / "out", expected_render=0.02, max_retry_after=0.2)
+    opts = RunOptions.of(out_dir=tmp_path / "out", expected_render=0.02, max_retry_after=0.2)
     started = time.monotonic()
     report = anyio.run(lambda: api.run_async(manifest, ledger=tmp_path / "l.db", options=opts, to=to))
     assert transport.sent == 1 and report.exit_code == 0
@@ -543,7 +543,8 @@ def test_polls_that_never_succeed_end_the_job_for_this_run_not_the_run(tmp_path,
     sim = Simulator(SimConfig(render_seconds=0.02))
     to = api.Target(sim.config.api_key, "https://pixeldojo.ai", PollsAnswer(sim, status, headers), sim)
     fast = RetryPolicy(base=0.01, cap=0.05, max_attempts=3)
-    opts = RunOptions(out_dir=tmp_path / "out", expected_render=0.02, job_timeout=1.5, retry=fast, max_retry_after=0.2)
+    opts = RunOptions.of(out_dir=tmp_path / "out", expected_render=0.02, job_timeout=1.5, retry=fast,
+                         max_retry_after=0.2)
     report = anyio.run(lambda: api.run_async(manifest, ledger=tmp_path / "l.db", options=opts, to=to))
     assert report.exit_code == 1 and report.counts["submitted"] == 2  # polled again by the next run
     assert report.stop_reason is None

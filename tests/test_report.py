@@ -40,7 +40,7 @@ def gallery(tmp_path, write):
     manifest = write("gallery.yaml", MANIFEST)
     sim = Simulator(SimConfig(render_seconds=0.02, fail_rate=0.35, seed=4))
     anyio.run(lambda: api.run_async(manifest, ledger=tmp_path / "l.db", to=api.target(simulate=sim),
-                                    options=RunOptions(out_dir=tmp_path / "out", expected_render=0.02,
+                                    options=RunOptions.of(out_dir=tmp_path / "out", expected_render=0.02,
                                                        max_attempts=1)))
     with Ledger(tmp_path / "l.db") as led:
         n = build_report(led, "gallery", tmp_path / "report.html")

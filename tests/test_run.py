@@ -93,7 +93,7 @@ def test_bad_key_stops_the_run(tmp_path, write):
     sim = Simulator(SimConfig(api_key="right"))
     to = api.target(simulate=sim)
     to.api_key = "wrong"
-    report = anyio.run(lambda: api.run_async(manifest, ledger=tmp_path / "l.db", to=to, options=RunOptions(
+    report = anyio.run(lambda: api.run_async(manifest, ledger=tmp_path / "l.db", to=to, options=RunOptions.of(
         out_dir=tmp_path / "o", check_schema=False)))
     assert report.exit_code == 2 and report.stop_reason == "auth" and sim.record()["charged"] == 0
 
@@ -115,7 +115,7 @@ def test_expired_url_is_refreshed(tmp_path, write):
     manifest = write("m.yaml", small_manifest(n_rows=3))
     sim = Simulator(SimConfig(render_seconds=0.02, url_ttl=-1))  # every URL is born expired
     report = anyio.run(lambda: api.run_async(manifest, ledger=tmp_path / "l.db", to=api.target(simulate=sim),
-                                             options=RunOptions(out_dir=tmp_path / "o", expected_render=0.02)))
+                                             options=RunOptions.of(out_dir=tmp_path / "o", expected_render=0.02)))
     assert report.counts["expired"] == 3 and report.exit_code == 1
     with Ledger(tmp_path / "l.db") as led:
         job = next(led.iter_batch("small"))
@@ -136,7 +136,7 @@ def test_schema_mismatch_stops_before_spending(tmp_path, write):
     sim = Narrow(SimConfig())
     with pytest.raises(SchemaMismatch, match="duration"):
         anyio.run(lambda: api.run_async(manifest, ledger=tmp_path / "l.db", to=api.target(simulate=sim),
-                                         options=RunOptions(out_dir=tmp_path / "o")))
+                                         options=RunOptions.of(out_dir=tmp_path / "o")))
     assert sim.record()["charged"] == 0
 
 
@@ -149,7 +149,7 @@ def test_key_never_reaches_ledger_logs_or_exports(tmp_path, write):
     try:
         to = api.target(simulate=sim)
         anyio.run(lambda: api.run_async(manifest, ledger=tmp_path / "l.db", to=to,
-                                        options=RunOptions(out_dir=tmp_path / "o", expected_render=0.02)))
+                                        options=RunOptions.of(out_dir=tmp_path / "o", expected_render=0.02)))
     finally:
         for h in handlers:
             logging.getLogger("batcher").removeHandler(h)

@@ -95,7 +95,7 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
     expected_render = api.expected_render_for(to, expected_render)
     setup_logging(verbose, log_json, None if simulate else to.api_key)
     out = Path(out_dir) if out_dir else api.default_out_dir(m.batch, simulate)
-    options = RunOptions(concurrency=concurrency, budget=budget, out_dir=out, max_attempts=max_attempts,
+    options = RunOptions.of(concurrency=concurrency, budget=budget, out_dir=out, max_attempts=max_attempts,
                          job_timeout=job_timeout, resubmit_unknown=resubmit_unknown,
                          expected_render=expected_render, max_download_bytes=max_download_mb * 1024 * 1024,
                          handle_signals=True, rpm=rpm, lease_seconds=lease_seconds, max_retry_after=max_retry_after)

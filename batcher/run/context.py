@@ -68,13 +68,14 @@ class RunContext:
         self.rng = random.Random(o.seed)
         self.threads = IoThreads()
         self.writer = LedgerWriter(self.ledger, self.threads)
-        self.pacer = RequestPacer(RatePolicy(o.rpm)) if o.rpm else None
+        self.pacer = RequestPacer(RatePolicy(o.limits.rpm)) if o.limits.rpm else None
         if self.pacer is not None:
             self.client.set_hooks(self.pacer.before, self.pacer.after)
-        self.pauses = Pauses(o.retry.base, self.pacer, self.note)
-        self.budget = Budget(o.budget)
-        self.planner = PollPlanner(initial=max(0.01, o.expected_render), max_interval=max(1.0, o.expected_render))
-        self.downloads = ExpiryQueue(limit=max(64, 8 * o.downloads))
+        self.pauses = Pauses(o.polling.retry.base, self.pacer, self.note)
+        self.budget = Budget(o.limits.budget)
+        guess = o.polling.expected_render
+        self.planner = PollPlanner(initial=max(0.01, guess), max_interval=max(1.0, guess))
+        self.downloads = ExpiryQueue(limit=max(64, 8 * o.saving.downloads))
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{self.rng.randrange(1 << 32):08x}"
 
     # --- the run's word ------------------------------------------------------------------------

@@ -50,7 +50,7 @@ async def download(ctx: RunContext, job: Job) -> None:
                              output_expires_at=job.output_expires_at, render_seconds=job.render_seconds,
                              finished_at=job.finished_at)
         failpoint("after-rendered")
-    out = ctx.options.out_dir
+    out = ctx.options.saving.out_dir
     final = out / video_name(job.label, job.take, job.key)
     url = job.output_url or ""
     failures = 0
@@ -59,7 +59,7 @@ async def download(ctx: RunContext, job: Job) -> None:
         tmp = out / temp_name(final.name, ctx.rng.randrange(1 << 30))
         try:
             await ctx.wait_pause(job)
-            result = await ctx.client.download(url, tmp, max_bytes=ctx.options.max_download_bytes)
+            result = await ctx.client.download(url, tmp, max_bytes=ctx.options.saving.max_download_bytes)
             published = await ctx.threads.run(publish, tmp, final, result.sha256,
                                               partial(_may_replace, ctx, job))
             failpoint("after-publish")
@@ -113,11 +113,11 @@ async def _retry(ctx: RunContext, job: Job, e: Exception, tmp: Path, failures: i
         ctx.pauses.rate_limited(e)
     else:
         ctx.pauses.server_trouble()
-    if ctx.options.retry.gives_up(failures, 0):
+    if ctx.options.polling.retry.gives_up(failures, 0):
         await ctx.event(job, "download-given-up", f"{e}; the next run downloads it")
         ctx.note("some downloads kept failing; the next run fetches them")
         return False
-    delay = ctx.options.retry.delay(failures, ctx.rng, getattr(e, "retry_after", None))
+    delay = ctx.options.polling.retry.delay(failures, ctx.rng, getattr(e, "retry_after", None))
     await ctx.event(job, "download-retry", f"{e}; retrying in {delay:.1f}s")
     await anyio.sleep(delay)
     return True

@@ -33,18 +33,19 @@ async def register(ctx: RunContext) -> None:
 async def heartbeat(ctx: RunContext) -> None:
     """Renew our leases well before they run out, so nobody takes over live work."""
     while True:
-        await anyio.sleep(ctx.options.lease_seconds / 3)
-        await ctx.threads.run(ctx.ledger.renew, ctx.batch, ctx.owner, ctx.options.lease_seconds)
+        await anyio.sleep(ctx.options.limits.lease_seconds / 3)
+        await ctx.threads.run(ctx.ledger.renew, ctx.batch, ctx.owner, ctx.options.limits.lease_seconds)
 
 
 async def feed(ctx: RunContext, send: MemoryObjectSendStream[Job]) -> None:
     """Claim work until nothing is left that anyone could claim; rendered jobs go straight to the
     download queue, the rest to the workers."""
-    claim_size = max(1, ctx.options.concurrency)
+    claim_size = max(1, ctx.options.limits.concurrency)
     async with send:
         while True:
             states = [S.RENDERED, S.SUBMITTED] + ([S.PENDING] if ctx.submitting_allowed else [])
-            jobs = await ctx.threads.run(ctx.ledger.claim, ctx.batch, states, ctx.owner, ctx.options.lease_seconds,
+            lease = ctx.options.limits.lease_seconds
+            jobs = await ctx.threads.run(ctx.ledger.claim, ctx.batch, states, ctx.owner, lease,
                                          claim_size, ctx.generation)
             if jobs:
                 skipped = []
@@ -62,5 +63,5 @@ async def feed(ctx: RunContext, send: MemoryObjectSendStream[Job]) -> None:
             # job whose submission dies with its runner): wait for them, reaping as we go.
             if not await ctx.threads.run(ctx.ledger.held_by_others, ctx.batch, ctx.owner, ctx.submitting_allowed):
                 return
-            await anyio.sleep(min(2.0, ctx.options.lease_seconds / 4))
+            await anyio.sleep(min(2.0, ctx.options.limits.lease_seconds / 4))
             await reap(ctx)

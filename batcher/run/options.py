@@ -1,34 +1,73 @@
-"""How a run behaves: the CLI's options, one to one, with their defaults."""
+"""How a run behaves, in small value objects: what it may spend and keep in flight, how it
+polls and retries, where it saves videos. `RunOptions.of` takes the CLI's options one to one."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from ..answers import DEFAULT_MAX_RETRY_AFTER
 from ..files import OUTPUTS
 from ..policy import RetryPolicy
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What a run may spend and keep in flight."""
+
+    concurrency: int = 4  # jobs in flight at the API
+    budget: float | None = None  # the most the batch may have committed when this runner submits
+    rpm: float | None = None  # client-side request-rate limit, all API calls together
+    max_attempts: int = 2  # submissions per job while remote failures are refunded
+    lease_seconds: float = 60.0  # how long a claimed job stays ours without a renewal
+
+
+@dataclass(frozen=True)
+class Polling:
+    """How jobs are polled, and requests retried."""
+
+    expected_render: float = 60.0  # first poll guess before anything is learned
+    job_timeout: float | None = None  # stop polling a job in this run after this long
+    retry: RetryPolicy = field(default_factory=RetryPolicy)  # polls and downloads
+    submit_retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(base=1.0, cap=30.0, max_attempts=6))
+    max_retry_after: float = DEFAULT_MAX_RETRY_AFTER  # the longest Retry-After honoured as it is
+
+
+@dataclass(frozen=True)
+class Saving:
+    """Where and how videos are saved."""
+
+    out_dir: Path = OUTPUTS
+    downloads: int = 8  # downloads at once
+    max_download_bytes: int = 2 * 1024 ** 3
+
+
 @dataclass
 class RunOptions:
-    """How a run behaves; the CLI's options map one to one."""
+    """How a run behaves."""
 
-    concurrency: int = 4
-    budget: float | None = None
-    out_dir: Path = OUTPUTS
-    max_attempts: int = 2
-    job_timeout: float | None = None
-    resubmit_unknown: bool = False
-    downloads: int = 8
-    max_download_bytes: int = 2 * 1024 ** 3
-    expected_render: float = 60.0  # first poll guess before anything is learned
-    max_retry_after: float = DEFAULT_MAX_RETRY_AFTER  # the longest Retry-After honoured as it is
-    check_schema: bool = True
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    submit_retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(base=1.0, cap=30.0, max_attempts=6))
-    rpm: float | None = None  # client-side request-rate limit, all API calls together
-    lease_seconds: float = 60.0  # how long a claimed job stays ours without a renewal
+    limits: Limits = field(default_factory=Limits)
+    polling: Polling = field(default_factory=Polling)
+    saving: Saving = field(default_factory=Saving)
+    resubmit_unknown: bool = False  # the user's consent to pay twice for held jobs
+    check_schema: bool = True  # hold the batch against the live schema before spending
     progress_interval: float = 1.0
     handle_signals: bool = False
     seed: int | None = None
+
+    @classmethod
+    def of(cls, **options: Any) -> RunOptions:
+        """Options by their flat names (as the CLI has them): `RunOptions.of(concurrency=8, budget=500)`."""
+        groups: dict[str, dict[str, Any]] = {"limits": {}, "polling": {}, "saving": {}}
+        top: dict[str, Any] = {}
+        owners = {f.name: group for group, kind in (("limits", Limits), ("polling", Polling), ("saving", Saving))
+                  for f in fields(kind)}
+        for name, value in options.items():
+            if name in owners:
+                groups[owners[name]][name] = value
+            elif name in {f.name for f in fields(cls)} - set(groups):
+                top[name] = value
+            else:
+                raise TypeError(f"RunOptions has no option {name!r}")
+        return cls(Limits(**groups["limits"]), Polling(**groups["polling"]), Saving(**groups["saving"]), **top)

@@ -20,6 +20,7 @@ from .outcomes import Followed, StopReason
 async def follow_to_end(ctx: RunContext, job: Job) -> tuple[Followed, Job]:
     """Poll a submitted job until it ends (or this run stops following it)."""
     o = ctx.options
+    timeout = o.polling.job_timeout
     cls = ctx.model.job_class(job.parameters())
     start_wall = job.submitted_at or ctx.wall()
 
@@ -30,12 +31,12 @@ async def follow_to_end(ctx: RunContext, job: Job) -> tuple[Followed, Job]:
     while True:
         density = ctx.pacer.density() if ctx.pacer is not None else 1.0
         due = ctx.planner.next_poll(cls, elapsed(), polls, density)
-        if o.job_timeout is not None and due > o.job_timeout:
-            due = max(elapsed(), o.job_timeout)
+        if timeout is not None and due > timeout:
+            due = max(elapsed(), timeout)
         if due - elapsed() > 0:
             await anyio.sleep(due - elapsed())
-        if o.job_timeout is not None and elapsed() >= o.job_timeout and tries > 0:
-            await ctx.event(job, "timeout", f"not finished after {o.job_timeout:g}s; the next run polls it again")
+        if timeout is not None and elapsed() >= timeout and tries > 0:
+            await ctx.event(job, "timeout", f"not finished after {timeout:g}s; the next run polls it again")
             ctx.note("some jobs passed --job-timeout; rerun to keep polling them")
             return Followed.LEFT, job
         await ctx.wait_pause(job)
@@ -53,12 +54,12 @@ async def follow_to_end(ctx: RunContext, job: Job) -> tuple[Followed, Job]:
             failures += 1
             if failures == 1:
                 first_failure = time.monotonic()
-            if o.retry.gives_up(failures, time.monotonic() - first_failure):
+            if o.polling.retry.gives_up(failures, time.monotonic() - first_failure):
                 await ctx.event(job, "poll-given-up", f"{failures} polls failed ({e}); stays submitted, "
                                                       f"the next run polls it again")
                 ctx.note("polls of some jobs kept failing; they stay submitted and the next run polls them")
                 return Followed.LEFT, job
-            delay = o.retry.delay(failures, ctx.rng)
+            delay = o.polling.retry.delay(failures, ctx.rng)
             await ctx.event(job, "poll-retry", f"{e}; retrying in {delay:.1f}s")
             await anyio.sleep(delay)
             continue
@@ -107,7 +108,7 @@ async def _finished(ctx: RunContext, job: Job, status: JobStatus, render_seconds
     if job.credit_cost:
         ctx.budget.refund(job.credit_cost)
         ctx.budget_signal()
-    attempts, most = job.attempts, ctx.options.max_attempts
+    attempts, most = job.attempts, ctx.options.limits.max_attempts
     if attempts < most and ctx.submitting_allowed:
         job = await ctx.move(job, S.SUBMITTED, S.PENDING, "remote-failed",
                              f"{error} (refunded; attempt {attempts} of {most}, retrying)",

@@ -54,7 +54,7 @@ class Runner:
         ctx = self.ctx
         self._started = time.monotonic()
         await self._start()
-        work_send, work_recv = anyio.create_memory_object_stream[Job](max(1, ctx.options.concurrency))
+        work_send, work_recv = anyio.create_memory_object_stream[Job](max(1, ctx.options.limits.concurrency))
         try:
             async with anyio.create_task_group() as outer:
                 outer.start_soon(ctx.writer.run, name="ledger-writer")
@@ -73,11 +73,11 @@ class Runner:
                         async with anyio.create_task_group() as core:
                             ctx.core = core.cancel_scope
                             core.start_soon(feed, ctx, work_send, name="feeder")
-                            self._workers_left = ctx.options.concurrency
-                            for i in range(ctx.options.concurrency):
+                            self._workers_left = ctx.options.limits.concurrency
+                            for i in range(ctx.options.limits.concurrency):
                                 core.start_soon(self._worker, work_recv.clone(), name=f"worker-{i}")
                             work_recv.close()
-                            for i in range(ctx.options.downloads):
+                            for i in range(ctx.options.saving.downloads):
                                 core.start_soon(downloader, ctx, name=f"downloader-{i}")
                         aux.cancel_scope.cancel()
                 finally:
@@ -99,12 +99,12 @@ class Runner:
             if n:
                 ctx.note(f"{n} held job(s) requeued by --resubmit-unknown: they may be charged twice")
         ctx.generation = await ctx.threads.run(ctx.ledger.generation, ctx.batch)
-        await ctx.threads.run(ctx.ledger.set_budget, ctx.batch, o.budget)
+        await ctx.threads.run(ctx.ledger.set_budget, ctx.batch, o.limits.budget)
         await ctx.threads.run(prepare_outputs, ctx)
         spend = await ctx.threads.run(ctx.ledger.spend, ctx.batch)
         ctx.budget.committed = spend.committed
-        if o.budget is not None:
-            self.outlook = await ctx.threads.run(budget_outlook, ctx.ledger, ctx.batch, ctx.generation, o.budget)
+        if o.limits.budget is not None:
+            self.outlook = await ctx.threads.run(budget_outlook, ctx.ledger, ctx.batch, ctx.generation, o.limits.budget)
         avg = await ctx.threads.run(ctx.ledger.average_render_seconds, ctx.batch)
         if avg:
             ctx.planner.initial = max(0.01, avg)
@@ -144,7 +144,7 @@ class Runner:
             ctx.note(f"{f.held} job(s) held as unknown: {why}. `batcher retry --unknown` resubmits them "
                      f"(up to {f.held_cost:g} credits more).")
         failures = await ctx.threads.run(ctx.ledger.failure_groups, ctx.batch)
-        return RunReport(ctx.batch, f.counts, f.spend.spent, f.held, f.held_cost, ctx.options.budget,
+        return RunReport(ctx.batch, f.counts, f.spend.spent, f.held, f.held_cost, ctx.options.limits.budget,
                          time.monotonic() - self._started, ctx.submitted, ctx.completed, ctx.stop_reason,
                          ctx.messages, f.bytes, failures)
 

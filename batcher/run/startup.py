@@ -16,7 +16,7 @@ from .context import RunContext
 
 def prepare_outputs(ctx: RunContext) -> None:
     """Send every completed job whose file is gone or no longer matches back to download."""
-    out = ctx.options.out_dir
+    out = ctx.options.saving.out_dir
     out.mkdir(parents=True, exist_ok=True)
     ctx.out_abs = out.resolve()
     sweep_temp_files(out)

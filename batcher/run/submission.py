@@ -94,12 +94,12 @@ async def _send_again(ctx: RunContext, job: Job, outcome: Submitted, tries: int,
     """After a submission that never reached the API: wait and send again, unless the API looks
     unreachable (then the run stops quickly) or this job has tried long enough."""
     ctx.unreachable = ctx.unreachable + 1 if outcome is Submitted.NOT_SENT else 0
-    if ctx.unreachable >= max(8, 2 * ctx.options.concurrency) and ctx.stop_reason is None:
+    if ctx.unreachable >= max(8, 2 * ctx.options.limits.concurrency) and ctx.stop_reason is None:
         ctx.stop(StopReason.UNREACHABLE, f"cannot reach the API at {ctx.client.base_url}: {ctx.unreachable} "
                                          f"submissions in a row never left this machine; nothing was charged for "
                                          f"them. Check the network or --api-base, then run again")
         return False
-    policy = ctx.options.submit_retry
+    policy = ctx.options.polling.submit_retry
     if policy.gives_up(tries, time.monotonic() - first_try):
         await ctx.event(job, "submit-given-up", f"not sent after {tries} tries; stays pending")
         ctx.note("some submissions could not reach the API; rerun to try them again")
@@ -115,7 +115,8 @@ async def submit_once(ctx: RunContext, job: Job, wire: dict[str, Any], estimate:
     with anyio.CancelScope(shield=True):
         try:
             attempt_id = await ctx.writer.write(ctx.ledger.begin_submission(
-                job.id, S(job.state), estimate, token=job.lease_token, batch=ctx.batch, budget=ctx.options.budget))
+                job.id, S(job.state), estimate, token=job.lease_token, batch=ctx.batch,
+                budget=ctx.options.limits.budget))
         except BudgetExceeded as e:
             # Other runners share the budget: the database has the last word.
             ctx.budget.settle(estimate, None)
@@ -126,7 +127,7 @@ async def submit_once(ctx: RunContext, job: Job, wire: dict[str, Any], estimate:
         failpoint("after-intent")
         known = ("submitting", estimate, ctx.batch)
         try:
-            with anyio.fail_after(ctx.options.retry.cap + 60):
+            with anyio.fail_after(ctx.options.polling.retry.cap + 60):
                 answer = await ctx.client.submit(ctx.model.api_id, wire)
         except TimeoutError:
             return Submitted.HELD, await _held(ctx, job, attempt_id, estimate, "no answer to the submission in time")
