@@ -181,15 +181,20 @@ def _model(doc: LineDict, display: str, diags: Diagnostics) -> ModelSpec:
     return model
 
 
+def _mapping(doc: LineDict, name: str, what: str, display: str, diags: Diagnostics) -> dict[Any, Any]:
+    """An optional top-level mapping field (empty when absent or wrong, the problem reported)."""
+    raw = doc.get(name, {})
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        diags.add(display, value_line(doc, name, 1), f"{name} must {what}, not {type_name(raw)}")
+        return {}
+    return raw
+
+
 def _defaults(doc: LineDict, model: ModelSpec, display: str, diags: Diagnostics) -> dict[str, Located]:
     defaults: dict[str, Located] = {}
-    raw = doc.get("defaults", {})
-    if raw is None:
-        return defaults
-    if not isinstance(raw, dict):
-        diags.add(display, value_line(doc, "defaults", 1),
-                  f"defaults must be a mapping of API parameters, not {type_name(raw)}")
-        return defaults
+    raw = _mapping(doc, "defaults", "be a mapping of API parameters", display, diags)
     for key, value in raw.items():
         p = model.param(key) if isinstance(key, str) else None
         if p is None:
@@ -202,13 +207,7 @@ def _defaults(doc: LineDict, model: ModelSpec, display: str, diags: Diagnostics)
 
 def _reference_sets(doc: LineDict, display: str, diags: Diagnostics) -> dict[str, Located]:
     sets: dict[str, Located] = {}
-    raw = doc.get("reference_sets", {})
-    if raw is None:
-        return sets
-    if not isinstance(raw, dict):
-        diags.add(display, value_line(doc, "reference_sets", 1),
-                  f"reference_sets must map names to lists of image URLs, not {type_name(raw)}")
-        return sets
+    raw = _mapping(doc, "reference_sets", "map names to lists of image URLs", display, diags)
     for name, urls in raw.items():
         line = value_line(raw, name, 1)
         if not isinstance(name, str):

@@ -19,12 +19,13 @@
 
 from __future__ import annotations
 
-import enum
-
 from .errors import IllegalTransition
+from .text import Word
 
 
-class JobState(str, enum.Enum):
+class JobState(Word):
+    """Where a job stands (the words are stored in the ledger)."""
+
     PENDING = "pending"
     SUBMITTING = "submitting"
     UNKNOWN = "unknown"
@@ -33,9 +34,6 @@ class JobState(str, enum.Enum):
     COMPLETED = "completed"
     FAILED = "failed"
     EXPIRED = "expired"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 S = JobState

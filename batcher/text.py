@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import enum
 from typing import Any
+
+
+class Word(str, enum.Enum):
+    """An enum whose members are the words people and the ledger see (`str(x)` is the word)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
 
 
 def type_name(value: Any) -> str:

@@ -80,12 +80,17 @@ class LedgerFigures(LedgerJobs):
                 "FROM attempt a JOIN job j ON j.id = a.job_id WHERE j.batch = :b"), {"b": batch}).one()
         return Spend(float(row[0]), float(row[1]), float(row[2]))
 
-    def downloaded_bytes(self, batch: str) -> tuple[int, int]:
+    def _count_and_sum(self, batch: str, column: str, state: str) -> tuple[int, float]:
         with self.engine.connect() as conn:
-            n, size = conn.execute(text(
-                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM job WHERE batch = :b AND state = 'completed'"),
-                {"b": batch}).one()
-        return int(n), int(size)
+            n, total = conn.execute(text(
+                f"SELECT COUNT(*), COALESCE(SUM({column}), 0) FROM job WHERE batch = :b AND state = :s"),
+                {"b": batch, "s": state}).one()
+        return int(n), float(total)
+
+    def downloaded_bytes(self, batch: str) -> tuple[int, int]:
+        """How many videos are on disk, and their bytes."""
+        n, size = self._count_and_sum(batch, "size", "completed")
+        return n, int(size)
 
     def committed(self, batch: str) -> float:
         """The shared budget's running total for a batch (charged, plus reserved and held)."""
@@ -94,11 +99,7 @@ class LedgerFigures(LedgerJobs):
 
     def held_estimate(self, batch: str) -> tuple[int, float]:
         """How many jobs are held as unknown, and what resubmitting them all may cost."""
-        with self.engine.connect() as conn:
-            n, credits = conn.execute(text(
-                "SELECT COUNT(*), COALESCE(SUM(estimate), 0) FROM job WHERE batch = :b AND state = 'unknown'"),
-                {"b": batch}).one()
-        return int(n), float(credits)
+        return self._count_and_sum(batch, "estimate", "unknown")
 
     def budget_outlook(self, batch: str, generation: int, remaining: float) -> tuple[int, int, float]:
         """(pending jobs, how many of them `remaining` credits cover in the order they are submitted,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import enum
 
+from ..text import Word
+
 
 class ExitCode(enum.IntEnum):
     """The process's exit status, documented in the README."""
@@ -16,7 +18,7 @@ class ExitCode(enum.IntEnum):
     INTERRUPTED = 130  # Ctrl-C or SIGTERM
 
 
-class StopReason(str, enum.Enum):
+class StopReason(Word):
     """Why a run stopped submitting before its batch was done."""
 
     BUDGET = "budget"
@@ -25,9 +27,6 @@ class StopReason(str, enum.Enum):
     AUTH = "auth"
     DISK = "disk"
     UNREACHABLE = "unreachable"
-
-    def __str__(self) -> str:
-        return self.value
 
     @property
     def overriding(self) -> bool:
