@@ -1,4 +1,4 @@
-"""Pure decisions the pool makes: retry back-off, poll timing, budget accounting.
+"""Pure decisions a run makes: retry back-off, poll timing, budget accounting.
 
 No I/O and no clock of their own: times and random numbers are passed in, so every rule is
 tested directly.
