@@ -13,7 +13,6 @@ them, in one SQLite file (one host) or one PostgreSQL database (many hosts).
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 from sqlalchemy import inspect, text
@@ -28,6 +27,7 @@ from .dialect import (
     first_line,
     is_database_url,
     postgres_engine,
+    readonly_sqlite_engine,
 )
 from .figures import LedgerFigures
 from .leases import LedgerLeases
@@ -52,28 +52,17 @@ class Ledger(LedgerTransitions, LedgerLeases, LedgerFigures):
 
 def read_states(path: str | Path, batch: str) -> dict[str, str] | None:
     """Key -> state for a batch, read without writing anything (None if there is no ledger)."""
-    if is_database_url(path):
-        engine = postgres_engine(str(path))
-        try:
-            with engine.connect() as conn:
-                if not inspect(conn).has_table("job"):
-                    return None
-                return {k: v for k, v in conn.execute(text("SELECT key, state FROM job WHERE batch = :b"),
-                                                      {"b": batch})}
-        except DBAPIError as e:
-            raise LedgerError(f"cannot read ledger {display_location(path)}: {first_line(e.orig)}") from None
-        finally:
-            engine.dispose()
-    path = Path(path)
-    if not path.exists():
+    shared = is_database_url(path)
+    if not shared and not Path(path).exists():
         return None
+    engine = postgres_engine(str(path)) if shared else readonly_sqlite_engine(Path(path))
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            return dict(db.execute("SELECT key, state FROM job WHERE batch = ?", (batch,)))
-        finally:
-            db.close()
-    except sqlite3.Error as e:
-        if "no such table" in str(e):
-            return {}  # a ledger still being created
-        raise LedgerError(f"cannot read ledger {path}: {e}") from None
+        with engine.connect() as conn:
+            if not inspect(conn).has_table("job"):
+                return None if shared else {}  # (an SQLite ledger still being created)
+            return {k: v for k, v in conn.execute(text("SELECT key, state FROM job WHERE batch = :b"),
+                                                  {"b": batch})}
+    except DBAPIError as e:
+        raise LedgerError(f"cannot read ledger {display_location(path)}: {first_line(e.orig)}") from None
+    finally:
+        engine.dispose()

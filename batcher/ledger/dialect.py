@@ -89,6 +89,12 @@ def sqlite_engine(path: Path, durable: bool) -> Engine:
     return engine
 
 
+def readonly_sqlite_engine(path: Path) -> Engine:
+    """An engine that only reads an SQLite ledger (it never creates the file or a journal)."""
+    return create_engine("sqlite://", creator=lambda: sqlite3.connect(f"file:{path}?mode=ro", uri=True,
+                                                                      check_same_thread=False))
+
+
 @dataclass(frozen=True)
 class Dialect:
     """The differences between the two databases, as the queries need them."""

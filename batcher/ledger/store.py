@@ -10,7 +10,6 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, inspect
 from sqlalchemy.exc import DBAPIError
-from sqlmodel import Session
 
 from ..errors import BatcherError, DiskFullError, LedgerError
 from .dialect import (
@@ -124,9 +123,6 @@ class LedgerStore:
         """Run one statement on the hot path straight through the driver (no SQL compilation):
         written once with `:name` placeholders, for both databases."""
         return conn.exec_driver_sql(self.sql.driver_sql(sql), params or {})
-
-    def session(self) -> Session:
-        return Session(self.engine, expire_on_commit=False)
 
     def schema_version(self) -> int:
         with self.engine.connect() as conn:
