@@ -170,3 +170,18 @@ def test_not_a_database_is_a_clear_error(tmp_path):
     path.write_bytes(b"this is not sqlite at all" * 100)
     with pytest.raises(LedgerError, match=r"not a batcher ledger|cannot open"):
         Ledger(path)
+
+
+def test_a_job_row_is_frozen_and_evolves_into_a_new_row(ledger_url, demo):
+    import dataclasses
+    m, jobs = demo
+    with Ledger(ledger_url) as ledger:
+        ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs)
+        job = ledger.jobs_in(m.batch, [JobState.PENDING], limit=1)[0]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        job.state = "completed"
+    moved = job.evolve(state="submitting", attempts=1)
+    assert (moved.state, moved.attempts, job.state, job.attempts) == ("submitting", 1, "pending", 0)
+    assert moved == dataclasses.replace(job, state="submitting", attempts=1)
+    with pytest.raises(TypeError):
+        job.evolve(no_such_field=1)

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import sqlite3
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -179,3 +180,29 @@ def test_edited_manifest_does_not_submit_dropped_rows(simrun, write, tmp_path):
 def test_ledger_file_is_valid_sqlite_after_run(simrun, write):
     _report, _, ledger = simrun(write("m.yaml", small_manifest(n_rows=2)))
     assert sqlite3.connect(ledger).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_clock_that_moves_between_two_reads_never_asks_for_a_negative_sleep(tmp_path, write):
+    """The run reads the wall clock once per decision: a clock that jumps between two reads (a
+    busy machine, a slow thread hop) must not turn a due poll into a negative sleep."""
+    from batcher.client import PixelDojoClient
+    from batcher.run import Runner
+    from batcher.simulator import SimulatorTransport
+
+    manifest = api.load(write("m.yaml", small_manifest(n_rows=20)))
+    sim = Simulator(SimConfig(render_seconds=0.02))
+    ticks = [time.time()]
+
+    def jumpy() -> float:  # 7 ms later at every read, whatever really passed
+        ticks[0] += 0.007
+        return ticks[0]
+
+    with Ledger(tmp_path / "l.db") as ledger:
+        api.stage(ledger, manifest, simulated=True)
+
+        async def go():
+            async with PixelDojoClient("sim-key", "https://pixeldojo.ai", transport=SimulatorTransport(sim)) as c:
+                opts = RunOptions.of(out_dir=tmp_path / "out", expected_render=0.02, concurrency=8)
+                return await Runner(ledger, c, manifest.model, manifest.batch, opts, wall=jumpy).run()
+        report = anyio.run(go)
+    assert report.exit_code == 0 and report.counts["completed"] == 20

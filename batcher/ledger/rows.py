@@ -72,9 +72,23 @@ class Job:
     def job_state(self) -> JobState:
         return JobState(self.state)
 
+    def evolve(self, **changes: Any) -> Job:
+        """This job with some fields changed (as `dataclasses.replace`, without re-running the
+        constructor: the run does this for every write, thousands of times a second)."""
+        unknown = changes.keys() - _JOB_FIELDS
+        if unknown:
+            raise TypeError(f"Job has no field {sorted(unknown)[0]!r}")
+        new = object.__new__(Job)
+        new.__dict__.update(self.__dict__)
+        new.__dict__.update(changes)
+        return new
+
     def parameters(self) -> dict[str, Any]:
         params: dict[str, Any] = json.loads(self.params)
         return params
+
+
+_JOB_FIELDS = frozenset(f.name for f in fields(Job))
 
 
 @dataclass(frozen=True)

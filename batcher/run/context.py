@@ -10,7 +10,7 @@ import random
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -107,14 +107,14 @@ class RunContext:
         log.info("job %s: %s -> %s (%s)%s", job.key, source.value, target.value, kind,
                  f": {detail}" if detail else "",
                  extra={"job": job.key, "from": source.value, "to": target.value, "event": kind})
-        return replace(job, state=target.value, **fields)
+        return job.evolve(state=target.value, **fields)
 
     async def event(self, job: Job, kind: str, detail: str | None = None, **fields: Any) -> Job:
         """Record an event in a job's history (and field updates, fenced by its lease)."""
         await self.writer.write(self.ledger.note(job.id, kind, detail, token=job.lease_token if fields else None,
                                                  **fields))
         log.info("job %s: %s%s", job.key, kind, f": {detail}" if detail else "", extra={"job": job.key, "event": kind})
-        return replace(job, **fields) if fields else job
+        return job.evolve(**fields) if fields else job
 
     async def wait_pause(self, job: Job) -> None:
         """Wait out a shared pause (429s, a burst of server errors); the job's history records it."""

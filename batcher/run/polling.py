@@ -5,7 +5,6 @@ times say, and record how it ended: rendered (queued for download), failed and r
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 import anyio
 
@@ -33,8 +32,9 @@ async def follow_to_end(ctx: RunContext, job: Job) -> tuple[Followed, Job]:
         due = ctx.planner.next_poll(cls, elapsed(), polls, density)
         if timeout is not None and due > timeout:
             due = max(elapsed(), timeout)
-        if due - elapsed() > 0:
-            await anyio.sleep(due - elapsed())
+        delay = due - elapsed()  # read the clock once: it moves between two reads
+        if delay > 0:
+            await anyio.sleep(delay)
         if timeout is not None and elapsed() >= timeout and tries > 0:
             await ctx.event(job, "timeout", f"not finished after {timeout:g}s; the next run polls it again")
             ctx.note("some jobs passed --job-timeout; rerun to keep polling them")
@@ -99,7 +99,7 @@ async def _finished(ctx: RunContext, job: Job, status: JobStatus, render_seconds
             return Followed.FAILED, job
         # The downloader records `rendered` before it fetches: the worker is free for the next
         # job at once. A crash in between leaves the job submitted; the next run polls it again.
-        job = replace(job, output_url=status.video_url, output_expires_at=status.expires_at,
+        job = job.evolve(output_url=status.video_url, output_expires_at=status.expires_at,
                       render_seconds=render_seconds, finished_at=now)
         await ctx.downloads.put(job)
         return Followed.RENDERED, job

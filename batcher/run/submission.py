@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -123,7 +122,7 @@ async def submit_once(ctx: RunContext, job: Job, wire: dict[str, Any], estimate:
             ctx.budget.committed = max(ctx.budget.committed, e.committed - ctx.budget.reserved)
             ctx.budget_signal()
             return Submitted.BUDGET, job
-        job = replace(job, state=S.SUBMITTING.value, attempts=job.attempts + 1)  # as the ledger counted it
+        job = job.evolve(state=S.SUBMITTING.value, attempts=job.attempts + 1)  # as the ledger counted it
         failpoint("after-intent")
         known = ("submitting", estimate, ctx.batch)
         try:
@@ -197,7 +196,7 @@ async def _accepted(ctx: RunContext, job: Job, attempt_id: int, estimate: float,
     if not await ctx.writer.write(accept):
         return Submitted.STOPPED, job
     failpoint("after-accept")
-    job = replace(job, state=S.SUBMITTED.value, remote_job_id=answer.job_id, status_url=answer.status_url,
+    job = job.evolve(state=S.SUBMITTED.value, remote_job_id=answer.job_id, status_url=answer.status_url,
                   credit_cost=charge, submitted_at=submitted_at, error=None)
     if answer.cost_problem:
         ctx.note("the API answered some submissions with a creditCost that cannot be believed (negative "
