@@ -76,6 +76,7 @@ class PixelDojoClient:
             raise UsageError(f"max_retry_after must be 0 or more seconds, got {max_retry_after!r}")
         self.base_url = base_url.rstrip("/")
         self._api_origin = origin(self.base_url)
+        self._base_prefix = self.base_url + "/" if self._api_origin is not None else "\0"
         self._key = api_key
         self._secret = secret_pattern(api_key)
         self.max_retry_after = max_retry_after
@@ -122,6 +123,10 @@ class PixelDojoClient:
         return describe(response, self.redact)
 
     def _same_origin(self, url: str) -> bool:
+        # Most URLs are the API's own paths: a plain prefix of the base proves the origin without
+        # parsing ("https://host/" cannot be the start of another host's URL).
+        if url.startswith(self._base_prefix):
+            return True
         return self._api_origin is not None and origin(url) == self._api_origin
 
     def _auth(self, url: str) -> dict[str, str]:

@@ -459,3 +459,12 @@ def test_a_key_hidden_in_percent_escapes_is_redacted_and_refused():
     assert "sim-key" not in client.redact(f"bad token {hidden}")
     assert "[redacted]" in client.redact(f"bad token {hidden}")
     assert client._leaks(f"https://cdn.test/v.mp4?auth={hidden}")
+
+
+def test_the_fast_origin_check_never_takes_a_lookalike_host_for_the_api():
+    client = PixelDojoClient("sk-live-secret", "https://api.test")
+    assert client._same_origin("https://api.test/api/v1/jobs/x")
+    assert client._same_origin("https://api.test:443/api/v1/jobs/x")
+    for url in ("https://api.test.evil.com/x", "https://api.testevil.com/x", "http://api.test/x",
+                "https://api.test:8443/x", "https://evil.com/https://api.test/x", "https://api.test@evil.com/x"):
+        assert not client._same_origin(url), url
