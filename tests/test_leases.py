@@ -150,3 +150,22 @@ def test_plan_reads_either_ledger_without_writing(ledger_url, tmp_path):
     assert out.exit_code == 0, out.output
     assert json.loads(out.output)["ledger"]["in_ledger"] == 5
     assert ":batcher@" not in out.output  # a database password never shows
+
+
+def test_dead_runners_on_this_host_are_reaped_at_once_recorded_or_not(two):
+    a, b, clock = two
+    dead, alive_pid = 999_999, 1234
+    a.register("here:1234:aaaa", "b", "here", alive_pid)
+    a.claim("b", [S.PENDING], "here:1234:aaaa", 60, 2)  # a live runner, recorded
+    a.register(f"here:{dead}:bbbb", "b", "here", dead)
+    a.claim("b", [S.PENDING], f"here:{dead}:bbbb", 60, 2)  # a dead runner, recorded
+    a.claim("b", [S.PENDING], f"here:{dead}:cccc", 60, 2)  # a dead runner of a version without runner rows
+    a.claim("b", [S.PENDING], f"elsewhere:{dead}:dddd", 60, 2)  # another host: only its leases tell
+    assert b.reap_dead_runners("b", "here", lambda pid: pid == alive_pid, me="me") == 2
+    taken = b.claim("b", [S.PENDING], "me", 60, 10)
+    assert len(taken) == 2 + 2 + 2  # the dead ones' jobs, and the 2 never claimed; not the live or remote ones
+    clock.t += 2 * 86_400  # a recorded runner silent for days is forgotten
+    b.reap_dead_runners("b", "here", lambda pid: True, me="me")
+    with b.engine.connect() as conn:
+        from sqlalchemy import text
+        assert conn.execute(text("SELECT COUNT(*) FROM runner")).scalar_one() == 0

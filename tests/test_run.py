@@ -206,3 +206,16 @@ def test_a_clock_that_moves_between_two_reads_never_asks_for_a_negative_sleep(tm
                 return await Runner(ledger, c, manifest.model, manifest.batch, opts, wall=jumpy).run()
         report = anyio.run(go)
     assert report.exit_code == 0 and report.counts["completed"] == 20
+
+
+def test_a_job_taken_over_in_submitted_that_fails_remotely_is_submitted_again(simrun, write, tmp_path):
+    manifest = write("m.yaml", small_manifest(n_rows=3))
+    sim = Simulator(SimConfig(render_seconds=0.4, render_jitter=0.0, fail_rate=1.0))
+    # The first run stops following its jobs before their renders end: they stay submitted.
+    first, _, ledger_path = simrun(manifest, simulator=sim, job_timeout=0.05, max_attempts=2)
+    assert first.counts["submitted"] == 3
+    time.sleep(0.5)
+    second, _, _ = simrun(manifest, simulator=sim, ledger=ledger_path, max_attempts=2)
+    # each failed render is refunded and sent again while attempts remain; none is left pending
+    assert second.counts["pending"] == 0 and second.counts["failed"] == 3
+    assert len(sim.record()["jobs"]) == 6

@@ -61,22 +61,35 @@ class LedgerLeases(LedgerStore):
                                          "owner = :o"), {"b": batch, "o": owner}).rowcount)
         return self.write(op)
 
-    def reap_dead_runners(self, batch: str, host: str, alive: Callable[[int], bool], me: str) -> int:
+    def reap_dead_runners(self, batch: str, host: str, alive: Callable[[int], bool], me: str,
+                          forget_after: float = 86_400.0) -> int:
         """End at once the leases of runners of this batch on this host whose process is gone (a
-        runner on another host is known dead only when its leases run out). Returns how many."""
+        runner on another host is known dead only when its leases run out). Returns how many.
+
+        Runners of versions that kept no runner rows are known by the name their leases carry
+        (`host:pid:...`). Rows of runners silent for `forget_after` seconds are dropped."""
         with self.engine.connect() as conn:
-            runners = [(o, p) for o, p in conn.execute(text(
+            runners = [(o, int(p)) for o, p in conn.execute(text(
                 "SELECT owner, pid FROM runner WHERE batch = :b AND host = :h AND owner != :me"),
                 {"b": batch, "h": host, "me": me})]
-        dead = [owner for owner, pid in runners if not alive(int(pid))]
+            unrecorded = [o for (o,) in conn.execute(text(
+                "SELECT DISTINCT owner FROM job WHERE batch = :b AND owner IS NOT NULL AND owner != :me AND "
+                "owner NOT IN (SELECT owner FROM runner)"), {"b": batch, "me": me})]
+        for owner in unrecorded:
+            name, _, rest = owner.partition(":")
+            pid = rest.partition(":")[0]
+            if name == host and pid.isdigit():
+                runners.append((owner, int(pid)))
+        dead = [owner for owner, pid in runners if not alive(pid)]
+        silent_since = self.clock() - forget_after
 
         def op(conn: Connection) -> None:
             for owner in dead:
                 conn.execute(text("UPDATE job SET lease_until = 0 WHERE batch = :b AND owner = :o"),
                              {"b": batch, "o": owner})
                 conn.execute(text("DELETE FROM runner WHERE owner = :o"), {"o": owner})
-        if dead:
-            self.write(op)
+            conn.execute(text("DELETE FROM runner WHERE heartbeat_at < :t"), {"t": silent_since})
+        self.write(op)
         return len(dead)
 
     def held_by_others(self, batch: str, owner: str, include_pending: bool = True) -> int:

@@ -23,7 +23,7 @@ from .context import RunContext
 from .downloads import downloader
 from .feeder import feed, heartbeat, reap, register
 from .options import RunOptions
-from .outcomes import StopReason
+from .outcomes import Followed, StopReason
 from .polling import follow_to_end
 from .reporting import BudgetOutlook, Progress, RunReport, budget_outlook
 from .startup import check_live_schema, prepare_outputs
@@ -53,7 +53,12 @@ class Runner:
     async def run(self) -> RunReport:
         ctx = self.ctx
         self._started = time.monotonic()
-        await self._start()
+        try:
+            await self._start()
+        except BaseException:
+            with anyio.CancelScope(shield=True):  # a run that could not start leaves no runner row
+                await ctx.threads.run(ctx.ledger.release, ctx.batch, ctx.owner)
+            raise
         work_send, work_recv = anyio.create_memory_object_stream[Job](max(1, ctx.options.limits.concurrency))
         try:
             async with anyio.create_task_group() as outer:
@@ -121,7 +126,12 @@ class Runner:
                             else:
                                 await ctx.threads.run(ctx.ledger.release_jobs, [job.id], ctx.owner)
                         elif job.state == S.SUBMITTED.value:
-                            await follow_to_end(ctx, job)
+                            followed, job = await follow_to_end(ctx, job)
+                            if followed is Followed.REQUEUED:  # failed remotely, refunded: send it again
+                                if ctx.submitting_allowed:
+                                    await submit_and_follow(ctx, job)
+                                else:
+                                    await ctx.threads.run(ctx.ledger.release_jobs, [job.id], ctx.owner)
                     except LeaseLost as e:
                         log.warning("job %s: %s; leaving it to that runner", job.key, e)
         finally:
