@@ -63,6 +63,49 @@ class Download:
     sha256: str
 
 
+@dataclass(frozen=True)
+class ReferenceFetch:
+    """What a reference URL answered: its status, validators, first bytes and size.
+
+    `size` is the whole image's size in bytes: the declared one (Content-Length of a 200,
+    the total of a 206's Content-Range), or the bytes streamed when the answer declared none
+    (more than the cap when reading stopped there); None when nothing says it."""
+
+    status: int
+    url: str  # after redirects
+    head: bytes
+    size: int | None
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+def declared_size(response: httpx.Response) -> int | None:
+    """The whole body's size an answer declares: a 206's Content-Range total, a 200's Content-Length."""
+    if response.status_code == 206:
+        total = response.headers.get("content-range", "").rpartition("/")[2].strip()
+        return int(total) if total.isdigit() else None
+    length = response.headers.get("content-length", "")
+    return int(length) if length.isdigit() else None
+
+
+async def read_reference(response: httpx.Response, url: str, keep: int, max_bytes: int) -> ReferenceFetch:
+    """Read the first `keep` bytes of a 200/206 answer; with no declared size, stream on (counting,
+    not keeping) until the end or past `max_bytes`, so an endless answer is cut there."""
+    size = declared_size(response)
+    head = bytearray()
+    counted = 0
+    async for chunk in response.aiter_bytes():
+        counted += len(chunk)
+        if len(head) < keep:
+            head += chunk[: keep - len(head)]
+        if (size is not None and len(head) >= keep) or counted > max_bytes:
+            break
+    if size is None and response.status_code == 200:
+        size = counted
+    return ReferenceFetch(response.status_code, url, bytes(head), size, response.headers.get("etag"),
+                          response.headers.get("last-modified"))
+
+
 def parse_time(value: Any) -> float | None:
     """An ISO-8601 time (as the API writes expiresAt) to epoch seconds; None if absent or unreadable."""
     if not isinstance(value, str):

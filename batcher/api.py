@@ -29,6 +29,7 @@ from .files import OUTPUTS, default_out_dir  # noqa: F401 - part of the API
 from .ledger import DEFAULT_LEDGER, Ledger, display_location, is_database_url
 from .manifest import Manifest, load_manifest
 from .plan import MAX_JOBS, PlanSummary, check, iter_jobs
+from .preflight import PreflightReport, preflight, references_of
 from .run import BudgetOutlook, Progress, Runner, RunOptions, RunReport
 from .run import budget_outlook as _budget_outlook
 from .simulator import Journal, SimConfig, Simulator, SimulatorTransport
@@ -59,6 +60,24 @@ def stage(ledger: Ledger, manifest: Manifest, rate_overrides: dict[str, float] |
 
 
 SIMULATED_LEDGER = "batcher-sim.db"
+
+
+def check_references(manifest: Manifest | str | Path, *, simulate: bool | Simulator = False,
+                     transport: httpx.AsyncBaseTransport | None = None, max_jobs: int = MAX_JOBS) -> PreflightReport:
+    """`validate --online`: every distinct reference URL of a manifest checked as a run's preflight
+    would (see batcher.preflight), without a run: nothing is sent to the API, nothing remembered.
+    `simulate` fetches through the built-in simulator (which serves `/_sim/refs/`) instead."""
+    import time
+    m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+    check(m, max_jobs=max_jobs)
+    uses = references_of((job.origin, job.params) for job in iter_jobs(m, max_jobs=max_jobs))
+    if simulate:
+        transport = SimulatorTransport(simulate if isinstance(simulate, Simulator) else Simulator())
+
+    async def go() -> PreflightReport:
+        async with PixelDojoClient("", DEFAULT_BASE, transport=transport) as client:
+            return await preflight(client, uses, {}, time.time())
+    return anyio.run(go)
 
 
 def budget_outlook(ledger: Ledger, batch: str, budget: float) -> BudgetOutlook:

@@ -24,6 +24,7 @@ from .answers import (
     REDACTED,
     Download,
     JobStatus,
+    ReferenceFetch,
     Submission,
     as_number,
     asked_retry_after,
@@ -32,6 +33,7 @@ from .answers import (
     origin,
     parse_time,
     raise_for_status,
+    read_reference,
     redact_json,
     secret_pattern,
 )
@@ -261,6 +263,12 @@ class PixelDojoClient:
                          as_number(cost),
                          parse_time(data.get("expiresAt")))
 
+    async def fetch_reference(self, url: str, max_bytes: int, headers: dict[str, str] | None = None, *,
+                              keep: int = 128 * 1024, max_redirects: int = 5) -> ReferenceFetch:
+        """GET a reference image's first bytes for preflight, never with the key (see `fetch_reference`)."""
+        return await fetch_reference(self._http, url, max_bytes, headers or {}, keep=keep,
+                                     max_redirects=max_redirects, leaks=self._leaks, redact=self.redact)
+
     async def download(self, url: str, dest: Path, *, max_bytes: int, max_redirects: int = 5) -> Download:
         """Stream a video to `dest` (a temporary name chosen by the caller) and check it is MP4.
 
@@ -302,6 +310,44 @@ class PixelDojoClient:
             finally:
                 await self._answered("download", "GET", requested, status, started)
         raise MalformedAnswer(f"more than {max_redirects} redirects")
+
+
+async def fetch_reference(http: httpx.AsyncClient, url: str, max_bytes: int, headers: dict[str, str], *, keep: int,
+                          max_redirects: int, leaks: Callable[[str], bool], redact: Callable[[str], str]
+                          ) -> ReferenceFetch:
+    """GET a reference image's first `keep` bytes (its size, when undeclared, counted up to
+    `max_bytes`). No Authorization header is ever sent, even to the API's own origin: reference
+    URLs are the user's and must work without the key. At most `max_redirects` redirects, http(s)
+    only. A 304 to conditional `headers` comes back as it is, with no body. Raises NotSentError
+    when the host cannot be reached at all, ServerError when the connection fails later,
+    MalformedAnswer for a refused URL or too many redirects."""
+    for _ in range(max_redirects + 1):
+        scheme = urlsplit(url).scheme
+        if scheme not in ("http", "https"):
+            raise MalformedAnswer(f"not an http(s) URL ({scheme or 'relative'})")
+        if leaks(url):
+            raise MalformedAnswer("refusing a URL that carries the API key")
+        started = time.monotonic()
+        status: int | None = None
+        try:
+            async with http.stream("GET", url, headers=headers, extensions={"batcher_reference": True}) as response:
+                status = response.status_code
+                if response.has_redirect_location:  # (not a 304)
+                    url = urljoin(url, response.headers["location"])
+                    continue
+                if status not in (200, 206):
+                    return ReferenceFetch(status, url, b"", None, response.headers.get("etag"),
+                                          response.headers.get("last-modified"))
+                return await read_reference(response, url, keep, max_bytes)
+        except NOT_SENT as e:
+            raise NotSentError(f"could not connect ({type(e).__name__}: {redact(str(e))[:120]})") from None
+        except httpx.RequestError as e:
+            raise ServerError(f"the connection failed ({type(e).__name__})") from None
+        finally:  # logged, but not counted in the API's request rate: reference hosts are others
+            ms = (time.monotonic() - started) * 1000
+            log.info("GET reference %s %.0fms", status if status is not None else "-", ms,
+                     extra={"kind": "reference", "method": "GET", "status": status, "ms": round(ms, 1)})
+    raise MalformedAnswer(f"more than {max_redirects} redirects")
 
 
 async def save_video(response: httpx.Response, dest: Path, max_bytes: int) -> Download:

@@ -3,7 +3,8 @@
     BatcherError                 base; the CLI maps each kind to a message and an exit code
     ├── UsageError               bad options or configuration (exit 2)
     │   ├── MissingKeyError      PIXELDOJO_API_KEY is not set for a real run (exit 2)
-    │   └── SimulationMismatch   a real run on a simulated batch, or the other way round (exit 2)
+    │   ├── SimulationMismatch   a real run on a simulated batch, or the other way round (exit 2)
+    │   └── PreflightFailed      reference URLs refused before anything was spent (exit 2)
     ├── ManifestError            one or more `FILE:LINE: message` diagnostics (exit 2)
     ├── LedgerError              the ledger cannot be opened, upgraded or written (exit 2)
     │   ├── IllegalTransition    a job state change the state machine forbids
@@ -46,6 +47,15 @@ class MissingKeyError(UsageError):
 
 class SimulationMismatch(UsageError):
     """Simulated and real results must never mix in one batch."""
+
+
+class PreflightFailed(UsageError):
+    """References the API would refuse, found before anything was spent: one
+    `FILE:LINE: reference URL: why` line each."""
+
+    def __init__(self, lines: list[str]):
+        self.lines = lines
+        super().__init__("\n".join(lines))
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ charged and refunded, so tests can hold the ledger against the "server".
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import heapq
 import json
 import random
@@ -25,6 +27,7 @@ import socket
 import struct
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -107,6 +110,52 @@ def clip_for(job_id: str) -> bytes:
     """The demo clip with a top-level `free` box naming the job: still playable, unique per job."""
     payload = f"batcher-simulator job {job_id}".encode()
     return demo_clip() + struct.pack(">I", 8 + len(payload)) + b"free" + payload
+
+
+@functools.lru_cache(maxsize=8)
+def png_image(width: int, height: int, padding: int = 0) -> bytes:
+    """A valid grey PNG of width x height; `padding` bytes of zeros after its end make it big."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    rows = (b"\x00" + b"\x80" * width) * height
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b"") + b"\x00" * padding)
+
+
+def reference_image(name: str) -> tuple[int, bytes, str] | None:
+    """What `/_sim/refs/<name>` serves: (status, body, content type), or None for a 404.
+    Any `*.png` is a 512x512 PNG but these variants, made to be refused: `small.png` (200x200),
+    `big.png` (12 MB), `page.png` (an HTML page), `text.png` (a text file renamed),
+    `missing*.png` (404)."""
+    if name.startswith("missing") or not name.endswith(".png"):
+        return None
+    if name == "small.png":
+        return 200, png_image(200, 200), "image/png"
+    if name == "big.png":
+        return 200, png_image(512, 512, 12 * 1024 * 1024), "image/png"
+    if name == "page.png":
+        return 200, b"<!doctype html><html><body><h1>Our gallery</h1></body></html>", "text/html"
+    if name == "text.png":
+        return 200, b"this is a text file with a .png name\n", "image/png"
+    return 200, png_image(512, 512), "image/png"
+
+
+def _reference(name: str, headers: dict[str, str]) -> Answer:
+    """A reference image, as a static file host serves it: ETag, Last-Modified, 304, ranges."""
+    found = reference_image(name)
+    if found is None:
+        return Answer(404, b"Not Found", {"content-type": "text/plain"})
+    status, body, kind = found
+    validators = {} if name == "noetag.png" else {
+        "etag": f'"{hashlib.sha256(body).hexdigest()[:16]}"', "last-modified": "Mon, 01 Jan 2024 00:00:00 GMT"}
+    if validators and headers.get("if-none-match") == validators["etag"]:
+        return Answer(304, b"", validators)
+    wanted = headers.get("range", "").removeprefix("bytes=").split("-")
+    if len(wanted) == 2 and wanted[0].isdigit() and wanted[1].isdigit():
+        first, last = int(wanted[0]), min(int(wanted[1]), len(body) - 1)
+        return Answer(206, body[first:last + 1], {"content-type": kind, **validators,
+                                                  "content-range": f"bytes {first}-{last}/{len(body)}"})
+    return Answer(status, body, {"content-type": kind, **validators})
 
 
 def _iso(epoch: float) -> str:
@@ -214,6 +263,8 @@ class Simulator:
             self._tick()
             route = self._route_name(method, path)
             self.requests[route] = self.requests.get(route, 0) + 1
+            if route == "ref":  # reference images: as from another host, no key, limits or faults
+                return _reference(path.split("/")[-1], headers)
             if route == "admin":
                 return _json(200, {})  # answered by the caller (record must not nest the lock)
             if route != "file":
@@ -261,6 +312,8 @@ class Simulator:
     @staticmethod
     def _route_name(method: str, path: str) -> str:
         p = path.split("/")
+        if method == "GET" and path.startswith("/_sim/refs/"):
+            return "ref"
         if path.startswith("/_sim/"):
             return "admin"
         if method == "POST" and len(p) == 6 and p[1:4] == ["api", "v1", "models"] and p[5] == "run":
@@ -462,7 +515,11 @@ def validate_body(spec: ModelSpec, data: Any) -> str | None:
 # --- in-process transport -----------------------------------------------------------------------
 
 class SimulatorTransport(httpx.AsyncBaseTransport):
-    """Serves a Simulator to an httpx.AsyncClient in-process, faults included."""
+    """Serves a Simulator to an httpx.AsyncClient in-process, faults included.
+
+    A reference image fetched in-process (a request marked `batcher_reference`) is served only
+    from the simulator's `/_sim/refs/`: any other reference URL (example.com, ...) is not on
+    the simulator's host and cannot be reached, as on a machine offline (httpx.ConnectError)."""
 
     def __init__(self, simulator: Simulator):
         self.simulator = simulator
@@ -472,6 +529,9 @@ class SimulatorTransport(httpx.AsyncBaseTransport):
         headers = {k.lower(): v for k, v in request.headers.items()}
         if request.url.path == "/_sim/record":
             return httpx.Response(200, json=self.simulator.record(), request=request)
+        if request.extensions.get("batcher_reference") and not request.url.path.startswith("/_sim/refs/"):
+            raise httpx.ConnectError(f"[Errno -2] Name or service not known: {request.url.host} "
+                                     "(not the simulator's host)", request=request)
         try:
             answer = self.simulator.handle(request.method, str(request.url), headers, body)
         except Refused:

@@ -9,7 +9,8 @@ import batcher
 
 ORDER = ["errors", "text", "models", "template", "states", "policy", "diagnostics", "textfiles", "yamlfile",
          "rowfields", "rowfiles", "manifest", "expansion", "rowkeys", "plan", "files", "media", "ledger", "answers",
-         "client", "simulator", "run", "export", "report", "display", "views", "api", "bench", "cli", "__main__"]
+         "client", "simulator", "preflight", "run", "export", "report", "display", "views", "api", "bench", "cli",
+         "__main__"]
 PACKAGE = Path(batcher.__file__).parent
 
 

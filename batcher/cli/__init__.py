@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from .. import __version__
-from ..errors import BatcherError, ManifestError, UsageError
+from ..errors import BatcherError, ManifestError, PreflightFailed, UsageError
 from ..ledger import DEFAULT_LEDGER
 from ..plan import MAX_JOBS
 from ..run import ExitCode
@@ -28,6 +28,12 @@ class BatcherGroup(click.Group):
         except ManifestError as e:
             for d in e.diagnostics:
                 click.echo(str(d), err=True)
+            ctx.exit(ExitCode.USAGE)
+        except PreflightFailed as e:
+            for line in e.lines:
+                click.echo(line, err=True)
+            click.echo(f"batcher: {len(e.lines)} reference(s) refused before anything was spent; nothing was "
+                       "submitted", err=True)
             ctx.exit(ExitCode.USAGE)
         except BatcherError as e:
             click.echo(f"batcher: {e}", err=True)

@@ -15,10 +15,23 @@ from . import checked_rates, cli, ledger_option, max_jobs_option, rate_option
 @cli.command()
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @max_jobs_option
-def validate(manifest: str, max_jobs: int) -> None:
+@click.option("--online", is_flag=True,
+              help="Also fetch every reference URL and check it as a run's preflight would (nothing is spent).")
+@click.option("--simulate", is_flag=True, help="With --online: fetch through the built-in simulator (offline).")
+def validate(manifest: str, max_jobs: int, online: bool, simulate: bool) -> None:
     """Check a manifest and report every problem as FILE:LINE: message."""
     m = load_manifest(manifest)
     summary = check(m, max_jobs=max_jobs)
+    if online:
+        from ..api import check_references
+        from ..errors import PreflightFailed
+        report = check_references(m, simulate=simulate, max_jobs=max_jobs)
+        for line in report.warning_lines():
+            click.echo(line, err=True)
+        if report.errors:
+            raise PreflightFailed(report.errors)
+        click.echo(f"{manifest}: {report.checked} reference URL(s) checked, {len(report.warnings)} unreachable "
+                   "from this machine")
     click.echo(f"{manifest}: ok, batch {m.batch!r}, {len(m.rows)} row(s), {summary.jobs} job(s)"
                + (f", {summary.duplicates} duplicate(s) merged" if summary.duplicates else ""))
 

@@ -53,6 +53,8 @@ def run_options(f: Any) -> Any:
                      help="Longest pause a 429's Retry-After may impose, in seconds (a longer one is capped)."),
         click.option("--lease-seconds", type=click.FloatRange(1), default=60.0, show_default=True,
                      help="How long a claimed job stays this runner's without a renewal (several runners)."),
+        click.option("--no-preflight", "no_preflight", is_flag=True,
+                     help="Skip checking every reference URL before spending (not advised)."),
         click.option("--json", "as_json", is_flag=True,
                      help="Print the end summary as a JSON object on stdout (progress stays on stderr)."),
         click.option("-v", "--verbose", is_flag=True, help="Log each request and state change to stderr."),
@@ -70,7 +72,7 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
          rates: tuple[str, ...], verbose: bool, log_json: str | None, resubmit_unknown: bool = False,
          requeue: tuple[str, ...] = (), report_path: str | None = None, rpm: float | None = None,
          lease_seconds: float = 60.0, as_json: bool = False, max_retry_after: float = 300.0,
-         max_jobs: int = MAX_JOBS, **_: Any) -> None:
+         max_jobs: int = MAX_JOBS, no_preflight: bool = False, **_: Any) -> None:
     import anyio
 
     from .. import api
@@ -98,7 +100,11 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
     options = RunOptions.of(concurrency=concurrency, budget=budget, out_dir=out, max_attempts=max_attempts,
                          job_timeout=job_timeout, resubmit_unknown=resubmit_unknown,
                          expected_render=expected_render, max_download_bytes=max_download_mb * 1024 * 1024,
-                         handle_signals=True, rpm=rpm, lease_seconds=lease_seconds, max_retry_after=max_retry_after)
+                         handle_signals=True, rpm=rpm, lease_seconds=lease_seconds, max_retry_after=max_retry_after,
+                         preflight=not no_preflight, on_warning=lambda line: click.echo(line, err=True))
+    if no_preflight:
+        click.echo("warning: --no-preflight: reference URLs are not checked; a bad one is found only after "
+                   "its job was submitted", err=True)
     live = sys.stderr.isatty()
     # Redraw twice a second on a terminal; otherwise a line every 30 s, and no counting in between.
     options.progress_interval = 0.5 if live else 30.0

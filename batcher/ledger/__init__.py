@@ -9,6 +9,7 @@ them, in one SQLite file (one host) or one PostgreSQL database (many hosts).
     transitions  every state change, as a write operation (the submission protocol included)
     leases       claims, renewals, releases, runners and their heartbeats
     figures      counts, spend, budget outlook, failure reasons
+    references   what preflight found at each reference URL
 """
 
 from __future__ import annotations
@@ -32,17 +33,18 @@ from .dialect import (
 from .figures import LedgerFigures
 from .leases import LedgerLeases
 from .migrations import MIGRATIONS, SCHEMA_VERSION, Migration
-from .rows import Attempt, Batch, Event, Figures, Job, Spend
+from .references import LedgerReferences
+from .rows import Attempt, Batch, Event, Figures, Job, Reference, Spend
 from .transitions import LedgerTransitions
 
 __all__ = [
     "DEFAULT_LEDGER", "MIGRATIONS", "SCHEMA_VERSION", "Attempt", "Batch", "Event", "Figures", "Job", "Ledger",
-    "Migration", "SQLModel", "Spend", "display_location", "engine_url", "is_database_url", "postgres_engine",
-    "read_states"
+    "Migration", "Reference", "SQLModel", "Spend", "display_location", "engine_url", "is_database_url",
+    "postgres_engine", "read_states"
 ]
 
 
-class Ledger(LedgerTransitions, LedgerLeases, LedgerFigures):
+class Ledger(LedgerTransitions, LedgerLeases, LedgerFigures, LedgerReferences):
     """One ledger. Writes return operations (`write`, `write_many`, or the run's group writer
     commit them); reads return frozen rows."""
 

@@ -17,7 +17,7 @@ from sqlalchemy.schema import CreateColumn
 from sqlmodel import SQLModel
 
 from ..errors import LedgerError
-from .schema import AttemptTable, BatchTable, JobTable, RunnerTable, SchemaMigration
+from .schema import AttemptTable, BatchTable, JobTable, ReferenceTable, RunnerTable, SchemaMigration
 
 Step = Callable[[Connection], None]
 
@@ -96,6 +96,7 @@ MIGRATIONS: list[Migration] = [
     ]),
     Migration(5, "batches remember whether they were simulated", [add_column(BatchTable, "simulated")]),
     Migration(6, "runners recorded with their host, process and heartbeat", [create_table(RunnerTable)]),
+    Migration(7, "reference URLs checked by preflight, with their validators", [create_table(ReferenceTable)]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -88,6 +88,18 @@ class Job:
         return params
 
 
+@dataclass(frozen=True)
+class Reference:
+    """What preflight last found at a reference URL."""
+
+    url: str
+    outcome: str  # ok, error or unreachable
+    detail: str | None
+    etag: str | None
+    last_modified: str | None
+    checked_at: float
+
+
 _JOB_FIELDS = frozenset(f.name for f in fields(Job))
 
 

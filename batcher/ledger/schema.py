@@ -149,3 +149,15 @@ class RunnerTable(SQLModel, table=True):
     pid: int
     started_at: float = Field(sa_column=_real(nullable=False))
     heartbeat_at: float = Field(sa_column=_real(nullable=False))
+
+
+class ReferenceTable(SQLModel, table=True):
+    """What preflight last found at a reference URL, with the validators to ask again cheaply."""
+
+    __tablename__ = "reference_check"
+    url: str = Field(primary_key=True)
+    outcome: str  # ok, error or unreachable (only ok is trusted on a rerun)
+    detail: str | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+    checked_at: float = Field(sa_column=_real(nullable=False))

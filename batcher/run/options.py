@@ -3,6 +3,7 @@ polls and retries, where it saves videos. `RunOptions.of` takes the CLI's option
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,8 @@ class RunOptions:
     saving: Saving = field(default_factory=Saving)
     resubmit_unknown: bool = False  # the user's consent to pay twice for held jobs
     check_schema: bool = True  # hold the batch against the live schema before spending
+    preflight: bool = True  # check every reference URL before spending (see batcher.preflight)
+    on_warning: Callable[[str], None] | None = None  # preflight's warnings (default: the log)
     progress_interval: float = 1.0
     handle_signals: bool = False
     seed: int | None = None

@@ -26,7 +26,7 @@ from .options import RunOptions
 from .outcomes import Followed, StopReason
 from .polling import follow_to_end
 from .reporting import BudgetOutlook, Progress, RunReport, budget_outlook
-from .startup import check_live_schema, prepare_outputs
+from .startup import check_live_schema, check_references, prepare_outputs
 from .submission import submit_and_follow
 
 if sys.version_info < (3, 11):
@@ -69,6 +69,8 @@ class Runner:
                 try:
                     if ctx.options.check_schema:
                         await check_live_schema(ctx)
+                    if ctx.options.preflight:
+                        await check_references(ctx)
                     async with anyio.create_task_group() as aux:
                         if self.on_progress:
                             aux.start_soon(self._report_progress, name="progress")

@@ -1,17 +1,22 @@
 """Before the first submission: the output folder made ready (temporary files of dead downloaders
-removed, completed videos verified against their size and sha256), and every distinct request
-of the batch held against the model's live schema, so a mismatch costs nothing."""
+removed, completed videos verified against their size and sha256), every distinct request
+of the batch held against the model's live schema, and every distinct reference URL checked
+(preflight), so a mismatch or a bad image costs nothing."""
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 from pathlib import Path
 
-from ..errors import AuthError, BatcherError, SchemaMismatch
+from ..errors import AuthError, BatcherError, PreflightFailed, SchemaMismatch
 from ..files import matches, sweep_temp_files
 from ..models import check_schema
+from ..preflight import preflight, references_of
 from ..states import JobState as S
 from .context import RunContext
+
+log = logging.getLogger("batcher.preflight")
 
 
 def prepare_outputs(ctx: RunContext) -> None:
@@ -58,3 +63,28 @@ async def check_live_schema(ctx: RunContext) -> None:
                 raise SchemaMismatch(f"{job.origin}: the live API schema rejects this batch before anything "
                                      f"was spent: {problem}")
         after = page[-1].seq
+
+
+async def check_references(ctx: RunContext) -> None:
+    """Preflight: every distinct reference URL of the batch's pending jobs checked once (what the
+    ledger vouches for is not fetched again). Raises PreflightFailed with every error at once;
+    URLs this machine cannot reach are warnings (`options.on_warning`, else the log)."""
+    uses: dict[str, str] = {}
+    after = -1
+    while True:
+        page = await ctx.threads.run(partial(ctx.ledger.jobs_in, ctx.batch, [S.PENDING], after_seq=after, limit=2000,
+                                             generation=ctx.generation))
+        if not page:
+            break
+        references_of(((job.origin, job.parameters()) for job in page), into=uses)
+        after = page[-1].seq
+    if not uses:
+        return
+    known = await ctx.threads.run(ctx.ledger.references, list(uses))
+    report = await preflight(ctx.client, uses, known, ctx.wall())
+    await ctx.threads.run(ctx.ledger.remember_references, report.results)
+    if report.errors:
+        raise PreflightFailed(report.errors)
+    warn = ctx.options.on_warning or log.warning
+    for line in report.warning_lines():
+        warn(line)

@@ -1,0 +1,244 @@
+"""Preflight: every distinct reference URL of a batch checked before anything is spent.
+
+What the model accepts (from hosts of the same model): JPEG, PNG or WEBP (judged by the bytes,
+not the Content-Type), at most 10 MB, shortest side at least 400 pixels. A URL is fetched with a
+range request for its first bytes; the type and the size in pixels are read from the image's
+header (PNG IHDR, JPEG SOFn, WEBP VP8/VP8L/VP8X), the size in bytes from the answer's headers.
+
+A definite answer (4xx/5xx, not an image, too big, too small) is an ERROR: the batch is refused
+with every one of them at once. A URL that cannot be reached at all from this machine (no DNS, no
+route, refused) is UNREACHABLE: a warning only, since the API's network may see what ours cannot.
+
+Results are remembered (in the ledger, by the caller): a rerun asks again cheaply. A result that
+came with an ETag or Last-Modified is asked again conditionally (If-None-Match /
+If-Modified-Since), and a 304 keeps it; an OK result without validators is trusted for 24 hours
+without asking. Errors and unreachable results are never trusted: a fixed image passes next run.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+
+from .answers import ReferenceFetch
+from .client import PixelDojoClient
+from .errors import MalformedAnswer, NotSentError, ServerError
+from .ledger import Reference
+
+MAX_BYTES = 10 * 1024 * 1024
+MIN_SIDE = 400
+HEAD_BYTES = 128 * 1024  # the range asked for: enough for the header of any of the three types
+TRUST_SECONDS = 24 * 3600  # an OK result without validators is trusted this long
+WARNINGS_SHOWN = 3  # unreachable references named one by one; the rest are counted
+# Names reserved for documentation and tests (RFC 2606, RFC 6761): never an image's real home,
+# never fetched (so examples and tests behave the same with or without a network).
+RESERVED_SUFFIXES = (".example", ".test", ".invalid", ".localhost")
+RESERVED_HOSTS = {"example.com", "example.net", "example.org", "localhost"}
+
+
+class Outcome(str, Enum):
+    OK = "ok"
+    ERROR = "error"  # a definite answer the API would refuse
+    UNREACHABLE = "unreachable"  # not reachable from this machine: a warning
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: Outcome
+    detail: str | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+@dataclass
+class PreflightReport:
+    """What preflight found: `errors` and `warnings` as `FILE:LINE: reference URL: why` lines,
+    `results` to remember, and how many URLs were checked and fetched."""
+
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    results: list[Reference] = field(default_factory=list)
+    checked: int = 0
+    fetched: int = 0
+
+    def warning_lines(self, shown: int = WARNINGS_SHOWN) -> list[str]:
+        """The warnings, capped: the first few, then a count of the rest."""
+        lines = [f"{w} (a warning: the API may still reach it)" for w in self.warnings[:shown]]
+        rest = len(self.warnings) - shown
+        if rest > 0:
+            lines.append(f"{rest} more reference(s) could not be reached from this machine; the API may still see them")
+        return lines
+
+
+# --- reading an image's header ----------------------------------------------------------------
+
+def image_kind(head: bytes) -> str | None:
+    """JPEG, PNG or WEBP by the file's first bytes (magic numbers), else None."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def image_size(kind: str, head: bytes) -> tuple[int, int] | None:
+    """(width, height) from the header of an image of `kind`, or None if `head` does not hold it."""
+    try:
+        if kind == "PNG":
+            return struct.unpack(">II", head[16:24]) if head[12:16] == b"IHDR" else None
+        if kind == "JPEG":
+            return _jpeg_size(head)
+        return _webp_size(head)
+    except struct.error:  # cut short
+        return None
+
+
+def _jpeg_size(head: bytes) -> tuple[int, int] | None:
+    """Walk the JPEG's segments to the first SOFn (start of frame) marker."""
+    i = 2
+    while i + 4 <= len(head):
+        if head[i] != 0xFF:
+            return None
+        marker = head[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", head[i + 2:i + 4])
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack(">HH", head[i + 5:i + 9])
+            return width, height
+        i += 2 + length
+    return None
+
+
+def _webp_size(head: bytes) -> tuple[int, int] | None:
+    chunk = head[12:16]
+    if chunk == b"VP8 " and head[23:26] == b"\x9d\x01\x2a":  # lossy: the key frame's start code
+        width, height = struct.unpack("<HH", head[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L" and head[20:21] == b"\x2f":  # lossless: 14 bits each, minus one
+        (bits,) = struct.unpack("<I", head[21:25])
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X":  # extended: 24 bits each, minus one
+        return (int.from_bytes(head[24:27], "little") + 1, int.from_bytes(head[27:30], "little") + 1)
+    return None
+
+
+# --- judging one answer ------------------------------------------------------------------------
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1024 / 1024:.1f} MB"
+
+
+def judge(answer: ReferenceFetch) -> Verdict:
+    """What one answer (200 or 206, or anything else) says about a reference."""
+    if answer.status not in (200, 206):
+        return Verdict(Outcome.ERROR, f"answered HTTP {answer.status}, not an image")
+    kind = image_kind(answer.head)
+    if kind is None:
+        start = answer.head[:16].decode("ascii", "replace").strip()
+        return Verdict(Outcome.ERROR, f"not a JPEG, PNG or WEBP image (starts with {start!r})")
+    if answer.size is not None and answer.size > MAX_BYTES:
+        return Verdict(Outcome.ERROR, f"{kind} of {_megabytes(answer.size)}, over the {_megabytes(MAX_BYTES)} the "
+                                      f"model accepts")
+    size = image_size(kind, answer.head)
+    if size is None:
+        return Verdict(Outcome.OK, f"{kind}; its dimensions are not in its first {HEAD_BYTES} bytes (not checked)",
+                       answer.etag, answer.last_modified)
+    width, height = size
+    if min(width, height) < MIN_SIDE:
+        return Verdict(Outcome.ERROR, f"{kind} of {width}x{height}, shortest side under the {MIN_SIDE} pixels "
+                                      f"the model needs")
+    return Verdict(Outcome.OK, f"{kind} {width}x{height}", answer.etag, answer.last_modified)
+
+
+def reserved_host(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower().rstrip(".")
+    return host in RESERVED_HOSTS or host.endswith(RESERVED_SUFFIXES) or \
+        any(host.endswith("." + h) for h in RESERVED_HOSTS)
+
+
+def trusted(known: Reference | None, now: float) -> bool:
+    """An OK result without validators, young enough to take without asking."""
+    return (known is not None and known.outcome == Outcome.OK.value and not known.etag
+            and not known.last_modified and now - known.checked_at < TRUST_SECONDS)
+
+
+async def check_url(client: PixelDojoClient, url: str, known: Reference | None) -> Verdict:
+    """Fetch (or ask again conditionally about) one reference URL, and judge it."""
+    if reserved_host(url):
+        return Verdict(Outcome.UNREACHABLE, "a reserved example host (RFC 2606): not fetched")
+    headers = {"range": f"bytes=0-{HEAD_BYTES - 1}"}
+    if known is not None and known.outcome == Outcome.OK.value:
+        if known.etag:
+            headers["if-none-match"] = known.etag
+        if known.last_modified:
+            headers["if-modified-since"] = known.last_modified
+    try:
+        answer = await client.fetch_reference(url, MAX_BYTES, headers, keep=HEAD_BYTES)
+    except NotSentError as e:
+        return Verdict(Outcome.UNREACHABLE, f"could not be reached from this machine: {e}")
+    except ServerError as e:
+        return Verdict(Outcome.UNREACHABLE, str(e))
+    except MalformedAnswer as e:
+        return Verdict(Outcome.ERROR, str(e))
+    if answer.status == 304 and known is not None:
+        return Verdict(Outcome.OK, known.detail, answer.etag or known.etag, answer.last_modified or known.last_modified)
+    return judge(answer)
+
+
+# --- a whole batch -----------------------------------------------------------------------------
+
+def references_of(jobs: Iterable[tuple[str, Mapping[str, Any]]], into: dict[str, str] | None = None
+                  ) -> dict[str, str]:
+    """Each distinct reference URL of (origin, parameters) pairs -> the origin of the first job using it."""
+    uses = {} if into is None else into
+    for origin, params in jobs:
+        for url in params.get("references") or ():
+            if isinstance(url, str):
+                uses.setdefault(url, origin)
+    return uses
+
+
+async def preflight(client: PixelDojoClient, uses: Mapping[str, str], known: Mapping[str, Reference],
+                    now: float, *, concurrency: int = 8) -> PreflightReport:
+    """Check every URL of `uses` (URL -> the origin of a job using it), each once; a URL that
+    `known` vouches for (see the module's docstring) is not fetched at all."""
+    report = PreflightReport(checked=len(uses))
+    verdicts: dict[str, Verdict] = {}
+    limiter = anyio.CapacityLimiter(max(1, concurrency))
+
+    async def one(url: str) -> None:
+        async with limiter:
+            verdicts[url] = await check_url(client, url, known.get(url))
+
+    async with anyio.create_task_group() as tg:
+        for url in uses:
+            if trusted(known.get(url), now):
+                continue
+            report.fetched += 0 if reserved_host(url) else 1
+            tg.start_soon(one, url)
+    for url, origin in uses.items():  # in the batch's order
+        verdict = verdicts.get(url)
+        if verdict is None:
+            continue
+        line = f"{origin}: reference {url}: {verdict.detail}"
+        if verdict.outcome is Outcome.ERROR:
+            report.errors.append(line)
+        elif verdict.outcome is Outcome.UNREACHABLE:
+            report.warnings.append(line)
+        if not reserved_host(url):
+            report.results.append(Reference(url, verdict.outcome.value, verdict.detail, verdict.etag,
+                                            verdict.last_modified, now))
+    return report
