@@ -105,3 +105,15 @@ def test_every_option_of_every_command_is_documented_in_the_readme():
                 if not any(f"`{opt}`" in readme for opt in param.opts):
                     missing.append(f"{name} {param.opts[0]}")
     assert not missing, missing
+
+
+def test_every_subpackage_is_part_of_the_installed_package():
+    """`pip install .` (the README's first command) must ship the ledger, run and cli packages."""
+    import tomllib
+
+    from setuptools import find_packages
+    root = Path(__file__).resolve().parent.parent
+    config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    shipped = set(find_packages(str(root), include=config["include"]))
+    on_disk = {"batcher"} | {f"batcher.{p.name}" for p in (root / "batcher").iterdir() if (p / "__init__.py").exists()}
+    assert on_disk <= shipped
