@@ -110,7 +110,6 @@ def test_every_option_of_every_command_is_documented_in_the_readme():
 def test_every_subpackage_is_part_of_the_installed_package():
     """`pip install .` (the README's first command) must ship the ledger, run and cli packages."""
     import tomllib
-
     from setuptools import find_packages
     root = Path(__file__).resolve().parent.parent
     config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
