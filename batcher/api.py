@@ -27,9 +27,10 @@ from .client import DEFAULT_BASE, PixelDojoClient
 from .errors import MissingKeyError, UsageError
 from .files import OUTPUTS, default_out_dir  # noqa: F401 - part of the API
 from .ledger import DEFAULT_LEDGER, Ledger, display_location, is_database_url
+from .localrefs import refuse_local
 from .manifest import Manifest, load_manifest
 from .plan import MAX_JOBS, PlanSummary, check, iter_jobs
-from .preflight import PreflightReport, preflight, references_of
+from .preflight import PreflightReport, check_local_files, preflight, references_of
 from .run import BudgetOutlook, Progress, Runner, RunOptions, RunReport
 from .run import budget_outlook as _budget_outlook
 from .simulator import Journal, SimConfig, Simulator, SimulatorTransport
@@ -54,6 +55,7 @@ def stage(ledger: Ledger, manifest: Manifest, rate_overrides: dict[str, float] |
     with results of the other kind is refused (SimulationMismatch)."""
     if not checked:
         check(manifest, rate_overrides, max_jobs=max_jobs)
+    refuse_local(manifest.local_files)  # local images cannot be uploaded yet: nothing is staged
     ledger.check_mode(manifest.batch, simulated)  # before the expansion, which can take a while
     return ledger.add_jobs(manifest.batch, manifest.model.api_id, str(manifest.path),
                            iter_jobs(manifest, rate_overrides, max_jobs=max_jobs), simulated=simulated)
@@ -65,7 +67,8 @@ SIMULATED_LEDGER = "batcher-sim.db"
 def check_references(manifest: Manifest | str | Path, *, simulate: bool | Simulator = False,
                      transport: httpx.AsyncBaseTransport | None = None, max_jobs: int = MAX_JOBS) -> PreflightReport:
     """`validate --online`: every distinct reference URL of a manifest checked as a run's preflight
-    would (see batcher.preflight), without a run: nothing is sent to the API, nothing remembered.
+    would (see batcher.preflight), and every local image read and held to the same rules, without
+    a run: nothing is sent to the API, nothing remembered.
     `simulate` fetches through the built-in simulator (which serves `/_sim/refs/`) instead."""
     import time
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
@@ -77,7 +80,9 @@ def check_references(manifest: Manifest | str | Path, *, simulate: bool | Simula
     async def go() -> PreflightReport:
         async with PixelDojoClient("", DEFAULT_BASE, transport=transport) as client:
             return await preflight(client, uses, {}, time.time())
-    return anyio.run(go)
+    report = anyio.run(go)
+    check_local_files(m.local_files.values(), report)  # local images: read here, never sent
+    return report
 
 
 def budget_outlook(ledger: Ledger, batch: str, budget: float) -> BudgetOutlook:

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .diagnostics import Diagnostics, suggest
-from .manifest import LOCAL_FILES_UNSUPPORTED, MAX_REPEAT, Manifest, looks_like_local_file
+from .localrefs import resolve_local, rule_view
+from .manifest import MAX_REPEAT, Manifest, looks_like_local_file
 from .models import ModelSpec, Param, check_url
 from .rowfields import Located, Row
 from .template import Template, compile_template, is_template_value, scalar_problem, variables_in
@@ -155,29 +156,49 @@ def _repeat(row: Row, diags: Diagnostics) -> int | None:
     return value
 
 
+def _is_local(spec: str, manifest: Manifest) -> bool:
+    """Whether a reference that is no set name names local images: it reads as a path, or names
+    a file or folder beside the manifest."""
+    if "://" in spec:
+        return spec.lower().startswith("file:")
+    try:
+        return looks_like_local_file(spec) or (manifest.base / spec).exists()
+    except (OSError, ValueError):
+        return False
+
+
 def _resolve_references(loc: Located, manifest: Manifest, diags: Diagnostics) -> list[str] | None:
-    specs = loc.value if isinstance(loc.value, list) else [loc.value]
+    """A row's references as URLs and local images' content addresses, in order, duplicates
+    removed; None (every problem reported) when one cannot be resolved."""
+    specs = as_list(loc) if isinstance(loc.value, list) else [loc]
     urls: list[str] = []
     ok = True
-    for spec in specs:
+    for item in specs:
+        spec = item.value
         if isinstance(spec, list):
-            nested = _resolve_references(Located(spec, loc.file, loc.line), manifest, diags)
-            if nested is None:
-                ok = False
-            else:
-                urls.extend(nested)
-            continue
-        if not isinstance(spec, str) or not spec.strip():
-            diags.add(loc.file, loc.line, f"a reference must be a set name or an image URL, got {short(spec)}")
+            nested = _resolve_references(item, manifest, diags)
+            ok = ok and nested is not None
+            urls.extend(nested or [])
+        elif not isinstance(spec, str) or not spec.strip():
+            diags.add(loc.file, loc.line, f"a reference must be a set name, an image URL or a local image, "
+                      f"got {short(spec)}")
             ok = False
         elif spec in manifest.reference_sets:
-            urls.extend(manifest.reference_sets[spec].value)
-            if any(check_url(url) for url in manifest.reference_sets[spec].value):
-                ok = False  # reported where the set is written: once is enough
-        elif looks_like_local_file(spec):
-            diags.add(loc.file, loc.line, f"references must be http(s) image URLs or reference set names; "
-                      f"{short(spec)} looks like a local file {LOCAL_FILES_UNSUPPORTED}")
-            ok = False
+            values = manifest.reference_sets[spec].value
+            urls.extend(values)
+            for value in values:
+                if value in manifest.set_files:
+                    manifest.local_files.setdefault(value, manifest.set_files[value])
+                elif check_url(value):
+                    ok = False  # reported where the set is written: once is enough
+        elif _is_local(spec, manifest):
+            files, problems = resolve_local(spec, manifest.base, f"{item.file}:{item.line}")
+            for problem in problems:
+                diags.add(item.file, item.line, problem)
+            ok = ok and not problems
+            for f in files:
+                manifest.local_files.setdefault(f.address, f)
+                urls.append(f.address)
         elif "://" in spec:
             urls.append(spec)  # checked with the parameter's rule below
         else:
@@ -366,7 +387,8 @@ def check_value(p: Param, loc: Located, manifest: Manifest, diags: Diagnostics) 
         return True, AUTO
     elif p.kind == "integer" and isinstance(value, float) and value.is_integer():
         value = int(value)
-    problem = (sexagesimal_problem(p.name, value) if p.kind == "enum" else None) or p.check(value)
+    ruled = rule_view(value) if p.name == "references" else value  # a local image will be a URL
+    problem = (sexagesimal_problem(p.name, value) if p.kind == "enum" else None) or p.check(ruled)
     if problem:
         diags.add(loc.file, loc.line or 1, problem)
         return False, None

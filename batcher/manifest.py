@@ -17,6 +17,7 @@ from typing import Any
 
 from .diagnostics import MAX_DIAGNOSTICS, Diagnostics, suggest
 from .errors import Diagnostic
+from .localrefs import LocalFile, looks_like_local, resolve_local
 from .models import DEFAULT_MODEL, MODELS, ModelSpec, check_url, get_model
 from .rowfields import FROM_FIELD, ROW_EXTRAS, Located, Row, canonical_field, row_field_names, row_fields
 from .rowfiles import rows_from_file
@@ -39,7 +40,7 @@ MAX_BATCH_NAME = 100
 TOP_FIELDS = ("version", "batch", "model", "defaults", "reference_sets", "rows")
 
 __all__ = [
-    "BATCH_NAME_RULE", "FROM_FIELD", "LOCAL_FILES_UNSUPPORTED", "MAX_BATCH_NAME", "MAX_DIAGNOSTICS", "MAX_FILE_BYTES",
+    "BATCH_NAME_RULE", "FROM_FIELD", "MAX_BATCH_NAME", "MAX_DIAGNOSTICS", "MAX_FILE_BYTES",
     "MAX_REPEAT", "MAX_YAML_VALUES", "ROW_EXTRAS", "TOP_FIELDS", "LineDict", "LineList", "Located", "Manifest", "Row",
     "SexagesimalInt", "canonical_field", "is_safe_batch_name", "load_manifest", "looks_like_local_file", "parse_yaml",
     "row_field_names", "sexagesimal_problem", "suggest",
@@ -59,6 +60,15 @@ class Manifest:
     rows: list[Row]
     # Structural problems found while loading; `plan.check` reports them with the rest.
     problems: list[Diagnostic] = field(default_factory=list)
+    # Local reference images the rows use: content address -> the first file found with it.
+    # Filled as rows are checked (`expansion`); nothing is uploaded or sent.
+    local_files: dict[str, LocalFile] = field(default_factory=dict)
+    set_files: dict[str, LocalFile] = field(default_factory=dict)  # the reference sets' local images
+
+    @property
+    def base(self) -> Path:
+        """The folder local references are relative to: the manifest's."""
+        return self.path.parent
 
 
 # --- batch names -----------------------------------------------------------------------------
@@ -86,18 +96,9 @@ def _safe_batch_like(name: str) -> str:
 
 # --- references --------------------------------------------------------------------------------
 
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif", ".heic")
-LOCAL_FILES_UNSUPPORTED = "(local files are not supported yet)"
-
-
 def looks_like_local_file(text: str) -> bool:
-    """Whether a reference that is no URL reads as a path on this machine (./a.png, ~/b.jpg, c.webp)."""
-    if text.lower().startswith("file:"):
-        return True
-    if "://" in text:
-        return False
-    # A set name never needs a slash; a path (./a, C:\\a, dir/a) always has one.
-    return text.startswith("~") or "/" in text or "\\" in text or text.lower().endswith(_IMAGE_SUFFIXES)
+    """Whether a reference that is no URL reads as a path on this machine (see `localrefs`)."""
+    return looks_like_local(text)
 
 
 # --- the manifest ----------------------------------------------------------------------------
@@ -130,12 +131,13 @@ def _check_top(doc: LineDict, path: Path, display: str, diags: Diagnostics) -> M
     batch = _batch(doc, path, display, diags)
     model = _model(doc, display, diags)
     defaults = _defaults(doc, model, display, diags)
-    sets = _reference_sets(doc, display, diags)
+    set_files: dict[str, LocalFile] = {}
+    sets = _reference_sets(doc, path.parent, display, diags, set_files)
     rows = _rows(doc, path, display, model, diags)
     if not rows:
         diags.raise_if_any()
     return Manifest(path=path, display=display, batch=batch, model=model, defaults=defaults,
-                    reference_sets=sets, rows=rows, problems=list(diags.items))
+                    reference_sets=sets, rows=rows, problems=list(diags.items), set_files=set_files)
 
 
 def _check_version(doc: LineDict, display: str, diags: Diagnostics) -> None:
@@ -205,9 +207,12 @@ def _defaults(doc: LineDict, model: ModelSpec, display: str, diags: Diagnostics)
     return defaults
 
 
-def _reference_sets(doc: LineDict, display: str, diags: Diagnostics) -> dict[str, Located]:
+def _reference_sets(doc: LineDict, base: Path, display: str, diags: Diagnostics, found: dict[str, LocalFile]
+                    ) -> dict[str, Located]:
+    """Each set's references, local ones resolved to their images' content addresses (see
+    `localrefs`); a set with a problem keeps the offending value, which rows then refuse quietly."""
     sets: dict[str, Located] = {}
-    raw = _mapping(doc, "reference_sets", "map names to lists of image URLs", display, diags)
+    raw = _mapping(doc, "reference_sets", "map names to lists of image URLs or local images", display, diags)
     for name, urls in raw.items():
         line = value_line(raw, name, 1)
         if not isinstance(name, str):
@@ -216,22 +221,40 @@ def _reference_sets(doc: LineDict, display: str, diags: Diagnostics) -> dict[str
         if isinstance(urls, str):
             urls = [urls]
         if not isinstance(urls, list) or not urls:
-            diags.add(display, line, f"reference set {short(name)} must be a non-empty list of image URLs")
+            diags.add(display, line, f"reference set {short(name)} must be a non-empty list of image URLs "
+                      "or local images")
             continue
-        _check_set_urls(name, urls, line, display, diags)
-        sets[name] = Located(list(urls), display, line)
+        sets[name] = Located(_set_values(name, urls, base, line, display, diags, found), display, line)
     return sets
 
 
-def _check_set_urls(name: str, urls: list[Any], line: int, display: str, diags: Diagnostics) -> None:
+def _names_local(text: str, base: Path) -> bool:
+    """Whether a set's value that is no URL names local images (reads as a path, or exists)."""
+    try:
+        return looks_like_local(text) or ("://" not in text and (base / text).exists())
+    except (OSError, ValueError):
+        return False
+
+
+def _set_values(name: str, urls: list[Any], base: Path, line: int, display: str, diags: Diagnostics,
+                found: dict[str, LocalFile]) -> list[Any]:
+    values: list[Any] = []
     for i, url in enumerate(urls):
+        item_line = urls.item_lines[i] if isinstance(urls, LineList) else line
+        if isinstance(url, str) and check_url(url) and _names_local(url, base):
+            files, problems = resolve_local(url, base, f"{display}:{item_line}")
+            for why in problems:
+                diags.add(display, item_line, f"reference set {short(name)}: {why}")
+            values.extend(url for _ in problems[:1])  # a broken set: rows using it are refused
+            values.extend(f.address for f in files)
+            for f in files:
+                found.setdefault(f.address, f)
+            continue
         problem = check_url(url)
         if problem:
-            if isinstance(url, str) and looks_like_local_file(url):
-                problem = (f"{short(url)} looks like a local file; a reference set holds http(s) image "
-                           f"URLs {LOCAL_FILES_UNSUPPORTED}")
-            item_line = urls.item_lines[i] if isinstance(urls, LineList) else line
             diags.add(display, item_line, f"reference set {short(name)}: {problem}")
+        values.append(url)
+    return values
 
 
 def _rows(doc: LineDict, path: Path, display: str, model: ModelSpec, diags: Diagnostics) -> list[Row]:

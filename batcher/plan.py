@@ -81,8 +81,17 @@ class PlanSummary:
     seconds_of_video: int = 0
     rows: list[RowSummary] = field(default_factory=list)
     by_resolution: dict[str, int] = field(default_factory=dict)
+    local_images: int = 0  # distinct local reference images the jobs use (by content)
+    local_bytes: int = 0  # their size together: what uploading them would send
+
+    def local_text(self) -> str | None:
+        """`N local image(s), X MB to upload`, or None without local references."""
+        if not self.local_images:
+            return None
+        return f"{self.local_images} local image(s), {self.local_bytes / 1e6:.1f} MB to upload"
 
     def to_json(self) -> dict[str, Any]:
+        local = {"local_images": {"count": self.local_images, "bytes": self.local_bytes}} if self.local_images else {}
         return {
             "batch": self.batch, "model": self.model, "jobs": self.jobs,
             "credits": round(self.credits, 2), "credits_are_estimate": True,
@@ -91,6 +100,7 @@ class PlanSummary:
             "by_resolution": self.by_resolution,
             "rows": [{"origin": r.origin, "label": r.label, "jobs": r.jobs, "credits": round(r.credits, 2)}
                      for r in self.rows],
+            **local,
         }
 
 
@@ -303,6 +313,8 @@ def check(manifest: Manifest, rate_overrides: dict[str, float] | None = None, *,
             summary.by_resolution[res] = summary.by_resolution.get(res, 0) + 1
     diags.raise_if_any()
     summary.rows = [rows[i] for i in sorted(rows)]
+    summary.local_images = len(manifest.local_files)
+    summary.local_bytes = sum(f.size for f in manifest.local_files.values())
     return summary
 
 

@@ -21,6 +21,7 @@ import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,6 +31,7 @@ from .answers import ReferenceFetch
 from .client import PixelDojoClient
 from .errors import MalformedAnswer, NotSentError, ServerError
 from .ledger import Reference
+from .localrefs import LocalFile, is_local_address
 
 MAX_BYTES = 10 * 1024 * 1024
 MIN_SIDE = 400
@@ -198,6 +200,26 @@ async def check_url(client: PixelDojoClient, url: str, known: Reference | None) 
     return judge(answer)
 
 
+def check_local_file(path: Path) -> Verdict:
+    """A local reference image judged as a URL's answer would be: type by its bytes, size in
+    bytes and shortest side (before it is uploaded, and by `validate --online`)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(HEAD_BYTES)
+    except OSError as e:
+        return Verdict(Outcome.ERROR, f"cannot be read ({e.strerror or e})")
+    return judge(ReferenceFetch(status=200, url=path.as_uri(), head=head, size=size))
+
+
+def check_local_files(files: Iterable[LocalFile], report: PreflightReport) -> None:
+    """Add each refused local image to `report.errors` as `FILE:LINE: reference PATH: why`."""
+    for f in files:
+        verdict = check_local_file(f.path)
+        if verdict.outcome is not Outcome.OK:
+            report.errors.append(f"{f.origin}: reference {f.shown}: {verdict.detail}")
+
+
 # --- a whole batch -----------------------------------------------------------------------------
 
 def references_of(jobs: Iterable[tuple[str, Mapping[str, Any]]], into: dict[str, str] | None = None
@@ -206,7 +228,7 @@ def references_of(jobs: Iterable[tuple[str, Mapping[str, Any]]], into: dict[str,
     uses = {} if into is None else into
     for origin, params in jobs:
         for url in params.get("references") or ():
-            if isinstance(url, str):
+            if isinstance(url, str) and not is_local_address(url):  # local images: see check_local_file
                 uses.setdefault(url, origin)
     return uses
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 import html
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from .export import iso, records
 from .ledger import Ledger
+from .localrefs import is_local_address
 from .media import mismatches, probe
 from .models import format_credits
 from .states import JobState
@@ -43,7 +45,7 @@ header .meta{color:#d6d6d0}
 .refs img,.refs .missing{width:56px;height:56px;object-fit:cover;border-radius:4px;display:none}
 .refs .missing{align-items:center;justify-content:center;background:#e8e8e4;color:#555;font-size:10px;text-align:center}
 body.thumbs .refs img{display:block}body.thumbs .refs .missing{display:flex}
-body.thumbs .refs img.failed{display:none}
+body.thumbs .refs img.failed{display:none}.refs img.local{display:block}
 .simulated{background:#fff3cd;color:#3d2f00;border:1px solid #e0b000;padding:6px 10px;margin:8px 0;font-weight:600}
 .error{color:#b3261e;font-size:12px;white-space:pre-wrap;word-break:break-word}
 .hidden{display:none}
@@ -98,8 +100,9 @@ def _credits(value: float | None) -> str:
     return "none" if value is None else format_credits(value)
 
 
-def build_report(ledger: Ledger, batch: str, out_path: Path) -> int:
-    """Write the gallery of `batch` to `out_path`; returns the number of cards."""
+def build_report(ledger: Ledger, batch: str, out_path: Path, local_files: Mapping[str, Path] | None = None) -> int:
+    """Write the gallery of `batch` to `out_path`; returns the number of cards. `local_files`
+    (content address -> file) shows local references from their files, with no network."""
     f = ledger.figures(batch)
     info, counts, spend, avg = f.batch, f.counts, f.spend, f.average_render
     first, last = f.first_submitted, f.last_finished
@@ -109,7 +112,7 @@ def build_report(ledger: Ledger, batch: str, out_path: Path) -> int:
     for record in records(ledger, batch):
         name, n = rows.get(record["origin"], (_row_name(record), 0))
         rows[record["origin"]] = (name, n + 1)
-        cards.append(_card(record, base))
+        cards.append(_card(record, base, local_files or {}))
     wall = f"{last - first:,.0f} s" if first and last and last > first else "n/a"
     figures: list[tuple[str, int | str]] = [("jobs", sum(counts.values()))]
     figures += [(s.value, counts[s.value]) for s in JobState if counts[s.value]]
@@ -168,7 +171,20 @@ def _facts(r: dict[str, Any]) -> str:
     return facts
 
 
-def _card(r: dict[str, Any], base: Path) -> str:
+def _reference(ref: str, base: Path, local_files: Mapping[str, Path]) -> str:
+    """One reference of a card: a URL (its thumbnail fetched only when asked), or a local image
+    shown from its file by a relative path (no network), or its content address when unknown."""
+    if not is_local_address(ref):
+        return (f'<a href="{esc(ref)}" title="{esc(ref)}"><img alt="" data-src="{esc(ref)}">'
+                f'{esc(ref.rsplit("/", 1)[-1])}</a>')
+    path = local_files.get(ref)
+    if path is None or not path.is_file():
+        return f'<span title="{esc(ref)}">{esc(str(path) if path else ref[:24])} (local)</span>'
+    src = Path(os.path.relpath(path.resolve(), base)).as_posix()
+    return f'<a href="{esc(src)}" title="{esc(path)}"><img class="local" alt="" src="{esc(src)}">{esc(path.name)}</a>'
+
+
+def _card(r: dict[str, Any], base: Path, local_files: Mapping[str, Path]) -> str:
     state = r["state"]
     colour = STATE_COLOURS.get(state, "#555")
     if state == "completed" and r["file"]:
@@ -180,8 +196,7 @@ def _card(r: dict[str, Any], base: Path) -> str:
         facts = _facts(r)
     else:
         media, facts = f'<div class="noclip">{esc(state)}</div>', ""
-    refs = "".join(f'<a href="{esc(u)}" title="{esc(u)}"><img alt="" data-src="{esc(u)}">'
-                   f'{esc(u.rsplit("/", 1)[-1])}</a>' for u in r["reference_urls"] or [])
+    refs = "".join(_reference(u, base, local_files) for u in r["reference_urls"] or [])
     params = ", ".join(f"{k} {esc(r[k])}" for k in ("duration", "resolution", "aspect_ratio") if r.get(k))
     seed = f", seed {esc(r['seed'])}" if r.get("seed") is not None else ""
     cost = f", {esc(_credits(r['credit_cost']))} credits" if r.get("credit_cost") is not None else ""

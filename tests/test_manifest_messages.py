@@ -74,14 +74,16 @@ def test_plain_integers_and_quoted_ratios_keep_their_meaning(write):
 # --- b: local files as references ---------------------------------------------------------------
 
 @pytest.mark.parametrize("spec", ["./robot.png", "robot.png", "/abs/x.jpg", "~/x.webp", "file:///x.png"])
-def test_local_file_reference_says_local_files_are_not_supported(write, spec):
+def test_a_missing_local_file_reference_says_so_with_the_path_it_looked_for(write, spec):
+    # Local files are references now (tests/test_local_references.py); one that is not there is
+    # reported with the path batcher looked for.
     path = write("m.yaml", f"version: 1\nrows:\n  - prompt: a\n    references: [{spec!r}]\n")
-    assert messages(path) == [(
-        f"m.yaml:4: references must be http(s) image URLs or reference set names; {spec!r} looks like a local "
-        f"file (local files are not supported yet)")]
+    [message] = messages(path)
+    assert message.startswith(f"m.yaml:4: reference {spec!r}: no such file or folder (")
+    assert message.endswith(spec.replace("file://", "").replace("~", "").lstrip("./") + ")")
 
 
-def test_local_file_in_a_reference_set_is_reported_once_where_the_set_is(write):
+def test_a_missing_local_file_in_a_reference_set_is_reported_once_where_the_set_is(write):
     path = write("m.yaml", f"""
         version: 1
         reference_sets:
@@ -90,9 +92,8 @@ def test_local_file_in_a_reference_set_is_reported_once_where_the_set_is(write):
           - prompt: a
             references: hero
         """)
-    assert messages(path) == [(
-        "m.yaml:3: reference set 'hero': './robot.png' looks like a local file; a reference set holds http(s) "
-        "image URLs (local files are not supported yet)")]
+    [message] = messages(path)
+    assert message.startswith("m.yaml:3: reference set 'hero': reference './robot.png': no such file or folder (")
 
 
 def test_unknown_set_name_is_still_an_unknown_set(write):

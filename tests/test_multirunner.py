@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 from batcher.ledger import Ledger
 from batcher.models import HAPPYHORSE_R2V
@@ -33,21 +34,46 @@ def runner(url, ledger_url, path, out, *extra):
     env.pop("BATCHER_FAILPOINT", None)
     return subprocess.Popen([sys.executable, "-m", "batcher", "run", str(path), "--api-base", url, "--ledger",
                              ledger_url, "--out", str(out), "--concurrency", "3", "--budget", str(BUDGET),
-                             "--lease-seconds", "3", "--expected-render", "0.4", *extra],
+                             "--lease-seconds", "3", "--expected-render", "1.5", *extra],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+def wait_until_in_flight(ledger_url, pid, timeout=60.0):
+    """Until this runner process holds a job it has submitted (or is submitting): a signal then
+    lands mid-work, however fast or slow the machine is. Read without taking the write lock."""
+    from sqlalchemy import create_engine, text
+
+    from batcher.ledger.dialect import readonly_sqlite_engine
+    engine = (create_engine(ledger_url.replace("postgresql+psycopg", "postgresql+psycopg", 1))
+              if ledger_url.startswith("postgresql") else readonly_sqlite_engine(Path(ledger_url)))
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                owners = [o for (o,) in conn.execute(text(
+                    "SELECT owner FROM job WHERE owner IS NOT NULL AND state IN ('submitting', 'submitted')"))]
+            if any(o.split(":")[1] == str(pid) for o in owners):
+                return
+            time.sleep(0.05)
+    finally:
+        engine.dispose()
+    raise AssertionError(f"runner {pid} never had a job in flight")
+
+
 def test_four_runners_one_ledger(ledger_url, tmp_path):
-    proc, url = start_simulator("--render-seconds", "0.4", "--seed", "5")
+    proc, url = start_simulator("--render-seconds", "1.5", "--seed", "5")  # long enough for all four to start
     try:
         path = manifest(tmp_path)
         # stage first, so all four start on the same jobs at once
         staged = runner(url, ledger_url, path, tmp_path / "out0", "--budget", "0")
         staged.wait(timeout=60)
-        runners = [runner(url, ledger_url, path, tmp_path / f"out{i}") for i in range(4)]
-        time.sleep(1.5)
+        # The two that will be hurt start first, so both are mid-work when the signals land.
+        runners = [runner(url, ledger_url, path, tmp_path / f"out{i}") for i in range(2)]
+        wait_until_in_flight(ledger_url, runners[0].pid)
         runners[0].send_signal(signal.SIGKILL)
+        wait_until_in_flight(ledger_url, runners[1].pid)
         runners[1].send_signal(signal.SIGSTOP)
+        runners += [runner(url, ledger_url, path, tmp_path / f"out{i}") for i in range(2, 4)]
         time.sleep(5)  # past the 3 s lease: the others take its jobs over
         runners[1].send_signal(signal.SIGCONT)
         codes = [r.wait(timeout=120) for r in runners]

@@ -208,3 +208,47 @@ def _count_by_label(jobs):
     for j in jobs:
         counts[j.label] = counts.get(j.label, 0) + 1
     return list(counts.items())
+
+
+_local_rows = st.fixed_dictionaries({
+    "prompt": st.sampled_from(["p {v}", "p"]),
+    "references": st.sampled_from(["refs", "refs/b.png", "refs/*.png", ["local", "https://x.com/b.png"],
+                                   ["refs/a.png", "hero"], "local"]),
+}, optional={
+    "vary": st.fixed_dictionaries({}, optional={
+        "v": st.lists(_texts, min_size=1, max_size=2),
+        "references": st.lists(st.sampled_from(["refs/a.png", "refs", "hero"]), min_size=1, max_size=2),
+    }),
+    "seed": st.sampled_from([0, "auto"]),
+    "repeat": st.integers(1, 2),
+})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(_local_rows, min_size=1, max_size=3))
+def test_counting_rows_with_local_references_gives_the_keys_of_building_jobs(tmp_path, rows):
+    from batcher.plan import iter_jobs, row_key_texts
+    from batcher.simulator import png_image
+    (tmp_path / "refs").mkdir(exist_ok=True)
+    for name, side in (("a.png", 400), ("b.png", 401)):
+        (tmp_path / "refs" / name).write_bytes(png_image(side, side))
+    for row in rows:
+        vary = row.setdefault("vary", {})
+        if "{v}" in row["prompt"]:
+            vary.setdefault("v", ["z"])
+        else:
+            vary.pop("v", None)
+        if not vary:
+            del row["vary"]
+    doc = {"version": 1, "rows": rows,
+           "reference_sets": {"hero": ["https://x.com/a.png"], "local": ["refs/a.png", "https://x.com/c.png"]}}
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    m = load_manifest(path)
+    summary = check(m)
+    jobs = list(iter_jobs(m))
+    all_keys = [j.key for j in _jobs_with_duplicates(m)]
+    assert summary.jobs == len(jobs) and summary.duplicates == len(all_keys) - len(jobs)
+    assert all(not ref.startswith("refs") for j in jobs for ref in j.params["references"])
+    for fast, slow in zip(row_key_texts(m), _keys_per_row(m, len(rows)), strict=True):
+        assert fast is None or fast == slow

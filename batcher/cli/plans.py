@@ -30,8 +30,9 @@ def validate(manifest: str, max_jobs: int, online: bool, simulate: bool) -> None
             click.echo(line, err=True)
         if report.errors:
             raise PreflightFailed(report.errors)
-        click.echo(f"{manifest}: {report.checked} reference URL(s) checked, {len(report.warnings)} unreachable "
-                   "from this machine")
+        local = f", {len(m.local_files)} local image(s) checked" if m.local_files else ""
+        click.echo(f"{manifest}: {report.checked} reference URL(s){local} checked, {len(report.warnings)} "
+                   "unreachable from this machine")
     click.echo(f"{manifest}: ok, batch {m.batch!r}, {len(m.rows)} row(s), {summary.jobs} job(s)"
                + (f", {summary.duplicates} duplicate(s) merged" if summary.duplicates else ""))
 
@@ -79,3 +80,6 @@ def plan(manifest: str, ledger_path: str, rates: tuple[str, ...], as_json: bool,
         return
     for line in plan_lines(m, summary, overrides, data, jobs):
         click.echo(line)
+    local = summary.local_text()
+    if local:
+        click.echo(f"{local} (nothing is uploaded by plan; running them needs a reference store, not available yet)")

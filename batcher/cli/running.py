@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from ..localrefs import refuse_local
 from ..manifest import load_manifest
 from ..plan import MAX_JOBS, check
 from . import ExitCode, checked_rates, cli, handle_signals, ledger_option, max_jobs_option, rate_option
@@ -84,6 +85,7 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
     m = load_manifest(manifest)
     overrides = checked_rates(m.model, rates)
     check(m, overrides, max_jobs=max_jobs)
+    refuse_local(m.local_files)  # before any ledger, simulator or request
     if simulate:
         # Simulated clips must never pass for real ones: unless --ledger is given on the command
         # line (BATCHER_LEDGER names the real ledger: it does not count), a simulated run keeps

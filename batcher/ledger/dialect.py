@@ -129,6 +129,12 @@ def first_line(exc: Any) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
+def is_retryable(exc: BaseException) -> bool:
+    """A transaction rolled back whole by the database (PostgreSQL's deadlock victim or
+    serialization failure; SQLite's busy timeout already waits): safe to run again."""
+    return getattr(getattr(exc, "orig", exc), "sqlstate", None) in ("40P01", "40001")
+
+
 def is_disk_full(exc: BaseException) -> bool:
     orig = getattr(exc, "orig", exc)
     code = getattr(orig, "sqlite_errorcode", None)

@@ -3,6 +3,7 @@ transaction each or many in one (group commit), with a full disk reported as suc
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from .dialect import (
     first_line,
     is_database_url,
     is_disk_full,
+    is_retryable,
     postgres_engine,
     sqlite_engine,
 )
@@ -26,6 +28,7 @@ from .migrations import SCHEMA_VERSION
 from .migrations import upgrade as apply_migrations
 
 T = TypeVar("T")
+DEADLOCK_RETRIES = 5
 Write = Callable[[Connection], T]
 
 
@@ -70,14 +73,20 @@ class LedgerStore:
         self.close()
 
     def write(self, fn: Callable[[Connection], T]) -> T:
-        """Run `fn` in one write transaction; disk-full becomes DiskFullError."""
-        try:
-            with self.engine.begin() as conn:
-                return fn(conn)
-        except DBAPIError as e:
-            if is_disk_full(e):
-                raise DiskFullError(f"no space left on the disk holding the ledger {self.display}") from None
-            raise LedgerError(f"ledger write failed: {first_line(e.orig)}") from None
+        """Run `fn` in one write transaction; disk-full becomes DiskFullError. A transaction the
+        database chose as a deadlock's victim was rolled back whole, so it is simply run again."""
+        for attempt in range(1, DEADLOCK_RETRIES + 1):
+            try:
+                with self.engine.begin() as conn:
+                    return fn(conn)
+            except DBAPIError as e:
+                if is_disk_full(e):
+                    raise DiskFullError(f"no space left on the disk holding the ledger {self.display}") from None
+                if attempt < DEADLOCK_RETRIES and is_retryable(e):
+                    time.sleep(random.uniform(0, 0.05 * attempt))  # apart, so they do not meet again
+                    continue
+                raise LedgerError(f"ledger write failed: {first_line(e.orig)}") from None
+        raise AssertionError("unreachable: the last attempt raises or returns")
 
     def write_many(self, fns: list[Callable[[Connection], Any]]) -> list[Any]:
         """Run several writes in one transaction (one fsync for them all).

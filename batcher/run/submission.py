@@ -122,6 +122,12 @@ async def submit_once(ctx: RunContext, job: Job, wire: dict[str, Any], estimate:
             ctx.budget.committed = max(ctx.budget.committed, e.committed - ctx.budget.reserved)
             ctx.budget_signal()
             return Submitted.BUDGET, job
+        except BaseException:
+            # No intent was written (another runner took the job over, the ledger failed): the
+            # reservation must go, or every submission waiting for room in the budget waits forever.
+            ctx.budget.settle(estimate, None)
+            ctx.budget_signal()
+            raise
         job = job.evolve(state=S.SUBMITTING.value, attempts=job.attempts + 1)  # as the ledger counted it
         failpoint("after-intent")
         known = ("submitting", estimate, ctx.batch)
