@@ -185,3 +185,18 @@ def test_a_job_row_is_frozen_and_evolves_into_a_new_row(ledger_url, demo):
     assert moved == dataclasses.replace(job, state="submitting", attempts=1)
     with pytest.raises(TypeError):
         job.evolve(no_such_field=1)
+
+
+def test_only_a_transaction_the_database_rolled_back_whole_is_retried():
+    from batcher.ledger.dialect import is_retryable
+
+    class Orig(Exception):
+        def __init__(self, sqlstate):
+            self.sqlstate = sqlstate
+
+    class Wrapped(Exception):
+        def __init__(self, sqlstate):
+            self.orig = Orig(sqlstate)
+
+    assert is_retryable(Wrapped("40P01")) and is_retryable(Wrapped("40001"))  # deadlock, serialization
+    assert not is_retryable(Wrapped("23505")) and not is_retryable(Wrapped(None))  # a unique violation

@@ -219,3 +219,35 @@ def test_a_job_taken_over_in_submitted_that_fails_remotely_is_submitted_again(si
     # each failed render is refunded and sent again while attempts remain; none is left pending
     assert second.counts["pending"] == 0 and second.counts["failed"] == 3
     assert len(sim.record()["jobs"]) == 6
+
+
+def test_a_reservation_is_released_when_its_intent_cannot_be_written(tmp_path, write):
+    """A runner resumed past its lease finds its job taken over: the intent is refused, and the
+    credits it had reserved must be free again, or every submission waiting for room waits forever."""
+    from batcher.client import PixelDojoClient
+    from batcher.errors import LeaseLost
+    from batcher.run.context import RunContext
+    from batcher.run.submission import submit_once
+    from batcher.simulator import SimulatorTransport
+    from batcher.states import JobState
+
+    manifest = api.load(write("m.yaml", small_manifest(n_rows=1)))
+    with Ledger(tmp_path / "l.db") as ledger:
+        api.stage(ledger, manifest, simulated=True)
+        [mine] = ledger.claim(manifest.batch, [JobState.PENDING], "a:1:x", 60, 1)
+        ledger.write(lambda conn: conn.exec_driver_sql("UPDATE job SET lease_until = 0"))  # our lease ran out
+        ledger.claim(manifest.batch, [JobState.PENDING], "b:2:y", 60, 1)  # and another runner took the job
+
+        async def go():
+            sim = Simulator(SimConfig())
+            async with PixelDojoClient("sim-key", "https://pixeldojo.ai", transport=SimulatorTransport(sim)) as c:
+                ctx = RunContext(ledger, c, manifest.model, manifest.batch, RunOptions.of(budget=100))
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(ctx.writer.run)
+                    assert await ctx.reserve(20)
+                    with pytest.raises(LeaseLost):
+                        await submit_once(ctx, mine, manifest.model.to_wire(mine.parameters()), 20)
+                    ctx.writer.close()
+                return ctx.budget
+        budget = anyio.run(go)
+    assert budget.reservations == 0 and budget.reserved == 0
