@@ -68,6 +68,7 @@ class PreflightReport:
     results: list[Reference] = field(default_factory=list)
     checked: int = 0
     fetched: int = 0
+    placeholders: int = 0  # references on reserved example hosts: never fetched, said in one line
 
     def warning_lines(self, shown: int = WARNINGS_SHOWN) -> list[str]:
         """The warnings, capped: the first few, then a count of the rest."""
@@ -75,6 +76,9 @@ class PreflightReport:
         rest = len(self.warnings) - shown
         if rest > 0:
             lines.append(f"{rest} more reference(s) could not be reached from this machine; the API may still see them")
+        if self.placeholders:
+            lines.append(f"{self.placeholders} reference(s) on example hosts (example.com, *.test, localhost, ...) "
+                         f"were not checked: placeholders, or hosts only the API can reach")
         return lines
 
 
@@ -258,6 +262,8 @@ async def preflight(client: PixelDojoClient, uses: Mapping[str, str], known: Map
         line = f"{origin}: reference {url}: {verdict.detail}"
         if verdict.outcome is Outcome.ERROR:
             report.errors.append(line)
+        elif reserved_host(url):
+            report.placeholders += 1
         elif verdict.outcome is Outcome.UNREACHABLE:
             report.warnings.append(line)
         if not reserved_host(url):

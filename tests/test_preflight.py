@@ -85,13 +85,14 @@ def test_an_unreachable_reference_is_a_warning_and_the_run_completes(simrun, wri
 
 
 def test_unreachable_references_are_warned_about_in_a_capped_list_on_stderr(tmp_path, write):
-    urls = [f"https://host{i}.example.com/a.png" for i in range(6)]
+    urls = [f"https://host{i}.nowhere.net/a.png" for i in range(6)] + ["https://example.com/a.png"]
     path = manifest_with(write, urls)
     result = CliRunner().invoke(cli, ["run", str(path), "--simulate", "--ledger", str(tmp_path / "l.db"),
                                       "--out", str(tmp_path / "out"), "--sim-render-seconds", "0.02"])
     assert result.exit_code == 0, result.output
     warned = [line for line in result.stderr.splitlines() if "may still" in line]
     assert len(warned) == 4 and "3 more reference(s) could not be reached" in warned[-1]
+    assert "1 reference(s) on example hosts (example.com, *.test, localhost, ...) were not checked" in result.stderr
 
 
 class Counting(httpx.AsyncBaseTransport):
