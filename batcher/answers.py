@@ -175,12 +175,6 @@ def asked_retry_after(response: httpx.Response) -> float | None:
     return seconds
 
 
-def retry_after(response: httpx.Response, default: float = 5.0, cap: float = DEFAULT_MAX_RETRY_AFTER) -> float:
-    """Seconds to wait after this answer: its Retry-After capped to `cap`, `default` if it has none usable."""
-    asked = asked_retry_after(response)
-    return default if asked is None else min(asked, cap)
-
-
 def origin(url: str) -> tuple[str, str, int] | None:
     """(scheme, host, port) of an http(s) URL, default ports filled in; None for anything else.
 
@@ -233,6 +227,15 @@ def redact_json(value: Any, redact: Callable[[str], str]) -> Any:
     return value
 
 
+def rate_limited(message: str, response: httpx.Response, redact: Callable[[str], str],
+                 max_retry_after: float) -> RateLimited:
+    """A 429 as an error: Retry-After honoured up to `max_retry_after` (5 s when it has none usable),
+    with what the server asked kept, so the run can say it was cut."""
+    asked = asked_retry_after(response)
+    wait = 5.0 if asked is None else min(asked, max_retry_after)
+    return RateLimited(redact(message), wait, asked=asked)
+
+
 def raise_for_status(response: httpx.Response, paid: bool, redact: Callable[[str], str], max_retry_after: float
                      ) -> None:
     """Raise the error an answer's status code means (nothing below 400); every text redacted. A paid
@@ -248,9 +251,7 @@ def raise_for_status(response: httpx.Response, paid: bool, redact: Callable[[str
     if status == 403:
         raise AuthError(f"the API refused access (403): {message}", status)
     if status == 429:
-        asked = asked_retry_after(response)
-        wait = 5.0 if asked is None else min(asked, max_retry_after)
-        raise RateLimited(redact(f"rate limited: {message}"), wait, asked=asked)
+        raise rate_limited(f"rate limited: {message}", response, redact, max_retry_after)
     if status >= 500:
         cls = OutcomeUnknown if paid else ServerError
         raise cls(f"server error: {describe(response, redact)}", status)

@@ -31,8 +31,7 @@ from .localrefs import refuse_local
 from .manifest import Manifest, load_manifest
 from .plan import MAX_JOBS, PlanSummary, check, iter_jobs
 from .preflight import PreflightReport, check_local_files, preflight, references_of
-from .run import BudgetOutlook, Progress, Runner, RunOptions, RunReport
-from .run import budget_outlook as _budget_outlook
+from .run import Progress, Runner, RunOptions, RunReport
 from .simulator import Journal, SimConfig, Simulator, SimulatorTransport
 from .states import JobState
 
@@ -83,11 +82,6 @@ def check_references(manifest: Manifest | str | Path, *, simulate: bool | Simula
     report = anyio.run(go)
     check_local_files(m.local_files.values(), report)  # local images: read here, never sent
     return report
-
-
-def budget_outlook(ledger: Ledger, batch: str, budget: float) -> BudgetOutlook:
-    """How far `budget` goes for the batch's pending jobs (tell the user before spending)."""
-    return _budget_outlook(ledger, batch, ledger.generation(batch), budget)
 
 
 @dataclass

@@ -27,12 +27,12 @@ from .answers import (
     ReferenceFetch,
     Submission,
     as_number,
-    asked_retry_after,
     describe,
     is_safe_job_id,
     origin,
     parse_time,
     raise_for_status,
+    rate_limited,
     read_reference,
     redact_json,
     secret_pattern,
@@ -44,7 +44,6 @@ from .errors import (
     OutcomeUnknown,
     OutputGone,
     OversizeError,
-    RateLimited,
     ServerError,
     UsageError,
 )
@@ -137,11 +136,6 @@ class PixelDojoClient:
         if not self._same_origin(url):
             return {}
         return {"authorization": f"Bearer {self._key}"}
-
-    def _rate_limited(self, message: str, response: httpx.Response) -> RateLimited:
-        asked = asked_retry_after(response)
-        wait = 5.0 if asked is None else min(asked, self.max_retry_after)
-        return RateLimited(self.redact(message), wait, asked=asked)
 
     async def _answered(self, kind: str, method: str, url: str, status: int | None, started: float) -> None:
         """Log one request (never its headers: they carry the key) and tell the rate limiter."""
@@ -296,7 +290,8 @@ class PixelDojoClient:
                     if status in (403, 404, 410):
                         raise OutputGone(f"the output URL answered {status} (expired or removed)", status)
                     if status == 429:
-                        raise self._rate_limited("rate limited while downloading", response)
+                        raise rate_limited("rate limited while downloading", response, self.redact,
+                                           self.max_retry_after)
                     if status >= 500:
                         raise ServerError(f"download failed: HTTP {status}", status)
                     if status != 200:

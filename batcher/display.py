@@ -10,8 +10,8 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
-from .models import format_credits
 from .run import Progress, RunReport
+from .text import format_credits
 
 ORDER = ["completed", "rendered", "submitted", "submitting", "pending", "unknown", "failed", "expired"]
 

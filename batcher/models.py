@@ -11,9 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from .text import format_credits as format_credits  # re-exported for callers
-from .text import short as short  # re-exported for callers
-from .text import type_name as type_name  # re-exported for callers
+from .text import short, type_name
 
 MAX_INT32 = 2_147_483_647
 

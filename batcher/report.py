@@ -19,8 +19,8 @@ from .export import iso, records
 from .ledger import Ledger
 from .localrefs import is_local_address
 from .media import mismatches, probe
-from .models import format_credits
 from .states import JobState
+from .text import format_credits
 
 STATE_COLOURS = {"completed": "#1b7f3b", "failed": "#b3261e", "unknown": "#a15c00", "expired": "#6b4fa0",
                  "pending": "#555", "submitted": "#1f5fa8", "rendered": "#1f5fa8", "submitting": "#a15c00"}

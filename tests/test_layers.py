@@ -9,8 +9,8 @@ import batcher
 
 ORDER = ["errors", "text", "models", "template", "states", "policy", "diagnostics", "textfiles", "yamlfile",
          "rowfields", "localrefs", "rowfiles", "manifest", "expansion", "rowkeys", "plan", "files", "media", "ledger",
-         "answers", "client", "simulator", "preflight", "run", "export", "report", "display", "views", "api", "bench",
-         "cli", "__main__"]
+         "answers", "client", "simimages", "simulator", "preflight", "run", "export", "report", "display", "views",
+         "api", "bench", "cli", "__main__"]
 PACKAGE = Path(batcher.__file__).parent
 
 

@@ -15,7 +15,8 @@ from batcher.errors import LocalReferencesNeedStore, ManifestError
 from batcher.localrefs import LOCAL_PREFIX
 from batcher.manifest import load_manifest
 from batcher.plan import check, expand
-from batcher.simulator import SimConfig, Simulator, png_image
+from batcher.simimages import png_image
+from batcher.simulator import SimConfig, Simulator
 
 URL = "https://example.com/hero.png"
 

@@ -18,7 +18,8 @@ from batcher.cli import cli
 from batcher.client import PixelDojoClient
 from batcher.errors import PreflightFailed
 from batcher.preflight import MAX_BYTES, Outcome, image_kind, image_size, judge
-from batcher.simulator import SimConfig, Simulator, SimulatorTransport, png_image
+from batcher.simimages import png_image
+from batcher.simulator import SimConfig, Simulator, SimulatorTransport
 
 SIM = "https://pixeldojo.ai/_sim/refs"
 BAD = ["missing.png", "page.png", "small.png", "big.png", "text.png"]

@@ -228,7 +228,7 @@ _local_rows = st.fixed_dictionaries({
 @given(rows=st.lists(_local_rows, min_size=1, max_size=3))
 def test_counting_rows_with_local_references_gives_the_keys_of_building_jobs(tmp_path, rows):
     from batcher.plan import iter_jobs, row_key_texts
-    from batcher.simulator import png_image
+    from batcher.simimages import png_image
     (tmp_path / "refs").mkdir(exist_ok=True)
     for name, side in (("a.png", 400), ("b.png", 401)):
         (tmp_path / "refs" / name).write_bytes(png_image(side, side))

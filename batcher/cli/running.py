@@ -112,7 +112,7 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
     options.progress_interval = 0.5 if live else 30.0
     printer = ProgressPrinter(sys.stderr, live=live, interval=30.0)
     with Ledger(ledger_path) as ledger:
-        _stage(ledger, m, overrides, simulate, max_jobs, requeue, budget)
+        _stage(ledger, m, overrides, simulate, max_jobs, requeue)
         report = anyio.run(lambda: api.run_async(
             m, ledger=ledger, options=options, to=to, rate_overrides=overrides, on_progress=printer,
             on_force_exit=lambda: os._exit(ExitCode.INTERRUPTED), stage_jobs=False))
@@ -126,8 +126,8 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
 
 
 def _stage(ledger: Any, m: Any, overrides: dict[str, float], simulate: bool, max_jobs: int,
-           requeue: tuple[str, ...], budget: float | None) -> None:
-    """Add the manifest's jobs (and requeue what `retry` asks for); say how far the budget goes."""
+           requeue: tuple[str, ...]) -> None:
+    """Add the manifest's jobs, and requeue what `retry` asks for."""
     from .. import api
     from ..states import JobState
     added, known = api.stage(ledger, m, overrides, checked=True, simulated=simulate, max_jobs=max_jobs)
@@ -135,10 +135,6 @@ def _stage(ledger: Any, m: Any, overrides: dict[str, float], simulate: bool, max
         n = ledger.requeue(m.batch, [JobState(s) for s in requeue], "requeued by `batcher retry`")
         click.echo(f"requeued {n} job(s) ({', '.join(requeue)})", err=True)
     click.echo(f"batch {m.batch!r}: {added} new job(s), {known} already in {ledger.display}", err=True)
-    if budget is not None:
-        outlook = api.budget_outlook(ledger, m.batch, budget).message()
-        if outlook:
-            click.echo(outlook, err=True)  # before anything is spent
 
 
 def _retry_command(manifest: str, ledger_path: str, simulate: bool) -> Callable[[str], str]:

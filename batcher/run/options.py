@@ -54,7 +54,7 @@ class RunOptions:
     resubmit_unknown: bool = False  # the user's consent to pay twice for held jobs
     check_schema: bool = True  # hold the batch against the live schema before spending
     preflight: bool = True  # check every reference URL before spending (see batcher.preflight)
-    on_warning: Callable[[str], None] | None = None  # preflight's warnings (default: the log)
+    on_warning: Callable[[str], None] | None = None  # what to tell before spending (default: the log)
     progress_interval: float = 1.0
     handle_signals: bool = False
     seed: int | None = None

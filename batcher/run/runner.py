@@ -112,6 +112,9 @@ class Runner:
         ctx.budget.committed = spend.committed
         if o.limits.budget is not None:
             self.outlook = await ctx.threads.run(budget_outlook, ctx.ledger, ctx.batch, ctx.generation, o.limits.budget)
+            told = self.outlook.message()
+            if told:  # before anything is spent
+                (o.on_warning or log.warning)(told)
         avg = await ctx.threads.run(ctx.ledger.average_render_seconds, ctx.batch)
         if avg:
             ctx.planner.initial = max(0.01, avg)
