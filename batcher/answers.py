@@ -18,6 +18,7 @@ from urllib.parse import quote, quote_plus
 import httpx
 
 from .errors import AuthError, CreditsExhausted, OutcomeUnknown, RateLimited, RejectedError, ServerError
+from .text import type_name
 
 DEFAULT_MAX_RETRY_AFTER = 300.0  # seconds: a longer Retry-After is capped to this
 REDACTED = "[redacted]"
@@ -54,6 +55,55 @@ class JobStatus:
     @property
     def done(self) -> bool:
         return self.status in ("completed", "failed")
+
+
+OUTPUT_SHAPES = ("output.video (a URL), else output.videos[0] (a URL, or an object with a url); for image models "
+                 "output.image, else output.images[0]")
+
+
+@dataclass(frozen=True)
+class OutputURL:
+    """A completed job's output URL and where the answer put it (`output.videos[0].url`), or, with
+    no URL, the `problem` that left it without one."""
+
+    url: str | None
+    where: str
+    problem: str | None = None
+
+
+def output_url(output: Any) -> OutputURL:
+    """A completed job's output URL, read as PixelDojo's own scripts read it: `output.video`, else
+    `output.videos[0]`; for image models `output.image`, else `output.images[0]`. Video first.
+
+    A list's first element is a URL or an object whose `url` is one. A key that is there (not null)
+    must hold exactly that shape: a wrong one is named, never skipped for the next key, and no
+    URL is guessed from anything else. Problems name keys and types only, never the answer's text
+    (the caller shows that, redacted)."""
+    if not isinstance(output, dict):
+        return OutputURL(None, "", "the answer has no output" if output is None
+                         else f"output is {type_name(output)}, not an object")
+    for one, many in (("video", "videos"), ("image", "images")):
+        if output.get(one) is not None:
+            return _web_url(output[one], f"output.{one}")
+        items = output.get(many)
+        if items is None:
+            continue
+        where = f"output.{many}"
+        if not isinstance(items, list) or not items:
+            return OutputURL(None, where, f"{where} is empty" if isinstance(items, list)
+                             else f"{where} is {type_name(items)}, not a list")
+        if isinstance(items[0], dict):
+            return _web_url(items[0].get("url"), f"{where}[0].url")
+        return _web_url(items[0], f"{where}[0]")
+    return OutputURL(None, "", "output has no video, videos, image or images")
+
+
+def _web_url(value: Any, where: str) -> OutputURL:
+    if not isinstance(value, str):
+        return OutputURL(None, where, f"{where} is {type_name(value)}, not a URL")
+    if origin(value) is None:
+        return OutputURL(None, where, f"{where} is not an http or https URL")
+    return OutputURL(value, where)
 
 
 @dataclass(frozen=True)
@@ -195,14 +245,22 @@ def is_safe_job_id(value: Any) -> bool:
     return isinstance(value, str) and SAFE_JOB_ID.fullmatch(value) is not None
 
 
-def secret_pattern(key: str) -> re.Pattern[str] | None:
-    """Every form the key may come back in: bare, URL-encoded (either hex case), JSON-escaped,
-    and the whole `Bearer <key>` (or `Bearer%20<key>`) around any of them."""
-    if not key:
+# The signature of a presigned URL (a reference image's): whoever holds it may read the object.
+_SIGNATURE = r"(?<=X-Amz-Signature=)[0-9a-f]{16,}"
+
+
+def secret_pattern(key: str, *others: str) -> re.Pattern[str] | None:
+    """Every form the key (and `others`: a reference store's credentials) may come back in: bare,
+    URL-encoded (either hex case), JSON-escaped, and the whole `Bearer <key>` (or `Bearer%20<key>`)
+    around any of them; with other secrets given, the signature of any presigned URL too."""
+    secrets = [s for s in (key, *others) if s]
+    if not secrets:
         return None
-    forms = {key, quote(key, safe=""), quote(key), quote_plus(key), json.dumps(key)[1:-1], key.replace("/", "\\/")}
+    forms = {form for s in secrets for form in (s, quote(s, safe=""), quote(s), quote_plus(s), json.dumps(s)[1:-1],
+                                                  s.replace("/", "\\/"))}
     alternatives = "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True))
-    return re.compile(rf"(?:bearer(?:\s+|%20|\+))?(?:{alternatives})", re.IGNORECASE)
+    signature = f"|{_SIGNATURE}" if others else ""
+    return re.compile(rf"(?:bearer(?:\s+|%20|\+))?(?:{alternatives}){signature}", re.IGNORECASE)
 
 
 def as_number(value: Any) -> float | None:

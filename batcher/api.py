@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,10 +28,11 @@ from .client import DEFAULT_BASE, PixelDojoClient
 from .errors import MissingKeyError, UsageError
 from .files import OUTPUTS, default_out_dir  # noqa: F401 - part of the API
 from .ledger import DEFAULT_LEDGER, Ledger, display_location, is_database_url
-from .localrefs import refuse_local
+from .localrefs import StoreSettings, refuse_without_store
 from .manifest import Manifest, load_manifest
 from .plan import MAX_JOBS, PlanSummary, check, iter_jobs
 from .preflight import PreflightReport, check_local_files, preflight, references_of
+from .refstore import ReferenceStore, S3Store, SimulatedStore
 from .run import Progress, Runner, RunOptions, RunReport
 from .simulator import Journal, SimConfig, Simulator, SimulatorTransport
 from .states import JobState
@@ -54,10 +56,28 @@ def stage(ledger: Ledger, manifest: Manifest, rate_overrides: dict[str, float] |
     with results of the other kind is refused (SimulationMismatch)."""
     if not checked:
         check(manifest, rate_overrides, max_jobs=max_jobs)
-    refuse_local(manifest.local_files)  # local images cannot be uploaded yet: nothing is staged
     ledger.check_mode(manifest.batch, simulated)  # before the expansion, which can take a while
-    return ledger.add_jobs(manifest.batch, manifest.model.api_id, str(manifest.path),
-                           iter_jobs(manifest, rate_overrides, max_jobs=max_jobs), simulated=simulated)
+    added = ledger.add_jobs(manifest.batch, manifest.model.api_id, str(manifest.path),
+                            iter_jobs(manifest, rate_overrides, max_jobs=max_jobs), simulated=simulated)
+    images = {**manifest.set_files, **manifest.local_files}
+    ledger.remember_local_images(((a, str(f.path), f.size, f.origin) for a, f in images.items()), time.time())
+    return added
+
+
+def reference_store(manifest: Manifest, to: Target, settings: StoreSettings | None = None) -> ReferenceStore | None:
+    """Where this batch's local images go: `settings` (the command line's) or the manifest's
+    `reference_store:` (an S3-compatible bucket); a simulated run without either uses the
+    simulator's own store. None when the manifest has no local image (nothing is opened)."""
+    if not (manifest.local_files or manifest.set_files):
+        return None
+    settings = settings or manifest.reference_store
+    if settings is not None:
+        return S3Store(settings)
+    if to.simulator is not None:
+        return SimulatedStore(to.simulator, to.base_url)
+    first = next(iter({**manifest.set_files, **manifest.local_files}.values()))
+    refuse_without_store(first.origin, first.shown, len({**manifest.set_files, **manifest.local_files}))
+    return None
 
 
 SIMULATED_LEDGER = "batcher-sim.db"
@@ -69,7 +89,6 @@ def check_references(manifest: Manifest | str | Path, *, simulate: bool | Simula
     would (see batcher.preflight), and every local image read and held to the same rules, without
     a run: nothing is sent to the API, nothing remembered.
     `simulate` fetches through the built-in simulator (which serves `/_sim/refs/`) instead."""
-    import time
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     check(m, max_jobs=max_jobs)
     uses = references_of((job.origin, job.params) for job in iter_jobs(m, max_jobs=max_jobs))
@@ -148,17 +167,23 @@ async def run_async(manifest: Manifest | str | Path, *, ledger: Ledger | str | P
     try:
         dest = to or target()
         simulated = dest.simulator is not None
+        if stage_jobs:  # (checking finds the manifest's local images)
+            await anyio.to_thread.run_sync(lambda: check(m, rate_overrides))
+        store = options.reference_store if options is not None else None
+        store = store or reference_store(m, dest)  # refused here, before staging, when there is none
         if stage_jobs:
-            await anyio.to_thread.run_sync(lambda: stage(led, m, rate_overrides, simulated=simulated))
+            await anyio.to_thread.run_sync(lambda: stage(led, m, rate_overrides, checked=True, simulated=simulated))
         else:
             led.check_mode(m.batch, simulated)
         opts = options or RunOptions.of(out_dir=default_out_dir(m.batch, simulated))
+        opts = replace(opts, reference_store=store)
+        secrets = store.secrets if store is not None else ()
         if options is None:
             first_poll = expected_render_for(dest, opts.polling.expected_render)
             opts.polling = replace(opts.polling, expected_render=first_poll)
         try:
             async with PixelDojoClient(dest.api_key, dest.base_url, transport=dest.transport,
-                                       max_retry_after=opts.polling.max_retry_after) as client:
+                                       max_retry_after=opts.polling.max_retry_after, also_redact=secrets) as client:
                 runner = Runner(led, client, m.model, m.batch, opts, on_progress=on_progress,
                                 on_force_exit=on_force_exit)
                 return await runner.run()

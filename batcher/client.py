@@ -21,6 +21,7 @@ import httpx
 
 from .answers import (
     DEFAULT_MAX_RETRY_AFTER,
+    OUTPUT_SHAPES,
     REDACTED,
     Download,
     JobStatus,
@@ -30,6 +31,7 @@ from .answers import (
     describe,
     is_safe_job_id,
     origin,
+    output_url,
     parse_time,
     raise_for_status,
     rate_limited,
@@ -72,14 +74,14 @@ class PixelDojoClient:
                  transport: httpx.AsyncBaseTransport | None = None, timeout: float = 30.0,
                  before_request: Callable[[str], Awaitable[None]] | None = None,
                  after_response: Callable[[str, int | None], Awaitable[None]] | None = None,
-                 max_retry_after: float = DEFAULT_MAX_RETRY_AFTER):
+                 max_retry_after: float = DEFAULT_MAX_RETRY_AFTER, also_redact: tuple[str, ...] = ()):
         if not max_retry_after >= 0:  # also refuses NaN
             raise UsageError(f"max_retry_after must be 0 or more seconds, got {max_retry_after!r}")
         self.base_url = base_url.rstrip("/")
         self._api_origin = origin(self.base_url)
         self._base_prefix = self.base_url + "/" if self._api_origin is not None else "\0"
         self._key = api_key
-        self._secret = secret_pattern(api_key)
+        self._secret = secret_pattern(api_key, *also_redact)  # the store's credentials ride in presigned URLs
         self.max_retry_after = max_retry_after
         self._http = httpx.AsyncClient(
             transport=transport, timeout=httpx.Timeout(timeout, connect=10.0),
@@ -242,18 +244,21 @@ class PixelDojoClient:
         if answered_id is not None and (not is_safe_job_id(answered_id) or self._leaks(answered_id)):
             raise MalformedAnswer(f"the status answer's jobId is not a plain id: {self._describe(response)}",
                                   response.status_code)
-        output = data.get("output")
-        video = output.get("video") if isinstance(output, dict) else None
-        if status == "completed" and video is not None and not isinstance(video, str):
-            raise MalformedAnswer(f"output.video is not a URL: {self._describe(response)}", response.status_code)
-        if isinstance(video, str) and self._leaks(video):
-            raise MalformedAnswer(f"output.video carries the API key: {self._describe(response)}",
+        # Only a completed job's output is read: in any shape but the documented ones it is held
+        # (MalformedAnswer: polled again later), never guessed at.
+        found = output_url(data.get("output")) if status == "completed" else None
+        if found is not None and found.url is None:
+            raise MalformedAnswer(f"the completed job's output is unusable ({found.problem}); expected "
+                                  f"{OUTPUT_SHAPES}: {self._describe(response)}", response.status_code)
+        if found is not None and found.url is not None and self._leaks(found.url):
+            raise MalformedAnswer(f"{found.where} carries the API key: {self._describe(response)}",
                                   response.status_code)
         error = data.get("error")
         if isinstance(error, dict):
             error = error.get("message") or error.get("code")
         cost = data.get("creditCost")
-        return JobStatus(job_id, self.redact(status), video, self.redact(str(error)) if error else None,
+        return JobStatus(job_id, self.redact(status), found.url if found else None,
+                         self.redact(str(error)) if error else None,
                          as_number(cost),
                          parse_time(data.get("expiresAt")))
 

@@ -5,7 +5,8 @@
     │   ├── MissingKeyError      PIXELDOJO_API_KEY is not set for a real run (exit 2)
     │   ├── SimulationMismatch   a real run on a simulated batch, or the other way round (exit 2)
     │   ├── PreflightFailed      reference URLs refused before anything was spent (exit 2)
-    │   └── LocalReferencesNeedStore  a run with local reference images and nowhere to upload them (exit 2)
+    │   ├── LocalReferencesNeedStore  a run with local reference images and nowhere to upload them (exit 2)
+    │   └── ReferenceStoreError  the reference store cannot be reached, read or written (exit 2)
     ├── ManifestError            one or more `FILE:LINE: message` diagnostics (exit 2)
     ├── LedgerError              the ledger cannot be opened, upgraded or written (exit 2)
     │   ├── IllegalTransition    a job state change the state machine forbids
@@ -53,6 +54,11 @@ class SimulationMismatch(UsageError):
 class LocalReferencesNeedStore(UsageError):
     """A batch with local reference images cannot run before they can be uploaded: refused
     before anything is spent (plan and validate work)."""
+
+
+class ReferenceStoreError(UsageError):
+    """The reference store (bucket, endpoint, credentials) refused or could not be reached: local
+    images cannot be uploaded, so nothing is submitted. Never carries a credential."""
 
 
 class PreflightFailed(UsageError):

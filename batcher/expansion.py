@@ -187,7 +187,7 @@ def _resolve_references(loc: Located, manifest: Manifest, diags: Diagnostics) ->
             values = manifest.reference_sets[spec].value
             urls.extend(values)
             for value in values:
-                if value in manifest.set_files:
+                if isinstance(value, str) and value in manifest.set_files:
                     manifest.local_files.setdefault(value, manifest.set_files[value])
                 elif check_url(value):
                     ok = False  # reported where the set is written: once is enough

@@ -1,5 +1,6 @@
 """Local reference images: a file, a folder (its images, sorted by name) or a glob, written in a
-manifest beside URLs and set names, resolved relative to the manifest's folder.
+manifest beside URLs and set names, resolved relative to the manifest's folder; and the settings
+of the store they are uploaded to (`StoreSettings`).
 
 A local image enters a job's request as its content address, `local:sha256:<hex>`, never as its
 path: renaming or moving a file changes no job key, editing it changes the keys of the jobs
@@ -12,12 +13,15 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import re
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from .errors import LocalReferencesNeedStore
+from .errors import LocalReferencesNeedStore, UsageError
 from .text import short
 
 LOCAL_PREFIX = "local:sha256:"
@@ -156,13 +160,90 @@ def local_addresses(references: Any) -> list[str]:
     return [v for v in references or () if is_local_address(v)]
 
 
-def refuse_local(files: dict[str, LocalFile]) -> None:
-    """Refuse to run a batch that uses local images (`files`, by address), before anything is
-    spent: uploading them needs a reference store, which is not available yet."""
-    if not files:
-        return
-    first = next(iter(files.values()))
-    more = f" ({len(files)} local images in all)" if len(files) > 1 else ""
+def refuse_without_store(origin: str, shown: str, count: int) -> None:
+    """Refuse, before anything is spent, a run whose local images (`count`, the first named
+    `shown` at `origin`) have no reference store to be uploaded to."""
+    more = f" ({count} local images in all)" if count > 1 else ""
     raise LocalReferencesNeedStore(
-        f"{first.origin}: reference {first.shown} is a local file{more}: running with local references needs a "
-        "reference store (--reference-store s3://..., coming next); plan and validate work today")
+        f"{origin}: reference {shown} is a local file{more}: the API takes only URLs, so a run needs a reference "
+        "store to upload it to: --reference-store s3://BUCKET/PREFIX or reference_store: in the manifest "
+        "(plan and validate need none)")
+
+
+# --- where local images are uploaded --------------------------------------------------------
+
+DEFAULT_URL_LIFETIME = 6 * 3600.0  # long enough for a job queued at the API for hours; a leaked URL dies that day
+MAX_URL_LIFETIME = 7 * 24 * 3600.0  # the longest a SigV4 presigned URL may live
+MIN_URL_LIFETIME = 60.0
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", re.IGNORECASE)
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_lifetime(text: str | float) -> float:
+    """A URL lifetime: seconds, or a number with s, m, h or d (`90m`, `6h`, `2d`)."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        found = _DURATION.fullmatch(str(text))
+        if found is None:
+            raise UsageError(f"reference URL lifetime {short(text)} is not a duration (for example 6h, 90m, 3600)")
+        seconds = float(found.group(1)) * _UNITS[found.group(2).lower()]
+    if not MIN_URL_LIFETIME <= seconds <= MAX_URL_LIFETIME:
+        raise UsageError(f"reference URL lifetime must be between 1 minute and 7 days, got {short(text)}")
+    return seconds
+
+
+def without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path.rstrip('/')}"
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """Where local images go: `s3://bucket/prefix`, an endpoint for stores other than AWS, an
+    optional public base URL (the bucket is public: no signing) and how long a signed URL lives."""
+
+    url: str
+    endpoint: str | None = None
+    public_url: str | None = None
+    url_lifetime: float = DEFAULT_URL_LIFETIME
+
+    @classmethod
+    def of(cls, url: str, endpoint: str | None = None, public_url: str | None = None,
+           url_lifetime: str | float | None = None) -> StoreSettings:
+        """Checked settings (UsageError names what is wrong). Without an endpoint the store's client
+        takes AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL from the environment when it opens."""
+        parts = urlsplit(url.strip())
+        if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+            raise UsageError(f"reference store {short(url)} is not an s3://BUCKET/PREFIX address")
+        if not _BUCKET.fullmatch(parts.netloc) or ".." in parts.netloc:
+            raise UsageError(f"reference store bucket {short(parts.netloc)} is not a valid bucket name")
+        prefix = parts.path.strip("/")
+        if any(p in ("", ".", "..") for p in prefix.split("/")) and prefix:
+            raise UsageError(f"reference store prefix {short(prefix)} has an empty, '.' or '..' part")
+        if endpoint is not None and urlsplit(endpoint).scheme not in ("http", "https"):
+            raise UsageError(f"reference store endpoint {short(without_userinfo(endpoint))} is not an http(s) URL")
+        if public_url is not None and urlsplit(public_url).scheme not in ("http", "https"):
+            raise UsageError(f"reference public URL {short(public_url)} is not an http(s) URL")
+        lifetime = DEFAULT_URL_LIFETIME if url_lifetime is None else parse_lifetime(url_lifetime)
+        return cls(f"s3://{parts.netloc}/{prefix}".rstrip("/"), endpoint, public_url, lifetime)
+
+    @property
+    def bucket(self) -> str:
+        return urlsplit(self.url).netloc
+
+    @property
+    def prefix(self) -> str:
+        return urlsplit(self.url).path.strip("/")
+
+    def resolved_endpoint(self, environ: Mapping[str, str]) -> str | None:
+        """The endpoint given, else the environment's (AWS_ENDPOINT_URL_S3, then AWS_ENDPOINT_URL)."""
+        return self.endpoint or environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL") or None
+
+    def identity(self, environ: Mapping[str, str]) -> str:
+        """What the ledger calls this store: endpoint (no credentials), bucket and prefix."""
+        endpoint = self.resolved_endpoint(environ)
+        return f"{without_userinfo(endpoint) if endpoint else 'aws'} {self.url}"

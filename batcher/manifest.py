@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from .diagnostics import MAX_DIAGNOSTICS, Diagnostics, suggest
-from .errors import Diagnostic
-from .localrefs import LocalFile, looks_like_local, resolve_local
+from .errors import Diagnostic, UsageError
+from .localrefs import LocalFile, StoreSettings, looks_like_local, resolve_local
 from .models import DEFAULT_MODEL, MODELS, ModelSpec, check_url, get_model
 from .rowfields import FROM_FIELD, ROW_EXTRAS, Located, Row, canonical_field, row_field_names, row_fields
 from .rowfiles import rows_from_file
@@ -37,7 +37,8 @@ from .yamlfile import (
 MAX_REPEAT = 10_000
 MAX_BATCH_NAME = 100
 
-TOP_FIELDS = ("version", "batch", "model", "defaults", "reference_sets", "rows")
+TOP_FIELDS = ("version", "batch", "model", "defaults", "reference_sets", "reference_store", "rows")
+STORE_FIELDS = ("url", "endpoint", "public_url", "url_lifetime")
 
 __all__ = [
     "BATCH_NAME_RULE", "FROM_FIELD", "MAX_BATCH_NAME", "MAX_DIAGNOSTICS", "MAX_FILE_BYTES",
@@ -64,6 +65,7 @@ class Manifest:
     # Filled as rows are checked (`expansion`); nothing is uploaded or sent.
     local_files: dict[str, LocalFile] = field(default_factory=dict)
     set_files: dict[str, LocalFile] = field(default_factory=dict)  # the reference sets' local images
+    reference_store: StoreSettings | None = None  # where local images are uploaded (`reference_store:`)
 
     @property
     def base(self) -> Path:
@@ -133,11 +135,13 @@ def _check_top(doc: LineDict, path: Path, display: str, diags: Diagnostics) -> M
     defaults = _defaults(doc, model, display, diags)
     set_files: dict[str, LocalFile] = {}
     sets = _reference_sets(doc, path.parent, display, diags, set_files)
+    store = _reference_store(doc, display, diags)
     rows = _rows(doc, path, display, model, diags)
     if not rows:
         diags.raise_if_any()
     return Manifest(path=path, display=display, batch=batch, model=model, defaults=defaults,
-                    reference_sets=sets, rows=rows, problems=list(diags.items), set_files=set_files)
+                    reference_sets=sets, rows=rows, problems=list(diags.items), set_files=set_files,
+                    reference_store=store)
 
 
 def _check_version(doc: LineDict, display: str, diags: Diagnostics) -> None:
@@ -181,6 +185,37 @@ def _model(doc: LineDict, display: str, diags: Diagnostics) -> ModelSpec:
         model = get_model(DEFAULT_MODEL)
     assert model is not None
     return model
+
+
+def _reference_store(doc: LineDict, display: str, diags: Diagnostics) -> StoreSettings | None:
+    """`reference_store: s3://bucket/prefix`, or a mapping of url, endpoint, public_url, url_lifetime."""
+    if doc.get("reference_store") is None:
+        return None
+    raw, line = doc["reference_store"], value_line(doc, "reference_store", 1)
+    if isinstance(raw, str):
+        raw = {"url": raw}
+    if not isinstance(raw, dict):
+        diags.add(display, line, f"reference_store must be an s3://BUCKET/PREFIX address or a mapping of "
+                                 f"{', '.join(STORE_FIELDS)}, not {type_name(raw)}")
+        return None
+    for key in raw:
+        if key not in STORE_FIELDS:
+            diags.add(display, key_line(raw, key, line),
+                      f"unknown reference_store field {short(key)}{suggest(key, STORE_FIELDS)}")
+    values = {k: raw.get(k) for k in STORE_FIELDS}
+    for key, value in values.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int, float))):
+            diags.add(display, value_line(raw, key, line),
+                      f"reference_store {key} must be text, not {type_name(value)}")
+            return None
+    if not isinstance(values["url"], str):
+        diags.add(display, line, "reference_store needs a url: s3://BUCKET/PREFIX")
+        return None
+    try:
+        return StoreSettings.of(values["url"], values["endpoint"], values["public_url"], values["url_lifetime"])
+    except UsageError as e:
+        diags.add(display, line, str(e))
+        return None
 
 
 def _mapping(doc: LineDict, name: str, what: str, display: str, diags: Diagnostics) -> dict[Any, Any]:

@@ -84,12 +84,6 @@ class PlanSummary:
     local_images: int = 0  # distinct local reference images the jobs use (by content)
     local_bytes: int = 0  # their size together: what uploading them would send
 
-    def local_text(self) -> str | None:
-        """`N local image(s), X MB to upload`, or None without local references."""
-        if not self.local_images:
-            return None
-        return f"{self.local_images} local image(s), {self.local_bytes / 1e6:.1f} MB to upload"
-
     def to_json(self) -> dict[str, Any]:
         local = {"local_images": {"count": self.local_images, "bytes": self.local_bytes}} if self.local_images else {}
         return {

@@ -1,9 +1,9 @@
 """Preflight: every distinct reference URL of a batch checked before anything is spent.
 
-What the model accepts (from hosts of the same model): JPEG, PNG or WEBP (judged by the bytes,
-not the Content-Type), at most 10 MB, shortest side at least 400 pixels. A URL is fetched with a
-range request for its first bytes; the type and the size in pixels are read from the image's
-header (PNG IHDR, JPEG SOFn, WEBP VP8/VP8L/VP8X), the size in bytes from the answer's headers.
+What the model accepts (batcher.imagefacts, the rules' home): JPEG, PNG or WEBP (judged by the
+bytes, not the Content-Type), at most 10 MB, shortest side at least 400 pixels. A URL is fetched
+with a range request for its first bytes; the type and the size in pixels are read from the
+image's header, the size in bytes from the answer's headers.
 
 A definite answer (4xx/5xx, not an image, too big, too small) is an ERROR: the batch is refused
 with every one of them at once. A URL that cannot be reached at all from this machine (no DNS, no
@@ -17,31 +17,35 @@ without asking. Errors and unreachable results are never trusted: a fixed image 
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import anyio
 
 from .answers import ReferenceFetch
 from .client import PixelDojoClient
 from .errors import MalformedAnswer, NotSentError, ServerError
+from .imagefacts import (  # noqa: F401 - MAX_BYTES, MIN_SIDE, RESERVED_*: re-exported, their home is imagefacts
+    MAX_BYTES,
+    MIN_SIDE,
+    RESERVED_HOSTS,
+    RESERVED_SUFFIXES,
+    image_kind,
+    image_size,
+    megabytes,
+    reserved_host,
+    too_big,
+    too_small,
+)
 from .ledger import Reference
 from .localrefs import LocalFile, is_local_address
 
-MAX_BYTES = 10 * 1024 * 1024
-MIN_SIDE = 400
 HEAD_BYTES = 128 * 1024  # the range asked for: enough for the header of any of the three types
 TRUST_SECONDS = 24 * 3600  # an OK result without validators is trusted this long
 WARNINGS_SHOWN = 3  # unreachable references named one by one; the rest are counted
-# Names reserved for documentation and tests (RFC 2606, RFC 6761): never an image's real home,
-# never fetched (so examples and tests behave the same with or without a network).
-RESERVED_SUFFIXES = (".example", ".test", ".invalid", ".localhost")
-RESERVED_HOSTS = {"example.com", "example.net", "example.org", "localhost"}
 
 
 class Outcome(str, Enum):
@@ -82,70 +86,7 @@ class PreflightReport:
         return lines
 
 
-# --- reading an image's header ----------------------------------------------------------------
-
-def image_kind(head: bytes) -> str | None:
-    """JPEG, PNG or WEBP by the file's first bytes (magic numbers), else None."""
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "PNG"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "JPEG"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WEBP"
-    return None
-
-
-def image_size(kind: str, head: bytes) -> tuple[int, int] | None:
-    """(width, height) from the header of an image of `kind`, or None if `head` does not hold it."""
-    try:
-        if kind == "PNG":
-            return struct.unpack(">II", head[16:24]) if head[12:16] == b"IHDR" else None
-        if kind == "JPEG":
-            return _jpeg_size(head)
-        return _webp_size(head)
-    except struct.error:  # cut short
-        return None
-
-
-def _jpeg_size(head: bytes) -> tuple[int, int] | None:
-    """Walk the JPEG's segments to the first SOFn (start of frame) marker."""
-    i = 2
-    while i + 4 <= len(head):
-        if head[i] != 0xFF:
-            return None
-        marker = head[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
-            i += 2
-            continue
-        (length,) = struct.unpack(">H", head[i + 2:i + 4])
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            height, width = struct.unpack(">HH", head[i + 5:i + 9])
-            return width, height
-        i += 2 + length
-    return None
-
-
-def _webp_size(head: bytes) -> tuple[int, int] | None:
-    chunk = head[12:16]
-    if chunk == b"VP8 " and head[23:26] == b"\x9d\x01\x2a":  # lossy: the key frame's start code
-        width, height = struct.unpack("<HH", head[26:30])
-        return width & 0x3FFF, height & 0x3FFF
-    if chunk == b"VP8L" and head[20:21] == b"\x2f":  # lossless: 14 bits each, minus one
-        (bits,) = struct.unpack("<I", head[21:25])
-        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-    if chunk == b"VP8X":  # extended: 24 bits each, minus one
-        return (int.from_bytes(head[24:27], "little") + 1, int.from_bytes(head[27:30], "little") + 1)
-    return None
-
-
 # --- judging one answer ------------------------------------------------------------------------
-
-def _megabytes(n: int) -> str:
-    return f"{n / 1024 / 1024:.1f} MB"
-
 
 def judge(answer: ReferenceFetch) -> Verdict:
     """What one answer (200 or 206, or anything else) says about a reference."""
@@ -155,24 +96,18 @@ def judge(answer: ReferenceFetch) -> Verdict:
     if kind is None:
         start = answer.head[:16].decode("ascii", "replace").strip()
         return Verdict(Outcome.ERROR, f"not a JPEG, PNG or WEBP image (starts with {start!r})")
-    if answer.size is not None and answer.size > MAX_BYTES:
-        return Verdict(Outcome.ERROR, f"{kind} of {_megabytes(answer.size)}, over the {_megabytes(MAX_BYTES)} the "
+    if answer.size is not None and too_big(answer.size):
+        return Verdict(Outcome.ERROR, f"{kind} of {megabytes(answer.size)}, over the {megabytes(MAX_BYTES)} the "
                                       f"model accepts")
     size = image_size(kind, answer.head)
     if size is None:
         return Verdict(Outcome.OK, f"{kind}; its dimensions are not in its first {HEAD_BYTES} bytes (not checked)",
                        answer.etag, answer.last_modified)
     width, height = size
-    if min(width, height) < MIN_SIDE:
+    if too_small(width, height):
         return Verdict(Outcome.ERROR, f"{kind} of {width}x{height}, shortest side under the {MIN_SIDE} pixels "
                                       f"the model needs")
     return Verdict(Outcome.OK, f"{kind} {width}x{height}", answer.etag, answer.last_modified)
-
-
-def reserved_host(url: str) -> bool:
-    host = (urlsplit(url).hostname or "").lower().rstrip(".")
-    return host in RESERVED_HOSTS or host.endswith(RESERVED_SUFFIXES) or \
-        any(host.endswith("." + h) for h in RESERVED_HOSTS)
 
 
 def trusted(known: Reference | None, now: float) -> bool:

@@ -9,15 +9,20 @@ renders are refunded, and faults can be switched on: 5xx answers, dropped connec
 connections, a submission accepted and charged whose answer is lost, malformed bodies, and 429
 with `Retry-After` over a request-rate limit.
 
+Reference images are judged at submission as the API would (batcher.simrefs): a reference it
+cannot fetch or would refuse fails the submission with 400 `invalid_request`, nothing charged.
+Placeholders on example hosts are accepted unfetched; the simulator's own `/_sim/refs/` and
+`/_sim/uploads/` are judged from its own bytes; other URLs are fetched by `fetch_reference`
+(served over HTTP: over the network by default; in-process: none, the host cannot be reached).
+
 The core (`Simulator.handle`) is transport-free; `SimulatorTransport` serves it in-process to
-httpx, `serve()` over HTTP on a loopback socket. It keeps its own record of what it received,
+httpx, `make_server()` over HTTP on a loopback socket. It keeps its own record of what it received,
 charged and refunded, so tests can hold the ledger against the "server".
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import heapq
 import json
 import random
@@ -39,7 +44,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from .models import MODELS, ModelSpec
-from .simimages import reference_image
+from .simrefs import FetchReference, UploadStore, fetch_over_http, own_file, static_file, submission_problem
 
 # Upstream prices 1080p at about 1.8x 720p; the simulator charges that, below batcher's estimate.
 SIM_RATES = {"720p": 4.0, "1080p": 7.2}
@@ -111,22 +116,9 @@ def clip_for(job_id: str) -> bytes:
     return demo_clip() + struct.pack(">I", 8 + len(payload)) + b"free" + payload
 
 
-def _reference(name: str, headers: dict[str, str]) -> Answer:
-    """A reference image, as a static file host serves it: ETag, Last-Modified, 304, ranges."""
-    found = reference_image(name)
-    if found is None:
-        return Answer(404, b"Not Found", {"content-type": "text/plain"})
-    status, body, kind = found
-    validators = {} if name == "noetag.png" else {
-        "etag": f'"{hashlib.sha256(body).hexdigest()[:16]}"', "last-modified": "Mon, 01 Jan 2024 00:00:00 GMT"}
-    if validators and headers.get("if-none-match") == validators["etag"]:
-        return Answer(304, b"", validators)
-    wanted = headers.get("range", "").removeprefix("bytes=").split("-")
-    if len(wanted) == 2 and wanted[0].isdigit() and wanted[1].isdigit():
-        first, last = int(wanted[0]), min(int(wanted[1]), len(body) - 1)
-        return Answer(206, body[first:last + 1], {"content-type": kind, **validators,
-                                                  "content-range": f"bytes {first}-{last}/{len(body)}"})
-    return Answer(status, body, {"content-type": kind, **validators})
+def _own_file(kind: str, name: str, headers: dict[str, str], uploads: UploadStore) -> Answer:
+    """A reference image or an upload, as a static file host serves it: ETag, Last-Modified, 304, ranges."""
+    return Answer(*static_file(own_file(kind, name, uploads), headers, validators=name != "noetag.png"))
 
 
 def _iso(epoch: float) -> str:
@@ -166,8 +158,13 @@ class Simulator:
     """The fake API's state and logic; thread-safe."""
 
     def __init__(self, config: SimConfig | None = None, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time):
+                 wall: Callable[[], float] = time.time, fetch_reference: FetchReference | None = None):
         self.config = config or SimConfig()
+        # Fetches reference URLs that are neither placeholders nor the simulator's own; None: a
+        # server's default (make_server: over HTTP), in-process: such hosts cannot be reached.
+        self.fetch_reference = fetch_reference
+        self.reference_fetches = 0
+        self.uploads = UploadStore()
         self.clock = clock
         self.wall = wall
         self.rng = random.Random(self.config.seed)
@@ -183,7 +180,28 @@ class Simulator:
         self.rate_limited = 0
         self.faults: dict[str, int] = {}
         self.run_bodies: list[dict[str, Any]] = []  # every POST run body received, accepted or not
-        self.journal: Journal | None = None  # where charges and handed-out URLs are kept between runs
+        self._journal: Journal | None = None
+
+    @property
+    def journal(self) -> Journal | None:
+        """Where charges, handed-out URLs and uploads are kept between runs (None: in memory)."""
+        return self._journal
+
+    @journal.setter
+    def journal(self, journal: Journal | None) -> None:
+        self._journal = journal
+        self.uploads.folder = journal.uploads_folder if journal is not None else None
+
+    # --- uploads: a public bucket beside the API, for references made from local images ----------
+
+    def put_upload(self, name: str, data: bytes) -> None:
+        """Store `data` as `/_sim/uploads/<name>`; `name` is `<64 lowercase hex>.<jpg|png|webp>`
+        (ValueError otherwise). Kept beside the journal when there is one, else in memory."""
+        self.uploads.put(name, data)
+
+    def upload_size(self, name: str) -> int | None:
+        """The size in bytes of upload `name`, or None if there is none (ValueError for a bad name)."""
+        return self.uploads.size(name)
 
     # --- the record --------------------------------------------------------------------------
 
@@ -204,6 +222,7 @@ class Simulator:
                 "rate_limited": self.rate_limited,
                 "faults": dict(self.faults),
                 "run_bodies": len(self.run_bodies),
+                "reference_fetches": self.reference_fetches,
             }
 
     def _tick(self) -> None:
@@ -219,72 +238,93 @@ class Simulator:
 
     # --- requests ----------------------------------------------------------------------------
 
-    def handle(self, method: str, url: str, headers: dict[str, str], body: bytes) -> Answer:
-        """Answer one request, or raise Dropped/Refused. `url` is absolute."""
-        answer = self._answer(method, url, headers, body)
+    def handle(self, method: str, url: str, headers: dict[str, str], body: bytes, *,
+               fetch: FetchReference | None = None) -> Answer:
+        """Answer one request, or raise Dropped/Refused. `url` is absolute. `fetch` reaches
+        reference hosts when the simulator has no `fetch_reference` of its own (a server's)."""
+        answer = self._answer(method, url, headers, body, self.fetch_reference or fetch)
         if self.config.echo_key_in_errors:
             answer = _echo_key(answer, headers.get("authorization", ""))
         return answer
 
-    def _answer(self, method: str, url: str, headers: dict[str, str], body: bytes) -> Answer:
+    def _answer(self, method: str, url: str, headers: dict[str, str], body: bytes,
+                fetch: FetchReference | None) -> Answer:
         parts = urlsplit(url)
         base = f"{parts.scheme}://{parts.netloc}"
         path = parts.path.rstrip("/")
         with self.lock:
+            found = self._answer_locked(method, path, headers, body, base)
+        if isinstance(found, Answer):
+            return found
+        # A valid run body: its references are judged outside the lock (a fetch may be slow).
+        spec, data = found
+        problem, fetched = submission_problem(spec, data, self.uploads, fetch)
+        with self.lock:
             self._tick()
-            route = self._route_name(method, path)
-            self.requests[route] = self.requests.get(route, 0) + 1
-            if route == "ref":  # reference images: as from another host, no key, limits or faults
-                return _reference(path.split("/")[-1], headers)
-            if route == "admin":
-                return _json(200, {})  # answered by the caller (record must not nest the lock)
-            if route != "file":
-                auth = headers.get("authorization", "")
-                if auth != f"Bearer {self.config.api_key}":
-                    return _error(401, "invalid_api_key", "Invalid or missing API key")
-            # Output files live on another host (temp.pixeldojo.ai): not under the API's rate limit.
-            limited = self._rate_limit() if route != "file" else None
-            if limited is not None:
-                return limited
-            fault = self._fault(route)
-            if fault == "refuse":
-                raise Refused()
-            if fault == "drop":
+            self.reference_fetches += fetched
+            if problem is not None:
+                return _error(400, "invalid_request", problem)  # nothing charged
+            answer = self._charge(spec, data, base)
+            if answer.status == 202 and self._roll(self.config.lost_answer_rate):
+                self.faults["lost_answer"] = self.faults.get("lost_answer", 0) + 1
+                job_id = json.loads(answer.body)["jobId"]
+                self.jobs[job_id].answer_lost = True
                 raise Dropped()
-            if fault == "error":
-                return _error(503, "server_error", "The server is temporarily unavailable")
-            if fault == "malformed":
-                return Answer(200, b"<html><body><h1>502 Bad Gateway</h1></body></html>",
-                              {"content-type": "text/html"})
-            if route == "run":
-                answer = self._run(path.split("/")[-2], body, base)
-                if answer.status == 202 and self._roll(self.config.lost_answer_rate):
-                    self.faults["lost_answer"] = self.faults.get("lost_answer", 0) + 1
-                    job_id = json.loads(answer.body)["jobId"]
-                    self.jobs[job_id].answer_lost = True
-                    raise Dropped()
-                return answer
-            if route == "job":
-                return self._status(path.split("/")[-1], base)
-            if route == "file":
-                return self._file(path.split("/")[-1])
-            if route == "models":
-                return _json(200, {"models": [{"apiId": m.api_id} for m in MODELS.values()]})
-            if route in ("model", "schema"):
-                api_id = path.split("/")[4]
-                spec = MODELS.get(api_id)
-                if spec is None:
-                    return _error(404, "model_not_found", f"Model {api_id} not found")
-                if route == "schema":
-                    return _json(200, spec.json_schema())
-                return _json(200, {"apiId": spec.api_id, "type": "video"})
-            return _error(404, "not_found", f"No route for {method} {path}")
+            return answer
+
+    def _answer_locked(self, method: str, path: str, headers: dict[str, str], body: bytes, base: str
+                       ) -> Answer | tuple[ModelSpec, dict[str, Any]]:
+        """The answer, or a run body validated (model, body) whose references are still to judge."""
+        self._tick()
+        route = self._route_name(method, path)
+        self.requests[route] = self.requests.get(route, 0) + 1
+        if route in ("ref", "upload"):  # as from another host: no key, limits or faults
+            return _own_file("refs" if route == "ref" else "uploads", path.split("/")[-1], headers, self.uploads)
+        if route == "admin":
+            return _json(200, {})  # answered by the caller (record must not nest the lock)
+        if route != "file":
+            auth = headers.get("authorization", "")
+            if auth != f"Bearer {self.config.api_key}":
+                return _error(401, "invalid_api_key", "Invalid or missing API key")
+        # Output files live on another host (temp.pixeldojo.ai): not under the API's rate limit.
+        limited = self._rate_limit() if route != "file" else None
+        if limited is not None:
+            return limited
+        fault = self._fault(route)
+        if fault == "refuse":
+            raise Refused()
+        if fault == "drop":
+            raise Dropped()
+        if fault == "error":
+            return _error(503, "server_error", "The server is temporarily unavailable")
+        if fault == "malformed":
+            return Answer(200, b"<html><body><h1>502 Bad Gateway</h1></body></html>",
+                          {"content-type": "text/html"})
+        if route == "run":
+            return self._validated(path.split("/")[-2], body)
+        if route == "job":
+            return self._status(path.split("/")[-1], base)
+        if route == "file":
+            return self._file(path.split("/")[-1])
+        if route == "models":
+            return _json(200, {"models": [{"apiId": m.api_id} for m in MODELS.values()]})
+        if route in ("model", "schema"):
+            api_id = path.split("/")[4]
+            spec = MODELS.get(api_id)
+            if spec is None:
+                return _error(404, "model_not_found", f"Model {api_id} not found")
+            if route == "schema":
+                return _json(200, spec.json_schema())
+            return _json(200, {"apiId": spec.api_id, "type": "video"})
+        return _error(404, "not_found", f"No route for {method} {path}")
 
     @staticmethod
     def _route_name(method: str, path: str) -> str:
         p = path.split("/")
         if method == "GET" and path.startswith("/_sim/refs/"):
             return "ref"
+        if method == "GET" and path.startswith("/_sim/uploads/"):
+            return "upload"
         if path.startswith("/_sim/"):
             return "admin"
         if method == "POST" and len(p) == 6 and p[1:4] == ["api", "v1", "models"] and p[5] == "run":
@@ -327,7 +367,7 @@ class Simulator:
         self._recent.append(now)
         return None
 
-    def _run(self, api_id: str, body: bytes, base: str) -> Answer:
+    def _validated(self, api_id: str, body: bytes) -> Answer | tuple[ModelSpec, dict[str, Any]]:
         spec = MODELS.get(api_id)
         if spec is None:
             return _error(404, "model_not_found", f"Model {api_id} not found")
@@ -339,6 +379,10 @@ class Simulator:
         problem = validate_body(spec, data)
         if problem:
             return _error(422, "invalid_request", problem)
+        return spec, data
+
+    def _charge(self, spec: ModelSpec, data: dict[str, Any], base: str) -> Answer:
+        api_id = spec.api_id
         params = spec.from_wire(data)
         duration = params.get("duration", spec.defaults()["duration"])
         rate = self.config.rates[str(params.get("resolution", spec.defaults()["resolution"]))]
@@ -410,14 +454,22 @@ class Journal:
     """What the simulator charged and handed out, appended as it happens (one JSON line each), so a
     simulated run that is interrupted in any way, Ctrl-C or kill -9, resumes as it would against
     the real API, which remembers its jobs. Times are wall-clock epochs: monotonic clocks do not
-    survive the process."""
+    survive the process. Uploads are files in a folder beside it (`uploads_folder`), each written
+    whole (a temporary file renamed)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._file: Any = None
 
+    @property
+    def uploads_folder(self) -> Path:
+        """`<journal>.uploads/`: the uploads' bytes, one file each."""
+        return self.path.with_name(self.path.name + ".uploads")
+
     def replay(self, sim: Simulator) -> int:
-        """Load what earlier runs recorded into `sim`; returns the jobs restored."""
+        """Load what earlier runs recorded into `sim`; returns the jobs restored. Uploads are read
+        from the uploads folder when asked for."""
+        sim.uploads.folder = self.uploads_folder
         try:
             lines = self.path.read_text(encoding="utf-8").splitlines()
         except OSError:
@@ -485,12 +537,16 @@ def validate_body(spec: ModelSpec, data: Any) -> str | None:
 
 # --- in-process transport -----------------------------------------------------------------------
 
+OWN_FILES = ("/_sim/refs/", "/_sim/uploads/")
+
+
 class SimulatorTransport(httpx.AsyncBaseTransport):
     """Serves a Simulator to an httpx.AsyncClient in-process, faults included.
 
     A reference image fetched in-process (a request marked `batcher_reference`) is served only
-    from the simulator's `/_sim/refs/`: any other reference URL (example.com, ...) is not on
-    the simulator's host and cannot be reached, as on a machine offline (httpx.ConnectError)."""
+    from the simulator's `/_sim/refs/` and `/_sim/uploads/`: any other reference URL (example.com,
+    ...) is not on the simulator's host and cannot be reached, as on a machine offline
+    (httpx.ConnectError)."""
 
     def __init__(self, simulator: Simulator):
         self.simulator = simulator
@@ -500,7 +556,7 @@ class SimulatorTransport(httpx.AsyncBaseTransport):
         headers = {k.lower(): v for k, v in request.headers.items()}
         if request.url.path == "/_sim/record":
             return httpx.Response(200, json=self.simulator.record(), request=request)
-        if request.extensions.get("batcher_reference") and not request.url.path.startswith("/_sim/refs/"):
+        if request.extensions.get("batcher_reference") and not request.url.path.startswith(OWN_FILES):
             raise httpx.ConnectError(f"[Errno -2] Name or service not known: {request.url.host} "
                                      "(not the simulator's host)", request=request)
         try:
@@ -517,7 +573,7 @@ class SimulatorTransport(httpx.AsyncBaseTransport):
 
 class _Handler(BaseHTTPRequestHandler):
     simulator: Simulator
-    server: ThreadingHTTPServer
+    server: SimulatorServer
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:  # `format`: the stdlib's parameter name
@@ -532,7 +588,8 @@ class _Handler(BaseHTTPRequestHandler):
             host = self.headers.get("host") or f"127.0.0.1:{self.server.server_address[1]}"
             headers = {k.lower(): v for k, v in self.headers.items()}
             try:
-                answer = self.simulator.handle(self.command, f"http://{host}{self.path}", headers, body)
+                answer = self.simulator.handle(self.command, f"http://{host}{self.path}", headers, body,
+                                               fetch=self.server.fetch_reference)
             except (Dropped, Refused):
                 self.close_connection = True
                 with contextlib.suppress(OSError):
@@ -552,9 +609,14 @@ class _Handler(BaseHTTPRequestHandler):
 class SimulatorServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    fetch_reference: FetchReference | None = None  # for a simulator without its own
 
 
-def make_server(simulator: Simulator, host: str = "127.0.0.1", port: int = 0) -> SimulatorServer:
-    """An HTTP server for `simulator` on host:port (port 0 picks a free one)."""
+def make_server(simulator: Simulator, host: str = "127.0.0.1", port: int = 0, *,
+                fetch_reference: FetchReference | None = fetch_over_http) -> SimulatorServer:
+    """An HTTP server for `simulator` on host:port (port 0 picks a free one). Reference URLs are
+    fetched with the simulator's `fetch_reference`, else with this one (by default over HTTP)."""
     handler = type("Handler", (_Handler,), {"simulator": simulator})
-    return SimulatorServer((host, port), handler)
+    server = SimulatorServer((host, port), handler)
+    server.fetch_reference = fetch_reference
+    return server

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import os
+import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -88,3 +90,43 @@ def ledger_url(request, tmp_path: Path) -> str:
     import re
     name = "t_" + re.sub(r"[^a-z0-9]", "_", request.node.name.lower())[:50] + f"_{os.getpid()}"
     return pg_schema_url(name)
+
+
+# --- an S3-compatible server on loopback (moto in server mode) ----------------------------------
+
+S3_URL = os.environ.get("BATCHER_TEST_S3")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3-compatible server on 127.0.0.1: the one `.ci/run` starts (BATCHER_TEST_S3), or
+    moto's server started here for the session."""
+    if S3_URL:
+        yield S3_URL
+        return
+    import shutil
+    import socket
+    import subprocess
+    import time
+    server = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
+    if not Path(server).exists():
+        if os.environ.get("CI"):
+            pytest.fail("no S3 server: .ci/run starts moto and sets BATCHER_TEST_S3")
+        pytest.skip("moto_server is not installed (pip install -e '.[test]')")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import batcher
 
-ORDER = ["errors", "text", "models", "template", "states", "policy", "diagnostics", "textfiles", "yamlfile",
-         "rowfields", "localrefs", "rowfiles", "manifest", "expansion", "rowkeys", "plan", "files", "media", "ledger",
-         "answers", "client", "simimages", "simulator", "preflight", "run", "export", "report", "display", "views",
-         "api", "bench", "cli", "__main__"]
+ORDER = ["errors", "text", "schemarules", "imagefacts", "models", "template", "states", "policy", "diagnostics",
+         "textfiles", "yamlfile", "rowfields", "localrefs", "rowfiles", "manifest", "expansion", "rowkeys", "plan",
+         "files", "media", "ledger", "answers", "client", "simimages", "simrefs", "simulator", "preflight", "refstore",
+         "run", "export", "report", "display", "views", "api", "bench", "cli", "__main__"]
 PACKAGE = Path(batcher.__file__).parent
 
 

@@ -1,20 +1,23 @@
 """Local reference images in manifests: files, folders and globs resolved beside the manifest,
 keyed by their content, counted by `plan`, checked by `validate --online`, refused by `run`
-until they can be uploaded."""
+and uploaded by runs (to the simulator's own store here; to S3 in test_reference_store)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import anyio
 import pytest
 from click.testing import CliRunner
 
 from batcher import api
 from batcher.cli import cli
 from batcher.errors import LocalReferencesNeedStore, ManifestError
+from batcher.ledger import Ledger
 from batcher.localrefs import LOCAL_PREFIX
 from batcher.manifest import load_manifest
 from batcher.plan import check, expand
+from batcher.run import RunOptions
 from batcher.simimages import png_image
 from batcher.simulator import SimConfig, Simulator
 
@@ -192,32 +195,48 @@ def test_plan_counts_distinct_local_images_and_their_bytes_and_sends_nothing(cha
                 if p.suffix.lower() == ".png")
     result = CliRunner().invoke(cli, ["plan", str(path), "--json", "--ledger", str(chars / "none.db")])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["local_images"] == {"count": 3, "bytes": total}
+    assert json.loads(result.output)["local_images"] == {"count": 3, "bytes": total, "store": None, "stored": 0,
+                                                         "bytes_to_upload": total}
     text = CliRunner().invoke(cli, ["plan", str(path), "--ledger", str(chars / "none.db")])
-    assert f"3 local image(s), {total / 1e6:.1f} MB to upload" in text.output
+    assert f"local images: 3, {total / 1e6:.1f} MB to upload; a run needs a reference store" in text.output
     assert not (chars / "none.db").exists()
 
 
-def test_run_refuses_local_references_with_one_line_and_exit_2_before_anything(chars, write):
+def test_a_real_run_without_a_store_refuses_with_one_line_and_exit_2_before_anything(chars, write, monkeypatch):
     path = local_manifest(write)
     ledger = chars / "l.db"
-    result = CliRunner().invoke(cli, ["run", str(path), "--simulate", "--ledger", str(ledger),
+    monkeypatch.setenv("PIXELDOJO_API_KEY", "k")
+    result = CliRunner().invoke(cli, ["run", str(path), "--api-base", "http://127.0.0.1:9", "--ledger", str(ledger),
                                       "--out", str(chars / "out")])
     assert result.exit_code == 2, result.output
     [line] = result.stderr.splitlines()
     assert line == (f"batcher: {path}:4: reference chars/knight/a-front.PNG is a local file (3 local images in all): "
-                    "running with local references needs a reference store (--reference-store s3://..., coming "
-                    "next); plan and validate work today")
+                    "the API takes only URLs, so a run needs a reference store to upload it to: --reference-store "
+                    "s3://BUCKET/PREFIX or reference_store: in the manifest (plan and validate need none)")
     assert not ledger.exists() and not (chars / "out").exists()
 
 
-def test_the_api_run_refuses_before_any_post(chars, write):
+def test_the_api_refuses_a_real_run_without_a_store_before_any_post(chars, write):
+    path = local_manifest(write)
+    with pytest.raises(LocalReferencesNeedStore):
+        anyio.run(lambda: api.run_async(path, ledger=chars / "l.db", to=api.target(api_key="k",
+                                                                                   api_base="http://127.0.0.1:9")))
+    with Ledger(chars / "l.db") as led:
+        assert led.batches() == []  # nothing staged
+
+
+def test_a_simulated_run_uploads_local_images_to_the_simulator_once(chars, write):
     path = local_manifest(write)
     sim = Simulator(SimConfig(render_seconds=0.02))
-    import anyio
-    with pytest.raises(LocalReferencesNeedStore):
-        anyio.run(lambda: api.run_async(path, ledger=chars / "l.db", to=api.target(simulate=sim)))
-    assert sim.record()["run_bodies"] == 0
+    opts = RunOptions.of(out_dir=chars / "out", expected_render=0.02)
+    report = anyio.run(lambda: api.run_async(path, ledger=chars / "l.db", to=api.target(simulate=sim), options=opts))
+    assert report.counts["completed"] == report.total > 0, report.messages
+    knight = chars / "chars" / "knight"
+    for image_path in (knight / "a-front.PNG", knight / "b-side.png", chars / "mare.png"):
+        assert sim.upload_size(address(image_path)[len(LOCAL_PREFIX):] + ".png") == image_path.stat().st_size
+    assert report.uploads == "3 local reference image(s): 3 uploaded (0.0 MB), 0 already in the store"
+    again = anyio.run(lambda: api.run_async(path, ledger=chars / "l.db", to=api.target(simulate=sim), options=opts))
+    assert again.uploads is None  # every job is done: nothing to send, nothing to upload
 
 
 def test_validate_online_refuses_a_small_png_and_a_text_file_renamed_png(tmp_path, write):

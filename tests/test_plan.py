@@ -17,10 +17,13 @@ def test_demo_expansion():
     combos = {(j.params["aspect_ratio"], j.params["prompt"], j.take) for j in by_row[1]}
     assert len(combos) == 8
     assert ("9:16", "The mare trots across a beach", 2) in combos
-    # references: union in order, duplicates removed
-    assert by_row[1][0].params["references"] == ["https://example.com/mare.jpg", "https://example.com/saddle.webp"]
+    # references: union in order, duplicates removed; the mare's folder as its images' content addresses
+    import hashlib
+    mare = ["local:sha256:" + hashlib.sha256((MANIFESTS / "characters/mare" / name).read_bytes()).hexdigest()
+            for name in ("mare-front.png", "mare-side.png")]
+    assert by_row[1][0].params["references"] == [*mare, "https://example.com/saddle.webp"]
     assert by_row[2][0].params["references"] == [
-        "https://example.com/knight-front.png", "https://example.com/knight-side.png", "https://example.com/mare.jpg"]
+        "https://example.com/knight-front.png", "https://example.com/knight-side.png", *mare]
     closeup = by_row[2][0]
     assert closeup.params["resolution"] == "1080p" and closeup.params["duration"] == 8
     assert closeup.estimate == 64 and closeup.estimate_is_guess
@@ -113,6 +116,8 @@ def test_rate_override_changes_estimate_and_clears_guess():
 
 
 # --- keys pinned: computed by the code before expansion was made faster ------------------------
+# (The demo's pins were computed again when its mare set became a local folder: its keys follow the
+# images' content. The every-feature and dataset pins are the originals.)
 # A manifest using every expansion feature: defaults, wire-name aliases, sets and nested reference
 # lists, vary over parameters and variables, seeds, repeat, seed: auto, a float duration, braces,
 # non-ASCII text, duplicates across rows, and rows from CSV and JSONL files. ("True" in quotes: a
@@ -125,9 +130,9 @@ EVERY_KEYS = ["bce062e8f4681c644080", "be6b565ab7579d0df258", "2107a3935f24f2da7
 EVERY_JOBS_SHA256 = '24e8fbce95f847a8a5c0eaf251ddd9f1cd9a4f6d3ae478561b3c17ead030f733'
 EVERY_SUMMARY = {'batch': 'every-feature', 'model': 'happyhorse-1.0-r2v', 'jobs': 104, 'credits': 3832.0, 'credits_are_estimate': True, 'credits_include_guessed_rates': True, 'duplicates_merged': 2, 'seconds_of_video': 874, 'by_resolution': {'720p': 92, '1080p': 12}, 'rows': [['every.yaml:12', 'row0001', 80, 2880.0], ['every.yaml:22', 'Close-up-1080p', 8, 512.0], ['every.yaml:38', 'row0004', 3, 60.0], ['every.yaml:47', 'row0006', 2, 40.0], ['rows.csv:2', 'row0007', 1, 16.0], ['rows.csv:3', 'row0008', 1, 20.0], ['rows.csv:4', 'row0009', 1, 48.0], ['rows.jsonl:1', 'row0010', 2, 56.0], ['rows.jsonl:2', 'row0011', 4, 160.0], ['rows.jsonl:3', 'row0012', 2, 40.0]]}
 
-DEMO_KEYS = ["d3c61ad09bffb842e846", "afaa20f575eb5e610efd", "6d978806bcef1fd5d87a", "6b0d1381ca70859c9a49", "fe4dbd8fcad4d2a0f2fa", "5d8852ab03f76e74d8c2", "2b742fabc2f6a3688cac", "89a18a122ec9045e7a8b", "f7cb3748fbe5b9ad3559", "ed75ac2e9d3e98d51172", "72225467bb5189654565", "3062954974110b755e55"]
-DEMO_JOBS_SHA256 = '25b8482cd26b68cc3d28d942e8b6e4e5e5edd76cb85fa84f85bdfb4b57e560b4'
-DEMO_SUMMARY = {'batch': 'knight-and-mare', 'model': 'happyhorse-1.0-r2v', 'jobs': 12, 'credits': 284.0, 'credits_are_estimate': True, 'credits_include_guessed_rates': True, 'duplicates_merged': 0, 'seconds_of_video': 63, 'by_resolution': {'720p': 11, '1080p': 1}, 'rows': [['demo.yaml:14', 'row0001', 3, 60.0], ['demo.yaml:17', 'row0002', 8, 160.0], ['demo.yaml:23', 'closeup', 1, 64.0]]}
+DEMO_KEYS = ["d3c61ad09bffb842e846", "afaa20f575eb5e610efd", "6d978806bcef1fd5d87a", "f19845f03254bdd30d27", "b9c17ab9665e16c69923", "a27deab1ebcb6eeb3043", "aec36967ce215ce4999a", "d85b512729203dc17fb3", "f6370700f4b3d863b973", "e0ad1cc3865a6c3c683d", "5811cfc55207d63b358f", "4c52662c3484fdcd406b"]
+DEMO_JOBS_SHA256 = '1b732ee4ea9cf06eea156c3081fb6b4caa3490e8060fa3e1c5e5458ed7484549'
+DEMO_SUMMARY = {'batch': 'knight-and-mare', 'model': 'happyhorse-1.0-r2v', 'jobs': 12, 'credits': 284.0, 'credits_are_estimate': True, 'credits_include_guessed_rates': True, 'duplicates_merged': 0, 'seconds_of_video': 63, 'by_resolution': {'720p': 11, '1080p': 1}, 'rows': [['demo.yaml:14', 'row0001', 3, 60.0], ['demo.yaml:17', 'row0002', 8, 160.0], ['demo.yaml:23', 'closeup', 1, 64.0]], 'local_images': {'count': 2, 'bytes': 1841}}
 
 DATASET_KEYS = ["f6f302de4b9a4c5f5362", "a508b7f9fd6178f38877", "8b7f1530da406301d066", "3af326e7ff4573a8ccfa", "99e245a038e3e7008837"]
 DATASET_JOBS_SHA256 = '218d6bb30267b0dc9bc9ffccafeec4db5424058d252714f498952e98128718e0'

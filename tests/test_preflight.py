@@ -17,8 +17,10 @@ from batcher.answers import ReferenceFetch
 from batcher.cli import cli
 from batcher.client import PixelDojoClient
 from batcher.errors import PreflightFailed
-from batcher.preflight import MAX_BYTES, Outcome, image_kind, image_size, judge
+from batcher.imagefacts import MAX_BYTES, image_kind, image_size
+from batcher.preflight import Outcome, judge
 from batcher.simimages import png_image
+from batcher.simrefs import FetchedReference
 from batcher.simulator import SimConfig, Simulator, SimulatorTransport
 
 SIM = "https://pixeldojo.ai/_sim/refs"
@@ -79,8 +81,14 @@ def test_preflight_errors_exit_2_via_the_cli_with_one_file_line_per_bad_referenc
 def test_an_unreachable_reference_is_a_warning_and_the_run_completes(simrun, write):
     path = manifest_with(write, ["https://images.nowhere.net/hero.png", f"{SIM}/good.png"])
     warnings: list[str] = []
-    report, _, _ = simrun(path, simulator=fresh_sim(), on_warning=warnings.append)
-    assert report.counts["completed"] == 2
+    seen: list[str] = []
+
+    def the_apis_network(url: str) -> FetchedReference:  # reaches the host this machine cannot
+        seen.append(url)
+        return FetchedReference(200, "image/png", png_image(512, 512))
+    sim = Simulator(SimConfig(render_seconds=0.02, render_jitter=0.1), fetch_reference=the_apis_network)
+    report, _, _ = simrun(path, simulator=sim, on_warning=warnings.append)
+    assert report.counts["completed"] == 2 and seen == ["https://images.nowhere.net/hero.png"]
     assert len(warnings) == 1 and "images.nowhere.net/hero.png: could not be reached" in warnings[0]
     assert warnings[0].startswith(f"{path}:{line_of(path, 'images.nowhere.net')}: reference ")
 
@@ -90,7 +98,10 @@ def test_unreachable_references_are_warned_about_in_a_capped_list_on_stderr(tmp_
     path = manifest_with(write, urls)
     result = CliRunner().invoke(cli, ["run", str(path), "--simulate", "--ledger", str(tmp_path / "l.db"),
                                       "--out", str(tmp_path / "out"), "--sim-render-seconds", "0.02"])
-    assert result.exit_code == 0, result.output
+    # Warned, not refused: the jobs are submitted; the in-process simulator (offline, as this
+    # machine) then refuses the six it cannot reach, and the placeholder one completes.
+    assert result.exit_code == 1, result.output
+    assert "6 failed (of 7)" in result.output and "cannot be reached" in result.output
     warned = [line for line in result.stderr.splitlines() if "may still" in line]
     assert len(warned) == 4 and "3 more reference(s) could not be reached" in warned[-1]
     assert "1 reference(s) on example hosts (example.com, *.test, localhost, ...) were not checked" in result.stderr
@@ -138,8 +149,14 @@ def test_a_rerun_does_not_fetch_an_ok_reference_again(tmp_path, write):
 def test_no_preflight_skips_it(simrun, write):
     path = manifest_with(write, [f"{SIM}/small.png"])
     sim = fresh_sim()
-    report, sim, _ = simrun(path, simulator=sim, preflight=False)
-    assert report.counts["completed"] == 1 and sim.record()["requests"].get("ref", 0) == 0
+    report, sim, ledger = simrun(path, simulator=sim, preflight=False)
+    assert sim.record()["requests"].get("ref", 0) == 0  # nothing fetched before submitting
+    # ... so the API found it: the submission refused, nothing charged, the reason kept
+    assert report.counts["failed"] == 1 and sim.record()["charged"] == 0
+    from batcher.ledger import Ledger
+    with Ledger(ledger) as led:
+        job = next(led.iter_batch("refs"))
+        assert f"reference_urls[0]: {SIM}/small.png: 200x200, shortest side under 400 px" in job.error
 
 
 def test_no_preflight_on_the_cli_warns_and_runs(tmp_path, write):
@@ -147,8 +164,8 @@ def test_no_preflight_on_the_cli_warns_and_runs(tmp_path, write):
     result = CliRunner().invoke(cli, ["run", str(path), "--simulate", "--no-preflight", "--ledger",
                                       str(tmp_path / "l.db"), "--out", str(tmp_path / "out"),
                                       "--sim-render-seconds", "0.02"])
-    assert result.exit_code == 0, result.output
-    assert "--no-preflight" in result.stderr
+    assert result.exit_code == 1, result.output  # the job ran, and the API refused its reference
+    assert "--no-preflight" in result.stderr and "shortest side under" in result.output
 
 
 def test_validate_online_reports_the_same_errors(tmp_path, write):

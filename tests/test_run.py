@@ -35,8 +35,13 @@ def test_demo_runs_to_completion_and_matches_the_server(simrun, tmp_path):
     report, sim, ledger_path = simrun(MANIFESTS / "demo.yaml", concurrency=3)
     assert report.exit_code == 0 and report.counts["completed"] == 12
     record = sim.record()
-    # every job submitted once, with exactly the body the manifest asks for
-    expected = [j.wire(HAPPYHORSE_R2V) for j in expand(load_manifest(MANIFESTS / "demo.yaml"))]
+    # every job submitted once, with exactly the body the manifest asks for; its local images (the
+    # mare's folder) as the URLs of their uploads, made when the job was sent
+    from batcher.refstore import with_urls
+
+    def uploaded(address: str) -> str:
+        return f"https://pixeldojo.ai/_sim/uploads/{address.removeprefix('local:sha256:')}.png"
+    expected = [with_urls(j.wire(HAPPYHORSE_R2V), uploaded) for j in expand(load_manifest(MANIFESTS / "demo.yaml"))]
     sent = Counter(body_key(j["body"]) for j in record["jobs"])
     assert sent == Counter(body_key(b) for b in expected)
     assert record["peak_in_flight"] <= 3

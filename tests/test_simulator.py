@@ -9,7 +9,7 @@ from batcher.simulator import Dropped, Refused, SimConfig, Simulator, clip_for
 
 BASE = "https://pixeldojo.ai"
 AUTH = {"authorization": "Bearer sim-key"}
-BODY = {"prompt": "a", "reference_urls": ["https://x.com/a.png"], "duration": 5, "resolution": "720p"}
+BODY = {"prompt": "a", "reference_urls": ["https://example.com/a.png"], "duration": 5, "resolution": "720p"}
 
 
 class Clock:

@@ -90,6 +90,36 @@ max_jobs_option = click.option("--max-jobs", type=click.IntRange(1), default=MAX
                                     f"identical requests merge (default {MAX_JOBS:,}).")
 
 
+store_options = [
+    click.option("--reference-store", metavar="s3://BUCKET/PREFIX", default=None,
+                 help="Where local reference images are uploaded (overrides the manifest's reference_store:)."),
+    click.option("--reference-endpoint", metavar="URL", default=None,
+                 help="S3-compatible endpoint (R2, B2, MinIO, GCS); default AWS_ENDPOINT_URL, else AWS S3."),
+    click.option("--reference-public-url", metavar="URL", default=None,
+                 help="Base URL of a public bucket: references are sent unsigned as URL/NAME."),
+    click.option("--reference-url-lifetime", metavar="DURATION", default=None,
+                 help="How long a presigned reference URL lives, made when its job is sent (default 6h)."),
+]
+
+
+def store_settings(manifest: Any, reference_store: str | None = None, reference_endpoint: str | None = None,
+                   reference_public_url: str | None = None, reference_url_lifetime: str | None = None,
+                   **_: Any) -> Any:
+    """The command line's reference store settings, each falling back to the manifest's; None
+    when neither names one."""
+    from ..localrefs import StoreSettings
+    given = manifest.reference_store
+    url = reference_store or (given.url if given else None)
+    if url is None:
+        if reference_endpoint or reference_public_url or reference_url_lifetime:
+            raise UsageError("--reference-endpoint, --reference-public-url and --reference-url-lifetime need "
+                             "--reference-store s3://BUCKET/PREFIX (or reference_store: in the manifest)")
+        return None
+    return StoreSettings.of(url, reference_endpoint or (given.endpoint if given else None),
+                            reference_public_url or (given.public_url if given else None),
+                            reference_url_lifetime or (given.url_lifetime if given else None))
+
+
 def _terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 

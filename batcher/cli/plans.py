@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
-from ..ledger import read_states
+from ..ledger import read_states, read_stored
 from ..manifest import load_manifest
 from ..plan import check
-from . import checked_rates, cli, ledger_option, max_jobs_option, rate_option
+from . import checked_rates, cli, ledger_option, max_jobs_option, rate_option, store_options, store_settings
+
+
+def _store_options(f: Any) -> Any:
+    for d in reversed(store_options):
+        f = d(f)
+    return f
 
 
 @cli.command()
@@ -47,8 +54,9 @@ def validate(manifest: str, max_jobs: int, online: bool, simulate: bool) -> None
 @click.option("--concurrency", "-c", default=4, show_default=True, type=click.IntRange(1, 1000),
               help="Jobs in flight, for the wall-time estimate.")
 @max_jobs_option
+@_store_options
 def plan(manifest: str, ledger_path: str, rates: tuple[str, ...], as_json: bool, list_jobs: bool,
-         concurrency: int, max_jobs: int) -> None:
+         concurrency: int, max_jobs: int, **store: Any) -> None:
     """Show the jobs a manifest expands to, what they should cost and take; sends and writes nothing."""
     from ..plan import iter_jobs
     from ..policy import estimate_wall_seconds
@@ -75,11 +83,38 @@ def plan(manifest: str, ledger_path: str, rates: tuple[str, ...], as_json: bool,
                 held["completed"] += state == "completed"
         from ..ledger import display_location
         data["ledger"] = {"path": display_location(ledger_path), **held}
+    uploads = _uploads(m, ledger_path, store_settings(m, **store))
+    if uploads is not None:
+        data["local_images"] = {**data.get("local_images", {}), **uploads}
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
     for line in plan_lines(m, summary, overrides, data, jobs):
         click.echo(line)
-    local = summary.local_text()
-    if local:
-        click.echo(f"{local} (nothing is uploaded by plan; running them needs a reference store, not available yet)")
+    if uploads is not None:
+        click.echo(_uploads_line(uploads))
+
+
+def _uploads(m: Any, ledger_path: str, settings: Any) -> dict[str, Any] | None:
+    """What uploading the manifest's local images would take: how many the ledger knows are in
+    the store already, how many bytes are left (nothing is uploaded, nothing asked of the store)."""
+    images = {**m.set_files, **m.local_files}
+    if not images:
+        return None
+    if settings is None:
+        return {"store": None, "count": len(images), "stored": 0,
+                "bytes_to_upload": sum(f.size for f in images.values())}
+    import os
+    identity = settings.identity(os.environ)
+    stored = read_stored(ledger_path, identity, list(images)) or set()
+    return {"store": identity, "count": len(images), "stored": len(stored),
+            "bytes_to_upload": sum(f.size for a, f in images.items() if a not in stored)}
+
+
+def _uploads_line(u: dict[str, Any]) -> str:
+    size = f"{u['bytes_to_upload'] / 1e6:.1f} MB"
+    if u["store"] is None:
+        return (f"local images: {u['count']}, {size} to upload; a run needs a reference store "
+                "(--reference-store s3://BUCKET/PREFIX or reference_store: in the manifest; --simulate needs none)")
+    return (f"local images: {u['count']}, {u['stored']} already uploaded to {u['store']}, {size} left to upload "
+            "(plan uploads nothing)")

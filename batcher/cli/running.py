@@ -12,10 +12,19 @@ from typing import Any
 
 import click
 
-from ..localrefs import refuse_local
 from ..manifest import load_manifest
 from ..plan import MAX_JOBS, check
-from . import ExitCode, checked_rates, cli, handle_signals, ledger_option, max_jobs_option, rate_option
+from . import (
+    ExitCode,
+    checked_rates,
+    cli,
+    handle_signals,
+    ledger_option,
+    max_jobs_option,
+    rate_option,
+    store_options,
+    store_settings,
+)
 
 # --- running ----------------------------------------------------------------------------------
 
@@ -50,6 +59,7 @@ def run_options(f: Any) -> Any:
         click.option("--rpm", type=click.FloatRange(1), default=None,
                      help="Most API requests per minute, all calls together (adapts to 429s)."),
         max_jobs_option,
+        *store_options,
         click.option("--max-retry-after", type=click.FloatRange(0), default=300.0, show_default=True,
                      help="Longest pause a 429's Retry-After may impose, in seconds (a longer one is capped)."),
         click.option("--lease-seconds", type=click.FloatRange(1), default=60.0, show_default=True,
@@ -73,7 +83,7 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
          rates: tuple[str, ...], verbose: bool, log_json: str | None, resubmit_unknown: bool = False,
          requeue: tuple[str, ...] = (), report_path: str | None = None, rpm: float | None = None,
          lease_seconds: float = 60.0, as_json: bool = False, max_retry_after: float = 300.0,
-         max_jobs: int = MAX_JOBS, no_preflight: bool = False, **_: Any) -> None:
+         max_jobs: int = MAX_JOBS, no_preflight: bool = False, **store_options: Any) -> None:
     import anyio
 
     from .. import api
@@ -85,7 +95,6 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
     m = load_manifest(manifest)
     overrides = checked_rates(m.model, rates)
     check(m, overrides, max_jobs=max_jobs)
-    refuse_local(m.local_files)  # before any ledger, simulator or request
     if simulate:
         # Simulated clips must never pass for real ones: unless --ledger is given on the command
         # line (BATCHER_LEDGER names the real ledger: it does not count), a simulated run keeps
@@ -97,13 +106,15 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
                     if simulate else False, api_base=api_base,
                     simulator_state=api.simulator_state_for(ledger_path) if simulate else None)
     expected_render = api.expected_render_for(to, expected_render)
+    store = api.reference_store(m, to, store_settings(m, **store_options))  # before any ledger or request
     setup_logging(verbose, log_json, None if simulate else to.api_key)
     out = Path(out_dir) if out_dir else api.default_out_dir(m.batch, simulate)
     options = RunOptions.of(concurrency=concurrency, budget=budget, out_dir=out, max_attempts=max_attempts,
                          job_timeout=job_timeout, resubmit_unknown=resubmit_unknown,
                          expected_render=expected_render, max_download_bytes=max_download_mb * 1024 * 1024,
                          handle_signals=True, rpm=rpm, lease_seconds=lease_seconds, max_retry_after=max_retry_after,
-                         preflight=not no_preflight, on_warning=lambda line: click.echo(line, err=True))
+                         preflight=not no_preflight, on_warning=lambda line: click.echo(line, err=True),
+                         reference_store=store)
     if no_preflight:
         click.echo("warning: --no-preflight: reference URLs are not checked; a bad one is found only after "
                    "its job was submitted", err=True)

@@ -9,14 +9,16 @@ them, in one SQLite file (one host) or one PostgreSQL database (many hosts).
     transitions  every state change, as a write operation (the submission protocol included)
     leases       claims, renewals, releases, runners and their heartbeats
     figures      counts, spend, budget outlook, failure reasons
-    references   what preflight found at each reference URL
+    references   what preflight found at each reference URL; local images and where they are stored
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
-from sqlalchemy import inspect, text
+from sqlalchemy import Connection, inspect, text
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import SQLModel
 
@@ -34,14 +36,16 @@ from .figures import LedgerFigures
 from .leases import LedgerLeases
 from .migrations import MIGRATIONS, SCHEMA_VERSION, Migration
 from .references import LedgerReferences
-from .rows import Attempt, Batch, Event, Figures, Job, Reference, Spend
+from .rows import Attempt, Batch, Event, Figures, Job, LocalImage, Reference, Spend, StoredImage
 from .transitions import LedgerTransitions
 
 __all__ = [
     "DEFAULT_LEDGER", "MIGRATIONS", "SCHEMA_VERSION", "Attempt", "Batch", "Event", "Figures", "Job", "Ledger",
-    "Migration", "Reference", "SQLModel", "Spend", "display_location", "engine_url", "is_database_url",
-    "postgres_engine", "read_states"
+    "LocalImage", "Migration", "Reference", "SQLModel", "Spend", "StoredImage", "display_location", "engine_url",
+    "is_database_url", "postgres_engine", "read_states", "read_stored"
 ]
+
+T = TypeVar("T")
 
 
 class Ledger(LedgerTransitions, LedgerLeases, LedgerFigures, LedgerReferences):
@@ -54,16 +58,31 @@ class Ledger(LedgerTransitions, LedgerLeases, LedgerFigures, LedgerReferences):
 
 def read_states(path: str | Path, batch: str) -> dict[str, str] | None:
     """Key -> state for a batch, read without writing anything (None if there is no ledger)."""
+    states = _read_only(path, "job", lambda conn: {k: v for k, v in conn.execute(
+        text("SELECT key, state FROM job WHERE batch = :b"), {"b": batch})})
+    # An SQLite ledger still being created holds no job yet.
+    return {} if states is None and not is_database_url(path) and Path(path).exists() else states
+
+
+def read_stored(path: str | Path, store: str, addresses: list[str]) -> set[str] | None:
+    """Which of `addresses` the ledger knows `store` holds, read without writing anything."""
+    wanted = set(addresses)
+    return _read_only(path, "stored_image", lambda conn: {a for (a,) in conn.execute(
+        text("SELECT address FROM stored_image WHERE store = :s"), {"s": store}) if a in wanted})
+
+
+def _read_only(path: str | Path, table: str, read: Callable[[Connection], T]) -> T | None:
+    """What `read` finds in a ledger opened read-only (None if there is no ledger; an empty
+    result of `read`'s kind when its table is not there yet)."""
     shared = is_database_url(path)
     if not shared and not Path(path).exists():
         return None
     engine = postgres_engine(str(path)) if shared else readonly_sqlite_engine(Path(path))
     try:
         with engine.connect() as conn:
-            if not inspect(conn).has_table("job"):
-                return None if shared else {}  # (an SQLite ledger still being created)
-            return {k: v for k, v in conn.execute(text("SELECT key, state FROM job WHERE batch = :b"),
-                                                  {"b": batch})}
+            if not inspect(conn).has_table(table):
+                return None
+            return read(conn)
     except DBAPIError as e:
         raise LedgerError(f"cannot read ledger {display_location(path)}: {first_line(e.orig)}") from None
     finally:

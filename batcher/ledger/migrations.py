@@ -17,7 +17,16 @@ from sqlalchemy.schema import CreateColumn
 from sqlmodel import SQLModel
 
 from ..errors import LedgerError
-from .schema import AttemptTable, BatchTable, JobTable, ReferenceTable, RunnerTable, SchemaMigration
+from .schema import (
+    AttemptTable,
+    BatchTable,
+    JobTable,
+    LocalImageTable,
+    ReferenceTable,
+    RunnerTable,
+    SchemaMigration,
+    StoredImageTable,
+)
 
 Step = Callable[[Connection], None]
 
@@ -97,6 +106,8 @@ MIGRATIONS: list[Migration] = [
     Migration(5, "batches remember whether they were simulated", [add_column(BatchTable, "simulated")]),
     Migration(6, "runners recorded with their host, process and heartbeat", [create_table(RunnerTable)]),
     Migration(7, "reference URLs checked by preflight, with their validators", [create_table(ReferenceTable)]),
+    Migration(8, "local reference images: where each was found, and where it was stored",
+              [create_table(LocalImageTable), create_table(StoredImageTable)]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

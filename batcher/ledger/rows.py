@@ -100,6 +100,29 @@ class Reference:
     checked_at: float
 
 
+@dataclass(frozen=True)
+class LocalImage:
+    """Where a local reference image was last found."""
+
+    address: str
+    path: str
+    size: int
+    origin: str
+    seen_at: float
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """A local image's object in a reference store."""
+
+    store: str
+    address: str
+    object_key: str
+    size: int
+    uploaded: bool
+    stored_at: float
+
+
 _JOB_FIELDS = frozenset(f.name for f in fields(Job))
 
 

@@ -161,3 +161,27 @@ class ReferenceTable(SQLModel, table=True):
     etag: str | None = None
     last_modified: str | None = None
     checked_at: float = Field(sa_column=_real(nullable=False))
+
+
+class LocalImageTable(SQLModel, table=True):
+    """Where a local reference image was last found on this host, by its content address (the
+    gallery shows it from there; the run uploads it from there)."""
+
+    __tablename__ = "local_image"
+    address: str = Field(primary_key=True)  # local:sha256:<hex>
+    path: str
+    size: int
+    origin: str  # FILE:LINE that named it
+    seen_at: float = Field(sa_column=_real(nullable=False))
+
+
+class StoredImageTable(SQLModel, table=True):
+    """Which content lives where: a local image's object in a reference store."""
+
+    __tablename__ = "stored_image"
+    store: str = Field(primary_key=True)  # the store's identity (endpoint, bucket, prefix), no credentials
+    address: str = Field(primary_key=True)
+    object_key: str
+    size: int
+    uploaded: bool  # false: it was already there when this ledger first looked
+    stored_at: float = Field(sa_column=_real(nullable=False))

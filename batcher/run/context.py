@@ -60,6 +60,7 @@ class RunContext:
     cost_seen: dict[tuple[Any, ...], float] = field(default_factory=dict)  # the most charged per job class
     probing: set[tuple[Any, ...]] = field(default_factory=set)  # classes with a first submission in flight
     unreachable: int = 0  # submissions in a row that could not connect
+    image_names: dict[str, str] = field(default_factory=dict)  # local image address -> its object in the store
     core: anyio.CancelScope | None = None
     _budget_changed: anyio.Event | None = None
 

@@ -11,6 +11,7 @@ from typing import Any
 from ..answers import DEFAULT_MAX_RETRY_AFTER
 from ..files import OUTPUTS
 from ..policy import RetryPolicy
+from ..refstore import ReferenceStore
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class RunOptions:
     check_schema: bool = True  # hold the batch against the live schema before spending
     preflight: bool = True  # check every reference URL before spending (see batcher.preflight)
     on_warning: Callable[[str], None] | None = None  # what to tell before spending (default: the log)
+    reference_store: ReferenceStore | None = None  # where local reference images are uploaded
     progress_interval: float = 1.0
     handle_signals: bool = False
     seed: int | None = None

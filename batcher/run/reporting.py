@@ -72,6 +72,7 @@ class RunReport:
     downloaded_bytes: int = 0
     # Failed and expired jobs by reason: (state, reason, count, a few keys), largest first.
     failures: list[tuple[str, str, int, list[str]]] = field(default_factory=list)
+    uploads: str | None = None  # what became of the batch's local reference images, in a line
 
     @property
     def total(self) -> int:

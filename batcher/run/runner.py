@@ -28,6 +28,7 @@ from .polling import follow_to_end
 from .reporting import BudgetOutlook, Progress, RunReport, budget_outlook
 from .startup import check_live_schema, check_references, prepare_outputs
 from .submission import submit_and_follow
+from .uploads import UploadReport, upload_local_images
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup  # the backport (anyio's dependency on 3.10)
@@ -47,6 +48,7 @@ class Runner:
         self.on_progress = on_progress
         self.on_force_exit = on_force_exit
         self.outlook: BudgetOutlook | None = None
+        self.uploads = UploadReport()
         self._started = 0.0
         self._workers_left = 0
 
@@ -71,6 +73,10 @@ class Runner:
                         await check_live_schema(ctx)
                     if ctx.options.preflight:
                         await check_references(ctx)
+                    self.uploads = await upload_local_images(ctx, ctx.options.reference_store)
+                    ctx.image_names.update(self.uploads.names)
+                    if self.uploads.summary():
+                        log.info("%s", self.uploads.summary())
                     async with anyio.create_task_group() as aux:
                         if self.on_progress:
                             aux.start_soon(self._report_progress, name="progress")
@@ -161,7 +167,7 @@ class Runner:
         failures = await ctx.threads.run(ctx.ledger.failure_groups, ctx.batch)
         return RunReport(ctx.batch, f.counts, f.spend.spent, f.held, f.held_cost, ctx.options.limits.budget,
                          time.monotonic() - self._started, ctx.submitted, ctx.completed, ctx.stop_reason,
-                         ctx.messages, f.bytes, failures)
+                         ctx.messages, f.bytes, failures, self.uploads.summary())
 
     # --- progress and signals ------------------------------------------------------------------
 

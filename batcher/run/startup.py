@@ -6,13 +6,16 @@ of the batch held against the model's live schema, and every distinct reference 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 
 from ..errors import AuthError, BatcherError, PreflightFailed, SchemaMismatch
 from ..files import matches, sweep_temp_files
+from ..ledger import Job
 from ..models import check_schema
 from ..preflight import preflight, references_of
+from ..refstore import placeholder_url, with_urls
 from ..states import JobState as S
 from .context import RunContext
 
@@ -36,6 +39,18 @@ def prepare_outputs(ctx: RunContext) -> None:
                                          f"{file_path} {why}; downloading again"))
 
 
+async def pending_pages(ctx: RunContext, size: int = 2000) -> AsyncIterator[list[Job]]:
+    """The batch's pending jobs of this generation, a page at a time (memory stays flat)."""
+    after = -1
+    while True:
+        page = await ctx.threads.run(partial(ctx.ledger.jobs_in, ctx.batch, [S.PENDING], after_seq=after, limit=size,
+                                             generation=ctx.generation))
+        if not page:
+            return
+        yield page
+        after = page[-1].seq
+
+
 async def check_live_schema(ctx: RunContext) -> None:
     """Hold the batch's requests against the live schema before spending anything (each distinct
     request once)."""
@@ -46,23 +61,18 @@ async def check_live_schema(ctx: RunContext) -> None:
     except BatcherError as e:
         ctx.note(f"could not fetch the model schema ({e}); going on with the built-in rules")
         return
-    after = -1
     seen: set[int] = set()  # hashes of requests checked: small, whatever the batch size
-    while True:
-        page = await ctx.threads.run(partial(ctx.ledger.jobs_in, ctx.batch, [S.PENDING], after_seq=after, limit=2000,
-                                             generation=ctx.generation))
-        if not page:
-            return
+    async for page in pending_pages(ctx):
         for job in page:
             digest = hash(job.params)
             if digest in seen:
                 continue
             seen.add(digest)
-            problem = check_schema(schema, ctx.model.to_wire(job.parameters()))
+            # A local image stands as the URL it will be when sent (made only at submission).
+            problem = check_schema(schema, with_urls(ctx.model.to_wire(job.parameters()), placeholder_url))
             if problem:
                 raise SchemaMismatch(f"{job.origin}: the live API schema rejects this batch before anything "
                                      f"was spent: {problem}")
-        after = page[-1].seq
 
 
 async def check_references(ctx: RunContext) -> None:
@@ -70,14 +80,8 @@ async def check_references(ctx: RunContext) -> None:
     ledger vouches for is not fetched again). Raises PreflightFailed with every error at once;
     URLs this machine cannot reach are warnings (`options.on_warning`, else the log)."""
     uses: dict[str, str] = {}
-    after = -1
-    while True:
-        page = await ctx.threads.run(partial(ctx.ledger.jobs_in, ctx.batch, [S.PENDING], after_seq=after, limit=2000,
-                                             generation=ctx.generation))
-        if not page:
-            break
+    async for page in pending_pages(ctx):
         references_of(((job.origin, job.parameters()) for job in page), into=uses)
-        after = page[-1].seq
     if not uses:
         return
     known = await ctx.threads.run(ctx.ledger.references, list(uses))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from typing import Any
 
 import anyio
@@ -26,14 +27,17 @@ from ..errors import (
     NotSentError,
     OutcomeUnknown,
     RateLimited,
+    ReferenceStoreError,
     RejectedError,
 )
 from ..ledger import Job
+from ..refstore import with_urls
 from ..states import JobState as S
 from .context import RunContext
 from .failpoints import failpoint
 from .outcomes import Followed, StopReason, Submitted
 from .polling import follow_to_end
+from .uploads import url_of
 
 log = logging.getLogger("batcher.run")
 
@@ -110,7 +114,15 @@ async def _send_again(ctx: RunContext, job: Job, outcome: Submitted, tries: int,
 
 
 async def submit_once(ctx: RunContext, job: Job, wire: dict[str, Any], estimate: float) -> tuple[Submitted, Job]:
-    """One attempt: intent, POST, answer."""
+    """One attempt: the request's URLs for local images (made now), intent, POST, answer."""
+    try:
+        body = with_urls(wire, partial(url_of, ctx, ctx.options.reference_store))
+    except ReferenceStoreError as e:
+        ctx.budget.settle(estimate, None)
+        ctx.budget_signal()
+        await ctx.event(job, "not-sent", str(e))
+        ctx.note(str(e))
+        return Submitted.STOPPED, job
     with anyio.CancelScope(shield=True):
         try:
             attempt_id = await ctx.writer.write(ctx.ledger.begin_submission(
@@ -133,7 +145,7 @@ async def submit_once(ctx: RunContext, job: Job, wire: dict[str, Any], estimate:
         known = ("submitting", estimate, ctx.batch)
         try:
             with anyio.fail_after(ctx.options.polling.retry.cap + 60):
-                answer = await ctx.client.submit(ctx.model.api_id, wire)
+                answer = await ctx.client.submit(ctx.model.api_id, body)
         except TimeoutError:
             return Submitted.HELD, await _held(ctx, job, attempt_id, estimate, "no answer to the submission in time")
         except OutcomeUnknown as e:

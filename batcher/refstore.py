@@ -1,0 +1,171 @@
+"""Reference stores: where local reference images are uploaded so the API can fetch them by URL
+(an S3-compatible bucket through boto3, or the built-in simulator's own store), each image once,
+under a name made of its content; and the URL a job's request carries, made when it is sent.
+
+Credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
+or whatever boto3 finds: a profile, an instance role) and are never stored or printed: a store's
+identity names its endpoint, bucket and prefix only, and its `secrets` are given to the client to
+redact from every answer the API brings back (a presigned URL carries the access key id).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import anyio
+
+from .errors import ReferenceStoreError, UsageError
+from .localrefs import LOCAL_PREFIX, StoreSettings, is_local_address
+
+CONTENT_TYPES = {"JPEG": ("jpg", "image/jpeg"), "PNG": ("png", "image/png"), "WEBP": ("webp", "image/webp")}
+
+
+def object_name(address: str, kind: str) -> str:
+    """An image's object name inside a store's prefix: its SHA-256 and its type's extension."""
+    return f"{address[len(LOCAL_PREFIX):]}.{CONTENT_TYPES[kind][0]}"
+
+
+class ReferenceStore(Protocol):
+    """Where local images are uploaded, and the URLs that fetch them."""
+
+    identity: str
+    secrets: tuple[str, ...]
+
+    async def holds(self, name: str, size: int) -> bool:
+        """Whether the store already has object `name` of `size` bytes (HEAD, never a download)."""
+
+    async def upload(self, name: str, path: Path, kind: str, sha256: str) -> None:
+        """Put the file at `path` under `name`."""
+
+    def url_for(self, name: str) -> str:
+        """A URL the API can fetch `name` from, made now (a signed one lives `url_lifetime`)."""
+
+
+class S3Store:
+    """An S3-compatible bucket (AWS S3, Cloudflare R2, Backblaze B2, MinIO, GCS interoperability)
+    through boto3, which signs every request and URL (SigV4); its calls run in worker threads."""
+
+    def __init__(self, settings: StoreSettings, client: Any | None = None):
+        self.settings = settings
+        self.identity = settings.identity(os.environ)
+        self._client, self.secrets = (client, ()) if client is not None else _boto3_client(settings)
+
+    def _key(self, name: str) -> str:
+        return f"{self.settings.prefix}/{name}" if self.settings.prefix else name
+
+    async def holds(self, name: str, size: int) -> bool:
+        def head() -> bool:
+            try:
+                found = self._client.head_object(Bucket=self.settings.bucket, Key=self._key(name))
+            except Exception as e:
+                if _status_of(e) == 404:
+                    return False
+                raise
+            return int(found.get("ContentLength", -1)) == size
+        return await _mapped(head, f"cannot look up {name} in {self.identity}")
+
+    async def upload(self, name: str, path: Path, kind: str, sha256: str) -> None:
+        def put() -> None:
+            with open(path, "rb") as body:
+                self._client.put_object(Bucket=self.settings.bucket, Key=self._key(name), Body=body,
+                                        ContentType=CONTENT_TYPES[kind][1], Metadata={"sha256": sha256})
+        await _mapped(put, f"cannot upload {path.name} to {self.identity}")
+
+    def url_for(self, name: str) -> str:
+        if self.settings.public_url:
+            return f"{self.settings.public_url.rstrip('/')}/{quote(name)}"
+        url: str = self._client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.settings.bucket, "Key": self._key(name)},
+            ExpiresIn=int(self.settings.url_lifetime))
+        return url
+
+
+def _boto3_client(settings: StoreSettings) -> tuple[Any, tuple[str, ...]]:
+    """A boto3 S3 client for `settings`, and the credentials it found (to redact everywhere)."""
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError:
+        raise UsageError("a reference store needs boto3: pip install 'batcher[s3]'") from None
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    # Path-style addresses for endpoints other than AWS: MinIO, R2 and moto expect them.
+    config = Config(signature_version="s3v4", retries={"max_attempts": 5, "mode": "standard"},
+                    s3={"addressing_style": "path" if settings.resolved_endpoint(os.environ) else "auto"})
+    try:
+        session = boto3.session.Session()
+        endpoint = settings.resolved_endpoint(os.environ)
+        client = session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+        found = session.get_credentials()
+    except Exception as e:  # a malformed endpoint, an unknown region, a broken profile
+        raise ReferenceStoreError(f"cannot open the reference store {settings.identity(os.environ)}: "
+                                  f"{type(e).__name__}") from None
+    if found is None:
+        raise ReferenceStoreError(f"no credentials for the reference store {settings.identity(os.environ)}: set "
+                                  "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or an AWS profile)")
+    frozen = found.get_frozen_credentials()
+    return client, tuple(s for s in (frozen.access_key, frozen.secret_key, frozen.token) if s)
+
+
+def _status_of(error: Exception) -> int | None:
+    response = getattr(error, "response", None)
+    if isinstance(response, Mapping):
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return status if isinstance(status, int) else None
+    return None
+
+
+async def _mapped(call: Callable[[], Any], what: str) -> Any:
+    """Run a boto3 call in a thread; any failure of it becomes one ReferenceStoreError, named by
+    its kind and HTTP status only (botocore's messages may quote request details)."""
+    try:
+        return await anyio.to_thread.run_sync(call)
+    except OSError as e:
+        raise ReferenceStoreError(f"{what}: {e.strerror or type(e).__name__}") from None
+    except Exception as e:
+        status = _status_of(e)
+        code = getattr(e, "response", {}).get("Error", {}).get("Code") if status is not None else None
+        detail = f"HTTP {status} {code or ''}".strip() if status is not None else type(e).__name__
+        raise ReferenceStoreError(f"{what}: {detail}") from None
+
+
+class SimulatedStore:
+    """The built-in simulator's own store, for simulated runs: objects kept by the simulator and
+    served at `/_sim/uploads/<name>` of the API's base URL."""
+
+    secrets: tuple[str, ...] = ()
+
+    def __init__(self, simulator: Any, base_url: str):
+        self.simulator = simulator
+        self.base_url = base_url.rstrip("/")
+        self.identity = "simulator"
+
+    async def holds(self, name: str, size: int) -> bool:
+        found: int | None = self.simulator.upload_size(name)
+        return found == size
+
+    async def upload(self, name: str, path: Path, kind: str, sha256: str) -> None:
+        data = await anyio.Path(path).read_bytes()
+        await anyio.to_thread.run_sync(self.simulator.put_upload, name, data)  # it may write a file
+
+    def url_for(self, name: str) -> str:
+        return f"{self.base_url}/_sim/uploads/{name}"
+
+
+def with_urls(value: Any, url_of: Callable[[str], str]) -> Any:
+    """A request body with every local image's address replaced by its URL (`url_of`)."""
+    if is_local_address(value):
+        return url_of(value)
+    if isinstance(value, list):
+        return [with_urls(v, url_of) for v in value]
+    if isinstance(value, dict):
+        return {k: with_urls(v, url_of) for k, v in value.items()}
+    return value
+
+
+def placeholder_url(address: str) -> str:
+    """A stand-in URL for a local image where only its shape matters (a schema's rules)."""
+    return f"https://local.invalid/{address[len(LOCAL_PREFIX):]}"
