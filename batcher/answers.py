@@ -51,6 +51,7 @@ class JobStatus:
     error: str | None
     credit_cost: float | None
     expires_at: float | None
+    output_problem: str | None = None  # completed, but no output in a documented shape: why, naming the body
 
     @property
     def done(self) -> bool:

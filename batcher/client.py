@@ -244,12 +244,13 @@ class PixelDojoClient:
         if answered_id is not None and (not is_safe_job_id(answered_id) or self._leaks(answered_id)):
             raise MalformedAnswer(f"the status answer's jobId is not a plain id: {self._describe(response)}",
                                   response.status_code)
-        # Only a completed job's output is read: in any shape but the documented ones it is held
-        # (MalformedAnswer: polled again later), never guessed at.
+        # Only a completed job's output is read: in any shape but the documented ones it is never
+        # guessed at; that one job fails, its reason naming the body.
         found = output_url(data.get("output")) if status == "completed" else None
+        problem = None
         if found is not None and found.url is None:
-            raise MalformedAnswer(f"the completed job's output is unusable ({found.problem}); expected "
-                                  f"{OUTPUT_SHAPES}: {self._describe(response)}", response.status_code)
+            problem = (f"the completed job's output is unusable ({found.problem}); expected {OUTPUT_SHAPES}: "
+                       f"{self._describe(response)}")
         if found is not None and found.url is not None and self._leaks(found.url):
             raise MalformedAnswer(f"{found.where} carries the API key: {self._describe(response)}",
                                   response.status_code)
@@ -260,7 +261,7 @@ class PixelDojoClient:
         return JobStatus(job_id, self.redact(status), found.url if found else None,
                          self.redact(str(error)) if error else None,
                          as_number(cost),
-                         parse_time(data.get("expiresAt")))
+                         parse_time(data.get("expiresAt")), problem)
 
     async def fetch_reference(self, url: str, max_bytes: int, headers: dict[str, str] | None = None, *,
                               keep: int = 128 * 1024, max_redirects: int = 5) -> ReferenceFetch:

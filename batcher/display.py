@@ -111,6 +111,8 @@ def summary(report: RunReport, out_dir: str, retry_command: Callable[[str], str]
     budget = f" of a {format_credits(report.budget)} budget" if report.budget is not None else ""
     lines.append(f"credits: {format_credits(report.spent)} spent{budget}; {report.submitted} submitted this run, "
                  f"{report.completed} videos downloaded to {out_dir}")
+    if report.uploads:
+        lines.append(report.uploads)
     for state in ("failed", "expired"):
         groups = [g for g in report.failures if g[0] == state]
         if not groups:
@@ -137,7 +139,7 @@ def summary_json(report: RunReport, out_dir: str, retry_command: Callable[[str],
         "budget": report.budget, "held_unknown": report.held_jobs, "resubmit_cost": round(report.held_cost, 2),
         "submitted_this_run": report.submitted, "downloaded_this_run": report.completed,
         "downloaded_bytes": report.downloaded_bytes, "elapsed_seconds": round(report.elapsed, 3),
-        "out_dir": out_dir, "messages": report.messages,
+        "out_dir": out_dir, "messages": report.messages, "uploads": report.uploads,
         "failures": [{"state": st, "reason": reason, "count": n, "keys": keys,
                       "retry": retry_command(st) if retry_command else None}
                      for st, reason, n, keys in report.failures],

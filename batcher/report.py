@@ -101,8 +101,11 @@ def _credits(value: float | None) -> str:
 
 
 def build_report(ledger: Ledger, batch: str, out_path: Path, local_files: Mapping[str, Path] | None = None) -> int:
-    """Write the gallery of `batch` to `out_path`; returns the number of cards. `local_files`
-    (content address -> file) shows local references from their files, with no network."""
+    """Write the gallery of `batch` to `out_path`; returns the number of cards. Local references
+    are shown from their files (`local_files`, content address -> file; default: where the
+    ledger last found each), with no network."""
+    if local_files is None:
+        local_files = {address: Path(image.path) for address, image in ledger.local_images().items()}
     f = ledger.figures(batch)
     info, counts, spend, avg = f.batch, f.counts, f.spend, f.average_render
     first, last = f.first_submitted, f.last_finished
@@ -146,6 +149,7 @@ def build_report(ledger: Ledger, batch: str, out_path: Path, local_files: Mappin
 <script>{SCRIPT}</script>
 </body></html>
 """
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.tmp")
     tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, out_path)

@@ -109,7 +109,6 @@ def test_submit_answers_are_classified(handler, error):
     (raising(httpx.ReadTimeout), ServerError),
     (answering(200, content=b"<html>oops</html>"), MalformedAnswer),
     (answering(200, {"jobId": "job_1"}), MalformedAnswer),
-    (answering(200, {"status": "completed", "output": {"video": 5}}), MalformedAnswer),
 ])
 def test_poll_failures_are_retryable_or_malformed(handler, error):
     with pytest.raises(error) as info:

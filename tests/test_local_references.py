@@ -239,6 +239,21 @@ def test_a_simulated_run_uploads_local_images_to_the_simulator_once(chars, write
     assert again.uploads is None  # every job is done: nothing to send, nothing to upload
 
 
+def test_the_gallery_shows_local_references_from_their_files(chars, write):
+    path = local_manifest(write)
+    result = CliRunner().invoke(cli, ["run", str(path), "--simulate", "--sim-render-seconds", "0.02",
+                                      "--expected-render", "0.02", "--ledger", str(chars / "l.db"),
+                                      "--out", str(chars / "out"), "--report", str(chars / "site" / "r.html")])
+    assert result.exit_code == 0, result.output
+    assert "3 local reference image(s): 3 uploaded" in result.output
+    html = (chars / "site" / "r.html").read_text()
+    import re
+    local = re.findall(r'<img class="local" alt="" src="([^"]+)">', html)
+    assert sorted(set(local)) == ["../chars/knight/a-front.PNG", "../chars/knight/b-side.png", "../mare.png"]
+    assert all((chars / "site" / src).resolve().is_file() for src in local)
+    assert "_sim/uploads" not in html and "local:sha256" not in html  # no upload URL: the file itself
+
+
 def test_validate_online_refuses_a_small_png_and_a_text_file_renamed_png(tmp_path, write):
     image(tmp_path / "refs" / "good.png", 512)
     image(tmp_path / "refs" / "small.png", 200)

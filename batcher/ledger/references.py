@@ -57,8 +57,13 @@ class LedgerReferences(LedgerStore):
                              "VALUES (:a, :p, :s, :o, :t)", row)
         self.write(write)
 
-    def local_images(self, addresses: Iterable[str]) -> dict[str, LocalImage]:
-        """Where each of `addresses` was last found, for those the ledger knows."""
+    def local_images(self, addresses: Iterable[str] | None = None) -> dict[str, LocalImage]:
+        """Where each of `addresses` (default: every local image) was last found, for those the
+        ledger knows."""
+        if addresses is None:
+            with self.engine.connect() as conn:
+                return {row["address"]: from_mapping(LocalImage, row) for row in conn.execute(
+                    text("SELECT address, path, size, origin, seen_at FROM local_image")).mappings()}
         return {row.address: row for row in self._by_address(
             "SELECT address, path, size, origin, seen_at FROM local_image WHERE address IN :a", LocalImage,
             addresses)}

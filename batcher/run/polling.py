@@ -94,7 +94,7 @@ async def _finished(ctx: RunContext, job: Job, status: JobStatus, render_seconds
     now = ctx.wall()
     if status.status == "completed":
         if not status.video_url:
-            message = "the API reports the job completed but gave no output URL"
+            message = status.output_problem or "the API reports the job completed but gave no output URL"
             job = await ctx.move(job, S.SUBMITTED, S.FAILED, "no-output", message, error=message, finished_at=now)
             return Followed.FAILED, job
         # The downloader records `rendered` before it fetches: the worker is free for the next
