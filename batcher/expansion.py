@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .diagnostics import Diagnostics, suggest
-from .localrefs import resolve_local, rule_view
-from .manifest import MAX_REPEAT, Manifest, looks_like_local_file
-from .models import ModelSpec, Param, check_url
-from .rowfields import Located, Row
+from .localrefs import rule_view
+from .manifest import MAX_REPEAT, Manifest
+from .models import DEFAULT_MODEL, ModelSpec, Param, get_model
+from .rowfields import Located, Row, as_list
+from .rowrefs import resolve_references
 from .template import Template, compile_template, is_template_value, scalar_problem, variables_in
 from .text import short, type_name
-from .yamlfile import LineDict, LineList, sexagesimal_problem
+from .yamlfile import LineDict, sexagesimal_problem
 
 _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -40,14 +41,6 @@ class Dimension:
     name: str
     is_param: bool
     values: list[Located]
-
-
-def as_list(loc: Located) -> list[Located]:
-    value = loc.value
-    if isinstance(value, list):
-        lines = value.item_lines if isinstance(value, LineList) else [loc.line] * len(value)
-        return [Located(v, loc.file, line) for v, line in zip(value, lines, strict=True)]
-    return [loc]
 
 
 def _kind(value: Any) -> str:
@@ -156,60 +149,6 @@ def _repeat(row: Row, diags: Diagnostics) -> int | None:
     return value
 
 
-def _is_local(spec: str, manifest: Manifest) -> bool:
-    """Whether a reference that is no set name names local images: it reads as a path, or names
-    a file or folder beside the manifest."""
-    if "://" in spec:
-        return spec.lower().startswith("file:")
-    try:
-        return looks_like_local_file(spec) or (manifest.base / spec).exists()
-    except (OSError, ValueError):
-        return False
-
-
-def _resolve_references(loc: Located, manifest: Manifest, diags: Diagnostics) -> list[str] | None:
-    """A row's references as URLs and local images' content addresses, in order, duplicates
-    removed; None (every problem reported) when one cannot be resolved."""
-    specs = as_list(loc) if isinstance(loc.value, list) else [loc]
-    urls: list[str] = []
-    ok = True
-    for item in specs:
-        spec = item.value
-        if isinstance(spec, list):
-            nested = _resolve_references(item, manifest, diags)
-            ok = ok and nested is not None
-            urls.extend(nested or [])
-        elif not isinstance(spec, str) or not spec.strip():
-            diags.add(loc.file, loc.line, f"a reference must be a set name, an image URL or a local image, "
-                      f"got {short(spec)}")
-            ok = False
-        elif spec in manifest.reference_sets:
-            values = manifest.reference_sets[spec].value
-            urls.extend(values)
-            for value in values:
-                if isinstance(value, str) and value in manifest.set_files:
-                    manifest.local_files.setdefault(value, manifest.set_files[value])
-                elif check_url(value):
-                    ok = False  # reported where the set is written: once is enough
-        elif _is_local(spec, manifest):
-            files, problems = resolve_local(spec, manifest.base, f"{item.file}:{item.line}")
-            for problem in problems:
-                diags.add(item.file, item.line, problem)
-            ok = ok and not problems
-            for f in files:
-                manifest.local_files.setdefault(f.address, f)
-                urls.append(f.address)
-        elif "://" in spec:
-            urls.append(spec)  # checked with the parameter's rule below
-        else:
-            diags.add(loc.file, loc.line,
-                      f"unknown reference set {short(spec)}{suggest(spec, list(manifest.reference_sets))}")
-            ok = False
-    if not ok:
-        return None
-    return list(dict.fromkeys(urls))
-
-
 @dataclass
 class RowPlan:
     """A row ready to expand: its axes, takes and fixed fields, and how many jobs it makes.
@@ -223,6 +162,7 @@ class RowPlan:
     fields: dict[str, Located]
     jobs: int
     usable: bool = True
+    model: ModelSpec = field(default_factory=lambda: _default_model())  # the row's own, else the manifest's
     # The names a misspelt {variable} may have meant: vary names that are not parameters,
     # the row's file columns.
     names: list[str] = field(default_factory=list)
@@ -235,24 +175,26 @@ def count_text(n: int) -> str:
 def plan_rows(manifest: Manifest, diags: Diagnostics, max_jobs: int) -> list[RowPlan] | None:
     """Every row's shape and job count, before any job is built; None (with a diagnostic at
     the row that crosses it) when the manifest expands to more than `max_jobs`."""
-    model = manifest.model
-    base: dict[str, Located] = {name: Located(value, manifest.display, 0)
-                                for name, value in model.defaults().items()}
-    base.update(manifest.defaults)
+    bases: dict[str, dict[str, Located]] = {}
     plans: list[RowPlan] = []
     total = 0
     for row in manifest.rows:
+        model = manifest.model_of(row)
+        base = bases.get(model.api_id)
+        if base is None:
+            base = bases[model.api_id] = _defaults_for(model, manifest)
         dims, usable = _row_dimensions(row, model, diags)
         repeat = _repeat(row, diags)
         fields = dict(base)
         fields.update({k: v for k, v in row.fields.items() if model.param(k) is not None})
-        for required in ("prompt", "references"):
+        for required in (p.name for p in model.params if p.required):
             if required not in fields:
-                diags.add(row.file, row.line, f"this row has no {required}")
+                diags.add(row.file, row.line, f"this row has no {required}" + (
+                    f" (required by {model.api_id})" if model is not manifest.model else ""))
                 usable = False
         names = sorted(set(vary_variables(row, model)) | set(row.variables) | set(row.columns))
         if not usable or repeat is None:
-            plans.append(RowPlan(row, dims, repeat or 1, fields, 0, usable=False, names=names))
+            plans.append(RowPlan(row, dims, repeat or 1, fields, 0, usable=False, names=names, model=model))
             continue
         count = repeat
         for dim in dims:
@@ -264,8 +206,25 @@ def plan_rows(manifest: Manifest, diags: Diagnostics, max_jobs: int) -> list[Row
                       f"it reaches {count_text(total)} (counted before identical requests merge); split it "
                       f"into smaller manifests or raise the limit with --max-jobs")
             return None
-        plans.append(RowPlan(row, dims, repeat, fields, count, names=names))
+        plans.append(RowPlan(row, dims, repeat, fields, count, names=names, model=model))
     return plans
+
+
+def _defaults_for(model: ModelSpec, manifest: Manifest) -> dict[str, Located]:
+    """What a row of `model` starts from: the model's defaults, then the manifest's `defaults:`
+    that this model takes (by its own name for them)."""
+    base = {name: Located(value, manifest.display, 0) for name, value in model.defaults().items()}
+    for name, loc in manifest.defaults.items():
+        p = model.param(name)
+        if p is not None:
+            base[p.name] = loc
+    return base
+
+
+def _default_model() -> ModelSpec:
+    found = get_model(DEFAULT_MODEL)
+    assert found is not None
+    return found
 
 
 TEMPLATED = ("prompt", "negative_prompt")
@@ -284,11 +243,11 @@ def check_unusable(plan: RowPlan, manifest: Manifest, diags: Diagnostics) -> Non
     """Check the values of a row that cannot expand, each once, so its other problems show now
     rather than one by one on each try."""
     # A column left blank on this line fills nothing, unless the entry's vary fills it.
-    unfilled = set(plan.row.blank) - set(vary_variables(plan.row, manifest.model))
+    unfilled = set(plan.row.blank) - set(vary_variables(plan.row, plan.model))
     known = dict.fromkeys(name for name in [*plan.row.variables, *plan.names] if name not in unfilled)
     vary = plan.row.fields.get("vary")
     vary_broken = vary is not None and not isinstance(vary.value, dict)  # its names are unknown: no guessing
-    for p, axis, fixed in param_sources(plan, manifest.model):
+    for p, axis, fixed in param_sources(plan, plan.model):
         for loc in plan.dims[axis].values if axis is not None else [fixed] if fixed is not None else []:
             if p.name in TEMPLATED and isinstance(loc.value, str):
                 if vary_broken:
@@ -380,7 +339,7 @@ def check_value(p: Param, loc: Located, manifest: Manifest, diags: Diagnostics) 
     """(ok, value) for a parameter that is not a template: references resolved, rule checked."""
     value = loc.value
     if p.name == "references":
-        value = _resolve_references(loc, manifest, diags)
+        value = resolve_references(loc, manifest, diags)
         if value is None:
             return False, None
     elif p.name == "seed" and value == "auto":

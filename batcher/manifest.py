@@ -11,6 +11,7 @@ modules imported from here before are re-exported.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from .yamlfile import (
 MAX_REPEAT = 10_000
 MAX_BATCH_NAME = 100
 
+_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # an id that is safe in an API path
 TOP_FIELDS = ("version", "batch", "model", "defaults", "reference_sets", "reference_store", "rows")
 STORE_FIELDS = ("url", "endpoint", "public_url", "url_lifetime")
 
@@ -66,6 +68,14 @@ class Manifest:
     local_files: dict[str, LocalFile] = field(default_factory=dict)
     set_files: dict[str, LocalFile] = field(default_factory=dict)  # the reference sets' local images
     reference_store: StoreSettings | None = None  # where local images are uploaded (`reference_store:`)
+    # Every model the manifest names (top-level `model:` and rows' own), by API id; those no
+    # description was given for, with where they were named (`catalog` fetches them).
+    models: dict[str, ModelSpec] = field(default_factory=dict)
+    unknown_models: dict[str, str] = field(default_factory=dict)
+
+    def model_of(self, row: Row) -> ModelSpec:
+        """The model a row renders with: its own `model:`, else the manifest's."""
+        return row.model or self.model
 
     @property
     def base(self) -> Path:
@@ -105,8 +115,9 @@ def looks_like_local_file(text: str) -> bool:
 
 # --- the manifest ----------------------------------------------------------------------------
 
-def load_manifest(path: str | Path) -> Manifest:
-    """Read and structurally check a manifest; raise ManifestError listing every problem."""
+def load_manifest(path: str | Path, models: Mapping[str, ModelSpec] | None = None) -> Manifest:
+    """Read and structurally check a manifest; raise ManifestError listing every problem. `models`
+    adds descriptions of models batcher has no table for (`catalog` fetches them)."""
     path = Path(path)
     display = str(path)
     diags = Diagnostics()
@@ -122,26 +133,29 @@ def load_manifest(path: str | Path) -> Manifest:
         diags.add(display, getattr(doc, "line", 1),
                   f"the manifest must be a mapping of fields (version, rows, ...), not {type_name(doc)}")
         diags.raise_if_any()
-    return _check_top(doc, path, display, diags)
+    return _check_top(doc, path, display, diags, {**MODELS, **(models or {})})
 
 
-def _check_top(doc: LineDict, path: Path, display: str, diags: Diagnostics) -> Manifest:
+def _check_top(doc: LineDict, path: Path, display: str, diags: Diagnostics, known: Mapping[str, ModelSpec]
+               ) -> Manifest:
     for key in doc:
         if key not in TOP_FIELDS:
             diags.add(display, key_line(doc, key, 1), f"unknown field {short(key)}{suggest(key, TOP_FIELDS)}")
     _check_version(doc, display, diags)
     batch = _batch(doc, path, display, diags)
-    model = _model(doc, display, diags)
-    defaults = _defaults(doc, model, display, diags)
+    models = ModelNames(known, display, diags)
+    model = models.top(doc)
+    row_models = [models.of(raw, model) for raw in _raw_rows(doc)]
+    defaults = _defaults(doc, [model, *models.used.values()], display, diags)
     set_files: dict[str, LocalFile] = {}
     sets = _reference_sets(doc, path.parent, display, diags, set_files)
     store = _reference_store(doc, display, diags)
-    rows = _rows(doc, path, display, model, diags)
+    rows = _rows(doc, path, display, model, diags, row_models)
     if not rows:
         diags.raise_if_any()
     return Manifest(path=path, display=display, batch=batch, model=model, defaults=defaults,
                     reference_sets=sets, rows=rows, problems=list(diags.items), set_files=set_files,
-                    reference_store=store)
+                    reference_store=store, models={model.api_id: model, **models.used}, unknown_models=models.unknown)
 
 
 def _check_version(doc: LineDict, display: str, diags: Diagnostics) -> None:
@@ -175,16 +189,46 @@ def _batch(doc: LineDict, path: Path, display: str, diags: Diagnostics) -> str:
     return batch
 
 
-def _model(doc: LineDict, display: str, diags: Diagnostics) -> ModelSpec:
-    """The model, or the default one (to go on checking) when it is unknown."""
-    model_id = doc.get("model", DEFAULT_MODEL)
-    model = get_model(model_id) if isinstance(model_id, str) else None
-    if model is None:
-        diags.add(display, value_line(doc, "model", 1),
-                  f"unknown model {short(model_id)}{suggest(model_id, list(MODELS))}; known: {', '.join(MODELS)}")
-        model = get_model(DEFAULT_MODEL)
-    assert model is not None
-    return model
+class ModelNames:
+    """The models a manifest names, each looked up once among those described (`known`); an
+    unknown one is reported where it is named, and remembered for `catalog` to fetch."""
+
+    def __init__(self, known: Mapping[str, ModelSpec], display: str, diags: Diagnostics):
+        self.known, self.display, self.diags = known, display, diags
+        self.used: dict[str, ModelSpec] = {}
+        self.unknown: dict[str, str] = {}
+
+    def top(self, doc: LineDict) -> ModelSpec:
+        found = self._look_up(doc.get("model", DEFAULT_MODEL), value_line(doc, "model", 1))
+        default = self.known.get(DEFAULT_MODEL) or get_model(DEFAULT_MODEL)
+        assert default is not None
+        return found or default  # (to go on checking the rest)
+
+    def of(self, raw: Any, top: ModelSpec) -> ModelSpec | None:
+        """A row's own model (None when it names none, or one that is not known)."""
+        if not isinstance(raw, LineDict) or raw.get("model") is None:
+            return None
+        return self._look_up(raw["model"], value_line(raw, "model", raw.line))
+
+    def _look_up(self, name: Any, line: int) -> ModelSpec | None:
+        spec = self.known.get(name) if isinstance(name, str) else None
+        if spec is not None:
+            self.used.setdefault(spec.api_id, spec)
+            return spec
+        if isinstance(name, str) and _MODEL_ID.fullmatch(name):
+            self.unknown.setdefault(name, f"{self.display}:{line}")
+            self.diags.add(self.display, line, f"unknown model {short(name)}{suggest(name, list(self.known))}: "
+                           f"batcher knows {', '.join(self.known)}; `batcher models {name}` fetches its "
+                           "description from the API (a run does it itself)")
+        else:
+            self.diags.add(self.display, line, f"model must be a PixelDojo model id such as {DEFAULT_MODEL}, "
+                           f"got {short(name)}")
+        return None
+
+
+def _raw_rows(doc: LineDict) -> list[Any]:
+    rows = doc.get("rows")
+    return list(rows) if isinstance(rows, list) else []
 
 
 def _reference_store(doc: LineDict, display: str, diags: Diagnostics) -> StoreSettings | None:
@@ -229,14 +273,18 @@ def _mapping(doc: LineDict, name: str, what: str, display: str, diags: Diagnosti
     return raw
 
 
-def _defaults(doc: LineDict, model: ModelSpec, display: str, diags: Diagnostics) -> dict[str, Located]:
+def _defaults(doc: LineDict, models: list[ModelSpec], display: str, diags: Diagnostics) -> dict[str, Located]:
+    """Defaults by parameter name; a default any of the manifest's models takes is accepted (a
+    row whose model lacks it renders without it)."""
     defaults: dict[str, Located] = {}
     raw = _mapping(doc, "defaults", "be a mapping of API parameters", display, diags)
     for key, value in raw.items():
-        p = model.param(key) if isinstance(key, str) else None
+        p = next((found for m in models if (found := m.param(key)) is not None), None) \
+            if isinstance(key, str) else None
         if p is None:
+            names = list(dict.fromkeys(n for m in models for n in m.names()))
             diags.add(display, key_line(raw, key, 1),
-                      f"unknown API parameter {short(key)} in defaults{suggest(key, model.names())}")
+                      f"unknown API parameter {short(key)} in defaults{suggest(key, names)}")
             continue
         defaults[p.name] = Located(value, display, value_line(raw, key, 1))
     return defaults
@@ -292,7 +340,8 @@ def _set_values(name: str, urls: list[Any], base: Path, line: int, display: str,
     return values
 
 
-def _rows(doc: LineDict, path: Path, display: str, model: ModelSpec, diags: Diagnostics) -> list[Row]:
+def _rows(doc: LineDict, path: Path, display: str, model: ModelSpec, diags: Diagnostics,
+          row_models: list[ModelSpec | None]) -> list[Row]:
     """The rows written in the manifest and those of its `from:` files, in order."""
     rows: list[Row] = []
     raw_rows = doc.get("rows")
@@ -307,9 +356,13 @@ def _rows(doc: LineDict, path: Path, display: str, model: ModelSpec, diags: Diag
         if not isinstance(raw, LineDict):
             diags.add(display, line, f"each row must be a mapping with a prompt, not {type_name(raw)}")
             continue
+        own = row_models[i] if i < len(row_models) else None
         if FROM_FIELD in raw:
-            rows.extend(rows_from_file(raw, path, display, len(rows), model, diags))
+            found = rows_from_file(raw, path, display, len(rows), own or model, diags)
+            for row in found:
+                row.model = own
+            rows.extend(found)
         else:
-            fields = row_fields(raw, display, model, diags, allow_from=False)
-            rows.append(Row(len(rows), display, raw.line, fields))
+            fields = row_fields(raw, display, own or model, diags, allow_from=False)
+            rows.append(Row(len(rows), display, raw.line, fields, model=own))
     return rows

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from .schemarules import check_against
 from .text import short, type_name
 
 MAX_INT32 = 2_147_483_647
@@ -22,7 +23,7 @@ class Param:
 
     name: str  # as written in manifests (snake_case)
     wire: str  # as sent to the API
-    kind: str  # "string" | "integer" | "enum" | "url_list"
+    kind: str  # "string" | "integer" | "enum" | "url_list" | "schema" (any rule of a live JSON schema)
     required: bool = False
     default: Any = None
     minimum: int | None = None
@@ -32,9 +33,13 @@ class Param:
     max_items: int | None = None
     choices: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
+    rule: dict[str, Any] | None = None  # the property's JSON schema, for models described by the live API
+    description: str | None = None
 
     def check(self, value: Any) -> str | None:
         """Return why `value` breaks this parameter's rule, or None if it is fine."""
+        if self.rule is not None and (self.kind == "schema" or not isinstance(value, list)):
+            return self._check_rule(value)
         if self.kind == "string":
             if not isinstance(value, str):
                 return f"{self.name} must be a string, got {type_name(value)}"
@@ -69,8 +74,19 @@ class Param:
             return None
         raise ValueError(f"unknown parameter kind {self.kind}")  # a bug in the table
 
+    def _check_rule(self, value: Any) -> str | None:
+        """The first rule of the live schema `value` breaks, named after this parameter."""
+        assert self.rule is not None
+        found = check_against(self.rule, value)
+        if not found:
+            return None
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in found[0].path)
+        return f"{self.name}{where}: {found[0].message}"
+
     def json_schema(self) -> dict[str, Any]:
         """This parameter as a JSON-schema property."""
+        if self.rule is not None:
+            return dict(self.rule)
         if self.kind == "string":
             out: dict[str, Any] = {"type": "string"}
             if self.required:
@@ -118,6 +134,10 @@ class ModelSpec:
     rate_param: str = "resolution"
     seconds_param: str = "duration"
     expected_render_seconds: float = 90.0
+    # For models described by the live API: where the description came from ("built-in" for the
+    # table below), and whether any price is known (else a budgeted run needs --rate).
+    source: str = "built-in"
+    price_known: bool = True
 
     def param(self, name: str) -> Param | None:
         """Find a parameter by manifest name, wire name or alias."""
@@ -158,33 +178,44 @@ class ModelSpec:
             out[p.name if p else wire] = value
         return out
 
+    def resolutions(self) -> list[str]:
+        """The values of the parameter prices depend on (its choices, or the priced ones)."""
+        p = self.param(self.rate_param)
+        choices = list(p.choices) if p is not None and p.choices else []
+        if p is not None and p.rule is not None and isinstance(p.rule.get("enum"), list):
+            choices = [str(c) for c in p.rule["enum"]]
+        return list(dict.fromkeys([*(k for k in self.credits_per_second if k != "*"), *choices]))
+
     def check_rates(self, overrides: dict[str, float]) -> str | None:
-        """Why `--rate` overrides do not fit this model (an unknown resolution, a rate that is not a
-        positive number), or None."""
-        for name, value in overrides.items():
-            if name not in self.credits_per_second:
-                return (f"--rate {name}={value:g}: {self.api_id} has no resolution {name!r} (it has "
-                        f"{', '.join(self.credits_per_second)})")
-            if not math.isfinite(value) or value <= 0:
-                return f"--rate {name}={value:g}: credits per second must be a positive number"
-        return None
+        """Why `--rate` overrides do not fit this model, or None (see `check_rates`)."""
+        return check_rates([self], overrides)
 
     def rate(self, params: dict[str, Any], overrides: dict[str, float] | None = None) -> float:
-        """Credits per second of video for these (manifest-named) parameters."""
+        """Credits per second of video for these (manifest-named) parameters: an override for this
+        model and resolution, this model, or this resolution (`--rate`), else the model's price
+        for the resolution, else its one price for all ("*"); 0 when no price is known."""
         key = str(params.get(self.rate_param, self.defaults().get(self.rate_param)))
-        rates = dict(self.credits_per_second)
-        rates.update(overrides or {})
-        return rates[key]
+        given = overrides or {}
+        for name in (f"{self.api_id}:{key}", self.api_id, key):
+            if name in given:
+                return given[name]
+        return self.credits_per_second.get(key, self.credits_per_second.get("*", 0.0))
 
     def estimate(self, params: dict[str, Any], overrides: dict[str, float] | None = None) -> float:
         """Credits one job with these parameters is expected to cost."""
-        seconds: float = params.get(self.seconds_param, self.defaults().get(self.seconds_param, 0))
+        # A model priced per job (no seconds parameter) counts each job as one second.
+        seconds: float = params.get(self.seconds_param, self.defaults().get(self.seconds_param, 0)) \
+            if self.seconds_param else 1
         return math.ceil(self.rate(params, overrides) * seconds * 100) / 100
 
     def is_guess(self, params: dict[str, Any], overrides: dict[str, float] | None = None) -> bool:
-        """True when the estimate for these parameters rests on an unpublished price."""
+        """True when the estimate for these parameters rests on an unpublished (or unknown) price."""
         key = str(params.get(self.rate_param, self.defaults().get(self.rate_param)))
-        return key in self.guessed_rates and key not in (overrides or {})
+        given = overrides or {}
+        if any(name in given for name in (f"{self.api_id}:{key}", self.api_id, key)):
+            return False
+        return not self.price_known or key in self.guessed_rates or (
+            key not in self.credits_per_second and "*" not in self.credits_per_second)
 
     def json_schema(self) -> dict[str, Any]:
         """The model's parameter schema, as /schema serves it."""
@@ -216,8 +247,37 @@ HAPPYHORSE_R2V = ModelSpec(
     guessed_rates=frozenset({"1080p"}),
 )
 
-MODELS: dict[str, ModelSpec] = {HAPPYHORSE_R2V.api_id: HAPPYHORSE_R2V}
+# Happy Horse 1.1 takes the same request (up to 9 references); PixelDojo has published no price
+# for it yet, so both rates are marked as guesses (a live creditCost, when the API lists one,
+# replaces them: see `catalog`).
+HAPPYHORSE_11_R2V = ModelSpec(
+    api_id="happyhorse-1.1-r2v",
+    params=HAPPYHORSE_R2V.params,
+    credits_per_second={"720p": 4.0, "1080p": 8.0},
+    guessed_rates=frozenset({"720p", "1080p"}),
+)
+
+MODELS: dict[str, ModelSpec] = {m.api_id: m for m in (HAPPYHORSE_R2V, HAPPYHORSE_11_R2V)}
 DEFAULT_MODEL = HAPPYHORSE_R2V.api_id
+
+
+def check_rates(models: list[ModelSpec], overrides: dict[str, float]) -> str | None:
+    """Why `--rate` overrides do not fit a batch's models (a name that is no model, resolution or
+    MODEL:RESOLUTION of theirs; a rate that is not a positive number), or None."""
+    names = {m.api_id for m in models} | {r for m in models for r in m.resolutions()} | {
+        f"{m.api_id}:{r}" for m in models for r in m.resolutions()}
+    for name, value in overrides.items():
+        if name not in names and len(models) == 1:
+            return (f"--rate {name}={value:g}: {models[0].api_id} has no resolution {name!r} (it has "
+                    f"{', '.join(models[0].resolutions())})")
+        if name not in names:
+            have = ", ".join(dict.fromkeys(r for m in models for r in m.resolutions()))
+            ids = ", ".join(m.api_id for m in models)
+            return (f"--rate {name}={value:g}: no model of this batch has a resolution {name!r} (they have "
+                    f"{have}; or name a model: {ids}, or MODEL:RESOLUTION)")
+        if not math.isfinite(value) or value <= 0:
+            return f"--rate {name}={value:g}: credits per second must be a positive number"
+    return None
 
 
 def get_model(api_id: str) -> ModelSpec | None:

@@ -54,6 +54,7 @@ class JobSpec:
     params: dict[str, Any]  # manifest names, every effective value
     estimate: float
     estimate_is_guess: bool
+    model: str = ""  # the API id of the model it renders with (its row's, else the manifest's)
 
     def wire(self, model: ModelSpec) -> dict[str, Any]:
         return model.to_wire(self.params)
@@ -81,6 +82,7 @@ class PlanSummary:
     seconds_of_video: int = 0
     rows: list[RowSummary] = field(default_factory=list)
     by_resolution: dict[str, int] = field(default_factory=dict)
+    by_model: dict[str, int] = field(default_factory=dict)  # jobs per model (a batch may mix them)
     local_images: int = 0  # distinct local reference images the jobs use (by content)
     local_bytes: int = 0  # their size together: what uploading them would send
 
@@ -95,6 +97,8 @@ class PlanSummary:
             "rows": [{"origin": r.origin, "label": r.label, "jobs": r.jobs, "credits": round(r.credits, 2)}
                      for r in self.rows],
             **local,
+            # A batch that mixes models: its jobs per model (one model is named above).
+            **({"by_model": self.by_model} if len(self.by_model) > 1 else {}),
         }
 
 
@@ -123,24 +127,32 @@ def _expand(manifest: Manifest, diags: Diagnostics, rate_overrides: dict[str, fl
     plans = plan_rows(manifest, diags, max_jobs)
     if plans is None:
         return
-    wire_names = {p.name: p.wire for p in manifest.model.params}  # model.to_wire without a search per key
-    costs: dict[tuple[Any, Any], tuple[float, bool]] = {}
+    wires: dict[str, dict[str, str]] = {}
+    costs: dict[tuple[Any, ...], tuple[float, bool]] = {}
     for plan in plans:
         if plan.usable:
-            yield from _expand_row(plan, manifest, diags, rate_overrides, wire_names, costs)
+            yield from _expand_row(plan, manifest, diags, rate_overrides, wire_names_of(plan.model, wires), costs)
         else:
             check_unusable(plan, manifest, diags)
 
 
+def wire_names_of(model: ModelSpec, cache: dict[str, dict[str, str]]) -> dict[str, str]:
+    """A model's manifest names -> wire names (model.to_wire without a search per key)."""
+    found = cache.get(model.api_id)
+    if found is None:
+        found = cache[model.api_id] = {p.name: p.wire for p in model.params}
+    return found
+
+
 def _expand_row(plan: RowPlan, manifest: Manifest, diags: Diagnostics, rate_overrides: dict[str, float] | None,
-                wire_names: dict[str, str], costs: dict[tuple[Any, Any], tuple[float, bool]], build: bool = True
+                wire_names: dict[str, str], costs: dict[tuple[Any, ...], tuple[float, bool]], build: bool = True
                 ) -> Iterator[JobSpec]:
     """A row's jobs, one by one: templating, reference resolution and each parameter's rule per
     job; with `build` false, only the problems are reported (no job is built).
 
     A value every job of the row shares is checked once for the row, not once per job (a
     reference list can hold a million values through aliases; a template is parsed once)."""
-    model = manifest.model
+    model = plan.model
     row, dims = plan.row, plan.dims
     steps = param_sources(plan, model)
     variable_axes = [(i, dim.name) for i, dim in enumerate(dims) if not dim.is_param]
@@ -187,11 +199,11 @@ def _expand_row(plan: RowPlan, manifest: Manifest, diags: Diagnostics, rate_over
 
 def _takes(plan: RowPlan, manifest: Manifest, params: dict[str, Any], auto: bool,
            rate_overrides: dict[str, float] | None, wire_names: dict[str, str],
-           costs: dict[tuple[Any, Any], tuple[float, bool]], label: str) -> Iterator[JobSpec]:
+           costs: dict[tuple[Any, ...], tuple[float, bool]], label: str) -> Iterator[JobSpec]:
     """The jobs of one combination of a row's values: one per take."""
-    model, row = manifest.model, plan.row
-    # An estimate depends only on the rate and seconds parameters, never on the seed.
-    cost_key = (params.get(model.rate_param), params.get(model.seconds_param))
+    model, row = plan.model, plan.row
+    # An estimate depends only on the model, its rate and seconds parameters, never on the seed.
+    cost_key = (model.api_id, params.get(model.rate_param), params.get(model.seconds_param))
     cost = costs.get(cost_key)
     if cost is None:
         cost = costs[cost_key] = (model.estimate(params, rate_overrides), model.is_guess(params, rate_overrides))
@@ -206,6 +218,7 @@ def _takes(plan: RowPlan, manifest: Manifest, params: dict[str, Any], auto: bool
         yield JobSpec(
             key=job_key(model, job_wire, take), batch=manifest.batch, row=row.index, take=take,
             origin=row.origin, label=label, params=job_params, estimate=cost[0], estimate_is_guess=cost[1],
+            model=model.api_id,
         )
 
 
@@ -237,6 +250,7 @@ def _count_row(fast: FastRow, plan: RowPlan, seen: set[int], summary: PlanSummar
         return
     rows[plan.row.index] = RowSummary(plan.row.origin, row_label(plan.row), jobs, row_credits)
     summary.jobs += jobs
+    summary.by_model[plan.model.api_id] = summary.by_model.get(plan.model.api_id, 0) + jobs
     for _, guess, seconds, resolution, count in classes.values():
         summary.credits_are_guess |= guess
         summary.seconds_of_video += seconds * count
@@ -268,8 +282,8 @@ def check(manifest: Manifest, rate_overrides: dict[str, float] | None = None, *,
     rows: dict[int, RowSummary] = {}
     seen: set[int] = set()  # keys as ints: a third of the memory of their text
     plans = plan_rows(manifest, diags, max_jobs)
-    wire_names = {p.name: p.wire for p in manifest.model.params}
-    costs: dict[tuple[Any, Any], tuple[float, bool]] = {}
+    wires: dict[str, dict[str, str]] = {}
+    costs: dict[tuple[Any, ...], tuple[float, bool]] = {}
     for plan in plans or []:
         if not plan.usable:
             check_unusable(plan, manifest, diags)
@@ -280,7 +294,8 @@ def check(manifest: Manifest, rate_overrides: dict[str, float] | None = None, *,
                 _count_row(fast, plan, seen, summary, rows)
             continue
         build = not diags.items
-        if build and outcomes_per_value(plan, manifest.model):
+        wire_names = wire_names_of(plan.model, wires)
+        if build and outcomes_per_value(plan, plan.model):
             # A few jobs tell whether the row has a problem; only a valid row needs every job.
             recorder = _Recorder()
             for _ in _expand_row(plan, manifest, recorder, rate_overrides, wire_names, costs, build=False):
@@ -302,9 +317,10 @@ def check(manifest: Manifest, rate_overrides: dict[str, float] | None = None, *,
             summary.jobs += 1
             summary.credits += job.estimate
             summary.credits_are_guess |= job.estimate_is_guess
-            summary.seconds_of_video += int(job.params.get(manifest.model.seconds_param, 0))
-            res = str(job.params.get(manifest.model.rate_param))
+            summary.seconds_of_video += int(job.params.get(plan.model.seconds_param, 0))
+            res = str(job.params.get(plan.model.rate_param))
             summary.by_resolution[res] = summary.by_resolution.get(res, 0) + 1
+            summary.by_model[job.model] = summary.by_model.get(job.model, 0) + 1
     diags.raise_if_any()
     summary.rows = [rows[i] for i in sorted(rows)]
     summary.local_images = len(manifest.local_files)

@@ -9,10 +9,10 @@ from typing import Any
 from .diagnostics import Diagnostics, suggest
 from .models import ModelSpec
 from .text import short
-from .yamlfile import LineDict, key_line, value_line
+from .yamlfile import LineDict, LineList, key_line, value_line
 
 # Row fields that are not API parameters.
-ROW_EXTRAS = ("seeds", "vary", "repeat", "name")
+ROW_EXTRAS = ("seeds", "vary", "repeat", "name", "model")
 FROM_FIELD = "from"
 
 
@@ -40,6 +40,7 @@ class Row:
     # For rows from a file: columns left empty (or JSON null) on this line -> "empty"/"null",
     # so a {variable} they leave unfilled is reported as such, not as undefined.
     blank: dict[str, str] = field(default_factory=dict)
+    model: ModelSpec | None = None  # its own `model:`, when it names one (else the manifest's)
 
     @property
     def origin(self) -> str:
@@ -79,3 +80,12 @@ def row_fields(raw: LineDict, display: str, model: ModelSpec, diags: Diagnostics
             continue
         fields[name] = Located(value, display, value_line(raw, key, raw.line))
     return fields
+
+
+def as_list(loc: Located) -> list[Located]:
+    """A located list as its items, each at its own line; anything else as itself."""
+    value = loc.value
+    if isinstance(value, list):
+        lines = value.item_lines if isinstance(value, LineList) else [loc.line] * len(value)
+        return [Located(v, loc.file, line) for v, line in zip(value, lines, strict=True)]
+    return [loc]

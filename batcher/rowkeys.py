@@ -152,7 +152,7 @@ def _template_pieces(p: Param, template: Template, plan: RowPlan, variable_axis:
 def fast_row(plan: RowPlan, manifest: Manifest, rate_overrides: dict[str, float] | None) -> FastRow | None:
     """The row compiled for counting its jobs' keys, or None when some job may be invalid or the
     row has a shape only the job-by-job path handles (a varied negative prompt or `seed: auto`)."""
-    model = manifest.model
+    model = plan.model
     scratch = Diagnostics()  # the job-by-job path reports problems, in its order
     variable_axis = {dim.name: i for i, dim in enumerate(plan.dims) if not dim.is_param}
     axes: list[list[str]] = [[""] * len(dim.values) for dim in plan.dims]  # "" where no slot reads it

@@ -2,12 +2,14 @@
 
 It speaks the documented wire protocol (../shared/reference/pixeldojo-api.md): Bearer auth,
 `POST /api/v1/models/{apiId}/run` answering 202 with `{jobId, status, statusUrl, creditCost,
-creditsRemaining, expiresAt}`, `GET /api/v1/jobs/{jobId}`, the model and schema endpoints, output
-files on a temporary path that expire. Parameters are validated strictly (unknown keys rejected,
-as `additionalProperties: false`), video is billed per second against a credit balance, failed
-renders are refunded, and faults can be switched on: 5xx answers, dropped connections, refused
-connections, a submission accepted and charged whose answer is lost, malformed bodies, and 429
-with `Retry-After` over a request-rate limit.
+creditsRemaining, expiresAt}`, `GET /api/v1/jobs/{jobId}`, the model endpoints (`/api/v1/models`,
+`?detailed=true` with prices; `/api/v1/models/{apiId}` with its `requestSchema`; `.../schema`), output
+files on a temporary path that expire. It serves several models (batcher.simmodels: the built-ins
+and `wan-2.5-t2v`, a model batcher does not know), each checked strictly against its request
+schema (unknown keys rejected, as `additionalProperties: false`) and billed per second of video at
+its own rates against a credit balance, failed renders are refunded, and faults can be switched
+on: 5xx answers, dropped connections, refused connections, a submission accepted and charged
+whose answer is lost, malformed bodies, and 429 with `Retry-After` over a request-rate limit.
 
 Reference images are judged at submission as the API would (batcher.simrefs): a reference it
 cannot fetch or would refuse fails the submission with 400 `invalid_request`, nothing charged.
@@ -39,15 +41,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import httpx
 
-from .models import MODELS, ModelSpec
-from .simrefs import FetchReference, UploadStore, fetch_over_http, own_file, static_file, submission_problem
+from .models import HAPPYHORSE_R2V
+from .simmodels import BUILT_IN_RATES, ServedModel, model_answer, served_models
+from .simrefs import FetchReference, UploadStore, fetch_over_http, own_file, static_file
 
-# Upstream prices 1080p at about 1.8x 720p; the simulator charges that, below batcher's estimate.
-SIM_RATES = {"720p": 4.0, "1080p": 7.2}
+# happyhorse-1.0-r2v's rates: upstream prices 1080p at about 1.8x 720p; the simulator charges that,
+# below batcher's estimate. (The other models' rates: batcher.simmodels.)
+SIM_RATES = dict(BUILT_IN_RATES[HAPPYHORSE_R2V.api_id])
 
 
 @dataclass
@@ -74,7 +78,7 @@ class SimConfig:
     # Authorization header it received (bare, Bearer form and URL-encoded).
     echo_key_in_errors: bool = False
     seed: int = 0
-    rates: dict[str, float] = field(default_factory=lambda: dict(SIM_RATES))
+    rates: dict[str, float] = field(default_factory=lambda: dict(SIM_RATES))  # happyhorse-1.0-r2v's
 
 
 @dataclass
@@ -180,6 +184,8 @@ class Simulator:
         self.rate_limited = 0
         self.faults: dict[str, int] = {}
         self.run_bodies: list[dict[str, Any]] = []  # every POST run body received, accepted or not
+        self.runs_by_model: dict[str, int] = {}  # POST run requests received per served model, accepted or not
+        self.models: dict[str, ServedModel] = served_models({HAPPYHORSE_R2V.api_id: self.config.rates})
         self._journal: Journal | None = None
 
     @property
@@ -209,7 +215,7 @@ class Simulator:
         """What the server saw, charged and refunded (JSON-friendly)."""
         with self.lock:
             self._tick()
-            jobs = [{"job_id": j.job_id, "body": j.body, "cost": j.cost, "fails": j.fails,
+            jobs = [{"job_id": j.job_id, "model": j.model, "body": j.body, "cost": j.cost, "fails": j.fails,
                      "refunded": j.refunded, "answer_lost": j.answer_lost,
                      "render_seconds": round(j.ends - j.submitted, 6)} for j in self.jobs.values()]
             return {
@@ -222,6 +228,7 @@ class Simulator:
                 "rate_limited": self.rate_limited,
                 "faults": dict(self.faults),
                 "run_bodies": len(self.run_bodies),
+                "runs_by_model": dict(self.runs_by_model),
                 "reference_fetches": self.reference_fetches,
             }
 
@@ -253,18 +260,18 @@ class Simulator:
         base = f"{parts.scheme}://{parts.netloc}"
         path = parts.path.rstrip("/")
         with self.lock:
-            found = self._answer_locked(method, path, headers, body, base)
+            found = self._answer_locked(method, path, parts.query, headers, body, base)
         if isinstance(found, Answer):
             return found
         # A valid run body: its references are judged outside the lock (a fetch may be slow).
-        spec, data = found
-        problem, fetched = submission_problem(spec, data, self.uploads, fetch)
+        model, data = found
+        problem, fetched = model.reference_problem(data, self.uploads, fetch)
         with self.lock:
             self._tick()
             self.reference_fetches += fetched
             if problem is not None:
                 return _error(400, "invalid_request", problem)  # nothing charged
-            answer = self._charge(spec, data, base)
+            answer = self._charge(model, data, base)
             if answer.status == 202 and self._roll(self.config.lost_answer_rate):
                 self.faults["lost_answer"] = self.faults.get("lost_answer", 0) + 1
                 job_id = json.loads(answer.body)["jobId"]
@@ -272,8 +279,8 @@ class Simulator:
                 raise Dropped()
             return answer
 
-    def _answer_locked(self, method: str, path: str, headers: dict[str, str], body: bytes, base: str
-                       ) -> Answer | tuple[ModelSpec, dict[str, Any]]:
+    def _answer_locked(self, method: str, path: str, query: str, headers: dict[str, str], body: bytes, base: str
+                       ) -> Answer | tuple[ServedModel, dict[str, Any]]:
         """The answer, or a run body validated (model, body) whose references are still to judge."""
         self._tick()
         route = self._route_name(method, path)
@@ -306,16 +313,10 @@ class Simulator:
             return self._status(path.split("/")[-1], base)
         if route == "file":
             return self._file(path.split("/")[-1])
-        if route == "models":
-            return _json(200, {"models": [{"apiId": m.api_id} for m in MODELS.values()]})
-        if route in ("model", "schema"):
-            api_id = path.split("/")[4]
-            spec = MODELS.get(api_id)
-            if spec is None:
-                return _error(404, "model_not_found", f"Model {api_id} not found")
-            if route == "schema":
-                return _json(200, spec.json_schema())
-            return _json(200, {"apiId": spec.api_id, "type": "video"})
+        if route in ("models", "model", "schema"):
+            detailed = any(k == "detailed" and v.lower() == "true" for k, v in parse_qsl(query))
+            return _json(*model_answer(self.models, route, path.split("/")[4] if route != "models" else None,
+                                       detailed))
         return _error(404, "not_found", f"No route for {method} {path}")
 
     @staticmethod
@@ -367,26 +368,24 @@ class Simulator:
         self._recent.append(now)
         return None
 
-    def _validated(self, api_id: str, body: bytes) -> Answer | tuple[ModelSpec, dict[str, Any]]:
-        spec = MODELS.get(api_id)
-        if spec is None:
+    def _validated(self, api_id: str, body: bytes) -> Answer | tuple[ServedModel, dict[str, Any]]:
+        model = self.models.get(api_id)
+        if model is None:
             return _error(404, "model_not_found", f"Model {api_id} not found")
+        self.runs_by_model[api_id] = self.runs_by_model.get(api_id, 0) + 1
         try:
             data = json.loads(body or b"null")
         except ValueError:
             return _error(400, "invalid_request", "Body is not JSON")
         self.run_bodies.append(data if isinstance(data, dict) else {"_invalid": data})
-        problem = validate_body(spec, data)
+        problem = model.check(data)  # the model's request schema, strictly
         if problem:
             return _error(422, "invalid_request", problem)
-        return spec, data
+        return model, data
 
-    def _charge(self, spec: ModelSpec, data: dict[str, Any], base: str) -> Answer:
-        api_id = spec.api_id
-        params = spec.from_wire(data)
-        duration = params.get("duration", spec.defaults()["duration"])
-        rate = self.config.rates[str(params.get("resolution", spec.defaults()["resolution"]))]
-        cost = round(rate * duration, 2)
+    def _charge(self, model: ServedModel, data: dict[str, Any], base: str) -> Answer:
+        api_id = model.api_id
+        duration, cost = model.seconds(data), model.charge(data)
         if self.credits < cost:
             if self.config.insufficient_status == 403:
                 return _error(403, "insufficient_credits", f"Need {cost} credits, have {self.credits}")
@@ -514,25 +513,6 @@ class Journal:
         if self._file is not None:
             self._file.close()
             self._file = None
-
-
-def validate_body(spec: ModelSpec, data: Any) -> str | None:
-    """Strict validation of a run body, as a JSON schema with additionalProperties false would."""
-    if not isinstance(data, dict):
-        return "Body must be a JSON object"
-    wire_names = {p.wire for p in spec.params}
-    for key in data:
-        if key not in wire_names:
-            return f"Unknown parameter '{key}' (additional properties are not allowed)"
-    for p in spec.params:
-        if p.wire not in data:
-            if p.required:
-                return f"Missing required parameter '{p.wire}'"
-            continue
-        problem = p.check(data[p.wire])
-        if problem:
-            return problem.replace(p.name, p.wire, 1)
-    return None
 
 
 # --- in-process transport -----------------------------------------------------------------------

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import batcher
 
-ORDER = ["errors", "text", "schemarules", "imagefacts", "models", "template", "states", "policy", "diagnostics",
-         "textfiles", "yamlfile", "rowfields", "localrefs", "rowfiles", "manifest", "expansion", "rowkeys", "plan",
-         "files", "media", "ledger", "answers", "client", "simimages", "simrefs", "simulator", "preflight", "refstore",
-         "run", "export", "report", "display", "views", "api", "bench", "cli", "__main__"]
+ORDER = ["errors", "text", "schemarules", "imagefacts", "models", "modelschema", "template", "states", "policy",
+         "diagnostics", "textfiles", "yamlfile", "rowfields", "localrefs", "rowfiles", "manifest", "rowrefs",
+         "expansion", "rowkeys", "plan", "files", "media", "ledger", "answers", "client", "simimages", "simrefs",
+         "simmodels", "simulator", "preflight", "refstore", "run", "export", "report", "display", "views", "api",
+         "bench", "cli", "__main__"]
 PACKAGE = Path(batcher.__file__).parent
 
 
