@@ -17,7 +17,15 @@ from urllib.parse import quote, quote_plus
 
 import httpx
 
-from .errors import AuthError, CreditsExhausted, OutcomeUnknown, RateLimited, RejectedError, ServerError
+from .errors import (
+    AuthError,
+    CreditsExhausted,
+    MalformedAnswer,
+    OutcomeUnknown,
+    RateLimited,
+    RejectedError,
+    ServerError,
+)
 from .text import type_name
 
 DEFAULT_MAX_RETRY_AFTER = 300.0  # seconds: a longer Retry-After is capped to this
@@ -315,3 +323,32 @@ def raise_for_status(response: httpx.Response, paid: bool, redact: Callable[[str
         cls = OutcomeUnknown if paid else ServerError
         raise cls(f"server error: {describe(response, redact)}", status)
     raise RejectedError(f"the API refused the request ({status}): {message}", status)
+
+
+def read_status(job_id: str, data: dict[str, Any], response: httpx.Response, redact: Callable[[str], str],
+                leaks: Callable[[str], bool]) -> JobStatus:
+    """A status answer's body, read without trusting it. Raises MalformedAnswer for one that has no
+    status, names another kind of job id, or hands an output URL that carries the key."""
+    status = data.get("status")
+    if not isinstance(status, str):
+        raise MalformedAnswer(f"the status answer has no status: {describe(response, redact)}",
+                              response.status_code)
+    answered_id = data.get("jobId")
+    if answered_id is not None and (not is_safe_job_id(answered_id) or leaks(answered_id)):
+        raise MalformedAnswer(f"the status answer's jobId is not a plain id: {describe(response, redact)}",
+                              response.status_code)
+    # Only a completed job's output is read: in any shape but the documented ones it is never
+    # guessed at; that one job fails, its reason naming the body.
+    found = output_url(data.get("output")) if status == "completed" else None
+    problem = None
+    if found is not None and found.url is None:
+        problem = (f"the completed job's output is unusable ({found.problem}); expected {OUTPUT_SHAPES}: "
+                   f"{describe(response, redact)}")
+    if found is not None and found.url is not None and leaks(found.url):
+        raise MalformedAnswer(f"{found.where} carries the API key: {describe(response, redact)}",
+                              response.status_code)
+    error = data.get("error")
+    if isinstance(error, dict):
+        error = error.get("message") or error.get("code")
+    return JobStatus(job_id, redact(status), found.url if found else None, redact(str(error)) if error else None,
+                     as_number(data.get("creditCost")), parse_time(data.get("expiresAt")), problem)

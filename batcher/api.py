@@ -13,6 +13,7 @@ The CLI is built on these functions, so there is one code path.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -24,12 +25,15 @@ from typing import Any
 import anyio
 import httpx
 
+from .catalog import ModelCatalog, needs_description, spec_of
+from .catalog import list_models as catalog_list
 from .client import DEFAULT_BASE, PixelDojoClient
 from .errors import MissingKeyError, UsageError
 from .files import OUTPUTS, default_out_dir  # noqa: F401 - part of the API
-from .ledger import DEFAULT_LEDGER, Ledger, display_location, is_database_url
+from .ledger import DEFAULT_LEDGER, Ledger, display_location, is_database_url, read_model_infos
 from .localrefs import StoreSettings, refuse_without_store
 from .manifest import Manifest, load_manifest
+from .models import MODELS, ModelSpec, unpriced
 from .plan import MAX_JOBS, PlanSummary, check, iter_jobs
 from .preflight import PreflightReport, check_local_files, preflight, references_of
 from .refstore import ReferenceStore, S3Store, SimulatedStore
@@ -62,6 +66,66 @@ def stage(ledger: Ledger, manifest: Manifest, rate_overrides: dict[str, float] |
     images = {**manifest.set_files, **manifest.local_files}
     ledger.remember_local_images(((a, str(f.path), f.size, f.origin) for a, f in images.items()), time.time())
     return added
+
+
+def refuse_unpriced(m: Manifest, overrides: dict[str, float]) -> None:
+    """A run under a budget refuses models whose price is unknown until `--rate` gives one."""
+    unknown = unpriced(list(m.models.values()), overrides)
+    if unknown:
+        raise UsageError(f"{unknown[0]} has no known price (none published, none listed by the API): a run under "
+                         f"--budget needs one: --rate {unknown[0]}=CREDITS_PER_SECOND")
+
+
+def wanted_descriptions(m: Manifest) -> list[str]:
+    """The models of a manifest the API must describe (no table, or a guessed price)."""
+    return list(dict.fromkeys([*m.unknown_models, *(i for i in m.models if needs_description(i))]))
+
+
+async def describe_models(m: Manifest, ledger: Ledger, to: Target) -> Manifest:
+    """The manifest with every model it names described: built-in tables, the ledger's cache, else
+    the API (its description then cached). A model the API does not know stays a FILE:LINE
+    problem of the manifest, reported before anything is spent."""
+    wanted = wanted_descriptions(m)
+    if not wanted:
+        return m
+    async with PixelDojoClient(to.api_key, to.base_url, transport=to.transport) as client:
+        found = await ModelCatalog(ledger, client).describe(wanted)
+    return load_manifest(m.path, models=found.specs, missing=found.missing)
+
+
+def describe_offline(m: Manifest, ledger: str | Path) -> Manifest:
+    """The manifest with its models described from the ledger's cache only (`plan`, `validate`:
+    nothing sent, nothing written)."""
+    wanted = wanted_descriptions(m)
+    if not wanted:
+        return m
+    cached = read_model_infos(ledger, wanted)
+    specs = {api_id: spec_of(found) for api_id, found in cached.items()}
+    missing = {api_id: f"not described yet: `batcher models {api_id}` fetches its description from the API "
+                       "(a run does it itself)" for api_id in m.unknown_models if api_id not in specs}
+    return load_manifest(m.path, models=specs, missing=missing) if specs or missing else m
+
+
+async def list_models(to: Target) -> list[dict[str, Any]]:
+    """The models the API offers, with their prices (each as the API lists it)."""
+    async with PixelDojoClient(to.api_key, to.base_url, transport=to.transport) as client:
+        return await catalog_list(client)
+
+
+async def describe_model(api_id: str, ledger: Ledger, to: Target, *, refresh: bool = False
+                         ) -> tuple[ModelSpec, dict[str, Any]]:
+    """One model: its spec (built-in, cached or fetched now, then cached) and what the API said of
+    it (info with `requestSchema`; empty for a built-in model the API was not asked about)."""
+    if not needs_description(api_id) and not refresh:
+        spec = MODELS[api_id]
+        return spec, {"requestSchema": spec.json_schema()}
+    async with PixelDojoClient(to.api_key, to.base_url, transport=to.transport) as client:
+        found = await ModelCatalog(ledger, client).describe([api_id], refresh=refresh)
+    if api_id not in found.specs:
+        raise UsageError(f"model {api_id}: {found.missing.get(api_id, 'not described')}")
+    cached = ledger.model_infos([api_id])[api_id]
+    return found.specs[api_id], {**json.loads(cached.info), "requestSchema": json.loads(cached.request_schema),
+                                 "fetched_at": cached.fetched_at}
 
 
 def reference_store(manifest: Manifest, to: Target, settings: StoreSettings | None = None) -> ReferenceStore | None:
@@ -168,7 +232,10 @@ async def run_async(manifest: Manifest | str | Path, *, ledger: Ledger | str | P
         dest = to or target()
         simulated = dest.simulator is not None
         if stage_jobs:  # (checking finds the manifest's local images)
+            m = await describe_models(m, led, dest)
             await anyio.to_thread.run_sync(lambda: check(m, rate_overrides))
+        if options is not None and options.limits.budget is not None:
+            refuse_unpriced(m, rate_overrides or {})
         store = options.reference_store if options is not None else None
         store = store or reference_store(m, dest)  # refused here, before staging, when there is none
         if stage_jobs:
@@ -185,7 +252,7 @@ async def run_async(manifest: Manifest | str | Path, *, ledger: Ledger | str | P
             async with PixelDojoClient(dest.api_key, dest.base_url, transport=dest.transport,
                                        max_retry_after=opts.polling.max_retry_after, also_redact=secrets) as client:
                 runner = Runner(led, client, m.model, m.batch, opts, on_progress=on_progress,
-                                on_force_exit=on_force_exit)
+                                on_force_exit=on_force_exit, models=m.models)
                 return await runner.run()
         finally:
             dest.close()

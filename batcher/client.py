@@ -21,7 +21,6 @@ import httpx
 
 from .answers import (
     DEFAULT_MAX_RETRY_AFTER,
-    OUTPUT_SHAPES,
     REDACTED,
     Download,
     JobStatus,
@@ -31,11 +30,11 @@ from .answers import (
     describe,
     is_safe_job_id,
     origin,
-    output_url,
     parse_time,
     raise_for_status,
     rate_limited,
     read_reference,
+    read_status,
     redact_json,
     secret_pattern,
 )
@@ -187,16 +186,20 @@ class PixelDojoClient:
 
     # --- endpoints ---------------------------------------------------------------------------
 
+    async def read(self, kind: str, path: str) -> dict[str, Any]:
+        """GET one of the API's JSON documents (`path` under the base: the model list, a model,
+        its schema), every text in it redacted: its names and values end up in messages."""
+        response = await self._send(kind, "GET", f"{self.base_url}{path}")
+        self._raise_for_api_status(response, paid=False)
+        return redact_json(self._json(response, paid=False), self.redact)
+
     async def schema(self, model: str) -> dict[str, Any]:
         """The model's parameter JSON schema."""
-        response = await self._send("schema", "GET", f"{self.base_url}/api/v1/models/{model}/schema")
-        self._raise_for_api_status(response, paid=False)
-        # The schema's names and values end up in SchemaMismatch messages.
-        return redact_json(self._json(response, paid=False), self.redact)
+        return await self.read("schema", f"/api/v1/models/{quote(model, safe='')}/schema")
 
     async def submit(self, model: str, wire: dict[str, Any]) -> Submission:
         """POST a job. Raises NotSentError (safe to resend) or OutcomeUnknown (never resend silently)."""
-        response = await self._send("submit", "POST", f"{self.base_url}/api/v1/models/{model}/run",
+        response = await self._send("submit", "POST", f"{self.base_url}/api/v1/models/{quote(model, safe='')}/run",
                                     body=wire, paid=True)
         self._raise_for_api_status(response, paid=True)
         data = self._json(response, paid=True)
@@ -235,33 +238,7 @@ class PixelDojoClient:
         """GET the job's status. Raises ServerError/RateLimited (retry), MalformedAnswer, RejectedError."""
         response = await self._send("poll", "GET", self.status_url_for(job_id, status_url))
         self._raise_for_api_status(response, paid=False)
-        data = self._json(response, paid=False)
-        status = data.get("status")
-        if not isinstance(status, str):
-            raise MalformedAnswer(f"the status answer has no status: {self._describe(response)}",
-                                  response.status_code)
-        answered_id = data.get("jobId")
-        if answered_id is not None and (not is_safe_job_id(answered_id) or self._leaks(answered_id)):
-            raise MalformedAnswer(f"the status answer's jobId is not a plain id: {self._describe(response)}",
-                                  response.status_code)
-        # Only a completed job's output is read: in any shape but the documented ones it is never
-        # guessed at; that one job fails, its reason naming the body.
-        found = output_url(data.get("output")) if status == "completed" else None
-        problem = None
-        if found is not None and found.url is None:
-            problem = (f"the completed job's output is unusable ({found.problem}); expected {OUTPUT_SHAPES}: "
-                       f"{self._describe(response)}")
-        if found is not None and found.url is not None and self._leaks(found.url):
-            raise MalformedAnswer(f"{found.where} carries the API key: {self._describe(response)}",
-                                  response.status_code)
-        error = data.get("error")
-        if isinstance(error, dict):
-            error = error.get("message") or error.get("code")
-        cost = data.get("creditCost")
-        return JobStatus(job_id, self.redact(status), found.url if found else None,
-                         self.redact(str(error)) if error else None,
-                         as_number(cost),
-                         parse_time(data.get("expiresAt")), problem)
+        return read_status(job_id, self._json(response, paid=False), response, self.redact, self._leaks)
 
     async def fetch_reference(self, url: str, max_bytes: int, headers: dict[str, str] | None = None, *,
                               keep: int = 128 * 1024, max_redirects: int = 5) -> ReferenceFetch:

@@ -115,9 +115,11 @@ def looks_like_local_file(text: str) -> bool:
 
 # --- the manifest ----------------------------------------------------------------------------
 
-def load_manifest(path: str | Path, models: Mapping[str, ModelSpec] | None = None) -> Manifest:
+def load_manifest(path: str | Path, models: Mapping[str, ModelSpec] | None = None,
+                  missing: Mapping[str, str] | None = None) -> Manifest:
     """Read and structurally check a manifest; raise ManifestError listing every problem. `models`
-    adds descriptions of models batcher has no table for (`catalog` fetches them)."""
+    adds descriptions of models batcher has no table for (`catalog` fetches them); `missing`
+    says why a model could not be described."""
     path = Path(path)
     display = str(path)
     diags = Diagnostics()
@@ -133,17 +135,17 @@ def load_manifest(path: str | Path, models: Mapping[str, ModelSpec] | None = Non
         diags.add(display, getattr(doc, "line", 1),
                   f"the manifest must be a mapping of fields (version, rows, ...), not {type_name(doc)}")
         diags.raise_if_any()
-    return _check_top(doc, path, display, diags, {**MODELS, **(models or {})})
+    return _check_top(doc, path, display, diags, {**MODELS, **(models or {})}, missing or {})
 
 
-def _check_top(doc: LineDict, path: Path, display: str, diags: Diagnostics, known: Mapping[str, ModelSpec]
-               ) -> Manifest:
+def _check_top(doc: LineDict, path: Path, display: str, diags: Diagnostics, known: Mapping[str, ModelSpec],
+               missing: Mapping[str, str]) -> Manifest:
     for key in doc:
         if key not in TOP_FIELDS:
             diags.add(display, key_line(doc, key, 1), f"unknown field {short(key)}{suggest(key, TOP_FIELDS)}")
     _check_version(doc, display, diags)
     batch = _batch(doc, path, display, diags)
-    models = ModelNames(known, display, diags)
+    models = ModelNames(known, display, diags, missing)
     model = models.top(doc)
     row_models = [models.of(raw, model) for raw in _raw_rows(doc)]
     defaults = _defaults(doc, [model, *models.used.values()], display, diags)
@@ -193,8 +195,9 @@ class ModelNames:
     """The models a manifest names, each looked up once among those described (`known`); an
     unknown one is reported where it is named, and remembered for `catalog` to fetch."""
 
-    def __init__(self, known: Mapping[str, ModelSpec], display: str, diags: Diagnostics):
-        self.known, self.display, self.diags = known, display, diags
+    def __init__(self, known: Mapping[str, ModelSpec], display: str, diags: Diagnostics,
+                 missing: Mapping[str, str]):
+        self.known, self.display, self.diags, self.missing = known, display, diags, missing
         self.used: dict[str, ModelSpec] = {}
         self.unknown: dict[str, str] = {}
 
@@ -215,7 +218,10 @@ class ModelNames:
         if spec is not None:
             self.used.setdefault(spec.api_id, spec)
             return spec
-        if isinstance(name, str) and _MODEL_ID.fullmatch(name):
+        if isinstance(name, str) and name in self.missing:
+            self.diags.add(self.display, line, f"model {short(name)}: {self.missing[name]}"
+                           f"{suggest(name, list(self.known))}")
+        elif isinstance(name, str) and _MODEL_ID.fullmatch(name):
             self.unknown.setdefault(name, f"{self.display}:{line}")
             self.diags.add(self.display, line, f"unknown model {short(name)}{suggest(name, list(self.known))}: "
                            f"batcher knows {', '.join(self.known)}; `batcher models {name}` fetches its "
@@ -357,6 +363,8 @@ def _rows(doc: LineDict, path: Path, display: str, model: ModelSpec, diags: Diag
             diags.add(display, line, f"each row must be a mapping with a prompt, not {type_name(raw)}")
             continue
         own = row_models[i] if i < len(row_models) else None
+        if own is None and raw.get("model") is not None:
+            continue  # its model is unknown (reported where it is named): its fields cannot be judged
         if FROM_FIELD in raw:
             found = rows_from_file(raw, path, display, len(rows), own or model, diags)
             for row in found:

@@ -146,10 +146,10 @@ class ModelSpec:
                 return p
         return None
 
-    def job_class(self, params: dict[str, Any]) -> tuple[Any, Any]:
-        """Jobs that render and cost alike (seconds of video, resolution): render times are learned,
-        and charges remembered, per class."""
-        return (params.get(self.seconds_param, self.defaults().get(self.seconds_param)),
+    def job_class(self, params: dict[str, Any]) -> tuple[Any, Any, Any]:
+        """Jobs that render and cost alike (model, seconds of video, resolution): render times are
+        learned, and charges remembered, per class."""
+        return (self.api_id, params.get(self.seconds_param, self.defaults().get(self.seconds_param)),
                 params.get(self.rate_param, self.defaults().get(self.rate_param)))
 
     def names(self) -> list[str]:
@@ -280,51 +280,13 @@ def check_rates(models: list[ModelSpec], overrides: dict[str, float]) -> str | N
     return None
 
 
+def unpriced(models: list[ModelSpec], overrides: dict[str, float]) -> list[str]:
+    """The models whose price nobody knows (not published, not listed by the API, no `--rate`):
+    a run under a budget cannot spend on them."""
+    return [m.api_id for m in models if not m.price_known
+            and not any(k == m.api_id or k.startswith(m.api_id + ":") for k in overrides)]
+
+
 def get_model(api_id: str) -> ModelSpec | None:
     """The spec of a known model, or None."""
     return MODELS.get(api_id)
-
-
-def check_schema(schema: dict[str, Any], body: dict[str, Any]) -> str | None:
-    """Check a request body against the model's live schema (the subset of JSON schema the API's
-    model schemas use), before anything is spent.
-
-    Returns 'PARAM: why' for the first violation, or None.
-    """
-    props = schema.get("properties")
-    if not isinstance(props, dict):
-        return None
-    if schema.get("additionalProperties") is False:
-        for key in body:
-            if key not in props:
-                return f"{key}: the live schema does not accept this parameter (accepted: {', '.join(props)})"
-    for key in schema.get("required", []) or []:
-        if key not in body:
-            return f"{key}: required by the live schema but not sent"
-    for key, value in body.items():
-        rule = props.get(key)
-        if not isinstance(rule, dict):
-            continue
-        kind = rule.get("type")
-        if kind == "integer" and (isinstance(value, bool) or not isinstance(value, int)):
-            return f"{key}: the live schema wants an integer, got {value!r}"
-        if kind == "string" and not isinstance(value, str):
-            return f"{key}: the live schema wants text"
-        if kind == "array" and not isinstance(value, list):
-            return f"{key}: the live schema wants a list"
-        if "enum" in rule and value not in rule["enum"]:
-            return f"{key}: {value!r} is not one of {rule['enum']} in the live schema"
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if "minimum" in rule and value < rule["minimum"]:
-                return f"{key}: {value} is below the live schema's minimum {rule['minimum']}"
-            if "maximum" in rule and value > rule["maximum"]:
-                return f"{key}: {value} is above the live schema's maximum {rule['maximum']}"
-        if isinstance(value, str) and "maxLength" in rule and len(value) > rule["maxLength"]:
-            return f"{key}: longer than the live schema's {rule['maxLength']} characters"
-        if isinstance(value, list):
-            if "maxItems" in rule and len(value) > rule["maxItems"]:
-                return f"{key}: more than the live schema's {rule['maxItems']} items"
-            if "minItems" in rule and len(value) < rule["minItems"]:
-                return f"{key}: fewer than the live schema's {rule['minItems']} items"
-    return None
-

@@ -90,3 +90,46 @@ def history_lines(job: Job, events: list[Event]) -> list[str]:
         move = f"{e.from_state} -> {e.to_state}" if e.to_state else ""
         lines.append(f"  {iso(e.at)}  {e.kind:<18} {move:<24} {e.detail or ''}".rstrip())
     return lines
+
+
+def model_list_lines(listed: list[dict[str, Any]]) -> list[str]:
+    """`batcher models`: each model the API offers, video models first, with its listed price."""
+    from .models import MODELS
+
+    def price(entry: dict[str, Any]) -> str:
+        cost = entry.get("creditCost")
+        if not isinstance(cost, dict):
+            return "price not listed"
+        amount, kind = cost.get("amount"), cost.get("type")
+        if isinstance(amount, (int, float)) and not isinstance(amount, bool):
+            return f"{amount:g} credits {str(kind or '').replace('_', ' ')}".strip()
+        return "price not listed"
+    rows = sorted(listed, key=lambda e: (e.get("type") != "video", str(e.get("apiId"))))
+    width = max((len(str(e.get("apiId"))) for e in rows), default=10)
+    lines = [f"{e.get('apiId')!s:<{width}}  {e.get('type') or '?'!s:<6}  {price(e)}"
+             f"{'  (built in)' if e.get('apiId') in MODELS else ''}" for e in rows]
+    lines.append(f"{len(rows)} model(s); `batcher models APIID` shows one model's parameters")
+    return lines
+
+
+def model_lines(spec: Any, schema: dict[str, Any]) -> list[str]:
+    """`batcher models APIID`: where the description comes from, the price, each parameter as a
+    manifest writes it (with its wire name), its rule and default."""
+    from .schemarules import describe_parameters
+    facts = {f.wire: f for f in describe_parameters(schema)}
+    by = spec.rate_param
+    prices = ", ".join(f"{res} {spec.rate({by: res}):g}/s" + (" (a guess)" if spec.is_guess({by: res}) else "")
+                       for res in spec.resolutions()) if spec.price_known else ""
+    if spec.price_known and not prices:
+        prices = f"{spec.rate({}):g} per {'second' if spec.seconds_param else 'job'}"
+    prices = prices or "unknown: a budgeted run needs --rate"
+    lines = [f"{spec.api_id}  ({spec.source})", f"price: {prices}", "parameters (as a manifest writes them):"]
+    for p in spec.params:
+        fact = facts.get(p.wire)
+        wire = f" [{p.wire}]" if p.wire != p.name else ""
+        rule = fact.rule if fact is not None and fact.rule else ""
+        kind = fact.type_text if fact is not None else p.kind
+        default = f", default {json.dumps(p.default)}" if p.default is not None else ""
+        needed = "required" if p.required else "optional"
+        lines.append(f"  {p.name}{wire}: {kind}, {needed}{default}{'; ' + rule if rule else ''}")
+    return lines

@@ -17,7 +17,8 @@ from batcher.errors import (
     RejectedError,
     ServerError,
 )
-from batcher.models import HAPPYHORSE_R2V, check_schema
+from batcher.models import HAPPYHORSE_R2V
+from batcher.schemarules import check_against
 
 BODY = {"prompt": "a", "reference_urls": ["https://x.com/a.png"]}
 OK = {"jobId": "job_1", "status": "pending", "statusUrl": "https://pixeldojo.ai/api/v1/jobs/job_1",
@@ -177,8 +178,8 @@ def test_download_sends_no_key_and_refuses_odd_redirects(tmp_path):
 
 def test_schema_check():
     schema = HAPPYHORSE_R2V.json_schema()
-    assert check_schema(schema, HAPPYHORSE_R2V.to_wire({"prompt": "a", "references": ["https://x.com/a.png"],
-                                                         "aspect_ratio": "1:1"})) is None
-    assert check_schema(schema, {**BODY, "aspect_ratio": "1:1"}).startswith("aspect_ratio:")
+    assert check_against(schema, HAPPYHORSE_R2V.to_wire({"prompt": "a", "references": ["https://x.com/a.png"],
+                                                          "aspect_ratio": "1:1"})) == []
+    assert str(check_against(schema, {**BODY, "aspect_ratio": "1:1"})[0]).startswith("aspect_ratio:")
     narrowed = {**schema, "properties": {**schema["properties"], "duration": {"type": "integer", "maximum": 10}}}
-    assert "duration" in check_schema(narrowed, {**BODY, "duration": 12})
+    assert str(check_against(narrowed, {**BODY, "duration": 12})[0]).startswith("duration: 12 is above")

@@ -9,9 +9,9 @@ import batcher
 
 ORDER = ["errors", "text", "schemarules", "imagefacts", "models", "modelschema", "template", "states", "policy",
          "diagnostics", "textfiles", "yamlfile", "rowfields", "localrefs", "rowfiles", "manifest", "rowrefs",
-         "expansion", "rowkeys", "plan", "files", "media", "ledger", "answers", "client", "simimages", "simrefs",
-         "simmodels", "simulator", "preflight", "refstore", "run", "export", "report", "display", "views", "api",
-         "bench", "cli", "__main__"]
+         "expansion", "rowkeys", "plan", "files", "media", "ledger", "answers", "client", "catalog", "simimages",
+         "simrefs", "simmodels", "simulator", "preflight", "refstore", "run", "export", "report", "display", "views",
+         "api", "bench", "cli", "__main__"]
 PACKAGE = Path(batcher.__file__).parent
 
 

@@ -60,23 +60,24 @@ def parse_rates(values: tuple[str, ...]) -> dict[str, float]:
         try:
             rates[name.strip()] = float(value)
         except ValueError:
-            raise click.BadParameter(f"{item!r}: write RESOLUTION=CREDITS_PER_SECOND, e.g. 1080p=7.2",
+            raise click.BadParameter(f"{item!r}: write [MODEL:]RESOLUTION=CREDITS_PER_SECOND, e.g. 1080p=7.2",
                                      param_hint="--rate") from None
     return rates
 
 
-def checked_rates(model: Any, values: tuple[str, ...]) -> dict[str, float]:
-    """--rate values for this manifest's model; an unknown resolution is a usage error."""
+def checked_rates(manifest: Any, values: tuple[str, ...]) -> dict[str, float]:
+    """--rate values for this manifest's models; a name no model has is a usage error."""
+    from ..models import check_rates
     rates = parse_rates(values)
-    problem = model.check_rates(rates)
+    problem = check_rates(list(manifest.models.values()) or [manifest.model], rates)
     if problem:
         raise UsageError(problem)
     return rates
 
 
-rate_option = click.option("--rate", "rates", multiple=True, metavar="RES=CREDITS",
-                           help="Credits per second of video for a resolution, e.g. 1080p=7.2 "
-                                "(replaces the built-in estimate).")
+rate_option = click.option("--rate", "rates", multiple=True, metavar="[MODEL:]RES=CREDITS",
+                           help="Credits per second of video for a resolution (1080p=7.2), a model "
+                                "(wan-2.5-t2v=3) or both (wan-2.5-t2v:1080p=6); replaces the estimate.")
 
 
 @click.group(cls=BatcherGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -143,4 +144,4 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 # The commands, registered on `cli` as their modules load.
-from . import plans, results, running, tools  # noqa: E402,F401 - import for the commands they define
+from . import catalog, plans, results, running, tools  # noqa: E402,F401 - import for the commands they define

@@ -58,11 +58,12 @@ def validate(manifest: str, max_jobs: int, online: bool, simulate: bool) -> None
 def plan(manifest: str, ledger_path: str, rates: tuple[str, ...], as_json: bool, list_jobs: bool,
          concurrency: int, max_jobs: int, **store: Any) -> None:
     """Show the jobs a manifest expands to, what they should cost and take; sends and writes nothing."""
+    from ..api import describe_offline
     from ..plan import iter_jobs
     from ..policy import estimate_wall_seconds
     from ..views import plan_lines
-    m = load_manifest(manifest)
-    overrides = checked_rates(m.model, rates)
+    m = describe_offline(load_manifest(manifest), ledger_path)
+    overrides = checked_rates(m, rates)
     summary = check(m, overrides, max_jobs=max_jobs)
     states = read_states(ledger_path, m.batch)
     data = summary.to_json()

@@ -93,8 +93,6 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
     from ..simulator import SimConfig
 
     m = load_manifest(manifest)
-    overrides = checked_rates(m.model, rates)
-    check(m, overrides, max_jobs=max_jobs)
     if simulate:
         # Simulated clips must never pass for real ones: unless --ledger is given on the command
         # line (BATCHER_LEDGER names the real ledger: it does not count), a simulated run keeps
@@ -105,6 +103,7 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
     to = api.target(simulate=SimConfig(render_seconds=sim_render_seconds, fail_rate=sim_fail_rate)
                     if simulate else False, api_base=api_base,
                     simulator_state=api.simulator_state_for(ledger_path) if simulate else None)
+    m, overrides = _checked(m, ledger_path, to, rates, max_jobs, budget)
     expected_render = api.expected_render_for(to, expected_render)
     store = api.reference_store(m, to, store_settings(m, **store_options))  # before any ledger or request
     setup_logging(verbose, log_json, None if simulate else to.api_key)
@@ -134,6 +133,25 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
             build_report(ledger, m.batch, Path(report_path))
     _print_summary(report, out, manifest, ledger_path, simulate, report_path, as_json)
     sys.exit(report.exit_code)
+
+
+def _checked(m: Any, ledger_path: str, to: Any, rates: tuple[str, ...], max_jobs: int, budget: float | None
+             ) -> tuple[Any, dict[str, float]]:
+    """The manifest with its models described (those batcher has no table for: from the ledger's
+    cache or the API), checked, with its --rate values; a model without a price is refused under
+    a budget."""
+    import anyio
+
+    from .. import api
+    from ..ledger import Ledger
+    if api.wanted_descriptions(m):
+        with Ledger(ledger_path) as ledger:
+            m = anyio.run(lambda: api.describe_models(m, ledger, to))
+    overrides = checked_rates(m, rates)
+    check(m, overrides, max_jobs=max_jobs)
+    if budget is not None:
+        api.refuse_unpriced(m, overrides)
+    return m, overrides
 
 
 def _stage(ledger: Any, m: Any, overrides: dict[str, float], simulate: bool, max_jobs: int,

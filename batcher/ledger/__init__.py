@@ -10,6 +10,7 @@ them, in one SQLite file (one host) or one PostgreSQL database (many hosts).
     leases       claims, renewals, releases, runners and their heartbeats
     figures      counts, spend, budget outlook, failure reasons
     references   what preflight found at each reference URL; local images and where they are stored
+    modelinfo    models the API described, cached
 """
 
 from __future__ import annotations
@@ -35,20 +36,33 @@ from .dialect import (
 from .figures import LedgerFigures
 from .leases import LedgerLeases
 from .migrations import MIGRATIONS, SCHEMA_VERSION, Migration
+from .modelinfo import LedgerModelInfo
 from .references import LedgerReferences
-from .rows import Attempt, Batch, Event, Figures, Job, LocalImage, Reference, Spend, StoredImage
+from .rows import (
+    Attempt,
+    Batch,
+    Event,
+    Figures,
+    Job,
+    LocalImage,
+    ModelInfo,
+    Reference,
+    Spend,
+    StoredImage,
+    from_mapping,
+)
 from .transitions import LedgerTransitions
 
 __all__ = [
     "DEFAULT_LEDGER", "MIGRATIONS", "SCHEMA_VERSION", "Attempt", "Batch", "Event", "Figures", "Job", "Ledger",
-    "LocalImage", "Migration", "Reference", "SQLModel", "Spend", "StoredImage", "display_location", "engine_url",
-    "is_database_url", "postgres_engine", "read_states", "read_stored"
+    "LocalImage", "Migration", "ModelInfo", "Reference", "SQLModel", "Spend", "StoredImage", "display_location",
+    "engine_url", "is_database_url", "postgres_engine", "read_model_infos", "read_states", "read_stored"
 ]
 
 T = TypeVar("T")
 
 
-class Ledger(LedgerTransitions, LedgerLeases, LedgerFigures, LedgerReferences):
+class Ledger(LedgerTransitions, LedgerLeases, LedgerFigures, LedgerReferences, LedgerModelInfo):
     """One ledger. Writes return operations (`write`, `write_many`, or the run's group writer
     commit them); reads return frozen rows."""
 
@@ -69,6 +83,14 @@ def read_stored(path: str | Path, store: str, addresses: list[str]) -> set[str] 
     wanted = set(addresses)
     return _read_only(path, "stored_image", lambda conn: {a for (a,) in conn.execute(
         text("SELECT address FROM stored_image WHERE store = :s"), {"s": store}) if a in wanted})
+
+
+def read_model_infos(path: str | Path, api_ids: list[str]) -> dict[str, ModelInfo]:
+    """The cached descriptions of `api_ids`, read without writing anything."""
+    wanted = set(api_ids)
+    found = _read_only(path, "model_info", lambda conn: [from_mapping(ModelInfo, row) for row in conn.execute(
+        text("SELECT api_id, info, request_schema, fetched_at FROM model_info")).mappings() if row["api_id"] in wanted])
+    return {m.api_id: m for m in found or []}
 
 
 def _read_only(path: str | Path, table: str, read: Callable[[Connection], T]) -> T | None:

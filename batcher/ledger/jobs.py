@@ -42,8 +42,8 @@ class LedgerJobs(LedgerStore):
             generation = conn.execute(text("SELECT generation FROM batch WHERE name = :n"), {"n": batch}).scalar_one()
             sql = text(
                 "INSERT INTO job (batch, key, seq, generation, row, take, origin, label, params, estimate, "
-                "state, attempts, lease_token, created_at, updated_at) VALUES (:batch, :key, :seq, :gen, :row, "
-                ":take, :origin, :label, :params, :estimate, 'pending', 0, 0, :t, :t) "
+                "state, attempts, lease_token, created_at, updated_at, model) VALUES (:batch, :key, :seq, :gen, "
+                ":row, :take, :origin, :label, :params, :estimate, 'pending', 0, 0, :t, :t, :model) "
                 "ON CONFLICT(batch, key) DO UPDATE SET generation = excluded.generation, "
                 "origin = excluded.origin, label = excluded.label, row = excluded.row")
             buf: list[dict[str, Any]] = []
@@ -51,7 +51,7 @@ class LedgerJobs(LedgerStore):
                 buf.append({"batch": batch, "key": job.key, "seq": seen, "gen": generation, "row": job.row,
                             "take": job.take, "origin": job.origin, "label": job.label,
                             "params": json.dumps(job.params, ensure_ascii=False), "estimate": job.estimate,
-                            "t": now})
+                            "t": now, "model": job.model or model})
                 seen += 1
                 if len(buf) >= chunk:
                     conn.execute(sql, buf)

@@ -22,6 +22,7 @@ from .schema import (
     BatchTable,
     JobTable,
     LocalImageTable,
+    ModelInfoTable,
     ReferenceTable,
     RunnerTable,
     SchemaMigration,
@@ -108,6 +109,11 @@ MIGRATIONS: list[Migration] = [
     Migration(7, "reference URLs checked by preflight, with their validators", [create_table(ReferenceTable)]),
     Migration(8, "local reference images: where each was found, and where it was stored",
               [create_table(LocalImageTable), create_table(StoredImageTable)]),
+    Migration(9, "jobs carry their model (batches may mix models); models described by the API, cached", [
+        add_column(JobTable, "model"),
+        sql("UPDATE job SET model = (SELECT b.model FROM batch b WHERE b.name = job.batch) WHERE model IS NULL"),
+        create_table(ModelInfoTable),
+    ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

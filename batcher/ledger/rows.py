@@ -67,6 +67,7 @@ class Job:
     updated_at: float
     submitted_at: float | None
     finished_at: float | None
+    model: str | None = None  # None on jobs a ledger held before batches could mix models
 
     @property
     def job_state(self) -> JobState:
@@ -121,6 +122,16 @@ class StoredImage:
     size: int
     uploaded: bool
     stored_at: float
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model as the API described it, when it was asked."""
+
+    api_id: str
+    info: str  # JSON
+    request_schema: str  # JSON
+    fetched_at: float
 
 
 _JOB_FIELDS = frozenset(f.name for f in fields(Job))

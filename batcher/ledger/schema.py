@@ -107,6 +107,7 @@ class JobTable(SQLModel, table=True):
     updated_at: float = Field(sa_column=_real(nullable=False))
     submitted_at: float | None = Field(default=None, sa_column=_real())
     finished_at: float | None = Field(default=None, sa_column=_real())
+    model: str | None = None  # the API id it renders with (a batch may mix models)
 
 
 class AttemptTable(SQLModel, table=True):
@@ -185,3 +186,14 @@ class StoredImageTable(SQLModel, table=True):
     size: int
     uploaded: bool  # false: it was already there when this ledger first looked
     stored_at: float = Field(sa_column=_real(nullable=False))
+
+
+class ModelInfoTable(SQLModel, table=True):
+    """A model described by the API (its info and request schema), kept so that plans, runs and
+    reruns need not ask again, with the time it was fetched."""
+
+    __tablename__ = "model_info"
+    api_id: str = Field(primary_key=True)
+    info: str  # JSON: the model's info (name, type, creditCost), request schema removed
+    request_schema: str  # JSON
+    fetched_at: float = Field(sa_column=_real(nullable=False))

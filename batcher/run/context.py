@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 
 from ..client import PixelDojoClient
+from ..errors import UsageError
 from ..ledger import Job, Ledger
 from ..models import ModelSpec
 from ..policy import Budget, PollPlanner, RatePolicy
@@ -61,6 +62,7 @@ class RunContext:
     probing: set[tuple[Any, ...]] = field(default_factory=set)  # classes with a first submission in flight
     unreachable: int = 0  # submissions in a row that could not connect
     image_names: dict[str, str] = field(default_factory=dict)  # local image address -> its object in the store
+    models: dict[str, ModelSpec] = field(default_factory=dict)  # by API id: every model of the batch's jobs
     core: anyio.CancelScope | None = None
     _budget_changed: anyio.Event | None = None
 
@@ -78,6 +80,18 @@ class RunContext:
         self.planner = PollPlanner(initial=max(0.01, guess), max_interval=max(1.0, guess))
         self.downloads = ExpiryQueue(limit=max(64, 8 * o.saving.downloads))
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{self.rng.randrange(1 << 32):08x}"
+
+    def model_of(self, job: Job) -> ModelSpec:
+        """The model a job renders with (the batch's for jobs written before batches mixed models).
+        A job of a model this run was not given is refused: guessing its rules could pay for a
+        request the API rejects."""
+        if not job.model or job.model == self.model.api_id:
+            return self.model
+        found = self.models.get(job.model)
+        if found is None:
+            raise UsageError(f"job {job.key} renders with {job.model}, which this run has no description of: "
+                             f"run the manifest that names it")
+        return found
 
     # --- the run's word ------------------------------------------------------------------------
 

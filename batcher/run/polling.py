@@ -20,7 +20,7 @@ async def follow_to_end(ctx: RunContext, job: Job) -> tuple[Followed, Job]:
     """Poll a submitted job until it ends (or this run stops following it)."""
     o = ctx.options
     timeout = o.polling.job_timeout
-    cls = ctx.model.job_class(job.parameters())
+    cls = ctx.model_of(job).job_class(job.parameters())
     start_wall = job.submitted_at or ctx.wall()
 
     def elapsed() -> float:

@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
@@ -43,8 +43,9 @@ class Runner:
                  options: RunOptions | None = None, *,
                  on_progress: Callable[[Progress], None] | None = None,
                  on_force_exit: Callable[[], None] | None = None,
-                 wall: Callable[[], float] = time.time):
+                 wall: Callable[[], float] = time.time, models: Mapping[str, ModelSpec] | None = None):
         self.ctx = RunContext(ledger, client, model, batch, options or RunOptions(), wall)
+        self.ctx.models = {model.api_id: model, **(models or {})}  # a batch may mix models
         self.on_progress = on_progress
         self.on_force_exit = on_force_exit
         self.outlook: BudgetOutlook | None = None

@@ -9,13 +9,14 @@ import logging
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from ..errors import AuthError, BatcherError, PreflightFailed, SchemaMismatch
 from ..files import matches, sweep_temp_files
 from ..ledger import Job
-from ..models import check_schema
 from ..preflight import preflight, references_of
 from ..refstore import placeholder_url, with_urls
+from ..schemarules import check_against
 from ..states import JobState as S
 from .context import RunContext
 
@@ -51,28 +52,36 @@ async def pending_pages(ctx: RunContext, size: int = 2000) -> AsyncIterator[list
         after = page[-1].seq
 
 
-async def check_live_schema(ctx: RunContext) -> None:
-    """Hold the batch's requests against the live schema before spending anything (each distinct
-    request once)."""
+async def _live_schema(ctx: RunContext, api_id: str) -> dict[str, Any] | None:
     try:
-        schema = await ctx.client.schema(ctx.model.api_id)
+        return await ctx.client.schema(api_id)
     except AuthError:
         raise
     except BatcherError as e:
-        ctx.note(f"could not fetch the model schema ({e}); going on with the built-in rules")
-        return
+        ctx.note(f"could not fetch the schema of {api_id} ({e}); going on with its description")
+        return None
+
+
+async def check_live_schema(ctx: RunContext) -> None:
+    """Hold the batch's requests against each model's live schema before spending anything (each
+    model's schema fetched once, each distinct request checked once)."""
+    schemas: dict[str, dict[str, Any] | None] = {}
     seen: set[int] = set()  # hashes of requests checked: small, whatever the batch size
     async for page in pending_pages(ctx):
         for job in page:
-            digest = hash(job.params)
-            if digest in seen:
+            model = ctx.model_of(job)
+            if model.api_id not in schemas:
+                schemas[model.api_id] = await _live_schema(ctx, model.api_id)
+            schema = schemas[model.api_id]
+            digest = hash((model.api_id, job.params))
+            if schema is None or digest in seen:
                 continue
             seen.add(digest)
             # A local image stands as the URL it will be when sent (made only at submission).
-            problem = check_schema(schema, with_urls(ctx.model.to_wire(job.parameters()), placeholder_url))
-            if problem:
-                raise SchemaMismatch(f"{job.origin}: the live API schema rejects this batch before anything "
-                                     f"was spent: {problem}")
+            found = check_against(schema, with_urls(model.to_wire(job.parameters()), placeholder_url))
+            if found:
+                raise SchemaMismatch(f"{job.origin}: the live API schema of {model.api_id} rejects this batch before "
+                                     f"anything was spent: {found[0]}")
 
 
 async def check_references(ctx: RunContext) -> None:

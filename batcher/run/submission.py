@@ -44,13 +44,14 @@ log = logging.getLogger("batcher.run")
 
 def estimate_for(ctx: RunContext, job: Job) -> float:
     # If the API charged more than our estimate for this kind of job, reserve that instead.
-    return max(job.estimate, ctx.cost_seen.get(ctx.model.job_class(job.parameters()), 0.0))
+    return max(job.estimate, ctx.cost_seen.get(ctx.model_of(job).job_class(job.parameters()), 0.0))
 
 
 async def submit_and_follow(ctx: RunContext, job: Job) -> None:
     """Submit a pending job (again, while refunded failures leave attempts) and follow it."""
-    wire = ctx.model.to_wire(job.parameters())
-    cls = ctx.model.job_class(job.parameters())
+    model = ctx.model_of(job)
+    wire = model.to_wire(job.parameters())
+    cls = model.job_class(job.parameters())
     not_sent = 0
     first_try = time.monotonic()
     while True:
@@ -145,7 +146,7 @@ async def submit_once(ctx: RunContext, job: Job, wire: dict[str, Any], estimate:
         known = ("submitting", estimate, ctx.batch)
         try:
             with anyio.fail_after(ctx.options.polling.retry.cap + 60):
-                answer = await ctx.client.submit(ctx.model.api_id, body)
+                answer = await ctx.client.submit(ctx.model_of(job).api_id, body)
         except TimeoutError:
             return Submitted.HELD, await _held(ctx, job, attempt_id, estimate, "no answer to the submission in time")
         except OutcomeUnknown as e:
@@ -187,7 +188,7 @@ async def _accepted(ctx: RunContext, job: Job, attempt_id: int, estimate: float,
     charge = answer.credit_cost if answer.credit_cost is not None else estimate
     ctx.budget.settle(estimate, charge)
     ctx.budget_signal()
-    cls = ctx.model.job_class(job.parameters())
+    cls = ctx.model_of(job).job_class(job.parameters())
     ctx.cost_seen[cls] = max(ctx.cost_seen.get(cls, 0.0), charge)
     submitted_at = ctx.wall()
     ledger = ctx.ledger

@@ -1,0 +1,48 @@
+"""Models: what the API offers, and one model's parameters, defaults and price."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from . import cli, ledger_option
+
+
+@cli.command()
+@click.argument("api_id", required=False)
+@ledger_option
+@click.option("--refresh", is_flag=True, help="Fetch the model's description again, even if the ledger has it.")
+@click.option("--simulate", is_flag=True, help="Ask the built-in simulator instead of the API.")
+@click.option("--api-base", envvar="PIXELDOJO_API_BASE", default=None,
+              help="API base URL (or PIXELDOJO_API_BASE); default https://pixeldojo.ai.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: the list, or the model's description.")
+def models(api_id: str | None, ledger_path: str, refresh: bool, simulate: bool, api_base: str | None,
+           as_json: bool) -> None:
+    """List the models the API offers, or show one (APIID): its parameters, defaults and price."""
+    import anyio
+
+    from .. import api
+    from ..ledger import Ledger
+    from ..views import model_lines, model_list_lines
+    if simulate and click.get_current_context().get_parameter_source("ledger_path") != \
+            click.core.ParameterSource.COMMANDLINE:
+        ledger_path = api.SIMULATED_LEDGER
+    to = api.target(simulate=simulate, api_base=api_base)
+    if api_id is None:
+        listed = anyio.run(lambda: api.list_models(to))
+        if as_json:
+            click.echo(json.dumps(listed, indent=2))
+            return
+        for line in model_list_lines(listed):
+            click.echo(line)
+        return
+    with Ledger(ledger_path) as ledger:
+        spec, description = anyio.run(lambda: api.describe_model(api_id, ledger, to, refresh=refresh))
+    if as_json:
+        data: dict[str, Any] = {"apiId": spec.api_id, "source": spec.source, **description}
+        click.echo(json.dumps(data, indent=2))
+        return
+    for line in model_lines(spec, description.get("requestSchema") or spec.json_schema()):
+        click.echo(line)
