@@ -254,22 +254,25 @@ def is_safe_job_id(value: Any) -> bool:
     return isinstance(value, str) and SAFE_JOB_ID.fullmatch(value) is not None
 
 
-# The signature of a presigned URL (a reference image's): whoever holds it may read the object.
-_SIGNATURE = r"(?<=X-Amz-Signature=)[0-9a-f]{16,}"
+# What makes a presigned URL (a reference image's) a capability: its signature, credential and
+# session token, in the query as sent or percent-encoded once more. Redacted whatever signed it:
+# credentials refresh during a run, and an API may quote the URL back.
+_SIGNED = "|".join(rf"(?<=X-Amz-{name}{eq})" for name in ("Signature", "Credential", "Security-Token")
+                   for eq in ("=", "%3D", "%253D"))
+SIGNED_QUERY = re.compile(rf"(?:{_SIGNED})[^&\s\"'<>]+", re.IGNORECASE)
 
 
 def secret_pattern(key: str, *others: str) -> re.Pattern[str] | None:
     """Every form the key (and `others`: a reference store's credentials) may come back in: bare,
     URL-encoded (either hex case), JSON-escaped, and the whole `Bearer <key>` (or `Bearer%20<key>`)
-    around any of them; with other secrets given, the signature of any presigned URL too."""
+    around any of them."""
     secrets = [s for s in (key, *others) if s]
     if not secrets:
         return None
     forms = {form for s in secrets for form in (s, quote(s, safe=""), quote(s), quote_plus(s), json.dumps(s)[1:-1],
                                                   s.replace("/", "\\/"))}
     alternatives = "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True))
-    signature = f"|{_SIGNATURE}" if others else ""
-    return re.compile(rf"(?:bearer(?:\s+|%20|\+))?(?:{alternatives}){signature}", re.IGNORECASE)
+    return re.compile(rf"(?:bearer(?:\s+|%20|\+))?(?:{alternatives})", re.IGNORECASE)
 
 
 def as_number(value: Any) -> float | None:

@@ -129,16 +129,16 @@ async def describe_model(api_id: str, ledger: Ledger, to: Target, *, refresh: bo
 
 
 def reference_store(manifest: Manifest, to: Target, settings: StoreSettings | None = None) -> ReferenceStore | None:
-    """Where this batch's local images go: `settings` (the command line's) or the manifest's
-    `reference_store:` (an S3-compatible bucket); a simulated run without either uses the
-    simulator's own store. None when the manifest has no local image (nothing is opened)."""
-    if not (manifest.local_files or manifest.set_files):
-        return None
+    """Where this batch's local images go. A simulated run uses the simulator's own store (never
+    the user's bucket, unless `settings` names it explicitly); a real run the bucket `settings`
+    (the command line's) or the manifest's `reference_store:` names. None when nothing needs one."""
+    if to.simulator is not None and settings is None:
+        return SimulatedStore(to.simulator, to.base_url)
     settings = settings or manifest.reference_store
     if settings is not None:
         return S3Store(settings)
-    if to.simulator is not None:
-        return SimulatedStore(to.simulator, to.base_url)
+    if not (manifest.local_files or manifest.set_files):
+        return None
     first = next(iter({**manifest.set_files, **manifest.local_files}.values()))
     refuse_without_store(first.origin, first.shown, len({**manifest.set_files, **manifest.local_files}))
     return None

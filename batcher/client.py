@@ -22,6 +22,7 @@ import httpx
 from .answers import (
     DEFAULT_MAX_RETRY_AFTER,
     REDACTED,
+    SIGNED_QUERY,
     Download,
     JobStatus,
     ReferenceFetch,
@@ -80,7 +81,11 @@ class PixelDojoClient:
         self._api_origin = origin(self.base_url)
         self._base_prefix = self.base_url + "/" if self._api_origin is not None else "\0"
         self._key = api_key
-        self._secret = secret_pattern(api_key, *also_redact)  # the store's credentials ride in presigned URLs
+        # Redacted from every text: the key, and a reference store's credentials (they ride in
+        # presigned URLs). Refused in ids and URLs an answer names: the key alone, since any
+        # presigned URL (an output's, a reference's) carries some credential of its own.
+        self._secret = secret_pattern(api_key, *also_redact)
+        self._key_only = secret_pattern(api_key)
         self.max_retry_after = max_retry_after
         self._http = httpx.AsyncClient(
             transport=transport, timeout=httpx.Timeout(timeout, connect=10.0),
@@ -111,15 +116,17 @@ class PixelDojoClient:
     def redact(self, text: str) -> str:
         """`text` with the key (bare, as `Bearer <key>`, URL- or JSON-encoded) replaced by [redacted].
         A text that hides the key in percent-escapes of any kind is decoded first."""
+        if "x-amz-" in text.lower():
+            text = SIGNED_QUERY.sub(REDACTED, text)
         if self._secret is None:
             return text
         if self._secret.search(text) is None and self._secret.search(unquote(text)) is not None:
-            text = unquote(text)
+            text = SIGNED_QUERY.sub(REDACTED, unquote(text))
         return self._secret.sub(REDACTED, text)
 
     def _leaks(self, text: str) -> bool:
-        return self._secret is not None and (self._secret.search(text) is not None
-                                             or self._secret.search(unquote(text)) is not None)
+        return self._key_only is not None and (self._key_only.search(text) is not None
+                                               or self._key_only.search(unquote(text)) is not None)
 
     def _describe(self, response: httpx.Response) -> str:
         return describe(response, self.redact)

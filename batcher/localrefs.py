@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import math
 import os
 import re
 import stat
@@ -182,23 +183,42 @@ _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 def parse_lifetime(text: str | float) -> float:
     """A URL lifetime: seconds, or a number with s, m, h or d (`90m`, `6h`, `2d`)."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        seconds = float(text)
-    else:
-        found = _DURATION.fullmatch(str(text))
-        if found is None:
-            raise UsageError(f"reference URL lifetime {short(text)} is not a duration (for example 6h, 90m, 3600)")
-        seconds = float(found.group(1)) * _UNITS[found.group(2).lower()]
+    try:
+        if isinstance(text, (int, float)) and not isinstance(text, bool):
+            seconds = float(text)
+        else:
+            found = _DURATION.fullmatch(str(text)[:40])
+            if found is None:
+                raise UsageError(f"reference URL lifetime {short(text)} is not a duration (for example 6h, 90m, 3600)")
+            seconds = float(found.group(1)) * _UNITS[found.group(2).lower()]
+    except OverflowError:
+        seconds = math.inf
     if not MIN_URL_LIFETIME <= seconds <= MAX_URL_LIFETIME:
         raise UsageError(f"reference URL lifetime must be between 1 minute and 7 days, got {short(text)}")
     return seconds
 
 
 def without_userinfo(url: str) -> str:
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path.rstrip('/')}"
+    """A URL as it may be shown: no user name or password, no query."""
+    scheme, _, rest = url.partition("://")
+    netloc, _, path = rest.partition("/")
+    return f"{scheme}://{netloc.rpartition('@')[2]}/{path.split('?')[0]}".rstrip("/")
+
+
+def check_http_url(url: str, what: str) -> str:
+    """`url` if it is a plain http(s) URL with a host and a valid port and no credentials in it;
+    else UsageError naming `what`."""
+    try:
+        parts = urlsplit(url.strip())
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # a port out of range, a broken IPv6 address
+        parts, port_ok = urlsplit(""), False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise UsageError(f"{what} {short(without_userinfo(url))} is not an http(s) URL with a host")
+    if "@" in parts.netloc:
+        raise UsageError(f"{what} {short(without_userinfo(url))} carries a user name or password: credentials "
+                         "belong in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, never in a URL")
+    return url.strip()
 
 
 @dataclass(frozen=True)
@@ -224,10 +244,10 @@ class StoreSettings:
         prefix = parts.path.strip("/")
         if any(p in ("", ".", "..") for p in prefix.split("/")) and prefix:
             raise UsageError(f"reference store prefix {short(prefix)} has an empty, '.' or '..' part")
-        if endpoint is not None and urlsplit(endpoint).scheme not in ("http", "https"):
-            raise UsageError(f"reference store endpoint {short(without_userinfo(endpoint))} is not an http(s) URL")
-        if public_url is not None and urlsplit(public_url).scheme not in ("http", "https"):
-            raise UsageError(f"reference public URL {short(public_url)} is not an http(s) URL")
+        if endpoint is not None:
+            endpoint = check_http_url(endpoint, "reference store endpoint")
+        if public_url is not None:
+            public_url = check_http_url(public_url, "reference public URL")
         lifetime = DEFAULT_URL_LIFETIME if url_lifetime is None else parse_lifetime(url_lifetime)
         return cls(f"s3://{parts.netloc}/{prefix}".rstrip("/"), endpoint, public_url, lifetime)
 
@@ -240,8 +260,10 @@ class StoreSettings:
         return urlsplit(self.url).path.strip("/")
 
     def resolved_endpoint(self, environ: Mapping[str, str]) -> str | None:
-        """The endpoint given, else the environment's (AWS_ENDPOINT_URL_S3, then AWS_ENDPOINT_URL)."""
-        return self.endpoint or environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL") or None
+        """The endpoint given, else the environment's (AWS_ENDPOINT_URL_S3, then AWS_ENDPOINT_URL),
+        checked as one given would be."""
+        found = self.endpoint or environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL") or None
+        return check_http_url(found, "reference store endpoint") if found else None
 
     def identity(self, environ: Mapping[str, str]) -> str:
         """What the ledger calls this store: endpoint (no credentials), bucket and prefix."""

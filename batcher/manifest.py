@@ -254,7 +254,8 @@ def _reference_store(doc: LineDict, display: str, diags: Diagnostics) -> StoreSe
                       f"unknown reference_store field {short(key)}{suggest(key, STORE_FIELDS)}")
     values = {k: raw.get(k) for k in STORE_FIELDS}
     for key, value in values.items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int, float))):
+        numeric = key == "url_lifetime" and isinstance(value, (int, float)) and not isinstance(value, bool)
+        if value is not None and not isinstance(value, str) and not numeric:
             diags.add(display, value_line(raw, key, line),
                       f"reference_store {key} must be text, not {type_name(value)}")
             return None

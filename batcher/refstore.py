@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -35,11 +34,12 @@ class ReferenceStore(Protocol):
     identity: str
     secrets: tuple[str, ...]
 
-    async def holds(self, name: str, size: int) -> bool:
-        """Whether the store already has object `name` of `size` bytes (HEAD, never a download)."""
+    async def holds(self, name: str, size: int, sha256: str) -> bool:
+        """Whether the store already has object `name` with these bytes (HEAD, never a download):
+        its size, and the sha256 recorded with it when there is one."""
 
-    async def upload(self, name: str, path: Path, kind: str, sha256: str) -> None:
-        """Put the file at `path` under `name`."""
+    async def upload(self, name: str, data: bytes, kind: str, sha256: str) -> None:
+        """Put `data` (the very bytes whose hash names it) under `name`."""
 
     def url_for(self, name: str) -> str:
         """A URL the API can fetch `name` from, made now (a signed one lives `url_lifetime`)."""
@@ -57,30 +57,35 @@ class S3Store:
     def _key(self, name: str) -> str:
         return f"{self.settings.prefix}/{name}" if self.settings.prefix else name
 
-    async def holds(self, name: str, size: int) -> bool:
+    async def holds(self, name: str, size: int, sha256: str) -> bool:
         def head() -> bool:
             try:
                 found = self._client.head_object(Bucket=self.settings.bucket, Key=self._key(name))
             except Exception as e:
-                if _status_of(e) == 404:
+                # 403: a policy that may write but not list answers HEAD of a missing object so.
+                if _status_of(e) in (403, 404):
                     return False
                 raise
-            return int(found.get("ContentLength", -1)) == size
+            recorded = (found.get("Metadata") or {}).get("sha256")
+            return int(found.get("ContentLength", -1)) == size and recorded in (None, sha256)
         return await _mapped(head, f"cannot look up {name} in {self.identity}")
 
-    async def upload(self, name: str, path: Path, kind: str, sha256: str) -> None:
+    async def upload(self, name: str, data: bytes, kind: str, sha256: str) -> None:
         def put() -> None:
-            with open(path, "rb") as body:
-                self._client.put_object(Bucket=self.settings.bucket, Key=self._key(name), Body=body,
-                                        ContentType=CONTENT_TYPES[kind][1], Metadata={"sha256": sha256})
-        await _mapped(put, f"cannot upload {path.name} to {self.identity}")
+            self._client.put_object(Bucket=self.settings.bucket, Key=self._key(name), Body=data,
+                                    ContentType=CONTENT_TYPES[kind][1], Metadata={"sha256": sha256})
+        await _mapped(put, f"cannot upload {name} to {self.identity}")
 
     def url_for(self, name: str) -> str:
         if self.settings.public_url:
             return f"{self.settings.public_url.rstrip('/')}/{quote(name)}"
-        url: str = self._client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.settings.bucket, "Key": self._key(name)},
-            ExpiresIn=int(self.settings.url_lifetime))
+        try:
+            url: str = self._client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.settings.bucket, "Key": self._key(name)},
+                ExpiresIn=int(self.settings.url_lifetime))
+        except Exception as e:  # credentials that expired and cannot be refreshed, ...
+            raise ReferenceStoreError(f"cannot sign a URL for {name} in {self.identity}: {type(e).__name__}"
+                                      ) from None
         return url
 
 
@@ -91,13 +96,15 @@ def _boto3_client(settings: StoreSettings) -> tuple[Any, tuple[str, ...]]:
         from botocore.config import Config
     except ImportError:
         raise UsageError("a reference store needs boto3: pip install 'batcher[s3]'") from None
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    endpoint = settings.resolved_endpoint(os.environ)
     # Path-style addresses for endpoints other than AWS: MinIO, R2 and moto expect them.
     config = Config(signature_version="s3v4", retries={"max_attempts": 5, "mode": "standard"},
-                    s3={"addressing_style": "path" if settings.resolved_endpoint(os.environ) else "auto"})
+                    s3={"addressing_style": "path" if endpoint else "auto"})
     try:
         session = boto3.session.Session()
-        endpoint = settings.resolved_endpoint(os.environ)
+        # The region signs presigned URLs, which AWS refuses for another region: the profile's
+        # region counts as it does for the user's other AWS tools.
+        region = os.environ.get("AWS_REGION") or session.region_name or "us-east-1"
         client = session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
         found = session.get_credentials()
     except Exception as e:  # a malformed endpoint, an unknown region, a broken profile
@@ -143,12 +150,11 @@ class SimulatedStore:
         self.base_url = base_url.rstrip("/")
         self.identity = "simulator"
 
-    async def holds(self, name: str, size: int) -> bool:
+    async def holds(self, name: str, size: int, sha256: str) -> bool:
         found: int | None = self.simulator.upload_size(name)
         return found == size
 
-    async def upload(self, name: str, path: Path, kind: str, sha256: str) -> None:
-        data = await anyio.Path(path).read_bytes()
+    async def upload(self, name: str, data: bytes, kind: str, sha256: str) -> None:
         await anyio.to_thread.run_sync(self.simulator.put_upload, name, data)  # it may write a file
 
     def url_for(self, name: str) -> str:

@@ -45,6 +45,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 import httpx
 
+from .answers import REDACTED, SIGNED_QUERY, redact_json
 from .models import HAPPYHORSE_R2V
 from .simmodels import BUILT_IN_RATES, ServedModel, model_answer, served_models
 from .simrefs import FetchReference, UploadStore, fetch_over_http, own_file, static_file
@@ -496,7 +497,9 @@ class Journal:
 
     def job(self, sim: Simulator, job: SimJob) -> None:
         offset = sim.wall() - sim.clock()
-        self._write({"job": {"job_id": job.job_id, "model": job.model, "body": job.body, "cost": job.cost,
+        # A presigned reference URL is a capability (and names an access key): never on disk.
+        body = redact_json(job.body, lambda text: SIGNED_QUERY.sub(REDACTED, text))
+        self._write({"job": {"job_id": job.job_id, "model": job.model, "body": body, "cost": job.cost,
                              "submitted": job.submitted + offset, "ends": job.ends + offset, "fails": job.fails,
                              "answer_lost": job.answer_lost}})
 

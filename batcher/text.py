@@ -17,8 +17,12 @@ def type_name(value: Any) -> str:
     """A user-facing name for a YAML/JSON value's type."""
     if value is None:
         return "nothing"
-    return {dict: "a mapping", list: "a list", str: "text", bool: "true/false", int: "a number",
-            float: "a decimal number"}.get(type(value), type(value).__name__)
+    names: dict[type, str] = {dict: "a mapping", list: "a list", str: "text", bool: "true/false", int: "a number",
+                              float: "a decimal number"}
+    # YAML's line-keeping lists and mappings (and any other subclass) read as what they are.
+    return next((name for kind, name in names.items() if type(value) is kind), None) or next(
+        (name for kind, name in names.items() if isinstance(value, kind) and kind in (dict, list, str)),
+        type(value).__name__)
 
 
 def short(value: Any, depth: int = 2) -> str:

@@ -121,13 +121,14 @@ def test_a_presigned_url_fetches_exactly_the_files_bytes_and_lives_as_long_as_to
     data = (chars / "chars/knight/a-front.png").read_bytes()
     store = S3Store(StoreSettings.of(f"s3://{bucket}/p", url_lifetime="90m"))
     name = f"{hashlib.sha256(data).hexdigest()}.png"
-    anyio.run(lambda: store.upload(name, chars / "chars/knight/a-front.png", "PNG", name[:-4]))
+    anyio.run(lambda: store.upload(name, data, "PNG", name[:-4]))
     url = store.url_for(name)
     query = parse_qs(urlsplit(url).query)
     assert query["X-Amz-Expires"] == ["5400"]
     assert httpx.get(url).content == data
-    assert anyio.run(lambda: store.holds(name, len(data))) is True
-    assert anyio.run(lambda: store.holds(name, len(data) + 1)) is False  # a different object under the name
+    assert anyio.run(lambda: store.holds(name, len(data), name[:-4])) is True
+    assert anyio.run(lambda: store.holds(name, len(data) + 1, name[:-4])) is False  # another size under the name
+    assert anyio.run(lambda: store.holds(name, len(data), "0" * 64)) is False  # recorded as other content
     assert s3.head_object(Bucket=bucket, Key=f"p/{name}")["Metadata"] == {"sha256": name[:-4]}
     default = S3Store(StoreSettings.of(f"s3://{bucket}/p"))
     assert parse_qs(urlsplit(default.url_for(name)).query)["X-Amz-Expires"] == ["21600"]  # 6 hours

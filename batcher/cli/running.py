@@ -105,7 +105,10 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
                     simulator_state=api.simulator_state_for(ledger_path) if simulate else None)
     m, overrides = _checked(m, ledger_path, to, rates, max_jobs, budget)
     expected_render = api.expected_render_for(to, expected_render)
-    store = api.reference_store(m, to, store_settings(m, **store_options))  # before any ledger or request
+    # Before any ledger or request. A simulated run keeps to the simulator's store unless the
+    # command line names a bucket: the manifest's is for real runs.
+    explicit = store_options.get("reference_store") or not simulate
+    store = api.reference_store(m, to, store_settings(m, **store_options) if explicit else None)
     setup_logging(verbose, log_json, None if simulate else to.api_key)
     out = Path(out_dir) if out_dir else api.default_out_dir(m.batch, simulate)
     options = RunOptions.of(concurrency=concurrency, budget=budget, out_dir=out, max_attempts=max_attempts,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import Connection, bindparam, text
+from sqlalchemy import bindparam, text
 
 from .rows import ModelInfo, from_mapping
 from .store import LedgerStore
@@ -27,8 +27,7 @@ class LedgerModelInfo(LedgerStore):
         """Store a model's description, replacing an older one."""
         row = {"a": found.api_id, "i": found.info, "s": found.request_schema, "t": found.fetched_at}
 
-        def write(conn: Connection) -> None:
-            self.x(conn, "DELETE FROM model_info WHERE api_id = :a", row)
-            self.x(conn, "INSERT INTO model_info (api_id, info, request_schema, fetched_at) VALUES (:a, :i, :s, :t)",
-                   row)
-        self.write(write)
+        self.write(lambda conn: self.x(
+            conn, "INSERT INTO model_info (api_id, info, request_schema, fetched_at) VALUES (:a, :i, :s, :t) "
+                  "ON CONFLICT (api_id) DO UPDATE SET info = excluded.info, request_schema = excluded.request_schema, "
+                  "fetched_at = excluded.fetched_at", row))

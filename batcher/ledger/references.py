@@ -3,10 +3,11 @@ not at all), where each local image was found, and which store holds it."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, bindparam, text
+from sqlalchemy import bindparam, text
 
 from .rows import LocalImage, Reference, StoredImage, from_mapping
 from .store import LedgerStore
@@ -34,39 +35,36 @@ class LedgerReferences(LedgerStore):
         if not rows:
             return
 
-        def write(conn: Connection) -> None:
-            for row in rows:
-                self.x(conn, "DELETE FROM reference_check WHERE url = :u", row)
-                self.x(conn, "INSERT INTO reference_check (url, outcome, detail, etag, last_modified, checked_at) "
-                             "VALUES (:u, :o, :d, :e, :l, :t)", row)
-        self.write(write)
+        self._upsert("INSERT INTO reference_check (url, outcome, detail, etag, last_modified, checked_at) "
+                     "VALUES (:u, :o, :d, :e, :l, :t) ON CONFLICT (url) DO UPDATE SET outcome = excluded.outcome, "
+                     "detail = excluded.detail, etag = excluded.etag, last_modified = excluded.last_modified, "
+                     "checked_at = excluded.checked_at", rows)
 
     # --- local reference images -------------------------------------------------------------
 
     def remember_local_images(self, images: Iterable[tuple[str, str, int, str]], now: float) -> None:
-        """Record where each local image (address, path, size, FILE:LINE) was found, replacing
-        an older place for the same content."""
-        rows = [{"a": a, "p": p, "s": s, "o": o, "t": now} for a, p, s, o in images]
-        if not rows:
-            return
+        """Record where each local image (address, path, size, FILE:LINE) was found on this host,
+        replacing an older place for the same content here (other hosts keep theirs)."""
+        host = socket.gethostname()
+        rows = [{"a": a, "h": host, "p": p, "s": s, "o": o, "t": now} for a, p, s, o in images]
+        sql = ("INSERT INTO local_image (address, host, path, size, origin, seen_at) VALUES (:a, :h, :p, :s, :o, :t) "
+               "ON CONFLICT (address, host) DO UPDATE SET path = excluded.path, size = excluded.size, "
+               "origin = excluded.origin, seen_at = excluded.seen_at")
+        self._upsert(sql, rows)
 
-        def write(conn: Connection) -> None:
-            for row in rows:
-                self.x(conn, "DELETE FROM local_image WHERE address = :a", row)
-                self.x(conn, "INSERT INTO local_image (address, path, size, origin, seen_at) "
-                             "VALUES (:a, :p, :s, :o, :t)", row)
-        self.write(write)
-
-    def local_images(self, addresses: Iterable[str] | None = None) -> dict[str, LocalImage]:
-        """Where each of `addresses` (default: every local image) was last found, for those the
-        ledger knows."""
-        if addresses is None:
-            with self.engine.connect() as conn:
-                return {row["address"]: from_mapping(LocalImage, row) for row in conn.execute(
-                    text("SELECT address, path, size, origin, seen_at FROM local_image")).mappings()}
-        return {row.address: row for row in self._by_address(
-            "SELECT address, path, size, origin, seen_at FROM local_image WHERE address IN :a", LocalImage,
-            addresses)}
+    def local_images(self, addresses: Iterable[str] | None = None, *, any_host: bool = False
+                     ) -> dict[str, LocalImage]:
+        """Where each of `addresses` (default: every local image) was last found on this host
+        (`any_host`: on this host if it was, else where another host last found it)."""
+        where = "" if addresses is None else " WHERE address IN :a"
+        found = self._by_address("SELECT address, host, path, size, origin, seen_at FROM local_image" + where,
+                                 LocalImage, addresses)
+        host = socket.gethostname()
+        out: dict[str, LocalImage] = {}
+        for row in sorted(found, key=lambda r: (r.host == host, r.seen_at)):
+            if row.host == host or any_host:
+                out[row.address] = row  # this host's row, sorted last, wins
+        return out
 
     def stored_images(self, store: str, addresses: Iterable[str]) -> dict[str, StoredImage]:
         """The objects `store` is known to hold for `addresses`."""
@@ -75,24 +73,26 @@ class LedgerReferences(LedgerStore):
             "WHERE store = :store AND address IN :a", StoredImage, addresses, store=store)}
 
     def remember_stored(self, images: Iterable[StoredImage]) -> None:
-        """Record that a store holds each image (replacing an older record for the same pair,
-        but not the fact that this ledger's runs uploaded it)."""
-        rows = [{"st": i.store, "a": i.address, "k": i.object_key, "s": i.size, "u": i.uploaded, "t": i.stored_at}
-                for i in images]
-        if not rows:
-            return
+        """Record that a store holds each image, keeping the fact that this ledger's runs uploaded
+        it (one statement per row: runners on other hosts may record the same pair at once)."""
+        rows = [{"st": i.store, "a": i.address, "k": i.object_key, "s": i.size, "u": bool(i.uploaded),
+                 "t": i.stored_at} for i in images]
+        sql = ("INSERT INTO stored_image (store, address, object_key, size, uploaded, stored_at) "
+               "VALUES (:st, :a, :k, :s, :u, :t) ON CONFLICT (store, address) DO UPDATE SET "
+               "object_key = excluded.object_key, size = excluded.size, stored_at = excluded.stored_at, "
+               "uploaded = (stored_image.uploaded OR excluded.uploaded)")
+        self._upsert(sql, rows)
 
-        def write(conn: Connection) -> None:
-            for row in rows:
-                before = self.x(conn, "SELECT uploaded FROM stored_image WHERE store = :st AND address = :a",
-                                row).scalar()
-                row["u"] = bool(row["u"] or before)
-                self.x(conn, "DELETE FROM stored_image WHERE store = :st AND address = :a", row)
-                self.x(conn, "INSERT INTO stored_image (store, address, object_key, size, uploaded, stored_at) "
-                             "VALUES (:st, :a, :k, :s, :u, :t)", row)
-        self.write(write)
+    def _upsert(self, sql: str, rows: list[dict[str, Any]]) -> None:
+        """One upsert per row, in one transaction: never a delete then an insert, which two
+        runners doing at once turn into a duplicate key."""
+        if rows:
+            self.write(lambda conn: [self.x(conn, sql, row) for row in rows])
 
-    def _by_address(self, sql: str, kind: type[R], addresses: Iterable[str], **params: Any) -> list[R]:
+    def _by_address(self, sql: str, kind: type[R], addresses: Iterable[str] | None, **params: Any) -> list[R]:
+        if addresses is None:
+            with self.engine.connect() as conn:
+                return [from_mapping(kind, row) for row in conn.execute(text(sql), params).mappings()]
         wanted = sorted(set(addresses))
         query = text(sql).bindparams(bindparam("a", expanding=True))
         found: list[R] = []

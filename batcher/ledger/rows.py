@@ -110,6 +110,7 @@ class LocalImage:
     size: int
     origin: str
     seen_at: float
+    host: str = ""
 
 
 @dataclass(frozen=True)

@@ -170,6 +170,7 @@ class LocalImageTable(SQLModel, table=True):
 
     __tablename__ = "local_image"
     address: str = Field(primary_key=True)  # local:sha256:<hex>
+    host: str = Field(primary_key=True)  # runners on other hosts keep the same content elsewhere
     path: str
     size: int
     origin: str  # FILE:LINE that named it

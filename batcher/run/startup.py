@@ -40,11 +40,13 @@ def prepare_outputs(ctx: RunContext) -> None:
                                          f"{file_path} {why}; downloading again"))
 
 
-async def pending_pages(ctx: RunContext, size: int = 2000) -> AsyncIterator[list[Job]]:
-    """The batch's pending jobs of this generation, a page at a time (memory stays flat)."""
+async def pending_pages(ctx: RunContext, size: int = 2000, states: tuple[S, ...] = (S.PENDING,)
+                        ) -> AsyncIterator[list[Job]]:
+    """The batch's pending jobs (or jobs in `states`) of this generation, a page at a time (memory
+    stays flat)."""
     after = -1
     while True:
-        page = await ctx.threads.run(partial(ctx.ledger.jobs_in, ctx.batch, [S.PENDING], after_seq=after, limit=size,
+        page = await ctx.threads.run(partial(ctx.ledger.jobs_in, ctx.batch, list(states), after_seq=after, limit=size,
                                              generation=ctx.generation))
         if not page:
             return

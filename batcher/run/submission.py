@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from functools import partial
 from typing import Any
 
 import anyio
@@ -31,13 +30,12 @@ from ..errors import (
     RejectedError,
 )
 from ..ledger import Job
-from ..refstore import with_urls
 from ..states import JobState as S
 from .context import RunContext
 from .failpoints import failpoint
 from .outcomes import Followed, StopReason, Submitted
 from .polling import follow_to_end
-from .uploads import url_of
+from .uploads import with_local_urls
 
 log = logging.getLogger("batcher.run")
 
@@ -117,7 +115,7 @@ async def _send_again(ctx: RunContext, job: Job, outcome: Submitted, tries: int,
 async def submit_once(ctx: RunContext, job: Job, wire: dict[str, Any], estimate: float) -> tuple[Submitted, Job]:
     """One attempt: the request's URLs for local images (made now), intent, POST, answer."""
     try:
-        body = with_urls(wire, partial(url_of, ctx, ctx.options.reference_store))
+        body = await with_local_urls(ctx, ctx.options.reference_store, wire)
     except ReferenceStoreError as e:
         ctx.budget.settle(estimate, None)
         ctx.budget_signal()

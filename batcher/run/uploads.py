@@ -1,31 +1,40 @@
 """Local reference images made ready before the first submission, and their URLs at each one.
 
-Before anything is spent, every distinct local image of the batch's pending jobs is read again
-from where the ledger last saw it (it must still hold the content its address names), held to the
-model's rules (preflight), and put in the reference store unless the store has it already (a
-HEAD, not the ledger's word: objects may be deleted by a lifecycle rule). Every problem is
-reported at once and nothing is submitted. At each submission the addresses in the request
-become URLs made then, so an overnight batch never sends an expired one."""
+Before anything is spent, every distinct local image of the batch's jobs that may be sent this run
+(pending, or submitted and so perhaps sent again after a refunded failure) is read again from where
+this host last saw it (it must still hold the content its address names), held to the model's rules
+(preflight), and put in the reference store unless the store has it already (a HEAD, not the
+ledger's word: objects may be deleted by a lifecycle rule). The bytes uploaded are the bytes just
+hashed, never a file read twice. Every problem is reported at once and nothing is submitted. At
+each submission the addresses in the request become URLs made then, so an overnight batch never
+sends an expired one; an image this run has not seen yet (another runner added its job) is made
+ready then, the same way."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 
 from ..errors import PreflightFailed, ReferenceStoreError
+from ..imagefacts import MAX_BYTES, image_kind
 from ..ledger import LocalImage, StoredImage
 from ..localrefs import LOCAL_PREFIX, local_addresses, refuse_without_store
-from ..preflight import HEAD_BYTES, Outcome, check_local_file, image_kind
-from ..refstore import ReferenceStore, object_name
+from ..preflight import Outcome, check_local_file, check_url
+from ..refstore import ReferenceStore, object_name, with_urls
+from ..states import JobState as S
 from .context import RunContext
 from .startup import pending_pages
 
 log = logging.getLogger("batcher.uploads")
 PARALLEL_UPLOADS = 8
+MAY_BE_SENT = (S.PENDING, S.SUBMITTED)  # a submitted job is sent again after a refunded failure
 
 
 @dataclass
@@ -46,9 +55,9 @@ class UploadReport:
 
 
 async def _addresses_in_use(ctx: RunContext) -> dict[str, str]:
-    """Each local address of the batch's pending jobs, with the FILE:LINE of its first job."""
+    """Each local address of the jobs that may be sent this run, with the FILE:LINE of its first job."""
     uses: dict[str, str] = {}
-    async for page in pending_pages(ctx):
+    async for page in pending_pages(ctx, states=MAY_BE_SENT):
         for job in page:
             for value in job.parameters().values():
                 if isinstance(value, list):
@@ -57,36 +66,62 @@ async def _addresses_in_use(ctx: RunContext) -> dict[str, str]:
     return uses
 
 
-def _read_again(address: str, image: LocalImage | None, check_rules: bool) -> tuple[str, str] | str:
-    """(kind, sha256) of a local image, read again from where it was last seen; or why not."""
+def read_image(path: Path) -> bytes:
+    """A local image's bytes, read once: a regular file (never a FIFO or device, which could block
+    or never end), at most what the model accepts plus one byte. Raises OSError or ValueError."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_BYTES + 1)
+    finally:
+        os.close(fd)
+    return data
+
+
+def _checked(address: str, image: LocalImage | None, check_rules: bool) -> tuple[str, bytes] | str:
+    """(kind, bytes) of a local image, read again from where it was last seen; or why not."""
     if image is None:
         return "the ledger does not know where this local image is on this host: run from its manifest again"
-    path = Path(image.path)
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            head = f.read(HEAD_BYTES)
-            digest.update(head)
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    except OSError as e:
-        return f"cannot be read ({e.strerror or e})"
-    if LOCAL_PREFIX + digest.hexdigest() != address:
+        data = read_image(Path(image.path))
+    except (OSError, ValueError) as e:
+        return f"cannot be read ({getattr(e, 'strerror', None) or e})"
+    if len(data) > MAX_BYTES:
+        return f"over the {MAX_BYTES // 1024 // 1024} MB the model accepts"
+    if LOCAL_PREFIX + hashlib.sha256(data).hexdigest() != address:
         return "changed since the batch was planned: run from its manifest again to plan the new content"
-    kind = image_kind(head)
+    kind = image_kind(data[:64])
     if kind is None:
         return "not a JPEG, PNG or WEBP image"
     if check_rules:
-        verdict = check_local_file(path)
+        verdict = check_local_file(Path(image.path))
         if verdict.outcome is not Outcome.OK:
             return verdict.detail or "refused"
-    return kind, digest.hexdigest()
+    return kind, data
+
+
+async def _ensure(ctx: RunContext, store: ReferenceStore, address: str, kind: str, data: bytes,
+                  report: UploadReport) -> StoredImage:
+    """Put one checked image in the store unless it holds it already."""
+    name = object_name(address, kind)
+    sha256 = address[len(LOCAL_PREFIX):]
+    present = await store.holds(name, len(data), sha256)
+    if not present:
+        await store.upload(name, data, kind, sha256)
+        report.uploaded += 1
+        report.uploaded_bytes += len(data)
+    else:
+        report.already_stored += 1
+    report.names[address] = name
+    return StoredImage(store.identity, address, name, len(data), not present, ctx.wall())
 
 
 async def upload_local_images(ctx: RunContext, store: ReferenceStore | None) -> UploadReport:
-    """Make every local image of the pending jobs fetchable by the API (see the module's words).
-    Raises LocalReferencesNeedStore (no store), PreflightFailed (every unreadable, changed or
-    refused image, FILE:LINE each) or ReferenceStoreError (the store failed us)."""
+    """Make every local image of the jobs that may be sent fetchable by the API (see the module's
+    words). Raises LocalReferencesNeedStore (no store), PreflightFailed (every unreadable, changed
+    or refused image, FILE:LINE each) or ReferenceStoreError (the store failed us)."""
     report = UploadReport()
     uses = await _addresses_in_use(ctx)
     if not uses:
@@ -94,57 +129,82 @@ async def upload_local_images(ctx: RunContext, store: ReferenceStore | None) -> 
     if store is None:
         address, origin = next(iter(uses.items()))
         refuse_without_store(origin, f"sha256:{address[len(LOCAL_PREFIX):][:12]}...", len(uses))
+    assert store is not None
     report.images = len(uses)
     known = await ctx.threads.run(ctx.ledger.local_images, list(uses))
-    ready: dict[str, tuple[LocalImage, str, str]] = {}
+    limiter = anyio.CapacityLimiter(PARALLEL_UPLOADS)
     errors: list[str] = []
-    for address, origin in uses.items():
+    records: list[StoredImage] = []
+
+    async def check(address: str, origin: str) -> None:
         image = known.get(address)
-        found = await ctx.threads.run(_read_again, address, image, ctx.options.preflight)
+        async with limiter:  # (the bytes are dropped: a thousand images are not held at once)
+            found = await anyio.to_thread.run_sync(_checked, address, image, ctx.options.preflight)
         if isinstance(found, str):
             shown = image.path if image else f"sha256:{address[len(LOCAL_PREFIX):][:12]}..."
             errors.append(f"{image.origin if image else origin}: reference {shown}: {found}")
-        else:
-            assert image is not None
-            ready[address] = (image, *found)
-    if errors:
-        raise PreflightFailed(errors)
-    assert store is not None
-    records: list[StoredImage] = []
 
-    async def one(address: str, image: LocalImage, kind: str, sha256: str, limiter: anyio.CapacityLimiter) -> None:
-        name = object_name(address, kind)
+    async def upload(address: str) -> None:
         async with limiter:
-            present = await store.holds(name, image.size)
-            if not present:
-                await store.upload(name, Path(image.path), kind, sha256)
-                report.uploaded += 1
-                report.uploaded_bytes += image.size
-            else:
-                report.already_stored += 1
-        report.names[address] = name
-        records.append(StoredImage(store.identity, address, name, image.size, not present, ctx.wall()))
+            found = await anyio.to_thread.run_sync(_checked, address, known.get(address), False)
+            if isinstance(found, str):  # changed in the last seconds: nothing of it is sent
+                raise ReferenceStoreError(f"{known[address].path}: {found}")
+            records.append(await _ensure(ctx, store, address, *found, report))
 
-    limiter = anyio.CapacityLimiter(PARALLEL_UPLOADS)
+    # Every image is checked before any is uploaded: a refused one costs no upload either.
+    async with anyio.create_task_group() as tg:
+        for address, origin in uses.items():
+            tg.start_soon(check, address, origin, name=f"check-{address[-8:]}")
+    if errors:
+        raise PreflightFailed(sorted(errors))
     try:
         async with anyio.create_task_group() as tg:
-            for address, (image, kind, sha256) in ready.items():
-                tg.start_soon(one, address, image, kind, sha256, limiter, name=f"upload-{address[-8:]}")
+            for address in uses:
+                tg.start_soon(upload, address, name=f"upload-{address[-8:]}")
     finally:
         with anyio.CancelScope(shield=True):
             await ctx.threads.run(ctx.ledger.remember_stored, records)  # what did land is known, even on failure
+    await _check_public_urls(ctx, store, report, known)
     return report
 
 
-def url_of(ctx: RunContext, store: ReferenceStore | None, address: str) -> str:
-    """The URL of a local image for a request sent now. An image the start of this run did not
-    see (another runner added its job since) is looked up in the ledger."""
-    name = ctx.image_names.get(address)
-    if name is None and store is not None:
-        stored = ctx.ledger.stored_images(store.identity, [address]).get(address)
-        if stored is not None:
-            name = ctx.image_names[address] = stored.object_key
-    if name is None or store is None:
-        raise ReferenceStoreError(f"local reference image {address[len(LOCAL_PREFIX):][:12]}... is not in the "
-                                  "reference store (its job was added after this run started): run again")
-    return store.url_for(name)
+async def _check_public_urls(ctx: RunContext, store: ReferenceStore, report: UploadReport,
+                             known: dict[str, LocalImage]) -> None:
+    """A public bucket's URLs are fetched as the API will fetch them: a wrong public base URL is
+    found before anything is spent, not job by job."""
+    if not getattr(getattr(store, "settings", None), "public_url", None):
+        return
+    errors: list[str] = []
+    for address, name in report.names.items():
+        url = store.url_for(name)
+        verdict = await check_url(ctx.client, url, None)
+        if verdict.outcome is Outcome.ERROR:
+            image = known.get(address)
+            errors.append(f"{image.origin if image else ctx.batch}: reference {url}: {verdict.detail} (the public "
+                          f"URL of {image.path if image else address})")
+    if errors:
+        raise PreflightFailed(errors)
+
+
+async def with_local_urls(ctx: RunContext, store: ReferenceStore | None, wire: dict[str, Any]) -> dict[str, Any]:
+    """A request body with each local image's address replaced by a URL made now. An image the
+    start of this run did not make ready (another runner added its job since) is made ready
+    first. Raises ReferenceStoreError when it cannot be."""
+    addresses = [a for v in wire.values() if isinstance(v, list) for a in local_addresses(v)]
+    missing = [a for a in addresses if a not in ctx.image_names]
+    if missing and store is None:
+        raise ReferenceStoreError("this job's local images have no reference store to be uploaded to")
+    if missing:
+        assert store is not None
+        known = await ctx.threads.run(ctx.ledger.local_images, missing)
+        report = UploadReport()
+        records = []
+        for address in missing:
+            found = await anyio.to_thread.run_sync(_checked, address, known.get(address), ctx.options.preflight)
+            if isinstance(found, str):
+                raise ReferenceStoreError(f"local reference sha256:{address[len(LOCAL_PREFIX):][:12]}...: {found}")
+            records.append(await _ensure(ctx, store, address, *found, report))
+        await ctx.threads.run(ctx.ledger.remember_stored, records)
+        ctx.image_names.update(report.names)
+    assert store is not None or not addresses
+    return with_urls(wire, lambda a: store.url_for(ctx.image_names[a])) if addresses and store else wire
