@@ -27,7 +27,12 @@ def _store_options(f: Any) -> Any:
 @click.option("--simulate", is_flag=True, help="With --online: fetch through the built-in simulator (offline).")
 def validate(manifest: str, max_jobs: int, online: bool, simulate: bool) -> None:
     """Check a manifest and report every problem as FILE:LINE: message."""
-    m = load_manifest(manifest)
+    import os
+
+    from ..api import describe_offline
+    from ..ledger import DEFAULT_LEDGER
+    # Models batcher has no table for are described from the ledger's cache (nothing is sent).
+    m = describe_offline(load_manifest(manifest), os.environ.get("BATCHER_LEDGER", DEFAULT_LEDGER))
     summary = check(m, max_jobs=max_jobs)
     if online:
         from ..api import check_references
@@ -60,30 +65,39 @@ def plan(manifest: str, ledger_path: str, rates: tuple[str, ...], as_json: bool,
     """Show the jobs a manifest expands to, what they should cost and take; sends and writes nothing."""
     from ..api import describe_offline
     from ..plan import iter_jobs
-    from ..policy import estimate_wall_seconds
-    from ..views import plan_lines
+    from ..views import ModelShares, plan_lines
     m = describe_offline(load_manifest(manifest), ledger_path)
     overrides = checked_rates(m, rates)
     summary = check(m, overrides, max_jobs=max_jobs)
     states = read_states(ledger_path, m.batch)
     data = summary.to_json()
-    wall = estimate_wall_seconds(summary.jobs, concurrency, m.model.expected_render_seconds)
-    data["wall_time"] = {"seconds": wall, "concurrency": concurrency,
-                         "typical_render_seconds": m.model.expected_render_seconds}
+    mixed = len(summary.by_model) > 1
+    shares = ModelShares(m) if mixed else None
     jobs = list(iter_jobs(m, overrides, max_jobs=max_jobs)) if list_jobs else []
     if list_jobs:
         data["job_list"] = [{"key": j.key, "label": j.label, "take": j.take, "origin": j.origin,
+                             **({"model": j.model} if mixed else {}),
                              "prompt": j.params.get("prompt"), "parameters": j.params, "estimate": j.estimate}
                             for j in jobs]
-    if states is not None:
+    if states is not None or shares is not None:
+        # One pass over the jobs for both: what the ledger holds, and a mixed batch's models.
         held = {"completed": 0, "in_ledger": 0}
-        for job in iter_jobs(m, overrides, max_jobs=max_jobs):
-            state = states.get(job.key)
+        for job in jobs or iter_jobs(m, overrides, max_jobs=max_jobs):
+            if shares is not None:
+                shares.add(job)
+            state = states.get(job.key) if states is not None else None
             if state is not None:
                 held["in_ledger"] += 1
                 held["completed"] += state == "completed"
-        from ..ledger import display_location
-        data["ledger"] = {"path": display_location(ledger_path), **held}
+        if states is not None:
+            from ..ledger import display_location
+            data["ledger"] = {"path": display_location(ledger_path), **held}
+    if shares is not None:
+        data["models"] = shares.to_json()
+        of_row = {row.origin: m.model_of(row).api_id for row in m.rows}
+        for row in data["rows"]:
+            row["model"] = of_row.get(row["origin"], m.model.api_id)
+    data["wall_time"] = wall_time_estimate(m, summary, concurrency)
     uploads = _uploads(m, ledger_path, store_settings(m, **store))
     if uploads is not None:
         data["local_images"] = {**data.get("local_images", {}), **uploads}
@@ -94,6 +108,23 @@ def plan(manifest: str, ledger_path: str, rates: tuple[str, ...], as_json: bool,
         click.echo(line)
     if uploads is not None:
         click.echo(_uploads_line(uploads))
+
+
+def wall_time_estimate(m: Any, summary: Any, concurrency: int) -> dict[str, Any]:
+    """How long the batch should take at `concurrency` jobs in flight: waves of the model's typical
+    render time; for a batch that mixes models, of the mean of each model's, weighted by its jobs."""
+    from ..policy import estimate_wall_seconds
+    typical = m.model.expected_render_seconds
+    by_model: dict[str, float] = {}
+    if len(summary.by_model) > 1:
+        by_model = {api_id: m.models.get(api_id, m.model).expected_render_seconds for api_id in summary.by_model}
+        typical = round(sum(n * by_model[a] for a, n in summary.by_model.items()) / max(1, summary.jobs), 2)
+    wall = {"seconds": estimate_wall_seconds(summary.jobs, concurrency, typical), "concurrency": concurrency,
+            "typical_render_seconds": typical}
+    if by_model:
+        wall["typical_render_seconds_by_model"] = by_model
+        wall["typical_render_seconds_is"] = "the mean of each model's, weighted by its jobs"
+    return wall
 
 
 def _uploads(m: Any, ledger_path: str, settings: Any) -> dict[str, Any] | None:

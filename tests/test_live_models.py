@@ -1,0 +1,241 @@
+"""Every PixelDojo video model from its live schema: a batch mixing happyhorse-1.0, happyhorse-1.1
+and a model batcher has never seen runs end to end against the simulator served over HTTP, each
+body valid against its own live schema; an error for the unseen model is FILE:LINE before
+anything is spent; descriptions are cached in the ledger; prices come from where they are known."""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from batcher import api
+from batcher.catalog import ModelCatalog
+from batcher.cli import cli
+from batcher.client import PixelDojoClient
+from batcher.errors import ManifestError, UsageError
+from batcher.ledger import Ledger
+from batcher.manifest import load_manifest
+from batcher.models import HAPPYHORSE_11_R2V, unpriced
+from batcher.modelschema import described, price_of
+from batcher.plan import check, expand
+from batcher.run import RunOptions
+from batcher.schemarules import check_against
+from batcher.simulator import SimConfig, Simulator, make_server
+
+KEY = "sim-key-live-models"
+MIXED = """\
+version: 1
+batch: compare
+defaults:
+  duration: 5
+  aspect_ratio: "16:9"
+rows:
+  - prompt: "A knight rides through snow"
+    references: [https://example.com/knight.png]
+    seeds: [1, 2]
+  - prompt: "A knight rides through snow"
+    model: happyhorse-1.1-r2v
+    references: [https://example.com/knight.png]
+    seeds: [1, 2]
+  - prompt: "A knight rides through snow"
+    model: wan-2.5-t2v
+    guidanceScale: 6.5
+    camera_motion: pan-left
+    style_tags: [snow, epic]
+    seeds: [1, 2]
+"""
+
+
+@pytest.fixture
+def served():
+    sim = Simulator(SimConfig(api_key=KEY, render_seconds=0.02))
+    server = make_server(sim)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield sim, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def run(path: Path, tmp_path: Path, base: str, **options):
+    to = api.target(api_key=KEY, api_base=base)
+    opts = RunOptions.of(out_dir=tmp_path / "out", expected_render=0.02, **options)
+    return anyio.run(lambda: api.run_async(path, ledger=tmp_path / "l.db", options=opts, to=to))
+
+
+def test_a_batch_of_three_models_runs_end_to_end_each_body_valid_against_its_own_live_schema(tmp_path, served):
+    sim, base = served
+    path = tmp_path / "mix.yaml"
+    path.write_text(MIXED)
+    report = run(path, tmp_path, base)
+    assert report.counts["completed"] == 6, report.messages
+    record = sim.record()
+    assert record["runs_by_model"] == {"happyhorse-1.0-r2v": 2, "happyhorse-1.1-r2v": 2, "wan-2.5-t2v": 2}
+    schemas = {m: httpx.get(f"{base}/api/v1/models/{m}/schema", headers={"authorization": f"Bearer {KEY}"}).json()
+               for m in record["runs_by_model"]}
+    for job in record["jobs"]:
+        assert check_against(schemas[job["model"]], job["body"]) == [], job
+    wan = [j["body"] for j in record["jobs"] if j["model"] == "wan-2.5-t2v"]
+    assert all(b["guidanceScale"] == 6.5 and b["cameraMotion"] == "pan-left" and b["styleTags"] == ["snow", "epic"]
+               and "reference_urls" not in b and "references" not in b for b in wan)
+    # charged each model's own price: 1.0 4/s, 1.1 5/s, wan 3/s at 720p, 5 s, two jobs each
+    assert record["charged"] == pytest.approx(2 * 5 * (4 + 5 + 3))
+    with Ledger(tmp_path / "l.db") as led:
+        jobs = list(led.iter_batch("compare"))
+        assert sorted(j.model for j in jobs) == sorted(["happyhorse-1.0-r2v"] * 2 + ["happyhorse-1.1-r2v"] * 2
+                                                       + ["wan-2.5-t2v"] * 2)
+        cached = led.model_infos()
+    assert set(cached) == {"wan-2.5-t2v", "happyhorse-1.1-r2v"}  # the one without a table, the one guessing its price
+    assert json.loads(cached["wan-2.5-t2v"].request_schema)["properties"]["guidanceScale"]["multipleOf"] == 0.5
+
+
+def test_the_same_prompt_and_seed_with_two_models_are_two_jobs(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text(MIXED.split("  - prompt: \"A knight rides through snow\"\n    model: wan")[0])
+    jobs = expand(load_manifest(path))
+    assert len(jobs) == len({j.key for j in jobs}) == 4
+    assert [j.model for j in jobs] == ["happyhorse-1.0-r2v"] * 2 + ["happyhorse-1.1-r2v"] * 2
+    assert [j.params for j in jobs[:2]] == [j.params for j in jobs[2:]]
+
+
+def test_a_manifest_error_for_the_unseen_model_is_file_line_before_anything_is_spent(tmp_path, served):
+    sim, base = served
+    path = tmp_path / "bad.yaml"
+    path.write_text(MIXED.replace("guidanceScale: 6.5", "guidanceScale: 2.3\n    motion: pan")
+                    + "  - prompt: x\n    model: nope-9000\n")
+    with pytest.raises(ManifestError) as caught:
+        run(path, tmp_path, base)
+    lines = [str(d) for d in caught.value.diagnostics]
+    assert f"{path}:16: guidance_scale: 2.3 is not a multiple of 0.5" in lines
+    assert any(line.startswith(f"{path}:17: unknown row field 'motion'") for line in lines)
+    assert any(line.startswith(f"{path}:22: model 'nope-9000': the API does not know it") for line in lines)
+    assert sim.record()["run_bodies"] == 0 and sim.record()["charged"] == 0
+
+
+def test_descriptions_are_cached_with_their_time_and_asked_again_after_a_day(tmp_path, served):
+    sim, base = served
+    now = [1_000_000.0]
+
+    async def describe(**kw):
+        with Ledger(tmp_path / "l.db") as led:
+            async with PixelDojoClient(KEY, base) as client:
+                return await ModelCatalog(led, client, clock=lambda: now[0]).describe(["wan-2.5-t2v"], **kw)
+    first = anyio.run(describe)
+    assert first.fetched == ["wan-2.5-t2v"] and "fetched" in first.specs["wan-2.5-t2v"].source
+    asked = sim.record()["requests"].get("model", 0)
+    now[0] += 3600
+    assert anyio.run(describe).fetched == [] and sim.record()["requests"].get("model", 0) == asked  # cached
+    now[0] += 24 * 3600
+    assert anyio.run(describe).fetched == ["wan-2.5-t2v"]  # a day old: asked again
+    assert anyio.run(lambda: describe(refresh=True)).fetched == ["wan-2.5-t2v"]
+    with Ledger(tmp_path / "l.db") as led:
+        assert led.model_infos()["wan-2.5-t2v"].fetched_at == now[0]
+
+
+def test_plan_and_validate_use_the_cache_and_send_nothing(tmp_path, served):
+    sim, base = served
+    path = tmp_path / "mix.yaml"
+    path.write_text(MIXED)
+    before = CliRunner().invoke(cli, ["plan", str(path), "--ledger", str(tmp_path / "l.db")])
+    assert before.exit_code == 2
+    assert f"{path}:15: model 'wan-2.5-t2v': not described yet: `batcher models wan-2.5-t2v` fetches" in before.output
+    shown = CliRunner().invoke(cli, ["models", "wan-2.5-t2v", "--ledger", str(tmp_path / "l.db"), "--api-base", base],
+                               env={"PIXELDOJO_API_KEY": KEY})
+    assert shown.exit_code == 0, shown.output
+    assert "guidance_scale [guidanceScale]: number, optional, default 5; 1 to 10; a multiple of 0.5" in shown.output
+    requests = dict(sim.record()["requests"])
+    after = CliRunner().invoke(cli, ["plan", str(path), "--ledger", str(tmp_path / "l.db"), "--json"])
+    assert after.exit_code == 0, after.output
+    data = json.loads(after.output)
+    assert data["by_model"] == {"happyhorse-1.0-r2v": 2, "happyhorse-1.1-r2v": 2, "wan-2.5-t2v": 2}
+    assert data["jobs"] == 6 and data["credits"] == pytest.approx(2 * 5 * (4 + 4 + 3))  # 1.1 still a guess: 4/s
+    assert dict(sim.record()["requests"]) == requests  # plan sent nothing
+
+
+def test_the_models_command_lists_what_the_api_offers(served):
+    sim, base = served
+    listed = CliRunner().invoke(cli, ["models", "--api-base", base], env={"PIXELDOJO_API_KEY": KEY})
+    assert listed.exit_code == 0, listed.output
+    lines = listed.output.splitlines()
+    assert any(line.startswith("happyhorse-1.0-r2v") and line.endswith("(built in)") for line in lines)
+    assert any(line.startswith("wan-2.5-t2v") and "3 credits per second" in line for line in lines)
+    data = json.loads(CliRunner().invoke(cli, ["models", "--api-base", base, "--json"],
+                                         env={"PIXELDOJO_API_KEY": KEY}).output)
+    assert {m["apiId"] for m in data} == {"happyhorse-1.0-r2v", "happyhorse-1.1-r2v", "wan-2.5-t2v"}
+
+
+# --- prices ---------------------------------------------------------------------------------------
+
+WAN_SCHEMA = {"type": "object", "properties": {"prompt": {"type": "string"}, "duration": {"type": "integer",
+              "enum": [5, 10], "default": 5}, "resolution": {"type": "string", "enum": ["480p", "720p"],
+              "default": "720p"}}, "required": ["prompt"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("cost, per_second, per_job", [
+    ({"default": 15, "type": "per_second", "amount": 3}, {"*": 3.0}, None),
+    ({"default": 40, "type": "fixed", "amount": 40}, {}, 40.0),
+    ({"default": 40}, {}, 40.0),
+    ({"amount": -3, "type": "per_second"}, {}, None),
+    ({"amount": float("nan"), "type": "per_second"}, {}, None),
+    ({"amount": "3", "type": "per_second"}, {}, None),
+    ({"amount": True, "type": "per_second"}, {}, None),
+    ("free", {}, None),
+])
+def test_a_listed_price_is_believed_only_when_it_is_one(cost, per_second, per_job):
+    assert price_of({"creditCost": cost}) == (per_second, per_job)
+
+
+def test_prices_come_from_where_they_are_known_and_guesses_are_marked():
+    wan = described("wan-x", WAN_SCHEMA, {"creditCost": {"type": "per_second", "amount": 3}}, "now")
+    assert wan.estimate({"duration": 10, "resolution": "720p"}) == 30
+    assert not wan.is_guess({"resolution": "720p"}) and wan.is_guess({"resolution": "480p"})
+    fixed = described("img-x", {"type": "object", "properties": {"prompt": {"type": "string"}}},
+                      {"creditCost": {"type": "fixed", "amount": 40}}, "now")
+    assert fixed.estimate({}) == 40 and not fixed.is_guess({})
+    unknown = described("nopr-x", WAN_SCHEMA, {}, "now")
+    assert not unknown.price_known and unknown.estimate({"duration": 5}) == 0 and unknown.is_guess({})
+    assert unpriced([unknown, wan], {}) == ["nopr-x"]
+    assert unpriced([unknown], {"nopr-x": 2.0}) == [] and unpriced([unknown], {"nopr-x:720p": 2.0}) == []
+    assert unknown.estimate({"duration": 5}, {"nopr-x": 2.0}) == 10
+    live = described("happyhorse-1.1-r2v", {}, {"creditCost": {"type": "per_second", "amount": 5}}, "now")
+    assert live.rate({"resolution": "720p"}) == 5 and not live.is_guess({"resolution": "720p"})
+    assert live.rate({"resolution": "1080p"}) == 10 and live.is_guess({"resolution": "1080p"})  # kept its ratio
+    assert HAPPYHORSE_11_R2V.is_guess({"resolution": "720p"})  # until the API lists a price
+
+
+def test_a_budgeted_run_refuses_a_model_without_a_price_until_rate(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text("version: 1\nmodel: nopr-x\nrows:\n  - prompt: a\n")
+    unknown = described("nopr-x", WAN_SCHEMA, {}, "now")
+    m = load_manifest(path, models={"nopr-x": unknown})
+    check(m)
+    with pytest.raises(UsageError, match=r"nopr-x has no known price .* --rate nopr-x=CREDITS_PER_SECOND"):
+        api.refuse_unpriced(m, {})
+    api.refuse_unpriced(m, {"nopr-x": 3.0})
+
+
+def test_names_map_by_rule_and_either_spelling_is_accepted(tmp_path):
+    wan = described("wan-x", {"type": "object", "additionalProperties": False, "properties": {
+        "prompt": {"type": "string"}, "negativePrompt": {"type": "string"}, "imageURLs": {
+            "type": "array", "items": {"type": "string", "format": "uri"}, "maxItems": 2}}}, {}, "now")
+    assert [(p.name, p.wire) for p in wan.params] == [("prompt", "prompt"), ("negative_prompt", "negativePrompt"),
+                                                      ("references", "imageURLs")]
+    one = tmp_path / "a.yaml"
+    one.write_text("version: 1\nmodel: wan-x\nrows:\n  - prompt: a\n    negativePrompt: b\n"
+                   "    references: [https://example.com/1.png]\n")
+    two = tmp_path / "b.yaml"
+    two.write_text("version: 1\nmodel: wan-x\nrows:\n  - prompt: a\n    negative_prompt: b\n"
+                   "    image_urls: [https://example.com/1.png]\n")
+    keys = [[j.key for j in expand(load_manifest(p, models={"wan-x": wan}))] for p in (one, two)]
+    assert keys[0] == keys[1] and len(keys[0]) == 1
+    three = tmp_path / "c.yaml"
+    three.write_text("version: 1\nmodel: wan-x\nrows:\n  - prompt: a\n    references: [https://example.com/1.png, "
+                     "https://example.com/2.png, https://example.com/3.png]\n")
+    with pytest.raises(ManifestError) as caught:
+        check(load_manifest(three, models={"wan-x": wan}))
+    assert [str(d) for d in caught.value.diagnostics] == [f"{three}:5: references takes at most 2 URLs, got 3"]
