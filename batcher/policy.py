@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +103,82 @@ class _Observed:
             self.fit = fit_censored_normal(list(self.intervals), 2 if warm else 4, warm)
             self.since_fit = 0
 
+    def prime(self, seed: RenderSeed, min_samples: int) -> None:
+        """Answer with `seed` until this run has observed `min_samples` renders (then its own fit)."""
+        if len(self.intervals) < min_samples:
+            self.fit = (seed.mean, seed.std)
+
+
+# --- render times remembered from earlier batches ----------------------------------------------
+
+# A class's key in the ledger (model, duration, resolution) -> (completed renders, the most recent
+# ones as (render_seconds, seconds from submission until the poll that saw it done)).
+History = Mapping[tuple[Any, Any, Any], tuple[int, list[tuple[float, float | None]]]]
+
+
+@dataclass(frozen=True)
+class RenderSeed:
+    """What earlier batches measured of one job class: the fitted mean and spread of its render
+    seconds, from `count` renders."""
+
+    mean: float
+    std: float
+    count: int
+
+
+def remembered_intervals(rows: Iterable[tuple[float, float | None]]) -> list[tuple[float, float]]:
+    """Each remembered render as the interval it is known to have ended in. The ledger keeps a
+    render's midpoint (between the last poll that saw it running, or its submission, and the first
+    that saw it done) and, through its timestamps, the upper end: the lower end is 2*mid - upper
+    (clamped at 0). Without an upper end (or with clocks that disagree) the midpoint stands alone."""
+    out = []
+    for mid, upper in rows:
+        if mid is None or not math.isfinite(mid) or mid < 0:
+            continue
+        if upper is None or not math.isfinite(upper) or upper < mid:
+            out.append((mid, mid))
+        else:
+            out.append((max(0.0, 2 * mid - upper), upper))
+    return out
+
+
+def seed_from(count: int, rows: Iterable[tuple[float, float | None]], min_samples: int = 3) -> RenderSeed | None:
+    """A class's seed: the same censored fit a run makes, over its remembered renders; None with
+    fewer than `min_samples` of them (a run would not trust fewer either)."""
+    intervals = remembered_intervals(rows)
+    if len(intervals) < min_samples:
+        return None
+    mean, std = fit_censored_normal(intervals)
+    return RenderSeed(mean, std, max(count, len(intervals)))
+
+
+def pooled(seeds: Iterable[RenderSeed]) -> RenderSeed | None:
+    """One figure for several classes of a model: the mean and spread of their mixture, each class
+    weighted by its count."""
+    group = list(seeds)
+    total = sum(s.count for s in group)
+    if total <= 0:
+        return None
+    mean = sum(s.count * s.mean for s in group) / total
+    second = sum(s.count * (s.std ** 2 + s.mean ** 2) for s in group) / total
+    return RenderSeed(mean, math.sqrt(max(second - mean * mean, 0.0)), total)
+
+
+def class_seeds(history: History, classify: Callable[[tuple[Any, Any, Any]], tuple[Any, ...] | None],
+                min_samples: int = 3) -> dict[tuple[Any, ...], RenderSeed]:
+    """Seeds per job class of this run from the ledger's history. `classify` names the run's class
+    of a ledger key (None: a model this run does not render); keys of one class (a duration left
+    to its default and the same written out) are fitted together."""
+    merged: dict[tuple[Any, ...], tuple[int, list[tuple[float, float | None]]]] = {}
+    for key, (count, rows) in history.items():
+        cls = classify(key)
+        if cls is None:
+            continue
+        n, kept = merged.get(cls, (0, []))
+        merged[cls] = (n + count, kept + list(rows))
+    seeds = {cls: seed_from(count, rows, min_samples) for cls, (count, rows) in merged.items()}
+    return {cls: seed for cls, seed in seeds.items() if seed is not None}
+
 
 @dataclass
 class PollPlanner:
@@ -109,10 +186,11 @@ class PollPlanner:
 
     A render's true length lies between the last poll that saw it running (or its submission)
     and the first that saw it done; a normal is fitted to these intervals per job class
-    (duration, resolution). With enough data the first poll comes a little before the expected
-    end (mean - lead*std) and later polls follow every `step_std * std`, so most jobs are seen
-    once or twice after they finish. Past the expected spread, or with no data yet, polls back
-    off geometrically.
+    (model, duration, resolution: a class's first item names its model). With enough data the
+    first poll comes a little before the expected end (mean - lead*std) and later polls follow
+    every `step_std * std`, so most jobs are seen once or twice after they finish. Past the
+    expected spread, or with no data yet, polls back off geometrically. `seed` starts classes
+    from what earlier batches measured.
     """
 
     initial: float = 5.0  # expected render seconds before anything has been observed
@@ -124,20 +202,35 @@ class PollPlanner:
     min_step_fraction: float = 0.04  # ... but never more often than this fraction of the mean
     min_samples: int = 3
     _classes: dict[tuple[Any, ...], _Observed] = field(default_factory=dict)
-    _all: _Observed = field(default_factory=_Observed)
+    _models: dict[Any, _Observed] = field(default_factory=dict)  # every class of a model together
+
+    def seed(self, seeds: Mapping[tuple[Any, ...], RenderSeed]) -> None:
+        """Start from what earlier batches measured: a seeded class answers with its seed, and a
+        class of a seeded model with the model's pooled seed, until this run has observed
+        `min_samples` renders of it (of the model); from then on the run's own fit, as before."""
+        by_model: dict[Any, list[RenderSeed]] = {}
+        for job_class, seed in seeds.items():
+            self._classes.setdefault(job_class, _Observed()).prime(seed, self.min_samples)
+            by_model.setdefault(_model_of(job_class), []).append(seed)
+        for model, group in by_model.items():
+            pool = pooled(group)
+            if pool is not None:
+                self._models.setdefault(model, _Observed()).prime(pool, self.min_samples)
 
     def observe(self, job_class: tuple[Any, ...], lower: float, upper: float) -> None:
         """A render of `job_class` finished between `lower` and `upper` seconds after submission."""
         lower, upper = max(0.0, lower), max(0.0, upper)
         self._classes.setdefault(job_class, _Observed()).add(lower, upper, self.min_samples)
-        self._all.add(lower, upper, self.min_samples)
+        self._models.setdefault(_model_of(job_class), _Observed()).add(lower, upper, self.min_samples)
 
     def expected(self, job_class: tuple[Any, ...]) -> tuple[float, float] | None:
-        """(mean, std) of render seconds for a class, falling back to all classes; None without data."""
+        """(mean, std) of render seconds for a class, falling back to the other classes of its
+        model (never another model's); None without data."""
         observed = self._classes.get(job_class)
         fit = observed.fit if observed is not None else None
         if fit is None:
-            fit = self._all.fit
+            pool = self._models.get(_model_of(job_class))
+            fit = pool.fit if pool is not None else None
         if fit is None:
             return None
         mean, std = fit
@@ -167,6 +260,10 @@ class PollPlanner:
         # Slower than anything seen: back off, but keep within max_interval.
         over = elapsed - late
         return elapsed + min(self.max_interval, max(step, over * (self.factor - 1)))
+
+
+def _model_of(job_class: tuple[Any, ...]) -> Any:
+    return job_class[0] if job_class else None
 
 
 # --- budget --------------------------------------------------------------------------------------

@@ -158,7 +158,7 @@ def test_plan_and_validate_use_the_cache_and_send_nothing(tmp_path, served):
 
 
 def test_the_models_command_lists_what_the_api_offers(served):
-    sim, base = served
+    _sim, base = served
     listed = CliRunner().invoke(cli, ["models", "--api-base", base], env={"PIXELDOJO_API_KEY": KEY})
     assert listed.exit_code == 0, listed.output
     lines = listed.output.splitlines()

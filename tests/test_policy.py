@@ -7,7 +7,18 @@ import random
 
 import anyio
 
-from batcher.policy import Budget, PollPlanner, RatePolicy, RetryPolicy, fit_censored_normal
+from batcher.policy import (
+    Budget,
+    PollPlanner,
+    RatePolicy,
+    RenderSeed,
+    RetryPolicy,
+    class_seeds,
+    fit_censored_normal,
+    pooled,
+    remembered_intervals,
+    seed_from,
+)
 from batcher.run import RequestPacer
 
 
@@ -155,3 +166,77 @@ def test_pacer_density_follows_use_of_the_rate():
     assert pacer.density() == 2.0  # idle: spend the spare rate on polls
     pacer._granted.extend([0.0] * 95)  # ~570/min of a 582/min rate in the last 10 s
     assert pacer.density() == 1.0
+
+
+# --- render times remembered from earlier batches (the seeding rule) ------------------------------
+
+def polled_history(renders: list[float], first: float, step: float) -> list[tuple[float, float]]:
+    """What the ledger keeps of renders polled at `first`, then every `step`: (midpoint, upper)."""
+    rows = []
+    for r in renders:
+        lower, t = 0.0, first
+        while t < r:
+            lower, t = t, t + step
+        rows.append(((lower + t) / 2, t + 0.01))  # finished_at is stamped a little after the poll
+    return rows
+
+
+def test_remembered_renders_become_the_intervals_they_were_seen_in():
+    assert remembered_intervals([(5.0, 10.0), (9.0, 10.0), (3.0, None), (4.0, 3.0)]) == [
+        (0.0, 10.0), (8.0, 10.0), (3.0, 3.0), (4.0, 4.0)]
+    assert remembered_intervals([(-1.0, 2.0), (float("nan"), 2.0)]) == []
+
+
+def test_a_seed_is_the_censored_fit_of_remembered_renders_not_their_average():
+    rng = random.Random(7)
+    renders = [max(0.1, rng.gauss(60, 6)) for _ in range(200)]
+    rows = polled_history(renders, first=58.8, step=3.6)  # as a planner that knew 60 +- 6 polls
+    seed = seed_from(1234, rows)
+    assert seed is not None and seed.count == 1234
+    assert abs(seed.mean - 60) < 2 and abs(seed.std - 6) < 2
+    # the midpoints the ledger keeps (what `average_render_seconds` averages) are far lower
+    assert sum(m for m, _ in rows) / len(rows) < 52
+    assert seed_from(2, rows[:2]) is None  # fewer renders than a run would trust
+
+
+def test_pooled_seed_is_the_count_weighted_mixture():
+    pool = pooled([RenderSeed(10, 1, 3), RenderSeed(20, 1, 1)])
+    assert pool is not None and pool.count == 4
+    assert math.isclose(pool.mean, 12.5) and math.isclose(pool.std, math.sqrt(1 + 18.75))
+    assert pooled([]) is None
+
+
+def test_class_seeds_merge_ledger_keys_of_one_class_and_skip_unknown_models():
+    rows = [(10.0, 10.5)] * 2
+    history = {("m", 5, "720p"): (2, rows), ("m", None, "720p"): (2, rows), ("m", 8, "720p"): (2, rows),
+               ("gone", 5, "720p"): (9, rows * 5)}
+    classify = {("m", 5, "720p"): ("m", 5, "720p"), ("m", None, "720p"): ("m", 5, "720p"),
+                ("m", 8, "720p"): ("m", 8, "720p")}.get
+    seeds = class_seeds(history, classify, min_samples=3)
+    assert set(seeds) == {("m", 5, "720p")}  # 2 + 2 renders of one class; 8 s has only 2; "gone" skipped
+    assert seeds[("m", 5, "720p")].count == 4
+
+
+def test_a_seeded_planner_polls_from_the_seed_until_the_run_has_its_own_fit():
+    planner = PollPlanner(initial=600)  # a wrong guess
+    x5, x8, y5 = ("x", 5, "720p"), ("x", 8, "720p"), ("y", 5, "720p")
+    planner.seed({x5: RenderSeed(60, 6, 100)})
+    assert planner.expected(x5) == (60, 6)
+    assert 58 < planner.next_poll(x5, 0, 0) < 60  # mean - 0.2 sd, not 0.8 * 600
+    assert planner.expected(x8) == (60, 6)  # another class of the model: the model's pooled seed
+    assert planner.expected(y5) is None and planner.next_poll(y5, 0, 0) == 480  # never another model's
+    planner.observe(x5, 99, 101)
+    planner.observe(x5, 99, 101)
+    assert planner.expected(x5) == (60, 6)  # two renders of its own: not yet trusted
+    planner.observe(x5, 99, 101)
+    mean, _ = planner.expected(x5)
+    assert abs(mean - 100) < 1  # the run's own renders take over, as without a seed
+
+
+def test_in_run_renders_of_one_model_do_not_answer_for_another():
+    planner = PollPlanner(initial=10)
+    for _ in range(5):
+        planner.observe(("x", 5, "720p"), 29, 31)
+    assert abs(planner.expected(("x", 8, "1080p"))[0] - 30) < 1  # same model, other class: pooled
+    assert planner.expected(("y", 5, "720p")) is None
+    assert planner.next_poll(("y", 5, "720p"), 0, 0) == 8

@@ -115,6 +115,14 @@ class Dialect:
         """Claim rows other runners are not claiming at this moment (SQLite: one writer anyway)."""
         return " FOR UPDATE SKIP LOCKED" if self.postgres else ""
 
+    def json_value(self, column: str, key: str) -> str:
+        """One top-level value of a JSON text column, as the driver returns it: a number or text
+        (SQLite's json_extract; PostgreSQL's jsonb, which psycopg decodes alike). `key` must be a
+        plain name: it is written into the SQL."""
+        if not re.fullmatch(r"\w+", key):
+            raise ValueError(f"not a plain JSON key: {key!r}")
+        return f"(CAST({column} AS jsonb) -> '{key}')" if self.postgres else f"json_extract({column}, '$.{key}')"
+
     def driver_sql(self, sql: str) -> str:
         """`:name` placeholders (sqlite3's native style) in the driver's own style."""
         return _pyformat(sql) if self.postgres else sql

@@ -16,26 +16,45 @@ from .rows import Figures, Spend
 _ID_OR_NUMBER = re.compile(r"\b(?:job_)?[0-9a-f]*\d[0-9a-f]*\b")
 
 
-class LedgerFigures(LedgerJobs):
-    def figures(self, batch: str, generation: int | None = None) -> Figures:
-        """Everything status, a run's report and the gallery show about a batch."""
-        held, held_cost = self.held_estimate(batch)
-        videos, size = self.downloaded_bytes(batch)
-        first, last = self.timings(batch)
-        return Figures(self.batch(batch), self.counts(batch, generation), self.spend(batch), held, held_cost,
-                       self.lost_jobs(batch) if held else 0, videos, size, self.average_render_seconds(batch),
-                       self.committed(batch), self.jobs_with_event(batch, "cost-untrusted"), first, last)
+def job_model(alias: str = "job") -> str:
+    """SQL for the model a job renders with: its own, else (a job an older ledger wrote) its batch's."""
+    return f"COALESCE({alias}.model, (SELECT bm.model FROM batch bm WHERE bm.name = {alias}.batch))"
 
-    def timings(self, batch: str) -> tuple[float | None, float | None]:
+
+# The same, in a query that joins `job j` to its `batch b` (to group by it).
+_JOINED = "COALESCE(j.model, b.model)"
+
+
+def _only(model: str | None, alias: str = "job") -> str:
+    """A condition keeping one model's jobs (nothing when `model` is None); binds :model."""
+    return f" AND {job_model(alias)} = :model" if model is not None else ""
+
+
+class LedgerFigures(LedgerJobs):
+    def figures(self, batch: str, generation: int | None = None, *, model: str | None = None) -> Figures:
+        """Everything status, a run's report and the gallery show about a batch; with `model`, about
+        that model's jobs only (then `committed` is what they charged and hold, not the batch's total)."""
+        held, held_cost = self.held_estimate(batch, model=model)
+        videos, size = self.downloaded_bytes(batch, model=model)
+        first, last = self.timings(batch, model=model)
+        spend = self.spend(batch, model=model)
+        return Figures(self.batch(batch), self.counts(batch, generation, model=model), spend, held, held_cost,
+                       self.lost_jobs(batch, model=model) if held else 0, videos, size,
+                       self.average_render_seconds(batch, model=model),
+                       self.committed(batch) if model is None else spend.committed,
+                       self.jobs_with_event(batch, "cost-untrusted", model=model), first, last)
+
+    def timings(self, batch: str, *, model: str | None = None) -> tuple[float | None, float | None]:
         """(first submission, last update of a finished job) of a batch, epoch seconds."""
         with self.engine.connect() as conn:
             first, last = conn.execute(text(
                 "SELECT MIN(submitted_at), MAX(CASE WHEN state IN ('completed', 'failed', 'expired') "
-                "THEN updated_at END) FROM job WHERE batch = :b"), {"b": batch}).one()
+                "THEN updated_at END) FROM job WHERE batch = :b" + _only(model)), {"b": batch, "model": model}).one()
         return first, last
 
-    def counts(self, batch: str | None = None, generation: int | None = None) -> dict[str, int]:
-        """Jobs per state (every state present, zeros included)."""
+    def counts(self, batch: str | None = None, generation: int | None = None, *,
+               model: str | None = None) -> dict[str, int]:
+        """Jobs per state (every state present, zeros included); of one model's jobs if `model`."""
         sql = "SELECT state, COUNT(*) FROM job"
         where: list[str] = []
         args: dict[str, Any] = {}
@@ -45,6 +64,9 @@ class LedgerFigures(LedgerJobs):
         if generation is not None:
             where.append("(generation = :g OR state != 'pending')")
             args["g"] = generation
+        if model is not None:
+            where.append(f"{job_model()} = :model")
+            args["model"] = model
         if where:
             sql += " WHERE " + " AND ".join(where)
         out = {s.value: 0 for s in JobState}
@@ -70,26 +92,27 @@ class LedgerFigures(LedgerJobs):
             out.append((origin, label, str(json.loads(params).get("prompt", "")), counts))
         return out
 
-    def spend(self, batch: str) -> Spend:
+    def spend(self, batch: str, *, model: str | None = None) -> Spend:
         with self.engine.connect() as conn:
             row = conn.execute(text(
                 "SELECT "
                 " COALESCE(SUM(CASE WHEN a.outcome = 'accepted' AND NOT a.refunded THEN a.credit_cost END), 0),"
                 " COALESCE(SUM(CASE WHEN a.outcome IN ('submitting', 'unknown') THEN a.reserved END), 0),"
                 " COALESCE(SUM(CASE WHEN a.outcome = 'accepted' AND a.refunded THEN a.credit_cost END), 0) "
-                "FROM attempt a JOIN job j ON j.id = a.job_id WHERE j.batch = :b"), {"b": batch}).one()
+                "FROM attempt a JOIN job j ON j.id = a.job_id WHERE j.batch = :b" + _only(model, "j")),
+                {"b": batch, "model": model}).one()
         return Spend(float(row[0]), float(row[1]), float(row[2]))
 
-    def _count_and_sum(self, batch: str, column: str, state: str) -> tuple[int, float]:
+    def _count_and_sum(self, batch: str, column: str, state: str, model: str | None = None) -> tuple[int, float]:
         with self.engine.connect() as conn:
             n, total = conn.execute(text(
-                f"SELECT COUNT(*), COALESCE(SUM({column}), 0) FROM job WHERE batch = :b AND state = :s"),
-                {"b": batch, "s": state}).one()
+                f"SELECT COUNT(*), COALESCE(SUM({column}), 0) FROM job WHERE batch = :b AND state = :s"
+                + _only(model)), {"b": batch, "s": state, "model": model}).one()
         return int(n), float(total)
 
-    def downloaded_bytes(self, batch: str) -> tuple[int, int]:
+    def downloaded_bytes(self, batch: str, *, model: str | None = None) -> tuple[int, int]:
         """How many videos are on disk, and their bytes."""
-        n, size = self._count_and_sum(batch, "size", "completed")
+        n, size = self._count_and_sum(batch, "size", "completed", model)
         return n, int(size)
 
     def committed(self, batch: str) -> float:
@@ -97,9 +120,9 @@ class LedgerFigures(LedgerJobs):
         with self.engine.connect() as conn:
             return float(conn.execute(text("SELECT committed FROM batch WHERE name = :b"), {"b": batch}).scalar() or 0)
 
-    def held_estimate(self, batch: str) -> tuple[int, float]:
+    def held_estimate(self, batch: str, *, model: str | None = None) -> tuple[int, float]:
         """How many jobs are held as unknown, and what resubmitting them all may cost."""
-        return self._count_and_sum(batch, "estimate", "unknown")
+        return self._count_and_sum(batch, "estimate", "unknown", model)
 
     def budget_outlook(self, batch: str, generation: int, remaining: float) -> tuple[int, int, float]:
         """(pending jobs, how many of them `remaining` credits cover in the order they are submitted,
@@ -130,23 +153,100 @@ class LedgerFigures(LedgerJobs):
         ordered = sorted(groups.items(), key=lambda item: -item[1][0])
         return [(state, reason, n, keys) for (state, reason), (n, keys) in ordered]
 
-    def jobs_with_event(self, batch: str, kind: str) -> int:
+    def jobs_with_event(self, batch: str, kind: str, *, model: str | None = None) -> int:
         """How many jobs of a batch have an event of this kind in their history."""
         with self.engine.connect() as conn:
             return int(conn.execute(text(
                 "SELECT COUNT(DISTINCT e.job_id) FROM event e JOIN job j ON j.id = e.job_id "
-                "WHERE j.batch = :b AND e.kind = :k"), {"b": batch, "k": kind}).scalar_one())
+                "WHERE j.batch = :b AND e.kind = :k" + _only(model, "j")),
+                {"b": batch, "k": kind, "model": model}).scalar_one())
 
-    def lost_jobs(self, batch: str) -> int:
+    def lost_jobs(self, batch: str, *, model: str | None = None) -> int:
         """Jobs held as unknown although the API accepted (and charged) them: it no longer knows them."""
         with self.engine.connect() as conn:
             return int(conn.execute(text(
                 "SELECT COUNT(*) FROM job j WHERE j.batch = :b AND j.state = 'unknown' AND (SELECT a.outcome "
-                "FROM attempt a WHERE a.job_id = j.id ORDER BY a.id DESC LIMIT 1) = 'accepted'"),
-                {"b": batch}).scalar_one())
+                "FROM attempt a WHERE a.job_id = j.id ORDER BY a.id DESC LIMIT 1) = 'accepted'"
+                + _only(model, "j")), {"b": batch, "model": model}).scalar_one())
 
-    def average_render_seconds(self, batch: str) -> float | None:
+    def average_render_seconds(self, batch: str, *, model: str | None = None) -> float | None:
         with self.engine.connect() as conn:
             value = conn.execute(text("SELECT AVG(render_seconds) FROM job WHERE batch = :b AND "
-                                      "render_seconds IS NOT NULL"), {"b": batch}).scalar()
+                                      "render_seconds IS NOT NULL" + _only(model)),
+                                 {"b": batch, "model": model}).scalar()
         return float(value) if value is not None else None
+
+    # --- a batch that mixes models ------------------------------------------------------------
+
+    def models_of(self, batch: str | None = None) -> dict[str, int]:
+        """Jobs per model (of a batch, or of the ledger), in the order each model's first job was added."""
+        where = " WHERE j.batch = :b" if batch is not None else ""
+        with self.engine.connect() as conn:
+            return {str(m): int(n) for m, n in conn.execute(text(
+                f"SELECT {_JOINED} AS m, COUNT(*) FROM job j JOIN batch b ON b.name = j.batch{where} "
+                f"GROUP BY {_JOINED} ORDER BY MIN(j.id)"), {"b": batch})}
+
+    def counts_by_model(self, batch: str) -> dict[str, tuple[dict[str, int], float]]:
+        """Per model, in the order its first job was added: (jobs per state present, credits spent)."""
+        out: dict[str, tuple[dict[str, int], float]] = {}
+        with self.engine.connect() as conn:
+            for model, state, n in conn.execute(text(
+                    f"SELECT {_JOINED}, j.state, COUNT(*) FROM job j JOIN batch b ON b.name = j.batch "
+                    f"WHERE j.batch = :b GROUP BY {_JOINED}, j.state ORDER BY MIN(j.id)"), {"b": batch}):
+                out.setdefault(str(model), ({}, 0.0))[0][state] = int(n)
+            for model, spent in conn.execute(text(
+                    f"SELECT {_JOINED}, COALESCE(SUM(CASE WHEN a.outcome = 'accepted' AND NOT a.refunded "
+                    "THEN a.credit_cost END), 0) FROM attempt a JOIN job j ON j.id = a.job_id JOIN batch b "
+                    f"ON b.name = j.batch WHERE j.batch = :b GROUP BY {_JOINED}"), {"b": batch}):
+                if str(model) in out:
+                    out[str(model)] = (out[str(model)][0], float(spent))
+        return out
+
+    def counts_by_row_and_model(self, batch: str, model: str | None = None
+                                ) -> list[tuple[str, str, str, str, dict[str, int]]]:
+        """As `counts_by_row`, per (row, model): (origin, label, prompt of its first job, model, jobs per
+        state); only `model`'s jobs when given. A row is one model's, unless an edit changed it."""
+        rows: dict[tuple[str, str], dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            for origin, m, state, n in conn.execute(text(
+                    f"SELECT j.origin, {_JOINED}, j.state, COUNT(*) FROM job j JOIN batch b ON b.name = j.batch "
+                    f"WHERE j.batch = :b{_only(model, 'j')} GROUP BY j.origin, {_JOINED}, j.state ORDER BY MIN(j.seq)"),
+                    {"b": batch, "model": model}):
+                rows.setdefault((origin, str(m)), {})[state] = int(n)
+            first = {origin: (label, params) for origin, label, params in conn.execute(text(
+                "SELECT origin, label, params FROM job WHERE batch = :b AND seq IN "
+                "(SELECT MIN(seq) FROM job WHERE batch = :b GROUP BY origin)"), {"b": batch})}
+        out = []
+        for (origin, m), counts in rows.items():
+            label, params = first.get(origin, ("", "{}"))
+            out.append((origin, label, str(json.loads(params).get("prompt", "")), m, counts))
+        return out
+
+    def render_history(self, simulated: bool, per_class: int = 200, horizon: int = 20_000
+                       ) -> dict[tuple[Any, Any, Any], tuple[int, list[tuple[float, float | None]]]]:
+        """Render times the ledger measured in every batch of this kind (simulated or real: the
+        simulator's times say nothing of the API's), per (model, duration, resolution) of the job's
+        params: (how many of the `horizon` newest rendered jobs are of the class, the `per_class`
+        most recently finished of them as (render_seconds, seconds from submission until the poll
+        that saw it done)). Bounded work: the newest `horizon` rendered jobs are picked by id (an
+        index scan, no JSON read), and only they are parsed and numbered per class (a window)."""
+        d = self.sql
+        duration, resolution = d.json_value("j.params", "duration"), d.json_value("j.params", "resolution")
+        sql = (
+            "SELECT model, duration, resolution, total, render_seconds, seen FROM ("
+            " SELECT model, duration, resolution, render_seconds, seen,"
+            "  ROW_NUMBER() OVER (PARTITION BY model, duration, resolution ORDER BY finished_at DESC, id DESC) AS n,"
+            "  COUNT(*) OVER (PARTITION BY model, duration, resolution) AS total FROM ("
+            f"  SELECT j.id, COALESCE(j.model, b.model) AS model, {duration} AS duration, {resolution} AS resolution,"
+            "   j.render_seconds, j.finished_at - j.submitted_at AS seen, j.finished_at"
+            "   FROM job j JOIN batch b ON b.name = j.batch WHERE j.id IN ("
+            "    SELECT r.id FROM job r WHERE r.state IN ('rendered', 'completed') AND r.render_seconds IS NOT NULL"
+            "    AND r.batch IN (SELECT name FROM batch WHERE simulated = :s) ORDER BY r.id DESC LIMIT :h)"
+            " ) AS measured) AS numbered WHERE n <= :k")
+        out: dict[tuple[Any, Any, Any], tuple[int, list[tuple[float, float | None]]]] = {}
+        with self.engine.connect() as conn:
+            for model, dur, res, total, render, seen in conn.execute(
+                    text(sql), {"s": simulated, "k": per_class, "h": horizon}):
+                out.setdefault((model, dur, res), (int(total), []))[1].append(
+                    (float(render), float(seen) if seen is not None else None))
+        return out

@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
@@ -18,6 +19,7 @@ from ..client import PixelDojoClient
 from ..errors import BatcherError, LeaseLost
 from ..ledger import Job, Ledger
 from ..models import ModelSpec
+from ..policy import class_seeds
 from ..states import JobState as S
 from .context import RunContext
 from .downloads import downloader
@@ -26,7 +28,7 @@ from .options import RunOptions
 from .outcomes import Followed, StopReason
 from .polling import follow_to_end
 from .reporting import BudgetOutlook, Progress, RunReport, budget_outlook
-from .startup import check_live_schema, check_references, prepare_outputs
+from .startup import check_references, prepare_outputs, survey
 from .submission import submit_and_follow
 from .uploads import UploadReport, upload_local_images
 
@@ -70,11 +72,10 @@ class Runner:
                 if ctx.pacer is not None:
                     outer.start_soon(self._run_pacer, pacing, name="request-pacer")
                 try:
-                    if ctx.options.check_schema:
-                        await check_live_schema(ctx)
+                    found = await survey(ctx)  # one pass: schema, references, local images
                     if ctx.options.preflight:
-                        await check_references(ctx)
-                    self.uploads = await upload_local_images(ctx, ctx.options.reference_store)
+                        await check_references(ctx, found.references)
+                    self.uploads = await upload_local_images(ctx, ctx.options.reference_store, found.local)
                     ctx.image_names.update(self.uploads.names)
                     if self.uploads.summary():
                         log.info("%s", self.uploads.summary())
@@ -122,9 +123,20 @@ class Runner:
             told = self.outlook.message()
             if told:  # before anything is spent
                 (o.on_warning or log.warning)(told)
-        avg = await ctx.threads.run(ctx.ledger.average_render_seconds, ctx.batch)
-        if avg:
-            ctx.planner.initial = max(0.01, avg)
+        await self._seed_planner()
+
+    async def _seed_planner(self) -> None:
+        """Start polling from the render times the ledger measured, per job class, in this batch's
+        earlier runs and in other batches of its kind. A model never measured starts from
+        --expected-render (a run cannot tell it from its default), never from another model's times."""
+        ctx = self.ctx
+        batch = await ctx.threads.run(ctx.ledger.batch, ctx.batch)
+        history = await ctx.threads.run(ctx.ledger.render_history, bool(batch and batch.simulated))
+        seeds = class_seeds(history, _classifier(ctx.models), ctx.planner.min_samples)
+        ctx.planner.seed(seeds)
+        for cls, seed in seeds.items():
+            log.info("polling %s from %d earlier render(s): %.3g s +- %.2g s", "/".join(map(str, cls)),
+                     seed.count, seed.mean, seed.std)
 
     async def _worker(self, recv: MemoryObjectReceiveStream[Job]) -> None:
         ctx = self.ctx
@@ -200,6 +212,20 @@ class Runner:
                         self.ctx.core.cancel()
                 elif self.on_force_exit is not None:
                     self.on_force_exit()
+
+
+def _classifier(models: Mapping[str, ModelSpec]) -> Callable[[tuple[Any, Any, Any]], tuple[Any, ...] | None]:
+    """The run's job class of a ledger key (model, duration, resolution), as `ModelSpec.job_class`
+    makes it; None for a model this run does not render, or one whose class is named otherwise."""
+    def classify(key: tuple[Any, Any, Any]) -> tuple[Any, ...] | None:
+        model, duration, resolution = key
+        spec = models.get(model)
+        if spec is None or spec.rate_param != "resolution" or spec.seconds_param not in ("duration", ""):
+            return None
+        params = {name: value for name, value in (("duration", duration), ("resolution", resolution))
+                  if value is not None}
+        return spec.job_class(params)
+    return classify
 
 
 def _first_batcher_error(exc: BaseException) -> BaseException:

@@ -5,8 +5,10 @@ of the batch held against the model's live schema, and every distinct reference 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 from ..errors import AuthError, BatcherError, PreflightFailed, SchemaMismatch
 from ..files import matches, sweep_temp_files
 from ..ledger import Job
+from ..localrefs import local_addresses
 from ..preflight import preflight, references_of
 from ..refstore import placeholder_url, with_urls
 from ..schemarules import check_against
@@ -64,35 +67,85 @@ async def _live_schema(ctx: RunContext, api_id: str) -> dict[str, Any] | None:
         return None
 
 
-async def check_live_schema(ctx: RunContext) -> None:
-    """Hold the batch's requests against each model's live schema before spending anything (each
-    model's schema fetched once, each distinct request checked once)."""
-    schemas: dict[str, dict[str, Any] | None] = {}
-    seen: set[int] = set()  # hashes of requests checked: small, whatever the batch size
-    async for page in pending_pages(ctx):
-        for job in page:
-            model = ctx.model_of(job)
-            if model.api_id not in schemas:
-                schemas[model.api_id] = await _live_schema(ctx, model.api_id)
-            schema = schemas[model.api_id]
-            digest = hash((model.api_id, job.params))
-            if schema is None or digest in seen:
+class SchemaCheck:
+    """Each request held against its model's live schema (fetched once per model), once per
+    distinct shape: the first request with a given set of parameters is checked whole; after it,
+    each distinct value of a parameter once, against that parameter's rule. A batch of a hundred
+    thousand prompts costs a hundred thousand string checks, not as many whole-schema checks."""
+
+    def __init__(self, ctx: RunContext):
+        self.ctx = ctx
+        self.schemas: dict[str, dict[str, Any] | None] = {}
+        self.shapes: set[tuple[str, frozenset[str]]] = set()
+        self.values: set[tuple[str, str, str]] = set()
+
+    async def check(self, job: Job, params: dict[str, Any]) -> None:
+        model = self.ctx.model_of(job)
+        if model.api_id not in self.schemas:
+            self.schemas[model.api_id] = await _live_schema(self.ctx, model.api_id)
+        schema = self.schemas[model.api_id]
+        if schema is None:
+            return
+        # A local image stands as the URL it will be when sent (made only at submission).
+        wire = with_urls(model.to_wire(params), placeholder_url)
+        shape = (model.api_id, frozenset(wire))
+        if shape not in self.shapes:
+            self.shapes.add(shape)
+            self._raise_if(job, model.api_id, check_against(schema, wire))
+            return
+        props = schema.get("properties")
+        for name, value in wire.items():
+            seen = (model.api_id, name, json.dumps(value, sort_keys=True, default=str))
+            if seen in self.values or not isinstance(props, dict):
                 continue
-            seen.add(digest)
-            # A local image stands as the URL it will be when sent (made only at submission).
-            found = check_against(schema, with_urls(model.to_wire(job.parameters()), placeholder_url))
-            if found:
-                raise SchemaMismatch(f"{job.origin}: the live API schema of {model.api_id} rejects this batch before "
-                                     f"anything was spent: {found[0]}")
+            self.values.add(seen)
+            rule: dict[str, Any] = {"type": "object", "properties": {name: props.get(name, {})}}
+            rule.update({k: schema[k] for k in ("$defs", "definitions") if k in schema})
+            self._raise_if(job, model.api_id, check_against(rule, {name: value}))
+
+    @staticmethod
+    def _raise_if(job: Job, api_id: str, found: list[Any]) -> None:
+        if found:
+            raise SchemaMismatch(f"{job.origin}: the live API schema of {api_id} rejects this batch before "
+                                 f"anything was spent: {found[0]}")
 
 
-async def check_references(ctx: RunContext) -> None:
-    """Preflight: every distinct reference URL of the batch's pending jobs checked once (what the
-    ledger vouches for is not fetched again). Raises PreflightFailed with every error at once;
-    URLs this machine cannot reach are warnings (`options.on_warning`, else the log)."""
-    uses: dict[str, str] = {}
-    async for page in pending_pages(ctx):
-        references_of(((job.origin, job.parameters()) for job in page), into=uses)
+@dataclass
+class Survey:
+    """What the start of a run learned in one pass over the jobs it may send."""
+
+    references: dict[str, str] = field(default_factory=dict)  # reference URL -> FILE:LINE (pending jobs)
+    local: dict[str, str] = field(default_factory=dict)  # local image -> FILE:LINE (pending or submitted jobs)
+
+
+async def survey(ctx: RunContext) -> Survey:
+    """One pass over the jobs this run may send: each pending request held against its model's
+    live schema (SchemaMismatch, before anything is spent), the reference URLs preflight will
+    check, and the local images to make ready (those of submitted jobs too: a refunded failure
+    sends one again)."""
+    found = Survey()
+    schema = SchemaCheck(ctx) if ctx.options.check_schema else None
+    async for page in pending_pages(ctx, states=(S.PENDING, S.SUBMITTED)):
+        for job in page:
+            params = job.parameters()
+            for value in params.values():
+                if isinstance(value, list):
+                    for address in local_addresses(value):
+                        found.local.setdefault(address, job.origin)
+            if job.state != S.PENDING.value:
+                continue
+            if ctx.options.preflight:
+                references_of(((job.origin, params),), into=found.references)
+            if schema is not None:
+                await schema.check(job, params)
+    return found
+
+
+async def check_references(ctx: RunContext, uses: dict[str, str]) -> None:
+    """Preflight: every distinct reference URL of the batch's pending jobs (`uses`, URL -> where
+    it is written) checked once (what the ledger vouches for is not fetched again). Raises
+    PreflightFailed with every error at once; URLs this machine cannot reach are warnings
+    (`options.on_warning`, else the log)."""
     if not uses:
         return
     known = await ctx.threads.run(ctx.ledger.references, list(uses))

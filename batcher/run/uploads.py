@@ -28,13 +28,10 @@ from ..ledger import LocalImage, StoredImage
 from ..localrefs import LOCAL_PREFIX, local_addresses, refuse_without_store
 from ..preflight import Outcome, check_local_file, check_url
 from ..refstore import ReferenceStore, object_name, with_urls
-from ..states import JobState as S
 from .context import RunContext
-from .startup import pending_pages
 
 log = logging.getLogger("batcher.uploads")
 PARALLEL_UPLOADS = 8
-MAY_BE_SENT = (S.PENDING, S.SUBMITTED)  # a submitted job is sent again after a refunded failure
 
 
 @dataclass
@@ -52,18 +49,6 @@ class UploadReport:
             return None
         return (f"{self.images} local reference image(s): {self.uploaded} uploaded "
                 f"({self.uploaded_bytes / 1024 / 1024:.1f} MB), {self.already_stored} already in the store")
-
-
-async def _addresses_in_use(ctx: RunContext) -> dict[str, str]:
-    """Each local address of the jobs that may be sent this run, with the FILE:LINE of its first job."""
-    uses: dict[str, str] = {}
-    async for page in pending_pages(ctx, states=MAY_BE_SENT):
-        for job in page:
-            for value in job.parameters().values():
-                if isinstance(value, list):
-                    for address in local_addresses(value):
-                        uses.setdefault(address, job.origin)
-    return uses
 
 
 def read_image(path: Path) -> bytes:
@@ -118,12 +103,13 @@ async def _ensure(ctx: RunContext, store: ReferenceStore, address: str, kind: st
     return StoredImage(store.identity, address, name, len(data), not present, ctx.wall())
 
 
-async def upload_local_images(ctx: RunContext, store: ReferenceStore | None) -> UploadReport:
-    """Make every local image of the jobs that may be sent fetchable by the API (see the module's
-    words). Raises LocalReferencesNeedStore (no store), PreflightFailed (every unreadable, changed
-    or refused image, FILE:LINE each) or ReferenceStoreError (the store failed us)."""
+async def upload_local_images(ctx: RunContext, store: ReferenceStore | None, uses: dict[str, str]
+                              ) -> UploadReport:
+    """Make every local image of the jobs that may be sent (`uses`: address -> where it is
+    written; see `startup.survey`) fetchable by the API (see the module's words). Raises
+    LocalReferencesNeedStore (no store), PreflightFailed (every unreadable, changed or refused
+    image, FILE:LINE each) or ReferenceStoreError (the store failed us)."""
     report = UploadReport()
-    uses = await _addresses_in_use(ctx)
     if not uses:
         return report
     if store is None:
