@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
+from .errors import UsageError
 from .files import file_sha256
 from .ledger import Job, Ledger
 
@@ -29,7 +30,9 @@ def iso(epoch: float | None) -> str | None:
 def job_record(job: Job, model: str | None = None, simulated: bool = False) -> dict[str, Any]:
     """A job's provenance: the request, where it came from, what it cost and where its video is.
 
-    The one record builder behind JSONL, CSV, dataset folders and the HTML report.
+    The one record builder behind JSONL, CSV, dataset folders and the HTML report. `model` is the
+    job's batch's model: it names the job's model only for a job an older ledger wrote without one
+    (a batch may mix models, so each job says its own).
     """
     params = job.parameters()
     return {
@@ -39,7 +42,7 @@ def job_record(job: Job, model: str | None = None, simulated: bool = False) -> d
         "negative_prompt": params.get("negative_prompt"), "seed": params.get("seed"), "state": job.state,
         "remote_job_id": job.remote_job_id, "credit_cost": job.credit_cost, "output_url": job.output_url,
         "file": job.file_path, "sha256": job.sha256, "error": job.error,
-        "model": model, "size": job.size, "attempts": job.attempts, "render_seconds": job.render_seconds,
+        "model": job.model or model, "size": job.size, "attempts": job.attempts, "render_seconds": job.render_seconds,
         "submitted_at": iso(job.submitted_at), "finished_at": iso(job.finished_at), "label": job.label,
         "take": job.take, "created_at": iso(job.created_at),
         # Rendered by batcher's built-in simulator: the clip is a stand-in, not a real render.
@@ -47,11 +50,25 @@ def job_record(job: Job, model: str | None = None, simulated: bool = False) -> d
     }
 
 
-def records(ledger: Ledger, batch: str | None) -> Iterator[dict[str, Any]]:
+def records(ledger: Ledger, batch: str | None, model: str | None = None) -> Iterator[dict[str, Any]]:
+    """Every job's record (of a batch, or of the ledger); only `model`'s jobs when it is given."""
     batches = {b.name: b for b in ledger.batches()}
     for job in ledger.iter_batch(batch):
         info = batches.get(job.batch)
-        yield job_record(job, info.model if info else None, bool(info and info.simulated))
+        record = job_record(job, info.model if info else None, bool(info and info.simulated))
+        if model is None or record["model"] == model:
+            yield record
+
+
+def check_model(ledger: Ledger, batch: str | None, model: str | None) -> None:
+    """Refuse a `--model` no job of the batch (or of the ledger) renders with, naming those that do."""
+    if model is None:
+        return
+    have = ledger.models_of(batch)
+    if model not in have:
+        where = f"batch {batch!r}" if batch else f"the ledger {ledger.display}"
+        raise UsageError(f"--model {model}: no job of {where} renders with it (its models: "
+                         f"{', '.join(have) or 'none'})")
 
 
 def write_jsonl(rows: Iterator[dict[str, Any]], out: IO[str]) -> int:
@@ -74,9 +91,10 @@ def write_csv(rows: Iterator[dict[str, Any]], out: IO[str]) -> int:
     return n
 
 
-def export(ledger: Ledger, batch: str | None, fmt: str, out: IO[str]) -> int:
-    """Write every job of `batch` (or of the ledger) to `out`; returns the number of records."""
-    rows = records(ledger, batch)
+def export(ledger: Ledger, batch: str | None, fmt: str, out: IO[str], model: str | None = None) -> int:
+    """Write every job of `batch` (or of the ledger; of `model` only, if given) to `out`; returns
+    the number of records."""
+    rows = records(ledger, batch, model)
     if fmt == "jsonl":
         return write_jsonl(rows, out)
     if fmt == "csv":
@@ -117,8 +135,8 @@ def _place(source: Path, target: Path, sha256: str, result: FolderExport) -> Non
     os.replace(tmp, target)
 
 
-def export_videofolder(ledger: Ledger, batch: str | None, out_dir: Path, include_failed: bool = False
-                       ) -> FolderExport:
+def export_videofolder(ledger: Ledger, batch: str | None, out_dir: Path, include_failed: bool = False,
+                       model: str | None = None) -> FolderExport:
     """A folder Hugging Face datasets' VideoFolder loads as it is: the videos and metadata.jsonl.
 
     Only completed clips whose file is present and matches its recorded sha256 go in. Exporting
@@ -137,7 +155,7 @@ def export_videofolder(ledger: Ledger, batch: str | None, out_dir: Path, include
                     continue
     result = FolderExport()
     failed: list[dict[str, Any]] = []
-    for record in records(ledger, batch):
+    for record in records(ledger, batch, model):
         if record["state"] != "completed" or not record["file"]:
             result.others += 1
             if include_failed:

@@ -9,6 +9,7 @@ makes no failing requests and leaks nothing to the image hosts.
 from __future__ import annotations
 
 import html
+import json
 import os
 import time
 from collections.abc import Mapping
@@ -48,22 +49,55 @@ body.thumbs .refs img{display:block}body.thumbs .refs .missing{display:flex}
 body.thumbs .refs img.failed{display:none}.refs img.local{display:block}
 .simulated{background:#fff3cd;color:#3d2f00;border:1px solid #e0b000;padding:6px 10px;margin:8px 0;font-weight:600}
 .error{color:#b3261e;font-size:12px;white-space:pre-wrap;word-break:break-word}
+.model{font-size:12px;font-weight:600;color:#1d1d1b}
+#compare{padding:16px 24px}
+.group{background:#fff;border-radius:8px;box-shadow:0 1px 3px #0002;padding:10px 12px;margin:0 0 16px}
+.group h2{font-size:14px;font-weight:400;margin:0 0 8px;white-space:pre-wrap;word-break:break-word}
+.cols{display:grid;grid-auto-flow:column;grid-auto-columns:minmax(280px,1fr);gap:12px;overflow-x:auto}
+.col{display:flex;flex-direction:column;gap:12px;min-width:0}
+.colhead{font-weight:600;background:#e8e8e4;border-radius:4px;padding:2px 8px}
+.none{aspect-ratio:16/9;display:flex;align-items:center;justify-content:center;background:#ddd;color:#444;padding:8px;text-align:center}
 .hidden{display:none}
 """
 
 SCRIPT = """
 (function(){
   var state=document.getElementById('f-state'), row=document.getElementById('f-row'),
-      thumbs=document.getElementById('f-thumbs'), shown=document.getElementById('shown');
+      model=document.getElementById('f-model'), compare=document.getElementById('f-compare'),
+      thumbs=document.getElementById('f-thumbs'), shown=document.getElementById('shown'),
+      main=document.getElementById('cards'), section=document.getElementById('compare'),
+      cards=[].slice.call(document.querySelectorAll('.card'));
   function apply(){
     var n=0;
-    document.querySelectorAll('.card').forEach(function(c){
-      var ok=(!state.value||c.dataset.state===state.value)&&(!row.value||c.dataset.row===row.value);
+    cards.forEach(function(c){
+      var ok=(!state.value||c.dataset.state===state.value)&&(!row.value||c.dataset.row===row.value)&&
+             (!model.value||c.dataset.model===model.value);
       c.classList.toggle('hidden',!ok); if(ok){n++;}
     });
     shown.textContent=n;
+    if(!section){return;}
+    // compare view: a model the filter leaves out loses its column; a group with no card shown goes
+    section.querySelectorAll('.col').forEach(function(col){
+      col.classList.toggle('hidden',!!model.value&&col.dataset.model!==model.value);
+    });
+    section.querySelectorAll('.group').forEach(function(g){
+      g.classList.toggle('hidden',!g.querySelector('.card:not(.hidden)'));
+    });
+  }
+  function arrange(){
+    // the same card elements, moved: into their (prompt, seed) group's model column, or back in order
+    cards.forEach(function(c){
+      if(compare.checked){
+        section.querySelector('.group[data-group="'+c.dataset.group+'"] .col[data-model="'+
+                              CSS.escape(c.dataset.model)+'"]').appendChild(c);
+      }else{main.appendChild(c);}
+    });
+    section.classList.toggle('hidden',!compare.checked); main.classList.toggle('hidden',compare.checked);
+    apply();
   }
   state.addEventListener('change',apply); row.addEventListener('change',apply);
+  model.addEventListener('change',apply);
+  if(compare){compare.addEventListener('change',arrange);}
   document.querySelectorAll('.refs img').forEach(function(i){
     i.addEventListener('error',function(){
       // a clean placeholder instead of a broken-image icon with wrapped alt text
@@ -100,22 +134,19 @@ def _credits(value: float | None) -> str:
     return "none" if value is None else format_credits(value)
 
 
-def build_report(ledger: Ledger, batch: str, out_path: Path, local_files: Mapping[str, Path] | None = None) -> int:
+def build_report(ledger: Ledger, batch: str, out_path: Path, local_files: Mapping[str, Path] | None = None,
+                 model: str | None = None) -> int:
     """Write the gallery of `batch` to `out_path`; returns the number of cards. Local references
     are shown from their files (`local_files`, content address -> file; default: where the
-    ledger last found each), with no network."""
+    ledger last found each), with no network. With `model`, only that model's jobs (and figures)."""
     if local_files is None:
-        local_files = {address: Path(image.path) for address, image in ledger.local_images().items()}
-    f = ledger.figures(batch)
+        local_files = {address: Path(image.path) for address, image in ledger.local_images(any_host=True).items()}
+    f = ledger.figures(batch, model=model)
     info, counts, spend, avg = f.batch, f.counts, f.spend, f.average_render
     first, last = f.first_submitted, f.last_finished
-    base = out_path.resolve().parent
-    cards: list[str] = []
-    rows: dict[str, tuple[str, int]] = {}
-    for record in records(ledger, batch):
-        name, n = rows.get(record["origin"], (_row_name(record), 0))
-        rows[record["origin"]] = (name, n + 1)
-        cards.append(_card(record, base, local_files or {}))
+    cards = _Cards(out_path.resolve().parent, local_files or {})
+    for record in records(ledger, batch, model):
+        cards.add(record)
     wall = f"{last - first:,.0f} s" if first and last and last > first else "n/a"
     figures: list[tuple[str, int | str]] = [("jobs", sum(counts.values()))]
     figures += [(s.value, counts[s.value]) for s in JobState if counts[s.value]]
@@ -126,26 +157,32 @@ def build_report(ledger: Ledger, batch: str, out_path: Path, local_files: Mappin
     state_options = "".join(f'<option value="{esc(s.value)}">{esc(s.value)} ({counts[s.value]})</option>'
                             for s in JobState if counts[s.value])
     row_options = "".join(f'<option value="{esc(o)}" title="{esc(o)}">{esc(name)} ({n})</option>'
-                          for o, (name, n) in rows.items())
+                          for o, (name, n) in cards.rows.items())
+    model_options = "".join(f'<option value="{esc(m)}">{esc(m)} ({n})</option>' for m, n in cards.models.items())
+    models = ", ".join(cards.models) or model or (info.model if info else "")
+    compare = ('<label><input type="checkbox" id="f-compare"> compare models (the same prompt and seed side by '
+               'side)</label>') if len(cards.models) > 1 else ""
     generated = f'<div class="meta">generated {esc(iso(time.time()))} from {esc(ledger.display)}</div>'
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width,initial-scale=1">
 <title>batcher: {esc(batch)}</title><style>{CSS}</style></head>
 <body>
-<header><h1>{esc(batch)} <small>({esc(info.model if info else '')})</small></h1>
+<header><h1>{esc(batch)} <small>({esc(models)})</small></h1>
 <div class="figs">{''.join(f'<div><b>{esc(v)}</b>{esc(k)}</div>' for k, v in figures)}</div>
 {SIMULATED_BANNER if info and info.simulated else ''}{generated}
 </header>
 <div class="bar">
 <label>state <select id="f-state"><option value="">all</option>{state_options}</select></label>
 <label>row <select id="f-row"><option value="">all</option>{row_options}</select></label>
-<label><input type="checkbox" id="f-thumbs"> show reference thumbnails (fetches them from the network)</label>
-<span><span id="shown">{len(cards)}</span> of {len(cards)} shown</span>
+<label>model <select id="f-model"><option value="">all</option>{model_options}</select></label>
+{compare}<label><input type="checkbox" id="f-thumbs"> show reference thumbnails (fetches them from the network)</label>
+<span><span id="shown">{len(cards.html)}</span> of {len(cards.html)} shown</span>
 </div>
 <main id="cards">
-{''.join(cards)}
+{''.join(cards.html)}
 </main>
+{cards.compare_section()}
 <script>{SCRIPT}</script>
 </body></html>
 """
@@ -153,7 +190,48 @@ def build_report(ledger: Ledger, batch: str, out_path: Path, local_files: Mappin
     tmp = out_path.with_name(f".{out_path.name}.tmp")
     tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, out_path)
-    return len(cards)
+    return len(cards.html)
+
+
+class _Cards:
+    """The gallery's cards, with what the filters and the compare view need: rows, models, and
+    the groups of cards with the same prompt (after templating) and seed."""
+
+    def __init__(self, base: Path, local_files: Mapping[str, Path]):
+        self.base, self.local_files = base, local_files
+        self.html: list[str] = []
+        self.rows: dict[str, tuple[str, int]] = {}
+        self.models: dict[str, int] = {}
+        self.groups: dict[tuple[str, str], tuple[int, set[str]]] = {}  # (prompt, seed) -> (index, models)
+
+    def add(self, record: dict[str, Any]) -> None:
+        name, n = self.rows.get(record["origin"], (_row_name(record), 0))
+        self.rows[record["origin"]] = (name, n + 1)
+        model = str(record.get("model") or "")
+        self.models[model] = self.models.get(model, 0) + 1
+        key = (str(record.get("prompt") or ""), json.dumps(record.get("seed")))
+        index, models = self.groups.setdefault(key, (len(self.groups), set()))
+        models.add(model)
+        self.html.append(_card(record, self.base, self.local_files, f"g{index}"))
+
+    def compare_section(self) -> str:
+        """The compare view's frame, hidden until asked for: one group per (prompt, seed), one
+        column per model (a model that did not render it says so); the page's script moves the
+        cards into it."""
+        if len(self.models) < 2:
+            return ""
+        out = ['<section id="compare" class="hidden">']
+        for (prompt, seed), (index, have) in self.groups.items():
+            shown_seed = "no seed" if seed == "null" else f"seed {esc(seed)}"
+            out.append(f'<div class="group" data-group="g{index}"><h2>{esc(prompt)} '
+                       f'<span class="meta">· {shown_seed} · {len(have)} of {len(self.models)} models</span></h2>'
+                       '<div class="cols">')
+            for m in self.models:
+                none = "" if m in have else '<div class="none">no job of this prompt and seed</div>'
+                out.append(f'<div class="col" data-model="{esc(m)}"><div class="colhead">{esc(m)}</div>{none}</div>')
+            out.append("</div></div>\n")
+        out.append("</section>")
+        return "".join(out)
 
 
 def _row_name(record: dict[str, Any]) -> str:
@@ -188,7 +266,7 @@ def _reference(ref: str, base: Path, local_files: Mapping[str, Path]) -> str:
     return f'<a href="{esc(src)}" title="{esc(path)}"><img class="local" alt="" src="{esc(src)}">{esc(path.name)}</a>'
 
 
-def _card(r: dict[str, Any], base: Path, local_files: Mapping[str, Path]) -> str:
+def _card(r: dict[str, Any], base: Path, local_files: Mapping[str, Path], group: str) -> str:
     state = r["state"]
     colour = STATE_COLOURS.get(state, "#555")
     if state == "completed" and r["file"]:
@@ -206,8 +284,10 @@ def _card(r: dict[str, Any], base: Path, local_files: Mapping[str, Path]) -> str
     cost = f", {esc(_credits(r['credit_cost']))} credits" if r.get("credit_cost") is not None else ""
     negative = f'<div class="meta">negative: {esc(r["negative_prompt"])}</div>' if r.get("negative_prompt") else ""
     error = f'<div class="error">{esc(r["error"])}</div>' if r.get("error") else ""
-    return (f'<article class="card" data-state="{esc(state)}" data-row="{esc(r["origin"])}">{media}'
+    return (f'<article class="card" data-state="{esc(state)}" data-row="{esc(r["origin"])}" '
+            f'data-model="{esc(r.get("model") or "")}" data-group="{esc(group)}">{media}'
             f'<div class="body"><span class="state" style="background:{colour}">{esc(state)}</span> '
+            f'<span class="model">{esc(r.get("model") or "")}</span> '
             f'<span class="meta">{esc(r["origin"])} · take {esc(r["take"])} · <code>{esc(r["id"][:12])}</code></span>'
             f'<p class="prompt">{esc(r["prompt"])}</p>{negative}<div class="refs">{refs}</div>'
             f'<div class="meta">asked: {params}{seed}{cost}</div>{facts}{error}</div></article>\n')

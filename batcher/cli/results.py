@@ -40,21 +40,27 @@ def _open_existing(ledger_path: str, batch: str | None = None) -> Any:
     return ledger
 
 
+model_option = click.option("--model", "model", default=None, metavar="APIID",
+                            help="Only the jobs of this model (a batch may mix models).")
+
+
 @cli.command()
 @click.argument("manifest", required=False, type=click.Path(dir_okay=False))
 @ledger_option
 @click.option("--json", "as_json", is_flag=True, help="Print an object with counts, credits_spent and more.")
 @click.option("--job", "job_key", default=None, help="Show one job's history (a key or its first characters).")
 @click.option("--rows", "by_row", is_flag=True, help="Jobs per state for each manifest row.")
-def status(manifest: str | None, ledger_path: str, as_json: bool, job_key: str | None, by_row: bool) -> None:
+@model_option
+def status(manifest: str | None, ledger_path: str, as_json: bool, job_key: str | None, by_row: bool,
+           model: str | None) -> None:
     """Show jobs per state, credits spent and held, and videos downloaded."""
-    from .. import api
-    from ..export import iso, job_record
+    from ..export import check_model, iso, job_record
     from ..views import history_lines, row_lines, status_lines
     batch = _batch_for(manifest)
     with _open_existing(ledger_path, batch) as ledger:
+        check_model(ledger, batch, model)
         if job_key:
-            jobs = ledger.find(job_key, batch)
+            jobs = [j for j in ledger.find(job_key, batch) if model is None or _model_of(ledger, j) == model]
             if not jobs:
                 raise BatcherError(f"no job whose key starts with {job_key!r}")
             if len(jobs) > 1:
@@ -72,21 +78,55 @@ def status(manifest: str | None, ledger_path: str, as_json: bool, job_key: str |
         if by_row:
             if batch is None:
                 raise click.UsageError("--rows needs the MANIFEST")
-            rows = ledger.counts_by_row(batch)
+            rows = ledger.counts_by_row_and_model(batch, model)
             if as_json:
-                click.echo(json.dumps([{"origin": o, "label": label, "prompt": prompt, "counts": c}
-                                       for o, label, prompt, c in rows], indent=2))
+                click.echo(json.dumps([{"origin": o, "label": label, "prompt": prompt, "model": m, "counts": c}
+                                       for o, label, prompt, m, c in rows], indent=2))
                 return
-            for line in row_lines(rows):
+            for line in row_lines(rows, show_model=len({r[3] for r in rows}) > 1):
                 click.echo(line)
             return
-        data = api.status(ledger, batch)
+        data = _status_data(ledger, batch, model)
         if as_json:
             click.echo(json.dumps(data, indent=2))
             return
         for name, info in ([(batch, data)] if batch else data["batches"].items()):
             for line in status_lines(name, info):
                 click.echo(line)
+
+
+def _model_of(ledger: Any, job: Any) -> str | None:
+    """The model a job renders with (its batch's, for a job an older ledger wrote without one)."""
+    if job.model:
+        return str(job.model)
+    info = ledger.batch(job.batch)
+    return info.model if info else None
+
+
+def _status_data(ledger: Any, batch: str | None, model: str | None) -> dict[str, Any]:
+    """`status`'s figures: `api.status`, with jobs and credits per model for a batch that mixes
+    models; with `model`, the same figures of that model's jobs only (batches without it left out)."""
+    from .. import api
+    from ..views import by_model_info, figures_info
+    if model is None:
+        data = api.status(ledger, batch)
+        for name, info in ([(batch, data)] if batch else data["batches"].items()):
+            per = ledger.counts_by_model(name)
+            if len(per) > 1:
+                info["by_model"] = by_model_info(per)
+        return data
+    infos = {name: {"model": model, **figures_info(ledger.figures(name, model=model)),
+                    "batch_credits_committed": round(ledger.committed(name), 2)}
+             for name in ([batch] if batch else [b.name for b in ledger.batches()])
+             if model in ledger.models_of(name)}
+    if batch:
+        return {"batch": batch, **infos[batch]}
+    totals: dict[str, int] = {}
+    for info in infos.values():
+        for state, n in info["counts"].items():
+            totals[state] = totals.get(state, 0) + n
+    return {"batches": infos, "model": model, "counts": totals,
+            "credits_spent": round(sum(i["credits_spent"] for i in infos.values()), 2)}
 
 
 @cli.command()
@@ -99,27 +139,29 @@ def status(manifest: str | None, ledger_path: str, as_json: bool, job_key: str |
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for --format videofolder.")
 @click.option("--include-failed", is_flag=True, help="videofolder: list jobs without a video in not_completed.jsonl.")
+@model_option
 def export(manifest: str | None, ledger_path: str, fmt: str, output: str, out_dir: str | None,
-           include_failed: bool) -> None:
+           include_failed: bool, model: str | None) -> None:
     """Export jobs with their provenance: JSONL or CSV records, or a VideoFolder dataset."""
+    from ..export import check_model, export_videofolder
     from ..export import export as write_export
-    from ..export import export_videofolder
     batch = _batch_for(manifest)
     with _open_existing(ledger_path, batch) as ledger:
+        check_model(ledger, batch, model)
         if fmt == "videofolder":
             if not out_dir:
                 raise click.UsageError("--format videofolder needs --out DIR")
-            r = export_videofolder(ledger, batch, Path(out_dir), include_failed)
+            r = export_videofolder(ledger, batch, Path(out_dir), include_failed, model)
             click.echo(f"{out_dir}: {r.videos} video(s) ({r.linked} linked, {r.copied} copied, {r.unchanged} "
                        f"already there) and metadata.jsonl; {r.others} job(s) without a video"
                        + (f"; {len(r.unverified)} skipped: file missing or not matching its sha256"
                           if r.unverified else ""), err=True)
             return
         if output == "-":
-            n = write_export(ledger, batch, fmt, sys.stdout)
+            n = write_export(ledger, batch, fmt, sys.stdout, model)
         else:
             with open(output, "w", encoding="utf-8", newline="") as f:
-                n = write_export(ledger, batch, fmt, f)
+                n = write_export(ledger, batch, fmt, f, model)
             click.echo(f"wrote {n} record(s) to {output}", err=True)
 
 
@@ -128,8 +170,10 @@ def export(manifest: str | None, ledger_path: str, fmt: str, output: str, out_di
 @ledger_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="report.html", show_default=True,
               help="The HTML file to write.")
-def report(manifest: str | None, ledger_path: str, output: str) -> None:
+@model_option
+def report(manifest: str | None, ledger_path: str, output: str, model: str | None) -> None:
     """Write a self-contained HTML gallery of a batch: clips, prompts, references, costs, reasons."""
+    from ..export import check_model
     from ..report import build_report
     batch = _batch_for(manifest)
     with _open_existing(ledger_path, batch) as ledger:
@@ -138,5 +182,6 @@ def report(manifest: str | None, ledger_path: str, output: str) -> None:
             if len(names) != 1:
                 raise click.UsageError(f"the ledger holds {len(names)} batches; name the MANIFEST")
             batch = names[0]
-        n = build_report(ledger, batch, Path(output))
+        check_model(ledger, batch, model)
+        n = build_report(ledger, batch, Path(output), model=model)
     click.echo(f"wrote {output} ({n} job(s))", err=True)

@@ -63,6 +63,19 @@ def create_table(model: Any) -> Step:
     return step
 
 
+def recreate_without_column(model: Any, column: str) -> Step:
+    """Drop and create again a table of cached rows that lacks `column` (nothing lost that the
+    next run does not write again); a table that has it is left alone."""
+    table = _table(model)
+
+    def step(conn: Connection) -> None:
+        if column in {c["name"] for c in inspect(conn).get_columns(table.name)}:
+            return
+        table.drop(conn, checkfirst=True)
+        table.create(conn)
+    return step
+
+
 def create_index(model: Any, name: str) -> Step:
     def step(conn: Connection) -> None:
         index: Index = next(i for i in _table(model).indexes if i.name == name)
@@ -114,6 +127,9 @@ MIGRATIONS: list[Migration] = [
         sql("UPDATE job SET model = (SELECT b.model FROM batch b WHERE b.name = job.batch) WHERE model IS NULL"),
         create_table(ModelInfoTable),
     ]),
+    # Where a local image lies is a cache that every staging writes again: a ledger whose table
+    # predates hosts is given the new one, empty, rather than rows no host can vouch for.
+    Migration(10, "local images remembered per host", [recreate_without_column(LocalImageTable, "host")]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
