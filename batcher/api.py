@@ -191,8 +191,9 @@ def simulator_state_for(ledger: str | Path) -> Path:
     return path.with_name(path.name + ".simulator.jsonl")
 
 
-def expected_render_for(to: Target, given: float) -> float:
-    """The render time to assume before any is learned: the simulator's own when simulating."""
+def expected_render_for(to: Target, given: float | None) -> float | None:
+    """The render time to assume before any is learned: the simulator's own when simulating; else
+    what was given (None: each model's typical render time)."""
     return to.simulator.config.render_seconds if to.simulator is not None else given
 
 
@@ -269,7 +270,7 @@ def run(manifest: Manifest | str | Path, *, ledger: str | Path = DEFAULT_LEDGER,
     if simulate and str(ledger) == DEFAULT_LEDGER:
         ledger = SIMULATED_LEDGER  # simulated clips never pass for real ones
     to = target(simulate=simulate, simulator_state=simulator_state_for(ledger) if simulate else None)
-    opts = RunOptions.of(concurrency=concurrency, budget=budget, expected_render=expected_render_for(to, 60.0),
+    opts = RunOptions.of(concurrency=concurrency, budget=budget, expected_render=expected_render_for(to, None),
                          out_dir=Path(out_dir) if out_dir else default_out_dir(m.batch, bool(simulate)))
     return anyio.run(lambda: run_async(m, ledger=ledger, options=opts, to=to, **kwargs))
 

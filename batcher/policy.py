@@ -203,6 +203,9 @@ class PollPlanner:
     min_samples: int = 3
     _classes: dict[tuple[Any, ...], _Observed] = field(default_factory=dict)
     _models: dict[Any, _Observed] = field(default_factory=dict)  # every class of a model together
+    # A model's own first guess, where it has one (its typical render time): before anything of
+    # it is learned it starts from this, not from `initial`.
+    guesses: dict[Any, float] = field(default_factory=dict)
 
     def seed(self, seeds: Mapping[tuple[Any, ...], RenderSeed]) -> None:
         """Start from what earlier batches measured: a seeded class answers with its seed, and a
@@ -245,9 +248,10 @@ class PollPlanner:
         if expected is None:
             # Nothing learned yet: a first poll a little before the expected render time, then
             # steps of a quarter of it, growing by `factor`.
+            initial = self.guesses.get(_model_of(job_class), self.initial)
             if polls == 0:
-                return max(self.min_interval, 0.8 * self.initial)
-            step = 0.25 * self.initial * (self.factor ** (polls - 1))
+                return max(self.min_interval, 0.8 * initial)
+            step = 0.25 * initial * (self.factor ** (polls - 1))
             return elapsed + min(self.max_interval, max(self.min_interval, step))
         mean, std = expected
         first = max(self.min_interval, mean - self.lead * density * std)

@@ -6,6 +6,7 @@ import math
 import random
 
 import anyio
+import pytest
 
 from batcher.policy import (
     Budget,
@@ -240,3 +241,10 @@ def test_in_run_renders_of_one_model_do_not_answer_for_another():
     assert abs(planner.expected(("x", 8, "1080p"))[0] - 30) < 1  # same model, other class: pooled
     assert planner.expected(("y", 5, "720p")) is None
     assert planner.next_poll(("y", 5, "720p"), 0, 0) == 8
+
+
+def test_a_model_never_measured_starts_from_its_own_guess_not_the_runs():
+    planner = PollPlanner(initial=60.0, guesses={"fast-model": 10.0})
+    assert planner.next_poll(("fast-model", 5, "720p"), 0.0, 0) == pytest.approx(8.0)
+    assert planner.next_poll(("other-model", 5, "720p"), 0.0, 0) == pytest.approx(48.0)
+    assert planner.next_poll(("fast-model", 5, "720p"), 8.0, 1) == pytest.approx(8.0 + 2.5)

@@ -49,8 +49,9 @@ def run_options(f: Any) -> Any:
                      help="Submissions per job when renders fail remotely (failures are refunded)."),
         click.option("--job-timeout", type=click.FloatRange(0), default=None,
                      help="Seconds after which a job stops being polled in this run (the next run polls it)."),
-        click.option("--expected-render", type=click.FloatRange(0.01), default=60.0, show_default=True,
-                     help="Render time to assume before any has been observed (first polls)."),
+        click.option("--expected-render", type=click.FloatRange(0.01), default=None,
+                     help="Render time to assume before any has been observed (first polls); default: each "
+                          "model's typical render time, or what earlier batches measured."),
         click.option("--max-download-mb", type=click.IntRange(1), default=2048, show_default=True,
                      help="Refuse a video larger than this."),
         rate_option,
@@ -79,7 +80,7 @@ def run_options(f: Any) -> Any:
 
 def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: int, budget: float | None,
          api_base: str | None, simulate: bool, sim_render_seconds: float, sim_fail_rate: float,
-         max_attempts: int, job_timeout: float | None, expected_render: float, max_download_mb: int,
+         max_attempts: int, job_timeout: float | None, expected_render: float | None, max_download_mb: int,
          rates: tuple[str, ...], verbose: bool, log_json: str | None, resubmit_unknown: bool = False,
          requeue: tuple[str, ...] = (), report_path: str | None = None, rpm: float | None = None,
          lease_seconds: float = 60.0, as_json: bool = False, max_retry_after: float = 300.0,

@@ -76,7 +76,7 @@ class RunContext:
             self.client.set_hooks(self.pacer.before, self.pacer.after)
         self.pauses = Pauses(o.polling.retry.base, self.pacer, self.note)
         self.budget = Budget(o.limits.budget)
-        guess = o.polling.expected_render
+        guess = o.polling.expected_render or self.model.expected_render_seconds
         self.planner = PollPlanner(initial=max(0.01, guess), max_interval=max(1.0, guess))
         self.downloads = ExpiryQueue(limit=max(64, 8 * o.saving.downloads))
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{self.rng.randrange(1 << 32):08x}"

@@ -29,7 +29,8 @@ class Limits:
 class Polling:
     """How jobs are polled, and requests retried."""
 
-    expected_render: float = 60.0  # first poll guess before anything is learned
+    # First poll guess before anything is learned; None: each model's typical render time.
+    expected_render: float | None = None
     job_timeout: float | None = None  # stop polling a job in this run after this long
     retry: RetryPolicy = field(default_factory=RetryPolicy)  # polls and downloads
     submit_retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(base=1.0, cap=30.0, max_attempts=6))

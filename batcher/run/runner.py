@@ -128,12 +128,15 @@ class Runner:
     async def _seed_planner(self) -> None:
         """Start polling from the render times the ledger measured, per job class, in this batch's
         earlier runs and in other batches of its kind. A model never measured starts from
-        --expected-render (a run cannot tell it from its default), never from another model's times."""
+        --expected-render when it is given, else from its own typical render time, never from
+        another model's times."""
         ctx = self.ctx
         batch = await ctx.threads.run(ctx.ledger.batch, ctx.batch)
         history = await ctx.threads.run(ctx.ledger.render_history, bool(batch and batch.simulated))
         seeds = class_seeds(history, _classifier(ctx.models), ctx.planner.min_samples)
         ctx.planner.seed(seeds)
+        if ctx.options.polling.expected_render is None:  # not given: each model from its typical render time
+            ctx.planner.guesses = {m.api_id: max(0.01, m.expected_render_seconds) for m in ctx.models.values()}
         for cls, seed in seeds.items():
             log.info("polling %s from %d earlier render(s): %.3g s +- %.2g s", "/".join(map(str, cls)),
                      seed.count, seed.mean, seed.std)
