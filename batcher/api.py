@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 import httpx
 
-from .catalog import ModelCatalog, needs_description, spec_of
+from .catalog import ModelCatalog, spec_of
 from .catalog import list_models as catalog_list
 from .client import DEFAULT_BASE, PixelDojoClient
 from .errors import MissingKeyError, UsageError
@@ -34,6 +34,7 @@ from .ledger import DEFAULT_LEDGER, Ledger, display_location, is_database_url, r
 from .localrefs import StoreSettings, refuse_without_store
 from .manifest import Manifest, load_manifest
 from .models import MODELS, ModelSpec, unpriced
+from .modelschema import needs_description, wanted_descriptions
 from .plan import MAX_JOBS, PlanSummary, check, iter_jobs
 from .preflight import PreflightReport, check_local_files, preflight, references_of
 from .refstore import ReferenceStore, S3Store, SimulatedStore
@@ -74,11 +75,6 @@ def refuse_unpriced(m: Manifest, overrides: dict[str, float]) -> None:
     if unknown:
         raise UsageError(f"{unknown[0]} has no known price (none published, none listed by the API): a run under "
                          f"--budget needs one: --rate {unknown[0]}=CREDITS_PER_SECOND")
-
-
-def wanted_descriptions(m: Manifest) -> list[str]:
-    """The models of a manifest the API must describe (no table, or a guessed price)."""
-    return list(dict.fromkeys([*m.unknown_models, *(i for i in m.models if needs_description(i))]))
 
 
 async def describe_models(m: Manifest, ledger: Ledger, to: Target) -> Manifest:

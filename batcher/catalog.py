@@ -17,20 +17,11 @@ import anyio
 from .client import PixelDojoClient
 from .errors import ApiError, AuthError, MalformedAnswer, RejectedError
 from .ledger import Ledger, ModelInfo
-from .models import MODELS, ModelSpec
-from .modelschema import described
+from .models import ModelSpec
+from .modelschema import described, needs_description  # noqa: F401 - re-exported
 
 CACHE_SECONDS = 24 * 3600.0  # a run asks again for a description older than this
 MAX_SCHEMA_BYTES = 1 << 20  # a description larger than this is not a model request schema
-
-
-def needs_description(api_id: str) -> bool:
-    """Whether a model must be described by the API: it has no table, or its table guesses the
-    price of its default clip (the API's creditCost replaces the guess)."""
-    spec = MODELS.get(api_id)
-    if spec is None:
-        return True
-    return str(spec.defaults().get(spec.rate_param)) in spec.guessed_rates
 
 
 def spec_of(found: ModelInfo) -> ModelSpec:

@@ -11,14 +11,8 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from .run import Progress, RunReport
-from .text import format_credits
-
-ORDER = ["completed", "rendered", "submitted", "submitting", "pending", "unknown", "failed", "expired"]
-
-
-def state_counts(counts: dict[str, int]) -> str:
-    return ", ".join(f"{counts[s]} {s}" for s in ORDER if counts.get(s))
-
+from .text import STATE_ORDER as ORDER
+from .text import format_credits, format_seconds, state_counts
 
 SHORT = {"completed": "done", "rendered": "rendered", "submitted": "rendering", "submitting": "sending",
          "pending": "waiting", "unknown": "held", "failed": "failed", "expired": "expired"}
@@ -65,15 +59,6 @@ def progress_line(p: Progress, width: int = 120) -> str:
         if spare >= 10 or len(chosen) <= 1:
             return render([t for t, _ in chosen], min(40, spare))[:limit]
         chosen.remove(min(chosen, key=lambda tp: tp[1]))
-
-
-def format_seconds(s: float) -> str:
-    s = int(s)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
 class ProgressPrinter:

@@ -32,6 +32,7 @@ key from every text an answer brings (the API may echo it back).
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 
@@ -173,3 +174,13 @@ class OversizeError(MalformedAnswer):
 
 class OutputGone(ApiError):
     """The output URL no longer serves the video (403/404/410)."""
+
+
+class ExitCode(enum.IntEnum):
+    """The process's exit status, documented in the README (the CLI maps each error to one)."""
+
+    OK = 0  # success (for `run`: every job completed)
+    ATTENTION = 1  # some jobs failed, expired, are held, or could not be finished in this run
+    USAGE = 2  # usage, manifest or configuration error
+    BUDGET = 3  # stopped by the budget or the account's credits
+    INTERRUPTED = 130  # Ctrl-C or SIGTERM

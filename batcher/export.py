@@ -8,23 +8,19 @@ import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
 from .errors import UsageError
 from .files import file_sha256
 from .ledger import Job, Ledger
+from .text import iso
 
 FIELDS = ["id", "batch", "origin", "prompt", "reference_urls", "duration", "resolution", "aspect_ratio",
           "negative_prompt", "seed", "state", "remote_job_id", "credit_cost", "output_url", "file", "sha256",
           "error"]
 EXTRA_FIELDS = ["model", "size", "attempts", "render_seconds", "submitted_at", "finished_at", "label", "take",
                 "created_at", "simulated"]
-
-
-def iso(epoch: float | None) -> str | None:
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat() if epoch else None
 
 
 def job_record(job: Job, model: str | None = None, simulated: bool = False) -> dict[str, Any]:

@@ -143,3 +143,18 @@ def _priced_builtin(builtin: ModelSpec, per_second: dict[str, float], fetched: s
     return ModelSpec(builtin.api_id, builtin.params, rates, builtin.guessed_rates - {default}, builtin.rate_param,
                      builtin.seconds_param, builtin.expected_render_seconds,
                      source=f"built-in, {default} price from the API ({fetched})")
+
+
+def needs_description(api_id: str) -> bool:
+    """Whether a model must be described by the API: it has no table, or its table guesses the
+    price of its default clip (the API's creditCost replaces the guess)."""
+    spec = MODELS.get(api_id)
+    if spec is None:
+        return True
+    return str(spec.defaults().get(spec.rate_param)) in spec.guessed_rates
+
+
+def wanted_descriptions(manifest: Any) -> list[str]:
+    """The models of a loaded manifest the API must describe: unknown ones, and built-in ones
+    whose price is a guess."""
+    return list(dict.fromkeys([*manifest.unknown_models, *(i for i in manifest.models if needs_description(i))]))

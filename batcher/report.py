@@ -16,12 +16,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .export import iso, records
+from .export import records
 from .ledger import Ledger
 from .localrefs import is_local_address
 from .media import mismatches, probe
 from .states import JobState
-from .text import format_credits
+from .text import format_credits, iso
 
 STATE_COLOURS = {"completed": "#1b7f3b", "failed": "#b3261e", "unknown": "#a15c00", "expired": "#6b4fa0",
                  "pending": "#555", "submitted": "#1f5fa8", "rendered": "#1f5fa8", "submitting": "#a15c00"}

@@ -1,8 +1,10 @@
-"""Values as people read them in messages: type names, short reprs, credits."""
+"""Values as people read them in messages: type names, short reprs, credits, durations, times,
+jobs per state."""
 
 from __future__ import annotations
 
 import enum
+from datetime import datetime, timezone
 from typing import Any
 
 
@@ -44,3 +46,27 @@ def short(value: Any, depth: int = 2) -> str:
 def format_credits(value: float) -> str:
     """1234.5 -> '1,234.5'; whole numbers without decimals."""
     return f"{value:,.2f}".rstrip("0").rstrip(".")
+
+
+# The order states are listed in, people first wanting what is done.
+STATE_ORDER = ["completed", "rendered", "submitted", "submitting", "pending", "unknown", "failed", "expired"]
+
+
+def state_counts(counts: dict[str, int]) -> str:
+    """`3 completed, 1 failed`: jobs per state, in STATE_ORDER, states without jobs left out."""
+    return ", ".join(f"{counts[s]} {s}" for s in STATE_ORDER if counts.get(s))
+
+
+def format_seconds(s: float) -> str:
+    """A duration as people read it: 42s, 3m07s, 2h05m."""
+    s = int(s)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def iso(epoch: float | None) -> str | None:
+    """A wall-clock time as ISO 8601 in UTC, or None."""
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat() if epoch else None

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .display import format_seconds, state_counts
-from .export import iso
-from .ledger import Event, Figures, Job
 from .manifest import Manifest
 from .models import ModelSpec
 from .plan import JobSpec, PlanSummary
+from .text import format_seconds, iso, state_counts
+
+if TYPE_CHECKING:  # rows of the ledger, named only: plan lines load no database package
+    from .ledger import Event, Figures, Job
 from .text import format_credits
 
 

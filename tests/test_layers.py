@@ -7,11 +7,11 @@ from pathlib import Path
 
 import batcher
 
-ORDER = ["errors", "text", "schemarules", "imagefacts", "models", "modelschema", "template", "states", "policy",
-         "diagnostics", "textfiles", "yamlfile", "rowfields", "localrefs", "rowfiles", "manifest", "rowrefs",
+ORDER = ["errors", "defaults", "text", "schemarules", "imagefacts", "models", "modelschema", "template", "states",
+         "policy", "diagnostics", "textfiles", "yamlfile", "rowfields", "localrefs", "rowfiles", "manifest", "rowrefs",
          "expansion", "rowkeys", "plan", "files", "media", "ledger", "answers", "client", "catalog", "simimages",
          "simrefs", "simmodels", "simulator", "preflight", "refstore", "run", "export", "report", "display", "views",
-         "api", "bench", "cli", "__main__"]
+         "api", "benchoracle", "benchwhole", "bench", "cli", "__main__"]
 PACKAGE = Path(batcher.__file__).parent
 
 

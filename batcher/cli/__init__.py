@@ -13,10 +13,12 @@ from typing import Any
 import click
 
 from .. import __version__
-from ..errors import BatcherError, ManifestError, PreflightFailed, UsageError
-from ..ledger import DEFAULT_LEDGER
+
+# Light imports only: `--version`, `--help`, `validate` and `plan` without a ledger never load
+# SQLAlchemy (commands import what they need when they run).
+from ..defaults import DEFAULT_LEDGER
+from ..errors import BatcherError, ExitCode, ManifestError, PreflightFailed, UsageError
 from ..plan import MAX_JOBS
-from ..run import ExitCode
 
 
 class BatcherGroup(click.Group):

@@ -7,7 +7,6 @@ from typing import Any
 
 import click
 
-from ..ledger import read_states, read_stored
 from ..manifest import load_manifest
 from ..plan import check
 from . import checked_rates, cli, ledger_option, max_jobs_option, rate_option, store_options, store_settings
@@ -29,10 +28,9 @@ def validate(manifest: str, max_jobs: int, online: bool, simulate: bool) -> None
     """Check a manifest and report every problem as FILE:LINE: message."""
     import os
 
-    from ..api import describe_offline
-    from ..ledger import DEFAULT_LEDGER
+    from ..defaults import DEFAULT_LEDGER
     # Models batcher has no table for are described from the ledger's cache (nothing is sent).
-    m = describe_offline(load_manifest(manifest), os.environ.get("BATCHER_LEDGER", DEFAULT_LEDGER))
+    m = _described(load_manifest(manifest), os.environ.get("BATCHER_LEDGER", DEFAULT_LEDGER))
     summary = check(m, max_jobs=max_jobs)
     if online:
         from ..api import check_references
@@ -63,13 +61,12 @@ def validate(manifest: str, max_jobs: int, online: bool, simulate: bool) -> None
 def plan(manifest: str, ledger_path: str, rates: tuple[str, ...], as_json: bool, list_jobs: bool,
          concurrency: int, max_jobs: int, **store: Any) -> None:
     """Show the jobs a manifest expands to, what they should cost and take; sends and writes nothing."""
-    from ..api import describe_offline
     from ..plan import iter_jobs
     from ..views import ModelShares, plan_lines
-    m = describe_offline(load_manifest(manifest), ledger_path)
+    m = _described(load_manifest(manifest), ledger_path)
     overrides = checked_rates(m, rates)
     summary = check(m, overrides, max_jobs=max_jobs)
-    states = read_states(ledger_path, m.batch)
+    states = _read_states(ledger_path, m.batch)
     data = summary.to_json()
     mixed = len(summary.by_model) > 1
     shares = ModelShares(m) if mixed else None
@@ -138,7 +135,8 @@ def _uploads(m: Any, ledger_path: str, settings: Any) -> dict[str, Any] | None:
                 "bytes_to_upload": sum(f.size for f in images.values())}
     import os
     identity = settings.identity(os.environ)
-    stored = read_stored(ledger_path, identity, list(images)) or set()
+    from ..ledger import read_stored
+    stored = (read_stored(ledger_path, identity, list(images)) if _ledger_exists(ledger_path) else None) or set()
     return {"store": identity, "count": len(images), "stored": len(stored),
             "bytes_to_upload": sum(f.size for a, f in images.items() if a not in stored)}
 
@@ -150,3 +148,29 @@ def _uploads_line(u: dict[str, Any]) -> str:
                 "(--reference-store s3://BUCKET/PREFIX or reference_store: in the manifest; --simulate needs none)")
     return (f"local images: {u['count']}, {u['stored']} already uploaded to {u['store']}, {size} left to upload "
             "(plan uploads nothing)")
+
+
+# --- the ledger, opened only when there is one (SQLAlchemy is not imported otherwise) -------------
+
+def _ledger_exists(location: str) -> bool:
+    from pathlib import Path
+
+    from ..defaults import is_database_url
+    return is_database_url(location) or Path(location).exists()
+
+
+def _read_states(location: str, batch: str) -> dict[str, str] | None:
+    if not _ledger_exists(location):
+        return None
+    from ..ledger import read_states
+    return read_states(location, batch)
+
+
+def _described(m: Any, location: str) -> Any:
+    """The manifest with the models it names that batcher has no table for described from the
+    ledger's cache (nothing is sent)."""
+    from ..modelschema import wanted_descriptions
+    if not wanted_descriptions(m):
+        return m
+    from ..api import describe_offline
+    return describe_offline(m, location)

@@ -15,15 +15,11 @@ from typing import Any
 from sqlalchemy import Connection, Engine, event, make_url
 from sqlmodel import create_engine
 
+from ..defaults import DEFAULT_LEDGER as DEFAULT_LEDGER
+from ..defaults import is_database_url as is_database_url
 from ..errors import LedgerError
 
-DEFAULT_LEDGER = "batcher.db"
 _NAMED = re.compile(r"(?<![:\w]):(\w+)")
-
-
-def is_database_url(location: str | Path) -> bool:
-    """True for a PostgreSQL URL (postgresql+psycopg://...), False for an SQLite file path."""
-    return str(location).startswith(("postgresql", "postgres://"))
 
 
 def engine_url(location: str) -> Any:

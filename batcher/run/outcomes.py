@@ -5,17 +5,8 @@ from __future__ import annotations
 
 import enum
 
+from ..errors import ExitCode
 from ..text import Word
-
-
-class ExitCode(enum.IntEnum):
-    """The process's exit status, documented in the README."""
-
-    OK = 0  # success (for `run`: every job completed)
-    ATTENTION = 1  # some jobs failed, expired, are held, or could not be finished in this run
-    USAGE = 2  # usage, manifest or configuration error
-    BUDGET = 3  # stopped by the budget or the account's credits
-    INTERRUPTED = 130  # Ctrl-C or SIGTERM
 
 
 class StopReason(Word):

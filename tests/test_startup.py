@@ -1,0 +1,47 @@
+"""Commands that need no ledger start without the database packages: `--version`, `--help`,
+`validate` and `plan` without a ledger import neither SQLAlchemy nor SQLModel (their import is
+most of a command's start-up time). Measured by `batcher bench`, checked here by what is imported."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import MANIFESTS
+
+PROBE = """
+import sys
+sys.argv = ["batcher", *{args!r}]
+try:
+    from batcher.cli import main
+    main()
+except SystemExit:
+    pass
+print("LOADED", "sqlalchemy" in sys.modules, "sqlmodel" in sys.modules)
+"""
+
+
+def loaded(args: list[str], cwd) -> str:
+    done = subprocess.run([sys.executable, "-c", PROBE.format(args=args)], capture_output=True, text=True, cwd=cwd,
+                          timeout=60)
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("args", [
+    ["--version"], ["--help"], ["run", "--help"], ["validate", str(MANIFESTS / "demo.yaml")],
+    ["plan", str(MANIFESTS / "demo.yaml")], ["plan", str(MANIFESTS / "demo.yaml"), "--json", "--jobs"],
+])
+def test_commands_without_a_ledger_never_import_the_database_packages(args, tmp_path):
+    assert loaded(args, tmp_path) == "LOADED False False"
+
+
+def test_plan_with_a_ledger_does_open_it(tmp_path):
+    from click.testing import CliRunner
+
+    from batcher.cli import cli
+    result = CliRunner().invoke(cli, ["run", str(MANIFESTS / "demo.yaml"), "--simulate", "--sim-render-seconds", "0",
+                                      "--budget", "0", "--ledger", str(tmp_path / "batcher.db"),
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 3, result.output
+    assert loaded(["plan", str(MANIFESTS / "demo.yaml")], tmp_path) == "LOADED True True"  # batcher.db is there
