@@ -130,6 +130,11 @@ MIGRATIONS: list[Migration] = [
     # Where a local image lies is a cache that every staging writes again: a ledger whose table
     # predates hosts is given the new one, empty, rather than rows no host can vouch for.
     Migration(10, "local images remembered per host", [recreate_without_column(LocalImageTable, "host")]),
+    Migration(11, "a batch's control (running, paused, cancelled) and its webhook secret", [
+        add_column(BatchTable, "control"),
+        add_column(BatchTable, "control_at"),
+        add_column(BatchTable, "webhook_secret"),
+    ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -33,6 +33,9 @@ class Batch:
     simulated: bool
     created_at: float
     updated_at: float
+    control: str = "running"  # a `Control` word: what the operator asked of every runner
+    control_at: float | None = None
+    webhook_secret: str | None = None
 
 
 @dataclass(frozen=True)

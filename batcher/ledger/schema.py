@@ -67,6 +67,13 @@ class BatchTable(SQLModel, table=True):
                                                              type_=Boolean))
     created_at: float = Field(sa_column=_real(nullable=False))
     updated_at: float = Field(sa_column=_real(nullable=False))
+    # What the operator asked of every runner of the batch: running, paused or cancelled (a
+    # `Control` word), and when.
+    control: str = Field(default="running", sa_column=Column("control", nullable=False, server_default="running",
+                                                             type_=Text))
+    control_at: float | None = Field(default=None, sa_column=_real())
+    # The secret every runner of the batch signs and checks its webhook tokens with (HMAC).
+    webhook_secret: str | None = None
 
 
 class JobTable(SQLModel, table=True):
