@@ -1,9 +1,12 @@
 """Benchmarks against the built-in simulator (`batcher bench`): figures printed, never asserted.
 
 - efficiency: ideal time / wall time for a batch, the ideal being the sum of simulated render
-  times divided by the concurrency; status polls per job.
-- ratelimit: the same with the simulator's request-rate limit on and `--rpm` set below it.
-- spare: `--rpm` well above what the batch needs: the spare rate goes into denser polls.
+  times divided by the concurrency; status polls per job. Whole process, as users meet it:
+  `batcher run` and `batcher simulator` each in its own process, beside the oracle poller
+  (benchwhole, benchoracle). efficiency-long: the same with long renders (8 s by default).
+- inprocess: a diagnostic: the efficiency run with runner and simulator in this one process.
+- ratelimit: in-process, with the simulator's request-rate limit on and `--rpm` set below it.
+- spare: in-process, `--rpm` well above what the batch needs: the spare rate goes into denser polls.
 - overhead: jobs per second with zero render time (the runner's own cost).
 - memory: the runner's resident memory through a run, against `batcher simulator` over loopback.
 - stage: seconds and peak memory to plan and add a large manifest to the ledger, and `status`.
@@ -25,24 +28,10 @@ from typing import Any
 import anyio
 
 from .api import run_async, target
+from .benchoracle import manifest_text
+from .benchwhole import bench_whole, describe
 from .run import RunOptions
 from .simulator import SimConfig, Simulator
-
-
-def manifest_text(jobs: int, batch: str = "bench", duration: int = 5) -> str:
-    """A manifest expanding to `jobs` jobs (one row with a vary list, so it stays small on disk)."""
-    per = 1000 if jobs >= 1000 else jobs
-    rows = []
-    left = jobs
-    row = 0
-    while left > 0:
-        n = min(per, left)
-        values = ", ".join(str(i) for i in range(n))
-        rows.append(f"  - prompt: 'bench row {row} shot {{n}}'\n    references: hero\n    vary:\n      n: [{values}]\n")
-        left -= n
-        row += 1
-    return (f"version: 1\nbatch: {batch}\ndefaults:\n  duration: {duration}\n"
-            f"reference_sets:\n  hero: [https://example.com/hero.png]\nrows:\n" + "".join(rows))
 
 
 @dataclass
@@ -190,53 +179,108 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
 
 
-def run_all(sections: list[str], *, jobs: int = 800, concurrency: int = 40, render: float = 1.0,
-            jitter: float = 0.2, overhead_jobs: int = 10_000, stage_jobs: int = 100_000, sim_rpm: float = 1200,
-            client_rpm: float = 1100, rate_jobs: int = 400, spare_rpm: float = 30000, memory_jobs: int = 3000,
+@dataclass
+class BenchSettings:
+    """What `batcher bench` was asked for (its options)."""
+
+    jobs: int = 800
+    concurrency: int = 40
+    render: float = 1.0
+    jitter: float = 0.2
+    long_jobs: int = 240
+    long_render: float = 8.0
+    max_polls: float = 2.5
+    overhead_jobs: int = 10_000
+    stage_jobs: int = 100_000
+    sim_rpm: float = 1200
+    client_rpm: float = 1100
+    rate_jobs: int = 400
+    spare_rpm: float = 30000
+    memory_jobs: int = 3000
+
+
+Section = Callable[[BenchSettings], tuple[dict[str, Any], list[str]]]
+
+
+def _efficiency(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
+    r = bench_whole(s.jobs, s.concurrency, s.render, s.jitter, max_polls=s.max_polls)
+    return r, describe("efficiency", r)
+
+
+def _efficiency_long(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
+    r = bench_whole(s.long_jobs, s.concurrency, s.long_render, s.jitter, max_polls=s.max_polls)
+    return r, describe("efficiency-long", r)
+
+
+def _inprocess(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
+    f = bench_run(s.jobs, s.concurrency, s.render, s.jitter)
+    return f.__dict__ | {"efficiency": f.efficiency, "diagnostic": True}, [
+        f"inprocess    diagnostic: runner and simulator in one process (not as users meet it), {s.jobs} jobs, "
+        f"concurrency {s.concurrency}, renders {s.render}s +/- {s.jitter:.0%}: wall {f.wall:.2f}s, ideal "
+        f"{f.ideal:.2f}s, efficiency {f.efficiency:.3f}, {f.polls_per_job:.2f} polls/job ({f.completed} completed)"]
+
+
+def _ratelimit(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
+    f = bench_run(s.rate_jobs, s.concurrency, s.render, s.jitter, sim_rpm=s.sim_rpm, client_rpm=s.client_rpm)
+    bound = max(f.ideal, f.requests / (s.client_rpm / 60))
+    return f.__dict__ | {"efficiency": f.efficiency, "rate_bound_seconds": bound,
+                         "share_429": f.rate_limited / max(1, f.requests)}, [
+        f"ratelimit    {s.rate_jobs} jobs, API limit {s.sim_rpm:g}/min, --rpm {s.client_rpm:g} (in-process): wall "
+        f"{f.wall:.2f}s, {f.requests} requests ({f.requests / f.wall * 60:.0f}/min), {f.rate_limited} answered 429 "
+        f"({f.rate_limited / max(1, f.requests):.2%}), {f.polls_per_job:.2f} polls/job, "
+        f"render-bound ideal {f.ideal:.2f}s ({f.completed} completed)"]
+
+
+def _spare(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
+    f = bench_run(s.jobs, s.concurrency, s.render, s.jitter, sim_rpm=s.spare_rpm * 1.1, client_rpm=s.spare_rpm)
+    return f.__dict__ | {"efficiency": f.efficiency}, [
+        f"spare rate   {s.jobs} jobs, --rpm {s.spare_rpm:g} (more than needed; in-process): wall {f.wall:.2f}s, "
+        f"efficiency {f.efficiency:.3f}, {f.polls_per_job:.2f} polls/job, {f.rate_limited} answered 429"]
+
+
+def _overhead(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
+    n, smaller = s.overhead_jobs, max(1, s.overhead_jobs // 5)
+    small = bench_overhead(smaller, s.concurrency)
+    big = bench_overhead(n, s.concurrency)
+    return {"jobs": n, **big, "jobs_per_second": n / big["wall"], "smaller_run": {"jobs": smaller, **small}}, [
+        f"overhead     {n} jobs, zero render time: {big['wall']:.2f}s, {n / big['wall']:.0f} jobs/s "
+        f"({big['completed']} completed); peak memory {big['peak_mb']:.0f} MB (vs {small['peak_mb']:.0f} MB for "
+        f"{smaller} jobs)"]
+
+
+def _memory(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
+    m = bench_memory(s.memory_jobs)
+    return {"jobs": s.memory_jobs, **m}, [
+        f"memory       {s.memory_jobs} jobs, runner alone (simulator in its own process): {m['tenth']:.0f} MB after "
+        f"10% of the run, {m['half']:.0f} MB at half way, {m['end']:.0f} MB at the end"]
+
+
+def _stage(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
+    r = bench_stage(s.stage_jobs)
+    return r, [
+        f"stage        {s.stage_jobs} jobs planned and added: {r['stage_seconds']:.2f}s, peak {r['peak_mb']:.0f} MB; "
+        f"status {r['status_seconds']:.2f}s in-process ({r['status_cli_seconds']:.2f}s as a command); "
+        f"plan as a command {r['plan_cli_seconds']:.2f}s"]
+
+
+RUNS: dict[str, Section] = {"efficiency": _efficiency, "efficiency-long": _efficiency_long, "inprocess": _inprocess,
+                            "ratelimit": _ratelimit, "spare": _spare, "overhead": _overhead, "memory": _memory,
+                            "stage": _stage}
+SECTIONS = list(RUNS)
+"""Every section, in the order they run (`batcher bench all`)."""
+DEFAULT_SECTIONS = [name for name in SECTIONS if name not in ("efficiency-long", "inprocess")]
+"""`batcher bench` with no section: all but the 8 s renders (about two minutes more) and the in-process diagnostic."""
+
+
+def run_all(sections: list[str], settings: BenchSettings | None = None, *,
             echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the named sections (in SECTIONS' order), echoing each one's lines; their figures by name."""
+    s = settings or BenchSettings()
     results: dict[str, Any] = {"machine": machine()}
     echo(f"machine: {results['machine']}")
-    if "efficiency" in sections:
-        f = bench_run(jobs, concurrency, render, jitter)
-        results["efficiency"] = f.__dict__ | {"efficiency": f.efficiency}
-        echo(f"efficiency   {jobs} jobs, concurrency {concurrency}, renders {render}s +/- {jitter:.0%}: "
-             f"wall {f.wall:.2f}s, ideal {f.ideal:.2f}s, efficiency {f.efficiency:.3f}, "
-             f"{f.polls_per_job:.2f} polls/job ({f.completed} completed)")
-    if "ratelimit" in sections:
-        f = bench_run(rate_jobs, concurrency, render, jitter, sim_rpm=sim_rpm, client_rpm=client_rpm)
-        bound = max(f.ideal, f.requests / (client_rpm / 60))
-        results["ratelimit"] = f.__dict__ | {"efficiency": f.efficiency, "rate_bound_seconds": bound,
-                                             "share_429": f.rate_limited / max(1, f.requests)}
-        echo(f"ratelimit    {rate_jobs} jobs, API limit {sim_rpm:g}/min, --rpm {client_rpm:g}: wall {f.wall:.2f}s, "
-             f"{f.requests} requests ({f.requests / f.wall * 60:.0f}/min), {f.rate_limited} answered 429 "
-             f"({f.rate_limited / max(1, f.requests):.2%}), {f.polls_per_job:.2f} polls/job, "
-             f"render-bound ideal {f.ideal:.2f}s ({f.completed} completed)")
-    if "spare" in sections:
-        f = bench_run(jobs, concurrency, render, jitter, sim_rpm=spare_rpm * 1.1, client_rpm=spare_rpm)
-        results["spare"] = f.__dict__ | {"efficiency": f.efficiency}
-        echo(f"spare rate   {jobs} jobs, --rpm {spare_rpm:g} (more than needed): wall {f.wall:.2f}s, efficiency "
-             f"{f.efficiency:.3f}, {f.polls_per_job:.2f} polls/job, {f.rate_limited} answered 429")
-    if "overhead" in sections:
-        small = bench_overhead(max(1, overhead_jobs // 5), concurrency)
-        big = bench_overhead(overhead_jobs, concurrency)
-        results["overhead"] = {"jobs": overhead_jobs, **big, "jobs_per_second": overhead_jobs / big["wall"],
-                               "smaller_run": {"jobs": max(1, overhead_jobs // 5), **small}}
-        echo(f"overhead     {overhead_jobs} jobs, zero render time: {big['wall']:.2f}s, "
-             f"{overhead_jobs / big['wall']:.0f} jobs/s ({big['completed']} completed); peak memory "
-             f"{big['peak_mb']:.0f} MB (vs {small['peak_mb']:.0f} MB for {max(1, overhead_jobs // 5)} jobs)")
-    if "memory" in sections:
-        m = bench_memory(memory_jobs)
-        results["memory"] = {"jobs": memory_jobs, **m}
-        echo(f"memory       {memory_jobs} jobs, runner alone (simulator in its own process): "
-             f"{m['tenth']:.0f} MB after 10% of the run, {m['half']:.0f} MB at half way, {m['end']:.0f} MB at the end")
-    if "stage" in sections:
-        r = bench_stage(stage_jobs)
-        results["stage"] = r
-        echo(f"stage        {stage_jobs} jobs planned and added: {r['stage_seconds']:.2f}s, "
-             f"peak {r['peak_mb']:.0f} MB; "
-             f"status {r['status_seconds']:.2f}s in-process ({r['status_cli_seconds']:.2f}s as a command); "
-             f"plan as a command {r['plan_cli_seconds']:.2f}s")
+    for name in SECTIONS:
+        if name in sections:
+            results[name], lines = RUNS[name](s)
+            for line in lines:
+                echo(line)
     return results
-
-
-SECTIONS = ["efficiency", "ratelimit", "spare", "overhead", "memory", "stage"]

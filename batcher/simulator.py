@@ -558,6 +558,9 @@ class _Handler(BaseHTTPRequestHandler):
     simulator: Simulator
     server: SimulatorServer
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: with Nagle's algorithm on, each answer waited
+    # for the client's delayed ACK (about 45 ms on loopback), a latency no real API adds.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # `format`: the stdlib's parameter name
         pass  # quiet: the record says what happened
@@ -592,6 +595,7 @@ class _Handler(BaseHTTPRequestHandler):
 class SimulatorServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # the standard library's 5 reset a pool of clients connecting at once
     fetch_reference: FetchReference | None = None  # for a simulator without its own
 
 
