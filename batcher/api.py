@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 import httpx
 
-from .catalog import ModelCatalog, spec_of
+from .catalog import ModelCatalog, UnusableDescription, spec_of
 from .catalog import list_models as catalog_list
 from .client import DEFAULT_BASE, PixelDojoClient
 from .errors import MissingKeyError, UsageError
@@ -96,9 +96,17 @@ def describe_offline(m: Manifest, ledger: str | Path) -> Manifest:
     if not wanted:
         return m
     cached = read_model_infos(ledger, wanted)
-    specs = {api_id: spec_of(found) for api_id, found in cached.items()}
-    missing = {api_id: f"not described yet: `batcher models {api_id}` fetches its description from the API "
-                       "(a run does it itself)" for api_id in m.unknown_models if api_id not in specs}
+    specs: dict[str, ModelSpec] = {}
+    missing: dict[str, str] = {}
+    for api_id, found in cached.items():
+        try:
+            specs[api_id] = spec_of(found)
+        except UnusableDescription as e:
+            missing[api_id] = str(e)
+    for api_id in m.unknown_models:
+        if api_id not in specs and api_id not in missing:
+            missing[api_id] = (f"not described yet: `batcher models {api_id}` fetches its description from the API "
+                               "(a run does it itself)")
     return load_manifest(m.path, models=specs, missing=missing) if specs or missing else m
 
 

@@ -4,6 +4,7 @@ fetched, so plans and reruns work offline and a run does not ask again for a day
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -24,10 +25,19 @@ CACHE_SECONDS = 24 * 3600.0  # a run asks again for a description older than thi
 MAX_SCHEMA_BYTES = 1 << 20  # a description larger than this is not a model request schema
 
 
+class UnusableDescription(ValueError):
+    """A model description (fetched or cached) no ModelSpec can be made of."""
+
+
 def spec_of(found: ModelInfo) -> ModelSpec:
-    """The ModelSpec a cached description makes."""
-    when = datetime.fromtimestamp(found.fetched_at, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return described(found.api_id, json.loads(found.request_schema), json.loads(found.info), f"fetched {when}")
+    """The ModelSpec a description makes. Raises UnusableDescription for one that lies about
+    itself (whatever the way: a hostile answer must not crash a command)."""
+    try:
+        when = datetime.fromtimestamp(found.fetched_at, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        return described(found.api_id, json.loads(found.request_schema), json.loads(found.info), f"fetched {when}")
+    except Exception as e:  # TypeError, OverflowError, RecursionError, JSON errors, ...
+        raise UnusableDescription(f"its description cannot be used ({type(e).__name__}); `batcher models "
+                                  f"{found.api_id} --refresh` asks the API again") from None
 
 
 async def list_models(client: PixelDojoClient) -> list[dict[str, Any]]:
@@ -88,9 +98,12 @@ class ModelCatalog:
         now = self.clock()
         for api_id in wanted:
             found = known.get(api_id)
-            if found is not None and not refresh and now - found.fetched_at < max_age:
-                out.specs[api_id] = spec_of(found)
-                continue
+            if found is not None and not refresh and 0 <= now - found.fetched_at < max_age:
+                try:
+                    out.specs[api_id] = spec_of(found)
+                    continue
+                except UnusableDescription:
+                    found = None  # asked again below
             if self.client is None:
                 out.missing[api_id] = "not described yet, and no API to ask"
                 continue
@@ -101,14 +114,19 @@ class ModelCatalog:
             except RejectedError as e:
                 out.missing[api_id] = f"the API does not know it ({e})"
                 continue
-            except (ApiError, ValueError) as e:
+            except (ApiError, ValueError, RecursionError) as e:
                 if found is not None:
-                    out.specs[api_id] = spec_of(found)  # an old description beats none
-                else:
-                    out.missing[api_id] = f"the API could not describe it ({e})"
+                    with contextlib.suppress(UnusableDescription):
+                        out.specs[api_id] = spec_of(found)  # an old description beats none
+                if api_id not in out.specs:
+                    out.missing[api_id] = f"the API could not describe it ({type(e).__name__}: {str(e)[:200]})"
+                continue
+            try:
+                out.specs[api_id] = spec_of(fresh)  # made before it is cached: a lie is never kept
+            except UnusableDescription as e:
+                out.missing[api_id] = f"the API's {e}"
                 continue
             if self.ledger is not None:
                 await anyio.to_thread.run_sync(self.ledger.remember_model_info, fresh)
-            out.specs[api_id] = spec_of(fresh)
             out.fetched.append(api_id)
         return out

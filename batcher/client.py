@@ -183,7 +183,7 @@ class PixelDojoClient:
     def _json(self, response: httpx.Response, paid: bool) -> dict[str, Any]:
         try:
             data = response.json()
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: JSON nested past reason
             data = None
         if not isinstance(data, dict):
             cls = OutcomeUnknown if paid else MalformedAnswer

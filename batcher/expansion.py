@@ -77,6 +77,9 @@ def _row_dimensions(row: Row, model: ModelSpec, diags: Diagnostics) -> tuple[lis
         elif not isinstance(seeds.value, list) or not seeds.value:
             diags.add(seeds.file, seeds.line, "seeds must be a non-empty list of integers")
             usable = False
+        elif model.param("seed") is None:
+            diags.add(seeds.file, seeds.line, f"seeds: {model.api_id} takes no seed")
+            usable = False
         else:
             dims.append(Dimension("seed", True, as_list(seeds)))
     return dims, usable
@@ -213,7 +216,8 @@ def plan_rows(manifest: Manifest, diags: Diagnostics, max_jobs: int) -> list[Row
 def _defaults_for(model: ModelSpec, manifest: Manifest) -> dict[str, Located]:
     """What a row of `model` starts from: the model's defaults, then the manifest's `defaults:`
     that this model takes (by its own name for them)."""
-    base = {name: Located(value, manifest.display, 0) for name, value in model.defaults().items()}
+    filled = {p.name for p in model.params if model.fill_defaults or p.required}
+    base = {name: Located(value, manifest.display, 0) for name, value in model.defaults().items() if name in filled}
     for name, loc in manifest.defaults.items():
         p = model.param(name)
         if p is not None:
@@ -299,7 +303,8 @@ def template_always_fits(p: Param, template: Template, plan: RowPlan, variable_a
             texts = ["{" + name + "}"]
         longest += count * max(map(len, texts))
         blank = blank and any(not text.strip() for text in texts)
-    return (p.max_length is None or longest <= p.max_length) and not (p.required and blank)
+    # A live schema's rule (a pattern, a length) is only known by checking each job's text.
+    return p.rule is None and (p.max_length is None or longest <= p.max_length) and not (p.required and blank)
 
 
 def report_missing(p: Param, loc: Located, name: str, plan: RowPlan, diags: Diagnostics) -> None:

@@ -43,6 +43,9 @@ def job_record(job: Job, model: str | None = None, simulated: bool = False) -> d
         "take": job.take, "created_at": iso(job.created_at),
         # Rendered by batcher's built-in simulator: the clip is a stand-in, not a real render.
         "simulated": simulated,
+        # Every parameter of the request as the manifest names them (a model described by the API
+        # has its own, beyond the columns above); JSONL and dataset metadata carry it, CSV does not.
+        "parameters": params,
     }
 
 

@@ -153,7 +153,7 @@ def _check_top(doc: LineDict, path: Path, display: str, diags: Diagnostics, know
     sets = _reference_sets(doc, path.parent, display, diags, set_files)
     store = _reference_store(doc, display, diags)
     rows = _rows(doc, path, display, model, diags, row_models)
-    if not rows:
+    if not rows and not models.unknown:  # (rows of models not described yet come back once they are)
         diags.raise_if_any()
     return Manifest(path=path, display=display, batch=batch, model=model, defaults=defaults,
                     reference_sets=sets, rows=rows, problems=list(diags.items), set_files=set_files,
@@ -370,6 +370,10 @@ def _rows(doc: LineDict, path: Path, display: str, model: ModelSpec, diags: Diag
             found = rows_from_file(raw, path, display, len(rows), own or model, diags)
             for row in found:
                 row.model = own
+                named = row.fields.get("model")
+                if named is not None and named.value != (own or model).api_id:
+                    diags.add(named.file, named.line, "a model column is not read in rows from a file: give "
+                                                      "'model:' on the entry that names the file")
             rows.extend(found)
         else:
             fields = row_fields(raw, display, own or model, diags, allow_from=False)

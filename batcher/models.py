@@ -15,6 +15,9 @@ from .schemarules import check_against
 from .text import short, type_name
 
 MAX_INT32 = 2_147_483_647
+# The words a manifest row keeps for itself (expansion, labels, its model, rows from a file): a
+# model parameter of the same name is written `api_<name>` in manifests.
+ROW_WORDS = ("seeds", "vary", "repeat", "name", "model", "from")
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,10 @@ class ModelSpec:
     # table below), and whether any price is known (else a budgeted run needs --rate).
     source: str = "built-in"
     price_known: bool = True
+    # Whether a job's request (and so its key) holds the model's defaults. A model described by
+    # the API does not: a default the API adds or changes later must not change the keys of jobs
+    # already paid for (their requests say what the manifest says, the API fills in the rest).
+    fill_defaults: bool = True
 
     def param(self, name: str) -> Param | None:
         """Find a parameter by manifest name, wire name or alias."""
@@ -283,8 +290,10 @@ def check_rates(models: list[ModelSpec], overrides: dict[str, float]) -> str | N
 def unpriced(models: list[ModelSpec], overrides: dict[str, float]) -> list[str]:
     """The models whose price nobody knows (not published, not listed by the API, no `--rate`):
     a run under a budget cannot spend on them."""
-    return [m.api_id for m in models if not m.price_known
-            and not any(k == m.api_id or k.startswith(m.api_id + ":") for k in overrides)]
+    def priced(m: ModelSpec) -> bool:  # a rate for the model, or for each of its resolutions
+        return m.api_id in overrides or (bool(m.resolutions()) and all(
+            f"{m.api_id}:{r}" in overrides or r in overrides for r in m.resolutions()))
+    return [m.api_id for m in models if not m.price_known and not priced(m)]
 
 
 def get_model(api_id: str) -> ModelSpec | None:

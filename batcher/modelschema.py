@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from .models import MODELS, ModelSpec, Param
+from .models import MODELS, ROW_WORDS, ModelSpec, Param
 from .schemarules import manifest_name
 
 DEFINITION_KEYS = ("$defs", "definitions")
@@ -71,7 +71,10 @@ def params_of(schema: Mapping[str, Any]) -> tuple[Param, ...]:
             continue
         rule = _with_definitions(_resolved(raw, schema), schema)
         name = "references" if len(url_lists) == 1 and wire == url_lists[0] else manifest_name(wire)
-        aliases = tuple(dict.fromkeys(a for a in (wire, manifest_name(wire)) if a != name))
+        if name in ROW_WORDS or (name == "references" and wire not in url_lists):
+            name = f"api_{name}"  # a row's own word (or the references' name) is never the API's
+        aliases = tuple(dict.fromkeys(a for a in (wire, manifest_name(wire))
+                                      if a != name and a not in ROW_WORDS and a != "references"))
         default = rule.get("default")
         description = rule.get("description") if isinstance(rule.get("description"), str) else None
         choices = tuple(str(c) for c in rule["enum"]) if isinstance(rule.get("enum"), list) else ()
@@ -101,11 +104,19 @@ def price_of(info: Mapping[str, Any]) -> tuple[dict[str, float], float | None]:
     return {}, None
 
 
+MAX_PRICE = 1e6  # credits a second or a job: past this a price is not believed
+
+
 def _positive(value: Any) -> float | None:
-    """A price the API gave, if it is one: a finite number above 0 (never text, true or NaN)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
-        return float(value)
-    return None
+    """A price the API gave, if it is one: a finite number above 0 and below MAX_PRICE (never
+    text, true, NaN, or an integer too large for a float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) and 0 < number <= MAX_PRICE else None
 
 
 def described(api_id: str, schema: Mapping[str, Any], info: Mapping[str, Any], fetched: str) -> ModelSpec:
@@ -117,17 +128,20 @@ def described(api_id: str, schema: Mapping[str, Any], info: Mapping[str, Any], f
         return _priced_builtin(builtin, per_second, fetched)
     params = params_of(schema)
     by_name = {p.name: p for p in params}
-    seconds_param = "duration" if "duration" in by_name else ""
+    # Prices multiply seconds and vary by resolution only when those parameters are plain values.
+    seconds_param = "duration" if _numeric(by_name.get("duration")) else ""
     if per_job is not None and not per_second:
         # A price per job: estimates are rate x seconds, so a job counts as one second.
         per_second, seconds_param = {"*": per_job}, ""
     # The published price is the default clip's: other resolutions' prices are guesses.
-    rate = by_name.get("resolution")
+    rate = by_name.get("resolution") if _textual(by_name.get("resolution")) else None
     others = frozenset(c for c in (rate.choices if rate else ()) if rate is not None and c != str(rate.default))
     if per_second and rate is not None and rate.default is not None:
         per_second = {str(rate.default): per_second["*"], **per_second}
-    return ModelSpec(api_id, params, per_second, others if per_second else frozenset(), rate_param="resolution",
-                     seconds_param=seconds_param, source=f"live schema ({fetched})", price_known=bool(per_second))
+    return ModelSpec(api_id, params, per_second, others if per_second else frozenset(),
+                     rate_param="resolution" if rate is not None else "",
+                     seconds_param=seconds_param, source=f"live schema ({fetched})", price_known=bool(per_second),
+                     fill_defaults=False)
 
 
 def _priced_builtin(builtin: ModelSpec, per_second: dict[str, float], fetched: str) -> ModelSpec:
@@ -158,3 +172,24 @@ def wanted_descriptions(manifest: Any) -> list[str]:
     """The models of a loaded manifest the API must describe: unknown ones, and built-in ones
     whose price is a guess."""
     return list(dict.fromkeys([*manifest.unknown_models, *(i for i in manifest.models if needs_description(i))]))
+
+
+def _numeric(p: Param | None) -> bool:
+    """A parameter whose values are numbers (its type, its enum and its default)."""
+    if p is None or p.rule is None:
+        return False
+    kind = p.rule.get("type")
+    kinds: list[Any] = kind if isinstance(kind, list) else [kind]
+    enum = p.rule.get("enum")
+    values = [*(enum if isinstance(enum, list) else []), *([] if p.default is None else [p.default])]
+    return bool({"integer", "number"} & set(kinds)) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+
+
+def _textual(p: Param | None) -> bool:
+    """A parameter whose values are text (its enum and default): one a price can vary by."""
+    if p is None:
+        return False
+    enum = p.rule.get("enum") if p.rule is not None else None
+    values = [*(enum if isinstance(enum, list) else p.choices), *([] if p.default is None else [p.default])]
+    return all(isinstance(v, str) for v in values)

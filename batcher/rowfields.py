@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .diagnostics import Diagnostics, suggest
-from .models import ModelSpec
+from .models import ROW_WORDS, ModelSpec
 from .text import short
 from .yamlfile import LineDict, LineList, key_line, value_line
 
 # Row fields that are not API parameters.
-ROW_EXTRAS = ("seeds", "vary", "repeat", "name", "model")
 FROM_FIELD = "from"
+ROW_EXTRAS = tuple(w for w in ROW_WORDS if w != FROM_FIELD)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from .patterns import backtracks
 from .text import short, type_name
 
 MAX_DEPTH = 50  # schema levels followed: deeper rules are reported as unchecked
@@ -108,15 +109,11 @@ def describe_parameters(schema: Schema) -> list[ParameterFacts]:
     root = root if isinstance(root := _resolved(schema, schema), Mapping) else {}
     props, required = root.get("properties"), root.get("required")
     needed = {k for k in required if isinstance(k, str)} if isinstance(required, list) else set()
-    facts = []
-    for wire, rule in props.items() if isinstance(props, Mapping) else ():
-        rule = _resolved(schema, rule)
-        if isinstance(wire, str) and isinstance(rule, Mapping):
-            text = rule.get("description")
-            facts.append(ParameterFacts(_snake(wire), wire, _type_text(schema, rule, 0), wire in needed,
-                                        rule.get("default"), _rule_text(schema, rule, 0),
-                                        " ".join(text.split()) or None if isinstance(text, str) else None))
-    return facts
+    rules = [(w, _resolved(schema, r)) for w, r in (props.items() if isinstance(props, Mapping) else ())]
+    return [ParameterFacts(_snake(w), w, _type_text(schema, r, 0), w in needed, r.get("default"),
+                           _rule_text(schema, r, 0),
+                           " ".join(t.split()) or None if isinstance(t := r.get("description"), str) else None)
+            for w, r in rules if isinstance(w, str) and isinstance(r, Mapping)]
 
 
 class _Check:
@@ -206,6 +203,8 @@ class _Check:
             out.append(Violation(path, f"{_brief(value)} is not an http or https URL"))
 
     def _compiled(self, pattern: str, path: Path) -> re.Pattern[str] | None:
+        if pattern not in self._patterns and backtracks(pattern):
+            self._patterns[pattern] = None  # the API judges it: re has no time limit (see `patterns`)
         if pattern not in self._patterns:
             try:  # ECMA-262 names a group (?<name>...) where Python's re wants (?P<name>...)
                 self._patterns[pattern] = re.compile(re.sub(r"(?<!\\)\(\?<(?![=!])", "(?P<", pattern))

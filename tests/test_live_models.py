@@ -200,7 +200,8 @@ def test_prices_come_from_where_they_are_known_and_guesses_are_marked():
     unknown = described("nopr-x", WAN_SCHEMA, {}, "now")
     assert not unknown.price_known and unknown.estimate({"duration": 5}) == 0 and unknown.is_guess({})
     assert unpriced([unknown, wan], {}) == ["nopr-x"]
-    assert unpriced([unknown], {"nopr-x": 2.0}) == [] and unpriced([unknown], {"nopr-x:720p": 2.0}) == []
+    assert unpriced([unknown], {"nopr-x": 2.0}) == [] and unpriced([unknown], {"nopr-x:720p": 2.0}) == ["nopr-x"]
+    assert unpriced([unknown], {"nopr-x:720p": 2.0, "480p": 1.0}) == []  # every resolution has a rate
     assert unknown.estimate({"duration": 5}, {"nopr-x": 2.0}) == 10
     live = described("happyhorse-1.1-r2v", {}, {"creditCost": {"type": "per_second", "amount": 5}}, "now")
     assert live.rate({"resolution": "720p"}) == 5 and not live.is_guess({"resolution": "720p"})
@@ -239,3 +240,101 @@ def test_names_map_by_rule_and_either_spelling_is_accepted(tmp_path):
     with pytest.raises(ManifestError) as caught:
         check(load_manifest(three, models={"wan-x": wan}))
     assert [str(d) for d in caught.value.diagnostics] == [f"{three}:5: references takes at most 2 URLs, got 3"]
+
+
+# --- what a hostile review found -------------------------------------------------------------------
+
+def test_keys_do_not_move_when_the_api_adds_an_optional_parameter_with_a_default(tmp_path):
+    before = described("wan-x", WAN_SCHEMA, {}, "then")
+    later = {**WAN_SCHEMA, "properties": {**WAN_SCHEMA["properties"],
+                                           "enhancePrompt": {"type": "boolean", "default": True}}}
+    after = described("wan-x", later, {}, "now")
+    path = tmp_path / "m.yaml"
+    path.write_text("version: 1\nmodel: wan-x\nrows:\n  - prompt: a\n  - prompt: b\n")
+    keys = [[j.key for j in expand(load_manifest(path, models={"wan-x": spec}))] for spec in (before, after)]
+    assert keys[0] == keys[1]
+    assert "duration" not in expand(load_manifest(path, models={"wan-x": after}))[0].params  # the API fills it in
+
+
+def test_a_manifest_whose_only_rows_name_an_undescribed_model_runs(tmp_path, served):
+    sim, base = served
+    path = tmp_path / "only.yaml"
+    path.write_text("version: 1\nrows:\n  - prompt: a castle at dawn\n    model: wan-2.5-t2v\n    seeds: [1, 2]\n")
+    report = run(path, tmp_path, base)
+    assert report.counts["completed"] == 2 and sim.record()["runs_by_model"] == {"wan-2.5-t2v": 2}
+
+
+@pytest.mark.parametrize("schema, info", [
+    ({**WAN_SCHEMA, "properties": {**WAN_SCHEMA["properties"], "duration": {"type": "string", "enum": ["5", "10"]}}},
+     {"creditCost": {"type": "per_second", "amount": 3}}),
+    ({**WAN_SCHEMA, "properties": {**WAN_SCHEMA["properties"], "resolution": {"type": "object",
+                                                                            "default": {"width": 1280}}}},
+     {"creditCost": {"type": "per_second", "amount": 3}}),
+    (WAN_SCHEMA, {"creditCost": {"type": "per_second", "amount": 10 ** 400}}),
+    (WAN_SCHEMA, {"creditCost": {"type": "per_second", "amount": 1e308}}),
+])
+def test_descriptions_that_lie_about_their_shape_plan_without_a_traceback(tmp_path, schema, info):
+    spec = described("odd-x", schema, info, "now")
+    path = tmp_path / "m.yaml"
+    path.write_text("version: 1\nmodel: odd-x\nrows:\n  - prompt: a\n")
+    summary = check(load_manifest(path, models={"odd-x": spec}))
+    assert summary.jobs == 1 and summary.credits >= 0
+
+
+def test_a_cached_description_that_cannot_be_used_is_a_line_not_a_traceback(tmp_path):
+    from batcher.ledger import ModelInfo
+    with Ledger(tmp_path / "l.db") as led:
+        led.remember_model_info(ModelInfo("wan-2.5-t2v", "{}", "{not json", 1.0))
+    path = tmp_path / "m.yaml"
+    path.write_text("version: 1\nmodel: wan-2.5-t2v\nrows:\n  - prompt: a\n")
+    result = CliRunner().invoke(cli, ["plan", str(path), "--ledger", str(tmp_path / "l.db")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "its description cannot be used (JSONDecodeError); `batcher models wan-2.5-t2v --refresh`" in result.output
+
+
+def test_parameters_named_like_a_rows_own_words_are_written_api_name():
+    schema = {"type": "object", "properties": {"prompt": {"type": "string"}, "repeat": {"type": "integer"},
+                                               "seeds": {"type": "array"}, "model": {"type": "string"},
+                                               "references": {"type": "string"}}}
+    names = {p.name: p.wire for p in described("odd-x", schema, {}, "now").params}
+    assert names == {"prompt": "prompt", "api_repeat": "repeat", "api_seeds": "seeds", "api_model": "model",
+                     "api_references": "references"}
+
+
+def test_seeds_for_a_model_without_a_seed_are_refused_not_merged(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text("version: 1\nmodel: wan-x\nrows:\n  - prompt: a\n    seeds: [1, 2]\n")
+    with pytest.raises(ManifestError) as caught:
+        check(load_manifest(path, models={"wan-x": described("wan-x", WAN_SCHEMA, {}, "now")}))
+    assert [str(d) for d in caught.value.diagnostics] == [f"{path}:5: seeds: wan-x takes no seed"]
+
+
+def test_a_templated_prompt_is_held_to_a_live_pattern_by_check_as_by_the_run(tmp_path):
+    schema = {**WAN_SCHEMA, "properties": {**WAN_SCHEMA["properties"],
+                                           "prompt": {"type": "string", "maxLength": 10}}}
+    path = tmp_path / "m.yaml"
+    path.write_text("version: 1\nmodel: wan-x\nrows:\n  - prompt: 'a {thing} at dawn'\n"
+                    "    vary:\n      thing: [cat, very long castle]\n")
+    with pytest.raises(ManifestError) as caught:
+        check(load_manifest(path, models={"wan-x": described("wan-x", schema, {}, "now")}))
+    assert any("prompt:" in str(d) and "the most is 10" in str(d) for d in caught.value.diagnostics)
+
+
+def test_a_model_column_in_a_rows_file_is_refused_not_ignored(tmp_path):
+    (tmp_path / "rows.csv").write_text("prompt,model\nA dog,nonexistent-model\n")
+    path = tmp_path / "m.yaml"
+    path.write_text("version: 1\nrows:\n  - from: rows.csv\n    references: [https://example.com/a.png]\n")
+    with pytest.raises(ManifestError) as caught:
+        check(load_manifest(path))
+    assert any("a model column is not read in rows from a file" in str(d) for d in caught.value.diagnostics)
+
+
+def test_exports_carry_every_parameter_of_a_live_model(tmp_path, served):
+    sim, base = served
+    path = tmp_path / "mix.yaml"
+    path.write_text(MIXED)
+    run(path, tmp_path, base)
+    records = [r for r in api.export_records(tmp_path / "l.db", "compare") if r["model"] == "wan-2.5-t2v"]
+    assert len(records) == 2
+    assert all(r["parameters"]["guidance_scale"] == 6.5 and r["parameters"]["camera_motion"] == "pan-left"
+               for r in records)

@@ -345,3 +345,15 @@ def test_any_schema_and_value_give_a_list_of_violations(schema, value):
     assert isinstance(found, list) and all(isinstance(v, Violation) and "\n" not in str(v) for v in found)
     assert time.monotonic() - started < 5
     describe_parameters(schema if isinstance(schema, dict) else {})
+
+
+@pytest.mark.parametrize("pattern", ["^(a+)+$", "(a|aa)*b", "(a*)*", r"^(?:[a-z]+\s?)+$"])
+def test_a_pattern_that_could_backtrack_for_ever_is_not_run(pattern):
+    from batcher.patterns import backtracks
+    assert backtracks(pattern)
+    # Run, this would not end in our lifetime: it is left to the API.
+    assert check_against({"pattern": pattern}, "a" * 40 + "!") == []
+
+
+def test_safe_patterns_are_still_checked():
+    assert lines({"pattern": "^[a-z-]+$"}, "Snow") == ["'Snow' does not match the pattern '^[a-z-]+$'"]

@@ -11,6 +11,7 @@ refunded remote failures leave attempts."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -40,9 +41,17 @@ from .uploads import with_local_urls
 log = logging.getLogger("batcher.run")
 
 
+def _ratio_key(model: str) -> tuple[str, str]:
+    """Where `cost_seen` keeps the most a model was charged over its estimate (beside its classes)."""
+    return ("charged-over-estimate", model)
+
+
 def estimate_for(ctx: RunContext, job: Job) -> float:
-    # If the API charged more than our estimate for this kind of job, reserve that instead.
-    return max(job.estimate, ctx.cost_seen.get(ctx.model_of(job).job_class(job.parameters()), 0.0))
+    # If the API charged more than our estimate for this kind of job, reserve that instead; and
+    # for the model's other kinds, their estimate scaled as this one was found to be low.
+    model = ctx.model_of(job)
+    scaled = job.estimate * ctx.cost_seen.get(_ratio_key(model.api_id), 1.0)
+    return max(job.estimate, scaled, ctx.cost_seen.get(model.job_class(job.parameters()), 0.0))
 
 
 async def submit_and_follow(ctx: RunContext, job: Job) -> None:
@@ -53,22 +62,25 @@ async def submit_and_follow(ctx: RunContext, job: Job) -> None:
     not_sent = 0
     first_try = time.monotonic()
     while True:
-        # Until the API has charged one job of a kind, only one of that kind is in flight: an
-        # estimate that is too low (a --rate below the real price) costs one job, not a wave.
-        while cls not in ctx.cost_seen and cls in ctx.probing and ctx.submitting_allowed:
+        # Until the API has charged one job of a kind, only one of that kind is in flight, and
+        # until it has charged one of a model, one of that model: an estimate that is too low (a
+        # --rate or a listed price below the real one) costs one job, not a wave per kind.
+        gate = cls if _ratio_key(model.api_id) in ctx.cost_seen else (model.api_id,)
+        while gate not in ctx.cost_seen and gate in ctx.probing and ctx.submitting_allowed:
             await ctx.budget_changed()
+            gate = cls if _ratio_key(model.api_id) in ctx.cost_seen else (model.api_id,)
         estimate = estimate_for(ctx, job)
         outcome = Submitted.BUDGET
         probe = cls not in ctx.cost_seen
         if probe:
-            ctx.probing.add(cls)
+            ctx.probing.add(gate)
         try:
             if await ctx.reserve(estimate):
                 await ctx.wait_pause(job)
                 outcome, job = await submit_once(ctx, job, wire, estimate)
         finally:
             if probe:
-                ctx.probing.discard(cls)
+                ctx.probing.discard(gate)
                 ctx.budget_signal()
         if outcome is Submitted.BUDGET and ctx.budget.reservations:
             await ctx.budget_changed()
@@ -186,8 +198,12 @@ async def _accepted(ctx: RunContext, job: Job, attempt_id: int, estimate: float,
     charge = answer.credit_cost if answer.credit_cost is not None else estimate
     ctx.budget.settle(estimate, charge)
     ctx.budget_signal()
-    cls = ctx.model_of(job).job_class(job.parameters())
+    model = ctx.model_of(job)
+    cls = model.job_class(job.parameters())
     ctx.cost_seen[cls] = max(ctx.cost_seen.get(cls, 0.0), charge)
+    over = charge / estimate if estimate > 0 else (math.inf if charge > 0 else 1.0)
+    ratio = _ratio_key(model.api_id)
+    ctx.cost_seen[ratio] = max(ctx.cost_seen.get(ratio, 1.0), min(over, 1e6))
     submitted_at = ctx.wall()
     ledger = ctx.ledger
 
