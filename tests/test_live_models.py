@@ -338,3 +338,18 @@ def test_exports_carry_every_parameter_of_a_live_model(tmp_path, served):
     assert len(records) == 2
     assert all(r["parameters"]["guidance_scale"] == 6.5 and r["parameters"]["camera_motion"] == "pan-left"
                for r in records)
+
+
+def test_a_price_far_below_the_real_one_costs_one_job_past_the_budget_not_one_per_kind(tmp_path):
+    from batcher.simulator import SimConfig, Simulator
+    sim = Simulator(SimConfig(render_seconds=0.02, rates={"720p": 40.0, "1080p": 72.0}))  # 10x the estimate
+    path = tmp_path / "m.yaml"
+    path.write_text("version: 1\nrows:\n  - prompt: a\n    references: [https://example.com/a.png]\n"
+                    "    vary:\n      duration: [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]\n")
+    opts = RunOptions.of(out_dir=tmp_path / "out", expected_render=0.02, budget=300, concurrency=16)
+    report = anyio.run(lambda: api.run_async(path, ledger=tmp_path / "l.db", options=opts,
+                                             to=api.target(simulate=sim)))
+    charged = [j["cost"] for j in sim.record()["jobs"]]
+    # Before: the first job of each of the 13 durations went at once (13 jobs, 3,600 credits).
+    assert sum(charged) <= 300 + max(charged), charged
+    assert report.stop_reason is not None and report.stop_reason.value == "budget"
