@@ -330,7 +330,7 @@ def test_a_model_column_in_a_rows_file_is_refused_not_ignored(tmp_path):
 
 
 def test_exports_carry_every_parameter_of_a_live_model(tmp_path, served):
-    sim, base = served
+    _sim, base = served
     path = tmp_path / "mix.yaml"
     path.write_text(MIXED)
     run(path, tmp_path, base)
