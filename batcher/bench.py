@@ -8,6 +8,8 @@
 - ratelimit: in-process, with the simulator's request-rate limit on and `--rpm` set below it.
 - spare: in-process, `--rpm` well above what the batch needs: the spare rate goes into denser polls.
 - overhead: jobs per second with zero render time (the runner's own cost).
+- shared: what a shared ledger costs: jobs and claims per second, whole process, zero render, one
+  runner on SQLite and on PostgreSQL, several at once on PostgreSQL (benchshared; needs --pg-url).
 - memory: the runner's resident memory through a run, against `batcher simulator` over loopback.
 - stage: seconds and peak memory to plan and add a large manifest to the ledger, and `status`.
 """
@@ -29,6 +31,7 @@ import anyio
 
 from .api import run_async, target
 from .benchoracle import manifest_text
+from .benchshared import section as shared_section
 from .benchwhole import bench_whole, describe
 from .run import RunOptions
 from .simulator import SimConfig, Simulator
@@ -197,6 +200,9 @@ class BenchSettings:
     rate_jobs: int = 400
     spare_rpm: float = 30000
     memory_jobs: int = 3000
+    pg_url: str | None = None  # the `shared` section's PostgreSQL database (a schema is made per measurement)
+    shared_jobs: int = 2000
+    shared_runners: int = 4
 
 
 Section = Callable[[BenchSettings], tuple[dict[str, Any], list[str]]]
@@ -248,6 +254,10 @@ def _overhead(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
         f"{smaller} jobs)"]
 
 
+def _shared(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
+    return shared_section(s.pg_url, s.shared_jobs, s.shared_runners, s.concurrency)
+
+
 def _memory(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
     m = bench_memory(s.memory_jobs)
     return {"jobs": s.memory_jobs, **m}, [
@@ -264,12 +274,13 @@ def _stage(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
 
 
 RUNS: dict[str, Section] = {"efficiency": _efficiency, "efficiency-long": _efficiency_long, "inprocess": _inprocess,
-                            "ratelimit": _ratelimit, "spare": _spare, "overhead": _overhead, "memory": _memory,
-                            "stage": _stage}
+                            "ratelimit": _ratelimit, "spare": _spare, "overhead": _overhead, "shared": _shared,
+                            "memory": _memory, "stage": _stage}
 SECTIONS = list(RUNS)
 """Every section, in the order they run (`batcher bench all`)."""
 DEFAULT_SECTIONS = [name for name in SECTIONS if name not in ("efficiency-long", "inprocess")]
-"""`batcher bench` with no section: all but the 8 s renders (about two minutes more) and the in-process diagnostic."""
+"""`batcher bench` with no section: all but the 8 s renders (about two minutes more) and the in-process diagnostic
+(`shared` without a PostgreSQL URL prints one line saying how to run it)."""
 
 
 def run_all(sections: list[str], settings: BenchSettings | None = None, *,

@@ -11,11 +11,12 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from .run import Progress, RunReport
+from .states import counts_text
 from .text import STATE_ORDER as ORDER
-from .text import format_credits, format_seconds, state_counts
+from .text import format_credits, format_seconds
 
 SHORT = {"completed": "done", "rendered": "rendered", "submitted": "rendering", "submitting": "sending",
-         "pending": "waiting", "unknown": "held", "failed": "failed", "expired": "expired"}
+         "pending": "waiting", "unknown": "held", "failed": "failed", "expired": "expired", "cancelled": "cancelled"}
 
 
 def _eta(p: Progress) -> str:
@@ -23,7 +24,7 @@ def _eta(p: Progress) -> str:
     those it covers, and the line says so."""
     done = p.counts.get("completed", 0)
     rate = p.completed_this_run / p.elapsed if p.elapsed > 0 else 0.0
-    ended = done + p.counts.get("failed", 0) + p.counts.get("expired", 0) + p.counts.get("unknown", 0)
+    ended = done + sum(p.counts.get(s, 0) for s in ("failed", "expired", "unknown", "cancelled"))
     goal = p.total if p.covered is None else min(p.total, p.covered)
     left = goal - ended
     note = f" (budget stops at ~{goal:,} of {p.total:,})" if p.covered is not None else ""
@@ -91,7 +92,7 @@ class ProgressPrinter:
 def summary(report: RunReport, out_dir: str, retry_command: Callable[[str], str] | None = None) -> list[str]:
     """The end-of-run summary: where the batch stands, what it cost, and, for jobs that did not
     finish, their reasons grouped and the command that retries them (`retry_command(state)`)."""
-    lines = [f"batch {report.batch!r}: {state_counts(report.counts) or 'no jobs'} "
+    lines = [f"batch {report.batch!r}: {counts_text(report.counts) or 'no jobs'} "
              f"(of {report.total}) in {format_seconds(report.elapsed)}"]
     budget = f" of a {format_credits(report.budget)} budget" if report.budget is not None else ""
     lines.append(f"credits: {format_credits(report.spent)} spent{budget}; {report.submitted} submitted this run, "
@@ -111,6 +112,11 @@ def summary(report: RunReport, out_dir: str, retry_command: Callable[[str], str]
         if retry_command is not None:
             paid = " (refunded failures; a retry pays again)" if state == "failed" else " (renders again, paying again)"
             lines.append(f"  to retry them{paid}: {retry_command(state)}")
+    if report.counts.get("cancelled"):
+        lines.append(f"cancelled ({report.counts['cancelled']}): never sent; `batcher resume` (the same MANIFEST, "
+                     f"or --batch {report.batch}) puts them back to pending, then `batcher run` renders them")
+    elif report.control == "paused":
+        lines.append("the batch is paused: `batcher resume` lets its runners submit again")
     lines.extend(report.messages)
     return lines
 
@@ -120,6 +126,7 @@ def summary_json(report: RunReport, out_dir: str, retry_command: Callable[[str],
     """The same summary for machines (`batcher run --json`)."""
     return {
         "batch": report.batch, "exit_code": report.exit_code, "stop_reason": report.stop_reason,
+        "control": report.control,
         "counts": report.counts, "jobs": report.total, "credits_spent": round(report.spent, 2),
         "budget": report.budget, "held_unknown": report.held_jobs, "resubmit_cost": round(report.held_cost, 2),
         "submitted_this_run": report.submitted, "downloaded_this_run": report.completed,

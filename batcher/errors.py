@@ -183,4 +183,5 @@ class ExitCode(enum.IntEnum):
     ATTENTION = 1  # some jobs failed, expired, are held, or could not be finished in this run
     USAGE = 2  # usage, manifest or configuration error
     BUDGET = 3  # stopped by the budget or the account's credits
+    CANCELLED = 4  # the batch was cancelled (`batcher cancel`): paid work finished, nothing more sent
     INTERRUPTED = 130  # Ctrl-C or SIGTERM

@@ -1,12 +1,14 @@
 """Job states and the one table of transitions between them.
 
     pending ──► submitting ──► submitted ──► rendered ──► completed
-       ▲            │  │  │        │ │ │         │  │
-       │            │  │  └► failed │ │ └► pending │  └► expired
-       │            │  └► unknown   │ └► failed     └► failed (download refused: size cap, not a video)
-       │            │               └► unknown (paid, but the API no longer knows the job)
-       │            └► pending (never reached the API: safe to send again)
-       └──── unknown / failed / expired (only when the user asks: `batcher retry`)
+     ▲ │ ▲          │  │  │        │ │ │         │  │
+     │ │ │          │  │  └► failed │ │ └► pending │  └► expired
+     │ │ │          │  └► unknown   │ └► failed     └► failed (download refused: size cap, not a video)
+     │ │ │          │               └► unknown (paid, but the API no longer knows the job)
+     │ │ │          └► pending (never reached the API: safe to send again)
+     │ │ └──── unknown / failed / expired (only when the user asks: `batcher retry`)
+     │ └► cancelled (`batcher cancel`: never sent, and never will be while the batch is cancelled)
+     └──── cancelled (`batcher resume`)
 
 - submitting: the intent is on disk and the POST may be on the wire; a crash here leaves the
   outcome unknown, so start-up turns it into `unknown`, never back into `pending`.
@@ -15,12 +17,22 @@
 - submitted: the API gave a job id; polled until it ends.
 - rendered: the API finished and gave an output URL; the video is not on disk yet.
 - completed: the video is on disk, verified, with its size and sha256.
+- cancelled: a job that was pending when its batch was cancelled. Only a pending job can be
+  cancelled (one that reached `submitting` may have been paid for: it is followed to its end);
+  a cancelled job is never submitted (the intent is a compare-and-set from `pending`); `batcher
+  resume` puts it back to pending. A job that becomes pending again while its batch is cancelled
+  (a refunded failure, a submission that never left) is cancelled by the runner that sees it.
+
+A batch has a control word too (`Control`), set by `batcher pause / resume / cancel` and obeyed by
+every runner of the batch: running -> paused -> running, running or paused -> cancelled ->
+running (resume). Setting the word a batch already has changes nothing; a cancelled batch cannot
+be paused (resume it first).
 """
 
 from __future__ import annotations
 
 from .errors import IllegalTransition
-from .text import Word
+from .text import STATE_ORDER, Word, state_counts
 
 
 class JobState(Word):
@@ -34,12 +46,14 @@ class JobState(Word):
     COMPLETED = "completed"
     FAILED = "failed"
     EXPIRED = "expired"
+    CANCELLED = "cancelled"
 
 
 S = JobState
 
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    S.PENDING: frozenset({S.SUBMITTING}),
+    # -> cancelled: `batcher cancel` (or a runner of a cancelled batch); never from a later state.
+    S.PENDING: frozenset({S.SUBMITTING, S.CANCELLED}),
     # -> pending: provably not sent (connection refused, 429 before acceptance, no credits).
     S.SUBMITTING: frozenset({S.SUBMITTED, S.UNKNOWN, S.PENDING, S.FAILED}),
     # -> pending only through `batcher retry --unknown` or `run --resubmit-unknown`: the user's consent.
@@ -53,6 +67,8 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     S.COMPLETED: frozenset({S.RENDERED}),
     S.FAILED: frozenset({S.PENDING}),
     S.EXPIRED: frozenset({S.PENDING}),
+    # -> pending only through `batcher resume`.
+    S.CANCELLED: frozenset({S.PENDING}),
 }
 
 # States in which the API is (or may be) holding credits for the job.
@@ -60,6 +76,36 @@ IN_FLIGHT = frozenset({S.SUBMITTING, S.SUBMITTED})
 HELD = frozenset({S.UNKNOWN})
 FINAL = frozenset({S.COMPLETED, S.FAILED, S.EXPIRED})
 NEEDS_ATTENTION = frozenset({S.FAILED, S.EXPIRED, S.UNKNOWN})
+
+
+class Control(Word):
+    """What the operator asked of every runner of a batch (stored in `batch.control`)."""
+
+    RUNNING = "running"  # submit, poll, download
+    PAUSED = "paused"  # no new submissions; jobs in flight are polled and downloaded; runners wait
+    CANCELLED = "cancelled"  # pending jobs cancelled; paid work finished; runners exit
+
+    @classmethod
+    def of(cls, word: str | None) -> Control:
+        """The word as stored; one this version does not know counts as paused (submit nothing)."""
+        try:
+            return cls(word or "running")
+        except ValueError:
+            return cls.PAUSED
+
+
+CONTROL_MOVES: dict[Control, frozenset[Control]] = {
+    Control.RUNNING: frozenset({Control.PAUSED, Control.CANCELLED}),
+    Control.PAUSED: frozenset({Control.RUNNING, Control.CANCELLED}),
+    Control.CANCELLED: frozenset({Control.RUNNING}),
+}
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    """`3 completed, 2 cancelled`: `text.state_counts`, then the states its order leaves out."""
+    shown = state_counts(counts)
+    rest = ", ".join(f"{n} {s}" for s, n in counts.items() if n and s not in STATE_ORDER)
+    return ", ".join(part for part in (shown, rest) if part)
 
 
 def can_move(source: JobState, target: JobState) -> bool:

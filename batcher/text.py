@@ -49,7 +49,8 @@ def format_credits(value: float) -> str:
 
 
 # The order states are listed in, people first wanting what is done.
-STATE_ORDER = ["completed", "rendered", "submitted", "submitting", "pending", "unknown", "failed", "expired"]
+STATE_ORDER = ["completed", "rendered", "submitted", "submitting", "pending", "unknown", "failed", "expired",
+               "cancelled"]
 
 
 def state_counts(counts: dict[str, int]) -> str:

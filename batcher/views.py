@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 from .manifest import Manifest
 from .models import ModelSpec
 from .plan import JobSpec, PlanSummary
-from .text import format_seconds, iso, state_counts
+from .states import counts_text
+from .text import format_seconds, iso
 
 if TYPE_CHECKING:  # rows of the ledger, named only: plan lines load no database package
     from .ledger import Event, Figures, Job
@@ -149,14 +150,15 @@ def status_lines(name: str | None, info: dict[str, Any]) -> list[str]:
     model = f", model {info['model']}" if info.get("model") else ""
     if model:
         budget = f" by this model; the batch: {format_credits(info['batch_credits_committed'])} committed{budget}"
-    lines = [f"batch {name!r}{model}{sim}: {info['jobs']} job(s): {state_counts(info['counts']) or 'none'}",
+    lines = [f"batch {name!r}{model}{sim}: {info['jobs']} job(s): {counts_text(info['counts']) or 'none'}",
              f"  credits: {format_credits(info['credits_spent'])} spent, {format_credits(info['credits_held'])} "
              f"held for unknown outcomes, {format_credits(info['credits_refunded'])} refunded; "
              f"{format_credits(info['credits_committed'])} committed{budget}",
              f"  videos: {info['videos']} downloaded, {info['bytes']:,} bytes"]
     for api_id, share in info.get("by_model", {}).items():
-        lines.append(f"  {api_id}: {share['jobs']} job(s): {state_counts(share['counts']) or 'none'}; "
+        lines.append(f"  {api_id}: {share['jobs']} job(s): {counts_text(share['counts']) or 'none'}; "
                      f"{format_credits(share['credits_spent'])} credits spent")
+    lines += _control_lines(info)
     if info["untrusted_costs"]:
         lines.append(f"  warning: {info['untrusted_costs']} job(s) were answered with a creditCost that cannot be "
                      f"believed (negative or not a number); their estimates are counted instead. "
@@ -171,6 +173,19 @@ def status_lines(name: str | None, info: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _control_lines(info: dict[str, Any]) -> list[str]:
+    """What the operator asked of the batch's runners, unless it is the usual (running)."""
+    control = info.get("control") or "running"
+    since = f" since {info['control_at']}" if info.get("control_at") else ""
+    if control == "paused":
+        return [f"  control: paused{since} (`batcher pause`): runners submit nothing new and wait; jobs in "
+                f"flight are polled and downloaded; `batcher resume` goes on"]
+    if control == "cancelled":
+        return [f"  control: cancelled{since} (`batcher cancel`): nothing more is submitted; `batcher resume` puts "
+                f"its cancelled jobs back to pending"]
+    return [] if control == "running" else [f"  control: {control}{since}"]
+
+
 def row_lines(rows: list[tuple[str, str, str, str, dict[str, int]]], show_model: bool = False) -> list[str]:
     """`batcher status --rows`: each row by origin, label (and model, when the batch mixes them)
     and the start of its prompt."""
@@ -179,7 +194,7 @@ def row_lines(rows: list[tuple[str, str, str, str, dict[str, int]]], show_model:
         start = " ".join(prompt.split())
         start = start if len(start) <= 40 else start[:39] + "…"
         named = f" {model}" if show_model else ""
-        lines.append(f"{origin} {label}{named} \"{start}\": {state_counts(counts)}")
+        lines.append(f"{origin} {label}{named} \"{start}\": {counts_text(counts)}")
     return lines
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import batcher
 
-ORDER = ["errors", "defaults", "text", "schemarules", "imagefacts", "models", "modelschema", "template", "states",
-         "policy", "diagnostics", "textfiles", "yamlfile", "rowfields", "localrefs", "rowfiles", "manifest", "rowrefs",
-         "expansion", "rowkeys", "plan", "files", "media", "ledger", "answers", "client", "catalog", "simimages",
-         "simrefs", "simmodels", "simulator", "preflight", "refstore", "run", "export", "report", "display", "views",
-         "api", "benchoracle", "benchwhole", "bench", "cli", "__main__"]
+ORDER = ["errors", "defaults", "text", "patterns", "schemarules", "imagefacts", "models", "modelschema", "template",
+         "states", "policy", "diagnostics", "textfiles", "yamlfile", "rowfields", "localrefs", "rowfiles", "manifest",
+         "rowrefs", "expansion", "rowkeys", "plan", "files", "media", "ledger", "answers", "client", "catalog",
+         "simimages", "simrefs", "simmodels", "simulator", "preflight", "refstore", "run", "export", "report",
+         "display", "views", "watchview", "api", "benchoracle", "benchwhole", "benchshared", "bench", "cli", "__main__"]
 PACKAGE = Path(batcher.__file__).parent
 
 

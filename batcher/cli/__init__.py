@@ -3,7 +3,7 @@ exits the process.
 
 Exit codes: 0 every job completed (or the command succeeded); 1 some jobs failed or need
 attention; 2 usage, manifest or configuration error; 3 stopped by the budget or the account's
-credits; 130 interrupted.
+credits; 4 the batch was cancelled (`batcher cancel`); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -146,4 +146,4 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 # The commands, registered on `cli` as their modules load.
-from . import catalog, plans, results, running, tools  # noqa: E402,F401 - import for the commands they define
+from . import catalog, control, plans, results, running, tools, watch  # noqa: E402,F401 - import for the commands they define

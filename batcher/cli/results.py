@@ -114,9 +114,10 @@ def _status_data(ledger: Any, batch: str | None, model: str | None) -> dict[str,
             per = ledger.counts_by_model(name)
             if len(per) > 1:
                 info["by_model"] = by_model_info(per)
+            info.update(_control_of(ledger, name))
         return data
     infos = {name: {"model": model, **figures_info(ledger.figures(name, model=model)),
-                    "batch_credits_committed": round(ledger.committed(name), 2)}
+                    "batch_credits_committed": round(ledger.committed(name), 2), **_control_of(ledger, name)}
              for name in ([batch] if batch else [b.name for b in ledger.batches()])
              if model in ledger.models_of(name)}
     if batch:
@@ -127,6 +128,14 @@ def _status_data(ledger: Any, batch: str | None, model: str | None) -> dict[str,
             totals[state] = totals.get(state, 0) + n
     return {"batches": infos, "model": model, "counts": totals,
             "credits_spent": round(sum(i["credits_spent"] for i in infos.values()), 2)}
+
+
+def _control_of(ledger: Any, name: str) -> dict[str, Any]:
+    """The batch's control word (running, paused, cancelled: `batcher pause / resume / cancel`)."""
+    from ..text import iso
+    found = ledger.control_word(name)
+    word, at = found if found is not None else ("running", None)
+    return {"control": str(word), "control_at": iso(at)}
 
 
 @cli.command()

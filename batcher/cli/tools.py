@@ -52,7 +52,8 @@ def simulator(host: str, port: int, api_key: str, credit_balance: float, render_
 
 @cli.command()
 @click.argument("sections", nargs=-1, type=click.Choice(["efficiency", "efficiency-long", "inprocess", "ratelimit",
-                                                          "spare", "overhead", "memory", "stage", "all"]))
+                                                          "spare", "overhead", "shared", "memory", "stage",
+                                                          "all"]))
 @click.option("--jobs", default=800, show_default=True, help="Jobs in the efficiency run.")
 @click.option("--concurrency", default=40, show_default=True, help="Jobs in flight.")
 @click.option("--render", default=1.0, show_default=True, help="Mean simulated render seconds.")
@@ -67,6 +68,12 @@ def simulator(host: str, port: int, api_key: str, credit_balance: float, render_
 @click.option("--overhead-jobs", default=10_000, show_default=True, help="Jobs in the zero-render run.")
 @click.option("--stage-jobs", default=100_000, show_default=True, help="Jobs planned and added to a ledger.")
 @click.option("--memory-jobs", default=3000, show_default=True, help="Jobs in the memory run (over loopback).")
+@click.option("--pg-url", envvar="BATCHER_BENCH_PG", default=None, metavar="URL",
+              help="PostgreSQL database for the shared section (or set BATCHER_BENCH_PG): "
+                   "postgresql+psycopg://USER:PASS@HOST/DB; a schema is made and dropped per measurement.")
+@click.option("--shared-jobs", default=2000, show_default=True, help="Jobs in each run of the shared section.")
+@click.option("--shared-runners", default=4, show_default=True, type=click.IntRange(1),
+              help="Runner processes at once on one PostgreSQL ledger in the shared section.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON too.")
 def bench(sections: tuple[str, ...], as_json: bool, **options: Any) -> None:
     """Benchmark batcher against the built-in simulator and print a table of figures.

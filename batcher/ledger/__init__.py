@@ -9,6 +9,7 @@ them, in one SQLite file (one host) or one PostgreSQL database (many hosts).
     transitions  every state change, as a write operation (the submission protocol included)
     leases       claims, renewals, releases, runners and their heartbeats
     figures      counts, spend, budget outlook, failure reasons
+    control      a batch's control word (pause, resume, cancel) and what it does to the jobs
     references   what preflight found at each reference URL; local images and where they are stored
     modelinfo    models the API described, cached
 """
@@ -24,6 +25,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import SQLModel
 
 from ..errors import LedgerError
+from .control import ControlChange, LedgerControl
 from .dialect import (
     DEFAULT_LEDGER,
     display_location,
@@ -34,6 +36,7 @@ from .dialect import (
     readonly_sqlite_engine,
 )
 from .figures import LedgerFigures
+from .fleet import Fleet, LedgerFleet, RunnerStatus
 from .leases import LedgerLeases
 from .migrations import MIGRATIONS, SCHEMA_VERSION, Migration
 from .modelinfo import LedgerModelInfo
@@ -54,15 +57,17 @@ from .rows import (
 from .transitions import LedgerTransitions
 
 __all__ = [
-    "DEFAULT_LEDGER", "MIGRATIONS", "SCHEMA_VERSION", "Attempt", "Batch", "Event", "Figures", "Job", "Ledger",
-    "LocalImage", "Migration", "ModelInfo", "Reference", "SQLModel", "Spend", "StoredImage", "display_location",
-    "engine_url", "is_database_url", "postgres_engine", "read_model_infos", "read_states", "read_stored"
+    "DEFAULT_LEDGER", "MIGRATIONS", "SCHEMA_VERSION", "Attempt", "Batch", "ControlChange", "Event", "Figures", "Fleet",
+    "Job", "Ledger", "LocalImage", "Migration", "ModelInfo", "Reference", "RunnerStatus", "SQLModel", "Spend",
+    "StoredImage", "display_location", "engine_url", "is_database_url", "postgres_engine", "read_model_infos",
+    "read_states", "read_stored"
 ]
 
 T = TypeVar("T")
 
 
-class Ledger(LedgerTransitions, LedgerLeases, LedgerFigures, LedgerReferences, LedgerModelInfo):
+class Ledger(LedgerTransitions, LedgerLeases, LedgerFigures, LedgerReferences, LedgerModelInfo, LedgerFleet,
+             LedgerControl):
     """One ledger. Writes return operations (`write`, `write_many`, or the run's group writer
     commit them); reads return frozen rows."""
 

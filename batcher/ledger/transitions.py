@@ -12,6 +12,7 @@ from sqlalchemy import Connection, text
 
 from ..errors import BudgetExceeded, IllegalTransition, LeaseLost, LedgerError
 from ..states import JobState, check_move
+from .control import BatchNotRunning
 from .store import LedgerStore
 
 
@@ -70,27 +71,35 @@ class LedgerTransitions(LedgerStore):
                          batch: str | None = None, budget: float | None = None) -> Callable[[Connection], int]:
         """The intent before a paid POST, in one transaction: job -> submitting, an attempt row, and
         the reservation added to the batch's running total, checked against `budget` there, so
-        runners on different hosts together never exceed it. Returns the attempt id."""
+        runners on different hosts together never exceed it. Refused (BatchNotRunning) while the
+        batch is paused or cancelled. Returns the attempt id."""
         move = self.move(job_id, source, JobState.SUBMITTING, "submit-intent", f"reserved {reserved:g} credits",
                          token=token)
         now = self.clock()
 
         def op(conn: Connection) -> int:
             name = batch or conn.execute(text("SELECT batch FROM job WHERE id = :id"), {"id": job_id}).scalar_one()
-            if budget is None:
-                move(conn)
-            else:
+            if budget is not None:
                 # This runner's own --budget, against the batch's total of every runner's spending.
                 committed = self._lock_batch(conn, name)
                 if committed + reserved > budget + 1e-9:
                     raise BudgetExceeded(f"budget reached: {committed:g} of {budget:g} credits committed; the next "
                                          f"job needs {reserved:g}", committed)
+            # Only while the batch is running: a pause or cancel committed before this intent refuses
+            # it here, whatever a runner has read. (The batch row first, then the job's: the order
+            # `batcher cancel` locks them in.)
+            if self.x(conn, "UPDATE batch SET committed = committed + :r WHERE name = :b AND control = 'running'",
+                      {"r": reserved, "b": name}).rowcount != 1:
+                word = conn.execute(text("SELECT control FROM batch WHERE name = :b"), {"b": name}).scalar()
+                raise BatchNotRunning(f"job {job_id}: not sent, its batch is {word}")
+            if budget is None:
+                move(conn)
+            else:
                 self.move(job_id, source, JobState.SUBMITTING, "submit-intent",
                           f"reserved {reserved:g} credits; batch total {committed + reserved:g} of budget {budget:g}",
                           token=token)(conn)
             number = self.x(conn, "UPDATE job SET attempts = attempts + 1 WHERE id = :id RETURNING attempts",
                             {"id": job_id}).scalar_one()
-            self.x(conn, "UPDATE batch SET committed = committed + :r WHERE name = :b", {"r": reserved, "b": name})
             attempt_id: int = self.x(conn, "INSERT INTO attempt (job_id, number, outcome, reserved, refunded, "
                                            "started_at) VALUES (:j, :n, 'submitting', :r, FALSE, :t) RETURNING id",
                                      {"j": job_id, "n": number, "r": reserved, "t": now}).scalar_one()

@@ -1,6 +1,7 @@
 """What every loop of a run shares: the ledger and its group writer, the client, the budget, the
-pauses, the poll planner, the download queue, and the run's stop reason and messages. Loops get
-the context explicitly; job rows are frozen, so each write returns the job as it now is."""
+pauses, the poll planner, the download queue, the batch's control word as last read, and the run's
+stop reason and messages. Loops get the context explicitly; job rows are frozen, so each write
+returns the job as it now is."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from ..errors import UsageError
 from ..ledger import Job, Ledger
 from ..models import ModelSpec
 from ..policy import Budget, PollPlanner, RatePolicy
-from ..states import JobState
+from ..states import Control, JobState
 from .downloads_queue import ExpiryQueue
 from .options import RunOptions
 from .outcomes import StopReason
@@ -64,7 +65,9 @@ class RunContext:
     image_names: dict[str, str] = field(default_factory=dict)  # local image address -> its object in the store
     models: dict[str, ModelSpec] = field(default_factory=dict)  # by API id: every model of the batch's jobs
     core: anyio.CancelScope | None = None
+    control: Control = Control.RUNNING  # the batch's control word, as the control watcher last read it
     _budget_changed: anyio.Event | None = None
+    _control_changed: anyio.Event | None = None
 
     def __post_init__(self) -> None:
         o = self.options
@@ -107,10 +110,41 @@ class RunContext:
             self.stop_reason = reason
         self.note(message)
         self.budget_signal()
+        self.control_signal()
 
     @property
     def submitting_allowed(self) -> bool:
         return self.stop_reason is None
+
+    @property
+    def paused(self) -> bool:
+        """The batch is paused (`batcher pause`) and this run has not stopped for another reason."""
+        return self.control is Control.PAUSED and self.submitting_allowed
+
+    @property
+    def may_claim_pending(self) -> bool:
+        """New submissions may start: not stopped, not paused."""
+        return self.submitting_allowed and self.control is Control.RUNNING
+
+    # --- the operator's word (`batcher pause / resume / cancel`) --------------------------------
+
+    def control_signal(self) -> None:
+        """Wake whatever waits on the control word (it changed, or the run stopped)."""
+        if self._control_changed is not None:
+            self._control_changed.set()
+        self._control_changed = anyio.Event()
+
+    async def control_changed(self, timeout: float | None = None) -> None:
+        """Until the control word changes (or `timeout` seconds pass)."""
+        if self._control_changed is None:
+            self._control_changed = anyio.Event()
+        with anyio.move_on_after(timeout):
+            await self._control_changed.wait()
+
+    async def until_submitting(self) -> None:
+        """While the batch is paused, wait: for `resume`, or for the run to stop (`cancel`)."""
+        while self.paused:
+            await self.control_changed()
 
     # --- writes of one job ---------------------------------------------------------------------
 
@@ -154,6 +188,9 @@ class RunContext:
     async def reserve(self, estimate: float) -> bool:
         """Reserve `estimate`; while other submissions' answers may free room, wait for them."""
         while True:
+            # The batch is paused (`batcher pause`): nothing new is sent until it resumes. (A pause
+            # that comes after this point refuses the intent in the ledger: see `run/control.py`.)
+            await self.until_submitting()
             if not self.submitting_allowed:
                 return False
             if self.budget.reserve(estimate):

@@ -1,6 +1,8 @@
 """The feeder and the leases: claim jobs a few at a time (paid work first: rendered, then
 submitted, then pending) so several runners share a batch; keep the leases alive; reap the
-leases of runners that died, and hold as `unknown` what they left mid-submission."""
+leases of runners that died, and hold as `unknown` what they left mid-submission. While the batch
+is paused the feeder claims paid work only, and waits for `resume` instead of ending while
+pending jobs remain."""
 
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ async def feed(ctx: RunContext, send: MemoryObjectSendStream[Job]) -> None:
     claim_size = max(1, ctx.options.limits.concurrency)
     async with send:
         while True:
-            states = [S.RENDERED, S.SUBMITTED] + ([S.PENDING] if ctx.submitting_allowed else [])
+            states = [S.RENDERED, S.SUBMITTED] + ([S.PENDING] if ctx.may_claim_pending else [])
             lease = ctx.options.limits.lease_seconds
             jobs = await ctx.threads.run(ctx.ledger.claim, ctx.batch, states, ctx.owner, lease,
                                          claim_size, ctx.generation)
@@ -52,16 +54,50 @@ async def feed(ctx: RunContext, send: MemoryObjectSendStream[Job]) -> None:
                 for job in jobs:
                     if job.state == S.RENDERED.value:
                         await ctx.downloads.put(job)
-                    elif job.state == S.PENDING.value and not ctx.submitting_allowed:
+                    elif job.state == S.PENDING.value and not ctx.may_claim_pending:
                         skipped.append(job.id)
                     else:
                         await send.send(job)
                 # Pending jobs we may no longer submit go back at once, for runners that still can.
                 await ctx.threads.run(ctx.ledger.release_jobs, skipped, ctx.owner)
                 continue
+            # Another runner may have staged the manifest again since we started (the same command on
+            # another host): its pending jobs carry a newer generation. Take it up, when every model
+            # of the batch is one this run can send.
+            if await _newer_generation(ctx):
+                continue
             # Nothing claimable. Other runners may still hand work back (a lease that runs out, a
             # job whose submission dies with its runner): wait for them, reaping as we go.
-            if not await ctx.threads.run(ctx.ledger.held_by_others, ctx.batch, ctx.owner, ctx.submitting_allowed):
+            if not await ctx.threads.run(ctx.ledger.held_by_others, ctx.batch, ctx.owner, ctx.submitting_allowed) \
+                    and not await _paused_with_work(ctx):
                 return
-            await anyio.sleep(min(2.0, ctx.options.limits.lease_seconds / 4))
+            # (a change of the control word wakes it: resumed, pending jobs are claimed at once)
+            await ctx.control_changed(min(2.0, ctx.options.limits.lease_seconds / 4))
             await reap(ctx)
+
+
+async def _newer_generation(ctx: RunContext) -> bool:
+    """Whether the batch was staged again since this run started, with models it knows: then its
+    generation is taken up (pending jobs of the newer staging become claimable)."""
+    def newer() -> int | None:
+        latest = ctx.ledger.generation(ctx.batch)
+        if latest == ctx.generation or not set(ctx.ledger.models_of(ctx.batch)) <= set(ctx.models):
+            return None
+        return latest
+    latest = await ctx.threads.run(newer)
+    if latest is None:
+        return False
+    ctx.generation = latest
+    return True
+
+
+async def _paused_with_work(ctx: RunContext) -> bool:
+    """The batch is paused and still has jobs to send: wait for `resume` rather than end. (Jobs of
+    the batch's latest manifest: another runner may have staged it since this one started.)"""
+    if not ctx.paused:
+        return False
+
+    def pending() -> bool:
+        latest = ctx.ledger.generation(ctx.batch)
+        return bool(ctx.ledger.jobs_in(ctx.batch, [S.PENDING], limit=1, generation=latest))
+    return await ctx.threads.run(pending)

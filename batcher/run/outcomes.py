@@ -1,11 +1,11 @@
-"""How things end, as enums: a run's stop reason (which owns its exit code), and the outcome of
-one submission or one job's polling. The CLI's exit codes are defined here, once."""
+"""How things end, as enums: a run's stop reason (which owns its exit code, one of `ExitCode`'s,
+defined once in errors), and the outcome of one submission or one job's polling."""
 
 from __future__ import annotations
 
 import enum
 
-from ..errors import ExitCode
+from ..errors import ExitCode as ExitCode  # re-exported: stop reasons name their exit codes
 from ..text import Word
 
 
@@ -18,6 +18,7 @@ class StopReason(Word):
     AUTH = "auth"
     DISK = "disk"
     UNREACHABLE = "unreachable"
+    CANCELLED = "cancelled"  # `batcher cancel`: the operator's word, obeyed by every runner
 
     @property
     def overriding(self) -> bool:
@@ -27,9 +28,11 @@ class StopReason(Word):
     @property
     def exit_code(self) -> ExitCode | None:
         """The exit status this reason forces, or None (then the jobs' states decide)."""
-        return {StopReason.AUTH: ExitCode.USAGE, StopReason.DISK: ExitCode.USAGE,
-                StopReason.INTERRUPTED: ExitCode.INTERRUPTED, StopReason.BUDGET: ExitCode.BUDGET,
-                StopReason.CREDITS: ExitCode.BUDGET}.get(self)
+        codes: dict[StopReason, ExitCode] = {
+            StopReason.AUTH: ExitCode.USAGE, StopReason.DISK: ExitCode.USAGE,
+            StopReason.INTERRUPTED: ExitCode.INTERRUPTED, StopReason.BUDGET: ExitCode.BUDGET,
+            StopReason.CREDITS: ExitCode.BUDGET, StopReason.CANCELLED: ExitCode.CANCELLED}
+        return codes.get(self)
 
 
 class Submitted(enum.Enum):

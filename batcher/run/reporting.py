@@ -73,6 +73,7 @@ class RunReport:
     # Failed and expired jobs by reason: (state, reason, count, a few keys), largest first.
     failures: list[tuple[str, str, int, list[str]]] = field(default_factory=list)
     uploads: str | None = None  # what became of the batch's local reference images, in a line
+    control: str = "running"  # the batch's control word as this run last saw it (`states.Control`)
 
     @property
     def total(self) -> int:

@@ -1,7 +1,8 @@
 """The run's wiring: one task group per run, tasks named. A feeder claims jobs into a bounded
 stream; `concurrency` workers each carry one job from submission to the end of its render;
 downloaders take finished jobs from a bounded queue; one writer commits the ledger writes; the
-pacer, the heartbeat, progress and signals run beside them. Memory stays flat in the batch size."""
+pacer, the heartbeat, the control watcher (`batcher pause / resume / cancel`), progress and
+signals run beside them. Memory stays flat in the batch size."""
 
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from ..client import PixelDojoClient
 from ..errors import BatcherError, LeaseLost
 from ..ledger import Job, Ledger
+from ..ledger.control import BatchNotRunning
 from ..models import ModelSpec
 from ..policy import class_seeds
 from ..states import JobState as S
 from .context import RunContext
+from .control import cancel_leftovers, control_at_start, read_control, watch_control
 from .downloads import downloader
 from .feeder import feed, heartbeat, reap, register
 from .options import RunOptions
@@ -72,19 +75,15 @@ class Runner:
                 if ctx.pacer is not None:
                     outer.start_soon(self._run_pacer, pacing, name="request-pacer")
                 try:
-                    found = await survey(ctx)  # one pass: schema, references, local images
-                    if ctx.options.preflight:
-                        await check_references(ctx, found.references)
-                    self.uploads = await upload_local_images(ctx, ctx.options.reference_store, found.local)
-                    ctx.image_names.update(self.uploads.names)
-                    if self.uploads.summary():
-                        log.info("%s", self.uploads.summary())
+                    if ctx.submitting_allowed:  # (a cancelled batch sends nothing: nothing to check)
+                        await self._before_spending()
                     async with anyio.create_task_group() as aux:
                         if self.on_progress:
                             aux.start_soon(self._report_progress, name="progress")
                         if ctx.options.handle_signals:
                             aux.start_soon(self._watch_signals, name="signals")
                         aux.start_soon(heartbeat, ctx, name="lease-heartbeat")
+                        aux.start_soon(watch_control, ctx, name="control-watcher")
                         async with anyio.create_task_group() as core:
                             ctx.core = core.cancel_scope
                             core.start_soon(feed, ctx, work_send, name="feeder")
@@ -104,6 +103,16 @@ class Runner:
             raise _first_batcher_error(e) from None
         return await self._finish()
 
+    async def _before_spending(self) -> None:
+        ctx = self.ctx
+        found = await survey(ctx)  # one pass: schema, references, local images
+        if ctx.options.preflight:
+            await check_references(ctx, found.references)
+        self.uploads = await upload_local_images(ctx, ctx.options.reference_store, found.local)
+        ctx.image_names.update(self.uploads.names)
+        if self.uploads.summary():
+            log.info("%s", self.uploads.summary())
+
     async def _start(self) -> None:
         ctx, o = self.ctx, self.ctx.options
         await register(ctx)
@@ -114,6 +123,7 @@ class Runner:
             if n:
                 ctx.note(f"{n} held job(s) requeued by --resubmit-unknown: they may be charged twice")
         ctx.generation = await ctx.threads.run(ctx.ledger.generation, ctx.batch)
+        await control_at_start(ctx)  # paused: said once, then waited for; cancelled: nothing is sent
         await ctx.threads.run(ctx.ledger.set_budget, ctx.batch, o.limits.budget)
         await ctx.threads.run(prepare_outputs, ctx)
         spend = await ctx.threads.run(ctx.ledger.spend, ctx.batch)
@@ -159,6 +169,12 @@ class Runner:
                                     await submit_and_follow(ctx, job)
                                 else:
                                     await ctx.threads.run(ctx.ledger.release_jobs, [job.id], ctx.owner)
+                    except BatchNotRunning as e:
+                        # The batch was paused or cancelled before this runner read it: the job
+                        # was not sent; it is given back, pending, and the word is read now.
+                        log.info("%s", e)
+                        await ctx.threads.run(ctx.ledger.release_jobs, [job.id], ctx.owner)
+                        await read_control(ctx)
                     except LeaseLost as e:
                         log.warning("job %s: %s; leaving it to that runner", job.key, e)
         finally:
@@ -173,6 +189,7 @@ class Runner:
 
     async def _finish(self) -> RunReport:
         ctx = self.ctx
+        await cancel_leftovers(ctx)  # a cancelled batch keeps no job pending
         f = await ctx.threads.run(lambda: ctx.ledger.figures(ctx.batch, ctx.generation))
         if f.held:
             why = "their submission may or may not have been charged"
@@ -183,7 +200,7 @@ class Runner:
         failures = await ctx.threads.run(ctx.ledger.failure_groups, ctx.batch)
         return RunReport(ctx.batch, f.counts, f.spend.spent, f.held, f.held_cost, ctx.options.limits.budget,
                          time.monotonic() - self._started, ctx.submitted, ctx.completed, ctx.stop_reason,
-                         ctx.messages, f.bytes, failures, self.uploads.summary())
+                         ctx.messages, f.bytes, failures, self.uploads.summary(), ctx.control.value)
 
     # --- progress and signals ------------------------------------------------------------------
 
