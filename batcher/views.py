@@ -219,12 +219,13 @@ def model_list_lines(listed: list[dict[str, Any]]) -> list[str]:
         if not isinstance(cost, dict):
             return "price not listed"
         amount, kind = cost.get("amount"), cost.get("type")
-        if isinstance(amount, (int, float)) and not isinstance(amount, bool):
-            return f"{amount:g} credits {str(kind or '').replace('_', ' ')}".strip()
+        if isinstance(amount, (int, float)) and not isinstance(amount, bool) and abs(amount) < 1e12:
+            return f"{amount:g} credits {printable(kind or '').replace('_', ' ')}".strip()
         return "price not listed"
     rows = sorted(listed, key=lambda e: (e.get("type") != "video", str(e.get("apiId"))))
-    width = max((len(str(e.get("apiId"))) for e in rows), default=10)
-    lines = [f"{e.get('apiId')!s:<{width}}  {e.get('type') or '?'!s:<6}  {price(e)}"
+    width = min(60, max((len(printable(e.get("apiId"))) for e in rows), default=10))
+    # Every text is the API's: control characters (a terminal's escapes) never reach the screen.
+    lines = [f"{printable(e.get('apiId')):<{width}}  {printable(e.get('type') or '?'):<6}  {price(e)}"
              f"{'  (built in)' if e.get('apiId') in MODELS else ''}" for e in rows]
     lines.append(f"{len(rows)} model(s); `batcher models APIID` shows one model's parameters")
     return lines
@@ -251,3 +252,8 @@ def model_lines(spec: Any, schema: dict[str, Any]) -> list[str]:
         needed = "required" if p.required else "optional"
         lines.append(f"  {p.name}{wire}: {kind}, {needed}{default}{'; ' + rule if rule else ''}")
     return lines
+
+
+def printable(value: Any, limit: int = 80) -> str:
+    """An outside text made safe to print: control characters dropped, at most `limit` characters."""
+    return "".join(c for c in str(value) if c.isprintable())[:limit]

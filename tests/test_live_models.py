@@ -353,3 +353,16 @@ def test_a_price_far_below_the_real_one_costs_one_job_past_the_budget_not_one_pe
     # Before: the first job of each of the 13 durations went at once (13 jobs, 3,600 credits).
     assert sum(charged) <= 300 + max(charged), charged
     assert report.stop_reason is not None and report.stop_reason.value == "budget"
+
+
+def test_the_model_list_never_prints_an_apis_control_characters_or_absurd_prices():
+    from batcher.views import model_list_lines
+    lines = model_list_lines([{"apiId": "x\x1b]0;PWNED\x07", "type": "video\x1b[31m",
+                               "creditCost": {"amount": 10 ** 400, "type": "per_second"}}])
+    assert not any(ch in "".join(lines) for ch in "\x1b\x07") and "price not listed" in lines[0]
+
+
+@pytest.mark.parametrize("api_id", ["..", ".", "a/b", "%2F"])
+def test_the_models_command_refuses_ids_that_are_paths(api_id):
+    result = CliRunner().invoke(cli, ["models", api_id, "--simulate"])
+    assert result.exit_code == 2 and "is not a model id" in result.output

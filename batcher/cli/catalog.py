@@ -29,6 +29,9 @@ def models(api_id: str | None, ledger_path: str, refresh: bool, simulate: bool, 
     if simulate and click.get_current_context().get_parameter_source("ledger_path") != \
             click.core.ParameterSource.COMMANDLINE:
         ledger_path = api.SIMULATED_LEDGER
+    import re
+    if api_id is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", api_id):
+        raise click.UsageError(f"{api_id[:60]!r} is not a model id (letters, digits, '.', '_' and '-')")
     to = api.target(simulate=simulate, api_base=api_base)
     if api_id is None:
         listed = anyio.run(lambda: api.list_models(to))
