@@ -41,6 +41,7 @@ from .refstore import ReferenceStore, S3Store, SimulatedStore
 from .run import Progress, Runner, RunOptions, RunReport
 from .simulator import Journal, SimConfig, Simulator, SimulatorTransport
 from .states import JobState
+from .views import figures_info
 
 
 def load(path: str | Path) -> Manifest:
@@ -287,16 +288,7 @@ def status(ledger: Ledger | str | Path, batch: str | None = None) -> dict[str, A
         batches = [batch] if batch else [b.name for b in led.batches()]
         out: dict[str, Any] = {"batches": {}}
         for name in batches:
-            f = led.figures(name)
-            out["batches"][name] = {
-                "counts": f.counts, "jobs": f.jobs, "credits_spent": round(f.spend.spent, 2),
-                "credits_held": round(f.spend.held, 2), "credits_refunded": round(f.spend.refunded, 2),
-                "held_unknown": f.held, "lost_after_payment": f.lost, "resubmit_cost": round(f.held_cost, 2),
-                "videos": f.videos, "bytes": f.bytes, "average_render_seconds": f.average_render,
-                "simulated": bool(f.batch and f.batch.simulated), "untrusted_costs": f.untrusted_costs,
-                # What the latest run was given; every runner keeps to its own --budget.
-                "budget": f.batch.budget if f.batch else None, "credits_committed": round(f.committed, 2),
-            }
+            out["batches"][name] = figures_info(led.figures(name))
         if batch:
             return {"batch": batch, **out["batches"][batch]}
         totals = {s.value: 0 for s in JobState}

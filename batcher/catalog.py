@@ -19,7 +19,7 @@ from .client import PixelDojoClient
 from .errors import ApiError, AuthError, MalformedAnswer, RejectedError
 from .ledger import Ledger, ModelInfo
 from .models import ModelSpec
-from .modelschema import described, needs_description  # noqa: F401 - re-exported
+from .modelschema import described
 
 CACHE_SECONDS = 24 * 3600.0  # a run asks again for a description older than this
 MAX_SCHEMA_BYTES = 1 << 20  # a description larger than this is not a model request schema

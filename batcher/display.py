@@ -11,9 +11,8 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from .run import Progress, RunReport
-from .states import counts_text
 from .text import STATE_ORDER as ORDER
-from .text import format_credits, format_seconds
+from .text import format_credits, format_seconds, state_counts
 
 SHORT = {"completed": "done", "rendered": "rendered", "submitted": "rendering", "submitting": "sending",
          "pending": "waiting", "unknown": "held", "failed": "failed", "expired": "expired", "cancelled": "cancelled"}
@@ -92,7 +91,7 @@ class ProgressPrinter:
 def summary(report: RunReport, out_dir: str, retry_command: Callable[[str], str] | None = None) -> list[str]:
     """The end-of-run summary: where the batch stands, what it cost, and, for jobs that did not
     finish, their reasons grouped and the command that retries them (`retry_command(state)`)."""
-    lines = [f"batch {report.batch!r}: {counts_text(report.counts) or 'no jobs'} "
+    lines = [f"batch {report.batch!r}: {state_counts(report.counts) or 'no jobs'} "
              f"(of {report.total}) in {format_seconds(report.elapsed)}"]
     budget = f" of a {format_credits(report.budget)} budget" if report.budget is not None else ""
     lines.append(f"credits: {format_credits(report.spent)} spent{budget}; {report.submitted} submitted this run, "

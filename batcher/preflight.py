@@ -28,11 +28,9 @@ import anyio
 from .answers import ReferenceFetch
 from .client import PixelDojoClient
 from .errors import MalformedAnswer, NotSentError, ServerError
-from .imagefacts import (  # noqa: F401 - MAX_BYTES, MIN_SIDE, RESERVED_*: re-exported, their home is imagefacts
+from .imagefacts import (
     MAX_BYTES,
     MIN_SIDE,
-    RESERVED_HOSTS,
-    RESERVED_SUFFIXES,
     image_kind,
     image_size,
     megabytes,

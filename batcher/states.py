@@ -32,7 +32,7 @@ be paused (resume it first).
 from __future__ import annotations
 
 from .errors import IllegalTransition
-from .text import STATE_ORDER, Word, state_counts
+from .text import Word
 
 
 class JobState(Word):
@@ -99,13 +99,6 @@ CONTROL_MOVES: dict[Control, frozenset[Control]] = {
     Control.PAUSED: frozenset({Control.RUNNING, Control.CANCELLED}),
     Control.CANCELLED: frozenset({Control.RUNNING}),
 }
-
-
-def counts_text(counts: dict[str, int]) -> str:
-    """`3 completed, 2 cancelled`: `text.state_counts`, then the states its order leaves out."""
-    shown = state_counts(counts)
-    rest = ", ".join(f"{n} {s}" for s, n in counts.items() if n and s not in STATE_ORDER)
-    return ", ".join(part for part in (shown, rest) if part)
 
 
 def can_move(source: JobState, target: JobState) -> bool:

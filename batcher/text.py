@@ -54,8 +54,10 @@ STATE_ORDER = ["completed", "rendered", "submitted", "submitting", "pending", "u
 
 
 def state_counts(counts: dict[str, int]) -> str:
-    """`3 completed, 1 failed`: jobs per state, in STATE_ORDER, states without jobs left out."""
-    return ", ".join(f"{counts[s]} {s}" for s in STATE_ORDER if counts.get(s))
+    """`3 completed, 1 failed`: jobs per state, in STATE_ORDER (then any state it does not name),
+    states without jobs left out."""
+    order = [*STATE_ORDER, *(s for s in counts if s not in STATE_ORDER)]
+    return ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s))
 
 
 def format_seconds(s: float) -> str:

@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any
 from .manifest import Manifest
 from .models import ModelSpec
 from .plan import JobSpec, PlanSummary
-from .states import counts_text
-from .text import format_seconds, iso
+from .text import format_seconds, iso, state_counts
 
 if TYPE_CHECKING:  # rows of the ledger, named only: plan lines load no database package
     from .ledger import Event, Figures, Job
@@ -131,6 +130,7 @@ def figures_info(f: Figures) -> dict[str, Any]:
         "held_unknown": f.held, "lost_after_payment": f.lost, "resubmit_cost": round(f.held_cost, 2),
         "videos": f.videos, "bytes": f.bytes, "average_render_seconds": f.average_render,
         "simulated": bool(f.batch and f.batch.simulated), "untrusted_costs": f.untrusted_costs,
+        # What the latest run was given; every runner keeps to its own --budget.
         "budget": f.batch.budget if f.batch else None, "credits_committed": round(f.committed, 2),
     }
 
@@ -150,13 +150,13 @@ def status_lines(name: str | None, info: dict[str, Any]) -> list[str]:
     model = f", model {info['model']}" if info.get("model") else ""
     if model:
         budget = f" by this model; the batch: {format_credits(info['batch_credits_committed'])} committed{budget}"
-    lines = [f"batch {name!r}{model}{sim}: {info['jobs']} job(s): {counts_text(info['counts']) or 'none'}",
+    lines = [f"batch {name!r}{model}{sim}: {info['jobs']} job(s): {state_counts(info['counts']) or 'none'}",
              f"  credits: {format_credits(info['credits_spent'])} spent, {format_credits(info['credits_held'])} "
              f"held for unknown outcomes, {format_credits(info['credits_refunded'])} refunded; "
              f"{format_credits(info['credits_committed'])} committed{budget}",
              f"  videos: {info['videos']} downloaded, {info['bytes']:,} bytes"]
     for api_id, share in info.get("by_model", {}).items():
-        lines.append(f"  {api_id}: {share['jobs']} job(s): {counts_text(share['counts']) or 'none'}; "
+        lines.append(f"  {api_id}: {share['jobs']} job(s): {state_counts(share['counts']) or 'none'}; "
                      f"{format_credits(share['credits_spent'])} credits spent")
     lines += _control_lines(info)
     if info["untrusted_costs"]:
@@ -194,7 +194,7 @@ def row_lines(rows: list[tuple[str, str, str, str, dict[str, int]]], show_model:
         start = " ".join(prompt.split())
         start = start if len(start) <= 40 else start[:39] + "…"
         named = f" {model}" if show_model else ""
-        lines.append(f"{origin} {label}{named} \"{start}\": {counts_text(counts)}")
+        lines.append(f"{origin} {label}{named} \"{start}\": {state_counts(counts)}")
     return lines
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import textwrap
@@ -130,3 +131,33 @@ def s3_endpoint() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# --- the simulator served over HTTP on loopback ----------------------------------------------------
+
+@contextlib.contextmanager
+def serving(simulator) -> Iterator[str]:
+    """Serve `simulator` over HTTP on 127.0.0.1 (a free port) while the block runs; its base URL."""
+    import threading
+
+    from batcher.simulator import make_server
+    server = make_server(simulator)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def run_against(path: Path, tmp_path: Path, base: str, api_key: str, **options):
+    """Run a manifest as a real run against the API at `base` (a served simulator), ledger and
+    videos under `tmp_path`; its RunReport."""
+    import anyio
+
+    from batcher import api
+    from batcher.run import RunOptions
+    to = api.target(api_key=api_key, api_base=base)
+    opts = RunOptions.of(out_dir=tmp_path / "out", expected_render=0.02, **options)
+    return anyio.run(lambda: api.run_async(path, ledger=tmp_path / "l.db", options=opts, to=to))

@@ -26,7 +26,8 @@ from batcher.models import HAPPYHORSE_R2V
 from batcher.policy import RetryPolicy
 from batcher.run import RunOptions, StopReason
 from batcher.simulator import SimConfig, Simulator
-from batcher.states import CONTROL_MOVES, TRANSITIONS, Control, JobState, can_move, counts_text
+from batcher.states import CONTROL_MOVES, TRANSITIONS, Control, JobState, can_move
+from batcher.text import state_counts as counts_text
 
 from .conftest import small_manifest
 from .test_e2e import record, start_simulator

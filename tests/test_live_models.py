@@ -5,7 +5,6 @@ anything is spent; descriptions are cached in the ledger; prices come from where
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 import anyio
@@ -25,7 +24,9 @@ from batcher.modelschema import described, price_of
 from batcher.plan import check, expand
 from batcher.run import RunOptions
 from batcher.schemarules import check_against
-from batcher.simulator import SimConfig, Simulator, make_server
+from batcher.simulator import SimConfig, Simulator
+
+from .conftest import run_against, serving
 
 KEY = "sim-key-live-models"
 MIXED = """\
@@ -54,18 +55,12 @@ rows:
 @pytest.fixture
 def served():
     sim = Simulator(SimConfig(api_key=KEY, render_seconds=0.02))
-    server = make_server(sim)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield sim, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(sim) as base:
+        yield sim, base
 
 
 def run(path: Path, tmp_path: Path, base: str, **options):
-    to = api.target(api_key=KEY, api_base=base)
-    opts = RunOptions.of(out_dir=tmp_path / "out", expected_render=0.02, **options)
-    return anyio.run(lambda: api.run_async(path, ledger=tmp_path / "l.db", options=opts, to=to))
+    return run_against(path, tmp_path, base, KEY, **options)
 
 
 def test_a_batch_of_three_models_runs_end_to_end_each_body_valid_against_its_own_live_schema(tmp_path, served):

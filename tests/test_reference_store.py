@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -22,7 +21,9 @@ from batcher.localrefs import StoreSettings
 from batcher.refstore import S3Store
 from batcher.run import RunOptions
 from batcher.simimages import png_image
-from batcher.simulator import SimConfig, Simulator, make_server
+from batcher.simulator import SimConfig, Simulator
+
+from .conftest import run_against, serving
 
 boto3 = pytest.importorskip("boto3")
 
@@ -78,18 +79,12 @@ def manifest(tmp_path: Path, bucket: str, prompts: tuple[str, ...] = ("a knight 
 def served():
     """The simulator served over HTTP on loopback: it fetches each job's reference URLs."""
     sim = Simulator(SimConfig(api_key=API_KEY, render_seconds=0.02))
-    server = make_server(sim)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield sim, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(sim) as base:
+        yield sim, base
 
 
 def run(path: Path, tmp_path: Path, base: str, **options):
-    to = api.target(api_key=API_KEY, api_base=base)
-    opts = RunOptions.of(out_dir=tmp_path / "out", expected_render=0.02, **options)
-    return anyio.run(lambda: api.run_async(path, ledger=tmp_path / "l.db", options=opts, to=to))
+    return run_against(path, tmp_path, base, API_KEY, **options)
 
 
 def test_local_images_are_uploaded_once_and_a_rerun_uploads_nothing(aws, chars, served):

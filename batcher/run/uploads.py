@@ -177,20 +177,20 @@ async def with_local_urls(ctx: RunContext, store: ReferenceStore | None, wire: d
     start of this run did not make ready (another runner added its job since) is made ready
     first. Raises ReferenceStoreError when it cannot be."""
     addresses = [a for v in wire.values() if isinstance(v, list) for a in local_addresses(v)]
-    missing = [a for a in addresses if a not in ctx.image_names]
-    if missing and store is None:
+    if not addresses:
+        return wire
+    if store is None:
         raise ReferenceStoreError("this job's local images have no reference store to be uploaded to")
+    missing = [a for a in addresses if a not in ctx.image_names]
     if missing:
-        assert store is not None
         known = await ctx.threads.run(ctx.ledger.local_images, missing)
         report = UploadReport()
         records = []
         for address in missing:
-            found = await anyio.to_thread.run_sync(_checked, address, known.get(address), ctx.options.preflight)
+            found = await ctx.threads.run(_checked, address, known.get(address), ctx.options.preflight)
             if isinstance(found, str):
                 raise ReferenceStoreError(f"local reference sha256:{address[len(LOCAL_PREFIX):][:12]}...: {found}")
             records.append(await _ensure(ctx, store, address, *found, report))
         await ctx.threads.run(ctx.ledger.remember_stored, records)
         ctx.image_names.update(report.names)
-    assert store is not None or not addresses
-    return with_urls(wire, lambda a: store.url_for(ctx.image_names[a])) if addresses and store else wire
+    return with_urls(wire, lambda a: store.url_for(ctx.image_names[a]))
