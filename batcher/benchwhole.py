@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from .benchbreakdown import Breakdown, breakdown, clock_offset, describe_side_by_side
 from .benchoracle import manifest_text
 
 DEFINITION = "efficiency = sum of simulated render seconds / (concurrency x whole-process wall seconds)"
@@ -43,15 +44,17 @@ def start_simulator(render: float, jitter: float, seed: int) -> tuple[subprocess
     return sim, line.split("serving on ")[1].split()[0]
 
 
-def _timed(argv: list[str], cwd: Path, env: dict[str, str] | None, ok: tuple[int, ...]) -> tuple[float, str, int]:
-    """Run a process to its end: (wall seconds, stdout, exit status); a status not in `ok` raises."""
+def _timed(argv: list[str], cwd: Path, env: dict[str, str] | None, ok: tuple[int, ...]
+           ) -> tuple[float, float, str, int]:
+    """Run a process to its end: (start, exit on this process's clock, stdout, exit status); a
+    status not in `ok` raises."""
     started = time.monotonic()
     done = subprocess.run(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-    wall = time.monotonic() - started
+    exited = time.monotonic()
     if done.returncode not in ok:
         raise RuntimeError(f"{' '.join(argv[:4])} ... exited {done.returncode}: {done.stderr.strip()[-2000:]}"
                            f"\n{done.stdout.strip()[-2000:]}")
-    return wall, done.stdout, done.returncode
+    return started, exited, done.stdout, done.returncode
 
 
 def _figures(record: dict[str, Any], jobs: int, concurrency: int, wall: float) -> dict[str, Any]:
@@ -60,21 +63,25 @@ def _figures(record: dict[str, Any], jobs: int, concurrency: int, wall: float) -
     return {"jobs": jobs, "concurrency": concurrency, "wall": wall, "ideal": ideal,
             "efficiency": ideal / wall if wall else 0.0, "polls_per_job": requests.get("job", 0) / max(1, jobs),
             "submitted": requests.get("run", 0), "downloads": requests.get("file", 0),
-            "mean_render": sum(renders) / max(1, len(renders))}
+            "mean_render": sum(renders) / max(1, len(renders)),
+            "breakdown": breakdown(record, concurrency, *record["bench_times"]).as_dict()}
 
 
 def _side(argv: list[str], work: Path, render: float, jitter: float, seed: int, env: dict[str, str] | None,
           ok: tuple[int, ...] = (0,)) -> tuple[float, str, int, dict[str, Any]]:
     """Start a fresh simulator, run `argv` (with `{url}` filled in) against it: (wall, stdout, exit status,
-    record)."""
+    record, with `bench_times`: the process's start and exit and the clock offset, for `breakdown`)."""
     sim, url = start_simulator(render, jitter, seed)
     try:
-        wall, out, status = _timed([a.replace("{url}", url) for a in argv], work, env, ok)
+        started, exited, out, status = _timed([a.replace("{url}", url) for a in argv], work, env, ok)
+        asked = time.monotonic()
         record = httpx.get(f"{url}/_sim/record", timeout=60.0).json()
+        offset = clock_offset(float(record["clock"]), asked, time.monotonic())
     finally:
         sim.terminate()
         sim.wait(timeout=10)
-    return wall, out, status, record
+    record["bench_times"] = (started, exited, offset)
+    return exited - started, out, status, record
 
 
 def whole_batcher(jobs: int, concurrency: int, render: float, jitter: float, seed: int, work: Path
@@ -146,4 +153,5 @@ def describe(name: str, r: dict[str, Any]) -> list[str]:
         f"polls sent {o['mean_poll_lateness'] * 1000:.1f} ms after their time and answered in "
         f"{o['mean_poll_round_trip'] * 1000:.1f} ms on average)",
         f"  ratio      batcher / oracle {r['ratio']:.3f}",
+        *describe_side_by_side(Breakdown.of(b["breakdown"]), Breakdown.of(o["breakdown"])),
     ]

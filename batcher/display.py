@@ -98,6 +98,8 @@ def summary(report: RunReport, out_dir: str, retry_command: Callable[[str], str]
                  f"{report.completed} videos downloaded to {out_dir}")
     if report.uploads:
         lines.append(report.uploads)
+    if report.webhooks is not None:
+        lines.append(report.webhooks.line())
     for state in ("failed", "expired"):
         groups = [g for g in report.failures if g[0] == state]
         if not groups:
@@ -131,6 +133,7 @@ def summary_json(report: RunReport, out_dir: str, retry_command: Callable[[str],
         "submitted_this_run": report.submitted, "downloaded_this_run": report.completed,
         "downloaded_bytes": report.downloaded_bytes, "elapsed_seconds": round(report.elapsed, 3),
         "out_dir": out_dir, "messages": report.messages, "uploads": report.uploads,
+        "webhooks": report.webhooks.as_dict() if report.webhooks is not None else None,
         "failures": [{"state": st, "reason": reason, "count": n, "keys": keys,
                       "retry": retry_command(st) if retry_command else None}
                      for st, reason, n, keys in report.failures],

@@ -239,6 +239,10 @@ class PollPlanner:
         mean, std = fit
         return mean, max(std, 0.02 * mean)
 
+    def guess(self, job_class: tuple[Any, ...]) -> float:
+        """The render seconds assumed for a class before any is learned (its model's own guess)."""
+        return self.guesses.get(_model_of(job_class), self.initial)
+
     def next_poll(self, job_class: tuple[Any, ...], elapsed: float, polls: int, density: float = 1.0) -> float:
         """Seconds after submission at which to poll next, given `polls` so far at `elapsed`.
 

@@ -4,7 +4,9 @@ A job's key hashes the canonical JSON of its request (sorted keys, compact separ
 escaped to ASCII) and its take. Within a row only the varied values change, so the text is
 compiled once into a format string whose slots take each axis value's JSON text, encoded once:
 every job then costs one `str.format` and one SHA-256, not a dict and a run of the JSON encoder.
-The bytes hashed are exactly those `canonical_request` builds, so the keys are the same.
+The bytes hashed are exactly those `canonical_request` builds, so the keys are the same. A row's
+parameters as the ledger stores them (`json.dumps(params, ensure_ascii=False)`: manifest names in
+the job's order, default separators) are compiled the same way, for staging.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import hashlib
 import itertools
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .diagnostics import Diagnostics
@@ -32,6 +34,8 @@ from .template import Template, compile_template
 # What json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False) builds on each call,
 # built once. Keys hash its output: it must never change.
 CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+# What json.dumps(params, ensure_ascii=False) builds: the ledger's text of a job's parameters.
+STORED = json.JSONEncoder(ensure_ascii=False)
 KEY_BYTES = 10  # a key is 20 hex digits
 
 # A piece of a parameter's canonical text: literal text, or the index of the axis whose value's
@@ -52,6 +56,16 @@ def escape(text: str) -> str:
 
 def _literal(text: str) -> str:
     return text.replace("{", "{{").replace("}", "}}")
+
+
+def _stored_format(params: Sequence[tuple[str, Sequence[Piece]]], seed_slot: int | None) -> str:
+    """The format string of a job's stored parameters, in the job's order; a derived seed comes
+    last (the job adds it after the others), in slot `seed_slot`."""
+    items = [_literal(STORED.encode(name) + ": ") + "".join(
+        f"{{{piece}}}" if isinstance(piece, int) else _literal(piece) for piece in pieces) for name, pieces in params]
+    if seed_slot is not None:
+        items.append(_literal(STORED.encode("seed") + ": ") + f"{{{seed_slot}}}")
+    return "{{" + _literal(", ").join(items) + "}}"
 
 
 def _format(api_id: str, params: Mapping[str, Sequence[Piece]]) -> str:
@@ -127,6 +141,10 @@ class FastRow:
     text: RowText
     class_axes: tuple[int, ...]  # the axes the estimate, seconds and resolution depend on
     class_info: Any  # axis texts (of class_axes) -> (estimate, is_guess, seconds, resolution)
+    # The stored parameters' format string (a derived seed in the last slot, as in `text`), and
+    # each axis's values as that text spells them: the same as `text.axes` but for lists and mappings.
+    stored: str = ""
+    stored_axes: list[list[str]] = field(default_factory=list)
 
 
 def _template_pieces(p: Param, template: Template, plan: RowPlan, variable_axis: dict[str, int],
@@ -157,6 +175,8 @@ def fast_row(plan: RowPlan, manifest: Manifest, rate_overrides: dict[str, float]
     variable_axis = {dim.name: i for i, dim in enumerate(plan.dims) if not dim.is_param}
     axes: list[list[str]] = [[""] * len(dim.values) for dim in plan.dims]  # "" where no slot reads it
     wire: dict[str, list[str | int]] = {}
+    stored: list[tuple[str, list[str | int]]] = []  # manifest name -> pieces, in the job's order
+    stored_axes: dict[int, list[str]] = {}
     auto_wire: str | None = None
     values: dict[str, tuple[int | None, Any]] = {}  # parameter -> (axis, None) or (None, value)
     axis_values: dict[int, list[Any]] = {}
@@ -169,7 +189,9 @@ def fast_row(plan: RowPlan, manifest: Manifest, rate_overrides: dict[str, float]
                 return None
             axis_values[axis] = [value for _, value in outcomes]
             axes[axis] = [encode(value) for value in axis_values[axis]]
+            stored_axes[axis] = [STORED.encode(value) for value in axis_values[axis]]
             wire[p.wire] = [axis]
+            stored.append((p.name, [axis]))
             values[p.name] = (axis, None)
             continue
         assert fixed is not None
@@ -178,6 +200,7 @@ def fast_row(plan: RowPlan, manifest: Manifest, rate_overrides: dict[str, float]
             if pieces is None:
                 return None
             wire[p.wire] = pieces
+            stored.append((p.name, pieces))  # JSON escapes text alike with either separators
             continue
         good, value = check_value(p, fixed, manifest, scratch)
         if not good:
@@ -186,8 +209,12 @@ def fast_row(plan: RowPlan, manifest: Manifest, rate_overrides: dict[str, float]
             auto_wire = p.wire
             continue
         wire[p.wire] = [encode(value)]
+        stored.append((p.name, [STORED.encode(value)]))
         values[p.name] = (None, value)
     text = compile_row(model.api_id, wire, axes, plan.repeat, auto_wire)
+    stored_text = _stored_format(stored, len(axes) if auto_wire is not None else None)
+    # A variable's values are escaped text, the same in both; a parameter's differ for lists.
+    all_stored = [stored_axes.get(i, texts) for i, texts in enumerate(axes)]
     class_names = [n for n in dict.fromkeys((model.rate_param, model.seconds_param)) if n in values]
     class_axes = tuple(dict.fromkeys(axis for n in class_names if (axis := values[n][0]) is not None))
     by_text = {i: dict(zip(axes[i], axis_values[i], strict=True)) for i in class_axes}
@@ -201,4 +228,4 @@ def fast_row(plan: RowPlan, manifest: Manifest, rate_overrides: dict[str, float]
             params[n] = by_text[axis][at[axis]] if axis is not None else fixed
         return (model.estimate(params, rate_overrides), model.is_guess(params, rate_overrides),
                 int(params.get(model.seconds_param, 0)), str(params.get(model.rate_param)))
-    return FastRow(text, class_axes, class_info)
+    return FastRow(text, class_axes, class_info, stored_text, all_stored)

@@ -17,6 +17,10 @@ Placeholders on example hosts are accepted unfetched; the simulator's own `/_sim
 `/_sim/uploads/` are judged from its own bytes; other URLs are fetched by `fetch_reference`
 (served over HTTP: over the network by default; in-process: none, the host cannot be reached).
 
+A run body may carry a `webhook_url`: the job's webhook is then delivered when its render ends,
+at least once, with loss, duplication and delay on demand, and replayed on
+`POST /api/v1/jobs/{jobId}/replay-webhook` (batcher.simwebhooks; payload and path are guesses).
+
 The core (`Simulator.handle`) is transport-free; `SimulatorTransport` serves it in-process to
 httpx, `make_server()` over HTTP on a loopback socket. It keeps its own record of what it received,
 charged and refunded, so tests can hold the ledger against the "server".
@@ -49,6 +53,7 @@ from .answers import REDACTED, SIGNED_QUERY, redact_json
 from .models import HAPPYHORSE_R2V
 from .simmodels import BUILT_IN_RATES, ServedModel, model_answer, served_models
 from .simrefs import FetchReference, UploadStore, fetch_over_http, own_file, static_file
+from .simwebhooks import Deliveries, split_webhook
 
 # happyhorse-1.0-r2v's rates: upstream prices 1080p at about 1.8x 720p; the simulator charges that,
 # below batcher's estimate. (The other models' rates: batcher.simmodels.)
@@ -80,6 +85,11 @@ class SimConfig:
     echo_key_in_errors: bool = False
     seed: int = 0
     rates: dict[str, float] = field(default_factory=lambda: dict(SIM_RATES))  # happyhorse-1.0-r2v's
+    # Webhooks (batcher.simwebhooks): a run body's `webhook_url` is taken (False: refused as unknown).
+    webhooks: bool = True
+    webhook_loss: float = 0.0  # share of jobs whose webhook is never sent
+    webhook_duplicate: float = 0.0  # share of jobs whose webhook is sent twice
+    webhook_delay: float = 0.0  # mean seconds from a render's end to its webhook (+/-20%)
 
 
 @dataclass
@@ -108,6 +118,9 @@ class SimJob:
     fails: bool
     refunded: bool = False
     answer_lost: bool = False
+    seen_done: float | None = None  # when a status answer first said it ended (the bench's detection delay)
+    webhook_url: str | None = None  # where its webhook goes
+    base: str = ""  # the API base it was submitted on, where its webhooks' output URLs are minted
 
 
 def demo_clip() -> bytes:
@@ -188,6 +201,7 @@ class Simulator:
         self.runs_by_model: dict[str, int] = {}  # POST run requests received per served model, accepted or not
         self.models: dict[str, ServedModel] = served_models({HAPPYHORSE_R2V.api_id: self.config.rates})
         self._journal: Journal | None = None
+        self.webhooks = Deliveries(self.config, self._webhook_body)  # no thread before the first
 
     @property
     def journal(self) -> Journal | None:
@@ -218,8 +232,10 @@ class Simulator:
             self._tick()
             jobs = [{"job_id": j.job_id, "model": j.model, "body": j.body, "cost": j.cost, "fails": j.fails,
                      "refunded": j.refunded, "answer_lost": j.answer_lost,
-                     "render_seconds": round(j.ends - j.submitted, 6)} for j in self.jobs.values()]
+                     "render_seconds": round(j.ends - j.submitted, 6), "submitted": j.submitted,
+                     "seen_done": j.seen_done} for j in self.jobs.values()]
             return {
+                "clock": self.clock(),  # the simulator's clock now: relates its times to others'
                 "jobs": jobs,
                 "charged": sum(j.cost for j in self.jobs.values()),
                 "refunded": sum(j.cost for j in self.jobs.values() if j.refunded),
@@ -231,6 +247,7 @@ class Simulator:
                 "run_bodies": len(self.run_bodies),
                 "runs_by_model": dict(self.runs_by_model),
                 "reference_fetches": self.reference_fetches,
+                "webhooks": self.webhooks.counts(),
             }
 
     def _tick(self) -> None:
@@ -312,6 +329,8 @@ class Simulator:
             return self._validated(path.split("/")[-2], body)
         if route == "job":
             return self._status(path.split("/")[-1], base)
+        if route == "replay":
+            return self._replay(path.split("/")[-2], base)
         if route == "file":
             return self._file(path.split("/")[-1])
         if route in ("models", "model", "schema"):
@@ -333,6 +352,8 @@ class Simulator:
             return "run"
         if method == "GET" and len(p) == 5 and p[1:4] == ["api", "v1", "jobs"]:
             return "job"
+        if method == "POST" and len(p) == 6 and p[1:4] == ["api", "v1", "jobs"] and p[5] == "replay-webhook":
+            return "replay"
         if method == "GET" and len(p) == 3 and p[1] == "pixeldojotemp":
             return "file"
         if method == "GET" and path == "/api/v1/models":
@@ -379,7 +400,9 @@ class Simulator:
         except ValueError:
             return _error(400, "invalid_request", "Body is not JSON")
         self.run_bodies.append(data if isinstance(data, dict) else {"_invalid": data})
-        problem = model.check(data)  # the model's request schema, strictly
+        # A webhook_url is taken out before the strict check; without webhooks it is an unknown key.
+        stripped, _, problem = split_webhook(data) if self.config.webhooks else (data, None, None)
+        problem = problem or model.check(stripped)  # the model's request schema, strictly
         if problem:
             return _error(422, "invalid_request", problem)
         return model, data
@@ -396,7 +419,9 @@ class Simulator:
         mean = self.config.render_seconds * (duration / 5 if self.config.render_per_video_second else 1)
         render = max(0.0, self.rng.gauss(mean, mean * self.config.render_jitter))
         job_id = "job_" + secrets.token_hex(8)
-        job = SimJob(job_id, api_id, data, cost, now, now + render, self._roll(self.config.fail_rate))
+        body, hook, _ = split_webhook(data)
+        job = SimJob(job_id, api_id, body, cost, now, now + render, self._roll(self.config.fail_rate),
+                     webhook_url=hook, base=base)
         self.jobs[job_id] = job
         if self.journal is not None:
             self.journal.job(self, job)
@@ -404,6 +429,7 @@ class Simulator:
         self.peak_in_flight = max(self.peak_in_flight, len(self._ends))
         if job.fails:
             heapq.heappush(self._refund_queue, (job.ends, job_id))
+        self._schedule_webhook(job)
         return _json(202, {
             "jobId": job_id, "status": "pending", "statusUrl": f"{base}/api/v1/jobs/{job_id}",
             "creditCost": cost, "creditsRemaining": self.credits,
@@ -421,17 +447,58 @@ class Simulator:
             return _json(200, {**base_answer, "status": "pending"})
         if now < job.ends:
             return _json(200, {**base_answer, "status": "processing"})
+        if job.seen_done is None:
+            job.seen_done = now
         if job.fails:
             return _json(200, {**base_answer, "status": "failed", "error": "Generation failed: upstream model error"})
         if now > job.ends + self.config.retention:
             return _json(200, {**base_answer, "status": "completed", "output": {}})
+        return _json(200, {**base_answer, "status": "completed", "output": {"video": self._mint(job_id, base)}})
+
+    def _mint(self, job_id: str, base: str) -> str:
+        """A fresh output URL of a completed job, valid for `url_ttl`."""
         token = secrets.token_hex(10)
         expires = self.wall() + self.config.url_ttl
         self.files[token] = (job_id, expires)
         if self.journal is not None:
             self.journal.file(token, job_id, expires)
-        return _json(200, {**base_answer, "status": "completed",
-                           "output": {"video": f"{base}/pixeldojotemp/{token}.mp4"}})
+        return f"{base}/pixeldojotemp/{token}.mp4"
+
+    # --- webhooks (batcher.simwebhooks; the payload and the replay path are our guesses) -------
+
+    def _schedule_webhook(self, job: SimJob) -> None:
+        if job.webhook_url is not None:
+            self.webhooks.schedule(job.job_id, job.webhook_url, job.base, job.ends - self.clock())
+
+    def _webhook_body(self, job_id: str, base: str) -> dict[str, Any]:
+        """A delivery's JSON body as it is sent: the ended job as a status answer gives it, with a
+        fresh output URL (a poll's `seen_done` left alone)."""
+        with self.lock:
+            job, now = self.jobs[job_id], self.clock()
+            body: dict[str, Any] = {"jobId": job_id, "status": "failed" if job.fails else "completed",
+                                    "creditCost": job.cost,
+                                    "expiresAt": _iso(self.wall() + self.config.retention - (now - job.submitted))}
+            if job.fails:
+                body["error"] = "Generation failed: upstream model error"
+            else:
+                body["output"] = {"video": self._mint(job_id, base)} if now <= job.ends + self.config.retention else {}
+            return body
+
+    def _replay(self, job_id: str, base: str) -> Answer:
+        """`POST /api/v1/jobs/{jobId}/replay-webhook` (the SDK's replayWebhook; its path is not published)."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return _error(404, "not_found", f"Job {job_id} not found")
+        if job.webhook_url is None:
+            return _error(400, "invalid_request", f"Job {job_id} was submitted without a webhook_url")
+        if self.clock() < job.ends:
+            return _error(409, "job_not_terminal", f"Job {job_id} has not finished: nothing to replay yet")
+        self.webhooks.replay(job_id, job.webhook_url, base)
+        return _json(202, {"jobId": job_id, "replayed": True})
+
+    def close(self) -> None:
+        """Stop sending webhooks (pending deliveries are dropped); the simulator still answers."""
+        self.webhooks.close()
 
     def _file(self, name: str) -> Answer:
         token = name.removesuffix(".mp4")
@@ -482,7 +549,8 @@ class Journal:
                     j = entry["job"]
                     sim.jobs[j["job_id"]] = SimJob(j["job_id"], j["model"], j["body"], float(j["cost"]),
                                                    float(j["submitted"]) - offset, float(j["ends"]) - offset,
-                                                   bool(j["fails"]), False, bool(j["answer_lost"]))
+                                                   bool(j["fails"]), False, bool(j["answer_lost"]),
+                                                   webhook_url=j.get("webhook_url"), base=str(j.get("base", "")))
                 elif "file" in entry:
                     token, job_id, expires = entry["file"]
                     sim.files[str(token)] = (str(job_id), float(expires))
@@ -493,6 +561,9 @@ class Journal:
         sim._ends = sorted(j.ends for j in sim.jobs.values() if j.ends > now)
         sim._refund_queue = sorted((j.ends, j.job_id) for j in sim.jobs.values() if j.fails)
         sim._tick()  # refunds of failures that ended meanwhile
+        for job in sim.jobs.values():
+            if job.ends > now:  # still rendering: its webhook is still to come (ended ones: missed)
+                sim._schedule_webhook(job)
         return len(sim.jobs)
 
     def job(self, sim: Simulator, job: SimJob) -> None:
@@ -501,7 +572,7 @@ class Journal:
         body = redact_json(job.body, lambda text: SIGNED_QUERY.sub(REDACTED, text))
         self._write({"job": {"job_id": job.job_id, "model": job.model, "body": body, "cost": job.cost,
                              "submitted": job.submitted + offset, "ends": job.ends + offset, "fails": job.fails,
-                             "answer_lost": job.answer_lost}})
+                             "answer_lost": job.answer_lost, "webhook_url": job.webhook_url, "base": job.base}})
 
     def file(self, token: str, job_id: str, expires: float) -> None:
         self._write({"file": [token, job_id, expires]})
@@ -597,6 +668,12 @@ class SimulatorServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128  # the standard library's 5 reset a pool of clients connecting at once
     fetch_reference: FetchReference | None = None  # for a simulator without its own
+    simulator: Simulator | None = None
+
+    def server_close(self) -> None:
+        super().server_close()
+        if self.simulator is not None:
+            self.simulator.close()  # its webhook senders: a closed server leaves no thread sending
 
 
 def make_server(simulator: Simulator, host: str = "127.0.0.1", port: int = 0, *,
@@ -606,4 +683,5 @@ def make_server(simulator: Simulator, host: str = "127.0.0.1", port: int = 0, *,
     handler = type("Handler", (_Handler,), {"simulator": simulator})
     server = SimulatorServer((host, port), handler)
     server.fetch_reference = fetch_reference
+    server.simulator = simulator
     return server

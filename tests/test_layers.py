@@ -8,10 +8,12 @@ from pathlib import Path
 import batcher
 
 ORDER = ["errors", "defaults", "text", "patterns", "schemarules", "imagefacts", "models", "modelschema", "template",
-         "states", "policy", "diagnostics", "textfiles", "yamlfile", "rowfields", "localrefs", "rowfiles", "manifest",
+         "states", "policy", "safetynet", "webhooks", "diagnostics", "textfiles", "yamlfile", "rowfields",
+         "localrefs", "rowfiles", "manifest",
          "rowrefs", "expansion", "rowkeys", "plan", "files", "media", "ledger", "answers", "client", "catalog",
-         "simimages", "simrefs", "simmodels", "simulator", "preflight", "refstore", "run", "export", "report",
-         "display", "views", "watchview", "api", "benchoracle", "benchwhole", "benchshared", "bench", "cli", "__main__"]
+         "simimages", "simrefs", "simmodels", "simwebhooks", "simulator", "preflight", "refstore", "run", "export",
+         "report", "display", "views", "watchview", "api", "benchoracle", "benchbreakdown", "benchwhole",
+         "benchshared", "bench", "cli", "__main__"]
 PACKAGE = Path(batcher.__file__).parent
 
 

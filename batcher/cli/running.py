@@ -65,6 +65,12 @@ def run_options(f: Any) -> Any:
                      help="Longest pause a 429's Retry-After may impose, in seconds (a longer one is capped)."),
         click.option("--lease-seconds", type=click.FloatRange(1), default=60.0, show_default=True,
                      help="How long a claimed job stays this runner's without a renewal (several runners)."),
+        click.option("--webhook-listen", metavar="HOST:PORT", default=None,
+                     help="Listen here for the API's webhooks: each job's end pokes its runner, which then asks "
+                          "the API at once (polls go on, sparser, as a safety net). Port 0 picks a free one."),
+        click.option("--webhook-url", metavar="URL", default=None,
+                     help="The public base URL that reaches --webhook-listen (a reverse proxy or tunnel); each "
+                          "job's URL adds its key and a secret token. Default: the listen address itself."),
         click.option("--no-preflight", "no_preflight", is_flag=True,
                      help="Skip checking every reference URL before spending (not advised)."),
         click.option("--json", "as_json", is_flag=True,
@@ -78,13 +84,30 @@ def run_options(f: Any) -> Any:
     return f
 
 
+def _webhooks(listen: str | None, public_url: str | None) -> Any:
+    """--webhook-listen and --webhook-url, checked (a usage error, exit 2, names what is wrong)."""
+    from ..errors import UsageError
+    if listen is None:
+        if public_url is not None:
+            raise UsageError("--webhook-url needs --webhook-listen: where batcher hears the pokes")
+        return None
+    from ..run.listener import parse_listen
+    from ..webhooks import Webhooks, check_public_url
+    try:
+        host, port = parse_listen(listen)
+    except UsageError as e:
+        raise UsageError(f"--webhook-listen: {e}") from None
+    return Webhooks(host, port, check_public_url(public_url) if public_url is not None else None)
+
+
 def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: int, budget: float | None,
          api_base: str | None, simulate: bool, sim_render_seconds: float, sim_fail_rate: float,
          max_attempts: int, job_timeout: float | None, expected_render: float | None, max_download_mb: int,
          rates: tuple[str, ...], verbose: bool, log_json: str | None, resubmit_unknown: bool = False,
          requeue: tuple[str, ...] = (), report_path: str | None = None, rpm: float | None = None,
          lease_seconds: float = 60.0, as_json: bool = False, max_retry_after: float = 300.0,
-         max_jobs: int = MAX_JOBS, no_preflight: bool = False, **store_options: Any) -> None:
+         max_jobs: int = MAX_JOBS, no_preflight: bool = False, webhook_listen: str | None = None,
+         webhook_url: str | None = None, **store_options: Any) -> None:
     import anyio
 
     from .. import api
@@ -117,7 +140,7 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
                          expected_render=expected_render, max_download_bytes=max_download_mb * 1024 * 1024,
                          handle_signals=True, rpm=rpm, lease_seconds=lease_seconds, max_retry_after=max_retry_after,
                          preflight=not no_preflight, on_warning=lambda line: click.echo(line, err=True),
-                         reference_store=store)
+                         reference_store=store, webhooks=_webhooks(webhook_listen, webhook_url))
     if no_preflight:
         click.echo("warning: --no-preflight: reference URLs are not checked; a bad one is found only after "
                    "its job was submitted", err=True)

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any
 
 import click
 
 from . import ExitCode, cli
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """A float option's value, refused when NaN or infinite (a FloatRange lets them through)."""
+    if not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number")
+    return value
 
 
 @cli.command()
@@ -28,17 +36,31 @@ from . import ExitCode, cli
 @click.option("--seed", default=0, help="Random seed for faults and render times.")
 @click.option("--echo-key-in-errors", is_flag=True,
               help="Act as a careless API: repeat the Authorization header in every error text.")
+@click.option("--webhook-loss", default=0.0, type=click.FloatRange(0, 1), metavar="P", callback=_finite,
+              help="Share of jobs whose webhook is never sent.")
+@click.option("--webhook-duplicate", default=0.0, type=click.FloatRange(0, 1), metavar="P", callback=_finite,
+              help="Share of jobs whose webhook is sent twice.")
+@click.option("--webhook-delay", default=0.0, type=click.FloatRange(min=0), metavar="SECONDS", callback=_finite,
+              help="Mean seconds from a render's end to its webhook (+/-20%).")
+@click.option("--no-webhooks", is_flag=True,
+              help="Refuse a submission's webhook_url as an unknown parameter (422), as an API without webhooks.")
 def simulator(host: str, port: int, api_key: str, credit_balance: float, render_seconds: float,
               render_jitter: float, fail_rate: float, error_rate: float, drop_rate: float, lost_answer_rate: float,
-              malformed_rate: float, rpm: float | None, url_ttl: float, seed: int, echo_key_in_errors: bool) -> None:
-    """Serve the built-in PixelDojo API simulator over HTTP (GET /_sim/record shows what it charged)."""
+              malformed_rate: float, rpm: float | None, url_ttl: float, seed: int, echo_key_in_errors: bool,
+              webhook_loss: float, webhook_duplicate: float, webhook_delay: float, no_webhooks: bool) -> None:
+    """Serve the built-in PixelDojo API simulator over HTTP (GET /_sim/record shows what it charged).
+
+    A submission's webhook_url gets the job's webhook when its render ends (a JSON POST; replayed on
+    POST /api/v1/jobs/JOBID/replay-webhook, a guessed path)."""
     from ..simulator import SimConfig, Simulator, make_server
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: serving on {host}, not loopback", err=True)
     sim = Simulator(SimConfig(api_key=api_key, credits=credit_balance, render_seconds=render_seconds,
                               render_jitter=render_jitter, fail_rate=fail_rate, error_rate=error_rate,
                               drop_rate=drop_rate, lost_answer_rate=lost_answer_rate, malformed_rate=malformed_rate,
-                              rpm=rpm, url_ttl=url_ttl, seed=seed, echo_key_in_errors=echo_key_in_errors))
+                              rpm=rpm, url_ttl=url_ttl, seed=seed, echo_key_in_errors=echo_key_in_errors,
+                              webhooks=not no_webhooks, webhook_loss=webhook_loss,
+                              webhook_duplicate=webhook_duplicate, webhook_delay=webhook_delay))
     server = make_server(sim, host, port)
     click.echo(f"simulator serving on http://{host}:{server.server_address[1]} (key {api_key!r})", err=True)
     try:

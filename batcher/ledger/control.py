@@ -1,7 +1,7 @@
 """A batch's control word (`states.Control`): what `batcher pause / resume / cancel` asked of every
 runner of the batch. Setting it, with what it does to the jobs in the same transaction (cancel:
 pending -> cancelled; resume: cancelled -> pending, each with its event), and the cheap read every
-runner makes twice a second.
+runner makes twice a second. Beside it, the batch's webhook secret, which every runner shares.
 
 The batch row is locked first (`FOR UPDATE` on PostgreSQL; SQLite's BEGIN IMMEDIATE serialises
 writers), so a command and a runner's sweep of a cancelled batch cannot interleave: a sweep that
@@ -83,6 +83,18 @@ class LedgerControl(LedgerStore):
             in_flight = self.x(conn, f"SELECT COUNT(*) FROM job WHERE batch = :b AND state IN "
                                      f"({', '.join(repr(s) for s in PAID)})", {"b": batch}).scalar_one()
             return ControlChange(batch, before, change.after, change.at, moved, int(in_flight))
+        return self.write(op)
+
+    def webhook_secret(self, batch: str, make: Callable[[], str]) -> str:
+        """The batch's webhook secret, made with `make` the first time it is asked for. Every runner
+        of the batch gets the same one (the first writer's), so any of them checks any poke."""
+        def op(conn: Connection) -> str:
+            self.x(conn, "UPDATE batch SET webhook_secret = :s WHERE name = :b AND webhook_secret IS NULL",
+                   {"s": make(), "b": batch})
+            secret = self.x(conn, "SELECT webhook_secret FROM batch WHERE name = :b", {"b": batch}).scalar()
+            if not isinstance(secret, str) or not secret:
+                raise LedgerError(f"batch {batch!r} is not in the ledger {self.display}")
+            return secret
         return self.write(op)
 
     def cancelling(self, batch: str, detail: str) -> Callable[[Connection], int]:

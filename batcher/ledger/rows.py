@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..states import JobState
@@ -35,7 +35,7 @@ class Batch:
     updated_at: float
     control: str = "running"  # a `Control` word: what the operator asked of every runner
     control_at: float | None = None
-    webhook_secret: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)  # never printed
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from .options import RunOptions
 from .outcomes import StopReason
 from .pacer import RequestPacer
 from .pauses import Pauses
+from .pokes import HookState
 from .threads import IoThreads
 from .writer import LedgerWriter
 
@@ -66,6 +67,7 @@ class RunContext:
     models: dict[str, ModelSpec] = field(default_factory=dict)  # by API id: every model of the batch's jobs
     core: anyio.CancelScope | None = None
     control: Control = Control.RUNNING  # the batch's control word, as the control watcher last read it
+    hooks: HookState | None = None  # webhooks, when the run listens for them
     _budget_changed: anyio.Event | None = None
     _control_changed: anyio.Event | None = None
 

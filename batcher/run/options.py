@@ -12,6 +12,7 @@ from ..answers import DEFAULT_MAX_RETRY_AFTER
 from ..files import OUTPUTS
 from ..policy import RetryPolicy
 from ..refstore import ReferenceStore
+from ..webhooks import Webhooks
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class RunOptions:
     preflight: bool = True  # check every reference URL before spending (see batcher.preflight)
     on_warning: Callable[[str], None] | None = None  # what to tell before spending (default: the log)
     reference_store: ReferenceStore | None = None  # where local reference images are uploaded
+    webhooks: Webhooks | None = None  # ask the API to poke each job's end (--webhook-listen, --webhook-url)
     progress_interval: float = 1.0
     handle_signals: bool = False
     seed: int | None = None

@@ -42,6 +42,7 @@ class Submitted(enum.Enum):
     NOT_SENT = "not sent"  # provably never reached the API: send again after a pause
     RATE_LIMITED = "rate limited"  # 429 before acceptance: send again after Retry-After
     FAILED = "failed"  # the API refused it (4xx)
+    HOOK_REFUSED = "webhook refused"  # refused (4xx) while it carried a webhook URL: sent again without
     HELD = "held"  # the outcome is unknown: held for the user
     BUDGET = "budget"  # the shared budget had no room
     STOPPED = "stopped"  # the run is stopping (credits, auth) or another runner took the job

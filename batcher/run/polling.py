@@ -1,16 +1,20 @@
 """Polling: follow one submitted job to the end of its render, as often as the learned render
-times say, and record how it ended: rendered (queued for download), failed and refunded
+times say (sparsely, as a safety net, when a webhook should announce its end; a poke asks at
+once), and record how it ended: rendered (queued for download), failed and refunded
 (requeued while attempts remain), held (paid, then unknown to the API), or left for the next run."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 import anyio
 
 from ..answers import JobStatus
 from ..errors import AuthError, CreditsExhausted, MalformedAnswer, RateLimited, RejectedError, ServerError
 from ..ledger import Job
+from ..safetynet import safety_due
 from ..states import JobState as S
 from .context import RunContext
 from .outcomes import Followed, StopReason
@@ -25,16 +29,12 @@ async def follow_to_end(ctx: RunContext, job: Job) -> tuple[Followed, Job]:
 
     def elapsed() -> float:
         return max(0.0, ctx.wall() - start_wall)
+    hooks = ctx.hooks
+    hooked = hooks is not None and job.id in hooks.hooked  # its end should be announced by a webhook
     polls = failures = tries = 0
     first_failure = lower = 0.0
     while True:
-        density = ctx.pacer.density() if ctx.pacer is not None else 1.0
-        due = ctx.planner.next_poll(cls, elapsed(), polls, density)
-        if timeout is not None and due > timeout:
-            due = max(elapsed(), timeout)
-        delay = due - elapsed()  # read the clock once: it moves between two reads
-        if delay > 0:
-            await anyio.sleep(delay)
+        poked = await _until_due(ctx, job, cls, hooked, elapsed, polls)
         if timeout is not None and elapsed() >= timeout and tries > 0:
             await ctx.event(job, "timeout", f"not finished after {timeout:g}s; the next run polls it again")
             ctx.note("some jobs passed --job-timeout; rerun to keep polling them")
@@ -74,8 +74,32 @@ async def follow_to_end(ctx: RunContext, job: Job) -> tuple[Followed, Job]:
         if not status.done:
             lower = seen_at
             continue
-        ctx.planner.observe(cls, lower, seen_at)
+        if hooked and hooks is not None:
+            hooks.tally.record(announced=poked)
+        # A poke comes as the render ends: its time is the render's length (the delivery's delay
+        # included, which later polls should allow for too), not an interval since the last poll.
+        ctx.planner.observe(cls, seen_at if poked else lower, seen_at)
         return await _finished(ctx, job, status, (lower + seen_at) / 2)
+
+
+async def _until_due(ctx: RunContext, job: Job, cls: tuple[Any, ...], hooked: bool, elapsed: Callable[[], float],
+                     polls: int) -> bool:
+    """Wait for the job's next poll (its safety poll, when a webhook should announce its end), or
+    for a poke, whichever comes first; whether a poke came."""
+    hooks, timeout = ctx.hooks, ctx.options.polling.job_timeout
+    density = ctx.pacer.density() if ctx.pacer is not None else 1.0
+    if hooked and hooks is not None:
+        due = safety_due(ctx.planner.expected(cls), ctx.planner.guess(cls), elapsed(), hooks.tally.lost, density)
+    else:
+        due = ctx.planner.next_poll(cls, elapsed(), polls, density)
+    if timeout is not None and due > timeout:
+        due = max(elapsed(), timeout)
+    delay = due - elapsed()  # read the clock once: it moves between two reads
+    if hooks is not None:  # a poke cuts the wait short (any job: an earlier run may have asked for one)
+        return await hooks.board.wait(job.key, delay) if delay > 0 else hooks.board.take_early(job.key)
+    if delay > 0:
+        await anyio.sleep(delay)
+    return False
 
 
 async def _lost(ctx: RunContext, job: Job, e: RejectedError) -> Job:

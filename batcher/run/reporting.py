@@ -54,6 +54,28 @@ class Progress:
     covered: int | None = None
 
 
+@dataclass(frozen=True)
+class WebhookFigures:
+    """How webhooks did in a run: jobs a poke announced, jobs a safety poll found done first (their
+    webhook lost or late), valid pokes received, and models whose API refused the field."""
+
+    base: str  # where the API was asked to post (the secret tokens are not part of it)
+    announced: int
+    missed: int
+    pokes: int
+    refused: tuple[str, ...] = ()
+
+    def line(self) -> str:
+        jobs = self.announced + self.missed
+        refused = f"; refused by the API for {', '.join(self.refused)} (polled instead)" if self.refused else ""
+        return (f"webhooks: {self.announced} of {jobs} finished job(s) announced by a webhook, {self.missed} found "
+                f"by safety polls; {self.pokes} poke(s) received at {self.base}{refused}")
+
+    def as_dict(self) -> dict[str, object]:
+        return {"base": self.base, "announced": self.announced, "missed": self.missed, "pokes": self.pokes,
+                "refused": list(self.refused)}
+
+
 @dataclass
 class RunReport:
     """Where a run left its batch."""
@@ -74,6 +96,7 @@ class RunReport:
     failures: list[tuple[str, str, int, list[str]]] = field(default_factory=list)
     uploads: str | None = None  # what became of the batch's local reference images, in a line
     control: str = "running"  # the batch's control word as this run last saw it (`states.Control`)
+    webhooks: WebhookFigures | None = None  # when the run listened for webhooks
 
     @property
     def total(self) -> int:

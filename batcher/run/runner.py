@@ -1,8 +1,8 @@
 """The run's wiring: one task group per run, tasks named. A feeder claims jobs into a bounded
 stream; `concurrency` workers each carry one job from submission to the end of its render;
 downloaders take finished jobs from a bounded queue; one writer commits the ledger writes; the
-pacer, the heartbeat, the control watcher (`batcher pause / resume / cancel`), progress and
-signals run beside them. Memory stays flat in the batch size."""
+webhook listener (when asked for), the pacer, the heartbeat, the control watcher (`batcher pause /
+resume / cancel`), progress and signals run beside them. Memory stays flat in the batch size."""
 
 from __future__ import annotations
 
@@ -27,10 +27,11 @@ from .context import RunContext
 from .control import cancel_leftovers, control_at_start, read_control, watch_control
 from .downloads import downloader
 from .feeder import feed, heartbeat, reap, register
+from .hooks import listen
 from .options import RunOptions
 from .outcomes import Followed, StopReason
 from .polling import follow_to_end
-from .reporting import BudgetOutlook, Progress, RunReport, budget_outlook
+from .reporting import BudgetOutlook, Progress, RunReport, WebhookFigures, budget_outlook
 from .startup import check_references, prepare_outputs, survey
 from .submission import submit_and_follow
 from .uploads import UploadReport, upload_local_images
@@ -71,10 +72,12 @@ class Runner:
         try:
             async with anyio.create_task_group() as outer:
                 outer.start_soon(ctx.writer.run, name="ledger-writer")
-                pacing = anyio.CancelScope()
+                pacing, listening = anyio.CancelScope(), anyio.CancelScope()
                 if ctx.pacer is not None:
                     outer.start_soon(self._run_pacer, pacing, name="request-pacer")
                 try:
+                    if ctx.options.webhooks is not None:  # listening before the first submission asks for a poke
+                        await outer.start(listen, ctx, listening, name="webhook-listener")
                     if ctx.submitting_allowed:  # (a cancelled batch sends nothing: nothing to check)
                         await self._before_spending()
                     async with anyio.create_task_group() as aux:
@@ -96,6 +99,7 @@ class Runner:
                         aux.cancel_scope.cancel()
                 finally:
                     pacing.cancel()
+                    listening.cancel()
                     ctx.writer.close()
                     with anyio.CancelScope(shield=True):
                         await ctx.threads.run(ctx.ledger.release, ctx.batch, ctx.owner)
@@ -200,7 +204,8 @@ class Runner:
         failures = await ctx.threads.run(ctx.ledger.failure_groups, ctx.batch)
         return RunReport(ctx.batch, f.counts, f.spend.spent, f.held, f.held_cost, ctx.options.limits.budget,
                          time.monotonic() - self._started, ctx.submitted, ctx.completed, ctx.stop_reason,
-                         ctx.messages, f.bytes, failures, self.uploads.summary(), ctx.control.value)
+                         ctx.messages, f.bytes, failures, self.uploads.summary(), ctx.control.value,
+                         _webhook_figures(ctx))
 
     # --- progress and signals ------------------------------------------------------------------
 
@@ -246,6 +251,14 @@ def _classifier(models: Mapping[str, ModelSpec]) -> Callable[[tuple[Any, Any, An
                   if value is not None}
         return spec.job_class(params)
     return classify
+
+
+def _webhook_figures(ctx: RunContext) -> WebhookFigures | None:
+    hooks = ctx.hooks
+    if hooks is None:
+        return None
+    return WebhookFigures(hooks.base, hooks.tally.announced, hooks.tally.missed, hooks.board.pokes,
+                          tuple(sorted(hooks.refused)))
 
 
 def _first_batcher_error(exc: BaseException) -> BaseException:

@@ -34,6 +34,7 @@ from ..ledger import Job
 from ..states import JobState as S
 from .context import RunContext
 from .failpoints import failpoint
+from .hooks import hook_refused, settle_hook_refusal, with_webhook
 from .outcomes import Followed, StopReason, Submitted
 from .polling import follow_to_end
 from .uploads import with_local_urls
@@ -61,6 +62,7 @@ async def submit_and_follow(ctx: RunContext, job: Job) -> None:
     cls = model.job_class(job.parameters())
     not_sent = 0
     first_try = time.monotonic()
+    with_hook = True  # ask for a webhook (when the run listens) until the API refuses one for this job
     while True:
         # Until the API has charged one job of a kind, only one of that kind is in flight, and
         # until it has charged one of a model, one of that model: an estimate that is too low (a
@@ -77,7 +79,7 @@ async def submit_and_follow(ctx: RunContext, job: Job) -> None:
         try:
             if await ctx.reserve(estimate):
                 await ctx.wait_pause(job)
-                outcome, job = await submit_once(ctx, job, wire, estimate)
+                outcome, job = await submit_once(ctx, job, wire, estimate, with_hook)
         finally:
             if probe:
                 ctx.probing.discard(gate)
@@ -96,10 +98,18 @@ async def submit_and_follow(ctx: RunContext, job: Job) -> None:
             if not await _send_again(ctx, job, outcome, not_sent, first_try):
                 return
             continue
+        if outcome is Submitted.HOOK_REFUSED:
+            with_hook = False
+            continue
+        settle_hook_refusal(ctx, job, model.api_id, outcome)
         if outcome is not Submitted.ACCEPTED:
             return
         ctx.unreachable = 0
-        followed, job = await follow_to_end(ctx, job)
+        try:
+            followed, job = await follow_to_end(ctx, job)
+        finally:
+            if ctx.hooks is not None:
+                ctx.hooks.hooked.discard(job.id)
         if followed is not Followed.REQUEUED:
             return
 
@@ -124,10 +134,12 @@ async def _send_again(ctx: RunContext, job: Job, outcome: Submitted, tries: int,
     return True
 
 
-async def submit_once(ctx: RunContext, job: Job, wire: dict[str, Any], estimate: float) -> tuple[Submitted, Job]:
+async def submit_once(ctx: RunContext, job: Job, wire: dict[str, Any], estimate: float, with_hook: bool = True
+                      ) -> tuple[Submitted, Job]:
     """One attempt: the request's URLs for local images (made now), intent, POST, answer."""
     try:
         body = await with_local_urls(ctx, ctx.options.reference_store, wire)
+        body, hooked = with_webhook(ctx, job, body) if with_hook else (body, False)
     except ReferenceStoreError as e:
         ctx.budget.settle(estimate, None)
         ctx.budget_signal()
@@ -172,9 +184,14 @@ async def submit_once(ctx: RunContext, job: Job, wire: dict[str, Any], estimate:
             ctx.budget.settle(estimate, None)
             ctx.budget_signal()
             await ctx.writer.write(ctx.ledger.end_attempt(attempt_id, "rejected", known=known))
+            if hooked:
+                return Submitted.HOOK_REFUSED, await hook_refused(ctx, job, e)
             return Submitted.FAILED, await ctx.move(job, S.SUBMITTING, S.FAILED, "rejected", str(e), error=str(e))
         failpoint("after-post")
-        return await _accepted(ctx, job, attempt_id, estimate, answer)
+        outcome, job = await _accepted(ctx, job, attempt_id, estimate, answer)
+        if hooked and outcome is Submitted.ACCEPTED and ctx.hooks is not None:
+            ctx.hooks.hooked.add(job.id)
+        return outcome, job
     # Not reached: a scope could swallow only its own cancellation, and nothing cancels this one.
     raise AssertionError("submit_once: the shielded scope ended without an answer")
 

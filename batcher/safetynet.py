@@ -1,0 +1,86 @@
+"""When to poll a job whose end a webhook should announce: the safety net under webhooks.
+
+A webhook saves the polls, but it can be lost or late, so the run still polls, sparsely. Given
+the render times learned so far (a normal with `mean` and `std`) and the share of jobs whose
+webhook did not come (`lost`), the chance that a job not yet announced at `t` seconds is done and
+silent is q(t) = lost F(t) / (1 - (1 - lost) F(t)), F the render times' distribution. Polls follow
+an intensity sqrt(q(t)) / step: `step` is the polling mode's own interval, reached only when an
+unannounced job is surely done (q = 1, e.g. every webhook lost), and far sparser while webhooks
+arrive (the square root is the classic balance of detection delay against requests). Past every
+render seen (mean + 3 std) the polls back off as in polling mode. Pure functions."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+TAIL_STDS = 3.0  # past mean + 3 std no render was expected: back off
+MIN_STD_FRACTION = 0.05  # a fit narrower than this (of the mean) is widened: renders are never exact
+STEP_STDS = 0.6  # the densest safety polls come every 0.6 std (as polling mode's do) ...
+STEP_FRACTION = 0.04  # ... and never more often than this fraction of the mean
+GUESS_STD = 0.25  # the spread assumed around a guessed render time, before any is learned
+
+
+@dataclass
+class WebhookTally:
+    """How webhooks have done in this run: jobs a poke announced, and jobs a scheduled poll found
+    done first (their webhook lost or late). Starts from a prior of one lost in ten, worth ten jobs."""
+
+    announced: int = 0
+    missed: int = 0
+    prior_missed: float = 1.0
+    prior_jobs: float = 10.0
+
+    def record(self, announced: bool) -> None:
+        if announced:
+            self.announced += 1
+        else:
+            self.missed += 1
+
+    @property
+    def lost(self) -> float:
+        """The share of webhooks that do not arrive in time, smoothed by the prior."""
+        return (self.missed + self.prior_missed) / (self.announced + self.missed + self.prior_jobs)
+
+
+def silent_done(t: float, mean: float, std: float, lost: float) -> float:
+    """q(t): the chance that a job not announced `t` seconds after submission is done."""
+    f = 0.5 * (1.0 + math.erf((t - mean) / (std * math.sqrt(2.0))))
+    denominator = 1.0 - (1.0 - lost) * f
+    if denominator <= 1e-12:
+        return 1.0
+    return min(1.0, max(0.0, lost * f / denominator))
+
+
+def safety_due(expected: tuple[float, float] | None, guess: float, elapsed: float, lost: float,
+               density: float = 1.0) -> float:
+    """The next safety poll from what the run has learned of the job's class (mean, std), or, with
+    nothing learned yet, from a guessed render time. `density` > 1: the request rate has room."""
+    mean, std = expected if expected is not None else (guess, GUESS_STD * guess)
+    std = max(std, MIN_STD_FRACTION * mean, 1e-6)
+    step = max(STEP_STDS * std, STEP_FRACTION * mean) / max(density, 1e-6)
+    return next_safety_poll(elapsed, mean, std, lost, step)
+
+
+def next_safety_poll(elapsed: float, mean: float, std: float, lost: float, step: float, *,
+                     factor: float = 1.5, max_interval: float = 60.0) -> float:
+    """Seconds after submission of the next safety poll of a job not yet announced, `elapsed`
+    seconds after its submission. `step` is the polling mode's interval for this job's class."""
+    std = max(std, MIN_STD_FRACTION * mean, 1e-6)
+    step = max(step, 1e-6)
+    lost = min(1.0, max(lost, 1e-6))
+    late = mean + TAIL_STDS * std
+    if elapsed >= late:
+        over = elapsed - late
+        return elapsed + min(max_interval, max(step, over * (factor - 1.0)))
+    # Integrate the intensity forward until it adds up to one poll (midpoint rule, steps of a
+    # fraction of the polling interval: a few hundred at most).
+    dt = min(step, std) / 8.0
+    t, total = elapsed, 0.0
+    while t < late:
+        rate = math.sqrt(silent_done(t + dt / 2.0, mean, std, lost)) / step
+        if total + rate * dt >= 1.0:
+            return t + (1.0 - total) / rate if rate > 0 else t + dt
+        total += rate * dt
+        t += dt
+    return late
