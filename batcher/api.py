@@ -30,6 +30,7 @@ from .catalog import list_models as catalog_list
 from .client import DEFAULT_BASE, PixelDojoClient
 from .errors import MissingKeyError, UsageError
 from .files import OUTPUTS, default_out_dir  # noqa: F401 - part of the API
+from .jobrows import job_rows
 from .ledger import DEFAULT_LEDGER, Ledger, display_location, is_database_url, read_model_infos
 from .localrefs import StoreSettings, refuse_without_store
 from .manifest import Manifest, load_manifest
@@ -63,8 +64,8 @@ def stage(ledger: Ledger, manifest: Manifest, rate_overrides: dict[str, float] |
     if not checked:
         check(manifest, rate_overrides, max_jobs=max_jobs)
     ledger.check_mode(manifest.batch, simulated)  # before the expansion, which can take a while
-    added = ledger.add_jobs(manifest.batch, manifest.model.api_id, str(manifest.path),
-                            iter_jobs(manifest, rate_overrides, max_jobs=max_jobs), simulated=simulated)
+    added = ledger.add_rows(manifest.batch, manifest.model.api_id, str(manifest.path),
+                            job_rows(manifest, rate_overrides, max_jobs=max_jobs), simulated=simulated)
     images = {**manifest.set_files, **manifest.local_files}
     ledger.remember_local_images(((a, str(f.path), f.size, f.origin) for a, f in images.items()), time.time())
     return added
@@ -182,8 +183,10 @@ class Target:
     simulator: Simulator | None = None
 
     def close(self) -> None:
-        if self.simulator is not None and self.simulator.journal is not None:
-            self.simulator.journal.close()
+        if self.simulator is not None:
+            self.simulator.close()  # its webhook senders (they start again if it is used again)
+            if self.simulator.journal is not None:
+                self.simulator.journal.close()
 
 
 def simulator_state_for(ledger: str | Path) -> Path:

@@ -11,6 +11,8 @@
 - shared: what a shared ledger costs: jobs and claims per second, whole process, zero render, one
   runner on SQLite and on PostgreSQL, several at once on PostgreSQL (benchshared; needs --pg-url).
 - memory: the runner's resident memory through a run, against `batcher simulator` over loopback.
+- webhooks: whole process, webhooks against polling: the oracle, batcher polling, batcher with
+  every webhook delivered and with a share lost (benchhooks).
 - stage: seconds and peak memory to plan and add a large manifest to the ledger, and `status`.
 """
 
@@ -31,6 +33,7 @@ import anyio
 
 from .api import run_async, target
 from .benchoracle import manifest_text
+from .benchhooks import bench_webhooks, describe_webhooks
 from .benchshared import section as shared_section
 from .benchwhole import bench_whole, describe
 from .run import RunOptions
@@ -203,6 +206,8 @@ class BenchSettings:
     pg_url: str | None = None  # the `shared` section's PostgreSQL database (a schema is made per measurement)
     shared_jobs: int = 2000
     shared_runners: int = 4
+    webhook_loss: float = 0.2  # the `webhooks` section's lossy run
+    webhook_delay: float = 0.02  # seconds from a render's end to its webhook
 
 
 Section = Callable[[BenchSettings], tuple[dict[str, Any], list[str]]]
@@ -265,6 +270,12 @@ def _memory(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
         f"10% of the run, {m['half']:.0f} MB at half way, {m['end']:.0f} MB at the end"]
 
 
+def _webhooks(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
+    r = bench_webhooks(s.jobs, s.concurrency, s.render, s.jitter, loss=s.webhook_loss, delay=s.webhook_delay,
+                       max_polls=s.max_polls)
+    return r, describe_webhooks(r)
+
+
 def _stage(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
     r = bench_stage(s.stage_jobs)
     return r, [
@@ -275,7 +286,7 @@ def _stage(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
 
 RUNS: dict[str, Section] = {"efficiency": _efficiency, "efficiency-long": _efficiency_long, "inprocess": _inprocess,
                             "ratelimit": _ratelimit, "spare": _spare, "overhead": _overhead, "shared": _shared,
-                            "memory": _memory, "stage": _stage}
+                            "memory": _memory, "stage": _stage, "webhooks": _webhooks}
 SECTIONS = list(RUNS)
 """Every section, in the order they run (`batcher bench all`)."""
 DEFAULT_SECTIONS = [name for name in SECTIONS if name not in ("efficiency-long", "inprocess")]

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,13 @@ DEFINITION = "efficiency = sum of simulated render seconds / (concurrency x whol
 SIM_KEY = "sim-key"
 
 
-def start_simulator(render: float, jitter: float, seed: int) -> tuple[subprocess.Popen[str], str]:
-    """`batcher simulator` in its own process on a free loopback port: (process, base URL)."""
+def start_simulator(render: float, jitter: float, seed: int, extra: Sequence[str] = ()
+                    ) -> tuple[subprocess.Popen[str], str]:
+    """`batcher simulator` in its own process on a free loopback port (`extra`: more of its options,
+    e.g. webhook faults): (process, base URL)."""
     sim = subprocess.Popen([sys.executable, "-m", "batcher", "simulator", "--host", "127.0.0.1", "--port", "0",
                             "--api-key", SIM_KEY, "--credits", "1e12", "--render-seconds", str(render),
-                            "--render-jitter", str(jitter), "--seed", str(seed)],
+                            "--render-jitter", str(jitter), "--seed", str(seed), *extra],
                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     line = sim.stderr.readline()  # type: ignore[union-attr]  # stderr=PIPE: never None
     if "serving on " not in line:
@@ -68,10 +71,10 @@ def _figures(record: dict[str, Any], jobs: int, concurrency: int, wall: float) -
 
 
 def _side(argv: list[str], work: Path, render: float, jitter: float, seed: int, env: dict[str, str] | None,
-          ok: tuple[int, ...] = (0,)) -> tuple[float, str, int, dict[str, Any]]:
+          ok: tuple[int, ...] = (0,), sim_args: Sequence[str] = ()) -> tuple[float, str, int, dict[str, Any]]:
     """Start a fresh simulator, run `argv` (with `{url}` filled in) against it: (wall, stdout, exit status,
     record, with `bench_times`: the process's start and exit and the clock offset, for `breakdown`)."""
-    sim, url = start_simulator(render, jitter, seed)
+    sim, url = start_simulator(render, jitter, seed, sim_args)
     try:
         started, exited, out, status = _timed([a.replace("{url}", url) for a in argv], work, env, ok)
         asked = time.monotonic()
@@ -84,22 +87,24 @@ def _side(argv: list[str], work: Path, render: float, jitter: float, seed: int, 
     return exited - started, out, status, record
 
 
-def whole_batcher(jobs: int, concurrency: int, render: float, jitter: float, seed: int, work: Path
-                  ) -> dict[str, Any]:
-    """`batcher run` as its own process against `batcher simulator` in another."""
+def whole_batcher(jobs: int, concurrency: int, render: float, jitter: float, seed: int, work: Path,
+                  run_args: Sequence[str] = (), sim_args: Sequence[str] = ()) -> dict[str, Any]:
+    """`batcher run` as its own process against `batcher simulator` in another (`run_args`,
+    `sim_args`: more options of each)."""
     manifest = work / "bench.yaml"
     manifest.write_text(manifest_text(jobs))
     env = {**os.environ, "PIXELDOJO_API_KEY": SIM_KEY}
     argv = [sys.executable, "-m", "batcher", "run", str(manifest), "--api-base", "{url}",
             "--ledger", str(work / "ledger.db"), "--out", str(work / "out"), "--concurrency", str(concurrency),
-            "--expected-render", str(max(render, 0.01)), "--json"]
+            "--expected-render", str(max(render, 0.01)), "--json", *run_args]
     # A run that ends with jobs not done (exit 1) or held as unknown is reported, not raised: its
     # summary says why (`exit_code`, `counts`, `held_unknown`, `messages`).
-    wall, out, status, record = _side(argv, work, render, jitter, seed, env, ok=(0, 1))
+    wall, out, status, record = _side(argv, work, render, jitter, seed, env, ok=(0, 1), sim_args=sim_args)
     figures = _figures(record, jobs, concurrency, wall)
     summary = json.loads(out)
     figures |= {"exit_code": status, "completed": summary["counts"].get("completed", 0),
-                "held_unknown": summary["held_unknown"], "messages": summary["messages"]}
+                "held_unknown": summary["held_unknown"], "messages": summary["messages"],
+                "webhooks": summary.get("webhooks"), "sim_webhooks": record.get("webhooks")}
     return figures
 
 

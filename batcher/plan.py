@@ -344,6 +344,22 @@ def iter_jobs(manifest: Manifest, rate_overrides: dict[str, float] | None = None
         raise ManifestError(list(diags.items))
 
 
+def row_sources(manifest: Manifest, diags: Diagnostics, rate_overrides: dict[str, float] | None = None, *,
+                max_jobs: int = MAX_JOBS) -> Iterator[tuple[RowPlan, FastRow | None, Iterable[JobSpec]]]:
+    """Each usable row in manifest order: compiled (`fast_row`) when every job of it is known
+    valid, else with its jobs built one by one (duplicates kept); the problems of the rows that
+    cannot expand go to `diags`."""
+    wires: dict[str, dict[str, str]] = {}
+    costs: dict[tuple[Any, ...], tuple[float, bool]] = {}
+    for plan in plan_rows(manifest, diags, max_jobs) or []:
+        if not plan.usable:
+            check_unusable(plan, manifest, diags)
+            continue
+        fast = fast_row(plan, manifest, rate_overrides)
+        yield plan, fast, () if fast is not None else _expand_row(
+            plan, manifest, diags, rate_overrides, wire_names_of(plan.model, wires), costs)
+
+
 def expand(manifest: Manifest, rate_overrides: dict[str, float] | None = None, *,
            max_jobs: int = MAX_JOBS) -> list[JobSpec]:
     """Check a manifest and return all its jobs (for small batches and tests)."""

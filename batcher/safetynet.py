@@ -24,11 +24,13 @@ GUESS_STD = 0.25  # the spread assumed around a guessed render time, before any 
 @dataclass
 class WebhookTally:
     """How webhooks have done in this run: jobs a poke announced, and jobs a scheduled poll found
-    done first (their webhook lost or late). Starts from a prior of one lost in ten, worth ten jobs."""
+    done first (their webhook lost or late). Starts from a prior of one lost in twenty, worth ten
+    jobs: doubtful enough to find a dead webhook path soon, light enough to be outweighed by the
+    first wave's pokes."""
 
     announced: int = 0
     missed: int = 0
-    prior_missed: float = 1.0
+    prior_missed: float = 0.5
     prior_jobs: float = 10.0
 
     def record(self, announced: bool) -> None:

@@ -127,7 +127,7 @@ def test_with_nothing_learned_the_guess_decides():
 
 def test_the_tally_starts_doubtful_and_learns():
     tally = WebhookTally()
-    assert 0.05 < tally.lost < 0.2
+    assert 0.02 < tally.lost < 0.2
     for _ in range(200):
         tally.record(announced=True)
     assert tally.lost < 0.01

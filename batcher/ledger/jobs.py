@@ -3,23 +3,31 @@ jobs, batches, attempts and events back as frozen rows."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection, text
 
 from ..errors import LedgerError, SimulationMismatch
+from ..jobrows import JobRow, row_of
 from ..plan import JobSpec
 from ..states import JobState
 from .rows import Attempt, Batch, Event, Job, R, from_mapping
 from .store import LedgerStore
 
+Request = tuple[int, int, str, str, str, str | None]  # seq, id, state, origin, params JSON, model
+
 
 class LedgerJobs(LedgerStore):
     def add_jobs(self, batch: str, model: str, manifest: str, jobs: Iterable[JobSpec], chunk: int = 5000,
                  *, simulated: bool = False) -> tuple[int, int]:
-        """Add a manifest's jobs; known keys keep their state. Returns (added, already known).
+        """Add a manifest's jobs (built one by one; see `add_rows`). Returns (added, already known)."""
+        return self.add_rows(batch, model, manifest, (row_of(job) for job in jobs), chunk, simulated=simulated)
+
+    def add_rows(self, batch: str, model: str, manifest: str, rows: Iterable[JobRow], chunk: int = 5000,
+                 *, simulated: bool = False) -> tuple[int, int]:
+        """Add a manifest's jobs, in one transaction; known keys keep their state. Returns (added,
+        already known).
 
         Marks every job of this manifest with a new generation, so pending jobs that are no longer
         in the manifest are not submitted. A batch remembers whether it is simulated: once anything
@@ -40,24 +48,25 @@ class LedgerJobs(LedgerStore):
                 "updated_at = excluded.updated_at"),
                 {"n": batch, "m": model, "f": manifest, "s": simulated, "t": now})
             generation = conn.execute(text("SELECT generation FROM batch WHERE name = :n"), {"n": batch}).scalar_one()
-            sql = text(
+            # Straight to the driver, many rows a statement: SQLAlchemy's processing of each row's
+            # parameters cost more than the database's insert.
+            sql = self.sql.driver_sql(
                 "INSERT INTO job (batch, key, seq, generation, row, take, origin, label, params, estimate, "
                 "state, attempts, lease_token, created_at, updated_at, model) VALUES (:batch, :key, :seq, :gen, "
                 ":row, :take, :origin, :label, :params, :estimate, 'pending', 0, 0, :t, :t, :model) "
                 "ON CONFLICT(batch, key) DO UPDATE SET generation = excluded.generation, "
                 "origin = excluded.origin, label = excluded.label, row = excluded.row")
             buf: list[dict[str, Any]] = []
-            for job in jobs:
-                buf.append({"batch": batch, "key": job.key, "seq": seen, "gen": generation, "row": job.row,
-                            "take": job.take, "origin": job.origin, "label": job.label,
-                            "params": json.dumps(job.params, ensure_ascii=False), "estimate": job.estimate,
-                            "t": now, "model": job.model or model})
+            for r in rows:
+                buf.append({"batch": batch, "key": r.key, "seq": seen, "gen": generation, "row": r.row,
+                            "take": r.take, "origin": r.origin, "label": r.label, "params": r.params,
+                            "estimate": r.estimate, "t": now, "model": r.model or model})
                 seen += 1
                 if len(buf) >= chunk:
-                    conn.execute(sql, buf)
+                    conn.exec_driver_sql(sql, buf)
                     buf.clear()
             if buf:
-                conn.execute(sql, buf)
+                conn.exec_driver_sql(sql, buf)
             return int(generation)
 
         self.write(insert_all)
@@ -135,6 +144,18 @@ class LedgerJobs(LedgerStore):
         gen = " AND generation = :g" if generation is not None else ""
         return self._rows(Job, f"SELECT * FROM job WHERE batch = :b AND state IN ({wanted}) AND seq > :after{gen} "
                                f"ORDER BY seq LIMIT :n", {"b": batch, "after": after_seq, "n": limit, "g": generation})
+
+    def requests_in(self, batch: str, states: Iterable[JobState], *, after_seq: int = -1, limit: int = 2000,
+                    generation: int | None = None) -> list[Request]:
+        """(seq, id, state, origin, params JSON, model) for a page of a batch's jobs in some states, in
+        manifest order: what a run surveys before it spends, without building a Job of each."""
+        wanted = ", ".join(f"'{JobState(s).value}'" for s in states)
+        gen = " AND generation = :g" if generation is not None else ""
+        sql = self.sql.driver_sql(f"SELECT seq, id, state, origin, params, model FROM job WHERE batch = :b AND "
+                                  f"state IN ({wanted}) AND seq > :after{gen} ORDER BY seq LIMIT :n")
+        with self.engine.connect() as conn:
+            rows = conn.exec_driver_sql(sql, {"b": batch, "after": after_seq, "n": limit, "g": generation})
+            return cast(list[Request], [tuple(row) for row in rows])
 
     def iter_batch(self, batch: str | None = None, page: int = 1000) -> Iterator[Job]:
         """Every job (of a batch, or of the ledger), a page at a time."""

@@ -15,8 +15,9 @@ from typing import Any
 
 from ..errors import AuthError, BatcherError, PreflightFailed, SchemaMismatch
 from ..files import matches, sweep_temp_files
-from ..ledger import Job
-from ..localrefs import local_addresses
+from ..ledger.jobs import Request
+from ..localrefs import LOCAL_PREFIX, local_addresses
+from ..models import ModelSpec
 from ..preflight import preflight, references_of
 from ..refstore import placeholder_url, with_urls
 from ..schemarules import check_against
@@ -44,17 +45,17 @@ def prepare_outputs(ctx: RunContext) -> None:
 
 
 async def pending_pages(ctx: RunContext, size: int = 2000, states: tuple[S, ...] = (S.PENDING,)
-                        ) -> AsyncIterator[list[Job]]:
-    """The batch's pending jobs (or jobs in `states`) of this generation, a page at a time (memory
-    stays flat)."""
+                        ) -> AsyncIterator[list[Request]]:
+    """The batch's pending jobs (or jobs in `states`) of this generation as (seq, id, state,
+    origin, params JSON, model), a page at a time (memory stays flat)."""
     after = -1
     while True:
-        page = await ctx.threads.run(partial(ctx.ledger.jobs_in, ctx.batch, list(states), after_seq=after, limit=size,
-                                             generation=ctx.generation))
+        page = await ctx.threads.run(partial(ctx.ledger.requests_in, ctx.batch, list(states), after_seq=after,
+                                             limit=size, generation=ctx.generation))
         if not page:
             return
         yield page
-        after = page[-1].seq
+        after = page[-1][0]
 
 
 async def _live_schema(ctx: RunContext, api_id: str) -> dict[str, Any] | None:
@@ -67,46 +68,79 @@ async def _live_schema(ctx: RunContext, api_id: str) -> dict[str, Any] | None:
         return None
 
 
+# A rule of only these keywords, for text, is checked here in a few operations (most prompts).
+_PLAIN_TEXT_RULE = frozenset({"type", "minLength", "maxLength", "title", "description", "default", "examples"})
+
+
+def _plainly_fits(rule: Any, value: Any) -> bool:
+    """Whether text surely fits a rule of a string type and lengths alone: then the full check
+    could only agree. False sends the value to the full check (which says why, if it breaks it)."""
+    if type(value) is not str or not isinstance(rule, dict) or not rule.keys() <= _PLAIN_TEXT_RULE:
+        return False
+    kinds = rule.get("type", "string")
+    if kinds != "string" and not (isinstance(kinds, list) and "string" in kinds):
+        return False
+    least, most = rule.get("minLength", 0), rule.get("maxLength", len(value))
+    return type(least) is int and type(most) is int and least <= len(value) <= most
+
+
+def _value_key(value: Any) -> Any:
+    """What tells a value from another as the API receives it (1, 1.0 and true apart)."""
+    if value is None or type(value) in (str, int, float, bool):
+        return type(value), value
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 class SchemaCheck:
     """Each request held against its model's live schema (fetched once per model), once per
     distinct shape: the first request with a given set of parameters is checked whole; after it,
-    each distinct value of a parameter once, against that parameter's rule. A batch of a hundred
-    thousand prompts costs a hundred thousand string checks, not as many whole-schema checks."""
+    each distinct value of a parameter once, against that parameter's rule (text that plainly
+    fits a rule of type and length alone, without the full check). A batch of a hundred thousand
+    prompts costs a hundred thousand length checks, not as many whole-schema checks."""
 
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
         self.schemas: dict[str, dict[str, Any] | None] = {}
         self.shapes: set[tuple[str, frozenset[str]]] = set()
-        self.values: set[tuple[str, str, str]] = set()
+        self.values: set[tuple[str, str, Any]] = set()
+        self.wire_names: dict[str, dict[str, str]] = {}
 
-    async def check(self, job: Job, params: dict[str, Any]) -> None:
-        model = self.ctx.model_of(job)
-        if model.api_id not in self.schemas:
-            self.schemas[model.api_id] = await _live_schema(self.ctx, model.api_id)
-        schema = self.schemas[model.api_id]
+    async def check(self, model: ModelSpec, origin: str, params: dict[str, Any]) -> None:
+        api_id = model.api_id
+        if api_id not in self.schemas:
+            self.schemas[api_id] = await _live_schema(self.ctx, api_id)
+        schema = self.schemas[api_id]
         if schema is None:
             return
-        # A local image stands as the URL it will be when sent (made only at submission).
-        wire = with_urls(model.to_wire(params), placeholder_url)
-        shape = (model.api_id, frozenset(wire))
+        shape = (api_id, frozenset(params))  # manifest names: one per wire name
         if shape not in self.shapes:
+            # A local image stands as the URL it will be when sent (made only at submission).
+            wire = with_urls(model.to_wire(params), placeholder_url)
             self.shapes.add(shape)
-            self._raise_if(job, model.api_id, check_against(schema, wire))
+            self._raise_if(origin, api_id, check_against(schema, wire))
             return
         props = schema.get("properties")
-        for name, value in wire.items():
-            seen = (model.api_id, name, json.dumps(value, sort_keys=True, default=str))
-            if seen in self.values or not isinstance(props, dict):
+        if not isinstance(props, dict):
+            return
+        names = self.wire_names.get(api_id)
+        if names is None:
+            names = self.wire_names[api_id] = {p.name: p.wire for p in model.params}
+        for name, value in params.items():
+            seen = (api_id, name, _value_key(value))
+            if seen in self.values:
                 continue
             self.values.add(seen)
-            rule: dict[str, Any] = {"type": "object", "properties": {name: props.get(name, {})}}
+            wire_name, wire_value = names[name], with_urls(value, placeholder_url)
+            if _plainly_fits(props.get(wire_name), wire_value):
+                continue
+            rule: dict[str, Any] = {"type": "object", "properties": {wire_name: props.get(wire_name, {})}}
             rule.update({k: schema[k] for k in ("$defs", "definitions") if k in schema})
-            self._raise_if(job, model.api_id, check_against(rule, {name: value}))
+            self._raise_if(origin, api_id, check_against(rule, {wire_name: wire_value}))
 
     @staticmethod
-    def _raise_if(job: Job, api_id: str, found: list[Any]) -> None:
+    def _raise_if(origin: str, api_id: str, found: list[Any]) -> None:
         if found:
-            raise SchemaMismatch(f"{job.origin}: the live API schema of {api_id} rejects this batch before "
+            raise SchemaMismatch(f"{origin}: the live API schema of {api_id} rejects this batch before "
                                  f"anything was spent: {found[0]}")
 
 
@@ -125,19 +159,26 @@ async def survey(ctx: RunContext) -> Survey:
     sends one again)."""
     found = Survey()
     schema = SchemaCheck(ctx) if ctx.options.check_schema else None
+    models: dict[str | None, ModelSpec] = {}
+    pending = S.PENDING.value
     async for page in pending_pages(ctx, states=(S.PENDING, S.SUBMITTED)):
-        for job in page:
-            params = job.parameters()
-            for value in params.values():
-                if isinstance(value, list):
-                    for address in local_addresses(value):
-                        found.local.setdefault(address, job.origin)
-            if job.state != S.PENDING.value:
+        for _, job_id, state, origin, text, model_name in page:
+            params = json.loads(text)
+            if LOCAL_PREFIX in text:  # (JSON writes the prefix as it is)
+                for value in params.values():
+                    if isinstance(value, list):
+                        for address in local_addresses(value):
+                            found.local.setdefault(address, origin)
+            if state != pending:
                 continue
             if ctx.options.preflight:
-                references_of(((job.origin, params),), into=found.references)
+                references_of(((origin, params),), into=found.references)
             if schema is not None:
-                await schema.check(job, params)
+                model = models.get(model_name)
+                if model is None:  # the first job of each model (one that cannot be sent is refused)
+                    job = await ctx.threads.run(ctx.ledger.get, job_id)
+                    model = models[model_name] = ctx.model_of(job)
+                await schema.check(model, origin, params)
     return found
 
 

@@ -1,0 +1,104 @@
+"""A manifest's jobs as the ledger stores them, for staging: one pass over the manifest, a compiled
+row's jobs filled in from its text (key and stored parameters one `str.format` each, no JobSpec,
+no dict, no JSON encoder per job); the other rows' jobs built one by one, as `iter_jobs` does.
+The rows are exactly those `row_of` makes of each job of `iter_jobs` (a test holds them equal).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import operator
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+from .diagnostics import Diagnostics
+from .errors import ManifestError
+from .expansion import RowPlan, row_label
+from .manifest import Manifest
+from .plan import MAX_JOBS, JobSpec, row_sources
+from .rowkeys import KEY_BYTES, FastRow, derived_seed
+
+
+class JobRow(NamedTuple):
+    """One job as the ledger adds it."""
+
+    key: str
+    row: int
+    take: int
+    origin: str
+    label: str
+    params: str  # json.dumps(params, ensure_ascii=False): manifest names, every effective value
+    estimate: float
+    model: str  # the API id of the model it renders with ("" for the manifest's)
+
+
+def row_of(job: JobSpec) -> JobRow:
+    """A job built one by one, as the ledger stores it."""
+    return JobRow(job.key, job.row, job.take, job.origin, job.label, json.dumps(job.params, ensure_ascii=False),
+                  job.estimate, job.model)
+
+
+def job_rows(manifest: Manifest, rate_overrides: dict[str, float] | None = None, *,
+             max_jobs: int = MAX_JOBS) -> Iterator[JobRow]:
+    """Every distinct job of a manifest that `check` accepted, in manifest order, as ledger rows."""
+    if manifest.problems:
+        raise ManifestError(list(manifest.problems))
+    diags = Diagnostics()
+    seen: set[int] = set()  # keys as ints, as `iter_jobs` keeps them
+    for plan, fast, jobs in row_sources(manifest, diags, rate_overrides, max_jobs=max_jobs):
+        if fast is not None:
+            yield from _compiled(fast, plan, seen)
+            continue
+        for job in jobs:
+            key = int(job.key, 16)
+            if key not in seen:
+                seen.add(key)
+                yield row_of(job)
+    if diags.items:  # check() should have been called first
+        raise ManifestError(list(diags.items))
+
+
+def _combos(fast: FastRow) -> Iterator[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """Each job's axis texts, in expansion order: (as its key hashes them, as its parameters store them)."""
+    axes = fast.text.axes
+    if fast.stored_axes == axes:  # scalars only: one text serves both
+        for combo in itertools.product(*axes):
+            yield combo, combo
+        return
+    for pairs in itertools.product(*[list(zip(a, b, strict=True)) for a, b in zip(axes, fast.stored_axes,
+                                                                                      strict=True)]):
+        yield tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
+
+
+def _compiled(fast: FastRow, plan: RowPlan, seen: set[int]) -> Iterator[JobRow]:
+    """A compiled row's distinct jobs (those not in `seen`, which they join), takes innermost."""
+    sha256 = hashlib.sha256
+    request, seedless, stored = fast.text.text, fast.text.seedless, fast.stored
+    row, origin, label, model = plan.row.index, plan.row.origin, row_label(plan.row), plan.model.api_id
+    takes = [(take, f"#take={take}") for take in range(1, fast.text.repeat + 1)]
+    pick = operator.itemgetter(*fast.class_axes) if fast.class_axes else None
+    estimates: dict[Any, float] = {}
+    for combo, named in _combos(fast):
+        texts = pick(combo) if pick is not None else None
+        estimate = estimates.get(texts)
+        if estimate is None:
+            estimate = estimates[texts] = fast.class_info(texts)[0]
+        if seedless is None:
+            text, params = request.format(*combo), stored.format(*named)
+            for take, suffix in takes:
+                digest = sha256((text + suffix).encode()).digest()[:KEY_BYTES]
+                key = int.from_bytes(digest, "big")
+                if key not in seen:
+                    seen.add(key)
+                    yield JobRow(digest.hex(), row, take, origin, label, params, estimate, model)
+            continue
+        without = seedless.format(*combo)
+        for take, suffix in takes:
+            seed = derived_seed(without, take)
+            digest = sha256((request.format(*combo, seed) + suffix).encode()).digest()[:KEY_BYTES]
+            key = int.from_bytes(digest, "big")
+            if key not in seen:
+                seen.add(key)
+                yield JobRow(digest.hex(), row, take, origin, label, stored.format(*named, seed), estimate, model)
