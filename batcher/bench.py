@@ -32,8 +32,8 @@ from typing import Any
 import anyio
 
 from .api import run_async, target
-from .benchoracle import manifest_text
 from .benchhooks import bench_webhooks, describe_webhooks
+from .benchoracle import manifest_text
 from .benchshared import section as shared_section
 from .benchwhole import bench_whole, describe
 from .run import RunOptions
