@@ -57,15 +57,20 @@ def plan(manifest: Manifest, rate_overrides: dict[str, float] | None = None, *,
 
 
 def stage(ledger: Ledger, manifest: Manifest, rate_overrides: dict[str, float] | None = None, *,
-          checked: bool = False, simulated: bool = False, max_jobs: int = MAX_JOBS) -> tuple[int, int]:
-    """Check a manifest (unless the caller just did) and add its jobs to the ledger; returns
-    (added, already known). `simulated` marks the batch as rendered by the simulator; a batch
-    with results of the other kind is refused (SimulationMismatch)."""
-    if not checked:
-        check(manifest, rate_overrides, max_jobs=max_jobs)
+          checked: bool | PlanSummary = False, simulated: bool = False, max_jobs: int = MAX_JOBS) -> tuple[int, int]:
+    """Check a manifest (unless the caller just did: True, or what `check(..., keep=True)` returned
+    for it, whose compiled rows are then filled in rather than expanded again, and let go) and
+    add its jobs to the ledger; returns (added, already known). `simulated` marks the batch as
+    rendered by the simulator; a batch with results of the other kind is refused (SimulationMismatch)."""
+    if checked is False:
+        checked = check(manifest, rate_overrides, max_jobs=max_jobs, keep=True)
+    compiled = checked.compiled if isinstance(checked, PlanSummary) else None
+    if isinstance(checked, PlanSummary):
+        checked.compiled = None  # a run keeps its plan: the rows' keys must not stay with it
     ledger.check_mode(manifest.batch, simulated)  # before the expansion, which can take a while
     added = ledger.add_rows(manifest.batch, manifest.model.api_id, str(manifest.path),
-                            job_rows(manifest, rate_overrides, max_jobs=max_jobs), simulated=simulated)
+                            job_rows(manifest, rate_overrides, max_jobs=max_jobs, compiled=compiled),
+                            simulated=simulated)
     images = {**manifest.set_files, **manifest.local_files}
     ledger.remember_local_images(((a, str(f.path), f.size, f.origin) for a, f in images.items()), time.time())
     return added
@@ -240,15 +245,17 @@ async def run_async(manifest: Manifest | str | Path, *, ledger: Ledger | str | P
     try:
         dest = to or target()
         simulated = dest.simulator is not None
+        checked: PlanSummary | None = None
         if stage_jobs:  # (checking finds the manifest's local images)
             m = await describe_models(m, led, dest)
-            await anyio.to_thread.run_sync(lambda: check(m, rate_overrides))
+            checked = await anyio.to_thread.run_sync(lambda: check(m, rate_overrides, keep=True))
         if options is not None and options.limits.budget is not None:
             refuse_unpriced(m, rate_overrides or {})
         store = options.reference_store if options is not None else None
         store = store or reference_store(m, dest)  # refused here, before staging, when there is none
         if stage_jobs:
-            await anyio.to_thread.run_sync(lambda: stage(led, m, rate_overrides, checked=True, simulated=simulated))
+            await anyio.to_thread.run_sync(lambda: stage(led, m, rate_overrides, checked=checked or True,
+                                                         simulated=simulated))
         else:
             led.check_mode(m.batch, simulated)
         opts = options or RunOptions.of(out_dir=default_out_dir(m.batch, simulated))

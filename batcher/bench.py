@@ -13,7 +13,8 @@
 - memory: the runner's resident memory through a run, against `batcher simulator` over loopback.
 - webhooks: whole process, webhooks against polling: the oracle, batcher polling, batcher with
   every webhook delivered and with a share lost (benchhooks).
-- stage: seconds and peak memory to plan and add a large manifest to the ledger, and `status`.
+- stage: seconds and peak memory to plan and add a large manifest to the ledger, `status`; `batcher
+  run --budget 0` beside `batcher plan --json`, and start-up, whole process (benchstage).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from .api import run_async, target
 from .benchhooks import bench_webhooks, describe_webhooks
 from .benchoracle import manifest_text
 from .benchshared import section as shared_section
+from .benchstage import section as stage_section
 from .benchwhole import bench_whole, describe
 from .run import RunOptions
 from .simulator import SimConfig, Simulator
@@ -75,25 +77,6 @@ def bench_run(jobs: int, concurrency: int, render: float, jitter: float, *, sim_
     total = sum(v for k, v in record["requests"].items() if k != "file")
     return RunFigures(jobs, concurrency, wall, ideal, record["requests"].get("job", 0) / max(1, jobs), total,
                       record["rate_limited"], report.counts.get("completed", 0))
-
-
-_STAGE_SCRIPT = """
-import json, resource, sys, time
-from batcher.api import stage, status
-from batcher.ledger import Ledger
-from batcher.manifest import load_manifest
-t = time.monotonic()
-m = load_manifest(sys.argv[1])
-with Ledger(sys.argv[2]) as led:
-    added, known = stage(led, m)
-t_stage = time.monotonic() - t
-t = time.monotonic()
-with Ledger(sys.argv[2]) as led:
-    s = status(led, m.batch)
-t_status = time.monotonic() - t
-print(json.dumps({"added": added, "stage_seconds": t_stage, "status_seconds": t_status,
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "jobs": s["jobs"]}))
-"""
 
 
 _RUN_SCRIPT = """
@@ -161,25 +144,6 @@ def bench_memory(jobs: int) -> dict[str, Any]:
         sim.wait(timeout=10)
 
 
-def bench_stage(jobs: int, workdir: Path | None = None) -> dict[str, Any]:
-    """Plan and add `jobs` jobs to a new ledger in a fresh process; then time `status`."""
-    work = workdir or Path(tempfile.mkdtemp(prefix="batcher-bench-"))
-    path = work / f"stage-{jobs}.yaml"
-    path.write_text(manifest_text(jobs, batch="stage"))
-    out = subprocess.run([sys.executable, "-c", _STAGE_SCRIPT, str(path), str(work / "stage.db")],
-                         capture_output=True, text=True, check=True)
-    result = json.loads(out.stdout)
-    started = time.monotonic()
-    subprocess.run([sys.executable, "-m", "batcher", "status", "--ledger", str(work / "stage.db"), "--json"],
-                   capture_output=True, check=True)
-    result["status_cli_seconds"] = time.monotonic() - started
-    started = time.monotonic()
-    subprocess.run([sys.executable, "-m", "batcher", "plan", str(path), "--json", "--ledger", str(work / "stage.db")],
-                   capture_output=True, check=True)
-    result["plan_cli_seconds"] = time.monotonic() - started
-    return result
-
-
 def machine() -> str:
     import os
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
@@ -198,6 +162,7 @@ class BenchSettings:
     max_polls: float = 2.5
     overhead_jobs: int = 10_000
     stage_jobs: int = 100_000
+    run_jobs: int = 104_000  # `batcher run --budget 0` beside `batcher plan --json` (the stage section)
     sim_rpm: float = 1200
     client_rpm: float = 1100
     rate_jobs: int = 400
@@ -277,11 +242,7 @@ def _webhooks(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
 
 
 def _stage(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
-    r = bench_stage(s.stage_jobs)
-    return r, [
-        f"stage        {s.stage_jobs} jobs planned and added: {r['stage_seconds']:.2f}s, peak {r['peak_mb']:.0f} MB; "
-        f"status {r['status_seconds']:.2f}s in-process ({r['status_cli_seconds']:.2f}s as a command); "
-        f"plan as a command {r['plan_cli_seconds']:.2f}s"]
+    return stage_section(s.stage_jobs, s.run_jobs)
 
 
 RUNS: dict[str, Section] = {"efficiency": _efficiency, "efficiency-long": _efficiency_long, "inprocess": _inprocess,

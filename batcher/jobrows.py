@@ -6,19 +6,18 @@ The rows are exactly those `row_of` makes of each job of `iter_jobs` (a test hol
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import operator
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 from .diagnostics import Diagnostics
 from .errors import ManifestError
-from .expansion import RowPlan, row_label
+from .expansion import RowPlan, check_unusable, plan_rows, row_label
 from .manifest import Manifest
-from .plan import MAX_JOBS, JobSpec, row_sources
-from .rowkeys import KEY_BYTES, FastRow, derived_seed
+from .plan import MAX_JOBS, JobSpec, expand_row, wire_names_of
+from .rowkeys import FastRow, derived_seed, fast_row, key_text, row_keys
 
 
 class JobRow(NamedTuple):
@@ -40,14 +39,15 @@ def row_of(job: JobSpec) -> JobRow:
                   job.estimate, job.model)
 
 
-def job_rows(manifest: Manifest, rate_overrides: dict[str, float] | None = None, *,
-             max_jobs: int = MAX_JOBS) -> Iterator[JobRow]:
-    """Every distinct job of a manifest that `check` accepted, in manifest order, as ledger rows."""
+def job_rows(manifest: Manifest, rate_overrides: dict[str, float] | None = None, *, max_jobs: int = MAX_JOBS,
+             compiled: Iterable[tuple[RowPlan, FastRow | None]] | None = None) -> Iterator[JobRow]:
+    """Every distinct job of a manifest that `check` accepted, in manifest order, as ledger rows;
+    from the rows `check(keep=True)` compiled, when given (one expansion of the manifest, not two)."""
     if manifest.problems:
         raise ManifestError(list(manifest.problems))
     diags = Diagnostics()
     seen: set[int] = set()  # keys as ints, as `iter_jobs` keeps them
-    for plan, fast, jobs in row_sources(manifest, diags, rate_overrides, max_jobs=max_jobs):
+    for plan, fast, jobs in row_sources(manifest, diags, rate_overrides, max_jobs=max_jobs, compiled=compiled):
         if fast is not None:
             yield from _compiled(fast, plan, seen)
             continue
@@ -58,6 +58,28 @@ def job_rows(manifest: Manifest, rate_overrides: dict[str, float] | None = None,
                 yield row_of(job)
     if diags.items:  # check() should have been called first
         raise ManifestError(list(diags.items))
+
+
+def row_sources(manifest: Manifest, diags: Diagnostics, rate_overrides: dict[str, float] | None = None, *,
+                max_jobs: int = MAX_JOBS, compiled: Iterable[tuple[RowPlan, FastRow | None]] | None = None
+                ) -> Iterator[tuple[RowPlan, FastRow | None, Iterable[JobSpec]]]:
+    """Each usable row in manifest order: compiled (`fast_row`) when every job of it is known
+    valid, else with its jobs built one by one (duplicates kept); the problems of the rows that
+    cannot expand go to `diags`. `compiled`: the rows as `check` compiled them."""
+    wires: dict[str, dict[str, str]] = {}
+    costs: dict[tuple[Any, ...], tuple[float, bool]] = {}
+    for plan, fast in _compiled_rows(manifest, diags, rate_overrides, max_jobs) if compiled is None else compiled:
+        yield plan, fast, () if fast is not None else expand_row(
+            plan, manifest, diags, rate_overrides, wire_names_of(plan.model, wires), costs)
+
+
+def _compiled_rows(manifest: Manifest, diags: Diagnostics, rate_overrides: dict[str, float] | None,
+                   max_jobs: int) -> Iterator[tuple[RowPlan, FastRow | None]]:
+    for plan in plan_rows(manifest, diags, max_jobs) or []:
+        if plan.usable:
+            yield plan, fast_row(plan, manifest, rate_overrides)
+        else:
+            check_unusable(plan, manifest, diags)
 
 
 def _combos(fast: FastRow) -> Iterator[tuple[tuple[str, ...], tuple[str, ...]]]:
@@ -73,11 +95,12 @@ def _combos(fast: FastRow) -> Iterator[tuple[tuple[str, ...], tuple[str, ...]]]:
 
 
 def _compiled(fast: FastRow, plan: RowPlan, seen: set[int]) -> Iterator[JobRow]:
-    """A compiled row's distinct jobs (those not in `seen`, which they join), takes innermost."""
-    sha256 = hashlib.sha256
-    request, seedless, stored = fast.text.text, fast.text.seedless, fast.stored
+    """A compiled row's distinct jobs (those not in `seen`, which they join), takes innermost;
+    their keys as `check` kept them, else hashed now."""
+    keys = iter(fast.keys) if fast.keys is not None else (key for key, _ in row_keys(fast.text))
+    seedless, stored = fast.text.seedless, fast.stored
     row, origin, label, model = plan.row.index, plan.row.origin, row_label(plan.row), plan.model.api_id
-    takes = [(take, f"#take={take}") for take in range(1, fast.text.repeat + 1)]
+    takes = range(1, fast.text.repeat + 1)
     pick = operator.itemgetter(*fast.class_axes) if fast.class_axes else None
     estimates: dict[Any, float] = {}
     for combo, named in _combos(fast):
@@ -85,20 +108,13 @@ def _compiled(fast: FastRow, plan: RowPlan, seen: set[int]) -> Iterator[JobRow]:
         estimate = estimates.get(texts)
         if estimate is None:
             estimate = estimates[texts] = fast.class_info(texts)[0]
-        if seedless is None:
-            text, params = request.format(*combo), stored.format(*named)
-            for take, suffix in takes:
-                digest = sha256((text + suffix).encode()).digest()[:KEY_BYTES]
-                key = int.from_bytes(digest, "big")
-                if key not in seen:
-                    seen.add(key)
-                    yield JobRow(digest.hex(), row, take, origin, label, params, estimate, model)
-            continue
-        without = seedless.format(*combo)
-        for take, suffix in takes:
-            seed = derived_seed(without, take)
-            digest = sha256((request.format(*combo, seed) + suffix).encode()).digest()[:KEY_BYTES]
-            key = int.from_bytes(digest, "big")
-            if key not in seen:
-                seen.add(key)
-                yield JobRow(digest.hex(), row, take, origin, label, stored.format(*named, seed), estimate, model)
+        params = stored.format(*named) if seedless is None else ""
+        without = seedless.format(*combo) if seedless is not None else ""
+        for take in takes:
+            key = next(keys)
+            if key is None or key in seen:  # (None: a duplicate, as `check` found)
+                continue
+            seen.add(key)
+            if seedless is not None:
+                params = stored.format(*named, derived_seed(without, take))
+            yield JobRow(key_text(key), row, take, origin, label, params, estimate, model)

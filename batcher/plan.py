@@ -85,6 +85,9 @@ class PlanSummary:
     by_model: dict[str, int] = field(default_factory=dict)  # jobs per model (a batch may mix them)
     local_images: int = 0  # distinct local reference images the jobs use (by content)
     local_bytes: int = 0  # their size together: what uploading them would send
+    # With check(keep=True): each usable row as it was compiled (its keys kept), or None for a row
+    # built job by job. Staging fills the ledger from them (`jobrows`) instead of expanding again.
+    compiled: list[tuple[RowPlan, FastRow | None]] | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         local = {"local_images": {"count": self.local_images, "bytes": self.local_bytes}} if self.local_images else {}
@@ -131,7 +134,7 @@ def _expand(manifest: Manifest, diags: Diagnostics, rate_overrides: dict[str, fl
     costs: dict[tuple[Any, ...], tuple[float, bool]] = {}
     for plan in plans:
         if plan.usable:
-            yield from _expand_row(plan, manifest, diags, rate_overrides, wire_names_of(plan.model, wires), costs)
+            yield from expand_row(plan, manifest, diags, rate_overrides, wire_names_of(plan.model, wires), costs)
         else:
             check_unusable(plan, manifest, diags)
 
@@ -144,9 +147,9 @@ def wire_names_of(model: ModelSpec, cache: dict[str, dict[str, str]]) -> dict[st
     return found
 
 
-def _expand_row(plan: RowPlan, manifest: Manifest, diags: Diagnostics, rate_overrides: dict[str, float] | None,
-                wire_names: dict[str, str], costs: dict[tuple[Any, ...], tuple[float, bool]], build: bool = True
-                ) -> Iterator[JobSpec]:
+def expand_row(plan: RowPlan, manifest: Manifest, diags: Diagnostics, rate_overrides: dict[str, float] | None,
+               wire_names: dict[str, str], costs: dict[tuple[Any, ...], tuple[float, bool]], build: bool = True
+               ) -> Iterator[JobSpec]:
     """A row's jobs, one by one: templating, reference resolution and each parameter's rule per
     job; with `build` false, only the problems are reported (no job is built).
 
@@ -224,7 +227,9 @@ def _takes(plan: RowPlan, manifest: Manifest, params: dict[str, Any], auto: bool
 
 def _count_row(fast: FastRow, plan: RowPlan, seen: set[int], summary: PlanSummary,
                rows: dict[int, RowSummary]) -> None:
-    """Add a compiled row's distinct jobs to the plan's figures, without building any job."""
+    """Add a compiled row's distinct jobs to the plan's figures, without building any job (and,
+    when the plan keeps its compiled rows, keep the row's keys: None for a duplicate)."""
+    kept: list[int | None] | None = [] if summary.compiled is not None else None
     classes: dict[Any, list[Any]] = {}  # estimate class -> [estimate, is_guess, seconds, resolution, jobs]
     pick = operator.itemgetter(*fast.class_axes) if fast.class_axes else None
     info = fast.class_info
@@ -233,8 +238,12 @@ def _count_row(fast: FastRow, plan: RowPlan, seen: set[int], summary: PlanSummar
     for key, combo in row_keys(fast.text):
         if key in seen:
             duplicates += 1
+            if kept is not None:
+                kept.append(None)
             continue
         seen.add(key)
+        if kept is not None:
+            kept.append(key)
         texts = pick(combo) if pick is not None else None
         entry = classes.get(texts)
         if entry is None:
@@ -246,6 +255,7 @@ def _count_row(fast: FastRow, plan: RowPlan, seen: set[int], summary: PlanSummar
         credits += entry[0]
     summary.duplicates += duplicates
     summary.credits = credits
+    fast.keys = kept
     if not jobs:
         return
     rows[plan.row.index] = RowSummary(plan.row.origin, row_label(plan.row), jobs, row_credits)
@@ -269,8 +279,9 @@ class _Recorder(Diagnostics):
 
 
 def check(manifest: Manifest, rate_overrides: dict[str, float] | None = None, *,
-          max_jobs: int = MAX_JOBS) -> PlanSummary:
-    """Check every job, raising ManifestError with every problem; return the plan's figures.
+          max_jobs: int = MAX_JOBS, keep: bool = False) -> PlanSummary:
+    """Check every job, raising ManifestError with every problem; return the plan's figures
+    (with `keep`, and the rows as compiled, for staging: see PlanSummary.compiled).
 
     A manifest that expands to more than `max_jobs` jobs is refused before any job is built. A
     row whose every job is valid is only counted, its keys computed without building its jobs;
@@ -278,17 +289,18 @@ def check(manifest: Manifest, rate_overrides: dict[str, float] | None = None, *,
     diags = Diagnostics()
     for d in manifest.problems:
         diags.add(d.file, d.line, d.message)
-    summary = PlanSummary(batch=manifest.batch, model=manifest.model.api_id)
+    summary = PlanSummary(batch=manifest.batch, model=manifest.model.api_id, compiled=[] if keep else None)
     rows: dict[int, RowSummary] = {}
     seen: set[int] = set()  # keys as ints: a third of the memory of their text
-    plans = plan_rows(manifest, diags, max_jobs)
     wires: dict[str, dict[str, str]] = {}
     costs: dict[tuple[Any, ...], tuple[float, bool]] = {}
-    for plan in plans or []:
+    for plan in plan_rows(manifest, diags, max_jobs) or []:
         if not plan.usable:
             check_unusable(plan, manifest, diags)
             continue
         fast = fast_row(plan, manifest, rate_overrides)
+        if summary.compiled is not None:
+            summary.compiled.append((plan, fast))
         if fast is not None:
             if not diags.items:  # once anything is wrong, only problems matter
                 _count_row(fast, plan, seen, summary, rows)
@@ -298,12 +310,12 @@ def check(manifest: Manifest, rate_overrides: dict[str, float] | None = None, *,
         if build and outcomes_per_value(plan, plan.model):
             # A few jobs tell whether the row has a problem; only a valid row needs every job.
             recorder = _Recorder()
-            for _ in _expand_row(plan, manifest, recorder, rate_overrides, wire_names, costs, build=False):
+            for _ in expand_row(plan, manifest, recorder, rate_overrides, wire_names, costs, build=False):
                 pass
             for call in recorder.calls:
                 diags.add(*call)
             build = not recorder.calls
-        for job in _expand_row(plan, manifest, diags, rate_overrides, wire_names, costs, build=build):
+        for job in expand_row(plan, manifest, diags, rate_overrides, wire_names, costs, build=build):
             key = int(job.key, 16)
             if key in seen:
                 summary.duplicates += 1
@@ -342,22 +354,6 @@ def iter_jobs(manifest: Manifest, rate_overrides: dict[str, float] | None = None
             yield job
     if diags.items:  # check() should have been called first
         raise ManifestError(list(diags.items))
-
-
-def row_sources(manifest: Manifest, diags: Diagnostics, rate_overrides: dict[str, float] | None = None, *,
-                max_jobs: int = MAX_JOBS) -> Iterator[tuple[RowPlan, FastRow | None, Iterable[JobSpec]]]:
-    """Each usable row in manifest order: compiled (`fast_row`) when every job of it is known
-    valid, else with its jobs built one by one (duplicates kept); the problems of the rows that
-    cannot expand go to `diags`."""
-    wires: dict[str, dict[str, str]] = {}
-    costs: dict[tuple[Any, ...], tuple[float, bool]] = {}
-    for plan in plan_rows(manifest, diags, max_jobs) or []:
-        if not plan.usable:
-            check_unusable(plan, manifest, diags)
-            continue
-        fast = fast_row(plan, manifest, rate_overrides)
-        yield plan, fast, () if fast is not None else _expand_row(
-            plan, manifest, diags, rate_overrides, wire_names_of(plan.model, wires), costs)
 
 
 def expand(manifest: Manifest, rate_overrides: dict[str, float] | None = None, *,

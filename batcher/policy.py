@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import math
 import random
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from .renderfit import RenderTimes, fit_censored_normal
 
 # --- retries -------------------------------------------------------------------------------------
 
@@ -38,76 +39,6 @@ class RetryPolicy:
 
 
 # --- polling -------------------------------------------------------------------------------------
-
-_SQRT2 = math.sqrt(2.0)
-_SQRT2PI = math.sqrt(2.0 * math.pi)
-
-
-def _phi(z: float) -> float:
-    return math.exp(-0.5 * z * z) / _SQRT2PI if math.isfinite(z) else 0.0
-
-
-def _cdf(z: float) -> float:
-    return 0.5 * (1.0 + math.erf(z / _SQRT2)) if math.isfinite(z) else (1.0 if z > 0 else 0.0)
-
-
-def fit_censored_normal(intervals: list[tuple[float, float]], iterations: int = 4,
-                        start: tuple[float, float] | None = None) -> tuple[float, float]:
-    """Mean and standard deviation of a normal from interval-censored samples (EM).
-
-    Each render is only known to have ended between two polls (or before the first): the
-    midpoint of (0, first poll] is badly biased, so the moments are fitted properly.
-    """
-    if start is not None:
-        mu, sigma = start
-    else:
-        mids = [(a + b) / 2 for a, b in intervals]
-        mu = sum(mids) / len(mids)
-        var = sum((m - mu) ** 2 for m in mids) / max(1, len(mids) - 1)
-        sigma = max(math.sqrt(var), 1e-3 * max(mu, 1e-3))
-    for _ in range(iterations):
-        s1 = s2 = 0.0
-        for a, b in intervals:
-            alpha = (a - mu) / sigma if a > 0 else -math.inf
-            beta = (b - mu) / sigma
-            mass = _cdf(beta) - _cdf(alpha)
-            if mass < 1e-9:
-                x = (a + b) / 2
-                s1 += x
-                s2 += x * x
-                continue
-            ez = (_phi(alpha) - _phi(beta)) / mass
-            a_term = alpha * _phi(alpha) if math.isfinite(alpha) else 0.0
-            ez2 = 1.0 + (a_term - beta * _phi(beta)) / mass
-            s1 += mu + sigma * ez
-            s2 += mu * mu + 2 * mu * sigma * ez + sigma * sigma * ez2
-        n = len(intervals)
-        mu = s1 / n
-        sigma = max(math.sqrt(max(s2 / n - mu * mu, 0.0)), 1e-3 * max(mu, 1e-3))
-    return mu, sigma
-
-
-@dataclass
-class _Observed:
-    intervals: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=400))
-    fit: tuple[float, float] | None = None
-    since_fit: int = 0
-
-    def add(self, lower: float, upper: float, min_samples: int) -> None:
-        self.intervals.append((lower, upper))
-        self.since_fit += 1
-        n = len(self.intervals)
-        # Refit often while learning, then every 50 renders, warm-started (cheap at any rate).
-        if n >= min_samples and (self.fit is None or n < 50 or self.since_fit >= 50):
-            warm = self.fit if n >= 50 else None
-            self.fit = fit_censored_normal(list(self.intervals), 2 if warm else 4, warm)
-            self.since_fit = 0
-
-    def prime(self, seed: RenderSeed, min_samples: int) -> None:
-        """Answer with `seed` until this run has observed `min_samples` renders (then its own fit)."""
-        if len(self.intervals) < min_samples:
-            self.fit = (seed.mean, seed.std)
-
 
 # --- render times remembered from earlier batches ----------------------------------------------
 
@@ -201,8 +132,8 @@ class PollPlanner:
     step_std: float = 0.6  # then every step_std * std ...
     min_step_fraction: float = 0.04  # ... but never more often than this fraction of the mean
     min_samples: int = 3
-    _classes: dict[tuple[Any, ...], _Observed] = field(default_factory=dict)
-    _models: dict[Any, _Observed] = field(default_factory=dict)  # every class of a model together
+    _classes: dict[tuple[Any, ...], RenderTimes] = field(default_factory=dict)
+    _models: dict[Any, RenderTimes] = field(default_factory=dict)  # every class of a model together
     # A model's own first guess, where it has one (its typical render time): before anything of
     # it is learned it starts from this, not from `initial`.
     guesses: dict[Any, float] = field(default_factory=dict)
@@ -213,18 +144,24 @@ class PollPlanner:
         `min_samples` renders of it (of the model); from then on the run's own fit, as before."""
         by_model: dict[Any, list[RenderSeed]] = {}
         for job_class, seed in seeds.items():
-            self._classes.setdefault(job_class, _Observed()).prime(seed, self.min_samples)
+            self._times(job_class).prime(seed.mean, seed.std, self.min_samples)
             by_model.setdefault(_model_of(job_class), []).append(seed)
         for model, group in by_model.items():
             pool = pooled(group)
             if pool is not None:
-                self._models.setdefault(model, _Observed()).prime(pool, self.min_samples)
+                self._model_times(model).prime(pool.mean, pool.std, self.min_samples)
 
     def observe(self, job_class: tuple[Any, ...], lower: float, upper: float) -> None:
         """A render of `job_class` finished between `lower` and `upper` seconds after submission."""
         lower, upper = max(0.0, lower), max(0.0, upper)
-        self._classes.setdefault(job_class, _Observed()).add(lower, upper, self.min_samples)
-        self._models.setdefault(_model_of(job_class), _Observed()).add(lower, upper, self.min_samples)
+        self._times(job_class).add(lower, upper, self.min_samples)
+        self._model_times(_model_of(job_class)).add(lower, upper, self.min_samples)
+
+    def _times(self, job_class: tuple[Any, ...]) -> RenderTimes:
+        return self._classes.setdefault(job_class, RenderTimes())
+
+    def _model_times(self, model: Any) -> RenderTimes:
+        return self._models.setdefault(model, RenderTimes())
 
     def expected(self, job_class: tuple[Any, ...]) -> tuple[float, float] | None:
         """(mean, std) of render seconds for a class, falling back to the other classes of its
@@ -246,8 +183,12 @@ class PollPlanner:
     def next_poll(self, job_class: tuple[Any, ...], elapsed: float, polls: int, density: float = 1.0) -> float:
         """Seconds after submission at which to poll next, given `polls` so far at `elapsed`.
 
-        `density` > 1 polls more often (the request rate has room to spare: spend it on a shorter
-        detection delay); < 1 less often (the rate is the bottleneck)."""
+        Each call also tells the planner that a job of the class is running at `elapsed`, as
+        `polls` polls have seen it (0: just submitted): the fit counts it as a render at least that
+        long until it is observed. `density` > 1 polls more often (the request rate has room to
+        spare: spend it on a shorter detection delay); < 1 less often (the rate is the bottleneck)."""
+        self._times(job_class).running.seen(polls, elapsed)
+        self._model_times(_model_of(job_class)).running.seen(polls, elapsed)
         expected = self.expected(job_class)
         if expected is None:
             # Nothing learned yet: a first poll a little before the expected render time, then
@@ -259,9 +200,11 @@ class PollPlanner:
             return elapsed + min(self.max_interval, max(self.min_interval, step))
         mean, std = expected
         first = max(self.min_interval, mean - self.lead * density * std)
-        if elapsed < first:
-            return first
         step = max(self.step_std * std / density, self.min_step_fraction * mean / density, self.min_interval)
+        if elapsed < first:
+            # A job already polled before the fit moved its first poll later waits a step at
+            # least: not a second poll a moment after the first.
+            return first if polls == 0 else max(first, elapsed + step)
         late = mean + 3 * std
         if elapsed < late:
             return elapsed + step

@@ -145,6 +145,7 @@ class FastRow:
     # each axis's values as that text spells them: the same as `text.axes` but for lists and mappings.
     stored: str = ""
     stored_axes: list[list[str]] = field(default_factory=list)
+    keys: list[int | None] | None = None  # each job's key as `check` found it, None for a duplicate
 
 
 def _template_pieces(p: Param, template: Template, plan: RowPlan, variable_axis: dict[str, int],
@@ -175,8 +176,6 @@ def fast_row(plan: RowPlan, manifest: Manifest, rate_overrides: dict[str, float]
     variable_axis = {dim.name: i for i, dim in enumerate(plan.dims) if not dim.is_param}
     axes: list[list[str]] = [[""] * len(dim.values) for dim in plan.dims]  # "" where no slot reads it
     wire: dict[str, list[str | int]] = {}
-    stored: list[tuple[str, list[str | int]]] = []  # manifest name -> pieces, in the job's order
-    stored_axes: dict[int, list[str]] = {}
     auto_wire: str | None = None
     values: dict[str, tuple[int | None, Any]] = {}  # parameter -> (axis, None) or (None, value)
     axis_values: dict[int, list[Any]] = {}
@@ -189,9 +188,7 @@ def fast_row(plan: RowPlan, manifest: Manifest, rate_overrides: dict[str, float]
                 return None
             axis_values[axis] = [value for _, value in outcomes]
             axes[axis] = [encode(value) for value in axis_values[axis]]
-            stored_axes[axis] = [STORED.encode(value) for value in axis_values[axis]]
             wire[p.wire] = [axis]
-            stored.append((p.name, [axis]))
             values[p.name] = (axis, None)
             continue
         assert fixed is not None
@@ -200,7 +197,6 @@ def fast_row(plan: RowPlan, manifest: Manifest, rate_overrides: dict[str, float]
             if pieces is None:
                 return None
             wire[p.wire] = pieces
-            stored.append((p.name, pieces))  # JSON escapes text alike with either separators
             continue
         good, value = check_value(p, fixed, manifest, scratch)
         if not good:
@@ -209,12 +205,8 @@ def fast_row(plan: RowPlan, manifest: Manifest, rate_overrides: dict[str, float]
             auto_wire = p.wire
             continue
         wire[p.wire] = [encode(value)]
-        stored.append((p.name, [STORED.encode(value)]))
         values[p.name] = (None, value)
     text = compile_row(model.api_id, wire, axes, plan.repeat, auto_wire)
-    stored_text = _stored_format(stored, len(axes) if auto_wire is not None else None)
-    # A variable's values are escaped text, the same in both; a parameter's differ for lists.
-    all_stored = [stored_axes.get(i, texts) for i, texts in enumerate(axes)]
     class_names = [n for n in dict.fromkeys((model.rate_param, model.seconds_param)) if n in values]
     class_axes = tuple(dict.fromkeys(axis for n in class_names if (axis := values[n][0]) is not None))
     by_text = {i: dict(zip(axes[i], axis_values[i], strict=True)) for i in class_axes}
@@ -228,4 +220,23 @@ def fast_row(plan: RowPlan, manifest: Manifest, rate_overrides: dict[str, float]
             params[n] = by_text[axis][at[axis]] if axis is not None else fixed
         return (model.estimate(params, rate_overrides), model.is_guess(params, rate_overrides),
                 int(params.get(model.seconds_param, 0)), str(params.get(model.rate_param)))
-    return FastRow(text, class_axes, class_info, stored_text, all_stored)
+    stored = _stored_format(_stored_pieces(plan, wire, values, auto_wire), len(axes) if auto_wire else None)
+    # A variable's values are escaped text, the same in both; a parameter's differ for lists.
+    stored_axes = [[STORED.encode(v) for v in axis_values[i]] if i in axis_values else texts
+                   for i, texts in enumerate(axes)]
+    return FastRow(text, class_axes, class_info, stored, stored_axes)
+
+
+def _stored_pieces(plan: RowPlan, wire: dict[str, list[str | int]], values: dict[str, tuple[int | None, Any]],
+                   auto_wire: str | None) -> list[tuple[str, Sequence[Piece]]]:
+    """Each stored parameter's pieces, in the job's order (a derived seed is added last, apart):
+    a fixed value as `STORED` spells it; an axis's slot, or a template's pieces, as the key's
+    text has them (JSON escapes text alike whatever its separators)."""
+    out: list[tuple[str, Sequence[Piece]]] = []
+    for p, _, _ in param_sources(plan, plan.model):
+        if p.wire == auto_wire:
+            continue
+        axis, fixed = values.get(p.name, (None, None))
+        fixed_value = p.name in values and axis is None
+        out.append((p.name, [STORED.encode(fixed)] if fixed_value else wire[p.wire]))
+    return out

@@ -8,13 +8,13 @@ from pathlib import Path
 import batcher
 
 ORDER = ["errors", "defaults", "text", "patterns", "schemarules", "imagefacts", "models", "modelschema", "template",
-         "states", "policy", "safetynet", "webhooks", "diagnostics", "textfiles", "yamlfile", "rowfields",
+         "states", "renderfit", "policy", "safetynet", "webhooks", "diagnostics", "textfiles", "yamlfile", "rowfields",
          "localrefs", "rowfiles", "manifest",
          "rowrefs", "expansion", "rowkeys", "plan", "jobrows", "files", "media", "ledger", "answers", "client",
          "catalog",
          "simimages", "simrefs", "simmodels", "simwebhooks", "simulator", "preflight", "refstore", "run", "export",
          "report", "display", "views", "watchview", "api", "benchoracle", "benchbreakdown", "benchwhole", "benchhooks",
-         "benchshared", "bench", "cli", "__main__"]
+         "benchshared", "benchstage", "bench", "cli", "__main__"]
 PACKAGE = Path(batcher.__file__).parent
 
 

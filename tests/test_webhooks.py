@@ -3,6 +3,7 @@ delivers each job's webhook over loopback to the run's own listener (lost, late 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -170,10 +171,22 @@ def test_the_secret_is_in_no_output_log_or_export(tmp_path, write):
         assert secret not in text
 
 
+def test_a_remote_api_needs_a_public_url(tmp_path, write):
+    """The listen address cannot be reached by an API on another host: refused before anything."""
+    manifest = write("m.yaml", small_manifest(n_rows=1))
+    env = {**os.environ, "PIXELDOJO_API_KEY": "k"}
+    done = subprocess.run([sys.executable, "-m", "batcher", "run", str(manifest), "--api-base",
+                           "https://api.example.com", "--ledger", str(tmp_path / "l.db"), "--webhook-listen",
+                           "127.0.0.1:0"], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 2
+    assert "needs --webhook-url" in done.stderr.strip().splitlines()[-1]
+
+
 @pytest.mark.parametrize("args, says", [
     (["--webhook-url", "https://p.example/h"], "--webhook-url needs --webhook-listen"),
     (["--webhook-listen", "nonsense"], "--webhook-listen"),
     (["--webhook-listen", "127.0.0.1:0", "--webhook-url", "ftp://p.example/h"], "--webhook-url"),
+    (["--webhook-listen", "0.0.0.0:0"], "needs --webhook-url"),  # all interfaces: no address to give the API
 ])
 def test_bad_webhook_options_are_one_line_and_exit_2(tmp_path, write, args, says):
     manifest = write("m.yaml", small_manifest(n_rows=1))

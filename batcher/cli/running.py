@@ -84,8 +84,10 @@ def run_options(f: Any) -> Any:
     return f
 
 
-def _webhooks(listen: str | None, public_url: str | None) -> Any:
-    """--webhook-listen and --webhook-url, checked (a usage error, exit 2, names what is wrong)."""
+def _webhooks(listen: str | None, public_url: str | None, api_base: str | None) -> Any:
+    """--webhook-listen and --webhook-url, checked (a usage error, exit 2, names what is wrong).
+    `api_base`: where requests go (None: the simulator); the listen address is a usable base only
+    for an API on this host."""
     from ..errors import UsageError
     if listen is None:
         if public_url is not None:
@@ -97,7 +99,28 @@ def _webhooks(listen: str | None, public_url: str | None) -> Any:
         host, port = parse_listen(listen)
     except UsageError as e:
         raise UsageError(f"--webhook-listen: {e}") from None
+    if public_url is None and (host in ("0.0.0.0", "::") or not _on_this_host(api_base)):
+        raise UsageError(f"--webhook-listen {listen} needs --webhook-url: the public URL through which the API "
+                         f"at {api_base or 'this host'} reaches this listener (a reverse proxy or a tunnel)")
     return Webhooks(host, port, check_public_url(public_url) if public_url is not None else None)
+
+
+def _on_this_host(api_base: str | None) -> bool:
+    """Whether the API is the simulator or one on a loopback address."""
+    if api_base is None:
+        return True
+    from urllib.parse import urlsplit
+    host = (urlsplit(api_base).hostname or "").lower()
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _ledger_of(ledger_path: str, simulate: bool) -> str:
+    """Simulated clips must never pass for real ones: unless --ledger is given on the command line
+    (BATCHER_LEDGER names the real ledger: it does not count), a simulated run keeps its own
+    ledger and folder, so a later real run of the batch renders everything."""
+    from ..api import SIMULATED_LEDGER
+    source = click.get_current_context().get_parameter_source("ledger_path")
+    return SIMULATED_LEDGER if simulate and source != click.core.ParameterSource.COMMANDLINE else ledger_path
 
 
 def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: int, budget: float | None,
@@ -117,17 +140,12 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
     from ..simulator import SimConfig
 
     m = load_manifest(manifest)
-    if simulate:
-        # Simulated clips must never pass for real ones: unless --ledger is given on the command
-        # line (BATCHER_LEDGER names the real ledger: it does not count), a simulated run keeps
-        # its own ledger and folder, so a later real run of the batch renders everything.
-        source = click.get_current_context().get_parameter_source("ledger_path")
-        if source != click.core.ParameterSource.COMMANDLINE:
-            ledger_path = api.SIMULATED_LEDGER
+    ledger_path = _ledger_of(ledger_path, simulate)
     to = api.target(simulate=SimConfig(render_seconds=sim_render_seconds, fail_rate=sim_fail_rate)
                     if simulate else False, api_base=api_base,
                     simulator_state=api.simulator_state_for(ledger_path) if simulate else None)
-    m, overrides = _checked(m, ledger_path, to, rates, max_jobs, budget)
+    hooks = _webhooks(webhook_listen, webhook_url, None if simulate else to.base_url)  # before any request
+    m, overrides, checked = _checked(m, ledger_path, to, rates, max_jobs, budget)
     expected_render = api.expected_render_for(to, expected_render)
     # Before any ledger or request. A simulated run keeps to the simulator's store unless the
     # command line names a bucket: the manifest's is for real runs.
@@ -140,7 +158,7 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
                          expected_render=expected_render, max_download_bytes=max_download_mb * 1024 * 1024,
                          handle_signals=True, rpm=rpm, lease_seconds=lease_seconds, max_retry_after=max_retry_after,
                          preflight=not no_preflight, on_warning=lambda line: click.echo(line, err=True),
-                         reference_store=store, webhooks=_webhooks(webhook_listen, webhook_url))
+                         reference_store=store, webhooks=hooks)
     if no_preflight:
         click.echo("warning: --no-preflight: reference URLs are not checked; a bad one is found only after "
                    "its job was submitted", err=True)
@@ -149,7 +167,7 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
     options.progress_interval = 0.5 if live else 30.0
     printer = ProgressPrinter(sys.stderr, live=live, interval=30.0)
     with Ledger(ledger_path) as ledger:
-        _stage(ledger, m, overrides, simulate, max_jobs, requeue)
+        _stage(ledger, m, overrides, simulate, max_jobs, requeue, checked)
         report = anyio.run(lambda: api.run_async(
             m, ledger=ledger, options=options, to=to, rate_overrides=overrides, on_progress=printer,
             on_force_exit=lambda: os._exit(ExitCode.INTERRUPTED), stage_jobs=False))
@@ -163,10 +181,10 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
 
 
 def _checked(m: Any, ledger_path: str, to: Any, rates: tuple[str, ...], max_jobs: int, budget: float | None
-             ) -> tuple[Any, dict[str, float]]:
+             ) -> tuple[Any, dict[str, float], Any]:
     """The manifest with its models described (those batcher has no table for: from the ledger's
-    cache or the API), checked, with its --rate values; a model without a price is refused under
-    a budget."""
+    cache or the API), checked, with its --rate values and its plan (its rows compiled, for
+    staging); a model without a price is refused under a budget."""
     import anyio
 
     from .. import api
@@ -175,18 +193,18 @@ def _checked(m: Any, ledger_path: str, to: Any, rates: tuple[str, ...], max_jobs
         with Ledger(ledger_path) as ledger:
             m = anyio.run(lambda: api.describe_models(m, ledger, to))
     overrides = checked_rates(m, rates)
-    check(m, overrides, max_jobs=max_jobs)
+    checked = check(m, overrides, max_jobs=max_jobs, keep=True)
     if budget is not None:
         api.refuse_unpriced(m, overrides)
-    return m, overrides
+    return m, overrides, checked
 
 
 def _stage(ledger: Any, m: Any, overrides: dict[str, float], simulate: bool, max_jobs: int,
-           requeue: tuple[str, ...]) -> None:
+           requeue: tuple[str, ...], checked: Any) -> None:
     """Add the manifest's jobs, and requeue what `retry` asks for."""
     from .. import api
     from ..states import JobState
-    added, known = api.stage(ledger, m, overrides, checked=True, simulated=simulate, max_jobs=max_jobs)
+    added, known = api.stage(ledger, m, overrides, checked=checked, simulated=simulate, max_jobs=max_jobs)
     if requeue:
         n = ledger.requeue(m.batch, [JobState(s) for s in requeue], "requeued by `batcher retry`")
         click.echo(f"requeued {n} job(s) ({', '.join(requeue)})", err=True)

@@ -119,6 +119,11 @@ class Dialect:
             raise ValueError(f"not a plain JSON key: {key!r}")
         return f"(CAST({column} AS jsonb) -> '{key}')" if self.postgres else f"json_extract({column}, '$.{key}')"
 
+    @property
+    def mark(self) -> str:
+        """The driver's positional placeholder, for rows sent as tuples (no name looked up per value)."""
+        return "%s" if self.postgres else "?"
+
     def driver_sql(self, sql: str) -> str:
         """`:name` placeholders (sqlite3's native style) in the driver's own style."""
         return _pyformat(sql) if self.postgres else sql

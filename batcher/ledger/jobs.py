@@ -48,19 +48,18 @@ class LedgerJobs(LedgerStore):
                 "updated_at = excluded.updated_at"),
                 {"n": batch, "m": model, "f": manifest, "s": simulated, "t": now})
             generation = conn.execute(text("SELECT generation FROM batch WHERE name = :n"), {"n": batch}).scalar_one()
-            # Straight to the driver, many rows a statement: SQLAlchemy's processing of each row's
-            # parameters cost more than the database's insert.
-            sql = self.sql.driver_sql(
-                "INSERT INTO job (batch, key, seq, generation, row, take, origin, label, params, estimate, "
-                "state, attempts, lease_token, created_at, updated_at, model) VALUES (:batch, :key, :seq, :gen, "
-                ":row, :take, :origin, :label, :params, :estimate, 'pending', 0, 0, :t, :t, :model) "
-                "ON CONFLICT(batch, key) DO UPDATE SET generation = excluded.generation, "
-                "origin = excluded.origin, label = excluded.label, row = excluded.row")
-            buf: list[dict[str, Any]] = []
+            # Straight to the driver, many rows a statement, each a tuple: SQLAlchemy's processing
+            # of each row's parameters, and the driver's lookup of each by name, cost more than the
+            # database's insert.
+            q = self.sql.mark
+            sql = ("INSERT INTO job (batch, key, seq, generation, row, take, origin, label, params, estimate, "
+                   f"created_at, updated_at, model, state, attempts, lease_token) VALUES ({', '.join([q] * 13)}, "
+                   "'pending', 0, 0) ON CONFLICT(batch, key) DO UPDATE SET generation = excluded.generation, "
+                   "origin = excluded.origin, label = excluded.label, row = excluded.row")
+            buf: list[tuple[Any, ...]] = []
             for r in rows:
-                buf.append({"batch": batch, "key": r.key, "seq": seen, "gen": generation, "row": r.row,
-                            "take": r.take, "origin": r.origin, "label": r.label, "params": r.params,
-                            "estimate": r.estimate, "t": now, "model": r.model or model})
+                buf.append((batch, r.key, seen, generation, r.row, r.take, r.origin, r.label, r.params, r.estimate,
+                            now, now, r.model or model))
                 seen += 1
                 if len(buf) >= chunk:
                     conn.exec_driver_sql(sql, buf)

@@ -7,6 +7,7 @@ the API. Scheduled safety polls go on, so a lost webhook costs latency, never a 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import anyio
@@ -55,9 +56,20 @@ async def hook_refused(ctx: RunContext, job: Job, e: RejectedError) -> Job:
     """A submission that carried a webhook URL was refused (4xx: nothing charged): the job goes back
     to pending, to be sent at once without the URL. Whether the URL was the reason shows then."""
     assert ctx.hooks is not None
-    ctx.hooks.doubted[job.id] = str(e)
+    why = without_token(str(e), ctx.hooks.url_for(job.key))
+    ctx.hooks.doubted[job.id] = why
     return await ctx.move(job, S.SUBMITTING, S.PENDING, "webhook-refused",
-                          f"refused while asking for a webhook ({e}); sending it again without one")
+                          f"refused while asking for a webhook ({why}); sending it again without one")
+
+
+def without_token(text: str, url: str) -> str:
+    """The API's refusal with the job's token cut out: an API may well quote the URL it refused, and
+    the reason goes to the ledger, the log and the run's summary, where a token would let anyone
+    replay the job's pokes. A token cut short by the API's quoting goes as well."""
+    head, _, token = url.rpartition("/")
+    key = head.rpartition("/")[2]
+    text = text.replace(token, "[token]")
+    return re.sub(rf"({re.escape(key)}(?:/|%2[Ff]|\\/))[0-9a-fA-F]+", r"\1[token]", text)
 
 
 def settle_hook_refusal(ctx: RunContext, job: Job, model: str, outcome: Submitted) -> None:

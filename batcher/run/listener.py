@@ -108,8 +108,9 @@ def format_listen(host: str, port: int) -> str:
 
 
 def redact(path: str) -> str:
-    """A path fit for a log: its last segment (where the token lives) cut, and kept short."""
-    head, slash, _ = path.rpartition("/")
+    """A path fit for a log: its last segment (where the token lives) cut, and kept short. Trailing
+    slashes do not count as segments: `check` ignores them too, so '/hooks/KEY/TOKEN/' is a poke."""
+    head, slash, _ = path.rstrip("/").rpartition("/")
     return (head + slash + "…")[:120] if slash else "…"
 
 

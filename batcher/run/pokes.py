@@ -4,7 +4,10 @@ base of every job's URL, the models whose API refused the field, how webhooks ha
 
 A poke is never trusted for anything but "ask now": duplicates and late pokes cost one status
 request at most, and a poke for a job nobody here follows yet is kept a while (it may come before
-the submission's answer is recorded), then forgotten."""
+the submission's answer is recorded), then forgotten. A job's URL may be seen by others (a reverse
+proxy's access log) and replayed at will, and an API may poke at every step of a render: so after a
+poke has woken a job's follower, the next one waits a gap that doubles each time (half a second
+first, ten at most): a flood of pokes costs a few status requests a job, not one each."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from ..webhooks import job_url, key_of
 
 EARLY_KEEP = 10_000  # pokes kept for jobs not (yet) followed here, the oldest dropped first
 EARLY_SECONDS = 600.0  # ... and none longer than this
+FIRST_GAP, MOST_GAP = 0.5, 10.0  # seconds between two wakes of one job's follower by pokes: doubling, capped
 
 
 @dataclass
@@ -30,6 +34,7 @@ class PokeBoard:
     pokes: int = 0  # valid pokes received
     _waiting: dict[str, anyio.Event] = field(default_factory=dict)
     _early: OrderedDict[str, float] = field(default_factory=OrderedDict)
+    _woken: OrderedDict[str, tuple[float, int]] = field(default_factory=OrderedDict)  # key -> (last wake, wakes)
 
     def poke(self, key: str) -> None:
         self.pokes += 1
@@ -49,18 +54,41 @@ class PokeBoard:
         return at is not None and at >= self.clock() - EARLY_SECONDS
 
     async def wait(self, key: str, timeout: float) -> bool:
-        """Until `key` is poked (True) or `timeout` seconds pass (False)."""
-        if self.take_early(key):
-            return True
-        event = anyio.Event()
-        self._waiting[key] = event
-        try:
-            with anyio.move_on_after(timeout):
-                await event.wait()
-        finally:
-            if self._waiting.get(key) is event:
-                del self._waiting[key]
-        return event.is_set()
+        """Until `key` is poked (True) or `timeout` seconds pass (False). A poke that comes within
+        the gap after the last one that woke this key is held to the gap's end (or the timeout)."""
+        started = anyio.current_time()
+        if not self.take_early(key):
+            event = anyio.Event()
+            self._waiting[key] = event
+            try:
+                with anyio.move_on_after(timeout):
+                    await event.wait()
+            finally:
+                if self._waiting.get(key) is event:
+                    del self._waiting[key]
+            if not event.is_set():
+                return False
+        hold = self._hold(key)
+        if hold > 0:
+            await anyio.sleep(min(hold, max(0.0, timeout - (anyio.current_time() - started))))
+            self._early.pop(key, None)  # pokes that came meanwhile: the poll now answers them too
+        self._woke(key)
+        return True
+
+    def _hold(self, key: str) -> float:
+        """Seconds until a poke may wake `key`'s follower again."""
+        last = self._woken.get(key)
+        if last is None:
+            return 0.0
+        at, wakes = last
+        return at + min(MOST_GAP, FIRST_GAP * 2.0 ** (wakes - 1)) - self.clock()
+
+    def _woke(self, key: str) -> None:
+        now = self.clock()
+        _, wakes = self._woken.pop(key, (now, 0))
+        self._woken[key] = (now, wakes + 1)
+        while len(self._woken) > EARLY_KEEP or next(iter(self._woken.values()))[0] < now - EARLY_SECONDS:
+            self._woken.popitem(last=False)
 
 
 @dataclass

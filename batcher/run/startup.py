@@ -86,8 +86,11 @@ def _plainly_fits(rule: Any, value: Any) -> bool:
 
 def _value_key(value: Any) -> Any:
     """What tells a value from another as the API receives it (1, 1.0 and true apart)."""
-    if value is None or type(value) in (str, int, float, bool):
-        return type(value), value
+    kind = type(value)
+    if kind is str or kind is int or kind is float or kind is bool or value is None:
+        return kind, value
+    if kind is list and all(type(item) is str for item in value):
+        return kind, tuple(value)
     return json.dumps(value, sort_keys=True, default=str)
 
 
@@ -102,13 +105,19 @@ class SchemaCheck:
         self.ctx = ctx
         self.schemas: dict[str, dict[str, Any] | None] = {}
         self.shapes: set[tuple[str, frozenset[str]]] = set()
-        self.values: set[tuple[str, str, Any]] = set()
+        self.values: dict[str, dict[str, set[Any]]] = {}  # model -> parameter -> values seen
         self.wire_names: dict[str, dict[str, str]] = {}
 
-    async def check(self, model: ModelSpec, origin: str, params: dict[str, Any]) -> None:
+    async def fetch(self, model: ModelSpec) -> None:
+        """The model's live schema, once (None when it cannot be had: its requests go unchecked)."""
+        if model.api_id not in self.schemas:
+            self.schemas[model.api_id] = await _live_schema(self.ctx, model.api_id)
+            self.wire_names[model.api_id] = {p.name: p.wire for p in model.params}
+            self.values[model.api_id] = {p.name: set() for p in model.params}
+
+    def check(self, model: ModelSpec, origin: str, params: dict[str, Any]) -> None:
+        """Hold one request (manifest names) against the schema `fetch` got; SchemaMismatch if it breaks it."""
         api_id = model.api_id
-        if api_id not in self.schemas:
-            self.schemas[api_id] = await _live_schema(self.ctx, api_id)
         schema = self.schemas[api_id]
         if schema is None:
             return
@@ -122,14 +131,12 @@ class SchemaCheck:
         props = schema.get("properties")
         if not isinstance(props, dict):
             return
-        names = self.wire_names.get(api_id)
-        if names is None:
-            names = self.wire_names[api_id] = {p.name: p.wire for p in model.params}
+        names, values = self.wire_names[api_id], self.values[api_id]
         for name, value in params.items():
-            seen = (api_id, name, _value_key(value))
-            if seen in self.values:
+            seen, key = values[name], _value_key(value)
+            if key in seen:
                 continue
-            self.values.add(seen)
+            seen.add(key)
             wire_name, wire_value = names[name], with_urls(value, placeholder_url)
             if _plainly_fits(props.get(wire_name), wire_value):
                 continue
@@ -178,7 +185,8 @@ async def survey(ctx: RunContext) -> Survey:
                 if model is None:  # the first job of each model (one that cannot be sent is refused)
                     job = await ctx.threads.run(ctx.ledger.get, job_id)
                     model = models[model_name] = ctx.model_of(job)
-                await schema.check(model, origin, params)
+                    await schema.fetch(model)
+                schema.check(model, origin, params)
     return found
 
 

@@ -1,0 +1,127 @@
+"""`batcher bench stage`: staging a large manifest and the commands around it, as users meet them.
+
+- plan and add `stage_jobs` jobs to a new ledger in a fresh process (seconds, peak memory), then
+  `status` in-process and as a command, and `plan --json --ledger` as a command;
+- `batcher run M --budget 0 --ledger L.db` beside `batcher plan M --json` on the same manifest
+  (`manifest_text(run_jobs)`), each a whole process, timed from start to exit, alternately, the
+  median of `runs`: their ratio is the staging target (1.3). The run goes to `batcher simulator`
+  in its own process over loopback (its live schema, preflight) and stops before spending (exit 3);
+- start-up: `batcher --version` beside `python -c "import httpx, click, yaml"` (target 2 x).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .benchoracle import manifest_text
+from .benchwhole import SIM_KEY, start_simulator
+
+RUN_TARGET = 1.3  # batcher run --budget 0 within this many times batcher plan --json
+STARTUP_TARGET = 2.0  # batcher --version within this many times importing what it needs
+STATUS_TARGET = 1.0  # seconds for `status` on the staged jobs, as a command
+BATCHER = [sys.executable, "-m", "batcher"]
+IMPORTS = [sys.executable, "-c", "import httpx, click, yaml"]
+
+_STAGE_SCRIPT = """
+import json, resource, sys, time
+from batcher.api import stage, status
+from batcher.ledger import Ledger
+from batcher.manifest import load_manifest
+t = time.monotonic()
+m = load_manifest(sys.argv[1])
+with Ledger(sys.argv[2]) as led:
+    added, known = stage(led, m)
+t_stage = time.monotonic() - t
+t = time.monotonic()
+with Ledger(sys.argv[2]) as led:
+    s = status(led, m.batch)
+t_status = time.monotonic() - t
+print(json.dumps({"added": added, "stage_seconds": t_stage, "status_seconds": t_status,
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "jobs": s["jobs"]}))
+"""
+
+
+def wall(argv: list[str], *, env: dict[str, str] | None = None, ok: tuple[int, ...] = (0,)) -> float:
+    """Seconds from a command's start to its exit; an exit status not in `ok` raises."""
+    started = time.monotonic()
+    done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    seconds = time.monotonic() - started
+    if done.returncode not in ok:
+        raise RuntimeError(f"{' '.join(argv[1:6])} ... exited {done.returncode}: {done.stderr.strip()[-2000:]}")
+    return seconds
+
+
+def bench_stage(jobs: int, runs: int = 3, workdir: Path | None = None) -> dict[str, Any]:
+    """Plan and add `jobs` jobs to a new ledger in a fresh process; then `status` and `plan` on it."""
+    work = workdir or Path(tempfile.mkdtemp(prefix="batcher-bench-"))
+    path, ledger = work / f"stage-{jobs}.yaml", str(work / "stage.db")
+    path.write_text(manifest_text(jobs, batch="stage"))
+    out = subprocess.run([sys.executable, "-c", _STAGE_SCRIPT, str(path), ledger], capture_output=True, text=True,
+                         check=True)
+    result = json.loads(out.stdout)
+    status = [wall([*BATCHER, "status", "--ledger", ledger, "--json"]) for _ in range(runs)]
+    result["status_cli_seconds"] = statistics.median(status)
+    result["plan_cli_seconds"] = wall([*BATCHER, "plan", str(path), "--json", "--ledger", ledger])
+    return result
+
+
+def run_beside_plan(jobs: int, runs: int = 3, workdir: Path | None = None) -> dict[str, Any]:
+    """`batcher run M --budget 0` (a new ledger each time) and `batcher plan M --json`, whole
+    process, taken in turn; their medians and ratio."""
+    work = workdir or Path(tempfile.mkdtemp(prefix="batcher-bench-"))
+    manifest = work / f"run-{jobs}.yaml"
+    manifest.write_text(manifest_text(jobs))
+    sim, url = start_simulator(0.0, 0.0, 1)
+    env = {**os.environ, "PIXELDOJO_API_KEY": SIM_KEY}
+    run_times, plan_times = [], []
+    try:
+        for i in range(runs):
+            run_times.append(wall([*BATCHER, "run", str(manifest), "--budget", "0", "--ledger", str(work / f"l{i}.db"),
+                                   "--api-base", url, "--out", str(work / f"out{i}")], env=env, ok=(3,)))
+            plan_times.append(wall([*BATCHER, "plan", str(manifest), "--json"]))
+    finally:
+        sim.terminate()
+        sim.wait(timeout=10)
+    run, plan = statistics.median(run_times), statistics.median(plan_times)
+    return {"jobs": jobs, "runs": runs, "run_seconds": run, "plan_seconds": plan, "ratio": run / plan,
+            "target": RUN_TARGET, "run_each": run_times, "plan_each": plan_times}
+
+
+def startup(runs: int = 5) -> dict[str, Any]:
+    """`batcher --version` beside importing httpx, click and yaml, taken in turn; medians."""
+    version, imports = [], []
+    for _ in range(runs):
+        version.append(wall([*BATCHER, "--version"]))
+        imports.append(wall(IMPORTS))
+    v, i = statistics.median(version), statistics.median(imports)
+    return {"runs": runs, "version_seconds": v, "imports_seconds": i, "ratio": v / i, "target": STARTUP_TARGET}
+
+
+def _verdict(value: float, target: float, unit: str = "") -> str:
+    return f"target <= {target:g}{unit}: {'met' if value <= target else 'not met'}"
+
+
+def section(stage_jobs: int, run_jobs: int, runs: int = 3) -> tuple[dict[str, Any], list[str]]:
+    """The stage section's figures and lines."""
+    s = bench_stage(stage_jobs, runs)
+    r = run_beside_plan(run_jobs, runs)
+    u = startup(max(5, runs))
+    return {**s, "run_beside_plan": r, "startup": u}, [
+        f"stage        {stage_jobs} jobs planned and added: {s['stage_seconds']:.2f}s, peak {s['peak_mb']:.0f} MB; "
+        f"status {s['status_seconds']:.2f}s in-process, {s['status_cli_seconds']:.2f}s as a command "
+        f"({_verdict(s['status_cli_seconds'], STATUS_TARGET, ' s')}); plan --ledger as a command "
+        f"{s['plan_cli_seconds']:.2f}s",
+        f"stage        batcher run --budget 0 on {run_jobs} jobs {r['run_seconds']:.2f}s beside batcher plan --json "
+        f"{r['plan_seconds']:.2f}s: ratio {r['ratio']:.2f} ({_verdict(r['ratio'], RUN_TARGET)}; whole process, "
+        f"medians of {runs}, the run against batcher simulator over loopback)",
+        f"start-up     batcher --version {u['version_seconds']:.3f}s beside python -c \"import httpx, click, yaml\" "
+        f"{u['imports_seconds']:.3f}s: ratio {u['ratio']:.2f} ({_verdict(u['ratio'], STARTUP_TARGET)}; medians of "
+        f"{u['runs']})"]

@@ -1,0 +1,17 @@
+"""`batcher bench stage` on a tiny size: every figure it prints is measured, whole process."""
+from __future__ import annotations
+
+from batcher.benchstage import RUN_TARGET, STARTUP_TARGET, section
+
+
+def test_the_stage_section_measures_run_beside_plan_status_and_start_up(tmp_path):
+    figures, lines = section(300, 400, runs=1)
+    assert figures["added"] == 300 and figures["jobs"] == 300
+    r, u = figures["run_beside_plan"], figures["startup"]
+    assert r["jobs"] == 400 and r["run_seconds"] > 0 and r["plan_seconds"] > 0
+    assert r["ratio"] == r["run_seconds"] / r["plan_seconds"] and r["target"] == RUN_TARGET
+    assert u["ratio"] == u["version_seconds"] / u["imports_seconds"] and u["target"] == STARTUP_TARGET
+    assert figures["status_cli_seconds"] > 0 and figures["plan_cli_seconds"] > 0
+    text = "\n".join(lines)
+    assert "batcher run --budget 0 on 400 jobs" in text and f"ratio {r['ratio']:.2f}" in text
+    assert "batcher --version" in text and "target <= 1.3" in text and "target <= 2" in text

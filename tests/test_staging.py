@@ -1,0 +1,187 @@
+"""Staging: a manifest's jobs filled into ledger rows from each row's compiled text, held equal to
+the jobs built one by one; the run's survey of them against the live schema."""
+from __future__ import annotations
+
+import json
+
+import anyio
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from batcher import api
+from batcher.errors import SchemaMismatch
+from batcher.jobrows import job_rows, row_of
+from batcher.ledger import Ledger
+from batcher.manifest import load_manifest
+from batcher.plan import check, expand, iter_jobs
+from batcher.run import RunOptions
+from batcher.run.startup import _plainly_fits, _value_key
+from batcher.schemarules import check_against
+from batcher.simulator import SimConfig, Simulator
+
+from .conftest import MANIFESTS, small_manifest
+
+_texts = st.sampled_from(["a", "é", '"q"', "x\\y", "{", "", "1", "\t", "{{", "\u2713 ok", "line\nbreak"])
+_rows = st.fixed_dictionaries({
+    "prompt": st.sampled_from(["p {v}", "{v}-{w}", "p", "{{v}} {v}", "\u00e9 {w} \u2713"]),
+    "references": st.sampled_from(["hero", ["hero", "https://x.com/b.png"], "https://x.com/b.png"]),
+}, optional={
+    "vary": st.fixed_dictionaries({}, optional={
+        "v": st.lists(_texts | st.integers(-3, 3) | st.floats(-2, 2, allow_nan=False), min_size=1, max_size=3),
+        "w": st.lists(_texts, min_size=1, max_size=2),
+        "duration": st.lists(st.sampled_from([3, 5, 5.0, 15]), min_size=1, max_size=2),
+        "resolution": st.lists(st.sampled_from(["720p", "1080p"]), min_size=1, max_size=2),
+        "negative_prompt": st.lists(_texts, min_size=1, max_size=2),  # a row built job by job
+        # A varied list: stored as json.dumps spells it (", "), hashed compact (",").
+        "references": st.lists(st.sampled_from([["https://x.com/a.png", "https://x.com/\u00e9.png"],
+                                                 ["https://x.com/c.png"]]), min_size=1, max_size=2),
+    }),
+    "seed": st.sampled_from([0, 7, "auto"]),
+    "repeat": st.integers(1, 3),
+    "negative_prompt": st.sampled_from(["n {v}", "plain", ""]),
+    "aspect_ratio": st.sampled_from(["1:1", "9:16"]),
+})
+
+
+def _valid(rows: list[dict]) -> list[dict]:
+    """Every {variable} filled and every vary name used."""
+    from batcher.template import variables_in
+    for row in rows:
+        used = variables_in(row["prompt"]) | variables_in(row.get("negative_prompt", ""))
+        vary = row.setdefault("vary", {})
+        for name in ("v", "w"):
+            if name in used:
+                vary.setdefault(name, ["z"])
+            else:
+                vary.pop(name, None)
+        if not vary:
+            del row["vary"]
+    return rows
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(_rows, min_size=1, max_size=4),
+       defaults=st.fixed_dictionaries({}, optional={"seed": st.just("auto"), "resolution": st.just("1080p")}))
+def test_staged_rows_are_the_jobs_built_one_by_one(tmp_path, rows, defaults):
+    doc = {"version": 1, "defaults": defaults, "reference_sets": {"hero": ["https://x.com/a.png"]},
+           "rows": _valid(rows)}
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    m = load_manifest(path)
+    summary = check(m, keep=True)
+    built = [row_of(job) for job in iter_jobs(m)]
+    assert list(job_rows(m)) == built
+    assert list(job_rows(m, compiled=summary.compiled)) == built  # check's keys, not hashed again
+    assert summary.jobs == len(built) == len({r.key for r in built})
+
+
+def test_the_shipped_manifests_stage_as_built_one_by_one():
+    for name in ("demo.yaml", "dataset.yaml"):
+        m = load_manifest(MANIFESTS / name)
+        check(m)
+        assert list(job_rows(m)) == [row_of(job) for job in iter_jobs(m)]
+
+
+_COLUMNS = "key, seq, generation, row, take, origin, label, params, estimate, state, attempts, model"
+
+
+def _stored(ledger: Ledger, batch: str) -> list[tuple]:
+    with ledger.engine.connect() as conn:
+        return [tuple(r) for r in conn.exec_driver_sql(f"SELECT {_COLUMNS} FROM job WHERE batch = '{batch}' "
+                                                       f"ORDER BY seq")]
+
+
+def test_staging_writes_what_adding_built_jobs_writes(ledger_url, tmp_path, write):
+    manifest = write("m.yaml", """
+        version: 1
+        batch: same
+        reference_sets:
+          hero: [https://x.com/a.png]
+        rows:
+          - prompt: 'été {n} "quoted"'
+            references: hero
+            seed: auto
+            repeat: 2
+            vary:
+              n: [1, 2, 2.5]
+              resolution: [720p, 1080p]
+          - prompt: 'plain'
+            references: [https://x.com/b.png, hero]
+            vary:
+              references: [[https://x.com/c.png], [https://x.com/d.png, hero]]
+          - from: topics.csv
+            prompt: '{topic} at {hour}'
+            references: hero
+            vary:
+              hour: [dawn, dusk]
+    """)
+    write("topics.csv", 'topic,aspect_ratio\nsea,1:1\n"été ""hot""",9:16\n')
+    m = load_manifest(manifest)
+    with Ledger(ledger_url) as ledger:
+        assert api.stage(ledger, m) == (18, 0)
+        staged = _stored(ledger, "same")
+        ledger.add_jobs("built", m.model.api_id, str(m.path), expand(m))
+        built = _stored(ledger, "built")
+        assert staged == built and len(staged) == 18
+        assert json.loads(staged[0][7])["prompt"] == 'été 1 "quoted"'
+        assert json.loads(staged[-1][7])["prompt"] == 'été "hot" at dusk'
+        assert api.stage(ledger, m) == (0, 18)  # a second staging: a new generation, no new job
+        assert [r[2] for r in _stored(ledger, "same")] == [2] * 18
+
+
+def _narrowed(**rules):
+    """A simulator whose live schema changes some parameters' rules."""
+    class Narrow(Simulator):
+        def handle(self, method, url, headers, body):
+            answer = super().handle(method, url, headers, body)
+            if url.endswith("/schema"):
+                schema = json.loads(answer.body)
+                for name, rule in rules.items():
+                    schema["properties"][name] = rule
+                answer.body = json.dumps(schema).encode()
+            return answer
+    return Narrow(SimConfig())
+
+
+@pytest.mark.parametrize("rule", [
+    {"type": "string", "maxLength": 14},  # checked by length alone
+    {"type": "string", "pattern": "^[a-z ]{0,14}$"},  # the full check
+])
+def test_the_first_prompt_the_live_schema_refuses_is_named_before_spending(tmp_path, write, rule):
+    rows = "".join(f"  - prompt: '{text}'\n    references: hero\n"
+                   for text in ("short one", "short two", "far too long a prompt", "also much too long"))
+    manifest = write("m.yaml", f"version: 1\nbatch: s\nreference_sets:\n  hero: [https://example.com/h.png]\n"
+                               f"rows:\n{rows}")
+    sim = _narrowed(prompt=rule)
+    with pytest.raises(SchemaMismatch, match=r"m\.yaml:10: .*prompt"):
+        anyio.run(lambda: api.run_async(manifest, ledger=tmp_path / "l.db", to=api.target(simulate=sim),
+                                        options=RunOptions.of(out_dir=tmp_path / "o")))
+    assert sim.record()["charged"] == 0
+
+
+def test_a_batch_the_live_schema_accepts_is_surveyed_and_run(simrun, write):
+    manifest = write("m.yaml", small_manifest(n_rows=5, repeat=2))
+    report, sim, _ = simrun(manifest, simulator=_narrowed(prompt={"type": "string", "minLength": 1,
+                                                                  "maxLength": 20}))
+    assert report.counts["completed"] == 10 and len(sim.record()["jobs"]) == 10
+
+
+@pytest.mark.parametrize("rule", [
+    {"type": "string", "minLength": 1, "maxLength": 5}, {"type": ["string", "null"], "maxLength": 3},
+    {"maxLength": 4, "description": "text"}, {"type": "string"}, {"type": "integer"},
+    {"type": "string", "minLength": 9},
+    {"type": "string", "maxLength": 3.0}, {"type": "string", "maxLength": True}, {"type": "string", "enum": ["abc"]},
+    {"type": "string", "format": "uri"}, {"type": "string", "maxLength": -1}, {"type": "String"}, {},
+])
+def test_text_plainly_fitting_a_rule_is_text_the_full_check_accepts(rule):
+    for value in ("", "abc", "abcdef", "\u00e9\u00e9\u00e9", 3, None, ["abc"], True):
+        if _plainly_fits(rule, value):
+            assert check_against({"type": "object", "properties": {"p": rule}}, {"p": value}) == []
+
+
+def test_values_the_api_tells_apart_are_checked_apart():
+    keys = [_value_key(v) for v in (1, 1.0, True, "1", None, [1], [True], ["1"], {"a": 1})]
+    assert len(set(keys)) == len(keys)
+    assert _value_key(["a", "b"]) == _value_key(["a", "b"]) != _value_key(["b", "a"])
