@@ -110,7 +110,9 @@ def breakdown(record: Mapping[str, Any], concurrency: int, started: float, exite
     start, end = started + offset, exited + offset
     wall = exited - started
     if not jobs:
-        return Breakdown(concurrency, wall, 0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, concurrency * wall, 0.0)
+        return Breakdown(concurrency, wall, 0, 0, 0, rendering=0.0, detection_first_wave=0.0, detection_rest=0.0,
+                         startup=0.0, ramp=0.0, turnaround=0.0, last_wave=0.0, shutdown=0.0,
+                         left_over=concurrency * wall)
     busy, detection, unseen = [], [0.0, 0.0], 0
     for i, j in enumerate(jobs):
         sub, render = float(j["submitted"]), float(j["render_seconds"])

@@ -117,7 +117,9 @@ class PollPlanner:
 
     A render's true length lies between the last poll that saw it running (or its submission)
     and the first that saw it done; a normal is fitted to these intervals per job class
-    (model, duration, resolution: a class's first item names its model). With enough data the
+    (model, duration, resolution: a class's first item names its model), together with the
+    renders still going, known only to be longer than their last poll (renderfit: without them
+    the renders that end first, the short ones, teach it to poll too early). With enough data the
     first poll comes a little before the expected end (mean - lead*std) and later polls follow
     every `step_std * std`, so most jobs are seen once or twice after they finish. Past the
     expected spread, or with no data yet, polls back off geometrically. `seed` starts classes
@@ -128,7 +130,7 @@ class PollPlanner:
     factor: float = 1.5  # back-off between polls when nothing better is known
     max_interval: float = 60.0
     min_interval: float = 0.005
-    lead: float = 0.2  # first poll at mean - lead * std
+    lead: float = 0.2  # first poll at mean - lead * std (known renders: 2.15 polls per job, 0.49 std late)
     step_std: float = 0.6  # then every step_std * std ...
     min_step_fraction: float = 0.04  # ... but never more often than this fraction of the mean
     min_samples: int = 3

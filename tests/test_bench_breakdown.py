@@ -55,7 +55,7 @@ def test_a_job_never_seen_ended_counts_its_render_and_is_reported():
     jobs = [*JOBS[:4], (9.5, 8.0, None)]  # E's end never seen: busy only while it rendered
     b = breakdown(record(jobs), 2, 0.0, 20.0)
     assert b.unseen == 1 and b.detection_rest == pytest.approx(1.5)
-    assert b.last_wave == pytest.approx(1.5 + 6.5 + 2 * 0.0)  # one idle slot 11 -> 17.5 (C done, E rendering)
+    assert b.last_wave == pytest.approx(6.5)  # one idle slot from 11 (C seen ended) to 17.5 (E's end)
     assert b.shutdown == pytest.approx(2 * 2.5)
     assert sum(getattr(b, p) for p in PARTS) == pytest.approx(b.slot_seconds)
 
