@@ -14,6 +14,8 @@ _SQRT2 = math.sqrt(2.0)
 _SQRT2PI = math.sqrt(2.0 * math.pi)
 SPREAD_WEIGHT = 2.0  # the spread assumed before it is learned counts as this many renders
 GUESS_SPREAD = 0.25  # that spread, as a fraction of the mean (an earlier batch's, when there is one)
+CLAIM_REACH = 4.0  # renders going longer than the fit's mean + this many std do not count
+MAX_LEVELS = 64  # levels of polls kept apart (a job polled more often shares the top one)
 MAX_RUNNING = 2000  # renders in flight remembered per class (beyond: the stale ones of jobs left behind)
 
 
@@ -97,11 +99,13 @@ class InFlight:
     levels: list[deque[float]] = field(default_factory=list)
 
     def seen(self, polls: int, elapsed: float) -> None:
-        while len(self.levels) <= polls:
+        # Past the top level a job moves within it: a render polled for days adds no level a poll.
+        level = min(polls, MAX_LEVELS - 1)
+        while len(self.levels) <= level:
             self.levels.append(deque())
-        if polls > 0 and self.levels[polls - 1]:
-            self.levels[polls - 1].popleft()
-        self.levels[polls].append(elapsed)
+        if polls > 0 and self.levels[min(polls - 1, level)]:
+            self.levels[min(polls - 1, level)].popleft()
+        self.levels[level].append(elapsed)
         if sum(map(len, self.levels)) > MAX_RUNNING:
             next(level for level in self.levels if level).popleft()
 
@@ -116,9 +120,9 @@ class InFlight:
         if best is not None and best[0] <= 0.5 + 0.05 * lower:
             del best[1][best[2]]
 
-    def longer_than(self, floor: float) -> list[float]:
-        """The claims above `floor` (those below tell a fit nothing)."""
-        return [e for level in self.levels for e in level if e > floor]
+    def longer_than(self, floor: float, ceiling: float = math.inf) -> list[float]:
+        """The claims above `floor` (those below tell a fit nothing) and not above `ceiling`."""
+        return [e for level in self.levels for e in level if floor < e <= ceiling]
 
 
 @dataclass
@@ -145,7 +149,12 @@ class RenderTimes:
 
     def refit(self) -> None:
         floor = self.fit[0] - 4 * self.fit[1] if self.fit else 0.0
-        data = list(self.intervals) + [(e, math.inf) for e in self.running.longer_than(floor)]
+        # A render going far past the fit is an outlier (one that never ends, a job left behind
+        # by --job-timeout): counted, one such claim alone would drag the fit of every job of
+        # the class as far as it has gone, and make polls sparse for all. Those within reach
+        # still correct a fit learned from the short renders that ended first.
+        ceiling = self.fit[0] + CLAIM_REACH * self.fit[1] if self.fit else math.inf
+        data = list(self.intervals) + [(e, math.inf) for e in self.running.longer_than(floor, ceiling)]
         # EM crawls while few renders have ended and many are going: more steps while learning
         # (few samples, cheap); later a warm start moves little between refits.
         steps = 3 if len(self.intervals) >= 50 else 10 if self.fit else 30

@@ -38,8 +38,18 @@ class LedgerJobs(LedgerStore):
         before = self.count_jobs(batch)
         seen = 0
 
+        one_shot = iter(rows) is rows  # (a generator: a rolled-back attempt cannot read it again)
+        tried = False
+
         def insert_all(conn: Connection) -> int:
-            nonlocal seen
+            nonlocal seen, tried
+            if tried and one_shot:
+                # A deadlock's victim is run again by `write`, but the rows it read are gone: a
+                # second pass would stage only the rest, and a new generation would leave the
+                # others unsent. Nothing was written: say so.
+                raise LedgerError(f"staging batch {batch!r} was rolled back by the database (a deadlock with "
+                                  f"another runner); nothing was staged: run again")
+            tried, seen = True, 0
             self._check_mode(conn, batch, simulated)
             conn.execute(text(
                 "INSERT INTO batch (name, model, manifest, generation, simulated, committed, created_at, updated_at) "

@@ -1,0 +1,38 @@
+"""Hostile cases for staging (ledger.jobs.add_rows): a transaction the database rolls back as a
+deadlock's victim, run again by the ledger, must not stage only the rows left in a generator."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy.exc import DBAPIError
+
+from batcher.errors import LedgerError
+from batcher.jobrows import JobRow, job_rows
+from batcher.ledger import Ledger
+from batcher.manifest import load_manifest
+
+from .conftest import small_manifest
+
+
+class _Deadlock(Exception):
+    sqlstate = "40P01"  # what PostgreSQL says of a deadlock's victim: `write` runs it again
+
+
+def _rows_then_deadlock(rows: list[JobRow], after: int) -> Iterator[JobRow]:
+    yield from rows[:after]
+    raise DBAPIError("INSERT INTO job ...", None, _Deadlock("deadlock detected"))
+
+
+def test_a_restage_rolled_back_by_a_deadlock_leaves_the_batch_as_it_was(ledger_url, write):
+    m = load_manifest(write("m.yaml", small_manifest(n_rows=8)))
+    rows = list(job_rows(m))
+    with Ledger(ledger_url) as ledger:
+        assert ledger.add_rows(m.batch, m.model.api_id, "m.yaml", iter(rows), chunk=2) == (8, 0)
+        generation = ledger.generation(m.batch)
+        with pytest.raises(LedgerError, match="deadlock"):
+            # Before: the retry read the generator's remaining rows (none), so the batch moved to
+            # a new generation holding none of its jobs: every pending job left unsent.
+            ledger.add_rows(m.batch, m.model.api_id, "m.yaml", _rows_then_deadlock(rows, 5), chunk=2)
+        assert ledger.generation(m.batch) == generation
+        assert ledger.count_jobs(m.batch) == 8
