@@ -69,7 +69,7 @@ def stage(ledger: Ledger, manifest: Manifest, rate_overrides: dict[str, float] |
         checked.compiled = None  # a run keeps its plan: the rows' keys must not stay with it
     ledger.check_mode(manifest.batch, simulated)  # before the expansion, which can take a while
     added = ledger.add_rows(manifest.batch, manifest.model.api_id, str(manifest.path),
-                            job_rows(manifest, rate_overrides, max_jobs=max_jobs, compiled=compiled),
+                            lambda: job_rows(manifest, rate_overrides, max_jobs=max_jobs, compiled=compiled),
                             simulated=simulated)
     images = {**manifest.set_files, **manifest.local_files}
     ledger.remember_local_images(((a, str(f.path), f.size, f.origin) for a, f in images.items()), time.time())

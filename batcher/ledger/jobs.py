@@ -3,7 +3,7 @@ jobs, batches, attempts and events back as frozen rows."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, cast
 
 from sqlalchemy import Connection, text
@@ -24,8 +24,8 @@ class LedgerJobs(LedgerStore):
         """Add a manifest's jobs (built one by one; see `add_rows`). Returns (added, already known)."""
         return self.add_rows(batch, model, manifest, (row_of(job) for job in jobs), chunk, simulated=simulated)
 
-    def add_rows(self, batch: str, model: str, manifest: str, rows: Iterable[JobRow], chunk: int = 5000,
-                 *, simulated: bool = False) -> tuple[int, int]:
+    def add_rows(self, batch: str, model: str, manifest: str, rows: Iterable[JobRow] | Callable[[], Iterable[JobRow]],
+                 chunk: int = 5000, *, simulated: bool = False) -> tuple[int, int]:
         """Add a manifest's jobs, in one transaction; known keys keep their state. Returns (added,
         already known).
 
@@ -38,7 +38,9 @@ class LedgerJobs(LedgerStore):
         before = self.count_jobs(batch)
         seen = 0
 
-        one_shot = iter(rows) is rows  # (a generator: a rolled-back attempt cannot read it again)
+        # A deadlock's victim is run again by `write`: rows given as a function are made anew for
+        # each attempt; a generator cannot be read twice.
+        one_shot = not callable(rows) and iter(rows) is rows
         tried = False
 
         def insert_all(conn: Connection) -> int:
@@ -67,7 +69,7 @@ class LedgerJobs(LedgerStore):
                    "'pending', 0, 0) ON CONFLICT(batch, key) DO UPDATE SET generation = excluded.generation, "
                    "origin = excluded.origin, label = excluded.label, row = excluded.row")
             buf: list[tuple[Any, ...]] = []
-            for r in rows:
+            for r in (rows() if callable(rows) else rows):
                 buf.append((batch, r.key, seen, generation, r.row, r.take, r.origin, r.label, r.params, r.estimate,
                             now, now, r.model or model))
                 seen += 1
