@@ -102,6 +102,15 @@ class LedgerLeases(LedgerStore):
                 {"b": batch, "o": owner, "now": self.clock()}).scalar_one()
             return held
 
+    def claimable_pending(self, batch: str, generation: int) -> bool:
+        """Whether pending jobs of `generation` are free to claim (no live lease), as committed
+        data says, whatever rows other transactions hold: a plain read, which never waits on locks."""
+        with self.engine.connect() as conn:
+            return conn.execute(text(
+                "SELECT 1 FROM job WHERE batch = :b AND state = 'pending' AND generation = :g AND "
+                "(owner IS NULL OR lease_until IS NULL OR lease_until < :now) LIMIT 1"),
+                {"b": batch, "g": generation, "now": self.clock()}).first() is not None
+
     def release_jobs(self, ids: list[int], owner: str) -> int:
         """Give back particular jobs this runner claimed but will not work on."""
         if not ids:

@@ -43,6 +43,7 @@ async def feed(ctx: RunContext, send: MemoryObjectSendStream[Job]) -> None:
     """Claim work until nothing is left that anyone could claim; rendered jobs go straight to the
     download queue, the rest to the workers."""
     claim_size = max(1, ctx.options.limits.concurrency)
+    locked_since: list[float] = []  # when the claims first found pending jobs they could not take
     async with send:
         while True:
             states = [S.RENDERED, S.SUBMITTED] + ([S.PENDING] if ctx.may_claim_pending else [])
@@ -50,6 +51,7 @@ async def feed(ctx: RunContext, send: MemoryObjectSendStream[Job]) -> None:
             jobs = await ctx.threads.run(ctx.ledger.claim, ctx.batch, states, ctx.owner, lease,
                                          claim_size, ctx.generation)
             if jobs:
+                locked_since.clear()
                 skipped = []
                 for job in jobs:
                     if job.state == S.RENDERED.value:
@@ -65,6 +67,8 @@ async def feed(ctx: RunContext, send: MemoryObjectSendStream[Job]) -> None:
             # another host): its pending jobs carry a newer generation. Take it up, when every model
             # of the batch is one this run can send.
             if await _newer_generation(ctx):
+                continue
+            if await _locked_pending(ctx, locked_since):
                 continue
             # Nothing claimable. Other runners may still hand work back (a lease that runs out, a
             # job whose submission dies with its runner): wait for them, reaping as we go.
@@ -88,6 +92,26 @@ async def _newer_generation(ctx: RunContext) -> bool:
     if latest is None:
         return False
     ctx.generation = latest
+    return True
+
+
+async def _locked_pending(ctx: RunContext, since: list[float]) -> bool:
+    """Pending jobs of our staging that the claim skipped: on PostgreSQL a claim skips rows another
+    transaction holds, and another runner staging the manifest again holds them all until it
+    commits (then they carry its newer generation, which the next round takes up). Wait a moment
+    rather than end with work left, for one lease's time at most (a bound, should anything else
+    hold them)."""
+    if not ctx.may_claim_pending:
+        return False
+    if not await ctx.threads.run(ctx.ledger.claimable_pending, ctx.batch, ctx.generation):
+        since.clear()
+        return False
+    now = anyio.current_time()
+    if not since:
+        since.append(now)
+    if now - since[0] > ctx.options.limits.lease_seconds:
+        return False
+    await anyio.sleep(0.1)
     return True
 
 
