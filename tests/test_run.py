@@ -256,3 +256,19 @@ def test_a_reservation_is_released_when_its_intent_cannot_be_written(tmp_path, w
                 return ctx.budget
         budget = anyio.run(go)
     assert budget.reservations == 0 and budget.reserved == 0
+
+
+def test_a_run_under_budget_0_only_stages_and_checks_nothing(simrun, write):
+    """`--budget 0` can never send (its committed total never falls below zero): the checks before
+    spending (live schema, references, uploads) are skipped; a budget that covers nothing now, but
+    could after a refund, keeps them."""
+    from batcher.simulator import SimConfig
+    manifest = write("m.yaml", small_manifest(n_rows=3))
+    report, sim, _ = simrun(manifest, SimConfig(render_seconds=0.01), budget=0)
+    record = sim.record()
+    assert report.counts.get("pending") == 3 and report.exit_code == 3
+    assert not {"model", "schema", "run"} & set(record["requests"])
+    report, sim, _ = simrun(manifest, SimConfig(render_seconds=0.01), budget=1)
+    assert report.counts.get("pending") == 3 and report.exit_code == 3
+    assert {"model", "schema"} & set(sim.record()["requests"])  # the live schema was checked
+    assert "run" not in sim.record()["requests"]

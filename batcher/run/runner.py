@@ -78,7 +78,7 @@ class Runner:
                 try:
                     if ctx.options.webhooks is not None:  # listening before the first submission asks for a poke
                         await outer.start(listen, ctx, listening, name="webhook-listener")
-                    if ctx.submitting_allowed:  # (a cancelled batch sends nothing: nothing to check)
+                    if ctx.submitting_allowed and self._may_send():  # (nothing to send: nothing to check)
                         await self._before_spending()
                     async with anyio.create_task_group() as aux:
                         if self.on_progress:
@@ -106,6 +106,14 @@ class Runner:
         except BaseException as e:  # unwrap task-group exception groups
             raise _first_batcher_error(e) from None
         return await self._finish()
+
+    def _may_send(self) -> bool:
+        """Whether this run could ever send anything. Under `--budget 0` (staging only) it cannot,
+        whatever refunds come (its committed total never falls below zero), unless a job is free:
+        then the checks before spending are skipped. (A budget that covers nothing now could
+        cover a job after a refund: its checks stay.)"""
+        o = self.outlook
+        return o is None or o.budget > 0 or o.covered > 0
 
     async def _before_spending(self) -> None:
         ctx = self.ctx
