@@ -64,9 +64,9 @@ def stage(ledger: Ledger, manifest: Manifest, rate_overrides: dict[str, float] |
     rendered by the simulator; a batch with results of the other kind is refused (SimulationMismatch)."""
     if checked is False:
         checked = check(manifest, rate_overrides, max_jobs=max_jobs, keep=True)
-    compiled = checked.compiled if isinstance(checked, PlanSummary) else None
-    if isinstance(checked, PlanSummary):
-        checked.compiled = None  # a run keeps its plan: the rows' keys must not stay with it
+    compiled = None
+    if isinstance(checked, PlanSummary):  # a run keeps its plan: the rows' keys must not stay with it
+        compiled, checked.compiled = checked.compiled, None
     ledger.check_mode(manifest.batch, simulated)  # before the expansion, which can take a while
     added = ledger.add_rows(manifest.batch, manifest.model.api_id, str(manifest.path),
                             lambda: job_rows(manifest, rate_overrides, max_jobs=max_jobs, compiled=compiled),

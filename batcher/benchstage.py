@@ -17,12 +17,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from .benchoracle import manifest_text
-from .benchwhole import SIM_KEY, start_simulator
+from .benchwhole import SIM_KEY, start_simulator, timed
 
 RUN_TARGET = 1.3  # batcher run --budget 0 within this many times batcher plan --json
 STARTUP_TARGET = 2.0  # batcher --version within this many times importing what it needs
@@ -51,12 +50,8 @@ print(json.dumps({"added": added, "stage_seconds": t_stage, "status_seconds": t_
 
 def wall(argv: list[str], *, env: dict[str, str] | None = None, ok: tuple[int, ...] = (0,)) -> float:
     """Seconds from a command's start to its exit; an exit status not in `ok` raises."""
-    started = time.monotonic()
-    done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-    seconds = time.monotonic() - started
-    if done.returncode not in ok:
-        raise RuntimeError(f"{' '.join(argv[1:6])} ... exited {done.returncode}: {done.stderr.strip()[-2000:]}")
-    return seconds
+    started, exited, _, _ = timed(argv, None, env, ok)
+    return exited - started
 
 
 def bench_stage(jobs: int, runs: int = 3, workdir: Path | None = None) -> dict[str, Any]:

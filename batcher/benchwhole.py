@@ -47,8 +47,8 @@ def start_simulator(render: float, jitter: float, seed: int, extra: Sequence[str
     return sim, line.split("serving on ")[1].split()[0]
 
 
-def _timed(argv: list[str], cwd: Path, env: dict[str, str] | None, ok: tuple[int, ...]
-           ) -> tuple[float, float, str, int]:
+def timed(argv: list[str], cwd: Path | None, env: dict[str, str] | None, ok: tuple[int, ...] = (0,)
+          ) -> tuple[float, float, str, int]:
     """Run a process to its end: (start, exit on this process's clock, stdout, exit status); a
     status not in `ok` raises."""
     started = time.monotonic()
@@ -76,7 +76,7 @@ def _side(argv: list[str], work: Path, render: float, jitter: float, seed: int, 
     record, with `bench_times`: the process's start and exit and the clock offset, for `breakdown`)."""
     sim, url = start_simulator(render, jitter, seed, sim_args)
     try:
-        started, exited, out, status = _timed([a.replace("{url}", url) for a in argv], work, env, ok)
+        started, exited, out, status = timed([a.replace("{url}", url) for a in argv], work, env, ok)
         asked = time.monotonic()
         record = httpx.get(f"{url}/_sim/record", timeout=60.0).json()
         offset = clock_offset(float(record["clock"]), asked, time.monotonic())

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .renderfit import RenderTimes, fit_censored_normal
+from .safetynet import GUESS_STD, next_safety_poll
 
 # --- retries -------------------------------------------------------------------------------------
 
@@ -195,14 +196,14 @@ class PollPlanner:
         if expected is None:
             # Nothing learned yet: a first poll a little before the expected render time, then
             # steps of a quarter of it, growing by `factor`.
-            initial = self.guesses.get(_model_of(job_class), self.initial)
+            initial = self.guess(job_class)
             if polls == 0:
                 return max(self.min_interval, 0.8 * initial)
             step = 0.25 * initial * (self.factor ** (polls - 1))
             return elapsed + min(self.max_interval, max(self.min_interval, step))
         mean, std = expected
         first = max(self.min_interval, mean - self.lead * density * std)
-        step = max(self.step_std * std / density, self.min_step_fraction * mean / density, self.min_interval)
+        step = self.step(mean, std, density)
         if elapsed < first:
             # A job already polled before the fit moved its first poll later waits a step at
             # least: not a second poll a moment after the first.
@@ -213,6 +214,21 @@ class PollPlanner:
         # Slower than anything seen: back off, but keep within max_interval.
         over = elapsed - late
         return elapsed + min(self.max_interval, max(step, over * (self.factor - 1)))
+
+
+    def step(self, mean: float, std: float, density: float = 1.0) -> float:
+        """Seconds between two polls of a job of a class fitted as (mean, std)."""
+        return max(self.step_std * std / density, self.min_step_fraction * mean / density, self.min_interval)
+
+    def safety_poll(self, job_class: tuple[Any, ...], elapsed: float, lost: float, density: float = 1.0) -> float:
+        """Seconds after submission of the next safety poll of a job a webhook should announce
+        (`safetynet`), `lost` the share of webhooks that do not come: from the class's fit, or with
+        nothing learned yet from its model's guessed render time; never denser than polling."""
+        expected = self.expected(job_class)
+        guess = self.guess(job_class)
+        mean, std = expected if expected is not None else (guess, GUESS_STD * guess)
+        return next_safety_poll(elapsed, mean, std, lost, self.step(mean, std, density), factor=self.factor,
+                                max_interval=self.max_interval, guessed=expected is None)
 
 
 def _model_of(job_class: tuple[Any, ...]) -> Any:

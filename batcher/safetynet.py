@@ -19,8 +19,6 @@ from dataclasses import dataclass
 
 TAIL_STDS = 3.0  # past mean + 3 std no render was expected: back off
 MIN_STD_FRACTION = 0.05  # a fit narrower than this (of the mean) is widened: renders are never exact
-STEP_STDS = 0.6  # the densest safety polls come every 0.6 std (as polling mode's do) ...
-STEP_FRACTION = 0.04  # ... and never more often than this fraction of the mean
 GUESS_STD = 0.25  # the spread assumed around a guessed render time, before any is learned
 
 
@@ -55,16 +53,6 @@ def silent_done(t: float, mean: float, std: float, lost: float) -> float:
     if denominator <= 1e-12:
         return 1.0
     return min(1.0, max(0.0, lost * f / denominator))
-
-
-def safety_due(expected: tuple[float, float] | None, guess: float, elapsed: float, lost: float,
-               density: float = 1.0) -> float:
-    """The next safety poll from what the run has learned of the job's class (mean, std), or, with
-    nothing learned yet, from a guessed render time. `density` > 1: the request rate has room."""
-    mean, std = expected if expected is not None else (guess, GUESS_STD * guess)
-    std = max(std, MIN_STD_FRACTION * mean, 1e-6)
-    step = max(STEP_STDS * std, STEP_FRACTION * mean) / max(density, 1e-6)
-    return next_safety_poll(elapsed, mean, std, lost, step, guessed=expected is None)
 
 
 def next_safety_poll(elapsed: float, mean: float, std: float, lost: float, step: float, *,

@@ -441,19 +441,28 @@ class Simulator:
         if job is None:
             return _error(404, "not_found", f"Job {job_id} not found")
         now = self.clock()
-        base_answer = {"jobId": job_id, "creditCost": job.cost,
-                       "expiresAt": _iso(self.wall() + self.config.retention - (now - job.submitted))}
-        if now < job.submitted + 0.1 * (job.ends - job.submitted):
-            return _json(200, {**base_answer, "status": "pending"})
         if now < job.ends:
-            return _json(200, {**base_answer, "status": "processing"})
+            status = "pending" if now < job.submitted + 0.1 * (job.ends - job.submitted) else "processing"
+            return _json(200, {**self._known(job, now), "status": status})
         if job.seen_done is None:
             job.seen_done = now
+        return _json(200, self._ended(job, base, now))
+
+    def _known(self, job: SimJob, now: float) -> dict[str, Any]:
+        """What every answer about a job says."""
+        return {"jobId": job.job_id, "creditCost": job.cost,
+                "expiresAt": _iso(self.wall() + self.config.retention - (now - job.submitted))}
+
+    def _ended(self, job: SimJob, base: str, now: float) -> dict[str, Any]:
+        """An ended job as its status answer and its webhook give it (a fresh output URL each time,
+        none once the job is past its retention)."""
+        answer = {**self._known(job, now), "status": "failed" if job.fails else "completed"}
         if job.fails:
-            return _json(200, {**base_answer, "status": "failed", "error": "Generation failed: upstream model error"})
-        if now > job.ends + self.config.retention:
-            return _json(200, {**base_answer, "status": "completed", "output": {}})
-        return _json(200, {**base_answer, "status": "completed", "output": {"video": self._mint(job_id, base)}})
+            answer["error"] = "Generation failed: upstream model error"
+        else:
+            kept = now <= job.ends + self.config.retention
+            answer["output"] = {"video": self._mint(job.job_id, base)} if kept else {}
+        return answer
 
     def _mint(self, job_id: str, base: str) -> str:
         """A fresh output URL of a completed job, valid for `url_ttl`."""
@@ -471,18 +480,10 @@ class Simulator:
             self.webhooks.schedule(job.job_id, job.webhook_url, job.base, job.ends - self.clock())
 
     def _webhook_body(self, job_id: str, base: str) -> dict[str, Any]:
-        """A delivery's JSON body as it is sent: the ended job as a status answer gives it, with a
-        fresh output URL (a poll's `seen_done` left alone)."""
+        """A delivery's JSON body as it is sent: the ended job as a status answer gives it (a poll's
+        `seen_done` left alone)."""
         with self.lock:
-            job, now = self.jobs[job_id], self.clock()
-            body: dict[str, Any] = {"jobId": job_id, "status": "failed" if job.fails else "completed",
-                                    "creditCost": job.cost,
-                                    "expiresAt": _iso(self.wall() + self.config.retention - (now - job.submitted))}
-            if job.fails:
-                body["error"] = "Generation failed: upstream model error"
-            else:
-                body["output"] = {"video": self._mint(job_id, base)} if now <= job.ends + self.config.retention else {}
-            return body
+            return self._ended(self.jobs[job_id], base, self.clock())
 
     def _replay(self, job_id: str, base: str) -> Answer:
         """`POST /api/v1/jobs/{jobId}/replay-webhook` (the SDK's replayWebhook; its path is not published)."""

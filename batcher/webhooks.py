@@ -43,6 +43,25 @@ class Webhooks:
         return f"http://{host}:{bound_port}/hooks"
 
 
+def webhooks_for(host: str, port: int, public_url: str | None, api_base: str | None) -> Webhooks:
+    """`--webhook-listen` (as host and port) and `--webhook-url`, checked. Without a public URL the
+    listen address is the base of every job's URL, which only an API on this host can reach
+    (`api_base` None: the simulator), and not one listening on every interface."""
+    if public_url is None and (host in ("0.0.0.0", "::") or not _on_this_host(api_base)):
+        shown = f"[{host}]" if ":" in host else host
+        raise UsageError(f"--webhook-listen {shown}:{port} needs --webhook-url: the public URL through which the API "
+                         f"at {api_base or 'this host'} reaches this listener (a reverse proxy or a tunnel)")
+    return Webhooks(host, port, check_public_url(public_url) if public_url is not None else None)
+
+
+def _on_this_host(api_base: str | None) -> bool:
+    """Whether the API is the simulator or one on a loopback address."""
+    if api_base is None:
+        return True
+    host = (urlsplit(api_base).hostname or "").lower()
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
 def make_secret() -> str:
     """A new batch secret: 256 random bits, as hex."""
     return secrets.token_hex(32)

@@ -8,7 +8,7 @@ from pathlib import Path
 import batcher
 
 ORDER = ["errors", "defaults", "text", "patterns", "schemarules", "imagefacts", "models", "modelschema", "template",
-         "states", "renderfit", "policy", "safetynet", "webhooks", "diagnostics", "textfiles", "yamlfile", "rowfields",
+         "states", "renderfit", "safetynet", "policy", "webhooks", "diagnostics", "textfiles", "yamlfile", "rowfields",
          "localrefs", "rowfiles", "manifest",
          "rowrefs", "expansion", "rowkeys", "plan", "jobrows", "files", "media", "ledger", "answers", "client",
          "catalog",

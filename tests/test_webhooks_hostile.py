@@ -16,7 +16,6 @@ import batcher.simulator as simulator_module
 from batcher.policy import PollPlanner
 from batcher.run.listener import ListenerLimits, PokeListener
 from batcher.run.pokes import PokeBoard
-from batcher.safetynet import safety_due
 from batcher.simulator import SimConfig, Simulator
 from batcher.webhooks import Webhooks, job_url, key_of, make_secret
 
@@ -129,5 +128,6 @@ def test_an_unmeasured_model_rendering_ten_times_its_guess_is_polled_no_more_tha
     not poll more than polling mode would with no webhooks at all."""
     planner = PollPlanner(guesses={"m": guess})
     polling = polls_until(10 * guess, lambda t, n: planner.next_poll(("m",), t, n))
-    safety = polls_until(10 * guess, lambda t, n: safety_due(None, guess, t, 0.05))
+    fresh = PollPlanner(guesses={"m": guess})  # (next_poll above counts running renders in its planner)
+    safety = polls_until(10 * guess, lambda t, n: fresh.safety_poll(("m",), t, 0.05))
     assert safety <= polling

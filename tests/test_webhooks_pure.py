@@ -8,8 +8,9 @@ import pytest
 
 from batcher.errors import UsageError
 from batcher.models import HAPPYHORSE_R2V
+from batcher.policy import PollPlanner, RenderSeed
 from batcher.run.pokes import PokeBoard
-from batcher.safetynet import WebhookTally, next_safety_poll, safety_due, silent_done
+from batcher.safetynet import WebhookTally, next_safety_poll, silent_done
 from batcher.webhooks import Webhooks, check_public_url, job_url, key_of, make_secret, token_for, webhook_field
 
 KEY = "0123456789abcdef0123"
@@ -121,8 +122,11 @@ def test_past_every_render_seen_safety_polls_back_off():
 
 
 def test_with_nothing_learned_the_guess_decides():
-    assert safety_due(None, 10.0, 0.0, 0.01) > 10.0  # after the guessed end, not before
-    assert safety_due((10.0, 2.0), 99.0, 0.0, 0.01) < 30.0  # learned times win over the guess
+    guessing = PollPlanner(guesses={"m": 10.0})
+    assert guessing.safety_poll(("m", 5, "720p"), 0.0, 0.01) > 10.0  # after the guessed end, not before
+    learned = PollPlanner(guesses={"m": 99.0})
+    learned.seed({("m", 5, "720p"): RenderSeed(10.0, 2.0, 50)})
+    assert learned.safety_poll(("m", 5, "720p"), 0.0, 0.01) < 30.0  # learned times win over the guess
 
 
 def test_the_tally_starts_doubtful_and_learns():

@@ -86,32 +86,19 @@ def run_options(f: Any) -> Any:
 
 def _webhooks(listen: str | None, public_url: str | None, api_base: str | None) -> Any:
     """--webhook-listen and --webhook-url, checked (a usage error, exit 2, names what is wrong).
-    `api_base`: where requests go (None: the simulator); the listen address is a usable base only
-    for an API on this host."""
+    `api_base`: where requests go (None: the simulator)."""
     from ..errors import UsageError
     if listen is None:
         if public_url is not None:
             raise UsageError("--webhook-url needs --webhook-listen: where batcher hears the pokes")
         return None
     from ..run.listener import parse_listen
-    from ..webhooks import Webhooks, check_public_url
+    from ..webhooks import webhooks_for
     try:
         host, port = parse_listen(listen)
     except UsageError as e:
         raise UsageError(f"--webhook-listen: {e}") from None
-    if public_url is None and (host in ("0.0.0.0", "::") or not _on_this_host(api_base)):
-        raise UsageError(f"--webhook-listen {listen} needs --webhook-url: the public URL through which the API "
-                         f"at {api_base or 'this host'} reaches this listener (a reverse proxy or a tunnel)")
-    return Webhooks(host, port, check_public_url(public_url) if public_url is not None else None)
-
-
-def _on_this_host(api_base: str | None) -> bool:
-    """Whether the API is the simulator or one on a loopback address."""
-    if api_base is None:
-        return True
-    from urllib.parse import urlsplit
-    host = (urlsplit(api_base).hostname or "").lower()
-    return host in ("localhost", "::1") or host.startswith("127.")
+    return webhooks_for(host, port, public_url, api_base)
 
 
 def _ledger_of(ledger_path: str, simulate: bool) -> str:

@@ -46,8 +46,7 @@ class LedgerJobs(LedgerStore):
         def insert_all(conn: Connection) -> int:
             nonlocal seen, tried
             if tried and one_shot:
-                # A deadlock's victim is run again by `write`, but the rows it read are gone: a
-                # second pass would stage only the rest, and a new generation would leave the
+                # A second pass would stage only the rest, and its new generation would leave the
                 # others unsent. Nothing was written: say so.
                 raise LedgerError(f"staging batch {batch!r} was rolled back by the database (a deadlock with "
                                   f"another runner); nothing was staged: run again")

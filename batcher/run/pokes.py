@@ -15,11 +15,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import anyio
 
 from ..safetynet import WebhookTally
 from ..webhooks import job_url, key_of
+
+T = TypeVar("T")
 
 EARLY_KEEP = 10_000  # pokes kept for jobs not (yet) followed here, the oldest dropped first
 EARLY_SECONDS = 600.0  # ... and none longer than this
@@ -45,8 +48,7 @@ class PokeBoard:
         now = self.clock()
         self._early[key] = now
         self._early.move_to_end(key)
-        while len(self._early) > EARLY_KEEP or (self._early and next(iter(self._early.values())) < now - EARLY_SECONDS):
-            self._early.popitem(last=False)
+        _forget_old(self._early, now, lambda at: at)
 
     def take_early(self, key: str) -> bool:
         """Whether a poke for `key` came while nobody waited (and forget it)."""
@@ -87,8 +89,14 @@ class PokeBoard:
         now = self.clock()
         _, wakes = self._woken.pop(key, (now, 0))
         self._woken[key] = (now, wakes + 1)
-        while len(self._woken) > EARLY_KEEP or next(iter(self._woken.values()))[0] < now - EARLY_SECONDS:
-            self._woken.popitem(last=False)
+        _forget_old(self._woken, now, lambda woken: woken[0])
+
+
+def _forget_old(entries: OrderedDict[str, T], now: float, at: Callable[[T], float]) -> None:
+    """Keep what is remembered per key bounded: the oldest first past EARLY_KEEP, and nothing
+    older than EARLY_SECONDS (`at`: when an entry was made; entries are in that order)."""
+    while entries and (len(entries) > EARLY_KEEP or at(next(iter(entries.values()))) < now - EARLY_SECONDS):
+        entries.popitem(last=False)
 
 
 @dataclass

@@ -14,7 +14,6 @@ import anyio
 from ..answers import JobStatus
 from ..errors import AuthError, CreditsExhausted, MalformedAnswer, RateLimited, RejectedError, ServerError
 from ..ledger import Job
-from ..safetynet import safety_due
 from ..states import JobState as S
 from .context import RunContext
 from .outcomes import Followed, StopReason
@@ -89,7 +88,7 @@ async def _until_due(ctx: RunContext, job: Job, cls: tuple[Any, ...], hooked: bo
     hooks, timeout = ctx.hooks, ctx.options.polling.job_timeout
     density = ctx.pacer.density() if ctx.pacer is not None else 1.0
     if hooked and hooks is not None:
-        due = safety_due(ctx.planner.expected(cls), ctx.planner.guess(cls), elapsed(), hooks.tally.lost, density)
+        due = ctx.planner.safety_poll(cls, elapsed(), hooks.tally.lost, density)
     else:
         due = ctx.planner.next_poll(cls, elapsed(), polls, density)
     if timeout is not None and due > timeout:
