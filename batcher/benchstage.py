@@ -6,6 +6,11 @@
   (`manifest_text(run_jobs)`), each a whole process, timed from start to exit, alternately, the
   median of `runs`: their ratio is the staging target (1.3). The run goes to `batcher simulator`
   in its own process over loopback (its live schema, preflight) and stops before spending (exit 3);
+- the floor under that ratio, for any run that keeps the design (jobs as rows of a durable SQLite
+  ledger, its schema in SQLModel): the run's own 104,000 rows inserted again by bare `sqlite3`
+  into a fresh file with the ledger's schema (one transaction, WAL, `synchronous=FULL`, no
+  SQLAlchemy, no batcher; in this process), plus importing SQLModel and SQLAlchemy (whole process,
+  beside `python -c pass`): (plan + those) / plan is the least ratio such a run can reach;
 - start-up: `batcher --version` beside `python -c "import httpx, click, yaml"` (target 2 x).
 """
 
@@ -13,10 +18,12 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +35,9 @@ STARTUP_TARGET = 2.0  # batcher --version within this many times importing what 
 STATUS_TARGET = 1.0  # seconds for `status` on the staged jobs, as a command
 BATCHER = [sys.executable, "-m", "batcher"]
 IMPORTS = [sys.executable, "-c", "import httpx, click, yaml"]
+NOTHING = [sys.executable, "-c", "pass"]
+LEDGER_IMPORTS = [sys.executable, "-c", "import sqlalchemy, sqlmodel"]
+_JOB_COLUMNS = "batch, key, seq, generation, row, take, origin, label, params, estimate, created_at, updated_at, model"
 
 _STAGE_SCRIPT = """
 import json, resource, sys, time
@@ -86,8 +96,47 @@ def run_beside_plan(jobs: int, runs: int = 3, workdir: Path | None = None) -> di
         sim.terminate()
         sim.wait(timeout=10)
     run, plan = statistics.median(run_times), statistics.median(plan_times)
+    floor = design_floor(work / "l0.db", work, runs)
+    least = plan + floor["insert_seconds"] + floor["imports_seconds"]
     return {"jobs": jobs, "runs": runs, "run_seconds": run, "plan_seconds": plan, "ratio": run / plan,
-            "target": RUN_TARGET, "run_each": run_times, "plan_each": plan_times}
+            "target": RUN_TARGET, "run_each": run_times, "plan_each": plan_times,
+            "floor": {**floor, "least_ratio": least / plan}}
+
+
+def design_floor(ledger: Path, work: Path, runs: int = 3) -> dict[str, float]:
+    """What any run writing the jobs of `ledger` as rows of a durable SQLite ledger must spend
+    beyond a plan: bare sqlite3 inserting them into the same schema (median seconds), and
+    importing SQLAlchemy and SQLModel (whole process, beside an empty one; medians)."""
+    with sqlite3.connect(ledger) as source:
+        schema = [ddl for (ddl,) in source.execute("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL")]
+        batch = source.execute("SELECT name, model, manifest, generation FROM batch").fetchall()
+        rows = source.execute(f"SELECT {_JOB_COLUMNS} FROM job ORDER BY seq").fetchall()
+    source.close()
+    insert = (f"INSERT INTO job ({_JOB_COLUMNS}, state, attempts, lease_token) VALUES ({', '.join('?' * 13)}, "
+              "'pending', 0, 0) ON CONFLICT(batch, key) DO UPDATE SET generation = excluded.generation")
+    seconds = []
+    for i in range(runs):
+        path = work / f"floor{i}.db"
+        db = sqlite3.connect(path, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        for ddl in schema:
+            db.execute(ddl)
+        db.executemany("INSERT INTO batch (name, model, manifest, generation, simulated, committed, created_at, "
+                       "updated_at) VALUES (?, ?, ?, ?, 0, 0, 0, 0)", batch)
+        started = time.monotonic()
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany(insert, rows)
+        db.execute("COMMIT")
+        seconds.append(time.monotonic() - started)
+        db.close()
+    imports, nothing = [], []
+    for _ in range(max(5, runs)):
+        imports.append(wall(LEDGER_IMPORTS))
+        nothing.append(wall(NOTHING))
+    return {"rows": len(rows), "insert_seconds": statistics.median(seconds),
+            "imports_seconds": max(0.0, statistics.median(imports) - statistics.median(nothing))}
 
 
 def startup(runs: int = 5) -> dict[str, Any]:
@@ -117,6 +166,10 @@ def section(stage_jobs: int, run_jobs: int, runs: int = 3) -> tuple[dict[str, An
         f"stage        batcher run --budget 0 on {run_jobs} jobs {r['run_seconds']:.2f}s beside batcher plan --json "
         f"{r['plan_seconds']:.2f}s: ratio {r['ratio']:.2f} ({_verdict(r['ratio'], RUN_TARGET)}; whole process, "
         f"medians of {runs}, the run against batcher simulator over loopback)",
+        f"stage        the floor under that ratio for any run that writes its jobs as rows of a durable SQLite "
+        f"ledger with a SQLModel schema: bare sqlite3 inserting the run's {r['floor']['rows']} rows "
+        f"{r['floor']['insert_seconds']:.2f}s (in-process), importing SQLAlchemy and SQLModel "
+        f"{r['floor']['imports_seconds']:.2f}s: least ratio {r['floor']['least_ratio']:.2f}",
         f"start-up     batcher --version {u['version_seconds']:.3f}s beside python -c \"import httpx, click, yaml\" "
         f"{u['imports_seconds']:.3f}s: ratio {u['ratio']:.2f} ({_verdict(u['ratio'], STARTUP_TARGET)}; medians of "
         f"{u['runs']})"]

@@ -12,6 +12,10 @@ def test_the_stage_section_measures_run_beside_plan_status_and_start_up(tmp_path
     assert r["ratio"] == r["run_seconds"] / r["plan_seconds"] and r["target"] == RUN_TARGET
     assert u["ratio"] == u["version_seconds"] / u["imports_seconds"] and u["target"] == STARTUP_TARGET
     assert figures["status_cli_seconds"] > 0 and figures["plan_cli_seconds"] > 0
+    f = r["floor"]
+    assert f["rows"] == 400 and f["insert_seconds"] > 0 and f["imports_seconds"] >= 0
+    assert f["least_ratio"] == (r["plan_seconds"] + f["insert_seconds"] + f["imports_seconds"]) / r["plan_seconds"]
     text = "\n".join(lines)
+    assert f"least ratio {f['least_ratio']:.2f}" in text
     assert "batcher run --budget 0 on 400 jobs" in text and f"ratio {r['ratio']:.2f}" in text
     assert "batcher --version" in text and "target <= 1.3" in text and "target <= 2" in text

@@ -169,3 +169,77 @@ def test_dead_runners_on_this_host_are_reaped_at_once_recorded_or_not(two):
     with b.engine.connect() as conn:
         from sqlalchemy import text
         assert conn.execute(text("SELECT COUNT(*) FROM runner")).scalar_one() == 0
+
+
+def _set_states(ledger: Ledger, states: dict[str, str]) -> None:
+    """Put jobs (by key) in states directly: the claim reads states, however they were reached."""
+    from sqlalchemy import text
+    with ledger.engine.begin() as conn:
+        for key, state in states.items():
+            conn.execute(text("UPDATE job SET state = :s WHERE batch = 'b' AND key = :k"), {"s": state, "k": key})
+
+
+def test_a_claim_takes_rendered_then_submitted_then_pending_each_in_manifest_order(two):
+    a, b, clock = two
+    _set_states(a, {"k007": "rendered", "k002": "rendered", "k008": "submitted", "k001": "submitted",
+                    "k009": "failed"})
+    # B holds one rendered and one pending job; its lease keeps them from A until it runs out
+    held = b.claim("b", [S.RENDERED], "B", 30, 1) + b.claim("b", [S.PENDING], "B", 30, 1)
+    assert [(j.key, j.state) for j in held] == [("k002", "rendered"), ("k000", "pending")]
+    got = a.claim("b", [S.PENDING, S.SUBMITTED, S.RENDERED], "A", 30, 5)
+    assert [j.key for j in got] == ["k007", "k001", "k008", "k003", "k004"]
+    assert all(j.owner == "A" for j in got)
+    clock.t += 31  # B's leases ran out (A renewed its own): B's jobs are anyone's, paid work first
+    a.renew("b", "A", 30)
+    assert [j.key for j in a.claim("b", [S.PENDING, S.RENDERED], "A", 30, 2)] == ["k002", "k000"]
+    # a limit met by the paid states leaves pending jobs alone
+    a.release("b", "A")
+    assert [j.key for j in a.claim("b", [S.RENDERED, S.SUBMITTED, S.PENDING], "A", 30, 3)] == [
+        "k002", "k007", "k001"]
+
+
+def test_a_claim_of_pending_jobs_keeps_to_the_generation_but_not_for_paid_work(ledger_url):
+    led = Ledger(ledger_url, clock=Clock())
+    led.add_jobs("b", "happyhorse-1.0-r2v", "m.yaml", specs(4))
+    _set_states(led, {"k003": "submitted"})
+    led.add_jobs("b", "happyhorse-1.0-r2v", "m.yaml", specs(4)[2:])  # generation 2: k002, k003 only
+    gen = led.batch("b").generation
+    got = led.claim("b", [S.PENDING, S.SUBMITTED], "A", 30, 10, gen)
+    assert [j.key for j in got] == ["k003", "k002"]
+    led.close()
+
+
+def test_a_claim_reads_the_state_index_in_order_without_sorting_the_batch(tmp_path):
+    """What keeps a claim's cost to the jobs it takes on a 100,000-job batch: no statement of it
+    sorts the batch's jobs (SQLite's query plan says 'USE TEMP B-TREE FOR ORDER BY' when one would)."""
+    from sqlalchemy import event
+    led = Ledger(tmp_path / "l.db", clock=Clock())
+    led.add_jobs("b", "happyhorse-1.0-r2v", "m.yaml", specs(50))
+    seen: list[tuple[str, object]] = []
+    event.listen(led.engine, "before_cursor_execute", lambda conn, cursor, statement, parameters, *rest:
+                 seen.append((statement, parameters)) if "UPDATE job" in statement else None)
+    led.claim("b", [S.RENDERED, S.SUBMITTED, S.PENDING], "A", 30, 5, 1)
+    assert len(seen) == 3
+    raw = led.engine.raw_connection()
+    try:
+        for statement, parameters in seen:
+            plan = " | ".join(str(r[-1]) for r in raw.execute("EXPLAIN QUERY PLAN " + statement, parameters))
+            assert "job_batch_state_seq" in plan and "TEMP B-TREE" not in plan, plan
+    finally:
+        raw.close()
+    led.close()
+
+
+@pytest.mark.parametrize("remaining, covered", [(0, 0), (9.99, 0), (10, 1), (39.5, 2), (40, 3), (69, 3), (70, 4),
+                                                (1e9, 4)])
+def test_the_budget_outlook_counts_the_pending_jobs_credits_cover_in_submission_order(ledger_url, remaining, covered):
+    led = Ledger(ledger_url, clock=Clock())
+    jobs = [JobSpec(key=f"k{i}", batch="b", row=i, take=1, origin=f"m.yaml:{i + 1}", label="r",
+                    params={"prompt": f"p{i}"}, estimate=e, estimate_is_guess=False)
+            for i, e in enumerate([10, 20.5, 9.5, 30, 5])]
+    led.add_jobs("b", "happyhorse-1.0-r2v", "m.yaml", jobs)
+    _set_states(led, {"k4": "submitted"})  # not pending: neither counted nor covered
+    gen = led.batch("b").generation
+    assert led.budget_outlook("b", gen, remaining) == (4, covered, 70.0)
+    assert led.budget_outlook("b", gen + 1, remaining) == (0, 0, 0.0)  # another generation's jobs
+    led.close()

@@ -200,3 +200,44 @@ def test_only_a_transaction_the_database_rolled_back_whole_is_retried():
 
     assert is_retryable(Wrapped("40P01")) and is_retryable(Wrapped("40001"))  # deadlock, serialization
     assert not is_retryable(Wrapped("23505")) and not is_retryable(Wrapped(None))  # a unique violation
+
+
+def _owner_index_ddl(ledger: Ledger) -> str:
+    from sqlalchemy import text
+    with ledger.engine.connect() as conn:
+        if ledger.engine.dialect.name == "sqlite":
+            return str(conn.execute(text("SELECT sql FROM sqlite_master WHERE name = 'job_batch_owner'")).scalar())
+        return str(conn.execute(text("SELECT indexdef FROM pg_indexes WHERE indexname = 'job_batch_owner' "
+                                     "AND schemaname = current_schema()")).scalar())
+
+
+def test_the_lease_index_holds_leased_jobs_only_new_or_upgraded(ledger_url, tmp_path):
+    with Ledger(ledger_url) as ledger:
+        assert "owner IS NOT NULL" in _owner_index_ddl(ledger)
+    path = tmp_path / "v11.db"  # a ledger of schema 11, whose lease index held every job
+    Ledger(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP INDEX job_batch_owner")
+    conn.execute("CREATE INDEX job_batch_owner ON job (batch, owner)")
+    conn.execute("DELETE FROM schema_migrations WHERE version = 12")
+    conn.commit()
+    conn.close()
+    with Ledger(path) as ledger:
+        assert ledger.schema_version() == SCHEMA_VERSION
+        assert "WHERE owner IS NOT NULL" in _owner_index_ddl(ledger)
+
+
+def test_the_statements_that_find_a_runners_leases_use_the_lease_index(tmp_path, demo):
+    m, jobs = demo
+    with Ledger(tmp_path / "l.db") as ledger:
+        ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs)
+        raw = ledger.engine.raw_connection()
+        try:
+            for statement in (
+                    "UPDATE job SET lease_until = 1 WHERE batch = 'b' AND owner = 'me'",
+                    "UPDATE job SET owner = NULL, lease_until = NULL WHERE batch = 'b' AND owner = 'me'",
+                    "SELECT DISTINCT owner FROM job WHERE batch = 'b' AND owner IS NOT NULL AND owner != 'me'"):
+                plan = " ".join(str(r[-1]) for r in raw.execute("EXPLAIN QUERY PLAN " + statement))
+                assert "job_batch_owner" in plan, (statement, plan)
+        finally:
+            raw.close()

@@ -126,16 +126,25 @@ class LedgerFigures(LedgerJobs):
 
     def budget_outlook(self, batch: str, generation: int, remaining: float) -> tuple[int, int, float]:
         """(pending jobs, how many of them `remaining` credits cover in the order they are submitted,
-        their total estimate), summed in the database: no list of a million estimates in memory."""
+        their total estimate). The covered ones are read in submission order from the state index
+        until the credits run out: no list of a million estimates in memory, and a small budget
+        reads a few rows, not a running sum over every pending job."""
         with self.engine.connect() as conn:
             pending, total = conn.execute(text(
                 "SELECT COUNT(*), COALESCE(SUM(estimate), 0) FROM job WHERE batch = :b AND state = 'pending' "
                 "AND generation = :g"), {"b": batch, "g": generation}).one()
-            covered = conn.execute(text(
-                "SELECT COUNT(*) FROM (SELECT SUM(estimate) OVER (ORDER BY seq) AS running FROM job "
-                "WHERE batch = :b AND state = 'pending' AND generation = :g) AS s WHERE running <= :r"),
-                {"b": batch, "g": generation, "r": remaining + 1e-9}).scalar_one()
-        return int(pending), int(covered), float(total)
+            if total <= remaining + 1e-9:
+                return int(pending), int(pending), float(total)
+            covered, running = 0, 0.0
+            rows = conn.execute(text("SELECT estimate FROM job WHERE batch = :b AND state = 'pending' AND "
+                                     "generation = :g ORDER BY seq"), {"b": batch, "g": generation})
+            for (estimate,) in rows:
+                running += estimate
+                if running > remaining + 1e-9:
+                    break
+                covered += 1
+            rows.close()
+        return int(pending), covered, float(total)
 
     def failure_groups(self, batch: str, keys_per_group: int = 3) -> list[tuple[str, str, int, list[str]]]:
         """Failed and expired jobs grouped by state and reason: (state, reason, count, a few keys),
