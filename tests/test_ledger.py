@@ -241,3 +241,40 @@ def test_the_statements_that_find_a_runners_leases_use_the_lease_index(tmp_path,
                 assert "job_batch_owner" in plan, (statement, plan)
         finally:
             raw.close()
+
+
+def test_on_sqlite_a_read_never_waits_for_a_write_but_writes_wait_for_each_other(tmp_path, demo):
+    """A run's progress, `status` and `watch` read while runners write: a read takes no lock (WAL
+    snapshot), so it neither waits behind a write nor holds one up; writes still go one at a time."""
+    import threading
+    import time as clock
+
+    from sqlalchemy import text
+    m, jobs = demo
+    with Ledger(tmp_path / "l.db") as ledger:
+        ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs)
+        holding, release = threading.Event(), threading.Event()
+
+        def hold(conn):
+            conn.execute(text("UPDATE job SET error = 'held' WHERE id = 1"))
+            holding.set()
+            release.wait(10)
+
+        writer = threading.Thread(target=ledger.write, args=(hold,))
+        writer.start()
+        assert holding.wait(10)
+        try:
+            started = clock.monotonic()
+            counts = ledger.counts(m.batch)  # while the write lock is held
+            assert clock.monotonic() - started < 2 and counts["pending"] == len(jobs)
+            assert ledger.get(1).error is None  # the snapshot: the uncommitted write is not seen
+            second = threading.Thread(target=ledger.write, args=(
+                lambda conn: conn.execute(text("UPDATE job SET error = 'second' WHERE id = 1")),))
+            second.start()
+            second.join(0.5)
+            assert second.is_alive()  # the second write waits for the first
+        finally:
+            release.set()
+            writer.join(10)
+        second.join(10)
+        assert not second.is_alive() and ledger.get(1).error == "second"

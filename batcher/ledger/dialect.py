@@ -51,6 +51,9 @@ def postgres_engine(location: str, **options: Any) -> Engine:
         raise LedgerError(f"cannot use ledger {display_location(location)}: {type(e).__name__}") from None
 
 
+WRITE = "batcher_write"  # the execution option `LedgerStore.write` marks its transactions with
+
+
 def sqlite_engine(path: Path, durable: bool) -> Engine:
     """An engine for an SQLite ledger file, created readable by its owner only.
 
@@ -78,7 +81,10 @@ def sqlite_engine(path: Path, durable: bool) -> Engine:
         cur.close()
 
     def on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A write takes the write lock at once (a read that later wrote could fail to upgrade);
+        # a read takes none: in WAL it reads a snapshot, so `status`, `watch` and a run's progress
+        # never hold up a runner's commits (nor wait in SQLite's busy handler behind them).
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN")
 
     event.listen(engine, "connect", on_connect)
     event.listen(engine, "begin", on_begin)

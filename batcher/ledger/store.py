@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from ..errors import BatcherError, DiskFullError, LedgerError
 from .dialect import (
     DEFAULT_LEDGER,
+    WRITE,
     Dialect,
     display_location,
     first_line,
@@ -77,7 +78,7 @@ class LedgerStore:
         database chose as a deadlock's victim was rolled back whole, so it is simply run again."""
         for attempt in range(1, DEADLOCK_RETRIES + 1):
             try:
-                with self.engine.begin() as conn:
+                with self.engine.connect() as conn, conn.execution_options(**{WRITE: True}).begin():
                     return fn(conn)
             except DBAPIError as e:
                 if is_disk_full(e):
