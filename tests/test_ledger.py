@@ -202,47 +202,6 @@ def test_only_a_transaction_the_database_rolled_back_whole_is_retried():
     assert not is_retryable(Wrapped("23505")) and not is_retryable(Wrapped(None))  # a unique violation
 
 
-def _owner_index_ddl(ledger: Ledger) -> str:
-    from sqlalchemy import text
-    with ledger.engine.connect() as conn:
-        if ledger.engine.dialect.name == "sqlite":
-            return str(conn.execute(text("SELECT sql FROM sqlite_master WHERE name = 'job_batch_owner'")).scalar())
-        return str(conn.execute(text("SELECT indexdef FROM pg_indexes WHERE indexname = 'job_batch_owner' "
-                                     "AND schemaname = current_schema()")).scalar())
-
-
-def test_the_lease_index_holds_leased_jobs_only_new_or_upgraded(ledger_url, tmp_path):
-    with Ledger(ledger_url) as ledger:
-        assert "owner IS NOT NULL" in _owner_index_ddl(ledger)
-    path = tmp_path / "v11.db"  # a ledger of schema 11, whose lease index held every job
-    Ledger(path).close()
-    conn = sqlite3.connect(path)
-    conn.execute("DROP INDEX job_batch_owner")
-    conn.execute("CREATE INDEX job_batch_owner ON job (batch, owner)")
-    conn.execute("DELETE FROM schema_migrations WHERE version = 12")
-    conn.commit()
-    conn.close()
-    with Ledger(path) as ledger:
-        assert ledger.schema_version() == SCHEMA_VERSION
-        assert "WHERE owner IS NOT NULL" in _owner_index_ddl(ledger)
-
-
-def test_the_statements_that_find_a_runners_leases_use_the_lease_index(tmp_path, demo):
-    m, jobs = demo
-    with Ledger(tmp_path / "l.db") as ledger:
-        ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs)
-        raw = ledger.engine.raw_connection()
-        try:
-            for statement in (
-                    "UPDATE job SET lease_until = 1 WHERE batch = 'b' AND owner = 'me'",
-                    "UPDATE job SET owner = NULL, lease_until = NULL WHERE batch = 'b' AND owner = 'me'",
-                    "SELECT DISTINCT owner FROM job WHERE batch = 'b' AND owner IS NOT NULL AND owner != 'me'"):
-                plan = " ".join(str(r[-1]) for r in raw.execute("EXPLAIN QUERY PLAN " + statement))
-                assert "job_batch_owner" in plan, (statement, plan)
-        finally:
-            raw.close()
-
-
 def test_on_sqlite_a_read_never_waits_for_a_write_but_writes_wait_for_each_other(tmp_path, demo):
     """A run's progress, `status` and `watch` read while runners write: a read takes no lock (WAL
     snapshot), so it neither waits behind a write nor holds one up; writes still go one at a time."""
@@ -278,3 +237,37 @@ def test_on_sqlite_a_read_never_waits_for_a_write_but_writes_wait_for_each_other
             writer.join(10)
         second.join(10)
         assert not second.is_alive() and ledger.get(1).error == "second"
+
+
+def test_figures_tally_every_state_of_a_batch_and_of_one_model(ledger_url):
+    """What status, reports and the gallery show, against the same figures computed from the rows."""
+    from sqlalchemy import text
+
+    from batcher.plan import JobSpec
+    jobs = [JobSpec(key=f"k{i}", batch="b", row=i, take=1, origin=f"m.yaml:{i + 1}", label="r",
+                    params={"prompt": f"p{i}"}, estimate=10 + i, estimate_is_guess=False,
+                    model="other-model" if i % 3 == 0 else "") for i in range(12)]
+    # (state, submitted_at, updated_at, size, render_seconds) per job; the rest stay pending
+    rows = {0: ("completed", 100, 150, 1000, 4.0), 1: ("completed", 90, 160, 3000, 6.5), 2: ("unknown", 95, 96, None,
+            None), 3: ("unknown", 120, 121, None, None), 4: ("failed", 80, 170, None, 2.0), 5: ("expired", 85, 165,
+            None, None), 6: ("submitted", 70, 71, None, None), 7: ("rendered", 130, 180, None, 3.0)}
+    with Ledger(ledger_url) as ledger:
+        ledger.add_jobs("b", "happyhorse-1.0-r2v", "m.yaml", jobs)
+        with ledger.engine.begin() as conn:
+            for i, (state, sub, upd, size, render) in rows.items():
+                conn.execute(text("UPDATE job SET state = :s, submitted_at = :a, updated_at = :u, size = :z, "
+                                  "render_seconds = :r WHERE batch = 'b' AND key = :k"),
+                             {"s": state, "a": sub, "u": upd, "z": size, "r": render, "k": f"k{i}"})
+        for model, members in ((None, range(12)), ("other-model", range(0, 12, 3))):
+            f = ledger.figures("b", model=model)
+            mine = {i: rows.get(i, ("pending", None, None, None, None)) for i in members}
+            assert f.counts["pending"] == sum(1 for r in mine.values() if r[0] == "pending")
+            assert (f.videos, f.bytes) == (sum(1 for r in mine.values() if r[0] == "completed"),
+                                           sum(r[3] for r in mine.values() if r[0] == "completed"))
+            assert f.held == sum(1 for r in mine.values() if r[0] == "unknown")
+            assert f.held_cost == sum(10 + i for i, r in mine.items() if r[0] == "unknown")
+            assert f.first_submitted == min(r[1] for r in mine.values() if r[1] is not None)
+            assert f.last_finished == max(r[2] for r in mine.values() if r[0] in ("completed", "failed", "expired"))
+            renders = [r[4] for r in mine.values() if r[4] is not None]
+            assert f.average_render == pytest.approx(sum(renders) / len(renders))
+        assert ledger.figures("nothing").jobs == 0 and ledger.figures("nothing").average_render is None

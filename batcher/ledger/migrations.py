@@ -83,15 +83,6 @@ def create_index(model: Any, name: str) -> Step:
     return step
 
 
-def recreate_index(model: Any, name: str) -> Step:
-    """An index made again as the schema now writes it (an index's definition cannot be altered)."""
-    def step(conn: Connection) -> None:
-        index: Index = next(i for i in _table(model).indexes if i.name == name)
-        index.drop(conn, checkfirst=True)
-        index.create(conn)
-    return step
-
-
 def sql(statement: str) -> Step:
     def step(conn: Connection) -> None:
         conn.execute(text(statement))
@@ -144,8 +135,6 @@ MIGRATIONS: list[Migration] = [
         add_column(BatchTable, "control_at"),
         add_column(BatchTable, "webhook_secret"),
     ]),
-    # Staging 104,000 jobs wrote an entry per job into an index only leased jobs need.
-    Migration(12, "the lease index holds leased jobs only", [recreate_index(JobTable, "job_batch_owner")]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

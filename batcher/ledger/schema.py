@@ -28,7 +28,6 @@ from sqlmodel import Field, SQLModel
 # 64-bit ids on PostgreSQL; on SQLite only INTEGER PRIMARY KEY is the auto-numbered rowid.
 ID = BigInteger().with_variant(Integer(), "sqlite")
 REAL = Float(precision=53)  # DOUBLE PRECISION on PostgreSQL, REAL on SQLite
-_LEASED = text("owner IS NOT NULL")  # a partial index's condition, written alike for both databases
 
 
 def _id() -> Column[Any]:
@@ -82,9 +81,7 @@ class JobTable(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("batch", "key"),
         Index("job_batch_state_seq", "batch", "state", "seq"),
-        # Leased jobs only: staging adds no entry for each new job, and every query that finds a
-        # runner's leases names an owner (`owner = ...` or `owner IS NOT NULL`), so it can use it.
-        Index("job_batch_owner", "batch", "owner", sqlite_where=_LEASED, postgresql_where=_LEASED),
+        Index("job_batch_owner", "batch", "owner"),
     )
     id: int | None = Field(default=None, sa_column=_id())
     batch: str = Field(foreign_key="batch.name")
