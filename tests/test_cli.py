@@ -69,6 +69,28 @@ def test_plan_counts_ledger_jobs(tmp_path):
     assert data["ledger"]["in_ledger"] == 4 and data["ledger"]["completed"] == 0
 
 
+def test_plan_counts_completed_ledger_jobs_alike_with_and_without_the_job_list(tmp_path):
+    """Against a ledger, `plan` counts from the compiled rows' keys, `plan --jobs` from whole jobs:
+    the same figures, duplicates merged once, keys the ledger holds for other rows not counted."""
+    from sqlalchemy import text
+
+    from batcher.ledger import Ledger
+    from batcher.manifest import load_manifest
+    from batcher.plan import expand
+    m = load_manifest(MANIFESTS / "demo.yaml")
+    jobs = expand(m)
+    with Ledger(tmp_path / "l.db") as ledger:
+        ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs[:7])
+        with ledger.engine.begin() as conn:
+            conn.execute(text("UPDATE job SET state = 'completed' WHERE key IN (:a, :b, :c)"),
+                         {"a": jobs[0].key, "b": jobs[3].key, "c": jobs[6].key})
+            conn.execute(text("UPDATE job SET key = 'not-in-the-manifest' WHERE key = :k"), {"k": jobs[5].key})
+    found = [json.loads(invoke("plan", str(MANIFESTS / "demo.yaml"), "--json", *extra, "--ledger",
+                               str(tmp_path / "l.db")).output)["ledger"] for extra in ((), ("--jobs",))]
+    assert found[0] == found[1]
+    assert (found[0]["in_ledger"], found[0]["completed"]) == (6, 3)
+
+
 def test_bad_rate_option_is_a_usage_error():
     result = CliRunner().invoke(cli, ["plan", str(MANIFESTS / "demo.yaml"), "--rate", "1080p"])
     assert result.exit_code == 2 and "RESOLUTION=CREDITS_PER_SECOND" in result.output

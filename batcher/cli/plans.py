@@ -65,12 +65,21 @@ def plan(manifest: str, ledger_path: str, rates: tuple[str, ...], as_json: bool,
     from ..views import ModelShares, plan_lines
     m = _described(load_manifest(manifest), ledger_path)
     overrides = checked_rates(m, rates)
-    summary = check(m, overrides, max_jobs=max_jobs)
     states = _read_states(ledger_path, m.batch)
+    # Against a ledger, the rows as `check` compiled them give every job's key again cheaply (a
+    # 100,000-job manifest: 2.7 s -> 1.5 s); a mixed batch's shares and --jobs need whole jobs.
+    summary = check(m, overrides, max_jobs=max_jobs, keep=states is not None and not list_jobs)
     data = summary.to_json()
     mixed = len(summary.by_model) > 1
     shares = ModelShares(m) if mixed else None
     jobs = list(iter_jobs(m, overrides, max_jobs=max_jobs)) if list_jobs else []
+    if states is not None and shares is None and not list_jobs:
+        from ..jobrows import job_rows
+        keys = (r.key for r in job_rows(m, overrides, max_jobs=max_jobs, compiled=summary.compiled))
+        in_ledger = [states[key] for key in keys if key in states]
+        data["ledger"] = {"path": _display(ledger_path), "completed": in_ledger.count("completed"),
+                          "in_ledger": len(in_ledger)}
+        states = None  # counted
     if list_jobs:
         data["job_list"] = [{"key": j.key, "label": j.label, "take": j.take, "origin": j.origin,
                              **({"model": j.model} if mixed else {}),
@@ -87,8 +96,7 @@ def plan(manifest: str, ledger_path: str, rates: tuple[str, ...], as_json: bool,
                 held["in_ledger"] += 1
                 held["completed"] += state == "completed"
         if states is not None:
-            from ..ledger import display_location
-            data["ledger"] = {"path": display_location(ledger_path), **held}
+            data["ledger"] = {"path": _display(ledger_path), **held}
     if shares is not None:
         data["models"] = shares.to_json()
         of_row = {row.origin: m.model_of(row).api_id for row in m.rows}
@@ -105,6 +113,11 @@ def plan(manifest: str, ledger_path: str, rates: tuple[str, ...], as_json: bool,
         click.echo(line)
     if uploads is not None:
         click.echo(_uploads_line(uploads))
+
+
+def _display(ledger_path: str) -> str:
+    from ..ledger import display_location
+    return display_location(ledger_path)
 
 
 def wall_time_estimate(m: Any, summary: Any, concurrency: int) -> dict[str, Any]:
