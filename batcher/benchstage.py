@@ -9,8 +9,8 @@
 - the floor under that ratio, for any run that keeps the design (jobs as rows of a durable SQLite
   ledger, its schema in SQLModel): the run's own 104,000 rows inserted again by bare `sqlite3`
   into a fresh file with the ledger's schema (one transaction, WAL, `synchronous=FULL`, no
-  SQLAlchemy, no batcher; in this process), plus importing SQLModel and SQLAlchemy (whole process,
-  beside `python -c pass`): (plan + those) / plan is the least ratio such a run can reach;
+  SQLAlchemy, no batcher; in this process), plus what importing SQLModel and SQLAlchemy adds to a
+  process that imported what `plan` does: (plan + those) / plan is the least ratio such a run can reach;
 - start-up: `batcher --version` beside `python -c "import httpx, click, yaml"` (target 2 x).
 """
 
@@ -35,8 +35,9 @@ STARTUP_TARGET = 2.0  # batcher --version within this many times importing what 
 STATUS_TARGET = 1.0  # seconds for `status` on the staged jobs, as a command
 BATCHER = [sys.executable, "-m", "batcher"]
 IMPORTS = [sys.executable, "-c", "import httpx, click, yaml"]
-NOTHING = [sys.executable, "-c", "pass"]
-LEDGER_IMPORTS = [sys.executable, "-c", "import sqlalchemy, sqlmodel"]
+# What importing the ledger's libraries adds to a process that has imported what `plan` imports.
+LEDGER_IMPORTS = [sys.executable, "-c", "import time, batcher.cli, batcher.cli.plans, batcher.jobrows; "
+                  "t = time.perf_counter(); import sqlalchemy, sqlmodel; print(time.perf_counter() - t)"]
 _JOB_COLUMNS = "batch, key, seq, generation, row, take, origin, label, params, estimate, created_at, updated_at, model"
 
 _STAGE_SCRIPT = """
@@ -105,8 +106,9 @@ def run_beside_plan(jobs: int, runs: int = 3, workdir: Path | None = None) -> di
 
 def design_floor(ledger: Path, work: Path, runs: int = 3) -> dict[str, float]:
     """What any run writing the jobs of `ledger` as rows of a durable SQLite ledger must spend
-    beyond a plan: bare sqlite3 inserting them into the same schema (median seconds), and
-    importing SQLAlchemy and SQLModel (whole process, beside an empty one; medians)."""
+    beyond a plan: bare sqlite3 inserting them into the same schema (median seconds; `rows`:
+    how many the first copy holds), and what importing SQLAlchemy and SQLModel adds to a process
+    that imported what `plan` imports (median seconds)."""
     with sqlite3.connect(ledger) as source:
         schema = [ddl for (ddl,) in source.execute("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL")]
         batch = source.execute("SELECT name, model, manifest, generation FROM batch").fetchall()
@@ -131,12 +133,13 @@ def design_floor(ledger: Path, work: Path, runs: int = 3) -> dict[str, float]:
         db.execute("COMMIT")
         seconds.append(time.monotonic() - started)
         db.close()
-    imports, nothing = [], []
-    for _ in range(max(5, runs)):
-        imports.append(wall(LEDGER_IMPORTS))
-        nothing.append(wall(NOTHING))
-    return {"rows": len(rows), "insert_seconds": statistics.median(seconds),
-            "imports_seconds": max(0.0, statistics.median(imports) - statistics.median(nothing))}
+    with sqlite3.connect(work / "floor0.db") as db:
+        inserted = db.execute("SELECT COUNT(*) FROM job").fetchone()[0]
+    db.close()
+    imports = [float(subprocess.run(LEDGER_IMPORTS, capture_output=True, text=True, check=True).stdout)
+               for _ in range(max(5, runs))]
+    return {"rows": inserted, "insert_seconds": statistics.median(seconds),
+            "imports_seconds": statistics.median(imports)}
 
 
 def startup(runs: int = 5) -> dict[str, Any]:
@@ -154,9 +157,11 @@ def _verdict(value: float, target: float, unit: str = "") -> str:
 
 
 def section(stage_jobs: int, run_jobs: int, runs: int = 3) -> tuple[dict[str, Any], list[str]]:
-    """The stage section's figures and lines."""
-    s = bench_stage(stage_jobs, runs)
-    r = run_beside_plan(run_jobs, runs)
+    """The stage section's figures and lines (its ledgers, some 40 MB each, removed after)."""
+    with tempfile.TemporaryDirectory(prefix="batcher-bench-") as stage_dir, \
+            tempfile.TemporaryDirectory(prefix="batcher-bench-") as run_dir:
+        s = bench_stage(stage_jobs, runs, Path(stage_dir))
+        r = run_beside_plan(run_jobs, runs, Path(run_dir))
     u = startup(max(5, runs))
     return {**s, "run_beside_plan": r, "startup": u}, [
         f"stage        {stage_jobs} jobs planned and added: {s['stage_seconds']:.2f}s, peak {s['peak_mb']:.0f} MB; "

@@ -13,8 +13,8 @@ def test_the_stage_section_measures_run_beside_plan_status_and_start_up(tmp_path
     assert u["ratio"] == u["version_seconds"] / u["imports_seconds"] and u["target"] == STARTUP_TARGET
     assert figures["status_cli_seconds"] > 0 and figures["plan_cli_seconds"] > 0
     f = r["floor"]
-    assert f["rows"] == 400 and f["insert_seconds"] > 0 and f["imports_seconds"] >= 0
-    assert f["least_ratio"] == (r["plan_seconds"] + f["insert_seconds"] + f["imports_seconds"]) / r["plan_seconds"]
+    assert f["rows"] == 400  # counted in the copy the floor inserted, not taken from the run's ledger
+    assert 0 < f["imports_seconds"] < r["run_seconds"]
     text = "\n".join(lines)
     assert f"least ratio {f['least_ratio']:.2f}" in text
     assert "batcher run --budget 0 on 400 jobs" in text and f"ratio {r['ratio']:.2f}" in text

@@ -202,41 +202,79 @@ def test_only_a_transaction_the_database_rolled_back_whole_is_retried():
     assert not is_retryable(Wrapped("23505")) and not is_retryable(Wrapped(None))  # a unique violation
 
 
-def test_on_sqlite_a_read_never_waits_for_a_write_but_writes_wait_for_each_other(tmp_path, demo):
-    """A run's progress, `status` and `watch` read while runners write: a read takes no lock (WAL
-    snapshot), so it neither waits behind a write nor holds one up; writes still go one at a time."""
+def _begins(engine_class_events: list[str]):
+    """Record the BEGIN statements every engine issues (the ledger makes its engine itself)."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    def seen(conn, cursor, statement, *rest):
+        if statement.startswith("BEGIN"):
+            engine_class_events.append(statement)
+    event.listen(Engine, "before_cursor_execute", seen)
+    return lambda: event.remove(Engine, "before_cursor_execute", seen)
+
+
+def test_on_sqlite_only_writes_take_the_lock_and_they_take_it_at_once(tmp_path, demo):
+    """A run's progress, `status` and `watch` read while runners write: a read takes no lock (a
+    WAL snapshot), so it neither waits behind a write nor holds one up; a write takes the lock at
+    its BEGIN, so it never fails half way for want of it."""
     import threading
-    import time as clock
 
     from sqlalchemy import text
     m, jobs = demo
-    with Ledger(tmp_path / "l.db") as ledger:
+    path = tmp_path / "l.db"
+    with Ledger(path) as ledger:
         ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs)
+        other = sqlite3.connect(path, timeout=0, isolation_level=None)  # fails at once when locked
+        other.execute("BEGIN IMMEDIATE")  # another runner holds the write lock
+        other.execute("UPDATE job SET error = 'uncommitted' WHERE id = 1")
+        try:
+            # Reads go on (a read that waited would fail after the ledger's 60 s busy timeout)
+            assert ledger.counts(m.batch)["pending"] == len(jobs)
+            assert ledger.get(1).error is None  # the snapshot: the uncommitted write is not seen
+            assert ledger.figures(m.batch).jobs == len(jobs)
+        finally:
+            other.execute("ROLLBACK")
         holding, release = threading.Event(), threading.Event()
 
-        def hold(conn):
-            conn.execute(text("UPDATE job SET error = 'held' WHERE id = 1"))
+        def hold(conn):  # a write that has begun and executed nothing yet
             holding.set()
-            release.wait(10)
-
+            release.wait(30)
         writer = threading.Thread(target=ledger.write, args=(hold,))
         writer.start()
-        assert holding.wait(10)
         try:
-            started = clock.monotonic()
-            counts = ledger.counts(m.batch)  # while the write lock is held
-            assert clock.monotonic() - started < 2 and counts["pending"] == len(jobs)
-            assert ledger.get(1).error is None  # the snapshot: the uncommitted write is not seen
-            second = threading.Thread(target=ledger.write, args=(
-                lambda conn: conn.execute(text("UPDATE job SET error = 'second' WHERE id = 1")),))
-            second.start()
-            second.join(0.5)
-            assert second.is_alive()  # the second write waits for the first
+            assert holding.wait(30)
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")  # the write's BEGIN already took the lock
         finally:
             release.set()
-            writer.join(10)
-        second.join(10)
-        assert not second.is_alive() and ledger.get(1).error == "second"
+            writer.join(30)
+        other.close()
+        ledger.write(lambda conn: conn.execute(text("UPDATE job SET error = 'w' WHERE id = 1")))
+        assert ledger.get(1).error == "w"
+
+
+def test_opening_an_up_to_date_ledger_only_reads_it(tmp_path):
+    """`status` or `watch` opening a ledger neither waits for a runner's write nor holds one up:
+    a current ledger is not migrated, so no write transaction begins."""
+    path = tmp_path / "l.db"
+    begins: list[str] = []
+    stop = _begins(begins)
+    try:
+        Ledger(path).close()  # a new ledger: created in a write transaction
+        assert "BEGIN IMMEDIATE" in begins
+        begins.clear()
+        other = sqlite3.connect(path, timeout=0, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # a runner's write in progress
+        try:
+            with Ledger(path) as ledger:
+                assert ledger.schema_version() == SCHEMA_VERSION
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert begins and "BEGIN IMMEDIATE" not in begins
+    finally:
+        stop()
 
 
 def test_figures_tally_every_state_of_a_batch_and_of_one_model(ledger_url):

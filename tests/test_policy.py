@@ -195,7 +195,7 @@ def test_a_seed_is_the_censored_fit_of_remembered_renders_not_their_average():
     seed = seed_from(1234, rows)
     assert seed is not None and seed.count == 1234
     assert abs(seed.mean - 60) < 2 and abs(seed.std - 6) < 2
-    # the midpoints the ledger keeps (what `average_render_seconds` averages) are far lower
+    # the midpoints the ledger keeps (what a batch's average render time averages) are far lower
     assert sum(m for m, _ in rows) / len(rows) < 52
     assert seed_from(2, rows[:2]) is None  # fewer renders than a run would trust
 

@@ -67,7 +67,8 @@ def plan(manifest: str, ledger_path: str, rates: tuple[str, ...], as_json: bool,
     overrides = checked_rates(m, rates)
     states = _read_states(ledger_path, m.batch)
     # Against a ledger, the rows as `check` compiled them give every job's key again cheaply (a
-    # 100,000-job manifest: 2.7 s -> 1.5 s); a mixed batch's shares and --jobs need whole jobs.
+    # 100,000-job manifest as a command: 2.75 s -> 1.8-2.0 s); a mixed batch's shares and --jobs
+    # need whole jobs.
     summary = check(m, overrides, max_jobs=max_jobs, keep=states is not None and not list_jobs)
     data = summary.to_json()
     mixed = len(summary.by_model) > 1

@@ -58,8 +58,9 @@ def sqlite_engine(path: Path, durable: bool) -> Engine:
     """An engine for an SQLite ledger file, created readable by its owner only.
 
     WAL mode (many readers, one writer), foreign keys on, `synchronous=FULL` when durable (a
-    commit survives power loss: the intent before each paid POST must), and every transaction
-    started with BEGIN IMMEDIATE so a writer never fails half way with SQLITE_BUSY.
+    commit survives power loss: the intent before each paid POST must). A write transaction (one
+    marked `WRITE`) begins IMMEDIATE, so a writer never fails half way with SQLITE_BUSY; any other
+    begins deferred and reads a snapshot, taking no lock.
     """
     try:
         if str(path) != ":memory:":
@@ -71,7 +72,7 @@ def sqlite_engine(path: Path, durable: bool) -> Engine:
     engine = create_engine(f"sqlite:///{path}", connect_args={"check_same_thread": False, "timeout": 60})
 
     def on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
-        # Let the begin event below issue BEGIN IMMEDIATE instead of pysqlite's deferred BEGIN.
+        # Let the begin event below issue the BEGIN, not pysqlite's implicit transactions.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.pool import NullPool
 
 from ..errors import LedgerError
 from ..states import JobState
@@ -79,26 +78,10 @@ class LedgerFleet(LedgerStore):
         """The batch's figures and runners in one read transaction (None if there is no such batch).
         Every query is an aggregate in the database; nothing is read job by job into Python."""
         try:
-            with self._fleet_engine().connect() as conn:
-                if not self.postgres:
-                    conn.exec_driver_sql("BEGIN")  # one snapshot for every query
+            with self.engine.connect() as conn:  # one transaction: one snapshot for every query
                 return self._fleet(conn, batch, self.clock(), window)
         except DBAPIError as e:
             raise LedgerError(f"cannot read ledger {self.display}: {first_line(e.orig)}") from None
-
-    def _fleet_engine(self) -> Engine:
-        """The ledger's engine on PostgreSQL. On SQLite, plain connections that begin deferred
-        (read) transactions: the ledger's own begin every transaction IMMEDIATE, which would take
-        the write lock runners wait for; in WAL mode a reader and the writer never wait on each other."""
-        if self.postgres:
-            return self.engine
-        reader: Engine | None = self.__dict__.get("_fleet_reader")
-        if reader is None:
-            reader = create_engine(f"sqlite:///{self.path}", poolclass=NullPool,
-                                   connect_args={"check_same_thread": False, "timeout": 60,
-                                                 "isolation_level": None})
-            self.__dict__["_fleet_reader"] = reader
-        return reader
 
     def _fleet(self, conn: Connection, batch: str, now: float, window: float) -> Fleet | None:
         row = conn.execute(text("SELECT * FROM batch WHERE name = :b"), {"b": batch}).mappings().first()

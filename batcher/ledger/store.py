@@ -25,7 +25,7 @@ from .dialect import (
     postgres_engine,
     sqlite_engine,
 )
-from .migrations import SCHEMA_VERSION
+from .migrations import MIGRATIONS, SCHEMA_VERSION
 from .migrations import upgrade as apply_migrations
 
 T = TypeVar("T")
@@ -141,18 +141,31 @@ class LedgerStore:
             return int(conn.exec_driver_sql("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").scalar_one())
 
     def upgrade(self, target: int = SCHEMA_VERSION) -> list[int]:
-        """Apply missing migrations up to `target`; returns the versions applied."""
+        """Apply missing migrations up to `target`; returns the versions applied. A ledger already
+        up to date is only read: `status` or `watch` opening it neither waits for a runner's write
+        nor holds one up."""
         def run(conn: Connection) -> list[int]:
             if self.postgres:
                 # Runners starting together: one migrates, the others wait and find it done.
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(727274)")
             return apply_migrations(conn, self.clock(), self.display, target)
         try:
+            if self._up_to_date(target):
+                return []
             return self.write(run)
-        except LedgerError as e:
+        except (LedgerError, DBAPIError) as e:
             if "not a database" in str(e):
                 raise LedgerError(f"{self.path} is not a batcher ledger (not an SQLite database)") from None
             raise
+
+    def _up_to_date(self, target: int) -> bool:
+        """Every migration up to `target` is recorded, and none newer than this batcher knows."""
+        with self.engine.connect() as conn:
+            if not inspect(conn).has_table("schema_migrations"):
+                return False
+            have = {int(v) for (v,) in conn.exec_driver_sql("SELECT version FROM schema_migrations")}
+        return max(have, default=0) <= SCHEMA_VERSION and all(m.version in have for m in MIGRATIONS
+                                                              if m.version <= target)
 
     def _event(self, conn: Connection, job_id: int, kind: str, src: str | None, dst: str | None,
                detail: str | None, at: float) -> None:
