@@ -113,6 +113,12 @@ class Dialect:
         """Lock a row read in a write transaction (SQLite's BEGIN IMMEDIATE already serialises)."""
         return " FOR UPDATE" if self.postgres else ""
 
+    def in_id_order(self, table: str) -> str:
+        """`table` for a query that pages through it by id: SQLite would rather read a batch's rows
+        through an index on `batch` and sort them all for every page (quadratic in the batch);
+        told to use no index, it reads the rowids in order from the last page on."""
+        return table if self.postgres else f"{table} NOT INDEXED"
+
     @property
     def skip_locked(self) -> str:
         """Claim rows other runners are not claiming at this moment (SQLite: one writer anyway)."""

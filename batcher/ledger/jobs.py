@@ -172,7 +172,8 @@ class LedgerJobs(LedgerStore):
         last = 0
         where = " AND batch = :b" if batch else ""
         while True:
-            chunk = self._rows(Job, f"SELECT * FROM job WHERE id > :last{where} ORDER BY id LIMIT :n",
+            chunk = self._rows(Job, f"SELECT * FROM {self.sql.in_id_order('job')} WHERE id > :last{where} "
+                                    "ORDER BY id LIMIT :n",
                                {"last": last, "b": batch, "n": page})
             if not chunk:
                 return
