@@ -161,3 +161,25 @@ def run_against(path: Path, tmp_path: Path, base: str, api_key: str, **options):
     to = api.target(api_key=api_key, api_base=base)
     opts = RunOptions.of(out_dir=tmp_path / "out", expected_render=0.02, **options)
     return anyio.run(lambda: api.run_async(path, ledger=tmp_path / "l.db", options=opts, to=to))
+
+
+def sqlite_plans(ledger, run, containing: str) -> list[str]:
+    """SQLite's query plan of each statement with `containing` that `run()` sends through the
+    ledger's engine, as one line each: what tells an index read in order from a sort of every row."""
+    from sqlalchemy import event
+    seen: list[tuple[str, object]] = []
+
+    def record(conn, cursor, statement, parameters, *rest):
+        if containing in statement:
+            seen.append((statement, parameters))
+    event.listen(ledger.engine, "before_cursor_execute", record)
+    try:
+        run()
+    finally:
+        event.remove(ledger.engine, "before_cursor_execute", record)
+    raw = ledger.engine.raw_connection()
+    try:
+        return [" | ".join(str(r[-1]) for r in raw.execute("EXPLAIN QUERY PLAN " + statement, parameters))
+                for statement, parameters in seen]
+    finally:
+        raw.close()

@@ -8,6 +8,8 @@ from batcher.ledger import Ledger
 from batcher.plan import JobSpec
 from batcher.states import JobState as S
 
+from .conftest import sqlite_plans
+
 
 class Clock:
     def __init__(self):
@@ -212,21 +214,13 @@ def test_a_claim_of_pending_jobs_keeps_to_the_generation_but_not_for_paid_work(l
 def test_a_claim_reads_the_state_index_in_order_without_sorting_the_batch(tmp_path):
     """What keeps a claim's cost to the jobs it takes on a 100,000-job batch: no statement of it
     sorts the batch's jobs (SQLite's query plan says 'USE TEMP B-TREE FOR ORDER BY' when one would)."""
-    from sqlalchemy import event
     led = Ledger(tmp_path / "l.db", clock=Clock())
     led.add_jobs("b", "happyhorse-1.0-r2v", "m.yaml", specs(50))
-    seen: list[tuple[str, object]] = []
-    event.listen(led.engine, "before_cursor_execute", lambda conn, cursor, statement, parameters, *rest:
-                 seen.append((statement, parameters)) if "UPDATE job" in statement else None)
-    led.claim("b", [S.RENDERED, S.SUBMITTED, S.PENDING], "A", 30, 5, 1)
-    assert len(seen) == 3
-    raw = led.engine.raw_connection()
-    try:
-        for statement, parameters in seen:
-            plan = " | ".join(str(r[-1]) for r in raw.execute("EXPLAIN QUERY PLAN " + statement, parameters))
-            assert "job_batch_state_seq" in plan and "TEMP B-TREE" not in plan, plan
-    finally:
-        raw.close()
+    plans = sqlite_plans(led, lambda: led.claim("b", [S.RENDERED, S.SUBMITTED, S.PENDING], "A", 30, 5, 1),
+                         "UPDATE job")
+    assert len(plans) == 3
+    for plan in plans:
+        assert "job_batch_state_seq" in plan and "TEMP B-TREE" not in plan, plan
     led.close()
 
 
