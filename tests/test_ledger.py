@@ -314,6 +314,8 @@ def test_figures_tally_every_state_of_a_batch_and_of_one_model(ledger_url):
 def test_a_batch_is_read_whole_in_id_order_a_page_at_a_time(ledger_url):
     """Export reads a batch a page at a time: every job once, in the order it was added, whatever
     other batches share the ledger, on both backends."""
+    from sqlalchemy import text
+
     from batcher.plan import JobSpec
 
     def specs(batch: str, n: int) -> list[JobSpec]:
@@ -325,7 +327,11 @@ def test_a_batch_is_read_whole_in_id_order_a_page_at_a_time(ledger_url):
             ledger.add_jobs("b", "happyhorse-1.0-r2v", "b.yaml", specs("b", 5 * (part + 1)))
         got = [j.key for j in ledger.iter_batch("a", page=4)]
         assert got == [f"a{i}" for i in range(21)]
-        assert [j.id for j in ledger.iter_batch("b", page=3)] == sorted(j.id for j in ledger.iter_batch("b"))
+        with ledger.engine.connect() as conn:
+            ids_of_b = [i for (i,) in conn.execute(text("SELECT id FROM job WHERE batch = 'b'"))]
+        assert [j.id for j in ledger.iter_batch("b", page=3)] == sorted(ids_of_b)
+        assert [j.key for j in ledger.iter_batch("b", page=5)] == [f"b{i}" for i in range(15)]  # pages end flush
+        assert list(ledger.iter_batch("no such batch")) == []
         assert len(list(ledger.iter_batch(None, page=5))) == 21 + 15
 
 
@@ -337,6 +343,6 @@ def test_paging_a_batch_by_id_reads_rowids_in_order_not_a_sort_per_page(tmp_path
         ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs)
         read: list[object] = []
         plans = sqlite_plans(ledger, lambda: read.extend(ledger.iter_batch(m.batch, page=5)), "ORDER BY id")
-        assert len(read) == len(jobs) and len(plans) == -(-len(jobs) // 5) + 1  # and the empty last page
+        assert len(read) == len(jobs) and len(plans) <= -(-len(jobs) // 5) + 1
         for plan in plans:
             assert "PRIMARY KEY" in plan and "TEMP B-TREE" not in plan, plan

@@ -69,7 +69,8 @@ def plan(manifest: str, ledger_path: str, rates: tuple[str, ...], as_json: bool,
     # Against a ledger, the rows as `check` compiled them give every job's key again cheaply (a
     # 100,000-job manifest as a command: 2.75 s -> 1.8-2.0 s); a mixed batch's shares and --jobs
     # need whole jobs.
-    summary = check(m, overrides, max_jobs=max_jobs, keep=states is not None and not list_jobs)
+    one_model = len({m.model_of(row).api_id for row in m.rows}) <= 1
+    summary = check(m, overrides, max_jobs=max_jobs, keep=states is not None and not list_jobs and one_model)
     data = summary.to_json()
     mixed = len(summary.by_model) > 1
     shares = ModelShares(m) if mixed else None

@@ -139,6 +139,15 @@ MIGRATIONS: list[Migration] = [
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 
+def missing(have: set[int], display: str, target: int = SCHEMA_VERSION) -> list[int]:
+    """The versions up to `target` a ledger that recorded `have` lacks; a ledger of a newer
+    batcher is refused (LedgerError)."""
+    newest = max(have, default=0)
+    if newest > SCHEMA_VERSION:
+        raise LedgerError(f"{display} was written by a newer batcher (schema {newest}); upgrade batcher")
+    return [m.version for m in MIGRATIONS if m.version <= target and m.version not in have]
+
+
 def upgrade(conn: Connection, now: float, display: str, target: int = SCHEMA_VERSION) -> list[int]:
     """Bring the ledger on `conn` to `target`; returns the versions applied."""
     migrations = _table(SchemaMigration)
@@ -147,9 +156,8 @@ def upgrade(conn: Connection, now: float, display: str, target: int = SCHEMA_VER
         raise LedgerError(f"{display} has batcher's tables but no schema_migrations: not a ledger batcher wrote")
     migrations.create(conn, checkfirst=True)
     have = {v for (v,) in conn.execute(text("SELECT version FROM schema_migrations"))}
-    newest = max(have, default=0)
-    if newest > SCHEMA_VERSION:
-        raise LedgerError(f"{display} was written by a newer batcher (schema {newest}); upgrade batcher")
+    if not missing(have, display, target):
+        return []
     wanted = [m for m in MIGRATIONS if m.version not in have and (fresh or m.version <= target)]
     if fresh:
         SQLModel.metadata.create_all(conn)  # the whole schema at once; every version is in it

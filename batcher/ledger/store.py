@@ -25,7 +25,8 @@ from .dialect import (
     postgres_engine,
     sqlite_engine,
 )
-from .migrations import MIGRATIONS, SCHEMA_VERSION
+from .migrations import SCHEMA_VERSION
+from .migrations import missing as missing_versions
 from .migrations import upgrade as apply_migrations
 
 T = TypeVar("T")
@@ -159,13 +160,13 @@ class LedgerStore:
             raise
 
     def _up_to_date(self, target: int) -> bool:
-        """Every migration up to `target` is recorded, and none newer than this batcher knows."""
+        """Every migration up to `target` is recorded (a newer batcher's ledger is refused here,
+        without waiting for the write lock)."""
         with self.engine.connect() as conn:
             if not inspect(conn).has_table("schema_migrations"):
                 return False
             have = {int(v) for (v,) in conn.exec_driver_sql("SELECT version FROM schema_migrations")}
-        return max(have, default=0) <= SCHEMA_VERSION and all(m.version in have for m in MIGRATIONS
-                                                              if m.version <= target)
+        return not missing_versions(have, self.display, target)
 
     def _event(self, conn: Connection, job_id: int, kind: str, src: str | None, dst: str | None,
                detail: str | None, at: float) -> None:
