@@ -11,13 +11,14 @@ from __future__ import annotations
 import html
 import json
 import os
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .export import records
-from .ledger import Ledger
+from .ledger import Figures, Ledger
 from .localrefs import is_local_address
 from .media import mismatches, probe
 from .states import JobState
@@ -142,11 +143,28 @@ def build_report(ledger: Ledger, batch: str, out_path: Path, local_files: Mappin
     if local_files is None:
         local_files = {address: Path(image.path) for address, image in ledger.local_images(any_host=True).items()}
     f = ledger.figures(batch, model=model)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    # The cards go to a file as they are made (a batch of 100,000 jobs held them all in memory,
+    # 364 MB); the filters above them, which count them, are written once they are all known.
+    body = out_path.with_name(f".{out_path.name}.cards.tmp")
+    try:
+        with body.open("w", encoding="utf-8") as cards_out:
+            cards = _Cards(out_path.resolve().parent, local_files or {}, cards_out)
+            for record in records(ledger, batch, model):
+                cards.add(record)
+        _write_page(tmp, body, cards, _head(batch, cards, f, model, ledger.display))
+        os.replace(tmp, out_path)
+    finally:
+        body.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+    return cards.count
+
+
+def _head(batch: str, cards: _Cards, f: Figures, model: str | None, display: str) -> str:
+    """The page up to its cards: the batch's figures and the filters, which count the cards."""
     info, counts, spend, avg = f.batch, f.counts, f.spend, f.average_render
     first, last = f.first_submitted, f.last_finished
-    cards = _Cards(out_path.resolve().parent, local_files or {})
-    for record in records(ledger, batch, model):
-        cards.add(record)
     wall = f"{last - first:,.0f} s" if first and last and last > first else "n/a"
     figures: list[tuple[str, int | str]] = [("jobs", sum(counts.values()))]
     figures += [(s.value, counts[s.value]) for s in JobState if counts[s.value]]
@@ -162,8 +180,8 @@ def build_report(ledger: Ledger, batch: str, out_path: Path, local_files: Mappin
     models = ", ".join(cards.models) or model or (info.model if info else "")
     compare = ('<label><input type="checkbox" id="f-compare"> compare models (the same prompt and seed side by '
                'side)</label>') if len(cards.models) > 1 else ""
-    generated = f'<div class="meta">generated {esc(iso(time.time()))} from {esc(ledger.display)}</div>'
-    page = f"""<!doctype html>
+    generated = f'<div class="meta">generated {esc(iso(time.time()))} from {esc(display)}</div>'
+    return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width,initial-scale=1">
 <title>batcher: {esc(batch)}</title><style>{CSS}</style></head>
@@ -177,29 +195,32 @@ def build_report(ledger: Ledger, batch: str, out_path: Path, local_files: Mappin
 <label>row <select id="f-row"><option value="">all</option>{row_options}</select></label>
 <label>model <select id="f-model"><option value="">all</option>{model_options}</select></label>
 {compare}<label><input type="checkbox" id="f-thumbs"> show reference thumbnails (fetches them from the network)</label>
-<span><span id="shown">{len(cards.html)}</span> of {len(cards.html)} shown</span>
+<span><span id="shown">{cards.count}</span> of {cards.count} shown</span>
 </div>
 <main id="cards">
-{''.join(cards.html)}
+"""
+
+
+def _write_page(tmp: Path, body: Path, cards: _Cards, head: str) -> None:
+    """The page: its head, the cards as they were written, the compare view and the script."""
+    with tmp.open("w", encoding="utf-8") as out, body.open(encoding="utf-8") as made:
+        out.write(head)
+        shutil.copyfileobj(made, out)
+        out.write(f"""
 </main>
 {cards.compare_section()}
 <script>{SCRIPT}</script>
 </body></html>
-"""
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out_path)
-    return len(cards.html)
+""")
 
 
 class _Cards:
     """The gallery's cards, with what the filters and the compare view need: rows, models, and
     the groups of cards with the same prompt (after templating) and seed."""
 
-    def __init__(self, base: Path, local_files: Mapping[str, Path]):
-        self.base, self.local_files = base, local_files
-        self.html: list[str] = []
+    def __init__(self, base: Path, local_files: Mapping[str, Path], out: IO[str]):
+        self.base, self.local_files, self.out = base, local_files, out
+        self.count = 0
         self.rows: dict[str, tuple[str, int]] = {}
         self.models: dict[str, int] = {}
         self.groups: dict[tuple[str, str], tuple[int, set[str]]] = {}  # (prompt, seed) -> (index, models)
@@ -212,7 +233,8 @@ class _Cards:
         key = (str(record.get("prompt") or ""), json.dumps(record.get("seed")))
         index, models = self.groups.setdefault(key, (len(self.groups), set()))
         models.add(model)
-        self.html.append(_card(record, self.base, self.local_files, f"g{index}"))
+        self.out.write(_card(record, self.base, self.local_files, f"g{index}"))
+        self.count += 1
 
     def compare_section(self) -> str:
         """The compare view's frame, hidden until asked for: one group per (prompt, seed), one

@@ -58,6 +58,21 @@ def test_report_is_self_contained_and_escaped(gallery):
     assert counts["failed"] >= 1 and page.count('data-state="failed"') == counts["failed"]
 
 
+def test_a_report_that_fails_half_way_leaves_the_last_one_whole_and_no_parts(gallery):
+    """Cards are written to a file as they are made: a job that cannot be read half way through
+    must leave the previous gallery as it was and none of the new one's files behind."""
+    from sqlalchemy import text
+    path, n, _ = gallery
+    before = path.read_bytes()
+    with Ledger(path.parent / "l.db") as led:
+        with led.engine.begin() as conn:  # a row the ledger cannot read back: its parameters are not JSON
+            conn.execute(text("UPDATE job SET params = '{not json' WHERE id = (SELECT MAX(id) FROM job)"))
+        with pytest.raises(ValueError):
+            build_report(led, "gallery", path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith(".")) == []
+
+
 @pytest.mark.skipif(not CHROMIUM and not os.environ.get("CI"), reason="chromium is not installed")
 def test_report_in_a_real_browser(gallery, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api")
