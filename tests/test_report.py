@@ -62,7 +62,7 @@ def test_a_report_that_fails_half_way_leaves_the_last_one_whole_and_no_parts(gal
     """Cards are written to a file as they are made: a job that cannot be read half way through
     must leave the previous gallery as it was and none of the new one's files behind."""
     from sqlalchemy import text
-    path, n, _ = gallery
+    path, _, _ = gallery
     before = path.read_bytes()
     with Ledger(path.parent / "l.db") as led:
         with led.engine.begin() as conn:  # a row the ledger cannot read back: its parameters are not JSON
