@@ -57,16 +57,15 @@ def plan(manifest: Manifest, rate_overrides: dict[str, float] | None = None, *,
 
 
 def stage(ledger: Ledger, manifest: Manifest, rate_overrides: dict[str, float] | None = None, *,
-          checked: bool | PlanSummary = False, simulated: bool = False, max_jobs: int = MAX_JOBS) -> tuple[int, int]:
-    """Check a manifest (unless the caller just did: True, or what `check(..., keep=True)` returned
-    for it, whose compiled rows are then filled in rather than expanded again, and let go) and
-    add its jobs to the ledger; returns (added, already known). `simulated` marks the batch as
-    rendered by the simulator; a batch with results of the other kind is refused (SimulationMismatch)."""
-    if checked is False:
+          checked: PlanSummary | None = None, simulated: bool = False, max_jobs: int = MAX_JOBS) -> tuple[int, int]:
+    """Check a manifest (unless the caller just did: `checked`, what `check(..., keep=True)`
+    returned for it, whose compiled rows are then filled in rather than expanded again, and let
+    go) and add its jobs to the ledger; returns (added, already known). `simulated` marks the batch
+    as rendered by the simulator; a batch with results of the other kind is refused (SimulationMismatch)."""
+    if checked is None:
         checked = check(manifest, rate_overrides, max_jobs=max_jobs, keep=True)
-    compiled = None
-    if isinstance(checked, PlanSummary):  # a run keeps its plan: the rows' keys must not stay with it
-        compiled, checked.compiled = checked.compiled, None
+    # a run keeps its plan: the rows' keys must not stay with it
+    compiled, checked.compiled = checked.compiled, None
     ledger.check_mode(manifest.batch, simulated)  # before the expansion, which can take a while
     added = ledger.add_rows(manifest.batch, manifest.model.api_id, str(manifest.path),
                             lambda: job_rows(manifest, rate_overrides, max_jobs=max_jobs, compiled=compiled),
@@ -254,7 +253,7 @@ async def run_async(manifest: Manifest | str | Path, *, ledger: Ledger | str | P
         store = options.reference_store if options is not None else None
         store = store or reference_store(m, dest)  # refused here, before staging, when there is none
         if stage_jobs:
-            await anyio.to_thread.run_sync(lambda: stage(led, m, rate_overrides, checked=checked or True,
+            await anyio.to_thread.run_sync(lambda: stage(led, m, rate_overrides, checked=checked,
                                                          simulated=simulated))
         else:
             led.check_mode(m.batch, simulated)

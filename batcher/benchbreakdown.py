@@ -21,13 +21,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-PARTS = ("rendering", "detection_first_wave", "detection_rest", "startup", "ramp", "turnaround", "last_wave",
-         "shutdown", "left_over")
 LABELS = {"rendering": "rendering", "detection_first_wave": "detection delay, first wave",
           "detection_rest": "detection delay, the rest", "startup": "start-up before the first submission",
           "ramp": "first wave being submitted", "turnaround": "turnaround (end seen -> next submission)",
           "last_wave": "last wave draining", "shutdown": "after the last end seen, to exit",
           "left_over": "left over"}
+PARTS = tuple(LABELS)
 
 
 @dataclass(frozen=True)

@@ -47,30 +47,21 @@ def job_rows(manifest: Manifest, rate_overrides: dict[str, float] | None = None,
         raise ManifestError(list(manifest.problems))
     diags = Diagnostics()
     seen: set[int] = set()  # keys as ints, as `iter_jobs` keeps them
-    for plan, fast, jobs in row_sources(manifest, diags, rate_overrides, max_jobs=max_jobs, compiled=compiled):
+    wires: dict[str, dict[str, str]] = {}
+    costs: dict[tuple[Any, ...], tuple[float, bool]] = {}
+    # Each usable row: compiled when every job of it is known valid, else built job by job
+    # (duplicates kept); the problems of rows that cannot expand go to `diags`.
+    for plan, fast in _compiled_rows(manifest, diags, rate_overrides, max_jobs) if compiled is None else compiled:
         if fast is not None:
             yield from _compiled(fast, plan, seen)
             continue
-        for job in jobs:
+        for job in expand_row(plan, manifest, diags, rate_overrides, wire_names_of(plan.model, wires), costs):
             key = int(job.key, 16)
             if key not in seen:
                 seen.add(key)
                 yield row_of(job)
     if diags.items:  # check() should have been called first
         raise ManifestError(list(diags.items))
-
-
-def row_sources(manifest: Manifest, diags: Diagnostics, rate_overrides: dict[str, float] | None = None, *,
-                max_jobs: int = MAX_JOBS, compiled: Iterable[tuple[RowPlan, FastRow | None]] | None = None
-                ) -> Iterator[tuple[RowPlan, FastRow | None, Iterable[JobSpec]]]:
-    """Each usable row in manifest order: compiled (`fast_row`) when every job of it is known
-    valid, else with its jobs built one by one (duplicates kept); the problems of the rows that
-    cannot expand go to `diags`. `compiled`: the rows as `check` compiled them."""
-    wires: dict[str, dict[str, str]] = {}
-    costs: dict[tuple[Any, ...], tuple[float, bool]] = {}
-    for plan, fast in _compiled_rows(manifest, diags, rate_overrides, max_jobs) if compiled is None else compiled:
-        yield plan, fast, () if fast is not None else expand_row(
-            plan, manifest, diags, rate_overrides, wire_names_of(plan.model, wires), costs)
 
 
 def _compiled_rows(manifest: Manifest, diags: Diagnostics, rate_overrides: dict[str, float] | None,

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .renderfit import RenderTimes, fit_censored_normal
-from .safetynet import GUESS_STD, next_safety_poll
+from .renderfit import GUESS_SPREAD, RenderTimes, fit_censored_normal
+from .safetynet import next_safety_poll
 
 # --- retries -------------------------------------------------------------------------------------
 
@@ -226,7 +226,7 @@ class PollPlanner:
         nothing learned yet from its model's guessed render time; never denser than polling."""
         expected = self.expected(job_class)
         guess = self.guess(job_class)
-        mean, std = expected if expected is not None else (guess, GUESS_STD * guess)
+        mean, std = expected if expected is not None else (guess, GUESS_SPREAD * guess)
         return next_safety_poll(elapsed, mean, std, lost, self.step(mean, std, density), factor=self.factor,
                                 max_interval=self.max_interval, guessed=expected is None)
 

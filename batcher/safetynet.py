@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 TAIL_STDS = 3.0  # past mean + 3 std no render was expected: back off
 MIN_STD_FRACTION = 0.05  # a fit narrower than this (of the mean) is widened: renders are never exact
-GUESS_STD = 0.25  # the spread assumed around a guessed render time, before any is learned
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import re
 import secrets
 from dataclasses import dataclass
@@ -24,6 +25,49 @@ _KEY = re.compile(r"[0-9a-f]{20}")  # a job key (rowkeys.KEY_BYTES * 2 hex digit
 _TOKEN = re.compile(rf"[0-9a-f]{{{TOKEN_HEX}}}")
 MAX_BASE_LENGTH = 1500  # the base, the key and the token stay under the 2048 URLs are held to
 WIRE_NAMES = ("webhook_url", "webhookUrl")  # what a model's live schema may call the field
+_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
+_PORT = re.compile(r"[0-9]{1,5}")
+_EXAMPLE = "write HOST:PORT, e.g. 127.0.0.1:8787 or [::1]:8787"
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """'HOST:PORT' (IPv6 as '[::1]:8787'; port 0 = any free port) -> (host, port); UsageError with
+    one clear line otherwise."""
+    shown = repr(text[:80])
+
+    def refuse(why: str) -> UsageError:
+        return UsageError(f"listen address {shown}: {why} ({_EXAMPLE})")
+
+    stripped = text.strip()
+    if stripped.startswith("["):
+        host, closed, rest = stripped[1:].partition("]")
+        if not closed:
+            raise refuse("no closing ']'")
+        if not rest.startswith(":"):
+            raise refuse("no port")
+        port_text = rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise refuse(f"{host[:60]!r} is not an IPv6 address") from None
+    else:
+        host, colon, port_text = stripped.rpartition(":")
+        if not colon:
+            raise refuse("no port")
+        if ":" in host:
+            raise refuse("an IPv6 address goes in brackets")
+        if not host:
+            raise refuse("no host")
+        if not _HOST.fullmatch(host):
+            raise refuse("the host is not a host name or an IP address")
+    if not _PORT.fullmatch(port_text) or int(port_text) > 65535:
+        raise refuse("the port must be a number from 0 to 65535")
+    return host, int(port_text)
+
+
+def format_listen(host: str, port: int) -> str:
+    """(host, port) -> 'HOST:PORT', IPv6 in brackets: the address as parse_listen reads it."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True)
@@ -39,8 +83,7 @@ class Webhooks:
         """The base of every job's URL, once the listener knows its port (port 0 picks one)."""
         if self.public_url is not None:
             return self.public_url.rstrip("/")
-        host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
-        return f"http://{host}:{bound_port}/hooks"
+        return f"http://{format_listen(self.listen_host, bound_port)}/hooks"
 
 
 def webhooks_for(host: str, port: int, public_url: str | None, api_base: str | None) -> Webhooks:
@@ -48,9 +91,9 @@ def webhooks_for(host: str, port: int, public_url: str | None, api_base: str | N
     listen address is the base of every job's URL, which only an API on this host can reach
     (`api_base` None: the simulator), and not one listening on every interface."""
     if public_url is None and (host in ("0.0.0.0", "::") or not _on_this_host(api_base)):
-        shown = f"[{host}]" if ":" in host else host
-        raise UsageError(f"--webhook-listen {shown}:{port} needs --webhook-url: the public URL through which the API "
-                         f"at {api_base or 'this host'} reaches this listener (a reverse proxy or a tunnel)")
+        raise UsageError(f"--webhook-listen {format_listen(host, port)} needs --webhook-url: the public URL "
+                         f"through which the API at {api_base or 'this host'} reaches this listener (a reverse proxy "
+                         "or a tunnel)")
     return Webhooks(host, port, check_public_url(public_url) if public_url is not None else None)
 
 

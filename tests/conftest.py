@@ -183,3 +183,43 @@ def sqlite_plans(ledger, run, containing: str) -> list[str]:
                 for statement, parameters in seen]
     finally:
         raw.close()
+
+
+def manifest_rows(texts, vary: dict, extra: dict):
+    """A hypothesis strategy of manifest rows: templated prompts over the vary names v and w (v's
+    values texts, numbers or floats), references by set name or URL, and the common optional
+    fields; `vary` and `extra` add what a test varies besides. Pass the rows through `valid_rows`."""
+    from hypothesis import strategies as st
+    return st.fixed_dictionaries({
+        "prompt": st.sampled_from(["p {v}", "{v}-{w}", "p", "{{v}} {v}", "\u00e9 {w} \u2713"]),
+        "references": st.sampled_from(["hero", ["hero", "https://x.com/b.png"], "https://x.com/b.png"]),
+    }, optional={
+        "vary": st.fixed_dictionaries({}, optional={
+            # No booleans: true/false never fills a {variable} (it would render as True).
+            "v": st.lists(texts | st.integers(-3, 3) | st.floats(-2, 2, allow_nan=False), min_size=1, max_size=3),
+            "w": st.lists(texts, min_size=1, max_size=2),
+            "duration": st.lists(st.sampled_from([3, 5, 5.0, 15]), min_size=1, max_size=2),
+            "resolution": st.lists(st.sampled_from(["720p", "1080p"]), min_size=1, max_size=2),
+            **vary,
+        }),
+        "seed": st.sampled_from([0, 7, "auto"]),
+        "repeat": st.integers(1, 3),
+        "negative_prompt": st.sampled_from(["n {v}", "plain", ""]),
+        **extra,
+    })
+
+
+def valid_rows(rows: list[dict]) -> list[dict]:
+    """`manifest_rows` made valid: every {variable} filled and every vary name used."""
+    from batcher.template import variables_in
+    for row in rows:
+        used = variables_in(row["prompt"]) | variables_in(row.get("negative_prompt", ""))
+        vary = row.setdefault("vary", {})
+        for name in ("v", "w"):
+            if name in used:
+                vary.setdefault(name, ["z"])
+            else:
+                vary.pop(name, None)
+        if not vary:
+            del row["vary"]
+    return rows

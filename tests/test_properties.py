@@ -11,6 +11,8 @@ from batcher.errors import ManifestError
 from batcher.manifest import load_manifest
 from batcher.plan import check
 
+from .conftest import manifest_rows, valid_rows
+
 FIELDS = ["version", "batch", "model", "defaults", "reference_sets", "rows", "prompt", "references", "duration",
           "resolution", "aspect_ratio", "seed", "seeds", "vary", "repeat", "from", "negative_prompt", "name",
           "place", "aspectRatio", "reference_urls"]
@@ -139,23 +141,8 @@ def test_compiled_templates_render_and_measure_like_the_regex(parts, variables):
 # --- check counts rows without building jobs: the same keys and figures as job by job ----------
 
 _texts = st.sampled_from(["a", "b", "é", '"q"', "x\\y", "{", "", "1", "\t", "{{"])
-_rows = st.fixed_dictionaries({
-    "prompt": st.sampled_from(["p {v}", "{v}-{w}", "p", "{{v}} {v}", "\u00e9 {w} \u2713"]),
-    "references": st.sampled_from(["hero", ["hero", "https://x.com/b.png"], "https://x.com/b.png"]),
-}, optional={
-    "vary": st.fixed_dictionaries({}, optional={
-        # No booleans: true/false never fills a {variable} (it would render as True).
-        "v": st.lists(_texts | st.integers(-3, 3) | st.floats(-2, 2, allow_nan=False), min_size=1, max_size=3),
-        "w": st.lists(_texts, min_size=1, max_size=2),
-        "duration": st.lists(st.sampled_from([3, 5, 5.0, 15]), min_size=1, max_size=2),
-        "resolution": st.lists(st.sampled_from(["720p", "1080p"]), min_size=1, max_size=2),
-        "aspectRatio": st.lists(st.sampled_from(["16:9", "1:1"]), min_size=1, max_size=2),
-    }),
-    "seed": st.sampled_from([0, 7, "auto"]),
-    "repeat": st.integers(1, 3),
-    "negative_prompt": st.sampled_from(["n {v}", "plain", ""]),
-    "duration": st.sampled_from([4, 8.0]),
-})
+_rows = manifest_rows(_texts, vary={"aspectRatio": st.lists(st.sampled_from(["16:9", "1:1"]), min_size=1, max_size=2)},
+                      extra={"duration": st.sampled_from([4, 8.0])})
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -163,18 +150,8 @@ _rows = st.fixed_dictionaries({
        defaults=st.fixed_dictionaries({}, optional={"seed": st.just("auto"), "resolution": st.just("1080p")}))
 def test_counting_rows_gives_the_keys_and_figures_of_building_jobs(tmp_path, rows, defaults):
     from batcher.plan import iter_jobs, row_key_texts
-    from batcher.template import variables_in
-    for row in rows:  # every {variable} filled and every vary name used, so the rows are valid
-        used = variables_in(row["prompt"]) | variables_in(row.get("negative_prompt", ""))
-        vary = row.setdefault("vary", {})
-        for name in ("v", "w"):
-            if name in used:
-                vary.setdefault(name, ["z"])
-            else:
-                vary.pop(name, None)
-        if not vary:
-            del row["vary"]
-    doc = {"version": 1, "defaults": defaults, "reference_sets": {"hero": ["https://x.com/a.png"]}, "rows": rows}
+    doc = {"version": 1, "defaults": defaults, "reference_sets": {"hero": ["https://x.com/a.png"]},
+           "rows": valid_rows(rows)}
     path = tmp_path / "m.yaml"
     path.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
     m = load_manifest(path)

@@ -21,44 +21,15 @@ from batcher.run.startup import _plainly_fits, _value_key
 from batcher.schemarules import check_against
 from batcher.simulator import SimConfig, Simulator
 
-from .conftest import MANIFESTS, small_manifest
+from .conftest import MANIFESTS, manifest_rows, small_manifest, valid_rows
 
 _texts = st.sampled_from(["a", "é", '"q"', "x\\y", "{", "", "1", "\t", "{{", "\u2713 ok", "line\nbreak"])
-_rows = st.fixed_dictionaries({
-    "prompt": st.sampled_from(["p {v}", "{v}-{w}", "p", "{{v}} {v}", "\u00e9 {w} \u2713"]),
-    "references": st.sampled_from(["hero", ["hero", "https://x.com/b.png"], "https://x.com/b.png"]),
-}, optional={
-    "vary": st.fixed_dictionaries({}, optional={
-        "v": st.lists(_texts | st.integers(-3, 3) | st.floats(-2, 2, allow_nan=False), min_size=1, max_size=3),
-        "w": st.lists(_texts, min_size=1, max_size=2),
-        "duration": st.lists(st.sampled_from([3, 5, 5.0, 15]), min_size=1, max_size=2),
-        "resolution": st.lists(st.sampled_from(["720p", "1080p"]), min_size=1, max_size=2),
-        "negative_prompt": st.lists(_texts, min_size=1, max_size=2),  # a row built job by job
-        # A varied list: stored as json.dumps spells it (", "), hashed compact (",").
-        "references": st.lists(st.sampled_from([["https://x.com/a.png", "https://x.com/\u00e9.png"],
-                                                 ["https://x.com/c.png"]]), min_size=1, max_size=2),
-    }),
-    "seed": st.sampled_from([0, 7, "auto"]),
-    "repeat": st.integers(1, 3),
-    "negative_prompt": st.sampled_from(["n {v}", "plain", ""]),
-    "aspect_ratio": st.sampled_from(["1:1", "9:16"]),
-})
-
-
-def _valid(rows: list[dict]) -> list[dict]:
-    """Every {variable} filled and every vary name used."""
-    from batcher.template import variables_in
-    for row in rows:
-        used = variables_in(row["prompt"]) | variables_in(row.get("negative_prompt", ""))
-        vary = row.setdefault("vary", {})
-        for name in ("v", "w"):
-            if name in used:
-                vary.setdefault(name, ["z"])
-            else:
-                vary.pop(name, None)
-        if not vary:
-            del row["vary"]
-    return rows
+_rows = manifest_rows(_texts, vary={
+    "negative_prompt": st.lists(_texts, min_size=1, max_size=2),  # a row built job by job
+    # A varied list: stored as json.dumps spells it (", "), hashed compact (",").
+    "references": st.lists(st.sampled_from([["https://x.com/a.png", "https://x.com/\u00e9.png"],
+                                             ["https://x.com/c.png"]]), min_size=1, max_size=2),
+}, extra={"aspect_ratio": st.sampled_from(["1:1", "9:16"])})
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -66,7 +37,7 @@ def _valid(rows: list[dict]) -> list[dict]:
        defaults=st.fixed_dictionaries({}, optional={"seed": st.just("auto"), "resolution": st.just("1080p")}))
 def test_staged_rows_are_the_jobs_built_one_by_one(tmp_path, rows, defaults):
     doc = {"version": 1, "defaults": defaults, "reference_sets": {"hero": ["https://x.com/a.png"]},
-           "rows": _valid(rows)}
+           "rows": valid_rows(rows)}
     path = tmp_path / "m.yaml"
     path.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
     m = load_manifest(path)

@@ -92,8 +92,7 @@ def _webhooks(listen: str | None, public_url: str | None, api_base: str | None) 
         if public_url is not None:
             raise UsageError("--webhook-url needs --webhook-listen: where batcher hears the pokes")
         return None
-    from ..run.listener import parse_listen
-    from ..webhooks import webhooks_for
+    from ..webhooks import parse_listen, webhooks_for
     try:
         host, port = parse_listen(listen)
     except UsageError as e:

@@ -18,6 +18,15 @@ from .store import LedgerStore
 Request = tuple[int, int, str, str, str, str | None]  # seq, id, state, origin, params JSON, model
 
 
+def _page(columns: str, states: Iterable[JobState], generation: int | None) -> str:
+    """A page of a batch's jobs in some states (of one generation), in manifest order; binds :b,
+    :after (the last seq of the page before), :n and :g."""
+    wanted = ", ".join(f"'{JobState(s).value}'" for s in states)
+    gen = " AND generation = :g" if generation is not None else ""
+    return (f"SELECT {columns} FROM job WHERE batch = :b AND state IN ({wanted}) AND seq > :after{gen} "
+            "ORDER BY seq LIMIT :n")
+
+
 class LedgerJobs(LedgerStore):
     def add_jobs(self, batch: str, model: str, manifest: str, jobs: Iterable[JobSpec], chunk: int = 5000,
                  *, simulated: bool = False) -> tuple[int, int]:
@@ -150,19 +159,14 @@ class LedgerJobs(LedgerStore):
     def jobs_in(self, batch: str, states: Iterable[JobState], *, after_seq: int = -1, limit: int = 500,
                 generation: int | None = None) -> list[Job]:
         """A page of a batch's jobs in some states, in manifest order (for streaming)."""
-        wanted = ", ".join(f"'{JobState(s).value}'" for s in states)
-        gen = " AND generation = :g" if generation is not None else ""
-        return self._rows(Job, f"SELECT * FROM job WHERE batch = :b AND state IN ({wanted}) AND seq > :after{gen} "
-                               f"ORDER BY seq LIMIT :n", {"b": batch, "after": after_seq, "n": limit, "g": generation})
+        return self._rows(Job, _page("*", states, generation),
+                          {"b": batch, "after": after_seq, "n": limit, "g": generation})
 
     def requests_in(self, batch: str, states: Iterable[JobState], *, after_seq: int = -1, limit: int = 2000,
                     generation: int | None = None) -> list[Request]:
         """(seq, id, state, origin, params JSON, model) for a page of a batch's jobs in some states, in
         manifest order: what a run surveys before it spends, without building a Job of each."""
-        wanted = ", ".join(f"'{JobState(s).value}'" for s in states)
-        gen = " AND generation = :g" if generation is not None else ""
-        sql = self.sql.driver_sql(f"SELECT seq, id, state, origin, params, model FROM job WHERE batch = :b AND "
-                                  f"state IN ({wanted}) AND seq > :after{gen} ORDER BY seq LIMIT :n")
+        sql = self.sql.driver_sql(_page("seq, id, state, origin, params, model", states, generation))
         with self.engine.connect() as conn:
             rows = conn.exec_driver_sql(sql, {"b": batch, "after": after_seq, "n": limit, "g": generation})
             return cast(list[Request], [tuple(row) for row in rows])

@@ -156,9 +156,10 @@ def upgrade(conn: Connection, now: float, display: str, target: int = SCHEMA_VER
         raise LedgerError(f"{display} has batcher's tables but no schema_migrations: not a ledger batcher wrote")
     migrations.create(conn, checkfirst=True)
     have = {v for (v,) in conn.execute(text("SELECT version FROM schema_migrations"))}
-    if not missing(have, display, target):
+    lacking = missing(have, display, SCHEMA_VERSION if fresh else target)  # a new ledger is made whole
+    if not lacking:
         return []
-    wanted = [m for m in MIGRATIONS if m.version not in have and (fresh or m.version <= target)]
+    wanted = [m for m in MIGRATIONS if m.version in lacking]
     if fresh:
         SQLModel.metadata.create_all(conn)  # the whole schema at once; every version is in it
     else:

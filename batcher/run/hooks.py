@@ -16,7 +16,7 @@ import anyio.abc
 from ..errors import RejectedError
 from ..ledger import Job
 from ..states import JobState as S
-from ..webhooks import make_secret, webhook_field
+from ..webhooks import key_of, make_secret, webhook_field
 from .context import RunContext
 from .listener import PokeListener
 from .outcomes import Submitted
@@ -30,10 +30,8 @@ async def listen(ctx: RunContext, scope: anyio.CancelScope, *,
     assert settings is not None
     secret = await ctx.threads.run(ctx.ledger.webhook_secret, ctx.batch, make_secret)
     board = PokeBoard()
-
-    def check(path: str) -> str | None:
-        return ctx.hooks.check(path) if ctx.hooks is not None else None
-    listener = PokeListener(settings.listen_host, settings.listen_port, check, board.poke)
+    listener = PokeListener(settings.listen_host, settings.listen_port,
+                            lambda path: key_of(path, secret, ctx.batch), board.poke)
     with scope:
         async with anyio.create_task_group() as group:
             port = await group.start(listener.serve)

@@ -14,9 +14,7 @@ Paths carry tokens: they are logged only at debug level and with their last segm
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -27,6 +25,7 @@ from anyio.abc import SocketAttribute
 from anyio.streams.stapled import MultiListener
 
 from ..errors import UsageError
+from ..webhooks import format_listen
 
 log = logging.getLogger("batcher.webhooks")
 
@@ -41,9 +40,6 @@ ERROR_BODIES = {
     431: b'{"ok":false,"error":"request head too large"}',
     500: b'{"ok":false,"error":"internal error"}',
 }
-_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
-_PORT = re.compile(r"[0-9]{1,5}")
-_EXAMPLE = "write HOST:PORT, e.g. 127.0.0.1:8787 or [::1]:8787"
 
 
 @dataclass(frozen=True)
@@ -65,46 +61,6 @@ class ListenerCounts:
     timed_out: int = 0  # cut off before a request arrived whole (idle keep-alive closes not counted)
     refused_busy: int = 0  # closed at once: max_connections were open
     failed: int = 0  # check or poke raised: 500
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """'HOST:PORT' (IPv6 as '[::1]:8787'; port 0 = any free port) -> (host, port); UsageError with
-    one clear line otherwise."""
-    shown = repr(text[:80])
-
-    def refuse(why: str) -> UsageError:
-        return UsageError(f"listen address {shown}: {why} ({_EXAMPLE})")
-
-    stripped = text.strip()
-    if stripped.startswith("["):
-        host, closed, rest = stripped[1:].partition("]")
-        if not closed:
-            raise refuse("no closing ']'")
-        if not rest.startswith(":"):
-            raise refuse("no port")
-        port_text = rest[1:]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise refuse(f"{host[:60]!r} is not an IPv6 address") from None
-    else:
-        host, colon, port_text = stripped.rpartition(":")
-        if not colon:
-            raise refuse("no port")
-        if ":" in host:
-            raise refuse("an IPv6 address goes in brackets")
-        if not host:
-            raise refuse("no host")
-        if not _HOST.fullmatch(host):
-            raise refuse("the host is not a host name or an IP address")
-    if not _PORT.fullmatch(port_text) or int(port_text) > 65535:
-        raise refuse("the port must be a number from 0 to 65535")
-    return host, int(port_text)
-
-
-def format_listen(host: str, port: int) -> str:
-    """(host, port) -> 'HOST:PORT', IPv6 in brackets: the address as parse_listen reads it."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def redact(path: str) -> str:

@@ -20,7 +20,7 @@ from typing import TypeVar
 import anyio
 
 from ..safetynet import WebhookTally
-from ..webhooks import job_url, key_of
+from ..webhooks import job_url
 
 T = TypeVar("T")
 
@@ -109,12 +109,8 @@ class HookState:
     board: PokeBoard = field(default_factory=PokeBoard)
     tally: WebhookTally = field(default_factory=WebhookTally)
     refused: dict[str, str] = field(default_factory=dict)  # model -> the API's refusal of the field
-    hooked: set[int] = field(default_factory=set)  # jobs this run submitted with a webhook URL (being followed)
     doubted: dict[int, str] = field(default_factory=dict)  # job -> a refusal of a submission that carried one
 
     def url_for(self, key: str) -> str:
         return job_url(self.base, self.secret, self.batch, key)
 
-    def check(self, path: str) -> str | None:
-        """The key a poke's path names, when its token is this batch's."""
-        return key_of(path, self.secret, self.batch)

@@ -19,8 +19,9 @@ from .context import RunContext
 from .outcomes import Followed, StopReason
 
 
-async def follow_to_end(ctx: RunContext, job: Job) -> tuple[Followed, Job]:
-    """Poll a submitted job until it ends (or this run stops following it)."""
+async def follow_to_end(ctx: RunContext, job: Job, *, hooked: bool = False) -> tuple[Followed, Job]:
+    """Poll a submitted job until it ends (or this run stops following it); `hooked`: this run
+    submitted it with a webhook URL, so its end should be announced (polls are a safety net)."""
     o = ctx.options
     timeout = o.polling.job_timeout
     cls = ctx.model_of(job).job_class(job.parameters())
@@ -29,7 +30,6 @@ async def follow_to_end(ctx: RunContext, job: Job) -> tuple[Followed, Job]:
     def elapsed() -> float:
         return max(0.0, ctx.wall() - start_wall)
     hooks = ctx.hooks
-    hooked = hooks is not None and job.id in hooks.hooked  # its end should be announced by a webhook
     polls = failures = tries = 0
     first_failure = lower = 0.0
     while True:

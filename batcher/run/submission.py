@@ -72,14 +72,14 @@ async def submit_and_follow(ctx: RunContext, job: Job) -> None:
             await ctx.budget_changed()
             gate = cls if _ratio_key(model.api_id) in ctx.cost_seen else (model.api_id,)
         estimate = estimate_for(ctx, job)
-        outcome = Submitted.BUDGET
+        outcome, hooked = Submitted.BUDGET, False
         probe = cls not in ctx.cost_seen
         if probe:
             ctx.probing.add(gate)
         try:
             if await ctx.reserve(estimate):
                 await ctx.wait_pause(job)
-                outcome, job = await submit_once(ctx, job, wire, estimate, with_hook)
+                outcome, job, hooked = await submit_once(ctx, job, wire, estimate, with_hook)
         finally:
             if probe:
                 ctx.probing.discard(gate)
@@ -105,11 +105,7 @@ async def submit_and_follow(ctx: RunContext, job: Job) -> None:
         if outcome is not Submitted.ACCEPTED:
             return
         ctx.unreachable = 0
-        try:
-            followed, job = await follow_to_end(ctx, job)
-        finally:
-            if ctx.hooks is not None:
-                ctx.hooks.hooked.discard(job.id)
+        followed, job = await follow_to_end(ctx, job, hooked=hooked)
         if followed is not Followed.REQUEUED:
             return
 
@@ -134,9 +130,13 @@ async def _send_again(ctx: RunContext, job: Job, outcome: Submitted, tries: int,
     return True
 
 
+_NO_ANSWER = "no answer to the submission in time"
+
+
 async def submit_once(ctx: RunContext, job: Job, wire: dict[str, Any], estimate: float, with_hook: bool = True
-                      ) -> tuple[Submitted, Job]:
-    """One attempt: the request's URLs for local images (made now), intent, POST, answer."""
+                      ) -> tuple[Submitted, Job, bool]:
+    """One attempt: the request's URLs for local images (made now), intent, POST, answer; and
+    whether an accepted submission carried a webhook URL (its end should then be announced)."""
     try:
         body = await with_local_urls(ctx, ctx.options.reference_store, wire)
         body, hooked = with_webhook(ctx, job, body) if with_hook else (body, False)
@@ -145,7 +145,7 @@ async def submit_once(ctx: RunContext, job: Job, wire: dict[str, Any], estimate:
         ctx.budget_signal()
         await ctx.event(job, "not-sent", str(e))
         ctx.note(str(e))
-        return Submitted.STOPPED, job
+        return Submitted.STOPPED, job, False
     with anyio.CancelScope(shield=True):
         try:
             attempt_id = await ctx.writer.write(ctx.ledger.begin_submission(
@@ -156,7 +156,7 @@ async def submit_once(ctx: RunContext, job: Job, wire: dict[str, Any], estimate:
             ctx.budget.settle(estimate, None)
             ctx.budget.committed = max(ctx.budget.committed, e.committed - ctx.budget.reserved)
             ctx.budget_signal()
-            return Submitted.BUDGET, job
+            return Submitted.BUDGET, job, False
         except BaseException:
             # No intent was written (another runner took the job over, the ledger failed): the
             # reservation must go, or every submission waiting for room in the budget waits forever.
@@ -170,28 +170,27 @@ async def submit_once(ctx: RunContext, job: Job, wire: dict[str, Any], estimate:
             with anyio.fail_after(ctx.options.polling.retry.cap + 60):
                 answer = await ctx.client.submit(ctx.model_of(job).api_id, body)
         except TimeoutError:
-            return Submitted.HELD, await _held(ctx, job, attempt_id, estimate, "no answer to the submission in time")
+            return Submitted.HELD, await _held(ctx, job, attempt_id, estimate, _NO_ANSWER), False
         except OutcomeUnknown as e:
             ctx.pauses.server_trouble()
-            return Submitted.HELD, await _held(ctx, job, attempt_id, estimate, str(e))
+            return Submitted.HELD, await _held(ctx, job, attempt_id, estimate, str(e)), False
         except (NotSentError, RateLimited, CreditsExhausted, AuthError) as e:
             ctx.budget.settle(estimate, None)
             ctx.budget_signal()
             await ctx.writer.write(ctx.ledger.end_attempt(attempt_id, "not_sent", known=known))
             job = await ctx.move(job, S.SUBMITTING, S.PENDING, "not-sent", str(e))
-            return _not_sent(ctx, e), job
+            return _not_sent(ctx, e), job, False
         except RejectedError as e:
             ctx.budget.settle(estimate, None)
             ctx.budget_signal()
             await ctx.writer.write(ctx.ledger.end_attempt(attempt_id, "rejected", known=known))
             if hooked:
-                return Submitted.HOOK_REFUSED, await hook_refused(ctx, job, e)
-            return Submitted.FAILED, await ctx.move(job, S.SUBMITTING, S.FAILED, "rejected", str(e), error=str(e))
+                return Submitted.HOOK_REFUSED, await hook_refused(ctx, job, e), False
+            failed = await ctx.move(job, S.SUBMITTING, S.FAILED, "rejected", str(e), error=str(e))
+            return Submitted.FAILED, failed, False
         failpoint("after-post")
         outcome, job = await _accepted(ctx, job, attempt_id, estimate, answer)
-        if hooked and outcome is Submitted.ACCEPTED and ctx.hooks is not None:
-            ctx.hooks.hooked.add(job.id)
-        return outcome, job
+        return outcome, job, hooked and outcome is Submitted.ACCEPTED
     # Not reached: a scope could swallow only its own cancellation, and nothing cancels this one.
     raise AssertionError("submit_once: the shielded scope ended without an answer")
 
