@@ -75,6 +75,8 @@ class SimConfig:
     refuse_rate: float = 0.0  # connection refused (in-process only; over HTTP: dropped unread)
     lost_answer_rate: float = 0.0  # POST run accepted and charged, then the answer is lost
     malformed_rate: float = 0.0  # a 200 HTML page instead of the JSON answer
+    # The routes the four faults above may hit ("run", "job", "file", "models", ...); empty: all.
+    fault_routes: tuple[str, ...] = ()
     rpm: float | None = None  # request-rate limit per window (429 over it)
     rate_window: float = 60.0  # seconds the rpm limit counts over (tests shorten it)
     url_ttl: float = 3600.0  # lifetime of one output URL
@@ -369,6 +371,8 @@ class Simulator:
 
     def _fault(self, route: str) -> str | None:
         c = self.config
+        if c.fault_routes and route not in c.fault_routes:
+            return None
         for name, rate in (("refuse", c.refuse_rate), ("drop", c.drop_rate), ("error", c.error_rate),
                            ("malformed", c.malformed_rate)):
             if self._roll(rate):

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 
 import pytest
 
 from batcher.ledger import Ledger
+from batcher.policy import RetryPolicy
 from batcher.simulator import SimConfig
 
 from .conftest import small_manifest
@@ -42,9 +44,15 @@ def assert_consistent(sim, ledger_path, *, consented: bool = False):
     return jobs, record
 
 
+# Tests of recovery from random faults allow more retries than any streak of them uses up (at a
+# quarter of requests failing, six in a row come about once in 4,000 streaks, often enough for a
+# slow machine's timing to meet one); giving up has its own test below.
+PATIENT = RetryPolicy(base=0.01, cap=0.05, max_attempts=40)
+
+
 def test_refused_connections_are_retried_and_each_job_paid_once(simrun, write):
     report, sim, ledger = simrun(write("m.yaml", small_manifest(8)), config=SimConfig(
-        render_seconds=0.02, refuse_rate=0.3, seed=2))
+        render_seconds=0.02, refuse_rate=0.3, seed=2), retry=PATIENT, submit_retry=PATIENT)
     _jobs, record = assert_consistent(sim, ledger)
     assert record["faults"]["refuse"] > 0
     assert report.counts["completed"] == 8 and len(record["jobs"]) == 8
@@ -53,7 +61,7 @@ def test_refused_connections_are_retried_and_each_job_paid_once(simrun, write):
 @pytest.mark.parametrize("fault", ["error_rate", "drop_rate", "malformed_rate"])
 def test_ambiguous_submit_failures_are_held_not_resent(simrun, write, fault):
     report, sim, ledger = simrun(write("m.yaml", small_manifest(10)), config=SimConfig(
-        render_seconds=0.02, seed=5, **{fault: 0.25}))
+        render_seconds=0.02, seed=5, **{fault: 0.25}), retry=PATIENT, submit_retry=PATIENT)
     jobs, record = assert_consistent(sim, ledger)
     assert sum(record["faults"].values()) > 0
     states = Counter(j.state for j in jobs)
@@ -64,6 +72,28 @@ def test_ambiguous_submit_failures_are_held_not_resent(simrun, write, fault):
             assert job.error and "may have been charged" in job.error
     if states["unknown"]:
         assert report.exit_code == 1 and report.held_jobs == states["unknown"]
+
+
+def test_polls_that_keep_failing_leave_the_job_to_the_next_run_which_pays_nothing_more(simrun, write, caplog,
+                                                                                       monkeypatch):
+    monkeypatch.setattr(logging.getLogger("batcher"), "propagate", True)
+    caplog.set_level(logging.WARNING)
+    manifest = write("m.yaml", small_manifest(3))
+    from batcher.simulator import Simulator
+    sim = Simulator(SimConfig(render_seconds=0.02, error_rate=1.0, fault_routes=("job",), seed=1))
+    report, _, ledger = simrun(manifest, simulator=sim)
+    jobs, _, _ = ledger_view(ledger)
+    assert {j.state for j in jobs} == {"submitted"} and len(sim.record()["jobs"]) == 3
+    assert any("polls of some jobs kept failing" in m for m in report.messages)
+    assert caplog.text.count("polls of some jobs kept failing") == 1  # once, not once a job
+    with Ledger(ledger) as led:
+        given_up = [e for j in jobs for e in led.events(j.id) if e.kind == "poll-given-up"]
+    assert len(given_up) == 3 and all((e.detail or "").startswith("6 polls failed") for e in given_up)
+    assert sim.requests["run"] == 3  # only polls met the faults
+    sim.config.error_rate = 0.0
+    report, _, _ = simrun(manifest, simulator=sim, ledger=ledger)
+    assert report.counts["completed"] == 3 and len(sim.record()["jobs"]) == 3
+    assert_consistent(sim, ledger)
 
 
 def test_lost_answers_are_charged_held_then_resubmitted_by_consent(simrun, write):

@@ -101,10 +101,10 @@ class RunContext:
     # --- the run's word ------------------------------------------------------------------------
 
     def note(self, message: str) -> None:
-        """A message for the end summary (once) and the log."""
+        """A message for the end summary and the log, once each (the jobs' events say which)."""
         if message not in self.messages:
             self.messages.append(message)
-        log.warning(message)
+            log.warning(message)
 
     def stop(self, reason: StopReason, message: str) -> None:
         """Stop submitting; the first reason stays unless a later one overrides it."""
