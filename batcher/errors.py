@@ -18,12 +18,16 @@
         ├── AuthError            401/403: the key is wrong; stops the run
         ├── CreditsExhausted     402 or 403 insufficient_credits; stops new submissions
         ├── RejectedError        4xx for one job (404, 422, 400): that job fails with the message
+        ├── JobForbidden         401/403 on one job's status: that job is left with the reason, the run goes on
         ├── RateLimited          429; carries `retry_after` seconds (capped) and the `asked` wait
         ├── NotSentError         the request provably never reached the API (safe to retry a POST)
         ├── OutcomeUnknown       a POST may or may not have reached the API (never retried silently)
         ├── ServerError          5xx or a transport failure on a request that is safe to retry
+        │   └── TooSlow          an answer that did not arrive whole within its overall deadline
         ├── MalformedAnswer      a body that is not the documented answer
-        │   └── OversizeError    a download over the configured size cap
+        │   ├── OversizeError    a download over the configured size cap
+        │   └── AnswerTooLarge   an API answer longer than the answer cap (never read whole)
+        ├── DownloadRefused      an output URL that will never be fetched (not http(s), carries the key)
         └── OutputGone           an output URL answered 403/404/410
 
 Messages never contain the API key: the client never puts headers into an error, and redacts the
@@ -170,6 +174,24 @@ class MalformedAnswer(ApiError):
 
 class OversizeError(MalformedAnswer):
     """A download larger than the configured cap: stopped so a broken server cannot fill the disk."""
+
+
+class JobForbidden(ApiError):
+    """401/403 on one job's status ("belongs to another workspace"): that job's problem, not the run's."""
+
+
+class TooSlow(ServerError):
+    """An answer (status, submission or download) that did not arrive whole within its overall
+    deadline: a slow drip restarts a read timeout with every byte, a deadline does not."""
+
+
+class AnswerTooLarge(MalformedAnswer):
+    """An API answer longer than the cap: read no further, so an endless body cannot exhaust memory."""
+
+
+class DownloadRefused(ApiError):
+    """An output URL batcher will never fetch (a scheme other than http(s), a redirect to one, a URL
+    carrying the key): retrying cannot help, only a fresh URL from the API can."""
 
 
 class OutputGone(ApiError):
