@@ -13,7 +13,7 @@ from .diagnostics import Diagnostics, suggest
 from .models import ModelSpec
 from .rowfields import FROM_FIELD, Located, Row, canonical_field, row_field_names, row_fields
 from .template import is_template_value, scalar_problem, variables_in
-from .text import short, type_name
+from .text import lone_surrogate, short, type_name
 from .textfiles import read_text
 from .yamlfile import LineDict, value_line
 
@@ -187,6 +187,11 @@ def _jsonl_records(text: str, display: str, diags: Diagnostics) -> list[tuple[in
             continue
         if not isinstance(record, dict):
             diags.add(display, number, f"each line must be a JSON object, not {type_name(record)}")
+            continue
+        surrogate = lone_surrogate(record)
+        if surrogate is not None:
+            diags.add(display, number, f"{surrogate} is half of a UTF-16 surrogate pair, not a character; write the "
+                      "character itself (or both halves of its pair)")
             continue
         out.append((number, record))
     return out

@@ -27,6 +27,27 @@ def type_name(value: Any) -> str:
         type(value).__name__)
 
 
+def lone_surrogate(value: Any) -> str | None:
+    """The first lone surrogate (`\\ud800`: half of a UTF-16 pair, which JSON's escapes can name
+    but no text holds) in a value's texts, keys included, as its escape; None when there is none.
+    Such a text cannot be written anywhere (a hash, the ledger, the console): it is refused where
+    it is read. Walked without recursion: a value may be nested as deep as its parser allowed."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                found = next((c for c in item if "\ud800" <= c <= "\udfff"), None)
+                if found is not None:
+                    return f"\\u{ord(found):04x}"
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
 def short(value: Any, depth: int = 2) -> str:
     """A repr for messages that stays short whatever the value (a huge list, a long string)."""
     if isinstance(value, list):

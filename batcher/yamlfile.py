@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from .diagnostics import Diagnostics
-from .text import short
+from .text import lone_surrogate, short
 
 # Most values (scalars, lists, mappings) a YAML manifest may hold once its aliases are expanded:
 # an alias counts the full size of what it names, each time it is used. Without this, a few
@@ -156,6 +156,17 @@ class _Loader(_BaseLoader):
             raise yaml.constructor.ConstructorError(None, None, _unbuildable(node, e), node.start_mark) from None
 
 
+def _construct_str(loader: _Loader, node: yaml.ScalarNode) -> str:
+    # The pure-Python parser builds "\ud800" (libyaml refuses it): a text no file, hash or
+    # console can hold, refused here at its line.
+    value: str = loader.construct_yaml_str(node)
+    surrogate = lone_surrogate(value)
+    if surrogate is not None:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"{surrogate} is half of a UTF-16 surrogate pair, not a character", node.start_mark)
+    return value
+
+
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
@@ -193,6 +204,7 @@ def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> LineList:
 _Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
 _Loader.add_constructor("tag:yaml.org,2002:seq", _construct_sequence)
 _Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_Loader.add_constructor("tag:yaml.org,2002:str", _construct_str)
 
 
 def parse_yaml(text: str, display: str, diags: Diagnostics) -> Any:
