@@ -20,6 +20,7 @@ import httpx
 from .errors import (
     AuthError,
     CreditsExhausted,
+    JobForbidden,
     MalformedAnswer,
     OutcomeUnknown,
     RateLimited,
@@ -306,14 +307,18 @@ def rate_limited(message: str, response: httpx.Response, redact: Callable[[str],
     return RateLimited(redact(message), wait, asked=asked)
 
 
-def raise_for_status(response: httpx.Response, paid: bool, redact: Callable[[str], str], max_retry_after: float
-                     ) -> None:
+def raise_for_status(response: httpx.Response, paid: bool, redact: Callable[[str], str], max_retry_after: float,
+                     *, one_job: bool = False) -> None:
     """Raise the error an answer's status code means (nothing below 400); every text redacted. A paid
-    request answered 5xx may have been charged: OutcomeUnknown, never retried silently."""
+    request answered 5xx may have been charged: OutcomeUnknown, never retried silently. `one_job`:
+    the request concerns one job (its status), so a 401/403 (but for credits) is that job's
+    problem (JobForbidden: "it belongs to another workspace"), not a refused key."""
     status = response.status_code
     if status < 400:
         return
     code, message = api_message(response, redact)
+    if one_job and (status == 401 or (status == 403 and code not in ("insufficient_credits", "quota_exceeded"))):
+        raise JobForbidden(f"the API refused this job's status ({status}): {message}", status)
     if status == 401:
         raise AuthError(f"the API rejected the key (401): {message}", status)
     if status == 402 or (status == 403 and code in ("insufficient_credits", "quota_exceeded")):

@@ -265,7 +265,8 @@ async def run_async(manifest: Manifest | str | Path, *, ledger: Ledger | str | P
             opts.polling = replace(opts.polling, expected_render=first_poll)
         try:
             async with PixelDojoClient(dest.api_key, dest.base_url, transport=dest.transport,
-                                       max_retry_after=opts.polling.max_retry_after, also_redact=secrets) as client:
+                                       max_retry_after=opts.polling.max_retry_after, also_redact=secrets,
+                                       deadlines=opts.polling.deadlines) as client:
                 runner = Runner(led, client, m.model, m.batch, opts, on_progress=on_progress,
                                 on_force_exit=on_force_exit, models=m.models)
                 return await runner.run()

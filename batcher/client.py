@@ -9,7 +9,6 @@ where foreign text enters, and ids or URLs that carry it are refused.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
+import anyio
 import httpx
 
 from .answers import (
@@ -33,24 +33,26 @@ from .answers import (
     origin,
     parse_time,
     raise_for_status,
-    rate_limited,
     read_reference,
     read_status,
     redact_json,
     secret_pattern,
 )
 from .errors import (
-    DiskFullError,
+    AnswerTooLarge,
+    DownloadRefused,
     MalformedAnswer,
     NotSentError,
     OutcomeUnknown,
-    OutputGone,
-    OversizeError,
     ServerError,
+    TooSlow,
     UsageError,
 )
+from .policy import Deadlines
+from .transfers import MAX_ANSWER_BYTES, raise_for_download, read_capped, save_video
 
 DEFAULT_BASE = "https://pixeldojo.ai"
+DEADLINES = Deadlines()  # the defaults
 log = logging.getLogger("batcher.http")
 
 # Failures that prove the request never left this machine.
@@ -67,16 +69,21 @@ class PixelDojoClient:
 
     Every text taken from an answer goes through `redact` before it leaves the client, so an API
     that echoes the key cannot get it into the ledger, an export or the console. A Retry-After
-    over `max_retry_after` seconds (default 300) is cut to it.
+    over `max_retry_after` seconds (default 300) is cut to it. Every request has an overall
+    deadline (`deadlines`), and an API answer is read up to MAX_ANSWER_BYTES, never further.
     """
 
     def __init__(self, api_key: str, base_url: str = DEFAULT_BASE, *,
                  transport: httpx.AsyncBaseTransport | None = None, timeout: float = 30.0,
                  before_request: Callable[[str], Awaitable[None]] | None = None,
                  after_response: Callable[[str, int | None], Awaitable[None]] | None = None,
-                 max_retry_after: float = DEFAULT_MAX_RETRY_AFTER, also_redact: tuple[str, ...] = ()):
+                 max_retry_after: float = DEFAULT_MAX_RETRY_AFTER, also_redact: tuple[str, ...] = (),
+                 deadlines: Deadlines = DEADLINES):
         if not max_retry_after >= 0:  # also refuses NaN
             raise UsageError(f"max_retry_after must be 0 or more seconds, got {max_retry_after!r}")
+        if (problem := deadlines.check()) is not None:
+            raise UsageError(problem)
+        self.deadlines = deadlines
         self.base_url = base_url.rstrip("/")
         self._api_origin = origin(self.base_url)
         self._base_prefix = self.base_url + "/" if self._api_origin is not None else "\0"
@@ -154,31 +161,44 @@ class PixelDojoClient:
         if self._after:
             await self._after(kind, status)
 
-    async def _send(self, kind: str, method: str, url: str, *, body: Any = None, paid: bool = False
-                    ) -> httpx.Response:
+    async def _send(self, kind: str, method: str, url: str, *, body: Any = None, paid: bool = False,
+                    one_job: bool = False) -> httpx.Response:
+        """One request, its answer read whole (up to MAX_ANSWER_BYTES) within the request deadline and
+        raised for its status. A paid request that fails after it may have left: OutcomeUnknown."""
         if self._before:
             await self._before(kind)
         started = time.monotonic()
         status: int | None = None
+        where = f"{method} {urlsplit(url).path}"
         try:
-            response = await self._http.request(method, url, json=body, headers=self._auth(url))
-            status = response.status_code
+            with anyio.fail_after(self.deadlines.request):
+                request = self._http.build_request(method, url, json=body, headers=self._auth(url))
+                response = await self._http.send(request, stream=True)
+                status = response.status_code
+                try:
+                    await read_capped(response, MAX_ANSWER_BYTES)
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            # httpx's read timeout restarts with every byte: only this bound ends a dripping answer.
+            late = f"{where}: the answer did not come in time (not whole within {self.deadlines.request:g}s)"
+            raise (OutcomeUnknown(self.redact(late)) if paid else TooSlow(self.redact(late))) from None
+        except AnswerTooLarge as e:
+            if paid:  # read or not, the POST was answered: it may have been charged
+                raise OutcomeUnknown(self.redact(f"{where}: {e}"), status) from None
+            raise
         except NOT_SENT as e:
             # For a GET the distinction does not matter: both are safe to retry.
             cls: type[NotSentError | OutcomeUnknown | ServerError] = NotSentError if paid else ServerError
-            raise cls(self.redact(f"{method} {urlsplit(url).path}: could not connect ({type(e).__name__})")
-                      ) from None
+            raise cls(self.redact(f"{where}: could not connect ({type(e).__name__})")) from None
         except httpx.RequestError as e:  # transport failures, and bodies that cannot be decoded
             # httpx's own text may quote the URL or what the server sent
             cls = OutcomeUnknown if paid else ServerError
-            raise cls(self.redact(f"{method} {urlsplit(url).path}: connection failed after sending "
-                                  f"({type(e).__name__}: {e})")) from None
+            raise cls(self.redact(f"{where}: connection failed after sending ({type(e).__name__}: {e})")) from None
         finally:
             await self._answered(kind, method, url, status, started)
+        raise_for_status(response, paid, self.redact, self.max_retry_after, one_job=one_job)
         return response
-
-    def _raise_for_api_status(self, response: httpx.Response, paid: bool) -> None:
-        raise_for_status(response, paid, self.redact, self.max_retry_after)
 
     def _json(self, response: httpx.Response, paid: bool) -> dict[str, Any]:
         try:
@@ -197,7 +217,6 @@ class PixelDojoClient:
         """GET one of the API's JSON documents (`path` under the base: the model list, a model,
         its schema), every text in it redacted: its names and values end up in messages."""
         response = await self._send(kind, "GET", f"{self.base_url}{path}")
-        self._raise_for_api_status(response, paid=False)
         return redact_json(self._json(response, paid=False), self.redact)
 
     async def schema(self, model: str) -> dict[str, Any]:
@@ -208,7 +227,6 @@ class PixelDojoClient:
         """POST a job. Raises NotSentError (safe to resend) or OutcomeUnknown (never resend silently)."""
         response = await self._send("submit", "POST", f"{self.base_url}/api/v1/models/{quote(model, safe='')}/run",
                                     body=wire, paid=True)
-        self._raise_for_api_status(response, paid=True)
         data = self._json(response, paid=True)
         job_id, status_url, cost = data.get("jobId"), data.get("statusUrl"), data.get("creditCost")
         if not isinstance(job_id, str) or not job_id:
@@ -242,59 +260,67 @@ class PixelDojoClient:
         return f"{self.base_url}/api/v1/jobs/{quote(job_id, safe='')}"
 
     async def status(self, job_id: str, status_url: str | None = None) -> JobStatus:
-        """GET the job's status. Raises ServerError/RateLimited (retry), MalformedAnswer, RejectedError."""
-        response = await self._send("poll", "GET", self.status_url_for(job_id, status_url))
-        self._raise_for_api_status(response, paid=False)
+        """GET the job's status. Raises ServerError/TooSlow/RateLimited (retry), MalformedAnswer (and
+        AnswerTooLarge), RejectedError, and JobForbidden for a 401/403 about this job."""
+        response = await self._send("poll", "GET", self.status_url_for(job_id, status_url), one_job=True)
         return read_status(job_id, self._json(response, paid=False), response, self.redact, self._leaks)
 
     async def fetch_reference(self, url: str, max_bytes: int, headers: dict[str, str] | None = None, *,
                               keep: int = 128 * 1024, max_redirects: int = 5) -> ReferenceFetch:
-        """GET a reference image's first bytes for preflight, never with the key (see `fetch_reference`)."""
-        return await fetch_reference(self._http, url, max_bytes, headers or {}, keep=keep,
-                                     max_redirects=max_redirects, leaks=self._leaks, redact=self.redact)
+        """GET a reference image's first bytes for preflight, never with the key (see `fetch_reference`),
+        within the request deadline (TooSlow past it)."""
+        try:
+            with anyio.fail_after(self.deadlines.request):
+                return await fetch_reference(self._http, url, max_bytes, headers or {}, keep=keep,
+                                             max_redirects=max_redirects, leaks=self._leaks, redact=self.redact)
+        except TimeoutError:
+            raise TooSlow(f"the reference did not answer in time (not whole within {self.deadlines.request:g}s)"
+                          ) from None
 
     async def download(self, url: str, dest: Path, *, max_bytes: int, max_redirects: int = 5) -> Download:
-        """Stream a video to `dest` (a temporary name chosen by the caller) and check it is MP4.
-
-        Only http(s) URLs and redirects are followed; more than `max_bytes` aborts. Raises
-        OutputGone for 403/404/410, ServerError for what is worth retrying, MalformedAnswer for a
-        file that is not a video.
-        """
+        """Stream a video to `dest` (a temporary name chosen by the caller) and check it is MP4; more
+        than `max_bytes` aborts. Raises DownloadRefused for a URL never to fetch (not http(s), or
+        carrying the key), OutputGone for 403/404/410, ServerError for what is worth retrying (TooSlow
+        past the request's deadline, `Deadlines.download` of its size), MalformedAnswer for no video."""
         for _ in range(max_redirects + 1):
-            scheme = urlsplit(url).scheme
-            if scheme not in ("http", "https"):
-                raise MalformedAnswer(self.redact(f"refusing to download from a {scheme or 'relative'} URL"))
-            if self._leaks(url):  # a redirect's Location: httpx itself would log it in full
-                raise MalformedAnswer("refusing to download from a URL that carries the API key")
-            if self._before:
-                await self._before("download")
-            started = time.monotonic()
-            status: int | None = None
-            requested = url
-            try:
+            refuse_download_url(url, self._leaks, self.redact)
+            got = await self._fetch_video(url, dest, max_bytes)
+            if isinstance(got, Download):
+                return got
+            url = got
+        raise MalformedAnswer(f"more than {max_redirects} redirects")
+
+    async def _fetch_video(self, url: str, dest: Path, max_bytes: int) -> Download | str:
+        """One GET of a download: the video saved, or the URL a redirect names."""
+        if self._before:
+            await self._before("download")
+        started = time.monotonic()
+        status: int | None = None
+        begun = anyio.current_time()
+        try:
+            # Until the headers come, the request deadline; then as long as the size asks (the
+            # declared one, or what has arrived: it grows with every chunk).
+            with anyio.CancelScope(deadline=begun + self.deadlines.request) as scope:
                 async with self._http.stream("GET", url, headers=self._auth(url)) as response:
                     status = response.status_code
                     if response.is_redirect:
-                        url = urljoin(url, response.headers.get("location", ""))
-                        continue
-                    if status in (403, 404, 410):
-                        raise OutputGone(f"the output URL answered {status} (expired or removed)", status)
-                    if status == 429:
-                        raise rate_limited("rate limited while downloading", response, self.redact,
-                                           self.max_retry_after)
-                    if status >= 500:
-                        raise ServerError(f"download failed: HTTP {status}", status)
-                    if status != 200:
-                        raise MalformedAnswer(f"download failed: HTTP {status}", status)
-                    length = response.headers.get("content-length")
-                    if length and length.isdigit() and int(length) > max_bytes:
-                        raise OversizeError(f"the video is {length} bytes, over the {max_bytes}-byte cap")
-                    return await save_video(response, dest, max_bytes)
-            except httpx.RequestError as e:  # transport failures, and bodies that cannot be decoded
-                raise ServerError(f"download failed: {type(e).__name__}") from None
-            finally:
-                await self._answered("download", "GET", requested, status, started)
-        raise MalformedAnswer(f"more than {max_redirects} redirects")
+                        return urljoin(url, response.headers.get("location", ""))
+                    raise_for_download(response, max_bytes, self.redact, self.max_retry_after)
+                    return await save_video(response, dest, max_bytes, within=(scope, begun, self.deadlines))
+        except httpx.RequestError as e:  # transport failures, and bodies that cannot be decoded
+            raise ServerError(f"download failed: {type(e).__name__}") from None
+        finally:
+            await self._answered("download", "GET", url, status, started)
+        raise TooSlow(f"the download did not end in time: {anyio.current_time() - begun:.0f}s, past --request-deadline "
+                      f"and slower than --min-download-rate {self.deadlines.min_download_kbps:g} KB/s")
+
+def refuse_download_url(url: str, leaks: Callable[[str], bool], redact: Callable[[str], str]) -> None:
+    """A URL that must never be fetched: refused at once, never retried (DownloadRefused)."""
+    scheme = urlsplit(url).scheme
+    if scheme not in ("http", "https"):
+        raise DownloadRefused(redact(f"refusing to download from a {scheme or 'relative'} URL"))
+    if leaks(url):  # a redirect's Location: httpx itself would log it in full
+        raise DownloadRefused("refusing to download from a URL that carries the API key")
 
 
 async def fetch_reference(http: httpx.AsyncClient, url: str, max_bytes: int, headers: dict[str, str], *, keep: int,
@@ -333,28 +359,3 @@ async def fetch_reference(http: httpx.AsyncClient, url: str, max_bytes: int, hea
             log.info("GET reference %s %.0fms", status if status is not None else "-", ms,
                      extra={"kind": "reference", "method": "GET", "status": status, "ms": round(ms, 1)})
     raise MalformedAnswer(f"more than {max_redirects} redirects")
-
-
-async def save_video(response: httpx.Response, dest: Path, max_bytes: int) -> Download:
-    """Stream a video to `dest`, hashing it, up to `max_bytes`; it must start like an MP4 file."""
-    digest = hashlib.sha256()
-    size = 0
-    first = b""
-    try:
-        with open(dest, "wb") as f:
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > max_bytes:
-                    raise OversizeError(f"the video is over the {max_bytes}-byte cap; download stopped")
-                if len(first) < 12:
-                    first += chunk[: 12 - len(first)]
-                digest.update(chunk)
-                f.write(chunk)
-            f.flush()  # durability (fsync) is the caller's, when it gives the file its final name
-    except OSError as e:
-        if e.errno == 28:  # ENOSPC
-            raise DiskFullError(f"no space left on the disk while writing {dest.parent}") from None
-        raise
-    if first[4:8] != b"ftyp":
-        raise MalformedAnswer(f"the downloaded file is not an MP4 video (starts with {first[:12]!r})")
-    return Download(dest, size, digest.hexdigest())

@@ -39,6 +39,33 @@ class RetryPolicy:
         return attempt >= self.max_attempts or elapsed >= self.max_total
 
 
+DEFAULT_REQUEST_DEADLINE = 90.0  # seconds for a whole API answer (under submission's own 120 s bound)
+DEFAULT_MIN_DOWNLOAD_RATE = 50.0  # KB/s: a 20 MB clip may take up to ~7 minutes
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """The most time one request may take from sending to its last byte. httpx's read timeout
+    restarts with every byte, so an answer that drips one byte a few seconds would otherwise hold
+    its task for ever. An API answer (status, submission, a model's schema) gets `request`
+    seconds; a download `request` seconds, or longer as its size asks at `min_download_kbps`."""
+
+    request: float = DEFAULT_REQUEST_DEADLINE
+    min_download_kbps: float = DEFAULT_MIN_DOWNLOAD_RATE
+
+    def check(self) -> str | None:
+        """What is wrong with these deadlines (None: nothing); NaN and infinity are refused."""
+        if not (0 < self.request < math.inf):
+            return f"--request-deadline must be a positive number of seconds, got {self.request!r}"
+        if not (0 < self.min_download_kbps < math.inf):
+            return f"--min-download-rate must be a positive number of KB/s, got {self.min_download_kbps!r}"
+        return None
+
+    def download(self, size: int) -> float:
+        """Seconds a download of `size` bytes (declared, or arrived so far) may take in all."""
+        return max(self.request, size / (self.min_download_kbps * 1024))
+
+
 # --- polling -------------------------------------------------------------------------------------
 
 # --- render times remembered from earlier batches ----------------------------------------------

@@ -27,6 +27,15 @@ class Mode(str, enum.Enum):
     # Money and data (issue 23: 2, 6)
     ABSURD_COST = "absurd-cost"  # every submit answer claims creditCost 1e308
     DUPLICATE_JOB_ID = "duplicate-job-id"  # every submit answer names the first job id the API gave
+    # Requests that never end, answers that never stop, one job's refusal (issue 23: 7, 8, 9, 14);
+    # each acts on the first job (or file) it meets, the rest are served as they are
+    SLOW_DRIP_STATUS = "slow-drip-status"  # one job's status answers drip a byte every `drip` s (true length)
+    SLOW_DRIP_SUBMIT = "slow-drip-submit"  # the first submission's answer drips (the job was accepted)
+    SLOW_DRIP_DOWNLOAD = "slow-drip-download"  # one output file drips
+    ENDLESS_JSON_STATUS = "endless-json-status"  # one job's status answers never end
+    ENDLESS_JSON_SUBMIT = "endless-json-submit"  # the first submission's answer never ends (accepted)
+    STATUS_FORBIDDEN = "status-forbidden"  # one job's status: 403 "job belongs to another workspace"
+    REDIRECT_TO_FILE = "redirect-to-file"  # every output file redirects to file:///etc/passwd
     # (further modes are added below by the items they test)
 
 
@@ -126,3 +135,104 @@ _RULES: dict[Mode, Rule] = {
     Mode.ABSURD_COST: _absurd_cost,  # type: ignore[dict-item]
     Mode.DUPLICATE_JOB_ID: _duplicate_job_id,  # type: ignore[dict-item]
 }
+
+
+# --- requests that never end, answers that never stop, one job's refusal (issue 23: 7, 8, 9, 14) ---
+
+def _victim(api: HostileApi, mode: Mode, name: str) -> bool:
+    """Whether `name` (a job id, an output path) is the one `mode` acts on: the first it met."""
+    return api.memory.setdefault(f"victim:{mode.value}", name) == name
+
+
+def _job_of(request: httpx.Request) -> str:
+    return request.url.path.rsplit("/", 1)[-1]
+
+
+async def _dripping(api: HostileApi, request: httpx.Request, mode: Mode) -> httpx.Response:
+    """The real answer, its body dripped a byte every `drip` seconds (default 1.0) under its true length."""
+    response = await api.real(request)
+    body = await response.aread()
+    api.done[mode] += 1
+    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+    return httpx.Response(response.status_code, request=request, content=drip(
+        [body[i:i + 1] for i in range(len(body))], float(api.settings.get("drip", 1.0))),  # type: ignore[arg-type]
+        headers={**headers, "content-length": str(len(body))})
+
+
+async def _slow_drip_status(api: HostileApi, request: httpx.Request) -> httpx.Response | None:
+    if not is_status(request) or not _victim(api, Mode.SLOW_DRIP_STATUS, _job_of(request)):
+        return None
+    return await _dripping(api, request, Mode.SLOW_DRIP_STATUS)
+
+
+async def _slow_drip_submit(api: HostileApi, request: httpx.Request) -> httpx.Response | None:
+    if not is_submit(request) or api.done[Mode.SLOW_DRIP_SUBMIT]:
+        return None
+    return await _dripping(api, request, Mode.SLOW_DRIP_SUBMIT)
+
+
+async def _slow_drip_download(api: HostileApi, request: httpx.Request) -> httpx.Response | None:
+    if not is_download(request) or not _victim(api, Mode.SLOW_DRIP_DOWNLOAD, request.url.path):
+        return None
+    return await _dripping(api, request, Mode.SLOW_DRIP_DOWNLOAD)
+
+
+def endless_json(api: HostileApi) -> AsyncIterator[bytes]:
+    """A JSON object that never ends: 64 KB of a string at a time. Every answer's bytes handed
+    out so far are in `api.memory["endless"]` (a list, one total per answer). Setting `most`: a
+    safety net for a client that would read on, the bytes after which the answer stops after all."""
+    sent: list[int] = api.memory.setdefault("endless", [])  # type: ignore[assignment]
+    sent.append(0)
+    index = len(sent) - 1
+    most = api.settings.get("most")
+
+    async def body() -> AsyncIterator[bytes]:
+        chunk = b'{"status": "running", "pad": "'
+        while most is None or sent[index] < most:  # type: ignore[operator]
+            sent[index] += len(chunk)
+            yield chunk
+            chunk = b"x" * 65536
+    return body()
+
+
+async def _endless_json_status(api: HostileApi, request: httpx.Request) -> httpx.Response | None:
+    if not is_status(request) or not _victim(api, Mode.ENDLESS_JSON_STATUS, _job_of(request)):
+        return None
+    await api.real(request)
+    api.done[Mode.ENDLESS_JSON_STATUS] += 1
+    return httpx.Response(200, request=request, content=endless_json(api), headers={"content-type": "application/json"})
+
+
+async def _endless_json_submit(api: HostileApi, request: httpx.Request) -> httpx.Response | None:
+    if not is_submit(request) or api.done[Mode.ENDLESS_JSON_SUBMIT]:
+        return None
+    response = await api.real(request)  # accepted, and charged, by the simulator
+    api.done[Mode.ENDLESS_JSON_SUBMIT] += 1
+    return httpx.Response(response.status_code, request=request, content=endless_json(api),
+                          headers={"content-type": "application/json"})
+
+
+async def _status_forbidden(api: HostileApi, request: httpx.Request) -> httpx.Response | None:
+    if not is_status(request) or not _victim(api, Mode.STATUS_FORBIDDEN, _job_of(request)):
+        return None
+    api.done[Mode.STATUS_FORBIDDEN] += 1
+    return json_response(403, {"error": {"code": "forbidden", "message": "job belongs to another workspace"}},
+                         request)
+
+
+async def _redirect_to_file(api: HostileApi, request: httpx.Request) -> httpx.Response | None:
+    if not is_download(request):
+        return None
+    api.done[Mode.REDIRECT_TO_FILE] += 1
+    return httpx.Response(302, request=request, headers={"location": "file:///etc/passwd"})
+
+
+_RULES.update({
+    Mode.SLOW_DRIP_STATUS: _slow_drip_status,  # type: ignore[dict-item]
+    Mode.SLOW_DRIP_SUBMIT: _slow_drip_submit,  # type: ignore[dict-item]
+    Mode.SLOW_DRIP_DOWNLOAD: _slow_drip_download,  # type: ignore[dict-item]
+    Mode.ENDLESS_JSON_STATUS: _endless_json_status,  # type: ignore[dict-item]
+    Mode.ENDLESS_JSON_SUBMIT: _endless_json_submit,  # type: ignore[dict-item]
+    Mode.STATUS_FORBIDDEN: _status_forbidden,  # type: ignore[dict-item]
+    Mode.REDIRECT_TO_FILE: _redirect_to_file,  # type: ignore[dict-item]
+})

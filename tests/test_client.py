@@ -9,6 +9,7 @@ from batcher.client import PixelDojoClient
 from batcher.errors import (
     AuthError,
     CreditsExhausted,
+    DownloadRefused,
     MalformedAnswer,
     NotSentError,
     OutcomeUnknown,
@@ -171,7 +172,7 @@ def test_download_sends_no_key_and_refuses_odd_redirects(tmp_path):
     def handler(request):
         seen.append(request.headers.get("authorization"))
         return httpx.Response(302, headers={"location": "file:///etc/passwd"})
-    with pytest.raises(MalformedAnswer, match="file"):
+    with pytest.raises(DownloadRefused, match="file"):
         download_with(handler, tmp_path)
     assert seen == [None]
 

@@ -20,6 +20,7 @@ from batcher.client import PixelDojoClient
 from batcher.errors import (
     AuthError,
     CreditsExhausted,
+    DownloadRefused,
     MalformedAnswer,
     OutcomeUnknown,
     RateLimited,
@@ -177,10 +178,10 @@ def test_redirect_to_a_url_carrying_the_key_is_not_followed(tmp_path):
     def handler(request):
         requested.append(str(request.url))
         return httpx.Response(302, headers={"location": f"https://cdn.example/v.mp4?k={quote(KEY, safe='')}"})
-    with pytest.raises(MalformedAnswer, match="carries the API key") as info:
+    with pytest.raises(DownloadRefused, match="carries the API key") as info:
         call(handler, "download", "https://temp.pixeldojo.ai/x.mp4", tmp_path / "x.part", max_bytes=100)
     assert requested == ["https://temp.pixeldojo.ai/x.mp4"]
-    assert_no_key(str(info.value), "MalformedAnswer message")
+    assert_no_key(str(info.value), "DownloadRefused message")
 
 
 def fast_options(tmp_path: Path, **kw) -> RunOptions:

@@ -10,8 +10,8 @@ import batcher
 ORDER = ["errors", "defaults", "text", "patterns", "schemarules", "imagefacts", "models", "modelschema", "template",
          "states", "renderfit", "safetynet", "policy", "webhooks", "diagnostics", "textfiles", "yamlfile", "rowfields",
          "localrefs", "rowfiles", "manifest",
-         "rowrefs", "expansion", "rowkeys", "plan", "jobrows", "files", "media", "ledger", "answers", "client",
-         "catalog",
+         "rowrefs", "expansion", "rowkeys", "plan", "jobrows", "files", "media", "ledger", "answers",
+         "transfers", "client", "catalog",
          "simimages", "simrefs", "simmodels", "simwebhooks", "simulator", "preflight", "refstore", "run", "export",
          "report", "display", "views", "watchview", "api", "benchoracle", "benchbreakdown", "benchwhole", "benchhooks",
          "benchshared", "benchstage", "bench", "cli", "__main__"]

@@ -63,6 +63,12 @@ def run_options(f: Any) -> Any:
         *store_options,
         click.option("--max-retry-after", type=click.FloatRange(0), default=300.0, show_default=True,
                      help="Longest pause a 429's Retry-After may impose, in seconds (a longer one is capped)."),
+        click.option("--request-deadline", type=click.FloatRange(0, min_open=True), default=90.0, show_default=True,
+                     help="Seconds a whole API answer (status, submission) may take, however it trickles in; a "
+                          "submission past it is held as unknown, a poll is retried. Also a download's least."),
+        click.option("--min-download-rate", type=click.FloatRange(0, min_open=True), default=50.0,
+                     show_default=True, help="KB/s: a download may take its size at this rate (at least "
+                                             "--request-deadline); a slower one is cut and retried."),
         click.option("--lease-seconds", type=click.FloatRange(1), default=60.0, show_default=True,
                      help="How long a claimed job stays this runner's without a renewal (several runners)."),
         click.option("--webhook-listen", metavar="HOST:PORT", default=None,
@@ -116,7 +122,8 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
          requeue: tuple[str, ...] = (), report_path: str | None = None, rpm: float | None = None,
          lease_seconds: float = 60.0, as_json: bool = False, max_retry_after: float = 300.0,
          max_jobs: int = MAX_JOBS, no_preflight: bool = False, webhook_listen: str | None = None,
-         webhook_url: str | None = None, **store_options: Any) -> None:
+         webhook_url: str | None = None, request_deadline: float = 90.0, min_download_rate: float = 50.0,
+         **store_options: Any) -> None:
     import anyio
 
     from .. import api
@@ -144,7 +151,8 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
                          expected_render=expected_render, max_download_bytes=max_download_mb * 1024 * 1024,
                          handle_signals=True, rpm=rpm, lease_seconds=lease_seconds, max_retry_after=max_retry_after,
                          preflight=not no_preflight, on_warning=lambda line: click.echo(line, err=True),
-                         reference_store=store, webhooks=hooks)
+                         reference_store=store, webhooks=hooks, request_deadline=request_deadline,
+                         min_download_rate=min_download_rate)
     if no_preflight:
         click.echo("warning: --no-preflight: reference URLs are not checked; a bad one is found only after "
                    "its job was submitted", err=True)

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from ..answers import DEFAULT_MAX_RETRY_AFTER
+from ..errors import UsageError
 from ..files import OUTPUTS
-from ..policy import RetryPolicy
+from ..policy import DEFAULT_MIN_DOWNLOAD_RATE, DEFAULT_REQUEST_DEADLINE, Deadlines, RetryPolicy
 from ..refstore import ReferenceStore
 from ..webhooks import Webhooks
 
@@ -28,7 +29,7 @@ class Limits:
 
 @dataclass(frozen=True)
 class Polling:
-    """How jobs are polled, and requests retried."""
+    """How jobs are polled, and requests bounded in time and retried."""
 
     # First poll guess before anything is learned; None: each model's typical render time.
     expected_render: float | None = None
@@ -36,6 +37,17 @@ class Polling:
     retry: RetryPolicy = field(default_factory=RetryPolicy)  # polls and downloads
     submit_retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(base=1.0, cap=30.0, max_attempts=6))
     max_retry_after: float = DEFAULT_MAX_RETRY_AFTER  # the longest Retry-After honoured as it is
+    request_deadline: float = DEFAULT_REQUEST_DEADLINE  # seconds for a whole API answer (and a download's least)
+    min_download_rate: float = DEFAULT_MIN_DOWNLOAD_RATE  # KB/s: a download slower than this (past the above) fails
+
+    @property
+    def deadlines(self) -> Deadlines:
+        """Every request's overall deadline, for the client."""
+        return Deadlines(self.request_deadline, self.min_download_rate)
+
+    def __post_init__(self) -> None:
+        if (problem := self.deadlines.check()) is not None:  # NaN passes a plain range check
+            raise UsageError(problem)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Polling: follow one submitted job to the end of its render, as often as the learned render
 times say (sparsely, as a safety net, when a webhook should announce its end; a poke asks at
 once), and record how it ended: rendered (queued for download), failed and refunded
-(requeued while attempts remain), held (paid, then unknown to the API), or left for the next run."""
+(requeued while attempts remain), held (paid, then unknown to the API), or left for the next run
+(a status the API refuses for this one job, polls that keep failing, a timeout)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ from typing import Any
 import anyio
 
 from ..answers import JobStatus
-from ..errors import AuthError, CreditsExhausted, MalformedAnswer, RateLimited, RejectedError, ServerError
+from ..errors import (
+    AuthError,
+    CreditsExhausted,
+    JobForbidden,
+    MalformedAnswer,
+    RateLimited,
+    RejectedError,
+    ServerError,
+)
 from ..ledger import Job
 from ..states import JobState as S
 from .context import RunContext
@@ -62,11 +71,11 @@ async def follow_to_end(ctx: RunContext, job: Job, *, hooked: bool = False) -> t
             await ctx.event(job, "poll-retry", f"{e}; retrying in {delay:.1f}s")
             await anyio.sleep(delay)
             continue
+        except (JobForbidden, RejectedError) as e:  # (JobForbidden first: an AuthError would stop the run)
+            return await _refused(ctx, job, e)
         except AuthError as e:
             ctx.stop(StopReason.AUTH, str(e))
             return Followed.LEFT, job
-        except RejectedError as e:
-            return Followed.HELD, await _lost(ctx, job, e)
         failures = 0
         ctx.pauses.server_fine()
         polls += 1
@@ -101,6 +110,19 @@ async def _until_due(ctx: RunContext, job: Job, cls: tuple[Any, ...], hooked: bo
     return False
 
 
+async def _refused(ctx: RunContext, job: Job, e: JobForbidden | RejectedError) -> tuple[Followed, Job]:
+    if isinstance(e, RejectedError):
+        return Followed.HELD, await _lost(ctx, job, e)
+    # A refusal about this one job ("it belongs to another workspace"), not about the key: the
+    # run goes on. It was paid, so it stays submitted (held as unknown, `retry --unknown` would
+    # pay again); this run stops following it, the next one asks again.
+    message = f"{e}; stays submitted (it was paid) and the next run polls it again"
+    job = await ctx.event(job, "poll-forbidden", message, error=str(e))
+    ctx.note("the API refused the status of some jobs (401/403); they stay submitted and the next run polls "
+             "them again (`batcher status --job KEY` shows why)")
+    return Followed.LEFT, job
+
+
 async def _lost(ctx: RunContext, job: Job, e: RejectedError) -> Job:
     # Refused a poll (404: it no longer knows the job). We were charged and nothing says we were
     # refunded: hold it like an unknown outcome, never pay for it again unasked.
@@ -120,6 +142,8 @@ async def _finished(ctx: RunContext, job: Job, status: JobStatus, render_seconds
             message = status.output_problem or "the API reports the job completed but gave no output URL"
             job = await ctx.move(job, S.SUBMITTED, S.FAILED, "no-output", message, error=message, finished_at=now)
             return Followed.FAILED, job
+        if job.error is not None:  # an earlier run's refusal of its status (poll-forbidden) is over
+            job = await ctx.event(job, "poll-answered", "the API answers this job's status again", error=None)
         # The downloader records `rendered` before it fetches: the worker is free for the next
         # job at once. A crash in between leaves the job submitted; the next run polls it again.
         job = job.evolve(output_url=status.video_url, output_expires_at=status.expires_at,
