@@ -111,8 +111,8 @@ def summary(report: RunReport, out_dir: str, retry_command: Callable[[str], str]
         if len(groups) > 5:
             lines.append(f"  ... and {len(groups) - 5} more reason(s): `batcher export` lists every job's error")
         if retry_command is not None:
-            paid = " (refunded failures; a retry pays again)" if state == "failed" else " (renders again, paying again)"
-            lines.append(f"  to retry them{paid}: {retry_command(state)}")
+            # (not every failed job was refunded: one the API charged and gave no video stays paid)
+            lines.append(f"  to retry them (renders again, paying again): {retry_command(state)}")
     if report.counts.get("cancelled"):
         lines.append(f"cancelled ({report.counts['cancelled']}): never sent; `batcher resume` (the same MANIFEST, "
                      f"or --batch {report.batch}) puts them back to pending, then `batcher run` renders them")

@@ -36,6 +36,11 @@ class Mode(str, enum.Enum):
     ENDLESS_JSON_SUBMIT = "endless-json-submit"  # the first submission's answer never ends (accepted)
     STATUS_FORBIDDEN = "status-forbidden"  # one job's status: 403 "job belongs to another workspace"
     REDIRECT_TO_FILE = "redirect-to-file"  # every output file redirects to file:///etc/passwd
+    # Downloads of paid videos (issue 23: 4, 5, 7); each acts on every job's output, counted per job
+    FLAKY_OUTPUT = "flaky-output"  # the first `flaky_gets` GETs of each job's output: 404, 403, 503 in turn
+    BOGUS_CONTENT_LENGTH = "bogus-content-length"  # each job's first output GET declares 99999999999 bytes
+    EXPIRED_OUTPUT = "expired-output"  # outputs answer 403; status says expiresAt passed, then gives no URL
+    SLOW_OUTPUT = "slow-output"  # the first `slow_jobs` jobs' outputs stall and time out, until the rest are served
     # (further modes are added below by the items they test)
 
 
@@ -235,4 +240,111 @@ _RULES.update({
     Mode.ENDLESS_JSON_SUBMIT: _endless_json_submit,  # type: ignore[dict-item]
     Mode.STATUS_FORBIDDEN: _status_forbidden,  # type: ignore[dict-item]
     Mode.REDIRECT_TO_FILE: _redirect_to_file,  # type: ignore[dict-item]
+})
+
+
+# --- downloads of paid videos (issue 23: 4, 5, 7) ---------------------------------------------------
+
+def output_job(api: HostileApi, request: httpx.Request) -> str | None:
+    """The simulator's job id whose output file `request` asks for (None: not an output GET). Every
+    URL the API minted for one job gives the same id, so a rule can count a job's tries across them."""
+    if not is_download(request) or "/pixeldojotemp/" not in request.url.path:
+        return None
+    found = api.sim.files.get(request.url.path.rsplit("/", 1)[-1].removesuffix(".mp4"))
+    return found[0] if found else None
+
+
+def _tries(api: HostileApi, mode: Mode, job_id: str) -> int:
+    """How many times `mode` has now seen `job_id`'s output asked for (this request included)."""
+    seen: Counter[str] = api.memory.setdefault(f"tries:{mode.value}", Counter())  # type: ignore[assignment]
+    seen[job_id] += 1
+    return seen[job_id]
+
+
+async def _flaky_output(api: HostileApi, request: httpx.Request) -> httpx.Response | None:
+    """Setting `flaky_gets` (default 3): the first that many GETs of each job's output answer 404,
+    403 and 503 in turn (an output host that is briefly wrong); later ones are served."""
+    job_id = output_job(api, request)
+    if job_id is None:
+        return None
+    tries = _tries(api, Mode.FLAKY_OUTPUT, job_id)
+    if tries > int(api.settings.get("flaky_gets", 3)):  # type: ignore[call-overload]
+        return None
+    api.done[Mode.FLAKY_OUTPUT] += 1
+    status = (404, 403, 503)[(tries - 1) % 3]
+    return httpx.Response(status, request=request, content=b"<Error><Code>NoSuchKey</Code></Error>",
+                          headers={"content-type": "application/xml"})
+
+
+async def _bogus_content_length(api: HostileApi, request: httpx.Request) -> httpx.Response | None:
+    """Setting `bogus_gets` (default 1): the first that many GETs of each job's output declare a
+    Content-Length of 99999999999 (the body is the real video)."""
+    job_id = output_job(api, request)
+    if job_id is None or _tries(api, Mode.BOGUS_CONTENT_LENGTH, job_id) > int(
+            api.settings.get("bogus_gets", 1)):  # type: ignore[call-overload]
+        return None
+    response = await api.real(request)
+    body = await response.aread()
+    api.done[Mode.BOGUS_CONTENT_LENGTH] += 1
+    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+    return httpx.Response(response.status_code, request=request, content=body,
+                          headers={**headers, "content-length": "99999999999"})
+
+
+async def _expired_output(api: HostileApi, request: httpx.Request) -> httpx.Response | None:
+    """Every output GET answers 403 as an expired presigned URL does; every status answer of a
+    completed job says its expiresAt is the setting `expires` (default: long past), and after the
+    first one it has no output URL."""
+    if output_job(api, request) is not None:
+        api.done[Mode.EXPIRED_OUTPUT] += 1
+        return httpx.Response(403, request=request, headers={"content-type": "application/xml"},
+                              content=b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>")
+    if not is_status(request):
+        return None
+    response, body = await _real_json(api, request)
+    if body is None or body.get("status") != "completed":
+        return response
+    body["expiresAt"] = str(api.settings.get("expires", "2001-01-01T00:00:00Z"))
+    if _tries(api, Mode.EXPIRED_OUTPUT, str(body.get("jobId"))) > 1:
+        body["output"] = {}
+    return json_response(response.status_code, body, request)
+
+
+async def _slow_output(api: HostileApi, request: httpx.Request) -> httpx.Response | None:
+    """Settings `slow_jobs` (default 2), `fresh_jobs` (the batch's other jobs, required), `stall`
+    (default 0.3 s): the outputs of the first `slow_jobs` jobs whose video is asked for stall that
+    long and then time out, as a download's deadline ends a slow drip, until every other job's
+    output has been served; from then on they are served too. `memory["most-retries-at-once"]`:
+    the most stalls at once of outputs asked for again (retries)."""
+    job_id = output_job(api, request)
+    if job_id is None:
+        return None
+    slow: list[str] = api.memory.setdefault("slow-jobs", [])  # type: ignore[assignment]
+    served: set[str] = api.memory.setdefault("fresh-served", set())  # type: ignore[assignment]
+    if job_id not in slow and len(slow) < int(api.settings.get("slow_jobs", 2)):  # type: ignore[call-overload]
+        slow.append(job_id)
+    if job_id not in slow:
+        served.add(job_id)
+        return None
+    if len(served) >= int(api.settings["fresh_jobs"]):  # type: ignore[call-overload]
+        return None
+    import anyio
+
+    api.done[Mode.SLOW_OUTPUT] += 1
+    retry = _tries(api, Mode.SLOW_OUTPUT, job_id) > 1
+    now: Counter[str] = api.memory.setdefault("slow-now", Counter())  # type: ignore[assignment]
+    now["retries"] += retry
+    api.memory["most-retries-at-once"] = max(now["retries"], int(api.memory.get("most-retries-at-once", 0)))  # type: ignore[call-overload]
+    try:
+        await anyio.sleep(float(api.settings.get("stall", 0.3)))  # type: ignore[arg-type]
+    finally:
+        now["retries"] -= retry
+    raise httpx.ReadTimeout("the video did not arrive within its deadline", request=request)
+
+
+_RULES.update({
+    Mode.FLAKY_OUTPUT: _flaky_output,  # type: ignore[dict-item]
+    Mode.BOGUS_CONTENT_LENGTH: _bogus_content_length,  # type: ignore[dict-item]
+    Mode.EXPIRED_OUTPUT: _expired_output,  # type: ignore[dict-item]
+    Mode.SLOW_OUTPUT: _slow_output,  # type: ignore[dict-item]
 })

@@ -21,6 +21,7 @@ from batcher.ledger import Ledger
 from batcher.manifest import load_manifest
 from batcher.models import HAPPYHORSE_R2V
 from batcher.plan import expand
+from batcher.policy import RetryPolicy
 from batcher.run import RunOptions
 from batcher.simulator import SimConfig, Simulator, clip_for
 
@@ -120,12 +121,17 @@ def test_remote_failures_are_refunded_and_retried(simrun, write):
 def test_expired_url_is_refreshed(tmp_path, write):
     manifest = write("m.yaml", small_manifest(n_rows=3))
     sim = Simulator(SimConfig(render_seconds=0.02, url_ttl=-1))  # every URL is born expired
+    fast = RetryPolicy(base=0.01, cap=0.05, max_attempts=3)
     report = anyio.run(lambda: api.run_async(manifest, ledger=tmp_path / "l.db", to=api.target(simulate=sim),
-                                             options=RunOptions.of(out_dir=tmp_path / "o", expected_render=0.02)))
-    assert report.counts["expired"] == 3 and report.exit_code == 1
+                                             options=RunOptions.of(out_dir=tmp_path / "o", expected_render=0.02,
+                                                                   retry=fast)))
+    # Each 403 brings a fresh URL from a poll; while the job's expiresAt is ahead it is never
+    # given up as expired (re-rendering pays again): it stays rendered for the next run.
+    assert report.counts["rendered"] == 3 and report.counts["expired"] == 0 and report.exit_code == 1
     with Ledger(tmp_path / "l.db") as led:
         job = next(led.iter_batch("small"))
-        assert "expired" in job.error and [e.kind for e in led.events(job.id)][-1] == "expired"
+        kinds = [e.kind for e in led.events(job.id)]
+        assert "403" in job.error and kinds[-1] == "download-given-up" and kinds.count("url-refreshed") == 3
 
 
 def test_schema_mismatch_stops_before_spending(tmp_path, write):

@@ -1,126 +1,194 @@
 """Downloads: each finished job's video, fetched as soon as its job completes (soonest-expiring URL
 first), written to a temporary name, checked, published under its final name without replacing
-another job's video, and recorded with its size and sha256. An expired URL is refreshed by
-polling the job again; failures that are worth it are retried (the clip is paid for)."""
+another job's video, and recorded with its size and sha256.
+
+The clip is paid for, so a failed download never ends a job while its URL may still serve it:
+any failure (403/404/410, 5xx, too slow, not a video, a size over the cap) is tried again after
+a back-off, in this run and in every later one, and the job stays `rendered` with the reason. A
+URL that is refused, gone or past its expiry is first refreshed by polling the job again; only a
+URL past its expiry that no longer serves the video, with no fresh one from the API, makes the
+job `expired` (re-rendering it is the user's decision: it pays again)."""
 
 from __future__ import annotations
 
+import enum
 import logging
+import time
 from functools import partial
 from pathlib import Path
 
 import anyio
 
+from ..answers import JobStatus
 from ..errors import (
+    ApiError,
     BatcherError,
     DiskFullError,
+    DownloadRefused,
     LeaseLost,
-    MalformedAnswer,
     OutputGone,
     OversizeError,
     RateLimited,
+    RejectedError,
     ServerError,
+    TooSlow,
 )
 from ..files import publish, temp_name, video_name
 from ..ledger import Job
 from ..states import JobState as S
 from .context import RunContext
+from .downloads_queue import Queued
 from .failpoints import failpoint
 from .outcomes import StopReason
 
 log = logging.getLogger("batcher.run")
 
+# How long an output URL lives when the API names no expiresAt: PixelDojo's notes say "asset URLs
+# expire one hour after creation" (the older API said 24 hours: the shorter is the safe guess).
+URL_LIFETIME = 3600.0
+# Answers over the size cap in one run before the job is left for a rerun with a higher cap: one
+# may be a lying Content-Length, but each streamed one costs the whole cap in bytes.
+OVERSIZE_TRIES = 3
+
+
+class Refresh(enum.Enum):
+    """What polling a rendered job again gave."""
+
+    FRESH = "fresh"  # a new output URL
+    NONE = "none"  # an answer, with no new URL (the same one, none, or the job is no longer known)
+    UNANSWERED = "unanswered"  # no usable answer: nothing is known
+
 
 async def downloader(ctx: RunContext) -> None:
     """One downloader task: take finished jobs from the queue until it closes."""
+    ctx.downloads.enlist()
     while True:
-        job = await ctx.downloads.get()
-        if job is None:
+        item = await ctx.downloads.get()
+        if item is None:
             return
         try:
-            await download(ctx, job)
+            await download(ctx, item)
         except LeaseLost as e:
-            log.warning("job %s: %s; leaving it to that runner", job.key, e)
+            log.warning("job %s: %s; leaving it to that runner", item.job.key, e)
+        finally:
+            ctx.downloads.done(item)
 
 
-async def download(ctx: RunContext, job: Job) -> None:
-    """Fetch, check, publish and record one job's video (or say why not)."""
+async def download(ctx: RunContext, item: Queued) -> None:
+    """Try once to fetch, check, publish and record one job's video; a failure puts it back in
+    the queue for a later try, or leaves it for the next run, saying why."""
+    job = item.job
     if job.state == S.SUBMITTED.value:
-        job = await ctx.move(job, S.SUBMITTED, S.RENDERED, "rendered", None, output_url=job.output_url,
-                             output_expires_at=job.output_expires_at, render_seconds=job.render_seconds,
-                             finished_at=job.finished_at)
+        job = item.job = await ctx.move(
+            job, S.SUBMITTED, S.RENDERED, "rendered", None, output_url=job.output_url,
+            output_expires_at=job.output_expires_at or ctx.wall() + URL_LIFETIME,
+            render_seconds=job.render_seconds, finished_at=job.finished_at)
         failpoint("after-rendered")
     out = ctx.options.saving.out_dir
     final = out / video_name(job.label, job.take, job.key)
-    url = job.output_url or ""
-    failures = 0
-    refreshed = False
-    while True:
-        tmp = out / temp_name(final.name, ctx.rng.randrange(1 << 30))
-        try:
-            await ctx.wait_pause(job)
-            result = await ctx.client.download(url, tmp, max_bytes=ctx.options.saving.max_download_bytes)
-            published = await ctx.threads.run(publish, tmp, final, result.sha256,
-                                              partial(_may_replace, ctx, job))
-            failpoint("after-publish")
-        except OutputGone as e:
-            fresh = None if refreshed else await _fresh_url(ctx, job)
-            refreshed = True
-            if fresh is None or fresh == url:
-                message = f"the output URL expired and the API has no fresh one ({e}); re-render with " \
-                          f"`batcher retry --expired`"
-                await ctx.move(job, S.RENDERED, S.EXPIRED, "expired", message, error=message)
-                return
-            url = fresh
-            job = await ctx.event(job, "url-refreshed", "the output URL had expired; got a fresh one",
-                                  output_url=fresh)
-            continue
-        except OversizeError as e:
-            await ctx.move(job, S.RENDERED, S.FAILED, "oversize", str(e), error=str(e))
-            return
-        except (ServerError, RateLimited, MalformedAnswer, FileNotFoundError) as e:
-            failures += 1
-            if not await _retry(ctx, job, e, tmp, failures):
-                return
-            continue
-        except DiskFullError as e:
-            ctx.stop(StopReason.DISK, f"{e}: free some space and run the same command again")
-            if ctx.core is not None:
-                ctx.core.cancel()
-            return
-        except OSError as e:
-            # The folder refuses this file (a directory in the way, permissions, a read-only or
-            # failing disk): the job stays rendered and the next run tries again.
-            await ctx.event(job, "download-unsaved", f"cannot save {final.name}: {e.strerror or e}")
-            ctx.note(f"some videos could not be saved in {out} ({e.strerror or e}); fix the folder and run again")
-            return
-        finally:
-            with anyio.CancelScope(shield=True):
-                tmp.unlink(missing_ok=True)  # still there only if the download failed
-        await ctx.move(job, S.RENDERED, S.COMPLETED, "downloaded", f"{result.size} bytes, sha256 {result.sha256[:12]}",
-                       file_path=str(ctx.out_abs / published.name), size=result.size, sha256=result.sha256)
-        ctx.completed += 1
+    tmp = out / temp_name(final.name, ctx.rng.randrange(1 << 30))
+    try:
+        await ctx.wait_pause(job)
+        result = await ctx.client.download(job.output_url or "", tmp, max_bytes=ctx.options.saving.max_download_bytes)
+        published = await ctx.threads.run(publish, tmp, final, result.sha256, partial(_may_replace, ctx, job))
+        failpoint("after-publish")
+    except DiskFullError as e:
+        ctx.stop(StopReason.DISK, f"{e}: free some space and run the same command again")
+        if ctx.core is not None:
+            ctx.core.cancel()
         return
+    except (ApiError, FileNotFoundError) as e:
+        # (FileNotFoundError: the temporary file vanished, someone cleaned the folder)
+        await _failed(ctx, item, e if isinstance(e, ApiError) else
+                      ServerError(f"the temporary file {tmp.name} vanished before it was saved"))
+        return
+    except OSError as e:
+        # The folder refuses this file (a directory in the way, permissions, a read-only or
+        # failing disk): the job stays rendered and the next run tries again.
+        await ctx.event(job, "download-unsaved", f"cannot save {final.name}: {e.strerror or e}")
+        ctx.note(f"some videos could not be saved in {out} ({e.strerror or e}); fix the folder and run again")
+        return
+    finally:
+        with anyio.CancelScope(shield=True):
+            tmp.unlink(missing_ok=True)  # still there only if the download failed
+    await ctx.move(job, S.RENDERED, S.COMPLETED, "downloaded", f"{result.size} bytes, sha256 {result.sha256[:12]}",
+                   file_path=str(ctx.out_abs / published.name), size=result.size, sha256=result.sha256, error=None)
+    ctx.completed += 1
 
 
-async def _retry(ctx: RunContext, job: Job, e: Exception, tmp: Path, failures: int) -> bool:
-    """After a failed download worth retrying: wait and say so; False once retries are used up (the
-    next run downloads it). Not a video (an error page from a proxy, say) counts like a server error,
-    and a temporary file that vanished (someone cleaned the folder) is simply downloaded again."""
-    if isinstance(e, FileNotFoundError):
-        e = ServerError(f"the temporary file {tmp.name} vanished before it was saved")
-    elif isinstance(e, RateLimited):
+async def _failed(ctx: RunContext, item: Queued, e: ApiError) -> None:
+    """After a failed try: a URL refused, gone or past its expiry is refreshed by polling the job;
+    then the job is tried again after a back-off, left `rendered` for the next run, or, past its
+    expiry with no fresh URL, `expired`."""
+    job = item.job
+    item.failures += 1
+    if item.failures == 1:
+        item.first_failure = time.monotonic()
+    item.oversize += isinstance(e, OversizeError)
+    refused = isinstance(e, DownloadRefused)
+    gone = refused or isinstance(e, OutputGone)
+    past = ctx.wall() >= _expiry(job)
+    if gone or past:
+        if refused and item.repolled:  # the API's fresh URL was refused too: not asked again in this run
+            await _leave(ctx, job, f"{e}; the next run asks the API for a fresh URL",
+                         "some output URLs were refused (never fetched); the next run asks the API for fresh ones")
+            return
+        item.repolled = item.repolled or refused
+        refresh, status = await _fresh_url(ctx, job)
+        if refresh is Refresh.FRESH:
+            assert status is not None and status.video_url is not None
+            job = item.job = await ctx.event(
+                job, "url-refreshed", f"{e}; the API gave a fresh output URL", output_url=status.video_url,
+                output_expires_at=status.expires_at or ctx.wall() + URL_LIFETIME)
+        elif refresh is Refresh.NONE and past and gone:
+            message = f"the output URL expired and the API has no fresh one ({e}); re-render with " \
+                      f"`batcher retry --expired` (it pays again)"
+            await ctx.move(job, S.RENDERED, S.EXPIRED, "expired", message, error=message)
+            return
+        elif refused:
+            await _leave(ctx, job, f"{e}; the API gave no other URL; the next run asks again",
+                         "some output URLs were refused (never fetched); the next run asks the API for fresh ones")
+            return
+    await _again(ctx, item, e)
+
+
+async def _again(ctx: RunContext, item: Queued, e: ApiError) -> None:
+    """Put a failed download back in the queue after a back-off, or leave the job rendered once
+    this run's tries are used up (the next run downloads it)."""
+    job = item.job
+    if isinstance(e, RateLimited):
         ctx.pauses.rate_limited(e)
-    else:
+    elif isinstance(e, ServerError) and not isinstance(e, TooSlow):
+        # (a slow output host is no reason to hold every request to the API)
         ctx.pauses.server_trouble()
-    if ctx.options.polling.retry.gives_up(failures, 0):
-        await ctx.event(job, "download-given-up", f"{e}; the next run downloads it")
-        ctx.note("some downloads kept failing; the next run fetches them")
-        return False
-    delay = ctx.options.polling.retry.delay(failures, ctx.rng, getattr(e, "retry_after", None))
-    await ctx.event(job, "download-retry", f"{e}; retrying in {delay:.1f}s")
-    await anyio.sleep(delay)
-    return True
+    cap = ctx.options.saving.max_download_bytes
+    if isinstance(e, OversizeError) and item.oversize >= OVERSIZE_TRIES:
+        await _leave(ctx, job, f"{e} (--max-download-mb {cap / 1024 ** 2:g}); a rerun with a higher "
+                               f"--max-download-mb downloads it",
+                     "some videos are over --max-download-mb; they stay rendered: rerun with a higher "
+                     "--max-download-mb to download them")
+        return
+    if ctx.options.polling.retry.gives_up(item.failures, time.monotonic() - item.first_failure):
+        await _leave(ctx, job, f"{e}; the next run downloads it",
+                     "some downloads kept failing; the next run fetches them")
+        return
+    delay = ctx.options.polling.retry.delay(item.failures, ctx.rng, getattr(e, "retry_after", None))
+    item.job = await ctx.event(job, "download-retry", f"{e}; retrying in {delay:.1f}s")
+    ctx.downloads.put_back(item, delay)
+
+
+async def _leave(ctx: RunContext, job: Job, reason: str, note: str) -> None:
+    """The job stays rendered for the next run, its reason in its history and its error."""
+    await ctx.event(job, "download-given-up", reason, error=reason)
+    ctx.note(note)
+
+
+def _expiry(job: Job) -> float:
+    """When the job's output URL stops working: the API's expiresAt, else an hour after the render
+    was seen done (jobs rendered before this was recorded)."""
+    if job.output_expires_at is not None:
+        return job.output_expires_at
+    return (job.finished_at or 0.0) + URL_LIFETIME
 
 
 def _may_replace(ctx: RunContext, job: Job, path: Path) -> bool:
@@ -130,9 +198,15 @@ def _may_replace(ctx: RunContext, job: Job, path: Path) -> bool:
     return job.file_path == str(ctx.out_abs / path.name)
 
 
-async def _fresh_url(ctx: RunContext, job: Job) -> str | None:
+async def _fresh_url(ctx: RunContext, job: Job) -> tuple[Refresh, JobStatus | None]:
+    """Poll the job again for a fresh output URL. A 404 (the API no longer knows the job) is an
+    answer: no URL will come; any other failure tells nothing."""
     try:
         status = await ctx.client.status(job.remote_job_id or "", job.status_url)
+    except RejectedError:
+        return Refresh.NONE, None
     except BatcherError:
-        return None
-    return status.video_url if status.status == "completed" else None
+        return Refresh.UNANSWERED, None
+    if status.status == "completed" and status.video_url and status.video_url != job.output_url:
+        return Refresh.FRESH, status
+    return Refresh.NONE, None
