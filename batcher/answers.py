@@ -3,7 +3,6 @@ Retry-After, origins, job ids, and the key's every form, so it can be redacted f
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
@@ -13,7 +12,6 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, quote_plus
 
 import httpx
 
@@ -27,10 +25,11 @@ from .errors import (
     RejectedError,
     ServerError,
 )
+from .redaction import REDACTED as REDACTED  # re-exported: the word every redaction writes
+from .redaction import Secrets
 from .text import type_name
 
 DEFAULT_MAX_RETRY_AFTER = 300.0  # seconds: a longer Retry-After is capped to this
-REDACTED = "[redacted]"
 # What a job id may look like before it goes into a path: no slashes, dots-only segments or
 # query characters, so an answer cannot steer our requests elsewhere on the API.
 SAFE_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
@@ -263,17 +262,12 @@ _SIGNED = "|".join(rf"(?<=X-Amz-{name}{eq})" for name in ("Signature", "Credenti
 SIGNED_QUERY = re.compile(rf"(?:{_SIGNED})[^&\s\"'<>]+", re.IGNORECASE)
 
 
-def secret_pattern(key: str, *others: str) -> re.Pattern[str] | None:
-    """Every form the key (and `others`: a reference store's credentials) may come back in: bare,
-    URL-encoded (either hex case), JSON-escaped, and the whole `Bearer <key>` (or `Bearer%20<key>`)
-    around any of them."""
-    secrets = [s for s in (key, *others) if s]
-    if not secrets:
-        return None
-    forms = {form for s in secrets for form in (s, quote(s, safe=""), quote(s), quote_plus(s), json.dumps(s)[1:-1],
-                                                  s.replace("/", "\\/"))}
-    alternatives = "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True))
-    return re.compile(rf"(?:bearer(?:\s+|%20|\+))?(?:{alternatives})", re.IGNORECASE)
+def secret_pattern(key: str, *others: str) -> Secrets | None:
+    """Every form the key (and `others`: a reference store's credentials) may come back in, found
+    after decoding (see `redaction`): bare, percent-encoded (any characters, either hex case, any
+    depth), JSON-escaped (any characters, `\\u` or `\\/`), any case, and the whole `Bearer <key>`
+    (or `Bearer%20<key>`) around any of them."""
+    return Secrets.of((key, *others))
 
 
 def as_number(value: Any) -> float | None:

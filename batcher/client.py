@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote, urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import anyio
 import httpx
@@ -121,19 +121,15 @@ class PixelDojoClient:
         await self.aclose()
 
     def redact(self, text: str) -> str:
-        """`text` with the key (bare, as `Bearer <key>`, URL- or JSON-encoded) replaced by [redacted].
-        A text that hides the key in percent-escapes of any kind is decoded first."""
+        """`text` with the key (bare, as `Bearer <key>`) and the store's credentials replaced by
+        [redacted] in whatever encoding hides them: percent-escapes at any depth, JSON escapes,
+        any case (see `redaction`); and a presigned URL's signature, credential and token."""
         if "x-amz-" in text.lower():
             text = SIGNED_QUERY.sub(REDACTED, text)
-        if self._secret is None:
-            return text
-        if self._secret.search(text) is None and self._secret.search(unquote(text)) is not None:
-            text = SIGNED_QUERY.sub(REDACTED, unquote(text))
-        return self._secret.sub(REDACTED, text)
+        return text if self._secret is None else self._secret.redact(text)
 
     def _leaks(self, text: str) -> bool:
-        return self._key_only is not None and (self._key_only.search(text) is not None
-                                               or self._key_only.search(unquote(text)) is not None)
+        return self._key_only is not None and self._key_only.search(text)
 
     def _describe(self, response: httpx.Response) -> str:
         return describe(response, self.redact)

@@ -1,4 +1,5 @@
-"""Export: one record per job, built in one place, written as JSONL or CSV."""
+"""Export: one record per job, built in one place, written as JSONL or CSV (every CSV cell a
+spreadsheet would take for a formula neutralised)."""
 
 from __future__ import annotations
 
@@ -78,14 +79,30 @@ def write_jsonl(rows: Iterator[dict[str, Any]], out: IO[str]) -> int:
     return n
 
 
+# What a spreadsheet reads as the start of a formula (OWASP's list): a prompt or an API's error
+# text that starts so could run as one when the CSV is opened (`=HYPERLINK(...)`, `@SUM(...)`).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A value as a CSV cell: nothing as empty, text that could start a formula prefixed with `'`
+    (which spreadsheets show as text, not evaluate). Numbers are written as they are."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def write_csv(rows: Iterator[dict[str, Any]], out: IO[str]) -> int:
+    """Records as CSV, one line each; cells through `csv_cell` (JSONL keeps the raw text)."""
     writer = csv.DictWriter(out, fieldnames=FIELDS + EXTRA_FIELDS, extrasaction="ignore")
     writer.writeheader()
     n = 0
     for row in rows:
         flat = dict(row)
         flat["reference_urls"] = " ".join(row["reference_urls"] or [])
-        writer.writerow({k: "" if v is None else v for k, v in flat.items()})
+        writer.writerow({k: csv_cell(v) for k, v in flat.items()})
         n += 1
     return n
 

@@ -5,12 +5,15 @@ under a name made of its content; and the URL a job's request carries, made when
 Credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
 or whatever boto3 finds: a profile, an instance role) and are never stored or printed: a store's
 identity names its endpoint, bucket and prefix only, and its `secrets` are given to the client to
-redact from every answer the API brings back (a presigned URL carries the access key id).
+redact from every answer the API brings back (a presigned URL carries the access key id). The
+store's own answers are no more trusted: the little of an error it shows (its code) is redacted
+of the same secrets, in any encoding, before it becomes a message.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -19,8 +22,12 @@ import anyio
 
 from .errors import ReferenceStoreError, UsageError
 from .localrefs import LOCAL_PREFIX, StoreSettings, is_local_address
+from .redaction import Secrets
 
 CONTENT_TYPES = {"JPEG": ("jpg", "image/jpeg"), "PNG": ("png", "image/png"), "WEBP": ("webp", "image/webp")}
+# What an S3 error code looks like (NoSuchBucket, SlowDown, AccessDenied): anything else the store
+# puts there (a message, a credential it echoes) is not shown at all.
+ERROR_CODE = re.compile(r"[A-Za-z][A-Za-z0-9.]{0,63}")
 
 
 def object_name(address: str, kind: str) -> str:
@@ -52,7 +59,11 @@ class S3Store:
     def __init__(self, settings: StoreSettings, client: Any | None = None):
         self.settings = settings
         self.identity = settings.identity(os.environ)
-        self._client, self.secrets = (client, ()) if client is not None else _boto3_client(settings)
+        self._client, self.secrets = (client, _credentials(client)) if client is not None else _boto3_client(settings)
+        self._secrets = Secrets.of(self.secrets)
+
+    def _redact(self, text: str) -> str:
+        return self._secrets.redact(text) if self._secrets is not None else text
 
     def _key(self, name: str) -> str:
         return f"{self.settings.prefix}/{name}" if self.settings.prefix else name
@@ -68,13 +79,13 @@ class S3Store:
                 raise
             recorded = (found.get("Metadata") or {}).get("sha256")
             return int(found.get("ContentLength", -1)) == size and recorded in (None, sha256)
-        return await _mapped(head, f"cannot look up {name} in {self.identity}")
+        return await _mapped(head, f"cannot look up {name} in {self.identity}", self._redact)
 
     async def upload(self, name: str, data: bytes, kind: str, sha256: str) -> None:
         def put() -> None:
             self._client.put_object(Bucket=self.settings.bucket, Key=self._key(name), Body=data,
                                     ContentType=CONTENT_TYPES[kind][1], Metadata={"sha256": sha256})
-        await _mapped(put, f"cannot upload {name} to {self.identity}")
+        await _mapped(put, f"cannot upload {name} to {self.identity}", self._redact)
 
     def url_for(self, name: str) -> str:
         if self.settings.public_url:
@@ -113,8 +124,21 @@ def _boto3_client(settings: StoreSettings) -> tuple[Any, tuple[str, ...]]:
     if found is None:
         raise ReferenceStoreError(f"no credentials for the reference store {settings.identity(os.environ)}: set "
                                   "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or an AWS profile)")
-    frozen = found.get_frozen_credentials()
-    return client, tuple(s for s in (frozen.access_key, frozen.secret_key, frozen.token) if s)
+    return client, _frozen(found)
+
+
+def _frozen(credentials: Any) -> tuple[str, ...]:
+    frozen = credentials.get_frozen_credentials()
+    return tuple(s for s in (frozen.access_key, frozen.secret_key, frozen.token) if isinstance(s, str) and s)
+
+
+def _credentials(client: Any) -> tuple[str, ...]:
+    """The credentials a boto3 client given to us signs with (to redact): none if it cannot say."""
+    try:
+        found = client._get_credentials()  # botocore's; a stand-in client may have none
+        return _frozen(found) if found is not None else ()
+    except Exception:
+        return ()
 
 
 def _status_of(error: Exception) -> int | None:
@@ -125,18 +149,27 @@ def _status_of(error: Exception) -> int | None:
     return None
 
 
-async def _mapped(call: Callable[[], Any], what: str) -> Any:
+def _code_of(error: Exception) -> str | None:
+    """An S3 error's code, when it has the shape of one."""
+    response = getattr(error, "response", None)
+    found = response.get("Error", {}) if isinstance(response, Mapping) else None
+    code = found.get("Code") if isinstance(found, Mapping) else None
+    return code if isinstance(code, str) and ERROR_CODE.fullmatch(code) else None
+
+
+async def _mapped(call: Callable[[], Any], what: str, redact: Callable[[str], str]) -> Any:
     """Run a boto3 call in a thread; any failure of it becomes one ReferenceStoreError, named by
-    its kind and HTTP status only (botocore's messages may quote request details)."""
+    its kind, HTTP status and code only (botocore's messages may quote request details), and even
+    those `redact`ed: a store may echo a credential in its error code."""
     try:
         return await anyio.to_thread.run_sync(call)
     except OSError as e:
-        raise ReferenceStoreError(f"{what}: {e.strerror or type(e).__name__}") from None
+        raise ReferenceStoreError(redact(f"{what}: {e.strerror or type(e).__name__}")) from None
     except Exception as e:
         status = _status_of(e)
-        code = getattr(e, "response", {}).get("Error", {}).get("Code") if status is not None else None
+        code = _code_of(e) if status is not None else None
         detail = f"HTTP {status} {code or ''}".strip() if status is not None else type(e).__name__
-        raise ReferenceStoreError(f"{what}: {detail}") from None
+        raise ReferenceStoreError(redact(f"{what}: {detail}")) from None
 
 
 class SimulatedStore:

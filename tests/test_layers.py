@@ -7,7 +7,8 @@ from pathlib import Path
 
 import batcher
 
-ORDER = ["errors", "defaults", "text", "patterns", "schemarules", "imagefacts", "models", "modelschema", "template",
+ORDER = ["errors", "defaults", "text",
+         "redaction", "patterns", "schemarules", "imagefacts", "models", "modelschema", "template",
          "states", "renderfit", "safetynet", "policy", "webhooks", "diagnostics", "textfiles", "yamlfile", "rowfields",
          "localrefs", "rowfiles", "manifest",
          "rowrefs", "expansion", "rowkeys", "plan", "jobrows", "files", "media", "ledger", "answers",

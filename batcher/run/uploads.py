@@ -8,7 +8,9 @@ ledger's word: objects may be deleted by a lifecycle rule). The bytes uploaded a
 hashed, never a file read twice. Every problem is reported at once and nothing is submitted. At
 each submission the addresses in the request become URLs made then, so an overnight batch never
 sends an expired one; an image this run has not seen yet (another runner added its job) is made
-ready then, the same way."""
+ready then, the same way. What the store says when it fails is the store's text: it goes through
+the client's redaction (the key, the store's credentials, in any encoding) before it becomes a
+message, a log line or a job's event."""
 
 from __future__ import annotations
 
@@ -87,14 +89,22 @@ def _checked(address: str, image: LocalImage | None, check_rules: bool) -> tuple
     return kind, data
 
 
+def _redacted(ctx: RunContext, error: ReferenceStoreError) -> ReferenceStoreError:
+    return ReferenceStoreError(ctx.client.redact(str(error)))
+
+
 async def _ensure(ctx: RunContext, store: ReferenceStore, address: str, kind: str, data: bytes,
                   report: UploadReport) -> StoredImage:
     """Put one checked image in the store unless it holds it already."""
     name = object_name(address, kind)
     sha256 = address[len(LOCAL_PREFIX):]
-    present = await store.holds(name, len(data), sha256)
+    try:
+        present = await store.holds(name, len(data), sha256)
+        if not present:
+            await store.upload(name, data, kind, sha256)
+    except ReferenceStoreError as e:
+        raise _redacted(ctx, e) from None
     if not present:
-        await store.upload(name, data, kind, sha256)
         report.uploaded += 1
         report.uploaded_bytes += len(data)
     else:
@@ -193,4 +203,7 @@ async def with_local_urls(ctx: RunContext, store: ReferenceStore | None, wire: d
             records.append(await _ensure(ctx, store, address, *found, report))
         await ctx.threads.run(ctx.ledger.remember_stored, records)
         ctx.image_names.update(report.names)
-    return with_urls(wire, lambda a: store.url_for(ctx.image_names[a]))
+    try:
+        return with_urls(wire, lambda a: store.url_for(ctx.image_names[a]))
+    except ReferenceStoreError as e:
+        raise _redacted(ctx, e) from None
