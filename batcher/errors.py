@@ -11,7 +11,8 @@
     ├── LedgerError              the ledger cannot be opened, upgraded or written (exit 2)
     │   ├── IllegalTransition    a job state change the state machine forbids
     │   │   └── LeaseLost        another runner took the job over (its fencing token moved on)
-    │   └── DiskFullError        the disk filled up while writing (exit 2; rerun after freeing space)
+    │   ├── DiskFullError        the disk filled up while writing (exit 2; rerun after freeing space)
+    │   └── LedgerUnavailable    the API acted, the ledger failed past patience: kept in the journal (exit 2)
     ├── BudgetExceeded           the shared budget has no room for another submission
     ├── SchemaMismatch           the live model schema rejects the batch's parameters (exit 2)
     └── ApiError                 the API answered something we cannot use
@@ -117,6 +118,12 @@ class BudgetExceeded(BatcherError):
 
 class DiskFullError(LedgerError):
     """No space left while writing the ledger or a video."""
+
+
+class LedgerUnavailable(LedgerError):
+    """The ledger could not record what the API did (a charge, a render, a saved video), even after
+    waiting for it; the answer is kept in the journal beside the ledger, and the message names the
+    job, its remote id and status URL."""
 
 
 class SchemaMismatch(BatcherError):

@@ -44,6 +44,8 @@ class Mode(str, enum.Enum):
     # Secrets and hostile text (issue 23: 10, 12)
     ESCAPED_KEY_IN_ERRORS = "escaped-key-in-errors"  # error texts and failed renders' reasons carry the key, escaped
     FORMULA_ERRORS = "formula-errors"  # error texts and failed renders' reasons start with a spreadsheet formula
+    # The ledger fails after a POST was answered (issue 23: 1)
+    LEDGER_DOWN_AFTER_POST = "ledger-down-after-post"  # the ledger becomes unavailable as a submission is answered
     # (further modes are added below by the items they test)
 
 
@@ -405,3 +407,28 @@ _RULES.update({
     Mode.ESCAPED_KEY_IN_ERRORS: _escaped_key_in_errors,  # type: ignore[dict-item]
     Mode.FORMULA_ERRORS: _formula_errors,  # type: ignore[dict-item]
 })
+
+# --- the ledger fails after a POST was answered (issue 23: 1) -------------------------------------
+
+async def _ledger_down_after_post(api: HostileApi, request: httpx.Request) -> httpx.Response | None:
+    """Settings: `outage` (tests/outages.py, on the run's ledger), `seconds` it lasts (default 5),
+    `times` (default 1), `after` (default "submit"; "status": a poll that finds a render done;
+    "download": an output file): the first such answers come back only once the ledger is
+    unavailable, so the run's write of what the API did meets the outage."""
+    import anyio
+
+    after = api.settings.get("after", "submit")
+    wanted = {"submit": is_submit, "status": is_status, "download": is_download}[str(after)]
+    if not wanted(request) or api.done[Mode.LEDGER_DOWN_AFTER_POST] >= int(api.settings.get("times", 1)):
+        return None
+    response = await api.real(request)
+    await response.aread()
+    if response.status_code not in (200, 202) or (after == "status" and b'"completed"' not in response.content):
+        return response
+    api.done[Mode.LEDGER_DOWN_AFTER_POST] += 1
+    outage = api.settings["outage"]
+    await anyio.to_thread.run_sync(outage.start, float(api.settings.get("seconds", 5.0)))  # type: ignore[attr-defined]
+    return response
+
+
+_RULES[Mode.LEDGER_DOWN_AFTER_POST] = _ledger_down_after_post  # type: ignore[assignment]

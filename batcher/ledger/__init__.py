@@ -12,13 +12,14 @@ them, in one SQLite file (one host) or one PostgreSQL database (many hosts).
     control      a batch's control word (pause, resume, cancel) and what it does to the jobs
     references   what preflight found at each reference URL; local images and where they are stored
     modelinfo    models the API described, cached
+    journal      answers of the API the ledger could not record when they came, kept beside it
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, inspect, text
 from sqlalchemy.exc import DBAPIError
@@ -37,6 +38,7 @@ from .dialect import (
 )
 from .figures import LedgerFigures
 from .fleet import Fleet, LedgerFleet, RunnerStatus
+from .journal import LedgerJournal
 from .leases import LedgerLeases
 from .migrations import MIGRATIONS, SCHEMA_VERSION, Migration
 from .modelinfo import LedgerModelInfo
@@ -66,10 +68,19 @@ __all__ = [
 T = TypeVar("T")
 
 
-class Ledger(LedgerTransitions, LedgerLeases, LedgerFigures, LedgerReferences, LedgerModelInfo, LedgerFleet,
-             LedgerControl):
+class Ledger(LedgerJournal, LedgerTransitions, LedgerLeases, LedgerFigures, LedgerReferences, LedgerModelInfo,
+             LedgerFleet, LedgerControl):
     """One ledger. Writes return operations (`write`, `write_many`, or the run's group writer
-    commit them); reads return frozen rows."""
+    commit them); reads return frozen rows. Opened for writing (the default), it first records
+    what its answer journal holds (`journal_applied` says what), before any command acts on it."""
+
+    def __init__(self, path: str | Path = DEFAULT_LEDGER, **options: Any) -> None:
+        super().__init__(path, **options)
+        try:
+            self.journal_applied = self.apply_journal() if options.get("upgrade", True) else []
+        except BaseException:
+            self.close()
+            raise
 
     def __enter__(self) -> Ledger:
         return self

@@ -54,7 +54,7 @@ def postgres_engine(location: str, **options: Any) -> Engine:
 WRITE = "batcher_write"  # the execution option `LedgerStore.write` marks its transactions with
 
 
-def sqlite_engine(path: Path, durable: bool) -> Engine:
+def sqlite_engine(path: Path, durable: bool, busy_timeout: float = 60.0) -> Engine:
     """An engine for an SQLite ledger file, created readable by its owner only.
 
     WAL mode (many readers, one writer), foreign keys on, `synchronous=FULL` when durable (a
@@ -69,7 +69,8 @@ def sqlite_engine(path: Path, durable: bool) -> Engine:
             os.close(fd)
     except OSError as e:
         raise LedgerError(f"cannot open ledger {path}: {e.strerror or e}") from None
-    engine = create_engine(f"sqlite:///{path}", connect_args={"check_same_thread": False, "timeout": 60})
+    engine = create_engine(f"sqlite:///{path}", connect_args={"check_same_thread": False,
+                                                                 "timeout": busy_timeout})
 
     def on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
         # Let the begin event below issue the BEGIN, not pysqlite's implicit transactions.
@@ -78,7 +79,7 @@ def sqlite_engine(path: Path, durable: bool) -> Engine:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-        cur.execute("PRAGMA busy_timeout=60000")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         cur.close()
 
     def on_begin(conn: Connection) -> None:

@@ -39,7 +39,9 @@ class LedgerStore:
     call takes its own connection from the pool."""
 
     def __init__(self, path: str | Path = DEFAULT_LEDGER, *, clock: Callable[[], float] = time.time,
-                 upgrade: bool = True, durable: bool = True):
+                 upgrade: bool = True, durable: bool = True, busy_timeout: float = 60.0):
+        """`busy_timeout`: how long an SQLite write waits for another's lock before it fails (the
+        run's group writer then waits out a failing ledger for its own patience)."""
         self.location = str(path)
         self.postgres = is_database_url(path)
         self.sql = Dialect(self.postgres)
@@ -52,7 +54,7 @@ class LedgerStore:
         if self.postgres:
             self.engine: Engine = postgres_engine(self.location, pool_pre_ping=True, pool_size=10, max_overflow=20)
         else:
-            self.engine = sqlite_engine(self.path, durable)
+            self.engine = sqlite_engine(self.path, durable, busy_timeout)
         try:
             if upgrade:
                 self.upgrade()

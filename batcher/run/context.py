@@ -20,6 +20,7 @@ import anyio
 from ..client import PixelDojoClient
 from ..errors import UsageError
 from ..ledger import Job, Ledger
+from ..ledger.journal import Record
 from ..models import ModelSpec
 from ..policy import Budget, PollPlanner, RatePolicy
 from ..states import Control, JobState
@@ -75,7 +76,7 @@ class RunContext:
         o = self.options
         self.rng = random.Random(o.seed)
         self.threads = IoThreads()
-        self.writer = LedgerWriter(self.ledger, self.threads)
+        self.writer = LedgerWriter(self.ledger, self.threads, patience=o.limits.ledger_patience)
         self.pacer = RequestPacer(RatePolicy(o.limits.rpm)) if o.limits.rpm else None
         if self.pacer is not None:
             self.client.set_hooks(self.pacer.before, self.pacer.after)
@@ -151,10 +152,11 @@ class RunContext:
     # --- writes of one job ---------------------------------------------------------------------
 
     async def move(self, job: Job, source: JobState, target: JobState, kind: str, detail: str | None = None,
-                   **fields: Any) -> Job:
-        """Change a job's state in the ledger (fenced by its lease) and return the job as it now is."""
+                   *, record: Record | None = None, **fields: Any) -> Job:
+        """Change a job's state in the ledger (fenced by its lease) and return the job as it now is;
+        `record`: what the API did that this move records, kept in the journal if the ledger fails."""
         await self.writer.write(self.ledger.move(job.id, source, target, kind, detail, token=job.lease_token,
-                                                 **fields))
+                                                 **fields), record)
         log.info("job %s: %s -> %s (%s)%s", job.key, source.value, target.value, kind,
                  f": {detail}" if detail else "",
                  extra={"job": job.key, "from": source.value, "to": target.value, "event": kind})

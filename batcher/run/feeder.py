@@ -36,7 +36,7 @@ async def heartbeat(ctx: RunContext) -> None:
     """Renew our leases well before they run out, so nobody takes over live work."""
     while True:
         await anyio.sleep(ctx.options.limits.lease_seconds / 3)
-        await ctx.threads.run(ctx.ledger.renew, ctx.batch, ctx.owner, ctx.options.limits.lease_seconds)
+        await ctx.writer.patiently(ctx.ledger.renew, ctx.batch, ctx.owner, ctx.options.limits.lease_seconds)
 
 
 async def feed(ctx: RunContext, send: MemoryObjectSendStream[Job]) -> None:
@@ -48,7 +48,7 @@ async def feed(ctx: RunContext, send: MemoryObjectSendStream[Job]) -> None:
         while True:
             states = [S.RENDERED, S.SUBMITTED] + ([S.PENDING] if ctx.may_claim_pending else [])
             lease = ctx.options.limits.lease_seconds
-            jobs = await ctx.threads.run(ctx.ledger.claim, ctx.batch, states, ctx.owner, lease,
+            jobs = await ctx.writer.patiently(ctx.ledger.claim, ctx.batch, states, ctx.owner, lease,
                                          claim_size, ctx.generation)
             if jobs:
                 locked_since.clear()
@@ -61,7 +61,7 @@ async def feed(ctx: RunContext, send: MemoryObjectSendStream[Job]) -> None:
                     else:
                         await send.send(job)
                 # Pending jobs we may no longer submit go back at once, for runners that still can.
-                await ctx.threads.run(ctx.ledger.release_jobs, skipped, ctx.owner)
+                await ctx.writer.patiently(ctx.ledger.release_jobs, skipped, ctx.owner)
                 continue
             # Another runner may have staged the manifest again since we started (the same command on
             # another host): its pending jobs carry a newer generation. Take it up, when every model

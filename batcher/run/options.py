@@ -25,6 +25,7 @@ class Limits:
     rpm: float | None = None  # client-side request-rate limit, all API calls together
     max_attempts: int = 2  # submissions per job while remote failures are refunded
     lease_seconds: float = 60.0  # how long a claimed job stays ours without a renewal
+    ledger_patience: float = 300.0  # seconds a failing ledger is waited for before answers go to its journal
 
 
 @dataclass(frozen=True)

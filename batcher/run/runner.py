@@ -17,7 +17,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ..client import PixelDojoClient
-from ..errors import BatcherError, LeaseLost
+from ..errors import BatcherError, LeaseLost, LedgerError
 from ..ledger import Job, Ledger
 from ..ledger.control import BatchNotRunning
 from ..models import ModelSpec
@@ -102,10 +102,22 @@ class Runner:
                     listening.cancel()
                     ctx.writer.close()
                     with anyio.CancelScope(shield=True):
-                        await ctx.threads.run(ctx.ledger.release, ctx.batch, ctx.owner)
+                        await self._release()
         except BaseException as e:  # unwrap task-group exception groups
-            raise _first_batcher_error(e) from None
+            first = _first_batcher_error(e)
+            if ctx.writer.journaled and isinstance(first, LedgerError):
+                # The ledger failed after the API acted: the user must hear where the answers are.
+                raise ctx.writer.unavailable(first) from None
+            raise first from None
         return await self._finish()
+
+    async def _release(self) -> None:
+        """Give up our leases. A ledger that cannot be written now must not hide why the run stops
+        (the answers the journal kept, say): the leases run out by themselves."""
+        try:
+            await self.ctx.threads.run(self.ctx.ledger.release, self.ctx.batch, self.ctx.owner)
+        except LedgerError as e:
+            log.warning("could not release this runner's leases (%s); they run out by themselves", e)
 
     def _may_send(self) -> bool:
         """Whether this run could ever send anything. Under `--budget 0` (staging only) it cannot,
@@ -127,6 +139,10 @@ class Runner:
 
     async def _start(self) -> None:
         ctx, o = self.ctx, self.ctx.options
+        # What the journal kept is recorded before anything else (when the ledger was opened, or now).
+        applied, ctx.ledger.journal_applied = ctx.ledger.journal_applied, []
+        for line in applied + await ctx.threads.run(ctx.ledger.apply_journal):
+            ctx.note(f"from the answer journal: {line}")
         await register(ctx)
         await reap(ctx)
         if o.resubmit_unknown:
@@ -173,19 +189,19 @@ class Runner:
                             if ctx.submitting_allowed:
                                 await submit_and_follow(ctx, job)
                             else:
-                                await ctx.threads.run(ctx.ledger.release_jobs, [job.id], ctx.owner)
+                                await ctx.writer.patiently(ctx.ledger.release_jobs, [job.id], ctx.owner)
                         elif job.state == S.SUBMITTED.value:
                             followed, job = await follow_to_end(ctx, job)
                             if followed is Followed.REQUEUED:  # failed remotely, refunded: send it again
                                 if ctx.submitting_allowed:
                                     await submit_and_follow(ctx, job)
                                 else:
-                                    await ctx.threads.run(ctx.ledger.release_jobs, [job.id], ctx.owner)
+                                    await ctx.writer.patiently(ctx.ledger.release_jobs, [job.id], ctx.owner)
                     except BatchNotRunning as e:
                         # The batch was paused or cancelled before this runner read it: the job
                         # was not sent; it is given back, pending, and the word is read now.
                         log.info("%s", e)
-                        await ctx.threads.run(ctx.ledger.release_jobs, [job.id], ctx.owner)
+                        await ctx.writer.patiently(ctx.ledger.release_jobs, [job.id], ctx.owner)
                         await read_control(ctx)
                     except LeaseLost as e:
                         log.warning("job %s: %s; leaving it to that runner", job.key, e)

@@ -32,6 +32,7 @@ from ..errors import (
 )
 from ..ledger import Job
 from ..states import JobState as S
+from . import records
 from .context import RunContext
 from .failpoints import failpoint
 from .hooks import hook_refused, settle_hook_refusal, with_webhook
@@ -242,7 +243,9 @@ async def _accepted(ctx: RunContext, job: Job, attempt_id: int, estimate: float,
             # has acted on it since; either way its history says so.
             ledger.resolve_unknown(job.id, answer.job_id, answer.status_url, charge, submitted_at)(conn)
             return False
-    if not await ctx.writer.write(accept):
+    # If the ledger cannot record this answer, the journal keeps it: the job is polled, never paid again.
+    record = records.accepted(ctx, job, attempt_id, answer.job_id, answer.status_url, charge, submitted_at)
+    if not await ctx.writer.write(accept, record):
         return Submitted.STOPPED, job
     failpoint("after-accept")
     job = job.evolve(state=S.SUBMITTED.value, remote_job_id=answer.job_id, status_url=answer.status_url,

@@ -1,25 +1,59 @@
 """The group writer: one task commits whatever ledger writes have queued, in one transaction (one
-fsync for many jobs under load), inside shielded cancel scopes so Ctrl-C cannot lose them."""
+fsync for many jobs under load), inside shielded cancel scopes so Ctrl-C cannot lose them. When the
+database fails (locked past its busy timeout, a dropped connection, a server restarting), the same
+writes are tried again with back-off for `patience` seconds; a write that records something the
+API did (a charge, a finished render, a saved video) and still fails is kept in the answer journal
+beside the ledger (`ledger.journal`), which the next run records first, and the run stops saying so."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import anyio
 
-from ..errors import BatcherError
+from ..errors import BatcherError, DiskFullError, IllegalTransition, LedgerError, LedgerUnavailable
 from ..ledger import Ledger
+from ..ledger.journal import Record
+from ..policy import RetryPolicy
 from .threads import IoThreads
+
+log = logging.getLogger("batcher.run")
+T = TypeVar("T")
+
+DEFAULT_PATIENCE = 300.0  # seconds a failing ledger is waited for before answers go to the journal
+_SHORT = 2.0  # seconds each later write gets once a whole patience went by: the run is stopping
+
+
+def failed_ledger(e: object) -> bool:
+    """A failure of the database itself, not a refused write of ours (an illegal move, a lost lease)."""
+    return isinstance(e, LedgerError) and not isinstance(e, IllegalTransition)
+
+
+def worth_waiting(e: object) -> bool:
+    """A failure that may pass while we wait (a lock, a connection); a full disk stops the run at once."""
+    return failed_ledger(e) and not isinstance(e, DiskFullError)
 
 
 class LedgerWriter:
     """One task that commits queued writes together: one fsync for many jobs under load."""
 
-    def __init__(self, ledger: Ledger, threads: IoThreads, max_batch: int = 256):
+    def __init__(self, ledger: Ledger, threads: IoThreads, max_batch: int = 256, *,
+                 patience: float = DEFAULT_PATIENCE, sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None):
         self.ledger = ledger
         self.threads = threads
         self.max_batch = max_batch
+        self.patience = patience
+        self.backoff = RetryPolicy(base=0.25, cap=min(10.0, max(0.25, patience / 4)), max_attempts=10 ** 9,
+                                   max_total=patience)
+        self._sleep, self._clock, self._rng = sleep, clock, rng or random.Random()
+        self._failing_since: float | None = None  # when the ledger started failing, while it does
+        self._gave_up = False  # a whole patience went by without a commit
+        self.journaled: list[Record] = []  # answers kept in the journal by this run
         self._send, self._recv = anyio.create_memory_object_stream[tuple[Any, list, anyio.Event]](10_000)
 
     async def run(self) -> None:
@@ -32,25 +66,86 @@ class LedgerWriter:
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
                 with anyio.CancelScope(shield=True):
-                    try:
-                        results = await self.threads.run(self.ledger.write_many, [b[0] for b in batch])
-                    except BatcherError as e:
-                        results = [e] * len(batch)
+                    results = await self._commit([b[0] for b in batch])
                     for (_, box, done), result in zip(batch, results, strict=True):  # one result per write
                         box.append(result)
                         done.set()
 
-    async def write(self, op: Callable[[Any], Any]) -> Any:
-        """Commit one write (shielded: a cancellation cannot lose it); raise what it raised."""
+    async def _commit(self, ops: list[Callable[[Any], Any]]) -> list[Any]:
+        """Commit `ops` together, waiting out a failing database for as long as patience allows
+        (once a whole patience has gone by, later writes get a short try each: the run is stopping)."""
+        started = self._clock()
+        tries = 0
+        while True:
+            try:
+                results = await self.threads.run(self.ledger.write_many, ops)
+            except BatcherError as e:
+                if not worth_waiting(e):
+                    return [e] * len(ops)
+                now = self._clock()
+                if self._failing_since is None:
+                    self._failing_since = now
+                    log.warning("ledger write failed (%s); trying again for up to %gs", e, self.patience)
+                allowance, since = (_SHORT, started) if self._gave_up else (self.patience, self._failing_since)
+                left = allowance - (now - since)
+                if left <= 0:
+                    self._gave_up = True
+                    return [e] * len(ops)
+                tries += 1
+                await self._sleep(min(left, self.backoff.delay(tries, self._rng)))
+                continue
+            if self._failing_since is not None:
+                log.warning("the ledger %s answers again", self.ledger.display)
+            self._failing_since, self._gave_up = None, False
+            return results
+
+    async def patiently(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a ledger call of the run's own (a claim, a lease's renewal) on an I/O thread, waiting
+        out a failing database for as long as patience allows, as the writes are."""
+        started, tries = self._clock(), 0
+        while True:
+            try:
+                return await self.threads.run(fn, *args)
+            except BatcherError as e:
+                left = self.patience - (self._clock() - started)
+                if not worth_waiting(e) or left <= 0:
+                    raise
+                tries += 1
+                await self._sleep(min(left, self.backoff.delay(tries, self._rng)))
+
+    async def write(self, op: Callable[[Any], Any], record: Record | None = None) -> Any:
+        """Commit one write (shielded: a cancellation cannot lose it); raise what it raised.
+
+        `record`: what the API did that this write records. If the ledger cannot be written even
+        after waiting, the record is kept in the journal and LedgerUnavailable names the job."""
         with anyio.CancelScope(shield=True):
             box: list[Any] = []
             done = anyio.Event()
             await self._send.send((op, box, done))
             await done.wait()
-        result = box[0]
+            result = box[0]
+            if record is not None and failed_ledger(result):
+                raise await self._journal(record, result)
         if isinstance(result, BaseException):
             raise result
         return result
+
+    async def _journal(self, record: Record, cause: BaseException) -> LedgerUnavailable:
+        try:
+            await self.threads.run(self.ledger.journal_record, record)
+        except OSError as e:
+            return LedgerUnavailable(f"{cause}; and the answer journal {self.ledger.journal} cannot be written "
+                                     f"({e.strerror or e}): {record.describe()}. Record it by hand before "
+                                     f"retrying held jobs")
+        self.journaled.append(record)
+        return self.unavailable(cause)
+
+    def unavailable(self, cause: BaseException) -> LedgerUnavailable:
+        """Why the run stops when the ledger failed after the API acted: every answer the journal
+        kept, with the job's remote id and status URL."""
+        kept = "; ".join(r.describe() for r in self.journaled)
+        return LedgerUnavailable(f"{cause}: {kept}; kept in {self.ledger.journal}, which the next run records "
+                                 f"before anything else (nothing is submitted again)")
 
     def close(self) -> None:
         self._send.close()

@@ -1,0 +1,141 @@
+"""A ledger that fails after the API acted (issue 23, item 1): the write is tried again while the
+database may come back, and an answer it still cannot record is kept in the fsync'd journal beside
+the ledger, which the next run (or any command that opens the ledger to write) records first:
+the job is polled, never POSTed again. Real outages on both backends (tests/outages.py)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anyio
+import pytest
+
+from batcher import api
+from batcher.errors import LedgerUnavailable
+from batcher.ledger import Ledger
+from batcher.ledger.journal import Record, Recorded, journal_path, parse, read
+from batcher.policy import RetryPolicy
+from batcher.run import RunOptions
+from batcher.simulator import SimConfig, Simulator
+
+from .conftest import small_manifest
+from .hostile import HostileApi, Mode
+from .outages import ledger_outage
+
+FAST = RetryPolicy(base=0.01, cap=0.05, max_attempts=6)
+
+
+@pytest.fixture(autouse=True)
+def _state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))  # a PostgreSQL ledger's journal lives there
+
+
+def _run(manifest: Path, location: str, sim: Simulator, tmp_path: Path, transport=None, **options):
+    opts = RunOptions.of(out_dir=tmp_path / "out", expected_render=0.05, retry=FAST, submit_retry=FAST,
+                         concurrency=3, seed=1, **options)
+    to = api.Target(sim.config.api_key, "https://pixeldojo.ai", transport or HostileApi(sim), sim)
+
+    async def go():
+        with Ledger(location, busy_timeout=0.2) as led:
+            return await api.run_async(manifest, ledger=led, options=opts, to=to)
+    return anyio.run(go)
+
+
+def _states(location: str) -> dict[str, str]:
+    with Ledger(location) as led:
+        return {j.key: j.state for j in led.iter_batch("small")}
+
+
+def test_an_outage_shorter_than_the_patience_is_waited_out(ledger_url, tmp_path, write):
+    manifest = write("m.yaml", small_manifest(n_rows=3))
+    sim = Simulator(SimConfig(render_seconds=0.05))
+    outage = ledger_outage(ledger_url)
+    hostile = HostileApi(sim, Mode.LEDGER_DOWN_AFTER_POST, outage=outage, seconds=1.5)
+    report = _run(manifest, ledger_url, sim, tmp_path, hostile, ledger_patience=30)
+    outage.wait()
+    assert hostile.done[Mode.LEDGER_DOWN_AFTER_POST] == 1 and outage.count == 1
+    assert report.exit_code == 0
+    assert set(_states(ledger_url).values()) == {"completed"}
+    assert len(sim.record()["jobs"]) == 3  # nothing paid twice
+    assert read(journal_path(ledger_url)) == []
+
+
+@pytest.mark.parametrize("after", ["submit", "status", "download"])
+def test_an_answer_the_ledger_cannot_record_is_journaled_and_never_paid_again(ledger_url, tmp_path, write, after):
+    manifest = write("m.yaml", small_manifest(n_rows=3))
+    sim = Simulator(SimConfig(render_seconds=0.05))
+    outage = ledger_outage(ledger_url)
+    hostile = HostileApi(sim, Mode.LEDGER_DOWN_AFTER_POST, outage=outage, seconds=6, after=after)
+    with pytest.raises(LedgerUnavailable) as failed:
+        # (its leases could not be given back: short ones run out while the outage lasts)
+        _run(manifest, ledger_url, sim, tmp_path, hostile, ledger_patience=0.5, lease_seconds=1.0)
+    records = read(journal_path(ledger_url))
+    assert records, "the answer the ledger could not record is in the journal"
+    first = records[0]
+    message = str(failed.value)
+    assert first.remote_job_id in message and str(journal_path(ledger_url)) in message
+    if after == "submit":
+        assert first.kind is Recorded.ACCEPTED and first.status_url and first.status_url in message
+    charged = len(sim.record()["jobs"])
+    outage.wait()
+
+    # Any command that opens the ledger to write records the journal first: `retry --unknown` finds
+    # nothing of it held.
+    with Ledger(ledger_url) as led:
+        applied = led.journal_applied
+        job = next(j for j in led.iter_batch("small") if j.id == first.job_id)
+        kinds = [e.kind for e in led.events(job.id)]
+    assert len(applied) == len(records) and all("journal" in line for line in applied)
+    assert job.state != "unknown" and job.remote_job_id == first.remote_job_id
+    assert f"journal-{first.kind.value}" in kinds
+    assert read(journal_path(ledger_url)) == []
+
+    report = _run(manifest, ledger_url, sim, tmp_path, HostileApi(sim))
+    assert report.exit_code == 0
+    assert set(_states(ledger_url).values()) == {"completed"}
+    jobs = sim.record()["jobs"]
+    assert len(jobs) == 3 and charged <= 3  # each clip paid once
+    with Ledger(ledger_url) as led:
+        files = [j.file_path for j in led.iter_batch("small")]
+    assert len(set(files)) == 3 and all(Path(f).is_file() for f in files)
+
+
+def test_the_journal_is_applied_only_where_the_ledger_still_agrees(tmp_path, write):
+    manifest = write("m.yaml", small_manifest(n_rows=2))
+    location = str(tmp_path / "l.db")
+    with Ledger(location) as led:
+        api.stage(led, api.load_manifest(manifest))
+        job = next(iter(led.iter_batch("small")))
+    path = journal_path(location)
+    stale = Record(Recorded.ACCEPTED, "small", job.id, job.key, "job_x", 1.0, attempt_id=99,
+                   status_url="https://pixeldojo.ai/api/v1/jobs/job_x", credit_cost="20")
+    other_batch = Record(Recorded.RENDERED, "another", job.id, job.key, "job_y", 1.0, output_url="https://x/y.mp4")
+    path.write_bytes(stale.line() + other_batch.line() + b'{"kind": "accepted", "batch": "small", "job_id": ')
+    with Ledger(location) as led:
+        said = led.journal_applied
+        after = next(j for j in led.iter_batch("small") if j.id == job.id)
+        events = [(e.kind, e.detail) for e in led.events(job.id)]
+    assert len(said) == 2  # the torn last line is no record
+    assert after.state == "pending" and after.remote_job_id is None
+    assert any(kind == "journal-ignored" and "moved on" in (detail or "") for kind, detail in events)
+    assert "no such job" in said[1]
+    assert path.read_bytes() == b""
+
+
+@pytest.mark.parametrize("line", [
+    b"not json", b"[]", b'{"kind": "accepted"}', b'{"kind": "paid", "batch": "b", "job_id": 1, "key": "k", '
+    b'"remote_job_id": "r", "at": 1}', b'{"kind": "accepted", "batch": "b", "job_id": -1, "key": "k", '
+    b'"remote_job_id": "r", "at": 1}', b'{"kind": "accepted", "batch": "b", "job_id": 1, "key": "k", '
+    b'"remote_job_id": "r", "at": 1, "credit_cost": "1e400000"}', b'{"kind": "accepted", "batch": "b", '
+    b'"job_id": 1, "key": "k", "remote_job_id": "r", "at": 1, "credit_cost": "-3"}',
+    b'{"kind": "accepted", "batch": "b", "job_id": 1, "key": "k", "remote_job_id": "r", "at": NaN}',
+    b'{"kind": "accepted", "batch": "b", "job_id": 1, "key": "k", "remote_job_id": "r", "at": 1, "extra": 2}',
+])
+def test_a_line_that_is_not_a_whole_record_is_not_believed(line):
+    assert parse(line) is None
+
+
+def test_a_record_survives_its_own_line():
+    r = Record(Recorded.DOWNLOADED, "b", 3, "k", "job_1", 5.5, file_path="/x/y.mp4", size=10, sha256="ab" * 32)
+    assert parse(r.line()) == r
+    assert json.loads(r.line())["kind"] == "downloaded"
