@@ -386,7 +386,9 @@ async def _rewritten_error(api: HostileApi, request: httpx.Request, mode: Mode, 
     else:
         return response
     api.done[mode] += 1
-    return json_response(response.status_code, body, request)
+    body_headers = ("content-length", "content-type", "content-encoding")
+    kept = {k: v for k, v in response.headers.items() if k.lower() not in body_headers}
+    return json_response(response.status_code, body, request, kept)  # Retry-After and the like kept
 
 
 async def _escaped_key_in_errors(api: HostileApi, request: httpx.Request) -> httpx.Response | None:
