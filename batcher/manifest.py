@@ -22,7 +22,7 @@ from .localrefs import LocalFile, StoreSettings, looks_like_local, resolve_local
 from .models import DEFAULT_MODEL, MODELS, ModelSpec, check_url, get_model
 from .rowfields import FROM_FIELD, ROW_EXTRAS, Located, Row, canonical_field, row_field_names, row_fields
 from .rowfiles import rows_from_file
-from .text import short, type_name
+from .text import lone_surrogate, short, type_name
 from .textfiles import MAX_FILE_BYTES, read_text
 from .yamlfile import (
     MAX_YAML_VALUES,
@@ -123,7 +123,11 @@ def load_manifest(path: str | Path, models: Mapping[str, ModelSpec] | None = Non
     path = Path(path)
     display = str(path)
     diags = Diagnostics()
-    text = read_text(path, display, diags)
+    if lone_surrogate(str(path.absolute())) is not None:
+        # A name of bytes that are not UTF-8 (Python keeps them as lone surrogates): it could be
+        # read, but never written as text into the ledger, where every job names its origin.
+        diags.add(display, 1, "the path of this file (its name or a folder's) is not UTF-8 text; rename it")
+    text = None if diags.items else read_text(path, display, diags)
     diags.raise_if_any()
     assert text is not None
     doc = parse_yaml(text, display, diags)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,25 @@ def test_a_lone_surrogate_in_jsonl_rows_is_file_line_and_exit_2(tmp_path, comman
     lines = result.stderr.strip().splitlines()
     assert [line.split(": ", 1)[0] for line in lines] == [f"{rows}:{n}" for n in bad_lines], lines
     assert all("surrogate" in line for line in lines)
+
+
+@pytest.mark.parametrize("command", ["validate", "plan", "run"])
+def test_a_manifest_whose_path_is_not_utf8_is_one_line_and_exit_2(tmp_path, command):
+    """A folder named with bytes that are not UTF-8 (Python holds them as lone surrogates): the
+    manifest could be read, but its path never written as text, as every job's origin is."""
+    folder = os.fsdecode(os.fsencode(tmp_path) + b"/takes-\xff")
+    try:
+        os.mkdir(folder)
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system refuses names that are not UTF-8")
+    manifest = os.path.join(folder, "m.yaml")
+    Path(manifest).write_text(HEAD + "  - prompt: a knight\n", encoding="utf-8")
+    args = [command, manifest]
+    if command == "run":
+        args += ["--simulate", "--ledger", str(tmp_path / "l.db"), "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    [line] = result.stderr.strip().splitlines()
+    shown = manifest.encode("utf-8", "backslashreplace").decode()  # as the CLI prints what UTF-8 cannot hold
+    assert line.startswith(f"{shown}:1: ") and "not UTF-8" in line, line
