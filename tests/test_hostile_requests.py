@@ -14,15 +14,24 @@ from click.testing import CliRunner
 from batcher import api
 from batcher.cli import cli
 from batcher.client import PixelDojoClient
-from batcher.errors import AnswerTooLarge, CreditsExhausted, DownloadRefused, JobForbidden, TooSlow, UsageError
+from batcher.errors import (
+    AnswerTooLarge,
+    CreditsExhausted,
+    DownloadRefused,
+    JobForbidden,
+    ServerError,
+    TooSlow,
+    UsageError,
+)
 from batcher.ledger import Ledger
 from batcher.policy import Deadlines, RetryPolicy
 from batcher.run import RunOptions, RunReport
 from batcher.simulator import SimConfig, Simulator
 from batcher.transfers import MAX_ANSWER_BYTES
+from batcher.webhooks import Webhooks
 
 from .conftest import small_manifest
-from .hostile import HostileApi, Mode, drip
+from .hostile import HostileApi, Mode, drip, endless_json
 
 BASE = "https://pixeldojo.ai"
 KEY = "pd-test-key-0123456789"
@@ -98,6 +107,14 @@ def _dripping_video(pause: float, declared: bool = True) -> httpx.MockTransport:
     return httpx.MockTransport(handler)
 
 
+def test_a_reference_that_drips_is_cut_at_the_request_deadline_for_preflight(tmp_path):
+    async def fetch() -> None:
+        async with PixelDojoClient(KEY, BASE, transport=_dripping_video(0.5), deadlines=Deadlines(request=0.3)) as c:
+            await c.fetch_reference("https://refs.example.org/a.png", 1_000_000)
+    with pytest.raises(ServerError, match="did not answer in time"):  # preflight: unreachable, try later
+        anyio.run(fetch)
+
+
 @pytest.mark.parametrize("declared", [True, False])
 def test_a_download_may_take_as_long_as_its_size_asks_at_the_minimum_rate_and_no_longer(tmp_path, declared):
     # 2 KB at 1 KB/s may take 2 s, more than the 0.3 s request deadline: 8 chunks 0.1 s apart
@@ -155,6 +172,20 @@ def test_an_answer_that_declares_more_than_the_cap_is_not_read_at_all():
     assert read == []
 
 
+def test_an_endless_schema_answer_is_refused_past_the_cap():
+    hostile = HostileApi(_sim(), most=SAFETY_NET)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=endless_json(hostile), headers={"content-type": "application/json"})
+
+    async def read() -> None:
+        async with PixelDojoClient(KEY, BASE, transport=httpx.MockTransport(handler)) as c:
+            await c.schema("happyhorse-1.0-r2v")
+    with pytest.raises(AnswerTooLarge, match="past the"):
+        anyio.run(read)
+    assert hostile.memory["endless"][0] <= MAX_ANSWER_BYTES + 65536 + 64
+
+
 # --- 9. an error about one job is that job's -----------------------------------------------------------
 
 def test_a_403_on_one_jobs_status_leaves_that_job_with_the_reason_and_the_run_finishes_the_rest(tmp_path):
@@ -166,6 +197,15 @@ def test_a_403_on_one_jobs_status_leaves_that_job_with_the_reason_and_the_run_fi
     assert "another workspace" in next(e.detail for e in events if e.kind == "poll-forbidden")
     assert report.exit_code == 1 and report.stop_reason is None
     assert len(hostile.sim.record()["jobs"]) == 8  # nothing paid twice
+
+
+def test_a_refused_status_is_that_jobs_problem_when_a_webhook_poke_asked_for_it_too(tmp_path):
+    hostile = HostileApi(_sim(), Mode.STATUS_FORBIDDEN)
+    report, jobs = _run(tmp_path, hostile, rows=4, webhooks=Webhooks("127.0.0.1", 0))
+    job, events = _victim(jobs, "submitted")
+    assert "poll-forbidden" in [e.kind for e in events] and "another workspace" in job.error
+    assert report.exit_code == 1 and report.stop_reason is None
+    assert hostile.sim.record()["webhooks"]["delivered"] >= 3  # the others' ends were announced by pokes
 
 
 def test_the_next_run_polls_the_refused_job_again_and_clears_its_reason(tmp_path):
