@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from decimal import Decimal
 
 
 class BatcherError(Exception):
@@ -111,7 +112,7 @@ class LeaseLost(IllegalTransition):
 class BudgetExceeded(BatcherError):
     """The batch's budget, shared by every runner, cannot cover another reservation."""
 
-    def __init__(self, message: str, committed: float):
+    def __init__(self, message: str, committed: Decimal):
         self.committed = committed
         super().__init__(message)
 

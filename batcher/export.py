@@ -15,6 +15,7 @@ from typing import IO, Any
 from .errors import UsageError
 from .files import file_sha256
 from .ledger import Job, Ledger
+from .money import json_safe
 from .text import iso
 
 FIELDS = ["id", "batch", "origin", "prompt", "reference_urls", "duration", "resolution", "aspect_ratio",
@@ -74,7 +75,7 @@ def check_model(ledger: Ledger, batch: str | None, model: str | None) -> None:
 def write_jsonl(rows: Iterator[dict[str, Any]], out: IO[str]) -> int:
     n = 0
     for row in rows:
-        out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        out.write(json.dumps(json_safe(row), ensure_ascii=False, allow_nan=False) + "\n")
         n += 1
     return n
 
@@ -196,7 +197,7 @@ def _write_jsonl_atomically(path: Path, rows: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write(json.dumps(json_safe(row), ensure_ascii=False, allow_nan=False) + "\n")
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

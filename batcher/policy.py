@@ -10,8 +10,10 @@ import math
 import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
+from .money import ZERO, budget
 from .renderfit import GUESS_SPREAD, RenderTimes, fit_censored_normal
 from .safetynet import next_safety_poll
 
@@ -266,38 +268,41 @@ def _model_of(job_class: tuple[Any, ...]) -> Any:
 
 @dataclass
 class Budget:
-    """Credits a batch may still commit. `committed` is what earlier runs and answered submissions
-    cost (charged and not refunded, plus held unknowns); `reserved` is estimates of submissions
-    whose answer has not come yet."""
+    """Credits a batch may still commit, exact (Decimal hundredths, never a running float).
+    `committed` is what earlier runs and answered submissions cost (charged and not refunded, plus
+    held unknowns); `reserved` is estimates of submissions whose answer has not come yet."""
 
-    limit: float | None
-    committed: float = 0.0
-    reserved: float = 0.0
+    limit: Decimal | None
+    committed: Decimal = ZERO
+    reserved: Decimal = ZERO
     reservations: int = 0
 
-    def fits(self, estimate: float) -> bool:
-        return self.limit is None or self.committed + self.reserved + estimate <= self.limit + 1e-9
+    def __post_init__(self) -> None:
+        self.limit = budget(self.limit)  # nan, inf, a negative budget: refused here too
 
-    def reserve(self, estimate: float) -> bool:
+    def fits(self, estimate: Decimal) -> bool:
+        return self.limit is None or self.committed + self.reserved + estimate <= self.limit
+
+    def reserve(self, estimate: Decimal) -> bool:
         if not self.fits(estimate):
             return False
         self.reserved += estimate
         self.reservations += 1
         return True
 
-    def settle(self, estimate: float, cost: float | None) -> None:
+    def settle(self, estimate: Decimal, cost: Decimal | None) -> None:
         """A reservation is answered: `cost` charged (None: nothing was charged)."""
-        self.reserved = max(0.0, self.reserved - estimate)
+        self.reserved = max(ZERO, self.reserved - estimate)
         self.reservations = max(0, self.reservations - 1)
         if cost:
             self.committed += cost
 
-    def refund(self, cost: float) -> None:
-        self.committed = max(0.0, self.committed - cost)
+    def refund(self, cost: Decimal) -> None:
+        self.committed = max(ZERO, self.committed - cost)
 
     @property
-    def remaining(self) -> float | None:
-        return None if self.limit is None else max(0.0, self.limit - self.committed - self.reserved)
+    def remaining(self) -> Decimal | None:
+        return None if self.limit is None else max(ZERO, self.limit - self.committed - self.reserved)
 
 
 # --- request rate --------------------------------------------------------------------------------

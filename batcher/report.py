@@ -14,6 +14,7 @@ import os
 import shutil
 import time
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
@@ -131,7 +132,7 @@ def esc(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
-def _credits(value: float | None) -> str:
+def _credits(value: float | Decimal | None) -> str:
     return "none" if value is None else format_credits(value)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any
 
 
@@ -64,7 +65,7 @@ def short(value: Any, depth: int = 2) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def format_credits(value: float) -> str:
+def format_credits(value: float | Decimal) -> str:
     """1234.5 -> '1,234.5'; whole numbers without decimals."""
     return f"{value:,.2f}".rstrip("0").rstrip(".")
 

@@ -27,6 +27,8 @@ class Mode(str, enum.Enum):
     # Money and data (issue 23: 2, 6)
     ABSURD_COST = "absurd-cost"  # every submit answer claims creditCost 1e308
     DUPLICATE_JOB_ID = "duplicate-job-id"  # every submit answer names the first job id the API gave
+    # (issue 23: 3) one charge no clip could cost, on a render that fails, so it is refunded
+    ABSURD_COST_REFUNDED = "absurd-cost-refunded"  # the `nth` submission claims `cost` (1e20); its render fails
     # Requests that never end, answers that never stop, one job's refusal (issue 23: 7, 8, 9, 14);
     # each acts on the first job (or file) it meets, the rest are served as they are
     SLOW_DRIP_STATUS = "slow-drip-status"  # one job's status answers drip a byte every `drip` s (true length)
@@ -434,3 +436,30 @@ async def _ledger_down_after_post(api: HostileApi, request: httpx.Request) -> ht
 
 
 _RULES[Mode.LEDGER_DOWN_AFTER_POST] = _ledger_down_after_post  # type: ignore[assignment]
+
+
+# --- money (issue 23: 3): an absurd charge, then refunded --------------------------------------
+
+async def _absurd_cost_refunded(api: HostileApi, request: httpx.Request) -> httpx.Response | None:
+    """Settings `nth` (default 3) and `cost` (default 1e20): the nth accepted submission claims
+    that creditCost, and every status of its job says the render failed (the API refunds failed
+    renders). The simulator itself charged its real price: only the answers lie."""
+    mine = "absurd-refunded:"
+    if is_submit(request):
+        response, body = await _real_json(api, request)
+        if response.status_code != 202 or body is None:
+            return response
+        count = int(api.memory.get(mine + "submits", 0)) + 1  # type: ignore[call-overload]
+        api.memory[mine + "submits"] = count
+        if count == int(api.settings.get("nth", 3)):  # type: ignore[call-overload]
+            body["creditCost"] = api.settings.get("cost", 1e20)
+            api.memory[mine + "job"] = body["jobId"]
+            api.done[Mode.ABSURD_COST_REFUNDED] += 1
+        return json_response(202, body, request)
+    if is_status(request) and api.memory.get(mine + "job") == _job_of(request):
+        return json_response(200, {"jobId": _job_of(request), "status": "failed",
+                                   "error": {"code": "render_failed", "message": "the render failed"}}, request)
+    return None
+
+
+_RULES[Mode.ABSURD_COST_REFUNDED] = _absurd_cost_refunded  # type: ignore[assignment]

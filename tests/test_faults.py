@@ -40,7 +40,7 @@ def assert_consistent(sim, ledger_path, *, consented: bool = False):
         assert all(n == 1 for n in net.values()), net
     # what the ledger says was spent equals what the server charged and kept, for answered jobs
     answered = sum(j["cost"] for j in record["jobs"] if j["job_id"] in remote_ids and not j["refunded"])
-    assert spend.spent == pytest.approx(answered)
+    assert float(spend.spent) == pytest.approx(answered)
     return jobs, record
 
 
@@ -106,10 +106,10 @@ def test_lost_answers_are_charged_held_then_resubmitted_by_consent(simrun, write
     held = [j for j in jobs if j.state == "unknown"]
     lost = sum(1 for j in record["jobs"] if j["answer_lost"])
     assert held and len(held) == lost
-    assert report.held_jobs == len(held) and report.held_cost == pytest.approx(20 * len(held))
+    assert report.held_jobs == len(held) and report.held_cost == 20 * len(held)
     # the held reservations count against the budget: they were charged
     _, _, spend = ledger_view(ledger)
-    assert spend.held == pytest.approx(20 * len(held))
+    assert spend.held == 20 * len(held)
     # a plain rerun does not resubmit them
     simrun(manifest, simulator=sim, ledger=ledger)
     assert len(sim.record()["jobs"]) == len(record["jobs"])

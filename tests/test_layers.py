@@ -8,7 +8,8 @@ from pathlib import Path
 import batcher
 
 ORDER = ["errors", "defaults", "text",
-         "redaction", "patterns", "schemarules", "imagefacts", "models", "modelschema", "template",
+         "redaction", "money", "patterns", "schemarules", "imagefacts", "models", "modelschema",
+         "template",
          "states", "renderfit", "safetynet", "policy", "webhooks", "diagnostics", "textfiles", "yamlfile", "rowfields",
          "localrefs", "rowfiles", "manifest",
          "rowrefs", "expansion", "rowkeys", "plan", "jobrows", "files", "media", "ledger", "answers",

@@ -97,7 +97,7 @@ def test_budget_reserve_settle_refund():
     assert b.committed == 75 and b.reserved == 0 and b.remaining == 25
     b.refund(45)
     assert b.committed == 30 and b.fits(70) and not b.fits(71)
-    assert Budget(limit=None).reserve(1e9)
+    assert Budget(limit=None).reserve(10 ** 9)  # amounts are exact: Decimal or int, never a float
 
 
 def test_rate_policy_spaces_requests_under_the_limit():

@@ -49,7 +49,7 @@ def test_demo_runs_to_completion_and_matches_the_server(simrun, tmp_path):
     with Ledger(ledger_path) as ledger:
         jobs = list(ledger.iter_batch("knight-and-mare"))
         assert {j.remote_job_id for j in jobs} == {j["job_id"] for j in record["jobs"]}
-        assert ledger.spend("knight-and-mare").spent == pytest.approx(record["charged"])
+        assert float(ledger.spend("knight-and-mare").spent) == pytest.approx(record["charged"])
         for job in jobs:
             data = Path(job.file_path).read_bytes()
             assert data == clip_for(job.remote_job_id)

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from ..manifest import load_manifest
+from ..money import json_safe
 from ..plan import check
 from . import checked_rates, cli, ledger_option, max_jobs_option, rate_option, store_options, store_settings
 
@@ -99,7 +100,7 @@ def plan(manifest: str, ledger_path: str, rates: tuple[str, ...], as_json: bool,
     if uploads is not None:
         data["local_images"] = {**data.get("local_images", {}), **uploads}
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        click.echo(json.dumps(json_safe(data), indent=2, allow_nan=False))
         return
     for line in plan_lines(m, summary, overrides, data, jobs):
         click.echo(line)

@@ -11,6 +11,7 @@ import click
 
 from ..errors import BatcherError
 from ..manifest import load_manifest
+from ..money import json_safe
 from . import cli, ledger_option
 
 
@@ -68,9 +69,9 @@ def status(manifest: str | None, ledger_path: str, as_json: bool, job_key: str |
             job = jobs[0]
             events = ledger.events(job.id)
             if as_json:
-                click.echo(json.dumps({**job_record(job), "events": [
+                click.echo(json.dumps(json_safe({**job_record(job), "events": [
                     {"at": iso(e.at), "kind": e.kind, "from": e.from_state, "to": e.to_state, "detail": e.detail}
-                    for e in events]}, indent=2))
+                    for e in events]}), indent=2, allow_nan=False))
                 return
             for line in history_lines(job, events):
                 click.echo(line)
@@ -81,14 +82,14 @@ def status(manifest: str | None, ledger_path: str, as_json: bool, job_key: str |
             rows = ledger.counts_by_row_and_model(batch, model)
             if as_json:
                 click.echo(json.dumps([{"origin": o, "label": label, "prompt": prompt, "model": m, "counts": c}
-                                       for o, label, prompt, m, c in rows], indent=2))
+                                       for o, label, prompt, m, c in rows], indent=2, allow_nan=False))
                 return
             for line in row_lines(rows, show_model=len({r[3] for r in rows}) > 1):
                 click.echo(line)
             return
         data = _status_data(ledger, batch, model)
         if as_json:
-            click.echo(json.dumps(data, indent=2))
+            click.echo(json.dumps(json_safe(data), indent=2, allow_nan=False))
             return
         for name, info in ([(batch, data)] if batch else data["batches"].items()):
             for line in status_lines(name, info):

@@ -7,12 +7,14 @@ import os
 import shlex
 import sys
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import click
 
 from ..manifest import load_manifest
+from ..money import json_safe
 from ..plan import MAX_JOBS, check
 from . import (
     ExitCode,
@@ -28,6 +30,17 @@ from . import (
 
 # --- running ----------------------------------------------------------------------------------
 
+class Credits(click.ParamType):
+    """--budget: exact credits, 0 or more; `nan`, `inf` or a negative budget is a one-line usage
+    error (exit 2), never a run without limit."""
+
+    name = "credits"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from ..money import budget
+        return budget(value, "--budget")
+
+
 def run_options(f: Any) -> Any:
     """The options shared by `run` and `retry`."""
     decorators = [
@@ -36,7 +49,7 @@ def run_options(f: Any) -> Any:
                      help="Folder for the videos (default: ./outputs/<batch>/)."),
         click.option("--concurrency", "-c", default=4, show_default=True, type=click.IntRange(1, 1000),
                      help="Most jobs in flight at the API at once."),
-        click.option("--budget", type=click.FloatRange(0), default=None,
+        click.option("--budget", type=Credits(), default=None,
                      help="Most credits this batch may spend, counted across reruns."),
         click.option("--api-base", envvar="PIXELDOJO_API_BASE", default=None,
                      help="API base URL (or PIXELDOJO_API_BASE); default https://pixeldojo.ai."),
@@ -115,7 +128,7 @@ def _ledger_of(ledger_path: str, simulate: bool) -> str:
     return SIMULATED_LEDGER if simulate and source != click.core.ParameterSource.COMMANDLINE else ledger_path
 
 
-def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: int, budget: float | None,
+def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: int, budget: Decimal | None,
          api_base: str | None, simulate: bool, sim_render_seconds: float, sim_fail_rate: float,
          max_attempts: int, job_timeout: float | None, expected_render: float | None, max_download_mb: int,
          rates: tuple[str, ...], verbose: bool, log_json: str | None, resubmit_unknown: bool = False,
@@ -174,7 +187,7 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
     sys.exit(report.exit_code)
 
 
-def _checked(m: Any, ledger_path: str, to: Any, rates: tuple[str, ...], max_jobs: int, budget: float | None
+def _checked(m: Any, ledger_path: str, to: Any, rates: tuple[str, ...], max_jobs: int, budget: Decimal | None
              ) -> tuple[Any, dict[str, float], Any]:
     """The manifest with its models described (those batcher has no table for: from the ledger's
     cache or the API), checked, with its --rate values and its plan (its rows compiled, for
@@ -233,7 +246,7 @@ def _print_summary(report: Any, out: Path, manifest: str, ledger_path: str, simu
         data["ledger"], data["simulated"] = display_location(ledger_path), simulate
         if report_path:
             data["report"] = str(Path(report_path).resolve())
-        click.echo(json.dumps(data, indent=2))
+        click.echo(json.dumps(json_safe(data), indent=2, allow_nan=False))
         return
     for line in summary(report, str(out), retry_command):
         click.echo(line)

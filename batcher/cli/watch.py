@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from ..errors import LedgerError, UsageError
+from ..money import json_safe
 from . import cli, ledger_option
 
 # The terminal's alternate screen with the cursor hidden (as `top` and `less` use), and back.
@@ -82,7 +83,7 @@ def _plain(ledger: Any, name: str, interval: float, once: bool, as_json: bool) -
     while True:
         fleet = _read(ledger, name)
         if as_json:
-            click.echo(json.dumps(snapshot_json(fleet), indent=2 if once else None))
+            click.echo(json.dumps(json_safe(snapshot_json(fleet)), indent=2 if once else None, allow_nan=False))
         else:
             for line in screen(fleet, shutil.get_terminal_size((PLAIN_WIDTH, 24)).columns):
                 click.echo(line)

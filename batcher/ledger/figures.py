@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import re
+from decimal import Decimal
 from typing import Any, NamedTuple
 
 from sqlalchemy import text
 
+from ..money import ZERO, from_hundredths, to_hundredths
 from ..states import JobState
 from .jobs import LedgerJobs
 from .rows import Figures, Spend
@@ -34,7 +36,7 @@ class StateTally(NamedTuple):
     """The jobs of a batch in one state."""
 
     jobs: int
-    estimate: float  # what they are estimated to cost
+    estimate: Decimal  # what they are estimated to cost
     bytes: int  # of their videos on disk
     first_submitted: float | None
     last_update: float | None
@@ -42,8 +44,13 @@ class StateTally(NamedTuple):
     renders: int  # how many were timed
 
 
-_NONE = StateTally(0, 0.0, 0, None, None, 0.0, 0)  # a state no job is in
+_NONE = StateTally(0, ZERO, 0, None, None, 0.0, 0)  # a state no job is in
 _FINISHED = {JobState.COMPLETED.value, JobState.FAILED.value, JobState.EXPIRED.value}
+
+
+def _credits(hundredths: Any) -> Decimal:
+    """A sum the database made of hundredths, as credits (an empty sum is 0)."""
+    return from_hundredths(hundredths) or ZERO
 
 
 class LedgerFigures(LedgerJobs):
@@ -69,7 +76,7 @@ class LedgerFigures(LedgerJobs):
         100,000-job batch: about 45 ms; reached through the (batch, key) index instead, whose hash
         order visits the rows at random, each of its figures alone took 120 ms)."""
         with self.engine.connect() as conn:
-            return {str(state): StateTally(int(n), float(estimate), int(size), first, last, float(rendered),
+            return {str(state): StateTally(int(n), _credits(estimate), int(size), first, last, float(rendered),
                                            int(timed))
                     for state, n, estimate, size, first, last, rendered, timed in conn.execute(text(
                         "SELECT state, COUNT(*), COALESCE(SUM(estimate), 0), COALESCE(SUM(size), 0), "
@@ -126,34 +133,35 @@ class LedgerFigures(LedgerJobs):
                 " COALESCE(SUM(CASE WHEN a.outcome = 'accepted' AND a.refunded THEN a.credit_cost END), 0) "
                 "FROM attempt a JOIN job j ON j.id = a.job_id WHERE j.batch = :b" + _only(model, "j")),
                 {"b": batch, "model": model}).one()
-        return Spend(float(row[0]), float(row[1]), float(row[2]))
+        return Spend(_credits(row[0]), _credits(row[1]), _credits(row[2]))
 
-    def committed(self, batch: str) -> float:
+    def committed(self, batch: str) -> Decimal:
         """The shared budget's running total for a batch (charged, plus reserved and held)."""
         with self.engine.connect() as conn:
-            return float(conn.execute(text("SELECT committed FROM batch WHERE name = :b"), {"b": batch}).scalar() or 0)
+            return _credits(conn.execute(text("SELECT committed FROM batch WHERE name = :b"), {"b": batch}).scalar())
 
-    def budget_outlook(self, batch: str, generation: int, remaining: float) -> tuple[int, int, float]:
+    def budget_outlook(self, batch: str, generation: int, remaining: Decimal) -> tuple[int, int, Decimal]:
         """(pending jobs, how many of them `remaining` credits cover in the order they are submitted,
         their total estimate). The covered ones are read in submission order from the state index
         until the credits run out: no list of a million estimates in memory, and a small budget
-        reads a few rows, not a running sum over every pending job."""
+        reads a few rows, not a running sum over every pending job. (In hundredths: exact.)"""
+        room = to_hundredths(remaining) or 0
         with self.engine.connect() as conn:
             pending, total = conn.execute(text(
                 "SELECT COUNT(*), COALESCE(SUM(estimate), 0) FROM job WHERE batch = :b AND state = 'pending' "
                 "AND generation = :g"), {"b": batch, "g": generation}).one()
-            if total <= remaining + 1e-9:
-                return int(pending), int(pending), float(total)
-            covered, running = 0, 0.0
+            if int(total) <= room:
+                return int(pending), int(pending), _credits(total)
+            covered, running = 0, 0
             rows = conn.execute(text("SELECT estimate FROM job WHERE batch = :b AND state = 'pending' AND "
                                      "generation = :g ORDER BY seq"), {"b": batch, "g": generation})
             for (estimate,) in rows:
-                running += estimate
-                if running > remaining + 1e-9:
+                running += int(estimate)
+                if running > room:
                     break
                 covered += 1
             rows.close()
-        return int(pending), covered, float(total)
+        return int(pending), covered, _credits(total)
 
     def failure_groups(self, batch: str, keys_per_group: int = 3) -> list[tuple[str, str, int, list[str]]]:
         """Failed and expired jobs grouped by state and reason: (state, reason, count, a few keys),
@@ -197,20 +205,20 @@ class LedgerFigures(LedgerJobs):
                 f"SELECT {_JOINED} AS m, COUNT(*) FROM job j JOIN batch b ON b.name = j.batch{where} "
                 f"GROUP BY {_JOINED} ORDER BY MIN(j.id)"), {"b": batch})}
 
-    def counts_by_model(self, batch: str) -> dict[str, tuple[dict[str, int], float]]:
+    def counts_by_model(self, batch: str) -> dict[str, tuple[dict[str, int], Decimal]]:
         """Per model, in the order its first job was added: (jobs per state present, credits spent)."""
-        out: dict[str, tuple[dict[str, int], float]] = {}
+        out: dict[str, tuple[dict[str, int], Decimal]] = {}
         with self.engine.connect() as conn:
             for model, state, n in conn.execute(text(
                     f"SELECT {_JOINED}, j.state, COUNT(*) FROM job j JOIN batch b ON b.name = j.batch "
                     f"WHERE j.batch = :b GROUP BY {_JOINED}, j.state ORDER BY MIN(j.id)"), {"b": batch}):
-                out.setdefault(str(model), ({}, 0.0))[0][state] = int(n)
+                out.setdefault(str(model), ({}, ZERO))[0][state] = int(n)
             for model, spent in conn.execute(text(
                     f"SELECT {_JOINED}, COALESCE(SUM(CASE WHEN a.outcome = 'accepted' AND NOT a.refunded "
                     "THEN a.credit_cost END), 0) FROM attempt a JOIN job j ON j.id = a.job_id JOIN batch b "
                     f"ON b.name = j.batch WHERE j.batch = :b GROUP BY {_JOINED}"), {"b": batch}):
                 if str(model) in out:
-                    out[str(model)] = (out[str(model)][0], float(spent))
+                    out[str(model)] = (out[str(model)][0], _credits(spent))
         return out
 
     def counts_by_row_and_model(self, batch: str, model: str | None = None

@@ -5,11 +5,13 @@ its leases. A few aggregate queries in one transaction: the same work for ten jo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 
 from ..errors import LedgerError
+from ..money import ZERO, from_hundredths
 from ..states import JobState
 from .dialect import first_line
 from .rows import Batch, from_mapping
@@ -51,7 +53,7 @@ class Fleet:
     batch: Batch
     at: float
     counts: dict[str, int]  # every state, zeros included
-    spent: float  # charged by the API and not refunded
+    spent: Decimal  # charged by the API and not refunded
     recent: int  # jobs completed in the last `window` seconds
     window: float
     runners: tuple[RunnerStatus, ...]
@@ -100,7 +102,7 @@ class LedgerFleet(LedgerStore):
             "AND updated_at >= :since"), {"b": batch, "since": since}).one()
         # A run younger than the window: its rate is over the time since its first completed job went out.
         span = now - max(since, float(first)) if first is not None else window
-        return Fleet(from_mapping(Batch, row), now, counts, float(spent), int(recent),
+        return Fleet(from_mapping(Batch, row), now, counts, from_hundredths(spent) or ZERO, int(recent),
                      max(SHORTEST_WINDOW, span), self._fleet_runners(conn, batch))
 
     def _fleet_runners(self, conn: Connection, batch: str) -> tuple[RunnerStatus, ...]:

@@ -4,12 +4,14 @@ jobs, batches, attempts and events back as frozen rows."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from decimal import Decimal
 from typing import Any, cast
 
 from sqlalchemy import Connection, text
 
 from ..errors import LedgerError, SimulationMismatch
 from ..jobrows import JobRow, row_of
+from ..money import credits, to_hundredths
 from ..plan import JobSpec
 from ..states import JobState
 from .rows import Attempt, Batch, Event, Job, R, from_mapping
@@ -25,6 +27,14 @@ def _page(columns: str, states: Iterable[JobState], generation: int | None) -> s
     gen = " AND generation = :g" if generation is not None else ""
     return (f"SELECT {columns} FROM job WHERE batch = :b AND state IN ({wanted}) AND seq > :after{gen} "
             "ORDER BY seq LIMIT :n")
+
+
+def _estimate_cents(cache: dict[Any, int], estimate: Any) -> int:
+    """An estimate as exact hundredths (rounded up), made once per distinct estimate of a batch."""
+    found = cache.get(estimate)
+    if found is None:
+        found = cache[estimate] = int(credits(estimate, up=True) * 100)
+    return found
 
 
 class LedgerJobs(LedgerStore):
@@ -77,9 +87,10 @@ class LedgerJobs(LedgerStore):
                    "'pending', 0, 0) ON CONFLICT(batch, key) DO UPDATE SET generation = excluded.generation, "
                    "origin = excluded.origin, label = excluded.label, row = excluded.row")
             buf: list[tuple[Any, ...]] = []
+            cents: dict[Any, int] = {}
             for r in (rows() if callable(rows) else rows):
-                buf.append((batch, r.key, seen, generation, r.row, r.take, r.origin, r.label, r.params, r.estimate,
-                            now, now, r.model or model))
+                buf.append((batch, r.key, seen, generation, r.row, r.take, r.origin, r.label, r.params,
+                            _estimate_cents(cents, r.estimate), now, now, r.model or model))
                 seen += 1
                 if len(buf) >= chunk:
                     conn.exec_driver_sql(sql, buf)
@@ -114,9 +125,9 @@ class LedgerJobs(LedgerStore):
         with self.engine.connect() as conn:
             self._check_mode(conn, batch, simulated)
 
-    def set_budget(self, batch: str, budget: float | None) -> None:
+    def set_budget(self, batch: str, budget: Decimal | None) -> None:
         self.write(lambda conn: conn.execute(text("UPDATE batch SET budget = :b WHERE name = :n"),
-                                             {"b": budget, "n": batch}))
+                                             {"b": to_hundredths(budget), "n": batch}))
 
     # --- reads ---------------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from ..files import file_sha256
+from ..money import to_hundredths
 from ..states import JobState as S
 from ..states import check_move
 from .dialect import engine_url, is_database_url
@@ -244,13 +245,13 @@ class LedgerJournal(LedgerTransitions):
         cost = Decimal(r.credit_cost) if r.credit_cost is not None else None
         # The attempt's end moves the batch's running total from the reservation to the charge.
         self.end_attempt(r.attempt_id, "accepted", remote_job_id=r.remote_job_id,
-                         credit_cost=float(cost) if cost is not None else None)(conn)
+                         credit_cost=cost)(conn)
         check_move(state, S.SUBMITTED, str(r.job_id))
         # The runner that wrote the record gave the job up: its fencing token moves on.
         self.x(conn, "UPDATE job SET state = 'submitted', remote_job_id = :r, status_url = :u, credit_cost = :c, "
                      "submitted_at = :s, error = NULL, owner = NULL, lease_until = NULL, "
                      "lease_token = lease_token + 1, updated_at = :t WHERE id = :id",
-               {"r": r.remote_job_id, "u": r.status_url, "c": float(cost) if cost is not None else None,
+               {"r": r.remote_job_id, "u": r.status_url, "c": to_hundredths(cost),
                 "s": r.submitted_at, "t": now, "id": r.job_id})
         self._event(conn, r.job_id, "journal-accepted", state.value, S.SUBMITTED.value,
                     f"accepted as {r.remote_job_id} ({r.credit_cost} credits); the ledger could not record the "

@@ -9,6 +9,7 @@ between versions is plain SQL, written for both databases.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -89,6 +90,63 @@ def sql(statement: str) -> Step:
     return step
 
 
+# Beyond this many credits an amount an older ledger holds is not money (an absurd charge the
+# API answered with, believed then): the ledger's 64-bit hundredths could not hold it anyway.
+_ABSURD = "1e12"
+
+
+def in_hundredths(model: Any, name: str, instead: str = "NULL") -> Step:
+    """A column of credits (a float) rewritten as whole hundredths (BIGINT): a new column filled
+    from the old, the old dropped, the new given its name. An amount beyond any real one becomes
+    `instead` (SQL over the row: an absurd charge gives way to the estimate, as it would now).
+    Always run (once, as its migration): an older step may have made the column BIGINT already,
+    holding credits."""
+    table, column = _table(model), _table(model).c[name]
+
+    def step(conn: Connection) -> None:
+        t, new = table.name, f"{name}_hundredths"
+        required = "" if column.nullable else " NOT NULL DEFAULT 0"
+        conn.exec_driver_sql(f"ALTER TABLE {t} ADD COLUMN {new} BIGINT{required}")
+        conn.exec_driver_sql(f"UPDATE {t} SET {new} = CASE WHEN {name} IS NULL THEN {instead} "
+                             f"WHEN ABS({name}) <= {_ABSURD} THEN CAST(ROUND({name} * 100) AS BIGINT) "
+                             f"ELSE {instead} END")
+        conn.exec_driver_sql(f"ALTER TABLE {t} DROP COLUMN {name}")
+        conn.exec_driver_sql(f"ALTER TABLE {t} RENAME COLUMN {new} TO {name}")
+    return step
+
+
+# The shared budget's running total, recomputed from the attempts (what they cost or hold).
+_RECOMPUTE_COMMITTED = """UPDATE batch SET committed = COALESCE((
+                 SELECT SUM(CASE WHEN a.outcome = 'accepted' AND NOT a.refunded THEN a.credit_cost
+                                 WHEN a.outcome IN ('submitting', 'unknown') THEN a.reserved ELSE 0 END)
+                 FROM attempt a JOIN job j ON j.id = a.job_id WHERE j.batch = batch.name), 0)"""
+
+_SHARED_ID = ("the API gave this job the id {id}, which another job of this ledger also has (its clip may be "
+              "the other's); it was charged. Check its video; `batcher retry --unknown` renders it again, "
+              "paying again")
+
+
+def claim_remote_ids(conn: Connection) -> None:
+    """Before remote job ids are unique per API base: of the jobs an older ledger gave one id,
+    the first keeps it (under the base '', an older ledger's); every later one is left outside
+    the index (no base), with an event saying so, and held as unknown if it is still to be
+    polled or downloaded (it would be given the other job's clip)."""
+    conn.execute(text("UPDATE job SET api_base = '' WHERE id IN (SELECT MIN(id) FROM job "
+                      "WHERE remote_job_id IS NOT NULL GROUP BY remote_job_id)"))
+    shared = [(i, st, r) for i, st, r in conn.execute(text(
+        "SELECT id, state, remote_job_id FROM job WHERE remote_job_id IS NOT NULL AND api_base IS NULL"))]
+    for job_id, state, remote in shared:
+        why = _SHARED_ID.format(id=remote)
+        held = state in ("submitted", "rendered")
+        if held:
+            conn.execute(text("UPDATE job SET state = 'unknown', error = :e, owner = NULL, lease_until = NULL, "
+                              "lease_token = lease_token + 1 WHERE id = :id"), {"e": why, "id": job_id})
+        conn.execute(text("INSERT INTO event (job_id, at, kind, from_state, to_state, detail) "
+                          "VALUES (:j, :t, 'duplicate-job-id', :f, :s, :d)"),
+                     {"j": job_id, "t": time.time(), "f": state if held else None, "s": "unknown" if held else None,
+                      "d": why})
+
+
 MIGRATIONS: list[Migration] = [
     # Every table of version 1 is made whole by `create` for a new ledger; nothing older exists.
     Migration(1, "initial", []),
@@ -112,10 +170,7 @@ MIGRATIONS: list[Migration] = [
         add_column(JobTable, "lease_token"),
         create_index(JobTable, "job_batch_owner"),
         add_column(BatchTable, "committed"),
-        sql("""UPDATE batch SET committed = COALESCE((
-                 SELECT SUM(CASE WHEN a.outcome = 'accepted' AND NOT a.refunded THEN a.credit_cost
-                                 WHEN a.outcome IN ('submitting', 'unknown') THEN a.reserved ELSE 0 END)
-                 FROM attempt a JOIN job j ON j.id = a.job_id WHERE j.batch = batch.name), 0)"""),
+        sql(_RECOMPUTE_COMMITTED),
     ]),
     Migration(5, "batches remember whether they were simulated", [add_column(BatchTable, "simulated")]),
     Migration(6, "runners recorded with their host, process and heartbeat", [create_table(RunnerTable)]),
@@ -134,6 +189,21 @@ MIGRATIONS: list[Migration] = [
         add_column(BatchTable, "control"),
         add_column(BatchTable, "control_at"),
         add_column(BatchTable, "webhook_secret"),
+    ]),
+    # Money was floats: a running total that drifts, and one absurd charge (later refunded) that
+    # cancelled every charge before it. The total is recomputed from the attempts, exactly.
+    Migration(12, "money in exact hundredths of a credit; remote job ids unique per API base", [
+        in_hundredths(JobTable, "estimate", "0"),
+        in_hundredths(AttemptTable, "reserved", "0"),
+        in_hundredths(AttemptTable, "credit_cost", "reserved"),
+        in_hundredths(JobTable, "credit_cost", "estimate"),
+        in_hundredths(BatchTable, "budget"),
+        in_hundredths(BatchTable, "committed", "0"),
+        sql(_RECOMPUTE_COMMITTED),
+        add_column(JobTable, "api_base"),
+        create_index(AttemptTable, "attempt_remote_id"),
+        claim_remote_ids,
+        create_index(JobTable, "job_remote_id"),
     ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from decimal import Decimal
 from functools import cache
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..money import from_hundredths
 from ..states import JobState
 
 if TYPE_CHECKING:
@@ -22,10 +24,20 @@ def _names(cls: type[DataclassInstance]) -> frozenset[str]:
     return frozenset(f.name for f in fields(cls))
 
 
+@cache
+def _money(cls: type[DataclassInstance]) -> frozenset[str]:
+    """A row's fields that hold credits (the ledger stores them as integer hundredths)."""
+    return frozenset(f.name for f in fields(cls) if str(f.type).startswith("Decimal"))
+
+
 def from_mapping(cls: type[R], row: Mapping[Any, Any]) -> R:
-    """A frozen row from a database row (extra columns ignored)."""
+    """A frozen row from a database row (extra columns ignored; amounts as exact credits)."""
     names = _names(cls)  # once per class: `fields()` per row cost a fifth of reading 100,000 jobs
-    return cls(**{k: v for k, v in row.items() if k in names})
+    values = {k: v for k, v in row.items() if k in names}
+    for name in _money(cls):
+        if name in values:
+            values[name] = from_hundredths(values[name])
+    return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -34,8 +46,8 @@ class Batch:
     model: str
     manifest: str
     generation: int
-    budget: float | None  # the budget of the latest run
-    committed: float  # credits charged or reserved: the shared budget's running total
+    budget: Decimal | None  # the budget of the latest run
+    committed: Decimal  # credits charged or reserved: the shared budget's running total
     simulated: bool
     created_at: float
     updated_at: float
@@ -56,11 +68,11 @@ class Job:
     origin: str
     label: str
     params: str  # JSON, manifest names
-    estimate: float
+    estimate: Decimal
     state: str
     remote_job_id: str | None
     status_url: str | None
-    credit_cost: float | None
+    credit_cost: Decimal | None
     output_url: str | None
     output_expires_at: float | None
     file_path: str | None
@@ -77,6 +89,7 @@ class Job:
     submitted_at: float | None
     finished_at: float | None
     model: str | None = None  # None on jobs a ledger held before batches could mix models
+    api_base: str | None = None  # the API that gave remote_job_id
 
     @property
     def job_state(self) -> JobState:
@@ -155,9 +168,9 @@ class Attempt:
     job_id: int
     number: int
     outcome: str  # submitting | accepted | unknown | not_sent | rejected
-    reserved: float
+    reserved: Decimal
     remote_job_id: str | None
-    credit_cost: float | None
+    credit_cost: Decimal | None
     refunded: bool
     started_at: float
     ended_at: float | None
@@ -182,12 +195,12 @@ class Figures:
     counts: dict[str, int]
     spend: Spend
     held: int  # jobs held as unknown
-    held_cost: float  # what resubmitting them all may cost
+    held_cost: Decimal  # what resubmitting them all may cost
     lost: int  # of the held, jobs the API charged and then no longer knew
     videos: int
     bytes: int
     average_render: float | None
-    committed: float  # the shared budget's running total
+    committed: Decimal  # the shared budget's running total
     untrusted_costs: int  # jobs answered with a creditCost that could not be believed
     first_submitted: float | None
     last_finished: float | None
@@ -201,10 +214,10 @@ class Figures:
 class Spend:
     """Credits a batch has cost, by how sure we are of it."""
 
-    spent: float  # charged by the API and not refunded
-    held: float  # reserved for submissions whose outcome is unknown (may have been charged)
-    refunded: float
+    spent: Decimal  # charged by the API and not refunded
+    held: Decimal  # reserved for submissions whose outcome is unknown (may have been charged)
+    refunded: Decimal
 
     @property
-    def committed(self) -> float:
+    def committed(self) -> Decimal:
         return self.spent + self.held

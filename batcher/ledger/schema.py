@@ -3,7 +3,9 @@ name the columns and tables of them that an older ledger lacks.
 
 Types are chosen to be the same on SQLite and PostgreSQL: ids are 64-bit on PostgreSQL and
 SQLite's rowid alias (INTEGER PRIMARY KEY) there; columns added by migrations carry server
-defaults so `ALTER TABLE ... ADD COLUMN ... NOT NULL` works on a table with rows.
+defaults so `ALTER TABLE ... ADD COLUMN ... NOT NULL` works on a table with rows. Money is
+integer hundredths of a credit (`_cents`, read and written through `batcher.money`): sums and
+the shared running total are exact on both databases.
 """
 
 from __future__ import annotations
@@ -42,6 +44,12 @@ def _real(nullable: bool = True, default: str | None = None) -> Column[Any]:
     return Column(REAL, nullable=nullable, server_default=text(default) if default is not None else None)
 
 
+def _cents(nullable: bool = True) -> Column[Any]:
+    """An amount of money: whole hundredths of a credit (never a float: a running total of
+    floats drifts, and one absurd value cancels earlier ones)."""
+    return Column(BigInteger, nullable=nullable, server_default=None if nullable else text("0"))
+
+
 def _int(default: str) -> Column[Any]:
     return Column(Integer, nullable=False, server_default=text(default))
 
@@ -59,9 +67,9 @@ class BatchTable(SQLModel, table=True):
     model: str
     manifest: str
     generation: int = Field(default=0, sa_column=_int("0"))
-    budget: float | None = Field(default=None, sa_column=_real())  # the budget of the latest run
+    budget: int | None = Field(default=None, sa_column=_cents())  # the budget of the latest run
     # credits charged or reserved: the shared budget's running total
-    committed: float = Field(default=0.0, sa_column=_real(nullable=False, default="0"))
+    committed: int = Field(default=0, sa_column=_cents(nullable=False))
     # rendered by the built-in simulator: its clips are not real renders
     simulated: bool = Field(default=False, sa_column=Column("simulated", nullable=False, server_default=false(),
                                                              type_=Boolean))
@@ -82,6 +90,8 @@ class JobTable(SQLModel, table=True):
         UniqueConstraint("batch", "key"),
         Index("job_batch_state_seq", "batch", "state", "seq"),
         Index("job_batch_owner", "batch", "owner"),
+        # One remote job is one job's: an id the API gives twice never pairs two jobs with one clip.
+        Index("job_remote_id", "api_base", "remote_job_id", unique=True),
     )
     id: int | None = Field(default=None, sa_column=_id())
     batch: str = Field(foreign_key="batch.name")
@@ -93,12 +103,12 @@ class JobTable(SQLModel, table=True):
     origin: str
     label: str
     params: str  # JSON, manifest names
-    estimate: float = Field(sa_column=_real(nullable=False))
+    estimate: int = Field(sa_column=_cents(nullable=False))
     state: str = Field(default="pending", sa_column=Column("state", nullable=False, server_default="pending",
                                                            type_=Text))
     remote_job_id: str | None = None
     status_url: str | None = None
-    credit_cost: float | None = Field(default=None, sa_column=_real())
+    credit_cost: int | None = Field(default=None, sa_column=_cents())
     output_url: str | None = None
     output_expires_at: float | None = Field(default=None, sa_column=_real())
     file_path: str | None = None
@@ -115,20 +125,22 @@ class JobTable(SQLModel, table=True):
     submitted_at: float | None = Field(default=None, sa_column=_real())
     finished_at: float | None = Field(default=None, sa_column=_real())
     model: str | None = None  # the API id it renders with (a batch may mix models)
+    # The API base that gave remote_job_id ('' for ids an older ledger held without one).
+    api_base: str | None = None
 
 
 class AttemptTable(SQLModel, table=True):
     """One submission attempt: the record that says what a job may have cost."""
 
     __tablename__ = "attempt"
-    __table_args__ = (Index("attempt_job", "job_id"),)
+    __table_args__ = (Index("attempt_job", "job_id"), Index("attempt_remote_id", "remote_job_id"))
     id: int | None = Field(default=None, sa_column=_id())
     job_id: int = Field(sa_column=_ref("job.id"))
     number: int
     outcome: str  # submitting | accepted | unknown | not_sent | rejected
-    reserved: float = Field(sa_column=_real(nullable=False))
+    reserved: int = Field(sa_column=_cents(nullable=False))
     remote_job_id: str | None = None
-    credit_cost: float | None = Field(default=None, sa_column=_real())
+    credit_cost: int | None = Field(default=None, sa_column=_cents())
     refunded: bool = Field(default=False, sa_column=Column("refunded", nullable=False, server_default=false(),
                                                            type_=Boolean))
     started_at: float = Field(sa_column=_real(nullable=False))

@@ -6,14 +6,24 @@ so the caller decides what commits together. The submission protocol lives here:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, text
 
 from ..errors import BudgetExceeded, IllegalTransition, LeaseLost, LedgerError
+from ..money import ZERO, from_hundredths, show, to_hundredths
 from ..states import JobState, check_move
 from .control import BatchNotRunning
 from .store import LedgerStore
+
+# A job's columns that hold credits: written as integer hundredths.
+_MONEY = frozenset({"credit_cost", "estimate"})
+
+
+def _stored(fields: dict[str, Any]) -> dict[str, Any]:
+    """Field values as the ledger stores them (amounts in hundredths)."""
+    return {name: to_hundredths(value) if name in _MONEY else value for name, value in fields.items()}
 
 
 class LedgerTransitions(LedgerStore):
@@ -29,7 +39,7 @@ class LedgerTransitions(LedgerStore):
 
         def op(conn: Connection) -> None:
             sets = ", ".join(f"{name} = :f_{name}" for name in fields)
-            args = {f"f_{name}": value for name, value in fields.items()}
+            args = {f"f_{name}": value for name, value in _stored(fields).items()}
             args.update({"id": job_id, "src": source.value, "dst": target.value, "t": now, "tok": token})
             fence = " AND lease_token = :tok" if token is not None else ""
             sql = f"UPDATE job SET state = :dst, updated_at = :t{', ' + sets if sets else ''} " \
@@ -52,7 +62,7 @@ class LedgerTransitions(LedgerStore):
         def op(conn: Connection) -> None:
             if fields:
                 sets = ", ".join(f"{name} = :f_{name}" for name in fields)
-                args = {f"f_{name}": value for name, value in fields.items()}
+                args = {f"f_{name}": value for name, value in _stored(fields).items()}
                 args.update({"id": job_id, "t": now, "tok": token})
                 fence = " AND lease_token = :tok" if token is not None else ""
                 if self.x(conn, f"UPDATE job SET {sets}, updated_at = :t WHERE id = :id{fence}", args).rowcount != 1:
@@ -60,79 +70,98 @@ class LedgerTransitions(LedgerStore):
             self._event(conn, job_id, kind, None, None, detail, now)
         return op
 
-    def _lock_batch(self, conn: Connection, batch: str) -> float:
+    def _lock_batch(self, conn: Connection, batch: str) -> Decimal:
         """The batch's committed credits, locked until the transaction ends (PostgreSQL; SQLite's
         BEGIN IMMEDIATE already serialises writers)."""
         lock = self.sql.lock_row
         value = conn.execute(text(f"SELECT committed FROM batch WHERE name = :b{lock}"), {"b": batch}).scalar()
-        return float(value or 0.0)
+        return from_hundredths(value) or ZERO
 
-    def begin_submission(self, job_id: int, source: JobState, reserved: float, *, token: int | None = None,
-                         batch: str | None = None, budget: float | None = None) -> Callable[[Connection], int]:
+    def begin_submission(self, job_id: int, source: JobState, reserved: Decimal, *, token: int | None = None,
+                         batch: str | None = None, budget: Decimal | None = None) -> Callable[[Connection], int]:
         """The intent before a paid POST, in one transaction: job -> submitting, an attempt row, and
         the reservation added to the batch's running total, checked against `budget` there, so
         runners on different hosts together never exceed it. Refused (BatchNotRunning) while the
         batch is paused or cancelled. Returns the attempt id."""
-        move = self.move(job_id, source, JobState.SUBMITTING, "submit-intent", f"reserved {reserved:g} credits",
+        move = self.move(job_id, source, JobState.SUBMITTING, "submit-intent", f"reserved {show(reserved)} credits",
                          token=token)
         now = self.clock()
+        cents = to_hundredths(reserved)
 
         def op(conn: Connection) -> int:
             name = batch or conn.execute(text("SELECT batch FROM job WHERE id = :id"), {"id": job_id}).scalar_one()
             if budget is not None:
                 # This runner's own --budget, against the batch's total of every runner's spending.
                 committed = self._lock_batch(conn, name)
-                if committed + reserved > budget + 1e-9:
-                    raise BudgetExceeded(f"budget reached: {committed:g} of {budget:g} credits committed; the next "
-                                         f"job needs {reserved:g}", committed)
+                if committed + reserved > budget:
+                    raise BudgetExceeded(f"budget reached: {show(committed)} of {show(budget)} credits committed; "
+                                         f"the next job needs {show(reserved)}", committed)
             # Only while the batch is running: a pause or cancel committed before this intent refuses
             # it here, whatever a runner has read. (The batch row first, then the job's: the order
             # `batcher cancel` locks them in.)
             if self.x(conn, "UPDATE batch SET committed = committed + :r WHERE name = :b AND control = 'running'",
-                      {"r": reserved, "b": name}).rowcount != 1:
+                      {"r": cents, "b": name}).rowcount != 1:
                 word = conn.execute(text("SELECT control FROM batch WHERE name = :b"), {"b": name}).scalar()
                 raise BatchNotRunning(f"job {job_id}: not sent, its batch is {word}")
             if budget is None:
                 move(conn)
             else:
                 self.move(job_id, source, JobState.SUBMITTING, "submit-intent",
-                          f"reserved {reserved:g} credits; batch total {committed + reserved:g} of budget {budget:g}",
+                          f"reserved {show(reserved)} credits; batch total {show(committed + reserved)} of budget "
+                          f"{show(budget)}",
                           token=token)(conn)
             number = self.x(conn, "UPDATE job SET attempts = attempts + 1 WHERE id = :id RETURNING attempts",
                             {"id": job_id}).scalar_one()
             attempt_id: int = self.x(conn, "INSERT INTO attempt (job_id, number, outcome, reserved, refunded, "
                                            "started_at) VALUES (:j, :n, 'submitting', :r, FALSE, :t) RETURNING id",
-                                     {"j": job_id, "n": number, "r": reserved, "t": now}).scalar_one()
+                                     {"j": job_id, "n": number, "r": cents, "t": now}).scalar_one()
             return attempt_id
         return op
 
     def end_attempt(self, attempt_id: int, outcome: str, *, remote_job_id: str | None = None,
-                    credit_cost: float | None = None, known: tuple[str, float, str] | None = None
+                    credit_cost: Decimal | None = None, known: tuple[str, Decimal, str] | None = None
                     ) -> Callable[[Connection], None]:
-        """Record how a submission ended, and move the batch's running total to match.
+        """Record how a submission ended, and move the batch's running total to match (in exact
+        hundredths: the total always equals the sum recomputed from the attempts).
 
-        `known` = (outcome so far, reserved, batch) saves a lookup when the caller has them."""
+        `known` = (outcome so far, reserved credits, batch) saves a lookup when the caller has them."""
         now = self.clock()
+        cost = to_hundredths(credit_cost)
 
         def op(conn: Connection) -> None:
-            row = known or conn.execute(text(
+            row = (known[0], to_hundredths(known[1]) or 0, known[2]) if known else conn.execute(text(
                 "SELECT a.outcome, a.reserved, j.batch FROM attempt a JOIN job j ON j.id = a.job_id "
                 "WHERE a.id = :id"), {"id": attempt_id}).first()
             if row is None:
                 raise LedgerError(f"no attempt {attempt_id}")
-            before, reserved, batch = row
-            delta = 0.0
+            before, reserved, batch = row[0], int(row[1]), row[2]
+            delta = 0
             if before in ("submitting", "unknown"):
                 if outcome == "accepted":
-                    delta = (credit_cost or 0.0) - reserved
+                    delta = (cost or 0) - reserved
                 elif outcome in ("not_sent", "rejected"):
                     delta = -reserved
             self.x(conn, "UPDATE attempt SET outcome = :o, remote_job_id = COALESCE(:r, remote_job_id), "
                          "credit_cost = COALESCE(:c, credit_cost), ended_at = :t WHERE id = :id",
-                   {"o": outcome, "r": remote_job_id, "c": credit_cost, "t": now, "id": attempt_id})
+                   {"o": outcome, "r": remote_job_id, "c": cost, "t": now, "id": attempt_id})
             if delta:
                 self.x(conn, "UPDATE batch SET committed = committed + :d WHERE name = :b", {"d": delta, "b": batch})
         return op
+
+    def holder_of(self, conn: Connection, remote_job_id: str, job_id: int, api_base: str) -> str | None:
+        """The key of another job the ledger already gave `remote_job_id` (from `api_base`, or an
+        older ledger's whose base it did not record), or None. The API giving one id twice must
+        not pair two jobs with one clip. (The unique index on (api_base, remote_job_id) backs this
+        up; the attempts also remember ids jobs no longer hold, after a retry.)"""
+        row = conn.execute(text(
+            "SELECT j.key FROM attempt a JOIN job j ON j.id = a.job_id WHERE a.remote_job_id = :r AND a.job_id != :id "
+            "AND (j.api_base IS NULL OR j.api_base IN ('', :base)) LIMIT 1"),
+            {"r": remote_job_id, "id": job_id, "base": api_base}).first()
+        if row is None:
+            row = conn.execute(text("SELECT key FROM job WHERE api_base IN ('', :base) AND remote_job_id = :r "
+                                    "AND id != :id LIMIT 1"),
+                               {"r": remote_job_id, "id": job_id, "base": api_base}).first()
+        return None if row is None else str(row[0])
 
     def refund(self, job_id: int) -> Callable[[Connection], None]:
         """The API refunds failed renders: the accepted attempt of the current remote job no longer costs."""
@@ -143,22 +172,28 @@ class LedgerTransitions(LedgerStore):
             if costs:
                 conn.execute(text("UPDATE batch SET committed = committed - :c WHERE name = "
                                   "(SELECT batch FROM job WHERE id = :j)"),
-                             {"c": sum(c or 0 for c in costs), "j": job_id})
+                             {"c": sum(int(c or 0) for c in costs), "j": job_id})
         return op
 
-    def resolve_unknown(self, job_id: int, remote_job_id: str, status_url: str, credit_cost: float,
-                        submitted_at: float) -> Callable[[Connection], bool]:
+    def resolve_unknown(self, job_id: int, remote_job_id: str, status_url: str, credit_cost: Decimal,
+                        submitted_at: float, api_base: str | None = None) -> Callable[[Connection], bool]:
         """A late answer for a job held as unknown (its runner lost the lease mid-POST): if nobody
         has touched it since, it is submitted after all, and will be polled instead of held."""
         now = self.clock()
 
         def op(conn: Connection) -> bool:
+            holder = self.holder_of(conn, remote_job_id, job_id, api_base or "")
+            if holder is not None:  # another job's id: it stays held (never given that job's clip)
+                self._event(conn, job_id, "duplicate-job-id", None, None,
+                            f"answered late with job id {remote_job_id}, which {holder} already has; stays held", now)
+                return False
             moved: bool = self.x(conn, "UPDATE job SET state = 'submitted', remote_job_id = :r, status_url = :u, "
-                                       "credit_cost = :c, submitted_at = :s, error = NULL, updated_at = :t "
-                                       "WHERE id = :id AND state = 'unknown' AND owner IS NULL",
-                                 {"r": remote_job_id, "u": status_url, "c": credit_cost, "s": submitted_at, "t": now,
-                                  "id": job_id}).rowcount == 1
-            detail = f"accepted as {remote_job_id} ({credit_cost:g} credits), answered after its runner lost the lease"
+                                       "credit_cost = :c, submitted_at = :s, error = NULL, updated_at = :t, "
+                                       "api_base = :base WHERE id = :id AND state = 'unknown' AND owner IS NULL",
+                                 {"r": remote_job_id, "u": status_url, "c": to_hundredths(credit_cost),
+                                  "s": submitted_at, "t": now, "id": job_id, "base": api_base}).rowcount == 1
+            detail = (f"accepted as {remote_job_id} ({show(credit_cost)} credits), answered after its runner lost "
+                      f"the lease")
             self._event(conn, job_id, "late-answer", "unknown" if moved else None, "submitted" if moved else None,
                         detail, now)
             return moved

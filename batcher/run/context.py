@@ -12,6 +12,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ class RunContext:
     completed: int = 0
     generation: int = 0
     out_abs: Path = Path()
-    cost_seen: dict[tuple[Any, ...], float] = field(default_factory=dict)  # the most charged per job class
+    cost_seen: dict[tuple[Any, ...], Decimal] = field(default_factory=dict)  # the most charged per job class
     probing: set[tuple[Any, ...]] = field(default_factory=set)  # classes with a first submission in flight
     unreachable: int = 0  # submissions in a row that could not connect
     image_names: dict[str, str] = field(default_factory=dict)  # local image address -> its object in the store
@@ -189,7 +190,7 @@ class RunContext:
             self._budget_changed = anyio.Event()
         await self._budget_changed.wait()
 
-    async def reserve(self, estimate: float) -> bool:
+    async def reserve(self, estimate: Decimal) -> bool:
         """Reserve `estimate`; while other submissions' answers may free room, wait for them."""
         while True:
             # The batch is paused (`batcher pause`): nothing new is sent until it resumes. (A pause

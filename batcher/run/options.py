@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from ..answers import DEFAULT_MAX_RETRY_AFTER
 from ..errors import UsageError
 from ..files import OUTPUTS
+from ..money import budget as budget_credits
 from ..policy import DEFAULT_MIN_DOWNLOAD_RATE, DEFAULT_REQUEST_DEADLINE, Deadlines, RetryPolicy
 from ..refstore import ReferenceStore
 from ..webhooks import Webhooks
@@ -21,11 +23,16 @@ class Limits:
     """What a run may spend and keep in flight."""
 
     concurrency: int = 4  # jobs in flight at the API
-    budget: float | None = None  # the most the batch may have committed when this runner submits
+    # The most the batch may have committed when this runner submits: exact credits (a number
+    # given is made exact here; NaN, infinity or a negative budget is refused, UsageError).
+    budget: Decimal | None = None
     rpm: float | None = None  # client-side request-rate limit, all API calls together
     max_attempts: int = 2  # submissions per job while remote failures are refunded
     lease_seconds: float = 60.0  # how long a claimed job stays ours without a renewal
     ledger_patience: float = 300.0  # seconds a failing ledger is waited for before answers go to its journal
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "budget", budget_credits(self.budget, "budget"))
 
 
 @dataclass(frozen=True)

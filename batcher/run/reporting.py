@@ -4,8 +4,10 @@ and the report of where it left its batch."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from ..ledger import Ledger
+from ..money import ZERO
 from ..text import format_credits
 from .outcomes import ExitCode, StopReason
 
@@ -14,11 +16,11 @@ from .outcomes import ExitCode, StopReason
 class BudgetOutlook:
     """What a budget will let a run do, told before anything is spent."""
 
-    budget: float
-    committed: float  # already charged, reserved or held, by every runner
+    budget: Decimal
+    committed: Decimal  # already charged, reserved or held, by every runner
     pending: int  # jobs still to submit
     covered: int  # of them, how many the budget covers (in the order they are submitted)
-    estimate: float  # what the pending jobs are expected to cost
+    estimate: Decimal  # what the pending jobs are expected to cost
 
     def message(self) -> str | None:
         """`budget 1,000 covers about 50 of 60 jobs (estimate 1,200)`, or None if it covers all."""
@@ -30,10 +32,10 @@ class BudgetOutlook:
                 f"{left} (estimate {format_credits(self.estimate)}); the run stops there (exit 3)")
 
 
-def budget_outlook(ledger: Ledger, batch: str, generation: int, budget: float) -> BudgetOutlook:
+def budget_outlook(ledger: Ledger, batch: str, generation: int, budget: Decimal) -> BudgetOutlook:
     """How far `budget` goes for the batch's pending jobs, given what the batch has committed."""
     committed = ledger.committed(batch)
-    pending, covered, estimate = ledger.budget_outlook(batch, generation, max(0.0, budget - committed))
+    pending, covered, estimate = ledger.budget_outlook(batch, generation, max(ZERO, budget - committed))
     return BudgetOutlook(budget, committed, pending, covered, estimate)
 
 
@@ -43,9 +45,9 @@ class Progress:
 
     batch: str
     counts: dict[str, int]
-    spent: float
-    reserved: float
-    budget: float | None
+    spent: Decimal  # credits, exact (as every amount below)
+    reserved: Decimal
+    budget: Decimal | None
     elapsed: float
     completed_this_run: int
     total: int
@@ -82,10 +84,10 @@ class RunReport:
 
     batch: str
     counts: dict[str, int]
-    spent: float
+    spent: Decimal  # credits, exact (as every amount below)
     held_jobs: int
-    held_cost: float
-    budget: float | None
+    held_cost: Decimal
+    budget: Decimal | None
     elapsed: float
     submitted: int
     completed: int

@@ -11,8 +11,8 @@ refunded remote failures leave attempts."""
 from __future__ import annotations
 
 import logging
-import math
 import time
+from decimal import Decimal
 from typing import Any
 
 import anyio
@@ -31,6 +31,8 @@ from ..errors import (
     RejectedError,
 )
 from ..ledger import Job
+from ..models import ModelSpec
+from ..money import ZERO, charge_ceiling, credits, show
 from ..states import JobState as S
 from . import records
 from .context import RunContext
@@ -48,12 +50,46 @@ def _ratio_key(model: str) -> tuple[str, str]:
     return ("charged-over-estimate", model)
 
 
-def estimate_for(ctx: RunContext, job: Job) -> float:
+def estimate_for(ctx: RunContext, job: Job) -> Decimal:
     # If the API charged more than our estimate for this kind of job, reserve that instead; and
-    # for the model's other kinds, their estimate scaled as this one was found to be low.
+    # for the model's other kinds, their estimate scaled as this one was found to be low (up to
+    # the next hundredth: a reservation is never below what the scale says).
     model = ctx.model_of(job)
-    scaled = job.estimate * ctx.cost_seen.get(_ratio_key(model.api_id), 1.0)
-    return max(job.estimate, scaled, ctx.cost_seen.get(model.job_class(job.parameters()), 0.0))
+    scaled = credits(job.estimate * ctx.cost_seen.get(_ratio_key(model.api_id), Decimal(1)), up=True)
+    return max(job.estimate, scaled, ctx.cost_seen.get(model.job_class(job.parameters()), ZERO))
+
+
+def most_per_job(model: ModelSpec, params: dict[str, Any]) -> Decimal:
+    """The most a job of `model` costs at its listed prices: its dearest rate at its longest
+    duration (the job's own, when the model names no longest)."""
+    p = model.param(model.seconds_param) if model.seconds_param else None
+    rule = (p.rule or {}) if p is not None else {}
+    numbers = [v for v in (p.maximum if p else None, rule.get("maximum"), *(rule.get("enum") or []),
+                           *((p.choices or ()) if p else ()), params.get(model.seconds_param) if p else 1)
+               if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    longest = max(numbers, default=1)
+    try:
+        return credits(max(model.credits_per_second.values(), default=0.0) * longest, up=True)
+    except ValueError:  # a live description that names an absurd price or duration: no ceiling from it
+        return ZERO
+
+
+def believed_charge(model: ModelSpec, job: Job, estimate: Decimal, answer: Submission) -> tuple[Decimal, str | None]:
+    """What the answer charged, exact, and why it is not believed (then the estimate is counted):
+    negative or not a number (the client said so), or more than any clip of the model could cost
+    (`money.charge_ceiling`): 1e308 would overflow the ledger, 1e20 later refunded would cancel
+    every charge before it."""
+    if answer.credit_cost is None:
+        return estimate, answer.cost_problem
+    ceiling = charge_ceiling(most_per_job(model, job.parameters()), estimate)
+    try:
+        charge = credits(answer.credit_cost)
+    except ValueError:
+        charge = None
+    if charge is None or charge > ceiling:
+        return estimate, (f"the API's creditCost {answer.credit_cost!r:.40} is more than any clip of {model.api_id} "
+                          f"could cost (at most {show(ceiling)} believed)")
+    return charge, None
 
 
 async def submit_and_follow(ctx: RunContext, job: Job) -> None:
@@ -90,9 +126,9 @@ async def submit_and_follow(ctx: RunContext, job: Job) -> None:
             continue
         if outcome is Submitted.BUDGET:
             if ctx.stop_reason is None:
-                ctx.stop(StopReason.BUDGET, f"budget reached: {ctx.budget.committed:g} of {ctx.budget.limit:g} "
-                                            f"credits committed; the next job needs {estimate:g} "
-                                            f"({ctx.budget.remaining or 0:g} left)")
+                ctx.stop(StopReason.BUDGET, f"budget reached: {show(ctx.budget.committed)} of "
+                                            f"{show(ctx.budget.limit)} credits committed; the next job needs "
+                                            f"{show(estimate)} ({show(ctx.budget.remaining or 0)} left)")
             return
         if outcome in (Submitted.NOT_SENT, Submitted.RATE_LIMITED):
             not_sent += 1
@@ -134,7 +170,7 @@ async def _send_again(ctx: RunContext, job: Job, outcome: Submitted, tries: int,
 _NO_ANSWER = "no answer to the submission in time"
 
 
-async def submit_once(ctx: RunContext, job: Job, wire: dict[str, Any], estimate: float, with_hook: bool = True
+async def submit_once(ctx: RunContext, job: Job, wire: dict[str, Any], estimate: Decimal, with_hook: bool = True
                       ) -> tuple[Submitted, Job, bool]:
     """One attempt: the request's URLs for local images (made now), intent, POST, answer; and
     whether an accepted submission carried a webhook URL (its end should then be announced)."""
@@ -209,56 +245,86 @@ def _not_sent(ctx: RunContext, e: Exception) -> Submitted:
     return Submitted.NOT_SENT
 
 
-async def _accepted(ctx: RunContext, job: Job, attempt_id: int, estimate: float, answer: Submission
+async def _accepted(ctx: RunContext, job: Job, attempt_id: int, estimate: Decimal, answer: Submission
                     ) -> tuple[Submitted, Job]:
-    # A charge we cannot believe (negative, not a number) is replaced by the estimate.
-    charge = answer.credit_cost if answer.credit_cost is not None else estimate
+    model = ctx.model_of(job)
+    # A charge we cannot believe (negative, not a number, absurd) is replaced by the estimate.
+    charge, cost_problem = believed_charge(model, job, estimate, answer)
     ctx.budget.settle(estimate, charge)
     ctx.budget_signal()
-    model = ctx.model_of(job)
-    cls = model.job_class(job.parameters())
-    ctx.cost_seen[cls] = max(ctx.cost_seen.get(cls, 0.0), charge)
-    over = charge / estimate if estimate > 0 else (math.inf if charge > 0 else 1.0)
-    ratio = _ratio_key(model.api_id)
-    ctx.cost_seen[ratio] = max(ctx.cost_seen.get(ratio, 1.0), min(over, 1e6))
+    _learn_cost(ctx, model, job, estimate, charge)
     submitted_at = ctx.wall()
-    ledger = ctx.ledger
+    ledger, base = ctx.ledger, ctx.client.base_url
+    shared = f"the API answered with job id {answer.job_id}, which another job of this ledger already has"
 
-    def accept(conn: Connection) -> bool:
+    def accept(conn: Connection) -> Submitted:
         # (a reaper may have moved the attempt to unknown meanwhile: the total moves the same way)
         ledger.end_attempt(attempt_id, "accepted", remote_job_id=answer.job_id, credit_cost=charge,
                            known=("submitting", estimate, ctx.batch))(conn)
+        holder = ledger.holder_of(conn, answer.job_id, job.id, base)
+        if holder is not None:
+            # Never this job's clip: it was charged (its cost counts), and waits for the user.
+            ledger.move(job.id, S.SUBMITTING, S.UNKNOWN, "duplicate-job-id", f"{shared} ({holder}); held",
+                        token=job.lease_token, credit_cost=charge, submitted_at=submitted_at,
+                        error=_held_shared(shared, charge))(conn)
+            return Submitted.HELD
         try:
             # A refused move writes nothing, so no savepoint is needed around it.
-            ledger.move(job.id, S.SUBMITTING, S.SUBMITTED, "accepted", f"job {answer.job_id}, {charge:g} credits",
-                        token=job.lease_token, remote_job_id=answer.job_id, status_url=answer.status_url,
-                        credit_cost=charge, submitted_at=submitted_at, error=None)(conn)
-            if answer.cost_problem:
-                ledger.note(job.id, "cost-untrusted", f"{answer.cost_problem}; its estimate {estimate:g} is "
+            ledger.move(job.id, S.SUBMITTING, S.SUBMITTED, "accepted",
+                        f"job {answer.job_id}, {show(charge)} credits", token=job.lease_token,
+                        remote_job_id=answer.job_id, status_url=answer.status_url, credit_cost=charge,
+                        submitted_at=submitted_at, error=None, api_base=base)(conn)
+            if cost_problem:
+                ledger.note(job.id, "cost-untrusted", f"{cost_problem}; its estimate {show(estimate)} is "
                                                       f"counted against the budget instead")(conn)
-            return True
+            return Submitted.ACCEPTED
         except LeaseLost:
             # We were paused past our lease and the job was held as unknown meanwhile: what the API
             # told us resolves it (it is submitted, and whoever claims it polls it), unless someone
             # has acted on it since; either way its history says so.
-            ledger.resolve_unknown(job.id, answer.job_id, answer.status_url, charge, submitted_at)(conn)
-            return False
+            ledger.resolve_unknown(job.id, answer.job_id, answer.status_url, charge, submitted_at, base)(conn)
+            return Submitted.STOPPED
     # If the ledger cannot record this answer, the journal keeps it: the job is polled, never paid again.
     record = records.accepted(ctx, job, attempt_id, answer.job_id, answer.status_url, charge, submitted_at)
-    if not await ctx.writer.write(accept, record):
+    written = await ctx.writer.write(accept, record)
+    if written is Submitted.STOPPED:
         return Submitted.STOPPED, job
+    if written is Submitted.HELD:
+        ctx.note("the API answered some submissions with a job id another job already has: they are held as "
+                 "unknown (charged; never given another job's clip). `batcher status` counts them")
+        return Submitted.HELD, job.evolve(state=S.UNKNOWN.value, credit_cost=charge, submitted_at=submitted_at,
+                                          error=_held_shared(shared, charge))
     failpoint("after-accept")
     job = job.evolve(state=S.SUBMITTED.value, remote_job_id=answer.job_id, status_url=answer.status_url,
-                  credit_cost=charge, submitted_at=submitted_at, error=None)
-    if answer.cost_problem:
-        ctx.note("the API answered some submissions with a creditCost that cannot be believed (negative "
-                 "or not a number); their estimates are counted instead (`batcher status` counts them)")
+                     credit_cost=charge, submitted_at=submitted_at, error=None, api_base=base)
+    if cost_problem:
+        ctx.note("the API answered some submissions with a creditCost that cannot be believed (negative, "
+                 "not a number, or more than any clip could cost); their estimates are counted instead "
+                 "(`batcher status` counts them)")
     ctx.submitted += 1
     log.info("job %s: submitted as %s", job.key, answer.job_id)
     return Submitted.ACCEPTED, job
 
 
-async def _held(ctx: RunContext, job: Job, attempt_id: int, estimate: float, why: str) -> Job:
+# The most a model's charges are taken to exceed its estimates by (a scale for reservations).
+_MOST_OVER = Decimal(10) ** 6
+
+
+def _learn_cost(ctx: RunContext, model: ModelSpec, job: Job, estimate: Decimal, charge: Decimal) -> None:
+    """Remember the most a job class was charged, and how far over its estimate the model charges."""
+    cls = model.job_class(job.parameters())
+    ctx.cost_seen[cls] = max(ctx.cost_seen.get(cls, ZERO), charge)
+    over = charge / estimate if estimate > 0 else (_MOST_OVER if charge > 0 else Decimal(1))
+    ratio = _ratio_key(model.api_id)
+    ctx.cost_seen[ratio] = max(ctx.cost_seen.get(ratio, Decimal(1)), min(over, _MOST_OVER))
+
+
+def _held_shared(shared: str, charge: Decimal) -> str:
+    return (f"{shared}: held, not polled (it would be given the other job's clip); it was charged "
+            f"({show(charge)} credits, counted as spent). `batcher retry --unknown` renders it again, paying again")
+
+
+async def _held(ctx: RunContext, job: Job, attempt_id: int, estimate: Decimal, why: str) -> Job:
     # The API may have charged us: the reservation stays committed, the job waits for the user.
     ctx.budget.settle(estimate, estimate)
     ctx.budget_signal()
