@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
+from .money import json_safe
 from .run import Progress, RunReport
 from .text import STATE_ORDER as ORDER
 from .text import format_credits, format_seconds, state_counts
@@ -151,7 +152,7 @@ class JsonLogFormatter(logging.Formatter):
         for name in self.FIELDS:
             if hasattr(record, name):
                 data[name] = getattr(record, name)
-        return json.dumps(data)
+        return json.dumps(json_safe(data), allow_nan=False)
 
 
 class RedactFilter(logging.Filter):
