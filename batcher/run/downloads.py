@@ -49,6 +49,7 @@ URL_LIFETIME = 3600.0
 # Answers over the size cap in one run before the job is left for a rerun with a higher cap: one
 # may be a lying Content-Length, but each streamed one costs the whole cap in bytes.
 OVERSIZE_TRIES = 3
+_REFUSED = "some output URLs were refused (never fetched); the next run asks the API for fresh ones"
 
 
 class Refresh(enum.Enum):
@@ -132,7 +133,7 @@ async def _failed(ctx: RunContext, item: Queued, e: ApiError) -> None:
     if gone or past:
         if refused and item.repolled:  # the API's fresh URL was refused too: not asked again in this run
             await _leave(ctx, job, f"{e}; the next run asks the API for a fresh URL",
-                         "some output URLs were refused (never fetched); the next run asks the API for fresh ones")
+                         _REFUSED)
             return
         item.repolled = item.repolled or refused
         refresh, status = await _fresh_url(ctx, job)
@@ -148,7 +149,7 @@ async def _failed(ctx: RunContext, item: Queued, e: ApiError) -> None:
             return
         elif refused:
             await _leave(ctx, job, f"{e}; the API gave no other URL; the next run asks again",
-                         "some output URLs were refused (never fetched); the next run asks the API for fresh ones")
+                         _REFUSED)
             return
     await _again(ctx, item, e)
 
