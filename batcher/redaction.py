@@ -3,10 +3,11 @@ API's answers and the reference store's errors alike.
 
 A text is matched after it is normalised: JSON escapes (`\\u0070`, `\\/`, `\\\\`) undone,
 percent-escapes (either hex case, any subset of characters, any depth: `%2570` is `p`) undone,
-ASCII case folded. Each normalised character remembers the span of the original text it came
-from, so what is redacted is the original's span, whatever encoded it. Decoding works on a stack
-as the text is read (an escape that decodes into the start of another is decoded again), so the
-work is linear in the text, never a pass per level of encoding.
+HTML character references (`&#112;`, `&#x70;`: error pages) undone, ASCII case folded. Each
+normalised character remembers the span of the original text it came from, so what is redacted
+is the original's span, whatever encoded it. Decoding works on a stack as the text is read (an
+escape that decodes into the start of another is decoded again), so the work is linear in the
+text, never a pass per level of encoding.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ _SIMPLE = {"/": "/", "\\": "\\", '"': '"', "'": "'", "b": "\b", "f": "\f", "n": 
 # normalised text: as sent, percent-encoded at any depth, or JSON-escaped.
 _SIGNED = "|".join(rf"(?<=x-amz-{name}=)" for name in ("signature", "credential", "security-token"))
 _SIGNED_VALUE = rf"(?:{_SIGNED})[^&\s\"'<>]+"
+# An HTML character reference at the end of the text read so far (`&#112;`, `&#x70;`).
+_ENTITY = re.compile(r"&#(?:([0-9]{1,7})|[xX]([0-9a-fA-F]{1,6}));\Z")
 _BYTE_BASE = 0xDC00  # a byte >= 0x80 is the lone surrogate U+DC80..U+DCFF, as Python's surrogateescape has it
 
 
@@ -68,9 +71,17 @@ def normalise(text: str) -> tuple[str, list[int], list[int]]:
                 replace(6, _bytes_of(chr(int("".join(chars[-4:]), 16))))
             elif n >= 2 and chars[-2] == "\\" and chars[-1] in _SIMPLE:
                 replace(2, _SIMPLE[chars[-1]])
+            elif chars[-1] == ";" and (entity := _ENTITY.search("".join(chars[-10:]))) is not None \
+                    and (code := int(entity[1] or entity[2], 10 if entity[1] else 16)) <= 0x10FFFF:
+                replace(len(entity[0]), _bytes_of(chr(code)))
             else:
                 break
     return "".join(chars).lower(), starts, ends
+
+
+def _plain(text: str) -> bool:
+    """Whether `text` has no escape `normalise` would undo (then it is matched as it is, fast)."""
+    return "%" not in text and "\\" not in text and "&#" not in text
 
 
 @dataclass(frozen=True)
@@ -95,13 +106,13 @@ class Secrets:
 
     def search(self, text: str) -> bool:
         """Whether `text` holds a secret, in any encoding."""
-        if "%" not in text and "\\" not in text:
+        if _plain(text):
             return self.plain.search(text) is not None
         return self.decoded.search(normalise(text)[0]) is not None
 
     def redact(self, text: str) -> str:
         """`text` with every secret's span (in any encoding) replaced by [redacted]."""
-        if "%" not in text and "\\" not in text:
+        if _plain(text):
             return self.plain.sub(REDACTED, text)
         flat, starts, ends = normalise(text)
         spans: list[list[int]] = []

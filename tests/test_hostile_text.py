@@ -5,6 +5,7 @@ from an answer to the ledger file, the exports and the status."""
 from __future__ import annotations
 
 import csv
+import html
 import json
 import logging
 import re
@@ -36,11 +37,11 @@ FAST = RetryPolicy(base=0.01, cap=0.05, max_attempts=6)
 
 def decodes_to(secret: str, text: str) -> bool:
     """Whether `text` holds `secret` once decoded as a reader would: JSON escapes (behind any
-    number of backslashes), `\\/`, percent-escapes (several times), any case. Written apart from
-    batcher's own decoder, so a test does not trust what it tests."""
+    number of backslashes), `\\/`, percent-escapes (several times), HTML character references,
+    any case. Written apart from batcher's own decoder, so a test does not trust what it tests."""
     for _ in range(6):
         text = re.sub(r"\\+u([0-9a-fA-F]{4})", lambda m: chr(int(m[1], 16)), text)
-        text = re.sub(r"\\+/", "/", unquote(text))
+        text = html.unescape(re.sub(r"\\+/", "/", unquote(text)))
     return secret.lower() in text.lower()
 
 
@@ -88,6 +89,7 @@ def hiding(key: str) -> list[str]:
         quote(quote(key, safe=""), safe=""),  # percent-encoded twice
         "".join(c if i % 3 else f"%{ord(c):02x}" for i, c in enumerate(key)),  # a subset encoded
         f"Bearer%20{every_u}",
+        "".join(f"&#{ord(c)};" if i % 2 else f"&#x{ord(c):X};" for i, c in enumerate(key)),  # an error page's
     ]
 
 
