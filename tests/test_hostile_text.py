@@ -308,3 +308,28 @@ def test_a_store_echoing_its_credentials_mid_run_gets_none_into_events_notes_or_
     for path in files_under(tmp_path):
         if path.suffix not in (".png", ".mp4"):
             assert_no_credential(path.read_bytes(), str(path))
+
+
+def test_a_given_boto3_client_is_redacted_of_its_own_credentials():
+    """A store built on a client the caller made (not from the environment) still knows what to
+    redact: the credentials that client signs with."""
+    boto3 = pytest.importorskip("boto3")
+    from botocore.stub import Stubber
+
+    from batcher.errors import ReferenceStoreError
+    from batcher.localrefs import StoreSettings
+    from batcher.refstore import S3Store
+    client = boto3.client("s3", region_name="us-east-1", aws_access_key_id=ACCESS, aws_secret_access_key=SECRET,
+                          aws_session_token=TOKEN)
+    stubber = Stubber(client)
+    stubber.add_client_error("head_object", service_error_code=TOKEN, http_status_code=500,
+                             service_message=f"denied for {SECRET} with {TOKEN}")
+    stubber.add_client_error("put_object", service_error_code=ACCESS.lower(), http_status_code=400,
+                             service_message=f"denied for {ACCESS}")
+    store = S3Store(StoreSettings.of("s3://bucket-x/p"), client=client)
+    with stubber:
+        for call in (lambda: store.holds("a.png", 3, "ab"), lambda: store.upload("a.png", b"abc", "PNG", "ab")):
+            with pytest.raises(ReferenceStoreError) as caught:
+                anyio.run(call)
+            assert "[redacted]" in str(caught.value)
+            assert_no_credential(str(caught.value), "the store's error")
