@@ -153,6 +153,8 @@ class LedgerTransitions(LedgerStore):
         older ledger's whose base it did not record), or None. The API giving one id twice must
         not pair two jobs with one clip. (The unique index on (api_base, remote_job_id) backs this
         up; the attempts also remember ids jobs no longer hold, after a retry.)"""
+        if self.postgres:  # two runners given one id at once: the second waits and finds the first
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:r))"), {"r": remote_job_id})
         row = conn.execute(text(
             "SELECT j.key FROM attempt a JOIN job j ON j.id = a.job_id WHERE a.remote_job_id = :r AND a.job_id != :id "
             "AND (j.api_base IS NULL OR j.api_base IN ('', :base)) LIMIT 1"),
