@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from ..money import json_safe
 from . import cli, ledger_option
 
 
@@ -36,7 +37,7 @@ def models(api_id: str | None, ledger_path: str, refresh: bool, simulate: bool, 
     if api_id is None:
         listed = anyio.run(lambda: api.list_models(to))
         if as_json:
-            click.echo(json.dumps(listed, indent=2))
+            click.echo(json.dumps(json_safe(listed), indent=2, allow_nan=False))
             return
         for line in model_list_lines(listed):
             click.echo(line)
@@ -45,7 +46,7 @@ def models(api_id: str | None, ledger_path: str, refresh: bool, simulate: bool, 
         spec, description = anyio.run(lambda: api.describe_model(api_id, ledger, to, refresh=refresh))
     if as_json:
         data: dict[str, Any] = {"apiId": spec.api_id, "source": spec.source, **description}
-        click.echo(json.dumps(data, indent=2))
+        click.echo(json.dumps(json_safe(data), indent=2, allow_nan=False))
         return
     for line in model_lines(spec, description.get("requestSchema") or spec.json_schema()):
         click.echo(line)
