@@ -301,3 +301,10 @@ def test_an_older_ledger_upgrades_to_exact_totals_and_holds_a_shared_id(ledger_u
         assert jobs[1].state == "unknown" and "r-shared" in (jobs[1].error or "")
         assert [e.kind for e in ledger.events(jobs[1].id)][-1] == "duplicate-job-id"
         assert ledger.attempts(jobs[2].id)[0].credit_cost == 20  # 1e20 was no charge: its estimate
+
+
+def test_an_estimate_beyond_any_amount_is_a_usage_error_not_a_traceback(tmp_path):
+    result = CliRunner().invoke(cli, ["run", str(_manifest(tmp_path, 1)), "--simulate", "--rate", "720p=1e300",
+                                      "--ledger", str(tmp_path / "l.db")])
+    assert result.exit_code == 2 and "beyond any amount batcher counts" in result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit)
