@@ -38,16 +38,16 @@ class Mode(str, enum.Enum):
     ENDLESS_JSON_SUBMIT = "endless-json-submit"  # the first submission's answer never ends (accepted)
     STATUS_FORBIDDEN = "status-forbidden"  # one job's status: 403 "job belongs to another workspace"
     REDIRECT_TO_FILE = "redirect-to-file"  # every output file redirects to file:///etc/passwd
+    # The ledger fails after a POST was answered (issue 23: 1)
+    LEDGER_DOWN_AFTER_POST = "ledger-down-after-post"  # the ledger becomes unavailable as a submission is answered
+    # Secrets and hostile text (issue 23: 10, 12)
+    ESCAPED_KEY_IN_ERRORS = "escaped-key-in-errors"  # error texts and failed renders' reasons carry the key, escaped
+    FORMULA_ERRORS = "formula-errors"  # error texts and failed renders' reasons start with a spreadsheet formula
     # Downloads of paid videos (issue 23: 4, 5, 7); each acts on every job's output, counted per job
     FLAKY_OUTPUT = "flaky-output"  # the first `flaky_gets` GETs of each job's output: 404, 403, 503 in turn
     BOGUS_CONTENT_LENGTH = "bogus-content-length"  # each job's first output GET declares 99999999999 bytes
     EXPIRED_OUTPUT = "expired-output"  # outputs answer 403; status says expiresAt passed, then gives no URL
     SLOW_OUTPUT = "slow-output"  # the first `slow_jobs` jobs' outputs stall and time out, until the rest are served
-    # Secrets and hostile text (issue 23: 10, 12)
-    ESCAPED_KEY_IN_ERRORS = "escaped-key-in-errors"  # error texts and failed renders' reasons carry the key, escaped
-    FORMULA_ERRORS = "formula-errors"  # error texts and failed renders' reasons start with a spreadsheet formula
-    # The ledger fails after a POST was answered (issue 23: 1)
-    LEDGER_DOWN_AFTER_POST = "ledger-down-after-post"  # the ledger becomes unavailable as a submission is answered
     # (further modes are added below by the items they test)
 
 
@@ -250,6 +250,88 @@ _RULES.update({
 })
 
 
+# --- the ledger fails after a POST was answered (issue 23: 1) -------------------------------------
+
+async def _ledger_down_after_post(api: HostileApi, request: httpx.Request) -> httpx.Response | None:
+    """Settings: `outage` (tests/outages.py, on the run's ledger), `seconds` it lasts (default 5),
+    `times` (default 1), `after` (default "submit"; "status": a poll that finds a render done;
+    "download": an output file): the first such answers come back only once the ledger is
+    unavailable, so the run's write of what the API did meets the outage."""
+    import anyio
+
+    after = api.settings.get("after", "submit")
+    wanted = {"submit": is_submit, "status": is_status, "download": is_download}[str(after)]
+    if not wanted(request) or api.done[Mode.LEDGER_DOWN_AFTER_POST] >= int(api.settings.get("times", 1)):
+        return None
+    response = await api.real(request)
+    await response.aread()
+    if response.status_code not in (200, 202) or (after == "status" and b'"completed"' not in response.content):
+        return response
+    api.done[Mode.LEDGER_DOWN_AFTER_POST] += 1
+    outage = api.settings["outage"]
+    await anyio.to_thread.run_sync(outage.start, float(api.settings.get("seconds", 5.0)))  # type: ignore[attr-defined]
+    return response
+
+
+_RULES[Mode.LEDGER_DOWN_AFTER_POST] = _ledger_down_after_post  # type: ignore[assignment]
+
+
+# --- secrets and hostile text (issue 23: 10, 12) ----------------------------------------------------
+
+def escaped_key(key: str, how: str = "json") -> str:
+    """`key` as an answer may hide it, decodable: "json" every character `\\uXXXX`; "percent" every
+    character `%XX` (upper case hex); "mixed" by turns `\\uXXXX`, `%xx`, double-encoded `%25XX`,
+    the character in upper case, and `\\/`-style escaped."""
+    if how == "json":
+        return "".join(f"\\u{ord(c):04x}" for c in key)
+    if how == "percent":
+        return "".join(f"%{ord(c):02X}" for c in key)
+    forms = (lambda c: f"\\u{ord(c):04X}", lambda c: f"%{ord(c):02x}", lambda c: f"%25{ord(c):02X}",
+             lambda c: c.upper(), lambda c: f"\\{c}" if c == "/" else c)
+    return "".join(forms[i % len(forms)](c) for i, c in enumerate(key))
+
+
+async def _rewritten_error(api: HostileApi, request: httpx.Request, mode: Mode, text: Callable[[str, str], str]
+                           ) -> httpx.Response | None:
+    """The real answer with its error text (an error body's message, a failed render's reason)
+    replaced by `text(the text, the request's bearer token)`; None (untouched) when it has none."""
+    response, body = await _real_json(api, request)
+    if body is None:
+        return response
+    token = request.headers.get("authorization", "").removeprefix("Bearer ")
+    error = body.get("error")
+    if response.status_code >= 400 and isinstance(error, dict) and isinstance(error.get("message"), str):
+        error["message"] = text(error["message"], token)
+    elif body.get("status") == "failed" and isinstance(error, str):
+        body["error"] = text(error, token)
+    else:
+        return response
+    api.done[mode] += 1
+    body_headers = ("content-length", "content-type", "content-encoding")
+    kept = {k: v for k, v in response.headers.items() if k.lower() not in body_headers}
+    return json_response(response.status_code, body, request, kept)  # Retry-After and the like kept
+
+
+async def _escaped_key_in_errors(api: HostileApi, request: httpx.Request) -> httpx.Response | None:
+    """Setting `escape` ("json", "percent" or "mixed", default "json"; see `escaped_key`): how the
+    key is written into each error text, as `{"k":"<escaped key>"}` after the API's own words."""
+    how = str(api.settings.get("escape", "json"))
+    return await _rewritten_error(api, request, Mode.ESCAPED_KEY_IN_ERRORS,
+                                  lambda error, token: f'{error}; {{"k":"{escaped_key(token, how)}"}}')
+
+
+async def _formula_errors(api: HostileApi, request: httpx.Request) -> httpx.Response | None:
+    """Setting `formula` (default a HYPERLINK formula): what each error text starts with."""
+    formula = str(api.settings.get("formula", '=HYPERLINK("https://evil.example/x","details")'))
+    return await _rewritten_error(api, request, Mode.FORMULA_ERRORS, lambda error, _token: f"{formula} {error}")
+
+
+_RULES.update({
+    Mode.ESCAPED_KEY_IN_ERRORS: _escaped_key_in_errors,  # type: ignore[dict-item]
+    Mode.FORMULA_ERRORS: _formula_errors,  # type: ignore[dict-item]
+})
+
+
 # --- downloads of paid videos (issue 23: 4, 5, 7) ---------------------------------------------------
 
 def output_job(api: HostileApi, request: httpx.Request) -> str | None:
@@ -355,87 +437,6 @@ _RULES.update({
     Mode.EXPIRED_OUTPUT: _expired_output,  # type: ignore[dict-item]
     Mode.SLOW_OUTPUT: _slow_output,  # type: ignore[dict-item]
 })
-
-
-# --- secrets and hostile text (issue 23: 10, 12) ----------------------------------------------------
-
-def escaped_key(key: str, how: str = "json") -> str:
-    """`key` as an answer may hide it, decodable: "json" every character `\\uXXXX`; "percent" every
-    character `%XX` (upper case hex); "mixed" by turns `\\uXXXX`, `%xx`, double-encoded `%25XX`,
-    the character in upper case, and `\\/`-style escaped."""
-    if how == "json":
-        return "".join(f"\\u{ord(c):04x}" for c in key)
-    if how == "percent":
-        return "".join(f"%{ord(c):02X}" for c in key)
-    forms = (lambda c: f"\\u{ord(c):04X}", lambda c: f"%{ord(c):02x}", lambda c: f"%25{ord(c):02X}",
-             lambda c: c.upper(), lambda c: f"\\{c}" if c == "/" else c)
-    return "".join(forms[i % len(forms)](c) for i, c in enumerate(key))
-
-
-async def _rewritten_error(api: HostileApi, request: httpx.Request, mode: Mode, text: Callable[[str, str], str]
-                           ) -> httpx.Response | None:
-    """The real answer with its error text (an error body's message, a failed render's reason)
-    replaced by `text(the text, the request's bearer token)`; None (untouched) when it has none."""
-    response, body = await _real_json(api, request)
-    if body is None:
-        return response
-    token = request.headers.get("authorization", "").removeprefix("Bearer ")
-    error = body.get("error")
-    if response.status_code >= 400 and isinstance(error, dict) and isinstance(error.get("message"), str):
-        error["message"] = text(error["message"], token)
-    elif body.get("status") == "failed" and isinstance(error, str):
-        body["error"] = text(error, token)
-    else:
-        return response
-    api.done[mode] += 1
-    body_headers = ("content-length", "content-type", "content-encoding")
-    kept = {k: v for k, v in response.headers.items() if k.lower() not in body_headers}
-    return json_response(response.status_code, body, request, kept)  # Retry-After and the like kept
-
-
-async def _escaped_key_in_errors(api: HostileApi, request: httpx.Request) -> httpx.Response | None:
-    """Setting `escape` ("json", "percent" or "mixed", default "json"; see `escaped_key`): how the
-    key is written into each error text, as `{"k":"<escaped key>"}` after the API's own words."""
-    how = str(api.settings.get("escape", "json"))
-    return await _rewritten_error(api, request, Mode.ESCAPED_KEY_IN_ERRORS,
-                                  lambda error, token: f'{error}; {{"k":"{escaped_key(token, how)}"}}')
-
-
-async def _formula_errors(api: HostileApi, request: httpx.Request) -> httpx.Response | None:
-    """Setting `formula` (default a HYPERLINK formula): what each error text starts with."""
-    formula = str(api.settings.get("formula", '=HYPERLINK("https://evil.example/x","details")'))
-    return await _rewritten_error(api, request, Mode.FORMULA_ERRORS, lambda error, _token: f"{formula} {error}")
-
-
-_RULES.update({
-    Mode.ESCAPED_KEY_IN_ERRORS: _escaped_key_in_errors,  # type: ignore[dict-item]
-    Mode.FORMULA_ERRORS: _formula_errors,  # type: ignore[dict-item]
-})
-
-# --- the ledger fails after a POST was answered (issue 23: 1) -------------------------------------
-
-async def _ledger_down_after_post(api: HostileApi, request: httpx.Request) -> httpx.Response | None:
-    """Settings: `outage` (tests/outages.py, on the run's ledger), `seconds` it lasts (default 5),
-    `times` (default 1), `after` (default "submit"; "status": a poll that finds a render done;
-    "download": an output file): the first such answers come back only once the ledger is
-    unavailable, so the run's write of what the API did meets the outage."""
-    import anyio
-
-    after = api.settings.get("after", "submit")
-    wanted = {"submit": is_submit, "status": is_status, "download": is_download}[str(after)]
-    if not wanted(request) or api.done[Mode.LEDGER_DOWN_AFTER_POST] >= int(api.settings.get("times", 1)):
-        return None
-    response = await api.real(request)
-    await response.aread()
-    if response.status_code not in (200, 202) or (after == "status" and b'"completed"' not in response.content):
-        return response
-    api.done[Mode.LEDGER_DOWN_AFTER_POST] += 1
-    outage = api.settings["outage"]
-    await anyio.to_thread.run_sync(outage.start, float(api.settings.get("seconds", 5.0)))  # type: ignore[attr-defined]
-    return response
-
-
-_RULES[Mode.LEDGER_DOWN_AFTER_POST] = _ledger_down_after_post  # type: ignore[assignment]
 
 
 # --- money (issue 23: 3): an absurd charge, then refunded --------------------------------------

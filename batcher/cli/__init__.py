@@ -8,6 +8,7 @@ credits; 4 the batch was cancelled (`batcher cancel`); 130 interrupted.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import click
@@ -46,6 +47,13 @@ class BatcherGroup(click.Group):
             click.echo("batcher: interrupted; nothing was submitted, and the ledger is as it was before this "
                        "step. Run the same command again to go on", err=True)
             ctx.exit(ExitCode.INTERRUPTED)
+
+
+def finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """A float option's value, refused when NaN or infinite (a FloatRange lets them through)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number")
+    return value
 
 
 def ledger_option(f: Any) -> Any:

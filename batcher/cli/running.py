@@ -20,6 +20,7 @@ from . import (
     ExitCode,
     checked_rates,
     cli,
+    finite,
     handle_signals,
     ledger_option,
     max_jobs_option,
@@ -39,6 +40,25 @@ class Credits(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         from ..money import budget
         return budget(value, "--budget")
+
+
+# How long a run waits for others (the API, its output hosts, other runners, the ledger).
+waiting_options = [
+    click.option("--max-retry-after", type=click.FloatRange(0), default=300.0, show_default=True,
+                 help="Longest pause a 429's Retry-After may impose, in seconds (a longer one is capped)."),
+    click.option("--request-deadline", type=click.FloatRange(0, min_open=True), default=90.0, show_default=True,
+                 help="Seconds a whole API answer (status, submission) may take, however it trickles in; a "
+                      "submission past it is held as unknown, a poll is retried. Also a download's least."),
+    click.option("--min-download-rate", type=click.FloatRange(0, min_open=True), default=50.0,
+                 show_default=True, help="KB/s: a download may take its size at this rate (at least "
+                                         "--request-deadline); a slower one is cut and retried."),
+    click.option("--lease-seconds", type=click.FloatRange(1), default=60.0, show_default=True,
+                 help="How long a claimed job stays this runner's without a renewal (several runners)."),
+    click.option("--ledger-patience", type=click.FloatRange(0, 86_400), default=300.0, show_default=True,
+                 metavar="SECONDS", callback=finite,
+                 help="How long a failing ledger (locked, unreachable) is waited for before what the API did "
+                      "is kept in the answer journal beside it and the run stops."),
+]
 
 
 def run_options(f: Any) -> Any:
@@ -66,7 +86,8 @@ def run_options(f: Any) -> Any:
                      help="Render time to assume before any has been observed (first polls); default: each "
                           "model's typical render time, or what earlier batches measured."),
         click.option("--max-download-mb", type=click.IntRange(1), default=2048, show_default=True,
-                     help="Refuse a video larger than this."),
+                     help="A video larger than this is not downloaded: its job stays rendered, and a rerun "
+                          "with a higher cap downloads it."),
         rate_option,
         click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
                      help="Write the HTML gallery here at the end, and print its path."),
@@ -74,16 +95,7 @@ def run_options(f: Any) -> Any:
                      help="Most API requests per minute, all calls together (adapts to 429s)."),
         max_jobs_option,
         *store_options,
-        click.option("--max-retry-after", type=click.FloatRange(0), default=300.0, show_default=True,
-                     help="Longest pause a 429's Retry-After may impose, in seconds (a longer one is capped)."),
-        click.option("--request-deadline", type=click.FloatRange(0, min_open=True), default=90.0, show_default=True,
-                     help="Seconds a whole API answer (status, submission) may take, however it trickles in; a "
-                          "submission past it is held as unknown, a poll is retried. Also a download's least."),
-        click.option("--min-download-rate", type=click.FloatRange(0, min_open=True), default=50.0,
-                     show_default=True, help="KB/s: a download may take its size at this rate (at least "
-                                             "--request-deadline); a slower one is cut and retried."),
-        click.option("--lease-seconds", type=click.FloatRange(1), default=60.0, show_default=True,
-                     help="How long a claimed job stays this runner's without a renewal (several runners)."),
+        *waiting_options,
         click.option("--webhook-listen", metavar="HOST:PORT", default=None,
                      help="Listen here for the API's webhooks: each job's end pokes its runner, which then asks "
                           "the API at once (polls go on, sparser, as a safety net). Port 0 picks a free one."),
@@ -136,7 +148,7 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
          lease_seconds: float = 60.0, as_json: bool = False, max_retry_after: float = 300.0,
          max_jobs: int = MAX_JOBS, no_preflight: bool = False, webhook_listen: str | None = None,
          webhook_url: str | None = None, request_deadline: float = 90.0, min_download_rate: float = 50.0,
-         **store_options: Any) -> None:
+         ledger_patience: float = 300.0, **store_options: Any) -> None:
     import anyio
 
     from .. import api
@@ -165,7 +177,7 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
                          handle_signals=True, rpm=rpm, lease_seconds=lease_seconds, max_retry_after=max_retry_after,
                          preflight=not no_preflight, on_warning=lambda line: click.echo(line, err=True),
                          reference_store=store, webhooks=hooks, request_deadline=request_deadline,
-                         min_download_rate=min_download_rate)
+                         min_download_rate=min_download_rate, ledger_patience=ledger_patience)
     if no_preflight:
         click.echo("warning: --no-preflight: reference URLs are not checked; a bad one is found only after "
                    "its job was submitted", err=True)
@@ -173,7 +185,8 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
     # Redraw twice a second on a terminal; otherwise a line every 30 s, and no counting in between.
     options.progress_interval = 0.5 if live else 30.0
     printer = ProgressPrinter(sys.stderr, live=live, interval=30.0)
-    with Ledger(ledger_path) as ledger:
+    # An SQLite write waits for another's lock no longer than the run's patience in all.
+    with Ledger(ledger_path, busy_timeout=min(60.0, max(0.1, ledger_patience))) as ledger:
         _stage(ledger, m, overrides, simulate, max_jobs, requeue, checked)
         report = anyio.run(lambda: api.run_async(
             m, ledger=ledger, options=options, to=to, rate_overrides=overrides, on_progress=printer,

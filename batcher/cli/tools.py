@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from typing import Any
 
 import click
 
-from . import ExitCode, cli
-
-
-def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
-    """A float option's value, refused when NaN or infinite (a FloatRange lets them through)."""
-    if not math.isfinite(value):
-        raise click.BadParameter(f"{value} is not a finite number")
-    return value
+from . import ExitCode, cli, finite
 
 
 @cli.command()
@@ -36,11 +28,11 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
 @click.option("--seed", default=0, help="Random seed for faults and render times.")
 @click.option("--echo-key-in-errors", is_flag=True,
               help="Act as a careless API: repeat the Authorization header in every error text.")
-@click.option("--webhook-loss", default=0.0, type=click.FloatRange(0, 1), metavar="P", callback=_finite,
+@click.option("--webhook-loss", default=0.0, type=click.FloatRange(0, 1), metavar="P", callback=finite,
               help="Share of jobs whose webhook is never sent.")
-@click.option("--webhook-duplicate", default=0.0, type=click.FloatRange(0, 1), metavar="P", callback=_finite,
+@click.option("--webhook-duplicate", default=0.0, type=click.FloatRange(0, 1), metavar="P", callback=finite,
               help="Share of jobs whose webhook is sent twice.")
-@click.option("--webhook-delay", default=0.0, type=click.FloatRange(min=0), metavar="SECONDS", callback=_finite,
+@click.option("--webhook-delay", default=0.0, type=click.FloatRange(min=0), metavar="SECONDS", callback=finite,
               help="Mean seconds from a render's end to its webhook (+/-20%).")
 @click.option("--no-webhooks", is_flag=True,
               help="Refuse a submission's webhook_url as an unknown parameter (422), as an API without webhooks.")

@@ -36,6 +36,7 @@ from ..errors import (
 from ..files import publish, temp_name, video_name
 from ..ledger import Job
 from ..states import JobState as S
+from . import records
 from .context import RunContext
 from .downloads_queue import Queued
 from .failpoints import failpoint
@@ -84,7 +85,8 @@ async def download(ctx: RunContext, item: Queued) -> None:
         job = job.evolve(output_expires_at=job.output_expires_at or ctx.wall() + URL_LIFETIME)
         job = item.job = await ctx.move(
             job, S.SUBMITTED, S.RENDERED, "rendered", None, output_url=job.output_url,
-            output_expires_at=job.output_expires_at, render_seconds=job.render_seconds, finished_at=job.finished_at)
+            output_expires_at=job.output_expires_at, render_seconds=job.render_seconds,
+            finished_at=job.finished_at, record=records.rendered(ctx, job))
         failpoint("after-rendered")
     out = ctx.options.saving.out_dir
     final = out / video_name(job.label, job.take, job.key)
@@ -114,7 +116,8 @@ async def download(ctx: RunContext, item: Queued) -> None:
         with anyio.CancelScope(shield=True):
             tmp.unlink(missing_ok=True)  # still there only if the download failed
     await ctx.move(job, S.RENDERED, S.COMPLETED, "downloaded", f"{result.size} bytes, sha256 {result.sha256[:12]}",
-                   file_path=str(ctx.out_abs / published.name), size=result.size, sha256=result.sha256, error=None)
+                   file_path=str(ctx.out_abs / published.name), size=result.size, sha256=result.sha256, error=None,
+                   record=records.downloaded(ctx, job, ctx.out_abs / published.name, result.size, result.sha256))
     ctx.completed += 1
 
 
