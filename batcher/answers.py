@@ -184,7 +184,11 @@ def describe(response: httpx.Response, redact: Callable[[str], str] = _verbatim)
 
     `redact` runs before the text is cut short, so a secret at the cut is never half shown.
     """
-    head = " ".join(redact(response.content[:65536].decode("utf-8", "replace")).split())[:120]
+    text = response.content[:65536].decode("utf-8", "replace")
+    if len(response.content) > 65536:
+        # The word the cut fell in is dropped: a key cut short there is never recognised as one.
+        text = text[:len(text.rstrip()) - len(text.rstrip().split()[-1])] if text.split() else ""
+    head = " ".join(redact(text).split())[:120]
     kind = redact(response.headers.get("content-type", "no content type").split(";")[0])
     return f"HTTP {response.status_code} {kind}: {head!r}"
 

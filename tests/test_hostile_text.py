@@ -333,3 +333,18 @@ def test_a_given_boto3_client_is_redacted_of_its_own_credentials():
                 anyio.run(call)
             assert "[redacted]" in str(caught.value)
             assert_no_credential(str(caught.value), "the store's error")
+
+
+def test_a_key_cut_where_an_answer_stops_being_read_is_never_half_shown():
+    # 64 KB of whitespace, then the key across the cut: collapsing the whitespace used to pull the
+    # key's first characters, never recognised as the key, into the text shown.
+    import httpx
+
+    from batcher.answers import describe
+    key = "sk-test-0123456789abcdef"
+    for before in (65536 - 5, 65536 - 12):
+        shown = describe(httpx.Response(500, content=(" " * before + key).encode()), lambda t: t.replace(key, "[k]"))
+        assert "sk-te" not in shown and key[:5] not in shown, shown
+    long = f"boom {key} ".encode() + b"x" * 70000
+    shown = describe(httpx.Response(500, content=long), lambda t: t.replace(key, "[k]"))
+    assert "boom [k]" in shown

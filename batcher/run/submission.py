@@ -204,7 +204,8 @@ async def submit_once(ctx: RunContext, job: Job, wire: dict[str, Any], estimate:
         failpoint("after-intent")
         known = ("submitting", estimate, ctx.batch)
         try:
-            with anyio.fail_after(ctx.options.polling.retry.cap + 60):
+            # A backstop above the client's own deadline for the whole answer (--request-deadline).
+            with anyio.fail_after(ctx.options.polling.request_deadline + 30):
                 answer = await ctx.client.submit(ctx.model_of(job).api_id, body)
         except TimeoutError:
             return Submitted.HELD, await _held(ctx, job, attempt_id, estimate, _NO_ANSWER), False
