@@ -287,7 +287,7 @@ def _as_version_11(url: str) -> None:
 
 def test_an_older_ledger_upgrades_to_exact_totals_and_holds_a_shared_id(ledger_url, tmp_path):
     with Ledger(ledger_url) as ledger:
-        api.stage(ledger, load_manifest(_manifest(tmp_path, 3)))
+        api.stage(ledger, load_manifest(_manifest(tmp_path, 4)))
     _as_version_11(ledger_url)
     with Ledger(ledger_url) as ledger:  # upgraded on opening
         assert ledger.schema_version() >= 12
@@ -295,7 +295,8 @@ def test_an_older_ledger_upgrades_to_exact_totals_and_holds_a_shared_id(ledger_u
         assert info is not None and info.budget == 100
         assert ledger.committed("small") == Decimal("20.1") == ledger.spend("small").committed
         jobs = list(ledger.iter_batch("small"))
-        assert [j.estimate for j in jobs] == [20, 20, 20] and jobs[0].credit_cost == 20
+        assert [j.estimate for j in jobs] == [20, 20, 20, 20] and jobs[0].credit_cost == 20
+        assert jobs[3].state == "pending" and jobs[3].credit_cost is None  # never charged: still no cost
         assert jobs[0].state == "submitted" and jobs[0].api_base == ""  # the first holder keeps its id
         # the later holder is never given the other's clip: held, with the reason in its history
         assert jobs[1].state == "unknown" and "r-shared" in (jobs[1].error or "")

@@ -98,7 +98,8 @@ _ABSURD = "1e12"
 def in_hundredths(model: Any, name: str, instead: str = "NULL") -> Step:
     """A column of credits (a float) rewritten as whole hundredths (BIGINT): a new column filled
     from the old, the old dropped, the new given its name. An amount beyond any real one becomes
-    `instead` (SQL over the row: an absurd charge gives way to the estimate, as it would now).
+    `instead` (SQL over the row: an absurd charge gives way to the estimate, as it would now); no
+    amount stays none.
     Always run (once, as its migration): an older step may have made the column BIGINT already,
     holding credits."""
     table, column = _table(model), _table(model).c[name]
@@ -107,7 +108,7 @@ def in_hundredths(model: Any, name: str, instead: str = "NULL") -> Step:
         t, new = table.name, f"{name}_hundredths"
         required = "" if column.nullable else " NOT NULL DEFAULT 0"
         conn.exec_driver_sql(f"ALTER TABLE {t} ADD COLUMN {new} BIGINT{required}")
-        conn.exec_driver_sql(f"UPDATE {t} SET {new} = CASE WHEN {name} IS NULL THEN {instead} "
+        conn.exec_driver_sql(f"UPDATE {t} SET {new} = CASE WHEN {name} IS NULL THEN NULL "
                              f"WHEN ABS({name}) <= {_ABSURD} THEN CAST(ROUND({name} * 100) AS BIGINT) "
                              f"ELSE {instead} END")
         conn.exec_driver_sql(f"ALTER TABLE {t} DROP COLUMN {name}")
