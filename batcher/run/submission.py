@@ -32,7 +32,7 @@ from ..errors import (
 )
 from ..ledger import Job
 from ..models import ModelSpec
-from ..money import ZERO, charge_ceiling, credits, show
+from ..money import MAX_CREDITS, ZERO, charge_ceiling, credits, show
 from ..states import JobState as S
 from . import records
 from .context import RunContext
@@ -55,7 +55,8 @@ def estimate_for(ctx: RunContext, job: Job) -> Decimal:
     # for the model's other kinds, their estimate scaled as this one was found to be low (up to
     # the next hundredth: a reservation is never below what the scale says).
     model = ctx.model_of(job)
-    scaled = credits(job.estimate * ctx.cost_seen.get(_ratio_key(model.api_id), Decimal(1)), up=True)
+    scaled = credits(min(job.estimate * ctx.cost_seen.get(_ratio_key(model.api_id), Decimal(1)), MAX_CREDITS),
+                     up=True)
     return max(job.estimate, scaled, ctx.cost_seen.get(model.job_class(job.parameters()), ZERO))
 
 
