@@ -185,6 +185,11 @@ class RunContext:
             self._budget_changed.set()
         self._budget_changed = anyio.Event()
 
+    def unreserve(self, estimate: Decimal) -> None:
+        """A reservation nothing was charged for goes; whoever waits for room in the budget wakes."""
+        self.budget.settle(estimate, None)
+        self.budget_signal()
+
     async def budget_changed(self) -> None:
         if self._budget_changed is None:
             self._budget_changed = anyio.Event()

@@ -179,8 +179,7 @@ async def submit_once(ctx: RunContext, job: Job, wire: dict[str, Any], estimate:
         body = await with_local_urls(ctx, ctx.options.reference_store, wire)
         body, hooked = with_webhook(ctx, job, body) if with_hook else (body, False)
     except ReferenceStoreError as e:
-        ctx.budget.settle(estimate, None)
-        ctx.budget_signal()
+        ctx.unreserve(estimate)
         await ctx.event(job, "not-sent", str(e))
         ctx.note(str(e))
         return Submitted.STOPPED, job, False
@@ -198,8 +197,7 @@ async def submit_once(ctx: RunContext, job: Job, wire: dict[str, Any], estimate:
         except BaseException:
             # No intent was written (another runner took the job over, the ledger failed): the
             # reservation must go, or every submission waiting for room in the budget waits forever.
-            ctx.budget.settle(estimate, None)
-            ctx.budget_signal()
+            ctx.unreserve(estimate)
             raise
         job = job.evolve(state=S.SUBMITTING.value, attempts=job.attempts + 1)  # as the ledger counted it
         failpoint("after-intent")
@@ -214,14 +212,12 @@ async def submit_once(ctx: RunContext, job: Job, wire: dict[str, Any], estimate:
             ctx.pauses.server_trouble()
             return Submitted.HELD, await _held(ctx, job, attempt_id, estimate, str(e)), False
         except (NotSentError, RateLimited, CreditsExhausted, AuthError) as e:
-            ctx.budget.settle(estimate, None)
-            ctx.budget_signal()
+            ctx.unreserve(estimate)
             await ctx.writer.write(ctx.ledger.end_attempt(attempt_id, "not_sent", known=known))
             job = await ctx.move(job, S.SUBMITTING, S.PENDING, "not-sent", str(e))
             return _not_sent(ctx, e), job, False
         except RejectedError as e:
-            ctx.budget.settle(estimate, None)
-            ctx.budget_signal()
+            ctx.unreserve(estimate)
             await ctx.writer.write(ctx.ledger.end_attempt(attempt_id, "rejected", known=known))
             if hooked:
                 return Submitted.HOOK_REFUSED, await hook_refused(ctx, job, e), False
