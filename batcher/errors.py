@@ -12,6 +12,7 @@
     │   ├── IllegalTransition    a job state change the state machine forbids
     │   │   └── LeaseLost        another runner took the job over (its fencing token moved on)
     │   ├── DiskFullError        the disk filled up while writing (exit 2; rerun after freeing space)
+    │   ├── WriteRefused         the database refused a write as it is (a constraint): waiting cannot help
     │   └── LedgerUnavailable    the API acted, the ledger failed past patience: kept in the journal (exit 2)
     ├── BudgetExceeded           the shared budget has no room for another submission
     ├── SchemaMismatch           the live model schema rejects the batch's parameters (exit 2)
@@ -119,6 +120,11 @@ class BudgetExceeded(BatcherError):
 
 class DiskFullError(LedgerError):
     """No space left while writing the ledger or a video."""
+
+
+class WriteRefused(LedgerError):
+    """The database refused a write as it is (a unique or other constraint): not a failing ledger,
+    so it is not waited out."""
 
 
 class LedgerUnavailable(LedgerError):

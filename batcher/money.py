@@ -55,6 +55,16 @@ def credits(value: Any, *, up: bool = False, down: bool = False) -> Decimal:
     return _canonical(exact.quantize(CENT, rounding=rounding))
 
 
+def estimate_hundredths(estimate: Any) -> int:
+    """A job's estimate as the ledger holds it and plans sum it: whole hundredths of a credit,
+    rounded up. Raises UsageError for one beyond any amount batcher counts (a --rate of 1e300)."""
+    try:
+        return int(credits(estimate, up=True) * 100)
+    except ValueError:
+        raise UsageError(f"a job's estimate of {estimate!r} credits is beyond any amount batcher counts: "
+                         f"check --rate and the model's price") from None
+
+
 def to_hundredths(value: Decimal | int | float | None) -> int | None:
     """What the ledger stores: whole hundredths of a credit (None stays None)."""
     if value is None:

@@ -11,6 +11,7 @@ import itertools
 import operator
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from .diagnostics import Diagnostics
@@ -30,6 +31,7 @@ from .expansion import (
 )
 from .manifest import Manifest
 from .models import MAX_INT32, ModelSpec
+from .money import ZERO, estimate_hundredths, from_hundredths
 from .rowfields import Located
 from .rowkeys import CANONICAL, FastRow, fast_row, key_text, row_keys
 from .template import Template, compile_template
@@ -66,7 +68,11 @@ class RowSummary:
     origin: str
     label: str
     jobs: int = 0
-    credits: float = 0.0
+    hundredths: int = 0  # the row's estimates, summed exactly
+
+    @property
+    def credits(self) -> Decimal:
+        return from_hundredths(self.hundredths) or ZERO
 
 
 @dataclass
@@ -76,7 +82,7 @@ class PlanSummary:
     batch: str
     model: str
     jobs: int = 0
-    credits: float = 0.0
+    hundredths: int = 0  # the jobs' estimates, summed exactly (never a running float)
     credits_are_guess: bool = False
     duplicates: int = 0
     seconds_of_video: int = 0
@@ -88,6 +94,11 @@ class PlanSummary:
     # With check(keep=True): each usable row as it was compiled (its keys kept), or None for a row
     # built job by job. Staging fills the ledger from them (`jobrows`) instead of expanding again.
     compiled: list[tuple[RowPlan, FastRow | None]] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def credits(self) -> Decimal:
+        """What the jobs are estimated to cost, exactly."""
+        return from_hundredths(self.hundredths) or ZERO
 
     def to_json(self) -> dict[str, Any]:
         local = {"local_images": {"count": self.local_images, "bytes": self.local_bytes}} if self.local_images else {}
@@ -234,7 +245,7 @@ def _count_row(fast: FastRow, plan: RowPlan, seen: set[int], summary: PlanSummar
     pick = operator.itemgetter(*fast.class_axes) if fast.class_axes else None
     info = fast.class_info
     jobs = duplicates = 0
-    row_credits, credits = 0.0, summary.credits
+    row_hundredths, total = 0, summary.hundredths
     for key, combo in row_keys(fast.text):
         if key in seen:
             duplicates += 1
@@ -248,20 +259,20 @@ def _count_row(fast: FastRow, plan: RowPlan, seen: set[int], summary: PlanSummar
         entry = classes.get(texts)
         if entry is None:
             entry = classes[texts] = [*info(texts), 0]
+            entry.append(estimate_hundredths(entry[0]))
         entry[4] += 1
         jobs += 1
-        # Summed job by job, in job order, as the job-by-job path does: the same float results.
-        row_credits += entry[0]
-        credits += entry[0]
+        row_hundredths += entry[5]
+        total += entry[5]
     summary.duplicates += duplicates
-    summary.credits = credits
+    summary.hundredths = total
     fast.keys = kept
     if not jobs:
         return
-    rows[plan.row.index] = RowSummary(plan.row.origin, row_label(plan.row), jobs, row_credits)
+    rows[plan.row.index] = RowSummary(plan.row.origin, row_label(plan.row), jobs, row_hundredths)
     summary.jobs += jobs
     summary.by_model[plan.model.api_id] = summary.by_model.get(plan.model.api_id, 0) + jobs
-    for _, guess, seconds, resolution, count in classes.values():
+    for _, guess, seconds, resolution, count, _ in classes.values():
         summary.credits_are_guess |= guess
         summary.seconds_of_video += seconds * count
         summary.by_resolution[resolution] = summary.by_resolution.get(resolution, 0) + count
@@ -325,9 +336,9 @@ def check(manifest: Manifest, rate_overrides: dict[str, float] | None = None, *,
             if row is None:
                 row = rows[job.row] = RowSummary(job.origin, job.label)
             row.jobs += 1
-            row.credits += job.estimate
             summary.jobs += 1
-            summary.credits += job.estimate
+            summary.hundredths += (cost := estimate_hundredths(job.estimate))
+            row.hundredths += cost
             summary.credits_are_guess |= job.estimate_is_guess
             summary.seconds_of_video += int(job.params.get(plan.model.seconds_param, 0))
             res = str(job.params.get(plan.model.rate_param))

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from .manifest import Manifest
 from .models import ModelSpec
+from .money import estimate_hundredths, from_hundredths
 from .plan import JobSpec, PlanSummary
 from .text import format_seconds, iso, state_counts
 
@@ -21,7 +22,7 @@ class ModelShare:
     """One model's part of a plan that mixes models."""
 
     jobs: int = 0
-    credits: float = 0.0
+    hundredths: int = 0  # the model's estimates, summed exactly
     seconds_of_video: int = 0
     guessed: dict[str, str] = field(default_factory=dict)  # a value its price depends on -> why a guess
 
@@ -41,7 +42,7 @@ class ModelShares:
         share = self.shares.setdefault(job.model, ModelShare())
         spec = self.spec(job.model)
         share.jobs += 1
-        share.credits += job.estimate
+        share.hundredths += estimate_hundredths(job.estimate)
         share.seconds_of_video += int(job.params.get(spec.seconds_param, 0) or 0) if spec.seconds_param else 0
         if job.estimate_is_guess:
             value = str(job.params.get(spec.rate_param, spec.defaults().get(spec.rate_param)))
@@ -50,7 +51,8 @@ class ModelShares:
                                      f"no price known (estimated 0; a budgeted run needs --rate {spec.api_id}=N)")
 
     def to_json(self) -> dict[str, Any]:
-        return {api_id: {"jobs": s.jobs, "credits": round(s.credits, 2), "seconds_of_video": s.seconds_of_video,
+        return {api_id: {"jobs": s.jobs, "credits": from_hundredths(s.hundredths),
+                         "seconds_of_video": s.seconds_of_video,
                          "credits_include_guessed_rates": bool(s.guessed), "guessed": sorted(s.guessed.values()),
                          "typical_render_seconds": self.spec(api_id).expected_render_seconds}
                 for api_id, s in self.shares.items()}

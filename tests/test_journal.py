@@ -139,3 +139,28 @@ def test_a_record_survives_its_own_line():
     r = Record(Recorded.DOWNLOADED, "b", 3, "k", "job_1", 5.5, file_path="/x/y.mp4", size=10, sha256="ab" * 32)
     assert parse(r.line()) == r
     assert json.loads(r.line())["kind"] == "downloaded"
+
+
+def test_a_journaled_answer_naming_another_jobs_id_holds_the_job_never_pairs_it(tmp_path, write):
+    from decimal import Decimal
+
+    from batcher.states import JobState as S
+    manifest = write("m.yaml", small_manifest(n_rows=2))
+    location, base = str(tmp_path / "l.db"), "https://pixeldojo.ai"
+    with Ledger(location) as led:
+        api.stage(led, api.load_manifest(manifest))
+        first, second = list(led.iter_batch("small"))
+        a1 = led.write(led.begin_submission(first.id, S.PENDING, Decimal(20)))
+        led.write(led.end_attempt(a1, "accepted", remote_job_id="job_1", credit_cost=Decimal(20)))
+        led.write(led.move(first.id, S.SUBMITTING, S.SUBMITTED, "accepted", remote_job_id="job_1", api_base=base))
+        a2 = led.write(led.begin_submission(second.id, S.PENDING, Decimal(20)))
+    record = Record(Recorded.ACCEPTED, "small", second.id, second.key, "job_1", 1.0, attempt_id=a2,
+                    status_url=f"{base}/api/v1/jobs/job_1", credit_cost="20", api_base=base)
+    journal_path(location).write_bytes(record.line())
+    with Ledger(location) as led:
+        held = led.get(second.id)
+        kinds = [e.kind for e in led.events(second.id)]
+        committed = led.spend("small").committed
+    assert held.state == "unknown" and held.remote_job_id is None and "job_1" in (held.error or "")
+    assert "duplicate-job-id" in kinds
+    assert committed == Decimal(40)  # both charges count as spent

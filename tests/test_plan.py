@@ -1,6 +1,8 @@
 """Expansion features and job-key stability."""
 from __future__ import annotations
 
+from decimal import Decimal
+
 from batcher.manifest import load_manifest
 from batcher.models import HAPPYHORSE_R2V
 from batcher.plan import check, expand, iter_jobs, job_key
@@ -111,7 +113,7 @@ def test_rate_override_changes_estimate_and_clears_guess():
     m = load_manifest(MANIFESTS / "demo.yaml")
     base = check(m)
     cheaper = check(m, {"1080p": 7.2})
-    assert abs((base.credits - cheaper.credits) - (8 - 7.2) * 8) < 1e-9
+    assert base.credits - cheaper.credits == Decimal("6.4")  # (8 - 7.2) x 8 s, exactly
     assert base.credits_are_guess and not cheaper.credits_are_guess
 
 

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from batcher.errors import ManifestError
 from batcher.manifest import load_manifest
+from batcher.money import estimate_hundredths
 from batcher.plan import check
 
 from .conftest import manifest_rows, valid_rows
@@ -159,7 +160,8 @@ def test_counting_rows_gives_the_keys_and_figures_of_building_jobs(tmp_path, row
     jobs = list(iter_jobs(m))
     all_keys = [j.key for j in _jobs_with_duplicates(m)]
     assert summary.jobs == len(jobs) and summary.duplicates == len(all_keys) - len(jobs)
-    assert summary.credits == sum(j.estimate for j in jobs)
+    # exact: each estimate rounded up to the hundredth, as the ledger holds it, then summed
+    assert summary.credits * 100 == sum(estimate_hundredths(j.estimate) for j in jobs)
     assert summary.seconds_of_video == sum(j.params["duration"] for j in jobs)
     assert summary.by_resolution == {r: sum(j.params["resolution"] == r for j in jobs)
                                      for r in dict.fromkeys(j.params["resolution"] for j in jobs)}

@@ -102,4 +102,5 @@ def bench(sections: tuple[str, ...], as_json: bool, **options: Any) -> None:
     chosen = SECTIONS if "all" in sections else list(sections) or DEFAULT_SECTIONS
     results = run_all(chosen, BenchSettings(**options), echo=click.echo)
     if as_json:
-        click.echo(json.dumps(results, indent=2))
+        from ..money import json_safe
+        click.echo(json.dumps(json_safe(results), indent=2, allow_nan=False))  # strict JSON, as every output

@@ -9,9 +9,9 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, text
 
-from ..errors import LedgerError, SimulationMismatch, UsageError
+from ..errors import LedgerError, SimulationMismatch
 from ..jobrows import JobRow, row_of
-from ..money import credits, to_hundredths
+from ..money import estimate_hundredths, to_hundredths
 from ..plan import JobSpec
 from ..states import JobState
 from .rows import Attempt, Batch, Event, Job, R, from_mapping
@@ -33,11 +33,7 @@ def _estimate_cents(cache: dict[Any, int], estimate: Any) -> int:
     """An estimate as exact hundredths (rounded up), made once per distinct estimate of a batch."""
     found = cache.get(estimate)
     if found is None:
-        try:
-            found = cache[estimate] = int(credits(estimate, up=True) * 100)
-        except ValueError:  # a --rate (or a listed price) that makes a job cost more than money batcher counts
-            raise UsageError(f"a job's estimate of {estimate!r} credits is beyond any amount batcher counts: "
-                             f"check --rate and the model's price") from None
+        found = cache[estimate] = estimate_hundredths(estimate)
     return found
 
 

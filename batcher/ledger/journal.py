@@ -58,6 +58,7 @@ class Record:
     remote_job_id: str
     at: float
     attempt_id: int | None = None  # ACCEPTED: the attempt it answers
+    api_base: str | None = None  # ACCEPTED: the API that answered (remote ids are unique per base)
     status_url: str | None = None
     credit_cost: str | None = None  # exact, as text (what was counted against the budget)
     submitted_at: float | None = None
@@ -84,7 +85,8 @@ class Record:
 
 
 _FIELDS = {f.name: f for f in fields(Record)}
-_TEXT = {"batch", "key", "remote_job_id", "status_url", "credit_cost", "output_url", "file_path", "sha256"}
+_TEXT = {"batch", "key", "remote_job_id", "status_url", "credit_cost", "output_url", "file_path", "sha256",
+         "api_base"}
 _INTS = {"job_id", "attempt_id", "size"}
 
 
@@ -246,12 +248,25 @@ class LedgerJournal(LedgerTransitions):
         # The attempt's end moves the batch's running total from the reservation to the charge.
         self.end_attempt(r.attempt_id, "accepted", remote_job_id=r.remote_job_id,
                          credit_cost=cost)(conn)
+        base = r.api_base or ""
+        holder = self.holder_of(conn, r.remote_job_id, r.job_id, base)
+        if holder is not None:
+            # The API gave this id to another job too: never that job's clip; charged, held for the user.
+            why = (f"the API answered with job id {r.remote_job_id}, which another job of this ledger already has "
+                   f"({holder}); held: it was charged")
+            self.x(conn, "UPDATE job SET state = 'unknown', credit_cost = :c, submitted_at = :s, error = :e, "
+                         "owner = NULL, lease_until = NULL, lease_token = lease_token + 1, updated_at = :t "
+                         "WHERE id = :id", {"c": to_hundredths(cost), "s": r.submitted_at, "e": why, "t": now,
+                                            "id": r.job_id})
+            self._event(conn, r.job_id, "duplicate-job-id", state.value, S.UNKNOWN.value, f"{why} (from the journal)",
+                        now)
+            return f"{r.describe()}: {why}"
         check_move(state, S.SUBMITTED, str(r.job_id))
         # The runner that wrote the record gave the job up: its fencing token moves on.
         self.x(conn, "UPDATE job SET state = 'submitted', remote_job_id = :r, status_url = :u, credit_cost = :c, "
-                     "submitted_at = :s, error = NULL, owner = NULL, lease_until = NULL, "
+                     "submitted_at = :s, error = NULL, owner = NULL, lease_until = NULL, api_base = :b, "
                      "lease_token = lease_token + 1, updated_at = :t WHERE id = :id",
-               {"r": r.remote_job_id, "u": r.status_url, "c": to_hundredths(cost),
+               {"r": r.remote_job_id, "u": r.status_url, "c": to_hundredths(cost), "b": base,
                 "s": r.submitted_at, "t": now, "id": r.job_id})
         self._event(conn, r.job_id, "journal-accepted", state.value, S.SUBMITTED.value,
                     f"accepted as {r.remote_job_id} ({r.credit_cost} credits); the ledger could not record the "

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, inspect
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from ..errors import BatcherError, DiskFullError, LedgerError
+from ..errors import BatcherError, DiskFullError, LedgerError, WriteRefused
 from .dialect import (
     DEFAULT_LEDGER,
     WRITE,
@@ -89,7 +89,8 @@ class LedgerStore:
                 if attempt < DEADLOCK_RETRIES and is_retryable(e):
                     time.sleep(random.uniform(0, 0.05 * attempt))  # apart, so they do not meet again
                     continue
-                raise LedgerError(f"ledger write failed: {first_line(e.orig)}") from None
+                kind = WriteRefused if isinstance(e, IntegrityError) else LedgerError
+                raise kind(f"ledger write failed: {first_line(e.orig)}") from None
         raise AssertionError("unreachable: the last attempt raises or returns")
 
     def write_many(self, fns: list[Callable[[Connection], Any]]) -> list[Any]:

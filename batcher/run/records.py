@@ -14,7 +14,8 @@ def accepted(ctx: RunContext, job: Job, attempt_id: int, remote_job_id: str, sta
              submitted_at: float) -> Record:
     """A submission answered with a job id: the charge it was counted at, exactly (as text)."""
     return Record(Recorded.ACCEPTED, ctx.batch, job.id, job.key, remote_job_id, ctx.wall(), attempt_id=attempt_id,
-                  status_url=status_url, credit_cost=str(charge), submitted_at=submitted_at)
+                  status_url=status_url, credit_cost=str(charge), submitted_at=submitted_at,
+                  api_base=ctx.client.base_url)
 
 
 def rendered(ctx: RunContext, job: Job) -> Record:

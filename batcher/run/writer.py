@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from ..errors import BatcherError, DiskFullError, IllegalTransition, LedgerError, LedgerUnavailable
+from ..errors import BatcherError, DiskFullError, IllegalTransition, LedgerError, LedgerUnavailable, WriteRefused
 from ..ledger import Ledger
 from ..ledger.journal import Record
 from ..policy import RetryPolicy
@@ -34,8 +34,9 @@ def failed_ledger(e: object) -> bool:
 
 
 def worth_waiting(e: object) -> bool:
-    """A failure that may pass while we wait (a lock, a connection); a full disk stops the run at once."""
-    return failed_ledger(e) and not isinstance(e, DiskFullError)
+    """A failure that may pass while we wait (a lock, a connection); a full disk stops the run at
+    once, and so does a write the database refuses as it is (a constraint: waiting cannot help)."""
+    return failed_ledger(e) and not isinstance(e, (DiskFullError, WriteRefused))
 
 
 class LedgerWriter:
