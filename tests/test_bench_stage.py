@@ -1,7 +1,7 @@
 """`batcher bench stage` on a tiny size: every figure it prints is measured, whole process."""
 from __future__ import annotations
 
-from batcher.benchstage import RUN_TARGET, STARTUP_TARGET, section
+from batcher.bench.stage import RUN_TARGET, STARTUP_TARGET, section
 
 
 def test_the_stage_section_measures_run_beside_plan_status_and_start_up(tmp_path):

@@ -15,12 +15,12 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import batcher.yamlfile
+import batcher.manifest.yamlfile
 from batcher.cli import cli
-from batcher.diagnostics import Diagnostics
 from batcher.errors import ManifestError
-from batcher.manifest import load_manifest
-from batcher.plan import check
+from batcher.manifest.diagnostics import Diagnostics
+from batcher.manifest.document import load_manifest
+from batcher.plan.jobs import check
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 HEAD = "version: 1\nbatch: fuzz\ndefaults:\n  duration: 5\n  references: [https://example.com/a.png]\nrows:\n"
@@ -113,10 +113,10 @@ def test_yaml_escapes_of_any_code_point_never_crash(tmp_path, prompt, key):
 
 
 def pure_python_yamlfile(monkeypatch):
-    """batcher.yamlfile as it loads where PyYAML has no libyaml: the pure-Python parser, which
+    """batcher.manifest.yamlfile as it loads where PyYAML has no libyaml: the pure-Python parser, which
     (unlike libyaml) builds "\\ud800" from its escape."""
     monkeypatch.delattr(yaml, "CSafeLoader", raising=False)
-    spec = importlib.util.spec_from_file_location("batcher._pure_yamlfile", batcher.yamlfile.__file__)
+    spec = importlib.util.spec_from_file_location("batcher.manifest._pure_yamlfile", batcher.manifest.yamlfile.__file__)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -127,7 +127,7 @@ def pure_python_yamlfile(monkeypatch):
 @pytest.mark.parametrize("text", ['prompt: "a \\ud800 b"\n', 'x: 1\n"\\udfff": 2\n', "- ok\n- \"\\U0000dc00\"\n"])
 def test_a_lone_surrogate_in_yaml_is_a_diagnostic_with_either_parser(monkeypatch, text):
     line = 2 if text.startswith("x") or text.startswith("-") else 1
-    for module in (batcher.yamlfile, pure_python_yamlfile(monkeypatch)):
+    for module in (batcher.manifest.yamlfile, pure_python_yamlfile(monkeypatch)):
         diags = Diagnostics()
         assert module.parse_yaml(text, "m.yaml", diags) is None
         [d] = diags.items

@@ -14,12 +14,12 @@ from batcher import api
 from batcher.cli import cli
 from batcher.errors import LocalReferencesNeedStore, ManifestError
 from batcher.ledger import Ledger
-from batcher.localrefs import LOCAL_PREFIX
-from batcher.manifest import load_manifest
-from batcher.plan import check, expand
+from batcher.manifest.document import load_manifest
+from batcher.plan.jobs import check, expand
+from batcher.references.local import LOCAL_PREFIX
 from batcher.run import RunOptions
-from batcher.simimages import png_image
-from batcher.simulator import SimConfig, Simulator
+from batcher.simulator.images import png_image
+from batcher.simulator.server import SimConfig, Simulator
 
 URL = "https://example.com/hero.png"
 
@@ -276,7 +276,7 @@ def test_validate_online_passes_good_local_images(chars, write):
 
 
 def test_the_gallery_shows_a_local_reference_from_its_file(chars):
-    from batcher.report import _reference
+    from batcher.views.report import _reference
     mare = chars / "mare.png"
     html = _reference(address(mare), chars / "out", {address(mare): mare})
     assert 'src="../mare.png"' in html and "data-src" not in html

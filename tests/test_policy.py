@@ -8,7 +8,7 @@ import random
 import anyio
 import pytest
 
-from batcher.policy import (
+from batcher.policy.decisions import (
     Budget,
     PollPlanner,
     RatePolicy,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import heapq
 import random
 
-from batcher.policy import PollPlanner
-from batcher.renderfit import InFlight
+from batcher.policy.decisions import PollPlanner
+from batcher.policy.renderfit import InFlight
 
 CLS = ("m", 5, "720p")
 

@@ -13,15 +13,15 @@ import pytest
 from click.testing import CliRunner
 
 from batcher import api
-from batcher.answers import ReferenceFetch
 from batcher.cli import cli
-from batcher.client import PixelDojoClient
+from batcher.client.answers import ReferenceFetch
+from batcher.client.http import PixelDojoClient
+from batcher.client.preflight import Outcome, judge
 from batcher.errors import PreflightFailed
-from batcher.imagefacts import MAX_BYTES, image_kind, image_size
-from batcher.preflight import Outcome, judge
-from batcher.simimages import png_image
-from batcher.simrefs import FetchedReference
-from batcher.simulator import SimConfig, Simulator, SimulatorTransport
+from batcher.references.facts import MAX_BYTES, image_kind, image_size
+from batcher.simulator.images import png_image
+from batcher.simulator.references import FetchedReference
+from batcher.simulator.server import SimConfig, Simulator, SimulatorTransport
 
 SIM = "https://pixeldojo.ai/_sim/refs"
 BAD = ["missing.png", "page.png", "small.png", "big.png", "text.png"]

@@ -12,9 +12,9 @@ import pytest
 
 from batcher import api
 from batcher.ledger import Ledger
-from batcher.report import build_report
 from batcher.run import RunOptions
-from batcher.simulator import SimConfig, Simulator
+from batcher.simulator.server import SimConfig, Simulator
+from batcher.views.report import build_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

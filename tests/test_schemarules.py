@@ -8,8 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batcher.models import get_model
-from batcher.schemarules import (
+from batcher.models.schema import (
     MAX_DEPTH,
     ParameterFacts,
     Violation,
@@ -20,6 +19,7 @@ from batcher.schemarules import (
     suggest,
     wire_name,
 )
+from batcher.models.tables import get_model
 
 
 def lines(schema, value) -> list[str]:
@@ -349,7 +349,7 @@ def test_any_schema_and_value_give_a_list_of_violations(schema, value):
 
 @pytest.mark.parametrize("pattern", ["^(a+)+$", "(a|aa)*b", "(a*)*", r"^(?:[a-z]+\s?)+$"])
 def test_a_pattern_that_could_backtrack_for_ever_is_not_run(pattern):
-    from batcher.patterns import backtracks
+    from batcher.models.patterns import backtracks
     assert backtracks(pattern)
     # Run, this would not end in our lifetime: it is left to the API.
     assert check_against({"pattern": pattern}, "a" * 40 + "!") == []

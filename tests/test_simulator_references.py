@@ -15,10 +15,10 @@ import httpx
 import pytest
 
 from batcher.ledger import Ledger
-from batcher.models import ModelSpec, Param
-from batcher.simimages import png_image
-from batcher.simrefs import FetchedReference, UploadStore, submission_problem
-from batcher.simulator import Journal, SimConfig, Simulator, SimulatorTransport, make_server
+from batcher.models.tables import ModelSpec, Param
+from batcher.simulator.images import png_image
+from batcher.simulator.references import FetchedReference, UploadStore, submission_problem
+from batcher.simulator.server import Journal, SimConfig, Simulator, SimulatorTransport, make_server
 
 BASE = "https://pixeldojo.ai"
 AUTH = {"authorization": "Bearer sim-key"}

@@ -14,7 +14,7 @@ import pytest
 
 from batcher.errors import UsageError
 from batcher.run.listener import ListenerLimits, PokeListener
-from batcher.webhooks import parse_listen
+from batcher.run.webhooks import parse_listen
 
 GOOD = "/hooks/job-1/s3cr3t-token"
 FAST = ListenerLimits(max_body=4096, max_head=2048, read_timeout=0.3, max_connections=8)

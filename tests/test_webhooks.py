@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from batcher.ledger import Ledger
-from batcher.simulator import SimConfig, Simulator
-from batcher.webhooks import Webhooks, make_secret
+from batcher.run.webhooks import Webhooks, make_secret
+from batcher.simulator.server import SimConfig, Simulator
 
 from .conftest import small_manifest
 

@@ -10,9 +10,9 @@ from typing import Any, cast
 from sqlalchemy import Connection, text
 
 from ..errors import LedgerError, SimulationMismatch
-from ..jobrows import JobRow, row_of
 from ..money import estimate_hundredths, to_hundredths
-from ..plan import JobSpec
+from ..plan.jobs import JobSpec
+from ..plan.staging import JobRow, row_of
 from ..states import JobState
 from .rows import Attempt, Batch, Event, Job, R, from_mapping
 from .store import LedgerStore

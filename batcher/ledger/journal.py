@@ -28,8 +28,8 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from ..files import file_sha256
 from ..money import to_hundredths
+from ..outputs.files import file_sha256
 from ..states import JobState as S
 from ..states import check_move
 from .dialect import engine_url, is_database_url

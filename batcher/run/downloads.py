@@ -19,7 +19,7 @@ from pathlib import Path
 
 import anyio
 
-from ..answers import JobStatus
+from ..client.answers import JobStatus
 from ..errors import (
     ApiError,
     BatcherError,
@@ -33,8 +33,8 @@ from ..errors import (
     ServerError,
     TooSlow,
 )
-from ..files import publish, temp_name, video_name
 from ..ledger import Job
+from ..outputs.files import publish, temp_name, video_name
 from ..states import JobState as S
 from . import records
 from .context import RunContext

@@ -12,8 +12,8 @@ import socket
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
-from ..files import process_alive
 from ..ledger import Job
+from ..outputs.files import process_alive
 from ..states import JobState as S
 from .context import RunContext
 

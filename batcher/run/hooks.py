@@ -16,11 +16,11 @@ import anyio.abc
 from ..errors import RejectedError
 from ..ledger import Job
 from ..states import JobState as S
-from ..webhooks import key_of, make_secret, webhook_field
 from .context import RunContext
 from .listener import PokeListener
 from .outcomes import Submitted
 from .pokes import HookState, PokeBoard
+from .webhooks import key_of, make_secret, webhook_field
 
 
 async def listen(ctx: RunContext, scope: anyio.CancelScope, *,

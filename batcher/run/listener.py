@@ -25,7 +25,7 @@ from anyio.abc import SocketAttribute
 from anyio.streams.stapled import MultiListener
 
 from ..errors import UsageError
-from ..webhooks import format_listen
+from .webhooks import format_listen
 
 log = logging.getLogger("batcher.webhooks")
 

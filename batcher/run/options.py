@@ -9,13 +9,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from ..answers import DEFAULT_MAX_RETRY_AFTER
+from ..client.answers import DEFAULT_MAX_RETRY_AFTER
 from ..errors import UsageError
-from ..files import OUTPUTS
 from ..money import budget as budget_credits
-from ..policy import DEFAULT_MIN_DOWNLOAD_RATE, DEFAULT_REQUEST_DEADLINE, Deadlines, RetryPolicy
-from ..refstore import ReferenceStore
-from ..webhooks import Webhooks
+from ..outputs.files import OUTPUTS
+from ..policy.decisions import DEFAULT_MIN_DOWNLOAD_RATE, DEFAULT_REQUEST_DEADLINE, Deadlines, RetryPolicy
+from ..references.store import ReferenceStore
+from .webhooks import Webhooks
 
 
 @dataclass(frozen=True)

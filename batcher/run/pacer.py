@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import anyio
 
-from ..policy import RatePolicy
+from ..policy.decisions import RatePolicy
 
 
 class RequestPacer:

@@ -19,8 +19,8 @@ from typing import TypeVar
 
 import anyio
 
-from ..safetynet import WebhookTally
-from ..webhooks import job_url
+from ..policy.safetynet import WebhookTally
+from .webhooks import job_url
 
 T = TypeVar("T")
 

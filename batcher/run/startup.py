@@ -13,14 +13,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from ..client.preflight import preflight, references_of
 from ..errors import AuthError, BatcherError, PreflightFailed, SchemaMismatch
-from ..files import matches, sweep_temp_files
 from ..ledger.jobs import Request
-from ..localrefs import LOCAL_PREFIX, local_addresses
-from ..models import ModelSpec
-from ..preflight import preflight, references_of
-from ..refstore import placeholder_url, with_urls
-from ..schemarules import check_against
+from ..models.schema import check_against
+from ..models.tables import ModelSpec
+from ..outputs.files import matches, sweep_temp_files
+from ..references.local import LOCAL_PREFIX, local_addresses
+from ..references.store import placeholder_url, with_urls
 from ..states import JobState as S
 from .context import RunContext
 

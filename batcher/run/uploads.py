@@ -24,12 +24,12 @@ from typing import Any
 
 import anyio
 
+from ..client.preflight import Outcome, check_local_file, check_url
 from ..errors import PreflightFailed, ReferenceStoreError
-from ..imagefacts import MAX_BYTES, image_kind
 from ..ledger import LocalImage, StoredImage
-from ..localrefs import LOCAL_PREFIX, local_addresses, refuse_without_store
-from ..preflight import Outcome, check_local_file, check_url
-from ..refstore import ReferenceStore, object_name, with_urls
+from ..references.facts import MAX_BYTES, image_kind
+from ..references.local import LOCAL_PREFIX, local_addresses, refuse_without_store
+from ..references.store import ReferenceStore, object_name, with_urls
 from .context import RunContext
 
 log = logging.getLogger("batcher.uploads")

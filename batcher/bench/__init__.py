@@ -1,0 +1,54 @@
+"""Benchmarks against the built-in simulator (`batcher bench`): figures printed, never asserted.
+
+    oracle      the yardstick: an oracle poller, told the true render times (its own process)
+    breakdown   where a whole-process run's slot-seconds go
+    whole       whole-process efficiency beside the oracle
+    hooks       webhooks against polling, whole process
+    shared      what a shared ledger costs
+    stage       staging a large manifest and the commands around it; start-up
+    suite       the sections, their settings, and the in-process runs
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..faces import lazy
+
+if TYPE_CHECKING:
+    from .breakdown import PARTS, Breakdown, clock_offset, describe_side_by_side, idle_slot_seconds
+    from .oracle import bench_body, best_schedule, expected, manifest_text, run_oracle
+    from .shared import HOW
+    from .stage import RUN_TARGET, STARTUP_TARGET
+    from .suite import DEFAULT_SECTIONS, SECTIONS, BenchSettings, run_all
+
+_WHERE = {
+    "bench_body": "oracle", "best_schedule": "oracle", "expected": "oracle", "manifest_text": "oracle",
+    "run_oracle": "oracle",
+    "Breakdown": "breakdown", "PARTS": "breakdown", "clock_offset": "breakdown", "describe_side_by_side": "breakdown",
+    "idle_slot_seconds": "breakdown",
+    "HOW": "shared",
+    "RUN_TARGET": "stage", "STARTUP_TARGET": "stage",
+    "BenchSettings": "suite", "DEFAULT_SECTIONS": "suite", "SECTIONS": "suite", "run_all": "suite",
+}
+__getattr__ = lazy(__name__, _WHERE)
+
+__all__ = [
+    "DEFAULT_SECTIONS",
+    "HOW",
+    "PARTS",
+    "RUN_TARGET",
+    "SECTIONS",
+    "STARTUP_TARGET",
+    "BenchSettings",
+    "Breakdown",
+    "bench_body",
+    "best_schedule",
+    "clock_offset",
+    "describe_side_by_side",
+    "expected",
+    "idle_slot_seconds",
+    "manifest_text",
+    "run_all",
+    "run_oracle",
+]

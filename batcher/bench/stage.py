@@ -1,0 +1,180 @@
+"""`batcher bench stage`: staging a large manifest and the commands around it, as users meet them.
+
+- plan and add `stage_jobs` jobs to a new ledger in a fresh process (seconds, peak memory), then
+  `status` in-process and as a command, and `plan --json --ledger` as a command;
+- `batcher run M --budget 0 --ledger L.db` beside `batcher plan M --json` on the same manifest
+  (`manifest_text(run_jobs)`), each a whole process, timed from start to exit, alternately, the
+  median of `runs`: their ratio is the staging target (1.3). The run goes to `batcher simulator`
+  in its own process over loopback (its live schema, preflight) and stops before spending (exit 3);
+- the floor under that ratio, for any run that keeps the design (jobs as rows of a durable SQLite
+  ledger, its schema in SQLModel): the run's own 104,000 rows inserted again by bare `sqlite3`
+  into a fresh file with the ledger's schema (one transaction, WAL, `synchronous=FULL`, no
+  SQLAlchemy, no batcher; in this process), plus what importing SQLModel and SQLAlchemy adds to a
+  process that imported what `plan` does: (plan + those) / plan is the least ratio such a run can reach;
+- start-up: `batcher --version` beside `python -c "import httpx, click, yaml"` (target 2 x).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .oracle import manifest_text
+from .whole import SIM_KEY, start_simulator, timed
+
+RUN_TARGET = 1.3  # batcher run --budget 0 within this many times batcher plan --json
+STARTUP_TARGET = 2.0  # batcher --version within this many times importing what it needs
+STATUS_TARGET = 1.0  # seconds for `status` on the staged jobs, as a command
+BATCHER = [sys.executable, "-m", "batcher"]
+IMPORTS = [sys.executable, "-c", "import httpx, click, yaml"]
+# What importing the ledger's libraries adds to a process that has imported what `plan` imports.
+LEDGER_IMPORTS = [sys.executable, "-c", "import time, batcher.cli, batcher.cli.plans, batcher.plan.staging; "
+                  "t = time.perf_counter(); import sqlalchemy, sqlmodel; print(time.perf_counter() - t)"]
+_JOB_COLUMNS = "batch, key, seq, generation, row, take, origin, label, params, estimate, created_at, updated_at, model"
+
+_STAGE_SCRIPT = """
+import json, resource, sys, time
+from batcher.api import stage, status
+from batcher.ledger import Ledger
+from batcher.manifest.document import load_manifest
+t = time.monotonic()
+m = load_manifest(sys.argv[1])
+with Ledger(sys.argv[2]) as led:
+    added, known = stage(led, m)
+t_stage = time.monotonic() - t
+t = time.monotonic()
+with Ledger(sys.argv[2]) as led:
+    s = status(led, m.batch)
+t_status = time.monotonic() - t
+print(json.dumps({"added": added, "stage_seconds": t_stage, "status_seconds": t_status,
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "jobs": s["jobs"]}))
+"""
+
+
+def wall(argv: list[str], *, env: dict[str, str] | None = None, ok: tuple[int, ...] = (0,)) -> float:
+    """Seconds from a command's start to its exit; an exit status not in `ok` raises."""
+    started, exited, _, _ = timed(argv, None, env, ok)
+    return exited - started
+
+
+def bench_stage(jobs: int, runs: int = 3, workdir: Path | None = None) -> dict[str, Any]:
+    """Plan and add `jobs` jobs to a new ledger in a fresh process; then `status` and `plan` on it."""
+    work = workdir or Path(tempfile.mkdtemp(prefix="batcher-bench-"))
+    path, ledger = work / f"stage-{jobs}.yaml", str(work / "stage.db")
+    path.write_text(manifest_text(jobs, batch="stage"))
+    out = subprocess.run([sys.executable, "-c", _STAGE_SCRIPT, str(path), ledger], capture_output=True, text=True,
+                         check=True)
+    result = json.loads(out.stdout)
+    status = [wall([*BATCHER, "status", "--ledger", ledger, "--json"]) for _ in range(runs)]
+    result["status_cli_seconds"] = statistics.median(status)
+    result["plan_cli_seconds"] = wall([*BATCHER, "plan", str(path), "--json", "--ledger", ledger])
+    return result
+
+
+def run_beside_plan(jobs: int, runs: int = 3, workdir: Path | None = None) -> dict[str, Any]:
+    """`batcher run M --budget 0` (a new ledger each time) and `batcher plan M --json`, whole
+    process, taken in turn; their medians and ratio."""
+    work = workdir or Path(tempfile.mkdtemp(prefix="batcher-bench-"))
+    manifest = work / f"run-{jobs}.yaml"
+    manifest.write_text(manifest_text(jobs))
+    sim, url = start_simulator(0.0, 0.0, 1)
+    env = {**os.environ, "PIXELDOJO_API_KEY": SIM_KEY}
+    run_times, plan_times = [], []
+    try:
+        for i in range(runs):
+            run_times.append(wall([*BATCHER, "run", str(manifest), "--budget", "0", "--ledger", str(work / f"l{i}.db"),
+                                   "--api-base", url, "--out", str(work / f"out{i}")], env=env, ok=(3,)))
+            plan_times.append(wall([*BATCHER, "plan", str(manifest), "--json"]))
+    finally:
+        sim.terminate()
+        sim.wait(timeout=10)
+    run, plan = statistics.median(run_times), statistics.median(plan_times)
+    floor = design_floor(work / "l0.db", work, runs)
+    least = plan + floor["insert_seconds"] + floor["imports_seconds"]
+    return {"jobs": jobs, "runs": runs, "run_seconds": run, "plan_seconds": plan, "ratio": run / plan,
+            "target": RUN_TARGET, "run_each": run_times, "plan_each": plan_times,
+            "floor": {**floor, "least_ratio": least / plan}}
+
+
+def design_floor(ledger: Path, work: Path, runs: int = 3) -> dict[str, float]:
+    """What any run writing the jobs of `ledger` as rows of a durable SQLite ledger must spend
+    beyond a plan: bare sqlite3 inserting them into the same schema (median seconds; `rows`:
+    how many the first copy holds), and what importing SQLAlchemy and SQLModel adds to a process
+    that imported what `plan` imports (median seconds)."""
+    with sqlite3.connect(ledger) as source:
+        schema = [ddl for (ddl,) in source.execute("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL")]
+        batch = source.execute("SELECT name, model, manifest, generation FROM batch").fetchall()
+        rows = source.execute(f"SELECT {_JOB_COLUMNS} FROM job ORDER BY seq").fetchall()
+    source.close()
+    insert = (f"INSERT INTO job ({_JOB_COLUMNS}, state, attempts, lease_token) VALUES ({', '.join('?' * 13)}, "
+              "'pending', 0, 0) ON CONFLICT(batch, key) DO UPDATE SET generation = excluded.generation")
+    seconds = []
+    for i in range(runs):
+        path = work / f"floor{i}.db"
+        db = sqlite3.connect(path, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        for ddl in schema:
+            db.execute(ddl)
+        db.executemany("INSERT INTO batch (name, model, manifest, generation, simulated, committed, created_at, "
+                       "updated_at) VALUES (?, ?, ?, ?, 0, 0, 0, 0)", batch)
+        started = time.monotonic()
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany(insert, rows)
+        db.execute("COMMIT")
+        seconds.append(time.monotonic() - started)
+        db.close()
+    with sqlite3.connect(work / "floor0.db") as db:
+        inserted = db.execute("SELECT COUNT(*) FROM job").fetchone()[0]
+    db.close()
+    imports = [float(subprocess.run(LEDGER_IMPORTS, capture_output=True, text=True, check=True).stdout)
+               for _ in range(max(5, runs))]
+    return {"rows": inserted, "insert_seconds": statistics.median(seconds),
+            "imports_seconds": statistics.median(imports)}
+
+
+def startup(runs: int = 5) -> dict[str, Any]:
+    """`batcher --version` beside importing httpx, click and yaml, taken in turn; medians."""
+    version, imports = [], []
+    for _ in range(runs):
+        version.append(wall([*BATCHER, "--version"]))
+        imports.append(wall(IMPORTS))
+    v, i = statistics.median(version), statistics.median(imports)
+    return {"runs": runs, "version_seconds": v, "imports_seconds": i, "ratio": v / i, "target": STARTUP_TARGET}
+
+
+def _verdict(value: float, target: float, unit: str = "") -> str:
+    return f"target <= {target:g}{unit}: {'met' if value <= target else 'not met'}"
+
+
+def section(stage_jobs: int, run_jobs: int, runs: int = 3) -> tuple[dict[str, Any], list[str]]:
+    """The stage section's figures and lines (its ledgers, some 40 MB each, removed after)."""
+    with tempfile.TemporaryDirectory(prefix="batcher-bench-") as stage_dir, \
+            tempfile.TemporaryDirectory(prefix="batcher-bench-") as run_dir:
+        s = bench_stage(stage_jobs, runs, Path(stage_dir))
+        r = run_beside_plan(run_jobs, runs, Path(run_dir))
+    u = startup(max(5, runs))
+    return {**s, "run_beside_plan": r, "startup": u}, [
+        f"stage        {stage_jobs} jobs planned and added: {s['stage_seconds']:.2f}s, peak {s['peak_mb']:.0f} MB; "
+        f"status {s['status_seconds']:.2f}s in-process, {s['status_cli_seconds']:.2f}s as a command "
+        f"({_verdict(s['status_cli_seconds'], STATUS_TARGET, ' s')}); plan --ledger as a command "
+        f"{s['plan_cli_seconds']:.2f}s",
+        f"stage        batcher run --budget 0 on {run_jobs} jobs {r['run_seconds']:.2f}s beside batcher plan --json "
+        f"{r['plan_seconds']:.2f}s: ratio {r['ratio']:.2f} ({_verdict(r['ratio'], RUN_TARGET)}; whole process, "
+        f"medians of {runs}, the run against batcher simulator over loopback)",
+        f"stage        the floor under that ratio for any run that writes its jobs as rows of a durable SQLite "
+        f"ledger with a SQLModel schema: bare sqlite3 inserting the run's {r['floor']['rows']} rows "
+        f"{r['floor']['insert_seconds']:.2f}s (in-process), importing SQLAlchemy and SQLModel "
+        f"{r['floor']['imports_seconds']:.2f}s: least ratio {r['floor']['least_ratio']:.2f}",
+        f"start-up     batcher --version {u['version_seconds']:.3f}s beside python -c \"import httpx, click, yaml\" "
+        f"{u['imports_seconds']:.3f}s: ratio {u['ratio']:.2f} ({_verdict(u['ratio'], STARTUP_TARGET)}; medians of "
+        f"{u['runs']})"]

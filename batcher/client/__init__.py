@@ -1,0 +1,80 @@
+"""Talking to the PixelDojo API: the HTTP client, its answers read without trusting them, the model
+catalog and preflight.
+
+    answers     an answer's shape, error texts and codes, Retry-After, redaction of the key
+    transfers   reading a body without trusting its length or its pace
+    http        the client (httpx): one method per endpoint, every answer classified
+    catalog     which models a batch may name (tables, or live descriptions cached in the ledger)
+    preflight   every reference URL of a batch checked before anything is spent
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..faces import lazy
+
+if TYPE_CHECKING:
+    from .answers import (
+        DEFAULT_MAX_RETRY_AFTER,
+        OUTPUT_SHAPES,
+        SIGNED_QUERY,
+        JobStatus,
+        OutputURL,
+        ReferenceFetch,
+        Submission,
+        describe,
+        output_url,
+        redact_json,
+    )
+    from .catalog import ModelCatalog, UnusableDescription, list_models, spec_of
+    from .http import DEFAULT_BASE, PixelDojoClient
+    from .preflight import (
+        Outcome,
+        PreflightReport,
+        check_local_file,
+        check_local_files,
+        check_url,
+        judge,
+        references_of,
+    )
+    from .transfers import MAX_ANSWER_BYTES
+
+_WHERE = {
+    "DEFAULT_MAX_RETRY_AFTER": "answers", "JobStatus": "answers", "OUTPUT_SHAPES": "answers", "OutputURL": "answers",
+    "ReferenceFetch": "answers", "SIGNED_QUERY": "answers", "Submission": "answers", "describe": "answers",
+    "output_url": "answers", "redact_json": "answers",
+    "MAX_ANSWER_BYTES": "transfers",
+    "DEFAULT_BASE": "http", "PixelDojoClient": "http",
+    "ModelCatalog": "catalog", "UnusableDescription": "catalog", "list_models": "catalog", "spec_of": "catalog",
+    "Outcome": "preflight", "PreflightReport": "preflight", "check_local_file": "preflight",
+    "check_local_files": "preflight", "check_url": "preflight", "judge": "preflight", "references_of": "preflight",
+}
+__getattr__ = lazy(__name__, _WHERE)
+
+__all__ = [
+    "DEFAULT_BASE",
+    "DEFAULT_MAX_RETRY_AFTER",
+    "MAX_ANSWER_BYTES",
+    "OUTPUT_SHAPES",
+    "SIGNED_QUERY",
+    "JobStatus",
+    "ModelCatalog",
+    "Outcome",
+    "OutputURL",
+    "PixelDojoClient",
+    "PreflightReport",
+    "ReferenceFetch",
+    "Submission",
+    "UnusableDescription",
+    "check_local_file",
+    "check_local_files",
+    "check_url",
+    "describe",
+    "judge",
+    "list_models",
+    "output_url",
+    "redact_json",
+    "references_of",
+    "spec_of",
+]

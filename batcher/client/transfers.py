@@ -1,0 +1,88 @@
+"""Reading a body without trusting its length or its pace: an API answer up to a cap, a video
+to a file up to its size cap, each told how far it got so its caller's deadline can follow."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import httpx
+
+from ..errors import AnswerTooLarge, DiskFullError, MalformedAnswer, OutputGone, OversizeError, ServerError
+from ..policy.decisions import Deadlines
+from .answers import Download, declared_size, rate_limited
+
+# The longest API answer read (a status, a submission, a schema: a few KB each); one that goes on
+# past it is refused unread, so an endless body cannot grow memory without bound.
+MAX_ANSWER_BYTES = 1024 * 1024
+
+
+async def read_capped(response: httpx.Response, cap: int = MAX_ANSWER_BYTES) -> None:
+    """Read a streamed API answer's body (decoded) into `response.content`, refusing one over `cap`
+    bytes (AnswerTooLarge) as soon as it says so or passes it, without reading the rest."""
+    if (declared_size(response) or 0) > cap:
+        raise AnswerTooLarge(f"the API's answer declares {declared_size(response)} bytes, over the {cap}-byte "
+                             f"cap for an answer; not read", response.status_code)
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > cap:
+            raise AnswerTooLarge(f"the API's answer went on past the {cap}-byte cap for an answer; not read further",
+                                 response.status_code)
+    # What httpx's own aread() leaves behind, so .content, .text and .json() read it as usual.
+    response._content = bytes(body)
+
+
+def raise_for_download(response: httpx.Response, max_bytes: int, redact: Callable[[str], str],
+                       max_retry_after: float) -> None:
+    """The error a download's answer means before its body is read (nothing for a 200 that fits)."""
+    status = response.status_code
+    if status in (403, 404, 410):
+        raise OutputGone(f"the output URL answered {status} (expired or removed)", status)
+    if status == 429:
+        raise rate_limited("rate limited while downloading", response, redact, max_retry_after)
+    if status >= 500:
+        raise ServerError(f"download failed: HTTP {status}", status)
+    if status != 200:
+        raise MalformedAnswer(f"download failed: HTTP {status}", status)
+    length = declared_size(response)
+    if length is not None and length > max_bytes:
+        raise OversizeError(f"the video is {length} bytes, over the {max_bytes}-byte cap")
+
+
+async def save_video(response: httpx.Response, dest: Path, max_bytes: int,
+                     within: tuple[anyio.CancelScope, float, Deadlines] | None = None) -> Download:
+    """Stream a video to `dest`, hashing it, up to `max_bytes`; it must start like an MP4 file.
+    `within`: the scope that bounds the download, when it began, and its deadlines: the scope's
+    deadline is set from the declared size, and moved on as more than that arrives."""
+    declared = declared_size(response) or 0
+
+    def arrived(size: int) -> None:
+        if within is not None:
+            scope, begun, deadlines = within
+            scope.deadline = begun + deadlines.download(max(declared, size))
+    arrived(0)
+    digest = hashlib.sha256()
+    size = 0
+    first = b""
+    try:
+        with open(dest, "wb") as f:
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise OversizeError(f"the video is over the {max_bytes}-byte cap; download stopped")
+                if len(first) < 12:
+                    first += chunk[: 12 - len(first)]
+                digest.update(chunk)
+                f.write(chunk)
+                arrived(size)
+            f.flush()  # durability (fsync) is the caller's, when it gives the file its final name
+    except OSError as e:
+        if e.errno == 28:  # ENOSPC
+            raise DiskFullError(f"no space left on the disk while writing {dest.parent}") from None
+        raise
+    if first[4:8] != b"ftyp":
+        raise MalformedAnswer(f"the downloaded file is not an MP4 video (starts with {first[:12]!r})")
+    return Download(dest, size, digest.hexdigest())

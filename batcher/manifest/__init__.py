@@ -1,0 +1,57 @@
+"""The manifest: a YAML document and its row files read into checked values, every problem a
+`FILE:LINE: message` diagnostic.
+
+    diagnostics collecting problems, deduplicated and capped; '(did you mean X?)'
+    textfiles   reading text files safely (regular, capped, UTF-8)
+    yamlfile    YAML to values that remember their lines, within limits
+    template    prompt templates
+    rowfields   a row before expansion: located values, its fields and their names
+    rowfiles    rows from CSV and JSONL files (`from:`)
+    document    the manifest's top-level structure: `load_manifest`
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..faces import lazy
+
+if TYPE_CHECKING:
+    from .diagnostics import Diagnostics, suggest
+    from .document import MAX_REPEAT, Manifest, is_safe_batch_name, load_manifest, looks_like_local_file
+    from .rowfields import Located, Row, as_list
+    from .template import Template, compile_template, is_template_value, render, scalar_problem, variables_in
+    from .yamlfile import MAX_YAML_VALUES, LineDict, sexagesimal_problem
+
+_WHERE = {
+    "Diagnostics": "diagnostics", "suggest": "diagnostics",
+    "LineDict": "yamlfile", "MAX_YAML_VALUES": "yamlfile", "sexagesimal_problem": "yamlfile",
+    "Template": "template", "compile_template": "template", "is_template_value": "template", "render": "template",
+    "scalar_problem": "template", "variables_in": "template",
+    "Located": "rowfields", "Row": "rowfields", "as_list": "rowfields",
+    "MAX_REPEAT": "document", "Manifest": "document", "is_safe_batch_name": "document", "load_manifest": "document",
+    "looks_like_local_file": "document",
+}
+__getattr__ = lazy(__name__, _WHERE)
+
+__all__ = [
+    "MAX_REPEAT",
+    "MAX_YAML_VALUES",
+    "Diagnostics",
+    "LineDict",
+    "Located",
+    "Manifest",
+    "Row",
+    "Template",
+    "as_list",
+    "compile_template",
+    "is_safe_batch_name",
+    "is_template_value",
+    "load_manifest",
+    "looks_like_local_file",
+    "render",
+    "scalar_problem",
+    "sexagesimal_problem",
+    "suggest",
+    "variables_in",
+]

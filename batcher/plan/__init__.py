@@ -1,0 +1,39 @@
+"""The plan: a manifest expanded into jobs, each with its key, estimate and stored parameters.
+
+    references  a row's references as a job sends them (sets, URLs, local images)
+    expansion   rows into what their jobs are made of: axes, takes, checked values
+    keys        job keys of a whole row at once (compiled once, filled per job)
+    jobs        expanding a manifest into JobSpecs; the plan's summary and checks
+    staging     a manifest's jobs as the ledger stores them
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..faces import lazy
+
+if TYPE_CHECKING:
+    from .jobs import MAX_JOBS, JobSpec, PlanSummary, check, expand, iter_jobs, job_key, row_key_texts
+    from .staging import JobRow, job_rows, row_of
+
+_WHERE = {
+    "JobSpec": "jobs", "MAX_JOBS": "jobs", "PlanSummary": "jobs", "check": "jobs", "expand": "jobs",
+    "iter_jobs": "jobs", "job_key": "jobs", "row_key_texts": "jobs",
+    "JobRow": "staging", "job_rows": "staging", "row_of": "staging",
+}
+__getattr__ = lazy(__name__, _WHERE)
+
+__all__ = [
+    "MAX_JOBS",
+    "JobRow",
+    "JobSpec",
+    "PlanSummary",
+    "check",
+    "expand",
+    "iter_jobs",
+    "job_key",
+    "job_rows",
+    "row_key_texts",
+    "row_of",
+]

@@ -1,0 +1,111 @@
+"""A manifest's jobs as the ledger stores them, for staging: one pass over the manifest, a compiled
+row's jobs filled in from its text (key and stored parameters one `str.format` each, no JobSpec,
+no dict, no JSON encoder per job); the other rows' jobs built one by one, as `iter_jobs` does.
+The rows are exactly those `row_of` makes of each job of `iter_jobs` (a test holds them equal).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import operator
+from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple
+
+from ..errors import ManifestError
+from ..manifest.diagnostics import Diagnostics
+from ..manifest.document import Manifest
+from .expansion import RowPlan, check_unusable, plan_rows, row_label
+from .jobs import MAX_JOBS, JobSpec, expand_row, wire_names_of
+from .keys import FastRow, derived_seed, fast_row, key_text, row_keys
+
+
+class JobRow(NamedTuple):
+    """One job as the ledger adds it."""
+
+    key: str
+    row: int
+    take: int
+    origin: str
+    label: str
+    params: str  # json.dumps(params, ensure_ascii=False): manifest names, every effective value
+    estimate: float
+    model: str  # the API id of the model it renders with ("" for the manifest's)
+
+
+def row_of(job: JobSpec) -> JobRow:
+    """A job built one by one, as the ledger stores it."""
+    return JobRow(job.key, job.row, job.take, job.origin, job.label, json.dumps(job.params, ensure_ascii=False),
+                  job.estimate, job.model)
+
+
+def job_rows(manifest: Manifest, rate_overrides: dict[str, float] | None = None, *, max_jobs: int = MAX_JOBS,
+             compiled: Iterable[tuple[RowPlan, FastRow | None]] | None = None) -> Iterator[JobRow]:
+    """Every distinct job of a manifest that `check` accepted, in manifest order, as ledger rows;
+    from the rows `check(keep=True)` compiled, when given (one expansion of the manifest, not two)."""
+    if manifest.problems:
+        raise ManifestError(list(manifest.problems))
+    diags = Diagnostics()
+    seen: set[int] = set()  # keys as ints, as `iter_jobs` keeps them
+    wires: dict[str, dict[str, str]] = {}
+    costs: dict[tuple[Any, ...], tuple[float, bool]] = {}
+    # Each usable row: compiled when every job of it is known valid, else built job by job
+    # (duplicates kept); the problems of rows that cannot expand go to `diags`.
+    for plan, fast in _compiled_rows(manifest, diags, rate_overrides, max_jobs) if compiled is None else compiled:
+        if fast is not None:
+            yield from _compiled(fast, plan, seen)
+            continue
+        for job in expand_row(plan, manifest, diags, rate_overrides, wire_names_of(plan.model, wires), costs):
+            key = int(job.key, 16)
+            if key not in seen:
+                seen.add(key)
+                yield row_of(job)
+    if diags.items:  # check() should have been called first
+        raise ManifestError(list(diags.items))
+
+
+def _compiled_rows(manifest: Manifest, diags: Diagnostics, rate_overrides: dict[str, float] | None,
+                   max_jobs: int) -> Iterator[tuple[RowPlan, FastRow | None]]:
+    for plan in plan_rows(manifest, diags, max_jobs) or []:
+        if plan.usable:
+            yield plan, fast_row(plan, manifest, rate_overrides)
+        else:
+            check_unusable(plan, manifest, diags)
+
+
+def _combos(fast: FastRow) -> Iterator[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """Each job's axis texts, in expansion order: (as its key hashes them, as its parameters store them)."""
+    axes = fast.text.axes
+    if fast.stored_axes == axes:  # scalars only: one text serves both
+        for combo in itertools.product(*axes):
+            yield combo, combo
+        return
+    for pairs in itertools.product(*[list(zip(a, b, strict=True)) for a, b in zip(axes, fast.stored_axes,
+                                                                                      strict=True)]):
+        yield tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
+
+
+def _compiled(fast: FastRow, plan: RowPlan, seen: set[int]) -> Iterator[JobRow]:
+    """A compiled row's distinct jobs (those not in `seen`, which they join), takes innermost;
+    their keys as `check` kept them, else hashed now."""
+    keys = iter(fast.keys) if fast.keys is not None else (key for key, _ in row_keys(fast.text))
+    seedless, stored = fast.text.seedless, fast.stored
+    row, origin, label, model = plan.row.index, plan.row.origin, row_label(plan.row), plan.model.api_id
+    takes = range(1, fast.text.repeat + 1)
+    pick = operator.itemgetter(*fast.class_axes) if fast.class_axes else None
+    estimates: dict[Any, float] = {}
+    for combo, named in _combos(fast):
+        texts = pick(combo) if pick is not None else None
+        estimate = estimates.get(texts)
+        if estimate is None:
+            estimate = estimates[texts] = fast.class_info(texts)[0]
+        params = stored.format(*named) if seedless is None else ""
+        without = seedless.format(*combo) if seedless is not None else ""
+        for take in takes:
+            key = next(keys)
+            if key is None or key in seen:  # (None: a duplicate, as `check` found)
+                continue
+            seen.add(key)
+            if seedless is not None:
+                params = stored.format(*named, derived_seed(without, take))
+            yield JobRow(key_text(key), row, take, origin, label, params, estimate, model)

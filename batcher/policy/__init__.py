@@ -1,0 +1,65 @@
+"""Pure decisions a run makes, no I/O: when to retry, when to poll, what the budget allows.
+
+    renderfit   render times learned from polls (a censored normal)
+    safetynet   when to poll a job whose end a webhook should announce
+    decisions   retry back-off, poll timing, request pacing, budget accounting
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..faces import lazy
+
+if TYPE_CHECKING:
+    from .decisions import (
+        DEFAULT_MIN_DOWNLOAD_RATE,
+        DEFAULT_REQUEST_DEADLINE,
+        Budget,
+        Deadlines,
+        PollPlanner,
+        RatePolicy,
+        RenderSeed,
+        RetryPolicy,
+        class_seeds,
+        estimate_wall_seconds,
+        pooled,
+        remembered_intervals,
+        seed_from,
+    )
+    from .renderfit import MAX_RUNNING, InFlight, RenderTimes, fit_censored_normal
+    from .safetynet import WebhookTally, next_safety_poll, silent_done
+
+_WHERE = {
+    "InFlight": "renderfit", "MAX_RUNNING": "renderfit", "RenderTimes": "renderfit",
+    "fit_censored_normal": "renderfit",
+    "WebhookTally": "safetynet", "next_safety_poll": "safetynet", "silent_done": "safetynet",
+    "Budget": "decisions", "DEFAULT_MIN_DOWNLOAD_RATE": "decisions", "DEFAULT_REQUEST_DEADLINE": "decisions",
+    "Deadlines": "decisions", "PollPlanner": "decisions", "RatePolicy": "decisions", "RenderSeed": "decisions",
+    "RetryPolicy": "decisions", "class_seeds": "decisions", "estimate_wall_seconds": "decisions",
+    "pooled": "decisions", "remembered_intervals": "decisions", "seed_from": "decisions",
+}
+__getattr__ = lazy(__name__, _WHERE)
+
+__all__ = [
+    "DEFAULT_MIN_DOWNLOAD_RATE",
+    "DEFAULT_REQUEST_DEADLINE",
+    "MAX_RUNNING",
+    "Budget",
+    "Deadlines",
+    "InFlight",
+    "PollPlanner",
+    "RatePolicy",
+    "RenderSeed",
+    "RenderTimes",
+    "RetryPolicy",
+    "WebhookTally",
+    "class_seeds",
+    "estimate_wall_seconds",
+    "fit_censored_normal",
+    "next_safety_poll",
+    "pooled",
+    "remembered_intervals",
+    "seed_from",
+    "silent_done",
+]

@@ -1,0 +1,67 @@
+"""Reference images: the rules an image must meet, local files named in a manifest, and the
+stores they are uploaded to.
+
+    facts       the image rules (type, bytes, pixels) read from an image's own bytes
+    local       local files, folders and globs; the reference store's settings
+    store       reference stores (S3-compatible, the simulator's): each image uploaded once
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..faces import lazy
+
+if TYPE_CHECKING:
+    from .facts import MAX_BYTES, MIN_SIDE, image_kind, image_size, megabytes, reserved_host, too_big, too_small
+    from .local import (
+        LOCAL_PREFIX,
+        LocalFile,
+        StoreSettings,
+        is_local_address,
+        local_addresses,
+        looks_like_local,
+        parse_lifetime,
+        refuse_without_store,
+        resolve_local,
+        rule_view,
+    )
+    from .store import ReferenceStore, S3Store, SimulatedStore, object_name, placeholder_url, with_urls
+
+_WHERE = {
+    "MAX_BYTES": "facts", "MIN_SIDE": "facts", "image_kind": "facts", "image_size": "facts", "megabytes": "facts",
+    "reserved_host": "facts", "too_big": "facts", "too_small": "facts",
+    "LOCAL_PREFIX": "local", "LocalFile": "local", "StoreSettings": "local", "is_local_address": "local",
+    "local_addresses": "local", "looks_like_local": "local", "parse_lifetime": "local",
+    "refuse_without_store": "local", "resolve_local": "local", "rule_view": "local",
+    "ReferenceStore": "store", "S3Store": "store", "SimulatedStore": "store", "object_name": "store",
+    "placeholder_url": "store", "with_urls": "store",
+}
+__getattr__ = lazy(__name__, _WHERE)
+
+__all__ = [
+    "LOCAL_PREFIX",
+    "MAX_BYTES",
+    "MIN_SIDE",
+    "LocalFile",
+    "ReferenceStore",
+    "S3Store",
+    "SimulatedStore",
+    "StoreSettings",
+    "image_kind",
+    "image_size",
+    "is_local_address",
+    "local_addresses",
+    "looks_like_local",
+    "megabytes",
+    "object_name",
+    "parse_lifetime",
+    "placeholder_url",
+    "refuse_without_store",
+    "reserved_host",
+    "resolve_local",
+    "rule_view",
+    "too_big",
+    "too_small",
+    "with_urls",
+]
