@@ -25,24 +25,20 @@ from typing import Any
 import anyio
 import httpx
 
-from .client.catalog import ModelCatalog, UnusableDescription, spec_of
-from .client.catalog import list_models as catalog_list
-from .client.http import DEFAULT_BASE, PixelDojoClient
+from .client import DEFAULT_BASE, ModelCatalog, PixelDojoClient, UnusableDescription, spec_of
+from .client import list_models as catalog_list
 from .client.preflight import PreflightReport, check_local_files, preflight, references_of
 from .errors import MissingKeyError, UsageError
 from .ledger import DEFAULT_LEDGER, Ledger, display_location, is_database_url, read_model_infos
-from .manifest.document import Manifest, load_manifest
-from .models.live import needs_description, wanted_descriptions
-from .models.tables import MODELS, ModelSpec, unpriced
-from .outputs.files import OUTPUTS, default_out_dir  # noqa: F401 - part of the API
-from .plan.jobs import MAX_JOBS, PlanSummary, check, iter_jobs
-from .plan.staging import job_rows
-from .references.local import StoreSettings, refuse_without_store
-from .references.store import ReferenceStore, S3Store, SimulatedStore
+from .manifest import Manifest, load_manifest
+from .models import MODELS, ModelSpec, needs_description, unpriced, wanted_descriptions
+from .outputs import OUTPUTS, default_out_dir  # noqa: F401 - part of the API
+from .plan import MAX_JOBS, PlanSummary, check, iter_jobs, job_rows
+from .references import ReferenceStore, S3Store, SimulatedStore, StoreSettings, refuse_without_store
 from .run import Progress, Runner, RunOptions, RunReport
-from .simulator.server import Journal, SimConfig, Simulator, SimulatorTransport
+from .simulator import Journal, SimConfig, Simulator, SimulatorTransport
 from .states import JobState
-from .views.commands import figures_info
+from .views import figures_info
 
 
 def load(path: str | Path) -> Manifest:
@@ -322,18 +318,18 @@ def _with_ledger(ledger: Ledger | str | Path, fn: Callable[[Ledger], Any]) -> An
 
 def export_records(ledger: Ledger | str | Path, batch: str | None = None) -> list[dict[str, Any]]:
     """Every job's record (request, provenance, cost, file, sha256), as JSONL/CSV export writes them."""
-    from .views.exports import records
+    from .views import records
     return _with_ledger(ledger, lambda led: list(records(led, batch)))
 
 
 def export_dataset(ledger: Ledger | str | Path, batch: str | None, out_dir: str | Path,
                    include_failed: bool = False) -> Any:
     """A Hugging Face VideoFolder dataset: verified videos and metadata.jsonl."""
-    from .views.exports import export_videofolder
+    from .views import export_videofolder
     return _with_ledger(ledger, lambda led: export_videofolder(led, batch, Path(out_dir), include_failed))
 
 
 def report(ledger: Ledger | str | Path, batch: str, out_path: str | Path = "report.html") -> int:
     """Write the batch's self-contained HTML gallery; returns the number of cards."""
-    from .views.report import build_report
+    from .views import build_report
     return _with_ledger(ledger, lambda led: build_report(led, batch, Path(out_path)))

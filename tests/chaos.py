@@ -145,7 +145,7 @@ def check_invariants(work: Path, location: str, record: dict, budget: float, las
     for charge in record["jobs"]:
         by_body.setdefault(json.dumps(charge["body"], sort_keys=True), []).append(charge)
     ledger_bodies = {}
-    from batcher.models.tables import HAPPYHORSE_R2V
+    from batcher.models import HAPPYHORSE_R2V
     for job in jobs:
         ledger_bodies[json.dumps(HAPPYHORSE_R2V.to_wire(job.parameters()), sort_keys=True)] = job
     # every charge belongs to a job in the ledger

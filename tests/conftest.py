@@ -46,9 +46,9 @@ def simrun(tmp_path: Path):
     import anyio
 
     from batcher import api
-    from batcher.policy.decisions import RetryPolicy
+    from batcher.policy import RetryPolicy
     from batcher.run import RunOptions
-    from batcher.simulator.server import SimConfig, Simulator
+    from batcher.simulator import SimConfig, Simulator
 
     def _run(manifest: Path, config: SimConfig | None = None, simulator: Simulator | None = None,
              ledger: Path | None = None, **options):
@@ -140,7 +140,7 @@ def serving(simulator) -> Iterator[str]:
     """Serve `simulator` over HTTP on 127.0.0.1 (a free port) while the block runs; its base URL."""
     import threading
 
-    from batcher.simulator.server import make_server
+    from batcher.simulator import make_server
     server = make_server(simulator)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -211,7 +211,7 @@ def manifest_rows(texts, vary: dict, extra: dict):
 
 def valid_rows(rows: list[dict]) -> list[dict]:
     """`manifest_rows` made valid: every {variable} filled and every vary name used."""
-    from batcher.manifest.template import variables_in
+    from batcher.manifest import variables_in
     for row in rows:
         used = variables_in(row["prompt"]) | variables_in(row.get("negative_prompt", ""))
         vary = row.setdefault("vary", {})

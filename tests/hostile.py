@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 
-from batcher.simulator.server import Simulator, SimulatorTransport
+from batcher.simulator import Simulator, SimulatorTransport
 
 
 class Mode(str, enum.Enum):

@@ -29,7 +29,7 @@ def test_blocking_run_plan_status_and_exports(tmp_path, monkeypatch):
 
 def test_videofolder_export_and_update(simrun, write, tmp_path):
     manifest = write("m.yaml", small_manifest(4))
-    from batcher.simulator.server import SimConfig
+    from batcher.simulator import SimConfig
     report, sim, ledger = simrun(manifest, config=SimConfig(render_seconds=0.02, fail_rate=0.3, seed=2),
                                  max_attempts=1)
     done = report.counts["completed"]

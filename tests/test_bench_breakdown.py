@@ -7,7 +7,7 @@ import json
 import pytest
 
 from batcher.bench.breakdown import PARTS, Breakdown, breakdown, clock_offset, describe_side_by_side, idle_slot_seconds
-from batcher.simulator.server import SimConfig, Simulator
+from batcher.simulator import SimConfig, Simulator
 
 # Two slots, five jobs: (submitted, render seconds, first answer saying it ended), process from 0 to 20.
 #   A and B are the first wave; C, D and E each follow an end seen 0.5 s before.

@@ -12,13 +12,12 @@ import threading
 import pytest
 from click.testing import CliRunner
 
-from batcher.bench.oracle import bench_body, best_schedule, expected, manifest_text, run_oracle
-from batcher.bench.suite import DEFAULT_SECTIONS, SECTIONS
+from batcher.bench import DEFAULT_SECTIONS, SECTIONS, bench_body, best_schedule, expected, manifest_text, run_oracle
 from batcher.cli import cli
-from batcher.manifest.document import load_manifest
-from batcher.models.tables import HAPPYHORSE_R2V
-from batcher.plan.jobs import expand
-from batcher.simulator.server import SimConfig, Simulator, make_server
+from batcher.manifest import load_manifest
+from batcher.models import HAPPYHORSE_R2V
+from batcher.plan import expand
+from batcher.simulator import SimConfig, Simulator, make_server
 
 # --- the schedule (pure) ------------------------------------------------------------------------
 

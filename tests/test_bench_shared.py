@@ -9,7 +9,7 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from batcher.bench.shared import HOW
+from batcher.bench import HOW
 from batcher.cli import cli
 
 from .conftest import PG_URL

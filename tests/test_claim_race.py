@@ -13,9 +13,9 @@ import sqlalchemy
 
 from batcher import api
 from batcher.ledger import Ledger
-from batcher.manifest.document import load_manifest
+from batcher.manifest import load_manifest
 from batcher.run import RunOptions
-from batcher.simulator.server import SimConfig, Simulator
+from batcher.simulator import SimConfig, Simulator
 
 from .conftest import small_manifest
 

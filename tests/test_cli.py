@@ -60,8 +60,8 @@ def test_plan_json_and_text(tmp_path):
 
 def test_plan_counts_ledger_jobs(tmp_path):
     from batcher.ledger import Ledger
-    from batcher.manifest.document import load_manifest
-    from batcher.plan.jobs import expand
+    from batcher.manifest import load_manifest
+    from batcher.plan import expand
     m = load_manifest(MANIFESTS / "demo.yaml")
     with Ledger(tmp_path / "l.db") as ledger:
         ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", expand(m)[:4])
@@ -75,8 +75,8 @@ def test_plan_counts_completed_ledger_jobs_alike_with_and_without_the_job_list(t
     from sqlalchemy import text
 
     from batcher.ledger import Ledger
-    from batcher.manifest.document import load_manifest
-    from batcher.plan.jobs import expand
+    from batcher.manifest import load_manifest
+    from batcher.plan import expand
     m = load_manifest(MANIFESTS / "demo.yaml")
     jobs = expand(m)
     with Ledger(tmp_path / "l.db") as ledger:

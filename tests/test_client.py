@@ -5,7 +5,7 @@ import anyio
 import httpx
 import pytest
 
-from batcher.client.http import PixelDojoClient
+from batcher.client import PixelDojoClient
 from batcher.errors import (
     AuthError,
     CreditsExhausted,
@@ -18,8 +18,7 @@ from batcher.errors import (
     RejectedError,
     ServerError,
 )
-from batcher.models.schema import check_against
-from batcher.models.tables import HAPPYHORSE_R2V
+from batcher.models import HAPPYHORSE_R2V, check_against
 
 BODY = {"prompt": "a", "reference_urls": ["https://x.com/a.png"]}
 OK = {"jobId": "job_1", "status": "pending", "statusUrl": "https://pixeldojo.ai/api/v1/jobs/job_1",

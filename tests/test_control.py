@@ -21,11 +21,11 @@ from batcher.cli import cli
 from batcher.errors import IllegalTransition, LeaseLost
 from batcher.ledger import Ledger
 from batcher.ledger.control import BatchNotRunning
-from batcher.manifest.document import load_manifest
-from batcher.models.tables import HAPPYHORSE_R2V
-from batcher.policy.decisions import RetryPolicy
+from batcher.manifest import load_manifest
+from batcher.models import HAPPYHORSE_R2V
+from batcher.policy import RetryPolicy
 from batcher.run import RunOptions, StopReason
-from batcher.simulator.server import SimConfig, Simulator
+from batcher.simulator import SimConfig, Simulator
 from batcher.states import CONTROL_MOVES, TRANSITIONS, Control, JobState, can_move
 from batcher.text import state_counts as counts_text
 

@@ -13,10 +13,10 @@ import pytest
 from batcher import api
 from batcher.errors import DiskFullError
 from batcher.ledger import Ledger
-from batcher.manifest.document import load_manifest
-from batcher.policy.decisions import RetryPolicy
+from batcher.manifest import load_manifest
+from batcher.policy import RetryPolicy
 from batcher.run import RunOptions
-from batcher.simulator.server import SimConfig, Simulator
+from batcher.simulator import SimConfig, Simulator
 
 from .conftest import small_manifest
 

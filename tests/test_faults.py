@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 
 from batcher.ledger import Ledger
-from batcher.policy.decisions import RetryPolicy
-from batcher.simulator.server import SimConfig
+from batcher.policy import RetryPolicy
+from batcher.simulator import SimConfig
 
 from .conftest import small_manifest
 
@@ -79,7 +79,7 @@ def test_polls_that_keep_failing_leave_the_job_to_the_next_run_which_pays_nothin
     monkeypatch.setattr(logging.getLogger("batcher"), "propagate", True)
     caplog.set_level(logging.WARNING)
     manifest = write("m.yaml", small_manifest(3))
-    from batcher.simulator.server import Simulator
+    from batcher.simulator import Simulator
     sim = Simulator(SimConfig(render_seconds=0.02, error_rate=1.0, fault_routes=("job",), seed=1))
     report, _, ledger = simrun(manifest, simulator=sim)
     jobs, _, _ = ledger_view(ledger)
@@ -99,7 +99,7 @@ def test_polls_that_keep_failing_leave_the_job_to_the_next_run_which_pays_nothin
 
 def test_lost_answers_are_charged_held_then_resubmitted_by_consent(simrun, write):
     manifest = write("m.yaml", small_manifest(6))
-    from batcher.simulator.server import Simulator
+    from batcher.simulator import Simulator
     sim = Simulator(SimConfig(render_seconds=0.02, lost_answer_rate=0.5, seed=4))
     report, _, ledger = simrun(manifest, simulator=sim)
     jobs, record = assert_consistent(sim, ledger)

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from batcher import api
-from batcher.client.http import PixelDojoClient
+from batcher.client import PixelDojoClient
 from batcher.errors import (
     AuthError,
     CreditsExhausted,
@@ -28,11 +28,10 @@ from batcher.errors import (
     ServerError,
 )
 from batcher.ledger import Ledger
-from batcher.policy.decisions import RetryPolicy
+from batcher.policy import RetryPolicy
 from batcher.run import RunOptions
-from batcher.simulator.server import SimConfig, Simulator, SimulatorTransport
-from batcher.views.exports import export
-from batcher.views.report import build_report
+from batcher.simulator import SimConfig, Simulator, SimulatorTransport
+from batcher.views import build_report, export
 
 from .conftest import small_manifest
 from .test_e2e import batcher, start_simulator

@@ -10,10 +10,10 @@ import anyio
 
 from batcher import api
 from batcher.ledger import Job, Ledger
-from batcher.policy.decisions import RetryPolicy
+from batcher.policy import RetryPolicy
 from batcher.run import RunOptions, RunReport
-from batcher.simulator.server import SimConfig, Simulator, clip_for
-from batcher.views.progress import summary
+from batcher.simulator import SimConfig, Simulator, clip_for
+from batcher.views import summary
 
 from .conftest import small_manifest
 from .hostile import HostileApi, Mode

@@ -13,8 +13,7 @@ from click.testing import CliRunner
 
 from batcher import api
 from batcher.cli import cli
-from batcher.client.http import PixelDojoClient
-from batcher.client.transfers import MAX_ANSWER_BYTES
+from batcher.client import MAX_ANSWER_BYTES, PixelDojoClient
 from batcher.errors import (
     AnswerTooLarge,
     CreditsExhausted,
@@ -25,10 +24,10 @@ from batcher.errors import (
     UsageError,
 )
 from batcher.ledger import Ledger
-from batcher.policy.decisions import Deadlines, RetryPolicy
+from batcher.policy import Deadlines, RetryPolicy
 from batcher.run import RunOptions, RunReport
 from batcher.run.webhooks import Webhooks
-from batcher.simulator.server import SimConfig, Simulator
+from batcher.simulator import SimConfig, Simulator
 
 from .conftest import small_manifest
 from .hostile import HostileApi, Mode, drip, endless_json

@@ -16,8 +16,8 @@ import pytest
 from batcher import api
 from batcher.errors import SimulationMismatch
 from batcher.ledger import Ledger
-from batcher.outputs.files import sweep_temp_files, temp_name
-from batcher.simulator.server import SimConfig, Simulator, SimulatorTransport, clip_for
+from batcher.outputs import sweep_temp_files, temp_name
+from batcher.simulator import SimConfig, Simulator, SimulatorTransport, clip_for
 
 from .conftest import small_manifest
 
@@ -134,7 +134,7 @@ class VanishingTemp(httpx.AsyncBaseTransport):
 def test_a_vanished_temporary_file_is_downloaded_again_not_a_crash(tmp_path, write):
     import anyio
 
-    from batcher.policy.decisions import RetryPolicy
+    from batcher.policy import RetryPolicy
     from batcher.run import RunOptions
     manifest = write("m.yaml", small_manifest(n_rows=2))
     sim = Simulator(SimConfig(render_seconds=0.02))
@@ -537,7 +537,7 @@ class PollsAnswer(httpx.AsyncBaseTransport):
 def test_polls_that_never_succeed_end_the_job_for_this_run_not_the_run(tmp_path, write, status, headers):
     import anyio
 
-    from batcher.policy.decisions import RetryPolicy
+    from batcher.policy import RetryPolicy
     from batcher.run import RunOptions
     manifest = write("m.yaml", small_manifest(n_rows=2))
     sim = Simulator(SimConfig(render_seconds=0.02))

@@ -21,12 +21,11 @@ from click.testing import CliRunner
 
 from batcher import api
 from batcher.cli import cli
-from batcher.client.http import PixelDojoClient
+from batcher.client import PixelDojoClient
 from batcher.ledger import Ledger
-from batcher.policy.decisions import RetryPolicy
+from batcher.policy import RetryPolicy
 from batcher.run import RunOptions
-from batcher.simulator.images import png_image
-from batcher.simulator.server import SimConfig, Simulator
+from batcher.simulator import SimConfig, Simulator, png_image
 
 from .conftest import small_manifest
 from .hostile import HostileApi, Mode, escaped_key
@@ -259,8 +258,7 @@ def test_a_store_echoing_its_credentials_mid_run_gets_none_into_events_notes_or_
     the manifest, is its next claim.)"""
     from sqlalchemy import text
 
-    from batcher.references.local import StoreSettings
-    from batcher.references.store import S3Store
+    from batcher.references import S3Store, StoreSettings
     from batcher.states import JobState
     manifest = with_local_image(tmp_path, "shared", "mare")
     manifest.write_text(manifest.read_text() + "".join(
@@ -317,8 +315,7 @@ def test_a_given_boto3_client_is_redacted_of_its_own_credentials():
     from botocore.stub import Stubber
 
     from batcher.errors import ReferenceStoreError
-    from batcher.references.local import StoreSettings
-    from batcher.references.store import S3Store
+    from batcher.references import S3Store, StoreSettings
     client = boto3.client("s3", region_name="us-east-1", aws_access_key_id=ACCESS, aws_secret_access_key=SECRET,
                           aws_session_token=TOKEN)
     stubber = Stubber(client)
@@ -340,7 +337,7 @@ def test_a_key_cut_where_an_answer_stops_being_read_is_never_half_shown():
     # key's first characters, never recognised as the key, into the text shown.
     import httpx
 
-    from batcher.client.answers import describe
+    from batcher.client import describe
     key = "sk-test-0123456789abcdef"
     for before in (65536 - 5, 65536 - 12):
         shown = describe(httpx.Response(500, content=(" " * before + key).encode()), lambda t: t.replace(key, "[k]"))

@@ -18,9 +18,8 @@ from hypothesis import strategies as st
 import batcher.manifest.yamlfile
 from batcher.cli import cli
 from batcher.errors import ManifestError
-from batcher.manifest.diagnostics import Diagnostics
-from batcher.manifest.document import load_manifest
-from batcher.plan.jobs import check
+from batcher.manifest import Diagnostics, load_manifest
+from batcher.plan import check
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 HEAD = "version: 1\nbatch: fuzz\ndefaults:\n  duration: 5\n  references: [https://example.com/a.png]\nrows:\n"

@@ -14,9 +14,9 @@ from batcher import api
 from batcher.errors import LedgerUnavailable
 from batcher.ledger import Ledger
 from batcher.ledger.journal import Record, Recorded, journal_path, parse, read
-from batcher.policy.decisions import RetryPolicy
+from batcher.policy import RetryPolicy
 from batcher.run import RunOptions
-from batcher.simulator.server import SimConfig, Simulator
+from batcher.simulator import SimConfig, Simulator
 
 from .conftest import small_manifest
 from .hostile import HostileApi, Mode

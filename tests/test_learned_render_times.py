@@ -10,12 +10,12 @@ from sqlalchemy import text
 
 from batcher import api
 from batcher.ledger import Ledger
-from batcher.models.tables import HAPPYHORSE_11_R2V, HAPPYHORSE_R2V
-from batcher.plan.jobs import JobSpec
-from batcher.policy.decisions import RetryPolicy
+from batcher.models import HAPPYHORSE_11_R2V, HAPPYHORSE_R2V
+from batcher.plan import JobSpec
+from batcher.policy import RetryPolicy
 from batcher.run import RunOptions
 from batcher.run.runner import Runner
-from batcher.simulator.server import SimConfig, Simulator
+from batcher.simulator import SimConfig, Simulator
 
 X, Y = HAPPYHORSE_R2V.api_id, HAPPYHORSE_11_R2V.api_id
 
@@ -138,7 +138,7 @@ def test_the_planner_answers_for_measured_classes_before_observing_anything(tmp_
     async def planner_after_start():
         with Ledger(measured) as led:
             led.add_jobs("d", X, "d.yaml", [spec("d", 0, X, 5, "720p")], simulated=True)
-            from batcher.client.http import PixelDojoClient
+            from batcher.client import PixelDojoClient
             async with PixelDojoClient(to.api_key, to.base_url, transport=to.transport) as client:
                 runner = Runner(led, client, HAPPYHORSE_R2V, "d", RunOptions.of(expected_render=60.0),
                                 models={Y: HAPPYHORSE_11_R2V})

@@ -5,7 +5,7 @@ import pytest
 
 from batcher.errors import BudgetExceeded, IllegalTransition, LeaseLost
 from batcher.ledger import Ledger
-from batcher.plan.jobs import JobSpec
+from batcher.plan import JobSpec
 from batcher.states import JobState as S
 
 from .conftest import sqlite_plans
@@ -141,8 +141,8 @@ def test_plan_reads_either_ledger_without_writing(ledger_url, tmp_path):
     from click.testing import CliRunner
 
     from batcher.cli import cli
-    from batcher.manifest.document import load_manifest
-    from batcher.plan.jobs import expand
+    from batcher.manifest import load_manifest
+    from batcher.plan import expand
 
     from .conftest import MANIFESTS
     m = load_manifest(MANIFESTS / "demo.yaml")

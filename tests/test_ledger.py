@@ -8,8 +8,8 @@ import pytest
 
 from batcher.errors import IllegalTransition, LedgerError
 from batcher.ledger import MIGRATIONS, SCHEMA_VERSION, Ledger, SQLModel
-from batcher.manifest.document import load_manifest
-from batcher.plan.jobs import expand
+from batcher.manifest import load_manifest
+from batcher.plan import expand
 from batcher.states import TRANSITIONS, JobState
 
 from .conftest import MANIFESTS, sqlite_plans
@@ -281,7 +281,7 @@ def test_figures_tally_every_state_of_a_batch_and_of_one_model(ledger_url):
     """What status, reports and the gallery show, against the same figures computed from the rows."""
     from sqlalchemy import text
 
-    from batcher.plan.jobs import JobSpec
+    from batcher.plan import JobSpec
     jobs = [JobSpec(key=f"k{i}", batch="b", row=i, take=1, origin=f"m.yaml:{i + 1}", label="r",
                     params={"prompt": f"p{i}"}, estimate=10 + i, estimate_is_guess=False,
                     model="other-model" if i % 3 == 0 else "") for i in range(12)]
@@ -316,7 +316,7 @@ def test_a_batch_is_read_whole_in_id_order_a_page_at_a_time(ledger_url):
     other batches share the ledger, on both backends."""
     from sqlalchemy import text
 
-    from batcher.plan.jobs import JobSpec
+    from batcher.plan import JobSpec
 
     def specs(batch: str, n: int) -> list[JobSpec]:
         return [JobSpec(key=f"{batch}{i}", batch=batch, row=i, take=1, origin=f"m.yaml:{i + 1}", label="r",

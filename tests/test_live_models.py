@@ -14,17 +14,14 @@ from click.testing import CliRunner
 
 from batcher import api
 from batcher.cli import cli
-from batcher.client.catalog import ModelCatalog
-from batcher.client.http import PixelDojoClient
+from batcher.client import ModelCatalog, PixelDojoClient
 from batcher.errors import ManifestError, UsageError
 from batcher.ledger import Ledger
-from batcher.manifest.document import load_manifest
-from batcher.models.live import described, price_of
-from batcher.models.schema import check_against
-from batcher.models.tables import HAPPYHORSE_11_R2V, unpriced
-from batcher.plan.jobs import check, expand
+from batcher.manifest import load_manifest
+from batcher.models import HAPPYHORSE_11_R2V, check_against, described, price_of, unpriced
+from batcher.plan import check, expand
 from batcher.run import RunOptions
-from batcher.simulator.server import SimConfig, Simulator
+from batcher.simulator import SimConfig, Simulator
 
 from .conftest import run_against, serving
 
@@ -336,7 +333,7 @@ def test_exports_carry_every_parameter_of_a_live_model(tmp_path, served):
 
 
 def test_a_price_far_below_the_real_one_costs_one_job_past_the_budget_not_one_per_kind(tmp_path):
-    from batcher.simulator.server import SimConfig, Simulator
+    from batcher.simulator import SimConfig, Simulator
     sim = Simulator(SimConfig(render_seconds=0.02, rates={"720p": 40.0, "1080p": 72.0}))  # 10x the estimate
     path = tmp_path / "m.yaml"
     path.write_text("version: 1\nrows:\n  - prompt: a\n    references: [https://example.com/a.png]\n"
@@ -351,7 +348,7 @@ def test_a_price_far_below_the_real_one_costs_one_job_past_the_budget_not_one_pe
 
 
 def test_the_model_list_never_prints_an_apis_control_characters_or_absurd_prices():
-    from batcher.views.commands import model_list_lines
+    from batcher.views import model_list_lines
     lines = model_list_lines([{"apiId": "x\x1b]0;PWNED\x07", "type": "video\x1b[31m",
                                "creditCost": {"amount": 10 ** 400, "type": "per_second"}}])
     assert not any(ch in "".join(lines) for ch in "\x1b\x07") and "price not listed" in lines[0]

@@ -14,12 +14,11 @@ from batcher import api
 from batcher.cli import cli
 from batcher.errors import LocalReferencesNeedStore, ManifestError
 from batcher.ledger import Ledger
-from batcher.manifest.document import load_manifest
-from batcher.plan.jobs import check, expand
-from batcher.references.local import LOCAL_PREFIX
+from batcher.manifest import load_manifest
+from batcher.plan import check, expand
+from batcher.references import LOCAL_PREFIX
 from batcher.run import RunOptions
-from batcher.simulator.images import png_image
-from batcher.simulator.server import SimConfig, Simulator
+from batcher.simulator import SimConfig, Simulator, png_image
 
 URL = "https://example.com/hero.png"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from batcher.errors import ManifestError
-from batcher.manifest.document import load_manifest
-from batcher.plan.jobs import check, expand
+from batcher.manifest import load_manifest
+from batcher.plan import check, expand
 
 from .conftest import MANIFESTS
 

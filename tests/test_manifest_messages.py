@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from batcher.errors import ManifestError
-from batcher.manifest.document import load_manifest
-from batcher.plan.jobs import check, expand
+from batcher.manifest import load_manifest
+from batcher.plan import check, expand
 
 URL = "https://x.com/a.png"
 
@@ -65,7 +65,7 @@ def test_plain_integers_and_quoted_ratios_keep_their_meaning(write):
     assert messages(path) == ["m.yaml:5: aspect_ratio must be one of 16:9, 9:16, 1:1, 4:3, 3:4; got 969"]
     good = write("g.yaml", f"version: 1\nrows:\n  - prompt: 'a {{x}}'\n    references: {URL}\n"
                            f"    aspect_ratio: '16:9'\n    seed: 1:30\n    vary: {{x: [16:9]}}\n")
-    from batcher.plan.jobs import expand
+    from batcher.plan import expand
     [job] = expand(load_manifest(good))
     # A base-60 number where a number is wanted is still that number, in keys too.
     assert job.params["seed"] == 90 and job.params["prompt"] == "a 969"

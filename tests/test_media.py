@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import struct
 
-from batcher.outputs.media import VideoInfo, expected_frame, mismatches, probe
-from batcher.simulator.server import demo_clip
+from batcher.outputs import VideoInfo, expected_frame, mismatches, probe
+from batcher.simulator import demo_clip
 
 
 def test_probe_reads_duration_and_frame_size_of_the_demo_clip(tmp_path):

@@ -16,10 +16,10 @@ from click.testing import CliRunner
 from batcher.cli import cli
 from batcher.cli.plans import wall_time_estimate
 from batcher.ledger import Ledger
-from batcher.manifest.document import load_manifest
-from batcher.models.tables import HAPPYHORSE_11_R2V
-from batcher.plan.jobs import check
-from batcher.views.report import build_report
+from batcher.manifest import load_manifest
+from batcher.models import HAPPYHORSE_11_R2V
+from batcher.plan import check
+from batcher.views import build_report
 from tests.conftest import small_manifest
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -174,7 +174,7 @@ def test_per_model_figures_on_both_backends(ledger_url, simrun, write):
     and PostgreSQL."""
     from sqlalchemy import text
 
-    from batcher.views.exports import records
+    from batcher.views import records
     _, _, ledger = simrun(write("mix.yaml", MIXED), ledger=ledger_url)
     with Ledger(ledger) as led:
         assert led.models_of("compare") == {m: 2 for m in MODELS} == led.models_of()

@@ -16,11 +16,11 @@ from batcher import api
 from batcher.cli import cli
 from batcher.errors import BudgetExceeded, UsageError
 from batcher.ledger import Ledger
-from batcher.manifest.document import load_manifest
+from batcher.manifest import load_manifest
 from batcher.money import budget, credits, from_hundredths, json_safe, show, to_hundredths
-from batcher.policy.decisions import Budget, RetryPolicy
+from batcher.policy import Budget, RetryPolicy
 from batcher.run import RunOptions, RunReport
-from batcher.simulator.server import SimConfig, Simulator, SimulatorTransport
+from batcher.simulator import SimConfig, Simulator, SimulatorTransport
 from batcher.states import JobState
 
 from .conftest import small_manifest

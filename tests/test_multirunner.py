@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from batcher.ledger import Ledger
-from batcher.models.tables import HAPPYHORSE_R2V
+from batcher.models import HAPPYHORSE_R2V
 
 from .test_e2e import record, start_simulator
 

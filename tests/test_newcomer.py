@@ -63,7 +63,7 @@ def _progress(**kw):
 
 @pytest.mark.parametrize("width", [40, 80, 160])
 def test_the_progress_line_fits_the_terminal_and_shows_a_bar(width):
-    from batcher.views.progress import progress_line
+    from batcher.views import progress_line
     line = progress_line(_progress(), width)
     assert len(line) <= width - 1 and "\n" not in line
     assert line.startswith("[#") and "30/60" in line
@@ -76,7 +76,7 @@ def test_the_progress_line_fits_the_terminal_and_shows_a_bar(width):
 def test_the_live_display_redraws_in_place_at_the_terminal_width():
     import io
 
-    from batcher.views.progress import ProgressPrinter
+    from batcher.views import ProgressPrinter
     stream = io.StringIO()
     printer = ProgressPrinter(stream, live=True, width=80)
     for done in (10, 20, 30):
@@ -88,7 +88,7 @@ def test_the_live_display_redraws_in_place_at_the_terminal_width():
 
 
 def test_eta_counts_only_the_jobs_the_budget_covers():
-    from batcher.views.progress import progress_line
+    from batcher.views import progress_line
     line = progress_line(_progress(counts={"completed": 40, "submitted": 2, "pending": 18}, completed_this_run=40,
                                    elapsed=40.0, covered=50), 160)
     # 10 jobs left that the budget covers, at one a second: 10 s, not the 20 s of the whole plan

@@ -10,13 +10,12 @@ import httpx
 import pytest
 
 from batcher import api
-from batcher.client.answers import OUTPUT_SHAPES, OutputURL, output_url
-from batcher.client.http import PixelDojoClient
+from batcher.client import OUTPUT_SHAPES, OutputURL, PixelDojoClient, output_url
 from batcher.errors import MalformedAnswer
 from batcher.ledger import Ledger
-from batcher.policy.decisions import RetryPolicy
+from batcher.policy import RetryPolicy
 from batcher.run import RunOptions
-from batcher.simulator.server import SimConfig, Simulator, SimulatorTransport
+from batcher.simulator import SimConfig, Simulator, SimulatorTransport
 
 from .conftest import small_manifest
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from batcher.manifest.document import load_manifest
-from batcher.models.tables import HAPPYHORSE_R2V
-from batcher.plan.jobs import check, expand, iter_jobs, job_key
+from batcher.manifest import load_manifest
+from batcher.models import HAPPYHORSE_R2V
+from batcher.plan import check, expand, iter_jobs, job_key
 
 from .conftest import MANIFESTS
 

@@ -8,7 +8,7 @@ import random
 import anyio
 import pytest
 
-from batcher.policy.decisions import (
+from batcher.policy import (
     Budget,
     PollPlanner,
     RatePolicy,

@@ -5,8 +5,7 @@ from __future__ import annotations
 import heapq
 import random
 
-from batcher.policy.decisions import PollPlanner
-from batcher.policy.renderfit import InFlight
+from batcher.policy import InFlight, PollPlanner
 
 CLS = ("m", 5, "720p")
 

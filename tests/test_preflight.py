@@ -14,14 +14,10 @@ from click.testing import CliRunner
 
 from batcher import api
 from batcher.cli import cli
-from batcher.client.answers import ReferenceFetch
-from batcher.client.http import PixelDojoClient
-from batcher.client.preflight import Outcome, judge
+from batcher.client import Outcome, PixelDojoClient, ReferenceFetch, judge
 from batcher.errors import PreflightFailed
-from batcher.references.facts import MAX_BYTES, image_kind, image_size
-from batcher.simulator.images import png_image
-from batcher.simulator.references import FetchedReference
-from batcher.simulator.server import SimConfig, Simulator, SimulatorTransport
+from batcher.references import MAX_BYTES, image_kind, image_size
+from batcher.simulator import FetchedReference, SimConfig, Simulator, SimulatorTransport, png_image
 
 SIM = "https://pixeldojo.ai/_sim/refs"
 BAD = ["missing.png", "page.png", "small.png", "big.png", "text.png"]

@@ -8,9 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batcher.errors import ManifestError
-from batcher.manifest.document import load_manifest
+from batcher.manifest import load_manifest
 from batcher.money import estimate_hundredths
-from batcher.plan.jobs import check
+from batcher.plan import check
 
 from .conftest import manifest_rows, valid_rows
 
@@ -129,7 +129,7 @@ def _reference_render(template: str, variables: dict) -> tuple[str, list[str]]:
                       max_size=20),
        variables=st.dictionaries(st.sampled_from(["x", "y", "x_1"]), st.one_of(st.text(max_size=5), st.integers())))
 def test_compiled_templates_render_and_measure_like_the_regex(parts, variables):
-    from batcher.manifest.template import compile_template, render
+    from batcher.manifest import compile_template, render
     template = "".join(parts)
     expected = _reference_render(template, variables)
     assert render(template, variables) == expected
@@ -150,7 +150,7 @@ _rows = manifest_rows(_texts, vary={"aspectRatio": st.lists(st.sampled_from(["16
 @given(rows=st.lists(_rows, min_size=1, max_size=4),
        defaults=st.fixed_dictionaries({}, optional={"seed": st.just("auto"), "resolution": st.just("1080p")}))
 def test_counting_rows_gives_the_keys_and_figures_of_building_jobs(tmp_path, rows, defaults):
-    from batcher.plan.jobs import iter_jobs, row_key_texts
+    from batcher.plan import iter_jobs, row_key_texts
     doc = {"version": 1, "defaults": defaults, "reference_sets": {"hero": ["https://x.com/a.png"]},
            "rows": valid_rows(rows)}
     path = tmp_path / "m.yaml"
@@ -172,7 +172,7 @@ def test_counting_rows_gives_the_keys_and_figures_of_building_jobs(tmp_path, row
 
 
 def _jobs_with_duplicates(m):
-    from batcher.manifest.diagnostics import Diagnostics
+    from batcher.manifest import Diagnostics
     from batcher.plan.jobs import _expand
     return list(_expand(m, Diagnostics(), None))
 
@@ -206,8 +206,8 @@ _local_rows = st.fixed_dictionaries({
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=st.lists(_local_rows, min_size=1, max_size=3))
 def test_counting_rows_with_local_references_gives_the_keys_of_building_jobs(tmp_path, rows):
-    from batcher.plan.jobs import iter_jobs, row_key_texts
-    from batcher.simulator.images import png_image
+    from batcher.plan import iter_jobs, row_key_texts
+    from batcher.simulator import png_image
     (tmp_path / "refs").mkdir(exist_ok=True)
     for name, side in (("a.png", 400), ("b.png", 401)):
         (tmp_path / "refs" / name).write_bytes(png_image(side, side))

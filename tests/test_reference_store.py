@@ -17,11 +17,9 @@ from batcher import api
 from batcher.cli import cli
 from batcher.errors import PreflightFailed, ReferenceStoreError, UsageError
 from batcher.ledger import Ledger
-from batcher.references.local import StoreSettings
-from batcher.references.store import S3Store
+from batcher.references import S3Store, StoreSettings
 from batcher.run import RunOptions
-from batcher.simulator.images import png_image
-from batcher.simulator.server import SimConfig, Simulator
+from batcher.simulator import SimConfig, Simulator, png_image
 
 from .conftest import run_against, serving
 
@@ -166,7 +164,7 @@ def test_the_key_and_storage_credentials_appear_in_no_file_and_no_output(aws, ch
 
 
 def test_an_api_that_repeats_a_presigned_url_gets_it_redacted():
-    from batcher.client.http import PixelDojoClient
+    from batcher.client import PixelDojoClient
     client = PixelDojoClient(API_KEY, "http://127.0.0.1:9", also_redact=(ACCESS_KEY, SECRET_KEY))
     text = (f"cannot fetch http://s3/b/x.png?X-Amz-Credential={ACCESS_KEY}%2F20261125%2Fus-east-1%2Fs3"
             "&X-Amz-Signature=0123456789abcdef0123456789abcdef")

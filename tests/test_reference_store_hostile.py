@@ -18,13 +18,12 @@ from click.testing import CliRunner
 
 from batcher import api
 from batcher.cli import cli
-from batcher.client.http import PixelDojoClient
+from batcher.client import PixelDojoClient
 from batcher.errors import ManifestError, UsageError
 from batcher.ledger import Ledger, StoredImage
-from batcher.references.local import StoreSettings, parse_lifetime
-from batcher.references.store import S3Store
+from batcher.references import S3Store, StoreSettings, parse_lifetime
 from batcher.run.uploads import read_image
-from batcher.simulator.images import png_image
+from batcher.simulator import png_image
 
 boto3 = pytest.importorskip("boto3")
 
@@ -183,7 +182,7 @@ def test_uploaded_objects_hold_exactly_the_bytes_their_name_hashes(tmp_path, s3_
     manifest.write_text("version: 1\nreference_store: s3://exact-bytes/r\nrows:\n  - prompt: a\n    references: c\n")
     store = S3Store(StoreSettings.of("s3://exact-bytes/r"))
     opts = api.RunOptions.of(out_dir=tmp_path / "out", expected_render=0.02, reference_store=store, check_schema=False)
-    from batcher.simulator.server import SimConfig, Simulator
+    from batcher.simulator import SimConfig, Simulator
 
     sim = Simulator(SimConfig(render_seconds=0.02))
     # In-process the simulator cannot fetch the bucket: the jobs fail there, but the uploads are made.

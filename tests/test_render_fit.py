@@ -10,8 +10,7 @@ import statistics
 
 import pytest
 
-from batcher.policy.decisions import PollPlanner
-from batcher.policy.renderfit import MAX_RUNNING, InFlight, RenderTimes, fit_censored_normal
+from batcher.policy import MAX_RUNNING, InFlight, PollPlanner, RenderTimes, fit_censored_normal
 
 CLS = ("m", 5, "720p")
 ROUND_TRIP = 0.001  # a poll's, in run_batch: the clock moves on while it is answered

@@ -13,8 +13,8 @@ import pytest
 from batcher import api
 from batcher.ledger import Ledger
 from batcher.run import RunOptions
-from batcher.simulator.server import SimConfig, Simulator
-from batcher.views.report import build_report
+from batcher.simulator import SimConfig, Simulator
+from batcher.views import build_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -16,14 +16,13 @@ import pytest
 from batcher import api
 from batcher.errors import SchemaMismatch
 from batcher.ledger import Ledger
-from batcher.manifest.document import load_manifest
-from batcher.models.tables import HAPPYHORSE_R2V
-from batcher.plan.jobs import expand
-from batcher.policy.decisions import RetryPolicy
+from batcher.manifest import load_manifest
+from batcher.models import HAPPYHORSE_R2V
+from batcher.plan import expand
+from batcher.policy import RetryPolicy
 from batcher.run import RunOptions
-from batcher.simulator.server import SimConfig, Simulator, clip_for
-from batcher.views.exports import export
-from batcher.views.progress import setup_logging
+from batcher.simulator import SimConfig, Simulator, clip_for
+from batcher.views import export, setup_logging
 
 from .conftest import MANIFESTS, small_manifest
 
@@ -38,7 +37,7 @@ def test_demo_runs_to_completion_and_matches_the_server(simrun, tmp_path):
     record = sim.record()
     # every job submitted once, with exactly the body the manifest asks for; its local images (the
     # mare's folder) as the URLs of their uploads, made when the job was sent
-    from batcher.references.store import with_urls
+    from batcher.references import with_urls
 
     def uploaded(address: str) -> str:
         return f"https://pixeldojo.ai/_sim/uploads/{address.removeprefix('local:sha256:')}.png"
@@ -196,9 +195,9 @@ def test_ledger_file_is_valid_sqlite_after_run(simrun, write):
 def test_a_clock_that_moves_between_two_reads_never_asks_for_a_negative_sleep(tmp_path, write):
     """The run reads the wall clock once per decision: a clock that jumps between two reads (a
     busy machine, a slow thread hop) must not turn a due poll into a negative sleep."""
-    from batcher.client.http import PixelDojoClient
+    from batcher.client import PixelDojoClient
     from batcher.run import Runner
-    from batcher.simulator.server import SimulatorTransport
+    from batcher.simulator import SimulatorTransport
 
     manifest = api.load(write("m.yaml", small_manifest(n_rows=20)))
     sim = Simulator(SimConfig(render_seconds=0.02))
@@ -235,11 +234,11 @@ def test_a_job_taken_over_in_submitted_that_fails_remotely_is_submitted_again(si
 def test_a_reservation_is_released_when_its_intent_cannot_be_written(tmp_path, write):
     """A runner resumed past its lease finds its job taken over: the intent is refused, and the
     credits it had reserved must be free again, or every submission waiting for room waits forever."""
-    from batcher.client.http import PixelDojoClient
+    from batcher.client import PixelDojoClient
     from batcher.errors import LeaseLost
     from batcher.run.context import RunContext
     from batcher.run.submission import submit_once
-    from batcher.simulator.server import SimulatorTransport
+    from batcher.simulator import SimulatorTransport
     from batcher.states import JobState
 
     manifest = api.load(write("m.yaml", small_manifest(n_rows=1)))
@@ -268,7 +267,7 @@ def test_a_run_under_budget_0_only_stages_and_checks_nothing(simrun, write):
     """`--budget 0` can never send (its committed total never falls below zero): the checks before
     spending (live schema, references, uploads) are skipped; a budget that covers nothing now, but
     could after a refund, keeps them."""
-    from batcher.simulator.server import SimConfig
+    from batcher.simulator import SimConfig
     manifest = write("m.yaml", small_manifest(n_rows=3))
     report, sim, _ = simrun(manifest, SimConfig(render_seconds=0.01), budget=0)
     record = sim.record()

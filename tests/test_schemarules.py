@@ -8,18 +8,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batcher.models.schema import (
+from batcher.models import (
     MAX_DEPTH,
     ParameterFacts,
     Violation,
     check_against,
     describe_parameters,
+    get_model,
     manifest_name,
     path_text,
     suggest,
     wire_name,
 )
-from batcher.models.tables import get_model
 
 
 def lines(schema, value) -> list[str]:
@@ -349,7 +349,7 @@ def test_any_schema_and_value_give_a_list_of_violations(schema, value):
 
 @pytest.mark.parametrize("pattern", ["^(a+)+$", "(a|aa)*b", "(a*)*", r"^(?:[a-z]+\s?)+$"])
 def test_a_pattern_that_could_backtrack_for_ever_is_not_run(pattern):
-    from batcher.models.patterns import backtracks
+    from batcher.models import backtracks
     assert backtracks(pattern)
     # Run, this would not end in our lifetime: it is left to the API.
     assert check_against({"pattern": pattern}, "a" * 40 + "!") == []

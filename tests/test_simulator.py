@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from batcher.simulator.server import Dropped, Refused, SimConfig, Simulator, clip_for
+from batcher.simulator import Dropped, Refused, SimConfig, Simulator, clip_for
 
 BASE = "https://pixeldojo.ai"
 AUTH = {"authorization": "Bearer sim-key"}

@@ -15,9 +15,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batcher.models.tables import HAPPYHORSE_11_R2V, HAPPYHORSE_R2V, MODELS, ModelSpec
-from batcher.simulator.models import WAN_T2V_SCHEMA, served_models
-from batcher.simulator.server import SimConfig, Simulator, SimulatorTransport, clip_for, make_server
+from batcher.models import HAPPYHORSE_11_R2V, HAPPYHORSE_R2V, MODELS, ModelSpec
+from batcher.simulator import (
+    WAN_T2V_SCHEMA,
+    SimConfig,
+    Simulator,
+    SimulatorTransport,
+    clip_for,
+    make_server,
+    served_models,
+)
 
 BASE = "https://pixeldojo.ai"
 AUTH = {"authorization": "Bearer sim-key"}

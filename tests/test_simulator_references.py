@@ -15,10 +15,18 @@ import httpx
 import pytest
 
 from batcher.ledger import Ledger
-from batcher.models.tables import ModelSpec, Param
-from batcher.simulator.images import png_image
-from batcher.simulator.references import FetchedReference, UploadStore, submission_problem
-from batcher.simulator.server import Journal, SimConfig, Simulator, SimulatorTransport, make_server
+from batcher.models import ModelSpec, Param
+from batcher.simulator import (
+    FetchedReference,
+    Journal,
+    SimConfig,
+    Simulator,
+    SimulatorTransport,
+    UploadStore,
+    make_server,
+    png_image,
+    submission_problem,
+)
 
 BASE = "https://pixeldojo.ai"
 AUTH = {"authorization": "Bearer sim-key"}

@@ -14,7 +14,7 @@ import anyio
 import httpx
 import pytest
 
-from batcher.simulator.server import Journal, SimConfig, Simulator, SimulatorTransport, make_server
+from batcher.simulator import Journal, SimConfig, Simulator, SimulatorTransport, make_server
 
 from .conftest import serving
 

@@ -13,13 +13,12 @@ from hypothesis import strategies as st
 from batcher import api
 from batcher.errors import SchemaMismatch
 from batcher.ledger import Ledger
-from batcher.manifest.document import load_manifest
-from batcher.models.schema import check_against
-from batcher.plan.jobs import check, expand, iter_jobs
-from batcher.plan.staging import job_rows, row_of
+from batcher.manifest import load_manifest
+from batcher.models import check_against
+from batcher.plan import check, expand, iter_jobs, job_rows, row_of
 from batcher.run import RunOptions
 from batcher.run.startup import _plainly_fits, _value_key
-from batcher.simulator.server import SimConfig, Simulator
+from batcher.simulator import SimConfig, Simulator
 
 from .conftest import MANIFESTS, manifest_rows, small_manifest, valid_rows
 

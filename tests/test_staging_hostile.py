@@ -9,8 +9,8 @@ from sqlalchemy.exc import DBAPIError
 
 from batcher.errors import LedgerError
 from batcher.ledger import Ledger
-from batcher.manifest.document import load_manifest
-from batcher.plan.staging import JobRow, job_rows
+from batcher.manifest import load_manifest
+from batcher.plan import JobRow, job_rows
 
 from .conftest import small_manifest
 

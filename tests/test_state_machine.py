@@ -12,7 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from batcher.errors import IllegalTransition
 from batcher.ledger import Ledger
-from batcher.plan.jobs import JobSpec
+from batcher.plan import JobSpec
 from batcher.states import TRANSITIONS, JobState
 
 from .conftest import PG_URL, pg_schema_url

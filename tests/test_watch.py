@@ -17,9 +17,9 @@ from click.testing import CliRunner
 from batcher.cli import cli
 from batcher.ledger import Batch, Fleet, Ledger, RunnerStatus
 from batcher.ledger.fleet import QUIET_AFTER
-from batcher.plan.jobs import JobSpec
+from batcher.plan import JobSpec
 from batcher.states import JobState
-from batcher.views.watch import eta_seconds, rate_per_minute, screen, snapshot_json
+from batcher.views import eta_seconds, rate_per_minute, screen, snapshot_json
 
 from .conftest import MANIFESTS, small_manifest
 

@@ -14,7 +14,7 @@ import pytest
 
 from batcher.ledger import Ledger
 from batcher.run.webhooks import Webhooks, make_secret
-from batcher.simulator.server import SimConfig, Simulator
+from batcher.simulator import SimConfig, Simulator
 
 from .conftest import small_manifest
 

@@ -12,12 +12,12 @@ import anyio
 import httpx
 import pytest
 
-import batcher.simulator.server as simulator_module
-from batcher.policy.decisions import PollPlanner
+import batcher.simulator.jobs as simulator_module
+from batcher.policy import PollPlanner
 from batcher.run.listener import ListenerLimits, PokeListener
 from batcher.run.pokes import PokeBoard
 from batcher.run.webhooks import Webhooks, job_url, key_of, make_secret
-from batcher.simulator.server import SimConfig, Simulator
+from batcher.simulator import SimConfig, Simulator
 
 from .conftest import small_manifest
 from .test_webhooks import free_port

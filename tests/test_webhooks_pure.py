@@ -7,9 +7,8 @@ import anyio
 import pytest
 
 from batcher.errors import UsageError
-from batcher.models.tables import HAPPYHORSE_R2V
-from batcher.policy.decisions import PollPlanner, RenderSeed
-from batcher.policy.safetynet import WebhookTally, next_safety_poll, silent_done
+from batcher.models import HAPPYHORSE_R2V
+from batcher.policy import PollPlanner, RenderSeed, WebhookTally, next_safety_poll, silent_done
 from batcher.run.pokes import PokeBoard
 from batcher.run.webhooks import Webhooks, check_public_url, job_url, key_of, make_secret, token_for, webhook_field
 
@@ -63,7 +62,7 @@ def test_the_field_is_webhook_url_unless_the_live_schema_names_it():
     assert webhook_field(HAPPYHORSE_R2V) == "webhook_url"
     from dataclasses import replace
 
-    from batcher.models.tables import Param
+    from batcher.models import Param
     camel = replace(HAPPYHORSE_R2V, params=(*HAPPYHORSE_R2V.params, Param("webhook_url", "webhookUrl", "string")))
     assert webhook_field(camel) == "webhookUrl"
 

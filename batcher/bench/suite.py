@@ -34,7 +34,7 @@ import anyio
 
 from ..api import run_async, target
 from ..run import RunOptions
-from ..simulator.server import SimConfig, Simulator
+from ..simulator import SimConfig, Simulator
 from .hooks import bench_webhooks, describe_webhooks
 from .oracle import manifest_text
 from .shared import section as shared_section

@@ -19,7 +19,7 @@ from .. import __version__
 # SQLAlchemy (commands import what they need when they run).
 from ..defaults import DEFAULT_LEDGER
 from ..errors import BatcherError, ExitCode, ManifestError, PreflightFailed, UsageError
-from ..plan.jobs import MAX_JOBS
+from ..plan import MAX_JOBS
 
 
 class BatcherGroup(click.Group):
@@ -77,7 +77,7 @@ def parse_rates(values: tuple[str, ...]) -> dict[str, float]:
 
 def checked_rates(manifest: Any, values: tuple[str, ...]) -> dict[str, float]:
     """--rate values for this manifest's models; a name no model has is a usage error."""
-    from ..models.tables import check_rates
+    from ..models import check_rates
     rates = parse_rates(values)
     problem = check_rates(list(manifest.models.values()) or [manifest.model], rates)
     if problem:
@@ -118,7 +118,7 @@ def store_settings(manifest: Any, reference_store: str | None = None, reference_
                    **_: Any) -> Any:
     """The command line's reference store settings, each falling back to the manifest's; None
     when neither names one."""
-    from ..references.local import StoreSettings
+    from ..references import StoreSettings
     given = manifest.reference_store
     url = reference_store or (given.url if given else None)
     if url is None:

@@ -26,7 +26,7 @@ def models(api_id: str | None, ledger_path: str, refresh: bool, simulate: bool, 
 
     from .. import api
     from ..ledger import Ledger
-    from ..views.commands import model_lines, model_list_lines
+    from ..views import model_lines, model_list_lines
     if simulate and click.get_current_context().get_parameter_source("ledger_path") != \
             click.core.ParameterSource.COMMANDLINE:
         ledger_path = api.SIMULATED_LEDGER

@@ -15,7 +15,7 @@ RUN_WORD = {"pause": "paused", "resume": "running", "cancel": "cancelled"}
 
 def _batch_name(manifest: str | None, batch: str | None) -> str:
     """The batch a command means: the manifest's, or `--batch NAME` (the same one if both)."""
-    from ..manifest.document import load_manifest
+    from ..manifest import load_manifest
     if manifest is None and batch is None:
         raise click.UsageError("name the batch: MANIFEST, or --batch NAME")
     named = load_manifest(manifest).batch if manifest is not None else None

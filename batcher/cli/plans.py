@@ -8,9 +8,9 @@ from typing import Any
 
 import click
 
-from ..manifest.document import load_manifest
+from ..manifest import load_manifest
 from ..money import json_safe
-from ..plan.jobs import check
+from ..plan import check
 from . import checked_rates, cli, ledger_option, max_jobs_option, rate_option, store_options, store_settings
 
 
@@ -63,8 +63,8 @@ def validate(manifest: str, max_jobs: int, online: bool, simulate: bool) -> None
 def plan(manifest: str, ledger_path: str, rates: tuple[str, ...], as_json: bool, list_jobs: bool,
          concurrency: int, max_jobs: int, **store: Any) -> None:
     """Show the jobs a manifest expands to, what they should cost and take; sends and writes nothing."""
-    from ..plan.jobs import iter_jobs
-    from ..views.commands import ModelShares, plan_lines
+    from ..plan import iter_jobs
+    from ..views import ModelShares, plan_lines
     m = _described(load_manifest(manifest), ledger_path)
     overrides = checked_rates(m, rates)
     states = _read_states(ledger_path, m.batch)
@@ -114,10 +114,10 @@ def _keys(m: Any, overrides: dict[str, float], max_jobs: int, summary: Any, jobs
     to its model shares on the way. With neither shares nor a job list, the keys come from the rows
     `check` compiled (a 100,000-job manifest as a command: 2.75 s -> 1.8-2.0 s), not whole jobs."""
     if shares is None and not jobs:
-        from ..plan.staging import job_rows
+        from ..plan import job_rows
         yield from (r.key for r in job_rows(m, overrides, max_jobs=max_jobs, compiled=summary.compiled))
         return
-    from ..plan.jobs import iter_jobs
+    from ..plan import iter_jobs
     for job in jobs or iter_jobs(m, overrides, max_jobs=max_jobs):
         if shares is not None:
             shares.add(job)
@@ -127,7 +127,7 @@ def _keys(m: Any, overrides: dict[str, float], max_jobs: int, summary: Any, jobs
 def wall_time_estimate(m: Any, summary: Any, concurrency: int) -> dict[str, Any]:
     """How long the batch should take at `concurrency` jobs in flight: waves of the model's typical
     render time; for a batch that mixes models, of the mean of each model's, weighted by its jobs."""
-    from ..policy.decisions import estimate_wall_seconds
+    from ..policy import estimate_wall_seconds
     typical = m.model.expected_render_seconds
     by_model: dict[str, float] = {}
     if len(summary.by_model) > 1:
@@ -186,7 +186,7 @@ def _read_states(location: str, batch: str) -> dict[str, str] | None:
 def _described(m: Any, location: str) -> Any:
     """The manifest with the models it names that batcher has no table for described from the
     ledger's cache (nothing is sent)."""
-    from ..models.live import wanted_descriptions
+    from ..models import wanted_descriptions
     if not wanted_descriptions(m):
         return m
     from ..api import describe_offline

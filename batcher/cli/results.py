@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ..errors import BatcherError
-from ..manifest.document import load_manifest
+from ..manifest import load_manifest
 from ..money import json_safe
 from . import cli, ledger_option
 
@@ -55,7 +55,7 @@ model_option = click.option("--model", "model", default=None, metavar="APIID",
 def status(manifest: str | None, ledger_path: str, as_json: bool, job_key: str | None, by_row: bool,
            model: str | None) -> None:
     """Show jobs per state, credits spent and held, and videos downloaded."""
-    from ..views.commands import history_lines, row_lines, status_lines
+    from ..views import history_lines, row_lines, status_lines
     from ..views.exports import check_model, iso, job_record
     batch = _batch_for(manifest)
     with _open_existing(ledger_path, batch) as ledger:
@@ -108,7 +108,7 @@ def _status_data(ledger: Any, batch: str | None, model: str | None) -> dict[str,
     """`status`'s figures: `api.status`, with jobs and credits per model for a batch that mixes
     models; with `model`, the same figures of that model's jobs only (batches without it left out)."""
     from .. import api
-    from ..views.commands import by_model_info, figures_info
+    from ..views import by_model_info, figures_info
     if model is None:
         data = api.status(ledger, batch)
         for name, info in ([(batch, data)] if batch else data["batches"].items()):
@@ -153,8 +153,8 @@ def _control_of(ledger: Any, name: str) -> dict[str, Any]:
 def export(manifest: str | None, ledger_path: str, fmt: str, output: str, out_dir: str | None,
            include_failed: bool, model: str | None) -> None:
     """Export jobs with their provenance: JSONL or CSV records, or a VideoFolder dataset."""
-    from ..views.exports import check_model, export_videofolder
-    from ..views.exports import export as write_export
+    from ..views import check_model, export_videofolder
+    from ..views import export as write_export
     batch = _batch_for(manifest)
     with _open_existing(ledger_path, batch) as ledger:
         check_model(ledger, batch, model)
@@ -183,8 +183,7 @@ def export(manifest: str | None, ledger_path: str, fmt: str, output: str, out_di
 @model_option
 def report(manifest: str | None, ledger_path: str, output: str, model: str | None) -> None:
     """Write a self-contained HTML gallery of a batch: clips, prompts, references, costs, reasons."""
-    from ..views.exports import check_model
-    from ..views.report import build_report
+    from ..views import build_report, check_model
     batch = _batch_for(manifest)
     with _open_existing(ledger_path, batch) as ledger:
         if batch is None:

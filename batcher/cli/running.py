@@ -13,9 +13,9 @@ from typing import Any
 
 import click
 
-from ..manifest.document import load_manifest
+from ..manifest import load_manifest
 from ..money import json_safe
-from ..plan.jobs import MAX_JOBS, check
+from ..plan import MAX_JOBS, check
 from . import (
     ExitCode,
     checked_rates,
@@ -154,8 +154,8 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
     from .. import api
     from ..ledger import Ledger
     from ..run import RunOptions
-    from ..simulator.server import SimConfig
-    from ..views.progress import ProgressPrinter, setup_logging
+    from ..simulator import SimConfig
+    from ..views import ProgressPrinter, setup_logging
 
     m = load_manifest(manifest)
     ledger_path = _ledger_of(ledger_path, simulate)
@@ -194,7 +194,7 @@ def _run(manifest: str, *, ledger_path: str, out_dir: str | None, concurrency: i
         printer.end()
         handle_signals()
         if report_path:
-            from ..views.report import build_report
+            from ..views import build_report
             build_report(ledger, m.batch, Path(report_path))
     _print_summary(report, out, manifest, ledger_path, simulate, report_path, as_json)
     sys.exit(report.exit_code)
@@ -252,7 +252,7 @@ def _print_summary(report: Any, out: Path, manifest: str, ledger_path: str, simu
                    report_path: str | None, as_json: bool) -> None:
     """Progress and logs went to stderr; the summary is the command's result: stdout."""
     from ..ledger import display_location
-    from ..views.progress import summary, summary_json
+    from ..views import summary, summary_json
     retry_command = _retry_command(manifest, ledger_path, simulate)
     if as_json:
         data = summary_json(report, str(out), retry_command)

@@ -44,7 +44,7 @@ def simulator(host: str, port: int, api_key: str, credit_balance: float, render_
 
     A submission's webhook_url gets the job's webhook when its render ends (a JSON POST; replayed on
     POST /api/v1/jobs/JOBID/replay-webhook, a guessed path)."""
-    from ..simulator.server import SimConfig, Simulator, make_server
+    from ..simulator import SimConfig, Simulator, make_server
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: serving on {host}, not loopback", err=True)
     sim = Simulator(SimConfig(api_key=api_key, credits=credit_balance, render_seconds=render_seconds,
@@ -98,7 +98,7 @@ def bench(sections: tuple[str, ...], as_json: bool, **options: Any) -> None:
 
     With no SECTIONS: every section but efficiency-long (8 s renders: about two minutes more) and
     the inprocess diagnostic; `all`: every section."""
-    from ..bench.suite import DEFAULT_SECTIONS, SECTIONS, BenchSettings, run_all
+    from ..bench import DEFAULT_SECTIONS, SECTIONS, BenchSettings, run_all
     chosen = SECTIONS if "all" in sections else list(sections) or DEFAULT_SECTIONS
     results = run_all(chosen, BenchSettings(**options), echo=click.echo)
     if as_json:

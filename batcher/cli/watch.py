@@ -53,7 +53,7 @@ def _named(manifest: str | None, batch_name: str | None) -> str | None:
     """The batch named by the MANIFEST or --batch (both: they must agree)."""
     if manifest is None:
         return batch_name
-    from ..manifest.document import load_manifest
+    from ..manifest import load_manifest
     batch = load_manifest(manifest).batch
     if batch_name is not None and batch_name != batch:
         raise UsageError(f"{manifest} is batch {batch!r}, not {batch_name!r}: give MANIFEST or --batch, not both")
@@ -79,7 +79,7 @@ def _read(ledger: Any, name: str) -> Any:
 
 def _plain(ledger: Any, name: str, interval: float, once: bool, as_json: bool) -> None:
     """A screen (or a JSON object) per refresh, as plain lines: for logs, pipes and scripts."""
-    from ..views.watch import screen, snapshot_json
+    from ..views import screen, snapshot_json
     while True:
         fleet = _read(ledger, name)
         if as_json:
@@ -99,7 +99,7 @@ def _live(ledger: Any, name: str, interval: float) -> None:
     """The screen redrawn in place on the terminal's alternate screen, fitted to its size at every
     refresh (resizing is fine); the last screen stays on the normal screen at the end. A ledger
     that cannot be read for a moment (a database restarting) is said on the screen, and tried again."""
-    from ..views.watch import screen
+    from ..views import screen
     out = sys.stdout
     lines: list[str] = []
     out.write(ENTER)

@@ -17,8 +17,7 @@ import anyio
 
 from ..errors import ApiError, AuthError, MalformedAnswer, RejectedError
 from ..ledger import Ledger, ModelInfo
-from ..models.live import described
-from ..models.tables import ModelSpec
+from ..models import ModelSpec, described
 from .http import PixelDojoClient
 
 CACHE_SECONDS = 24 * 3600.0  # a run asks again for a description older than this

@@ -29,7 +29,7 @@ from ..errors import (
     TooSlow,
     UsageError,
 )
-from ..policy.decisions import Deadlines
+from ..policy import Deadlines
 from .answers import (
     DEFAULT_MAX_RETRY_AFTER,
     REDACTED,

@@ -27,17 +27,18 @@ import anyio
 
 from ..errors import MalformedAnswer, NotSentError, ServerError
 from ..ledger import Reference
-from ..references.facts import (
+from ..references import (
     MAX_BYTES,
     MIN_SIDE,
+    LocalFile,
     image_kind,
     image_size,
+    is_local_address,
     megabytes,
     reserved_host,
     too_big,
     too_small,
 )
-from ..references.local import LocalFile, is_local_address
 from .answers import ReferenceFetch
 from .http import PixelDojoClient
 

@@ -11,7 +11,7 @@ import anyio
 import httpx
 
 from ..errors import AnswerTooLarge, DiskFullError, MalformedAnswer, OutputGone, OversizeError, ServerError
-from ..policy.decisions import Deadlines
+from ..policy import Deadlines
 from .answers import Download, declared_size, rate_limited
 
 # The longest API answer read (a status, a submission, a schema: a few KB each); one that goes on

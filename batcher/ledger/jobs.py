@@ -11,8 +11,7 @@ from sqlalchemy import Connection, text
 
 from ..errors import LedgerError, SimulationMismatch
 from ..money import estimate_hundredths, to_hundredths
-from ..plan.jobs import JobSpec
-from ..plan.staging import JobRow, row_of
+from ..plan import JobRow, JobSpec, row_of
 from ..states import JobState
 from .rows import Attempt, Batch, Event, Job, R, from_mapping
 from .store import LedgerStore

@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from ..money import to_hundredths
-from ..outputs.files import file_sha256
+from ..outputs import file_sha256
 from ..states import JobState as S
 from ..states import check_move
 from .dialect import engine_url, is_database_url

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Diagnostic, UsageError
-from ..models.tables import DEFAULT_MODEL, MODELS, ModelSpec, check_url, get_model
-from ..references.local import LocalFile, StoreSettings, looks_like_local, resolve_local
+from ..models import DEFAULT_MODEL, MODELS, ModelSpec, check_url, get_model
+from ..references import LocalFile, StoreSettings, looks_like_local, resolve_local
 from ..text import lone_surrogate, short, type_name
 from .diagnostics import MAX_DIAGNOSTICS, Diagnostics, suggest
 from .rowfields import FROM_FIELD, ROW_EXTRAS, Located, Row, canonical_field, row_field_names, row_fields

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..models.tables import ROW_WORDS, ModelSpec
+from ..models import ROW_WORDS, ModelSpec
 from ..text import short
 from .diagnostics import Diagnostics, suggest
 from .yamlfile import LineDict, LineList, key_line, value_line

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..models.tables import ModelSpec
+from ..models import ModelSpec
 from ..text import lone_surrogate, short, type_name
 from .diagnostics import Diagnostics, suggest
 from .rowfields import FROM_FIELD, Located, Row, canonical_field, row_field_names, row_fields

@@ -12,13 +12,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..manifest.diagnostics import Diagnostics, suggest
-from ..manifest.document import MAX_REPEAT, Manifest
-from ..manifest.rowfields import Located, Row, as_list
-from ..manifest.template import Template, compile_template, is_template_value, scalar_problem, variables_in
-from ..manifest.yamlfile import LineDict, sexagesimal_problem
-from ..models.tables import DEFAULT_MODEL, ModelSpec, Param, get_model
-from ..references.local import rule_view
+from ..manifest import (
+    MAX_REPEAT,
+    Diagnostics,
+    LineDict,
+    Located,
+    Manifest,
+    Row,
+    Template,
+    as_list,
+    compile_template,
+    is_template_value,
+    scalar_problem,
+    sexagesimal_problem,
+    suggest,
+    variables_in,
+)
+from ..models import DEFAULT_MODEL, ModelSpec, Param, get_model
+from ..references import rule_view
 from ..text import short, type_name
 from .references import resolve_references
 

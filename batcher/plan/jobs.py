@@ -15,11 +15,8 @@ from decimal import Decimal
 from typing import Any
 
 from ..errors import Diagnostic, ManifestError
-from ..manifest.diagnostics import Diagnostics
-from ..manifest.document import Manifest
-from ..manifest.rowfields import Located
-from ..manifest.template import Template, compile_template
-from ..models.tables import MAX_INT32, ModelSpec
+from ..manifest import Diagnostics, Located, Manifest, Template, compile_template
+from ..models import MAX_INT32, ModelSpec
 from ..money import ZERO, estimate_hundredths, from_hundredths
 from .expansion import (
     AUTO,

@@ -18,10 +18,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..manifest.diagnostics import Diagnostics
-from ..manifest.document import Manifest
-from ..manifest.template import Template, compile_template
-from ..models.tables import MAX_INT32, Param
+from ..manifest import Diagnostics, Manifest, Template, compile_template
+from ..models import MAX_INT32, Param
 from .expansion import (
     AUTO,
     TEMPLATED,

@@ -3,11 +3,9 @@ folders and globs resolved to their images' content addresses (see `localrefs`).
 
 from __future__ import annotations
 
-from ..manifest.diagnostics import Diagnostics, suggest
-from ..manifest.document import Manifest, looks_like_local_file
-from ..manifest.rowfields import Located, as_list
-from ..models.tables import check_url
-from ..references.local import resolve_local
+from ..manifest import Diagnostics, Located, Manifest, as_list, looks_like_local_file, suggest
+from ..models import check_url
+from ..references import resolve_local
 from ..text import short
 
 

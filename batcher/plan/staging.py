@@ -13,8 +13,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 from ..errors import ManifestError
-from ..manifest.diagnostics import Diagnostics
-from ..manifest.document import Manifest
+from ..manifest import Diagnostics, Manifest
 from .expansion import RowPlan, check_unusable, plan_rows, row_label
 from .jobs import MAX_JOBS, JobSpec, expand_row, wire_names_of
 from .keys import FastRow, derived_seed, fast_row, key_text, row_keys

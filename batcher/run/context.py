@@ -18,12 +18,12 @@ from typing import Any
 
 import anyio
 
-from ..client.http import PixelDojoClient
+from ..client import PixelDojoClient
 from ..errors import UsageError
 from ..ledger import Job, Ledger
 from ..ledger.journal import Record
-from ..models.tables import ModelSpec
-from ..policy.decisions import Budget, PollPlanner, RatePolicy
+from ..models import ModelSpec
+from ..policy import Budget, PollPlanner, RatePolicy
 from ..states import Control, JobState
 from .downloads_queue import ExpiryQueue
 from .options import RunOptions

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import anyio
 
-from ..client.answers import JobStatus
+from ..client import JobStatus
 from ..errors import (
     ApiError,
     BatcherError,
@@ -34,7 +34,7 @@ from ..errors import (
     TooSlow,
 )
 from ..ledger import Job
-from ..outputs.files import publish, temp_name, video_name
+from ..outputs import publish, temp_name, video_name
 from ..states import JobState as S
 from . import records
 from .context import RunContext

@@ -13,7 +13,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ..ledger import Job
-from ..outputs.files import process_alive
+from ..outputs import process_alive
 from ..states import JobState as S
 from .context import RunContext
 

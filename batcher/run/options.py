@@ -9,12 +9,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from ..client.answers import DEFAULT_MAX_RETRY_AFTER
+from ..client import DEFAULT_MAX_RETRY_AFTER
 from ..errors import UsageError
 from ..money import budget as budget_credits
-from ..outputs.files import OUTPUTS
-from ..policy.decisions import DEFAULT_MIN_DOWNLOAD_RATE, DEFAULT_REQUEST_DEADLINE, Deadlines, RetryPolicy
-from ..references.store import ReferenceStore
+from ..outputs import OUTPUTS
+from ..policy import DEFAULT_MIN_DOWNLOAD_RATE, DEFAULT_REQUEST_DEADLINE, Deadlines, RetryPolicy
+from ..references import ReferenceStore
 from .webhooks import Webhooks
 
 

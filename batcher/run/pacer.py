@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import anyio
 
-from ..policy.decisions import RatePolicy
+from ..policy import RatePolicy
 
 
 class RequestPacer:

@@ -19,7 +19,7 @@ from typing import TypeVar
 
 import anyio
 
-from ..policy.safetynet import WebhookTally
+from ..policy import WebhookTally
 from .webhooks import job_url
 
 T = TypeVar("T")

@@ -12,7 +12,7 @@ from typing import Any
 
 import anyio
 
-from ..client.answers import JobStatus
+from ..client import JobStatus
 from ..errors import (
     AuthError,
     CreditsExhausted,

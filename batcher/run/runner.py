@@ -16,12 +16,12 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ..client.http import PixelDojoClient
+from ..client import PixelDojoClient
 from ..errors import BatcherError, LeaseLost, LedgerError
 from ..ledger import Job, Ledger
 from ..ledger.control import BatchNotRunning
-from ..models.tables import ModelSpec
-from ..policy.decisions import class_seeds
+from ..models import ModelSpec
+from ..policy import class_seeds
 from ..states import JobState as S
 from .context import RunContext
 from .control import cancel_leftovers, control_at_start, read_control, watch_control

@@ -16,11 +16,9 @@ from typing import Any
 from ..client.preflight import preflight, references_of
 from ..errors import AuthError, BatcherError, PreflightFailed, SchemaMismatch
 from ..ledger.jobs import Request
-from ..models.schema import check_against
-from ..models.tables import ModelSpec
-from ..outputs.files import matches, sweep_temp_files
-from ..references.local import LOCAL_PREFIX, local_addresses
-from ..references.store import placeholder_url, with_urls
+from ..models import ModelSpec, check_against
+from ..outputs import matches, sweep_temp_files
+from ..references import LOCAL_PREFIX, local_addresses, placeholder_url, with_urls
 from ..states import JobState as S
 from .context import RunContext
 

@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 from sqlalchemy import Connection
 
-from ..client.answers import Submission
+from ..client import Submission
 from ..errors import (
     AuthError,
     BudgetExceeded,
@@ -31,7 +31,7 @@ from ..errors import (
     RejectedError,
 )
 from ..ledger import Job
-from ..models.tables import ModelSpec
+from ..models import ModelSpec
 from ..money import MAX_CREDITS, ZERO, charge_ceiling, credits, show
 from ..states import JobState as S
 from . import records

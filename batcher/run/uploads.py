@@ -24,12 +24,19 @@ from typing import Any
 
 import anyio
 
-from ..client.preflight import Outcome, check_local_file, check_url
+from ..client import Outcome, check_local_file, check_url
 from ..errors import PreflightFailed, ReferenceStoreError
 from ..ledger import LocalImage, StoredImage
-from ..references.facts import MAX_BYTES, image_kind
-from ..references.local import LOCAL_PREFIX, local_addresses, refuse_without_store
-from ..references.store import ReferenceStore, object_name, with_urls
+from ..references import (
+    LOCAL_PREFIX,
+    MAX_BYTES,
+    ReferenceStore,
+    image_kind,
+    local_addresses,
+    object_name,
+    refuse_without_store,
+    with_urls,
+)
 from .context import RunContext
 
 log = logging.getLogger("batcher.uploads")

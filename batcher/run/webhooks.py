@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from ..errors import UsageError
-from ..models.tables import ModelSpec
+from ..models import ModelSpec
 
 TOKEN_HEX = 32  # 128 bits of the HMAC: unguessable, short enough for any URL
 _KEY = re.compile(r"[0-9a-f]{20}")  # a job key (rowkeys.KEY_BYTES * 2 hex digits)

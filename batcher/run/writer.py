@@ -18,7 +18,7 @@ import anyio
 from ..errors import BatcherError, DiskFullError, IllegalTransition, LedgerError, LedgerUnavailable, WriteRefused
 from ..ledger import Ledger
 from ..ledger.journal import Record
-from ..policy.decisions import RetryPolicy
+from ..policy import RetryPolicy
 from .threads import IoThreads
 
 log = logging.getLogger("batcher.run")

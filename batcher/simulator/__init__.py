@@ -5,7 +5,12 @@ or over HTTP.
     references  each reference URL of a submission judged as the API would; uploaded images
     models      the models it serves: listing, request schema, strict check, price
     webhooks    webhook deliveries: at least once, late, lost or twice, retried, replayed
-    server      the simulator: its state and configuration, the transport, the HTTP server
+    config      what can be tuned or broken; its record of a job
+    wire        what it answers with: answers, dropped and refused connections, the demo clip
+    jobs        a job checked, charged, rendered, asked after; its output and its webhook
+    server      the simulator: its state, routes, faults and request-rate limit
+    journal     what it charged and handed out, kept between runs
+    transport   served in-process to httpx, or over HTTP on a socket
 """
 
 from __future__ import annotations
@@ -15,27 +20,24 @@ from typing import TYPE_CHECKING
 from ..faces import lazy
 
 if TYPE_CHECKING:
+    from .config import SimConfig
     from .images import png_image
+    from .journal import Journal
     from .models import WAN_T2V_SCHEMA, served_models
     from .references import FetchedReference, UploadStore, submission_problem
-    from .server import (
-        Dropped,
-        Journal,
-        Refused,
-        SimConfig,
-        Simulator,
-        SimulatorTransport,
-        clip_for,
-        demo_clip,
-        make_server,
-    )
+    from .server import Simulator
+    from .transport import SimulatorTransport, make_server
+    from .wire import Dropped, Refused, clip_for, demo_clip
 
 _WHERE = {
     "png_image": "images",
     "FetchedReference": "references", "UploadStore": "references", "submission_problem": "references",
     "WAN_T2V_SCHEMA": "models", "served_models": "models",
-    "Dropped": "server", "Journal": "server", "Refused": "server", "SimConfig": "server", "Simulator": "server",
-    "SimulatorTransport": "server", "clip_for": "server", "demo_clip": "server", "make_server": "server",
+    "SimConfig": "config",
+    "Dropped": "wire", "Refused": "wire", "clip_for": "wire", "demo_clip": "wire",
+    "Simulator": "server",
+    "Journal": "journal",
+    "SimulatorTransport": "transport", "make_server": "transport",
 }
 __getattr__ = lazy(__name__, _WHERE)
 

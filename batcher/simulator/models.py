@@ -17,8 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..models.schema import WEB_FORMATS, Violation, check_against
-from ..models.tables import HAPPYHORSE_11_R2V, HAPPYHORSE_R2V, MODELS, ModelSpec
+from ..models import HAPPYHORSE_11_R2V, HAPPYHORSE_R2V, MODELS, WEB_FORMATS, ModelSpec, Violation, check_against
 from .references import FetchReference, UploadStore, references_problem
 
 # Credits per second the simulator charges, by resolution. 1.0: the published 720p price and the

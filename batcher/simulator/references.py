@@ -28,8 +28,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ..models.tables import ModelSpec
-from ..references.facts import MAX_BYTES, MIN_SIDE, image_kind, image_size, megabytes, reserved_host, too_big, too_small
+from ..models import ModelSpec
+from ..references import MAX_BYTES, MIN_SIDE, image_kind, image_size, megabytes, reserved_host, too_big, too_small
 from .images import reference_image
 
 FETCH_TIMEOUT = 10.0

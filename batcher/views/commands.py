@@ -6,10 +6,10 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..manifest.document import Manifest
-from ..models.tables import ModelSpec
+from ..manifest import Manifest
+from ..models import ModelSpec
 from ..money import estimate_hundredths, from_hundredths
-from ..plan.jobs import JobSpec, PlanSummary
+from ..plan import JobSpec, PlanSummary
 from ..text import format_seconds, iso, state_counts
 
 if TYPE_CHECKING:  # rows of the ledger, named only: plan lines load no database package
@@ -215,7 +215,7 @@ def history_lines(job: Job, events: list[Event]) -> list[str]:
 
 def model_list_lines(listed: list[dict[str, Any]]) -> list[str]:
     """`batcher models`: each model the API offers, video models first, with its listed price."""
-    from ..models.tables import MODELS
+    from ..models import MODELS
 
     def price(entry: dict[str, Any]) -> str:
         cost = entry.get("creditCost")
@@ -237,7 +237,7 @@ def model_list_lines(listed: list[dict[str, Any]]) -> list[str]:
 def model_lines(spec: Any, schema: dict[str, Any]) -> list[str]:
     """`batcher models APIID`: where the description comes from, the price, each parameter as a
     manifest writes it (with its wire name), its rule and default."""
-    from ..models.schema import describe_parameters
+    from ..models import describe_parameters
     facts = {f.wire: f for f in describe_parameters(schema)}
     by = spec.rate_param
     prices = ", ".join(f"{res} {spec.rate({by: res}):g}/s" + (" (a guess)" if spec.is_guess({by: res}) else "")

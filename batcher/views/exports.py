@@ -15,7 +15,7 @@ from typing import IO, Any
 from ..errors import UsageError
 from ..ledger import Job, Ledger
 from ..money import json_safe
-from ..outputs.files import file_sha256
+from ..outputs import file_sha256
 from ..text import iso
 
 FIELDS = ["id", "batch", "origin", "prompt", "reference_urls", "duration", "resolution", "aspect_ratio",

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..ledger import Figures, Ledger
-from ..outputs.media import mismatches, probe
-from ..references.local import is_local_address
+from ..outputs import mismatches, probe
+from ..references import is_local_address
 from ..states import JobState
 from ..text import format_credits, iso
 from .exports import records
