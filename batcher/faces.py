@@ -10,10 +10,12 @@ from typing import Any
 
 
 def lazy(package: str, where: dict[str, str]) -> Callable[[str], Any]:
-    """A module `__getattr__` for `package`: `where` maps each exported name to its module."""
+    """A module `__getattr__` for `package`: `where` maps each exported name to its module (a name
+    mapped to itself is that module)."""
     def __getattr__(name: str) -> Any:
         module = where.get(name)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        return getattr(importlib.import_module(f"{package}.{module}"), name)
+        found = importlib.import_module(f"{package}.{module}")
+        return found if module == name else getattr(found, name)
     return __getattr__
