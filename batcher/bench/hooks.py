@@ -2,7 +2,7 @@
 
 Four runs of the same batch, each its own process against its own fresh `batcher simulator`
 process over loopback (same render times and seed): the oracle poller (the best fixed polling
-schedule, told the true render times: `benchoracle`), `batcher run` polling, `batcher run
+schedule, told the true render times: `bench.oracle`), `batcher run` polling, `batcher run
 --webhook-listen 127.0.0.1:0` with every webhook delivered (after `--webhook-delay`), and the same
 with a share of webhooks lost (`--webhook-loss`). Efficiency as everywhere in the bench: the ideal
 time (sum of render seconds / concurrency) over the whole-process wall time. Targets: webhooks at

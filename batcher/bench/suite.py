@@ -3,18 +3,18 @@
 - efficiency: ideal time / wall time for a batch, the ideal being the sum of simulated render
   times divided by the concurrency; status polls per job. Whole process, as users meet it:
   `batcher run` and `batcher simulator` each in its own process, beside the oracle poller
-  (benchwhole, benchoracle). efficiency-long: the same with long renders (8 s by default).
+  (bench.whole, bench.oracle). efficiency-long: the same with long renders (8 s by default).
 - inprocess: a diagnostic: the efficiency run with runner and simulator in this one process.
 - ratelimit: in-process, with the simulator's request-rate limit on and `--rpm` set below it.
 - spare: in-process, `--rpm` well above what the batch needs: the spare rate goes into denser polls.
 - overhead: jobs per second with zero render time (the runner's own cost).
 - shared: what a shared ledger costs: jobs and claims per second, whole process, zero render, one
-  runner on SQLite and on PostgreSQL, several at once on PostgreSQL (benchshared; needs --pg-url).
+  runner on SQLite and on PostgreSQL, several at once on PostgreSQL (bench.shared; needs --pg-url).
 - memory: the runner's resident memory through a run, against `batcher simulator` over loopback.
 - webhooks: whole process, webhooks against polling: the oracle, batcher polling, batcher with
-  every webhook delivered and with a share lost (benchhooks).
+  every webhook delivered and with a share lost (bench.hooks).
 - stage: seconds and peak memory to plan and add a large manifest to the ledger, `status`; `batcher
-  run --budget 0` beside `batcher plan --json`, and start-up, whole process (benchstage).
+  run --budget 0` beside `batcher plan --json`, and start-up, whole process (bench.stage).
 """
 
 from __future__ import annotations

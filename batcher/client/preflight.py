@@ -1,6 +1,6 @@
 """Preflight: every distinct reference URL of a batch checked before anything is spent.
 
-What the model accepts (batcher.imagefacts, the rules' home): JPEG, PNG or WEBP (judged by the
+What the model accepts (batcher.references.facts, the rules' home): JPEG, PNG or WEBP (judged by the
 bytes, not the Content-Type), at most 10 MB, shortest side at least 400 pixels. A URL is fetched
 with a range request for its first bytes; the type and the size in pixels are read from the
 image's header, the size in bytes from the answer's headers.

@@ -109,7 +109,7 @@ def _safe_batch_like(name: str) -> str:
 # --- references --------------------------------------------------------------------------------
 
 def looks_like_local_file(text: str) -> bool:
-    """Whether a reference that is no URL reads as a path on this machine (see `localrefs`)."""
+    """Whether a reference that is no URL reads as a path on this machine (see `references.local`)."""
     return looks_like_local(text)
 
 
@@ -304,7 +304,7 @@ def _defaults(doc: LineDict, models: list[ModelSpec], display: str, diags: Diagn
 def _reference_sets(doc: LineDict, base: Path, display: str, diags: Diagnostics, found: dict[str, LocalFile]
                     ) -> dict[str, Located]:
     """Each set's references, local ones resolved to their images' content addresses (see
-    `localrefs`); a set with a problem keeps the offending value, which rows then refuse quietly."""
+    `references.local`); a set with a problem keeps the offending value, which rows then refuse quietly."""
     sets: dict[str, Located] = {}
     raw = _mapping(doc, "reference_sets", "map names to lists of image URLs or local images", display, diags)
     for name, urls in raw.items():

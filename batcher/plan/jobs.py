@@ -89,7 +89,7 @@ class PlanSummary:
     local_images: int = 0  # distinct local reference images the jobs use (by content)
     local_bytes: int = 0  # their size together: what uploading them would send
     # With check(keep=True): each usable row as it was compiled (its keys kept), or None for a row
-    # built job by job. Staging fills the ledger from them (`jobrows`) instead of expanding again.
+    # built job by job. Staging fills the ledger from them (`plan.staging`) instead of expanding again.
     compiled: list[tuple[RowPlan, FastRow | None]] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -113,7 +113,7 @@ class PlanSummary:
         }
 
 
-_CANONICAL = CANONICAL  # keys must never change: `rowkeys` compiles the same text per row
+_CANONICAL = CANONICAL  # keys must never change: `plan.keys` compiles the same text per row
 
 
 def canonical_request(model: ModelSpec, wire: dict[str, Any]) -> str:

@@ -1,5 +1,5 @@
 """A row's references as a job sends them: set names expanded, URLs checked, local files,
-folders and globs resolved to their images' content addresses (see `localrefs`)."""
+folders and globs resolved to their images' content addresses (see `references.local`)."""
 
 from __future__ import annotations
 

@@ -6,8 +6,11 @@ recording every step in the ledger so an interrupted run resumes.
     feeder       claims, leases, heartbeats, reaping             submission the paid step (never pay twice)
     polling      following a job to the end of its render        downloads  videos fetched, checked, published
     startup      outputs verified, the live schema checked       reporting  progress, budget outlook, report
-    writer       the group writer   pacer  the request pacer     pauses     shared pauses
+    writer       the group writer   pacer  the request pacer
     threads      the run's I/O threads   failpoints  crash tests   downloads_queue  soonest expiry first
+    webhooks     per-job webhook URLs and tokens   listener  the poke listener   pokes  the poke board
+    hooks        the listener started, the URL in each submission   control  pause, resume, cancel obeyed
+    uploads      local images into the store   records  what the API did, for the answer journal   pauses  shared pauses
 """
 
 from __future__ import annotations

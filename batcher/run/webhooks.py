@@ -21,7 +21,7 @@ from ..errors import UsageError
 from ..models import ModelSpec
 
 TOKEN_HEX = 32  # 128 bits of the HMAC: unguessable, short enough for any URL
-_KEY = re.compile(r"[0-9a-f]{20}")  # a job key (rowkeys.KEY_BYTES * 2 hex digits)
+_KEY = re.compile(r"[0-9a-f]{20}")  # a job key (plan.keys.KEY_BYTES * 2 hex digits)
 _TOKEN = re.compile(rf"[0-9a-f]{{{TOKEN_HEX}}}")
 MAX_BASE_LENGTH = 1500  # the base, the key and the token stay under the 2048 URLs are held to
 WIRE_NAMES = ("webhook_url", "webhookUrl")  # what a model's live schema may call the field

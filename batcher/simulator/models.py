@@ -3,7 +3,7 @@
 Every model is served from its description: batcher's built-in `ModelSpec`s (their schema is
 `spec.json_schema()`), and one video model batcher does not know, `wan-2.5-t2v`, described only as
 a raw JSON schema and the info the API lists. One rule checks every submission: the model's request
-schema (`schemarules.check_against`: unknown keys refused, types, enums, ranges, patterns). A built-in
+schema (`models.schema.check_against`: unknown keys refused, types, enums, ranges, patterns). A built-in
 words its refusals with its parameter table, as batcher's own messages do; any other model with the
 schema's words. Video is charged per second (the `duration` parameter, else its schema default) at
 the rate of the `resolution` parameter (else its default). A parameter whose schema is a list of

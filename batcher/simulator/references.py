@@ -1,7 +1,7 @@
 """The simulator's reference images: each reference URL of a submission judged as the API would,
 and the store of uploaded images it serves at `/_sim/uploads/<name>`.
 
-A submission's reference URLs are judged one by one, by the rules of batcher.imagefacts:
+A submission's reference URLs are judged one by one, by the rules of batcher.references.facts:
 - the simulator's own `/_sim/refs/<name>` or `/_sim/uploads/<name>` (on any host: in-process
   the base is https://pixeldojo.ai, served it is http://127.0.0.1:PORT): judged from its own
   bytes, without HTTP;
