@@ -73,17 +73,7 @@ if TYPE_CHECKING:
     from .simulator import SimConfig, Simulator
     from .states import JobState
 
-_WHERE = {
-    "api": "api", "Target": "api", "check_references": "api", "describe_model": "api", "export_dataset": "api",
-    "export_records": "api", "list_models": "api", "load": "api", "report": "api", "run_async": "api",
-    "stage": "api", "status": "api", "target": "api",
-    "ApiError": "errors", "BatcherError": "errors", "BudgetExceeded": "errors", "ExitCode": "errors",
-    "LedgerError": "errors", "ManifestError": "errors", "MissingKeyError": "errors", "PreflightFailed": "errors",
-    "SchemaMismatch": "errors", "UsageError": "errors",
-    "Ledger": "ledger", "Manifest": "manifest", "RunOptions": "run", "RunReport": "run", "SimConfig": "simulator",
-    "Simulator": "simulator", "JobState": "states",
-}
-__getattr__ = _lazy(__name__, _WHERE)
+__getattr__ = _lazy(__name__)
 
 __all__ = [
     "ApiError", "BatcherError", "BudgetExceeded", "ExitCode", "JobState", "Ledger", "LedgerError", "Manifest",

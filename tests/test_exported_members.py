@@ -65,3 +65,19 @@ def test_the_package_says_it_is_typed():
     assert (root / "py.typed").is_file()
     config = tomllib.loads((root.parent / "pyproject.toml").read_text())
     assert "py.typed" in config["tool"]["setuptools"]["package-data"]["batcher"]
+
+
+def test_every_package_face_exports_what_it_names_and_nothing_else():
+    """A package's face names its exports once, under `if TYPE_CHECKING:`; each is there when used."""
+    import importlib
+
+    from batcher.faces import typed_imports
+    root = Path(batcher.__file__).parent
+    for face in sorted(root.glob("*/__init__.py")):
+        package = importlib.import_module(f"batcher.{face.parent.name}")
+        named = typed_imports(str(face))
+        if not named:
+            continue  # an eager face (ledger, run, cli) imports what it exports
+        assert sorted(package.__all__) == sorted(named), face.parent.name  # once each, all of them
+        for name in package.__all__:
+            assert getattr(package, name) is not None, (face.parent.name, name)

@@ -22,16 +22,7 @@ if TYPE_CHECKING:
     from .stage import RUN_TARGET, STARTUP_TARGET
     from .suite import DEFAULT_SECTIONS, SECTIONS, BenchSettings, run_all
 
-_WHERE = {
-    "bench_body": "oracle", "best_schedule": "oracle", "expected": "oracle", "manifest_text": "oracle",
-    "run_oracle": "oracle",
-    "Breakdown": "breakdown", "PARTS": "breakdown", "clock_offset": "breakdown", "describe_side_by_side": "breakdown",
-    "idle_slot_seconds": "breakdown",
-    "HOW": "shared",
-    "RUN_TARGET": "stage", "STARTUP_TARGET": "stage",
-    "BenchSettings": "suite", "DEFAULT_SECTIONS": "suite", "SECTIONS": "suite", "run_all": "suite",
-}
-__getattr__ = lazy(__name__, _WHERE)
+__getattr__ = lazy(__name__)
 
 __all__ = [
     "DEFAULT_SECTIONS",

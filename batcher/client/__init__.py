@@ -40,17 +40,7 @@ if TYPE_CHECKING:
     )
     from .transfers import MAX_ANSWER_BYTES
 
-_WHERE = {
-    "DEFAULT_MAX_RETRY_AFTER": "answers", "JobStatus": "answers", "OUTPUT_SHAPES": "answers", "OutputURL": "answers",
-    "ReferenceFetch": "answers", "SIGNED_QUERY": "answers", "Submission": "answers", "describe": "answers",
-    "output_url": "answers", "redact_json": "answers",
-    "MAX_ANSWER_BYTES": "transfers",
-    "DEFAULT_BASE": "http", "PixelDojoClient": "http",
-    "ModelCatalog": "catalog", "UnusableDescription": "catalog", "list_models": "catalog", "spec_of": "catalog",
-    "Outcome": "preflight", "PreflightReport": "preflight", "check_local_file": "preflight",
-    "check_local_files": "preflight", "check_url": "preflight", "judge": "preflight", "references_of": "preflight",
-}
-__getattr__ = lazy(__name__, _WHERE)
+__getattr__ = lazy(__name__)
 
 __all__ = [
     "DEFAULT_BASE",

@@ -23,16 +23,7 @@ if TYPE_CHECKING:
     from .template import Template, compile_template, is_template_value, render, scalar_problem, variables_in
     from .yamlfile import MAX_YAML_VALUES, LineDict, sexagesimal_problem
 
-_WHERE = {
-    "Diagnostics": "diagnostics", "suggest": "diagnostics",
-    "LineDict": "yamlfile", "MAX_YAML_VALUES": "yamlfile", "sexagesimal_problem": "yamlfile",
-    "Template": "template", "compile_template": "template", "is_template_value": "template", "render": "template",
-    "scalar_problem": "template", "variables_in": "template",
-    "Located": "rowfields", "Row": "rowfields", "as_list": "rowfields",
-    "MAX_REPEAT": "document", "Manifest": "document", "is_safe_batch_name": "document", "load_manifest": "document",
-    "looks_like_local_file": "document",
-}
-__getattr__ = lazy(__name__, _WHERE)
+__getattr__ = lazy(__name__)
 
 __all__ = [
     "MAX_REPEAT",

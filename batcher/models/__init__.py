@@ -43,17 +43,7 @@ if TYPE_CHECKING:
         unpriced,
     )
 
-_WHERE = {
-    "backtracks": "patterns",
-    "MAX_DEPTH": "schema", "ParameterFacts": "schema", "Violation": "schema", "WEB_FORMATS": "schema",
-    "check_against": "schema", "describe_parameters": "schema", "manifest_name": "schema", "path_text": "schema",
-    "suggest": "schema", "wire_name": "schema",
-    "DEFAULT_MODEL": "tables", "HAPPYHORSE_11_R2V": "tables", "HAPPYHORSE_R2V": "tables", "MAX_INT32": "tables",
-    "MODELS": "tables", "ModelSpec": "tables", "Param": "tables", "ROW_WORDS": "tables", "check_rates": "tables",
-    "check_url": "tables", "get_model": "tables", "unpriced": "tables",
-    "described": "live", "needs_description": "live", "price_of": "live", "wanted_descriptions": "live",
-}
-__getattr__ = lazy(__name__, _WHERE)
+__getattr__ = lazy(__name__)
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -17,12 +17,7 @@ if TYPE_CHECKING:
     from .jobs import MAX_JOBS, JobSpec, PlanSummary, check, expand, iter_jobs, job_key, row_key_texts
     from .staging import JobRow, job_rows, row_of
 
-_WHERE = {
-    "JobSpec": "jobs", "MAX_JOBS": "jobs", "PlanSummary": "jobs", "check": "jobs", "expand": "jobs",
-    "iter_jobs": "jobs", "job_key": "jobs", "row_key_texts": "jobs",
-    "JobRow": "staging", "job_rows": "staging", "row_of": "staging",
-}
-__getattr__ = lazy(__name__, _WHERE)
+__getattr__ = lazy(__name__)
 
 __all__ = [
     "MAX_JOBS",

@@ -30,16 +30,7 @@ if TYPE_CHECKING:
     from .renderfit import MAX_RUNNING, InFlight, RenderTimes, fit_censored_normal
     from .safetynet import WebhookTally, next_safety_poll, silent_done
 
-_WHERE = {
-    "InFlight": "renderfit", "MAX_RUNNING": "renderfit", "RenderTimes": "renderfit",
-    "fit_censored_normal": "renderfit",
-    "WebhookTally": "safetynet", "next_safety_poll": "safetynet", "silent_done": "safetynet",
-    "Budget": "decisions", "DEFAULT_MIN_DOWNLOAD_RATE": "decisions", "DEFAULT_REQUEST_DEADLINE": "decisions",
-    "Deadlines": "decisions", "PollPlanner": "decisions", "RatePolicy": "decisions", "RenderSeed": "decisions",
-    "RetryPolicy": "decisions", "class_seeds": "decisions", "estimate_wall_seconds": "decisions",
-    "pooled": "decisions", "remembered_intervals": "decisions", "seed_from": "decisions",
-}
-__getattr__ = lazy(__name__, _WHERE)
+__getattr__ = lazy(__name__)
 
 __all__ = [
     "DEFAULT_MIN_DOWNLOAD_RATE",

@@ -28,16 +28,7 @@ if TYPE_CHECKING:
     )
     from .store import ReferenceStore, S3Store, SimulatedStore, object_name, placeholder_url, with_urls
 
-_WHERE = {
-    "MAX_BYTES": "facts", "MIN_SIDE": "facts", "image_kind": "facts", "image_size": "facts", "megabytes": "facts",
-    "reserved_host": "facts", "too_big": "facts", "too_small": "facts",
-    "LOCAL_PREFIX": "local", "LocalFile": "local", "StoreSettings": "local", "is_local_address": "local",
-    "local_addresses": "local", "looks_like_local": "local", "parse_lifetime": "local",
-    "refuse_without_store": "local", "resolve_local": "local", "rule_view": "local",
-    "ReferenceStore": "store", "S3Store": "store", "SimulatedStore": "store", "object_name": "store",
-    "placeholder_url": "store", "with_urls": "store",
-}
-__getattr__ = lazy(__name__, _WHERE)
+__getattr__ = lazy(__name__)
 
 __all__ = [
     "LOCAL_PREFIX",

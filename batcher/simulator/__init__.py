@@ -29,17 +29,7 @@ if TYPE_CHECKING:
     from .transport import SimulatorTransport, make_server
     from .wire import Dropped, Refused, clip_for, demo_clip
 
-_WHERE = {
-    "png_image": "images",
-    "FetchedReference": "references", "UploadStore": "references", "submission_problem": "references",
-    "WAN_T2V_SCHEMA": "models", "served_models": "models",
-    "SimConfig": "config",
-    "Dropped": "wire", "Refused": "wire", "clip_for": "wire", "demo_clip": "wire",
-    "Simulator": "server",
-    "Journal": "journal",
-    "SimulatorTransport": "transport", "make_server": "transport",
-}
-__getattr__ = lazy(__name__, _WHERE)
+__getattr__ = lazy(__name__)
 
 __all__ = [
     "WAN_T2V_SCHEMA",

@@ -31,18 +31,7 @@ if TYPE_CHECKING:
     from .report import build_report
     from .watch import eta_seconds, rate_per_minute, screen, snapshot_json
 
-_WHERE = {
-    "ModelShares": "commands", "by_model_info": "commands", "figures_info": "commands", "history_lines": "commands",
-    "model_lines": "commands", "model_list_lines": "commands", "plan_lines": "commands", "row_lines": "commands",
-    "status_lines": "commands",
-    "eta_seconds": "watch", "rate_per_minute": "watch", "screen": "watch", "snapshot_json": "watch",
-    "ProgressPrinter": "progress", "progress_line": "progress", "setup_logging": "progress", "summary": "progress",
-    "summary_json": "progress",
-    "check_model": "exports", "export": "exports", "export_videofolder": "exports", "job_record": "exports",
-    "records": "exports",
-    "build_report": "report",
-}
-__getattr__ = lazy(__name__, _WHERE)
+__getattr__ = lazy(__name__)
 
 __all__ = [
     "ModelShares", "ProgressPrinter", "build_report", "by_model_info", "check_model", "eta_seconds", "export",
