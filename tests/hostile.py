@@ -48,6 +48,8 @@ class Mode(str, enum.Enum):
     BOGUS_CONTENT_LENGTH = "bogus-content-length"  # each job's first output GET declares 99999999999 bytes
     EXPIRED_OUTPUT = "expired-output"  # outputs answer 403; status says expiresAt passed, then gives no URL
     SLOW_OUTPUT = "slow-output"  # the first `slow_jobs` jobs' outputs stall and time out, until the rest are served
+    # --- review of issue 23 (downloads' expiry) ---
+    STABLE_OUTPUT_URL = "stable-output-url"  # status re-serves each job's first URL; its first GETs answer 404
     # (further modes are added below by the items they test)
 
 
@@ -464,3 +466,41 @@ async def _absurd_cost_refunded(api: HostileApi, request: httpx.Request) -> http
 
 
 _RULES[Mode.ABSURD_COST_REFUNDED] = _absurd_cost_refunded  # type: ignore[assignment]
+
+
+# --- review of issue 23 (downloads' expiry): an output URL the API re-serves unchanged ------------
+
+async def _stable_output_url(api: HostileApi, request: httpx.Request) -> httpx.Response | None:
+    """Settings `gone_gets` (default 1) and `answers` (default (404,)): the first that many GETs
+    of each job's output answer those statuses in turn; `expires` (default: none): the expiresAt
+    of every completed status answer (removed when none), each of which gives the job's first
+    output URL again; `lost_polls` (default 0): that many status polls of a job after its first
+    completed answer answer 404 "job not found" (an API briefly wrong about the job)."""
+    job_id = output_job(api, request)
+    if job_id is not None:
+        tries = _tries(api, Mode.STABLE_OUTPUT_URL, job_id)
+        if tries > int(api.settings.get("gone_gets", 1)):  # type: ignore[call-overload]
+            return None
+        api.done[Mode.STABLE_OUTPUT_URL] += 1
+        answers: tuple[int, ...] = api.settings.get("answers", (404,))  # type: ignore[assignment]
+        return httpx.Response(answers[(tries - 1) % len(answers)], request=request, content=b"<Error/>",
+                              headers={"content-type": "application/xml"})
+    if not is_status(request):
+        return None
+    urls: dict[str, str] = api.memory.setdefault("stable-urls", {})  # type: ignore[assignment]
+    lost: Counter[str] = api.memory.setdefault("stable-lost", Counter())  # type: ignore[assignment]
+    job = _job_of(request)
+    if job in urls and lost[job] < int(api.settings.get("lost_polls", 0)):  # type: ignore[call-overload]
+        lost[job] += 1
+        return json_response(404, {"error": {"code": "not_found", "message": "job not found"}}, request)
+    response, body = await _real_json(api, request)
+    if body is None or body.get("status") != "completed" or not isinstance(body.get("output"), dict):
+        return response
+    body["output"]["video"] = urls.setdefault(job, body["output"]["video"])
+    body.pop("expiresAt", None)
+    if api.settings.get("expires") is not None:
+        body["expiresAt"] = api.settings["expires"]
+    return json_response(response.status_code, body, request)
+
+
+_RULES[Mode.STABLE_OUTPUT_URL] = _stable_output_url  # type: ignore[assignment]
