@@ -129,3 +129,45 @@ def test_the_work_grows_linearly_with_the_text(unit):
     n_small = _lines_run(lambda: secrets.redact(small + " pd_live_Ab12"))
     n_large = _lines_run(lambda: secrets.redact(large + " pd_live_Ab12"))
     assert n_large <= 4.4 * n_small and n_large <= 400 * len(large)
+
+
+def test_a_session_token_refreshed_mid_run_is_redacted_from_the_stores_errors():
+    # Review of issue 23, finding 12: the store's credentials were frozen when it was made; boto3
+    # refreshes a session token during a long run, and a store echoing the new one showed it.
+    boto3 = pytest.importorskip("boto3")
+    import datetime
+
+    import anyio
+    import botocore.session
+    from botocore.credentials import RefreshableCredentials
+    from botocore.stub import Stubber
+
+    from batcher.errors import ReferenceStoreError
+    from batcher.localrefs import StoreSettings
+    from batcher.refstore import S3Store
+    generation = [0]
+
+    def token() -> str:
+        return f"FwoGZXIvYXdzSessionTokenGeneration{generation[0]}x0123456789"
+
+    def refresh() -> dict[str, str]:
+        # within botocore's advisory window: every use of the credentials asks for them again
+        expiry = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=12)
+        return {"access_key": "AKIAREFRESHED0123456", "secret_key": "refreshed/Secret+0123456789abcdef",
+                "token": token(), "expiry_time": expiry.isoformat()}
+
+    core = botocore.session.get_session()
+    core._credentials = RefreshableCredentials.create_from_metadata(refresh(), refresh, "test")
+    client = boto3.session.Session(botocore_session=core, region_name="us-east-1").client("s3")
+    store = S3Store(StoreSettings.of("s3://bucket-x/p"), client=client)
+    first = token()
+    generation[0] = 1  # the session token is refreshed after the store was made
+    stubber = Stubber(client)
+    for echoed in (token(), first):
+        stubber.add_client_error("head_object", service_error_code=echoed, http_status_code=500)
+    with stubber:
+        for echoed in (token(), first):
+            with pytest.raises(ReferenceStoreError) as caught:
+                anyio.run(lambda: store.holds("a.png", 3, "ab"))
+            assert "HTTP 500 [redacted]" in str(caught.value) and echoed not in str(caught.value)
+    assert token() in store.secrets and first in store.secrets
