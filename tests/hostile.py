@@ -50,6 +50,8 @@ class Mode(str, enum.Enum):
     SLOW_OUTPUT = "slow-output"  # the first `slow_jobs` jobs' outputs stall and time out, until the rest are served
     # --- review of issue 23 (downloads' expiry) ---
     STABLE_OUTPUT_URL = "stable-output-url"  # status re-serves each job's first URL; its first GETs answer 404
+    # Money's edges (review of issue 23: charges far below the price, fractions of a hundredth)
+    CLAIMED_SHARE = "claimed-share"  # every accepted submission claims `share` (default 0) of its real charge
     # (further modes are added below by the items they test)
 
 
@@ -466,6 +468,26 @@ async def _absurd_cost_refunded(api: HostileApi, request: httpx.Request) -> http
 
 
 _RULES[Mode.ABSURD_COST_REFUNDED] = _absurd_cost_refunded  # type: ignore[assignment]
+
+
+# --- money's edges (review of issue 23): a charge claimed far below the real one ----------------
+
+async def _claimed_share(api: HostileApi, request: httpx.Request) -> httpx.Response | None:
+    """Setting `share` (default 0): every accepted submission claims that share of what the
+    simulator charged (0: free; 0.9997: a fraction of a hundredth below). The simulator's own
+    record keeps the real charges."""
+    if not is_submit(request):
+        return None
+    response, body = await _real_json(api, request)
+    charged = body.get("creditCost") if body is not None and response.status_code == 202 else None
+    if body is None or not isinstance(charged, (int, float)):
+        return response
+    api.done[Mode.CLAIMED_SHARE] += 1
+    share = float(api.settings.get("share", 0.0))  # type: ignore[arg-type]
+    return json_response(202, {**body, "creditCost": charged * share}, request)
+
+
+_RULES[Mode.CLAIMED_SHARE] = _claimed_share  # type: ignore[assignment]
 
 
 # --- review of issue 23 (downloads' expiry): an output URL the API re-serves unchanged ------------
