@@ -310,3 +310,17 @@ def test_an_estimate_beyond_any_amount_is_a_usage_error_not_a_traceback(tmp_path
                                       "--ledger", str(tmp_path / "l.db")])
     assert result.exit_code == 2 and "beyond any amount batcher counts" in result.stderr
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_a_rerun_with_a_rate_reprices_only_jobs_never_sent(ledger_url, write):
+    # After a stop for a charge over the ceiling, the way on is a --rate at the real price: jobs
+    # never sent take it; a job already sent keeps what was reserved for it.
+    from batcher import api
+    from batcher.states import JobState as S
+    m = api.load_manifest(write("m.yaml", small_manifest(n_rows=2)))
+    with Ledger(ledger_url) as led:
+        api.stage(led, m)
+        sent, fresh = list(led.iter_batch("small"))
+        led.write(led.begin_submission(sent.id, S.PENDING, sent.estimate))
+        api.stage(led, m, {"720p": 500.0})
+        assert led.get(fresh.id).estimate == Decimal(2500) and led.get(sent.id).estimate == Decimal(20)

@@ -85,7 +85,10 @@ class LedgerJobs(LedgerStore):
             sql = ("INSERT INTO job (batch, key, seq, generation, row, take, origin, label, params, estimate, "
                    f"created_at, updated_at, model, state, attempts, lease_token) VALUES ({', '.join([q] * 13)}, "
                    "'pending', 0, 0) ON CONFLICT(batch, key) DO UPDATE SET generation = excluded.generation, "
-                   "origin = excluded.origin, label = excluded.label, row = excluded.row")
+                   "origin = excluded.origin, label = excluded.label, row = excluded.row, "
+                   # A job never sent takes today's estimate (a --rate at the real price, say).
+                   "estimate = CASE WHEN job.state = 'pending' AND job.attempts = 0 THEN excluded.estimate "
+                   "ELSE job.estimate END")
             buf: list[tuple[Any, ...]] = []
             cents: dict[Any, int] = {}
             for r in (rows() if callable(rows) else rows):

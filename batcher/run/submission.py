@@ -124,7 +124,8 @@ def _stop_over_ceiling(ctx: RunContext, model: ModelSpec) -> None:
              f"cost at its listed price, so its ceiling is counted against the budget instead (`batcher status "
              f"--job KEY` shows the answer). The ledger cannot tell a lie from a price change: check the price "
              f"(`batcher models {model.api_id}`) before running again (each run stops at its first such charge; "
-             f"a --rate at the real price raises the estimates, and the ceiling, of jobs staged with it). Jobs "
+             f"a rerun with --rate at the real price raises the estimates, and the ceiling, of jobs not yet "
+             f"sent). Jobs "
              f"already sent are followed to their end")
 
 
