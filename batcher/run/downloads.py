@@ -173,7 +173,7 @@ async def _renew(ctx: RunContext, item: Queued, e: ApiError, status: JobStatus, 
         item.dead_since = None  # the API says the URL still lives
     elif past and isinstance(e, OutputGone) and item.dead_since is None:
         item.dead_since = item.failures
-    if past or (status.expires_at is not None and expires != job.output_expires_at):
+    if expires != job.output_expires_at:
         item.job = await ctx.event(job, "url-renewed", f"{e}; the API gave the same output URL again",
                                    output_expires_at=expires)
 
