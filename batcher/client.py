@@ -307,7 +307,7 @@ class PixelDojoClient:
                 async with self._http.stream("GET", url, headers=self._auth(url)) as response:
                     status = response.status_code
                     if response.is_redirect:
-                        return urljoin(url, response.headers.get("location", ""))
+                        return redirected(url, response.headers.get("location", ""))
                     raise_for_download(response, max_bytes, self.redact, self.max_retry_after)
                     return await save_video(response, dest, max_bytes, within=(scope, begun, self.deadlines))
         except httpx.RequestError as e:  # transport failures, and bodies that cannot be decoded
@@ -328,11 +328,29 @@ def _names_job(url: str, job_id: str) -> bool:
     return unquote(path.rpartition("/")[2]) == job_id
 
 
+def scheme_of(url: str) -> str:
+    """A URL's scheme; "" when it has none, or cannot be read at all (an IPv6 host left open:
+    "http://[x", which urlsplit refuses with a ValueError an answer must not raise through us)."""
+    try:
+        return urlsplit(url).scheme
+    except ValueError:
+        return ""
+
+
+def redirected(url: str, location: str) -> str:
+    """Where a redirect from `url` to `location` leads; an unreadable `location` as it is (its
+    scheme reads as none, so it is refused before anything is fetched)."""
+    try:
+        return urljoin(url, location)
+    except ValueError:
+        return location
+
+
 def refuse_download_url(url: str, leaks: Callable[[str], bool], redact: Callable[[str], str]) -> None:
     """A URL that must never be fetched: refused at once, never retried (DownloadRefused)."""
-    scheme = urlsplit(url).scheme
+    scheme = scheme_of(url)
     if scheme not in ("http", "https"):
-        raise DownloadRefused(redact(f"refusing to download from a {scheme or 'relative'} URL"))
+        raise DownloadRefused(redact(f"refusing to download from a {scheme or 'relative or unreadable'} URL"))
     if leaks(url):  # a redirect's Location: httpx itself would log it in full
         raise DownloadRefused("refusing to download from a URL that carries the API key")
 
@@ -347,9 +365,9 @@ async def fetch_reference(http: httpx.AsyncClient, url: str, max_bytes: int, hea
     when the host cannot be reached at all, ServerError when the connection fails later,
     MalformedAnswer for a refused URL or too many redirects."""
     for _ in range(max_redirects + 1):
-        scheme = urlsplit(url).scheme
+        scheme = scheme_of(url)
         if scheme not in ("http", "https"):
-            raise MalformedAnswer(f"not an http(s) URL ({scheme or 'relative'})")
+            raise MalformedAnswer(f"not an http(s) URL ({scheme or 'relative or unreadable'})")
         if leaks(url):
             raise MalformedAnswer("refusing a URL that carries the API key")
         started = time.monotonic()
@@ -358,7 +376,7 @@ async def fetch_reference(http: httpx.AsyncClient, url: str, max_bytes: int, hea
             async with http.stream("GET", url, headers=headers, extensions={"batcher_reference": True}) as response:
                 status = response.status_code
                 if response.has_redirect_location:  # (not a 304)
-                    url = urljoin(url, response.headers["location"])
+                    url = redirected(url, response.headers["location"])
                     continue
                 if status not in (200, 206):
                     return ReferenceFetch(status, url, b"", None, response.headers.get("etag"),

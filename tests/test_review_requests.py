@@ -13,7 +13,7 @@ import pytest
 
 from batcher import api
 from batcher.client import PixelDojoClient
-from batcher.errors import MalformedAnswer, OutcomeUnknown, RejectedError, TooSlow
+from batcher.errors import DownloadRefused, MalformedAnswer, OutcomeUnknown, RejectedError, TooSlow
 from batcher.ledger import Ledger
 from batcher.ledger.journal import journal_path, read
 from batcher.policy import Deadlines, RetryPolicy
@@ -150,6 +150,20 @@ def test_an_output_url_no_database_stores_is_a_malformed_answer_and_the_job_comp
     retried = [e.detail for _, events in jobs for e in events if e.kind == "poll-retry"]
     assert len(retried) == 1 and "lone surrogate or NUL" in retried[0]
     assert all(_storable(job.output_url) for job, _ in jobs)
+
+
+@pytest.mark.parametrize("method", ["download", "fetch_reference"])
+def test_a_redirect_to_a_url_no_parser_reads_is_refused_not_raised_through(tmp_path, method):
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(302, headers={"location": "http://[unclosed/v.mp4"})  # urlsplit: ValueError
+
+    async def fetch():
+        async with PixelDojoClient(KEY, BASE, transport=httpx.MockTransport(handler)) as c:
+            if method == "download":
+                return await c.download("https://temp.pixeldojo.ai/v.mp4", tmp_path / "v.part", max_bytes=10_000)
+            return await c.fetch_reference("https://refs.example.org/a.png", 10_000)
+    with pytest.raises(DownloadRefused if method == "download" else MalformedAnswer, match="unreadable"):
+        anyio.run(fetch)
 
 
 # --- 2. several jobs, one statusUrl --------------------------------------------------------------------
