@@ -229,6 +229,13 @@ def test_a_job_the_api_keeps_not_finding_is_held_only_after_two_runs_ten_minutes
     _run(tmp_path, tmp_path / "l.db", hostile, rows=2, later=polling.NOT_FOUND_SECONDS + 2)
     assert hostile.done[Mode.STATUS_NOT_FOUND] == polls  # held: no longer polled
     assert len(sim.record()["jobs"]) == 2  # and never paid again unasked
+    # Sent again with the user's consent, it is another remote job: the earlier one's 404s do not count.
+    again = HostileApi(sim, Mode.STATUS_NOT_FOUND, polls=1)
+    report, jobs = _run(tmp_path, tmp_path / "l.db", again, rows=2, later=polling.NOT_FOUND_SECONDS + 3,
+                        resubmit_unknown=True)
+    job, events = _victim(jobs, "submitted")
+    assert len(sim.record()["jobs"]) == 3 and again.done[Mode.STATUS_NOT_FOUND] == 1
+    assert [e.kind for e in events].count(polling.NOT_FOUND) == 3  # two about the first remote job, one now
 
 
 # --- 4. a lying Content-Length with a dripping body -------------------------------------------------------

@@ -135,9 +135,11 @@ async def _not_found(ctx: RunContext, job: Job, e: RejectedError) -> tuple[Follo
     """A poll refused with a 4xx (404: the API does not know the job). It was paid: it stays
     submitted, and this run stops following it, until such answers span enough runs and time."""
     events = await ctx.writer.patiently(ctx.ledger.events, job.id)
-    # Each run writes at most one such event for a job (it stops following it), so their count
-    # is the count of runs that met the refusal.
-    seen = [event.at for event in events if event.kind == NOT_FOUND] + [ctx.ledger.clock()]  # (the events' clock)
+    # Only answers about this submission count (a resubmitted job is another remote job): those
+    # since the job last became submitted. Each run writes at most one for a job (it stops
+    # following it), so their count is the count of runs that met the refusal.
+    since = max((i for i, event in enumerate(events) if event.to_state == S.SUBMITTED.value), default=-1)
+    seen = [event.at for event in events[since + 1:] if event.kind == NOT_FOUND] + [ctx.ledger.clock()]
     if len(seen) >= NOT_FOUND_RUNS and seen[-1] - min(seen) >= NOT_FOUND_SECONDS:
         return Followed.HELD, await _lost(ctx, job, e, len(seen), seen[-1] - min(seen))
     message = f"{e}; stays submitted (it was paid) and the next run polls it again"
