@@ -284,7 +284,7 @@ class PixelDojoClient:
         """Stream a video to `dest` (a temporary name chosen by the caller) and check it is MP4; more
         than `max_bytes` aborts. Raises DownloadRefused for a URL never to fetch (not http(s), or
         carrying the key), OutputGone for 403/404/410, ServerError for what is worth retrying (TooSlow
-        once slower than `transfers.paced_deadline` allows), MalformedAnswer for no video."""
+        once slower than `Deadlines.download_ends` allows), MalformedAnswer for no video."""
         for _ in range(max_redirects + 1):
             refuse_download_url(url, self._leaks, self.redact)
             got = await self._fetch_video(url, dest, max_bytes)

@@ -52,22 +52,15 @@ def raise_for_download(response: httpx.Response, max_bytes: int, redact: Callabl
         raise OversizeError(f"the video is {length} bytes, over the {max_bytes}-byte cap")
 
 
-def paced_deadline(begun: float, deadlines: Deadlines, arrived: int) -> float:
-    """When a download that began at `begun` is too slow, with `arrived` bytes in: past
-    --request-deadline, at least the minimum rate over the time since. Only bytes that came count:
-    a declared length is the server's word, and a lying one (1 GB, dripped) would buy it hours."""
-    return begun + deadlines.request + arrived / (deadlines.min_download_kbps * 1024)
-
-
 async def save_video(response: httpx.Response, dest: Path, max_bytes: int,
                      within: tuple[anyio.CancelScope, float, Deadlines] | None = None) -> Download:
     """Stream a video to `dest`, hashing it, up to `max_bytes`; it must start like an MP4 file.
     `within`: the scope that bounds the download, when it began, and its deadlines: the scope's
-    deadline moves on with every byte that arrives (see `paced_deadline`)."""
+    deadline moves on with every byte that arrives (`Deadlines.download_ends`)."""
     def arrived(size: int) -> None:
         if within is not None:
             scope, begun, deadlines = within
-            scope.deadline = paced_deadline(begun, deadlines, size)
+            scope.deadline = deadlines.download_ends(begun, size)
     arrived(0)
     digest = hashlib.sha256()
     size = 0
