@@ -3,12 +3,14 @@ Decimal of whole hundredths of a credit, made once where it comes in, never a ru
 
 The ledger stores amounts as integer hundredths (`to_hundredths`, `from_hundredths`); messages
 print them as people write them (`show`: 40, 0.1, 1234.56); JSON gets plain numbers
-(`json_safe`), never NaN or infinity. A charge no clip could cost is not believed
-(`charge_ceiling`).
+(`json_safe`), never NaN or infinity. A charge is counted as it is believed (`count_charge`):
+one no clip could cost counts the ceiling (`charge_ceiling`), one far below the price the
+estimate; the ledger never counts less than the job may have cost.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
@@ -26,6 +28,9 @@ CEILING_MARGIN = Decimal(10)
 # The ceiling for a job whose model has no known price and no estimate (a model the API listed
 # without a price, under no budget).
 FIXED_CEILING = Decimal(10_000)
+# A charge below this share of the job's estimate is not believed for the budget: a price does not
+# halve unannounced, and a creditCost of 0 would otherwise let a run spend without end.
+TRUST_FLOOR = Decimal("0.5")
 
 
 def _canonical(value: Decimal) -> Decimal:
@@ -130,3 +135,42 @@ def charge_ceiling(most_per_job: Decimal, estimate: Decimal) -> Decimal:
     neither known, FIXED_CEILING."""
     base = max(most_per_job, estimate)
     return base * CEILING_MARGIN if base > 0 else FIXED_CEILING
+
+
+class ChargeVerdict(enum.Enum):
+    """How the budget counts what a submission's answer says it charged."""
+
+    BELIEVED = "believed"  # the charge itself
+    UNBELIEVABLE = "unbelievable"  # negative or not a number: the estimate
+    TOO_LOW = "too-low"  # below TRUST_FLOOR of the job's estimate (0, say): the estimate
+    OVER_CEILING = "over-ceiling"  # more than any clip could cost: the ceiling (a lie or a price rise)
+
+
+def count_charge(claimed: float | None, estimate: Decimal, priced: Decimal, ceiling: Decimal,
+                 room: Decimal | None) -> tuple[Decimal, ChargeVerdict]:
+    """What the budget counts for a submission answered with `claimed` credits (None: the client
+    found no believable number), and why. `estimate`: what was reserved for it; `priced`: the job's
+    own estimate (0: its model has no known price, and any charge up to the ceiling is believed);
+    `room`: what the budget has left with this reservation back (None: no budget).
+
+    A believed charge is rounded up to the hundredth, as estimates are: the ledger never counts
+    less than was spent, and a refund takes back exactly what was counted. Above the ceiling the
+    ceiling counts, not the estimate: if the price really rose, counting the estimate would spend
+    without bound. A claim beyond any amount batcher counts (1e308) is no price at all: it counts
+    the ceiling, at most what the budget has left (at least the estimate)."""
+    if claimed is None:
+        return estimate, ChargeVerdict.UNBELIEVABLE
+    try:
+        charge = credits(claimed, up=True)
+    except ValueError:
+        if isinstance(claimed, (int, float, Decimal)) and not isinstance(claimed, bool) and claimed > 0:
+            counted = ceiling if room is None else max(estimate, min(ceiling, room))
+            return counted, ChargeVerdict.OVER_CEILING
+        return estimate, ChargeVerdict.UNBELIEVABLE
+    if charge < 0:
+        return estimate, ChargeVerdict.UNBELIEVABLE
+    if charge > ceiling:
+        return ceiling, ChargeVerdict.OVER_CEILING
+    if charge < priced * TRUST_FLOOR:
+        return estimate, ChargeVerdict.TOO_LOW
+    return charge, ChargeVerdict.BELIEVED

@@ -12,8 +12,8 @@
 
 - submitting: the intent is on disk and the POST may be on the wire; a crash here leaves the
   outcome unknown, so start-up turns it into `unknown`, never back into `pending`.
-- unknown: the API may have created and charged a job (or did, and then lost it: a poll answered
-  404); held until the user decides, never resubmitted silently.
+- unknown: the API may have created and charged a job (or did, and then lost it: polls answered
+  404 in two runs, ten minutes or more apart); held until the user decides, never resubmitted silently.
 - submitted: the API gave a job id; polled until it ends.
 - rendered: the API finished and gave an output URL; the video is not on disk yet.
 - completed: the video is on disk, verified, with its size and sha256.
@@ -60,7 +60,8 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     # -> submitted: a late answer from a runner that lost its lease mid-POST (Ledger.resolve_unknown).
     S.UNKNOWN: frozenset({S.PENDING, S.SUBMITTED}),
     # -> pending: the remote render failed (refunded) and attempts remain.
-    # -> unknown: a paid job the API no longer knows (a poll answered 4xx): charged, not refunded.
+    # -> unknown: a paid job the API no longer knows (polls answered 4xx in 2 runs, 10+ minutes apart):
+    #    charged, not refunded.
     S.SUBMITTED: frozenset({S.RENDERED, S.FAILED, S.PENDING, S.COMPLETED, S.UNKNOWN}),
     S.RENDERED: frozenset({S.COMPLETED, S.EXPIRED, S.FAILED, S.RENDERED}),
     # -> rendered: the file was deleted from disk and the URL may still serve it.

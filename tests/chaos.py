@@ -69,13 +69,14 @@ def chaos(jobs: int = 24, kills: int = 4, seed: int = 7, budget_factor: float = 
                "--out", str(work / "out"), "--concurrency", "4", "--budget", str(budget),
                "--expected-render", str(render), "--lease-seconds", "2"]
         killed = 0
-        for _ in range(kills):
+        for cycle in range(kills):
             kind = rng.choice(faults)
             # (after a POST the runner gives up on the ledger at once: the answer must go to the journal)
             patience = "0.5" if kind == "outage-after-post" else rng.choice(["0.5", "8"])
             run_env = dict(env, BATCHER_FAILPOINT_PAUSE="after-post:0.3") if kind == "outage-after-post" else env
-            proc = subprocess.Popen([*cmd, "--ledger-patience", patience], env=run_env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            with open(work / f"cycle-{cycle:02d}-{kind}.log", "wb") as log:  # (-v: what it did, for a post-mortem)
+                proc = subprocess.Popen([*cmd, "--ledger-patience", patience, "-v"], env=run_env,
+                                        stdout=subprocess.DEVNULL, stderr=log)
             if kind == "kill":
                 time.sleep(rng.uniform(0.2, 1.5))
                 if proc.poll() is None:
@@ -88,7 +89,7 @@ def chaos(jobs: int = 24, kills: int = 4, seed: int = 7, budget_factor: float = 
                 proc.wait(timeout=120)
             except subprocess.TimeoutExpired:
                 proc.kill()
-                raise
+                raise AssertionError(f"cycle {cycle} ({kind}): the runner did not end in 120 s; see {work}") from None
             outage.wait()
             time.sleep(2.2)  # leases of a runner that stopped on a failing ledger run out
         codes = []

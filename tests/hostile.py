@@ -48,6 +48,15 @@ class Mode(str, enum.Enum):
     BOGUS_CONTENT_LENGTH = "bogus-content-length"  # each job's first output GET declares 99999999999 bytes
     EXPIRED_OUTPUT = "expired-output"  # outputs answer 403; status says expiresAt passed, then gives no URL
     SLOW_OUTPUT = "slow-output"  # the first `slow_jobs` jobs' outputs stall and time out, until the rest are served
+    # --- review of issue 23 (downloads' expiry) ---
+    STABLE_OUTPUT_URL = "stable-output-url"  # status re-serves each job's first URL; its first GETs answer 404
+    # Money's edges (review of issue 23: charges far below the price, fractions of a hundredth)
+    CLAIMED_SHARE = "claimed-share"  # every accepted submission claims `share` (default 0) of its real charge
+    # --- review of issue 23 (the client and polling) ---
+    GARBLED_TEXT = "garbled-text"  # a `field` of the answers holds a lone surrogate or a NUL (valid JSON)
+    SHARED_STATUS_URL = "shared-status-url"  # every accepted submission names the first one's statusUrl
+    STATUS_NOT_FOUND = "status-not-found"  # one job's first `polls` status polls answer 404 "job not found"
+    LYING_LENGTH_DRIP = "lying-length-drip"  # one output's first GET declares `length` bytes and drips
     # (further modes are added below by the items they test)
 
 
@@ -464,3 +473,166 @@ async def _absurd_cost_refunded(api: HostileApi, request: httpx.Request) -> http
 
 
 _RULES[Mode.ABSURD_COST_REFUNDED] = _absurd_cost_refunded  # type: ignore[assignment]
+
+
+# --- money's edges (review of issue 23): a charge claimed far below the real one ----------------
+
+async def _claimed_share(api: HostileApi, request: httpx.Request) -> httpx.Response | None:
+    """Setting `share` (default 0): every accepted submission claims that share of what the
+    simulator charged (0: free; 0.9997: a fraction of a hundredth below). The simulator's own
+    record keeps the real charges."""
+    if not is_submit(request):
+        return None
+    response, body = await _real_json(api, request)
+    charged = body.get("creditCost") if body is not None and response.status_code == 202 else None
+    if body is None or not isinstance(charged, (int, float)):
+        return response
+    api.done[Mode.CLAIMED_SHARE] += 1
+    share = float(api.settings.get("share", 0.0))  # type: ignore[arg-type]
+    return json_response(202, {**body, "creditCost": charged * share}, request)
+
+
+_RULES[Mode.CLAIMED_SHARE] = _claimed_share  # type: ignore[assignment]
+
+
+# --- review of issue 23 (downloads' expiry): an output URL the API re-serves unchanged ------------
+
+async def _stable_output_url(api: HostileApi, request: httpx.Request) -> httpx.Response | None:
+    """Settings `gone_gets` (default 1) and `answers` (default (404,)): the first that many GETs
+    of each job's output answer those statuses in turn; `expires` (default: none): the expiresAt
+    of every completed status answer (removed when none), each of which gives the job's first
+    output URL again; `lost_polls` (default 0): that many status polls of a job after its first
+    completed answer answer 404 "job not found" (an API briefly wrong about the job)."""
+    job_id = output_job(api, request)
+    if job_id is not None:
+        tries = _tries(api, Mode.STABLE_OUTPUT_URL, job_id)
+        if tries > int(api.settings.get("gone_gets", 1)):  # type: ignore[call-overload]
+            return None
+        api.done[Mode.STABLE_OUTPUT_URL] += 1
+        answers: tuple[int, ...] = api.settings.get("answers", (404,))  # type: ignore[assignment]
+        return httpx.Response(answers[(tries - 1) % len(answers)], request=request, content=b"<Error/>",
+                              headers={"content-type": "application/xml"})
+    if not is_status(request):
+        return None
+    urls: dict[str, str] = api.memory.setdefault("stable-urls", {})  # type: ignore[assignment]
+    lost: Counter[str] = api.memory.setdefault("stable-lost", Counter())  # type: ignore[assignment]
+    job = _job_of(request)
+    if job in urls and lost[job] < int(api.settings.get("lost_polls", 0)):  # type: ignore[call-overload]
+        lost[job] += 1
+        return json_response(404, {"error": {"code": "not_found", "message": "job not found"}}, request)
+    response, body = await _real_json(api, request)
+    if body is None or body.get("status") != "completed" or not isinstance(body.get("output"), dict):
+        return response
+    body["output"]["video"] = urls.setdefault(job, body["output"]["video"])
+    body.pop("expiresAt", None)
+    if api.settings.get("expires") is not None:
+        body["expiresAt"] = api.settings["expires"]
+    return json_response(response.status_code, body, request)
+
+
+_RULES[Mode.STABLE_OUTPUT_URL] = _stable_output_url  # type: ignore[assignment]
+
+
+# --- review of issue 23 (the client and polling): text no database stores, one statusUrl for
+# several jobs, a job briefly not found, a lying length that drips ----------------------------------
+
+BASE_URL = "https://pixeldojo.ai"  # where the simulator's status URLs are
+
+
+async def _rewritten_submission(api: HostileApi, request: httpx.Request, mode: Mode,
+                                change: Callable[[dict], bool]) -> httpx.Response | None:
+    """A submission's real answer; accepted, its body as `change` leaves it (counted for `mode`
+    when `change` says it changed something). None (untouched) for any other request."""
+    if not is_submit(request):
+        return None
+    response, body = await _real_json(api, request)
+    if response.status_code != 202 or body is None:
+        return response
+    if change(body):
+        api.done[mode] += 1
+    return json_response(202, body, request)
+
+
+async def _garbled_text(api: HostileApi, request: httpx.Request) -> httpx.Response | None:
+    """Settings `field` (default "statusUrl") and `char` (default "\\ud800", a lone surrogate;
+    "\\x00", a NUL), written as valid JSON escapes: "statusUrl" (as a query) or "jobId" of the
+    first accepted submission; "video": the first completed status answer's output URL (as a
+    query; later answers are true); "error": every failed render's reason and error's message."""
+    field, char = str(api.settings.get("field", "statusUrl")), str(api.settings.get("char", "\ud800"))
+    if field == "error":
+        return await _rewritten_error(api, request, Mode.GARBLED_TEXT, lambda error, _token: f"upstream {char} {error}")
+    if api.done[Mode.GARBLED_TEXT]:
+        return None
+    if field != "video":
+        def garble(body: dict) -> bool:
+            if field == "jobId":
+                body["jobId"] += char
+            else:
+                body["statusUrl"] = f"{body.get('statusUrl') or BASE_URL + '/api/v1/jobs/' + body['jobId']}?x={char}"
+            return True
+        return await _rewritten_submission(api, request, Mode.GARBLED_TEXT, garble)
+    if not is_status(request):
+        return None
+    response, body = await _real_json(api, request)
+    if body is None or body.get("status") != "completed" or not isinstance(body.get("output"), dict):
+        return response
+    body["output"]["video"] += f"?x={char}"
+    api.done[Mode.GARBLED_TEXT] += 1
+    return json_response(response.status_code, body, request)
+
+
+async def _shared_status_url(api: HostileApi, request: httpx.Request) -> httpx.Response | None:
+    """Every accepted submission is answered with its own jobId but the first one's statusUrl."""
+    def share(body: dict) -> bool:
+        first = api.memory.setdefault("shared-status-url", body.get("statusUrl"))
+        changed = first != body.get("statusUrl")
+        body["statusUrl"] = first
+        return changed
+    return await _rewritten_submission(api, request, Mode.SHARED_STATUS_URL, share)
+
+
+async def _status_not_found(api: HostileApi, request: httpx.Request) -> httpx.Response | None:
+    """Settings `polls` (default 1) and `message` (default "job not found"): the first that many
+    status polls of one job (the first polled; the same one across runs of one HostileApi) answer
+    404 with that message; later ones are true."""
+    if not is_status(request) or not _victim(api, Mode.STATUS_NOT_FOUND, _job_of(request)):
+        return None
+    if _tries(api, Mode.STATUS_NOT_FOUND, _job_of(request)) > int(api.settings.get("polls", 1)):  # type: ignore[call-overload]
+        return None
+    api.done[Mode.STATUS_NOT_FOUND] += 1
+    message = str(api.settings.get("message", "job not found"))
+    return json_response(404, {"error": {"code": "not_found", "message": message}}, request)
+
+
+async def _lying_length_drip(api: HostileApi, request: httpx.Request) -> httpx.Response | None:
+    """Settings `length` (default 1 GB, under the size cap), `drip` (default 0.5 s) and `gets`
+    (default 1): the first that many GETs of one job's output declare `length` bytes, send the
+    video's first 12 bytes and then a byte every `drip` seconds, without end. A deadline taken
+    from the declared length would wait hours."""
+    import anyio
+
+    job_id = output_job(api, request)
+    if job_id is None or not _victim(api, Mode.LYING_LENGTH_DRIP, job_id) or _tries(
+            api, Mode.LYING_LENGTH_DRIP, job_id) > int(api.settings.get("gets", 1)):  # type: ignore[call-overload]
+        return None
+    response = await api.real(request)
+    head = (await response.aread())[:12]
+    pause = float(api.settings.get("drip", 0.5))  # type: ignore[arg-type]
+    api.done[Mode.LYING_LENGTH_DRIP] += 1
+
+    async def endless() -> AsyncIterator[bytes]:
+        yield head
+        while True:
+            await anyio.sleep(pause)
+            yield b"x"
+    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+    return httpx.Response(200, request=request, content=endless(),
+                          headers={**headers, "content-length": str(api.settings.get("length", 1024 ** 3))})
+
+
+_RULES.update({
+    Mode.GARBLED_TEXT: _garbled_text,  # type: ignore[dict-item]
+    Mode.SHARED_STATUS_URL: _shared_status_url,  # type: ignore[dict-item]
+    Mode.STATUS_NOT_FOUND: _status_not_found,  # type: ignore[dict-item]
+    Mode.LYING_LENGTH_DRIP: _lying_length_drip,  # type: ignore[dict-item]
+})

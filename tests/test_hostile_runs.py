@@ -300,15 +300,24 @@ class ForgetfulApi(httpx.AsyncBaseTransport):
 
 
 def test_a_paid_job_the_api_no_longer_knows_is_held_not_paid_again(tmp_path, write):
+    import time
+
     import anyio
 
-    from batcher.run import RunOptions
+    from batcher.run import RunOptions, polling
     manifest = write("m.yaml", small_manifest(n_rows=3))
     sim = Simulator(SimConfig(render_seconds=0.02))
     transport = ForgetfulApi(sim, forget=1)
     to = api.Target(sim.config.api_key, "https://pixeldojo.ai", transport, sim)
     opts = RunOptions.of(out_dir=tmp_path / "out", expected_render=0.02, concurrency=1)
-    report = anyio.run(lambda: api.run_async(manifest, ledger=tmp_path / "l.db", options=opts, to=to))
+
+    async def run_at(later: float):  # the ledger's clock `later` seconds ahead
+        with Ledger(tmp_path / "l.db", clock=lambda: time.time() + later) as ledger:
+            return await api.run_async(manifest, ledger=ledger, options=opts, to=to)
+    # Forgotten in one run, it stays submitted; forgotten again in a run NOT_FOUND_SECONDS later, it is held.
+    report = anyio.run(run_at, 0.0)
+    assert report.counts["submitted"] == 1 and report.counts["unknown"] == 0 and report.exit_code == 1
+    report = anyio.run(run_at, polling.NOT_FOUND_SECONDS + 1)
     assert report.counts["unknown"] == 1 and report.counts["failed"] == 0 and report.exit_code == 1
     assert any("lost by the API" in m for m in report.messages)
     with Ledger(tmp_path / "l.db") as ledger:

@@ -100,12 +100,16 @@ def test_an_answer_the_ledger_cannot_record_is_journaled_and_never_paid_again(le
     assert len(set(files)) == 3 and all(Path(f).is_file() for f in files)
 
 
-def test_the_journal_is_applied_only_where_the_ledger_still_agrees(tmp_path, write):
-    manifest = write("m.yaml", small_manifest(n_rows=2))
-    location = str(tmp_path / "l.db")
+def _staged(write, location: str, rows: int) -> list:
+    """The jobs of a small manifest, added to the ledger at `location`."""
     with Ledger(location) as led:
-        api.stage(led, api.load_manifest(manifest))
-        job = next(iter(led.iter_batch("small")))
+        api.stage(led, api.load_manifest(write("m.yaml", small_manifest(n_rows=rows))))
+        return list(led.iter_batch("small"))
+
+
+def test_the_journal_is_applied_only_where_the_ledger_still_agrees(tmp_path, write):
+    location = str(tmp_path / "l.db")
+    job = _staged(write, location, 2)[0]
     path = journal_path(location)
     stale = Record(Recorded.ACCEPTED, "small", job.id, job.key, "job_x", 1.0, attempt_id=99,
                    status_url="https://pixeldojo.ai/api/v1/jobs/job_x", credit_cost="20")
@@ -115,11 +119,12 @@ def test_the_journal_is_applied_only_where_the_ledger_still_agrees(tmp_path, wri
         said = led.journal_applied
         after = next(j for j in led.iter_batch("small") if j.id == job.id)
         events = [(e.kind, e.detail) for e in led.events(job.id)]
-    assert len(said) == 2  # the torn last line is no record
+    assert len(said) == 3  # the torn last line is no record: set aside, said once
     assert after.state == "pending" and after.remote_job_id is None
     assert any(kind == "journal-ignored" and "moved on" in (detail or "") for kind, detail in events)
-    assert "no such job" in said[1]
+    assert "no such job" in said[1] and "not whole records" in said[2]
     assert path.read_bytes() == b""
+    assert Path(f"{path}.rejected").read_bytes().startswith(b'{"kind": "accepted", "batch": "small", "job_id": ')
 
 
 @pytest.mark.parametrize("line", [
@@ -164,3 +169,71 @@ def test_a_journaled_answer_naming_another_jobs_id_holds_the_job_never_pairs_it(
     assert held.state == "unknown" and held.remote_job_id is None and "job_1" in (held.error or "")
     assert "duplicate-job-id" in kinds
     assert committed == Decimal(40)  # both charges count as spent
+
+
+def test_a_journal_line_holding_what_no_database_stores_is_set_aside_not_a_traceback(tmp_path, write):
+    # A record whose text holds a lone surrogate or a NUL (a corrupt or hostile file) is no record:
+    # every later command would otherwise fail on it.
+    location = str(tmp_path / "l.db")
+    job = _staged(write, location, 1)[0]
+    good = Record(Recorded.RENDERED, "small", job.id, job.key, "job_1", 1.0, output_url="https://x/y.mp4")
+    bad = [json.dumps({**json.loads(good.line()), "status_url": text}).encode() + b"\n"
+           for text in ("https://x/\ud800", "https://x/\u0000")]
+    journal_path(location).write_bytes(bad[0] + good.line() + bad[1])
+    with Ledger(location) as led:
+        said = led.journal_applied
+    assert any("not whole records" in line and "2 line(s)" in line for line in said)
+    assert Path(f"{journal_path(location)}.rejected").read_bytes() == bad[0] + bad[1]
+
+
+def test_one_write_the_database_refuses_fails_alone_and_the_writer_lives_on(ledger_url, tmp_path, write):
+    from batcher.errors import LedgerError, WriteRefused
+    from batcher.run.threads import IoThreads
+    from batcher.run.writer import LedgerWriter
+    manifest = write("m.yaml", small_manifest(n_rows=2))
+    poison = "\x00" if "postgres" in ledger_url else "\ud800"  # what each database cannot store
+    with Ledger(ledger_url) as led:
+        api.stage(led, api.load_manifest(manifest))
+        first, second = list(led.iter_batch("small"))
+        results = led.write_many([led.note(first.id, "fine", "a"), led.note(first.id, "bad", poison),
+                                  led.note(second.id, "fine", "b")])
+        assert results[0] is None and isinstance(results[1], WriteRefused) and results[2] is None
+        assert [e.kind for e in led.events(second.id)][-1] == "fine"  # the others committed
+
+        def broken(conn):
+            raise RuntimeError("a bug in an operation")
+
+        async def go():
+            writer = LedgerWriter(led, IoThreads(), patience=0.2)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(writer.run)
+                with anyio.fail_after(20):  # a dead writer would leave this waiting for ever
+                    with pytest.raises(LedgerError):
+                        await writer.write(broken)
+                    await writer.write(led.note(second.id, "after", "c"))
+                writer.close()
+        anyio.run(go)
+        assert [e.kind for e in led.events(second.id)][-1] == "after"
+
+
+def test_an_accept_written_twice_counts_once(ledger_url, tmp_path, write):
+    # A commit can land while its connection drops: the same accept, written again, must neither
+    # count the charge twice in the shared running total nor fail.
+    from decimal import Decimal
+
+    from batcher.states import JobState as S
+    manifest = write("m.yaml", small_manifest(n_rows=1))
+    with Ledger(ledger_url) as led:
+        api.stage(led, api.load_manifest(manifest))
+        job = next(iter(led.iter_batch("small")))
+        attempt = led.write(led.begin_submission(job.id, S.PENDING, Decimal(20)))
+        accept = led.end_attempt(attempt, "accepted", remote_job_id="job_1", credit_cost=Decimal("20.5"),
+                                 known=("submitting", Decimal(20), "small"))
+        led.write(accept)
+        led.write(accept)
+        assert led.spend("small").committed == Decimal("20.5")
+        move = led.move(job.id, S.SUBMITTING, S.SUBMITTED, "accepted", remote_job_id="job_1")
+        led.write(move)
+        led.write(move)  # found done, not an illegal transition
+        assert led.get(job.id).state == "submitted"
+        assert [e.kind for e in led.events(job.id)].count("accepted") == 1

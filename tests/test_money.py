@@ -153,7 +153,7 @@ def test_the_shared_total_agrees_with_the_attempts_exactly(ledger_url, tmp_path)
 def test_a_refunded_absurd_charge_cancels_nothing_and_two_runners_keep_the_budget(ledger_url, tmp_path):
     # Two jobs charged 20 each, then one answered with creditCost 1e20 whose render fails (the
     # API refunds it). In floats, 40 + 1e20 - 1e20 is 0: two runners under --budget 100 then
-    # spent 140. The charge is not believed (its estimate, 20, is counted, then refunded).
+    # spent 140. The charge is not believed (the ceiling, 1,200, is counted, then refunded).
     sim = _sim()
     hostile = HostileApi(sim, Mode.ABSURD_COST_REFUNDED, nth=3, cost=1e20)
     first = _run(ledger_url, tmp_path, hostile, sim, 3, concurrency=1, max_attempts=1)
@@ -183,27 +183,28 @@ def test_a_refunded_absurd_charge_cancels_nothing_and_two_runners_keep_the_budge
 @pytest.mark.parametrize("cost", [1e308, 1e20, 5000])
 def test_an_absurd_charge_is_not_believed_and_every_json_output_is_strict(ledger_url, tmp_path, cost):
     # 5000 is finite and fits any column, but no 5 s clip of this model costs it: its most is
-    # 8 credits a second for 15 s (120), and a charge is believed up to ten times that.
+    # 8 credits a second for 15 s (120), and a charge is believed up to ten times that. The
+    # ceiling (1,200) is counted instead, and the run sends no more jobs of the model.
     sim = _sim()
     hostile = HostileApi(sim, Mode.ABSURD_COST, cost=cost)
     report = _run(ledger_url, tmp_path, hostile, sim, 3)
-    assert report.counts["completed"] == 3 and report.spent == 60  # the estimates, 20 each
-    said = [m for m in report.messages if "creditCost" in m]
-    assert len(said) == 1 and "more than any clip could cost" in said[0]
+    assert report.counts["completed"] == 1 and report.counts["pending"] == 2 and report.spent == 1200
+    said = [m for m in report.messages if "stopped sending jobs" in m]
+    assert len(said) == 1 and "more for a job of happyhorse-1.0-r2v than any clip of it could cost" in said[0]
     with Ledger(ledger_url) as ledger:
-        assert ledger.committed("small") == 60 == ledger.spend("small").committed
-        for job in ledger.iter_batch("small"):
-            assert job.credit_cost == 20
-            untrusted = [e.detail for e in ledger.events(job.id) if e.kind == "cost-untrusted"]
-            assert len(untrusted) == 1 and "more than any clip of happyhorse-1.0-r2v" in untrusted[0]
-        assert ledger.figures("small").untrusted_costs == 3
+        assert ledger.committed("small") == 1200 == ledger.spend("small").committed
+        [job] = [j for j in ledger.iter_batch("small") if j.remote_job_id]
+        assert job.credit_cost == 1200
+        untrusted = [e.detail for e in ledger.events(job.id) if e.kind == "cost-untrusted"]
+        assert len(untrusted) == 1 and "more than any clip of happyhorse-1.0-r2v" in untrusted[0]
+        assert ledger.figures("small").untrusted_costs == 1
     status = _status_json(ledger_url, tmp_path)
-    assert status["credits_spent"] == 60 and status["credits_committed"] == 60 and status["untrusted_costs"] == 3
+    assert status["credits_spent"] == 1200 and status["credits_committed"] == 1200 and status["untrusted_costs"] == 1
     export = CliRunner().invoke(cli, ["export", str(_manifest(tmp_path, 3)), "--ledger", ledger_url,
                                       "--format", "jsonl", "-o", str(tmp_path / "e.jsonl")])
     assert export.exit_code == 0, export.output
     rows = [strict_json(line) for line in (tmp_path / "e.jsonl").read_text().splitlines()]
-    assert [r["credit_cost"] for r in rows] == [20, 20, 20]  # type: ignore[index]
+    assert sorted(r["credit_cost"] or 0 for r in rows) == [0, 0, 1200]  # type: ignore[index]
 
 
 def test_a_charge_within_the_ceiling_is_believed_exactly(ledger_url, tmp_path):
@@ -309,3 +310,17 @@ def test_an_estimate_beyond_any_amount_is_a_usage_error_not_a_traceback(tmp_path
                                       "--ledger", str(tmp_path / "l.db")])
     assert result.exit_code == 2 and "beyond any amount batcher counts" in result.stderr
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_a_rerun_with_a_rate_reprices_only_jobs_never_sent(ledger_url, write):
+    # After a stop for a charge over the ceiling, the way on is a --rate at the real price: jobs
+    # never sent take it; a job already sent keeps what was reserved for it.
+    from batcher import api
+    from batcher.states import JobState as S
+    m = api.load_manifest(write("m.yaml", small_manifest(n_rows=2)))
+    with Ledger(ledger_url) as led:
+        api.stage(led, m)
+        sent, fresh = list(led.iter_batch("small"))
+        led.write(led.begin_submission(sent.id, S.PENDING, sent.estimate))
+        api.stage(led, m, {"720p": 500.0})
+        assert led.get(fresh.id).estimate == Decimal(2500) and led.get(sent.id).estimate == Decimal(20)

@@ -50,8 +50,8 @@ waiting_options = [
                  help="Seconds a whole API answer (status, submission) may take, however it trickles in; a "
                       "submission past it is held as unknown, a poll is retried. Also a download's least."),
     click.option("--min-download-rate", type=click.FloatRange(0, min_open=True), default=50.0,
-                 show_default=True, help="KB/s: a download may take its size at this rate (at least "
-                                         "--request-deadline); a slower one is cut and retried."),
+                 show_default=True, help="KB/s: past --request-deadline, a download must keep up this rate on "
+                                         "the bytes that have arrived; a slower one is cut and retried."),
     click.option("--lease-seconds", type=click.FloatRange(1), default=60.0, show_default=True,
                  help="How long a claimed job stays this runner's without a renewal (several runners)."),
     click.option("--ledger-patience", type=click.FloatRange(0, 86_400), default=300.0, show_default=True,

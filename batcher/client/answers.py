@@ -34,6 +34,34 @@ DEFAULT_MAX_RETRY_AFTER = 300.0  # seconds: a longer Retry-After is capped to th
 # query characters, so an answer cannot steer our requests elsewhere on the API.
 SAFE_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 DEFAULT_PORTS = {"http": 80, "https": 443}
+# What `clean` writes for a character no database stores (a lone surrogate: valid JSON, "\\ud800";
+# a NUL, which PostgreSQL refuses): an id or a URL holding it is refused as unusable.
+GARBLED = "\ufffd"
+GARBLED_URL = "holds a lone surrogate or NUL, which no URL has"
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # (json.loads pairs surrogates: any left are lone)
+
+
+def clean(value: Any) -> Any:
+    """A parsed answer with every lone surrogate and NUL in its strings (keys too, at any depth)
+    replaced by GARBLED: neither SQLite, psycopg nor an encoder downstream can take them."""
+    if isinstance(value, str):
+        if value.isascii():  # the usual case, and the fast one
+            return value.replace("\x00", GARBLED) if "\x00" in value else value
+        return _UNSTORABLE.sub(GARBLED, value)
+    if isinstance(value, list):
+        return [clean(v) for v in value]
+    if isinstance(value, dict):
+        return {clean(k): clean(v) for k, v in value.items()}
+    return value
+
+
+def answer_json(response: httpx.Response) -> Any:
+    """An answer's JSON body, cleaned (see `clean`): the one place an API's JSON is parsed. Raises
+    ValueError (and UnicodeDecodeError) for a body that is not JSON, nested past all reason too."""
+    try:
+        return clean(response.json())
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 
@@ -78,6 +106,7 @@ class OutputURL:
     url: str | None
     where: str
     problem: str | None = None
+    garbled: bool = False  # the URL held a character no URL has (see `clean`): the answer is malformed
 
 
 def output_url(output: Any) -> OutputURL:
@@ -110,6 +139,8 @@ def output_url(output: Any) -> OutputURL:
 def _web_url(value: Any, where: str) -> OutputURL:
     if not isinstance(value, str):
         return OutputURL(None, where, f"{where} is {type_name(value)}, not a URL")
+    if GARBLED in value:
+        return OutputURL(None, where, f"{where} {GARBLED_URL}", garbled=True)
     if origin(value) is None:
         return OutputURL(None, where, f"{where} is not an http or https URL")
     return OutputURL(value, where)
@@ -189,14 +220,14 @@ def describe(response: httpx.Response, redact: Callable[[str], str] = _verbatim)
         # The word the cut fell in is dropped: a key cut short there is never recognised as one.
         text = text[:len(text.rstrip()) - len(text.rstrip().split()[-1])] if text.split() else ""
     head = " ".join(redact(text).split())[:120]
-    kind = redact(response.headers.get("content-type", "no content type").split(";")[0])
+    kind = redact(clean(response.headers.get("content-type", "no content type").split(";")[0]))
     return f"HTTP {response.status_code} {kind}: {head!r}"
 
 
 def api_message(response: httpx.Response, redact: Callable[[str], str] = _verbatim) -> tuple[str | None, str]:
     """(error code, message) from an API error body, whatever its shape."""
     try:
-        data = response.json()
+        data = answer_json(response)
     except ValueError:
         return None, describe(response, redact)
     if isinstance(data, dict):
@@ -343,10 +374,15 @@ def read_status(job_id: str, data: dict[str, Any], response: httpx.Response, red
     if answered_id is not None and (not is_safe_job_id(answered_id) or leaks(answered_id)):
         raise MalformedAnswer(f"the status answer's jobId is not a plain id: {describe(response, redact)}",
                               response.status_code)
+    if answered_id is not None and answered_id != job_id:
+        # Another job's answer (a status URL several jobs were given): its clip is not this job's.
+        raise MalformedAnswer(f"the status answer is about job {answered_id}, not {job_id}", response.status_code)
     # Only a completed job's output is read: in any shape but the documented ones it is never
     # guessed at; that one job fails, its reason naming the body.
     found = output_url(data.get("output")) if status == "completed" else None
     problem = None
+    if found is not None and found.garbled:
+        raise MalformedAnswer(f"{found.problem}: {describe(response, redact)}", response.status_code)
     if found is not None and found.url is None:
         problem = (f"the completed job's output is unusable ({found.problem}); expected {OUTPUT_SHAPES}: "
                    f"{describe(response, redact)}")

@@ -4,7 +4,8 @@ The classification is what keeps users from paying twice: a paid POST that fails
 request could have left (`NotSentError`) is safe to send again; anything after that point
 (`OutcomeUnknown`) is not. The key is sent only to the API base's exact origin (scheme, host,
 port), and never appears in an error or a log line: every text an answer brings is redacted here,
-where foreign text enters, and ids or URLs that carry it are refused.
+where foreign text enters, and ids or URLs that carry it are refused. Here too every string of an
+answer is cleaned of what no database stores (lone surrogates, NUL: see `answers.clean`), once.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import anyio
 import httpx
@@ -32,12 +33,15 @@ from ..errors import (
 from ..policy import Deadlines
 from .answers import (
     DEFAULT_MAX_RETRY_AFTER,
+    GARBLED,
+    GARBLED_URL,
     REDACTED,
     SIGNED_QUERY,
     Download,
     JobStatus,
     ReferenceFetch,
     Submission,
+    answer_json,
     as_number,
     describe,
     is_safe_job_id,
@@ -198,8 +202,8 @@ class PixelDojoClient:
 
     def _json(self, response: httpx.Response, paid: bool) -> dict[str, Any]:
         try:
-            data = response.json()
-        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: JSON nested past reason
+            data = answer_json(response)  # cleaned: nothing downstream holds a lone surrogate or a NUL
+        except ValueError:  # (UnicodeDecodeError is one)
             data = None
         if not isinstance(data, dict):
             cls = OutcomeUnknown if paid else MalformedAnswer
@@ -239,19 +243,22 @@ class PixelDojoClient:
         if not is_safe_job_id(job_id) or self._leaks(job_id):
             raise OutcomeUnknown(f"the submit answer's jobId is not a plain id: {self._describe(response)}",
                                  response.status_code)
-        if isinstance(status_url, str) and self._leaks(status_url):
-            raise OutcomeUnknown(f"the submit answer's statusUrl carries the API key: {self._describe(response)}",
+        if isinstance(status_url, str) and (self._leaks(status_url) or GARBLED in status_url):
+            why = "carries the API key" if self._leaks(status_url) else GARBLED_URL
+            raise OutcomeUnknown(f"the submit answer's statusUrl {why}: {self._describe(response)}",
                                  response.status_code)
         status_url = self.status_url_for(job_id, status_url if isinstance(status_url, str) else None)
         return Submission(job_id, status_url, charge if believable else None, as_number(data.get("creditsRemaining")),
                           parse_time(data.get("expiresAt")), problem)
 
     def status_url_for(self, job_id: str, status_url: str | None) -> str:
-        """The URL to poll: the API's statusUrl when it is on the API base's exact origin, else
-        one built from the job id. Raises MalformedAnswer for an id that is not a plain token."""
+        """The URL to poll: the API's statusUrl when it is on the API base's exact origin and its path
+        ends with this job's id, else one built from the id (an answer giving several jobs one
+        statusUrl would give them one clip). MalformedAnswer for an id that is not a plain token."""
         if not is_safe_job_id(job_id) or self._leaks(job_id):
             raise MalformedAnswer(f"refusing to poll job id {self.redact(job_id)[:60]!r}: not a plain id")
-        if status_url and self._same_origin(status_url) and not self._leaks(status_url):
+        if status_url and self._same_origin(status_url) and not self._leaks(status_url) \
+                and _names_job(status_url, job_id):
             return status_url
         return f"{self.base_url}/api/v1/jobs/{quote(job_id, safe='')}"
 
@@ -277,7 +284,7 @@ class PixelDojoClient:
         """Stream a video to `dest` (a temporary name chosen by the caller) and check it is MP4; more
         than `max_bytes` aborts. Raises DownloadRefused for a URL never to fetch (not http(s), or
         carrying the key), OutputGone for 403/404/410, ServerError for what is worth retrying (TooSlow
-        past the request's deadline, `Deadlines.download` of its size), MalformedAnswer for no video."""
+        once slower than `Deadlines.download_ends` allows), MalformedAnswer for no video."""
         for _ in range(max_redirects + 1):
             refuse_download_url(url, self._leaks, self.redact)
             got = await self._fetch_video(url, dest, max_bytes)
@@ -294,13 +301,13 @@ class PixelDojoClient:
         status: int | None = None
         begun = anyio.current_time()
         try:
-            # Until the headers come, the request deadline; then as long as the size asks (the
-            # declared one, or what has arrived: it grows with every chunk).
+            # Until the headers come, the request deadline; then that plus what has arrived at
+            # the minimum rate (it grows with every chunk; a declared length is not believed).
             with anyio.CancelScope(deadline=begun + self.deadlines.request) as scope:
                 async with self._http.stream("GET", url, headers=self._auth(url)) as response:
                     status = response.status_code
                     if response.is_redirect:
-                        return urljoin(url, response.headers.get("location", ""))
+                        return redirected(url, response.headers.get("location", ""))
                     raise_for_download(response, max_bytes, self.redact, self.max_retry_after)
                     return await save_video(response, dest, max_bytes, within=(scope, begun, self.deadlines))
         except httpx.RequestError as e:  # transport failures, and bodies that cannot be decoded
@@ -310,11 +317,40 @@ class PixelDojoClient:
         raise TooSlow(f"the download did not end in time: {anyio.current_time() - begun:.0f}s, past --request-deadline "
                       f"and slower than --min-download-rate {self.deadlines.min_download_kbps:g} KB/s")
 
+def _names_job(url: str, job_id: str) -> bool:
+    """Whether `url`'s path, as it will be sent, ends with the segment `job_id` (quoted or not)."""
+    if GARBLED in url:
+        return False
+    try:
+        path = httpx.URL(url).raw_path.split(b"?", 1)[0].decode("ascii")
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return False
+    return unquote(path.rpartition("/")[2]) == job_id
+
+
+def scheme_of(url: str) -> str:
+    """A URL's scheme; "" when it has none, or cannot be read at all (an IPv6 host left open:
+    "http://[x", which urlsplit refuses with a ValueError an answer must not raise through us)."""
+    try:
+        return urlsplit(url).scheme
+    except ValueError:
+        return ""
+
+
+def redirected(url: str, location: str) -> str:
+    """Where a redirect from `url` to `location` leads; an unreadable `location` as it is (its
+    scheme reads as none, so it is refused before anything is fetched)."""
+    try:
+        return urljoin(url, location)
+    except ValueError:
+        return location
+
+
 def refuse_download_url(url: str, leaks: Callable[[str], bool], redact: Callable[[str], str]) -> None:
     """A URL that must never be fetched: refused at once, never retried (DownloadRefused)."""
-    scheme = urlsplit(url).scheme
+    scheme = scheme_of(url)
     if scheme not in ("http", "https"):
-        raise DownloadRefused(redact(f"refusing to download from a {scheme or 'relative'} URL"))
+        raise DownloadRefused(redact(f"refusing to download from a {scheme or 'relative or unreadable'} URL"))
     if leaks(url):  # a redirect's Location: httpx itself would log it in full
         raise DownloadRefused("refusing to download from a URL that carries the API key")
 
@@ -329,9 +365,9 @@ async def fetch_reference(http: httpx.AsyncClient, url: str, max_bytes: int, hea
     when the host cannot be reached at all, ServerError when the connection fails later,
     MalformedAnswer for a refused URL or too many redirects."""
     for _ in range(max_redirects + 1):
-        scheme = urlsplit(url).scheme
+        scheme = scheme_of(url)
         if scheme not in ("http", "https"):
-            raise MalformedAnswer(f"not an http(s) URL ({scheme or 'relative'})")
+            raise MalformedAnswer(f"not an http(s) URL ({scheme or 'relative or unreadable'})")
         if leaks(url):
             raise MalformedAnswer("refusing a URL that carries the API key")
         started = time.monotonic()
@@ -340,7 +376,7 @@ async def fetch_reference(http: httpx.AsyncClient, url: str, max_bytes: int, hea
             async with http.stream("GET", url, headers=headers, extensions={"batcher_reference": True}) as response:
                 status = response.status_code
                 if response.has_redirect_location:  # (not a 304)
-                    url = urljoin(url, response.headers["location"])
+                    url = redirected(url, response.headers["location"])
                     continue
                 if status not in (200, 206):
                     return ReferenceFetch(status, url, b"", None, response.headers.get("etag"),

@@ -56,13 +56,11 @@ async def save_video(response: httpx.Response, dest: Path, max_bytes: int,
                      within: tuple[anyio.CancelScope, float, Deadlines] | None = None) -> Download:
     """Stream a video to `dest`, hashing it, up to `max_bytes`; it must start like an MP4 file.
     `within`: the scope that bounds the download, when it began, and its deadlines: the scope's
-    deadline is set from the declared size, and moved on as more than that arrives."""
-    declared = declared_size(response) or 0
-
+    deadline moves on with every byte that arrives (`Deadlines.download_ends`)."""
     def arrived(size: int) -> None:
         if within is not None:
             scope, begun, deadlines = within
-            scope.deadline = begun + deadlines.download(max(declared, size))
+            scope.deadline = deadlines.download_ends(begun, size)
     arrived(0)
     digest = hashlib.sha256()
     size = 0

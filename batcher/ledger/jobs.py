@@ -28,6 +28,17 @@ def _page(columns: str, states: Iterable[JobState], generation: int | None) -> s
             "ORDER BY seq LIMIT :n")
 
 
+def _staging_sql(q: str) -> str:
+    """One statement adding jobs (a tuple each, `q` the driver's mark); a key already known keeps
+    its state, and a job never sent takes today's estimate (a --rate at the real price, say)."""
+    return ("INSERT INTO job (batch, key, seq, generation, row, take, origin, label, params, estimate, "
+            f"created_at, updated_at, model, state, attempts, lease_token) VALUES ({', '.join([q] * 13)}, "
+            "'pending', 0, 0) ON CONFLICT(batch, key) DO UPDATE SET generation = excluded.generation, "
+            "origin = excluded.origin, label = excluded.label, row = excluded.row, "
+            "estimate = CASE WHEN job.state = 'pending' AND job.attempts = 0 THEN excluded.estimate "
+            "ELSE job.estimate END")
+
+
 def _estimate_cents(cache: dict[Any, int], estimate: Any) -> int:
     """An estimate as exact hundredths (rounded up), made once per distinct estimate of a batch."""
     found = cache.get(estimate)
@@ -80,11 +91,7 @@ class LedgerJobs(LedgerStore):
             # Straight to the driver, many rows a statement, each a tuple: SQLAlchemy's processing
             # of each row's parameters, and the driver's lookup of each by name, cost more than the
             # database's insert.
-            q = self.sql.mark
-            sql = ("INSERT INTO job (batch, key, seq, generation, row, take, origin, label, params, estimate, "
-                   f"created_at, updated_at, model, state, attempts, lease_token) VALUES ({', '.join([q] * 13)}, "
-                   "'pending', 0, 0) ON CONFLICT(batch, key) DO UPDATE SET generation = excluded.generation, "
-                   "origin = excluded.origin, label = excluded.label, row = excluded.row")
+            sql = _staging_sql(self.sql.mark)
             buf: list[tuple[Any, ...]] = []
             cents: dict[Any, int] = {}
             for r in (rows() if callable(rows) else rows):

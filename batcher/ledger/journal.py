@@ -28,14 +28,17 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from ..errors import BatcherError, DiskFullError
 from ..money import to_hundredths
 from ..outputs import file_sha256
 from ..states import JobState as S
 from ..states import check_move
 from .dialect import engine_url, is_database_url
+from .store import refused_value
 from .transitions import LedgerTransitions
 
 SUFFIX = ".answers.jsonl"
+_REFUSED = "could not record:"
 _MOST = Decimal(10) ** 9  # credits: more than any account holds
 
 
@@ -99,7 +102,7 @@ def parse(line: bytes) -> Record | None:
             return None
         kind = Recorded(data.pop("kind"))
         for name, value in data.items():
-            if name in _TEXT and not isinstance(value, str):
+            if name in _TEXT and (not isinstance(value, str) or not _storable(value)):
                 return None
             if name in _INTS and (type(value) is not int or value < 0):
                 return None
@@ -114,6 +117,11 @@ def parse(line: bytes) -> Record | None:
     if record.credit_cost is not None and not _exact(record.credit_cost):
         return None
     return record
+
+
+def _storable(text: str) -> bool:
+    """Text either database can hold, of a sane length (no NUL, no lone surrogate)."""
+    return len(text) <= 4096 and "\x00" not in text and not any("\ud800" <= c <= "\udfff" for c in text)
 
 
 def _exact(value: str) -> bool:
@@ -200,12 +208,37 @@ class LedgerJournal(LedgerTransitions):
         with _locked(path, create=False) as fd:
             if fd is None:
                 return []
-            records = read(path)
-            checked = [(r, _file_matches(r)) for r in records]
-            said = self.write(lambda conn: [self._apply(conn, r, ok) for r, ok in checked]) if checked else []
+            lines = [line for line in path.read_bytes().splitlines() if line.strip()]
+            parsed = [(line, parse(line)) for line in lines]
+            checked = [(r, _file_matches(r)) for _, r in parsed if r is not None]
+            said = self.write(lambda conn: [self._apply_one(conn, r, ok) for r, ok in checked]) if checked else []
+            refused = [r.line() for (r, _), line in zip(checked, said, strict=True) if line.startswith(_REFUSED)]
+            unread = [line + b"\n" for line, r in parsed if r is None]
+            if unread:
+                said.append(f"{_REFUSED} {len(unread)} line(s) of {path} that are not whole records; kept in "
+                            f"{path}.rejected")
+            if refused or unread:  # kept where a person can read them, out of the way of every later command
+                with open(f"{path}.rejected", "ab") as kept:
+                    kept.write(b"".join(refused + unread))
+                    kept.flush()
+                    os.fsync(kept.fileno())
             os.ftruncate(fd, 0)
             os.fsync(fd)
         return said
+
+    def _apply_one(self, conn: Connection, r: Record, file_ok: bool) -> str:
+        """One record, in a savepoint: a record the database refuses is set aside, the rest apply."""
+        savepoint = conn.begin_nested()
+        try:
+            line = self._apply(conn, r, file_ok)
+        except Exception as e:
+            refused = refused_value(e) if not isinstance(e, BatcherError) else e
+            if refused is None or isinstance(refused, DiskFullError):
+                raise
+            savepoint.rollback()
+            return f"{_REFUSED} {r.describe()}: {refused}; kept in {self.journal}.rejected"
+        savepoint.commit()
+        return line
 
     def _apply(self, conn: Connection, r: Record, file_ok: bool) -> str:
         job = conn.execute(text("SELECT state, remote_job_id, attempts, batch FROM job WHERE id = :id"),

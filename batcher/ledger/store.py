@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, inspect
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from ..errors import BatcherError, DiskFullError, LedgerError, WriteRefused
 from .dialect import (
@@ -32,6 +32,17 @@ from .migrations import upgrade as apply_migrations
 T = TypeVar("T")
 DEADLOCK_RETRIES = 5
 Write = Callable[[Connection], T]
+
+
+def refused_value(e: BaseException) -> WriteRefused | None:
+    """A write the database (or its driver) refuses for a value it holds, not for a failing ledger:
+    a constraint, a text it cannot store (a NUL for PostgreSQL, a lone surrogate for either). That
+    write alone fails, at once; the others in its transaction commit."""
+    if isinstance(e, (IntegrityError, DataError)):
+        return WriteRefused(f"ledger write refused: {first_line(e.orig)}")
+    if isinstance(e, (UnicodeError, ValueError)):
+        return WriteRefused(f"ledger write refused: a value the database cannot store ({type(e).__name__})")
+    return None
 
 
 class LedgerStore:
@@ -89,8 +100,10 @@ class LedgerStore:
                 if attempt < DEADLOCK_RETRIES and is_retryable(e):
                     time.sleep(random.uniform(0, 0.05 * attempt))  # apart, so they do not meet again
                     continue
-                kind = WriteRefused if isinstance(e, IntegrityError) else LedgerError
-                raise kind(f"ledger write failed: {first_line(e.orig)}") from None
+                refused = refused_value(e)
+                if refused is not None:
+                    raise refused from None
+                raise LedgerError(f"ledger write failed: {first_line(e.orig)}") from None
         raise AssertionError("unreachable: the last attempt raises or returns")
 
     def write_many(self, fns: list[Callable[[Connection], Any]]) -> list[Any]:
@@ -112,6 +125,10 @@ class LedgerStore:
                     raise
                 except BatcherError as e:
                     raise _Retry() from e
+                except Exception as e:
+                    if refused_value(e) is None:
+                        raise
+                    raise _Retry() from e
             return results
 
         def guarded(conn: Connection) -> list[Any]:
@@ -126,6 +143,12 @@ class LedgerStore:
                 except BatcherError as e:
                     savepoint.rollback()
                     results.append(e)
+                except Exception as e:
+                    refused = refused_value(e)
+                    if refused is None:
+                        raise
+                    savepoint.rollback()
+                    results.append(refused)
             return results
 
         try:

@@ -45,6 +45,9 @@ class LedgerTransitions(LedgerStore):
             sql = f"UPDATE job SET state = :dst, updated_at = :t{', ' + sets if sets else ''} " \
                   f"WHERE id = :id AND state = :src{fence}"
             if self.x(conn, sql, args).rowcount != 1:
+                remote = fields.get("remote_job_id")
+                if remote is not None and self.has_remote(conn, job_id, target, remote):
+                    return  # this very move landed before its connection dropped (retried): once is enough
                 row = self.x(conn, "SELECT state, lease_token FROM job WHERE id = :id", {"id": job_id}).first()
                 if row is not None and token is not None and row[1] != token:
                     raise LeaseLost(f"job {job_id}: another runner holds it now (token {row[1]}, ours {token})")
@@ -128,22 +131,34 @@ class LedgerTransitions(LedgerStore):
         now = self.clock()
         cost = to_hundredths(credit_cost)
 
-        def op(conn: Connection) -> None:
-            row = (known[0], to_hundredths(known[1]) or 0, known[2]) if known else conn.execute(text(
-                "SELECT a.outcome, a.reserved, j.batch FROM attempt a JOIN job j ON j.id = a.job_id "
-                "WHERE a.id = :id"), {"id": attempt_id}).first()
+        def read(conn: Connection) -> tuple[str, int, str]:
+            row = conn.execute(text("SELECT a.outcome, a.reserved, j.batch FROM attempt a JOIN job j ON "
+                                    "j.id = a.job_id WHERE a.id = :id"), {"id": attempt_id}).first()
             if row is None:
                 raise LedgerError(f"no attempt {attempt_id}")
-            before, reserved, batch = row[0], int(row[1]), row[2]
+            return str(row[0]), int(row[1]), str(row[2])
+
+        def op(conn: Connection) -> None:
+            row = (known[0], to_hundredths(known[1]) or 0, known[2]) if known else read(conn)
+            for _ in range(2):
+                before, reserved, batch = row
+                if before == outcome and outcome != "unknown":
+                    return  # already recorded (a commit that landed before its connection dropped): no twice
+                # Compare-and-set on the outcome, so the running total moves once for each real change.
+                if self.x(conn, "UPDATE attempt SET outcome = :o, remote_job_id = COALESCE(:r, remote_job_id), "
+                                "credit_cost = COALESCE(:c, credit_cost), ended_at = :t WHERE id = :id AND "
+                                "outcome = :before", {"o": outcome, "r": remote_job_id, "c": cost, "t": now,
+                                                      "id": attempt_id, "before": before}).rowcount == 1:
+                    break
+                row = read(conn)  # what `known` said is stale: decide again from the row itself
+            else:
+                raise LedgerError(f"attempt {attempt_id} keeps changing under this write")
             delta = 0
             if before in ("submitting", "unknown"):
                 if outcome == "accepted":
                     delta = (cost or 0) - reserved
                 elif outcome in ("not_sent", "rejected"):
                     delta = -reserved
-            self.x(conn, "UPDATE attempt SET outcome = :o, remote_job_id = COALESCE(:r, remote_job_id), "
-                         "credit_cost = COALESCE(:c, credit_cost), ended_at = :t WHERE id = :id",
-                   {"o": outcome, "r": remote_job_id, "c": cost, "t": now, "id": attempt_id})
             if delta:
                 self.x(conn, "UPDATE batch SET committed = committed + :d WHERE name = :b", {"d": delta, "b": batch})
         return op
@@ -164,6 +179,12 @@ class LedgerTransitions(LedgerStore):
                                     "AND id != :id LIMIT 1"),
                                {"r": remote_job_id, "id": job_id, "base": api_base}).first()
         return None if row is None else str(row[0])
+
+    def has_remote(self, conn: Connection, job_id: int, state: JobState, remote_job_id: str) -> bool:
+        """Whether the job already stands in `state` as `remote_job_id` (a write retried after its
+        commit landed finds its own work done)."""
+        return conn.execute(text("SELECT 1 FROM job WHERE id = :id AND state = :s AND remote_job_id = :r"),
+                            {"id": job_id, "s": state.value, "r": remote_job_id}).first() is not None
 
     def refund(self, job_id: int) -> Callable[[Connection], None]:
         """The API refunds failed renders: the accepted attempt of the current remote job no longer costs."""

@@ -50,7 +50,7 @@ class Deadlines:
     """The most time one request may take from sending to its last byte. httpx's read timeout
     restarts with every byte, so an answer that drips one byte a few seconds would otherwise hold
     its task for ever. An API answer (status, submission, a model's schema) gets `request`
-    seconds; a download `request` seconds, or longer as its size asks at `min_download_kbps`."""
+    seconds; a download `request` seconds plus its arrived bytes at `min_download_kbps`."""
 
     request: float = DEFAULT_REQUEST_DEADLINE
     min_download_kbps: float = DEFAULT_MIN_DOWNLOAD_RATE
@@ -63,9 +63,12 @@ class Deadlines:
             return f"--min-download-rate must be a positive number of KB/s, got {self.min_download_kbps!r}"
         return None
 
-    def download(self, size: int) -> float:
-        """Seconds a download of `size` bytes (declared, or arrived so far) may take in all."""
-        return max(self.request, size / (self.min_download_kbps * 1024))
+    def download_ends(self, begun: float, arrived: int) -> float:
+        """When a download that began at `begun` is too slow, with `arrived` bytes in: past
+        `request` seconds, at least the minimum rate over the time since. Only bytes that came
+        count: a declared length is the server's word, and a lying one (1 GB, dripped) would buy
+        it hours."""
+        return begun + self.request + arrived / (self.min_download_kbps * 1024)
 
 
 # --- polling -------------------------------------------------------------------------------------

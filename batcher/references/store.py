@@ -7,7 +7,9 @@ or whatever boto3 finds: a profile, an instance role) and are never stored or pr
 identity names its endpoint, bucket and prefix only, and its `secrets` are given to the client to
 redact from every answer the API brings back (a presigned URL carries the access key id). The
 store's own answers are no more trusted: the little of an error it shows (its code) is redacted
-of the same secrets, in any encoding, before it becomes a message.
+of the same secrets, in any encoding, before it becomes a message; the store asks its client for
+the credentials it signs with now each time (a session token is refreshed during a run), and
+redacts every one it has seen.
 """
 
 from __future__ import annotations
@@ -39,7 +41,10 @@ class ReferenceStore(Protocol):
     """Where local images are uploaded, and the URLs that fetch them."""
 
     identity: str
-    secrets: tuple[str, ...]
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The credentials to redact wherever text from outside may quote them."""
 
     async def holds(self, name: str, size: int, sha256: str) -> bool:
         """Whether the store already has object `name` with these bytes (HEAD, never a download):
@@ -59,10 +64,26 @@ class S3Store:
     def __init__(self, settings: StoreSettings, client: Any | None = None):
         self.settings = settings
         self.identity = settings.identity(os.environ)
-        self._client, self.secrets = (client, _credentials(client)) if client is not None else _boto3_client(settings)
-        self._secrets = Secrets.of(self.secrets)
+        self._client, found = (client, _credentials(client)) if client is not None else _boto3_client(settings)
+        self._seen: tuple[str, ...] = ()
+        self._secrets: Secrets | None = None
+        self._learn(found)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every credential this store has signed with so far (the ones it signs with now first)."""
+        return self._seen
+
+    def _learn(self, credentials: tuple[str, ...]) -> None:
+        new = tuple(s for s in credentials if s not in self._seen)
+        if new:
+            self._seen = new + self._seen
+            self._secrets = Secrets.of(self._seen)
 
     def _redact(self, text: str) -> str:
+        """`text` redacted of every credential seen, those the client signs with now included (a
+        refreshed session token): asked for each time, in the worker thread (a refresh may block)."""
+        self._learn(_credentials(self._client))
         return self._secrets.redact(text) if self._secrets is not None else text
 
     def _key(self, name: str) -> str:
@@ -160,16 +181,22 @@ def _code_of(error: Exception) -> str | None:
 async def _mapped(call: Callable[[], Any], what: str, redact: Callable[[str], str]) -> Any:
     """Run a boto3 call in a thread; any failure of it becomes one ReferenceStoreError, named by
     its kind, HTTP status and code only (botocore's messages may quote request details), and even
-    those `redact`ed: a store may echo a credential in its error code."""
-    try:
-        return await anyio.to_thread.run_sync(call)
-    except OSError as e:
-        raise ReferenceStoreError(redact(f"{what}: {e.strerror or type(e).__name__}")) from None
-    except Exception as e:
-        status = _status_of(e)
-        code = _code_of(e) if status is not None else None
-        detail = f"HTTP {status} {code or ''}".strip() if status is not None else type(e).__name__
-        raise ReferenceStoreError(redact(f"{what}: {detail}")) from None
+    those `redact`ed, in the same thread: a store may echo a credential in its error code."""
+    def guarded() -> tuple[bool, Any]:
+        try:
+            return True, call()
+        except OSError as e:
+            return False, redact(f"{what}: {e.strerror or type(e).__name__}")
+        except Exception as e:
+            status = _status_of(e)
+            code = _code_of(e) if status is not None else None
+            detail = f"HTTP {status} {code or ''}".strip() if status is not None else type(e).__name__
+            return False, redact(f"{what}: {detail}")
+
+    ok, value = await anyio.to_thread.run_sync(guarded)
+    if not ok:
+        raise ReferenceStoreError(value)
+    return value
 
 
 class SimulatedStore:

@@ -5,9 +5,12 @@ another job's video, and recorded with its size and sha256.
 The clip is paid for, so a failed download never ends a job while its URL may still serve it:
 any failure (403/404/410, 5xx, too slow, not a video, a size over the cap) is tried again after
 a back-off, in this run and in every later one, and the job stays `rendered` with the reason. A
-URL that is refused, gone or past its expiry is first refreshed by polling the job again; only a
-URL past its expiry that no longer serves the video, with no fresh one from the API, makes the
-job `expired` (re-rendering it is the user's decision: it pays again)."""
+URL that is refused, gone or past its expiry is first refreshed by polling the job again: any URL
+the answer gives, the same one included, renews the job's expiry. The job becomes `expired`
+(re-rendering it is the user's decision: it pays again) only when its URL, past its expiry,
+answers 403/404/410 and the API, polled again, either has no output URL for it, or gives the
+same URL back with no expiresAt ahead and that URL then answers 403/404/410 on every try left in
+the run. A re-poll that fails (a 404 included) tells nothing."""
 
 from __future__ import annotations
 
@@ -29,7 +32,6 @@ from ..errors import (
     OutputGone,
     OversizeError,
     RateLimited,
-    RejectedError,
     ServerError,
     TooSlow,
 )
@@ -57,8 +59,9 @@ class Refresh(enum.Enum):
     """What polling a rendered job again gave."""
 
     FRESH = "fresh"  # a new output URL
-    NONE = "none"  # an answer, with no new URL (the same one, none, or the job is no longer known)
-    UNANSWERED = "unanswered"  # no usable answer: nothing is known
+    SAME = "same"  # the job's output URL again
+    NONE = "none"  # the job completed, with no output URL at all
+    UNANSWERED = "unanswered"  # no usable answer (a failed poll, a 404, a job not completed): nothing is known
 
 
 async def downloader(ctx: RunContext) -> None:
@@ -123,8 +126,8 @@ async def download(ctx: RunContext, item: Queued) -> None:
 
 async def _failed(ctx: RunContext, item: Queued, e: ApiError) -> None:
     """After a failed try: a URL refused, gone or past its expiry is refreshed by polling the job;
-    then the job is tried again after a back-off, left `rendered` for the next run, or, past its
-    expiry with no fresh URL, `expired`."""
+    then the job is tried again after a back-off, left `rendered` for the next run, or `expired`
+    (see the module's rule)."""
     job = item.job
     item.failures += 1
     if item.failures == 1:
@@ -132,6 +135,8 @@ async def _failed(ctx: RunContext, item: Queued, e: ApiError) -> None:
     item.oversize += isinstance(e, OversizeError)
     refused = isinstance(e, DownloadRefused)
     gone = refused or isinstance(e, OutputGone)
+    if not gone:
+        item.dead_since = None  # the host answered something else: no proof the URL is dead
     past = ctx.wall() >= _expiry(job)
     if gone or past:
         if refused and item.repolled:  # the API's fresh URL was refused too: not asked again in this run
@@ -140,21 +145,42 @@ async def _failed(ctx: RunContext, item: Queued, e: ApiError) -> None:
             return
         item.repolled = item.repolled or refused
         refresh, status = await _fresh_url(ctx, job)
-        if refresh is Refresh.FRESH:
-            assert status is not None and status.video_url is not None
-            job = item.job = await ctx.event(
-                job, "url-refreshed", f"{e}; the API gave a fresh output URL", output_url=status.video_url,
-                output_expires_at=status.expires_at or ctx.wall() + URL_LIFETIME)
-        elif refresh is Refresh.NONE and past and gone:
-            message = f"the output URL expired and the API has no fresh one ({e}); re-render with " \
-                      f"`batcher retry --expired` (it pays again)"
-            await ctx.move(job, S.RENDERED, S.EXPIRED, "expired", message, error=message)
+        if refresh is Refresh.NONE and past and gone:
+            await _expire(ctx, job, f"the output URL expired and the API has no fresh one ({e})")
             return
-        elif refused:
+        if status is not None and refresh in (Refresh.FRESH, Refresh.SAME):
+            await _renew(ctx, item, e, status, past)
+        if refused and refresh is not Refresh.FRESH:
             await _leave(ctx, job, f"{e}; the API gave no other URL; the next run asks again",
                          _REFUSED)
             return
     await _again(ctx, item, e)
+
+
+async def _renew(ctx: RunContext, item: Queued, e: ApiError, status: JobStatus, past: bool) -> None:
+    """A re-poll gave an output URL: the job takes it with its expiry (the answer's expiresAt, else
+    the known lifetime from now). The same URL given back, past its expiry, with no expiresAt
+    ahead, is suspect: if it answers 403/404/410 on every try left in the run, the job expires."""
+    job = item.job
+    now = ctx.wall()
+    expires = status.expires_at or now + URL_LIFETIME
+    if status.video_url != job.output_url:
+        item.dead_since = None
+        item.job = await ctx.event(job, "url-refreshed", f"{e}; the API gave a fresh output URL",
+                                   output_url=status.video_url, output_expires_at=expires)
+        return
+    if status.expires_at is not None and status.expires_at > now:
+        item.dead_since = None  # the API says the URL still lives
+    elif past and isinstance(e, OutputGone) and item.dead_since is None:
+        item.dead_since = item.failures
+    if expires != job.output_expires_at:
+        item.job = await ctx.event(job, "url-renewed", f"{e}; the API gave the same output URL again",
+                                   output_expires_at=expires)
+
+
+async def _expire(ctx: RunContext, job: Job, why: str) -> None:
+    message = f"{why}; re-render with `batcher retry --expired` (it pays again)"
+    await ctx.move(job, S.RENDERED, S.EXPIRED, "expired", message, error=message)
 
 
 async def _again(ctx: RunContext, item: Queued, e: ApiError) -> None:
@@ -174,6 +200,10 @@ async def _again(ctx: RunContext, item: Queued, e: ApiError) -> None:
                      "--max-download-mb to download them")
         return
     if ctx.options.polling.retry.gives_up(item.failures, time.monotonic() - item.first_failure):
+        if item.dead_since is not None and item.failures > item.dead_since:
+            await _expire(ctx, job, f"the output URL is past its expiry and the API gave it again unchanged, "
+                                    f"but it answered gone on every try since ({e})")
+            return
         await _leave(ctx, job, f"{e}; the next run downloads it",
                      "some downloads kept failing; the next run fetches them")
         return
@@ -204,14 +234,14 @@ def _may_replace(ctx: RunContext, job: Job, path: Path) -> bool:
 
 
 async def _fresh_url(ctx: RunContext, job: Job) -> tuple[Refresh, JobStatus | None]:
-    """Poll the job again for a fresh output URL. A 404 (the API no longer knows the job) is an
-    answer: no URL will come; any other failure tells nothing."""
+    """Poll the job again for its output URL. Only a completed answer tells something: a failed
+    poll, a 404 included (one may be as transient as the output's), tells nothing."""
     try:
         status = await ctx.client.status(job.remote_job_id or "", job.status_url)
-    except RejectedError:
-        return Refresh.NONE, None
     except BatcherError:
         return Refresh.UNANSWERED, None
-    if status.status == "completed" and status.video_url and status.video_url != job.output_url:
-        return Refresh.FRESH, status
-    return Refresh.NONE, None
+    if status.status != "completed":
+        return Refresh.UNANSWERED, None
+    if not status.video_url:
+        return Refresh.NONE, status
+    return (Refresh.SAME if status.video_url == job.output_url else Refresh.FRESH), status

@@ -19,6 +19,9 @@ class Queued:
     failures: int = 0  # failed tries in this run: above zero, it comes back as a retry
     first_failure: float = 0.0  # monotonic time of the first failed try
     repolled: bool = False  # a refused URL has had this job's one re-poll of the run
+    # failures counted when a re-poll gave the URL back unchanged past its expiry (None: it did not, or
+    # the URL answered anything but 403/404/410 since): every later try gone, the URL is dead
+    dead_since: int | None = None
     oversize: int = 0  # answers over the size cap
     in_retry_slot: bool = False  # the queue's: taken as a retry, holding one of the retry slots
 

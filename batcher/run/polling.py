@@ -1,8 +1,9 @@
 """Polling: follow one submitted job to the end of its render, as often as the learned render
 times say (sparsely, as a safety net, when a webhook should announce its end; a poke asks at
 once), and record how it ended: rendered (queued for download), failed and refunded
-(requeued while attempts remain), held (paid, then unknown to the API), or left for the next run
-(a status the API refuses for this one job, polls that keep failing, a timeout)."""
+(requeued while attempts remain), held (paid, then unknown to the API over several runs), or left
+for the next run (a status the API refuses or does not find for this one job, polls that keep
+failing, a timeout)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,13 @@ from ..ledger import Job
 from ..states import JobState as S
 from .context import RunContext
 from .outcomes import Followed, StopReason
+
+# A paid job whose status the API answers 404 (or another 4xx) is held `unknown` only once it has
+# said so in at least NOT_FOUND_RUNS runs spread over NOT_FOUND_SECONDS: one such answer may be as
+# transient as any other, and holding a finished clip sends the user to `retry --unknown`, paying again.
+NOT_FOUND_RUNS = 2
+NOT_FOUND_SECONDS = 600.0
+NOT_FOUND = "poll-not-found"  # the event each such answer writes (one a run: it stops following the job)
 
 
 async def follow_to_end(ctx: RunContext, job: Job, *, hooked: bool = False) -> tuple[Followed, Job]:
@@ -112,7 +120,7 @@ async def _until_due(ctx: RunContext, job: Job, cls: tuple[Any, ...], hooked: bo
 
 async def _refused(ctx: RunContext, job: Job, e: JobForbidden | RejectedError) -> tuple[Followed, Job]:
     if isinstance(e, RejectedError):
-        return Followed.HELD, await _lost(ctx, job, e)
+        return await _not_found(ctx, job, e)
     # A refusal about this one job ("it belongs to another workspace"), not about the key: the
     # run goes on. It was paid, so it stays submitted (held as unknown, `retry --unknown` would
     # pay again); this run stops following it, the next one asks again.
@@ -123,12 +131,31 @@ async def _refused(ctx: RunContext, job: Job, e: JobForbidden | RejectedError) -
     return Followed.LEFT, job
 
 
-async def _lost(ctx: RunContext, job: Job, e: RejectedError) -> Job:
-    # Refused a poll (404: it no longer knows the job). We were charged and nothing says we were
-    # refunded: hold it like an unknown outcome, never pay for it again unasked.
+async def _not_found(ctx: RunContext, job: Job, e: RejectedError) -> tuple[Followed, Job]:
+    """A poll refused with a 4xx (404: the API does not know the job). It was paid: it stays
+    submitted, and this run stops following it, until such answers span enough runs and time."""
+    events = await ctx.writer.patiently(ctx.ledger.events, job.id)
+    # Only answers about this submission count (a resubmitted job is another remote job): those
+    # since the job last became submitted. Each run writes at most one for a job (it stops
+    # following it), so their count is the count of runs that met the refusal.
+    since = max((i for i, event in enumerate(events) if event.to_state == S.SUBMITTED.value), default=-1)
+    seen = [event.at for event in events[since + 1:] if event.kind == NOT_FOUND] + [ctx.ledger.clock()]
+    if len(seen) >= NOT_FOUND_RUNS and seen[-1] - min(seen) >= NOT_FOUND_SECONDS:
+        return Followed.HELD, await _lost(ctx, job, e, len(seen), seen[-1] - min(seen))
+    message = f"{e}; stays submitted (it was paid) and the next run polls it again"
+    job = await ctx.event(job, NOT_FOUND, message, error=str(e))
+    ctx.note("the API did not find the status of some paid jobs (404 or another 4xx); they stay submitted and "
+             "the next run polls them again (`batcher status --job KEY` shows why)")
+    return Followed.LEFT, job
+
+
+async def _lost(ctx: RunContext, job: Job, e: RejectedError, runs: int, seconds: float) -> Job:
+    # The API has not known the job in several runs, minutes apart. We were charged and nothing
+    # says we were refunded: hold it like an unknown outcome, never pay for it again unasked.
     charged = f"{job.credit_cost:g} credits" if job.credit_cost is not None else "its cost"
-    message = (f"the API no longer knows this paid job {job.remote_job_id} ({e}); {charged} stay "
-               f"counted as spent. `batcher retry --unknown` renders it again, paying again")
+    message = (f"the API no longer knows this paid job {job.remote_job_id} ({e}; in {runs} runs over "
+               f"{seconds / 60:.0f} min); {charged} stay counted as spent. `batcher retry --unknown` renders "
+               f"it again, paying again")
     job = await ctx.move(job, S.SUBMITTED, S.UNKNOWN, "lost", message, error=message)
     ctx.note("some paid jobs are no longer known to the API; they are held as unknown "
              "(`batcher status --job KEY` shows why)")
@@ -142,7 +169,7 @@ async def _finished(ctx: RunContext, job: Job, status: JobStatus, render_seconds
             message = status.output_problem or "the API reports the job completed but gave no output URL"
             job = await ctx.move(job, S.SUBMITTED, S.FAILED, "no-output", message, error=message, finished_at=now)
             return Followed.FAILED, job
-        if job.error is not None:  # an earlier run's refusal of its status (poll-forbidden) is over
+        if job.error is not None:  # an earlier refusal of its status (poll-forbidden, -not-found) is over
             job = await ctx.event(job, "poll-answered", "the API answers this job's status again", error=None)
         # The downloader records `rendered` before it fetches: the worker is free for the next
         # job at once. A crash in between leaves the job submitted; the next run polls it again.

@@ -222,7 +222,8 @@ class Runner:
         if f.held:
             why = "their submission may or may not have been charged"
             if f.lost:
-                why += f"; {f.lost} of them were charged and then lost by the API (a poll answered 404)"
+                why += (f"; {f.lost} of them were charged and then lost by the API (polls answered 404 in 2 runs, "
+                        f"10+ minutes apart)")
             ctx.note(f"{f.held} job(s) held as unknown: {why}. `batcher retry --unknown` resubmits them "
                      f"(up to {f.held_cost:g} credits more).")
         failures = await ctx.threads.run(ctx.ledger.failure_groups, ctx.batch)

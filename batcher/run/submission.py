@@ -32,7 +32,7 @@ from ..errors import (
 )
 from ..ledger import Job
 from ..models import ModelSpec
-from ..money import MAX_CREDITS, ZERO, charge_ceiling, credits, show
+from ..money import MAX_CREDITS, ZERO, ChargeVerdict, charge_ceiling, count_charge, credits, show
 from ..states import JobState as S
 from . import records
 from .context import RunContext
@@ -75,22 +75,58 @@ def most_per_job(model: ModelSpec, params: dict[str, Any]) -> Decimal:
         return ZERO
 
 
-def believed_charge(model: ModelSpec, job: Job, estimate: Decimal, answer: Submission) -> tuple[Decimal, str | None]:
-    """What the answer charged, exact, and why it is not believed (then the estimate is counted):
-    negative or not a number (the client said so), or more than any clip of the model could cost
-    (`money.charge_ceiling`): 1e308 would overflow the ledger, 1e20 later refunded would cancel
-    every charge before it."""
-    if answer.credit_cost is None:
-        return estimate, answer.cost_problem
+def believed_charge(model: ModelSpec, job: Job, estimate: Decimal, answer: Submission, room: Decimal | None = None
+                    ) -> tuple[Decimal, ChargeVerdict, str | None]:
+    """What the budget counts for an accepted submission (`money.count_charge`: the charge rounded
+    up, else the estimate or the ceiling), the verdict, and why the charge is not believed: negative
+    or not a number (the client said so), below half the job's estimate (0 would let a run spend
+    without end), or more than any clip of the model could cost (`money.charge_ceiling`: a lie, or
+    a price rise the ledger cannot tell from one). `room`: what the budget has left, this
+    reservation included (None: no budget)."""
     ceiling = charge_ceiling(most_per_job(model, job.parameters()), estimate)
-    try:
-        charge = credits(answer.credit_cost)
-    except ValueError:
-        charge = None
-    if charge is None or charge > ceiling:
-        return estimate, (f"the API's creditCost {answer.credit_cost!r:.40} is more than any clip of {model.api_id} "
-                          f"could cost (at most {show(ceiling)} believed)")
-    return charge, None
+    counted, verdict = count_charge(answer.credit_cost, estimate, job.estimate, ceiling, room)
+    claim = f"the API's creditCost {answer.credit_cost!r:.40}"
+    problem = {ChargeVerdict.BELIEVED: None,
+               ChargeVerdict.UNBELIEVABLE: answer.cost_problem or f"{claim} is not a believable charge",
+               ChargeVerdict.TOO_LOW: f"{claim} is less than half of the job's estimate {show(job.estimate)}",
+               ChargeVerdict.OVER_CEILING: f"{claim} is more than any clip of {model.api_id} could cost (at most "
+                                           f"{show(ceiling)} believed)"}[verdict]
+    return counted, verdict, problem
+
+
+def _untrusted(verdict: ChargeVerdict, problem: str, counted: Decimal) -> str:
+    """The job's `cost-untrusted` event: what the answer claimed and what the budget counts instead."""
+    if verdict is ChargeVerdict.OVER_CEILING:
+        return (f"{problem}; {show(counted)} credits (the ceiling, or what the budget had left) are counted "
+                f"against the budget instead, and this run sends no more jobs")
+    return f"{problem}; its estimate {show(counted)} is counted against the budget instead"
+
+
+def _count_answer(ctx: RunContext, model: ModelSpec, job: Job, estimate: Decimal, answer: Submission
+                  ) -> tuple[Decimal, ChargeVerdict, str | None]:
+    """`believed_charge`, settled against the job's reservation and learnt from; above the
+    ceiling, the run stops sending (before any await: no other submission of this run starts)."""
+    room = None if ctx.budget.remaining is None else ctx.budget.remaining + estimate
+    charge, verdict, problem = believed_charge(model, job, estimate, answer, room)
+    if verdict is ChargeVerdict.OVER_CEILING:
+        _stop_over_ceiling(ctx, model)
+    ctx.budget.settle(estimate, charge)
+    ctx.budget_signal()
+    _learn_cost(ctx, model, job, estimate, charge)
+    return charge, verdict, problem
+
+
+def _stop_over_ceiling(ctx: RunContext, model: ModelSpec) -> None:
+    # Said once per model (the same words): each job's history has its own amounts. The whole run
+    # stops, not the model alone: a stop is the run's, and a price that rose may rise for all.
+    ctx.stop(StopReason.BUDGET,
+             f"stopped sending jobs: the API charged more for a job of {model.api_id} than any clip of it could "
+             f"cost at its listed price, so its ceiling is counted against the budget instead (`batcher status "
+             f"--job KEY` shows the answer). The ledger cannot tell a lie from a price change: check the price "
+             f"(`batcher models {model.api_id}`) before running again (each run stops at its first such charge; "
+             f"a rerun with --rate at the real price raises the estimates, and the ceiling, of jobs not yet "
+             f"sent). Jobs "
+             f"already sent are followed to their end")
 
 
 async def submit_and_follow(ctx: RunContext, job: Job) -> None:
@@ -246,11 +282,7 @@ def _not_sent(ctx: RunContext, e: Exception) -> Submitted:
 async def _accepted(ctx: RunContext, job: Job, attempt_id: int, estimate: Decimal, answer: Submission
                     ) -> tuple[Submitted, Job]:
     model = ctx.model_of(job)
-    # A charge we cannot believe (negative, not a number, absurd) is replaced by the estimate.
-    charge, cost_problem = believed_charge(model, job, estimate, answer)
-    ctx.budget.settle(estimate, charge)
-    ctx.budget_signal()
-    _learn_cost(ctx, model, job, estimate, charge)
+    charge, verdict, cost_problem = _count_answer(ctx, model, job, estimate, answer)
     submitted_at = ctx.wall()
     ledger, base = ctx.ledger, ctx.client.base_url
     shared = f"the API answered with job id {answer.job_id}, which another job of this ledger already has"
@@ -273,8 +305,7 @@ async def _accepted(ctx: RunContext, job: Job, attempt_id: int, estimate: Decima
                         remote_job_id=answer.job_id, status_url=answer.status_url, credit_cost=charge,
                         submitted_at=submitted_at, error=None, api_base=base)(conn)
             if cost_problem:
-                ledger.note(job.id, "cost-untrusted", f"{cost_problem}; its estimate {show(estimate)} is "
-                                                      f"counted against the budget instead")(conn)
+                ledger.note(job.id, "cost-untrusted", _untrusted(verdict, cost_problem, charge))(conn)
             return Submitted.ACCEPTED
         except LeaseLost:
             # We were paused past our lease and the job was held as unknown meanwhile: what the API
@@ -295,9 +326,9 @@ async def _accepted(ctx: RunContext, job: Job, attempt_id: int, estimate: Decima
     failpoint("after-accept")
     job = job.evolve(state=S.SUBMITTED.value, remote_job_id=answer.job_id, status_url=answer.status_url,
                      credit_cost=charge, submitted_at=submitted_at, error=None, api_base=base)
-    if cost_problem:
+    if verdict in (ChargeVerdict.UNBELIEVABLE, ChargeVerdict.TOO_LOW):
         ctx.note("the API answered some submissions with a creditCost that cannot be believed (negative, "
-                 "not a number, or more than any clip could cost); their estimates are counted instead "
+                 "not a number, or below half the job's estimate); their estimates are counted instead "
                  "(`batcher status` counts them)")
     ctx.submitted += 1
     log.info("job %s: submitted as %s", job.key, answer.job_id)

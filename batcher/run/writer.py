@@ -80,7 +80,9 @@ class LedgerWriter:
         while True:
             try:
                 results = await self.threads.run(self.ledger.write_many, ops)
-            except BatcherError as e:
+            except Exception as e:  # the writer never dies: every write waiting on it would wait for ever
+                if not isinstance(e, BatcherError):
+                    e = LedgerError(f"ledger write failed: {type(e).__name__}")
                 if not worth_waiting(e):
                     return [e] * len(ops)
                 now = self._clock()

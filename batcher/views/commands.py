@@ -163,8 +163,8 @@ def status_lines(name: str | None, info: dict[str, Any]) -> list[str]:
     lines += _control_lines(info)
     if info["untrusted_costs"]:
         lines.append(f"  warning: {info['untrusted_costs']} job(s) were answered with a creditCost that cannot be "
-                     f"believed (negative, not a number, or more than any clip could cost); their estimates are "
-                     f"counted instead. "
+                     f"believed (negative, not a number, below half the job's estimate, or more than any clip "
+                     f"could cost); their estimates (above the ceiling: the ceiling) are counted instead. "
                      f"`batcher status --job KEY` shows the answer")
     if info["held_unknown"]:
         lost = info["lost_after_payment"]
