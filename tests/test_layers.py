@@ -133,3 +133,19 @@ def test_no_module_is_crowded():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and size > 60:
                 crowded.append(f"{path.name}: {node.name}() {size} lines")
     assert not crowded, crowded
+
+
+def test_every_folder_of_modules_is_a_package_the_repository_keeps():
+    """A folder of modules without its __init__.py (one an ignore rule kept out of git, say) works
+    in a working tree only by accident of namespace packages, and breaks a fresh clone."""
+    import subprocess
+    folders = {p.parent for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts}
+    assert all((f / "__init__.py").exists() for f in folders), sorted(map(str, folders))
+    tracked = subprocess.run(["git", "ls-files", "--", str(PACKAGE)], capture_output=True, text=True,
+                             cwd=PACKAGE.parent)
+    if tracked.returncode == 0 and tracked.stdout:  # (an installed copy without git: nothing to compare)
+        kept = set(tracked.stdout.split())
+        root = PACKAGE.parent
+        missing = [str((f / "__init__.py").relative_to(root)) for f in folders
+                   if str((f / "__init__.py").relative_to(root)) not in kept]
+        assert not missing, f"not in the repository: {missing}"
