@@ -204,7 +204,6 @@ async def _send_again(ctx: RunContext, job: Job, outcome: Submitted, tries: int,
     return True
 
 
-_NO_ANSWER = "no answer to the submission in time"
 
 
 async def submit_once(ctx: RunContext, job: Job, wire: dict[str, Any], estimate: Decimal, with_hook: bool = True
@@ -239,11 +238,10 @@ async def submit_once(ctx: RunContext, job: Job, wire: dict[str, Any], estimate:
         failpoint("after-intent")
         known = ("submitting", estimate, ctx.batch)
         try:
-            # A backstop above the client's own deadline for the whole answer (--request-deadline).
-            with anyio.fail_after(ctx.options.polling.request_deadline + 30):
-                answer = await ctx.client.submit(ctx.model_of(job).api_id, body)
-        except TimeoutError:
-            return Submitted.HELD, await _held(ctx, job, attempt_id, estimate, _NO_ANSWER), False
+            # No timer here: the client bounds the request itself (--request-deadline, from when it is
+            # sent); one around this call would also count the wait for --rpm's pacing, and hold as
+            # unknown a submission that was never sent.
+            answer = await ctx.client.submit(ctx.model_of(job).api_id, body)
         except OutcomeUnknown as e:
             ctx.pauses.server_trouble()
             return Submitted.HELD, await _held(ctx, job, attempt_id, estimate, str(e)), False
