@@ -129,6 +129,34 @@ def test_every_option_of_every_command_is_documented_in_the_readme():
     assert not missing, missing
 
 
+def test_the_readme_command_reference_is_what_the_commands_make_now():
+    """The README's "Every option of every command" is made from the click commands: a changed
+    option, help text or default fails here until the README is made again."""
+    from batcher.cli import reference
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    assert reference.rewritten(text, reference.render()) == text, \
+        "README.md's command reference is out of date: run `python -m batcher.cli.reference README.md`"
+
+
+def test_the_reference_command_rewrites_only_between_its_markers(tmp_path):
+    from batcher.cli import reference
+    doc = tmp_path / "doc.md"
+    doc.write_text("# Before\n\n<!-- reference: begin -->\nstale `--gone` |\n<!-- reference: end -->\n\nAfter.\n")
+    command = [sys.executable, "-m", "batcher.cli.reference"]
+    done = subprocess.run([*command, str(doc)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert doc.read_text() == (f"# Before\n\n{reference.BEGIN}\n\n{reference.render()}\n"
+                               "<!-- reference: end -->\n\nAfter.\n")
+    again = subprocess.run([*command, str(doc)], capture_output=True, text=True)
+    assert again.returncode == 0 and "already current" in again.stdout
+    plain = tmp_path / "plain.md"
+    plain.write_text("no markers\n")
+    refused = subprocess.run([*command, str(plain)], capture_output=True, text=True)
+    assert refused.returncode == 2 and "reference: begin" in refused.stderr
+    assert plain.read_text() == "no markers\n"
+
+
 def test_every_subpackage_is_part_of_the_installed_package():
     """`pip install .` (the README's first command) must ship the ledger, run and cli packages."""
     import tomllib

@@ -32,7 +32,7 @@ WITHIN = {
             "hooks", "submission", "downloads", "control", "reporting", "runner"],
     "views": ["commands", "watch", "progress", "exports", "report"],
     "bench": ["oracle", "breakdown", "whole", "hooks", "shared", "stage", "suite"],
-    "cli": ["__init__", "tools", "catalog", "plans", "results", "running", "control", "watch"],
+    "cli": ["__init__", "tools", "catalog", "plans", "results", "running", "control", "watch", "reference"],
 }
 PACKAGE = Path(batcher.__file__).parent
 
