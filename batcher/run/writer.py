@@ -73,18 +73,24 @@ class LedgerWriter:
                         done.set()
 
     async def _commit(self, ops: list[Callable[[Any], Any]]) -> list[Any]:
-        """Commit `ops` together, waiting out a failing database for as long as patience allows
-        (once a whole patience has gone by, later writes get a short try each: the run is stopping)."""
-        started = self._clock()
-        tries = 0
+        """Commit `ops` together (patiently); a failure is each op's result."""
+        try:
+            return await self.patiently(self.ledger.write_many, ops)
+        except Exception as e:  # the writer never dies: every write waiting on it would wait for ever
+            failed = e if isinstance(e, BatcherError) else LedgerError(f"ledger write failed: {type(e).__name__}")
+            return [failed] * len(ops)
+
+    async def patiently(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a ledger call on an I/O thread (the group commit, a claim, a lease's renewal), waiting
+        out a failing database with back-off for as long as patience allows; once a whole patience
+        has gone by without an answer, later calls get a short try each: the run is stopping."""
+        started, tries = self._clock(), 0
         while True:
             try:
-                results = await self.threads.run(self.ledger.write_many, ops)
-            except Exception as e:  # the writer never dies: every write waiting on it would wait for ever
-                if not isinstance(e, BatcherError):
-                    e = LedgerError(f"ledger write failed: {type(e).__name__}")
+                result = await self.threads.run(fn, *args)
+            except BatcherError as e:
                 if not worth_waiting(e):
-                    return [e] * len(ops)
+                    raise
                 now = self._clock()
                 if self._failing_since is None:
                     self._failing_since = now
@@ -93,28 +99,14 @@ class LedgerWriter:
                 left = allowance - (now - since)
                 if left <= 0:
                     self._gave_up = True
-                    return [e] * len(ops)
+                    raise
                 tries += 1
                 await self._sleep(min(left, self.backoff.delay(tries, self._rng)))
                 continue
             if self._failing_since is not None:
                 log.warning("the ledger %s answers again", self.ledger.display)
             self._failing_since, self._gave_up = None, False
-            return results
-
-    async def patiently(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a ledger call of the run's own (a claim, a lease's renewal) on an I/O thread, waiting
-        out a failing database for as long as patience allows, as the writes are."""
-        started, tries = self._clock(), 0
-        while True:
-            try:
-                return await self.threads.run(fn, *args)
-            except BatcherError as e:
-                left = self.patience - (self._clock() - started)
-                if not worth_waiting(e) or left <= 0:
-                    raise
-                tries += 1
-                await self._sleep(min(left, self.backoff.delay(tries, self._rng)))
+            return result
 
     async def write(self, op: Callable[[Any], Any], record: Record | None = None) -> Any:
         """Commit one write (shielded: a cancellation cannot lose it); raise what it raised.
