@@ -178,13 +178,18 @@ def append(path: Path, record: Record) -> None:
             os.close(dir_fd)
 
 
-def read(path: Path) -> list[Record]:
-    """Every record the journal holds (none when there is no journal)."""
+def _parsed(path: Path) -> list[tuple[bytes, Record | None]]:
+    """Each line of the journal with its record (None: not a whole record); none without a journal."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return []
-    return [r for r in (parse(line) for line in data.splitlines() if line.strip()) if r is not None]
+    return [(line, parse(line)) for line in data.splitlines() if line.strip()]
+
+
+def read(path: Path) -> list[Record]:
+    """Every record the journal holds (none when there is no journal)."""
+    return [r for _, r in _parsed(path) if r is not None]
 
 
 class LedgerJournal(LedgerTransitions):
@@ -208,8 +213,7 @@ class LedgerJournal(LedgerTransitions):
         with _locked(path, create=False) as fd:
             if fd is None:
                 return []
-            lines = [line for line in path.read_bytes().splitlines() if line.strip()]
-            parsed = [(line, parse(line)) for line in lines]
+            parsed = _parsed(path)
             checked = [(r, _file_matches(r)) for _, r in parsed if r is not None]
             said = self.write(lambda conn: [self._apply_one(conn, r, ok) for r, ok in checked]) if checked else []
             refused = [r.line() for (r, _), line in zip(checked, said, strict=True) if line.startswith(_REFUSED)]
@@ -241,11 +245,10 @@ class LedgerJournal(LedgerTransitions):
         return line
 
     def _apply(self, conn: Connection, r: Record, file_ok: bool) -> str:
-        job = conn.execute(text("SELECT state, remote_job_id, attempts, batch FROM job WHERE id = :id"),
-                           {"id": r.job_id}).first()
-        if job is None or job[3] != r.batch:
+        job = conn.execute(text("SELECT state, remote_job_id, batch FROM job WHERE id = :id"), {"id": r.job_id}).first()
+        if job is None or job[2] != r.batch:
             return f"{r.describe()}: no such job in this ledger; ignored"
-        state, remote, _, _ = job
+        state, remote, _ = job
         now = self.clock()
         if r.kind is Recorded.ACCEPTED:
             return self._apply_accepted(conn, r, S(state), now)
