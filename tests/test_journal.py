@@ -65,7 +65,7 @@ def test_an_answer_the_ledger_cannot_record_is_journaled_and_never_paid_again(le
     manifest = write("m.yaml", small_manifest(n_rows=3))
     sim = Simulator(SimConfig(render_seconds=0.05))
     outage = ledger_outage(ledger_url)
-    hostile = HostileApi(sim, Mode.LEDGER_DOWN_AFTER_POST, outage=outage, seconds=6, after=after)
+    hostile = HostileApi(sim, Mode.LEDGER_DOWN_AFTER_POST, outage=outage, seconds=3, after=after)
     with pytest.raises(LedgerUnavailable) as failed:
         # (its leases could not be given back: short ones run out while the outage lasts)
         _run(manifest, ledger_url, sim, tmp_path, hostile, ledger_patience=0.5, lease_seconds=1.0)
