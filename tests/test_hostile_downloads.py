@@ -49,7 +49,7 @@ def _all_downloaded_once_paid(tmp_path: Path, sim: Simulator, n: int) -> None:
     assert len(sim.record()["jobs"]) == n  # each clip paid for once
     for job, _ in _jobs(tmp_path):
         assert job.state == "completed" and job.error is None
-        assert Path(job.file_path).read_bytes() == clip_for(job.remote_job_id)
+        assert Path(job.file_path).read_bytes() == sim.clip(job.remote_job_id)
 
 
 def test_transient_404_403_and_5xx_on_the_output_are_retried_not_expired(tmp_path):

@@ -17,7 +17,7 @@ from batcher import api
 from batcher.errors import SimulationMismatch
 from batcher.ledger import Ledger
 from batcher.outputs import sweep_temp_files, temp_name
-from batcher.simulator import SimConfig, Simulator, SimulatorTransport, clip_for
+from batcher.simulator import SimConfig, Simulator, SimulatorTransport
 
 from .conftest import small_manifest
 
@@ -38,7 +38,7 @@ def _sha(path: Path) -> str:
 
 def test_jobs_whose_keys_share_a_prefix_keep_both_videos(simrun, write):
     # These two keys agree in their first 32 bits: short-key file names used to collide.
-    report, _sim, ledger_path = simrun(write("coll.yaml", COLLIDING))
+    report, sim, ledger_path = simrun(write("coll.yaml", COLLIDING))
     assert report.counts["completed"] == 2
     with Ledger(ledger_path) as ledger:
         jobs = list(ledger.iter_batch("coll"))
@@ -46,7 +46,7 @@ def test_jobs_whose_keys_share_a_prefix_keep_both_videos(simrun, write):
     paths = {Path(j.file_path) for j in jobs}
     assert len(paths) == 2
     for job in jobs:
-        assert Path(job.file_path).read_bytes() == clip_for(job.remote_job_id)
+        assert Path(job.file_path).read_bytes() == sim.clip(job.remote_job_id)
         assert _sha(Path(job.file_path)) == job.sha256
 
 
@@ -68,7 +68,7 @@ def test_rerun_downloads_again_a_completed_video_whose_content_changed(simrun, w
         job = ledger.get(victim.id)
         kinds = [e.kind for e in ledger.events(victim.id)]
     assert job.state == "completed" and _sha(Path(job.file_path)) == job.sha256
-    assert Path(job.file_path).read_bytes() == clip_for(job.remote_job_id)
+    assert Path(job.file_path).read_bytes() == sim.clip(job.remote_job_id)
     assert "file-mismatch" in kinds
 
 
@@ -77,14 +77,15 @@ def test_publish_never_replaces_another_jobs_video(simrun, write, tmp_path):
     one = write("one.yaml", small_manifest(n_rows=1).replace("batch: small", "batch: one"))
     two = write("two.yaml", small_manifest(n_rows=1).replace("batch: small", "batch: two"))
     out = tmp_path / "shared"
-    simrun(one, out_dir=out)
-    simrun(two, out_dir=out)
+    sim = Simulator(SimConfig(render_seconds=0.02))
+    simrun(one, out_dir=out, simulator=sim)
+    simrun(two, out_dir=out, simulator=sim)
     with Ledger(tmp_path / "ledger.db") as ledger:
         a, b = next(iter(ledger.iter_batch("one"))), next(iter(ledger.iter_batch("two")))
     assert a.key == b.key and a.remote_job_id != b.remote_job_id
     assert a.file_path != b.file_path
-    assert Path(a.file_path).read_bytes() == clip_for(a.remote_job_id)
-    assert Path(b.file_path).read_bytes() == clip_for(b.remote_job_id)
+    assert Path(a.file_path).read_bytes() == sim.clip(a.remote_job_id)
+    assert Path(b.file_path).read_bytes() == sim.clip(b.remote_job_id)
 
 
 def test_start_of_run_removes_only_temporary_files_of_dead_processes(tmp_path):

@@ -25,7 +25,7 @@ WITHIN = {
     "ledger": ["rows", "schema", "dialect", "migrations", "store", "jobs", "control", "transitions", "journal",
                "leases", "figures", "fleet", "references", "modelinfo"],
     "client": ["answers", "transfers", "http", "catalog", "preflight"],
-    "simulator": ["images", "references", "models", "webhooks", "config", "wire", "jobs", "server", "journal",
+    "simulator": ["images", "references", "models", "webhooks", "clips", "config", "wire", "jobs", "server", "journal",
                   "transport"],
     "run": ["failpoints", "outcomes", "webhooks", "options", "pacer", "pauses", "threads", "writer",
             "downloads_queue", "pokes", "context", "records", "uploads", "startup", "feeder", "polling", "listener",

@@ -15,7 +15,7 @@ from batcher import api
 from batcher.ledger import Job, Ledger
 from batcher.policy import RetryPolicy
 from batcher.run import RunOptions, RunReport
-from batcher.simulator import SimConfig, Simulator, clip_for
+from batcher.simulator import SimConfig, Simulator
 
 from .conftest import small_manifest
 from .hostile import HostileApi, Mode
@@ -44,7 +44,7 @@ def _downloaded_once_paid(tmp_path: Path, report: RunReport, sim: Simulator) -> 
     assert len(sim.record()["jobs"]) == 2  # nothing paid twice
     for job, kinds in _jobs(tmp_path):
         assert job.state == "completed" and "expired" not in kinds
-        assert Path(job.file_path or "").read_bytes() == clip_for(job.remote_job_id)
+        assert Path(job.file_path or "").read_bytes() == sim.clip(job.remote_job_id)
 
 
 def test_one_404_past_the_expiry_with_the_same_url_served_again_is_retried(tmp_path):

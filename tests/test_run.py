@@ -21,7 +21,7 @@ from batcher.models import HAPPYHORSE_R2V
 from batcher.plan import expand
 from batcher.policy import RetryPolicy
 from batcher.run import RunOptions
-from batcher.simulator import SimConfig, Simulator, clip_for
+from batcher.simulator import SimConfig, Simulator
 from batcher.views import export, setup_logging
 
 from .conftest import MANIFESTS, small_manifest
@@ -51,7 +51,7 @@ def test_demo_runs_to_completion_and_matches_the_server(simrun, tmp_path):
         assert float(ledger.spend("knight-and-mare").spent) == pytest.approx(record["charged"])
         for job in jobs:
             data = Path(job.file_path).read_bytes()
-            assert data == clip_for(job.remote_job_id)
+            assert data == sim.clip(job.remote_job_id)
             assert hashlib.sha256(data).hexdigest() == job.sha256 and job.size == len(data)
             assert Path(job.file_path).name.startswith(f"{job.label}_t{job.take}_{job.key[:8]}")
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from batcher.simulator import Dropped, Refused, SimConfig, Simulator, clip_for
+from batcher.simulator import Dropped, Refused, SimConfig, Simulator
 
 BASE = "https://pixeldojo.ai"
 AUTH = {"authorization": "Bearer sim-key"}
@@ -73,7 +73,7 @@ def test_lifecycle_and_expiring_output():
     done = status()
     assert done["status"] == "completed" and done["output"]["video"].startswith(f"{BASE}/pixeldojotemp/")
     video = sim.handle("GET", done["output"]["video"], {}, b"")
-    assert video.status == 200 and video.body == clip_for(job["jobId"]) and video.body[4:8] == b"ftyp"
+    assert video.status == 200 and video.body == sim.clip(job["jobId"]) and video.body[4:8] == b"ftyp"
     wall.t += 61
     assert sim.handle("GET", done["output"]["video"], {}, b"").status == 403
     fresh = status()["output"]["video"]

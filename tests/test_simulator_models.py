@@ -21,7 +21,6 @@ from batcher.simulator import (
     SimConfig,
     Simulator,
     SimulatorTransport,
-    clip_for,
     make_server,
     served_models,
 )
@@ -266,7 +265,7 @@ def test_wan_round_trip_over_http(served_sim):
             assert status["status"] in ("pending", "processing") and time.monotonic() < deadline, status
             time.sleep(0.02)
         video = httpx.get(status["output"]["video"], timeout=10)
-        assert video.status_code == 200 and video.content == clip_for(job["jobId"])
+        assert video.status_code == 200 and video.content == sim.clip(job["jobId"])
         record = client.get("/_sim/record").json()
     assert record["runs_by_model"] == {WAN: 2} and record["charged"] == 10 and record["credits"] == 90
     assert [j["model"] for j in record["jobs"]] == [WAN] and sim.record()["jobs"] == record["jobs"]
@@ -292,5 +291,5 @@ def test_wan_round_trip_in_process_through_httpx():
     assert listed["models"][2] == {"apiId": WAN, "name": "Wan 2.5 Text to Video", "type": "video",
                                    "creditCost": {"default": 15, "type": "per_second", "amount": 3}}
     assert job["creditCost"] == 60 and job["creditsRemaining"] == 40
-    assert video.status_code == 200 and video.content == clip_for(job["jobId"])
+    assert video.status_code == 200 and video.content == sim.clip(job["jobId"])
     assert record["runs_by_model"] == {WAN: 1} and record["jobs"][0]["model"] == WAN

@@ -36,10 +36,14 @@ from . import ExitCode, cli, finite
               help="Mean seconds from a render's end to its webhook (+/-20%).")
 @click.option("--no-webhooks", is_flag=True,
               help="Refuse a submission's webhook_url as an unknown parameter (422), as an API without webhooks.")
+@click.option("--clip-lie", default="none", show_default=True,
+              type=click.Choice(["none", "short", "size", "truncated"]),
+              help="Serve clips unlike their request: half as long, another frame size, or cut off.")
 def simulator(host: str, port: int, api_key: str, credit_balance: float, render_seconds: float,
               render_jitter: float, fail_rate: float, error_rate: float, drop_rate: float, lost_answer_rate: float,
               malformed_rate: float, rpm: float | None, url_ttl: float, seed: int, echo_key_in_errors: bool,
-              webhook_loss: float, webhook_duplicate: float, webhook_delay: float, no_webhooks: bool) -> None:
+              webhook_loss: float, webhook_duplicate: float, webhook_delay: float, no_webhooks: bool,
+              clip_lie: str) -> None:
     """Serve the built-in PixelDojo API simulator over HTTP (GET /_sim/record shows what it charged).
 
     A submission's webhook_url gets the job's webhook when its render ends (a JSON POST; replayed on
@@ -52,7 +56,8 @@ def simulator(host: str, port: int, api_key: str, credit_balance: float, render_
                               drop_rate=drop_rate, lost_answer_rate=lost_answer_rate, malformed_rate=malformed_rate,
                               rpm=rpm, url_ttl=url_ttl, seed=seed, echo_key_in_errors=echo_key_in_errors,
                               webhooks=not no_webhooks, webhook_loss=webhook_loss,
-                              webhook_duplicate=webhook_duplicate, webhook_delay=webhook_delay))
+                              webhook_duplicate=webhook_duplicate, webhook_delay=webhook_delay,
+                              clip_lie=clip_lie))
     server = make_server(sim, host, port)
     click.echo(f"simulator serving on http://{host}:{server.server_address[1]} (key {api_key!r})", err=True)
     try:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from ..faces import lazy
 
 if TYPE_CHECKING:
+    from .clips import ClipLie, clip_for, demo_clip
     from .config import SimConfig
     from .images import png_image
     from .journal import Journal
@@ -27,12 +28,13 @@ if TYPE_CHECKING:
     from .references import FetchedReference, UploadStore, submission_problem
     from .server import Simulator
     from .transport import SimulatorTransport, make_server
-    from .wire import Dropped, Refused, clip_for, demo_clip
+    from .wire import Dropped, Refused
 
 __getattr__ = lazy(__name__)
 
 __all__ = [
     "WAN_T2V_SCHEMA",
+    "ClipLie",
     "Dropped",
     "FetchedReference",
     "Journal",

@@ -47,6 +47,7 @@ class SimConfig:
     webhook_loss: float = 0.0  # share of jobs whose webhook is never sent
     webhook_duplicate: float = 0.0  # share of jobs whose webhook is sent twice
     webhook_delay: float = 0.0  # mean seconds from a render's end to its webhook (+/-20%)
+    clip_lie: str = "none"  # clips unlike their request: short, size, truncated (`simulator.clips.ClipLie`)
 
 
 

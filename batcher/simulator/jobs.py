@@ -11,10 +11,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from ..outputs.media import expected_frame
+from .clips import ClipLie, clip_for
 from .config import Recorder, SimConfig, SimJob
 from .models import ServedModel
 from .webhooks import Deliveries, split_webhook
-from .wire import Answer, clip_for, error_answer, iso_time, json_answer
+from .wire import Answer, error_answer, iso_time, json_answer
 
 
 class JobBook:
@@ -168,6 +170,17 @@ class JobBook:
         if self.wall() > expires:
             return Answer(403, b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>",
                           {"content-type": "application/xml"})
-        return Answer(200, clip_for(job_id), {"content-type": "video/mp4"})
+        return Answer(200, self.clip(job_id), {"content-type": "video/mp4"})
+
+    def clip(self, job_id: str) -> bytes:
+        """The job's clip, its header saying the duration and frame size the request asked for."""
+        job = self.jobs.get(job_id)
+        model = self.models.get(job.model) if job is not None else None
+        if job is None or model is None:
+            return clip_for(job_id)
+        names = ("resolution", "aspect_ratio", "aspectRatio")
+        asked = {name: job.body.get(name, model.default(name)) for name in names}
+        frame = expected_frame(str(asked["resolution"]), str(asked["aspect_ratio"] or asked["aspectRatio"]))
+        return clip_for(job_id, model.seconds(job.body) or None, frame, ClipLie(self.config.clip_lie))
 
 

@@ -1,13 +1,11 @@
-"""What the simulator answers with: an answer, a dropped or refused connection, the demo clip, and
-the helpers that build JSON and error answers (quoting the key, for a hostile API)."""
+"""What the simulator answers with: an answer, a dropped or refused connection, and the
+helpers that build JSON and error answers (quoting the key, for a hostile API)."""
 
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib import resources
 from typing import Any
 from urllib.parse import quote
 
@@ -28,17 +26,6 @@ class Dropped(Exception):
 class Refused(Exception):
     """The connection is refused: nothing reached the server."""
 
-
-
-def demo_clip() -> bytes:
-    """The small real MP4 clip shipped with the package."""
-    return resources.files("batcher").joinpath("data/demo.mp4").read_bytes()
-
-
-def clip_for(job_id: str) -> bytes:
-    """The demo clip with a top-level `free` box naming the job: still playable, unique per job."""
-    payload = f"batcher-simulator job {job_id}".encode()
-    return demo_clip() + struct.pack(">I", 8 + len(payload)) + b"free" + payload
 
 
 def own_file_answer(kind: str, name: str, headers: dict[str, str], uploads: UploadStore) -> Answer:
