@@ -6,7 +6,9 @@
     │   ├── SimulationMismatch   a real run on a simulated batch, or the other way round (exit 2)
     │   ├── PreflightFailed      reference URLs refused before anything was spent (exit 2)
     │   ├── LocalReferencesNeedStore  a run with local reference images and nowhere to upload them (exit 2)
-    │   └── ReferenceStoreError  the reference store cannot be reached, read or written (exit 2)
+    │   └── StoreError           a bucket (storage/) cannot be reached, read or written (exit 2)
+    │       ├── ReferenceStoreError  the reference store's: local images cannot be uploaded
+    │       └── OutputStoreError     the output store's: a clip cannot be stored or read back
     ├── ManifestError            one or more `FILE:LINE: message` diagnostics (exit 2)
     ├── LedgerError              the ledger cannot be opened, upgraded or written (exit 2)
     │   ├── IllegalTransition    a job state change the state machine forbids
@@ -64,7 +66,16 @@ class LocalReferencesNeedStore(UsageError):
     before anything is spent (plan and validate work)."""
 
 
-class ReferenceStoreError(UsageError):
+class StoreError(UsageError):
+    """A bucket the user owns refused or could not be reached. Never carries a credential."""
+
+
+class OutputStoreError(StoreError):
+    """The output store (bucket, endpoint, credentials) refused or could not be reached: a clip
+    cannot be stored there or read back."""
+
+
+class ReferenceStoreError(StoreError):
     """The reference store (bucket, endpoint, credentials) refused or could not be reached: local
     images cannot be uploaded, so nothing is submitted. Never carries a credential."""
 

@@ -10,7 +10,8 @@ import batcher
 
 # Between packages: the shared modules at the top first, then the packages, the command line last.
 ORDER = ["faces", "errors", "defaults", "text", "redaction", "money", "states",
-         "models", "policy", "references", "manifest", "plan", "outputs", "ledger", "client", "simulator", "run",
+         "models", "policy", "storage", "references", "manifest", "plan", "outputs", "ledger", "client",
+         "simulator", "run",
          "views", "api", "bench", "cli", "__main__"]
 
 # Within each package. A package's face (__init__) may import any of its modules; the cli's face
@@ -18,6 +19,7 @@ ORDER = ["faces", "errors", "defaults", "text", "redaction", "money", "states",
 WITHIN = {
     "models": ["patterns", "schema", "tables", "live"],
     "policy": ["renderfit", "safetynet", "decisions"],
+    "storage": ["s3"],
     "references": ["facts", "local", "store"],
     "manifest": ["diagnostics", "textfiles", "yamlfile", "template", "rowfields", "rowfiles", "document"],
     "plan": ["references", "expansion", "keys", "jobs", "staging"],
