@@ -1,4 +1,5 @@
-"""The README as a guide: its contents list leads to headings that exist, in the README's order."""
+"""The README as a guide: it opens with the two commands that work on a fresh machine, its contents
+list leads to headings that exist, in the README's order, and every link inside it leads to a heading."""
 from __future__ import annotations
 
 import re
@@ -56,3 +57,16 @@ def test_every_entry_of_the_contents_links_to_a_heading_in_the_readmes_order():
     assert positions == sorted(positions), "the contents list is not in the README's order"
     sections = [name for level, name in found if level == 2 and name != "contents"]
     assert [name for name in linked if name in sections] == sections, "a main (##) section is missing"
+
+
+def test_every_link_inside_the_readme_leads_to_a_heading():
+    text = README.read_text(encoding="utf-8")
+    anchors = {name for _, name in headings(text)}
+    broken = sorted({name for name in LINK.findall(text) if name not in anchors})
+    assert not broken, f"README links to headings that do not exist: {broken}"
+
+
+def test_the_readme_opens_with_the_two_commands_that_work_on_a_fresh_machine():
+    first_block = README.read_text(encoding="utf-8").split("```bash\n", 1)[1].split("```", 1)[0]
+    assert "pip install . && batcher run manifests/demo.yaml --simulate" in first_block
+    assert "pip install -e '.[test]' && python -m pytest" in first_block
