@@ -8,13 +8,26 @@ from pathlib import Path
 
 import pytest
 
-from batcher.outputs.media import completeness_problem, probe
+from batcher.outputs.media import VideoInfo, probe
+from batcher.outputs.wholeness import WholeVideo, whole_video
 from batcher.simulator import ClipLie, SimConfig, Simulator, clip_for
 
 BASE = "https://pixeldojo.ai"
 AUTH = {"authorization": "Bearer sim-key"}
 BODY = {"prompt": "a horse", "reference_urls": ["https://example.com/a.png"], "duration": 7,
         "resolution": "1080p", "aspectRatio": "9:16"}
+
+
+def completeness_problem(path: Path) -> str | None:
+    """Why the file is not a whole MP4 video, read at rest and streamed in odd-sized chunks alike."""
+    at_rest = whole_video(path)
+    streamed = WholeVideo()
+    data = path.read_bytes() if path.exists() else b""
+    for at in range(0, len(data), 7):
+        streamed.feed(data[at:at + 7])
+    if path.exists():
+        assert streamed.verdict() == at_rest
+    return None if isinstance(at_rest, VideoInfo) else at_rest
 
 
 def _served(tmp_path: Path, lie: str = "none", body: dict | None = None) -> Path:
@@ -79,3 +92,15 @@ def test_files_that_are_not_mp4_videos_are_named(tmp_path):
 
 def test_clip_lie_names_are_the_simulator_options():
     assert {lie.value for lie in ClipLie} == {"none", "short", "size", "truncated"}
+
+
+def test_the_check_as_bytes_stream_past_reads_the_facts_and_catches_a_cut_at_a_box_boundary(tmp_path):
+    data = clip_for("job_s", 9, (1920, 1080))
+    check = WholeVideo()
+    for at in range(0, len(data), 4096):
+        check.feed(data[at:at + 4096])
+    assert check.verdict() == VideoInfo(9.0, 1920, 1080, len(data))
+    mdat_at = data.index(b"mdat") - 4
+    cut = WholeVideo()
+    cut.feed(data[:mdat_at])  # every box whole, but no media data
+    assert cut.verdict() == "is not an MP4 video: no mdat box"

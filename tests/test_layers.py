@@ -23,7 +23,7 @@ WITHIN = {
     "references": ["facts", "local", "store"],
     "manifest": ["diagnostics", "textfiles", "yamlfile", "template", "rowfields", "rowfiles", "document"],
     "plan": ["references", "expansion", "keys", "jobs", "staging"],
-    "outputs": ["files", "media"],
+    "outputs": ["files", "media", "wholeness"],
     "ledger": ["rows", "schema", "dialect", "migrations", "store", "jobs", "control", "transitions", "journal",
                "leases", "figures", "fleet", "references", "modelinfo"],
     "client": ["answers", "transfers", "http", "catalog", "preflight"],

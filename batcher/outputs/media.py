@@ -100,46 +100,22 @@ def _walk(f: BinaryIO, start: int, end: int, found: _Found, budget: list[int], t
 def probe(path: Path) -> VideoInfo | None:
     """Duration, frame size and byte size of an MP4 file, or None if it cannot be read as one."""
     try:
-        size = path.stat().st_size
         with open(path, "rb") as f:
-            found = _Found()
-            _walk(f, 0, size, found, [_MAX_BOXES], None)
+            return read_header(f, path.stat().st_size)
+    except OSError:
+        return None
+
+
+def read_header(f: BinaryIO, size: int) -> VideoInfo | None:
+    """`probe` of the `size` bytes of an open file (or of a header kept in memory)."""
+    found = _Found()
+    try:
+        _walk(f, 0, size, found, [_MAX_BOXES], None)
     except (OSError, struct.error):
         return None
     if found.seconds is None or not found.width or not found.height:
         return None
     return VideoInfo(round(found.seconds, 3), found.width, found.height, size)
-
-
-def completeness_problem(path: Path) -> str | None:
-    """Why a downloaded file is not a whole MP4 video (None: it is): its top-level boxes must account
-    for every byte (a file cut off, or padded, is caught), with a `moov` describing a video track of
-    known duration and frame size, and media data (`mdat`)."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            budget = [_MAX_BOXES]
-            top = _boxes(f, 0, size, budget)
-    except (OSError, struct.error) as e:
-        return f"cannot be read ({type(e).__name__})"
-    covered = 0
-    for kind, _, box_end in top:
-        if not all(32 < c < 127 for c in kind):  # zeros "to the end of the file" are padding, not a box
-            break
-        covered = box_end
-    if covered != size or budget[0] <= 0:
-        return (f"is not a whole MP4 file: its boxes account for {covered:,} of its {size:,} bytes "
-                f"(cut off, padded, or not an MP4)")
-    kinds = {kind for kind, _, _ in top}
-    if b"moov" not in kinds or b"mdat" not in kinds:
-        return "is not an MP4 video: " + " and ".join(f"no {k.decode()} box" for k in (b"moov", b"mdat")
-                                                         if k not in kinds)
-    info = probe(path)
-    if info is None:
-        return "has no video track with a duration and frame size in its header"
-    if info.seconds <= 0:
-        return "says it lasts 0 seconds"
-    return None
 
 
 def expected_frame(resolution: str | None, aspect_ratio: str | None) -> tuple[int, int] | None:
