@@ -19,6 +19,7 @@ from batcher.errors import (
     ServerError,
 )
 from batcher.models import HAPPYHORSE_R2V, check_against
+from batcher.simulator import clip_for
 
 BODY = {"prompt": "a", "reference_urls": ["https://x.com/a.png"]}
 OK = {"jobId": "job_1", "status": "pending", "statusUrl": "https://pixeldojo.ai/api/v1/jobs/job_1",
@@ -153,9 +154,15 @@ def download_with(handler, tmp_path, max_bytes=10_000):
 
 
 def test_download_checks_mp4_size_and_status(tmp_path):
-    mp4 = b"\x00\x00\x00\x20ftypisom" + b"\x00" * 100
-    result = download_with(answering(200, content=mp4), tmp_path)
+    mp4 = clip_for("job_1", 6, (1280, 720))
+    result = download_with(answering(200, content=mp4), tmp_path, max_bytes=100_000)
     assert result.size == len(mp4) and (tmp_path / "f.part").read_bytes() == mp4
+    assert result.video is not None and (result.video.seconds, result.video.width) == (6.0, 1280)
+    # starts like an MP4 but is not a whole one: a failed download, never a completed job
+    with pytest.raises(MalformedAnswer, match="not a whole MP4 file"):
+        download_with(answering(200, content=b"\x00\x00\x00\x20ftypisom" + b"\x00" * 100), tmp_path)
+    with pytest.raises(MalformedAnswer, match="not a whole MP4 file"):
+        download_with(answering(200, content=mp4[:-500]), tmp_path, max_bytes=100_000)
     with pytest.raises(MalformedAnswer, match="not an MP4"):
         download_with(answering(200, content=b"<html>no</html>"), tmp_path)
     with pytest.raises(MalformedAnswer, match="cap"):

@@ -34,6 +34,7 @@ from batcher.simulator import SimConfig, Simulator, SimulatorTransport
 from batcher.views import build_report, export
 
 from .conftest import small_manifest
+from .mp4s import whole_mp4
 from .test_e2e import batcher, start_simulator
 
 # Characters that change under URL- and JSON-encoding, so every form of the key is exercised.
@@ -282,7 +283,7 @@ def test_key_echoed_by_simulator_over_http_never_reaches_the_console(tmp_path, w
 
 def test_key_is_sent_only_to_the_exact_origin_of_the_api_base(tmp_path):
     received: list[tuple[str, bool]] = []
-    mp4 = b"\x00\x00\x00\x20ftypisom" + b"\x00" * 64
+    mp4 = whole_mp4(400)
 
     def handler(request):
         received.append((str(request.url), "authorization" in request.headers))

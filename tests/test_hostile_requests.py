@@ -31,12 +31,13 @@ from batcher.simulator import SimConfig, Simulator
 
 from .conftest import small_manifest
 from .hostile import HostileApi, Mode, drip, endless_json
+from .mp4s import whole_mp4
 
 BASE = "https://pixeldojo.ai"
 KEY = "pd-test-key-0123456789"
 # A run that ends is done in seconds; one that hangs is stopped here (and fails) instead of never.
 ENDS_WITHIN = 60.0
-MP4 = b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 2036  # 2 KB that start like an MP4 file
+MP4 = whole_mp4(2048)  # 2 KB of a whole MP4 video
 
 
 def _run(tmp_path: Path, hostile: HostileApi, rows: int = 4, **options) -> tuple[RunReport, list]:

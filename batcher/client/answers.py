@@ -25,6 +25,7 @@ from ..errors import (
     RejectedError,
     ServerError,
 )
+from ..outputs.media import VideoInfo
 from ..redaction import REDACTED as REDACTED  # re-exported: the word every redaction writes
 from ..redaction import Secrets
 from ..text import type_name
@@ -151,6 +152,7 @@ class Download:
     path: Path
     size: int
     sha256: str
+    video: VideoInfo | None = None  # duration and frame size, read from the header as it passed
 
 
 @dataclass(frozen=True)

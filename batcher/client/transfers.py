@@ -1,5 +1,6 @@
 """Reading a body without trusting its length or its pace: an API answer up to a cap, a video
-to a file up to its size cap, each told how far it got so its caller's deadline can follow."""
+to a file up to its size cap (and checked as a whole MP4 video as it passes), each told how far
+it got so its caller's deadline can follow."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import anyio
 import httpx
 
 from ..errors import AnswerTooLarge, DiskFullError, MalformedAnswer, OutputGone, OversizeError, ServerError
+from ..outputs.media import VideoInfo
+from ..outputs.wholeness import WholeVideo
 from ..policy import Deadlines
 from .answers import Download, declared_size, rate_limited
 
@@ -62,6 +65,7 @@ async def save_video(response: httpx.Response, dest: Path, max_bytes: int,
             scope, begun, deadlines = within
             scope.deadline = deadlines.download_ends(begun, size)
     arrived(0)
+    whole = WholeVideo()  # checked as the bytes pass: no second read of the file
     digest = hashlib.sha256()
     size = 0
     first = b""
@@ -74,6 +78,7 @@ async def save_video(response: httpx.Response, dest: Path, max_bytes: int,
                 if len(first) < 12:
                     first += chunk[: 12 - len(first)]
                 digest.update(chunk)
+                whole.feed(chunk)
                 f.write(chunk)
                 arrived(size)
             f.flush()  # durability (fsync) is the caller's, when it gives the file its final name
@@ -83,4 +88,7 @@ async def save_video(response: httpx.Response, dest: Path, max_bytes: int,
         raise
     if first[4:8] != b"ftyp":
         raise MalformedAnswer(f"the downloaded file is not an MP4 video (starts with {first[:12]!r})")
-    return Download(dest, size, digest.hexdigest())
+    video = whole.verdict()
+    if not isinstance(video, VideoInfo):
+        raise MalformedAnswer(f"the downloaded file {video}")
+    return Download(dest, size, digest.hexdigest(), video)
