@@ -116,3 +116,38 @@ def test_a_temporary_object_not_named_as_ours_is_aged_by_the_store(bucket):
     assert abs(modified.timestamp() - datetime.now(timezone.utc).timestamp()) < 300
     assert anyio.run(lambda: store.clean_partial(600, time.time())) == 0
     assert anyio.run(lambda: store.clean_partial(0, time.time() + 1)) == 1
+
+
+def _download_into(store: Bucket, name: str, content: bytes):
+    """The client streams `content` from a (fake, in-process) output URL straight into the bucket."""
+    from batcher.client import PixelDojoClient
+
+    async def go():
+        transport = httpx.MockTransport(lambda request: httpx.Response(200, content=content))
+        async with PixelDojoClient("secret-key-123", "https://pixeldojo.ai", transport=transport) as client:
+            upload = await store.upload(name, "video/mp4")
+            return await client.download("https://temp.pixeldojo.ai/x.mp4", upload, max_bytes=1 << 30)
+    return anyio.run(go)
+
+
+def test_a_video_streams_from_its_url_into_the_bucket_with_no_local_file(bucket, tmp_path, monkeypatch):
+    from batcher.simulator import clip_for
+    s3, name, store = bucket
+    monkeypatch.chdir(tmp_path)
+    clip = clip_for("job_1", 4, (1280, 720))
+    got = _download_into(store, "b/one.mp4", clip)
+    assert got.path is None and got.size == len(clip) and got.sha256 == hashlib.sha256(clip).hexdigest()
+    assert got.video is not None and got.video.seconds == 4.0
+    assert s3.get_object(Bucket=name, Key="clips/b/one.mp4")["Body"].read() == clip
+    assert anyio.run(lambda: store.head("b/one.mp4")) == ObjectFacts(len(clip), got.sha256)
+    assert list(tmp_path.iterdir()) == []  # nothing written locally
+
+
+def test_a_video_that_is_not_whole_never_lands_in_the_bucket(bucket):
+    from batcher.errors import MalformedAnswer
+    from batcher.simulator import clip_for
+    s3, name, store = bucket
+    with pytest.raises(MalformedAnswer, match="not a whole MP4 file"):
+        _download_into(store, "b/cut.mp4", clip_for("job_2")[:-300])
+    assert _keys(s3, name) == []
+    assert s3.list_multipart_uploads(Bucket=name).get("Uploads", []) == []

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
         judge,
         references_of,
     )
-    from .transfers import MAX_ANSWER_BYTES
+    from .transfers import MAX_ANSWER_BYTES, FileSink, VideoSink
 
 __getattr__ = lazy(__name__)
 
@@ -48,6 +48,7 @@ __all__ = [
     "MAX_ANSWER_BYTES",
     "OUTPUT_SHAPES",
     "SIGNED_QUERY",
+    "FileSink",
     "JobStatus",
     "ModelCatalog",
     "Outcome",
@@ -57,6 +58,7 @@ __all__ = [
     "ReferenceFetch",
     "Submission",
     "UnusableDescription",
+    "VideoSink",
     "check_local_file",
     "check_local_files",
     "check_url",

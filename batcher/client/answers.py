@@ -149,7 +149,7 @@ def _web_url(value: Any, where: str) -> OutputURL:
 
 @dataclass(frozen=True)
 class Download:
-    path: Path
+    path: Path | None  # None: the video went to an object store, not a file
     size: int
     sha256: str
     video: VideoInfo | None = None  # duration and frame size, read from the header as it passed

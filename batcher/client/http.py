@@ -53,7 +53,7 @@ from .answers import (
     redact_json,
     secret_pattern,
 )
-from .transfers import MAX_ANSWER_BYTES, raise_for_download, read_capped, save_video
+from .transfers import MAX_ANSWER_BYTES, FileSink, VideoSink, raise_for_download, read_capped, save_video
 
 DEFAULT_BASE = "https://pixeldojo.ai"
 DEADLINES = Deadlines()  # the defaults
@@ -280,8 +280,10 @@ class PixelDojoClient:
             raise TooSlow(f"the reference did not answer in time (not whole within {self.deadlines.request:g}s)"
                           ) from None
 
-    async def download(self, url: str, dest: Path, *, max_bytes: int, max_redirects: int = 5) -> Download:
-        """Stream a video to `dest` (a temporary name chosen by the caller) and check it is MP4; more
+    async def download(self, url: str, dest: Path | VideoSink, *, max_bytes: int, max_redirects: int = 5
+                       ) -> Download:
+        """Stream a video to `dest` (a file's temporary name chosen by the caller, or a sink: an
+        object being uploaded) and check it is a whole MP4 video; more
         than `max_bytes` aborts. Raises DownloadRefused for a URL never to fetch (not http(s), or
         carrying the key), OutputGone for 403/404/410, ServerError for what is worth retrying (TooSlow
         once slower than `Deadlines.download_ends` allows), MalformedAnswer for no video."""
@@ -293,7 +295,7 @@ class PixelDojoClient:
             url = got
         raise MalformedAnswer(f"more than {max_redirects} redirects")
 
-    async def _fetch_video(self, url: str, dest: Path, max_bytes: int) -> Download | str:
+    async def _fetch_video(self, url: str, dest: Path | VideoSink, max_bytes: int) -> Download | str:
         """One GET of a download: the video saved, or the URL a redirect names."""
         if self._before:
             await self._before("download")
@@ -309,7 +311,8 @@ class PixelDojoClient:
                     if response.is_redirect:
                         return redirected(url, response.headers.get("location", ""))
                     raise_for_download(response, max_bytes, self.redact, self.max_retry_after)
-                    return await save_video(response, dest, max_bytes, within=(scope, begun, self.deadlines))
+                    sink = FileSink(dest) if isinstance(dest, Path) else dest
+                    return await save_video(response, sink, max_bytes, within=(scope, begun, self.deadlines))
         except httpx.RequestError as e:  # transport failures, and bodies that cannot be decoded
             raise ServerError(f"download failed: {type(e).__name__}") from None
         finally:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO, Protocol
 
 import anyio
 import httpx
@@ -55,40 +56,79 @@ def raise_for_download(response: httpx.Response, max_bytes: int, redact: Callabl
         raise OversizeError(f"the video is {length} bytes, over the {max_bytes}-byte cap")
 
 
-async def save_video(response: httpx.Response, dest: Path, max_bytes: int,
+class VideoSink(Protocol):
+    """Where a video's bytes go as they arrive: a file (`FileSink`), or an object being uploaded
+    (`storage.s3.Upload`). `finish` only once the bytes are checked; `abort` on any other end."""
+
+    async def write(self, chunk: bytes) -> None: ...
+
+    async def finish(self) -> object: ...
+
+    async def abort(self) -> None: ...
+
+
+class FileSink:
+    """A video written to `path` (a temporary name: publishing it, durably, is the caller's)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file: BinaryIO | None = None
+
+    async def write(self, chunk: bytes) -> None:
+        try:
+            if self._file is None:
+                self._file = open(self.path, "wb")  # noqa: SIM115 (closed by finish or abort)
+            self._file.write(chunk)
+        except OSError as e:
+            await self.abort()
+            if e.errno == 28:  # ENOSPC
+                raise DiskFullError(f"no space left on the disk while writing {self.path.parent}") from None
+            raise
+
+    async def finish(self) -> Path:
+        if self._file is None:
+            self.path.write_bytes(b"")
+        else:
+            self._file.flush()  # durability (fsync) is the caller's, when it gives the file its final name
+            self._file.close()
+        return self.path
+
+    async def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+async def save_video(response: httpx.Response, sink: VideoSink, max_bytes: int,
                      within: tuple[anyio.CancelScope, float, Deadlines] | None = None) -> Download:
-    """Stream a video to `dest`, hashing it, up to `max_bytes`; it must start like an MP4 file.
-    `within`: the scope that bounds the download, when it began, and its deadlines: the scope's
-    deadline moves on with every byte that arrives (`Deadlines.download_ends`)."""
+    """Stream a video into `sink`, hashing it, up to `max_bytes`; it must be a whole MP4 video
+    (checked as it passes), or the sink is aborted. `within`: the scope that bounds the download,
+    when it began, and its deadlines: the scope's deadline moves on with every byte that arrives
+    (`Deadlines.download_ends`)."""
     def arrived(size: int) -> None:
         if within is not None:
             scope, begun, deadlines = within
             scope.deadline = deadlines.download_ends(begun, size)
     arrived(0)
-    whole = WholeVideo()  # checked as the bytes pass: no second read of the file
+    whole = WholeVideo()  # checked as the bytes pass: no second read
     digest = hashlib.sha256()
-    size = 0
     first = b""
     try:
-        with open(dest, "wb") as f:
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > max_bytes:
-                    raise OversizeError(f"the video is over the {max_bytes}-byte cap; download stopped")
-                if len(first) < 12:
-                    first += chunk[: 12 - len(first)]
-                digest.update(chunk)
-                whole.feed(chunk)
-                f.write(chunk)
-                arrived(size)
-            f.flush()  # durability (fsync) is the caller's, when it gives the file its final name
-    except OSError as e:
-        if e.errno == 28:  # ENOSPC
-            raise DiskFullError(f"no space left on the disk while writing {dest.parent}") from None
+        async for chunk in response.aiter_bytes():
+            if whole.size + len(chunk) > max_bytes:
+                raise OversizeError(f"the video is over the {max_bytes}-byte cap; download stopped")
+            if len(first) < 12:
+                first += chunk[: 12 - len(first)]
+            digest.update(chunk)
+            whole.feed(chunk)
+            await sink.write(chunk)
+            arrived(whole.size)
+        if first[4:8] != b"ftyp":
+            raise MalformedAnswer(f"the downloaded file is not an MP4 video (starts with {first[:12]!r})")
+        video = whole.verdict()
+        if not isinstance(video, VideoInfo):
+            raise MalformedAnswer(f"the downloaded file {video}")
+    except BaseException:
+        await sink.abort()
         raise
-    if first[4:8] != b"ftyp":
-        raise MalformedAnswer(f"the downloaded file is not an MP4 video (starts with {first[:12]!r})")
-    video = whole.verdict()
-    if not isinstance(video, VideoInfo):
-        raise MalformedAnswer(f"the downloaded file {video}")
-    return Download(dest, size, digest.hexdigest(), video)
+    await sink.finish()
+    return Download(sink.path if isinstance(sink, FileSink) else None, whole.size, digest.hexdigest(), video)

@@ -149,56 +149,30 @@ class Bucket:
                                     Metadata={"sha256": sha256})
         await self.call(put, f"cannot upload {name} to {self.identity}")
 
-    async def stream(self, name: str, chunks: AsyncIterator[bytes], content_type: str,
-                     started: float | None = None) -> tuple[int, str]:
-        """Upload what `chunks` yields under `name`, atomically (see the module's docstring); the
-        size and sha256 of what was stored. Whatever fails, nothing is left under `name`. The
+    async def upload(self, name: str, content_type: str, started: float | None = None) -> Upload:
+        """An atomic upload to `name`, fed by `Upload.write` (see the module's docstring). The
         temporary key carries `started` (epoch seconds; default now), which `clean_partial` ages."""
         when = int(time.time() if started is None else started)
         temp = f"{PARTIAL}/{name}.{when}.{secrets.token_hex(4)}"
-        digest, size = hashlib.sha256(), 0
         failed = f"cannot upload {name} to {self.identity}"
-        upload = await self.call(lambda: self._client.create_multipart_upload(
+        answer = await self.call(lambda: self._client.create_multipart_upload(
             Bucket=self.bucket, Key=self.key(temp), ContentType=content_type), failed)
-        upload_id: str = upload["UploadId"]
-        parts: list[dict[str, Any]] = []
+        return Upload(self, name, temp, str(answer["UploadId"]), content_type)
+
+    async def stream(self, name: str, chunks: AsyncIterator[bytes], content_type: str,
+                     started: float | None = None) -> tuple[int, str]:
+        """Upload what `chunks` yields under `name`; the size and sha256 of what was stored.
+        Whatever fails, nothing is left under `name`."""
+        upload = await self.upload(name, content_type, started)
         try:
-            buffer = bytearray()
             async for chunk in chunks:
-                digest.update(chunk)
-                size += len(chunk)
-                buffer += chunk
-                if len(buffer) >= PART_SIZE:
-                    parts.append(await self._part(temp, upload_id, len(parts) + 1, bytes(buffer), name))
-                    buffer.clear()
-            if buffer or not parts:
-                parts.append(await self._part(temp, upload_id, len(parts) + 1, bytes(buffer), name))
-            await self.call(lambda: self._client.complete_multipart_upload(
-                Bucket=self.bucket, Key=self.key(temp), UploadId=upload_id, MultipartUpload={"Parts": parts}),
-                f"cannot upload {name} to {self.identity}")
+                await upload.write(chunk)
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self._quietly(lambda: self._client.abort_multipart_upload(
-                    Bucket=self.bucket, Key=self.key(temp), UploadId=upload_id))
+            await upload.abort()
             raise
-        sha256 = digest.hexdigest()
-        try:
-            await self.call(lambda: self._client.copy_object(
-                Bucket=self.bucket, Key=self.key(name), CopySource={"Bucket": self.bucket, "Key": self.key(temp)},
-                Metadata={"sha256": sha256, "size": str(size)}, MetadataDirective="REPLACE",
-                ContentType=content_type), f"cannot upload {name} to {self.identity}")
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self._quietly(lambda: self._client.delete_object(Bucket=self.bucket, Key=self.key(temp)))
-        return size, sha256
+        return await upload.finish()
 
-    async def _part(self, temp: str, upload_id: str, number: int, data: bytes, name: str) -> dict[str, Any]:
-        answer = await self.call(lambda: self._client.upload_part(
-            Bucket=self.bucket, Key=self.key(temp), UploadId=upload_id, PartNumber=number, Body=data),
-            f"cannot upload {name} to {self.identity}")
-        return {"PartNumber": number, "ETag": answer["ETag"]}
-
-    async def _quietly(self, fn: Callable[[], Any]) -> None:
+    async def quietly(self, fn: Callable[[], Any]) -> None:
         """A clean-up call whose failure changes nothing (the next run's `clean_partial` retries it)."""
         def call() -> None:
             with contextlib.suppress(Exception):
@@ -257,6 +231,63 @@ class Bucket:
             return removed
         result: int = await self.call(clean, f"cannot clean up unfinished uploads in {self.identity}")
         return result
+
+
+class Upload:
+    """One atomic upload under way: `write` the bytes in order, then `finish` (the object is in
+    place, with its sha256 and size) or `abort` (nothing is left). One part is held in memory."""
+
+    def __init__(self, bucket: Bucket, name: str, temp: str, upload_id: str, content_type: str):
+        self.bucket, self.name, self.temp, self.upload_id = bucket, name, temp, upload_id
+        self.content_type = content_type
+        self.size = 0
+        self._digest = hashlib.sha256()
+        self._buffer = bytearray()
+        self._parts: list[dict[str, Any]] = []
+        self._failed = f"cannot upload {name} to {bucket.identity}"
+
+    async def write(self, chunk: bytes) -> None:
+        self._digest.update(chunk)
+        self.size += len(chunk)
+        self._buffer += chunk
+        if len(self._buffer) >= PART_SIZE:
+            await self._part()
+
+    async def _part(self) -> None:
+        b, number, data = self.bucket, len(self._parts) + 1, bytes(self._buffer)
+        answer = await b.call(lambda: b._client.upload_part(
+            Bucket=b.bucket, Key=b.key(self.temp), UploadId=self.upload_id, PartNumber=number, Body=data), self._failed)
+        self._parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+        self._buffer.clear()
+
+    async def finish(self) -> tuple[int, str]:
+        """Put the object in place; its size and sha256. On failure nothing is left under its name."""
+        b, sha256 = self.bucket, self._digest.hexdigest()
+        try:
+            if self._buffer or not self._parts:
+                await self._part()
+            await b.call(lambda: b._client.complete_multipart_upload(
+                Bucket=b.bucket, Key=b.key(self.temp), UploadId=self.upload_id,
+                MultipartUpload={"Parts": self._parts}), self._failed)
+        except BaseException:
+            await self.abort()
+            raise
+        try:
+            await b.call(lambda: b._client.copy_object(
+                Bucket=b.bucket, Key=b.key(self.name), CopySource={"Bucket": b.bucket, "Key": b.key(self.temp)},
+                Metadata={"sha256": sha256, "size": str(self.size)}, MetadataDirective="REPLACE",
+                ContentType=self.content_type), self._failed)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await b.quietly(lambda: b._client.delete_object(Bucket=b.bucket, Key=b.key(self.temp)))
+        return self.size, sha256
+
+    async def abort(self) -> None:
+        """Drop the upload (shielded: a cancelled download still cleans up after itself)."""
+        b = self.bucket
+        with anyio.CancelScope(shield=True):
+            await b.quietly(lambda: b._client.abort_multipart_upload(
+                Bucket=b.bucket, Key=b.key(self.temp), UploadId=self.upload_id))
 
 
 def _started(key: str, stated: Any) -> float:
