@@ -45,8 +45,10 @@ def validate(manifest: str, max_jobs: int, online: bool, simulate: bool) -> None
         local = f", {len(m.local_files)} local image(s) checked" if m.local_files else ""
         click.echo(f"{manifest}: {report.checked} reference URL(s){local} checked, {len(report.warnings)} "
                    "unreachable from this machine")
+    images = {**m.set_files, **m.local_files}
     click.echo(f"{manifest}: ok, batch {m.batch!r}, {len(m.rows)} row(s), {summary.jobs} job(s)"
-               + (f", {summary.duplicates} duplicate(s) merged" if summary.duplicates else ""))
+               + (f", {summary.duplicates} duplicate(s) merged" if summary.duplicates else "")
+               + (f", {len(images)} local image(s) read (type, size, pixels)" if images and not online else ""))
 
 
 @cli.command()

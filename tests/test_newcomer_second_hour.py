@@ -1,0 +1,68 @@
+"""What still surprised a newcomer in their second hour (issue 27): local images judged offline,
+`vary:` suggestions, `plan` on a batch the ledger holds, the demo's files, `export`'s one output
+option, and the suite's skips."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from batcher.cli import cli
+from batcher.ledger import Ledger
+from batcher.simulator import png_image
+
+from .conftest import REPO
+
+# --- 5: local images judged offline, before anything is staged --------------------------------
+
+def bad_images_manifest(tmp_path: Path) -> Path:
+    """A 200x150 PNG, a text file named .png, a good image, and a reference that is no http URL."""
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    (refs / "good.png").write_bytes(png_image(512, 512))
+    (refs / "small.png").write_bytes(png_image(200, 150))
+    (refs / "words.png").write_text("just some words, no picture")
+    path = tmp_path / "m.yaml"
+    path.write_text("version: 1\nbatch: refs\nrows:\n  - prompt: a\n    references: refs\n"
+                    "  - prompt: b\n    references: [ftp://example.com/x.png]\n")
+    return path
+
+
+def test_offline_validate_refuses_a_small_png_and_text_named_png_with_the_url_problem_in_one_refusal(tmp_path):
+    path = bad_images_manifest(tmp_path)
+    result = CliRunner().invoke(cli, ["validate", str(path)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert f"{path}:5: reference refs/small.png: PNG of 200x150, shortest side under the 400 pixels the model " \
+           "needs" in lines
+    assert f"{path}:5: reference refs/words.png: not a JPEG, PNG or WEBP image (starts with 'just some words,')" \
+        in lines
+    assert any(line.startswith(f"{path}:7:") and "ftp://example.com/x.png" in line for line in lines), lines
+    assert not any("good.png" in line for line in lines)
+
+
+def test_a_run_refuses_bad_local_images_before_anything_is_staged(tmp_path):
+    path = bad_images_manifest(tmp_path)
+    ledger = tmp_path / "l.db"
+    Ledger(ledger).close()
+    result = CliRunner().invoke(cli, ["run", str(path), "--simulate", "--ledger", str(ledger),
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "refs/small.png: PNG of 200x150" in result.stderr
+    with Ledger(ledger) as led:
+        assert led.batches() == []  # nothing staged
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_image_over_the_size_limit_is_refused_by_its_size_before_it_is_hashed(tmp_path):
+    from batcher.references import MAX_BYTES, resolve_local
+    big = tmp_path / "big.jpg"
+    big.write_bytes(png_image(512, 512) + b"\0" * MAX_BYTES)  # a PNG named .jpg: the bytes decide
+    files, problems = resolve_local("big.jpg", tmp_path, "m.yaml:3")
+    assert files == [] and problems == ["reference big.jpg: PNG of 10.0 MB, over the 10.0 MB the model accepts"]
+
+
+def test_offline_validate_says_it_read_the_local_images():
+    result = CliRunner().invoke(cli, ["validate", str(REPO / "manifests" / "demo.yaml")])
+    assert result.exit_code == 0, result.output
+    assert ", 2 local image(s) read (type, size, pixels)" in result.output
