@@ -66,3 +66,25 @@ def test_offline_validate_says_it_read_the_local_images():
     result = CliRunner().invoke(cli, ["validate", str(REPO / "manifests" / "demo.yaml")])
     assert result.exit_code == 0, result.output
     assert ", 2 local image(s) read (type, size, pixels)" in result.output
+
+
+# --- 6: a misspelt vary: key suggests the closest name, API parameters first --------------------
+
+def test_a_misspelt_vary_key_suggests_the_api_parameter_not_a_csv_column(tmp_path):
+    (tmp_path / "shots.csv").write_text("action\nwalks\nruns\n")
+    path = tmp_path / "m.yaml"
+    path.write_text("version: 1\nrows:\n  - from: shots.csv\n    prompt: 'the knight {action}'\n"
+                    "    references: https://example.com/a.png\n    vary:\n      aspect_ration: ['16:9', '1:1']\n")
+    result = CliRunner().invoke(cli, ["validate", str(path)])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        f"{path}:7: vary 'aspect_ration' is not an API parameter (did you mean 'aspect_ratio'?) and the prompt "
+        "has no {aspect_ration}"]
+
+
+def test_the_nearest_name_is_by_edit_distance_and_api_parameters_win_ties():
+    from batcher.manifest import nearest
+    assert nearest("aspect_ration", ["seed", "aspect_ratio"], ["action"]) == "aspect_ratio"
+    assert nearest("sead", ["seed"], ["sear"]) == "seed"  # one edit each: the API parameter
+    assert nearest("plase", ["seed"], ["place"]) == "place"
+    assert nearest("zzz", ["seed"], ["place"]) is None
