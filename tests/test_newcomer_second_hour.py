@@ -3,6 +3,7 @@
 option, and the suite's skips."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -11,7 +12,7 @@ from batcher.cli import cli
 from batcher.ledger import Ledger
 from batcher.simulator import png_image
 
-from .conftest import REPO
+from .conftest import REPO, small_manifest
 
 # --- 5: local images judged offline, before anything is staged --------------------------------
 
@@ -88,3 +89,53 @@ def test_the_nearest_name_is_by_edit_distance_and_api_parameters_win_ties():
     assert nearest("sead", ["seed"], ["sear"]) == "seed"  # one edit each: the API parameter
     assert nearest("plase", ["seed"], ["place"]) == "place"
     assert nearest("zzz", ["seed"], ["place"]) is None
+
+
+# --- 7: plan on a batch the ledger holds leads with what is left ------------------------------
+
+def test_plan_on_a_finished_batch_leads_with_what_is_left_to_run(tmp_path):
+    (tmp_path / "m.yaml").write_text(small_manifest(n_rows=3))
+    ledger = tmp_path / "l.db"
+    done = CliRunner().invoke(cli, ["run", str(tmp_path / "m.yaml"), "--simulate", "--sim-render-seconds", "0.02",
+                                    "--expected-render", "0.02", "--ledger", str(ledger), "--out", str(tmp_path / "o")])
+    assert done.exit_code == 0, done.output
+    result = CliRunner().invoke(cli, ["plan", str(tmp_path / "m.yaml"), "--ledger", str(ledger)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == f"3 of 3 job(s) completed in {ledger}; 0 to run: 0 credits, about 0s at --concurrency 4"
+    assert lines[1] == "the whole batch:" and lines[2].startswith("batch 'small': 3 job(s)")
+    data = json.loads(CliRunner().invoke(cli, ["plan", str(tmp_path / "m.yaml"), "--ledger", str(ledger),
+                                               "--json"]).output)
+    assert data["ledger"]["to_run"] == {"jobs": 0, "credits": 0, "seconds": 0.0}
+
+
+def test_plan_counts_what_a_rerun_would_send_follow_and_leave_held(tmp_path):
+    from sqlalchemy import text
+
+    from batcher.manifest import load_manifest
+    from batcher.plan import expand
+    (tmp_path / "m.yaml").write_text(small_manifest(n_rows=6))
+    m = load_manifest(tmp_path / "m.yaml")
+    jobs = expand(m)
+    with Ledger(tmp_path / "l.db") as ledger:
+        ledger.add_jobs(m.batch, m.model.api_id, "m.yaml", jobs[:5])  # the sixth is not staged yet
+        with ledger.engine.begin() as conn:
+            for job, state in zip(jobs, ["completed", "submitted", "failed", "unknown"], strict=False):
+                conn.execute(text("UPDATE job SET state = :s WHERE key = :k"), {"s": state, "k": job.key})
+    result = CliRunner().invoke(cli, ["plan", str(tmp_path / "m.yaml"), "--ledger", str(tmp_path / "l.db"),
+                                      "-c", "2"])
+    lines = result.output.splitlines()
+    each = jobs[0].estimate
+    assert lines[:4] == [
+        f"1 of 6 job(s) completed in {tmp_path / 'l.db'}; 2 to run: {2 * each:g} credits, about 1m30s at "
+        "--concurrency 2",
+        "1 already sent (paid): a rerun follows them to their videos",
+        "2 held (failed, unknown, expired or cancelled): `batcher retry` or `batcher resume` sends them again",
+        "the whole batch:"]
+
+
+def test_plan_without_the_batch_in_the_ledger_starts_with_the_batch(tmp_path):
+    (tmp_path / "m.yaml").write_text(small_manifest(n_rows=2))
+    Ledger(tmp_path / "l.db").close()
+    result = CliRunner().invoke(cli, ["plan", str(tmp_path / "m.yaml"), "--ledger", str(tmp_path / "l.db")])
+    assert result.output.startswith("batch 'small': 2 job(s)")
