@@ -4,6 +4,7 @@ option, and the suite's skips."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -139,3 +140,26 @@ def test_plan_without_the_batch_in_the_ledger_starts_with_the_batch(tmp_path):
     Ledger(tmp_path / "l.db").close()
     result = CliRunner().invoke(cli, ["plan", str(tmp_path / "m.yaml"), "--ledger", str(tmp_path / "l.db")])
     assert result.output.startswith("batch 'small': 2 job(s)")
+
+
+# --- 8: the demo leaves `git status` clean ---------------------------------------------------
+
+def test_the_readme_demo_leaves_git_status_clean(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    work = tmp_path / "clone"
+    shutil.copytree(REPO / "manifests", work / "manifests")
+    shutil.copy(REPO / ".gitignore", work / ".gitignore")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "clone"]):
+        subprocess.run([*git, *args], cwd=work, check=True, capture_output=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("BATCHER_LEDGER", "PIXELDOJO_API_KEY")}
+    demo = subprocess.run([sys.executable, "-m", "batcher", "run", "manifests/demo.yaml", "--simulate",
+                           "--sim-render-seconds", "0.05"], cwd=work, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert demo.returncode == 0, demo.stderr
+    assert (work / "batcher-sim.db.simulator.jsonl.uploads").is_dir()  # what the demo writes is there...
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--ignored=no"], cwd=work,
+                            capture_output=True, text=True, check=True)
+    assert status.stdout == ""  # ...and ignored
