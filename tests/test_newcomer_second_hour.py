@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from batcher.cli import cli
@@ -163,3 +164,53 @@ def test_the_readme_demo_leaves_git_status_clean(tmp_path):
     status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--ignored=no"], cwd=work,
                             capture_output=True, text=True, check=True)
     assert status.stdout == ""  # ...and ignored
+
+
+# --- 9: export has one option for where the export goes ---------------------------------------
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> tuple[Path, Path]:
+    """A small batch rendered on the simulator: (manifest, ledger)."""
+    folder = tmp_path_factory.mktemp("finished")
+    (folder / "m.yaml").write_text(small_manifest(n_rows=2))
+    done = CliRunner().invoke(cli, ["run", str(folder / "m.yaml"), "--simulate", "--sim-render-seconds", "0.02",
+                                    "--expected-render", "0.02", "--ledger", str(folder / "l.db"),
+                                    "--out", str(folder / "videos")])
+    assert done.exit_code == 0, done.output
+    return folder / "m.yaml", folder / "l.db"
+
+
+def test_export_has_one_option_for_a_file_or_a_folder(finished, tmp_path):
+    manifest, ledger = finished
+    base = ["export", str(manifest), "--ledger", str(ledger)]
+    help_text = CliRunner().invoke(cli, ["export", "--help"]).output
+    assert "-o, --output PATH" in help_text and "--out " not in help_text and "--out," not in help_text
+    done = CliRunner().invoke(cli, [*base, "--format", "csv", "-o", str(tmp_path / "e.csv")])
+    assert done.exit_code == 0 and (tmp_path / "e.csv").read_text().count("\n") == 3
+    done = CliRunner().invoke(cli, [*base, "--format", "videofolder", "--output", str(tmp_path / "ds")])
+    assert done.exit_code == 0, done.output
+    assert len(list((tmp_path / "ds").glob("*.mp4"))) == 2 and (tmp_path / "ds" / "metadata.jsonl").is_file()
+    assert "deprecated" not in done.stderr
+
+
+def test_export_refuses_a_folder_for_records_and_a_file_or_nothing_for_a_dataset(finished, tmp_path):
+    manifest, ledger = finished
+    base = ["export", str(manifest), "--ledger", str(ledger)]
+    (tmp_path / "f.txt").write_text("")
+    for args, why in ((["--format", "jsonl", "-o", str(tmp_path)], "is a folder: --format jsonl writes a file"),
+                      (["--format", "videofolder", "-o", str(tmp_path / "f.txt")], "is a file"),
+                      (["--format", "videofolder"], "--format videofolder needs -o/--output FOLDER")):
+        done = CliRunner().invoke(cli, [*base, *args])
+        assert done.exit_code == 2 and why in done.stderr, done.output
+
+
+def test_the_old_out_option_still_works_and_says_once_that_it_is_deprecated(finished, tmp_path):
+    manifest, ledger = finished
+    done = CliRunner().invoke(cli, ["export", str(manifest), "--ledger", str(ledger), "--format", "videofolder",
+                                    "--out", str(tmp_path / "ds")])
+    assert done.exit_code == 0, done.output
+    assert len(list((tmp_path / "ds").glob("*.mp4"))) == 2
+    assert [line for line in done.stderr.splitlines() if "deprecated" in line] == [
+        "batcher: export --out is deprecated: use -o/--output (the same meaning)"]
+    both = CliRunner().invoke(cli, ["export", str(manifest), "--ledger", str(ledger), "--out", "a", "-o", "b"])
+    assert both.exit_code == 2 and "give -o/--output only" in both.stderr
