@@ -214,3 +214,49 @@ def test_the_old_out_option_still_works_and_says_once_that_it_is_deprecated(fini
         "batcher: export --out is deprecated: use -o/--output (the same meaning)"]
     both = CliRunner().invoke(cli, ["export", str(manifest), "--ledger", str(ledger), "--out", "a", "-o", "b"])
     assert both.exit_code == 2 and "give -o/--output only" in both.stderr
+
+
+# --- 13: the suite says why it skips, and starts the servers it can ---------------------------
+
+def test_the_suite_prints_the_reason_for_every_skip(tmp_path):
+    import subprocess
+    import sys
+    (tmp_path / "test_one.py").write_text("import pytest\n\ndef test_a():\n    pytest.skip('no PostgreSQL here')\n")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"), "-p", "no:cacheprovider",
+                           "--rootdir", str(tmp_path), str(tmp_path / "test_one.py")], capture_output=True, text=True,
+                          timeout=120)
+    assert "1 skipped" in done.stdout, done.stdout
+    [reason] = [line for line in done.stdout.splitlines() if line.startswith("SKIPPED [1] ")]
+    assert reason.endswith("test_one.py:4: no PostgreSQL here")
+
+
+def test_an_s3_server_is_started_on_loopback_when_none_is_given():
+    boto3 = pytest.importorskip("boto3")
+    from .conftest import moto_on_loopback
+    with moto_on_loopback() as url:
+        assert url.startswith("http://127.0.0.1:")
+        s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="k",
+                          aws_secret_access_key="s")
+        s3.create_bucket(Bucket="started-here")
+        s3.put_object(Bucket="started-here", Key="a", Body=b"x")
+        assert s3.get_object(Bucket="started-here", Key="a")["Body"].read() == b"x"
+
+
+def test_a_skip_for_want_of_postgresql_names_what_sets_it_up():
+    from .conftest import PG_SKIP
+    assert "BATCHER_TEST_PG" in PG_SKIP and "test-postgres" in PG_SKIP and "bash .ci/run" in PG_SKIP
+
+
+def test_the_session_starts_its_own_postgresql_when_pgserver_is_installed():
+    pytest.importorskip("pgserver", reason="pgserver is not installed (the opt-in test-postgres extra)")
+    import sqlalchemy
+
+    from .conftest import own_postgres
+    url = own_postgres()
+    assert url is not None and url.startswith("postgresql+psycopg://")
+    engine = sqlalchemy.create_engine(url)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT 1 + 1").scalar() == 2
+    engine.dispose()
+    with Ledger(url) as ledger:
+        assert ledger.batches() == []
