@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,7 +63,31 @@ def simrun(tmp_path: Path):
     return _run
 
 
-PG_URL = os.environ.get("BATCHER_TEST_PG")
+# Why a test that needs a service skips without it: the reason pytest prints (`-rs` in pyproject).
+SETUP_HINT = "`bash .ci/run` sets everything up"
+PG_SKIP = ("no PostgreSQL: BATCHER_TEST_PG is not set, and pgserver is not installed to start one "
+           f"(pip install -e '.[test,test-postgres]'); {SETUP_HINT}")
+
+
+def own_postgres() -> str | None:
+    """A PostgreSQL server of this test session's own, from pgserver (the `test-postgres` extra):
+    a fresh data folder, stopped and deleted when the session ends; its URL, or None without it."""
+    import warnings
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR is not set
+            import pgserver
+    except ImportError:
+        return None
+    import tempfile
+    data = Path(tempfile.mkdtemp(prefix="batcher-test-pg-"))
+    _OWN_SERVERS.append(pgserver.get_server(data, cleanup_mode="delete"))  # kept: it lives while its handle does
+    return f"postgresql+psycopg://postgres@/postgres?host={data}"
+
+
+_OWN_SERVERS: list[object] = []
+# BATCHER_TEST_PG (what `.ci/run` sets), else a server started here when pgserver is installed.
+PG_URL = os.environ.get("BATCHER_TEST_PG") or (None if os.environ.get("CI") else own_postgres())
 
 
 def pg_schema_url(name: str) -> str:
@@ -87,7 +110,7 @@ def ledger_url(request, tmp_path: Path) -> str:
     if not PG_URL:
         if os.environ.get("CI"):
             pytest.fail("BATCHER_TEST_PG is not set: .ci/run starts PostgreSQL and sets it")
-        pytest.skip("BATCHER_TEST_PG is not set (no PostgreSQL to test against)")
+        pytest.skip(PG_SKIP)
     import re
     name = "t_" + re.sub(r"[^a-z0-9]", "_", request.node.name.lower())[:50] + f"_{os.getpid()}"
     return pg_schema_url(name)
@@ -105,32 +128,29 @@ def s3_endpoint() -> Iterator[str]:
     if S3_URL:
         yield S3_URL
         return
-    import shutil
-    import socket
-    import subprocess
-    import time
-    server = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
-    if not Path(server).exists():
+    try:
+        import moto.server  # noqa: F401 - from the test extras
+    except ImportError:
         if os.environ.get("CI"):
             pytest.fail("no S3 server: .ci/run starts moto and sets BATCHER_TEST_S3")
-        pytest.skip("moto_server is not installed (pip install -e '.[test]')")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                time.sleep(0.1)
+        pytest.skip(f"no S3 server: BATCHER_TEST_S3 is not set and moto is not installed "
+                    f"(pip install -e '.[test]'); {SETUP_HINT}")
+    with moto_on_loopback() as url:
         yield url
+
+
+@contextlib.contextmanager
+def moto_on_loopback() -> Iterator[str]:
+    """moto's S3-compatible server in a thread of this process, on 127.0.0.1 and a free port, while
+    the block runs; its URL."""
+    from moto.server import ThreadedMotoServer
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        server.stop()
 
 
 # --- the simulator served over HTTP on loopback ----------------------------------------------------

@@ -45,8 +45,10 @@ def validate(manifest: str, max_jobs: int, online: bool, simulate: bool) -> None
         local = f", {len(m.local_files)} local image(s) checked" if m.local_files else ""
         click.echo(f"{manifest}: {report.checked} reference URL(s){local} checked, {len(report.warnings)} "
                    "unreachable from this machine")
+    images = {**m.set_files, **m.local_files}
     click.echo(f"{manifest}: ok, batch {m.batch!r}, {len(m.rows)} row(s), {summary.jobs} job(s)"
-               + (f", {summary.duplicates} duplicate(s) merged" if summary.duplicates else ""))
+               + (f", {summary.duplicates} duplicate(s) merged" if summary.duplicates else "")
+               + (f", {len(images)} local image(s) read (type, size, pixels)" if images and not online else ""))
 
 
 @cli.command()
@@ -79,23 +81,21 @@ def plan(manifest: str, ledger_path: str, rates: tuple[str, ...], as_json: bool,
                              **({"model": j.model} if mixed else {}),
                              "prompt": j.params.get("prompt"), "parameters": j.params, "estimate": j.estimate}
                             for j in jobs]
-    if states is not None or shares is not None:
-        # One pass over the jobs for both: what the ledger holds, and a mixed batch's models.
-        held = {"completed": 0, "in_ledger": 0}
-        for key in _keys(m, overrides, max_jobs, summary, jobs, shares):
-            state = states.get(key) if states is not None else None
-            if state is not None:
-                held["in_ledger"] += 1
-                held["completed"] += state == "completed"
-        if states is not None:
-            from ..ledger import display_location
-            data["ledger"] = {"path": display_location(ledger_path), **held}
+    held = _held(m, overrides, max_jobs, summary, jobs, shares, states)
     if shares is not None:
         data["models"] = shares.to_json()
         of_row = {row.origin: m.model_of(row).api_id for row in m.rows}
         for row in data["rows"]:
             row["model"] = of_row.get(row["origin"], m.model.api_id)
     data["wall_time"] = wall_time_estimate(m, summary, concurrency)
+    if states is not None:
+        from ..ledger import display_location
+        from ..money import from_hundredths
+        from ..policy import estimate_wall_seconds
+        to_run, hundredths = held.pop("to_run"), held.pop("to_run_hundredths")
+        data["ledger"] = {"path": display_location(ledger_path), **held, "to_run": {
+            "jobs": to_run, "credits": from_hundredths(hundredths),
+            "seconds": estimate_wall_seconds(to_run, concurrency, data["wall_time"]["typical_render_seconds"])}}
     uploads = _uploads(m, ledger_path, store_settings(m, **store))
     if uploads is not None:
         data["local_images"] = {**data.get("local_images", {}), **uploads}
@@ -108,20 +108,43 @@ def plan(manifest: str, ledger_path: str, rates: tuple[str, ...], as_json: bool,
         click.echo(_uploads_line(uploads))
 
 
+# What a rerun does with a job the ledger holds in each state (one it lacks is sent, as a pending one is).
+_RERUN = {"pending": "to_run", "submitting": "in_flight", "submitted": "in_flight", "rendered": "in_flight",
+          "unknown": "held", "failed": "held", "expired": "held", "cancelled": "held"}
+
+
+def _held(m: Any, overrides: dict[str, float], max_jobs: int, summary: Any, jobs: list[Any], shares: Any,
+          states: dict[str, str] | None) -> dict[str, int]:
+    """What the ledger holds of the plan's jobs, and what a rerun would still send: its jobs and
+    their estimates (in hundredths); a mixed batch's jobs are added to its model shares on the way."""
+    held = {"in_ledger": 0, "completed": 0, "in_flight": 0, "held": 0, "to_run": 0, "to_run_hundredths": 0}
+    if states is None and shares is None:
+        return held
+    from ..money import estimate_hundredths
+    for key, estimate in _keys(m, overrides, max_jobs, summary, jobs, shares):
+        state = states.get(key) if states is not None else None
+        held["in_ledger"] += state is not None
+        outcome = "to_run" if state is None else _RERUN.get(state, state)
+        held[outcome] = held.get(outcome, 0) + 1
+        if outcome == "to_run":
+            held["to_run_hundredths"] += estimate_hundredths(estimate)
+    return held
+
+
 def _keys(m: Any, overrides: dict[str, float], max_jobs: int, summary: Any, jobs: list[Any],
-          shares: Any) -> Iterator[str]:
-    """Every distinct job's key, for counting what the ledger holds; a mixed batch's jobs are added
-    to its model shares on the way. With neither shares nor a job list, the keys come from the rows
-    `check` compiled (a 100,000-job manifest as a command: 2.75 s -> 1.8-2.0 s), not whole jobs."""
+          shares: Any) -> Iterator[tuple[str, float]]:
+    """Every distinct job's key and estimate, for counting what the ledger holds; a mixed batch's
+    jobs are added to its model shares on the way. With neither shares nor a job list, they come
+    from the rows `check` compiled (a 100,000-job manifest as a command: 2.75 s -> 1.8-2.0 s), not whole jobs."""
     if shares is None and not jobs:
         from ..plan import job_rows
-        yield from (r.key for r in job_rows(m, overrides, max_jobs=max_jobs, compiled=summary.compiled))
+        yield from ((r.key, r.estimate) for r in job_rows(m, overrides, max_jobs=max_jobs, compiled=summary.compiled))
         return
     from ..plan import iter_jobs
     for job in jobs or iter_jobs(m, overrides, max_jobs=max_jobs):
         if shares is not None:
             shares.add(job)
-        yield job.key
+        yield job.key, job.estimate
 
 
 def wall_time_estimate(m: Any, summary: Any, concurrency: int) -> dict[str, Any]:

@@ -144,25 +144,25 @@ def _control_of(ledger: Any, name: str) -> dict[str, Any]:
 @ledger_option
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "videofolder"]), default="jsonl",
               show_default=True, help="jsonl or csv records, or a videofolder dataset.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default="-", show_default=True,
-              help="File to write (- for standard output); jsonl and csv.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Folder for --format videofolder.")
+@click.option("-o", "--output", type=click.Path(), default=None, metavar="PATH",
+              help="Where the export goes: the file for jsonl and csv (default: standard output, also -), "
+                   "the folder for videofolder.")
+# The folder's option before -o/--output took folders too; kept so scripts using it still work.
+@click.option("--out", "old_out", type=click.Path(), default=None, hidden=True)
 @click.option("--include-failed", is_flag=True, help="videofolder: list jobs without a video in not_completed.jsonl.")
 @model_option
-def export(manifest: str | None, ledger_path: str, fmt: str, output: str, out_dir: str | None,
+def export(manifest: str | None, ledger_path: str, fmt: str, output: str | None, old_out: str | None,
            include_failed: bool, model: str | None) -> None:
     """Export jobs with their provenance: JSONL or CSV records, or a VideoFolder dataset."""
     from ..views import check_model, export_videofolder
     from ..views import export as write_export
+    output = _export_output(output, old_out, fmt)
     batch = _batch_for(manifest)
     with _open_existing(ledger_path, batch) as ledger:
         check_model(ledger, batch, model)
         if fmt == "videofolder":
-            if not out_dir:
-                raise click.UsageError("--format videofolder needs --out DIR")
-            r = export_videofolder(ledger, batch, Path(out_dir), include_failed, model)
-            click.echo(f"{out_dir}: {r.videos} video(s) ({r.linked} linked, {r.copied} copied, {r.unchanged} "
+            r = export_videofolder(ledger, batch, Path(output), include_failed, model)
+            click.echo(f"{output}: {r.videos} video(s) ({r.linked} linked, {r.copied} copied, {r.unchanged} "
                        f"already there) and metadata.jsonl; {r.others} job(s) without a video"
                        + (f"; {len(r.unverified)} skipped: file missing or not matching its sha256"
                           if r.unverified else ""), err=True)
@@ -173,6 +173,25 @@ def export(manifest: str | None, ledger_path: str, fmt: str, output: str, out_di
             with open(output, "w", encoding="utf-8", newline="") as f:
                 n = write_export(ledger, batch, fmt, f, model)
             click.echo(f"wrote {n} record(s) to {output}", err=True)
+
+
+def _export_output(output: str | None, old_out: str | None, fmt: str) -> str:
+    """Where the export goes: -o/--output (or the deprecated --out, said once on stderr), checked
+    against the format: a folder for videofolder, a file (or - for standard output) otherwise."""
+    if old_out is not None:
+        if output is not None:
+            raise click.UsageError("give -o/--output only (--out is its old name)")
+        click.echo("batcher: export --out is deprecated: use -o/--output (the same meaning)", err=True)
+        output = old_out
+    if fmt == "videofolder":
+        if output in (None, "-"):
+            raise click.UsageError("--format videofolder needs -o/--output FOLDER")
+        if Path(output).exists() and not Path(output).is_dir():
+            raise click.UsageError(f"-o/--output {output} is a file: --format videofolder writes a folder")
+        return output
+    if output not in (None, "-") and Path(output).is_dir():
+        raise click.UsageError(f"-o/--output {output} is a folder: --format {fmt} writes a file")
+    return output or "-"
 
 
 @cli.command()

@@ -27,22 +27,10 @@ import anyio
 
 from ..errors import MalformedAnswer, NotSentError, ServerError
 from ..ledger import Reference
-from ..references import (
-    MAX_BYTES,
-    MIN_SIDE,
-    LocalFile,
-    image_kind,
-    image_size,
-    is_local_address,
-    megabytes,
-    reserved_host,
-    too_big,
-    too_small,
-)
+from ..references import HEAD_BYTES, MAX_BYTES, LocalFile, is_local_address, judge_image, reserved_host
 from .answers import ReferenceFetch
 from .http import PixelDojoClient
 
-HEAD_BYTES = 128 * 1024  # the range asked for: enough for the header of any of the three types
 TRUST_SECONDS = 24 * 3600  # an OK result without validators is trusted this long
 WARNINGS_SHOWN = 3  # unreachable references named one by one; the rest are counted
 
@@ -91,22 +79,10 @@ def judge(answer: ReferenceFetch) -> Verdict:
     """What one answer (200 or 206, or anything else) says about a reference."""
     if answer.status not in (200, 206):
         return Verdict(Outcome.ERROR, f"answered HTTP {answer.status}, not an image")
-    kind = image_kind(answer.head)
-    if kind is None:
-        start = answer.head[:16].decode("ascii", "replace").strip()
-        return Verdict(Outcome.ERROR, f"not a JPEG, PNG or WEBP image (starts with {start!r})")
-    if answer.size is not None and too_big(answer.size):
-        return Verdict(Outcome.ERROR, f"{kind} of {megabytes(answer.size)}, over the {megabytes(MAX_BYTES)} the "
-                                      f"model accepts")
-    size = image_size(kind, answer.head)
-    if size is None:
-        return Verdict(Outcome.OK, f"{kind}; its dimensions are not in its first {HEAD_BYTES} bytes (not checked)",
-                       answer.etag, answer.last_modified)
-    width, height = size
-    if too_small(width, height):
-        return Verdict(Outcome.ERROR, f"{kind} of {width}x{height}, shortest side under the {MIN_SIDE} pixels "
-                                      f"the model needs")
-    return Verdict(Outcome.OK, f"{kind} {width}x{height}", answer.etag, answer.last_modified)
+    acceptable, detail = judge_image(answer.head, answer.size)
+    if not acceptable:
+        return Verdict(Outcome.ERROR, detail)
+    return Verdict(Outcome.OK, detail, answer.etag, answer.last_modified)
 
 
 def trusted(known: Reference | None, now: float) -> bool:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from ..faces import lazy
 
 if TYPE_CHECKING:
-    from .diagnostics import Diagnostics, suggest
+    from .diagnostics import Diagnostics, nearest, suggest
     from .document import MAX_REPEAT, Manifest, is_safe_batch_name, load_manifest, looks_like_local_file
     from .rowfields import Located, Row, as_list
     from .template import Template, compile_template, is_template_value, render, scalar_problem, variables_in
@@ -40,6 +40,7 @@ __all__ = [
     "is_template_value",
     "load_manifest",
     "looks_like_local_file",
+    "nearest",
     "render",
     "scalar_problem",
     "sexagesimal_problem",

@@ -23,6 +23,7 @@ from ..manifest import (
     as_list,
     compile_template,
     is_template_value,
+    nearest,
     scalar_problem,
     sexagesimal_problem,
     suggest,
@@ -129,14 +130,15 @@ def _vary_dimensions(row: Row, model: ModelSpec, diags: Diagnostics) -> tuple[li
             elif not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
                 diags.add(vary.file, key_line, f"vary {short(key)} is neither an API parameter nor a variable name")
             elif key not in used:
-                # A misspelt name most likely meant a {variable} of the prompt that nothing fills.
-                hint = suggest(key, sorted(used - set(raw)))
-                if hint:
+                # A misspelt name: the closest API parameter or {variable} nothing fills yet.
+                meant = nearest(key, model.names(), sorted(used - set(raw)))
+                hint = f" (did you mean '{meant}'?)" if meant else ""
+                if meant is not None and meant not in model.names():
                     diags.add(vary.file, key_line,
                               f"vary {short(key)} is not an API parameter and the prompt has no {{{key}}}{hint}")
                 else:
-                    diags.add(vary.file, key_line, f"vary {short(key)} is not an API parameter"
-                              f"{suggest(key, model.names())} and the prompt has no {{{key}}}")
+                    diags.add(vary.file, key_line,
+                              f"vary {short(key)} is not an API parameter{hint} and the prompt has no {{{key}}}")
             else:
                 # str() of a list or mapping is not a prompt, and through aliases it can be huge.
                 bad = [loc for loc in located if not is_template_value(loc.value)]

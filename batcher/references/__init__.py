@@ -13,7 +13,18 @@ from typing import TYPE_CHECKING
 from ..faces import lazy
 
 if TYPE_CHECKING:
-    from .facts import MAX_BYTES, MIN_SIDE, image_kind, image_size, megabytes, reserved_host, too_big, too_small
+    from .facts import (
+        HEAD_BYTES,
+        MAX_BYTES,
+        MIN_SIDE,
+        image_kind,
+        image_size,
+        judge_image,
+        megabytes,
+        reserved_host,
+        too_big,
+        too_small,
+    )
     from .local import (
         LOCAL_PREFIX,
         LocalFile,
@@ -31,6 +42,7 @@ if TYPE_CHECKING:
 __getattr__ = lazy(__name__)
 
 __all__ = [
+    "HEAD_BYTES",
     "LOCAL_PREFIX",
     "MAX_BYTES",
     "MIN_SIDE",
@@ -42,6 +54,7 @@ __all__ = [
     "image_kind",
     "image_size",
     "is_local_address",
+    "judge_image",
     "local_addresses",
     "looks_like_local",
     "megabytes",

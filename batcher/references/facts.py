@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 MAX_BYTES = 10 * 1024 * 1024
 MIN_SIDE = 400
+HEAD_BYTES = 128 * 1024  # what is read of an image to judge it: enough for the header of any of the three types
 RESERVED_SUFFIXES = (".example", ".test", ".invalid", ".localhost")
 RESERVED_HOSTS = {"example.com", "example.net", "example.org", "localhost"}
 
@@ -93,6 +94,24 @@ def too_big(size: int) -> bool:
 def too_small(width: int, height: int) -> bool:
     """Whether an image of width x height has a side under the model's minimum."""
     return min(width, height) < MIN_SIDE
+
+
+def judge_image(head: bytes, size: int | None) -> tuple[bool, str]:
+    """Whether an image whose first bytes are `head` (up to HEAD_BYTES) and whose size is `size`
+    bytes (None: not known) meets the rules; and what it is (`PNG 800x600`) or why it is refused."""
+    kind = image_kind(head)
+    if kind is None:
+        start = head[:16].decode("ascii", "replace").strip()
+        return False, f"not a JPEG, PNG or WEBP image (starts with {start!r})"
+    if size is not None and too_big(size):
+        return False, f"{kind} of {megabytes(size)}, over the {megabytes(MAX_BYTES)} the model accepts"
+    sides = image_size(kind, head)
+    if sides is None:
+        return True, f"{kind}; its dimensions are not in its first {HEAD_BYTES} bytes (not checked)"
+    width, height = sides
+    if too_small(width, height):
+        return False, f"{kind} of {width}x{height}, shortest side under the {MIN_SIDE} pixels the model needs"
+    return True, f"{kind} {width}x{height}"
 
 
 def reserved_host(url: str) -> bool:

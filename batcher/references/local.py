@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from ..errors import LocalReferencesNeedStore, UsageError
 from ..text import short
+from .facts import HEAD_BYTES, judge_image
 
 LOCAL_PREFIX = "local:sha256:"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -33,6 +34,7 @@ _GLOB_CHARS = ("*", "?", "[")
 _PATHLIKE_SUFFIXES = (*IMAGE_SUFFIXES, ".gif", ".bmp", ".tif", ".tiff", ".avif", ".heic")
 
 _hashes: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256 hex
+_refusals: dict[tuple[str, int, int], str | None] = {}  # (path, size, mtime_ns) -> why the rules refuse it
 
 
 @dataclass(frozen=True)
@@ -95,10 +97,25 @@ def _one_file(path: Path, spec: str, origin: str, shown: str) -> LocalFile | str
         return (f"reference {short(spec)}: {path.name} is not an accepted image type "
                 f"(the file name must end in {_ACCEPTED})")
     try:
+        refused = _refusal(path, st)
+        if refused is not None:
+            return f"reference {shown}: {refused}"
         digest = _sha256(path, st)
     except OSError as e:
         return f"reference {short(spec)}: {path} cannot be read ({e.strerror or e})"
     return LocalFile(LOCAL_PREFIX + digest, path, spec, st.st_size, origin, shown)
+
+
+def _refusal(path: Path, st: os.stat_result) -> str | None:
+    """Why the model would refuse this image (type by its bytes, size, pixels: references.facts),
+    or None: read here, offline, so `validate` and a run refuse it before anything is staged."""
+    cache_key = (str(path), st.st_size, st.st_mtime_ns)
+    if cache_key not in _refusals:
+        with open(path, "rb") as f:
+            head = f.read(HEAD_BYTES)
+        acceptable, detail = judge_image(head, st.st_size)
+        _refusals[cache_key] = None if acceptable else detail
+    return _refusals[cache_key]
 
 
 def _images_in(paths: list[Path]) -> list[Path]:

@@ -72,8 +72,10 @@ def plan_lines(m: Manifest, summary: PlanSummary, overrides: dict[str, float], d
             f"{r} at {m.model.credits_per_second[r]:g} credits/s is unpublished" for r in guessed) + \
             "; set --rate to change it)"
     wall = data["wall_time"]
-    lines = [f"batch {m.batch!r}: {summary.jobs} job(s), {summary.seconds_of_video} s of video, "
-             f"estimated {format_credits(summary.credits)} credits{guess}"]
+    lines = _left_lines(data["ledger"], summary.jobs, wall["concurrency"]) if data.get("ledger", {}).get(
+        "in_ledger") else []
+    lines.append(f"batch {m.batch!r}: {summary.jobs} job(s), {summary.seconds_of_video} s of video, "
+                 f"estimated {format_credits(summary.credits)} credits{guess}")
     if summary.duplicates:
         lines.append(f"{summary.duplicates} duplicate job(s) merged: identical requests are rendered once")
     if mixed is None:
@@ -92,6 +94,21 @@ def plan_lines(m: Manifest, summary: PlanSummary, overrides: dict[str, float], d
         led = data["ledger"]
         lines.append(f"ledger {led['path']}: holds {led['in_ledger']} of these jobs, {led['completed']} completed")
     return lines
+
+
+def _left_lines(led: dict[str, Any], jobs: int, concurrency: int) -> list[str]:
+    """What is left of a batch the ledger holds, before the whole plan: the jobs a rerun would
+    still send, their credits and time; those it would follow up, and those it leaves held."""
+    left = led["to_run"]
+    lines = [f"{led['completed']} of {jobs} job(s) completed in {led['path']}; {left['jobs']} to run: "
+             f"{format_credits(left['credits'])} credits, about {format_seconds(left['seconds'])} at "
+             f"--concurrency {concurrency}"]
+    if led["in_flight"]:
+        lines.append(f"{led['in_flight']} already sent (paid): a rerun follows them to their videos")
+    if led["held"]:
+        lines.append(f"{led['held']} held (failed, unknown, expired or cancelled): `batcher retry` or "
+                     "`batcher resume` sends them again")
+    return [*lines, "the whole batch:"]
 
 
 def _mixed_plan_lines(models: dict[str, Any], wall: dict[str, Any]) -> list[str]:
