@@ -280,13 +280,11 @@ class PixelDojoClient:
             raise TooSlow(f"the reference did not answer in time (not whole within {self.deadlines.request:g}s)"
                           ) from None
 
-    async def download(self, url: str, dest: Path | VideoSink, *, max_bytes: int, max_redirects: int = 5
-                       ) -> Download:
-        """Stream a video to `dest` (a file's temporary name chosen by the caller, or a sink: an
-        object being uploaded) and check it is a whole MP4 video; more
-        than `max_bytes` aborts. Raises DownloadRefused for a URL never to fetch (not http(s), or
-        carrying the key), OutputGone for 403/404/410, ServerError for what is worth retrying (TooSlow
-        once slower than `Deadlines.download_ends` allows), MalformedAnswer for no video."""
+    async def download(self, url: str, dest: Path | VideoSink, *, max_bytes: int, max_redirects: int = 5) -> Download:
+        """Stream a video to `dest` (a temporary file name, or a sink: an object being uploaded), checked
+        whole MP4; more than `max_bytes` aborts. Raises DownloadRefused for a URL never to fetch (not
+        http(s), or carrying the key), OutputGone for 403/404/410, ServerError for what is worth retrying
+        (TooSlow once slower than `Deadlines.download_ends` allows), MalformedAnswer for no whole video."""
         for _ in range(max_redirects + 1):
             refuse_download_url(url, self._leaks, self.redact)
             got = await self._fetch_video(url, dest, max_bytes)
