@@ -133,6 +133,13 @@ def test_the_summary_never_calls_a_failed_job_refunded():
     lines = summary(report, "out", retry_command=lambda state: f"batcher retry --{state} m.yaml")
     assert any("batcher retry --failed m.yaml" in line for line in lines)
     assert not any("refund" in line for line in lines)
+    # nor says a retry pays "again": a failed job may never have been charged (issue 27, 1)
+    assert not any("again" in line for line in lines if "retry" in line)
+    expired = RunReport(batch="b", counts={"expired": 1}, spent=20, held_jobs=0, held_cost=0, budget=None,
+                        elapsed=1.0, submitted=1, completed=0, stop_reason=None, messages=[],
+                        failures=[("expired", "the output URL expired", 1, ["k" * 20])])
+    lines = summary(expired, "out", retry_command=lambda state: f"batcher retry --{state} m.yaml")
+    assert "  to retry them (renders again, paying again): batcher retry --expired m.yaml" in lines
 
 
 def test_slow_urls_never_hold_every_downloader(tmp_path):

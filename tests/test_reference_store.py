@@ -250,3 +250,26 @@ def test_the_manifest_names_a_store_with_its_settings_and_its_errors_have_lines(
         api.plan(api.load(bad))
     assert [str(d) for d in caught.value.diagnostics] == [
         f"{bad}:4: unknown reference_store field 'url_lifetme' (did you mean 'url_lifetime'?)"]
+
+
+def test_a_simulated_run_with_a_store_on_this_machine_renders_every_job(aws, chars, monkeypatch):
+    """`run --simulate --reference-store s3://...` (issue 27, 1): the in-process simulator fetches the
+    presigned URLs from the store on loopback, as the real API fetches them from your bucket."""
+    from click.testing import CliRunner
+
+    from batcher.cli import cli
+    s3, bucket = aws
+    monkeypatch.chdir(chars)
+    path = manifest(chars, bucket)
+    done = CliRunner().invoke(cli, ["run", str(path), "--simulate", "--sim-render-seconds", "0.02",
+                                    "--reference-store", f"s3://{bucket}/characters", "--ledger", str(chars / "sim.db")])
+    assert done.exit_code == 0, done.output
+    assert "3 completed" in done.output and "paying again" not in done.output
+    assert len(objects(s3, bucket)) == 3
+
+
+def test_a_store_on_another_host_fails_a_simulated_job_without_saying_it_pays_again():
+    from batcher.simulator.references import UploadStore, reference_problem
+    problem, fetched = reference_problem("https://my-bucket.s3.amazonaws.com/a.png?X-Amz-Signature=s", UploadStore(), None)
+    assert problem == "cannot be reached (the in-process simulator reaches no host but this machine)"
+    assert fetched is False

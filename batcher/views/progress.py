@@ -112,8 +112,10 @@ def summary(report: RunReport, out_dir: str, retry_command: Callable[[str], str]
         if len(groups) > 5:
             lines.append(f"  ... and {len(groups) - 5} more reason(s): `batcher export` lists every job's error")
         if retry_command is not None:
-            # (not every failed job was refunded: one the API charged and gave no video stays paid)
-            lines.append(f"  to retry them (renders again, paying again): {retry_command(state)}")
+            # An expired clip was paid for; a failed job may never have been charged (refused at
+            # submission, or refunded), so its retry is a new render, not a second payment for one.
+            cost = "renders again, paying again" if state == "expired" else "a new render each, paid as any other"
+            lines.append(f"  to retry them ({cost}): {retry_command(state)}")
     if report.counts.get("cancelled"):
         lines.append(f"cancelled ({report.counts['cancelled']}): never sent; `batcher resume` (the same MANIFEST, "
                      f"or --batch {report.batch}) puts them back to pending, then `batcher run` renders them")
