@@ -262,7 +262,8 @@ def test_a_simulated_run_with_a_store_on_this_machine_renders_every_job(aws, cha
     monkeypatch.chdir(chars)
     path = manifest(chars, bucket)
     done = CliRunner().invoke(cli, ["run", str(path), "--simulate", "--sim-render-seconds", "0.02",
-                                    "--reference-store", f"s3://{bucket}/characters", "--ledger", str(chars / "sim.db")])
+                                    "--reference-store", f"s3://{bucket}/characters",
+                                    "--ledger", str(chars / "sim.db")])
     assert done.exit_code == 0, done.output
     assert "3 completed" in done.output and "paying again" not in done.output
     assert len(objects(s3, bucket)) == 3
@@ -270,6 +271,7 @@ def test_a_simulated_run_with_a_store_on_this_machine_renders_every_job(aws, cha
 
 def test_a_store_on_another_host_fails_a_simulated_job_without_saying_it_pays_again():
     from batcher.simulator.references import UploadStore, reference_problem
-    problem, fetched = reference_problem("https://my-bucket.s3.amazonaws.com/a.png?X-Amz-Signature=s", UploadStore(), None)
+    url = "https://my-bucket.s3.amazonaws.com/a.png?X-Amz-Signature=s"
+    problem, fetched = reference_problem(url, UploadStore(), None)
     assert problem == "cannot be reached (the in-process simulator reaches no host but this machine)"
     assert fetched is False
