@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 DEFAULT_LEDGER = "batcher.db"
+# Where --simulate keeps its batches, apart, so simulated clips never pass for real ones.
+SIMULATED_LEDGER = "batcher-sim.db"
 
 
 def is_database_url(location: str | Path) -> bool:

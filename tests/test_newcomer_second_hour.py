@@ -260,3 +260,37 @@ def test_the_session_starts_its_own_postgresql_when_pgserver_is_installed():
     engine.dispose()
     with Ledger(url) as ledger:
         assert ledger.batches() == []
+
+
+# --- 3. --simulate on every command that reads a ledger; 14. examples in --help ------------------------
+
+def test_every_command_that_reads_a_ledger_takes_simulate_and_reads_the_simulated_ledger(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.yaml").write_text(small_manifest(n_rows=2))
+    runner = CliRunner()
+    done = runner.invoke(cli, ["run", "m.yaml", "--simulate", "--sim-render-seconds", "0.02"])
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "batcher-sim.db").exists() and not (tmp_path / "batcher.db").exists()
+    # without --simulate: the real ledger, which does not exist, and a hint naming --simulate
+    plain = runner.invoke(cli, ["status"])
+    assert plain.exit_code == 2 and "add --simulate" in plain.output
+    for words, shows in ((["status"], "2 completed"),
+                         (["plan", "m.yaml"], "2 of 2 job(s) completed in batcher-sim.db"),
+                         (["export", "--format", "jsonl"], '"simulated": true'), (["watch", "--once"], "2/2"),
+                         (["report", "-o", "g.html"], "wrote g.html"), (["pause", "m.yaml"], "paused"),
+                         (["resume", "m.yaml"], "resum"), (["models", "--simulate"], "happyhorse-1.0-r2v")):
+        got = runner.invoke(cli, [*words, "--simulate"] if "--simulate" not in words else words)
+        assert got.exit_code == 0, (words, got.output)
+        assert shows in got.output, (words, got.output)
+    assert not (tmp_path / "batcher.db").exists()  # nothing read or made the real ledger
+    # --ledger on the command line still wins over --simulate
+    other = runner.invoke(cli, ["status", "--simulate", "--ledger", "elsewhere.db"])
+    assert other.exit_code == 2 and "no ledger at elsewhere.db" in other.output
+
+
+def test_help_shows_examples_and_where_simulated_runs_keep_their_ledger():
+    runner = CliRunner()
+    top = runner.invoke(cli, ["--help"]).output
+    assert "Examples:" in top and "batcher run manifests/demo.yaml --simulate" in top and "batcher-sim.db" in top
+    status = runner.invoke(cli, ["status", "--help"]).output
+    assert "--simulate" in status and "batcher-sim.db" in status

@@ -8,6 +8,7 @@ credits; 4 the batch was cancelled (`batcher cancel`); 130 interrupted.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -17,7 +18,7 @@ from .. import __version__
 
 # Light imports only: `--version`, `--help`, `validate` and `plan` without a ledger never load
 # SQLAlchemy (commands import what they need when they run).
-from ..defaults import DEFAULT_LEDGER
+from ..defaults import DEFAULT_LEDGER, SIMULATED_LEDGER
 from ..errors import BatcherError, ExitCode, ManifestError, PreflightFailed, UsageError
 from ..plan import MAX_JOBS
 
@@ -63,6 +64,24 @@ def ledger_option(f: Any) -> Any:
                              "shared by several runners (or set BATCHER_LEDGER).")(f)
 
 
+def ledger_for(ledger_path: str, simulate: bool) -> str:
+    """The ledger a command uses: with --simulate, the simulated one (batcher-sim.db), unless
+    --ledger is given on the command line (BATCHER_LEDGER names the real ledger: it does not count)."""
+    source = click.get_current_context().get_parameter_source("ledger_path")
+    return SIMULATED_LEDGER if simulate and source != click.core.ParameterSource.COMMANDLINE else ledger_path
+
+
+def reading_ledger(f: Any) -> Any:
+    """--ledger, and --simulate to read the simulated ledger (batcher-sim.db) instead."""
+    @functools.wraps(f)
+    def with_ledger(*args: Any, simulate: bool, ledger_path: str, **kwargs: Any) -> Any:
+        return f(*args, ledger_path=ledger_for(ledger_path, simulate), **kwargs)
+    with_ledger = click.option("--simulate", is_flag=True,
+                               help=f"Read the simulated ledger ({SIMULATED_LEDGER}), where --simulate runs keep "
+                                    f"their batches (unless --ledger is given).")(with_ledger)
+    return ledger_option(with_ledger)
+
+
 def parse_rates(values: tuple[str, ...]) -> dict[str, float]:
     rates = {}
     for item in values:
@@ -93,7 +112,19 @@ rate_option = click.option("--rate", "rates", multiple=True, metavar="[MODEL:]RE
 @click.group(cls=BatcherGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="batcher")
 def cli() -> None:
-    """Render batches of reference-to-video clips through PixelDojo's API, safely."""
+    """Render batches of reference-to-video clips through PixelDojo's API, safely.
+
+    \b
+    Examples:
+      batcher run manifests/demo.yaml --simulate     the demo on the built-in simulator
+                                                     (no key; its ledger is ./batcher-sim.db)
+      batcher status --simulate                      where that simulated batch stands
+      batcher plan manifests/demo.yaml               what a real run will cost, before it spends
+      batcher run manifests/demo.yaml --budget 300   render for real (PIXELDOJO_API_KEY set);
+                                                     run the same command again to resume
+      batcher export manifests/demo.yaml --format videofolder -o dataset/
+                                                     the clips as a dataset folder
+      batcher report manifests/demo.yaml             an HTML gallery of every clip"""
 
 
 max_jobs_option = click.option("--max-jobs", type=click.IntRange(1), default=MAX_JOBS,

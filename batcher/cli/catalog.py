@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from ..money import json_safe
-from . import cli, ledger_option
+from . import cli, ledger_for, ledger_option
 
 
 @cli.command()
@@ -27,9 +27,7 @@ def models(api_id: str | None, ledger_path: str, refresh: bool, simulate: bool, 
     from .. import api
     from ..ledger import Ledger
     from ..views import model_lines, model_list_lines
-    if simulate and click.get_current_context().get_parameter_source("ledger_path") != \
-            click.core.ParameterSource.COMMANDLINE:
-        ledger_path = api.SIMULATED_LEDGER
+    ledger_path = ledger_for(ledger_path, simulate)
     import re
     if api_id is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", api_id):
         raise click.UsageError(f"{api_id[:60]!r} is not a model id (letters, digits, '.', '_' and '-')")

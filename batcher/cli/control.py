@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from . import cli, ledger_option
+from . import cli, reading_ledger
 
 RUN_WORD = {"pause": "paused", "resume": "running", "cancel": "cancelled"}
 
@@ -64,7 +64,7 @@ def control_command(command: str, doc: str) -> None:
     @click.argument("manifest", required=False, type=click.Path(dir_okay=False))
     @click.option("--batch", "batch", default=None, metavar="NAME",
                   help="The batch by its name, instead of a MANIFEST.")
-    @ledger_option
+    @reading_ledger
     def command_fn(manifest: str | None, batch: str | None, ledger_path: str) -> None:
         _control(command, manifest, batch, ledger_path)
     command_fn.__doc__ = doc

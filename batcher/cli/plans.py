@@ -11,7 +11,7 @@ import click
 from ..manifest import load_manifest
 from ..money import json_safe
 from ..plan import check
-from . import checked_rates, cli, ledger_option, max_jobs_option, rate_option, store_options, store_settings
+from . import checked_rates, cli, max_jobs_option, rate_option, reading_ledger, store_options, store_settings
 
 
 def _store_options(f: Any) -> Any:
@@ -53,7 +53,7 @@ def validate(manifest: str, max_jobs: int, online: bool, simulate: bool) -> None
 
 @cli.command()
 @click.argument("manifest", type=click.Path(dir_okay=False))
-@ledger_option
+@reading_ledger
 @rate_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as a JSON object.")
 @click.option("--jobs", "list_jobs", is_flag=True,

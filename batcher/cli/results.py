@@ -12,7 +12,7 @@ import click
 from ..errors import BatcherError
 from ..manifest import load_manifest
 from ..money import json_safe
-from . import cli, ledger_option
+from . import cli, reading_ledger
 
 
 def _batch_for(manifest: str | None) -> str | None:
@@ -23,7 +23,7 @@ def _batch_for(manifest: str | None) -> str | None:
 
 def _open_existing(ledger_path: str, batch: str | None = None) -> Any:
     """The ledger to read; when it lacks the batch but the simulated ledger has it, say so."""
-    from ..api import SIMULATED_LEDGER
+    from ..defaults import SIMULATED_LEDGER
     from ..errors import LedgerError
     from ..ledger import Ledger, is_database_url, read_states
     simulated = Path(SIMULATED_LEDGER)
@@ -31,7 +31,8 @@ def _open_existing(ledger_path: str, batch: str | None = None) -> Any:
     if ledger_path != SIMULATED_LEDGER and simulated.exists() and (
             batch is None or read_states(simulated, batch)):
         what = f"batch {batch!r}" if batch else "simulated batches"
-        hint = f"; {SIMULATED_LEDGER} holds {what} from --simulate runs: add --ledger {SIMULATED_LEDGER}"
+        hint = (f"; {SIMULATED_LEDGER} holds {what} from --simulate runs: add --simulate "
+                f"(or --ledger {SIMULATED_LEDGER})")
     if not is_database_url(ledger_path) and not Path(ledger_path).exists():
         raise LedgerError(f"no ledger at {ledger_path}{hint or ' (run a manifest first, or pass --ledger)'}")
     ledger = Ledger(ledger_path)
@@ -47,7 +48,7 @@ model_option = click.option("--model", "model", default=None, metavar="APIID",
 
 @cli.command()
 @click.argument("manifest", required=False, type=click.Path(dir_okay=False))
-@ledger_option
+@reading_ledger
 @click.option("--json", "as_json", is_flag=True, help="Print an object with counts, credits_spent and more.")
 @click.option("--job", "job_key", default=None, help="Show one job's history (a key or its first characters).")
 @click.option("--rows", "by_row", is_flag=True, help="Jobs per state for each manifest row.")
@@ -141,14 +142,15 @@ def _control_of(ledger: Any, name: str) -> dict[str, Any]:
 
 @cli.command()
 @click.argument("manifest", required=False, type=click.Path(dir_okay=False))
-@ledger_option
+@reading_ledger
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "videofolder"]), default="jsonl",
               show_default=True, help="jsonl or csv records, or a videofolder dataset.")
 @click.option("-o", "--output", type=click.Path(), default=None, metavar="PATH",
               help="Where the export goes: the file for jsonl and csv (default: standard output, also -), "
                    "the folder for videofolder.")
 # The folder's option before -o/--output took folders too; kept so scripts using it still work.
-@click.option("--out", "old_out", type=click.Path(), default=None, hidden=True)
+@click.option("--out", "old_out", type=click.Path(), default=None, hidden=True,
+              help="The former spelling of -o for videofolder (says so on stderr when used).")
 @click.option("--include-failed", is_flag=True, help="videofolder: list jobs without a video in not_completed.jsonl.")
 @model_option
 def export(manifest: str | None, ledger_path: str, fmt: str, output: str | None, old_out: str | None,
@@ -196,7 +198,7 @@ def _export_output(output: str | None, old_out: str | None, fmt: str) -> str:
 
 @cli.command()
 @click.argument("manifest", required=False, type=click.Path(dir_okay=False))
-@ledger_option
+@reading_ledger
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="report.html", show_default=True,
               help="The HTML file to write.")
 @model_option

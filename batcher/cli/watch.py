@@ -14,7 +14,7 @@ import click
 
 from ..errors import LedgerError, UsageError
 from ..money import json_safe
-from . import cli, ledger_option
+from . import cli, reading_ledger
 
 # The terminal's alternate screen with the cursor hidden (as `top` and `less` use), and back.
 ENTER, LEAVE = "\x1b[?1049h\x1b[?25l", "\x1b[?25h\x1b[?1049l"
@@ -26,7 +26,7 @@ PLAIN_WIDTH = 120  # off a terminal, unless COLUMNS says otherwise
 @click.argument("manifest", required=False, type=click.Path(dir_okay=False))
 @click.option("--batch", "batch_name", default=None, metavar="NAME",
               help="The batch to watch, by name (instead of MANIFEST; needed when the ledger holds several).")
-@ledger_option
+@reading_ledger
 @click.option("--interval", type=click.FloatRange(min=0.2), default=2.0, show_default=True,
               help="Seconds between refreshes.")
 @click.option("--once", is_flag=True, help="Print one screen (or one JSON object) and exit.")
