@@ -17,7 +17,7 @@ ORDER = ["faces", "errors", "defaults", "text", "redaction", "money", "states",
 # also defines the command group its modules add to (and imports them last), so it comes first there.
 WITHIN = {
     "models": ["patterns", "schema", "tables", "live"],
-    "policy": ["renderfit", "safetynet", "decisions"],
+    "policy": ["renderfit", "safetynet", "budget", "costs", "decisions"],
     "references": ["facts", "local", "store"],
     "manifest": ["diagnostics", "textfiles", "yamlfile", "template", "rowfields", "rowfiles", "document"],
     "plan": ["references", "expansion", "keys", "jobs", "staging"],
@@ -28,7 +28,7 @@ WITHIN = {
     "simulator": ["images", "references", "models", "webhooks", "config", "wire", "jobs", "server", "journal",
                   "transport"],
     "run": ["failpoints", "outcomes", "webhooks", "options", "pacer", "pauses", "threads", "writer",
-            "downloads_queue", "pokes", "context", "records", "uploads", "startup", "feeder", "polling", "listener",
+            "downloads_queue", "pokes", "state", "context", "records", "uploads", "startup", "feeder", "polling", "listener",
             "hooks", "submission", "downloads", "control", "reporting", "runner"],
     "views": ["commands", "watch", "progress", "exports", "report"],
     "bench": ["oracle", "breakdown", "whole", "hooks", "shared", "stage", "suite"],
