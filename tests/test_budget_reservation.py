@@ -193,8 +193,7 @@ def test_a_paused_batch_reserves_nothing_until_it_resumes(tmp_path, write):
             tg.start_soon(_waiter, ctx, 10, got)
             await anyio.wait_all_tasks_blocked()
             assert not got and ctx.budget.reservations == 0
-            ctx.state.control = Control.RUNNING
-            ctx.state.control_changed.wake()
+            assert ctx.state.obey(Control.RUNNING) is Control.PAUSED
         assert len(got) == 1 and got[0] is not None and ctx.budget.reservations == 0
     _in_run(tmp_path, write, body)
 

@@ -64,7 +64,8 @@ class RunContext:
     planner: PollPlanner = field(init=False)
     downloads: ExpiryQueue = field(init=False)
     owner: str = field(init=False)  # who holds leases: unique per process and run, readable in the ledger
-    image_names: dict[str, str] = field(default_factory=dict)  # local image address -> its object in the store
+    # Local image address -> its object in the store: the start fills it, a worker adds what it uploads late.
+    image_names: dict[str, str] = field(default_factory=dict)
     out_abs: Path = Path()  # the output folder, resolved once it exists (`startup.prepare_outputs`)
     hooks: HookState | None = None  # webhooks, once the listener listens (when the run asks for them)
     core: anyio.CancelScope | None = None  # the workers and downloaders, once they run

@@ -48,10 +48,8 @@ def _when(at: float | None) -> str:
 
 def obey(ctx: RunContext, word: Control, at: float | None) -> None:
     """The batch's control word changed to `word`: act on it and say so, once."""
-    before, ctx.state.control = ctx.state.control, word
-    if word is before:
+    if ctx.state.obey(word) is word:
         return
-    ctx.state.control_changed.wake()
     name = f"batch {ctx.batch!r}"
     if word is Control.CANCELLED:
         line = (f"{name} cancelled (`batcher cancel`{_when(at)}): nothing more is submitted; jobs already paid for "

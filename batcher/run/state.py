@@ -76,6 +76,13 @@ class RunState:
         """New submissions may start: not stopped, not paused."""
         return self.submitting_allowed and self.control is Control.RUNNING
 
+    def obey(self, word: Control) -> Control:
+        """The control watcher read `word`: keep it, wake whoever waits on a change; the word before."""
+        before, self.control = self.control, word
+        if word is not before:
+            self.control_changed.wake()
+        return before
+
     async def until_submitting(self) -> None:
         """While the batch is paused, wait: for `resume`, or for the run to stop (`cancel`)."""
         while self.paused:
