@@ -131,22 +131,24 @@ class RunContext:
     @asynccontextmanager
     async def reserve(self, estimate: Decimal) -> AsyncIterator[Reservation | None]:
         """`estimate` reserved against the budget for the block, which ends it (charged or held);
-        any other exit releases it. While other submissions' answers may free room, and while the
-        batch is paused, it waits. None: no room that an answer could free, or the run stopped."""
-        reservation = None
-        while reservation is None:
+        any other exit releases it. None: no room that an answer in flight could free, or the run
+        stopped."""
+        reservation = await self._room_for(estimate)
+        if reservation is None:
+            yield None
+            return
+        with reservation:  # (entered with no await since it was made: nothing can cancel in between)
+            yield reservation
+
+    async def _room_for(self, estimate: Decimal) -> Reservation | None:
+        """Reserve `estimate`; while other submissions' answers may free room, wait for them."""
+        while True:
             # The batch is paused (`batcher pause`): nothing new is sent until it resumes. (A pause
             # that comes after this point refuses the intent in the ledger: see `run/control.py`.)
             await self.state.until_submitting()
             if not self.state.submitting_allowed:
-                break
+                return None
             reservation = self.budget.open(estimate)
-            if reservation is None and self.budget.reservations == 0:
-                break
-            if reservation is None:
-                await self.state.room.wait()
-        if reservation is None:
-            yield None
-            return
-        with reservation:
-            yield reservation
+            if reservation is not None or self.budget.reservations == 0:
+                return reservation
+            await self.state.room.wait()
