@@ -254,9 +254,10 @@ def test_a_reservation_is_released_when_its_intent_cannot_be_written(tmp_path, w
                 ctx = RunContext(ledger, c, manifest.model, manifest.batch, RunOptions.of(budget=100))
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(ctx.writer.run)
-                    assert await ctx.reserve(20)
-                    with pytest.raises(LeaseLost):
-                        await submit_once(ctx, mine, manifest.model.to_wire(mine.parameters()), 20)
+                    async with ctx.reserve(20) as reservation:
+                        assert reservation
+                        with pytest.raises(LeaseLost):
+                            await submit_once(ctx, mine, manifest.model.to_wire(mine.parameters()), reservation)
                     ctx.writer.close()
                 return ctx.budget
         budget = anyio.run(go)

@@ -2,7 +2,9 @@
 
     renderfit   render times learned from polls (a censored normal)
     safetynet   when to poll a job whose end a webhook should announce
-    decisions   retry back-off, poll timing, request pacing, budget accounting
+    budget      the budget's accounting and each submission's reservation
+    costs       what the run learnt of the API's charges, and its probes
+    decisions   retry back-off, poll timing, request pacing
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from typing import TYPE_CHECKING
 from ..faces import lazy
 
 if TYPE_CHECKING:
+    from .budget import Budget, Reservation
+    from .costs import CostMemory
     from .decisions import (
         DEFAULT_MIN_DOWNLOAD_RATE,
         DEFAULT_REQUEST_DEADLINE,
-        Budget,
         Deadlines,
         PollPlanner,
         RatePolicy,
@@ -37,12 +40,14 @@ __all__ = [
     "DEFAULT_REQUEST_DEADLINE",
     "MAX_RUNNING",
     "Budget",
+    "CostMemory",
     "Deadlines",
     "InFlight",
     "PollPlanner",
     "RatePolicy",
     "RenderSeed",
     "RenderTimes",
+    "Reservation",
     "RetryPolicy",
     "WebhookTally",
     "class_seeds",

@@ -1,4 +1,4 @@
-"""Pure decisions a run makes: retry back-off, poll timing, budget accounting.
+"""Pure decisions a run makes: retry back-off, poll timing, request pacing.
 
 No I/O and no clock of their own: times and random numbers are passed in, so every rule is
 tested directly.
@@ -10,10 +10,8 @@ import math
 import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
-from ..money import ZERO, budget
 from .renderfit import GUESS_SPREAD, RenderTimes, fit_censored_normal
 from .safetynet import next_safety_poll
 
@@ -265,47 +263,6 @@ class PollPlanner:
 
 def _model_of(job_class: tuple[Any, ...]) -> Any:
     return job_class[0] if job_class else None
-
-
-# --- budget --------------------------------------------------------------------------------------
-
-@dataclass
-class Budget:
-    """Credits a batch may still commit, exact (Decimal hundredths, never a running float).
-    `committed` is what earlier runs and answered submissions cost (charged and not refunded, plus
-    held unknowns); `reserved` is estimates of submissions whose answer has not come yet."""
-
-    limit: Decimal | None
-    committed: Decimal = ZERO
-    reserved: Decimal = ZERO
-    reservations: int = 0
-
-    def __post_init__(self) -> None:
-        self.limit = budget(self.limit)  # nan, inf, a negative budget: refused here too
-
-    def fits(self, estimate: Decimal) -> bool:
-        return self.limit is None or self.committed + self.reserved + estimate <= self.limit
-
-    def reserve(self, estimate: Decimal) -> bool:
-        if not self.fits(estimate):
-            return False
-        self.reserved += estimate
-        self.reservations += 1
-        return True
-
-    def settle(self, estimate: Decimal, cost: Decimal | None) -> None:
-        """A reservation is answered: `cost` charged (None: nothing was charged)."""
-        self.reserved = max(ZERO, self.reserved - estimate)
-        self.reservations = max(0, self.reservations - 1)
-        if cost:
-            self.committed += cost
-
-    def refund(self, cost: Decimal) -> None:
-        self.committed = max(ZERO, self.committed - cost)
-
-    @property
-    def remaining(self) -> Decimal | None:
-        return None if self.limit is None else max(ZERO, self.limit - self.committed - self.reserved)
 
 
 # --- request rate --------------------------------------------------------------------------------

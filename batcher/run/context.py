@@ -1,6 +1,8 @@
-"""What every loop of a run shares: the ledger and its group writer, the client, the budget, the
-pauses, the poll planner, the download queue, the batch's control word as last read, and the run's
-stop reason and messages. Loops get the context explicitly; job rows are frozen, so each write
+"""What every loop of a run is given: the options and the services, fixed for the run (the
+ledger and its group writer, the client, the models, the pauses, the poll planner, the download
+queue), and three shared parts: the run's word (`RunState`: stop, messages, counters, control
+word), the budget with its reservations (`policy.Budget`), and what was learnt of the charges
+(`policy.CostMemory`). Loops get the context explicitly; job rows are frozen, so each write
 returns the job as it now is."""
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -23,14 +26,14 @@ from ..errors import UsageError
 from ..ledger import Job, Ledger
 from ..ledger.journal import Record
 from ..models import ModelSpec
-from ..policy import Budget, PollPlanner, RatePolicy
-from ..states import Control, JobState
+from ..policy import Budget, CostMemory, PollPlanner, RatePolicy, Reservation
+from ..states import JobState
 from .downloads_queue import ExpiryQueue
 from .options import RunOptions
-from .outcomes import StopReason
 from .pacer import RequestPacer
 from .pauses import Pauses
 from .pokes import HookState
+from .state import RunState
 from .threads import IoThreads
 from .writer import LedgerWriter
 
@@ -39,7 +42,9 @@ log = logging.getLogger("batcher.run")
 
 @dataclass
 class RunContext:
-    """One run of one batch: shared state and the small actions every loop needs."""
+    """One run of one batch. Every field is set once: when the context is made, except the three
+    wired while the run starts (`out_abs`, `hooks`, `core`); what changes lives in `state`,
+    `budget` and `costs`."""
 
     ledger: Ledger
     client: PixelDojoClient
@@ -47,42 +52,36 @@ class RunContext:
     batch: str
     options: RunOptions
     wall: Callable[[], float] = time.time
+    models: Mapping[str, ModelSpec] = field(default_factory=dict)  # by API id: every model of the batch's jobs
+    state: RunState = field(default_factory=RunState)
     rng: random.Random = field(init=False)
     threads: IoThreads = field(init=False)
     writer: LedgerWriter = field(init=False)
     pacer: RequestPacer | None = field(init=False)
     pauses: Pauses = field(init=False)
     budget: Budget = field(init=False)
+    costs: CostMemory = field(init=False)
     planner: PollPlanner = field(init=False)
     downloads: ExpiryQueue = field(init=False)
     owner: str = field(init=False)  # who holds leases: unique per process and run, readable in the ledger
-    stop_reason: StopReason | None = None
-    messages: list[str] = field(default_factory=list)
-    submitted: int = 0
-    completed: int = 0
-    generation: int = 0
-    out_abs: Path = Path()
-    cost_seen: dict[tuple[Any, ...], Decimal] = field(default_factory=dict)  # the most charged per job class
-    probing: set[tuple[Any, ...]] = field(default_factory=set)  # classes with a first submission in flight
-    unreachable: int = 0  # submissions in a row that could not connect
-    image_names: dict[str, str] = field(default_factory=dict)  # local image address -> its object in the store
-    models: dict[str, ModelSpec] = field(default_factory=dict)  # by API id: every model of the batch's jobs
-    core: anyio.CancelScope | None = None
-    control: Control = Control.RUNNING  # the batch's control word, as the control watcher last read it
-    hooks: HookState | None = None  # webhooks, when the run listens for them
-    _budget_changed: anyio.Event | None = None
-    _control_changed: anyio.Event | None = None
+    # Local image address -> its object in the store: the start fills it, a worker adds what it uploads late.
+    image_names: dict[str, str] = field(default_factory=dict)
+    out_abs: Path = Path()  # the output folder, resolved once it exists (`startup.prepare_outputs`)
+    hooks: HookState | None = None  # webhooks, once the listener listens (when the run asks for them)
+    core: anyio.CancelScope | None = None  # the workers and downloaders, once they run
 
     def __post_init__(self) -> None:
         o = self.options
+        self.models = {self.model.api_id: self.model, **self.models}  # a batch may mix models
         self.rng = random.Random(o.seed)
         self.threads = IoThreads()
         self.writer = LedgerWriter(self.ledger, self.threads, patience=o.limits.ledger_patience)
         self.pacer = RequestPacer(RatePolicy(o.limits.rpm)) if o.limits.rpm else None
         if self.pacer is not None:
             self.client.set_hooks(self.pacer.before, self.pacer.after)
-        self.pauses = Pauses(o.polling.retry.base, self.pacer, self.note)
-        self.budget = Budget(o.limits.budget)
+        self.pauses = Pauses(o.polling.retry.base, self.pacer, self.state.note)
+        self.budget = Budget(o.limits.budget, on_change=self.state.room.wake)
+        self.costs = CostMemory(on_change=self.state.room.wake)
         guess = o.polling.expected_render or self.model.expected_render_seconds
         self.planner = PollPlanner(initial=max(0.01, guess), max_interval=max(1.0, guess))
         self.downloads = ExpiryQueue(limit=max(64, 8 * o.saving.downloads))
@@ -99,56 +98,6 @@ class RunContext:
             raise UsageError(f"job {job.key} renders with {job.model}, which this run has no description of: "
                              f"run the manifest that names it")
         return found
-
-    # --- the run's word ------------------------------------------------------------------------
-
-    def note(self, message: str) -> None:
-        """A message for the end summary and the log, once each (the jobs' events say which)."""
-        if message not in self.messages:
-            self.messages.append(message)
-            log.warning(message)
-
-    def stop(self, reason: StopReason, message: str) -> None:
-        """Stop submitting; the first reason stays unless a later one overrides it."""
-        if self.stop_reason is None or (reason.overriding and not self.stop_reason.overriding):
-            self.stop_reason = reason
-        self.note(message)
-        self.budget_signal()
-        self.control_signal()
-
-    @property
-    def submitting_allowed(self) -> bool:
-        return self.stop_reason is None
-
-    @property
-    def paused(self) -> bool:
-        """The batch is paused (`batcher pause`) and this run has not stopped for another reason."""
-        return self.control is Control.PAUSED and self.submitting_allowed
-
-    @property
-    def may_claim_pending(self) -> bool:
-        """New submissions may start: not stopped, not paused."""
-        return self.submitting_allowed and self.control is Control.RUNNING
-
-    # --- the operator's word (`batcher pause / resume / cancel`) --------------------------------
-
-    def control_signal(self) -> None:
-        """Wake whatever waits on the control word (it changed, or the run stopped)."""
-        if self._control_changed is not None:
-            self._control_changed.set()
-        self._control_changed = anyio.Event()
-
-    async def control_changed(self, timeout: float | None = None) -> None:
-        """Until the control word changes (or `timeout` seconds pass)."""
-        if self._control_changed is None:
-            self._control_changed = anyio.Event()
-        with anyio.move_on_after(timeout):
-            await self._control_changed.wait()
-
-    async def until_submitting(self) -> None:
-        """While the batch is paused, wait: for `resume`, or for the run to stop (`cancel`)."""
-        while self.paused:
-            await self.control_changed()
 
     # --- writes of one job ---------------------------------------------------------------------
 
@@ -179,32 +128,27 @@ class RunContext:
 
     # --- the budget ----------------------------------------------------------------------------
 
-    def budget_signal(self) -> None:
-        """Wake submissions waiting for room in the budget (an answer settled a reservation)."""
-        if self._budget_changed is not None:
-            self._budget_changed.set()
-        self._budget_changed = anyio.Event()
+    @asynccontextmanager
+    async def reserve(self, estimate: Decimal) -> AsyncIterator[Reservation | None]:
+        """`estimate` reserved against the budget for the block, which ends it (charged or held);
+        any other exit releases it. None: no room that an answer in flight could free, or the run
+        stopped."""
+        reservation = await self._room_for(estimate)
+        if reservation is None:
+            yield None
+            return
+        with reservation:  # (entered with no await since it was made: nothing can cancel in between)
+            yield reservation
 
-    def unreserve(self, estimate: Decimal) -> None:
-        """A reservation nothing was charged for goes; whoever waits for room in the budget wakes."""
-        self.budget.settle(estimate, None)
-        self.budget_signal()
-
-    async def budget_changed(self) -> None:
-        if self._budget_changed is None:
-            self._budget_changed = anyio.Event()
-        await self._budget_changed.wait()
-
-    async def reserve(self, estimate: Decimal) -> bool:
+    async def _room_for(self, estimate: Decimal) -> Reservation | None:
         """Reserve `estimate`; while other submissions' answers may free room, wait for them."""
         while True:
             # The batch is paused (`batcher pause`): nothing new is sent until it resumes. (A pause
             # that comes after this point refuses the intent in the ledger: see `run/control.py`.)
-            await self.until_submitting()
-            if not self.submitting_allowed:
-                return False
-            if self.budget.reserve(estimate):
-                return True
-            if self.budget.reservations == 0:
-                return False
-            await self.budget_changed()
+            await self.state.until_submitting()
+            if not self.state.submitting_allowed:
+                return None
+            reservation = self.budget.open(estimate)
+            if reservation is not None or self.budget.reservations == 0:
+                return reservation
+            await self.state.room.wait()

@@ -36,10 +36,10 @@ def _tell(ctx: RunContext, line: str) -> None:
     """Say it now (stderr for the CLI, else the log) and in the end summary."""
     if ctx.options.on_warning is not None:
         ctx.options.on_warning(line)
-        if line not in ctx.messages:
-            ctx.messages.append(line)
+        if line not in ctx.state.messages:
+            ctx.state.messages.append(line)
     else:
-        ctx.note(line)
+        ctx.state.note(line)
 
 
 def _when(at: float | None) -> str:
@@ -48,15 +48,13 @@ def _when(at: float | None) -> str:
 
 def obey(ctx: RunContext, word: Control, at: float | None) -> None:
     """The batch's control word changed to `word`: act on it and say so, once."""
-    before, ctx.control = ctx.control, word
-    if word is before:
+    if ctx.state.obey(word) is word:
         return
-    ctx.control_signal()
     name = f"batch {ctx.batch!r}"
     if word is Control.CANCELLED:
         line = (f"{name} cancelled (`batcher cancel`{_when(at)}): nothing more is submitted; jobs already paid for "
                 f"are polled and downloaded, then this runner exits {int(ExitCode.CANCELLED)}")
-        ctx.stop(StopReason.CANCELLED, line)
+        ctx.state.stop(StopReason.CANCELLED, line)
         if ctx.options.on_warning is not None:
             ctx.options.on_warning(line)
     elif word is Control.PAUSED:
@@ -77,7 +75,7 @@ async def watch_control(ctx: RunContext, interval: float = CONTROL_INTERVAL) -> 
     """The control watcher: the control word read every `interval` seconds until the run is
     cancelled (then its work is done). A failed read keeps the last word and is tried again."""
     failing = False
-    while ctx.control is not Control.CANCELLED:
+    while ctx.state.control is not Control.CANCELLED:
         await anyio.sleep(interval)
         try:
             await read_control(ctx)
@@ -93,7 +91,7 @@ async def control_at_start(ctx: RunContext) -> None:
     nothing submitted (said once) and its pending jobs are cancelled."""
     found = await ctx.threads.run(ctx.ledger.control_word, ctx.batch)
     word, at = found if found is not None else (Control.RUNNING, None)
-    ctx.control = word
+    ctx.state.control = word
     name = f"batch {ctx.batch!r}"
     if word is Control.PAUSED:
         _tell(ctx, f"{name} is paused (`batcher pause`{_when(at)}): this runner polls and downloads jobs in "
@@ -102,7 +100,7 @@ async def control_at_start(ctx: RunContext) -> None:
         line = (f"{name} is cancelled (`batcher cancel`{_when(at)}): this run submits nothing (`batcher resume` "
                 f"puts its cancelled jobs back to pending); paid jobs left by other runners, if any, are still "
                 f"polled and downloaded")
-        ctx.stop(StopReason.CANCELLED, line)
+        ctx.state.stop(StopReason.CANCELLED, line)
         if ctx.options.on_warning is not None:
             ctx.options.on_warning(line)
         await cancel_leftovers(ctx)
@@ -112,7 +110,7 @@ async def cancel_leftovers(ctx: RunContext) -> int:
     """In a cancelled batch, jobs that are pending (again) are cancelled: a refunded failure, a
     submission that never left, `batcher retry`, new rows of the manifest. Nothing if the batch
     was resumed meanwhile (the ledger checks, in the same transaction)."""
-    if ctx.control is not Control.CANCELLED:
+    if ctx.state.control is not Control.CANCELLED:
         return 0
     op = ctx.ledger.cancelling(ctx.batch, "pending while its batch is cancelled (`batcher cancel`): not sent; "
                                           "`batcher resume` puts it back")

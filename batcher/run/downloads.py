@@ -100,7 +100,7 @@ async def download(ctx: RunContext, item: Queued) -> None:
         published = await ctx.threads.run(publish, tmp, final, result.sha256, partial(_may_replace, ctx, job))
         failpoint("after-publish")
     except DiskFullError as e:
-        ctx.stop(StopReason.DISK, f"{e}: free some space and run the same command again")
+        ctx.state.stop(StopReason.DISK, f"{e}: free some space and run the same command again")
         if ctx.core is not None:
             ctx.core.cancel()
         return
@@ -113,7 +113,7 @@ async def download(ctx: RunContext, item: Queued) -> None:
         # The folder refuses this file (a directory in the way, permissions, a read-only or
         # failing disk): the job stays rendered and the next run tries again.
         await ctx.event(job, "download-unsaved", f"cannot save {final.name}: {e.strerror or e}")
-        ctx.note(f"some videos could not be saved in {out} ({e.strerror or e}); fix the folder and run again")
+        ctx.state.note(f"some videos could not be saved in {out} ({e.strerror or e}); fix the folder and run again")
         return
     finally:
         with anyio.CancelScope(shield=True):
@@ -121,7 +121,7 @@ async def download(ctx: RunContext, item: Queued) -> None:
     await ctx.move(job, S.RENDERED, S.COMPLETED, "downloaded", f"{result.size} bytes, sha256 {result.sha256[:12]}",
                    file_path=str(ctx.out_abs / published.name), size=result.size, sha256=result.sha256, error=None,
                    record=records.downloaded(ctx, job, ctx.out_abs / published.name, result.size, result.sha256))
-    ctx.completed += 1
+    ctx.state.completed += 1
 
 
 async def _failed(ctx: RunContext, item: Queued, e: ApiError) -> None:
@@ -215,7 +215,7 @@ async def _again(ctx: RunContext, item: Queued, e: ApiError) -> None:
 async def _leave(ctx: RunContext, job: Job, reason: str, note: str) -> None:
     """The job stays rendered for the next run, its reason in its history and its error."""
     await ctx.event(job, "download-given-up", reason, error=reason)
-    ctx.note(note)
+    ctx.state.note(note)
 
 
 def _expiry(job: Job) -> float:

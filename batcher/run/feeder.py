@@ -24,8 +24,8 @@ async def reap(ctx: RunContext) -> None:
     await ctx.threads.run(ctx.ledger.reap_dead_runners, ctx.batch, socket.gethostname(), process_alive, ctx.owner)
     recovered = await ctx.threads.run(ctx.ledger.recover_interrupted, ctx.batch)
     if recovered:
-        ctx.note(f"{recovered} job(s) were mid-submission when their runner stopped; they are held as "
-                 f"'unknown' (they may have been charged)")
+        ctx.state.note(f"{recovered} job(s) were mid-submission when their runner stopped; they are held as "
+                       f"'unknown' (they may have been charged)")
 
 
 async def register(ctx: RunContext) -> None:
@@ -46,17 +46,17 @@ async def feed(ctx: RunContext, send: MemoryObjectSendStream[Job]) -> None:
     locked_since: list[float] = []  # when the claims first found pending jobs they could not take
     async with send:
         while True:
-            states = [S.RENDERED, S.SUBMITTED] + ([S.PENDING] if ctx.may_claim_pending else [])
+            states = [S.RENDERED, S.SUBMITTED] + ([S.PENDING] if ctx.state.may_claim_pending else [])
             lease = ctx.options.limits.lease_seconds
             jobs = await ctx.writer.patiently(ctx.ledger.claim, ctx.batch, states, ctx.owner, lease,
-                                         claim_size, ctx.generation)
+                                         claim_size, ctx.state.generation)
             if jobs:
                 locked_since.clear()
                 skipped = []
                 for job in jobs:
                     if job.state == S.RENDERED.value:
                         await ctx.downloads.put(job)
-                    elif job.state == S.PENDING.value and not ctx.may_claim_pending:
+                    elif job.state == S.PENDING.value and not ctx.state.may_claim_pending:
                         skipped.append(job.id)
                     else:
                         await send.send(job)
@@ -72,11 +72,12 @@ async def feed(ctx: RunContext, send: MemoryObjectSendStream[Job]) -> None:
                 continue
             # Nothing claimable. Other runners may still hand work back (a lease that runs out, a
             # job whose submission dies with its runner): wait for them, reaping as we go.
-            if not await ctx.threads.run(ctx.ledger.held_by_others, ctx.batch, ctx.owner, ctx.submitting_allowed) \
+            wanted = ctx.state.submitting_allowed
+            if not await ctx.threads.run(ctx.ledger.held_by_others, ctx.batch, ctx.owner, wanted) \
                     and not await _paused_with_work(ctx):
                 return
             # (a change of the control word wakes it: resumed, pending jobs are claimed at once)
-            await ctx.control_changed(min(2.0, ctx.options.limits.lease_seconds / 4))
+            await ctx.state.control_changed.wait(min(2.0, ctx.options.limits.lease_seconds / 4))
             await reap(ctx)
 
 
@@ -85,13 +86,13 @@ async def _newer_generation(ctx: RunContext) -> bool:
     generation is taken up (pending jobs of the newer staging become claimable)."""
     def newer() -> int | None:
         latest = ctx.ledger.generation(ctx.batch)
-        if latest == ctx.generation or not set(ctx.ledger.models_of(ctx.batch)) <= set(ctx.models):
+        if latest == ctx.state.generation or not set(ctx.ledger.models_of(ctx.batch)) <= set(ctx.models):
             return None
         return latest
     latest = await ctx.threads.run(newer)
     if latest is None:
         return False
-    ctx.generation = latest
+    ctx.state.generation = latest
     return True
 
 
@@ -101,9 +102,9 @@ async def _locked_pending(ctx: RunContext, since: list[float]) -> bool:
     commits (then they carry its newer generation, which the next round takes up). Wait a moment
     rather than end with work left, for one lease's time at most (a bound, should anything else
     hold them)."""
-    if not ctx.may_claim_pending:
+    if not ctx.state.may_claim_pending:
         return False
-    if not await ctx.threads.run(ctx.ledger.claimable_pending, ctx.batch, ctx.generation):
+    if not await ctx.threads.run(ctx.ledger.claimable_pending, ctx.batch, ctx.state.generation):
         since.clear()
         return False
     now = anyio.current_time()
@@ -118,7 +119,7 @@ async def _locked_pending(ctx: RunContext, since: list[float]) -> bool:
 async def _paused_with_work(ctx: RunContext) -> bool:
     """The batch is paused and still has jobs to send: wait for `resume` rather than end. (Jobs of
     the batch's latest manifest: another runner may have staged it since this one started.)"""
-    if not ctx.paused:
+    if not ctx.state.paused:
         return False
 
     def pending() -> bool:

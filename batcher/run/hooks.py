@@ -78,4 +78,4 @@ def settle_hook_refusal(ctx: RunContext, job: Job, model: str, outcome: Submitte
     if hooks is None or why is None or outcome is not Submitted.ACCEPTED or model in hooks.refused:
         return
     hooks.refused[model] = why
-    ctx.note(f"the API refused a webhook URL on {model} jobs ({why}); they are polled instead")
+    ctx.state.note(f"the API refused a webhook URL on {model} jobs ({why}); they are polled instead")

@@ -53,7 +53,7 @@ async def follow_to_end(ctx: RunContext, job: Job, *, hooked: bool = False) -> t
         poked = await _until_due(ctx, job, cls, hooked, elapsed, polls)
         if timeout is not None and elapsed() >= timeout and tries > 0:
             await ctx.event(job, "timeout", f"not finished after {timeout:g}s; the next run polls it again")
-            ctx.note("some jobs passed --job-timeout; rerun to keep polling them")
+            ctx.state.note("some jobs passed --job-timeout; rerun to keep polling them")
             return Followed.LEFT, job
         await ctx.wait_pause(job)
         seen_at = elapsed()
@@ -73,7 +73,7 @@ async def follow_to_end(ctx: RunContext, job: Job, *, hooked: bool = False) -> t
             if o.polling.retry.gives_up(failures, time.monotonic() - first_failure):
                 await ctx.event(job, "poll-given-up", f"{failures} polls failed ({e}); stays submitted, "
                                                       f"the next run polls it again")
-                ctx.note("polls of some jobs kept failing; they stay submitted and the next run polls them")
+                ctx.state.note("polls of some jobs kept failing; they stay submitted and the next run polls them")
                 return Followed.LEFT, job
             delay = o.polling.retry.delay(failures, ctx.rng)
             await ctx.event(job, "poll-retry", f"{e}; retrying in {delay:.1f}s")
@@ -82,7 +82,7 @@ async def follow_to_end(ctx: RunContext, job: Job, *, hooked: bool = False) -> t
         except (JobForbidden, RejectedError) as e:  # (JobForbidden first: an AuthError would stop the run)
             return await _refused(ctx, job, e)
         except AuthError as e:
-            ctx.stop(StopReason.AUTH, str(e))
+            ctx.state.stop(StopReason.AUTH, str(e))
             return Followed.LEFT, job
         failures = 0
         ctx.pauses.server_fine()
@@ -126,8 +126,8 @@ async def _refused(ctx: RunContext, job: Job, e: JobForbidden | RejectedError) -
     # pay again); this run stops following it, the next one asks again.
     message = f"{e}; stays submitted (it was paid) and the next run polls it again"
     job = await ctx.event(job, "poll-forbidden", message, error=str(e))
-    ctx.note("the API refused the status of some jobs (401/403); they stay submitted and the next run polls "
-             "them again (`batcher status --job KEY` shows why)")
+    ctx.state.note("the API refused the status of some jobs (401/403); they stay submitted and the next run polls "
+                   "them again (`batcher status --job KEY` shows why)")
     return Followed.LEFT, job
 
 
@@ -144,8 +144,8 @@ async def _not_found(ctx: RunContext, job: Job, e: RejectedError) -> tuple[Follo
         return Followed.HELD, await _lost(ctx, job, e, len(seen), seen[-1] - min(seen))
     message = f"{e}; stays submitted (it was paid) and the next run polls it again"
     job = await ctx.event(job, NOT_FOUND, message, error=str(e))
-    ctx.note("the API did not find the status of some paid jobs (404 or another 4xx); they stay submitted and "
-             "the next run polls them again (`batcher status --job KEY` shows why)")
+    ctx.state.note("the API did not find the status of some paid jobs (404 or another 4xx); they stay submitted and "
+                   "the next run polls them again (`batcher status --job KEY` shows why)")
     return Followed.LEFT, job
 
 
@@ -157,8 +157,8 @@ async def _lost(ctx: RunContext, job: Job, e: RejectedError, runs: int, seconds:
                f"{seconds / 60:.0f} min); {charged} stay counted as spent. `batcher retry --unknown` renders "
                f"it again, paying again")
     job = await ctx.move(job, S.SUBMITTED, S.UNKNOWN, "lost", message, error=message)
-    ctx.note("some paid jobs are no longer known to the API; they are held as unknown "
-             "(`batcher status --job KEY` shows why)")
+    ctx.state.note("some paid jobs are no longer known to the API; they are held as unknown "
+                   "(`batcher status --job KEY` shows why)")
     return job
 
 
@@ -181,9 +181,8 @@ async def _finished(ctx: RunContext, job: Job, status: JobStatus, render_seconds
     await ctx.writer.write(ctx.ledger.refund(job.id))
     if job.credit_cost:
         ctx.budget.refund(job.credit_cost)
-        ctx.budget_signal()
     attempts, most = job.attempts, ctx.options.limits.max_attempts
-    if attempts < most and ctx.submitting_allowed:
+    if attempts < most and ctx.state.submitting_allowed:
         job = await ctx.move(job, S.SUBMITTED, S.PENDING, "remote-failed",
                              f"{error} (refunded; attempt {attempts} of {most}, retrying)",
                              error=error, finished_at=now)

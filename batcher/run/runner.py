@@ -50,8 +50,7 @@ class Runner:
                  on_progress: Callable[[Progress], None] | None = None,
                  on_force_exit: Callable[[], None] | None = None,
                  wall: Callable[[], float] = time.time, models: Mapping[str, ModelSpec] | None = None):
-        self.ctx = RunContext(ledger, client, model, batch, options or RunOptions(), wall)
-        self.ctx.models = {model.api_id: model, **(models or {})}  # a batch may mix models
+        self.ctx = RunContext(ledger, client, model, batch, options or RunOptions(), wall, models or {})
         self.on_progress = on_progress
         self.on_force_exit = on_force_exit
         self.outlook: BudgetOutlook | None = None
@@ -78,7 +77,7 @@ class Runner:
                 try:
                     if ctx.options.webhooks is not None:  # listening before the first submission asks for a poke
                         await outer.start(listen, ctx, listening, name="webhook-listener")
-                    if ctx.submitting_allowed and self._may_send():  # (nothing to send: nothing to check)
+                    if ctx.state.submitting_allowed and self._may_send():  # (nothing to send: nothing to check)
                         await self._before_spending()
                     async with anyio.create_task_group() as aux:
                         if self.on_progress:
@@ -142,22 +141,23 @@ class Runner:
         # What the journal kept is recorded before anything else (when the ledger was opened, or now).
         applied, ctx.ledger.journal_applied = ctx.ledger.journal_applied, []
         for line in applied + await ctx.threads.run(ctx.ledger.apply_journal):
-            ctx.note(f"from the answer journal: {line}")
+            ctx.state.note(f"from the answer journal: {line}")
         await register(ctx)
         await reap(ctx)
         if o.resubmit_unknown:
             n = await ctx.threads.run(ctx.ledger.requeue, ctx.batch, [S.UNKNOWN],
                                       "resubmitted by consent (--resubmit-unknown)")
             if n:
-                ctx.note(f"{n} held job(s) requeued by --resubmit-unknown: they may be charged twice")
-        ctx.generation = await ctx.threads.run(ctx.ledger.generation, ctx.batch)
+                ctx.state.note(f"{n} held job(s) requeued by --resubmit-unknown: they may be charged twice")
+        ctx.state.generation = await ctx.threads.run(ctx.ledger.generation, ctx.batch)
         await control_at_start(ctx)  # paused: said once, then waited for; cancelled: nothing is sent
         await ctx.threads.run(ctx.ledger.set_budget, ctx.batch, o.limits.budget)
         await ctx.threads.run(prepare_outputs, ctx)
         spend = await ctx.threads.run(ctx.ledger.spend, ctx.batch)
         ctx.budget.committed = spend.committed
         if o.limits.budget is not None:
-            self.outlook = await ctx.threads.run(budget_outlook, ctx.ledger, ctx.batch, ctx.generation, o.limits.budget)
+            self.outlook = await ctx.threads.run(budget_outlook, ctx.ledger, ctx.batch, ctx.state.generation,
+                                                 o.limits.budget)
             told = self.outlook.message()
             if told:  # before anything is spent
                 (o.on_warning or log.warning)(told)
@@ -186,14 +186,14 @@ class Runner:
                 async for job in recv:
                     try:
                         if job.state == S.PENDING.value:
-                            if ctx.submitting_allowed:
+                            if ctx.state.submitting_allowed:
                                 await submit_and_follow(ctx, job)
                             else:
                                 await ctx.writer.patiently(ctx.ledger.release_jobs, [job.id], ctx.owner)
                         elif job.state == S.SUBMITTED.value:
                             followed, job = await follow_to_end(ctx, job)
                             if followed is Followed.REQUEUED:  # failed remotely, refunded: send it again
-                                if ctx.submitting_allowed:
+                                if ctx.state.submitting_allowed:
                                     await submit_and_follow(ctx, job)
                                 else:
                                     await ctx.writer.patiently(ctx.ledger.release_jobs, [job.id], ctx.owner)
@@ -218,31 +218,32 @@ class Runner:
     async def _finish(self) -> RunReport:
         ctx = self.ctx
         await cancel_leftovers(ctx)  # a cancelled batch keeps no job pending
-        f = await ctx.threads.run(lambda: ctx.ledger.figures(ctx.batch, ctx.generation))
+        f = await ctx.threads.run(lambda: ctx.ledger.figures(ctx.batch, ctx.state.generation))
         if f.held:
             why = "their submission may or may not have been charged"
             if f.lost:
                 why += (f"; {f.lost} of them were charged and then lost by the API (polls answered 404 in 2 runs, "
                         f"10+ minutes apart)")
-            ctx.note(f"{f.held} job(s) held as unknown: {why}. `batcher retry --unknown` resubmits them "
-                     f"(up to {f.held_cost:g} credits more).")
+            ctx.state.note(f"{f.held} job(s) held as unknown: {why}. `batcher retry --unknown` resubmits them "
+                           f"(up to {f.held_cost:g} credits more).")
         failures = await ctx.threads.run(ctx.ledger.failure_groups, ctx.batch)
+        run = ctx.state
         return RunReport(ctx.batch, f.counts, f.spend.spent, f.held, f.held_cost, ctx.options.limits.budget,
-                         time.monotonic() - self._started, ctx.submitted, ctx.completed, ctx.stop_reason,
-                         ctx.messages, f.bytes, failures, self.uploads.summary(), ctx.control.value,
+                         time.monotonic() - self._started, run.submitted, run.completed, run.stop_reason,
+                         run.messages, f.bytes, failures, self.uploads.summary(), run.control.value,
                          _webhook_figures(ctx))
 
     # --- progress and signals ------------------------------------------------------------------
 
     async def snapshot(self) -> Progress:
         ctx = self.ctx
-        counts = await ctx.threads.run(lambda: ctx.ledger.counts(ctx.batch, ctx.generation))
+        counts = await ctx.threads.run(lambda: ctx.ledger.counts(ctx.batch, ctx.state.generation))
         total = sum(counts.values())
         covered = None
         if self.outlook is not None and self.outlook.covered < self.outlook.pending:
             covered = total - (self.outlook.pending - self.outlook.covered)
         return Progress(ctx.batch, counts, ctx.budget.committed, ctx.budget.reserved, ctx.budget.limit,
-                        time.monotonic() - self._started, ctx.completed, total, covered)
+                        time.monotonic() - self._started, ctx.state.completed, total, covered)
 
     async def _report_progress(self) -> None:
         assert self.on_progress is not None
@@ -256,8 +257,9 @@ class Runner:
             async for signum in signals:
                 count += 1
                 if count == 1:
-                    self.ctx.stop(StopReason.INTERRUPTED, f"interrupted by {signal.Signals(signum).name}: stopped "
-                                  f"submitting; submitted jobs are recorded and the next run picks them up")
+                    self.ctx.state.stop(StopReason.INTERRUPTED, f"interrupted by {signal.Signals(signum).name}: "
+                                        f"stopped submitting; submitted jobs are recorded and the next run picks "
+                                        f"them up")
                     if self.ctx.core is not None:
                         self.ctx.core.cancel()
                 elif self.on_force_exit is not None:

@@ -49,7 +49,7 @@ async def pending_pages(ctx: RunContext, size: int = 2000, states: tuple[S, ...]
     after = -1
     while True:
         page = await ctx.threads.run(partial(ctx.ledger.requests_in, ctx.batch, list(states), after_seq=after,
-                                             limit=size, generation=ctx.generation))
+                                             limit=size, generation=ctx.state.generation))
         if not page:
             return
         yield page
@@ -62,7 +62,7 @@ async def _live_schema(ctx: RunContext, api_id: str) -> dict[str, Any] | None:
     except AuthError:
         raise
     except BatcherError as e:
-        ctx.note(f"could not fetch the schema of {api_id} ({e}); going on with its description")
+        ctx.state.note(f"could not fetch the schema of {api_id} ({e}); going on with its description")
         return None
 
 

@@ -32,7 +32,8 @@ from ..errors import (
 )
 from ..ledger import Job
 from ..models import ModelSpec
-from ..money import MAX_CREDITS, ZERO, ChargeVerdict, charge_ceiling, count_charge, credits, show
+from ..money import ZERO, ChargeVerdict, charge_ceiling, count_charge, credits, show
+from ..policy import Reservation
 from ..states import JobState as S
 from . import records
 from .context import RunContext
@@ -45,19 +46,10 @@ from .uploads import with_local_urls
 log = logging.getLogger("batcher.run")
 
 
-def _ratio_key(model: str) -> tuple[str, str]:
-    """Where `cost_seen` keeps the most a model was charged over its estimate (beside its classes)."""
-    return ("charged-over-estimate", model)
-
-
 def estimate_for(ctx: RunContext, job: Job) -> Decimal:
-    # If the API charged more than our estimate for this kind of job, reserve that instead; and
-    # for the model's other kinds, their estimate scaled as this one was found to be low (up to
-    # the next hundredth: a reservation is never below what the scale says).
+    """What to reserve for a job: its estimate, or more where the API charged more (`CostMemory.estimate`)."""
     model = ctx.model_of(job)
-    scaled = credits(min(job.estimate * ctx.cost_seen.get(_ratio_key(model.api_id), Decimal(1)), MAX_CREDITS),
-                     up=True)
-    return max(job.estimate, scaled, ctx.cost_seen.get(model.job_class(job.parameters()), ZERO))
+    return ctx.costs.estimate(model.api_id, model.job_class(job.parameters()), job.estimate)
 
 
 def most_per_job(model: ModelSpec, params: dict[str, Any]) -> Decimal:
@@ -102,31 +94,30 @@ def _untrusted(verdict: ChargeVerdict, problem: str, counted: Decimal) -> str:
     return f"{problem}; its estimate {show(counted)} is counted against the budget instead"
 
 
-def _count_answer(ctx: RunContext, model: ModelSpec, job: Job, estimate: Decimal, answer: Submission
+def _count_answer(ctx: RunContext, model: ModelSpec, job: Job, reservation: Reservation, answer: Submission
                   ) -> tuple[Decimal, ChargeVerdict, str | None]:
-    """`believed_charge`, settled against the job's reservation and learnt from; above the
-    ceiling, the run stops sending (before any await: no other submission of this run starts)."""
-    room = None if ctx.budget.remaining is None else ctx.budget.remaining + estimate
-    charge, verdict, problem = believed_charge(model, job, estimate, answer, room)
+    """`believed_charge`, charged to the job's reservation and learnt from; above the ceiling,
+    the run stops sending (before any await: no other submission of this run starts)."""
+    estimate = reservation.estimate
+    charge, verdict, problem = believed_charge(model, job, estimate, answer, reservation.room)
     if verdict is ChargeVerdict.OVER_CEILING:
         _stop_over_ceiling(ctx, model)
-    ctx.budget.settle(estimate, charge)
-    ctx.budget_signal()
-    _learn_cost(ctx, model, job, estimate, charge)
+    reservation.charge(charge)
+    ctx.costs.learn(model.api_id, model.job_class(job.parameters()), estimate, charge)
     return charge, verdict, problem
 
 
 def _stop_over_ceiling(ctx: RunContext, model: ModelSpec) -> None:
     # Said once per model (the same words): each job's history has its own amounts. The whole run
     # stops, not the model alone: a stop is the run's, and a price that rose may rise for all.
-    ctx.stop(StopReason.BUDGET,
-             f"stopped sending jobs: the API charged more for a job of {model.api_id} than any clip of it could "
-             f"cost at its listed price, so its ceiling is counted against the budget instead (`batcher status "
-             f"--job KEY` shows the answer). The ledger cannot tell a lie from a price change: check the price "
-             f"(`batcher models {model.api_id}`) before running again (each run stops at its first such charge; "
-             f"a rerun with --rate at the real price raises the estimates, and the ceiling, of jobs not yet "
-             f"sent). Jobs "
-             f"already sent are followed to their end")
+    ctx.state.stop(StopReason.BUDGET,
+                   f"stopped sending jobs: the API charged more for a job of {model.api_id} than any clip of it could "
+                   f"cost at its listed price, so its ceiling is counted against the budget instead (`batcher status "
+                   f"--job KEY` shows the answer). The ledger cannot tell a lie from a price change: check the price "
+                   f"(`batcher models {model.api_id}`) before running again (each run stops at its first such charge; "
+                   f"a rerun with --rate at the real price raises the estimates, and the ceiling, of jobs not yet "
+                   f"sent). Jobs "
+                   f"already sent are followed to their end")
 
 
 async def submit_and_follow(ctx: RunContext, job: Job) -> None:
@@ -141,31 +132,25 @@ async def submit_and_follow(ctx: RunContext, job: Job) -> None:
         # Until the API has charged one job of a kind, only one of that kind is in flight, and
         # until it has charged one of a model, one of that model: an estimate that is too low (a
         # --rate or a listed price below the real one) costs one job, not a wave per kind.
-        gate = cls if _ratio_key(model.api_id) in ctx.cost_seen else (model.api_id,)
-        while gate not in ctx.cost_seen and gate in ctx.probing and ctx.submitting_allowed:
-            await ctx.budget_changed()
-            gate = cls if _ratio_key(model.api_id) in ctx.cost_seen else (model.api_id,)
+        gate = ctx.costs.gate(model.api_id, cls)
+        while ctx.costs.waits(gate) and ctx.state.submitting_allowed:
+            await ctx.state.room.wait()
+            gate = ctx.costs.gate(model.api_id, cls)
         estimate = estimate_for(ctx, job)
         outcome, hooked = Submitted.BUDGET, False
-        probe = cls not in ctx.cost_seen
-        if probe:
-            ctx.probing.add(gate)
-        try:
-            if await ctx.reserve(estimate):
-                await ctx.wait_pause(job)
-                outcome, job, hooked = await submit_once(ctx, job, wire, estimate, with_hook)
-        finally:
-            if probe:
-                ctx.probing.discard(gate)
-                ctx.budget_signal()
+        with ctx.costs.probe(cls, gate):
+            async with ctx.reserve(estimate) as reservation:
+                if reservation is not None:
+                    await ctx.wait_pause(job)
+                    outcome, job, hooked = await submit_once(ctx, job, wire, reservation, with_hook)
         if outcome is Submitted.BUDGET and ctx.budget.reservations:
-            await ctx.budget_changed()
+            await ctx.state.room.wait()
             continue
         if outcome is Submitted.BUDGET:
-            if ctx.stop_reason is None:
-                ctx.stop(StopReason.BUDGET, f"budget reached: {show(ctx.budget.committed)} of "
-                                            f"{show(ctx.budget.limit)} credits committed; the next job needs "
-                                            f"{show(estimate)} ({show(ctx.budget.remaining or 0)} left)")
+            if ctx.state.stop_reason is None:
+                ctx.state.stop(StopReason.BUDGET, f"budget reached: {show(ctx.budget.committed)} of "
+                                                  f"{show(ctx.budget.limit)} credits committed; the next job needs "
+                                                  f"{show(estimate)} ({show(ctx.budget.remaining or 0)} left)")
             return
         if outcome in (Submitted.NOT_SENT, Submitted.RATE_LIMITED):
             not_sent += 1
@@ -178,7 +163,7 @@ async def submit_and_follow(ctx: RunContext, job: Job) -> None:
         settle_hook_refusal(ctx, job, model.api_id, outcome)
         if outcome is not Submitted.ACCEPTED:
             return
-        ctx.unreachable = 0
+        ctx.state.unreachable = 0
         followed, job = await follow_to_end(ctx, job, hooked=hooked)
         if followed is not Followed.REQUEUED:
             return
@@ -187,16 +172,17 @@ async def submit_and_follow(ctx: RunContext, job: Job) -> None:
 async def _send_again(ctx: RunContext, job: Job, outcome: Submitted, tries: int, first_try: float) -> bool:
     """After a submission that never reached the API: wait and send again, unless the API looks
     unreachable (then the run stops quickly) or this job has tried long enough."""
-    ctx.unreachable = ctx.unreachable + 1 if outcome is Submitted.NOT_SENT else 0
-    if ctx.unreachable >= max(8, 2 * ctx.options.limits.concurrency) and ctx.stop_reason is None:
-        ctx.stop(StopReason.UNREACHABLE, f"cannot reach the API at {ctx.client.base_url}: {ctx.unreachable} "
-                                         f"submissions in a row never left this machine; nothing was charged for "
-                                         f"them. Check the network or --api-base, then run again")
+    run = ctx.state
+    run.unreachable = run.unreachable + 1 if outcome is Submitted.NOT_SENT else 0
+    if run.unreachable >= max(8, 2 * ctx.options.limits.concurrency) and run.stop_reason is None:
+        run.stop(StopReason.UNREACHABLE, f"cannot reach the API at {ctx.client.base_url}: {run.unreachable} "
+                                         f"submissions in a row never left this machine; nothing was charged "
+                                         f"for them. Check the network or --api-base, then run again")
         return False
     policy = ctx.options.polling.submit_retry
     if policy.gives_up(tries, time.monotonic() - first_try):
         await ctx.event(job, "submit-given-up", f"not sent after {tries} tries; stays pending")
-        ctx.note("some submissions could not reach the API; rerun to try them again")
+        ctx.state.note("some submissions could not reach the API; rerun to try them again")
         return False
     delay = policy.delay(tries, ctx.rng)
     await ctx.event(job, "submit-retry", f"waiting {delay:.1f}s before sending again")
@@ -206,17 +192,20 @@ async def _send_again(ctx: RunContext, job: Job, outcome: Submitted, tries: int,
 
 
 
-async def submit_once(ctx: RunContext, job: Job, wire: dict[str, Any], estimate: Decimal, with_hook: bool = True
-                      ) -> tuple[Submitted, Job, bool]:
-    """One attempt: the request's URLs for local images (made now), intent, POST, answer; and
-    whether an accepted submission carried a webhook URL (its end should then be announced)."""
+async def submit_once(ctx: RunContext, job: Job, wire: dict[str, Any], reservation: Reservation,
+                      with_hook: bool = True) -> tuple[Submitted, Job, bool]:
+    """One attempt under its reservation: the request's URLs for local images (made now), intent,
+    POST, answer; and whether an accepted submission carried a webhook URL (its end should then be
+    announced). The answer ends the reservation (charged, held, or released as soon as nothing
+    can have been charged); any other exit leaves it to the reservation's block, which releases it."""
+    estimate = reservation.estimate
     try:
         body = await with_local_urls(ctx, ctx.options.reference_store, wire)
         body, hooked = with_webhook(ctx, job, body) if with_hook else (body, False)
     except ReferenceStoreError as e:
-        ctx.unreserve(estimate)
+        reservation.release()
         await ctx.event(job, "not-sent", str(e))
-        ctx.note(str(e))
+        ctx.state.note(str(e))
         return Submitted.STOPPED, job, False
     with anyio.CancelScope(shield=True):
         try:
@@ -225,15 +214,10 @@ async def submit_once(ctx: RunContext, job: Job, wire: dict[str, Any], estimate:
                 budget=ctx.options.limits.budget))
         except BudgetExceeded as e:
             # Other runners share the budget: the database has the last word.
-            ctx.budget.settle(estimate, None)
-            ctx.budget.committed = max(ctx.budget.committed, e.committed - ctx.budget.reserved)
-            ctx.budget_signal()
+            reservation.release(ledger_committed=e.committed)
             return Submitted.BUDGET, job, False
-        except BaseException:
-            # No intent was written (another runner took the job over, the ledger failed): the
-            # reservation must go, or every submission waiting for room in the budget waits forever.
-            ctx.unreserve(estimate)
-            raise
+        # Any other error writes no intent (another runner took the job over, the ledger failed):
+        # the reservation's block releases it, so no submission waiting for room waits forever.
         job = job.evolve(state=S.SUBMITTING.value, attempts=job.attempts + 1)  # as the ledger counted it
         failpoint("after-intent")
         known = ("submitting", estimate, ctx.batch)
@@ -244,21 +228,21 @@ async def submit_once(ctx: RunContext, job: Job, wire: dict[str, Any], estimate:
             answer = await ctx.client.submit(ctx.model_of(job).api_id, body)
         except OutcomeUnknown as e:
             ctx.pauses.server_trouble()
-            return Submitted.HELD, await _held(ctx, job, attempt_id, estimate, str(e)), False
+            return Submitted.HELD, await _held(ctx, job, attempt_id, reservation, str(e)), False
         except (NotSentError, RateLimited, CreditsExhausted, AuthError) as e:
-            ctx.unreserve(estimate)
+            reservation.release()
             await ctx.writer.write(ctx.ledger.end_attempt(attempt_id, "not_sent", known=known))
             job = await ctx.move(job, S.SUBMITTING, S.PENDING, "not-sent", str(e))
             return _not_sent(ctx, e), job, False
         except RejectedError as e:
-            ctx.unreserve(estimate)
+            reservation.release()
             await ctx.writer.write(ctx.ledger.end_attempt(attempt_id, "rejected", known=known))
             if hooked:
                 return Submitted.HOOK_REFUSED, await hook_refused(ctx, job, e), False
             failed = await ctx.move(job, S.SUBMITTING, S.FAILED, "rejected", str(e), error=str(e))
             return Submitted.FAILED, failed, False
         failpoint("after-post")
-        outcome, job = await _accepted(ctx, job, attempt_id, estimate, answer)
+        outcome, job = await _accepted(ctx, job, attempt_id, reservation, answer)
         return outcome, job, hooked and outcome is Submitted.ACCEPTED
     # Not reached: a scope could swallow only its own cancellation, and nothing cancels this one.
     raise AssertionError("submit_once: the shielded scope ended without an answer")
@@ -269,18 +253,18 @@ def _not_sent(ctx: RunContext, e: Exception) -> Submitted:
         ctx.pauses.rate_limited(e)
         return Submitted.RATE_LIMITED
     if isinstance(e, CreditsExhausted):
-        ctx.stop(StopReason.CREDITS, f"the account is out of credits: {e}")
+        ctx.state.stop(StopReason.CREDITS, f"the account is out of credits: {e}")
         return Submitted.STOPPED
     if isinstance(e, AuthError):
-        ctx.stop(StopReason.AUTH, str(e))
+        ctx.state.stop(StopReason.AUTH, str(e))
         return Submitted.STOPPED
     return Submitted.NOT_SENT
 
 
-async def _accepted(ctx: RunContext, job: Job, attempt_id: int, estimate: Decimal, answer: Submission
+async def _accepted(ctx: RunContext, job: Job, attempt_id: int, reservation: Reservation, answer: Submission
                     ) -> tuple[Submitted, Job]:
-    model = ctx.model_of(job)
-    charge, verdict, cost_problem = _count_answer(ctx, model, job, estimate, answer)
+    model, estimate = ctx.model_of(job), reservation.estimate
+    charge, verdict, cost_problem = _count_answer(ctx, model, job, reservation, answer)
     submitted_at = ctx.wall()
     ledger, base = ctx.ledger, ctx.client.base_url
     shared = f"the API answered with job id {answer.job_id}, which another job of this ledger already has"
@@ -317,33 +301,20 @@ async def _accepted(ctx: RunContext, job: Job, attempt_id: int, estimate: Decima
     if written is Submitted.STOPPED:
         return Submitted.STOPPED, job
     if written is Submitted.HELD:
-        ctx.note("the API answered some submissions with a job id another job already has: they are held as "
-                 "unknown (charged; never given another job's clip). `batcher status` counts them")
+        ctx.state.note("the API answered some submissions with a job id another job already has: they are held as "
+                       "unknown (charged; never given another job's clip). `batcher status` counts them")
         return Submitted.HELD, job.evolve(state=S.UNKNOWN.value, credit_cost=charge, submitted_at=submitted_at,
                                           error=_held_shared(shared, charge))
     failpoint("after-accept")
     job = job.evolve(state=S.SUBMITTED.value, remote_job_id=answer.job_id, status_url=answer.status_url,
                      credit_cost=charge, submitted_at=submitted_at, error=None, api_base=base)
     if verdict in (ChargeVerdict.UNBELIEVABLE, ChargeVerdict.TOO_LOW):
-        ctx.note("the API answered some submissions with a creditCost that cannot be believed (negative, "
-                 "not a number, or below half the job's estimate); their estimates are counted instead "
-                 "(`batcher status` counts them)")
-    ctx.submitted += 1
+        ctx.state.note("the API answered some submissions with a creditCost that cannot be believed (negative, "
+                       "not a number, or below half the job's estimate); their estimates are counted instead "
+                       "(`batcher status` counts them)")
+    ctx.state.submitted += 1
     log.info("job %s: submitted as %s", job.key, answer.job_id)
     return Submitted.ACCEPTED, job
-
-
-# The most a model's charges are taken to exceed its estimates by (a scale for reservations).
-_MOST_OVER = Decimal(10) ** 6
-
-
-def _learn_cost(ctx: RunContext, model: ModelSpec, job: Job, estimate: Decimal, charge: Decimal) -> None:
-    """Remember the most a job class was charged, and how far over its estimate the model charges."""
-    cls = model.job_class(job.parameters())
-    ctx.cost_seen[cls] = max(ctx.cost_seen.get(cls, ZERO), charge)
-    over = charge / estimate if estimate > 0 else (_MOST_OVER if charge > 0 else Decimal(1))
-    ratio = _ratio_key(model.api_id)
-    ctx.cost_seen[ratio] = max(ctx.cost_seen.get(ratio, Decimal(1)), min(over, _MOST_OVER))
 
 
 def _held_shared(shared: str, charge: Decimal) -> str:
@@ -351,10 +322,10 @@ def _held_shared(shared: str, charge: Decimal) -> str:
             f"({show(charge)} credits, counted as spent). `batcher retry --unknown` renders it again, paying again")
 
 
-async def _held(ctx: RunContext, job: Job, attempt_id: int, estimate: Decimal, why: str) -> Job:
+async def _held(ctx: RunContext, job: Job, attempt_id: int, reservation: Reservation, why: str) -> Job:
     # The API may have charged us: the reservation stays committed, the job waits for the user.
-    ctx.budget.settle(estimate, estimate)
-    ctx.budget_signal()
-    await ctx.writer.write(ctx.ledger.end_attempt(attempt_id, "unknown", known=("submitting", estimate, ctx.batch)))
+    reservation.hold()
+    known = ("submitting", reservation.estimate, ctx.batch)
+    await ctx.writer.write(ctx.ledger.end_attempt(attempt_id, "unknown", known=known))
     message = f"submission outcome unknown ({why}); held: it may have been charged"
     return await ctx.move(job, S.SUBMITTING, S.UNKNOWN, "unknown", message, error=message)
