@@ -56,8 +56,9 @@ model_option = click.option("--model", "model", default=None, metavar="APIID",
 def status(manifest: str | None, ledger_path: str, as_json: bool, job_key: str | None, by_row: bool,
            model: str | None) -> None:
     """Show jobs per state, credits spent and held, and videos downloaded."""
+    from ..text import iso
     from ..views import history_lines, row_lines, status_lines
-    from ..views.exports import check_model, iso, job_record
+    from ..views.exports import check_model, job_record
     batch = _batch_for(manifest)
     with _open_existing(ledger_path, batch) as ledger:
         check_model(ledger, batch, model)

@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from . import ExitCode, cli, finite
+from ..errors import ExitCode
+from . import cli, finite
 
 
 @cli.command()

@@ -217,7 +217,8 @@ class PixelDojoClient:
         """GET one of the API's JSON documents (`path` under the base: the model list, a model,
         its schema), every text in it redacted: its names and values end up in messages."""
         response = await self._send(kind, "GET", f"{self.base_url}{path}")
-        return redact_json(self._json(response, paid=False), self.redact)
+        document: dict[str, Any] = redact_json(self._json(response, paid=False), self.redact)
+        return document
 
     async def schema(self, model: str) -> dict[str, Any]:
         """The model's parameter JSON schema."""

@@ -22,7 +22,7 @@ MAX_YAML_VALUES = 1_000_000
 MAX_NUMBER_DIGITS = 1_000
 
 
-class LineDict(dict):
+class LineDict(dict[Any, Any]):
     """A mapping that remembers the line of each key and value."""
 
     __slots__ = ("key_lines", "line", "value_lines")  # no __dict__: a manifest can hold 500,000 of these
@@ -31,7 +31,7 @@ class LineDict(dict):
     value_lines: dict[Any, int]
 
 
-class LineList(list):
+class LineList(list[Any]):
     """A list that remembers the line of each item."""
 
     __slots__ = ("item_lines", "line")
@@ -77,7 +77,7 @@ def _construct_int(loader: Any, node: yaml.ScalarNode) -> int:
         raise yaml.constructor.ConstructorError(
             None, None, f"this number has {_digits(node.value):,} digits; the most batcher reads is "
             f"{MAX_NUMBER_DIGITS:,} (write it in quotes if it is text)", node.start_mark)
-    value = loader.construct_yaml_int(node)
+    value: int = loader.construct_yaml_int(node)
     if isinstance(node.value, str) and ":" in node.value:
         out = SexagesimalInt(value)
         out.text = node.value
@@ -142,7 +142,7 @@ def _unbuildable(node: yaml.Node, error: Exception) -> str:
 _BaseLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class _Loader(_BaseLoader):
+class _Loader(_BaseLoader):  # type: ignore[misc]  # yaml's loaders are untyped
     def construct_document(self, node: yaml.Node) -> Any:
         _check_size(node, MAX_YAML_VALUES)
         return super().construct_document(node)

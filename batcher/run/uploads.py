@@ -211,6 +211,7 @@ async def with_local_urls(ctx: RunContext, store: ReferenceStore | None, wire: d
         await ctx.threads.run(ctx.ledger.remember_stored, records)
         ctx.image_names.update(report.names)
     try:
-        return with_urls(wire, lambda a: store.url_for(ctx.image_names[a]))
+        body: dict[str, Any] = with_urls(wire, lambda a: store.url_for(ctx.image_names[a]))
+        return body
     except ReferenceStoreError as e:
         raise _redacted(ctx, e) from None

@@ -55,7 +55,7 @@ class LedgerWriter:
         self._failing_since: float | None = None  # when the ledger started failing, while it does
         self._gave_up = False  # a whole patience went by without a commit
         self.journaled: list[Record] = []  # answers kept in the journal by this run
-        self._send, self._recv = anyio.create_memory_object_stream[tuple[Any, list, anyio.Event]](10_000)
+        self._send, self._recv = anyio.create_memory_object_stream[tuple[Any, list[Any], anyio.Event]](10_000)
 
     async def run(self) -> None:
         async with self._recv:

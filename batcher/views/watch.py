@@ -4,6 +4,7 @@ object. Pure: a value in, lines out (the command reads the ledger and decides wh
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..text import STATE_ORDER, format_credits, format_seconds, iso
@@ -160,10 +161,11 @@ def _runner_table(runners: list[RunnerStatus], now: float, width: int) -> list[s
     shorts = [a.removesuffix(" ago") if a else "no row" for a in ages]
     pid_w, hold_w, beat_w, short_w = (max(len(x) for x in column) for column in (pids, holds, beats, shorts))
     host_w = max(len(r.host) for r in runners)
-    layouts = [lambda i: f"  pid {pids[i]:>{pid_w}}  holds {holds[i]:>{hold_w}}  {beats[i]:<{beat_w}}",
-               lambda i: f"  {pids[i]:>{pid_w}}  holds {holds[i]:>{hold_w}}  {shorts[i]:<{short_w}}",
-               lambda i: f" {holds[i]:>{hold_w}} {shorts[i]:<{short_w}}",
-               lambda i: ""]
+    layouts: list[Callable[[int], str]] = [
+        lambda i: f"  pid {pids[i]:>{pid_w}}  holds {holds[i]:>{hold_w}}  {beats[i]:<{beat_w}}",
+        lambda i: f"  {pids[i]:>{pid_w}}  holds {holds[i]:>{hold_w}}  {shorts[i]:<{short_w}}",
+        lambda i: f" {holds[i]:>{hold_w}} {shorts[i]:<{short_w}}",
+        lambda i: ""]
     marks = ["  STALE" if r.stale(now) else "" for r in runners]
     mark_w = max(len(m) for m in marks)
     for least in (min(16, host_w), min(8, host_w)):
