@@ -20,7 +20,7 @@ WITHIN = {
     "policy": ["renderfit", "safetynet", "decisions"],
     "references": ["facts", "local", "store"],
     "manifest": ["diagnostics", "textfiles", "yamlfile", "template", "rowfields", "rowfiles", "document"],
-    "plan": ["references", "expansion", "keys", "jobs", "staging"],
+    "plan": ["references", "expansion", "keys", "compiled", "jobs", "staging"],
     "outputs": ["files", "media"],
     "ledger": ["rows", "schema", "dialect", "migrations", "store", "jobs", "control", "transitions", "journal",
                "leases", "figures", "fleet", "references", "modelinfo"],
