@@ -25,7 +25,7 @@ from .keys import STORED, RowText, Slot, Spliced, compile_row, encode, escape
 
 @dataclass
 class FastRow:
-    """A row every job of which is known valid, compiled to its key text (see `expansion`), with
+    """A row every job of which is known valid, compiled to its jobs' texts (`keys.RowText`), with
     what the plan's figures need of each job: its estimate class."""
 
     text: RowText
