@@ -61,14 +61,9 @@ def take_suffix(take: int) -> str:
 
 
 def hashed_key(text: str, sha256: Callable[[bytes], Any] = hashlib.sha256) -> int:
-    """The key of a request's text followed by its take's suffix, as an int of 80 bits: what a
-    set of seen keys holds (a third of the memory of the hex text, no hex formatting per job)."""
+    """The key of a request's canonical text followed by its take's suffix, as an int of 80 bits:
+    what a set of seen keys holds (a third of the memory of the hex text, no hex formatting per job)."""
     return int.from_bytes(sha256(text.encode()).digest()[:KEY_BYTES], "big")
-
-
-def request_key(request: str, take: int) -> int:
-    """The key of one take of a request (its canonical text), as an int."""
-    return hashed_key(request + take_suffix(take))
 
 
 def key_text(key: int) -> str:
@@ -84,7 +79,7 @@ def derived_seed(seedless_request: str, take: int) -> int:
 
 def job_key(model: ModelSpec, wire: Mapping[str, Any], take: int) -> str:
     """A stable key for one take of one request."""
-    return key_text(request_key(canonical_request(model.api_id, wire), take))
+    return key_text(hashed_key(canonical_request(model.api_id, wire) + take_suffix(take)))
 
 
 def auto_seed(model: ModelSpec, wire_without_seed: Mapping[str, Any], take: int) -> int:
