@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from batcher import plan as plan_module
 from batcher.cli import cli
 from batcher.errors import ManifestError
 from batcher.manifest import MAX_YAML_VALUES, is_safe_batch_name, load_manifest
 from batcher.plan import MAX_JOBS, check, expand, iter_jobs
+from batcher.plan import jobs as plan_module  # where jobs are built and keyed
 
 ROW = "  - prompt: 'a {x}'\n    references: https://x.com/a.png\n"
 

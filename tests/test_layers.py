@@ -22,7 +22,7 @@ WITHIN = {
     "storage": ["s3"],
     "references": ["facts", "local", "store"],
     "manifest": ["diagnostics", "textfiles", "yamlfile", "template", "rowfields", "rowfiles", "document"],
-    "plan": ["references", "expansion", "keys", "jobs", "staging"],
+    "plan": ["references", "expansion", "keys", "compiled", "jobs", "staging"],
     "outputs": ["files", "media", "wholeness"],
     "ledger": ["rows", "schema", "dialect", "migrations", "store", "jobs", "control", "transitions", "journal",
                "leases", "figures", "fleet", "references", "modelinfo"],

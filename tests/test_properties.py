@@ -139,7 +139,8 @@ def test_compiled_templates_render_and_measure_like_the_regex(parts, variables):
     assert compiled.missing(variables) == list(dict.fromkeys(expected[1]))
 
 
-# --- check counts rows without building jobs: the same keys and figures as job by job ----------
+# --- check counts rows without building jobs: the same keys and figures as job by job, and the
+# plain statement of a key --------------------------------------------------------------------
 
 _texts = st.sampled_from(["a", "b", "é", '"q"', "x\\y", "{", "", "1", "\t", "{{"])
 _rows = manifest_rows(_texts, vary={"aspectRatio": st.lists(st.sampled_from(["16:9", "1:1"]), min_size=1, max_size=2)},
@@ -169,6 +170,21 @@ def test_counting_rows_gives_the_keys_and_figures_of_building_jobs(tmp_path, row
         (n, label) for label, n in _count_by_label(jobs)]
     for fast, slow in zip(row_key_texts(m), _keys_per_row(m, len(rows)), strict=True):
         assert fast is None or fast == slow
+    _assert_the_plain_statement(m, doc, jobs)
+
+
+def _assert_the_plain_statement(m, doc, jobs):
+    """Every job's key and derived seed, built or counted, and its stored parameters, staged
+    from compiled rows or built, are the plain statement of them (`test_job_keys`)."""
+    from batcher.plan import job_rows
+
+    from .test_job_keys import spec_job_key, spec_job_seed, spec_stored
+    for job in _jobs_with_duplicates(m):
+        assert job.key == spec_job_key(job.model, job.params, job.take)
+        if doc["rows"][job.row].get("seed", doc.get("defaults", {}).get("seed")) == "auto":
+            assert job.params["seed"] == spec_job_seed(job.model, job.params, job.take)
+    for row, job in zip(job_rows(m), jobs, strict=True):
+        assert row.key == job.key and row.params == spec_stored(job.params)
 
 
 def _jobs_with_duplicates(m):
@@ -231,3 +247,4 @@ def test_counting_rows_with_local_references_gives_the_keys_of_building_jobs(tmp
     assert all(not ref.startswith("refs") for j in jobs for ref in j.params["references"])
     for fast, slow in zip(row_key_texts(m), _keys_per_row(m, len(rows)), strict=True):
         assert fast is None or fast == slow
+    _assert_the_plain_statement(m, doc, jobs)

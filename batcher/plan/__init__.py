@@ -2,7 +2,8 @@
 
     references  a row's references as a job sends them (sets, URLs, local images)
     expansion   rows into what their jobs are made of: axes, takes, checked values
-    keys        job keys of a whole row at once (compiled once, filled per job)
+    keys        the job key and the stored parameters: one implementation, a job or a row at once
+    compiled    rows whose every job is valid, compiled to text filled per job
     jobs        expanding a manifest into JobSpecs; the plan's summary and checks
     staging     a manifest's jobs as the ledger stores them
 """

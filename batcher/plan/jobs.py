@@ -1,12 +1,11 @@
 """Expanding a manifest into jobs: pure functions, no I/O beyond what `manifest` already read.
 
-A job's key is a hash of its canonical request (model + final wire parameters) and its take
-number, so keys survive reordering rows and change only for the rows that are edited.
+A job's key (`keys`) is a hash of its canonical request (model + final wire parameters) and its
+take number, so keys survive reordering rows and change only for the rows that are edited.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import operator
 from collections.abc import Iterable, Iterator
@@ -16,8 +15,9 @@ from typing import Any
 
 from ..errors import Diagnostic, ManifestError
 from ..manifest import Diagnostics, Located, Manifest, Template, compile_template
-from ..models import MAX_INT32, ModelSpec
+from ..models import ModelSpec
 from ..money import ZERO, estimate_hundredths, from_hundredths
+from .compiled import FastRow, fast_row
 from .expansion import (
     AUTO,
     TEMPLATED,
@@ -31,13 +31,12 @@ from .expansion import (
     render_checked,
     row_label,
 )
-from .keys import CANONICAL, FastRow, fast_row, key_text, row_keys
+from .keys import auto_seed, job_key, key_text, row_keys
 
 # The default for `max_jobs`: the most jobs a manifest may expand to, counted row by row before
 # any job is built (and before identical requests are merged), so a huge manifest is refused at
 # once instead of after minutes of expansion. The CLI's --max-jobs changes it.
 MAX_JOBS = 1_000_000
-KEY_LENGTH = 20
 
 
 @dataclass(frozen=True)
@@ -111,26 +110,6 @@ class PlanSummary:
             # A batch that mixes models: its jobs per model (one model is named above).
             **({"by_model": self.by_model} if len(self.by_model) > 1 else {}),
         }
-
-
-_CANONICAL = CANONICAL  # keys must never change: `plan.keys` compiles the same text per row
-
-
-def canonical_request(model: ModelSpec, wire: dict[str, Any]) -> str:
-    """The canonical JSON text of a request: the thing a job key hashes."""
-    return _CANONICAL.encode({"model": model.api_id, "params": wire})
-
-
-def job_key(model: ModelSpec, wire: dict[str, Any], take: int) -> str:
-    """A stable key for one take of one request."""
-    text = canonical_request(model, wire) + f"#take={take}"
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:KEY_LENGTH]
-
-
-def auto_seed(model: ModelSpec, wire_without_seed: dict[str, Any], take: int) -> int:
-    """A seed derived from the request and take, so a rerender reproduces the same clip."""
-    text = canonical_request(model, wire_without_seed) + f"#seed-for-take={take}"
-    return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:8], 16) % (MAX_INT32 + 1)
 
 
 def _expand(manifest: Manifest, diags: Diagnostics, rate_overrides: dict[str, float] | None,

@@ -7,16 +7,16 @@ The rows are exactly those `row_of` makes of each job of `iter_jobs` (a test hol
 from __future__ import annotations
 
 import itertools
-import json
 import operator
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 from ..errors import ManifestError
 from ..manifest import Diagnostics, Manifest
+from .compiled import FastRow, fast_row
 from .expansion import RowPlan, check_unusable, plan_rows, row_label
 from .jobs import MAX_JOBS, JobSpec, expand_row, wire_names_of
-from .keys import FastRow, derived_seed, fast_row, key_text, row_keys
+from .keys import derived_seed, key_text, row_keys, stored_params
 
 
 class JobRow(NamedTuple):
@@ -27,15 +27,15 @@ class JobRow(NamedTuple):
     take: int
     origin: str
     label: str
-    params: str  # json.dumps(params, ensure_ascii=False): manifest names, every effective value
+    params: str  # keys.stored_params: manifest names, every effective value
     estimate: float
     model: str  # the API id of the model it renders with ("" for the manifest's)
 
 
 def row_of(job: JobSpec) -> JobRow:
     """A job built one by one, as the ledger stores it."""
-    return JobRow(job.key, job.row, job.take, job.origin, job.label, json.dumps(job.params, ensure_ascii=False),
-                  job.estimate, job.model)
+    return JobRow(job.key, job.row, job.take, job.origin, job.label, stored_params(job.params), job.estimate,
+                  job.model)
 
 
 def job_rows(manifest: Manifest, rate_overrides: dict[str, float] | None = None, *, max_jobs: int = MAX_JOBS,
@@ -74,13 +74,12 @@ def _compiled_rows(manifest: Manifest, diags: Diagnostics, rate_overrides: dict[
 
 def _combos(fast: FastRow) -> Iterator[tuple[tuple[str, ...], tuple[str, ...]]]:
     """Each job's axis texts, in expansion order: (as its key hashes them, as its parameters store them)."""
-    axes = fast.text.axes
-    if fast.stored_axes == axes:  # scalars only: one text serves both
+    axes, stored_axes = fast.text.axes, fast.text.stored_axes
+    if stored_axes == axes:  # scalars only: one text serves both
         for combo in itertools.product(*axes):
             yield combo, combo
         return
-    for pairs in itertools.product(*[list(zip(a, b, strict=True)) for a, b in zip(axes, fast.stored_axes,
-                                                                                      strict=True)]):
+    for pairs in itertools.product(*[list(zip(a, b, strict=True)) for a, b in zip(axes, stored_axes, strict=True)]):
         yield tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
 
 
@@ -88,7 +87,7 @@ def _compiled(fast: FastRow, plan: RowPlan, seen: set[int]) -> Iterator[JobRow]:
     """A compiled row's distinct jobs (those not in `seen`, which they join), takes innermost;
     their keys as `check` kept them, else hashed now."""
     keys = iter(fast.keys) if fast.keys is not None else (key for key, _ in row_keys(fast.text))
-    seedless, stored = fast.text.seedless, fast.stored
+    seedless, stored = fast.text.seedless, fast.text.stored
     row, origin, label, model = plan.row.index, plan.row.origin, row_label(plan.row), plan.model.api_id
     takes = range(1, fast.text.repeat + 1)
     pick = operator.itemgetter(*fast.class_axes) if fast.class_axes else None
