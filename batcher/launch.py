@@ -207,7 +207,7 @@ async def _described(m: Manifest, ledger: Ledger | str | Path, to: Target) -> Ma
 
 
 def start_run(m: Manifest, settings: RunSettings, rate_overrides: dict[str, float],
-          store_settings: StoreSettings | None, **services: Any) -> Ready:
+              store_settings: StoreSettings | None, **services: Any) -> Ready:
     """`batcher run` and `retry`: where requests go and the run's webhooks from their settings
     (before any request), its options, then `prepare`. `services`: RunOptions' own (on_warning...)."""
     sim = SimConfig(render_seconds=settings.sim_render_seconds, fail_rate=settings.sim_fail_rate)

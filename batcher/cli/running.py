@@ -7,7 +7,7 @@ import os
 import shlex
 import sys
 from collections.abc import Callable
-from dataclasses import Field, fields, replace
+from dataclasses import Field, asdict, fields, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
@@ -16,7 +16,7 @@ import click
 
 from ..manifest import load_manifest
 from ..money import json_safe
-from ..run.options import RunSettings, flag_of
+from ..run.options import Flag, RunSettings, flag_of
 from . import (
     ExitCode,
     cli,
@@ -43,10 +43,9 @@ class Credits(click.ParamType):
         return budget(value, "--budget")
 
 
-def _click_option(f: Field[Any], kind: Any) -> Any:
-    """The click option a declared run option makes (see batcher.run.options.Flag)."""
-    flag = flag_of(f)
-    assert flag is not None
+def _click_option(f: Field[Any], flag: Flag, kind: Any) -> Any:
+    """The click option a declared run option makes: its field's name, type and default, the
+    flag's names, help and bounds."""
     base = next(k for k in get_args(kind) or (kind,) if k is not type(None))
     click_type: Any = None
     if base is Decimal:
@@ -81,7 +80,7 @@ def run_options(command: str) -> Callable[[Any], Any]:
     for f in fields(RunSettings):
         flag = flag_of(f)
         if flag is not None and flag.only in (None, command):
-            decorators.append(_click_option(f, kinds[f.name]))
+            decorators.append(_click_option(f, flag, kinds[f.name]))
         elif f.name in shared:
             decorators.append(shared[f.name])
 
@@ -113,8 +112,7 @@ def _run(manifest: str, settings: RunSettings) -> None:
     # A simulated run keeps to the simulator's store unless the command line names a bucket: the
     # manifest's is for real runs.
     explicit = settings.reference_store or not settings.simulate
-    store = store_settings(m, **{f.name: getattr(settings, f.name) for f in fields(settings)
-                                 if f.name.startswith("reference_")}) if explicit else None
+    store = store_settings(m, **asdict(settings)) if explicit else None
     ready = api.start_run(m, settings, rates, store, handle_signals=True,
                           on_warning=lambda line: click.echo(line, err=True))
     setup_logging(settings.verbose, settings.log_json, None if settings.simulate else ready.to.api_key)
