@@ -3,6 +3,8 @@
 shared by the command line and api.run_async."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import fields
 from decimal import Decimal
 from pathlib import Path
@@ -119,3 +121,12 @@ def test_start_run_takes_the_command_lines_settings(write, tmp_path):
     with pytest.raises(UsageError, match="--webhook-url needs --webhook-listen"):
         api.start_run(m, RunSettings(ledger_path=str(tmp_path / "l.db"), simulate=True,
                                      webhook_url="https://x.example"), {}, None)
+
+
+def test_the_declarations_keep_the_command_line_light():
+    """Every command reads the run options' declarations as it starts: they load no HTTP client."""
+    probe = "import sys; import batcher.cli; print('httpx' in sys.modules, 'sqlalchemy' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "False False", done.stderr
+    from batcher.client import DEFAULT_MAX_RETRY_AFTER  # a client's own default, outside a run
+    assert RunSettings().max_retry_after == DEFAULT_MAX_RETRY_AFTER == RunOptions.of().polling.max_retry_after

@@ -9,17 +9,18 @@ from collections.abc import Callable
 from dataclasses import Field, dataclass, field, fields
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from ..client import DEFAULT_MAX_RETRY_AFTER
 from ..defaults import DEFAULT_LEDGER
 from ..errors import UsageError
 from ..money import budget as budget_credits
 from ..outputs import OUTPUTS
 from ..plan import MAX_JOBS
 from ..policy import DEFAULT_MIN_DOWNLOAD_RATE, DEFAULT_REQUEST_DEADLINE, Deadlines, RetryPolicy
-from ..references import ReferenceStore
-from .webhooks import Webhooks
+
+if TYPE_CHECKING:  # the command line reads the declarations: it loads neither httpx nor a store
+    from ..references import ReferenceStore
+    from .webhooks import Webhooks
 
 MB = 1024 * 1024  # --max-download-mb counts these
 
@@ -98,8 +99,8 @@ class RunSettings:
     reference_public_url: str | None = None
     reference_url_lifetime: str | None = None
     # How long a run waits for others (the API, its output hosts, other runners, the ledger).
-    max_retry_after: float = option(
-        DEFAULT_MAX_RETRY_AFTER, "--max-retry-after", least=0, show_default=True,
+    max_retry_after: float = option(  # (the client's DEFAULT_MAX_RETRY_AFTER, for a client outside a run)
+        300.0, "--max-retry-after", least=0, show_default=True,
         help="Longest pause a 429's Retry-After may impose, in seconds (a longer one is capped).")
     request_deadline: float = option(
         DEFAULT_REQUEST_DEADLINE, "--request-deadline", least=0, least_open=True, show_default=True,
