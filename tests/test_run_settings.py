@@ -130,3 +130,9 @@ def test_the_declarations_keep_the_command_line_light():
     assert done.stdout.strip() == "False False", done.stderr
     from batcher.client import DEFAULT_MAX_RETRY_AFTER  # a client's own default, outside a run
     assert RunSettings().max_retry_after == DEFAULT_MAX_RETRY_AFTER == RunOptions.of().polling.max_retry_after
+
+
+def test_only_declared_options_reach_the_run_options_by_name():
+    """--reference-store is a bucket's address: the store itself is chosen before the run."""
+    o = RunSettings(reference_store="s3://bucket/p").run_options(out_dir=Path("x"), expected_render=None)
+    assert o.reference_store is None

@@ -138,11 +138,12 @@ class RunSettings:
     requeue: tuple[str, ...] = ()  # the states `retry` requeues (its --unknown, --failed, --expired)
 
     def run_options(self, *, out_dir: Path, expected_render: float | None, **services: Any) -> RunOptions:
-        """The options of the run these settings ask for: every field RunOptions has by name, the
-        download cap in bytes, preflight unless refused; `out_dir` and `expected_render` as the
-        steps before the run decided them, and the run's `services` (webhooks, on_warning...)."""
-        decided = {"out_dir", "expected_render", *services}
-        given = {f.name: getattr(self, f.name) for f in fields(self) if f.name in RunOptions.names() - decided}
+        """The options of the run these settings ask for: every declared option RunOptions has by
+        name (not the shared ones: --reference-store names a bucket, not a store), the download cap
+        in bytes, preflight unless refused; `out_dir` and `expected_render` as the steps before the
+        run decided them, and the run's `services` (webhooks, on_warning...)."""
+        names = RunOptions.owners().keys() - {"out_dir", "expected_render", *services}
+        given = {f.name: getattr(self, f.name) for f in fields(self) if flag_of(f) and f.name in names}
         return RunOptions.of(**given, out_dir=out_dir, expected_render=expected_render,
                              max_download_bytes=self.max_download_mb * MB, preflight=not self.no_preflight,
                              **services)
@@ -226,10 +227,6 @@ class RunOptions:
         groups = {"limits": Limits, "polling": Polling, "saving": Saving}
         return {**{f.name: "" for f in fields(cls) if f.name not in groups},
                 **{f.name: group for group, kind in groups.items() for f in fields(kind)}}
-
-    @classmethod
-    def names(cls) -> set[str]:
-        return set(cls.owners())
 
     @classmethod
     def of(cls, **options: Any) -> RunOptions:
