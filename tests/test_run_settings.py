@@ -46,8 +46,7 @@ def test_every_declared_option_is_a_click_option_with_its_flag_help_and_default(
 
 @pytest.mark.parametrize("command", ["run", "retry"])
 def test_every_click_option_of_run_and_retry_is_a_declared_field(command):
-    declared = {f.name for f in fields(RunSettings)
-                if flag_of(f) is None or flag_of(f).only in (None, command)}  # type: ignore[union-attr]
+    declared = {f.name for f in fields(RunSettings) if (flag := flag_of(f)) is None or flag.only in (None, command)}
     given = set(options_of(command)) - set(RETRY_ONLY)
     assert given == declared - {"requeue"}
     assert "resubmit_unknown" in options_of("run") and "resubmit_unknown" not in options_of("retry")
