@@ -14,11 +14,8 @@ The CLI is built on these functions, so there is one code path.
 from __future__ import annotations
 
 import json
-import os
-import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +25,64 @@ import httpx
 from .client import DEFAULT_BASE, ModelCatalog, PixelDojoClient, UnusableDescription, spec_of
 from .client import list_models as catalog_list
 from .client.preflight import PreflightReport, check_local_files, preflight, references_of
-from .errors import MissingKeyError, UsageError
-from .ledger import DEFAULT_LEDGER, Ledger, display_location, is_database_url, read_model_infos
+from .defaults import SIMULATED_LEDGER
+from .errors import UsageError
+from .launch import (
+    Ready,
+    Target,
+    describe_models,
+    expected_render_for,
+    prepare,
+    reference_store,
+    refuse_unpriced,
+    run_ledger,
+    simulator_state_for,
+    stage,
+    stage_ready,
+    start_run,
+    target,
+)
+from .ledger import DEFAULT_LEDGER, Ledger, read_model_infos
 from .manifest import Manifest, load_manifest
-from .models import MODELS, ModelSpec, needs_description, unpriced, wanted_descriptions
-from .outputs import OUTPUTS, default_out_dir  # noqa: F401 - part of the API
-from .plan import MAX_JOBS, PlanSummary, check, iter_jobs, job_rows
-from .references import ReferenceStore, S3Store, SimulatedStore, StoreSettings, refuse_without_store
+from .models import MODELS, ModelSpec, needs_description, wanted_descriptions
+from .outputs import OUTPUTS, default_out_dir
+from .plan import MAX_JOBS, PlanSummary, check, iter_jobs
 from .run import Progress, Runner, RunOptions, RunReport
-from .simulator import Journal, SimConfig, Simulator, SimulatorTransport
+from .simulator import Simulator, SimulatorTransport
 from .states import JobState
 from .views import figures_info
+
+__all__ = [
+    "OUTPUTS",
+    "SIMULATED_LEDGER",
+    "Ready",
+    "Target",
+    "check_references",
+    "default_out_dir",
+    "describe_model",
+    "describe_models",
+    "describe_offline",
+    "expected_render_for",
+    "export_dataset",
+    "export_records",
+    "list_models",
+    "load",
+    "plan",
+    "prepare",
+    "reference_store",
+    "refuse_unpriced",
+    "report",
+    "run",
+    "run_async",
+    "run_ledger",
+    "run_ready",
+    "simulator_state_for",
+    "stage",
+    "stage_ready",
+    "start_run",
+    "status",
+    "target",
+]
 
 
 def load(path: str | Path) -> Manifest:
@@ -50,45 +94,6 @@ def plan(manifest: Manifest, rate_overrides: dict[str, float] | None = None, *,
          max_jobs: int = MAX_JOBS) -> PlanSummary:
     """Expand and price a manifest without sending or writing anything."""
     return check(manifest, rate_overrides, max_jobs=max_jobs)
-
-
-def stage(ledger: Ledger, manifest: Manifest, rate_overrides: dict[str, float] | None = None, *,
-          checked: PlanSummary | None = None, simulated: bool = False, max_jobs: int = MAX_JOBS) -> tuple[int, int]:
-    """Check a manifest (unless the caller just did: `checked`, what `check(..., keep=True)`
-    returned for it, whose compiled rows are then filled in rather than expanded again, and let
-    go) and add its jobs to the ledger; returns (added, already known). `simulated` marks the batch
-    as rendered by the simulator; a batch with results of the other kind is refused (SimulationMismatch)."""
-    if checked is None:
-        checked = check(manifest, rate_overrides, max_jobs=max_jobs, keep=True)
-    # a run keeps its plan: the rows' keys must not stay with it
-    compiled, checked.compiled = checked.compiled, None
-    ledger.check_mode(manifest.batch, simulated)  # before the expansion, which can take a while
-    added = ledger.add_rows(manifest.batch, manifest.model.api_id, str(manifest.path),
-                            lambda: job_rows(manifest, rate_overrides, max_jobs=max_jobs, compiled=compiled),
-                            simulated=simulated)
-    images = {**manifest.set_files, **manifest.local_files}
-    ledger.remember_local_images(((a, str(f.path), f.size, f.origin) for a, f in images.items()), time.time())
-    return added
-
-
-def refuse_unpriced(m: Manifest, overrides: dict[str, float]) -> None:
-    """A run under a budget refuses models whose price is unknown until `--rate` gives one."""
-    unknown = unpriced(list(m.models.values()), overrides)
-    if unknown:
-        raise UsageError(f"{unknown[0]} has no known price (none published, none listed by the API): a run under "
-                         f"--budget needs one: --rate {unknown[0]}=CREDITS_PER_SECOND")
-
-
-async def describe_models(m: Manifest, ledger: Ledger, to: Target) -> Manifest:
-    """The manifest with every model it names described: built-in tables, the ledger's cache, else
-    the API (its description then cached). A model the API does not know stays a FILE:LINE
-    problem of the manifest, reported before anything is spent."""
-    wanted = wanted_descriptions(m)
-    if not wanted:
-        return m
-    async with PixelDojoClient(to.api_key, to.base_url, transport=to.transport) as client:
-        found = await ModelCatalog(ledger, client).describe(wanted)
-    return load_manifest(m.path, models=found.specs, missing=found.missing)
 
 
 def describe_offline(m: Manifest, ledger: str | Path) -> Manifest:
@@ -134,25 +139,6 @@ async def describe_model(api_id: str, ledger: Ledger, to: Target, *, refresh: bo
                                  "fetched_at": cached.fetched_at}
 
 
-def reference_store(manifest: Manifest, to: Target, settings: StoreSettings | None = None) -> ReferenceStore | None:
-    """Where this batch's local images go. A simulated run uses the simulator's own store (never
-    the user's bucket, unless `settings` names it explicitly); a real run the bucket `settings`
-    (the command line's) or the manifest's `reference_store:` names. None when nothing needs one."""
-    if to.simulator is not None and settings is None:
-        return SimulatedStore(to.simulator, to.base_url)
-    settings = settings or manifest.reference_store
-    if settings is not None:
-        return S3Store(settings)
-    if not (manifest.local_files or manifest.set_files):
-        return None
-    first = next(iter({**manifest.set_files, **manifest.local_files}.values()))
-    refuse_without_store(first.origin, first.shown, len({**manifest.set_files, **manifest.local_files}))
-    return None
-
-
-SIMULATED_LEDGER = "batcher-sim.db"
-
-
 def check_references(manifest: Manifest | str | Path, *, simulate: bool | Simulator = False,
                      transport: httpx.AsyncBaseTransport | None = None, max_jobs: int = MAX_JOBS) -> PreflightReport:
     """`validate --online`: every distinct reference URL of a manifest checked as a run's preflight
@@ -173,104 +159,48 @@ def check_references(manifest: Manifest | str | Path, *, simulate: bool | Simula
     return report
 
 
-@dataclass
-class Target:
-    """Where requests go: the real API (key and base URL) or a simulator."""
-
-    api_key: str
-    base_url: str
-    transport: httpx.AsyncBaseTransport | None = None
-    simulator: Simulator | None = None
-
-    def close(self) -> None:
-        if self.simulator is not None:
-            self.simulator.close()  # its webhook senders (they start again if it is used again)
-            if self.simulator.journal is not None:
-                self.simulator.journal.close()
-
-
-def simulator_state_for(ledger: str | Path) -> Path:
-    """The file where the built-in simulator keeps its jobs: beside an SQLite ledger, or (for a
-    PostgreSQL ledger) in the working folder, named after the database."""
-    if is_database_url(ledger):
-        name = re.sub(r"[^A-Za-z0-9_.-]", "_", display_location(ledger).rsplit("/", 1)[-1]) or "ledger"
-        return Path(f"batcher-sim-{name}.simulator.jsonl")
-    path = Path(ledger)
-    return path.with_name(path.name + ".simulator.jsonl")
-
-
-def expected_render_for(to: Target, given: float | None) -> float | None:
-    """The render time to assume before any is learned: the simulator's own when simulating; else
-    what was given (None: each model's typical render time)."""
-    return to.simulator.config.render_seconds if to.simulator is not None else given
-
-
-def target(*, simulate: bool | SimConfig | Simulator = False, api_base: str | None = None,
-           api_key: str | None = None, transport: httpx.AsyncBaseTransport | None = None,
-           simulator_state: Path | None = None) -> Target:
-    """Resolve where to send requests. A real run needs PIXELDOJO_API_KEY. A simulator given a
-    `simulator_state` file starts from what it holds and records there what it charges."""
-    if simulate:
-        sim = simulate if isinstance(simulate, Simulator) else Simulator(
-            simulate if isinstance(simulate, SimConfig) else SimConfig())
-        if simulator_state is not None:
-            journal = Journal(simulator_state)
-            journal.replay(sim)
-            sim.journal = journal
-        return Target(sim.config.api_key, "https://pixeldojo.ai", SimulatorTransport(sim), sim)
-    key = api_key if api_key is not None else os.environ.get("PIXELDOJO_API_KEY", "")
-    if not key.strip():
-        raise MissingKeyError("PIXELDOJO_API_KEY is not set: export your PixelDojo API key, or use --simulate")
-    base = api_base or os.environ.get("PIXELDOJO_API_BASE") or DEFAULT_BASE
-    if not base.startswith(("http://", "https://")):
-        raise UsageError(f"--api-base must be an http(s) URL, got {base!r}")
-    return Target(key.strip(), base, transport)
-
-
 async def run_async(manifest: Manifest | str | Path, *, ledger: Ledger | str | Path = DEFAULT_LEDGER,
                     options: RunOptions | None = None, to: Target | None = None,
                     rate_overrides: dict[str, float] | None = None,
                     on_progress: Callable[[Progress], None] | None = None,
                     on_force_exit: Callable[[], None] | None = None,
                     stage_jobs: bool = True) -> RunReport:
-    """Add a manifest's jobs to the ledger and run them; returns where the batch stands."""
+    """Add a manifest's jobs to the ledger and run them; returns where the batch stands.
+    `stage_jobs=False`: the caller added them (the models described, the plan checked)."""
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     owned = not isinstance(ledger, Ledger)
     led = Ledger(ledger) if not isinstance(ledger, Ledger) else ledger
     try:
         dest = to or target()
         simulated = dest.simulator is not None
-        checked: PlanSummary | None = None
-        if stage_jobs:  # (checking finds the manifest's local images)
-            m = await describe_models(m, led, dest)
-            checked = await anyio.to_thread.run_sync(lambda: check(m, rate_overrides, keep=True))
-        if options is not None and options.limits.budget is not None:
-            refuse_unpriced(m, rate_overrides or {})
-        store = options.reference_store if options is not None else None
-        store = store or reference_store(m, dest)  # refused here, before staging, when there is none
+        opts = options or RunOptions.of(out_dir=default_out_dir(m.batch, simulated),
+                                        expected_render=expected_render_for(dest, None))
+        ready = await anyio.to_thread.run_sync(lambda: prepare(
+            m, led, dest, opts, rate_overrides, check_plan=stage_jobs, wait=anyio.from_thread.run))
         if stage_jobs:
-            await anyio.to_thread.run_sync(lambda: stage(led, m, rate_overrides, checked=checked,
-                                                         simulated=simulated))
+            await anyio.to_thread.run_sync(lambda: stage_ready(led, ready))
         else:
             led.check_mode(m.batch, simulated)
-        opts = options or RunOptions.of(out_dir=default_out_dir(m.batch, simulated))
-        opts = replace(opts, reference_store=store)
-        secrets = store.secrets if store is not None else ()
-        if options is None:
-            first_poll = expected_render_for(dest, opts.polling.expected_render)
-            opts.polling = replace(opts.polling, expected_render=first_poll)
-        try:
-            async with PixelDojoClient(dest.api_key, dest.base_url, transport=dest.transport,
-                                       max_retry_after=opts.polling.max_retry_after, also_redact=secrets,
-                                       deadlines=opts.polling.deadlines) as client:
-                runner = Runner(led, client, m.model, m.batch, opts, on_progress=on_progress,
-                                on_force_exit=on_force_exit, models=m.models)
-                return await runner.run()
-        finally:
-            dest.close()
+        return await run_ready(led, ready, on_progress=on_progress, on_force_exit=on_force_exit)
     finally:
         if owned:
             led.close()
+
+
+async def run_ready(ledger: Ledger, ready: Ready, *, on_progress: Callable[[Progress], None] | None = None,
+                    on_force_exit: Callable[[], None] | None = None) -> RunReport:
+    """Run a batch whose steps before the run are done (see `prepare`, `stage_ready`)."""
+    opts, dest = ready.options, ready.to
+    secrets = opts.reference_store.secrets if opts.reference_store is not None else ()
+    try:
+        async with PixelDojoClient(dest.api_key, dest.base_url, transport=dest.transport,
+                                   max_retry_after=opts.polling.max_retry_after, also_redact=secrets,
+                                   deadlines=opts.polling.deadlines) as client:
+            runner = Runner(ledger, client, ready.manifest.model, ready.manifest.batch, opts,
+                            on_progress=on_progress, on_force_exit=on_force_exit, models=ready.manifest.models)
+            return await runner.run()
+    finally:
+        dest.close()
 
 
 def run(manifest: Manifest | str | Path, *, ledger: str | Path = DEFAULT_LEDGER, simulate: bool = False,
@@ -319,7 +249,8 @@ def _with_ledger(ledger: Ledger | str | Path, fn: Callable[[Ledger], Any]) -> An
 def export_records(ledger: Ledger | str | Path, batch: str | None = None) -> list[dict[str, Any]]:
     """Every job's record (request, provenance, cost, file, sha256), as JSONL/CSV export writes them."""
     from .views import records
-    return _with_ledger(ledger, lambda led: list(records(led, batch)))
+    found: list[dict[str, Any]] = _with_ledger(ledger, lambda led: list(records(led, batch)))
+    return found
 
 
 def export_dataset(ledger: Ledger | str | Path, batch: str | None, out_dir: str | Path,
@@ -332,4 +263,5 @@ def export_dataset(ledger: Ledger | str | Path, batch: str | None, out_dir: str 
 def report(ledger: Ledger | str | Path, batch: str, out_path: str | Path = "report.html") -> int:
     """Write the batch's self-contained HTML gallery; returns the number of cards."""
     from .views import build_report
-    return _with_ledger(ledger, lambda led: build_report(led, batch, Path(out_path)))
+    cards: int = _with_ledger(ledger, lambda led: build_report(led, batch, Path(out_path)))
+    return cards

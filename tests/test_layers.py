@@ -11,8 +11,7 @@ import batcher
 # Between packages: the shared modules at the top first, then the packages, the command line last.
 ORDER = ["faces", "errors", "defaults", "text", "redaction", "money", "states",
          "models", "policy", "storage", "references", "manifest", "plan", "outputs", "ledger", "client",
-         "simulator", "run",
-         "views", "api", "bench", "cli", "__main__"]
+         "simulator", "run", "views", "launch", "api", "bench", "cli", "__main__"]
 
 # Within each package. A package's face (__init__) may import any of its modules; the cli's face
 # also defines the command group its modules add to (and imports them last), so it comes first there.

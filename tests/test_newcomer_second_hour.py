@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -292,5 +293,7 @@ def test_help_shows_examples_and_where_simulated_runs_keep_their_ledger():
     runner = CliRunner()
     top = runner.invoke(cli, ["--help"]).output
     assert "Examples:" in top and "batcher run manifests/demo.yaml --simulate" in top and "batcher-sim.db" in top
-    status = runner.invoke(cli, ["status", "--help"]).output
-    assert "--simulate" in status and "batcher-sim.db" in status
+    for command in ("status", "run", "retry", "export", "report", "plan", "watch", "pause"):
+        shown = runner.invoke(cli, [command, "--help"]).output
+        words = re.sub(r"-\s+", "-", " ".join(shown.split()))  # help text may wrap at the hyphen
+        assert "--simulate" in shown and "batcher-sim.db" in words, command

@@ -15,12 +15,19 @@ recording every step in the ledger so an interrupted run resumes.
 
 from __future__ import annotations
 
-from .failpoints import failpoint
-from .options import RunOptions
-from .outcomes import ExitCode, Followed, StopReason, Submitted
-from .pacer import RequestPacer
-from .reporting import BudgetOutlook, Progress, RunReport, budget_outlook
-from .runner import Runner
+from typing import TYPE_CHECKING
+
+from ..faces import lazy
+
+if TYPE_CHECKING:
+    from .failpoints import failpoint
+    from .options import RunOptions
+    from .outcomes import ExitCode, Followed, StopReason, Submitted
+    from .pacer import RequestPacer
+    from .reporting import BudgetOutlook, Progress, RunReport, budget_outlook
+    from .runner import Runner
+
+__getattr__ = lazy(__name__)
 
 __all__ = ["BudgetOutlook", "ExitCode", "Followed", "Progress", "RequestPacer", "RunOptions", "RunReport", "Runner",
            "StopReason", "Submitted", "budget_outlook", "failpoint"]
