@@ -22,7 +22,7 @@ WITHIN = {
     "references": ["facts", "local", "store"],
     "manifest": ["diagnostics", "textfiles", "yamlfile", "template", "rowfields", "rowfiles", "document"],
     "plan": ["references", "expansion", "keys", "compiled", "jobs", "staging"],
-    "outputs": ["files", "media", "wholeness"],
+    "outputs": ["files", "media", "wholeness", "bucket"],
     "ledger": ["rows", "schema", "dialect", "migrations", "store", "jobs", "control", "transitions", "journal",
                "leases", "figures", "fleet", "references", "modelinfo"],
     "client": ["answers", "transfers", "http", "catalog", "preflight"],

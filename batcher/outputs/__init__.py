@@ -2,6 +2,8 @@
 
     files       file names, temporary files, publishing without replacing, verification
     media       what a downloaded video really is (MP4 header: duration, frame size)
+    wholeness   whether a video's bytes are a whole MP4 video, checked as they stream past
+    bucket      the output store: clips in a bucket the user owns (--out s3://BUCKET/PREFIX)
 """
 
 from __future__ import annotations

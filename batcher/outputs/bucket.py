@@ -1,0 +1,115 @@
+"""Clips in a bucket the user owns (`--out s3://BUCKET/PREFIX`): the output store, on the same
+client, credentials rule and redaction as the reference store (`storage.s3.Bucket`).
+
+Each clip is streamed from the API's URL into the bucket under the name it would have on disk
+(`files.video_name`), with its sha256 and size in the object's metadata; it counts only once a
+HEAD finds that object with the size and hash the download measured. A rerun checks completed
+clips with one listing of the prefix (sizes), or with a HEAD each (`--verify full`: sizes and
+recorded hashes). The ledger records a clip as its `s3://` URI, so any host that reaches the
+ledger and the bucket can export it, presign it or fetch it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import OutputStoreError, UsageError
+from ..references.local import StoreSettings
+from ..storage import Bucket, ObjectFacts
+from ..storage.s3 import Upload
+
+# How old an unfinished upload must be before a run removes it: a live one of a clip takes
+# minutes; one this old belongs to a process that died (kill -9, a lost host).
+STALE_UPLOAD_SECONDS = 6 * 3600.0
+
+
+def is_bucket_address(out: str | Path) -> bool:
+    """Whether `--out` names a bucket (s3://...) rather than a folder."""
+    return str(out).startswith("s3://")
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A completed clip found again: there as recorded, or why not."""
+
+    location: str
+    ok: bool
+    why: str = ""
+
+
+class BucketOutputs:
+    """The output store of one batch: a bucket and prefix."""
+
+    def __init__(self, url: str, endpoint: str | None = None, client: Any | None = None):
+        try:
+            self.settings = StoreSettings.of(url, endpoint=endpoint)
+        except UsageError as e:
+            raise UsageError(str(e).replace("reference store", "output store")) from None
+        self.identity = self.settings.identity(os.environ)
+        self.bucket = Bucket(self.settings.bucket, self.settings.prefix, self.identity,
+                             endpoint=None if client is not None else self.settings.resolved_endpoint(os.environ),
+                             what="output store", error=OutputStoreError, client=client)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return self.bucket.secrets
+
+    def location(self, name: str) -> str:
+        """What the ledger records for the clip `name`: its s3:// URI."""
+        return self.bucket.uri(name)
+
+    def name_of(self, location: str) -> str | None:
+        """The clip's name below the prefix for a location this store made (None: not one of ours)."""
+        start = self.bucket.uri("")
+        if not location.startswith(start) or location == start:
+            return None
+        name = location[len(start):]
+        return name if "/" not in name and not name.startswith(".") else None
+
+    async def sink(self, name: str, started: float | None = None) -> Upload:
+        """Where a download streams to: an atomic upload to `name`."""
+        return await self.bucket.upload(name, "video/mp4", started)
+
+    async def holds(self, name: str, size: int, sha256: str) -> bool:
+        """Whether the object is in place with exactly this size and recorded sha256 (a HEAD)."""
+        found = await self.bucket.head(name)
+        return found is not None and found.size == size and found.sha256 == sha256
+
+    async def check(self, completed: list[tuple[str, int | None, str | None]], full: bool) -> list[Checked]:
+        """Completed clips as the ledger has them (location, size, sha256), found again: by one
+        listing (sizes) or, `full`, by a HEAD each (sizes and recorded hashes)."""
+        listed: dict[str, ObjectFacts] = {} if full else await self.bucket.listing()
+        out = []
+        for location, size, sha256 in completed:
+            name = self.name_of(location)
+            if name is None:
+                out.append(Checked(location, False, "is not in this output store"))
+                continue
+            facts = await self.bucket.head(name) if full else listed.get(name)
+            if facts is None:
+                out.append(Checked(location, False, "is gone"))
+            elif facts.size != size or (full and facts.sha256 != sha256):
+                out.append(Checked(location, False, "does not match its recorded size and sha256"))
+            else:
+                out.append(Checked(location, True))
+        return out
+
+    async def clean(self, now: float) -> int:
+        """Remove what killed uploads left (`storage.s3.Bucket.clean_partial`)."""
+        return await self.bucket.clean_partial(STALE_UPLOAD_SECONDS, now)
+
+    def presign(self, location: str, lifetime: float) -> str:
+        """An HTTPS URL that plays the clip for `lifetime` seconds."""
+        name = self.name_of(location)
+        if name is None:
+            raise OutputStoreError(f"{location[:80]} is not a clip of the output store {self.identity}")
+        return self.bucket.presign(name, lifetime)
+
+    async def fetch(self, location: str, path: Path) -> None:
+        """The clip at `location` copied to the file `path` (for a dataset folder on another host)."""
+        name = self.name_of(location)
+        if name is None:
+            raise OutputStoreError(f"{location[:80]} is not a clip of the output store {self.identity}")
+        await self.bucket.download(name, path)
