@@ -7,6 +7,7 @@ them, in one SQLite file (one host) or one PostgreSQL database (many hosts).
     rows         the frozen rows it hands out
     jobs         adding a manifest's jobs; reading jobs, batches, attempts and events
     transitions  every state change, as a write operation (the submission protocol included)
+    answers      accepting a submission's answer (in time, late, or from the journal): one operation
     leases       claims, renewals, releases, runners and their heartbeats
     figures      counts, spend, budget outlook, failure reasons
     control      a batch's control word (pause, resume, cancel) and what it does to the jobs
@@ -26,6 +27,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import SQLModel
 
 from ..errors import LedgerError
+from .answers import Acceptance, Accepted, Answer, Arrival
 from .control import ControlChange, LedgerControl
 from .dialect import (
     DEFAULT_LEDGER,
@@ -59,10 +61,10 @@ from .rows import (
 from .transitions import LedgerTransitions
 
 __all__ = [
-    "DEFAULT_LEDGER", "MIGRATIONS", "SCHEMA_VERSION", "Attempt", "Batch", "ControlChange", "Event", "Figures", "Fleet",
-    "Job", "Ledger", "LocalImage", "Migration", "ModelInfo", "Reference", "RunnerStatus", "SQLModel", "Spend",
-    "StoredImage", "display_location", "engine_url", "is_database_url", "postgres_engine", "read_model_infos",
-    "read_states", "read_stored"
+    "DEFAULT_LEDGER", "MIGRATIONS", "SCHEMA_VERSION", "Acceptance", "Accepted", "Answer", "Arrival", "Attempt",
+    "Batch", "ControlChange", "Event", "Figures", "Fleet", "Job", "Ledger", "LocalImage", "Migration", "ModelInfo",
+    "Reference", "RunnerStatus", "SQLModel", "Spend", "StoredImage", "display_location", "engine_url",
+    "is_database_url", "postgres_engine", "read_model_infos", "read_states", "read_stored"
 ]
 
 T = TypeVar("T")

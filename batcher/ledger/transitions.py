@@ -163,23 +163,6 @@ class LedgerTransitions(LedgerStore):
                 self.x(conn, "UPDATE batch SET committed = committed + :d WHERE name = :b", {"d": delta, "b": batch})
         return op
 
-    def holder_of(self, conn: Connection, remote_job_id: str, job_id: int, api_base: str) -> str | None:
-        """The key of another job the ledger already gave `remote_job_id` (from `api_base`, or an
-        older ledger's whose base it did not record), or None. The API giving one id twice must
-        not pair two jobs with one clip. (The unique index on (api_base, remote_job_id) backs this
-        up; the attempts also remember ids jobs no longer hold, after a retry.)"""
-        if self.postgres:  # two runners given one id at once: the second waits and finds the first
-            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:r))"), {"r": remote_job_id})
-        row = conn.execute(text(
-            "SELECT j.key FROM attempt a JOIN job j ON j.id = a.job_id WHERE a.remote_job_id = :r AND a.job_id != :id "
-            "AND (j.api_base IS NULL OR j.api_base IN ('', :base)) LIMIT 1"),
-            {"r": remote_job_id, "id": job_id, "base": api_base}).first()
-        if row is None:
-            row = conn.execute(text("SELECT key FROM job WHERE api_base IN ('', :base) AND remote_job_id = :r "
-                                    "AND id != :id LIMIT 1"),
-                               {"r": remote_job_id, "id": job_id, "base": api_base}).first()
-        return None if row is None else str(row[0])
-
     def has_remote(self, conn: Connection, job_id: int, state: JobState, remote_job_id: str) -> bool:
         """Whether the job already stands in `state` as `remote_job_id` (a write retried after its
         commit landed finds its own work done)."""
@@ -196,30 +179,6 @@ class LedgerTransitions(LedgerStore):
                 conn.execute(text("UPDATE batch SET committed = committed - :c WHERE name = "
                                   "(SELECT batch FROM job WHERE id = :j)"),
                              {"c": sum(int(c or 0) for c in costs), "j": job_id})
-        return op
-
-    def resolve_unknown(self, job_id: int, remote_job_id: str, status_url: str, credit_cost: Decimal,
-                        submitted_at: float, api_base: str | None = None) -> Callable[[Connection], bool]:
-        """A late answer for a job held as unknown (its runner lost the lease mid-POST): if nobody
-        has touched it since, it is submitted after all, and will be polled instead of held."""
-        now = self.clock()
-
-        def op(conn: Connection) -> bool:
-            holder = self.holder_of(conn, remote_job_id, job_id, api_base or "")
-            if holder is not None:  # another job's id: it stays held (never given that job's clip)
-                self._event(conn, job_id, "duplicate-job-id", None, None,
-                            f"answered late with job id {remote_job_id}, which {holder} already has; stays held", now)
-                return False
-            moved: bool = self.x(conn, "UPDATE job SET state = 'submitted', remote_job_id = :r, status_url = :u, "
-                                       "credit_cost = :c, submitted_at = :s, error = NULL, updated_at = :t, "
-                                       "api_base = :base WHERE id = :id AND state = 'unknown' AND owner IS NULL",
-                                 {"r": remote_job_id, "u": status_url, "c": to_hundredths(credit_cost),
-                                  "s": submitted_at, "t": now, "id": job_id, "base": api_base}).rowcount == 1
-            detail = (f"accepted as {remote_job_id} ({show(credit_cost)} credits), answered after its runner lost "
-                      f"the lease")
-            self._event(conn, job_id, "late-answer", "unknown" if moved else None, "submitted" if moved else None,
-                        detail, now)
-            return moved
         return op
 
     def recover_interrupted(self, batch: str) -> int:
