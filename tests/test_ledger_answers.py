@@ -23,18 +23,18 @@ class Clock:
 def led(ledger_url):
     clock = Clock()
     ledger = Ledger(ledger_url, clock=clock)
-    ledger.add_jobs("b", "happyhorse-1.0-r2v", "m.yaml", [
+    ledger.write(ledger.add_jobs("b", "happyhorse-1.0-r2v", "m.yaml", [
         JobSpec(key=f"k{i}", batch="b", row=i, take=1, origin=f"m.yaml:{i + 1}", label="r", params={"prompt": "p"},
-                estimate=20, estimate_is_guess=False) for i in range(3)])
+                estimate=20, estimate_is_guess=False) for i in range(3)]))
     yield ledger, clock
     ledger.close()
 
 
 def sent(ledger, index=0):
     """A job claimed and in `submitting`, with its attempt id."""
-    job = next(j for j in ledger.claim("b", [S.PENDING], "A", 30, 3) if j.key == f"k{index}")
+    job = next(j for j in ledger.write(ledger.claim("b", [S.PENDING], "A", 30, 3)) if j.key == f"k{index}")
     attempt = ledger.write(ledger.begin_submission(job.id, S.PENDING, Decimal(20), token=job.lease_token))
-    ledger.release_jobs([j.id for j in ledger.iter_batch("b") if j.id != job.id], "A")
+    ledger.write(ledger.release_jobs([j.id for j in ledger.iter_batch("b") if j.id != job.id], "A"))
     return ledger.get(job.id), attempt
 
 
@@ -73,7 +73,7 @@ def test_an_answer_after_the_lease_was_lost_resolves_the_held_job(led):
     ledger, clock = led
     job, attempt = sent(ledger)
     clock.t += 31
-    assert ledger.recover_interrupted("b") == 1
+    assert ledger.write(ledger.recover_interrupted("b")) == 1
     done = ledger.write(ledger.accept_answer(answer(job, attempt), Arrival.IN_TIME, token=job.lease_token))
     assert done.outcome is Acceptance.RESOLVED
     assert ledger.get(job.id).state == "submitted" and ledger.events(job.id)[-1].kind == "late-answer"
@@ -88,7 +88,7 @@ def second_held(ledger, clock):
     ledger.write(ledger.accept_answer(answer(first, attempt), Arrival.IN_TIME, token=first.lease_token))
     second, attempt = sent(ledger, 1)
     clock.t += 31
-    assert ledger.recover_interrupted("b") == 1
+    assert ledger.write(ledger.recover_interrupted("b")) == 1
     return second, attempt
 
 

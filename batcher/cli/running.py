@@ -226,7 +226,7 @@ def _stage(ledger: Any, m: Any, overrides: dict[str, float], simulate: bool, max
     from ..states import JobState
     added, known = api.stage(ledger, m, overrides, checked=checked, simulated=simulate, max_jobs=max_jobs)
     if requeue:
-        n = ledger.requeue(m.batch, [JobState(s) for s in requeue], "requeued by `batcher retry`")
+        n = ledger.write(ledger.requeue(m.batch, [JobState(s) for s in requeue], "requeued by `batcher retry`"))
         click.echo(f"requeued {n} job(s) ({', '.join(requeue)})", err=True)
     click.echo(f"batch {m.batch!r}: {added} new job(s), {known} already in {ledger.display}", err=True)
 

@@ -74,7 +74,7 @@ class LedgerAnswers(LedgerTransitions):
                 # (a reaper may have moved the attempt to unknown meanwhile: the total moves the same way)
                 self.end_attempt(answer.attempt_id, "accepted", remote_job_id=answer.remote_job_id,
                                  credit_cost=answer.credit_cost, known=known)(conn)
-            holder = self.holder_of(conn, answer.remote_job_id, answer.job_id, answer.api_base or "")
+            holder = self._holder_of(conn, answer.remote_job_id, answer.job_id, answer.api_base or "")
             if holder is not None:
                 self._hold(conn, answer, arrival, source, holder, token, held_error, now)
                 return Accepted(Acceptance.HELD, holder)
@@ -113,7 +113,7 @@ class LedgerAnswers(LedgerTransitions):
                                     Arrival.LATE)
         return Operation(lambda conn: accept(conn).outcome is Acceptance.RESOLVED)
 
-    def holder_of(self, conn: Connection, remote_job_id: str, job_id: int, api_base: str) -> str | None:
+    def _holder_of(self, conn: Connection, remote_job_id: str, job_id: int, api_base: str) -> str | None:
         """The key of another job the ledger already gave `remote_job_id` (from `api_base`, or an
         older ledger's whose base it did not record), or None. (The unique index on (api_base,
         remote_job_id) backs this up; the attempts also remember ids jobs no longer hold, after a

@@ -185,7 +185,7 @@ class LedgerStore:
         except _Retry:
             return self.write(guarded)
 
-    def x(self, conn: Connection, sql: str, params: dict[str, Any] | None = None) -> Any:
+    def x(self, conn: Connection, sql: str, params: dict[str, Any] | list[dict[str, Any]] | None = None) -> Any:
         """Run one statement on the hot path straight through the driver (no SQL compilation):
         written once with `:name` placeholders, for both databases."""
         return conn.exec_driver_sql(self.sql.driver_sql(sql), params or {})
@@ -225,6 +225,11 @@ class LedgerStore:
 
     def _event(self, conn: Connection, job_id: int, kind: str, src: str | None, dst: str | None,
                detail: str | None, at: float) -> None:
+        self._events(conn, [job_id], kind, src, dst, detail, at)
+
+    def _events(self, conn: Connection, job_ids: list[int], kind: str, src: str | None, dst: str | None,
+                detail: str | None, at: float) -> None:
+        """The same event in the history of each of `job_ids`."""
+        rows = [{"j": job_id, "a": at, "k": kind, "s": src, "d": dst, "x": detail} for job_id in job_ids]
         self.x(conn, "INSERT INTO event (job_id, at, kind, from_state, to_state, detail) "
-                     "VALUES (:j, :a, :k, :s, :d, :x)",
-               {"j": job_id, "a": at, "k": kind, "s": src, "d": dst, "x": detail})
+                     "VALUES (:j, :a, :k, :s, :d, :x)", rows[0] if len(rows) == 1 else rows)
