@@ -39,6 +39,8 @@ class Acceptance(enum.Enum):
 
 
 class Accepted(NamedTuple):
+    """What `accept_answer` did (and, when it held the job, which job has its remote id)."""
+
     outcome: Acceptance
     holder: str | None = None  # HELD: the key of the job that has the remote id
 
