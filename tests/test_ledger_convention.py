@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 import batcher
-from batcher.ledger import Ledger
-from batcher.ledger.store import Operation
+from batcher.ledger import Ledger, Operation
 
 # Commit by themselves, by design: the schema's upgrade (opening a ledger), and the answer journal,
 # whose file is emptied only after its records commit, under the file's lock.

@@ -52,12 +52,13 @@ from .rows import (
     Spend,
     StoredImage,
 )
+from .store import Operation
 from .transitions import LedgerTransitions
 
 __all__ = [
     "DEFAULT_LEDGER", "MIGRATIONS", "SCHEMA_VERSION", "Acceptance", "Accepted", "Answer", "Arrival", "Attempt",
     "Batch", "ControlChange", "Event", "Figures", "Fleet", "Job", "Ledger", "LocalImage", "Migration", "ModelInfo",
-    "Reference", "RunnerStatus", "SQLModel", "Spend", "StoredImage", "display_location", "engine_url",
+    "Operation", "Reference", "RunnerStatus", "SQLModel", "Spend", "StoredImage", "display_location", "engine_url",
     "is_database_url", "postgres_engine", "read_model_infos", "read_states", "read_stored"
 ]
 
