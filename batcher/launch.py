@@ -97,11 +97,13 @@ def stage(ledger: Ledger, manifest: Manifest, rate_overrides: dict[str, float] |
     # a run keeps its plan: the rows' keys must not stay with it
     compiled, checked.compiled = checked.compiled, None
     ledger.check_mode(manifest.batch, simulated)  # before the expansion, which can take a while
-    added = ledger.add_rows(manifest.batch, manifest.model.api_id, str(manifest.path),
-                            lambda: job_rows(manifest, rate_overrides, max_jobs=max_jobs, compiled=compiled),
-                            simulated=simulated)
+    added = ledger.write(ledger.add_rows(manifest.batch, manifest.model.api_id, str(manifest.path),
+                                         lambda: job_rows(manifest, rate_overrides, max_jobs=max_jobs,
+                                                          compiled=compiled),
+                                         simulated=simulated))
     images = {**manifest.set_files, **manifest.local_files}
-    ledger.remember_local_images(((a, str(f.path), f.size, f.origin) for a, f in images.items()), time.time())
+    ledger.write(ledger.remember_local_images(((a, str(f.path), f.size, f.origin) for a, f in images.items()),
+                                              time.time()))
     return added
 
 
@@ -230,6 +232,6 @@ def stage_ready(ledger: Ledger, ready: Ready, requeue: tuple[str, ...] = ()) -> 
     returns (added, already known, requeued)."""
     added, known = stage(ledger, ready.manifest, ready.rate_overrides, checked=ready.checked,
                          simulated=ready.simulated, max_jobs=ready.max_jobs)
-    requeued = ledger.requeue(ready.manifest.batch, [JobState(s) for s in requeue], "requeued by `batcher retry`"
-                              ) if requeue else 0
+    requeued = ledger.write(ledger.requeue(ready.manifest.batch, [JobState(s) for s in requeue],
+                                           "requeued by `batcher retry`")) if requeue else 0
     return added, known, requeued

@@ -51,7 +51,7 @@ def test_videofolder_export_and_update(simrun, write, tmp_path):
     from batcher.ledger import Ledger
     from batcher.states import JobState
     with Ledger(ledger) as led:
-        led.requeue("small", [JobState.FAILED], "test")
+        led.write(led.requeue("small", [JobState.FAILED], "test"))
     simrun(manifest, simulator=sim, ledger=ledger)
     r2 = api.export_dataset(ledger, "small", out)
     rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]

@@ -137,7 +137,7 @@ def _in_run(tmp_path, write, body, config: SimConfig | None = None, rows: int = 
     manifest = api.load(write("m.yaml", small_manifest(n_rows=rows)))
     with Ledger(tmp_path / "l.db") as ledger:
         api.stage(ledger, manifest, simulated=True)
-        jobs = ledger.claim(manifest.batch, [JobState.PENDING], "a:1:x", 60, rows)
+        jobs = ledger.write(ledger.claim(manifest.batch, [JobState.PENDING], "a:1:x", 60, rows))
 
         async def go():
             sim = Simulator(config or SimConfig())
@@ -263,7 +263,7 @@ def test_an_intent_the_ledger_cannot_write_releases_the_reservation(tmp_path, wr
     async def body(ctx, ledger, manifest, jobs):
         [mine] = jobs
         ledger.write(lambda conn: conn.exec_driver_sql("UPDATE job SET lease_until = 0"))  # our lease ran out
-        ledger.claim(manifest.batch, [JobState.PENDING], "b:2:y", 60, 1)  # and another runner took the job
+        ledger.write(ledger.claim(manifest.batch, [JobState.PENDING], "b:2:y", 60, 1))  # another runner took the job
         got: list[Reservation | None] = []
         async with anyio.create_task_group() as tg:
             with pytest.raises(LeaseLost):

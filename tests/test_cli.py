@@ -64,7 +64,7 @@ def test_plan_counts_ledger_jobs(tmp_path):
     from batcher.plan import expand
     m = load_manifest(MANIFESTS / "demo.yaml")
     with Ledger(tmp_path / "l.db") as ledger:
-        ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", expand(m)[:4])
+        ledger.write(ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", expand(m)[:4]))
     data = json.loads(invoke("plan", str(MANIFESTS / "demo.yaml"), "--json", "--ledger", str(tmp_path / "l.db")).output)
     assert data["ledger"]["in_ledger"] == 4 and data["ledger"]["completed"] == 0
 
@@ -80,7 +80,7 @@ def test_plan_counts_completed_ledger_jobs_alike_with_and_without_the_job_list(t
     m = load_manifest(MANIFESTS / "demo.yaml")
     jobs = expand(m)
     with Ledger(tmp_path / "l.db") as ledger:
-        ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs[:7])
+        ledger.write(ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs[:7]))
         with ledger.engine.begin() as conn:
             conn.execute(text("UPDATE job SET state = 'completed' WHERE key IN (:a, :b, :c)"),
                          {"a": jobs[0].key, "b": jobs[3].key, "c": jobs[6].key})

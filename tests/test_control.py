@@ -83,7 +83,7 @@ def test_cancel_moves_pending_jobs_only_and_resume_brings_them_back(ledger_url, 
         jobs = list(ledger.iter_batch("small"))
         paid = jobs[0]
         ledger.write(ledger.begin_submission(paid.id, S.PENDING, 20))  # in flight: paid for, maybe
-        change = ledger.set_control("small", Control.CANCELLED, "`batcher cancel`")
+        change = ledger.write(ledger.set_control("small", Control.CANCELLED, "`batcher cancel`"))
         assert (change.before, change.after, change.moved, change.in_flight) == (
             Control.RUNNING, Control.CANCELLED, 3, 1)
         assert ledger.batch("small").control == "cancelled" and ledger.batch("small").control_at
@@ -94,10 +94,10 @@ def test_cancel_moves_pending_jobs_only_and_resume_brings_them_back(ledger_url, 
             [event] = ledger.events(job.id)
             assert (event.kind, event.from_state, event.to_state) == ("cancelled", "pending", "cancelled")
         # again: nothing changes; pausing a cancelled batch is refused, and changes nothing either
-        assert not ledger.set_control("small", Control.CANCELLED, "x").changed
-        refused = ledger.set_control("small", Control.PAUSED, "x")
+        assert not ledger.write(ledger.set_control("small", Control.CANCELLED, "x")).changed
+        refused = ledger.write(ledger.set_control("small", Control.PAUSED, "x"))
         assert not refused.allowed and ledger.batch("small").control == "cancelled"
-        change = ledger.set_control("small", Control.RUNNING, "`batcher resume`")
+        change = ledger.write(ledger.set_control("small", Control.RUNNING, "`batcher resume`"))
         assert change.moved == 3 and ledger.batch("small").control == "running"
         for job in jobs[1:]:
             assert ledger.get(job.id).state == "pending"
@@ -109,22 +109,22 @@ def test_the_ledger_refuses_an_intent_while_the_batch_is_paused_or_cancelled(led
     path = write("m.yaml", small_manifest(n_rows=2))
     with staged(ledger_url, path) as ledger:
         job, other = ledger.jobs_in("small", [S.PENDING])
-        [job] = ledger.claim("small", [S.PENDING], "me:1:x", 60, 1)
-        ledger.set_control("small", Control.PAUSED, "`batcher pause`")
+        [job] = ledger.write(ledger.claim("small", [S.PENDING], "me:1:x", 60, 1))
+        ledger.write(ledger.set_control("small", Control.PAUSED, "`batcher pause`"))
         for budget in (None, 1000.0):
             with pytest.raises(BatchNotRunning, match="paused"):
                 ledger.write(ledger.begin_submission(job.id, S.PENDING, 20, token=job.lease_token, batch="small",
                                                      budget=budget))
         assert ledger.get(job.id).state == "pending" and not ledger.attempts(job.id)
         assert ledger.committed("small") == 0
-        ledger.set_control("small", Control.CANCELLED, "`batcher cancel`")
+        ledger.write(ledger.set_control("small", Control.CANCELLED, "`batcher cancel`"))
         # the cancel took the job from its runner: its intent is refused by the fence too
         with pytest.raises(LeaseLost):
             ledger.write(ledger.begin_submission(job.id, S.PENDING, 20, token=job.lease_token, batch="small"))
         with pytest.raises(IllegalTransition):
             ledger.begin_submission(other.id, S.CANCELLED, 20)  # a cancelled job is never submitted
-        ledger.set_control("small", Control.RUNNING, "`batcher resume`")
-        [job] = ledger.claim("small", [S.PENDING], "me:1:x", 60, 1)
+        ledger.write(ledger.set_control("small", Control.RUNNING, "`batcher resume`"))
+        [job] = ledger.write(ledger.claim("small", [S.PENDING], "me:1:x", 60, 1))
         ledger.write(ledger.begin_submission(job.id, S.PENDING, 20, token=job.lease_token, batch="small"))
         assert ledger.get(job.id).state == "submitting"
 
@@ -134,11 +134,11 @@ def test_a_sweep_cancels_jobs_pending_again_only_while_the_batch_is_cancelled(le
     with staged(ledger_url, path) as ledger:
         job = ledger.jobs_in("small", [S.PENDING])[0]
         ledger.write(ledger.begin_submission(job.id, S.PENDING, 20))
-        ledger.set_control("small", Control.CANCELLED, "`batcher cancel`")
+        ledger.write(ledger.set_control("small", Control.CANCELLED, "`batcher cancel`"))
         ledger.write(ledger.move(job.id, S.SUBMITTING, S.PENDING, "not-sent", "never left"))
         assert ledger.write(ledger.cancelling("small", "swept")) == 1
         assert ledger.get(job.id).state == "cancelled"
-        ledger.set_control("small", Control.RUNNING, "`batcher resume`")
+        ledger.write(ledger.set_control("small", Control.RUNNING, "`batcher resume`"))
         assert ledger.write(ledger.cancelling("small", "swept")) == 0  # resumed meanwhile: nothing
         assert Counter(j.state for j in ledger.iter_batch("small")) == {"pending": 2}
 
@@ -192,7 +192,7 @@ async def set_control(ledger_url: str, word: Control) -> tuple[float, object]:
     """The command's work, from another connection; returns (when it had committed, the change)."""
     def go():
         with Ledger(ledger_url) as led:
-            return led.set_control("small", word, f"`batcher {word}` (test)")
+            return led.write(led.set_control("small", word, f"`batcher {word}` (test)"))
     change = await anyio.to_thread.run_sync(go)
     return time.monotonic(), change
 

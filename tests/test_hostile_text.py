@@ -281,7 +281,7 @@ def test_a_store_echoing_its_credentials_mid_run_gets_none_into_events_notes_or_
 
             def retry_unknown() -> int:
                 with Ledger(ledger) as led:
-                    return led.requeue("shared", [JobState.UNKNOWN], "retry --unknown (test)")
+                    return led.write(led.requeue("shared", [JobState.UNKNOWN], "retry --unknown (test)"))
             assert await anyio.to_thread.run_sync(retry_unknown) == 1
         report = {}
 

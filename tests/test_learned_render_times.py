@@ -38,11 +38,11 @@ def finish(led: Ledger, batch: str, state: str, first: int, count: int, mid: flo
 
 def test_history_groups_rendered_jobs_of_every_batch_per_model_duration_and_resolution(ledger_url):
     with Ledger(ledger_url) as led:
-        led.add_jobs("a", X, "a.yaml", [spec("a", i, X, 5, "720p") for i in range(10)]
-                     + [spec("a", 10 + i, Y, 5, "720p") for i in range(4)])
-        led.add_jobs("b", X, "b.yaml", [spec("b", i, X, 8, "1080p") for i in range(3)]
-                     + [spec("b", 3 + i, X, None, "720p") for i in range(2)])
-        led.add_jobs("sim", X, "s.yaml", [spec("sim", i, X, 5, "720p") for i in range(5)], simulated=True)
+        led.write(led.add_jobs("a", X, "a.yaml", [spec("a", i, X, 5, "720p") for i in range(10)]
+                               + [spec("a", 10 + i, Y, 5, "720p") for i in range(4)]))
+        led.write(led.add_jobs("b", X, "b.yaml", [spec("b", i, X, 8, "1080p") for i in range(3)]
+                               + [spec("b", 3 + i, X, None, "720p") for i in range(2)]))
+        led.write(led.add_jobs("sim", X, "s.yaml", [spec("sim", i, X, 5, "720p") for i in range(5)], simulated=True))
         finish(led, "a", "completed", 0, 6, 50.0, 60.0)
         finish(led, "a", "rendered", 6, 2, 55.0, 60.0)   # rendered, not yet downloaded: measured all the same
         finish(led, "a", "failed", 8, 2, 9.0, 10.0)      # no render to learn from (its time is not a render's)
@@ -137,7 +137,7 @@ def test_the_planner_answers_for_measured_classes_before_observing_anything(tmp_
 
     async def planner_after_start():
         with Ledger(measured) as led:
-            led.add_jobs("d", X, "d.yaml", [spec("d", 0, X, 5, "720p")], simulated=True)
+            led.write(led.add_jobs("d", X, "d.yaml", [spec("d", 0, X, 5, "720p")], simulated=True))
             from batcher.client import PixelDojoClient
             async with PixelDojoClient(to.api_key, to.base_url, transport=to.transport) as client:
                 runner = Runner(led, client, HAPPYHORSE_R2V, "d", RunOptions.of(expected_render=60.0),

@@ -24,9 +24,9 @@ def demo():
 def test_add_is_idempotent(ledger_url, demo):
     m, jobs = demo
     with Ledger(ledger_url) as ledger:
-        assert ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs) == (12, 0)
-        assert ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs) == (0, 12)
-        assert ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs[:5]) == (0, 5)
+        assert ledger.write(ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs)) == (12, 0)
+        assert ledger.write(ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs)) == (0, 12)
+        assert ledger.write(ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs[:5])) == (0, 5)
         assert ledger.count_jobs(m.batch) == 12
         assert ledger.counts(m.batch)["pending"] == 12
 
@@ -34,10 +34,10 @@ def test_add_is_idempotent(ledger_url, demo):
 def test_known_keys_keep_their_state(ledger_url, demo):
     m, jobs = demo
     with Ledger(ledger_url) as ledger:
-        ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs)
+        ledger.write(ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs))
         job = ledger.jobs_in(m.batch, [JobState.PENDING], limit=1)[0]
         ledger.write(ledger.begin_submission(job.id, JobState.PENDING, 20))
-        ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs)
+        ledger.write(ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs))
         assert ledger.get(job.id).state == "submitting"
 
 
@@ -45,8 +45,8 @@ def test_one_ledger_many_batches(ledger_url, demo):
     m, jobs = demo
     other = load_manifest(MANIFESTS / "dataset.yaml")
     with Ledger(ledger_url) as ledger:
-        ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs)
-        ledger.add_jobs(other.batch, other.model.api_id, "dataset.yaml", expand(other))
+        ledger.write(ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs))
+        ledger.write(ledger.add_jobs(other.batch, other.model.api_id, "dataset.yaml", expand(other)))
         assert {b.name for b in ledger.batches()} == {"knight-and-mare", "animal-dataset"}
         assert ledger.count_jobs("animal-dataset") == 5
 
@@ -54,7 +54,7 @@ def test_one_ledger_many_batches(ledger_url, demo):
 def test_transitions_are_enforced(ledger_url, demo):
     m, jobs = demo
     with Ledger(ledger_url) as ledger:
-        ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs)
+        ledger.write(ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs))
         job = ledger.jobs_in(m.batch, [JobState.PENDING], limit=1)[0]
         with pytest.raises(IllegalTransition):
             ledger.move(job.id, JobState.PENDING, JobState.COMPLETED, "nope")
@@ -78,11 +78,11 @@ def test_every_state_has_a_transition_row():
 def test_crash_in_submitting_becomes_unknown(ledger_url, demo):
     m, jobs = demo
     with Ledger(ledger_url) as ledger:
-        ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs)
+        ledger.write(ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs))
         job = ledger.jobs_in(m.batch, [JobState.PENDING], limit=1)[0]
         ledger.write(ledger.begin_submission(job.id, JobState.PENDING, 20))
     with Ledger(ledger_url) as ledger:
-        assert ledger.recover_interrupted(m.batch) == 1
+        assert ledger.write(ledger.recover_interrupted(m.batch)) == 1
         assert ledger.get(job.id).state == "unknown"
         spend = ledger.spend(m.batch)
         assert spend.held == 20 and spend.spent == 0
@@ -176,7 +176,7 @@ def test_a_job_row_is_frozen_and_evolves_into_a_new_row(ledger_url, demo):
     import dataclasses
     m, jobs = demo
     with Ledger(ledger_url) as ledger:
-        ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs)
+        ledger.write(ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs))
         job = ledger.jobs_in(m.batch, [JobState.PENDING], limit=1)[0]
     with pytest.raises(dataclasses.FrozenInstanceError):
         job.state = "completed"
@@ -224,7 +224,7 @@ def test_on_sqlite_only_writes_take_the_lock_and_they_take_it_at_once(tmp_path, 
     m, jobs = demo
     path = tmp_path / "l.db"
     with Ledger(path) as ledger:
-        ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs)
+        ledger.write(ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs))
         other = sqlite3.connect(path, timeout=0, isolation_level=None)  # fails at once when locked
         other.execute("BEGIN IMMEDIATE")  # another runner holds the write lock
         other.execute("UPDATE job SET error = 'uncommitted' WHERE id = 1")
@@ -290,7 +290,7 @@ def test_figures_tally_every_state_of_a_batch_and_of_one_model(ledger_url):
             None), 3: ("unknown", 120, 121, None, None), 4: ("failed", 80, 170, None, 2.0), 5: ("expired", 85, 165,
             None, None), 6: ("submitted", 70, 71, None, None), 7: ("rendered", 130, 180, None, 3.0)}
     with Ledger(ledger_url) as ledger:
-        ledger.add_jobs("b", "happyhorse-1.0-r2v", "m.yaml", jobs)
+        ledger.write(ledger.add_jobs("b", "happyhorse-1.0-r2v", "m.yaml", jobs))
         with ledger.engine.begin() as conn:
             for i, (state, sub, upd, size, render) in rows.items():
                 conn.execute(text("UPDATE job SET state = :s, submitted_at = :a, updated_at = :u, size = :z, "
@@ -323,8 +323,8 @@ def test_a_batch_is_read_whole_in_id_order_a_page_at_a_time(ledger_url):
                         params={"prompt": f"p{i}"}, estimate=1, estimate_is_guess=False) for i in range(n)]
     with Ledger(ledger_url) as ledger:
         for part in range(3):  # two batches' jobs interleaved in the table
-            ledger.add_jobs("a", "happyhorse-1.0-r2v", "a.yaml", specs("a", 7 * (part + 1)))
-            ledger.add_jobs("b", "happyhorse-1.0-r2v", "b.yaml", specs("b", 5 * (part + 1)))
+            ledger.write(ledger.add_jobs("a", "happyhorse-1.0-r2v", "a.yaml", specs("a", 7 * (part + 1))))
+            ledger.write(ledger.add_jobs("b", "happyhorse-1.0-r2v", "b.yaml", specs("b", 5 * (part + 1))))
         got = [j.key for j in ledger.iter_batch("a", page=4)]
         assert got == [f"a{i}" for i in range(21)]
         with ledger.engine.connect() as conn:
@@ -340,7 +340,7 @@ def test_paging_a_batch_by_id_reads_rowids_in_order_not_a_sort_per_page(tmp_path
     export was quadratic in the batch (100,000 jobs: 1.2 s of sorting, 1,000,000: minutes)."""
     m, jobs = demo
     with Ledger(tmp_path / "l.db") as ledger:
-        ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs)
+        ledger.write(ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs))
         read: list[object] = []
         plans = sqlite_plans(ledger, lambda: read.extend(ledger.iter_batch(m.batch, page=5)), "ORDER BY id")
         assert len(read) == len(jobs) and len(plans) <= -(-len(jobs) // 5) + 1

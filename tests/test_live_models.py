@@ -276,7 +276,7 @@ def test_descriptions_that_lie_about_their_shape_plan_without_a_traceback(tmp_pa
 def test_a_cached_description_that_cannot_be_used_is_a_line_not_a_traceback(tmp_path):
     from batcher.ledger import ModelInfo
     with Ledger(tmp_path / "l.db") as led:
-        led.remember_model_info(ModelInfo("wan-2.5-t2v", "{}", "{not json", 1.0))
+        led.write(led.remember_model_info(ModelInfo("wan-2.5-t2v", "{}", "{not json", 1.0)))
     path = tmp_path / "m.yaml"
     path.write_text("version: 1\nmodel: wan-2.5-t2v\nrows:\n  - prompt: a\n")
     result = CliRunner().invoke(cli, ["plan", str(path), "--ledger", str(tmp_path / "l.db")])

@@ -121,7 +121,7 @@ def test_plan_counts_what_a_rerun_would_send_follow_and_leave_held(tmp_path):
     m = load_manifest(tmp_path / "m.yaml")
     jobs = expand(m)
     with Ledger(tmp_path / "l.db") as ledger:
-        ledger.add_jobs(m.batch, m.model.api_id, "m.yaml", jobs[:5])  # the sixth is not staged yet
+        ledger.write(ledger.add_jobs(m.batch, m.model.api_id, "m.yaml", jobs[:5]))  # the sixth is not staged yet
         with ledger.engine.begin() as conn:
             for job, state in zip(jobs, ["completed", "submitted", "failed", "unknown"], strict=False):
                 conn.execute(text("UPDATE job SET state = :s WHERE key = :k"), {"s": state, "k": job.key})

@@ -127,8 +127,9 @@ def test_several_runners_recording_the_same_images_at_once_never_collide(ledger_
             with Ledger(ledger_url) as led:
                 for i in range(20):
                     address = f"local:sha256:{i:064x}"
-                    led.remember_local_images([(address, f"/img/{i}.png", 10, f"m.yaml:{n}")], float(n))
-                    led.remember_stored([StoredImage("aws s3://b/p", address, f"{i:064x}.png", 10, n == 0, float(n))])
+                    led.write(led.remember_local_images([(address, f"/img/{i}.png", 10, f"m.yaml:{n}")], float(n)))
+                    led.write(led.remember_stored([StoredImage("aws s3://b/p", address, f"{i:064x}.png", 10, n == 0,
+                                                               float(n))]))
         except BaseException as e:
             errors.append(e)
     threads = [threading.Thread(target=record, args=(n,)) for n in range(4)]
@@ -146,9 +147,9 @@ def test_each_host_keeps_its_own_path_for_the_same_image(tmp_path, monkeypatch):
     import socket
     with Ledger(tmp_path / "l.db") as led:
         monkeypatch.setattr(socket, "gethostname", lambda: "host-a")
-        led.remember_local_images([("local:sha256:" + "1" * 64, "/a/knight.png", 5, "m.yaml:3")], 1.0)
+        led.write(led.remember_local_images([("local:sha256:" + "1" * 64, "/a/knight.png", 5, "m.yaml:3")], 1.0))
         monkeypatch.setattr(socket, "gethostname", lambda: "host-b")
-        led.remember_local_images([("local:sha256:" + "1" * 64, "/b/knight.png", 5, "m.yaml:3")], 2.0)
+        led.write(led.remember_local_images([("local:sha256:" + "1" * 64, "/b/knight.png", 5, "m.yaml:3")], 2.0))
         assert led.local_images()["local:sha256:" + "1" * 64].path == "/b/knight.png"
         monkeypatch.setattr(socket, "gethostname", lambda: "host-a")
         assert led.local_images()["local:sha256:" + "1" * 64].path == "/a/knight.png"

@@ -244,9 +244,9 @@ def test_a_reservation_is_released_when_its_intent_cannot_be_written(tmp_path, w
     manifest = api.load(write("m.yaml", small_manifest(n_rows=1)))
     with Ledger(tmp_path / "l.db") as ledger:
         api.stage(ledger, manifest, simulated=True)
-        [mine] = ledger.claim(manifest.batch, [JobState.PENDING], "a:1:x", 60, 1)
+        [mine] = ledger.write(ledger.claim(manifest.batch, [JobState.PENDING], "a:1:x", 60, 1))
         ledger.write(lambda conn: conn.exec_driver_sql("UPDATE job SET lease_until = 0"))  # our lease ran out
-        ledger.claim(manifest.batch, [JobState.PENDING], "b:2:y", 60, 1)  # and another runner took the job
+        ledger.write(ledger.claim(manifest.batch, [JobState.PENDING], "b:2:y", 60, 1))  # another runner took the job
 
         async def go():
             sim = Simulator(SimConfig())

@@ -92,7 +92,7 @@ def test_staging_writes_what_adding_built_jobs_writes(ledger_url, tmp_path, writ
     with Ledger(ledger_url) as ledger:
         assert api.stage(ledger, m) == (18, 0)
         staged = _stored(ledger, "same")
-        ledger.add_jobs("built", m.model.api_id, str(m.path), expand(m))
+        ledger.write(ledger.add_jobs("built", m.model.api_id, str(m.path), expand(m)))
         built = _stored(ledger, "built")
         assert staged == built and len(staged) == 18
         assert json.loads(staged[0][7])["prompt"] == 'été 1 "quoted"'

@@ -35,7 +35,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.ledger = Ledger(url, durable=False)
         specs = [JobSpec(key=f"k{i}", batch="b", row=i, take=1, origin=f"m.yaml:{i}", label="r", params={"prompt": "p"},
                          estimate=20, estimate_is_guess=False) for i in range(N_JOBS)]
-        self.ledger.add_jobs("b", "happyhorse-1.0-r2v", "m.yaml", specs)
+        self.ledger.write(self.ledger.add_jobs("b", "happyhorse-1.0-r2v", "m.yaml", specs))
         self.ids = [j.id for j in self.ledger.iter_batch("b")]
         self.model = {i: JobState.PENDING for i in self.ids}
         self.held = 0.0
@@ -72,7 +72,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule()
     def crash_and_recover(self):
-        self.ledger.recover_interrupted("b")
+        self.ledger.write(self.ledger.recover_interrupted("b"))
         for job_id, state in self.model.items():
             if state == JobState.SUBMITTING:
                 self.model[job_id] = JobState.UNKNOWN

@@ -158,16 +158,16 @@ def fleet_ledger(simrun, write, ledger_url):
     by an owner with no runner row; a budget, and the batch paused."""
     simrun(write("m.yaml", small_manifest(6)), ledger=ledger_url, budget=1000)
     with Ledger(ledger_url) as led:
-        led.add_jobs("small", "happyhorse-1.0-r2v", "m.yaml", extra_jobs(5), simulated=True)
-        led.register("host-a:4121:aa", "small", "host-a", 4121)
-        assert len(led.claim("small", [JobState.PENDING], "host-a:4121:aa", 60, 2)) == 2
-        led.renew("small", "host-a:4121:aa", 60)
-        assert len(led.claim("small", [JobState.PENDING], "host-z:55:cc", 60, 1)) == 1  # no runner row
+        led.write(led.add_jobs("small", "happyhorse-1.0-r2v", "m.yaml", extra_jobs(5), simulated=True))
+        led.write(led.register("host-a:4121:aa", "small", "host-a", 4121))
+        assert len(led.write(led.claim("small", [JobState.PENDING], "host-a:4121:aa", 60, 2))) == 2
+        led.write(led.renew("small", "host-a:4121:aa", 60))
+        assert len(led.write(led.claim("small", [JobState.PENDING], "host-z:55:cc", 60, 1))) == 1  # no runner row
         now = led.clock()
         led.write(lambda conn: led.x(conn, "UPDATE batch SET control = 'paused', control_at = :t", {"t": now - 5}))
     with Ledger(ledger_url, clock=lambda: now - 600) as old:  # a runner last heard of ten minutes ago
-        old.register("host-b:977:bb", "small", "host-b", 977)
-        assert len(old.claim("small", [JobState.PENDING], "host-b:977:bb", 60, 1)) == 1
+        old.write(old.register("host-b:977:bb", "small", "host-b", 977))
+        assert len(old.write(old.claim("small", [JobState.PENDING], "host-b:977:bb", 60, 1))) == 1
     return ledger_url
 
 

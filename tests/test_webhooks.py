@@ -139,8 +139,8 @@ def test_webhooks_on_both_backends_share_one_secret(ledger_url, simrun, write):
     report, s, _ = simrun(manifest, simulator=sim(), concurrency=3, webhooks=HOOKS, ledger=ledger_url)
     assert nonzero(report.counts) == {"completed": 6} and s.record()["webhooks"]["delivered"] == 6
     with Ledger(ledger_url) as ledger:
-        first = ledger.webhook_secret("small", make_secret)
-        assert ledger.webhook_secret("small", make_secret) == first  # every runner gets the first one
+        first = ledger.write(ledger.webhook_secret("small", make_secret))
+        assert ledger.write(ledger.webhook_secret("small", make_secret)) == first  # every runner gets the first one
         batch = ledger.batch("small")
         assert batch is not None and first not in repr(batch)
     hooks = {j["job_id"]: j for j in s.record()["jobs"]}
@@ -161,7 +161,7 @@ def test_the_secret_is_in_no_output_log_or_export(tmp_path, write):
     summary = json.loads(done.stdout)
     assert summary["webhooks"]["announced"] + summary["webhooks"]["missed"] == 3
     with Ledger(ledger) as led:
-        secret = led.webhook_secret("small", make_secret)
+        secret = led.write(led.webhook_secret("small", make_secret))
     exported = subprocess.run([*base, "export", str(manifest), "--ledger", str(ledger), "--format", "jsonl"],
                               capture_output=True, text=True, timeout=60)
     status = subprocess.run([*base, "status", str(manifest), "--ledger", str(ledger), "--json"],

@@ -52,7 +52,7 @@ def _control(command: str, manifest: str | None, batch: str | None, ledger_path:
     name = _batch_name(manifest, batch)
     word = Control(RUN_WORD[command])
     with _open_existing(ledger_path, name) as ledger:
-        change = ledger.set_control(name, word, f"`batcher {command}`")
+        change = ledger.write(ledger.set_control(name, word, f"`batcher {command}`"))
     if not change.allowed:
         raise UsageError(f"batch {name!r} is {change.before}: `batcher resume` puts its cancelled jobs back to "
                          f"pending first (then `batcher pause`, if you want it paused)")

@@ -126,6 +126,6 @@ class ModelCatalog:
                 out.missing[api_id] = f"the API's {e}"
                 continue
             if self.ledger is not None:
-                await anyio.to_thread.run_sync(self.ledger.remember_model_info, fresh)
+                await anyio.to_thread.run_sync(self.ledger.write, self.ledger.remember_model_info(fresh))
             out.fetched.append(api_id)
         return out

@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from ..errors import LeaseLost, LedgerError
 from ..states import CONTROL_MOVES, Control, JobState, check_move
 from .dialect import first_line
-from .store import LedgerStore
+from .store import LedgerStore, Operation
 
 PAID = ("submitting", "submitted", "rendered")  # states of jobs the API is working on, or may be
 
@@ -59,7 +59,7 @@ class LedgerControl(LedgerStore):
             raise LedgerError(f"cannot read the control word of batch {batch!r}: {first_line(e.orig)}") from None
         return None if row is None else (Control.of(row[0]), row[1])
 
-    def set_control(self, batch: str, word: Control, detail: str) -> ControlChange:
+    def set_control(self, batch: str, word: Control, detail: str) -> Operation[ControlChange]:
         """Give the batch `word`, in one transaction with what it does to the jobs. A move
         `CONTROL_MOVES` does not allow (pausing a cancelled batch) changes nothing: the returned
         change says so (`allowed`). `detail` goes into the event of every job moved."""
@@ -83,9 +83,9 @@ class LedgerControl(LedgerStore):
             in_flight = self.x(conn, f"SELECT COUNT(*) FROM job WHERE batch = :b AND state IN "
                                      f"({', '.join(repr(s) for s in PAID)})", {"b": batch}).scalar_one()
             return ControlChange(batch, before, change.after, change.at, moved, int(in_flight))
-        return self.write(op)
+        return Operation(op)
 
-    def webhook_secret(self, batch: str, make: Callable[[], str]) -> str:
+    def webhook_secret(self, batch: str, make: Callable[[], str]) -> Operation[str]:
         """The batch's webhook secret, made with `make` the first time it is asked for. Every runner
         of the batch gets the same one (the first writer's), so any of them checks any poke."""
         def op(conn: Connection) -> str:
@@ -95,9 +95,9 @@ class LedgerControl(LedgerStore):
             if not isinstance(secret, str) or not secret:
                 raise LedgerError(f"batch {batch!r} is not in the ledger {self.display}")
             return secret
-        return self.write(op)
+        return Operation(op)
 
-    def cancelling(self, batch: str, detail: str) -> Callable[[Connection], int]:
+    def cancelling(self, batch: str, detail: str) -> Operation[int]:
         """If the batch is (still) cancelled, cancel its pending jobs: those that became pending
         after the cancel (a refunded failure, a submission that never left, `batcher retry`, new
         rows of the manifest). Returns how many."""
@@ -109,7 +109,7 @@ class LedgerControl(LedgerStore):
             if Control.of(word) is not Control.CANCELLED:
                 return 0
             return self._cancel_pending(conn, batch, detail, now)
-        return op
+        return Operation(op)
 
     def _cancel_pending(self, conn: Connection, batch: str, detail: str, now: float) -> int:
         """Pending jobs of the batch's current manifest -> cancelled. Their leases end and their
@@ -126,8 +126,5 @@ class LedgerControl(LedgerStore):
                                           f"WHERE batch = :b AND state = :src {where} RETURNING id",
                                     {"b": batch, "src": source.value, "dst": target.value, "t": now})]
         if ids:
-            conn.execute(text("INSERT INTO event (job_id, at, kind, from_state, to_state, detail) "
-                              "VALUES (:j, :a, :k, :s, :d, :x)"),
-                         [{"j": i, "a": now, "k": kind, "s": source.value, "d": target.value, "x": detail}
-                          for i in ids])
+            self._events(conn, ids, kind, source.value, target.value, detail, now)
         return len(ids)

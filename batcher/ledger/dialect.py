@@ -8,17 +8,20 @@ import functools
 import os
 import re
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, event, make_url
+from sqlalchemy import Connection, Engine, event, inspect, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import create_engine
 
 from ..defaults import DEFAULT_LEDGER as DEFAULT_LEDGER
 from ..defaults import is_database_url as is_database_url
 from ..errors import LedgerError
 
+T = TypeVar("T")
 _NAMED = re.compile(r"(?<![:\w]):(\w+)")
 
 
@@ -162,3 +165,21 @@ def is_disk_full(exc: BaseException) -> bool:
     orig = getattr(exc, "orig", exc)
     code = getattr(orig, "sqlite_errorcode", None)
     return code == getattr(sqlite3, "SQLITE_FULL", 13) or "disk is full" in str(orig).lower()
+
+
+def read_only(path: str | Path, table: str, read: Callable[[Connection], T]) -> T | None:
+    """What `read` finds in a ledger opened read-only (None if there is no ledger; an empty
+    result of `read`'s kind when its table is not there yet)."""
+    shared = is_database_url(path)
+    if not shared and not Path(path).exists():
+        return None
+    engine = postgres_engine(str(path)) if shared else readonly_sqlite_engine(Path(path))
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table(table):
+                return None
+            return read(conn)
+    except DBAPIError as e:
+        raise LedgerError(f"cannot read ledger {display_location(path)}: {first_line(e.orig)}") from None
+    finally:
+        engine.dispose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import Connection, text
@@ -13,8 +14,9 @@ from ..errors import LedgerError, SimulationMismatch
 from ..money import estimate_hundredths, to_hundredths
 from ..plan import JobRow, JobSpec, row_of
 from ..states import JobState
+from .dialect import is_database_url, read_only
 from .rows import Attempt, Batch, Event, Job, R, from_mapping
-from .store import LedgerStore
+from .store import LedgerStore, Operation
 
 Request = tuple[int, int, str, str, str, str | None]  # seq, id, state, origin, params JSON, model
 
@@ -39,6 +41,10 @@ def _staging_sql(q: str) -> str:
             "ELSE job.estimate END")
 
 
+def _count(conn: Connection, batch: str) -> int:
+    return int(conn.execute(text("SELECT COUNT(*) FROM job WHERE batch = :b"), {"b": batch}).scalar_one())
+
+
 def _estimate_cents(cache: dict[Any, int], estimate: Any) -> int:
     """An estimate as exact hundredths (rounded up), made once per distinct estimate of a batch."""
     found = cache.get(estimate)
@@ -49,12 +55,12 @@ def _estimate_cents(cache: dict[Any, int], estimate: Any) -> int:
 
 class LedgerJobs(LedgerStore):
     def add_jobs(self, batch: str, model: str, manifest: str, jobs: Iterable[JobSpec], chunk: int = 5000,
-                 *, simulated: bool = False) -> tuple[int, int]:
+                 *, simulated: bool = False) -> Operation[tuple[int, int]]:
         """Add a manifest's jobs (built one by one; see `add_rows`). Returns (added, already known)."""
         return self.add_rows(batch, model, manifest, (row_of(job) for job in jobs), chunk, simulated=simulated)
 
     def add_rows(self, batch: str, model: str, manifest: str, rows: Iterable[JobRow] | Callable[[], Iterable[JobRow]],
-                 chunk: int = 5000, *, simulated: bool = False) -> tuple[int, int]:
+                 chunk: int = 5000, *, simulated: bool = False) -> Operation[tuple[int, int]]:
         """Add a manifest's jobs, in one transaction; known keys keep their state. Returns (added,
         already known).
 
@@ -64,16 +70,14 @@ class LedgerJobs(LedgerStore):
         clips never pass for real ones.
         """
         now = self.clock()
-        before = self.count_jobs(batch)
-        seen = 0
 
         # A deadlock's victim is run again by `write`: rows given as a function are made anew for
         # each attempt; a generator cannot be read twice.
         one_shot = not callable(rows) and iter(rows) is rows
         tried = False
 
-        def insert_all(conn: Connection) -> int:
-            nonlocal seen, tried
+        def insert_all(conn: Connection) -> tuple[int, int]:
+            nonlocal tried
             if tried and one_shot:
                 # A second pass would stage only the rest, and its new generation would leave the
                 # others unsent. Nothing was written: say so.
@@ -81,6 +85,7 @@ class LedgerJobs(LedgerStore):
                                   f"another runner); nothing was staged: run again")
             tried, seen = True, 0
             self._check_mode(conn, batch, simulated)
+            before = _count(conn, batch)
             conn.execute(text(
                 "INSERT INTO batch (name, model, manifest, generation, simulated, committed, created_at, updated_at) "
                 "VALUES (:n, :m, :f, 1, :s, 0, :t, :t) ON CONFLICT(name) DO UPDATE SET "
@@ -103,11 +108,9 @@ class LedgerJobs(LedgerStore):
                     buf.clear()
             if buf:
                 conn.exec_driver_sql(sql, buf)
-            return int(generation)
-
-        self.write(insert_all)
-        after = self.count_jobs(batch)
-        return after - before, seen - (after - before)
+            added = _count(conn, batch) - before
+            return added, seen - added
+        return Operation(insert_all)
 
     def _check_mode(self, conn: Connection, batch: str, simulated: bool) -> None:
         was = conn.execute(text("SELECT simulated FROM batch WHERE name = :n"), {"n": batch}).scalar()
@@ -131,9 +134,10 @@ class LedgerJobs(LedgerStore):
         with self.engine.connect() as conn:
             self._check_mode(conn, batch, simulated)
 
-    def set_budget(self, batch: str, budget: Decimal | None) -> None:
-        self.write(lambda conn: conn.execute(text("UPDATE batch SET budget = :b WHERE name = :n"),
-                                             {"b": to_hundredths(budget), "n": batch}))
+    def set_budget(self, batch: str, budget: Decimal | None) -> Operation[None]:
+        def op(conn: Connection) -> None:
+            conn.execute(text("UPDATE batch SET budget = :b WHERE name = :n"), {"b": to_hundredths(budget), "n": batch})
+        return Operation(op)
 
     # --- reads ---------------------------------------------------------------------------------
 
@@ -158,7 +162,7 @@ class LedgerJobs(LedgerStore):
 
     def count_jobs(self, batch: str) -> int:
         with self.engine.connect() as conn:
-            return int(conn.execute(text("SELECT COUNT(*) FROM job WHERE batch = :b"), {"b": batch}).scalar_one())
+            return _count(conn, batch)
 
     def get(self, job_id: int) -> Job:
         found = self._rows(Job, "SELECT * FROM job WHERE id = :id", {"id": job_id})
@@ -225,3 +229,11 @@ class LedgerJobs(LedgerStore):
 
     def attempts(self, job_id: int) -> list[Attempt]:
         return self._rows(Attempt, "SELECT * FROM attempt WHERE job_id = :j ORDER BY id", {"j": job_id})
+
+
+def read_states(path: str | Path, batch: str) -> dict[str, str] | None:
+    """Key -> state for a batch, read without writing anything (None if there is no ledger)."""
+    states = read_only(path, "job", lambda conn: {k: v for k, v in conn.execute(
+        text("SELECT key, state FROM job WHERE batch = :b"), {"b": batch})})
+    # An SQLite ledger still being created holds no job yet.
+    return {} if states is None and not is_database_url(path) and Path(path).exists() else states

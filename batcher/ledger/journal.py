@@ -29,13 +29,11 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from ..errors import BatcherError, DiskFullError
-from ..money import to_hundredths
 from ..outputs import file_sha256
 from ..states import JobState as S
-from ..states import check_move
+from .answers import Answer, Arrival, LedgerAnswers, shared_id
 from .dialect import engine_url, is_database_url
 from .store import refused_value
-from .transitions import LedgerTransitions
 
 SUFFIX = ".answers.jsonl"
 _REFUSED = "could not record:"
@@ -192,7 +190,7 @@ def read(path: Path) -> list[Record]:
     return [r for _, r in _parsed(path) if r is not None]
 
 
-class LedgerJournal(LedgerTransitions):
+class LedgerJournal(LedgerAnswers):
     """Applying the journal beside this ledger (the run appends to it through `journal_record`)."""
 
     @property
@@ -281,32 +279,10 @@ class LedgerJournal(LedgerTransitions):
             return self._said(conn, r, f"{r.describe()}: the job has moved on ({state.value}) since; "
                                        f"its history keeps this answer", now)
         cost = Decimal(r.credit_cost) if r.credit_cost is not None else None
-        # The attempt's end moves the batch's running total from the reservation to the charge.
-        self.end_attempt(r.attempt_id, "accepted", remote_job_id=r.remote_job_id,
-                         credit_cost=cost)(conn)
-        base = r.api_base or ""
-        holder = self.holder_of(conn, r.remote_job_id, r.job_id, base)
-        if holder is not None:
-            # The API gave this id to another job too: never that job's clip; charged, held for the user.
-            why = (f"the API answered with job id {r.remote_job_id}, which another job of this ledger already has "
-                   f"({holder}); held: it was charged")
-            self.x(conn, "UPDATE job SET state = 'unknown', credit_cost = :c, submitted_at = :s, error = :e, "
-                         "owner = NULL, lease_until = NULL, lease_token = lease_token + 1, updated_at = :t "
-                         "WHERE id = :id", {"c": to_hundredths(cost), "s": r.submitted_at, "e": why, "t": now,
-                                            "id": r.job_id})
-            self._event(conn, r.job_id, "duplicate-job-id", state.value, S.UNKNOWN.value, f"{why} (from the journal)",
-                        now)
-            return f"{r.describe()}: {why}"
-        check_move(state, S.SUBMITTED, str(r.job_id))
-        # The runner that wrote the record gave the job up: its fencing token moves on.
-        self.x(conn, "UPDATE job SET state = 'submitted', remote_job_id = :r, status_url = :u, credit_cost = :c, "
-                     "submitted_at = :s, error = NULL, owner = NULL, lease_until = NULL, api_base = :b, "
-                     "lease_token = lease_token + 1, updated_at = :t WHERE id = :id",
-               {"r": r.remote_job_id, "u": r.status_url, "c": to_hundredths(cost), "b": base,
-                "s": r.submitted_at, "t": now, "id": r.job_id})
-        self._event(conn, r.job_id, "journal-accepted", state.value, S.SUBMITTED.value,
-                    f"accepted as {r.remote_job_id} ({r.credit_cost} credits); the ledger could not record the "
-                    f"answer when it came, the journal kept it", now)
+        answer = Answer(r.job_id, r.remote_job_id, r.status_url, cost, r.submitted_at, r.api_base or "", r.attempt_id)
+        accepted = self.accept_answer(answer, Arrival.JOURNAL, source=state)(conn)
+        if accepted.holder is not None:
+            return f"{r.describe()}: {shared_id(r.remote_job_id)} ({accepted.holder}); held: it was charged"
         return f"{r.describe()}: recorded from the journal; it is polled, not submitted again"
 
     def _move(self, conn: Connection, r: Record, source: S, target: S, kind: str, **values: Any) -> None:

@@ -10,21 +10,21 @@ from sqlalchemy import Connection, text
 
 from ..states import JobState
 from .rows import Job, from_mapping
-from .store import LedgerStore
+from .store import LedgerStore, Operation, Unchanged
 
 
 class LedgerLeases(LedgerStore):
     def claim(self, batch: str, states: Iterable[JobState], owner: str, lease_seconds: float, limit: int,
-              generation: int | None = None) -> list[Job]:
+              generation: int | None = None) -> Operation[list[Job]]:
         """Take up to `limit` jobs nobody holds (or whose lease expired), paid work first.
 
         One transaction: each claimed job gets this owner, a lease and a new fencing token
         (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite's BEGIN IMMEDIATE serialises claims). A
         statement per state, paid states first, each reading the (batch, state, seq) index in
         order and stopping at what it still needs: a claim costs the jobs it takes, not a sort of
-        every pending job of the batch (a 104,000-job batch: about 0.3 ms against 30-50 ms).
+        every pending job of the batch (a 104,000-job batch: about 0.3 ms against 30-50 ms). The
+        clock is read when it runs: a claim tried again later leases from then.
         """
-        now = self.clock()
         given = set(states)
         # Paid work first: rendered jobs wait only for their download, submitted ones for their
         # render; the other states asked for are taken together, in manifest order.
@@ -33,9 +33,10 @@ class LedgerLeases(LedgerStore):
         groups += [rest] if rest else []
         skip = self.sql.skip_locked
         gen = " AND (generation = :g OR state != 'pending')" if generation is not None else ""
-        args = {"o": owner, "u": now + lease_seconds, "b": batch, "now": now, "g": generation}
 
         def op(conn: Connection) -> list[Job]:
+            now = self.clock()
+            args = {"o": owner, "u": now + lease_seconds, "b": batch, "now": now, "g": generation}
             jobs: list[Job] = []
             for group in groups:
                 if len(jobs) >= limit:
@@ -49,64 +50,61 @@ class LedgerLeases(LedgerStore):
                     **args, "n": limit - len(jobs)}).mappings()]
                 jobs += sorted(taken, key=lambda j: j.seq)
             return jobs
-        return self.write(op)
+        return Operation(op)
 
-    def register(self, owner: str, batch: str, host: str, pid: int) -> None:
+    def register(self, owner: str, batch: str, host: str, pid: int) -> Operation[None]:
         """Record a runner starting on a batch: who it is, on which host and process."""
-        now = self.clock()
-        self.write(lambda conn: conn.execute(text(
-            "INSERT INTO runner (owner, batch, host, pid, started_at, heartbeat_at) VALUES (:o, :b, :h, :p, :t, :t) "
-            "ON CONFLICT(owner) DO UPDATE SET heartbeat_at = excluded.heartbeat_at"),
-            {"o": owner, "b": batch, "h": host, "p": pid, "t": now}))
+        def op(conn: Connection) -> None:
+            conn.execute(text(
+                "INSERT INTO runner (owner, batch, host, pid, started_at, heartbeat_at) VALUES (:o, :b, :h, :p, :t, "
+                ":t) ON CONFLICT(owner) DO UPDATE SET heartbeat_at = excluded.heartbeat_at"),
+                {"o": owner, "b": batch, "h": host, "p": pid, "t": self.clock()})
+        return Operation(op)
 
-    def renew(self, batch: str, owner: str, lease_seconds: float) -> int:
-        """The runner's heartbeat: extend every lease it holds in the batch."""
-        now = self.clock()
-
+    def renew(self, batch: str, owner: str, lease_seconds: float) -> Operation[int]:
+        """The runner's heartbeat: extend every lease it holds in the batch (from when it runs)."""
         def op(conn: Connection) -> int:
+            now = self.clock()
             conn.execute(text("UPDATE runner SET heartbeat_at = :t WHERE owner = :o"), {"t": now, "o": owner})
             return int(conn.execute(text("UPDATE job SET lease_until = :u WHERE batch = :b AND owner = :o"),
                                     {"u": now + lease_seconds, "b": batch, "o": owner}).rowcount)
-        return self.write(op)
+        return Operation(op)
 
-    def release(self, batch: str, owner: str) -> int:
+    def release(self, batch: str, owner: str) -> Operation[int]:
         """Give up every lease this runner holds (end of run): others may take the jobs at once."""
         def op(conn: Connection) -> int:
             conn.execute(text("DELETE FROM runner WHERE owner = :o"), {"o": owner})
             return int(conn.execute(text("UPDATE job SET owner = NULL, lease_until = NULL WHERE batch = :b AND "
                                          "owner = :o"), {"b": batch, "o": owner}).rowcount)
-        return self.write(op)
+        return Operation(op)
 
     def reap_dead_runners(self, batch: str, host: str, alive: Callable[[int], bool], me: str,
-                          forget_after: float = 86_400.0) -> int:
+                          forget_after: float = 86_400.0) -> Operation[int]:
         """End at once the leases of runners of this batch on this host whose process is gone (a
         runner on another host is known dead only when its leases run out). Returns how many.
 
         Runners of versions that kept no runner rows are known by the name their leases carry
         (`host:pid:...`). Rows of runners silent for `forget_after` seconds are dropped."""
-        with self.engine.connect() as conn:
+        def op(conn: Connection) -> int:
             runners = [(o, int(p)) for o, p in conn.execute(text(
                 "SELECT owner, pid FROM runner WHERE batch = :b AND host = :h AND owner != :me"),
                 {"b": batch, "h": host, "me": me})]
             unrecorded = [o for (o,) in conn.execute(text(
                 "SELECT DISTINCT owner FROM job WHERE batch = :b AND owner IS NOT NULL AND owner != :me AND "
                 "owner NOT IN (SELECT owner FROM runner)"), {"b": batch, "me": me})]
-        for owner in unrecorded:
-            name, _, rest = owner.partition(":")
-            pid = rest.partition(":")[0]
-            if name == host and pid.isdigit():
-                runners.append((owner, int(pid)))
-        dead = [owner for owner, pid in runners if not alive(pid)]
-        silent_since = self.clock() - forget_after
-
-        def op(conn: Connection) -> None:
+            for owner in unrecorded:
+                name, _, rest = owner.partition(":")
+                pid = rest.partition(":")[0]
+                if name == host and pid.isdigit():
+                    runners.append((owner, int(pid)))
+            dead = [owner for owner, pid in runners if not alive(pid)]
             for owner in dead:
                 conn.execute(text("UPDATE job SET lease_until = 0 WHERE batch = :b AND owner = :o"),
                              {"b": batch, "o": owner})
                 conn.execute(text("DELETE FROM runner WHERE owner = :o"), {"o": owner})
-            conn.execute(text("DELETE FROM runner WHERE heartbeat_at < :t"), {"t": silent_since})
-        self.write(op)
-        return len(dead)
+            conn.execute(text("DELETE FROM runner WHERE heartbeat_at < :t"), {"t": self.clock() - forget_after})
+            return len(dead)
+        return Operation(op)
 
     def held_by_others(self, batch: str, owner: str, include_pending: bool = True) -> int:
         """Unfinished jobs other runners hold with live leases (work that may still come back)."""
@@ -127,10 +125,10 @@ class LedgerLeases(LedgerStore):
                 "(owner IS NULL OR lease_until IS NULL OR lease_until < :now) LIMIT 1"),
                 {"b": batch, "g": generation, "now": self.clock()}).first() is not None
 
-    def release_jobs(self, ids: list[int], owner: str) -> int:
+    def release_jobs(self, ids: list[int], owner: str) -> Operation[int]:
         """Give back particular jobs this runner claimed but will not work on."""
         if not ids:
-            return 0
-        return self.write(lambda conn: conn.execute(text(
+            return Unchanged(0)
+        return Operation(lambda conn: int(conn.execute(text(
             f"UPDATE job SET owner = NULL, lease_until = NULL WHERE owner = :o AND id IN "
-            f"({', '.join(str(int(i)) for i in ids)})"), {"o": owner}).rowcount)
+            f"({', '.join(str(int(i)) for i in ids)})"), {"o": owner}).rowcount))

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import Connection, bindparam, text
 
+from .dialect import read_only
 from .rows import LocalImage, Reference, StoredImage, from_mapping
-from .store import LedgerStore
+from .store import LedgerStore, Operation, Unchanged
 
 R = TypeVar("R", LocalImage, StoredImage)
 
@@ -28,21 +30,18 @@ class LedgerReferences(LedgerStore):
                     found[row["url"]] = from_mapping(Reference, row)
         return found
 
-    def remember_references(self, results: Iterable[Reference]) -> None:
+    def remember_references(self, results: Iterable[Reference]) -> Operation[None]:
         """Store each result, replacing what was there for its URL."""
         rows = [{"u": r.url, "o": r.outcome, "d": r.detail, "e": r.etag, "l": r.last_modified, "t": r.checked_at}
                 for r in results]
-        if not rows:
-            return
-
-        self._upsert("INSERT INTO reference_check (url, outcome, detail, etag, last_modified, checked_at) "
-                     "VALUES (:u, :o, :d, :e, :l, :t) ON CONFLICT (url) DO UPDATE SET outcome = excluded.outcome, "
-                     "detail = excluded.detail, etag = excluded.etag, last_modified = excluded.last_modified, "
-                     "checked_at = excluded.checked_at", rows)
+        return self._upsert("INSERT INTO reference_check (url, outcome, detail, etag, last_modified, checked_at) "
+                            "VALUES (:u, :o, :d, :e, :l, :t) ON CONFLICT (url) DO UPDATE SET "
+                            "outcome = excluded.outcome, detail = excluded.detail, etag = excluded.etag, "
+                            "last_modified = excluded.last_modified, checked_at = excluded.checked_at", rows)
 
     # --- local reference images -------------------------------------------------------------
 
-    def remember_local_images(self, images: Iterable[tuple[str, str, int, str]], now: float) -> None:
+    def remember_local_images(self, images: Iterable[tuple[str, str, int, str]], now: float) -> Operation[None]:
         """Record where each local image (address, path, size, FILE:LINE) was found on this host,
         replacing an older place for the same content here (other hosts keep theirs)."""
         host = socket.gethostname()
@@ -50,7 +49,7 @@ class LedgerReferences(LedgerStore):
         sql = ("INSERT INTO local_image (address, host, path, size, origin, seen_at) VALUES (:a, :h, :p, :s, :o, :t) "
                "ON CONFLICT (address, host) DO UPDATE SET path = excluded.path, size = excluded.size, "
                "origin = excluded.origin, seen_at = excluded.seen_at")
-        self._upsert(sql, rows)
+        return self._upsert(sql, rows)
 
     def local_images(self, addresses: Iterable[str] | None = None, *, any_host: bool = False
                      ) -> dict[str, LocalImage]:
@@ -72,7 +71,7 @@ class LedgerReferences(LedgerStore):
             "SELECT store, address, object_key, size, uploaded, stored_at FROM stored_image "
             "WHERE store = :store AND address IN :a", StoredImage, addresses, store=store)}
 
-    def remember_stored(self, images: Iterable[StoredImage]) -> None:
+    def remember_stored(self, images: Iterable[StoredImage]) -> Operation[None]:
         """Record that a store holds each image, keeping the fact that this ledger's runs uploaded
         it (one statement per row: runners on other hosts may record the same pair at once)."""
         rows = [{"st": i.store, "a": i.address, "k": i.object_key, "s": i.size, "u": bool(i.uploaded),
@@ -81,13 +80,18 @@ class LedgerReferences(LedgerStore):
                "VALUES (:st, :a, :k, :s, :u, :t) ON CONFLICT (store, address) DO UPDATE SET "
                "object_key = excluded.object_key, size = excluded.size, stored_at = excluded.stored_at, "
                "uploaded = (stored_image.uploaded OR excluded.uploaded)")
-        self._upsert(sql, rows)
+        return self._upsert(sql, rows)
 
-    def _upsert(self, sql: str, rows: list[dict[str, Any]]) -> None:
+    def _upsert(self, sql: str, rows: list[dict[str, Any]]) -> Operation[None]:
         """One upsert per row, in one transaction: never a delete then an insert, which two
         runners doing at once turn into a duplicate key."""
-        if rows:
-            self.write(lambda conn: [self.x(conn, sql, row) for row in rows])
+        if not rows:
+            return Unchanged(None)
+
+        def op(conn: Connection) -> None:
+            for row in rows:
+                self.x(conn, sql, row)
+        return Operation(op)
 
     def _by_address(self, sql: str, kind: type[R], addresses: Iterable[str] | None, **params: Any) -> list[R]:
         if addresses is None:
@@ -101,3 +105,10 @@ class LedgerReferences(LedgerStore):
                 found.extend(from_mapping(kind, row) for row in conn.execute(query, {**params, "a": wanted[i:i + 500]})
                              .mappings())
         return found
+
+
+def read_stored(path: str | Path, store: str, addresses: list[str]) -> set[str] | None:
+    """Which of `addresses` the ledger knows `store` holds, read without writing anything."""
+    wanted = set(addresses)
+    return read_only(path, "stored_image", lambda conn: {a for (a,) in conn.execute(
+        text("SELECT address FROM stored_image WHERE store = :s"), {"s": store}) if a in wanted})

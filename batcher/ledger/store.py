@@ -7,7 +7,7 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, inspect
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
@@ -31,7 +31,33 @@ from .migrations import upgrade as apply_migrations
 
 T = TypeVar("T")
 DEADLOCK_RETRIES = 5
-Write = Callable[[Connection], T]
+
+
+class Operation(Generic[T]):
+    """One ledger write, not committed yet: the statements of one change, run on a write
+    transaction's connection. Only `LedgerStore.write` and `write_many` (the run's group writer
+    calls it) commit one; an operation may also run inside another's transaction (`op(conn)`)."""
+
+    __slots__ = ("run",)
+
+    def __init__(self, run: Callable[[Connection], T]) -> None:
+        self.run = run
+
+    def __call__(self, conn: Connection) -> T:
+        return self.run(conn)
+
+    def __repr__(self) -> str:
+        return f"<Operation {self.run.__qualname__.replace('.<locals>', '')}>"
+
+
+class Unchanged(Operation[T]):
+    """An operation with nothing to write (no rows given): committing it opens no transaction."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: T) -> None:
+        super().__init__(lambda conn: value)
+        self.value = value
 
 
 def refused_value(e: BaseException) -> WriteRefused | None:
@@ -88,8 +114,11 @@ class LedgerStore:
         self.close()
 
     def write(self, fn: Callable[[Connection], T]) -> T:
-        """Run `fn` in one write transaction; disk-full becomes DiskFullError. A transaction the
-        database chose as a deadlock's victim was rolled back whole, so it is simply run again."""
+        """Commit an operation (or any `fn` of a connection) in one write transaction; disk-full
+        becomes DiskFullError. A transaction the database chose as a deadlock's victim was rolled
+        back whole, so it is simply run again."""
+        if isinstance(fn, Unchanged):
+            return cast(T, fn.value)
         for attempt in range(1, DEADLOCK_RETRIES + 1):
             try:
                 with self.engine.connect() as conn, conn.execution_options(**{WRITE: True}).begin():
@@ -156,7 +185,7 @@ class LedgerStore:
         except _Retry:
             return self.write(guarded)
 
-    def x(self, conn: Connection, sql: str, params: dict[str, Any] | None = None) -> Any:
+    def x(self, conn: Connection, sql: str, params: dict[str, Any] | list[dict[str, Any]] | None = None) -> Any:
         """Run one statement on the hot path straight through the driver (no SQL compilation):
         written once with `:name` placeholders, for both databases."""
         return conn.exec_driver_sql(self.sql.driver_sql(sql), params or {})
@@ -196,6 +225,11 @@ class LedgerStore:
 
     def _event(self, conn: Connection, job_id: int, kind: str, src: str | None, dst: str | None,
                detail: str | None, at: float) -> None:
+        self._events(conn, [job_id], kind, src, dst, detail, at)
+
+    def _events(self, conn: Connection, job_ids: list[int], kind: str, src: str | None, dst: str | None,
+                detail: str | None, at: float) -> None:
+        """The same event in the history of each of `job_ids`."""
+        rows = [{"j": job_id, "a": at, "k": kind, "s": src, "d": dst, "x": detail} for job_id in job_ids]
         self.x(conn, "INSERT INTO event (job_id, at, kind, from_state, to_state, detail) "
-                     "VALUES (:j, :a, :k, :s, :d, :x)",
-               {"j": job_id, "a": at, "k": kind, "s": src, "d": dst, "x": detail})
+                     "VALUES (:j, :a, :k, :s, :d, :x)", rows[0] if len(rows) == 1 else rows)

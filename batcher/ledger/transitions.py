@@ -5,7 +5,7 @@ so the caller decides what commits together. The submission protocol lives here:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -15,7 +15,7 @@ from ..errors import BudgetExceeded, IllegalTransition, LeaseLost, LedgerError
 from ..money import ZERO, from_hundredths, show, to_hundredths
 from ..states import JobState, check_move
 from .control import BatchNotRunning
-from .store import LedgerStore
+from .store import LedgerStore, Operation
 
 # A job's columns that hold credits: written as integer hundredths.
 _MONEY = frozenset({"credit_cost", "estimate"})
@@ -28,7 +28,7 @@ def _stored(fields: dict[str, Any]) -> dict[str, Any]:
 
 class LedgerTransitions(LedgerStore):
     def move(self, job_id: int, source: JobState, target: JobState, kind: str, detail: str | None = None,
-             token: int | None = None, **fields: Any) -> Callable[[Connection], None]:
+             token: int | None = None, **fields: Any) -> Operation[None]:
         """A compare-and-set state change with its event, as a write operation.
 
         With `token`, the write also requires the job's fencing token to be unchanged: a runner
@@ -46,7 +46,7 @@ class LedgerTransitions(LedgerStore):
                   f"WHERE id = :id AND state = :src{fence}"
             if self.x(conn, sql, args).rowcount != 1:
                 remote = fields.get("remote_job_id")
-                if remote is not None and self.has_remote(conn, job_id, target, remote):
+                if remote is not None and self._has_remote(conn, job_id, target, remote):
                     return  # this very move landed before its connection dropped (retried): once is enough
                 row = self.x(conn, "SELECT state, lease_token FROM job WHERE id = :id", {"id": job_id}).first()
                 if row is not None and token is not None and row[1] != token:
@@ -55,10 +55,10 @@ class LedgerTransitions(LedgerStore):
                     f"job {job_id}: expected state {source.value}, found {row[0] if row else None}; "
                     f"not moving to {target.value}")
             self._event(conn, job_id, kind, source.value, target.value, detail, now)
-        return op
+        return Operation(op)
 
     def note(self, job_id: int, kind: str, detail: str | None = None, token: int | None = None, **fields: Any
-             ) -> Callable[[Connection], None]:
+             ) -> Operation[None]:
         """An event (and optional field updates, fenced by `token`) that does not change the state."""
         now = self.clock()
 
@@ -71,7 +71,7 @@ class LedgerTransitions(LedgerStore):
                 if self.x(conn, f"UPDATE job SET {sets}, updated_at = :t WHERE id = :id{fence}", args).rowcount != 1:
                     raise LeaseLost(f"job {job_id}: another runner holds it now")
             self._event(conn, job_id, kind, None, None, detail, now)
-        return op
+        return Operation(op)
 
     def _lock_batch(self, conn: Connection, batch: str) -> Decimal:
         """The batch's committed credits, locked until the transaction ends (PostgreSQL; SQLite's
@@ -81,7 +81,7 @@ class LedgerTransitions(LedgerStore):
         return from_hundredths(value) or ZERO
 
     def begin_submission(self, job_id: int, source: JobState, reserved: Decimal, *, token: int | None = None,
-                         batch: str | None = None, budget: Decimal | None = None) -> Callable[[Connection], int]:
+                         batch: str | None = None, budget: Decimal | None = None) -> Operation[int]:
         """The intent before a paid POST, in one transaction: job -> submitting, an attempt row, and
         the reservation added to the batch's running total, checked against `budget` there, so
         runners on different hosts together never exceed it. Refused (BatchNotRunning) while the
@@ -119,11 +119,11 @@ class LedgerTransitions(LedgerStore):
                                            "started_at) VALUES (:j, :n, 'submitting', :r, FALSE, :t) RETURNING id",
                                      {"j": job_id, "n": number, "r": cents, "t": now}).scalar_one()
             return attempt_id
-        return op
+        return Operation(op)
 
     def end_attempt(self, attempt_id: int, outcome: str, *, remote_job_id: str | None = None,
                     credit_cost: Decimal | None = None, known: tuple[str, Decimal, str] | None = None
-                    ) -> Callable[[Connection], None]:
+                    ) -> Operation[None]:
         """Record how a submission ended, and move the batch's running total to match (in exact
         hundredths: the total always equals the sum recomputed from the attempts).
 
@@ -161,32 +161,15 @@ class LedgerTransitions(LedgerStore):
                     delta = -reserved
             if delta:
                 self.x(conn, "UPDATE batch SET committed = committed + :d WHERE name = :b", {"d": delta, "b": batch})
-        return op
+        return Operation(op)
 
-    def holder_of(self, conn: Connection, remote_job_id: str, job_id: int, api_base: str) -> str | None:
-        """The key of another job the ledger already gave `remote_job_id` (from `api_base`, or an
-        older ledger's whose base it did not record), or None. The API giving one id twice must
-        not pair two jobs with one clip. (The unique index on (api_base, remote_job_id) backs this
-        up; the attempts also remember ids jobs no longer hold, after a retry.)"""
-        if self.postgres:  # two runners given one id at once: the second waits and finds the first
-            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:r))"), {"r": remote_job_id})
-        row = conn.execute(text(
-            "SELECT j.key FROM attempt a JOIN job j ON j.id = a.job_id WHERE a.remote_job_id = :r AND a.job_id != :id "
-            "AND (j.api_base IS NULL OR j.api_base IN ('', :base)) LIMIT 1"),
-            {"r": remote_job_id, "id": job_id, "base": api_base}).first()
-        if row is None:
-            row = conn.execute(text("SELECT key FROM job WHERE api_base IN ('', :base) AND remote_job_id = :r "
-                                    "AND id != :id LIMIT 1"),
-                               {"r": remote_job_id, "id": job_id, "base": api_base}).first()
-        return None if row is None else str(row[0])
-
-    def has_remote(self, conn: Connection, job_id: int, state: JobState, remote_job_id: str) -> bool:
+    def _has_remote(self, conn: Connection, job_id: int, state: JobState, remote_job_id: str) -> bool:
         """Whether the job already stands in `state` as `remote_job_id` (a write retried after its
         commit landed finds its own work done)."""
         return conn.execute(text("SELECT 1 FROM job WHERE id = :id AND state = :s AND remote_job_id = :r"),
                             {"id": job_id, "s": state.value, "r": remote_job_id}).first() is not None
 
-    def refund(self, job_id: int) -> Callable[[Connection], None]:
+    def refund(self, job_id: int) -> Operation[None]:
         """The API refunds failed renders: the accepted attempt of the current remote job no longer costs."""
         def op(conn: Connection) -> None:
             costs = [c for (c,) in conn.execute(text(
@@ -196,44 +179,12 @@ class LedgerTransitions(LedgerStore):
                 conn.execute(text("UPDATE batch SET committed = committed - :c WHERE name = "
                                   "(SELECT batch FROM job WHERE id = :j)"),
                              {"c": sum(int(c or 0) for c in costs), "j": job_id})
-        return op
+        return Operation(op)
 
-    def resolve_unknown(self, job_id: int, remote_job_id: str, status_url: str, credit_cost: Decimal,
-                        submitted_at: float, api_base: str | None = None) -> Callable[[Connection], bool]:
-        """A late answer for a job held as unknown (its runner lost the lease mid-POST): if nobody
-        has touched it since, it is submitted after all, and will be polled instead of held."""
-        now = self.clock()
-
-        def op(conn: Connection) -> bool:
-            holder = self.holder_of(conn, remote_job_id, job_id, api_base or "")
-            if holder is not None:  # another job's id: it stays held (never given that job's clip)
-                self._event(conn, job_id, "duplicate-job-id", None, None,
-                            f"answered late with job id {remote_job_id}, which {holder} already has; stays held", now)
-                return False
-            moved: bool = self.x(conn, "UPDATE job SET state = 'submitted', remote_job_id = :r, status_url = :u, "
-                                       "credit_cost = :c, submitted_at = :s, error = NULL, updated_at = :t, "
-                                       "api_base = :base WHERE id = :id AND state = 'unknown' AND owner IS NULL",
-                                 {"r": remote_job_id, "u": status_url, "c": to_hundredths(credit_cost),
-                                  "s": submitted_at, "t": now, "id": job_id, "base": api_base}).rowcount == 1
-            detail = (f"accepted as {remote_job_id} ({show(credit_cost)} credits), answered after its runner lost "
-                      f"the lease")
-            self._event(conn, job_id, "late-answer", "unknown" if moved else None, "submitted" if moved else None,
-                        detail, now)
-            return moved
-        return op
-
-    def recover_interrupted(self, batch: str) -> int:
-        """Hold as `unknown` every job a gone runner left in `submitting`; returns how many."""
-        return self.write(self.recovering(batch))
-
-    def requeue(self, batch: str, states: Iterable[JobState], reason: str) -> int:
-        """Move jobs in `states` back to pending (the user's decision); returns how many."""
-        return self.write(self.requeueing(batch, states, reason))
-
-    def recovering(self, batch: str) -> Callable[[Connection], int]:
+    def recover_interrupted(self, batch: str) -> Operation[int]:
         """Reap: a job left in `submitting` by a runner that is gone (no lease, or one that expired)
         may have been sent and charged: hold it as `unknown`, never pending again. Its fencing token
-        moves on, so the runner that left it cannot write to it if it wakes up."""
+        moves on, so the runner that left it cannot write to it if it wakes up. Returns how many."""
         now = self.clock()
 
         def op(conn: Connection) -> int:
@@ -251,10 +202,11 @@ class LedgerTransitions(LedgerStore):
                 self._event(conn, job_id, "recovered", "submitting", "unknown",
                             "found in submitting with no live lease: outcome of the POST unknown", now)
             return len(ids)
-        return op
+        return Operation(op)
 
-    def requeueing(self, batch: str, states: Iterable[JobState], reason: str) -> Callable[[Connection], int]:
-        """Move jobs in `states` back to pending (the user's decision, e.g. `batcher retry`)."""
+    def requeue(self, batch: str, states: Iterable[JobState], reason: str) -> Operation[int]:
+        """Move jobs in `states` back to pending (the user's decision, e.g. `batcher retry`); returns
+        how many."""
         wanted = [s for s in states]
         for s in wanted:
             check_move(s, JobState.PENDING)
@@ -273,4 +225,4 @@ class LedgerTransitions(LedgerStore):
                              {"t": now, "id": job_id, "reset": st == "failed"})
                 self._event(conn, job_id, "requeued", st, "pending", reason, now)
             return len(ids)
-        return op
+        return Operation(op)

@@ -21,22 +21,25 @@ from .context import RunContext
 async def reap(ctx: RunContext) -> None:
     """Runners of this batch that died on this host lose their leases at once (others' run out);
     jobs they left in `submitting` may have been charged: held as unknown."""
-    await ctx.threads.run(ctx.ledger.reap_dead_runners, ctx.batch, socket.gethostname(), process_alive, ctx.owner)
-    recovered = await ctx.threads.run(ctx.ledger.recover_interrupted, ctx.batch)
+    await ctx.threads.run(ctx.ledger.write, ctx.ledger.reap_dead_runners(ctx.batch, socket.gethostname(),
+                                                                         process_alive, ctx.owner))
+    recovered = await ctx.threads.run(ctx.ledger.write, ctx.ledger.recover_interrupted(ctx.batch))
     if recovered:
         ctx.state.note(f"{recovered} job(s) were mid-submission when their runner stopped; they are held as "
                        f"'unknown' (they may have been charged)")
 
 
 async def register(ctx: RunContext) -> None:
-    await ctx.threads.run(ctx.ledger.register, ctx.owner, ctx.batch, socket.gethostname(), os.getpid())
+    await ctx.threads.run(ctx.ledger.write, ctx.ledger.register(ctx.owner, ctx.batch, socket.gethostname(),
+                                                                os.getpid()))
 
 
 async def heartbeat(ctx: RunContext) -> None:
     """Renew our leases well before they run out, so nobody takes over live work."""
     while True:
         await anyio.sleep(ctx.options.limits.lease_seconds / 3)
-        await ctx.writer.patiently(ctx.ledger.renew, ctx.batch, ctx.owner, ctx.options.limits.lease_seconds)
+        await ctx.writer.patiently(ctx.ledger.write, ctx.ledger.renew(ctx.batch, ctx.owner,
+                                                                       ctx.options.limits.lease_seconds))
 
 
 async def feed(ctx: RunContext, send: MemoryObjectSendStream[Job]) -> None:
@@ -48,8 +51,8 @@ async def feed(ctx: RunContext, send: MemoryObjectSendStream[Job]) -> None:
         while True:
             states = [S.RENDERED, S.SUBMITTED] + ([S.PENDING] if ctx.state.may_claim_pending else [])
             lease = ctx.options.limits.lease_seconds
-            jobs = await ctx.writer.patiently(ctx.ledger.claim, ctx.batch, states, ctx.owner, lease,
-                                         claim_size, ctx.state.generation)
+            jobs = await ctx.writer.patiently(ctx.ledger.write, ctx.ledger.claim(ctx.batch, states, ctx.owner, lease,
+                                                                                 claim_size, ctx.state.generation))
             if jobs:
                 locked_since.clear()
                 skipped = []
@@ -61,7 +64,7 @@ async def feed(ctx: RunContext, send: MemoryObjectSendStream[Job]) -> None:
                     else:
                         await send.send(job)
                 # Pending jobs we may no longer submit go back at once, for runners that still can.
-                await ctx.writer.patiently(ctx.ledger.release_jobs, skipped, ctx.owner)
+                await ctx.writer.patiently(ctx.ledger.write, ctx.ledger.release_jobs(skipped, ctx.owner))
                 continue
             # Another runner may have staged the manifest again since we started (the same command on
             # another host): its pending jobs carry a newer generation. Take it up, when every model

@@ -28,7 +28,7 @@ async def listen(ctx: RunContext, scope: anyio.CancelScope, *,
     """Listen for pokes until `scope` is cancelled; started (its port known) before any submission."""
     settings = ctx.options.webhooks
     assert settings is not None
-    secret = await ctx.threads.run(ctx.ledger.webhook_secret, ctx.batch, make_secret)
+    secret = await ctx.threads.run(ctx.ledger.write, ctx.ledger.webhook_secret(ctx.batch, make_secret))
     board = PokeBoard()
     listener = PokeListener(settings.listen_host, settings.listen_port,
                             lambda path: key_of(path, secret, ctx.batch), board.poke)

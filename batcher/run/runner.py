@@ -65,7 +65,7 @@ class Runner:
             await self._start()
         except BaseException:
             with anyio.CancelScope(shield=True):  # a run that could not start leaves no runner row
-                await ctx.threads.run(ctx.ledger.release, ctx.batch, ctx.owner)
+                await ctx.threads.run(ctx.ledger.write, ctx.ledger.release(ctx.batch, ctx.owner))
             raise
         work_send, work_recv = anyio.create_memory_object_stream[Job](max(1, ctx.options.limits.concurrency))
         try:
@@ -114,7 +114,7 @@ class Runner:
         """Give up our leases. A ledger that cannot be written now must not hide why the run stops
         (the answers the journal kept, say): the leases run out by themselves."""
         try:
-            await self.ctx.threads.run(self.ctx.ledger.release, self.ctx.batch, self.ctx.owner)
+            await self.ctx.threads.run(self.ctx.ledger.write, self.ctx.ledger.release(self.ctx.batch, self.ctx.owner))
         except LedgerError as e:
             log.warning("could not release this runner's leases (%s); they run out by themselves", e)
 
@@ -145,13 +145,13 @@ class Runner:
         await register(ctx)
         await reap(ctx)
         if o.resubmit_unknown:
-            n = await ctx.threads.run(ctx.ledger.requeue, ctx.batch, [S.UNKNOWN],
-                                      "resubmitted by consent (--resubmit-unknown)")
+            n = await ctx.threads.run(ctx.ledger.write, ctx.ledger.requeue(
+                ctx.batch, [S.UNKNOWN], "resubmitted by consent (--resubmit-unknown)"))
             if n:
                 ctx.state.note(f"{n} held job(s) requeued by --resubmit-unknown: they may be charged twice")
         ctx.state.generation = await ctx.threads.run(ctx.ledger.generation, ctx.batch)
         await control_at_start(ctx)  # paused: said once, then waited for; cancelled: nothing is sent
-        await ctx.threads.run(ctx.ledger.set_budget, ctx.batch, o.limits.budget)
+        await ctx.threads.run(ctx.ledger.write, ctx.ledger.set_budget(ctx.batch, o.limits.budget))
         await ctx.threads.run(prepare_outputs, ctx)
         spend = await ctx.threads.run(ctx.ledger.spend, ctx.batch)
         ctx.budget.committed = spend.committed
@@ -189,19 +189,21 @@ class Runner:
                             if ctx.state.submitting_allowed:
                                 await submit_and_follow(ctx, job)
                             else:
-                                await ctx.writer.patiently(ctx.ledger.release_jobs, [job.id], ctx.owner)
+                                await ctx.writer.patiently(ctx.ledger.write,
+                                                           ctx.ledger.release_jobs([job.id], ctx.owner))
                         elif job.state == S.SUBMITTED.value:
                             followed, job = await follow_to_end(ctx, job)
                             if followed is Followed.REQUEUED:  # failed remotely, refunded: send it again
                                 if ctx.state.submitting_allowed:
                                     await submit_and_follow(ctx, job)
                                 else:
-                                    await ctx.writer.patiently(ctx.ledger.release_jobs, [job.id], ctx.owner)
+                                    await ctx.writer.patiently(ctx.ledger.write,
+                                                               ctx.ledger.release_jobs([job.id], ctx.owner))
                     except BatchNotRunning as e:
                         # The batch was paused or cancelled before this runner read it: the job
                         # was not sent; it is given back, pending, and the word is read now.
                         log.info("%s", e)
-                        await ctx.writer.patiently(ctx.ledger.release_jobs, [job.id], ctx.owner)
+                        await ctx.writer.patiently(ctx.ledger.write, ctx.ledger.release_jobs([job.id], ctx.owner))
                         await read_control(ctx)
                     except LeaseLost as e:
                         log.warning("job %s: %s; leaving it to that runner", job.key, e)

@@ -197,7 +197,7 @@ async def check_references(ctx: RunContext, uses: dict[str, str]) -> None:
         return
     known = await ctx.threads.run(ctx.ledger.references, list(uses))
     report = await preflight(ctx.client, uses, known, ctx.wall())
-    await ctx.threads.run(ctx.ledger.remember_references, report.results)
+    await ctx.threads.run(ctx.ledger.write, ctx.ledger.remember_references(report.results))
     if report.errors:
         raise PreflightFailed(report.errors)
     warn = ctx.options.on_warning or log.warning

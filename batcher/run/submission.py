@@ -23,14 +23,13 @@ from ..errors import (
     AuthError,
     BudgetExceeded,
     CreditsExhausted,
-    LeaseLost,
     NotSentError,
     OutcomeUnknown,
     RateLimited,
     ReferenceStoreError,
     RejectedError,
 )
-from ..ledger import Job
+from ..ledger import Acceptance, Answer, Arrival, Job
 from ..models import ModelSpec
 from ..money import ZERO, ChargeVerdict, charge_ceiling, count_charge, credits, show
 from ..policy import Reservation
@@ -270,31 +269,12 @@ async def _accepted(ctx: RunContext, job: Job, attempt_id: int, reservation: Res
     shared = f"the API answered with job id {answer.job_id}, which another job of this ledger already has"
 
     def accept(conn: Connection) -> Submitted:
-        # (a reaper may have moved the attempt to unknown meanwhile: the total moves the same way)
-        ledger.end_attempt(attempt_id, "accepted", remote_job_id=answer.job_id, credit_cost=charge,
-                           known=("submitting", estimate, ctx.batch))(conn)
-        holder = ledger.holder_of(conn, answer.job_id, job.id, base)
-        if holder is not None:
-            # Never this job's clip: it was charged (its cost counts), and waits for the user.
-            ledger.move(job.id, S.SUBMITTING, S.UNKNOWN, "duplicate-job-id", f"{shared} ({holder}); held",
-                        token=job.lease_token, credit_cost=charge, submitted_at=submitted_at,
-                        error=_held_shared(shared, charge))(conn)
-            return Submitted.HELD
-        try:
-            # A refused move writes nothing, so no savepoint is needed around it.
-            ledger.move(job.id, S.SUBMITTING, S.SUBMITTED, "accepted",
-                        f"job {answer.job_id}, {show(charge)} credits", token=job.lease_token,
-                        remote_job_id=answer.job_id, status_url=answer.status_url, credit_cost=charge,
-                        submitted_at=submitted_at, error=None, api_base=base)(conn)
-            if cost_problem:
-                ledger.note(job.id, "cost-untrusted", _untrusted(verdict, cost_problem, charge))(conn)
-            return Submitted.ACCEPTED
-        except LeaseLost:
-            # We were paused past our lease and the job was held as unknown meanwhile: what the API
-            # told us resolves it (it is submitted, and whoever claims it polls it), unless someone
-            # has acted on it since; either way its history says so.
-            ledger.resolve_unknown(job.id, answer.job_id, answer.status_url, charge, submitted_at, base)(conn)
-            return Submitted.STOPPED
+        accepted = ledger.accept_answer(
+            Answer(job.id, answer.job_id, answer.status_url, charge, submitted_at, base, attempt_id), Arrival.IN_TIME,
+            token=job.lease_token, known=("submitting", estimate, ctx.batch), held_error=_held_shared(shared, charge),
+            cost_note=_untrusted(verdict, cost_problem, charge) if cost_problem else None)(conn)
+        return {Acceptance.SUBMITTED: Submitted.ACCEPTED, Acceptance.HELD: Submitted.HELD}.get(accepted.outcome,
+                                                                                              Submitted.STOPPED)
     # If the ledger cannot record this answer, the journal keeps it: the job is polled, never paid again.
     record = records.accepted(ctx, job, attempt_id, answer.job_id, answer.status_url, charge, submitted_at)
     written = await ctx.writer.write(accept, record)

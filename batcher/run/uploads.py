@@ -166,7 +166,7 @@ async def upload_local_images(ctx: RunContext, store: ReferenceStore | None, use
                 tg.start_soon(upload, address, name=f"upload-{address[-8:]}")
     finally:
         with anyio.CancelScope(shield=True):
-            await ctx.threads.run(ctx.ledger.remember_stored, records)  # what did land is known, even on failure
+            await ctx.threads.run(ctx.ledger.write, ctx.ledger.remember_stored(records))  # what landed is known
     await _check_public_urls(ctx, store, report, known)
     return report
 
@@ -208,7 +208,7 @@ async def with_local_urls(ctx: RunContext, store: ReferenceStore | None, wire: d
             if isinstance(found, str):
                 raise ReferenceStoreError(f"local reference sha256:{address[len(LOCAL_PREFIX):][:12]}...: {found}")
             records.append(await _ensure(ctx, store, address, *found, report))
-        await ctx.threads.run(ctx.ledger.remember_stored, records)
+        await ctx.threads.run(ctx.ledger.write, ctx.ledger.remember_stored(records))
         ctx.image_names.update(report.names)
     try:
         body: dict[str, Any] = with_urls(wire, lambda a: store.url_for(ctx.image_names[a]))
