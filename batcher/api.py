@@ -191,7 +191,8 @@ async def run_ready(ledger: Ledger, ready: Ready, *, on_progress: Callable[[Prog
                     on_force_exit: Callable[[], None] | None = None) -> RunReport:
     """Run a batch whose steps before the run are done (see `prepare`, `stage_ready`)."""
     opts, dest = ready.options, ready.to
-    secrets = opts.reference_store.secrets if opts.reference_store is not None else ()
+    secrets = tuple(s for store in (opts.reference_store, opts.saving.out_store) if store is not None
+                    for s in store.secrets)
     try:
         async with PixelDojoClient(dest.api_key, dest.base_url, transport=dest.transport,
                                    max_retry_after=opts.polling.max_retry_after, also_redact=secrets,

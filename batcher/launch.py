@@ -23,6 +23,7 @@ from .ledger import Ledger, display_location, is_database_url
 from .manifest import Manifest, load_manifest
 from .models import check_rates, unpriced, wanted_descriptions
 from .outputs import default_out_dir
+from .outputs.bucket import BucketOutputs, is_bucket_address
 from .plan import MAX_JOBS, PlanSummary, check, job_rows
 from .references import ReferenceStore, S3Store, SimulatedStore, StoreSettings, refuse_without_store
 from .run import RunOptions
@@ -214,9 +215,11 @@ def start_run(m: Manifest, settings: RunSettings, rate_overrides: dict[str, floa
     to = target(simulate=sim if settings.simulate else False, api_base=settings.api_base,
                 simulator_state=simulator_state_for(settings.ledger_path) if settings.simulate else None)
     hooks = webhooks(settings.webhook_listen, settings.webhook_url, None if settings.simulate else to.base_url)
-    out = Path(settings.out_dir) if settings.out_dir else default_out_dir(m.batch, settings.simulate)
+    store = BucketOutputs(settings.out_dir) if settings.out_dir and is_bucket_address(settings.out_dir) else None
+    out = Path(settings.out_dir) if settings.out_dir and store is None else default_out_dir(m.batch, settings.simulate)
     options = settings.run_options(out_dir=out, expected_render=expected_render_for(to, settings.expected_render),
-                                   webhooks=hooks, **services)
+                                   webhooks=hooks, out_store=store, verify_full=settings.verify == "full",
+                                   **services)
     return prepare(m, settings.ledger_path, to, options, rate_overrides, max_jobs=settings.max_jobs,
                    store_settings=store_settings)
 

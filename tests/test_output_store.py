@@ -25,6 +25,8 @@ def store(s3_endpoint, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "output-store-test-secret-0123456789")
     monkeypatch.setenv("AWS_REGION", "us-east-1")
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)  # as a user sets it for a run
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     name = f"clips-{hashlib.sha256(str(id(monkeypatch)).encode()).hexdigest()[:10]}"
     s3.create_bucket(Bucket=name)
@@ -94,3 +96,68 @@ def test_an_output_store_address_is_checked_and_named_as_such():
     assert is_bucket_address("s3://b/p") and not is_bucket_address("outputs/b")
     with pytest.raises(UsageError, match="output store"):
         BucketOutputs("s3://Not_A_Bucket/p")
+
+
+# --- a run whose clips go to the bucket ---------------------------------------------------------------
+
+def _run(tmp_path, out: str, *extra: str):
+    from click.testing import CliRunner
+
+    from batcher.cli import cli
+
+    from .conftest import small_manifest
+    manifest = tmp_path / "m.yaml"
+    if not manifest.exists():
+        manifest.write_text(small_manifest(n_rows=3))
+    return CliRunner().invoke(cli, ["run", str(manifest), "--simulate", "--sim-render-seconds", "0.02",
+                                    "--ledger", str(tmp_path / "l.db"), "--out", out, *extra])
+
+
+def _jobs(tmp_path):
+    from batcher.ledger import Ledger
+    with Ledger(tmp_path / "l.db") as ledger:
+        return list(ledger.iter_batch("small"))
+
+
+def test_a_run_with_out_s3_streams_every_clip_into_the_bucket_and_a_rerun_checks_them_quickly(store, tmp_path,
+                                                                                            monkeypatch):
+    s3, bucket, _ = store
+    monkeypatch.chdir(tmp_path)
+    done = _run(tmp_path, f"s3://{bucket}/runs/small")
+    assert done.exit_code == 0, done.output
+    jobs = _jobs(tmp_path)
+    assert len(jobs) == 3 and all(j.state == "completed" for j in jobs)
+    for job in jobs:
+        assert job.file_path == f"s3://{bucket}/runs/small/{job.label}_t{job.take}_{job.key}.mp4"
+        body = s3.get_object(Bucket=bucket, Key=job.file_path.split("/", 3)[3])
+        data = body["Body"].read()
+        assert hashlib.sha256(data).hexdigest() == job.sha256 and len(data) == job.size
+        assert body["Metadata"]["sha256"] == job.sha256
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"])
+    assert len(keys) == 3 and not any(".partial" in k for k in keys)
+    assert not (tmp_path / "outputs").exists()  # no local copy
+    # a rerun: nothing downloaded again (one listing found every clip)
+    again = _run(tmp_path, f"s3://{bucket}/runs/small")
+    assert again.exit_code == 0 and "0 videos downloaded" in again.output, again.output
+    # an object gone: downloaded again; an object replaced by other bytes of its size: only --verify full sees it
+    s3.delete_object(Bucket=bucket, Key=keys[0])
+    victim = keys[1]
+    size = s3.head_object(Bucket=bucket, Key=victim)["ContentLength"]
+    s3.put_object(Bucket=bucket, Key=victim, Body=bytes(size))
+    quick = _run(tmp_path, f"s3://{bucket}/runs/small")
+    assert quick.exit_code == 0 and "1 videos downloaded" in quick.output, quick.output
+    full = _run(tmp_path, f"s3://{bucket}/runs/small", "--verify", "full")
+    assert full.exit_code == 0 and "1 videos downloaded" in full.output, full.output
+    for job in _jobs(tmp_path):
+        data = s3.get_object(Bucket=bucket, Key=job.file_path.split("/", 3)[3])["Body"].read()
+        assert hashlib.sha256(data).hexdigest() == job.sha256
+
+
+def test_a_missing_bucket_stops_the_run_before_anything_is_sent(store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    done = _run(tmp_path, "s3://no-such-bucket-for-clips/p")
+    assert done.exit_code == 2
+    assert all(j.state == "pending" and j.attempts == 0 for j in _jobs(tmp_path))
+    last = done.output.strip().splitlines()[-1]
+    assert last.startswith("batcher: cannot reach the output store ") and last.endswith(": HTTP 404"), last
+    assert "output-store-test-secret" not in done.output

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import Field, asdict, fields, replace
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, get_args, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import click
 
@@ -47,10 +47,12 @@ class Credits(click.ParamType):  # type: ignore[type-arg]  # click 8.2 made Para
 def _click_option(f: Field[Any], flag: Flag, kind: Any) -> Any:
     """The click option a declared run option makes: its field's name, type and default, the
     flag's names, help and bounds."""
-    base = next(k for k in get_args(kind) or (kind,) if k is not type(None))
+    base = kind if get_origin(kind) is Literal else next(k for k in get_args(kind) or (kind,) if k is not type(None))
     click_type: Any = None
     if base is Decimal:
         click_type = Credits()
+    elif get_origin(base) is Literal:
+        click_type = click.Choice(get_args(base))
     elif flag.path is not None:
         click_type = click.Path(file_okay=flag.path == "file", dir_okay=flag.path == "folder")
     elif base in (int, float) and (flag.least is not None or flag.most is not None):

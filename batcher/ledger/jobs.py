@@ -217,12 +217,13 @@ class LedgerJobs(LedgerStore):
                 return
             last = chunk[-1].id
 
-    def completed_files(self, batch: str) -> list[tuple[int, str, int | None, str | None]]:
-        """(job id, file path, size, sha256) of a batch's completed jobs."""
+    def completed_files(self, batch: str) -> list[tuple[int, str, int | None, str | None, int | None]]:
+        """(job id, file path or s3:// URI, size, sha256, the file's modification time in ns when it
+        was verified) of a batch's completed jobs."""
         with self.engine.connect() as conn:
-            return [(i, f, n, h) for i, f, n, h in conn.execute(text(
-                "SELECT id, file_path, size, sha256 FROM job WHERE batch = :b AND state = 'completed' "
-                "AND file_path IS NOT NULL"), {"b": batch})]
+            return [(i, f, n, h, m) for i, f, n, h, m in conn.execute(text(
+                "SELECT id, file_path, size, sha256, file_mtime_ns FROM job WHERE batch = :b "
+                "AND state = 'completed' AND file_path IS NOT NULL"), {"b": batch})]
 
     def events(self, job_id: int) -> list[Event]:
         return self._rows(Event, "SELECT * FROM event WHERE job_id = :j ORDER BY id", {"j": job_id})

@@ -206,6 +206,9 @@ MIGRATIONS: list[Migration] = [
         claim_remote_ids,
         create_index(JobTable, "job_remote_id"),
     ]),
+    Migration(13, "a completed file's modification time, for quick checks on a rerun", [
+        add_column(JobTable, "file_mtime_ns"),
+    ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

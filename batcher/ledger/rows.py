@@ -90,6 +90,7 @@ class Job:
     finished_at: float | None
     model: str | None = None  # None on jobs a ledger held before batches could mix models
     api_base: str | None = None  # the API that gave remote_job_id
+    file_mtime_ns: int | None = None  # the file's modification time when it was verified (None: hash it)
 
     @property
     def job_state(self) -> JobState:

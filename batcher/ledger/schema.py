@@ -114,6 +114,8 @@ class JobTable(SQLModel, table=True):
     file_path: str | None = None
     size: int | None = Field(default=None, sa_column=Column(BigInteger))
     sha256: str | None = None
+    # the file's modification time (ns) when it was verified: a rerun trusts a file that kept it
+    file_mtime_ns: int | None = Field(default=None, sa_column=Column(BigInteger))
     error: str | None = None
     attempts: int = Field(default=0, sa_column=_int("0"))
     render_seconds: float | None = Field(default=None, sa_column=_real())

@@ -97,7 +97,9 @@ class BucketOutputs:
         return out
 
     async def clean(self, now: float) -> int:
-        """Remove what killed uploads left (`storage.s3.Bucket.clean_partial`)."""
+        """Before a run: the bucket is there (else OutputStoreError, before anything is sent), and
+        what killed uploads left is removed (`storage.s3.Bucket.clean_partial`)."""
+        await self.bucket.reachable()
         return await self.bucket.clean_partial(STALE_UPLOAD_SECONDS, now)
 
     def presign(self, location: str, lifetime: float) -> str:

@@ -30,6 +30,7 @@ from ..errors import (
     DownloadRefused,
     LeaseLost,
     OutputGone,
+    OutputStoreError,
     OversizeError,
     RateLimited,
     ServerError,
@@ -91,6 +92,9 @@ async def download(ctx: RunContext, item: Queued) -> None:
             output_expires_at=job.output_expires_at, render_seconds=job.render_seconds,
             finished_at=job.finished_at, record=records.rendered(ctx, job))
         failpoint("after-rendered")
+    if ctx.options.saving.out_store is not None:
+        await _into_store(ctx, item, job)
+        return
     out = ctx.options.saving.out_dir
     final = out / video_name(job.label, job.take, job.key)
     tmp = out / temp_name(final.name, ctx.rng.randrange(1 << 30))
@@ -118,9 +122,48 @@ async def download(ctx: RunContext, item: Queued) -> None:
     finally:
         with anyio.CancelScope(shield=True):
             tmp.unlink(missing_ok=True)  # still there only if the download failed
+    mtime_ns = await ctx.threads.run(_mtime_ns, published)
     await ctx.move(job, S.RENDERED, S.COMPLETED, "downloaded", f"{result.size} bytes, sha256 {result.sha256[:12]}",
                    file_path=str(ctx.out_abs / published.name), size=result.size, sha256=result.sha256, error=None,
+                   file_mtime_ns=mtime_ns,
                    record=records.downloaded(ctx, job, ctx.out_abs / published.name, result.size, result.sha256))
+    ctx.state.completed += 1
+
+
+def _mtime_ns(path: Path) -> int | None:
+    """The published file's modification time, which a rerun's quick check compares (None: hash it)."""
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+async def _into_store(ctx: RunContext, item: Queued, job: Job) -> None:
+    """`download`, streamed into the output store: the object is in place (an atomic upload,
+    never a partial object under its name) and found there by a HEAD with the size and hash the
+    download measured before the job counts as completed."""
+    store = ctx.options.saving.out_store
+    assert store is not None
+    name = video_name(job.label, job.take, job.key)
+    try:
+        await ctx.wait_pause(job)
+        result = await ctx.client.download(job.output_url or "", await store.sink(name, ctx.wall()),
+                                           max_bytes=ctx.options.saving.max_download_bytes)
+        failpoint("after-upload")
+        if not await store.holds(name, result.size, result.sha256):
+            raise OutputStoreError(f"{name} is not in {store.identity} as uploaded")
+    except ApiError as e:
+        await _failed(ctx, item, e)
+        return
+    except OutputStoreError as e:
+        # The bucket refused or failed: the job stays rendered and the next try (or run) uploads it.
+        await ctx.event(job, "download-unsaved", str(e))
+        ctx.state.note(f"some videos could not be stored in {store.identity} ({e}); check the bucket and run again")
+        return
+    location = store.location(name)
+    await ctx.move(job, S.RENDERED, S.COMPLETED, "downloaded", f"{result.size} bytes, sha256 {result.sha256[:12]}",
+                   file_path=location, size=result.size, sha256=result.sha256, error=None,
+                   record=records.downloaded(ctx, job, location, result.size, result.sha256))
     ctx.state.completed += 1
 
 

@@ -19,6 +19,7 @@ from ..plan import MAX_JOBS
 from ..policy import DEFAULT_MIN_DOWNLOAD_RATE, DEFAULT_REQUEST_DEADLINE, Deadlines, RetryPolicy
 
 if TYPE_CHECKING:  # the command line reads the declarations: it loads neither httpx nor a store
+    from ..outputs.bucket import BucketOutputs
     from ..references import ReferenceStore
     from .webhooks import Webhooks
 
@@ -63,7 +64,8 @@ class RunSettings:
 
     ledger_path: str = DEFAULT_LEDGER
     out_dir: str | None = option(None, "--out", path="folder",
-                                 help="Folder for the videos (default: ./outputs/<batch>/).")
+                                 help="Folder for the videos (default: ./outputs/<batch>/), or s3://BUCKET/PREFIX: a "
+                                      "bucket you own (credentials and endpoint as for the reference store).")
     concurrency: int = option(4, "--concurrency", "-c", least=1, most=1000, show_default=True,
                               help="Most jobs in flight at the API at once.")
     budget: Decimal | None = option(  # noqa: RUF009 - a field declaration, as field() is
@@ -90,6 +92,10 @@ class RunSettings:
         2048, "--max-download-mb", least=1, show_default=True,
         help="A video larger than this is not downloaded: its job stays rendered, and a rerun with a higher cap "
              "downloads it.")
+    verify: Literal["quick", "full"] = option(
+        "quick", "--verify", show_default=True,
+        help="How a rerun finds its completed clips again: quick (each file's size and modification time; a "
+             "bucket's sizes in one listing) or full (every file hashed again, every object's recorded hash read).")
     rates: tuple[str, ...] = ()
     report_path: str | None = option(None, "--report", path="file",
                                      help="Write the HTML gallery here at the end, and print its path.")
@@ -202,6 +208,8 @@ class Saving:
     """Where and how videos are saved."""
 
     out_dir: Path = OUTPUTS
+    out_store: BucketOutputs | None = None  # the output store: clips go to this bucket, not to out_dir
+    verify_full: bool = False  # a rerun hashes every completed clip again (else: sizes and times)
     downloads: int = 8  # downloads at once
     max_download_bytes: int = declared("max_download_mb") * MB
 

@@ -25,7 +25,7 @@ def rendered(ctx: RunContext, job: Job) -> Record:
                   render_seconds=job.render_seconds, finished_at=job.finished_at)
 
 
-def downloaded(ctx: RunContext, job: Job, path: Path, size: int, sha256: str) -> Record:
-    """A video saved under its final name, verified."""
+def downloaded(ctx: RunContext, job: Job, path: Path | str, size: int, sha256: str) -> Record:
+    """A video saved under its final name (a file, or an s3:// object), verified."""
     return Record(Recorded.DOWNLOADED, ctx.batch, job.id, job.key, job.remote_job_id or "", ctx.wall(),
                   status_url=job.status_url, file_path=str(path), size=size, sha256=sha256)

@@ -152,7 +152,7 @@ class Runner:
         ctx.state.generation = await ctx.threads.run(ctx.ledger.generation, ctx.batch)
         await control_at_start(ctx)  # paused: said once, then waited for; cancelled: nothing is sent
         await ctx.threads.run(ctx.ledger.write, ctx.ledger.set_budget(ctx.batch, o.limits.budget))
-        await ctx.threads.run(prepare_outputs, ctx)
+        await prepare_outputs(ctx)
         spend = await ctx.threads.run(ctx.ledger.spend, ctx.batch)
         ctx.budget.committed = spend.committed
         if o.limits.budget is not None:

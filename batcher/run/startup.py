@@ -18,6 +18,7 @@ from ..errors import AuthError, BatcherError, PreflightFailed, SchemaMismatch
 from ..ledger.jobs import Request
 from ..models import ModelSpec, check_against
 from ..outputs import matches, sweep_temp_files
+from ..outputs.bucket import is_bucket_address
 from ..references import LOCAL_PREFIX, local_addresses, placeholder_url, with_urls
 from ..states import JobState as S
 from .context import RunContext
@@ -25,21 +26,52 @@ from .context import RunContext
 log = logging.getLogger("batcher.preflight")
 
 
-def prepare_outputs(ctx: RunContext) -> None:
-    """Send every completed job whose file is gone or no longer matches back to download."""
+async def prepare_outputs(ctx: RunContext) -> None:
+    """Send every completed job whose clip is gone or no longer matches back to download. Quick
+    (the default): a file's size and modification time against what the ledger recorded when it
+    was verified (a file that changed, or was recorded without one, is hashed);
+    an object's size in one listing of the bucket. `--verify full`: every file hashed, every
+    object's recorded hash read (a HEAD each)."""
+    store, full = ctx.options.saving.out_store, ctx.options.saving.verify_full
+    completed = await ctx.threads.run(ctx.ledger.completed_files, ctx.batch)
+    if store is not None:
+        await store.clean(ctx.wall())
+        checked = await store.check([(f, n, h) for _, f, n, h, _ in completed], full)
+        for (job_id, *_), found in zip(completed, checked, strict=True):
+            # (a clip kept elsewhere, a file of an earlier --out, is left where it is)
+            if not found.ok and found.why != "is not in this output store":
+                await _download_again(ctx, job_id, found.location, found.why)
+        return
     out = ctx.options.saving.out_dir
-    out.mkdir(parents=True, exist_ok=True)
+    await ctx.threads.run(partial(out.mkdir, parents=True, exist_ok=True))
     ctx.out_abs = out.resolve()
-    sweep_temp_files(out)
-    for job_id, file_path, size, sha256 in ctx.ledger.completed_files(ctx.batch):
-        path = Path(file_path)
-        if ctx.ledger.shared and not path.exists():
-            continue  # on a shared ledger, other runners' files live on their own hosts
-        if matches(path, size, sha256):
-            continue
-        why = "is gone" if not path.exists() else "does not match its recorded size and sha256"
-        ctx.ledger.write(ctx.ledger.move(job_id, S.COMPLETED, S.RENDERED, "file-mismatch",
-                                         f"{file_path} {why}; downloading again"))
+    await ctx.threads.run(sweep_temp_files, out)
+    for job_id, file_path, size, sha256, mtime_ns in completed:
+        if is_bucket_address(file_path):
+            continue  # a clip kept in a bucket by an earlier --out s3://...: left where it is
+        why = await ctx.threads.run(_file_problem, Path(file_path), size, sha256, None if full else mtime_ns)
+        if why is None or (why == "is gone" and ctx.ledger.shared):
+            continue  # (on a shared ledger, other runners' files live on their own hosts)
+        await _download_again(ctx, job_id, file_path, why)
+
+
+def _file_problem(path: Path, size: int | None, sha256: str | None, mtime_ns: int | None) -> str | None:
+    """Why a completed clip's file no longer holds it (None: it does). `mtime_ns`: trust a file of
+    the right size that still has this modification time (None: hash it whatever)."""
+    try:
+        found = path.stat()
+    except OSError:
+        return "is gone"
+    if size is not None and found.st_size != size:
+        return "does not match its recorded size and sha256"
+    if mtime_ns is not None and found.st_mtime_ns == mtime_ns:
+        return None
+    return None if matches(path, size, sha256) else "does not match its recorded size and sha256"
+
+
+async def _download_again(ctx: RunContext, job_id: int, location: str, why: str) -> None:
+    await ctx.threads.run(ctx.ledger.write, ctx.ledger.move(job_id, S.COMPLETED, S.RENDERED, "file-mismatch",
+                                                           f"{location} {why}; downloading again"))
 
 
 async def pending_pages(ctx: RunContext, size: int = 2000, states: tuple[S, ...] = (S.PENDING,)

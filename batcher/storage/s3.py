@@ -209,6 +209,11 @@ class Bucket:
         await self.call(lambda: self._client.download_file(self.bucket, self.key(name), str(path)),
                         f"cannot download {name} from {self.identity}")
 
+    async def reachable(self) -> None:
+        """Raise (`error`) unless the bucket is there and answers to these credentials."""
+        await self.call(lambda: self._client.head_bucket(Bucket=self.bucket), f"cannot reach the {self.what} "
+                                                                              f"{self.identity}")
+
     async def clean_partial(self, older_than: float, now: float) -> int:
         """Abort the multipart uploads and delete the temporary objects under `.partial/` started
         more than `older_than` seconds before `now` (their process is dead: a live upload of a clip
