@@ -10,7 +10,7 @@ from batcher.client.answers import JobStatus, read_status
 from batcher.run.polling import RenderTiming
 
 from .conftest import small_manifest
-from .test_e2e import batcher, record, simulator_server  # noqa: F401 (a fixture)
+from .test_e2e import batcher, record, start_simulator
 
 
 def status(**times: float | None) -> JobStatus:
@@ -34,10 +34,24 @@ def test_without_the_api_times_only_the_bounds_are_known():
     assert RenderTiming.read(None) is None and RenderTiming.read("rendered") is None
 
 
-def test_a_late_first_poll_does_not_become_the_render_time(simulator_server, tmp_path, write):
+def test_a_late_first_poll_does_not_become_the_render_time(tmp_path, write):
     # Renders of ~0.3 s, first polled after ~3 s (as a served simulator's 0.5 s renders were first
     # polled after ~60 s): the export used to say ~1.5 s, half the detection delay.
-    url = simulator_server("--render-seconds", "0.3", "--seed", "4")
+    server, url = start_simulator("--render-seconds", "0.3", "--seed", "4")
+    try:
+        renders, rows = _run_and_export(url, tmp_path, write)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert len(rows) == 4
+    for row in rows:
+        truth = renders[row["remote_job_id"]]
+        assert abs(row["render_seconds"] - truth) < 0.002, (row["render_seconds"], truth)
+        low, high = row["render_seconds_bounds"]
+        assert low <= truth <= high and high >= 2.0  # the first poll came late: wide bounds, told as such
+
+
+def _run_and_export(url, tmp_path, write):
     manifest = write("m.yaml", small_manifest(n_rows=4))
     ledger = str(tmp_path / "l.db")
     proc = batcher("run", str(manifest), "--api-base", url, "--ledger", ledger, "--out", str(tmp_path / "out"),
@@ -48,10 +62,4 @@ def test_a_late_first_poll_does_not_become_the_render_time(simulator_server, tmp
     proc = batcher("export", str(manifest), "--ledger", ledger, "--format", "jsonl")
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    rows = [json.loads(line) for line in out.splitlines()]
-    assert len(rows) == 4
-    for row in rows:
-        truth = renders[row["remote_job_id"]]
-        assert abs(row["render_seconds"] - truth) < 0.002, (row["render_seconds"], truth)
-        low, high = row["render_seconds_bounds"]
-        assert low <= truth <= high and high >= 2.0  # the first poll came late: wide bounds, told as such
+    return renders, [json.loads(line) for line in out.splitlines()]
