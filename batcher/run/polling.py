@@ -221,6 +221,7 @@ async def _finished(ctx: RunContext, job: Job, status: JobStatus, timing: Render
     await ctx.writer.write(ctx.ledger.refund(job.id))
     if job.credit_cost:
         ctx.budget.refund(job.credit_cost)
+        ctx.state.spent -= job.credit_cost
     attempts, most = job.attempts, ctx.options.limits.max_attempts
     if attempts < most and ctx.state.submitting_allowed:
         job = await ctx.move(job, S.SUBMITTED, S.PENDING, "remote-failed",
