@@ -65,7 +65,6 @@ def answer_json(response: httpx.Response) -> Any:
         raise ValueError("JSON nested too deeply") from None
 
 
-
 @dataclass(frozen=True)
 class Submission:
     """The documented 202 answer of a run."""
@@ -89,6 +88,8 @@ class JobStatus:
     credit_cost: float | None
     expires_at: float | None
     output_problem: str | None = None  # completed, but no output in a documented shape: why, naming the body
+    created_at: float | None = None  # when the API says the job was created (createdAt), epoch seconds
+    completed_at: float | None = None  # when it says the job ended (completedAt)
 
     @property
     def done(self) -> bool:
@@ -395,4 +396,5 @@ def read_status(job_id: str, data: dict[str, Any], response: httpx.Response, red
     if isinstance(error, dict):
         error = error.get("message") or error.get("code")
     return JobStatus(job_id, redact(status), found.url if found else None, redact(str(error)) if error else None,
-                     as_number(data.get("creditCost")), parse_time(data.get("expiresAt")), problem)
+                     as_number(data.get("creditCost")), parse_time(data.get("expiresAt")), problem,
+                     parse_time(data.get("createdAt")), parse_time(data.get("completedAt")))

@@ -33,13 +33,22 @@ CONTROL_INTERVAL = 0.5  # seconds between two reads of the control word: obeyed 
 
 
 def _tell(ctx: RunContext, line: str) -> None:
-    """Say it now (stderr for the CLI, else the log) and in the end summary."""
+    """Say it now (stderr for the CLI, else the log); it is among the report's messages either way,
+    and the end summary does not say again what was said as it happened."""
     if ctx.options.on_warning is not None:
         ctx.options.on_warning(line)
+        ctx.state.told.add(line)
         if line not in ctx.state.messages:
             ctx.state.messages.append(line)
     else:
         ctx.state.note(line)
+
+
+def _say(ctx: RunContext, line: str) -> None:
+    """Say now what the run's messages already hold."""
+    if ctx.options.on_warning is not None:
+        ctx.options.on_warning(line)
+        ctx.state.told.add(line)
 
 
 def _when(at: float | None) -> str:
@@ -55,8 +64,7 @@ def obey(ctx: RunContext, word: Control, at: float | None) -> None:
         line = (f"{name} cancelled (`batcher cancel`{_when(at)}): nothing more is submitted; jobs already paid for "
                 f"are polled and downloaded, then this runner exits {int(ExitCode.CANCELLED)}")
         ctx.state.stop(StopReason.CANCELLED, line)
-        if ctx.options.on_warning is not None:
-            ctx.options.on_warning(line)
+        _say(ctx, line)
     elif word is Control.PAUSED:
         _tell(ctx, f"{name} paused (`batcher pause`{_when(at)}): no new submissions until `batcher resume`; "
                    f"jobs in flight are still polled and downloaded")
@@ -101,8 +109,7 @@ async def control_at_start(ctx: RunContext) -> None:
                 f"puts its cancelled jobs back to pending); paid jobs left by other runners, if any, are still "
                 f"polled and downloaded")
         ctx.state.stop(StopReason.CANCELLED, line)
-        if ctx.options.on_warning is not None:
-            ctx.options.on_warning(line)
+        _say(ctx, line)
         await cancel_leftovers(ctx)
 
 

@@ -88,7 +88,7 @@ async def download(ctx: RunContext, item: Queued) -> None:
         # (an expiry the API did not give is the URL's known lifetime, kept for later runs)
         job = job.evolve(output_expires_at=job.output_expires_at or ctx.wall() + URL_LIFETIME)
         job = item.job = await ctx.move(
-            job, S.SUBMITTED, S.RENDERED, "rendered", None, output_url=job.output_url,
+            job, S.SUBMITTED, S.RENDERED, "rendered", item.timing, output_url=job.output_url,
             output_expires_at=job.output_expires_at, render_seconds=job.render_seconds,
             finished_at=job.finished_at, record=records.rendered(ctx, job))
         failpoint("after-rendered")

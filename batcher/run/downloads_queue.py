@@ -24,6 +24,7 @@ class Queued:
     dead_since: int | None = None
     oversize: int = 0  # answers over the size cap
     in_retry_slot: bool = False  # the queue's: taken as a retry, holding one of the retry slots
+    timing: str | None = None  # what its polls found of its render's time, for its `rendered` event
 
 
 class ExpiryQueue:
@@ -51,13 +52,14 @@ class ExpiryQueue:
     def __len__(self) -> int:
         return len(self._fresh) + len(self._ready) + len(self._later)
 
-    async def put(self, job: Job) -> None:
-        """Queue a job whose render just finished (or that a run found rendered)."""
+    async def put(self, job: Job, timing: str | None = None) -> None:
+        """Queue a job whose render just finished (or that a run found rendered); `timing`: what
+        the polls found of its render's time."""
         while len(self) >= self.limit:
             if self._space.is_set():
                 self._space = anyio.Event()
             await self._space.wait()
-        self._push(self._fresh, _expiry(job), Queued(job))
+        self._push(self._fresh, _expiry(job), Queued(job, timing=timing))
 
     def put_back(self, item: Queued, delay: float) -> None:
         """A failed download, to be tried again in `delay` seconds (it never waits: it already

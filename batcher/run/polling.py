@@ -7,8 +7,10 @@ failing, a timeout)."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -34,6 +36,41 @@ from .outcomes import Followed, StopReason
 NOT_FOUND_RUNS = 2
 NOT_FOUND_SECONDS = 600.0
 NOT_FOUND = "poll-not-found"  # the event each such answer writes (one a run: it stops following the job)
+
+
+@dataclass(frozen=True)
+class RenderTiming:
+    """How long a render took, as far as anyone can tell: by the API's own clock when its answer
+    gives createdAt and completedAt, and always the bounds the polls set (seconds after submission:
+    the last poll that found it running, the answer that found it ended). A poll that comes late
+    widens the bounds; it never becomes the render's time. Kept in the job's `rendered` event."""
+
+    api: float | None
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, status: JobStatus, low: float, high: float) -> RenderTiming:
+        start, end = status.created_at, status.completed_at
+        return cls(end - start if start is not None and end is not None and end >= start else None, low, high)
+
+    def detail(self) -> str:
+        said = (f"render {self.api:.3f} s by the API's createdAt and completedAt" if self.api is not None
+                else "render time not given by the API")
+        return f"{said}; polls: ended between {self.low:.3f} s and {self.high:.3f} s after submission"
+
+    @classmethod
+    def read(cls, detail: str | None) -> RenderTiming | None:
+        """The timing a `rendered` event's detail keeps (None: it keeps none, as in older ledgers)."""
+        found = _TIMING.fullmatch(detail or "")
+        if found is None:
+            return None
+        api, low, high = found.group("api"), float(found.group("low")), float(found.group("high"))
+        return cls(float(api) if api is not None else None, low, high)
+
+
+_TIMING = re.compile(r"(?:render (?P<api>[0-9.]+) s by the API's createdAt and completedAt|render time not given "
+                     r"by the API); polls: ended between (?P<low>[0-9.]+) s and (?P<high>[0-9.]+) s after submission")
 
 
 async def follow_to_end(ctx: RunContext, job: Job, *, hooked: bool = False) -> tuple[Followed, Job]:
@@ -95,7 +132,7 @@ async def follow_to_end(ctx: RunContext, job: Job, *, hooked: bool = False) -> t
         # A poke comes as the render ends: its time is the render's length (the delivery's delay
         # included, which later polls should allow for too), not an interval since the last poll.
         ctx.planner.observe(cls, seen_at if poked else lower, seen_at)
-        return await _finished(ctx, job, status, (lower + seen_at) / 2)
+        return await _finished(ctx, job, status, RenderTiming.of(status, lower, elapsed()), (lower + seen_at) / 2)
 
 
 async def _until_due(ctx: RunContext, job: Job, cls: tuple[Any, ...], hooked: bool, elapsed: Callable[[], float],
@@ -162,7 +199,10 @@ async def _lost(ctx: RunContext, job: Job, e: RejectedError, runs: int, seconds:
     return job
 
 
-async def _finished(ctx: RunContext, job: Job, status: JobStatus, render_seconds: float) -> tuple[Followed, Job]:
+async def _finished(ctx: RunContext, job: Job, status: JobStatus, timing: RenderTiming, midpoint: float
+                    ) -> tuple[Followed, Job]:
+    """`timing`: what is known of the render's time; the ledger keeps the API's, else `midpoint`
+    (the polls' middle, which later runs start polling from)."""
     now = ctx.wall()
     if status.status == "completed":
         if not status.video_url:
@@ -174,13 +214,14 @@ async def _finished(ctx: RunContext, job: Job, status: JobStatus, render_seconds
         # The downloader records `rendered` before it fetches: the worker is free for the next
         # job at once. A crash in between leaves the job submitted; the next run polls it again.
         job = job.evolve(output_url=status.video_url, output_expires_at=status.expires_at,
-                      render_seconds=render_seconds, finished_at=now)
-        await ctx.downloads.put(job)
+                      render_seconds=timing.api if timing.api is not None else midpoint, finished_at=now)
+        await ctx.downloads.put(job, timing.detail())
         return Followed.RENDERED, job
     error = status.error or "the API reported the render failed, without a reason"
     await ctx.writer.write(ctx.ledger.refund(job.id))
     if job.credit_cost:
         ctx.budget.refund(job.credit_cost)
+        ctx.state.spent -= job.credit_cost
     attempts, most = job.attempts, ctx.options.limits.max_attempts
     if attempts < most and ctx.state.submitting_allowed:
         job = await ctx.move(job, S.SUBMITTED, S.PENDING, "remote-failed",

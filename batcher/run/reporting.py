@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Protocol, runtime_checkable
 
 from ..ledger import Ledger
 from ..money import ZERO
@@ -54,6 +55,20 @@ class Progress:
     # Jobs the budget lets finish (done, in flight, and the pending ones it covers), when the
     # budget will stop the run before the end; None when it covers everything.
     covered: int | None = None
+    # What this run spent (its charges less the refunds it recorded), where `spent` is the whole
+    # batch's, other runners' and earlier runs' included; None: not told apart.
+    run_spent: Decimal | None = None
+    paused: bool = False  # the batch is paused (`batcher pause`): no time left can be told
+
+
+@runtime_checkable
+class ProgressDisplay(Protocol):
+    """A progress display that redraws one line in place: before a message is said, it is asked to
+    make way (`clear`), so the message gets a line of its own; the next snapshot draws it again."""
+
+    def __call__(self, progress: Progress) -> None: ...
+
+    def clear(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -99,6 +114,8 @@ class RunReport:
     uploads: str | None = None  # what became of the batch's local reference images, in a line
     control: str = "running"  # the batch's control word as this run last saw it (`states.Control`)
     webhooks: WebhookFigures | None = None  # when the run listened for webhooks
+    run_spent: Decimal | None = None  # what this run spent, where `spent` is the batch's (see `Progress`)
+    told: frozenset[str] = frozenset()  # messages said as they happened: the end summary does not repeat them
 
     @property
     def total(self) -> int:

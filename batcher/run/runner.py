@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -22,6 +23,7 @@ from ..ledger import Job, Ledger
 from ..ledger.control import BatchNotRunning
 from ..models import ModelSpec
 from ..policy import class_seeds
+from ..states import Control
 from ..states import JobState as S
 from .context import RunContext
 from .control import cancel_leftovers, control_at_start, read_control, watch_control
@@ -31,7 +33,7 @@ from .hooks import listen
 from .options import RunOptions
 from .outcomes import Followed, StopReason
 from .polling import follow_to_end
-from .reporting import BudgetOutlook, Progress, RunReport, WebhookFigures, budget_outlook
+from .reporting import BudgetOutlook, Progress, ProgressDisplay, RunReport, WebhookFigures, budget_outlook
 from .startup import check_references, prepare_outputs, survey
 from .submission import submit_and_follow
 from .uploads import UploadReport, upload_local_images
@@ -50,8 +52,12 @@ class Runner:
                  on_progress: Callable[[Progress], None] | None = None,
                  on_force_exit: Callable[[], None] | None = None,
                  wall: Callable[[], float] = time.time, models: Mapping[str, ModelSpec] | None = None):
-        self.ctx = RunContext(ledger, client, model, batch, options or RunOptions(), wall, models or {})
+        options = options or RunOptions()
+        if isinstance(on_progress, ProgressDisplay) and options.on_warning is not None:
+            options = replace(options, on_warning=self._above_progress(on_progress, options.on_warning))
+        self.ctx = RunContext(ledger, client, model, batch, options, wall, models or {})
         self.on_progress = on_progress
+        self._shown: Progress | None = None  # the last snapshot given to on_progress
         self.on_force_exit = on_force_exit
         self.outlook: BudgetOutlook | None = None
         self.uploads = UploadReport()
@@ -233,7 +239,7 @@ class Runner:
         return RunReport(ctx.batch, f.counts, f.spend.spent, f.held, f.held_cost, ctx.options.limits.budget,
                          time.monotonic() - self._started, run.submitted, run.completed, run.stop_reason,
                          run.messages, f.bytes, failures, self.uploads.summary(), run.control.value,
-                         _webhook_figures(ctx))
+                         _webhook_figures(ctx), run.spent, frozenset(run.told))
 
     # --- progress and signals ------------------------------------------------------------------
 
@@ -245,13 +251,24 @@ class Runner:
         if self.outlook is not None and self.outlook.covered < self.outlook.pending:
             covered = total - (self.outlook.pending - self.outlook.covered)
         return Progress(ctx.batch, counts, ctx.budget.committed, ctx.budget.reserved, ctx.budget.limit,
-                        time.monotonic() - self._started, ctx.state.completed, total, covered)
+                        time.monotonic() - self._started, ctx.state.completed, total, covered, ctx.state.spent,
+                        ctx.state.control is Control.PAUSED)
 
     async def _report_progress(self) -> None:
         assert self.on_progress is not None
         while True:
             await anyio.sleep(self.ctx.options.progress_interval)
-            self.on_progress(await self.snapshot())
+            self._shown = await self.snapshot()
+            self.on_progress(self._shown)
+
+    def _above_progress(self, display: ProgressDisplay, say: Callable[[str], None]) -> Callable[[str], None]:
+        """`say`, on a line of its own above the progress line (which is drawn again at once)."""
+        def told(line: str) -> None:
+            display.clear()
+            say(line)
+            if self._shown is not None:
+                display(self._shown)
+        return told
 
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:

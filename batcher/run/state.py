@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 import anyio
 
+from ..money import ZERO
 from ..states import Control
 from .outcomes import StopReason
 
@@ -40,8 +42,12 @@ class RunState:
 
     stop_reason: StopReason | None = None  # any loop, through `stop`
     messages: list[str] = field(default_factory=list)  # any loop, through `note`
+    told: set[str] = field(default_factory=set)  # of them, those said as they happened (`options.on_warning`)
     submitted: int = 0  # the workers
     completed: int = 0  # the downloaders
+    # The workers: what this run was charged, less the refunds it recorded (other runners of the
+    # batch count theirs: the runners' figures add up to the ledger's)
+    spent: Decimal = ZERO
     unreachable: int = 0  # the workers: submissions in a row that could not connect
     generation: int = 0  # the start, then the feeder (`batcher retry` starts a new one)
     control: Control = Control.RUNNING  # the control watcher: the batch's word as it last read it

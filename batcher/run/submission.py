@@ -102,6 +102,7 @@ def _count_answer(ctx: RunContext, model: ModelSpec, job: Job, reservation: Rese
     if verdict is ChargeVerdict.OVER_CEILING:
         _stop_over_ceiling(ctx, model)
     reservation.charge(charge)
+    ctx.state.spent += charge
     ctx.costs.learn(model.api_id, model.job_class(job.parameters()), estimate, charge)
     return charge, verdict, problem
 

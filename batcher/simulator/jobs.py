@@ -16,7 +16,7 @@ from .clips import ClipLie, clip_for
 from .config import Recorder, SimConfig, SimJob
 from .models import ServedModel
 from .webhooks import Deliveries, split_webhook
-from .wire import Answer, error_answer, iso_time, json_answer
+from .wire import Answer, error_answer, iso_time, iso_time_ms, json_answer
 
 
 class JobBook:
@@ -113,14 +113,19 @@ class JobBook:
         return json_answer(200, self._ended(job, base, now))
 
     def _known(self, job: SimJob, now: float) -> dict[str, Any]:
-        """What every answer about a job says."""
-        return {"jobId": job.job_id, "creditCost": job.cost,
+        """What every answer about a job says (when it was created: the start of its render)."""
+        return {"jobId": job.job_id, "creditCost": job.cost, "createdAt": iso_time_ms(self._wall_of(job.submitted)),
                 "expiresAt": iso_time(self.wall() + self.config.retention - (now - job.submitted))}
+
+    def _wall_of(self, at: float) -> float:
+        """A time of the simulator's clock on the wall clock its answers write."""
+        return self.wall() - self.clock() + at
 
     def _ended(self, job: SimJob, base: str, now: float) -> dict[str, Any]:
         """An ended job as its status answer and its webhook give it (a fresh output URL each time,
         none once the job is past its retention)."""
-        answer = {**self._known(job, now), "status": "failed" if job.fails else "completed"}
+        answer = {**self._known(job, now), "status": "failed" if job.fails else "completed",
+                  "completedAt": iso_time_ms(self._wall_of(job.ends))}
         if job.fails:
             answer["error"] = "Generation failed: upstream model error"
         else:

@@ -37,6 +37,11 @@ def iso_time(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def iso_time_ms(epoch: float) -> str:
+    """To the millisecond: a job's createdAt and completedAt time renders that take well under a second."""
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def json_answer(status: int, data: Any, headers: dict[str, str] | None = None) -> Answer:
     return Answer(status, json.dumps(data).encode(), {"content-type": "application/json", **(headers or {})})
 

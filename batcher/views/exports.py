@@ -16,21 +16,25 @@ from ..errors import UsageError
 from ..ledger import Job, Ledger
 from ..money import json_safe
 from ..outputs import file_sha256
+from ..run.polling import RenderTiming
 from ..text import iso
 
 FIELDS = ["id", "batch", "origin", "prompt", "reference_urls", "duration", "resolution", "aspect_ratio",
           "negative_prompt", "seed", "state", "remote_job_id", "credit_cost", "output_url", "file", "sha256",
           "error"]
-EXTRA_FIELDS = ["model", "size", "attempts", "render_seconds", "submitted_at", "finished_at", "label", "take",
-                "created_at", "simulated"]
+EXTRA_FIELDS = ["model", "size", "attempts", "render_seconds", "render_seconds_bounds", "submitted_at",
+                "finished_at", "label", "take", "created_at", "simulated"]
 
 
-def job_record(job: Job, model: str | None = None, simulated: bool = False) -> dict[str, Any]:
+def job_record(job: Job, model: str | None = None, simulated: bool = False, timing: RenderTiming | None = None
+               ) -> dict[str, Any]:
     """A job's provenance: the request, where it came from, what it cost and where its video is.
 
     The one record builder behind JSONL, CSV, dataset folders and the HTML report. `model` is the
     job's batch's model: it names the job's model only for a job an older ledger wrote without one
-    (a batch may mix models, so each job says its own).
+    (a batch may mix models, so each job says its own). `timing`: what its run found of its
+    render's time (`render_timing`): `render_seconds` is the API's own (None when the API gave no
+    times), `render_seconds_bounds` what the polls saw; never when a poll happened to find it done.
     """
     params = job.parameters()
     return {
@@ -40,7 +44,9 @@ def job_record(job: Job, model: str | None = None, simulated: bool = False) -> d
         "negative_prompt": params.get("negative_prompt"), "seed": params.get("seed"), "state": job.state,
         "remote_job_id": job.remote_job_id, "credit_cost": job.credit_cost, "output_url": job.output_url,
         "file": job.file_path, "sha256": job.sha256, "error": job.error,
-        "model": job.model or model, "size": job.size, "attempts": job.attempts, "render_seconds": job.render_seconds,
+        "model": job.model or model, "size": job.size, "attempts": job.attempts,
+        "render_seconds": timing.api if timing is not None else None,
+        "render_seconds_bounds": [timing.low, timing.high] if timing is not None else None,
         "submitted_at": iso(job.submitted_at), "finished_at": iso(job.finished_at), "label": job.label,
         "take": job.take, "created_at": iso(job.created_at),
         # Rendered by batcher's built-in simulator: the clip is a stand-in, not a real render.
@@ -56,9 +62,18 @@ def records(ledger: Ledger, batch: str | None, model: str | None = None) -> Iter
     batches = {b.name: b for b in ledger.batches()}
     for job in ledger.iter_batch(batch):
         info = batches.get(job.batch)
-        record = job_record(job, info.model if info else None, bool(info and info.simulated))
+        simulated = bool(info and info.simulated)
+        record = job_record(job, info.model if info else None, simulated, render_timing(ledger, job))
         if model is None or record["model"] == model:
             yield record
+
+
+def render_timing(ledger: Ledger, job: Job) -> RenderTiming | None:
+    """What the run that found a job's render ended kept of its time (in its `rendered` event)."""
+    if job.state not in ("rendered", "completed"):
+        return None
+    found = [e.detail for e in ledger.events(job.id) if e.kind == "rendered"]
+    return RenderTiming.read(found[-1]) if found else None
 
 
 def check_model(ledger: Ledger, batch: str | None, model: str | None) -> None:
@@ -103,6 +118,7 @@ def write_csv(rows: Iterator[dict[str, Any]], out: IO[str]) -> int:
     for row in rows:
         flat = dict(row)
         flat["reference_urls"] = " ".join(row["reference_urls"] or [])
+        flat["render_seconds_bounds"] = " ".join(f"{b:g}" for b in row["render_seconds_bounds"] or [])
         writer.writerow({k: csv_cell(v) for k, v in flat.items()})
         n += 1
     return n

@@ -21,7 +21,9 @@ SHORT = {"completed": "done", "rendered": "rendered", "submitted": "rendering", 
 
 def _eta(p: Progress) -> str:
     """Time left for the jobs that can still finish: when the budget will stop the run, only for
-    those it covers, and the line says so."""
+    those it covers, and the line says so. While the batch is paused, none can be told."""
+    if p.paused:
+        return "ETA paused"
     done = p.counts.get("completed", 0)
     rate = p.completed_this_run / p.elapsed if p.elapsed > 0 else 0.0
     ended = done + sum(p.counts.get(s, 0) for s in ("failed", "expired", "unknown", "cancelled"))
@@ -33,15 +35,23 @@ def _eta(p: Progress) -> str:
     return f"ETA {format_seconds(left / rate)}{note}"
 
 
+def _credits(p: Progress) -> str:
+    """`640/1,000 cr`: what this run spent (of the budget); when others spent too (other runners,
+    earlier runs), the batch's figure follows: `390 cr, batch 780/1,000`."""
+    budget = f"/{format_credits(p.budget)}" if p.budget is not None else ""
+    if p.run_spent is None or p.run_spent == p.spent:
+        return f"{format_credits(p.spent)}{budget} cr"
+    return f"{format_credits(p.run_spent)} cr, batch {format_credits(p.spent)}{budget}"
+
+
 def progress_line(p: Progress, width: int = 120) -> str:
     """One line that fits `width` columns: a bar, jobs per state, credits of the budget, rate, ETA.
     Parts are dropped, least useful first, until the line fits; it never wraps."""
     done = p.counts.get("completed", 0)
     rate = p.completed_this_run / p.elapsed * 60 if p.elapsed > 0 else 0.0
-    budget = f"/{format_credits(p.budget)}" if p.budget is not None else ""
     states = " ".join(f"{p.counts[s]} {SHORT[s]}" for s in ORDER if p.counts.get(s) and s != "completed")
     # (text, priority): higher priority survives longer when the terminal is narrow
-    parts = [(f"{done}/{p.total}", 9), (_eta(p), 8), (f"{format_credits(p.spent)}{budget} cr", 7),
+    parts = [(f"{done}/{p.total}", 9), (_eta(p), 8), (_credits(p), 7),
              (f"{rate:.1f}/min", 5), (states, 4), (f"[{p.batch}]", 2)]
     parts = [(text, prio) for text, prio in parts if text]
     limit = max(10, width - 1)  # the last column stays empty: some terminals wrap when it is written
@@ -83,10 +93,14 @@ class ProgressPrinter:
             self.stream.write(progress_line(p, 200) + "\n")
             self.stream.flush()
 
-    def end(self) -> None:
+    def clear(self) -> None:
+        """Make way for a message: on a terminal, the line is erased and the cursor left at its start."""
         if self.live:
             self.stream.write("\r\x1b[2K")
             self.stream.flush()
+
+    def end(self) -> None:
+        self.clear()
 
 
 def summary(report: RunReport, out_dir: str, retry_command: Callable[[str], str] | None = None) -> list[str]:
@@ -95,7 +109,10 @@ def summary(report: RunReport, out_dir: str, retry_command: Callable[[str], str]
     lines = [f"batch {report.batch!r}: {state_counts(report.counts) or 'no jobs'} "
              f"(of {report.total}) in {format_seconds(report.elapsed)}"]
     budget = f" of a {format_credits(report.budget)} budget" if report.budget is not None else ""
-    lines.append(f"credits: {format_credits(report.spent)} spent{budget}; {report.submitted} submitted this run, "
+    spent = f"{format_credits(report.spent)} spent{budget}"
+    if report.run_spent is not None and report.run_spent != report.spent:  # others spent too
+        spent = f"{format_credits(report.run_spent)} spent by this run (the batch: {spent})"
+    lines.append(f"credits: {spent}; {report.submitted} submitted this run, "
                  f"{report.completed} videos downloaded to {out_dir}")
     if report.uploads:
         lines.append(report.uploads)
@@ -121,7 +138,7 @@ def summary(report: RunReport, out_dir: str, retry_command: Callable[[str], str]
                      f"or --batch {report.batch}) puts them back to pending, then `batcher run` renders them")
     elif report.control == "paused":
         lines.append("the batch is paused: `batcher resume` lets its runners submit again")
-    lines.extend(report.messages)
+    lines.extend(m for m in report.messages if m not in report.told)  # (said as they happened: once)
     return lines
 
 
@@ -132,6 +149,7 @@ def summary_json(report: RunReport, out_dir: str, retry_command: Callable[[str],
         "batch": report.batch, "exit_code": report.exit_code, "stop_reason": report.stop_reason,
         "control": report.control,
         "counts": report.counts, "jobs": report.total, "credits_spent": round(report.spent, 2),
+        "credits_spent_this_run": round(report.run_spent, 2) if report.run_spent is not None else None,
         "budget": report.budget, "held_unknown": report.held_jobs, "resubmit_cost": round(report.held_cost, 2),
         "submitted_this_run": report.submitted, "downloaded_this_run": report.completed,
         "downloaded_bytes": report.downloaded_bytes, "elapsed_seconds": round(report.elapsed, 3),
