@@ -58,7 +58,7 @@ def status(manifest: str | None, ledger_path: str, as_json: bool, job_key: str |
     """Show jobs per state, credits spent and held, and videos downloaded."""
     from ..text import iso
     from ..views import history_lines, row_lines, status_lines
-    from ..views.exports import check_model, job_record
+    from ..views.exports import check_model, job_record, render_timing
     batch = _batch_for(manifest)
     with _open_existing(ledger_path, batch) as ledger:
         check_model(ledger, batch, model)
@@ -71,7 +71,8 @@ def status(manifest: str | None, ledger_path: str, as_json: bool, job_key: str |
             job = jobs[0]
             events = ledger.events(job.id)
             if as_json:
-                click.echo(json.dumps(json_safe({**job_record(job), "events": [
+                record = job_record(job, timing=render_timing(ledger, job))
+                click.echo(json.dumps(json_safe({**record, "events": [
                     {"at": iso(e.at), "kind": e.kind, "from": e.from_state, "to": e.to_state, "detail": e.detail}
                     for e in events]}), indent=2, allow_nan=False))
                 return
