@@ -25,8 +25,9 @@ from batcher.ledger import Ledger, read_states
 from batcher.simulator import SimConfig, Simulator, SimulatorTransport
 from batcher.views.commands import rerun_line
 
+from . import test_e2e
 from .conftest import run_against, serving, small_manifest
-from .test_e2e import record, start_simulator
+from .test_e2e import record
 
 KEY = "sim-key"
 
@@ -37,19 +38,7 @@ def batcher(args: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "batcher", *args], cwd=cwd, env=env, text=True, timeout=120, **kw)
 
 
-@pytest.fixture
-def served_process():
-    """`batcher simulator` as its own process; its base URL."""
-    procs = []
-
-    def start(*args: str) -> str:
-        proc, url = start_simulator(*args)
-        procs.append(proc)
-        return url
-    yield start
-    for proc in procs:
-        proc.terminate()
-        proc.wait(timeout=10)
+served_process = test_e2e.simulator_server  # `batcher simulator` as its own process: start(*args) -> URL
 
 
 # --- 2: the served simulator is known as one --------------------------------------------------------
@@ -168,10 +157,8 @@ def interrupted(manifest: Path, tmp_path: Path, args: list[str]) -> dict[str, st
     proc = subprocess.Popen([sys.executable, "-m", "batcher", "run", str(manifest), *args], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        states = read_states(tmp_path / "l.db", "small") or {}
-        if list(states.values()).count("submitted") >= 2:
-            break
+    while list((read_states(tmp_path / "l.db", "small") or {}).values()).count("submitted") < 2 \
+            and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
