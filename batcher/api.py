@@ -32,10 +32,12 @@ from .launch import (
     Target,
     describe_models,
     expected_render_for,
+    identified,
     prepare,
     reference_store,
     refuse_unpriced,
     run_ledger,
+    run_target,
     simulator_state_for,
     stage,
     stage_ready,
@@ -65,6 +67,7 @@ __all__ = [
     "expected_render_for",
     "export_dataset",
     "export_records",
+    "identified",
     "list_models",
     "load",
     "plan",
@@ -76,6 +79,7 @@ __all__ = [
     "run_async",
     "run_ledger",
     "run_ready",
+    "run_target",
     "simulator_state_for",
     "stage",
     "stage_ready",
@@ -172,7 +176,7 @@ async def run_async(manifest: Manifest | str | Path, *, ledger: Ledger | str | P
     led = Ledger(ledger) if not isinstance(ledger, Ledger) else ledger
     try:
         dest = to or target()
-        simulated = dest.simulator is not None
+        simulated = dest.simulated
         opts = options or RunOptions.of(out_dir=default_out_dir(m.batch, simulated),
                                         expected_render=expected_render_for(dest, None))
         ready = await anyio.to_thread.run_sync(lambda: prepare(

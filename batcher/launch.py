@@ -1,5 +1,6 @@
 """The steps before a run, in one place for the command line and `api.run_async` alike: where
-requests go (`target`), the run's own webhooks checked, the manifest's models described, its
+requests go (`target`; a simulator served over HTTP known as one: `identified`, so its runs are
+simulated), the run's own webhooks checked, the manifest's models described, its
 --rate values and plan checked, a price required under a budget, the reference store chosen
 (`prepare`), and its jobs staged (`stage_ready`). `start_run` takes them from `batcher run`'s
 settings (RunSettings); the CLI adds only the parsing, printing and exit codes."""
@@ -18,7 +19,7 @@ import anyio
 import httpx
 
 from .client import DEFAULT_BASE, ModelCatalog, PixelDojoClient
-from .errors import MissingKeyError, UsageError
+from .errors import ApiError, MissingKeyError, ServerError, TooSlow, UsageError
 from .ledger import Ledger, display_location, is_database_url
 from .manifest import Manifest, load_manifest
 from .models import check_rates, unpriced, wanted_descriptions
@@ -35,12 +36,20 @@ from .states import JobState
 
 @dataclass
 class Target:
-    """Where requests go: the real API (key and base URL) or a simulator."""
+    """Where requests go: the real API (key and base URL) or a simulator: the in-process one
+    (`simulator`), or one served over HTTP that said what it is when asked (`served_simulator`,
+    see `identified`)."""
 
     api_key: str
     base_url: str
     transport: httpx.AsyncBaseTransport | None = None
     simulator: Simulator | None = None
+    served_simulator: bool = False
+
+    @property
+    def simulated(self) -> bool:
+        """Whether what this target renders is simulated: kept apart from real results."""
+        return self.simulator is not None or self.served_simulator
 
     def close(self) -> None:
         if self.simulator is not None:
@@ -85,6 +94,40 @@ def target(*, simulate: bool | SimConfig | Simulator = False, api_base: str | No
     if not base.startswith(("http://", "https://")):
         raise UsageError(f"--api-base must be an http(s) URL, got {base!r}")
     return Target(key.strip(), base, transport)
+
+
+async def identified(to: Target, attempts: int = 3) -> Target:
+    """`to`, asked (unless it is the in-process simulator) whether the API behind it is batcher's
+    simulator served over HTTP (`batcher simulator`, which marks every answer: SIMULATOR_HEADER):
+    its runs are then simulated, kept apart from real ones as --simulate runs are. One GET of the
+    model list, before anything is staged or spent; any answer tells (a 401 or a 503 too), a
+    connection that fails is tried again (`attempts` in all), and an API that never answers is
+    taken for a real one, whose failures the run then meets as before."""
+    if to.simulator is not None:
+        return to
+    async with PixelDojoClient(to.api_key, to.base_url, transport=to.transport) as client:
+        for _ in range(attempts):
+            try:
+                await client.read("identify", "/api/v1/models")
+                break
+            except ServerError as e:  # no answer, or a 5xx: worth asking again, unless it was too slow
+                if client.served_by_simulator or isinstance(e, TooSlow):
+                    break
+            except ApiError:
+                break
+    return replace(to, served_simulator=client.served_by_simulator)
+
+
+def run_target(settings: RunSettings, ledger_path: str | Path) -> Target:
+    """Where `batcher run` and `retry` send requests, from their settings: the in-process simulator
+    (--simulate, its state kept beside `ledger_path`), else the API at --api-base, `identified`
+    once the options that need no request (the key, the webhooks) are known to be right."""
+    if settings.simulate:
+        sim = SimConfig(render_seconds=settings.sim_render_seconds, fail_rate=settings.sim_fail_rate)
+        return target(simulate=sim, simulator_state=simulator_state_for(ledger_path))
+    to = target(api_base=settings.api_base)
+    webhooks(settings.webhook_listen, settings.webhook_url, to.base_url)
+    return anyio.run(identified, to)
 
 
 def stage(ledger: Ledger, manifest: Manifest, rate_overrides: dict[str, float] | None = None, *,
@@ -173,7 +216,7 @@ class Ready:
 
     @property
     def simulated(self) -> bool:
-        return self.to.simulator is not None
+        return self.to.simulated
 
 
 def prepare(m: Manifest, ledger: Ledger | str | Path, to: Target, options: RunOptions,
@@ -208,15 +251,15 @@ async def _described(m: Manifest, ledger: Ledger | str | Path, to: Target) -> Ma
 
 
 def start_run(m: Manifest, settings: RunSettings, rate_overrides: dict[str, float],
-              store_settings: StoreSettings | None, **services: Any) -> Ready:
-    """`batcher run` and `retry`: where requests go and the run's webhooks from their settings
-    (before any request), its options, then `prepare`. `services`: RunOptions' own (on_warning...)."""
-    sim = SimConfig(render_seconds=settings.sim_render_seconds, fail_rate=settings.sim_fail_rate)
-    to = target(simulate=sim if settings.simulate else False, api_base=settings.api_base,
-                simulator_state=simulator_state_for(settings.ledger_path) if settings.simulate else None)
-    hooks = webhooks(settings.webhook_listen, settings.webhook_url, None if settings.simulate else to.base_url)
+              store_settings: StoreSettings | None, to: Target | None = None, **services: Any) -> Ready:
+    """`batcher run` and `retry`: where requests go (`to`, else `run_target`) and the run's
+    webhooks from their settings (before any other request), its options, then `prepare`. A
+    simulated run's videos go to outputs/simulated/ unless --out is given. `services`: RunOptions'
+    own (on_warning...)."""
+    to = to or run_target(settings, settings.ledger_path)
+    hooks = webhooks(settings.webhook_listen, settings.webhook_url, None if to.simulator is not None else to.base_url)
     store = BucketOutputs(settings.out_dir) if settings.out_dir and is_bucket_address(settings.out_dir) else None
-    out = Path(settings.out_dir) if settings.out_dir and store is None else default_out_dir(m.batch, settings.simulate)
+    out = Path(settings.out_dir) if settings.out_dir and store is None else default_out_dir(m.batch, to.simulated)
     options = settings.run_options(out_dir=out, expected_render=expected_render_for(to, settings.expected_render),
                                    webhooks=hooks, out_store=store, verify_full=settings.verify == "full",
                                    **services)

@@ -10,12 +10,12 @@ from collections.abc import Callable
 from dataclasses import Field, asdict, fields, replace
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin, get_type_hints
 
 import click
 
 from ..errors import ExitCode
-from ..manifest import load_manifest
+from ..manifest import Manifest, load_manifest
 from ..money import json_safe
 from ..run.options import Flag, RunSettings, flag_of
 from . import (
@@ -30,6 +30,10 @@ from . import (
     store_options,
     store_settings,
 )
+
+if TYPE_CHECKING:  # named only: the command line loads no ledger or HTTP client before it runs
+    from ..launch import Ready, Target
+    from ..ledger import Ledger
 
 # --- running ----------------------------------------------------------------------------------
 
@@ -94,6 +98,45 @@ def run_options(command: str) -> Callable[[Any], Any]:
     return decorate
 
 
+def _say(line: str) -> None:
+    """Every line of a run but its summary: on stderr, at once, so that it comes before the summary
+    on stdout even when both streams go into one pipe (progress and logs write to this stream too)."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _ready(m: Manifest, settings: RunSettings) -> tuple[Ready, RunSettings]:
+    """The steps before the run, and the settings it runs with: a simulated run (--simulate, or an
+    API that says it is batcher's simulator served) keeps to the simulated ledger unless --ledger
+    is given on the command line."""
+    from .. import api
+    from ..ledger import display_location
+    rates = parse_rates(settings.rates)
+    # A simulated run keeps to the simulator's store unless the command line names a bucket: the
+    # manifest's is for real runs.
+    explicit = settings.reference_store or not settings.simulate
+    store = store_settings(m, **asdict(settings)) if explicit else None
+    to = api.run_target(settings, ledger_for(settings.ledger_path, settings.simulate))
+    settings = replace(settings, ledger_path=ledger_for(settings.ledger_path, to.simulated))
+    ready = api.start_run(m, settings, rates, store, to, handle_signals=True, on_warning=_say)
+    if to.served_simulator:
+        _say(f"the API at {to.base_url} is batcher's simulator (`batcher simulator`): a simulated run, kept apart "
+             f"in {display_location(settings.ledger_path)} and {ready.options.saving.out_dir}")
+    return ready, settings
+
+
+def _staged(ledger: Ledger, ready: Ready, settings: RunSettings) -> None:
+    """Stage the batch's jobs and say what the run found and what it does with it."""
+    from .. import api
+    from ..views.commands import rerun_line
+    added, known, requeued = api.stage_ready(ledger, ready, settings.requeue)
+    if settings.requeue:
+        _say(f"requeued {requeued} job(s) ({', '.join(settings.requeue)})")
+    _say(f"batch {ready.manifest.batch!r}: {added} new job(s), {known} already in {ledger.display}")
+    if known:
+        _say(rerun_line(ledger.counts(ready.manifest.batch), settings.resubmit_unknown))
+
+
 def _run(manifest: str, settings: RunSettings) -> None:
     import anyio
 
@@ -101,27 +144,17 @@ def _run(manifest: str, settings: RunSettings) -> None:
     from ..views import ProgressPrinter, setup_logging
 
     m = load_manifest(manifest)
-    settings = replace(settings, ledger_path=ledger_for(settings.ledger_path, settings.simulate))
-    rates = parse_rates(settings.rates)
-    # A simulated run keeps to the simulator's store unless the command line names a bucket: the
-    # manifest's is for real runs.
-    explicit = settings.reference_store or not settings.simulate
-    store = store_settings(m, **asdict(settings)) if explicit else None
-    ready = api.start_run(m, settings, rates, store, handle_signals=True,
-                          on_warning=lambda line: click.echo(line, err=True))
+    ready, settings = _ready(m, settings)
     setup_logging(settings.verbose, settings.log_json, None if settings.simulate else ready.to.api_key)
     if settings.no_preflight:
-        click.echo("warning: --no-preflight: reference URLs are not checked; a bad one is found only after "
-                   "its job was submitted", err=True)
+        _say("warning: --no-preflight: reference URLs are not checked; a bad one is found only after its job was "
+             "submitted")
     live = sys.stderr.isatty()
     # Redraw twice a second on a terminal; otherwise a line every 30 s, and no counting in between.
     ready.options.progress_interval = 0.5 if live else 30.0
     printer = ProgressPrinter(sys.stderr, live=live, interval=30.0)
     with api.run_ledger(settings.ledger_path, ready.options) as ledger:
-        added, known, requeued = api.stage_ready(ledger, ready, settings.requeue)
-        if settings.requeue:
-            click.echo(f"requeued {requeued} job(s) ({', '.join(settings.requeue)})", err=True)
-        click.echo(f"batch {m.batch!r}: {added} new job(s), {known} already in {ledger.display}", err=True)
+        _staged(ledger, ready, settings)
         report = anyio.run(lambda: api.run_ready(ledger, ready, on_progress=printer,
                                                  on_force_exit=lambda: os._exit(ExitCode.INTERRUPTED)))
         printer.end()
@@ -129,46 +162,49 @@ def _run(manifest: str, settings: RunSettings) -> None:
         if settings.report_path:
             from ..views import build_report
             build_report(ledger, m.batch, Path(settings.report_path))
-    out = ready.options.saving.out_dir
-    _print_summary(report, out, manifest, settings.ledger_path, settings.simulate, settings.report_path,
-                   settings.as_json)
+    _print_summary(report, ready, manifest, settings)
     sys.exit(report.exit_code)
 
 
-def _retry_command(manifest: str, ledger_path: str, simulate: bool) -> Callable[[str], str]:
-    """The exact command that retries jobs in a state, for this manifest, ledger and mode."""
+def _retry_command(manifest: str, ledger_path: str, to: Target) -> Callable[[str], str]:
+    """The exact command that retries jobs in a state, for this manifest, ledger and API (the
+    in-process simulator, or a served one, whose runs find the simulated ledger themselves)."""
     from ..defaults import SIMULATED_LEDGER
     from ..ledger import display_location
     ledger_given = click.get_current_context().get_parameter_source("ledger_path") in (
-        click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT) and not simulate
+        click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT) and not to.simulated
 
     def command(state: str) -> str:
         words = ["batcher", "retry", f"--{state}", manifest]
-        if ledger_given or (simulate and ledger_path != SIMULATED_LEDGER):
+        if ledger_given or (to.simulated and ledger_path != SIMULATED_LEDGER):
             words += ["--ledger", display_location(ledger_path)]
-        if simulate:
+        if to.simulator is not None:
             words.append("--simulate")
+        elif to.served_simulator:
+            words += ["--api-base", to.base_url]
         return " ".join(shlex.quote(w) for w in words)
     return command
 
 
-def _print_summary(report: Any, out: Path, manifest: str, ledger_path: str, simulate: bool,
-                   report_path: str | None, as_json: bool) -> None:
-    """Progress and logs went to stderr; the summary is the command's result: stdout."""
+def _print_summary(report: Any, ready: Ready, manifest: str, settings: RunSettings) -> None:
+    """Progress and logs went to stderr (flushed first: they come before it in one pipe); the
+    summary is the command's result: stdout."""
     from ..ledger import display_location
     from ..views import summary, summary_json
-    retry_command = _retry_command(manifest, ledger_path, simulate)
-    if as_json:
+    sys.stderr.flush()
+    out = ready.options.saving.out_dir
+    retry_command = _retry_command(manifest, settings.ledger_path, ready.to)
+    if settings.as_json:
         data = summary_json(report, str(out), retry_command)
-        data["ledger"], data["simulated"] = display_location(ledger_path), simulate
-        if report_path:
-            data["report"] = str(Path(report_path).resolve())
+        data["ledger"], data["simulated"] = display_location(settings.ledger_path), ready.simulated
+        if settings.report_path:
+            data["report"] = str(Path(settings.report_path).resolve())
         click.echo(json.dumps(json_safe(data), indent=2, allow_nan=False))
         return
     for line in summary(report, str(out), retry_command):
         click.echo(line)
-    if report_path:
-        click.echo(f"report: {Path(report_path).resolve()}")
+    if settings.report_path:
+        click.echo(f"report: {Path(settings.report_path).resolve()}")
 
 
 @cli.command()

@@ -56,6 +56,8 @@ from .answers import (
 from .transfers import MAX_ANSWER_BYTES, FileSink, VideoSink, raise_for_download, read_capped, save_video
 
 DEFAULT_BASE = "https://pixeldojo.ai"
+# Batcher's simulator marks every answer so ("1"): its runs are simulated, kept apart from real ones.
+SIMULATOR_HEADER = "x-batcher-simulator"
 DEADLINES = Deadlines()  # the defaults
 log = logging.getLogger("batcher.http")
 
@@ -98,17 +100,16 @@ class PixelDojoClient:
         self._secret = secret_pattern(api_key, *also_redact)
         self._key_only = secret_pattern(api_key)
         self.max_retry_after = max_retry_after
+        self.served_by_simulator = False  # an answer carried SIMULATOR_HEADER
         self._http = httpx.AsyncClient(
             transport=transport, timeout=httpx.Timeout(timeout, connect=10.0),
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=50),
             headers={"user-agent": "batcher"}, follow_redirects=False)
-        # The API sets no cookies and we want none kept: skip httpx's per-response cookie parsing,
-        # a measurable cost at hundreds of requests a second.
+        # The API sets no cookies: skip httpx's per-response cookie parsing (costly at hundreds of requests a second).
         if isinstance(getattr(self._http, "_cookies", None), httpx.Cookies):
             self._http._cookies = _NoCookies()
         # Hooks for the pool's rate limiter: called with the request kind ("submit", "poll", ...).
-        self._before = before_request
-        self._after = after_response
+        self._before, self._after = before_request, after_response
 
     def set_hooks(self, before_request: Callable[[str], Awaitable[None]] | None,
                   after_response: Callable[[str, int | None], Awaitable[None]] | None) -> None:
@@ -175,6 +176,7 @@ class PixelDojoClient:
                 request = self._http.build_request(method, url, json=body, headers=self._auth(url))
                 response = await self._http.send(request, stream=True)
                 status = response.status_code
+                self.served_by_simulator |= response.headers.get(SIMULATOR_HEADER) == "1"
                 try:
                     await read_capped(response, MAX_ANSWER_BYTES)
                 finally:

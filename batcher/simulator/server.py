@@ -43,7 +43,7 @@ from .jobs import JobBook
 from .models import ServedModel, model_answer, served_models
 from .references import FetchReference, UploadStore
 from .webhooks import Deliveries
-from .wire import Answer, Dropped, Refused, echo_key, error_answer, json_answer, own_file_answer
+from .wire import Answer, Dropped, Refused, echo_key, error_answer, json_answer, own_file_answer, signed
 
 
 class Simulator(JobBook):
@@ -129,12 +129,13 @@ class Simulator(JobBook):
 
     def handle(self, method: str, url: str, headers: dict[str, str], body: bytes, *,
                fetch: FetchReference | None = None) -> Answer:
-        """Answer one request, or raise Dropped/Refused. `url` is absolute. `fetch` reaches
-        reference hosts when the simulator has no `fetch_reference` of its own (a server's)."""
+        """Answer one request (marked as the simulator's: `signed`), or raise Dropped/Refused. `url`
+        is absolute. `fetch` reaches reference hosts when the simulator has no `fetch_reference`
+        of its own (a server's)."""
         answer = self._answer(method, url, headers, body, self.fetch_reference or fetch)
         if self.config.echo_key_in_errors:
             answer = echo_key(answer, headers.get("authorization", ""))
-        return answer
+        return signed(answer)
 
     def _answer(self, method: str, url: str, headers: dict[str, str], body: bytes,
                 fetch: FetchReference | None) -> Answer:

@@ -12,7 +12,7 @@ import httpx
 
 from .references import FetchReference, fetch_over_http
 from .server import Simulator
-from .wire import Dropped, Refused, json_answer
+from .wire import Dropped, Refused, json_answer, signed
 
 # --- in-process transport -----------------------------------------------------------------------
 
@@ -34,7 +34,8 @@ class SimulatorTransport(httpx.AsyncBaseTransport):
         body = await request.aread()
         headers = {k.lower(): v for k, v in request.headers.items()}
         if request.url.path == "/_sim/record":
-            return httpx.Response(200, json=self.simulator.record(), request=request)
+            record = signed(json_answer(200, self.simulator.record()))
+            return httpx.Response(record.status, headers=record.headers, content=record.body, request=request)
         if request.extensions.get("batcher_reference") and not request.url.path.startswith(OWN_FILES):
             raise httpx.ConnectError(f"[Errno -2] Name or service not known: {request.url.host} "
                                      "(not the simulator's host)", request=request)
@@ -65,7 +66,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length) if length else b""
         if self.path == "/_sim/record":
-            answer = json_answer(200, self.simulator.record())
+            answer = signed(json_answer(200, self.simulator.record()))
         else:
             host = self.headers.get("host") or f"127.0.0.1:{self.server.server_address[1]}"
             headers = {k.lower(): v for k, v in self.headers.items()}

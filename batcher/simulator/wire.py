@@ -1,5 +1,6 @@
-"""What the simulator answers with: an answer, a dropped or refused connection, and the
-helpers that build JSON and error answers (quoting the key, for a hostile API)."""
+"""What the simulator answers with: an answer (every one marked as the simulator's), a dropped or
+refused connection, and the helpers that build JSON and error answers (quoting the key, for a
+hostile API)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
+from ..client.http import SIMULATOR_HEADER
 from .references import UploadStore, own_file, static_file
 
 
@@ -17,6 +19,11 @@ class Answer:
     status: int
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+
+
+def signed(answer: Answer) -> Answer:
+    """`answer` marked as the simulator's (SIMULATOR_HEADER): a client then knows its run is simulated."""
+    return Answer(answer.status, answer.body, {**answer.headers, SIMULATOR_HEADER: "1"})
 
 
 class Dropped(Exception):

@@ -193,6 +193,25 @@ def status_lines(name: str | None, info: dict[str, Any]) -> list[str]:
     return lines
 
 
+def rerun_line(counts: dict[str, int], resubmit_unknown: bool = False) -> str:
+    """What a run does with the jobs it found in the ledger (`counts`: jobs per state): polls the
+    paid ones not finished (never sending them again), downloads the rendered, sends the pending,
+    and holds the rest (unknown, failed, expired, cancelled) until `batcher retry` or `resume`;
+    --resubmit-unknown sends the unknown ones too."""
+    held = {s: counts.get(s, 0) for s in ("unknown", "failed", "expired", "cancelled")}
+    send = counts.get("pending", 0)
+    if resubmit_unknown:
+        send += held.pop("unknown")
+    doing = [f"polls {counts.get('submitted', 0)} paid job(s) not finished (not sent again)",
+             f"downloads {counts.get('rendered', 0)} rendered",
+             f"sends {send} pending" + (" or unknown (--resubmit-unknown)" if resubmit_unknown else "")]
+    if counts.get("submitting"):
+        doing.append(f"settles {counts['submitting']} caught mid-submission (held as unknown if stale)")
+    kept = sum(held.values())
+    doing.append(f"holds {kept}" + (f" ({state_counts(held)})" if kept else ""))
+    return f"this run: {', '.join(doing)}; {counts.get('completed', 0)} already completed"
+
+
 def _control_lines(info: dict[str, Any]) -> list[str]:
     """What the operator asked of the batch's runners, unless it is the usual (running)."""
     control = info.get("control") or "running"
