@@ -1,9 +1,10 @@
-"""Values as people read them in messages: type names, short reprs, credits, durations, times,
-jobs per state."""
+"""Values as people read them in messages (type names, short reprs, credits, durations, times,
+jobs per state), and numbers as an answer from outside may give them."""
 
 from __future__ import annotations
 
 import enum
+import math
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
@@ -95,3 +96,15 @@ def format_seconds(s: float) -> str:
 def iso(epoch: float | None) -> str | None:
     """A wall-clock time as ISO 8601 in UTC, or None."""
     return datetime.fromtimestamp(epoch, timezone.utc).isoformat() if epoch else None
+
+
+def as_number(value: Any) -> float | None:
+    """A JSON number as a finite float, or None (text, true/false, NaN, infinity, or an integer too
+    large for a float: an answer cannot crash us by being absurd)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None

@@ -28,7 +28,7 @@ from ..errors import (
 from ..outputs.media import VideoInfo
 from ..redaction import REDACTED as REDACTED  # re-exported: the word every redaction writes
 from ..redaction import Secrets
-from ..text import type_name
+from ..text import as_number, type_name
 
 DEFAULT_MAX_RETRY_AFTER = 300.0  # seconds: a longer Retry-After is capped to this
 # What a job id may look like before it goes into a path: no slashes, dots-only segments or
@@ -306,18 +306,6 @@ def secret_pattern(key: str, *others: str) -> Secrets | None:
     depth), JSON-escaped (any characters, `\\u` or `\\/`), any case, and the whole `Bearer <key>`
     (or `Bearer%20<key>`) around any of them."""
     return Secrets.of((key, *others))
-
-
-def as_number(value: Any) -> float | None:
-    """A JSON number as a finite float, or None (text, true/false, NaN, infinity, or an integer too
-    large for a float: an answer cannot crash us by being absurd)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
 
 
 def redact_json(value: Any, redact: Callable[[str], str]) -> Any:

@@ -31,6 +31,7 @@ from ..errors import (
     UsageError,
 )
 from ..policy import Deadlines
+from ..text import as_number
 from .answers import (
     DEFAULT_MAX_RETRY_AFTER,
     GARBLED,
@@ -42,7 +43,6 @@ from .answers import (
     ReferenceFetch,
     Submission,
     answer_json,
-    as_number,
     describe,
     is_safe_job_id,
     origin,

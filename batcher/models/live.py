@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from ..text import as_number
 from .schema import manifest_name
 from .tables import MODELS, ROW_WORDS, ModelSpec, Param
 
@@ -110,13 +111,8 @@ MAX_PRICE = 1e6  # credits a second or a job: past this a price is not believed
 def _positive(value: Any) -> float | None:
     """A price the API gave, if it is one: a finite number above 0 and below MAX_PRICE (never
     text, true, NaN, or an integer too large for a float)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) and 0 < number <= MAX_PRICE else None
+    number = as_number(value)
+    return number if number is not None and 0 < number <= MAX_PRICE else None
 
 
 def described(api_id: str, schema: Mapping[str, Any], info: Mapping[str, Any], fetched: str) -> ModelSpec:
