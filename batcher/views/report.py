@@ -188,9 +188,10 @@ def _head(batch: str, cards: _Cards, f: Figures, model: str | None, display: str
                'side)</label>') if len(cards.models) > 1 else ""
     generated = f'<div class="meta">generated {esc(iso(time.time()))} from {esc(display)}</div>'
     if cards.presigned:
+        until = esc(iso(int(time.time() + cards.lifetime)))
         generated += (f'<div class="meta">{cards.presigned} clip(s) play from their output store by presigned URLs '
-                      f'that work until {esc(iso(time.time() + cards.lifetime))} '
-                      f'({esc(format_seconds(cards.lifetime))}; `batcher report --presign` sets it, 7 days at most); '
+                      f'that work until {until} ({esc(_lifetime(cards.lifetime))}; '
+                      '`batcher report --presign` sets it, 7 days at most); '
                       'each URL names the access key id it is signed with</div>')
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -210,6 +211,12 @@ def _head(batch: str, cards: _Cards, f: Figures, model: str | None, display: str
 </div>
 <main id="cards">
 """
+
+
+def _lifetime(seconds: float) -> str:
+    """How long presigned URLs work, as people say it: 7 days, 36h00m."""
+    days = seconds / 86400
+    return f"{days:g} day{'s' if days != 1 else ''}" if days.is_integer() else format_seconds(seconds)
 
 
 def _write_page(tmp: Path, body: Path, cards: _Cards, head: str) -> None:
