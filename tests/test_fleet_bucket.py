@@ -241,3 +241,58 @@ def test_a_runner_killed_mid_upload_leaves_no_object_and_the_rerun_stores_each_c
     assert anyio.run(store.clean, time.time() + 7 * 3600) >= 1
     assert s3.list_multipart_uploads(Bucket=name).get("Uploads", []) == []
     assert len(_objects(s3, name)) == 3
+
+
+# --- `outputs:` in the manifest ---------------------------------------------------------------------
+
+def test_the_manifest_names_the_output_store_and_a_simulated_run_writes_beside_it(bucket, tmp_path, monkeypatch):
+    s3, name = bucket
+    monkeypatch.chdir(tmp_path)
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(small_manifest(n_rows=2).replace("rows:\n", f"outputs: s3://{name}/dataset\nrows:\n", 1))
+    done = CliRunner().invoke(cli, ["run", str(manifest), "--simulate", "--sim-render-seconds", "0.02",
+                                    "--ledger", str(tmp_path / "l.db")])
+    assert done.exit_code == 0, done.output
+    keys = sorted(_objects(s3, name))
+    assert len(keys) == 2 and all(k.startswith("dataset/simulated/") for k in keys), keys
+    assert not (tmp_path / "outputs").exists()
+    # --out overrides it
+    elsewhere = CliRunner().invoke(cli, ["run", str(manifest), "--simulate", "--sim-render-seconds", "0.02",
+                                         "--ledger", str(tmp_path / "l2.db"), "--out", str(tmp_path / "here")])
+    assert elsewhere.exit_code == 0, elsewhere.output
+    assert len(list((tmp_path / "here").glob("*.mp4"))) == 2 and len(_objects(s3, name)) == 2
+
+
+def test_a_real_run_takes_the_manifests_outputs_and_out_overrides_it(bucket, tmp_path):
+    from batcher.launch import output_place
+    from batcher.manifest import load_manifest
+    _, name = bucket
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(small_manifest(n_rows=1).replace("rows:\n", f"outputs: s3://{name}/dataset\nrows:\n", 1))
+    m = load_manifest(manifest)
+    assert m.outputs == f"s3://{name}/dataset"
+    _, store = output_place(m, None, simulated=False)
+    assert store is not None and store.location("a.mp4") == f"s3://{name}/dataset/a.mp4"
+    folder, none = output_place(m, str(tmp_path / "clips"), simulated=False)
+    assert none is None and folder == tmp_path / "clips"
+    _, other = output_place(m, f"s3://{name}/other", simulated=False)
+    assert other is not None and other.location("a.mp4") == f"s3://{name}/other/a.mp4"
+
+
+OUTPUTS_THAT_ARE_NO_STORE = {
+    "./clips": "outputs must be an s3://BUCKET/PREFIX address, not './clips' (a local folder is given with",
+    "5": "outputs must be an s3://BUCKET/PREFIX address, not a number",
+    "s3://Not_A_Bucket/p": "outputs bucket 'Not_A_Bucket' is not a valid bucket name",
+    "s3://bucket/a/../b": "outputs prefix 'a/../b' has an empty, '.' or '..' part",
+}
+
+
+def test_an_outputs_field_that_is_no_store_is_refused_at_its_line_by_validate(tmp_path):
+    """`batcher validate` names the line of each `outputs:` that is no s3:// address, and nothing else."""
+    for n, (value, why) in enumerate(OUTPUTS_THAT_ARE_NO_STORE.items()):
+        manifest = tmp_path / f"m{n}.yaml"
+        manifest.write_text(small_manifest(n_rows=1).replace("rows:\n", f"outputs: {value}\nrows:\n", 1))
+        done = CliRunner().invoke(cli, ["validate", str(manifest)])
+        outputs_line = small_manifest(n_rows=1).splitlines().index("rows:") + 1
+        [said] = done.output.strip().splitlines()
+        assert done.exit_code == 2 and said.startswith(f"{manifest}:{outputs_line}: {why}"), done.output
