@@ -165,8 +165,8 @@ def export(manifest: str | None, ledger_path: str, fmt: str, output: str | None,
            include_failed: bool, link: bool, presign: str | None, model: str | None) -> None:
     """Export jobs with their provenance: JSONL or CSV records, or a VideoFolder dataset.
 
-    Clips in an output store (`run --out s3://...`) are read from the bucket with the environment's
-    credentials (AWS_*), from any host that reaches the ledger and the bucket."""
+    Clips a run wrote to an output store (s3://BUCKET/PREFIX) are read from the bucket with the
+    environment's credentials (AWS_*), from any host that reaches the ledger and the bucket."""
     from ..views import check_model, export_videofolder
     from ..views import export as write_export
     from ..views.exports import presign_lifetime
