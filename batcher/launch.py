@@ -254,17 +254,26 @@ def start_run(m: Manifest, settings: RunSettings, rate_overrides: dict[str, floa
               store_settings: StoreSettings | None, to: Target | None = None, **services: Any) -> Ready:
     """`batcher run` and `retry`: where requests go (`to`, else `run_target`) and the run's
     webhooks from their settings (before any other request), its options, then `prepare`. A
-    simulated run's videos go to outputs/simulated/ unless --out is given. `services`: RunOptions'
+    simulated run's videos go to outputs/simulated/ unless --out is given (`output_place`). `services`: RunOptions'
     own (on_warning...)."""
     to = to or run_target(settings, settings.ledger_path)
     hooks = webhooks(settings.webhook_listen, settings.webhook_url, None if to.simulator is not None else to.base_url)
-    store = BucketOutputs(settings.out_dir) if settings.out_dir and is_bucket_address(settings.out_dir) else None
-    out = Path(settings.out_dir) if settings.out_dir and store is None else default_out_dir(m.batch, to.simulated)
+    out, store = output_place(m, settings.out_dir, to.simulated)
     options = settings.run_options(out_dir=out, expected_render=expected_render_for(to, settings.expected_render),
                                    webhooks=hooks, out_store=store, verify_full=settings.verify == "full",
                                    **services)
     return prepare(m, settings.ledger_path, to, options, rate_overrides, max_jobs=settings.max_jobs,
                    store_settings=store_settings)
+
+
+def output_place(m: Manifest, out_dir: str | Path | None, simulated: bool) -> tuple[Path, BucketOutputs | None]:
+    """Where a run's clips go: `--out` (a folder or s3://BUCKET/PREFIX), else the manifest's
+    `outputs:` store, else the default folder. A simulated run's stand-in clips go to
+    `outputs:`/simulated/ (as to outputs/simulated/ locally), apart from the real dataset."""
+    chosen = out_dir or (f"{str(m.outputs).rstrip('/')}/simulated" if simulated and m.outputs else m.outputs)
+    if chosen and is_bucket_address(chosen):
+        return default_out_dir(m.batch, simulated), BucketOutputs(str(chosen))
+    return (Path(chosen) if chosen else default_out_dir(m.batch, simulated)), None
 
 
 def run_ledger(path: str | Path, options: RunOptions) -> Ledger:

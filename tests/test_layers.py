@@ -20,7 +20,7 @@ WITHIN = {
     "policy": ["renderfit", "safetynet", "budget", "costs", "decisions"],
     "storage": ["s3"],
     "references": ["facts", "local", "store"],
-    "manifest": ["diagnostics", "textfiles", "yamlfile", "template", "rowfields", "rowfiles", "document"],
+    "manifest": ["diagnostics", "textfiles", "yamlfile", "template", "rowfields", "rowfiles", "stores", "document"],
     "plan": ["references", "expansion", "keys", "compiled", "jobs", "staging"],
     "outputs": ["files", "media", "wholeness", "bucket"],
     "ledger": ["rows", "schema", "dialect", "migrations", "store", "jobs", "control", "transitions", "answers",

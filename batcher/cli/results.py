@@ -154,29 +154,58 @@ def _control_of(ledger: Any, name: str) -> dict[str, Any]:
 @click.option("--out", "old_out", type=click.Path(), default=None, hidden=True,
               help="The former spelling of -o for videofolder (says so on stderr when used).")
 @click.option("--include-failed", is_flag=True, help="videofolder: list jobs without a video in not_completed.jsonl.")
+@click.option("--link", is_flag=True,
+              help="videofolder: write no video files; metadata.jsonl names each clip by its location (an s3:// "
+                   "URI of the output store, or a path) and, with --presign, a presigned HTTPS URL.")
+@click.option("--presign", "presign", default=None, metavar="DURATION",
+              help="Give each clip in an output store (s3://) an HTTPS URL that fetches it for DURATION (90m, 1h, "
+                   "7d at most), in `url`. The URL names the access key id it is signed with, never a secret.")
 @model_option
 def export(manifest: str | None, ledger_path: str, fmt: str, output: str | None, old_out: str | None,
-           include_failed: bool, model: str | None) -> None:
-    """Export jobs with their provenance: JSONL or CSV records, or a VideoFolder dataset."""
+           include_failed: bool, link: bool, presign: str | None, model: str | None) -> None:
+    """Export jobs with their provenance: JSONL or CSV records, or a VideoFolder dataset.
+
+    Clips a run wrote to an output store (s3://BUCKET/PREFIX) are read from the bucket with the
+    environment's credentials (AWS_*), from any host that reaches the ledger and the bucket."""
     from ..views import check_model, export_videofolder
     from ..views import export as write_export
+    from ..views.exports import presign_lifetime
     output = _export_output(output, old_out, fmt)
+    if link and fmt != "videofolder":
+        raise click.UsageError("--link is for --format videofolder (records always carry each clip's location)")
+    if presign is not None and fmt == "videofolder" and not link:
+        raise click.UsageError("--presign with --format videofolder needs --link (otherwise the clips are downloaded)")
+    lifetime = presign_lifetime(presign) if presign is not None else None
     batch = _batch_for(manifest)
     with _open_existing(ledger_path, batch) as ledger:
         check_model(ledger, batch, model)
         if fmt == "videofolder":
-            r = export_videofolder(ledger, batch, Path(output), include_failed, model)
-            click.echo(f"{output}: {r.videos} video(s) ({r.linked} linked, {r.copied} copied, {r.unchanged} "
-                       f"already there) and metadata.jsonl; {r.others} job(s) without a video"
-                       + (f"; {len(r.unverified)} skipped: file missing or not matching its sha256"
-                          if r.unverified else ""), err=True)
+            done = export_videofolder(ledger, batch, Path(output), include_failed, model, link, lifetime)
+            _folder_lines(output, done)
             return
         if output == "-":
-            n = write_export(ledger, batch, fmt, sys.stdout, model)
+            n = write_export(ledger, batch, fmt, sys.stdout, model, lifetime)
         else:
             with open(output, "w", encoding="utf-8", newline="") as f:
-                n = write_export(ledger, batch, fmt, f, model)
+                n = write_export(ledger, batch, fmt, f, model, lifetime)
             click.echo(f"wrote {n} record(s) to {output}", err=True)
+
+
+def _folder_lines(output: str, r: Any) -> None:
+    """What a videofolder export did (on stderr), each clip this host could not reach named."""
+    if r.listed:
+        what = f"{r.videos} clip(s) listed by location in metadata.jsonl (no video files written)"
+    else:
+        fetched = f", {r.downloaded} downloaded" if r.downloaded else ""
+        what = (f"{r.videos} video(s) ({r.linked} linked, {r.copied} copied{fetched}, {r.unchanged} already there) "
+                "and metadata.jsonl")
+    click.echo(f"{output}: {what}; {r.others} job(s) without a video"
+               + (f"; {len(r.unverified)} skipped: file missing or not matching its sha256"
+                  if r.unverified else ""), err=True)
+    for line in r.missing[:20]:
+        click.echo(f"  missing: {line}", err=True)
+    if len(r.missing) > 20:
+        click.echo(f"  ... and {len(r.missing) - 20} more", err=True)
 
 
 def _export_output(output: str | None, old_out: str | None, fmt: str) -> str:
@@ -203,10 +232,16 @@ def _export_output(output: str | None, old_out: str | None, fmt: str) -> str:
 @reading_ledger
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="report.html", show_default=True,
               help="The HTML file to write.")
+@click.option("--presign", "presign", default="7d", show_default=True, metavar="DURATION",
+              help="How long the page plays clips in an output store (s3://): it links them by presigned HTTPS "
+                   "URLs, signed now, that work this long (at most 7d) and name the access key id they are signed "
+                   "with, never a secret.")
 @model_option
-def report(manifest: str | None, ledger_path: str, output: str, model: str | None) -> None:
+def report(manifest: str | None, ledger_path: str, output: str, presign: str, model: str | None) -> None:
     """Write a self-contained HTML gallery of a batch: clips, prompts, references, costs, reasons."""
     from ..views import build_report, check_model
+    from ..views.exports import presign_lifetime
+    lifetime = presign_lifetime(presign)
     batch = _batch_for(manifest)
     with _open_existing(ledger_path, batch) as ledger:
         if batch is None:
@@ -215,5 +250,5 @@ def report(manifest: str | None, ledger_path: str, output: str, model: str | Non
                 raise click.UsageError(f"the ledger holds {len(names)} batches; name the MANIFEST")
             batch = names[0]
         check_model(ledger, batch, model)
-        n = build_report(ledger, batch, Path(output), model=model)
+        n = build_report(ledger, batch, Path(output), model=model, presign=lifetime)
     click.echo(f"wrote {output} ({n} job(s))", err=True)

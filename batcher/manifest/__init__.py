@@ -7,6 +7,7 @@
     template    prompt templates
     rowfields   a row before expansion: located values, its fields and their names
     rowfiles    rows from CSV and JSONL files (`from:`)
+    stores      `reference_store:` and `outputs:`, the buckets a manifest names
     document    the manifest's top-level structure: `load_manifest`
 """
 

@@ -1,5 +1,6 @@
 """The manifest's top-level structure: `load_manifest` reads a YAML manifest into a `Manifest`,
-checking its fields (version, batch, model, defaults, reference_sets, rows) one by one.
+checking its fields (version, batch, model, defaults, reference_sets, reference_store, outputs,
+rows) one by one.
 
 Every value keeps the file and line it came from, so each problem is reported as
 `FILE:LINE: message`. This module checks structure (which fields exist, their shapes); the
@@ -16,13 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import Diagnostic, UsageError
+from ..errors import Diagnostic
 from ..models import DEFAULT_MODEL, MODELS, ModelSpec, check_url, get_model
 from ..references import LocalFile, StoreSettings, looks_like_local, resolve_local
 from ..text import lone_surrogate, short, type_name
 from .diagnostics import MAX_DIAGNOSTICS, Diagnostics, suggest
 from .rowfields import FROM_FIELD, ROW_EXTRAS, Located, Row, canonical_field, row_field_names, row_fields
 from .rowfiles import rows_from_file
+from .stores import outputs_of, reference_store_of
 from .textfiles import MAX_FILE_BYTES, read_text
 from .yamlfile import (
     MAX_YAML_VALUES,
@@ -39,8 +41,7 @@ MAX_REPEAT = 10_000
 MAX_BATCH_NAME = 100
 
 _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # an id that is safe in an API path
-TOP_FIELDS = ("version", "batch", "model", "defaults", "reference_sets", "reference_store", "rows")
-STORE_FIELDS = ("url", "endpoint", "public_url", "url_lifetime")
+TOP_FIELDS = ("version", "batch", "model", "defaults", "reference_sets", "reference_store", "outputs", "rows")
 
 __all__ = [
     "BATCH_NAME_RULE", "FROM_FIELD", "MAX_BATCH_NAME", "MAX_DIAGNOSTICS", "MAX_FILE_BYTES",
@@ -68,6 +69,7 @@ class Manifest:
     local_files: dict[str, LocalFile] = field(default_factory=dict)
     set_files: dict[str, LocalFile] = field(default_factory=dict)  # the reference sets' local images
     reference_store: StoreSettings | None = None  # where local images are uploaded (`reference_store:`)
+    outputs: str | None = None  # the output store a run writes clips to (`outputs: s3://BUCKET/PREFIX`)
     # Every model the manifest names (top-level `model:` and rows' own), by API id; those no
     # description was given for, with where they were named (`catalog` fetches them).
     models: dict[str, ModelSpec] = field(default_factory=dict)
@@ -155,13 +157,15 @@ def _check_top(doc: LineDict, path: Path, display: str, diags: Diagnostics, know
     defaults = _defaults(doc, [model, *models.used.values()], display, diags)
     set_files: dict[str, LocalFile] = {}
     sets = _reference_sets(doc, path.parent, display, diags, set_files)
-    store = _reference_store(doc, display, diags)
+    store = reference_store_of(doc, display, diags)
+    outputs = outputs_of(doc, display, diags)
     rows = _rows(doc, path, display, model, diags, row_models)
     if not rows and not models.unknown:  # (rows of models not described yet come back once they are)
         diags.raise_if_any()
     return Manifest(path=path, display=display, batch=batch, model=model, defaults=defaults,
                     reference_sets=sets, rows=rows, problems=list(diags.items), set_files=set_files,
-                    reference_store=store, models={model.api_id: model, **models.used}, unknown_models=models.unknown)
+                    reference_store=store, outputs=outputs, models={model.api_id: model, **models.used},
+                    unknown_models=models.unknown)
 
 
 def _check_version(doc: LineDict, display: str, diags: Diagnostics) -> None:
@@ -239,38 +243,6 @@ class ModelNames:
 def _raw_rows(doc: LineDict) -> list[Any]:
     rows = doc.get("rows")
     return list(rows) if isinstance(rows, list) else []
-
-
-def _reference_store(doc: LineDict, display: str, diags: Diagnostics) -> StoreSettings | None:
-    """`reference_store: s3://bucket/prefix`, or a mapping of url, endpoint, public_url, url_lifetime."""
-    if doc.get("reference_store") is None:
-        return None
-    raw, line = doc["reference_store"], value_line(doc, "reference_store", 1)
-    if isinstance(raw, str):
-        raw = {"url": raw}
-    if not isinstance(raw, dict):
-        diags.add(display, line, f"reference_store must be an s3://BUCKET/PREFIX address or a mapping of "
-                                 f"{', '.join(STORE_FIELDS)}, not {type_name(raw)}")
-        return None
-    for key in raw:
-        if key not in STORE_FIELDS:
-            diags.add(display, key_line(raw, key, line),
-                      f"unknown reference_store field {short(key)}{suggest(key, STORE_FIELDS)}")
-    values = {k: raw.get(k) for k in STORE_FIELDS}
-    for key, value in values.items():
-        numeric = key == "url_lifetime" and isinstance(value, (int, float)) and not isinstance(value, bool)
-        if value is not None and not isinstance(value, str) and not numeric:
-            diags.add(display, value_line(raw, key, line),
-                      f"reference_store {key} must be text, not {type_name(value)}")
-            return None
-    if not isinstance(values["url"], str):
-        diags.add(display, line, "reference_store needs a url: s3://BUCKET/PREFIX")
-        return None
-    try:
-        return StoreSettings.of(values["url"], values["endpoint"], values["public_url"], values["url_lifetime"])
-    except UsageError as e:
-        diags.add(display, line, str(e))
-        return None
 
 
 def _mapping(doc: LineDict, name: str, what: str, display: str, diags: Diagnostics) -> dict[Any, Any]:

@@ -102,16 +102,46 @@ class BucketOutputs:
         await self.bucket.reachable()
         return await self.bucket.clean_partial(STALE_UPLOAD_SECONDS, now)
 
-    def presign(self, location: str, lifetime: float) -> str:
-        """An HTTPS URL that plays the clip for `lifetime` seconds."""
-        name = self.name_of(location)
-        if name is None:
-            raise OutputStoreError(f"{location[:80]} is not a clip of the output store {self.identity}")
-        return self.bucket.presign(name, lifetime)
-
     async def fetch(self, location: str, path: Path) -> None:
         """The clip at `location` copied to the file `path` (for a dataset folder on another host)."""
+        await self.bucket.download(self._ours(location), path)
+
+    def _ours(self, location: str) -> str:
+        """The name of a clip this store holds (OutputStoreError for any other location)."""
         name = self.name_of(location)
         if name is None:
             raise OutputStoreError(f"{location[:80]} is not a clip of the output store {self.identity}")
-        await self.bucket.download(name, path)
+        return name
+
+    def presign(self, location: str, lifetime: float) -> str:
+        """An HTTPS URL that plays the clip for `lifetime` seconds. It names the access key id (as
+        every presigned URL does) but never a secret: a URL that would carry a session token
+        (temporary credentials, AWS_SESSION_TOKEN) is refused, since it would go into files."""
+        url = self.bucket.presign(self._ours(location), lifetime)
+        if "x-amz-security-token=" in url.lower():
+            raise OutputStoreError(f"cannot presign clips of {self.identity} with temporary credentials: the URL "
+                                   "would carry the session token (AWS_SESSION_TOKEN); use long-lived keys, or "
+                                   "export s3:// URIs without presigning")
+        return url
+
+
+class ClipStores:
+    """The output stores a ledger's clips are in, each opened once, from the clips' own locations
+    (`s3://BUCKET/PREFIX/NAME`): an export or a gallery on any host finds them with the
+    environment's credentials and endpoint (AWS_*), as the run did."""
+
+    def __init__(self) -> None:
+        self._stores: dict[str, BucketOutputs] = {}
+
+    def of(self, location: str) -> BucketOutputs:
+        """The output store holding the clip at `location` (an s3:// URI)."""
+        home = location.rsplit("/", 1)[0]
+        if home not in self._stores:
+            self._stores[home] = BucketOutputs(home)
+        return self._stores[home]
+
+    def presign(self, location: str, lifetime: float) -> str:
+        return self.of(location).presign(location, lifetime)
+
+    async def fetch(self, location: str, path: Path) -> None:
+        await self.of(location).fetch(location, path)

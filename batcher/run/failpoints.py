@@ -1,6 +1,7 @@
 """Failpoints for crash tests: BATCHER_FAILPOINT=NAME[:N] kills this process with SIGKILL the Nth
 time the run reaches step NAME (after-intent, after-post, after-accept, after-rendered,
-after-publish), like a power cut at that instant; BATCHER_FAILPOINT_PAUSE=NAME:SECONDS stalls the
+after-publish, mid-upload: a clip's first bytes written into the output store's open upload,
+after-upload), like a power cut at that instant; BATCHER_FAILPOINT_PAUSE=NAME:SECONDS stalls the
 process there every time, so a fault from outside (the chaos tool's ledger outage) can land in the
 window between two steps."""
 
@@ -27,3 +28,9 @@ def failpoint(name: str) -> None:
     _hits[name] = _hits.get(name, 0) + 1
     if _hits[name] >= int(nth or 1):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+if "mid-upload" in (_FAILPOINT + _PAUSE):
+    # The upload is the storage layer's, upstream of the run: it calls this hook mid-way.
+    from ..storage.s3 import Upload
+    Upload.under_way = staticmethod(lambda: failpoint("mid-upload"))

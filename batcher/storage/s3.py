@@ -242,6 +242,10 @@ class Upload:
     """One atomic upload under way: `write` the bytes in order, then `finish` (the object is in
     place, with its sha256 and size) or `abort` (nothing is left). One part is held in memory."""
 
+    # Called once the first bytes are written (the multipart upload is open): where crash tests
+    # stop a process mid-upload (`run.failpoints`, step "mid-upload"); nothing otherwise.
+    under_way: Callable[[], None] = staticmethod(lambda: None)
+
     def __init__(self, bucket: Bucket, name: str, temp: str, upload_id: str, content_type: str):
         self.bucket, self.name, self.temp, self.upload_id = bucket, name, temp, upload_id
         self.content_type = content_type
@@ -252,11 +256,14 @@ class Upload:
         self._failed = f"cannot upload {name} to {bucket.identity}"
 
     async def write(self, chunk: bytes) -> None:
+        first = self.size == 0
         self._digest.update(chunk)
         self.size += len(chunk)
         self._buffer += chunk
         if len(self._buffer) >= PART_SIZE:
             await self._part()
+        if first and chunk:
+            self.under_way()
 
     async def _part(self) -> None:
         b, number, data = self.bucket, len(self._parts) + 1, bytes(self._buffer)

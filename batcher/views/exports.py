@@ -12,10 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ..errors import UsageError
+import anyio
+
+from ..errors import OutputStoreError, UsageError
 from ..ledger import Job, Ledger
 from ..money import json_safe
 from ..outputs import file_sha256
+from ..outputs.bucket import ClipStores, is_bucket_address
+from ..references.local import parse_lifetime
 from ..run.polling import RenderTiming
 from ..text import iso
 
@@ -110,9 +114,10 @@ def csv_cell(value: Any) -> Any:
     return value
 
 
-def write_csv(rows: Iterator[dict[str, Any]], out: IO[str]) -> int:
-    """Records as CSV, one line each; cells through `csv_cell` (JSONL keeps the raw text)."""
-    writer = csv.DictWriter(out, fieldnames=FIELDS + EXTRA_FIELDS, extrasaction="ignore")
+def write_csv(rows: Iterator[dict[str, Any]], out: IO[str], urls: bool = False) -> int:
+    """Records as CSV, one line each; cells through `csv_cell` (JSONL keeps the raw text). `urls`:
+    the records carry presigned URLs (`with_urls`), in a last column."""
+    writer = csv.DictWriter(out, fieldnames=FIELDS + EXTRA_FIELDS + (["url"] if urls else []), extrasaction="ignore")
     writer.writeheader()
     n = 0
     for row in rows:
@@ -124,18 +129,47 @@ def write_csv(rows: Iterator[dict[str, Any]], out: IO[str]) -> int:
     return n
 
 
-def export(ledger: Ledger, batch: str | None, fmt: str, out: IO[str], model: str | None = None) -> int:
+def export(ledger: Ledger, batch: str | None, fmt: str, out: IO[str], model: str | None = None,
+           presign: float | None = None) -> int:
     """Write every job of `batch` (or of the ledger; of `model` only, if given) to `out`; returns
-    the number of records."""
+    the number of records. Each record's `file` is where its clip is (a path, or an s3:// URI);
+    with `presign` (seconds) each also carries `url`, an HTTPS URL of its clip in an output store."""
     rows = records(ledger, batch, model)
+    if presign is not None:
+        rows = with_urls(rows, presign)
     if fmt == "jsonl":
         return write_jsonl(rows, out)
     if fmt == "csv":
-        return write_csv(rows, out)
+        return write_csv(rows, out, urls=presign is not None)
     raise ValueError(fmt)
 
 
+def presign_lifetime(text: str) -> float:
+    """`--presign DURATION` in seconds: a number with s, m, h or d (`90m`, `1h`, `7d`), from a
+    minute to 7 days (the longest a presigned S3 URL lives)."""
+    try:
+        return parse_lifetime(text)
+    except UsageError as e:
+        raise UsageError(str(e).replace("reference URL lifetime", "--presign")) from None
+
+
+def with_urls(rows: Iterator[dict[str, Any]], lifetime: float, stores: ClipStores | None = None
+              ) -> Iterator[dict[str, Any]]:
+    """Records with `url`: an HTTPS URL that fetches the clip for `lifetime` seconds when it is in
+    an output store (signed here, with the environment's credentials; it names their access key
+    id, never a secret), else None."""
+    stores = stores or ClipStores()
+    for row in rows:
+        location = row.get("file")
+        stored = isinstance(location, str) and is_bucket_address(location)
+        yield {**row, "url": stores.presign(str(location), lifetime) if stored else None}
+
+
 # --- dataset folders --------------------------------------------------------------------------
+
+# Clips downloaded from an output store at once by a dataset export (each streamed to its file).
+FETCHES_AT_ONCE = 8
+
 
 @dataclass
 class FolderExport:
@@ -145,6 +179,9 @@ class FolderExport:
     unchanged: int = 0
     unverified: list[str] = field(default_factory=list)
     others: int = 0
+    downloaded: int = 0  # from the output store
+    listed: int = 0  # `link`: named in metadata.jsonl by their location, no file written
+    missing: list[str] = field(default_factory=list)  # "KEY LOCATION: why" of clips this host cannot reach
 
 
 def _place(source: Path, target: Path, sha256: str, result: FolderExport) -> None:
@@ -168,15 +205,55 @@ def _place(source: Path, target: Path, sha256: str, result: FolderExport) -> Non
     os.replace(tmp, target)
 
 
+@dataclass
+class _Clips:
+    """How a dataset export takes its clips: copies (local files placed, stored ones downloaded)
+    or, `link`, their locations only (presigned URLs too when `presign` is a lifetime)."""
+
+    out_dir: Path
+    link: bool
+    presign: float | None
+    stores: ClipStores = field(default_factory=ClipStores)
+    fetches: list[tuple[dict[str, Any], str]] = field(default_factory=list)  # (row, location) to download
+
+
 def export_videofolder(ledger: Ledger, batch: str | None, out_dir: Path, include_failed: bool = False,
-                       model: str | None = None) -> FolderExport:
+                       model: str | None = None, link: bool = False, presign: float | None = None) -> FolderExport:
     """A folder Hugging Face datasets' VideoFolder loads as it is: the videos and metadata.jsonl.
 
-    Only completed clips whose file is present and matches its recorded sha256 go in. Exporting
+    Only completed clips whose file is present and matches its recorded sha256 go in: a local file
+    hard-linked or copied, a clip in an output store downloaded (checked against its sha256). With
+    `link`, no video is written: metadata.jsonl names each clip by its location (`file`: an s3://
+    URI or a path) and, with `presign` (seconds), a presigned HTTPS URL (`url`). A clip whose file
+    is not on this host (recorded by a runner on another) is reported in `missing`. Exporting
     again into the same folder updates it: records are keyed by file name, never duplicated.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     meta_path = out_dir / "metadata.jsonl"
+    existing = _read_metadata(meta_path)
+    result = FolderExport()
+    failed: list[dict[str, Any]] = []
+    how = _Clips(out_dir, link, presign)
+    for record in records(ledger, batch, model):
+        if record["state"] != "completed" or not record["file"]:
+            result.others += 1
+            if include_failed:
+                failed.append(record)
+            continue
+        row = _clip_row(record, how, result)
+        if row is not None:
+            existing[row["file_name"]] = row
+            result.videos += 1
+    if how.fetches:
+        anyio.run(_fetch_all, how, result, existing)
+    _write_jsonl_atomically(meta_path, existing.values())
+    if include_failed:
+        _write_jsonl_atomically(out_dir / "not_completed.jsonl", failed)
+    return result
+
+
+def _read_metadata(meta_path: Path) -> dict[str, dict[str, Any]]:
+    """An earlier export's records by file name (none when there is no folder yet)."""
     existing: dict[str, dict[str, Any]] = {}
     if meta_path.exists():
         for line in meta_path.read_text(encoding="utf-8").splitlines():
@@ -186,27 +263,64 @@ def export_videofolder(ledger: Ledger, batch: str | None, out_dir: Path, include
                     existing[row["file_name"]] = row
                 except (ValueError, KeyError, TypeError):
                     continue
-    result = FolderExport()
-    failed: list[dict[str, Any]] = []
-    for record in records(ledger, batch, model):
-        if record["state"] != "completed" or not record["file"]:
-            result.others += 1
-            if include_failed:
-                failed.append(record)
-            continue
-        source = Path(record["file"])
-        if not source.exists() or file_sha256(source) != record["sha256"]:
-            result.unverified.append(record["id"])
-            continue
-        name = source.name
-        _place(source, out_dir / name, record["sha256"], result)
-        row = {"file_name": name, **{k: v for k, v in record.items() if k != "file"}}
-        existing[name] = row
+    return existing
+
+
+def _clip_row(record: dict[str, Any], how: _Clips, result: FolderExport) -> dict[str, Any] | None:
+    """A completed clip's metadata row once its video is in the folder (or, `link`, once it is
+    known to be reachable); None when it is not (counted in `result`), or while it waits to be
+    downloaded (`how.fetches`)."""
+    location, in_store = str(record["file"]), is_bucket_address(str(record["file"]))
+    row = {"file_name": location.rsplit("/", 1)[-1], **{k: v for k, v in record.items() if k != "file"}}
+    if not in_store and not Path(location).exists():
+        result.unverified.append(record["id"])
+        result.missing.append(f"{record['id']} {location}: not on this host")
+        return None
+    if how.link:
+        url = how.stores.presign(location, how.presign) if in_store and how.presign is not None else None
+        result.listed += 1
+        return {**row, "file": location, **({"url": url} if url else {})}
+    if in_store:
+        how.fetches.append((row, location))
+        return None
+    source = Path(location)
+    if file_sha256(source) != record["sha256"]:
+        result.unverified.append(record["id"])
+        return None
+    _place(source, how.out_dir / row["file_name"], record["sha256"], result)
+    return row
+
+
+async def _fetch_all(how: _Clips, result: FolderExport, rows: dict[str, dict[str, Any]]) -> None:
+    """Download the clips `how.fetches` names into the folder, a few at once; each goes in (its
+    row into `rows`) only once its bytes match its recorded sha256."""
+    limiter = anyio.CapacityLimiter(FETCHES_AT_ONCE)
+
+    async def fetch(row: dict[str, Any], location: str) -> None:
+        target = how.out_dir / row["file_name"]
+        async with limiter:
+            if target.exists() and await anyio.to_thread.run_sync(file_sha256, target) == row["sha256"]:
+                result.unchanged += 1
+            else:
+                tmp = target.with_name(f".{target.name}.tmp")
+                try:
+                    await how.stores.fetch(location, tmp)
+                except OutputStoreError as e:
+                    result.unverified.append(row["id"])
+                    result.missing.append(f"{row['id']} {location}: {e}")
+                    return
+                if await anyio.to_thread.run_sync(file_sha256, tmp) != row["sha256"]:
+                    tmp.unlink(missing_ok=True)
+                    result.unverified.append(row["id"])
+                    return
+                os.replace(tmp, target)
+                result.downloaded += 1
+        rows[row["file_name"]] = row
         result.videos += 1
-    _write_jsonl_atomically(meta_path, existing.values())
-    if include_failed:
-        _write_jsonl_atomically(out_dir / "not_completed.jsonl", failed)
-    return result
+
+    async with anyio.create_task_group() as tasks:
+        for row, location in how.fetches:
+            tasks.start_soon(fetch, row, location)
 
 
 def _write_jsonl_atomically(path: Path, rows: Any) -> None:

@@ -20,9 +20,10 @@ from typing import IO, Any
 
 from ..ledger import Figures, Ledger
 from ..outputs import mismatches, probe
+from ..outputs.bucket import ClipStores, is_bucket_address
 from ..references import is_local_address
 from ..states import JobState
-from ..text import format_credits, iso
+from ..text import format_credits, format_seconds, iso
 from .exports import records
 
 STATE_COLOURS = {"completed": "#1b7f3b", "failed": "#b3261e", "unknown": "#a15c00", "expired": "#6b4fa0",
@@ -124,6 +125,9 @@ SCRIPT = """
 """
 
 
+# How long the gallery's presigned clip URLs work by default: a week, the longest S3 allows.
+PRESIGN_SECONDS = 7 * 86400.0
+
 SIMULATED_BANNER = ('<div class="simulated">SIMULATED: these clips come from batcher\'s built-in simulator '
                     '(--simulate), not from real renders.</div>')
 
@@ -137,10 +141,11 @@ def _credits(value: float | Decimal | None) -> str:
 
 
 def build_report(ledger: Ledger, batch: str, out_path: Path, local_files: Mapping[str, Path] | None = None,
-                 model: str | None = None) -> int:
+                 model: str | None = None, presign: float = PRESIGN_SECONDS) -> int:
     """Write the gallery of `batch` to `out_path`; returns the number of cards. Local references
     are shown from their files (`local_files`, content address -> file; default: where the
-    ledger last found each), with no network. With `model`, only that model's jobs (and figures)."""
+    ledger last found each), with no network. With `model`, only that model's jobs (and figures).
+    Clips in an output store play from presigned URLs that work for `presign` seconds."""
     if local_files is None:
         local_files = {address: Path(image.path) for address, image in ledger.local_images(any_host=True).items()}
     f = ledger.figures(batch, model=model)
@@ -151,7 +156,7 @@ def build_report(ledger: Ledger, batch: str, out_path: Path, local_files: Mappin
     body = out_path.with_name(f".{out_path.name}.cards.tmp")
     try:
         with body.open("w", encoding="utf-8") as cards_out:
-            cards = _Cards(out_path.resolve().parent, local_files or {}, cards_out)
+            cards = _Cards(out_path.resolve().parent, local_files or {}, cards_out, presign)
             for record in records(ledger, batch, model):
                 cards.add(record)
         _write_page(tmp, body, cards, _head(batch, cards, f, model, ledger.display))
@@ -182,6 +187,12 @@ def _head(batch: str, cards: _Cards, f: Figures, model: str | None, display: str
     compare = ('<label><input type="checkbox" id="f-compare"> compare models (the same prompt and seed side by '
                'side)</label>') if len(cards.models) > 1 else ""
     generated = f'<div class="meta">generated {esc(iso(time.time()))} from {esc(display)}</div>'
+    if cards.presigned:
+        until = esc(iso(int(time.time() + cards.lifetime)))
+        generated += (f'<div class="meta">{cards.presigned} clip(s) play from their output store by presigned URLs '
+                      f'that work until {until} ({esc(_lifetime(cards.lifetime))}; '
+                      '`batcher report --presign` sets it, 7 days at most); '
+                      'each URL names the access key id it is signed with</div>')
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width,initial-scale=1">
@@ -202,6 +213,12 @@ def _head(batch: str, cards: _Cards, f: Figures, model: str | None, display: str
 """
 
 
+def _lifetime(seconds: float) -> str:
+    """How long presigned URLs work, as people say it: 7 days, 36h00m."""
+    days = seconds / 86400
+    return f"{days:g} day{'s' if days != 1 else ''}" if days.is_integer() else format_seconds(seconds)
+
+
 def _write_page(tmp: Path, body: Path, cards: _Cards, head: str) -> None:
     """The page: its head, the cards as they were written, the compare view and the script."""
     with tmp.open("w", encoding="utf-8") as out, body.open(encoding="utf-8") as made:
@@ -219,8 +236,9 @@ class _Cards:
     """The gallery's cards, with what the filters and the compare view need: rows, models, and
     the groups of cards with the same prompt (after templating) and seed."""
 
-    def __init__(self, base: Path, local_files: Mapping[str, Path], out: IO[str]):
+    def __init__(self, base: Path, local_files: Mapping[str, Path], out: IO[str], lifetime: float):
         self.base, self.local_files, self.out = base, local_files, out
+        self.lifetime, self.stores, self.presigned = lifetime, ClipStores(), 0
         self.count = 0
         self.rows: dict[str, tuple[str, int]] = {}
         self.models: dict[str, int] = {}
@@ -234,8 +252,18 @@ class _Cards:
         key = (str(record.get("prompt") or ""), json.dumps(record.get("seed")))
         index, models = self.groups.setdefault(key, (len(self.groups), set()))
         models.add(model)
-        self.out.write(_card(record, self.base, self.local_files, f"g{index}"))
+        self.out.write(_card(record, self.base, self.local_files, f"g{index}", self._clip_src(record)))
         self.count += 1
+
+    def _clip_src(self, r: dict[str, Any]) -> str | None:
+        """Where the page plays a completed clip from: its file, by a path relative to the page,
+        or a presigned URL of its object in an output store. None: no clip."""
+        if r["state"] != "completed" or not r["file"]:
+            return None
+        if is_bucket_address(r["file"]):
+            self.presigned += 1
+            return self.stores.presign(r["file"], self.lifetime)
+        return Path(os.path.relpath(r["file"], self.base)).as_posix()
 
     def compare_section(self) -> str:
         """The compare view's frame, hidden until asked for: one group per (prompt, seed), one
@@ -289,16 +317,16 @@ def _reference(ref: str, base: Path, local_files: Mapping[str, Path]) -> str:
     return f'<a href="{esc(src)}" title="{esc(path)}"><img class="local" alt="" src="{esc(src)}">{esc(path.name)}</a>'
 
 
-def _card(r: dict[str, Any], base: Path, local_files: Mapping[str, Path], group: str) -> str:
+def _card(r: dict[str, Any], base: Path, local_files: Mapping[str, Path], group: str, src: str | None) -> str:
     state = r["state"]
     colour = STATE_COLOURS.get(state, "#555")
-    if state == "completed" and r["file"]:
-        src = os.path.relpath(r["file"], base)
+    if src is not None:
         # The #t fragment makes the browser decode and show the first frame at load: the page
         # reads at a glance (and in a screenshot) without a tile of black per clip.
-        media = (f'<video controls muted preload="metadata" src="{esc(Path(src).as_posix())}#t=0.05" '
+        media = (f'<video controls muted preload="metadata" src="{esc(src)}#t=0.05" '
                  f'data-key="{esc(r["id"])}"></video>')
-        facts = _facts(r)
+        facts = _facts(r) if not is_bucket_address(r["file"]) else (
+            f'<div class="facts">in {esc(r["file"])} ({esc(r.get("size"))} bytes)</div>')
     else:
         media, facts = f'<div class="noclip">{esc(state)}</div>', ""
     refs = "".join(_reference(u, base, local_files) for u in r["reference_urls"] or [])
