@@ -31,7 +31,7 @@ WITHIN = {
     "run": ["failpoints", "outcomes", "webhooks", "options", "pacer", "pauses", "threads", "writer",
             "downloads_queue", "pokes", "state", "context", "records", "uploads", "startup", "feeder", "polling",
             "listener", "hooks", "submission", "downloads", "control", "reporting", "runner"],
-    "views": ["commands", "watch", "progress", "exports", "report"],
+    "views": ["commands", "watch", "progress", "exports", "shards", "report"],
     "bench": ["oracle", "breakdown", "whole", "hooks", "shared", "stage", "suite"],
     "cli": ["__init__", "tools", "catalog", "plans", "results", "running", "control", "watch", "reference"],
 }

@@ -142,41 +142,79 @@ def _control_of(ledger: Any, name: str) -> dict[str, Any]:
     return {"control": str(word), "control_at": iso(at)}
 
 
+FOLDER_FORMATS = ("videofolder", "webdataset")
+
+
 @cli.command()
 @click.argument("manifest", required=False, type=click.Path(dir_okay=False))
 @reading_ledger
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "videofolder"]), default="jsonl",
-              show_default=True, help="jsonl or csv records, or a videofolder dataset.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "videofolder", "webdataset", "parquet"]),
+              default="jsonl", show_default=True,
+              help="jsonl or csv records, a videofolder dataset, webdataset tar shards, or a parquet index.")
 @click.option("-o", "--output", type=click.Path(), default=None, metavar="PATH",
-              help="Where the export goes: the file for jsonl and csv (default: standard output, also -), "
-                   "the folder for videofolder.")
+              help="Where the export goes: the file for jsonl, csv and parquet (jsonl and csv default to standard "
+                   "output, also -), the folder for videofolder and webdataset.")
 # The folder's option before -o/--output took folders too; kept so scripts using it still work.
 @click.option("--out", "old_out", type=click.Path(), default=None, hidden=True,
               help="The former spelling of -o for videofolder (says so on stderr when used).")
 @click.option("--include-failed", is_flag=True, help="videofolder: list jobs without a video in not_completed.jsonl.")
+@click.option("--split", "split_spec", default=None, metavar="NAME=SHARE,...",
+              help="Assign each clip to a split by a hash of its key (train=0.9,validation=0.1): a split field, "
+                   "a folder per split (videofolder), shards per split (webdataset).")
+@click.option("--include-rejected", is_flag=True, help="Export the clips `batcher reject` left out, too.")
+@click.option("--shard-size", default="1GB", show_default=True, metavar="SIZE",
+              help="webdataset: the most a shard holds (a larger clip gets a shard of its own).")
 @model_option
 def export(manifest: str | None, ledger_path: str, fmt: str, output: str | None, old_out: str | None,
-           include_failed: bool, model: str | None) -> None:
-    """Export jobs with their provenance: JSONL or CSV records, or a VideoFolder dataset."""
-    from ..views import check_model, export_videofolder
+           include_failed: bool, split_spec: str | None, include_rejected: bool, shard_size: str,
+           model: str | None) -> None:
+    """Export jobs with their provenance and dataset columns: JSONL, CSV or Parquet records, a
+    VideoFolder dataset or WebDataset shards."""
+    from ..views import Selection, check_model, export_videofolder, parse_splits
     from ..views import export as write_export
     output = _export_output(output, old_out, fmt)
+    selection = Selection(model, parse_splits(split_spec) if split_spec else None, include_rejected)
+    shard_bytes = _shard_bytes(shard_size)
     batch = _batch_for(manifest)
     with _open_existing(ledger_path, batch) as ledger:
         check_model(ledger, batch, model)
         if fmt == "videofolder":
-            r = export_videofolder(ledger, batch, Path(output), include_failed, model)
+            r = export_videofolder(ledger, batch, Path(output), include_failed, model, selection)
             click.echo(f"{output}: {r.videos} video(s) ({r.linked} linked, {r.copied} copied, {r.unchanged} "
                        f"already there) and metadata.jsonl; {r.others} job(s) without a video"
-                       + (f"; {len(r.unverified)} skipped: file missing or not matching its sha256"
-                          if r.unverified else ""), err=True)
+                       + _unverified(r.unverified), err=True)
+            return
+        if fmt in ("webdataset", "parquet"):
+            _export_records_file(ledger, batch, fmt, Path(output), selection, shard_bytes)
             return
         if output == "-":
-            n = write_export(ledger, batch, fmt, sys.stdout, model)
+            n = write_export(ledger, batch, fmt, sys.stdout, model, selection)
         else:
             with open(output, "w", encoding="utf-8", newline="") as f:
-                n = write_export(ledger, batch, fmt, f, model)
+                n = write_export(ledger, batch, fmt, f, model, selection)
             click.echo(f"wrote {n} record(s) to {output}", err=True)
+
+
+def _unverified(keys: list[str]) -> str:
+    return f"; {len(keys)} skipped: file missing or not matching its sha256" if keys else ""
+
+
+def _shard_bytes(text: str) -> int:
+    from ..views import parse_size
+    return parse_size(text)
+
+
+def _export_records_file(ledger: Any, batch: str | None, fmt: str, output: Path, selection: Any,
+                         shard_bytes: int) -> None:
+    """webdataset shards into a folder, or the parquet index into a file."""
+    from ..views import export_parquet, export_webdataset
+    if fmt == "parquet":
+        n = export_parquet(ledger, batch, output, selection)
+        click.echo(f"wrote {n} record(s) to {output}", err=True)
+        return
+    r = export_webdataset(ledger, batch, output, selection, shard_bytes)
+    click.echo(f"{output}: {r.videos} clip(s) in {len(r.shards)} new shard(s) ({r.already} already in finished "
+               f"shards); {r.others} job(s) without a video" + _unverified(r.unverified), err=True)
 
 
 def _export_output(output: str | None, old_out: str | None, fmt: str) -> str:
@@ -187,12 +225,14 @@ def _export_output(output: str | None, old_out: str | None, fmt: str) -> str:
             raise click.UsageError("give -o/--output only (--out is its old name)")
         click.echo("batcher: export --out is deprecated: use -o/--output (the same meaning)", err=True)
         output = old_out
-    if fmt == "videofolder":
+    if fmt in FOLDER_FORMATS:
         if output in (None, "-"):
-            raise click.UsageError("--format videofolder needs -o/--output FOLDER")
+            raise click.UsageError(f"--format {fmt} needs -o/--output FOLDER")
         if Path(output).exists() and not Path(output).is_dir():
-            raise click.UsageError(f"-o/--output {output} is a file: --format videofolder writes a folder")
+            raise click.UsageError(f"-o/--output {output} is a file: --format {fmt} writes a folder")
         return output
+    if fmt == "parquet" and output in (None, "-"):
+        raise click.UsageError("--format parquet needs -o/--output FILE")
     if output not in (None, "-") and Path(output).is_dir():
         raise click.UsageError(f"-o/--output {output} is a folder: --format {fmt} writes a file")
     return output or "-"

@@ -23,7 +23,7 @@ from ..outputs import mismatches, probe
 from ..references import is_local_address
 from ..states import JobState
 from ..text import format_credits, iso
-from .exports import records
+from .exports import Selection, records
 
 STATE_COLOURS = {"completed": "#1b7f3b", "failed": "#b3261e", "unknown": "#a15c00", "expired": "#6b4fa0",
                  "pending": "#555", "submitted": "#1f5fa8", "rendered": "#1f5fa8", "submitting": "#a15c00"}
@@ -152,7 +152,8 @@ def build_report(ledger: Ledger, batch: str, out_path: Path, local_files: Mappin
     try:
         with body.open("w", encoding="utf-8") as cards_out:
             cards = _Cards(out_path.resolve().parent, local_files or {}, cards_out)
-            for record in records(ledger, batch, model):
+            # Rejected clips too (marked): the gallery is where they are judged.
+            for record in records(ledger, batch, model, Selection(model, include_rejected=True, facts=False)):
                 cards.add(record)
         _write_page(tmp, body, cards, _head(batch, cards, f, model, ledger.display))
         os.replace(tmp, out_path)
