@@ -13,10 +13,11 @@ from typing import Any, NamedTuple
 
 from ..errors import ManifestError
 from ..manifest import Diagnostics, Manifest
+from ..models import ModelSpec
 from .compiled import FastRow, fast_row
 from .expansion import RowPlan, check_unusable, plan_rows, row_label
 from .jobs import MAX_JOBS, JobSpec, expand_row, row_meta, wire_names_of
-from .keys import derived_seed, key_text, row_data, row_keys, stored_params
+from .keys import auto_seed, derived_seed, job_key, key_text, row_data, row_keys, stored_params
 
 
 class JobRow(NamedTuple):
@@ -37,6 +38,22 @@ def row_of(job: JobSpec) -> JobRow:
     """A job built one by one, as the ledger stores it."""
     return JobRow(job.key, job.row, job.take, job.origin, job.label, stored_params(job.params), job.estimate,
                   job.model, job.data)
+
+
+def new_take(model: ModelSpec, params: dict[str, Any], take: int, new_seed: bool, taken: Callable[[str], bool]
+             ) -> tuple[str, int, str]:
+    """A fresh take of a job's request (`batcher reroll`): the first take after `take` whose key
+    `taken` does not know, with a seed derived for that take when `new_seed` (as `seed: auto`
+    derives one). Returns (key, take, stored parameters)."""
+    while True:
+        take += 1
+        job_params = dict(params)
+        if new_seed:
+            job_params["seed"] = auto_seed(model, model.to_wire({k: v for k, v in params.items() if k != "seed"}),
+                                           take)
+        key = job_key(model, model.to_wire(job_params), take)
+        if not taken(key):
+            return key, take, stored_params(job_params)
 
 
 def job_rows(manifest: Manifest, rate_overrides: dict[str, float] | None = None, *, max_jobs: int = MAX_JOBS,
