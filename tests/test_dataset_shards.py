@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import tarfile
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -186,3 +187,40 @@ def test_shard_sizes():
     assert parse_size("1GB") == 10 ** 9 and parse_size("64MiB") == 64 * 2 ** 20 and parse_size("500") == 500
     with pytest.raises(UsageError):
         parse_size("lots")
+
+
+def test_staged_rows_carry_the_dataset_columns_as_built_one_by_one(write):
+    from batcher.plan import check, iter_jobs, job_rows, row_of
+    write("rows.csv", ROWS + '"é ""q""",{{x}}\n')
+    path = write("m.yaml", MANIFEST.replace("vary: {place: [rain, snow]}", 'vary: {place: [rain, 1, "1", "a\\\\b"]}'))
+    m = load_manifest(path)
+    summary = check(m, keep=True)
+    built = [row_of(job) for job in iter_jobs(m)]
+    assert list(job_rows(m)) == built == list(job_rows(m, compiled=summary.compiled))
+    data = [json.loads(r.data) for r in built]
+    assert {d["vars"]["character"] for d in data if d["vars"]} == {"a fox", "a cat", 'é "q"'}
+    assert [d["vars"]["place"] for d in data if d["vars"].get("character") == "a fox"] == ["rain", 1, "a\\b"]
+    assert all(d["meta"]["source"] == "studio" for d in data)
+
+
+def test_parquet_without_pyarrow_is_one_line(dataset, tmp_path, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    result = CliRunner().invoke(cli, ["export", "--ledger", str(dataset), "--format", "parquet", "-o",
+                                      str(tmp_path / "r.parquet")])
+    assert result.exit_code != 0 and "pip install 'batcher[parquet]'" in result.output
+    assert not (tmp_path / "r.parquet").exists()
+
+
+def test_a_poster_beside_the_clip_goes_in_the_shard(dataset, tmp_path):
+    with Ledger(dataset) as ledger:
+        job = next(j for j in ledger.iter_batch("ds") if j.state == "completed")
+    poster = Path(job.file_path).with_suffix(".jpg")
+    poster.write_bytes(b"\xff\xd8\xff\xe0 a poster")
+    _export(dataset, "--format", "webdataset", "-o", str(tmp_path / "wds"))
+    members = {}
+    for shard in (tmp_path / "wds").glob("*.tar"):
+        with tarfile.open(shard) as tar:
+            members.update({m.name: tar.extractfile(m).read() for m in tar.getmembers()})
+    assert members[f"{job.key}.jpg"] == b"\xff\xd8\xff\xe0 a poster"
+    assert sum(name.endswith(".jpg") for name in members) == 1 and len(members) == 11

@@ -105,7 +105,7 @@ def _row_data(fast: FastRow, plan: RowPlan, meta: dict[str, Any]) -> Callable[[t
     """Each job's `row_data` from its axis texts, made once per distinct value of the row's
     variable axes (its other axes are parameters: they fill no variable)."""
     variables = {k: v.value for k, v in plan.row.variables.items()}
-    axes = [(i, dim.name, dict(zip(fast.text.axes[i], [loc.value for loc in dim.values], strict=True)))
+    axes = [(i, dim.name, _first_values(fast.text.axes[i], [loc.value for loc in dim.values]))
             for i, dim in enumerate(plan.dims) if not dim.is_param]
     made: dict[tuple[str, ...], str] = {}
 
@@ -117,6 +117,15 @@ def _row_data(fast: FastRow, plan: RowPlan, meta: dict[str, Any]) -> Callable[[t
                                            meta)
         return found
     return data
+
+
+def _first_values(texts: list[str], values: list[Any]) -> dict[str, Any]:
+    """Each text of a variable's axis -> the first value written so (1 and "1" fill a prompt
+    alike: its job is the first's, as built one by one, the later a duplicate)."""
+    found: dict[str, Any] = {}
+    for text, value in zip(texts, values, strict=True):
+        found.setdefault(text, value)
+    return found
 
 
 def _compiled(fast: FastRow, plan: RowPlan, seen: set[int], meta: dict[str, Any]) -> Iterator[JobRow]:

@@ -73,10 +73,17 @@ def _write_synced(path: Path, data: bytes | None = None, write: Any = None) -> N
     os.replace(tmp, path)
 
 
-def _member(tar: tarfile.TarFile, name: str, data: bytes, mtime: float) -> None:
+def _member(tar: tarfile.TarFile, name: str, content: Path | bytes) -> None:
+    """One file of a sample, streamed from disk; no times or owners: the same clips make the same shard."""
     info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), int(mtime), 0o644
-    tar.addfile(info, io.BytesIO(data))
+    info.mode = 0o644
+    if isinstance(content, bytes):
+        info.size = len(content)
+        tar.addfile(info, io.BytesIO(content))
+        return
+    with open(content, "rb") as f:
+        info.size = os.fstat(f.fileno()).st_size
+        tar.addfile(info, f)
 
 
 def _sample(record: dict[str, Any], source: Path) -> list[tuple[str, Path | bytes]]:
@@ -95,8 +102,7 @@ def _write_shard(path: Path, samples: list[list[tuple[str, Path | bytes]]]) -> N
         with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for parts in samples:
                 for name, content in parts:
-                    data = content.read_bytes() if isinstance(content, Path) else content
-                    _member(tar, name, data, 0)  # no times: the same clips make the same shard
+                    _member(tar, name, content)
     _write_synced(path, write=write)
 
 
