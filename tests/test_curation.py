@@ -23,8 +23,8 @@ def _exported(ledger_path, *args):
     return [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
 
 
-def test_rejected_clips_leave_exports_with_an_event_and_stay_on_disk(simrun, write, tmp_path):
-    _, _, ledger_path = simrun(write("m.yaml", small_manifest(4)))
+def test_rejected_clips_leave_exports_with_an_event_and_stay_on_disk(simrun, write, tmp_path, ledger_url):
+    _, _, ledger_path = simrun(write("m.yaml", small_manifest(4)), ledger=ledger_url)
     with Ledger(ledger_path) as ledger:
         jobs = list(ledger.iter_batch("small"))
     keys = [j.key for j in jobs]
@@ -54,9 +54,9 @@ def test_unknown_keys_are_refused_and_nothing_is_written(simrun, write):
     assert _cli("reroll", "--ledger", ledger_path).exit_code == 2
 
 
-def test_a_reroll_is_a_new_take_sent_only_by_a_run_under_a_budget(simrun, write):
+def test_a_reroll_is_a_new_take_sent_only_by_a_run_under_a_budget(simrun, write, ledger_url):
     manifest = write("m.yaml", small_manifest(2))
-    _, _, ledger_path = simrun(manifest)
+    _, _, ledger_path = simrun(manifest, ledger=ledger_url)
     with Ledger(ledger_path) as ledger:
         source = next(ledger.iter_batch("small"))
         spent = ledger.figures("small").spend.spent
@@ -72,7 +72,7 @@ def test_a_reroll_is_a_new_take_sent_only_by_a_run_under_a_budget(simrun, write)
         assert new[1].parameters()["seed"] != source.parameters().get("seed")
         assert ledger.figures("small").spend.spent == spent  # queued, not paid
         assert [e.kind for e in ledger.events(source.id)].count("rerolled") == 2
-    report, _, _ = simrun(manifest)  # the run stages the manifest again: the rerolls stay in the batch
+    report, _, _ = simrun(manifest, ledger=ledger_url)  # the run stages the manifest again: the rerolls stay in the batch
     assert report.counts["completed"] == 4
     with Ledger(ledger_path) as ledger:
         done = {j.key: j for j in ledger.iter_batch("small")}
