@@ -72,7 +72,8 @@ def test_a_reroll_is_a_new_take_sent_only_by_a_run_under_a_budget(simrun, write,
         assert new[1].parameters()["seed"] != source.parameters().get("seed")
         assert ledger.figures("small").spend.spent == spent  # queued, not paid
         assert [e.kind for e in ledger.events(source.id)].count("rerolled") == 2
-    report, _, _ = simrun(manifest, ledger=ledger_url)  # the run stages the manifest again: the rerolls stay in the batch
+    # The run stages the manifest again: the rerolls stay in the batch.
+    report, _, _ = simrun(manifest, ledger=ledger_url)
     assert report.counts["completed"] == 4
     with Ledger(ledger_path) as ledger:
         done = {j.key: j for j in ledger.iter_batch("small")}
