@@ -185,4 +185,4 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 # The commands, registered on `cli` as their modules load.
-from . import catalog, control, plans, results, running, tools, watch  # noqa: E402,F401 - import for the commands they define
+from . import catalog, control, curation, plans, results, running, tools, watch  # noqa: E402,F401 - import for the commands they define

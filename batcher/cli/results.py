@@ -58,7 +58,7 @@ def status(manifest: str | None, ledger_path: str, as_json: bool, job_key: str |
     """Show jobs per state, credits spent and held, and videos downloaded."""
     from ..text import iso
     from ..views import history_lines, row_lines, status_lines
-    from ..views.exports import check_model, job_record, render_timing
+    from ..views.record import check_model, job_record, render_timing
     batch = _batch_for(manifest)
     with _open_existing(ledger_path, batch) as ledger:
         check_model(ledger, batch, model)
@@ -142,18 +142,28 @@ def _control_of(ledger: Any, name: str) -> dict[str, Any]:
     return {"control": str(word), "control_at": iso(at)}
 
 
+FOLDER_FORMATS = ("videofolder", "webdataset")
+
+
 @cli.command()
 @click.argument("manifest", required=False, type=click.Path(dir_okay=False))
 @reading_ledger
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "videofolder"]), default="jsonl",
-              show_default=True, help="jsonl or csv records, or a videofolder dataset.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "videofolder", "webdataset", "parquet"]),
+              default="jsonl", show_default=True,
+              help="jsonl or csv records, a videofolder dataset, webdataset tar shards, or a parquet index.")
 @click.option("-o", "--output", type=click.Path(), default=None, metavar="PATH",
-              help="Where the export goes: the file for jsonl and csv (default: standard output, also -), "
-                   "the folder for videofolder.")
+              help="Where the export goes: the file for jsonl, csv and parquet (jsonl and csv default to standard "
+                   "output, also -), the folder for videofolder and webdataset.")
 # The folder's option before -o/--output took folders too; kept so scripts using it still work.
 @click.option("--out", "old_out", type=click.Path(), default=None, hidden=True,
               help="The former spelling of -o for videofolder (says so on stderr when used).")
 @click.option("--include-failed", is_flag=True, help="videofolder: list jobs without a video in not_completed.jsonl.")
+@click.option("--split", "split_spec", default=None, metavar="NAME=SHARE,...",
+              help="Assign each clip to a split by a hash of its key (train=0.9,validation=0.1): a split field, "
+                   "a folder per split (videofolder), shards per split (webdataset).")
+@click.option("--include-rejected", is_flag=True, help="Export the clips `batcher reject` left out, too.")
+@click.option("--shard-size", default="1GB", show_default=True, metavar="SIZE",
+              help="webdataset: the most a shard holds (a larger clip gets a shard of its own).")
 @click.option("--link", is_flag=True,
               help="videofolder: write no video files; metadata.jsonl names each clip by its location (an s3:// "
                    "URI of the output store, or a path) and, with --presign, a presigned HTTPS URL.")
@@ -162,12 +172,14 @@ def _control_of(ledger: Any, name: str) -> dict[str, Any]:
                    "7d at most), in `url`. The URL names the access key id it is signed with, never a secret.")
 @model_option
 def export(manifest: str | None, ledger_path: str, fmt: str, output: str | None, old_out: str | None,
-           include_failed: bool, link: bool, presign: str | None, model: str | None) -> None:
-    """Export jobs with their provenance: JSONL or CSV records, or a VideoFolder dataset.
+           include_failed: bool, split_spec: str | None, include_rejected: bool, shard_size: str, link: bool,
+           presign: str | None, model: str | None) -> None:
+    """Export jobs with their provenance and dataset columns: JSONL, CSV or Parquet records, a
+    VideoFolder dataset or WebDataset shards.
 
     Clips a run wrote to an output store (s3://BUCKET/PREFIX) are read from the bucket with the
     environment's credentials (AWS_*), from any host that reaches the ledger and the bucket."""
-    from ..views import check_model, export_videofolder
+    from ..views import Selection, check_model, export_videofolder, parse_splits
     from ..views import export as write_export
     from ..views.exports import presign_lifetime
     output = _export_output(output, old_out, fmt)
@@ -175,19 +187,26 @@ def export(manifest: str | None, ledger_path: str, fmt: str, output: str | None,
         raise click.UsageError("--link is for --format videofolder (records always carry each clip's location)")
     if presign is not None and fmt == "videofolder" and not link:
         raise click.UsageError("--presign with --format videofolder needs --link (otherwise the clips are downloaded)")
+    if presign is not None and fmt in ("webdataset", "parquet"):
+        raise click.UsageError(f"--presign is for jsonl, csv and videofolder --link, not --format {fmt}")
     lifetime = presign_lifetime(presign) if presign is not None else None
+    selection = Selection(model, parse_splits(split_spec) if split_spec else None, include_rejected)
+    shard_bytes = _shard_bytes(shard_size)
     batch = _batch_for(manifest)
     with _open_existing(ledger_path, batch) as ledger:
         check_model(ledger, batch, model)
         if fmt == "videofolder":
-            done = export_videofolder(ledger, batch, Path(output), include_failed, model, link, lifetime)
-            _folder_lines(output, done)
+            _folder_lines(output, export_videofolder(ledger, batch, Path(output), include_failed, model, selection,
+                                                     link, lifetime))
+            return
+        if fmt in ("webdataset", "parquet"):
+            _export_records_file(ledger, batch, fmt, Path(output), selection, shard_bytes)
             return
         if output == "-":
-            n = write_export(ledger, batch, fmt, sys.stdout, model, lifetime)
+            n = write_export(ledger, batch, fmt, sys.stdout, model, selection, lifetime)
         else:
             with open(output, "w", encoding="utf-8", newline="") as f:
-                n = write_export(ledger, batch, fmt, f, model, lifetime)
+                n = write_export(ledger, batch, fmt, f, model, selection, lifetime)
             click.echo(f"wrote {n} record(s) to {output}", err=True)
 
 
@@ -199,13 +218,33 @@ def _folder_lines(output: str, r: Any) -> None:
         fetched = f", {r.downloaded} downloaded" if r.downloaded else ""
         what = (f"{r.videos} video(s) ({r.linked} linked, {r.copied} copied{fetched}, {r.unchanged} already there) "
                 "and metadata.jsonl")
-    click.echo(f"{output}: {what}; {r.others} job(s) without a video"
-               + (f"; {len(r.unverified)} skipped: file missing or not matching its sha256"
-                  if r.unverified else ""), err=True)
+    click.echo(f"{output}: {what}; {r.others} job(s) without a video" + _unverified(r.unverified), err=True)
     for line in r.missing[:20]:
         click.echo(f"  missing: {line}", err=True)
     if len(r.missing) > 20:
         click.echo(f"  ... and {len(r.missing) - 20} more", err=True)
+
+
+def _unverified(keys: list[str]) -> str:
+    return f"; {len(keys)} skipped: file missing or not matching its sha256" if keys else ""
+
+
+def _shard_bytes(text: str) -> int:
+    from ..views import parse_size
+    return parse_size(text)
+
+
+def _export_records_file(ledger: Any, batch: str | None, fmt: str, output: Path, selection: Any,
+                         shard_bytes: int) -> None:
+    """webdataset shards into a folder, or the parquet index into a file."""
+    from ..views import export_parquet, export_webdataset
+    if fmt == "parquet":
+        n = export_parquet(ledger, batch, output, selection)
+        click.echo(f"wrote {n} record(s) to {output}", err=True)
+        return
+    r = export_webdataset(ledger, batch, output, selection, shard_bytes)
+    click.echo(f"{output}: {r.videos} clip(s) in {len(r.shards)} new shard(s) ({r.already} already in finished "
+               f"shards); {r.others} job(s) without a video" + _unverified(r.unverified), err=True)
 
 
 def _export_output(output: str | None, old_out: str | None, fmt: str) -> str:
@@ -216,12 +255,14 @@ def _export_output(output: str | None, old_out: str | None, fmt: str) -> str:
             raise click.UsageError("give -o/--output only (--out is its old name)")
         click.echo("batcher: export --out is deprecated: use -o/--output (the same meaning)", err=True)
         output = old_out
-    if fmt == "videofolder":
+    if fmt in FOLDER_FORMATS:
         if output in (None, "-"):
-            raise click.UsageError("--format videofolder needs -o/--output FOLDER")
+            raise click.UsageError(f"--format {fmt} needs -o/--output FOLDER")
         if Path(output).exists() and not Path(output).is_dir():
-            raise click.UsageError(f"-o/--output {output} is a file: --format videofolder writes a folder")
+            raise click.UsageError(f"-o/--output {output} is a file: --format {fmt} writes a folder")
         return output
+    if fmt == "parquet" and output in (None, "-"):
+        raise click.UsageError("--format parquet needs -o/--output FILE")
     if output not in (None, "-") and Path(output).is_dir():
         raise click.UsageError(f"-o/--output {output} is a folder: --format {fmt} writes a file")
     return output or "-"

@@ -34,9 +34,9 @@ def _staging_sql(q: str) -> str:
     """One statement adding jobs (a tuple each, `q` the driver's mark); a key already known keeps
     its state, and a job never sent takes today's estimate (a --rate at the real price, say)."""
     return ("INSERT INTO job (batch, key, seq, generation, row, take, origin, label, params, estimate, "
-            f"created_at, updated_at, model, state, attempts, lease_token) VALUES ({', '.join([q] * 13)}, "
+            f"created_at, updated_at, model, row_data, state, attempts, lease_token) VALUES ({', '.join([q] * 14)}, "
             "'pending', 0, 0) ON CONFLICT(batch, key) DO UPDATE SET generation = excluded.generation, "
-            "origin = excluded.origin, label = excluded.label, row = excluded.row, "
+            "origin = excluded.origin, label = excluded.label, row = excluded.row, row_data = excluded.row_data, "
             "estimate = CASE WHEN job.state = 'pending' AND job.attempts = 0 THEN excluded.estimate "
             "ELSE job.estimate END")
 
@@ -101,13 +101,16 @@ class LedgerJobs(LedgerStore):
             cents: dict[Any, int] = {}
             for r in (rows() if callable(rows) else rows):
                 buf.append((batch, r.key, seen, generation, r.row, r.take, r.origin, r.label, r.params,
-                            _estimate_cents(cents, r.estimate), now, now, r.model or model))
+                            _estimate_cents(cents, r.estimate), now, now, r.model or model, r.data or None))
                 seen += 1
                 if len(buf) >= chunk:
                     conn.exec_driver_sql(sql, buf)
                     buf.clear()
             if buf:
                 conn.exec_driver_sql(sql, buf)
+            # A reroll not yet sent is no row of the manifest, yet part of the batch: it stays current.
+            conn.execute(text("UPDATE job SET generation = :g WHERE batch = :b AND reroll_of IS NOT NULL "
+                              "AND state = 'pending'"), {"g": generation, "b": batch})
             added = _count(conn, batch) - before
             return added, seen - added
         return Operation(insert_all)

@@ -209,6 +209,11 @@ MIGRATIONS: list[Migration] = [
     Migration(13, "a completed file's modification time, for quick checks on a rerun", [
         add_column(JobTable, "file_mtime_ns"),
     ]),
+    Migration(14, "a job's dataset columns (template variables, meta); curation: rejected clips and rerolls", [
+        add_column(JobTable, "row_data"),
+        add_column(JobTable, "rejected_at"),
+        add_column(JobTable, "reroll_of"),
+    ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -91,6 +91,9 @@ class Job:
     model: str | None = None  # None on jobs a ledger held before batches could mix models
     api_base: str | None = None  # the API that gave remote_job_id
     file_mtime_ns: int | None = None  # the file's modification time when it was verified (None: hash it)
+    row_data: str | None = None  # JSON: its template variables and its row's `meta:` (None: staged before)
+    rejected_at: float | None = None  # when `batcher reject` left it out of exports
+    reroll_of: str | None = None  # the key of the job it renders again (`batcher reroll`)
 
     @property
     def job_state(self) -> JobState:
@@ -110,6 +113,11 @@ class Job:
     def parameters(self) -> dict[str, Any]:
         params: dict[str, Any] = json.loads(self.params)
         return params
+
+    def dataset_columns(self) -> dict[str, Any]:
+        """Its template variables (`vars`) and its row's `meta:` (`meta`), empty when not staged."""
+        found: dict[str, Any] = json.loads(self.row_data) if self.row_data else {}
+        return {"vars": found.get("vars", {}), "meta": found.get("meta", {})}
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,9 @@ class JobTable(SQLModel, table=True):
     model: str | None = None  # the API id it renders with (a batch may mix models)
     # The API base that gave remote_job_id ('' for ids an older ledger held without one).
     api_base: str | None = None
+    row_data: str | None = None  # JSON: the row's template variables and `meta:`, for exports
+    rejected_at: float | None = Field(default=None, sa_column=_real())  # curated out of exports
+    reroll_of: str | None = None  # a new take of this key's request (`batcher reroll`)
 
 
 class AttemptTable(SQLModel, table=True):

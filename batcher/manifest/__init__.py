@@ -20,7 +20,7 @@ from ..faces import lazy
 if TYPE_CHECKING:
     from .diagnostics import Diagnostics, nearest, suggest
     from .document import MAX_REPEAT, Manifest, is_safe_batch_name, load_manifest, looks_like_local_file
-    from .rowfields import Located, Row, as_list
+    from .rowfields import META_FIELD, Located, Row, as_list
     from .template import Template, compile_template, is_template_value, render, scalar_problem, variables_in
     from .yamlfile import MAX_YAML_VALUES, LineDict, sexagesimal_problem
 
@@ -29,6 +29,7 @@ __getattr__ = lazy(__name__)
 __all__ = [
     "MAX_REPEAT",
     "MAX_YAML_VALUES",
+    "META_FIELD",
     "Diagnostics",
     "LineDict",
     "Located",

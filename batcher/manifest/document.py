@@ -22,7 +22,17 @@ from ..models import DEFAULT_MODEL, MODELS, ModelSpec, check_url, get_model
 from ..references import LocalFile, StoreSettings, looks_like_local, resolve_local
 from ..text import lone_surrogate, short, type_name
 from .diagnostics import MAX_DIAGNOSTICS, Diagnostics, suggest
-from .rowfields import FROM_FIELD, ROW_EXTRAS, Located, Row, canonical_field, row_field_names, row_fields
+from .rowfields import (
+    FROM_FIELD,
+    META_FIELD,
+    ROW_EXTRAS,
+    Located,
+    Row,
+    canonical_field,
+    meta_field,
+    row_field_names,
+    row_fields,
+)
 from .rowfiles import rows_from_file
 from .stores import outputs_of, reference_store_of
 from .textfiles import MAX_FILE_BYTES, read_text
@@ -262,6 +272,11 @@ def _defaults(doc: LineDict, models: list[ModelSpec], display: str, diags: Diagn
     defaults: dict[str, Located] = {}
     raw = _mapping(doc, "defaults", "be a mapping of API parameters", display, diags)
     for key, value in raw.items():
+        if key == META_FIELD:
+            meta = meta_field(raw, display, diags)
+            if meta is not None:
+                defaults[META_FIELD] = meta
+            continue
         p = next((found for m in models if (found := m.param(key)) is not None), None) \
             if isinstance(key, str) else None
         if p is None:

@@ -7,12 +7,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..models import ROW_WORDS, ModelSpec
-from ..text import short
+from ..text import short, type_name
 from .diagnostics import Diagnostics, suggest
 from .yamlfile import LineDict, LineList, key_line, value_line
 
 # Row fields that are not API parameters.
 FROM_FIELD = "from"
+# A free-form mapping a row (or the defaults) carries into every export record of its jobs.
+META_FIELD = "meta"
 ROW_EXTRAS = tuple(w for w in ROW_WORDS if w != FROM_FIELD)
 
 
@@ -70,6 +72,11 @@ def row_fields(raw: LineDict, display: str, model: ModelSpec, diags: Diagnostics
     for key, value in raw.items():
         if allow_from and key == FROM_FIELD:
             continue
+        if key == META_FIELD:
+            meta = meta_field(raw, display, diags)
+            if meta is not None:
+                fields[META_FIELD] = meta
+            continue
         name = canonical_field(model, key)
         if name is None:
             diags.add(display, key_line(raw, key, raw.line), f"unknown row field {short(key)}{suggest(key, valid)}")
@@ -80,6 +87,16 @@ def row_fields(raw: LineDict, display: str, model: ModelSpec, diags: Diagnostics
             continue
         fields[name] = Located(value, display, value_line(raw, key, raw.line))
     return fields
+
+
+def meta_field(raw: dict[Any, Any], display: str, diags: Diagnostics) -> Located | None:
+    """A `meta:` mapping (of a row or the defaults) as a located value; anything else is reported (None)."""
+    value = raw[META_FIELD]
+    line = value_line(raw, META_FIELD, getattr(raw, "line", 1))
+    if not isinstance(value, dict):
+        diags.add(display, line, f"meta must be a mapping of names to values, not {type_name(value)}")
+        return None
+    return Located(value, display, line)
 
 
 def as_list(loc: Located) -> list[Located]:

@@ -16,7 +16,7 @@ from ..faces import lazy
 
 if TYPE_CHECKING:
     from .jobs import MAX_JOBS, JobSpec, PlanSummary, check, expand, iter_jobs, job_key, row_key_texts
-    from .staging import JobRow, job_rows, row_of
+    from .staging import JobRow, job_rows, new_take, row_of
 
 __getattr__ = lazy(__name__)
 
@@ -30,6 +30,7 @@ __all__ = [
     "iter_jobs",
     "job_key",
     "job_rows",
+    "new_take",
     "row_key_texts",
     "row_of",
 ]

@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from ..errors import Diagnostic, ManifestError
-from ..manifest import Diagnostics, Located, Manifest, Template, compile_template
+from ..manifest import META_FIELD, Diagnostics, Located, Manifest, Row, Template, compile_template
 from ..models import ModelSpec
 from ..money import ZERO, estimate_hundredths, from_hundredths
 from .compiled import FastRow, fast_row
@@ -31,7 +31,7 @@ from .expansion import (
     render_checked,
     row_label,
 )
-from .keys import auto_seed, job_key, key_text, row_keys
+from .keys import auto_seed, job_key, key_text, row_data, row_keys
 
 # The default for `max_jobs`: the most jobs a manifest may expand to, counted row by row before
 # any job is built (and before identical requests are merged), so a huge manifest is refused at
@@ -53,6 +53,7 @@ class JobSpec:
     estimate: float
     estimate_is_guess: bool
     model: str = ""  # the API id of the model it renders with (its row's, else the manifest's)
+    data: str = ""  # keys.row_data: its template variables and its row's `meta:`, for exports
 
     def wire(self, model: ModelSpec) -> dict[str, Any]:
         return model.to_wire(self.params)
@@ -150,6 +151,7 @@ def expand_row(plan: RowPlan, manifest: Manifest, diags: Diagnostics, rate_overr
     checked: dict[int, tuple[bool, Any]] = {}  # id(Located) -> outcome; the row keeps them alive
     templates: dict[int, Template] = {}
     label = row_label(row)
+    meta = row_meta(manifest, row)
     combos: Iterable[tuple[Located, ...]] = itertools.product(*[dim.values for dim in dims])
     if not build and outcomes_per_value(plan, model):
         combos = first_uses(dims)  # every problem, in the same order, from far fewer jobs
@@ -184,12 +186,19 @@ def expand_row(plan: RowPlan, manifest: Manifest, diags: Diagnostics, rate_overr
                 # Checked values are shared by the row's jobs; each job gets its own list.
                 params[p.name] = list(value) if isinstance(value, list) else value
         if ok and build:
-            yield from _takes(plan, manifest, params, auto, rate_overrides, wire_names, costs, label)
+            yield from _takes(plan, manifest, params, auto, rate_overrides, wire_names, costs, label,
+                              row_data(variables, meta))
+
+
+def row_meta(manifest: Manifest, row: Row) -> dict[str, Any]:
+    """A row's `meta:` over the defaults' (a row's names win)."""
+    found = [f.value for f in (manifest.defaults.get(META_FIELD), row.fields.get(META_FIELD)) if f is not None]
+    return {k: v for meta in found for k, v in meta.items()}
 
 
 def _takes(plan: RowPlan, manifest: Manifest, params: dict[str, Any], auto: bool,
            rate_overrides: dict[str, float] | None, wire_names: dict[str, str],
-           costs: dict[tuple[Any, ...], tuple[float, bool]], label: str) -> Iterator[JobSpec]:
+           costs: dict[tuple[Any, ...], tuple[float, bool]], label: str, data: str) -> Iterator[JobSpec]:
     """The jobs of one combination of a row's values: one per take."""
     model, row = plan.model, plan.row
     # An estimate depends only on the model, its rate and seconds parameters, never on the seed.
@@ -208,7 +217,7 @@ def _takes(plan: RowPlan, manifest: Manifest, params: dict[str, Any], auto: bool
         yield JobSpec(
             key=job_key(model, job_wire, take), batch=manifest.batch, row=row.index, take=take,
             origin=row.origin, label=label, params=job_params, estimate=cost[0], estimate_is_guess=cost[1],
-            model=model.api_id,
+            model=model.api_id, data=data,
         )
 
 

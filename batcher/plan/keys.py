@@ -55,6 +55,16 @@ def stored_params(params: Mapping[str, Any]) -> str:
     return STORED.encode(params)
 
 
+# A row's dataset columns: its template variables and `meta:` as the ledger stores them (text any
+# YAML value gives: a date is written as its text).
+ROW_DATA = json.JSONEncoder(ensure_ascii=False, default=str)
+
+
+def row_data(variables: Mapping[str, Any], meta: Mapping[str, Any] | None) -> str:
+    """A job's template variables and its row's `meta:` as the ledger stores them (JSON)."""
+    return ROW_DATA.encode({"vars": dict(variables), "meta": dict(meta or {})})
+
+
 def take_suffix(take: int) -> str:
     """What follows a request's text in what its take's key hashes."""
     return f"#take={take}"

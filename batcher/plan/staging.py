@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import itertools
 import operator
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 from ..errors import ManifestError
 from ..manifest import Diagnostics, Manifest
+from ..models import ModelSpec
 from .compiled import FastRow, fast_row
 from .expansion import RowPlan, check_unusable, plan_rows, row_label
-from .jobs import MAX_JOBS, JobSpec, expand_row, wire_names_of
-from .keys import derived_seed, key_text, row_keys, stored_params
+from .jobs import MAX_JOBS, JobSpec, expand_row, row_meta, wire_names_of
+from .keys import auto_seed, derived_seed, job_key, key_text, row_data, row_keys, stored_params
 
 
 class JobRow(NamedTuple):
@@ -30,12 +31,29 @@ class JobRow(NamedTuple):
     params: str  # keys.stored_params: manifest names, every effective value
     estimate: float
     model: str  # the API id of the model it renders with ("" for the manifest's)
+    data: str = ""  # keys.row_data: its template variables and its row's `meta:`
 
 
 def row_of(job: JobSpec) -> JobRow:
     """A job built one by one, as the ledger stores it."""
     return JobRow(job.key, job.row, job.take, job.origin, job.label, stored_params(job.params), job.estimate,
-                  job.model)
+                  job.model, job.data)
+
+
+def new_take(model: ModelSpec, params: dict[str, Any], take: int, new_seed: bool, taken: Callable[[str], bool]
+             ) -> tuple[str, int, str]:
+    """A fresh take of a job's request (`batcher reroll`): the first take after `take` whose key
+    `taken` does not know, with a seed derived for that take when `new_seed` (as `seed: auto`
+    derives one). Returns (key, take, stored parameters)."""
+    while True:
+        take += 1
+        job_params = dict(params)
+        if new_seed:
+            job_params["seed"] = auto_seed(model, model.to_wire({k: v for k, v in params.items() if k != "seed"}),
+                                           take)
+        key = job_key(model, model.to_wire(job_params), take)
+        if not taken(key):
+            return key, take, stored_params(job_params)
 
 
 def job_rows(manifest: Manifest, rate_overrides: dict[str, float] | None = None, *, max_jobs: int = MAX_JOBS,
@@ -52,7 +70,7 @@ def job_rows(manifest: Manifest, rate_overrides: dict[str, float] | None = None,
     # (duplicates kept); the problems of rows that cannot expand go to `diags`.
     for plan, fast in _compiled_rows(manifest, diags, rate_overrides, max_jobs) if compiled is None else compiled:
         if fast is not None:
-            yield from _compiled(fast, plan, seen)
+            yield from _compiled(fast, plan, seen, row_meta(manifest, plan.row))
             continue
         for job in expand_row(plan, manifest, diags, rate_overrides, wire_names_of(plan.model, wires), costs):
             key = int(job.key, 16)
@@ -83,9 +101,37 @@ def _combos(fast: FastRow) -> Iterator[tuple[tuple[str, ...], tuple[str, ...]]]:
         yield tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
 
 
-def _compiled(fast: FastRow, plan: RowPlan, seen: set[int]) -> Iterator[JobRow]:
+def _row_data(fast: FastRow, plan: RowPlan, meta: dict[str, Any]) -> Callable[[tuple[str, ...]], str]:
+    """Each job's `row_data` from its axis texts, made once per distinct value of the row's
+    variable axes (its other axes are parameters: they fill no variable)."""
+    variables = {k: v.value for k, v in plan.row.variables.items()}
+    axes = [(i, dim.name, _first_values(fast.text.axes[i], [loc.value for loc in dim.values]))
+            for i, dim in enumerate(plan.dims) if not dim.is_param]
+    made: dict[tuple[str, ...], str] = {}
+
+    def data(combo: tuple[str, ...]) -> str:
+        texts = tuple(combo[i] for i, _, _ in axes)
+        found = made.get(texts)
+        if found is None:
+            found = made[texts] = row_data({**variables, **{name: values[combo[i]] for i, name, values in axes}},
+                                           meta)
+        return found
+    return data
+
+
+def _first_values(texts: list[str], values: list[Any]) -> dict[str, Any]:
+    """Each text of a variable's axis -> the first value written so (1 and "1" fill a prompt
+    alike: its job is the first's, as built one by one, the later a duplicate)."""
+    found: dict[str, Any] = {}
+    for text, value in zip(texts, values, strict=True):
+        found.setdefault(text, value)
+    return found
+
+
+def _compiled(fast: FastRow, plan: RowPlan, seen: set[int], meta: dict[str, Any]) -> Iterator[JobRow]:
     """A compiled row's distinct jobs (those not in `seen`, which they join), takes innermost;
     their keys as `check` kept them, else hashed now."""
+    data_of = _row_data(fast, plan, meta)
     keys = iter(fast.keys) if fast.keys is not None else (key for key, _ in row_keys(fast.text))
     seedless, stored = fast.text.seedless, fast.text.stored
     row, origin, label, model = plan.row.index, plan.row.origin, row_label(plan.row), plan.model.api_id
@@ -99,6 +145,7 @@ def _compiled(fast: FastRow, plan: RowPlan, seen: set[int]) -> Iterator[JobRow]:
             estimate = estimates[texts] = fast.class_info(texts)[0]
         params = stored.format(*named) if seedless is None else ""
         without = seedless.format(*combo) if seedless is not None else ""
+        data = data_of(combo)
         for take in takes:
             key = next(keys)
             if key is None or key in seen:  # (None: a duplicate, as `check` found)
@@ -106,4 +153,4 @@ def _compiled(fast: FastRow, plan: RowPlan, seen: set[int]) -> Iterator[JobRow]:
             seen.add(key)
             if seedless is not None:
                 params = stored.format(*named, derived_seed(without, take))
-            yield JobRow(key_text(key), row, take, origin, label, params, estimate, model)
+            yield JobRow(key_text(key), row, take, origin, label, params, estimate, model, data)

@@ -1,5 +1,6 @@
-"""Export: one record per job, built in one place, written as JSONL or CSV (every CSV cell a
-spreadsheet would take for a formula neutralised)."""
+"""Exports written: JSONL and CSV records (every CSV cell a spreadsheet would take for a formula
+neutralised; presigned URLs on request), and VideoFolder datasets whose clips come from this host's
+files or from an output store (downloaded, or named by their location)."""
 
 from __future__ import annotations
 
@@ -15,80 +16,12 @@ from typing import IO, Any
 import anyio
 
 from ..errors import OutputStoreError, UsageError
-from ..ledger import Job, Ledger
+from ..ledger import Ledger
 from ..money import json_safe
 from ..outputs import file_sha256
 from ..outputs.bucket import ClipStores, is_bucket_address
 from ..references.local import parse_lifetime
-from ..run.polling import RenderTiming
-from ..text import iso
-
-FIELDS = ["id", "batch", "origin", "prompt", "reference_urls", "duration", "resolution", "aspect_ratio",
-          "negative_prompt", "seed", "state", "remote_job_id", "credit_cost", "output_url", "file", "sha256",
-          "error"]
-EXTRA_FIELDS = ["model", "size", "attempts", "render_seconds", "render_seconds_bounds", "submitted_at",
-                "finished_at", "label", "take", "created_at", "simulated"]
-
-
-def job_record(job: Job, model: str | None = None, simulated: bool = False, timing: RenderTiming | None = None
-               ) -> dict[str, Any]:
-    """A job's provenance: the request, where it came from, what it cost and where its video is.
-
-    The one record builder behind JSONL, CSV, dataset folders and the HTML report. `model` is the
-    job's batch's model: it names the job's model only for a job an older ledger wrote without one
-    (a batch may mix models, so each job says its own). `timing`: what its run found of its
-    render's time (`render_timing`): `render_seconds` is the API's own (None when the API gave no
-    times), `render_seconds_bounds` what the polls saw; never when a poll happened to find it done.
-    """
-    params = job.parameters()
-    return {
-        "id": job.key, "batch": job.batch, "origin": job.origin, "prompt": params.get("prompt"),
-        "reference_urls": params.get("references", []), "duration": params.get("duration"),
-        "resolution": params.get("resolution"), "aspect_ratio": params.get("aspect_ratio"),
-        "negative_prompt": params.get("negative_prompt"), "seed": params.get("seed"), "state": job.state,
-        "remote_job_id": job.remote_job_id, "credit_cost": job.credit_cost, "output_url": job.output_url,
-        "file": job.file_path, "sha256": job.sha256, "error": job.error,
-        "model": job.model or model, "size": job.size, "attempts": job.attempts,
-        "render_seconds": timing.api if timing is not None else None,
-        "render_seconds_bounds": [timing.low, timing.high] if timing is not None else None,
-        "submitted_at": iso(job.submitted_at), "finished_at": iso(job.finished_at), "label": job.label,
-        "take": job.take, "created_at": iso(job.created_at),
-        # Rendered by batcher's built-in simulator: the clip is a stand-in, not a real render.
-        "simulated": simulated,
-        # Every parameter of the request as the manifest names them (a model described by the API
-        # has its own, beyond the columns above); JSONL and dataset metadata carry it, CSV does not.
-        "parameters": params,
-    }
-
-
-def records(ledger: Ledger, batch: str | None, model: str | None = None) -> Iterator[dict[str, Any]]:
-    """Every job's record (of a batch, or of the ledger); only `model`'s jobs when it is given."""
-    batches = {b.name: b for b in ledger.batches()}
-    for job in ledger.iter_batch(batch):
-        info = batches.get(job.batch)
-        simulated = bool(info and info.simulated)
-        record = job_record(job, info.model if info else None, simulated, render_timing(ledger, job))
-        if model is None or record["model"] == model:
-            yield record
-
-
-def render_timing(ledger: Ledger, job: Job) -> RenderTiming | None:
-    """What the run that found a job's render ended kept of its time (in its `rendered` event)."""
-    if job.state not in ("rendered", "completed"):
-        return None
-    found = [e.detail for e in ledger.events(job.id) if e.kind == "rendered"]
-    return RenderTiming.read(found[-1]) if found else None
-
-
-def check_model(ledger: Ledger, batch: str | None, model: str | None) -> None:
-    """Refuse a `--model` no job of the batch (or of the ledger) renders with, naming those that do."""
-    if model is None:
-        return
-    have = ledger.models_of(batch)
-    if model not in have:
-        where = f"batch {batch!r}" if batch else f"the ledger {ledger.display}"
-        raise UsageError(f"--model {model}: no job of {where} renders with it (its models: "
-                         f"{', '.join(have) or 'none'})")
+from .record import EXTRA_FIELDS, FIELDS, Selection, records
 
 
 def write_jsonl(rows: Iterator[dict[str, Any]], out: IO[str]) -> int:
@@ -114,6 +47,15 @@ def csv_cell(value: Any) -> Any:
     return value
 
 
+def _csv_dataset(row: dict[str, Any]) -> dict[str, Any]:
+    """The dataset's columns as CSV cells: variables and meta as JSON text, references by name."""
+    video = row.get("video_info") or {}
+    return {"vars": json.dumps(json_safe(row["vars"]), ensure_ascii=False),
+            "meta": json.dumps(json_safe(row["meta"]), ensure_ascii=False),
+            "references": " ".join(r["name"] or r["sha256"] for r in row["references"]),
+            "video_seconds": video.get("seconds"), "width": video.get("width"), "height": video.get("height")}
+
+
 def write_csv(rows: Iterator[dict[str, Any]], out: IO[str], urls: bool = False) -> int:
     """Records as CSV, one line each; cells through `csv_cell` (JSONL keeps the raw text). `urls`:
     the records carry presigned URLs (`with_urls`), in a last column."""
@@ -124,17 +66,19 @@ def write_csv(rows: Iterator[dict[str, Any]], out: IO[str], urls: bool = False) 
         flat = dict(row)
         flat["reference_urls"] = " ".join(row["reference_urls"] or [])
         flat["render_seconds_bounds"] = " ".join(f"{b:g}" for b in row["render_seconds_bounds"] or [])
+        flat.update(_csv_dataset(row))
         writer.writerow({k: csv_cell(v) for k, v in flat.items()})
         n += 1
     return n
 
 
 def export(ledger: Ledger, batch: str | None, fmt: str, out: IO[str], model: str | None = None,
-           presign: float | None = None) -> int:
-    """Write every job of `batch` (or of the ledger; of `model` only, if given) to `out`; returns
-    the number of records. Each record's `file` is where its clip is (a path, or an s3:// URI);
-    with `presign` (seconds) each also carries `url`, an HTTPS URL of its clip in an output store."""
-    rows = records(ledger, batch, model)
+           selection: Selection | None = None, presign: float | None = None) -> int:
+    """Write every job of `batch` (or of the ledger; of `model` only, if given; as `selection`
+    chooses) to `out`; returns the number of records. Each record's `file` is where its clip is (a
+    path, or an s3:// URI); with `presign` (seconds) each also carries `url`, an HTTPS URL of its
+    clip in an output store."""
+    rows = records(ledger, batch, model, selection)
     if presign is not None:
         rows = with_urls(rows, presign)
     if fmt == "jsonl":
@@ -210,16 +154,18 @@ class _Clips:
     """How a dataset export takes its clips: copies (local files placed, stored ones downloaded)
     or, `link`, their locations only (presigned URLs too when `presign` is a lifetime)."""
 
-    out_dir: Path
     link: bool
     presign: float | None
     stores: ClipStores = field(default_factory=ClipStores)
-    fetches: list[tuple[dict[str, Any], str]] = field(default_factory=list)  # (row, location) to download
+    # (row, location, folder) of the clips to download from an output store
+    fetches: list[tuple[dict[str, Any], str, Path]] = field(default_factory=list)
 
 
 def export_videofolder(ledger: Ledger, batch: str | None, out_dir: Path, include_failed: bool = False,
-                       model: str | None = None, link: bool = False, presign: float | None = None) -> FolderExport:
-    """A folder Hugging Face datasets' VideoFolder loads as it is: the videos and metadata.jsonl.
+                       model: str | None = None, selection: Selection | None = None, link: bool = False,
+                       presign: float | None = None) -> FolderExport:
+    """A folder Hugging Face datasets' VideoFolder loads as it is: the videos and metadata.jsonl
+    (with splits, a folder of them per split, which VideoFolder reads as its splits).
 
     Only completed clips whose file is present and matches its recorded sha256 go in: a local file
     hard-linked or copied, a clip in an output store downloaded (checked against its sha256). With
@@ -229,27 +175,50 @@ def export_videofolder(ledger: Ledger, batch: str | None, out_dir: Path, include
     again into the same folder updates it: records are keyed by file name, never duplicated.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta_path = out_dir / "metadata.jsonl"
-    existing = _read_metadata(meta_path)
+    folders: dict[Path, dict[str, dict[str, Any]]] = {}
+    if selection is None or selection.splits is None:
+        folders[out_dir] = _read_metadata(out_dir / "metadata.jsonl")
     result = FolderExport()
     failed: list[dict[str, Any]] = []
-    how = _Clips(out_dir, link, presign)
-    for record in records(ledger, batch, model):
+    how = _Clips(link, presign)
+    for record in records(ledger, batch, model, selection):
         if record["state"] != "completed" or not record["file"]:
             result.others += 1
             if include_failed:
                 failed.append(record)
             continue
-        row = _clip_row(record, how, result)
+        folder = out_dir / record["split"] if "split" in record else out_dir
+        if folder not in folders:
+            folder.mkdir(exist_ok=True)
+            folders[folder] = _read_metadata(folder / "metadata.jsonl")
+        row = _clip_row(record, folder, how, result)
         if row is not None:
-            existing[row["file_name"]] = row
+            folders[folder][row["file_name"]] = row
             result.videos += 1
     if how.fetches:
-        anyio.run(_fetch_all, how, result, existing)
-    _write_jsonl_atomically(meta_path, existing.values())
+        anyio.run(_fetch_all, how, result, folders)
+    for folder, rows in folders.items():
+        _write_jsonl_atomically(folder / "metadata.jsonl", rows.values())
     if include_failed:
         _write_jsonl_atomically(out_dir / "not_completed.jsonl", failed)
     return result
+
+
+def verified_clips(rows: Iterator[dict[str, Any]], result: FolderExport, failed: list[dict[str, Any]] | None = None
+                   ) -> Iterator[tuple[dict[str, Any], Path]]:
+    """The completed records whose file is present and matches its recorded sha256, with the file;
+    the others counted in `result` (and kept in `failed`, when given)."""
+    for record in rows:
+        if record["state"] != "completed" or not record["file"]:
+            result.others += 1
+            if failed is not None:
+                failed.append(record)
+            continue
+        source = Path(record["file"])
+        if not source.exists() or file_sha256(source) != record["sha256"]:
+            result.unverified.append(record["id"])
+            continue
+        yield record, source
 
 
 def _read_metadata(meta_path: Path) -> dict[str, dict[str, Any]]:
@@ -266,7 +235,7 @@ def _read_metadata(meta_path: Path) -> dict[str, dict[str, Any]]:
     return existing
 
 
-def _clip_row(record: dict[str, Any], how: _Clips, result: FolderExport) -> dict[str, Any] | None:
+def _clip_row(record: dict[str, Any], folder: Path, how: _Clips, result: FolderExport) -> dict[str, Any] | None:
     """A completed clip's metadata row once its video is in the folder (or, `link`, once it is
     known to be reachable); None when it is not (counted in `result`), or while it waits to be
     downloaded (`how.fetches`)."""
@@ -281,23 +250,23 @@ def _clip_row(record: dict[str, Any], how: _Clips, result: FolderExport) -> dict
         result.listed += 1
         return {**row, "file": location, **({"url": url} if url else {})}
     if in_store:
-        how.fetches.append((row, location))
+        how.fetches.append((row, location, folder))
         return None
     source = Path(location)
     if file_sha256(source) != record["sha256"]:
         result.unverified.append(record["id"])
         return None
-    _place(source, how.out_dir / row["file_name"], record["sha256"], result)
+    _place(source, folder / row["file_name"], record["sha256"], result)
     return row
 
 
-async def _fetch_all(how: _Clips, result: FolderExport, rows: dict[str, dict[str, Any]]) -> None:
-    """Download the clips `how.fetches` names into the folder, a few at once; each goes in (its
-    row into `rows`) only once its bytes match its recorded sha256."""
+async def _fetch_all(how: _Clips, result: FolderExport, folders: dict[Path, dict[str, dict[str, Any]]]) -> None:
+    """Download the clips `how.fetches` names into their folders, a few at once; each goes in (its
+    row into its folder's rows) only once its bytes match its recorded sha256."""
     limiter = anyio.CapacityLimiter(FETCHES_AT_ONCE)
 
-    async def fetch(row: dict[str, Any], location: str) -> None:
-        target = how.out_dir / row["file_name"]
+    async def fetch(row: dict[str, Any], location: str, folder: Path) -> None:
+        target = folder / row["file_name"]
         async with limiter:
             if target.exists() and await anyio.to_thread.run_sync(file_sha256, target) == row["sha256"]:
                 result.unchanged += 1
@@ -315,12 +284,12 @@ async def _fetch_all(how: _Clips, result: FolderExport, rows: dict[str, dict[str
                     return
                 os.replace(tmp, target)
                 result.downloaded += 1
-        rows[row["file_name"]] = row
+        folders[folder][row["file_name"]] = row
         result.videos += 1
 
     async with anyio.create_task_group() as tasks:
-        for row, location in how.fetches:
-            tasks.start_soon(fetch, row, location)
+        for row, location, folder in how.fetches:
+            tasks.start_soon(fetch, row, location, folder)
 
 
 def _write_jsonl_atomically(path: Path, rows: Any) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import shlex
 import shutil
 import time
 from collections.abc import Mapping
@@ -24,7 +25,7 @@ from ..outputs.bucket import ClipStores, is_bucket_address
 from ..references import is_local_address
 from ..states import JobState
 from ..text import format_credits, format_seconds, iso
-from .exports import records
+from .record import Selection, records
 
 STATE_COLOURS = {"completed": "#1b7f3b", "failed": "#b3261e", "unknown": "#a15c00", "expired": "#6b4fa0",
                  "pending": "#555", "submitted": "#1f5fa8", "rendered": "#1f5fa8", "submitting": "#a15c00"}
@@ -61,6 +62,8 @@ body.thumbs .refs img.failed{display:none}.refs img.local{display:block}
 .colhead{font-weight:600;background:#e8e8e4;border-radius:4px;padding:2px 8px}
 .none{aspect-ratio:16/9;display:flex;align-items:center;justify-content:center;background:#ddd;color:#444;padding:8px;text-align:center}
 .hidden{display:none}
+.pick{margin-right:4px}.card.rejected{opacity:.55}.rejected-tag{font-size:12px;font-weight:600;color:#8a1c14}
+#command{font:12px monospace;width:28em}
 """
 
 SCRIPT = """
@@ -121,6 +124,23 @@ SCRIPT = """
   });
   showThumbs();
   apply();
+  // curation: the ticked clips' keys in a `batcher reject` or `reroll` command, to copy (no server)
+  var picked=document.getElementById('picked'), command=document.getElementById('command');
+  function ticked(){
+    return [].slice.call(document.querySelectorAll('.pick:checked')).map(function(b){return b.value;});
+  }
+  document.querySelectorAll('.pick').forEach(function(b){
+    b.addEventListener('change',function(){picked.textContent=ticked().length;});
+  });
+  function copy(verb){
+    var keys=ticked(); if(!keys.length){command.value='tick clips first';return;}
+    command.value='batcher '+verb+' '+keys.join(' ')+document.body.dataset.commandTail;
+    command.select();
+    if(navigator.clipboard){navigator.clipboard.writeText(command.value).catch(function(){document.execCommand('copy');});}
+    else{document.execCommand('copy');}
+  }
+  document.getElementById('copy-reject').addEventListener('click',function(){copy('reject');});
+  document.getElementById('copy-reroll').addEventListener('click',function(){copy('reroll');});
 })();
 """
 
@@ -157,7 +177,8 @@ def build_report(ledger: Ledger, batch: str, out_path: Path, local_files: Mappin
     try:
         with body.open("w", encoding="utf-8") as cards_out:
             cards = _Cards(out_path.resolve().parent, local_files or {}, cards_out, presign)
-            for record in records(ledger, batch, model):
+            # Rejected clips too (marked): the gallery is where they are judged.
+            for record in records(ledger, batch, model, Selection(model, include_rejected=True, facts=False)):
                 cards.add(record)
         _write_page(tmp, body, cards, _head(batch, cards, f, model, ledger.display))
         os.replace(tmp, out_path)
@@ -197,7 +218,7 @@ def _head(batch: str, cards: _Cards, f: Figures, model: str | None, display: str
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width,initial-scale=1">
 <title>batcher: {esc(batch)}</title><style>{CSS}</style></head>
-<body>
+<body data-command-tail="{esc(command_tail(batch, display))}">
 <header><h1>{esc(batch)} <small>({esc(models)})</small></h1>
 <div class="figs">{''.join(f'<div><b>{esc(v)}</b>{esc(k)}</div>' for k, v in figures)}</div>
 {SIMULATED_BANNER if info and info.simulated else ''}{generated}
@@ -208,6 +229,7 @@ def _head(batch: str, cards: _Cards, f: Figures, model: str | None, display: str
 <label>model <select id="f-model"><option value="">all</option>{model_options}</select></label>
 {compare}<label><input type="checkbox" id="f-thumbs"> show reference thumbnails (fetches them from the network)</label>
 <span><span id="shown">{cards.count}</span> of {cards.count} shown</span>
+{_curation_bar()}
 </div>
 <main id="cards">
 """
@@ -217,6 +239,19 @@ def _lifetime(seconds: float) -> str:
     """How long presigned URLs work, as people say it: 7 days, 36h00m."""
     days = seconds / 86400
     return f"{days:g} day{'s' if days != 1 else ''}" if days.is_integer() else format_seconds(seconds)
+
+
+def command_tail(batch: str, ledger_display: str) -> str:
+    """What follows the keys in a copied command: the batch, and the ledger when it is a file (a
+    database URL is shown without its password: the reader's BATCHER_LEDGER names it)."""
+    tail = f" --batch {shlex.quote(batch)}"
+    return tail if "://" in ledger_display else f"{tail} --ledger {shlex.quote(ledger_display)}"
+
+
+def _curation_bar() -> str:
+    return ('<span><span id="picked">0</span> ticked <button id="copy-reject">copy reject command</button> '
+            '<button id="copy-reroll">copy reroll command</button> '
+            '<input id="command" readonly aria-label="command to run"></span>')
 
 
 def _write_page(tmp: Path, body: Path, cards: _Cards, head: str) -> None:
@@ -335,9 +370,13 @@ def _card(r: dict[str, Any], base: Path, local_files: Mapping[str, Path], group:
     cost = f", {esc(_credits(r['credit_cost']))} credits" if r.get("credit_cost") is not None else ""
     negative = f'<div class="meta">negative: {esc(r["negative_prompt"])}</div>' if r.get("negative_prompt") else ""
     error = f'<div class="error">{esc(r["error"])}</div>' if r.get("error") else ""
-    return (f'<article class="card" data-state="{esc(state)}" data-row="{esc(r["origin"])}" '
+    rejected = " rejected" if r.get("rejected") else ""
+    tag = '<span class="rejected-tag">rejected</span> ' if rejected else ""
+    return (f'<article class="card{rejected}" data-state="{esc(state)}" data-row="{esc(r["origin"])}" '
             f'data-model="{esc(r.get("model") or "")}" data-group="{esc(group)}">{media}'
-            f'<div class="body"><span class="state" style="background:{colour}">{esc(state)}</span> '
+            f'<div class="body"><input type="checkbox" class="pick" value="{esc(r["id"])}" '
+            f'aria-label="tick {esc(r["id"][:12])}">'
+            f'<span class="state" style="background:{colour}">{esc(state)}</span> {tag}'
             f'<span class="model">{esc(r.get("model") or "")}</span> '
             f'<span class="meta">{esc(r["origin"])} · take {esc(r["take"])} · <code>{esc(r["id"][:12])}</code></span>'
             f'<p class="prompt">{esc(r["prompt"])}</p>{negative}<div class="refs">{refs}</div>'
