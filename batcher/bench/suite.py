@@ -15,6 +15,8 @@
   every webhook delivered and with a share lost (bench.hooks).
 - stage: seconds and peak memory to plan and add a large manifest to the ledger, `status`; `batcher
   run --budget 0` beside `batcher plan --json`, and start-up, whole process (bench.stage).
+- rerun: the start-up of a rerun of 60,000 completed jobs (a small file each), whole process, with
+  the quick check of their files and with `--verify full` (bench.stage).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from ..simulator import SimConfig, Simulator
 from .hooks import bench_webhooks, describe_webhooks
 from .oracle import manifest_text
 from .shared import section as shared_section
+from .stage import rerun_section
 from .stage import section as stage_section
 from .whole import bench_whole, describe
 
@@ -163,6 +166,7 @@ class BenchSettings:
     overhead_jobs: int = 10_000
     stage_jobs: int = 100_000
     run_jobs: int = 104_000  # `batcher run --budget 0` beside `batcher plan --json` (the stage section)
+    rerun_jobs: int = 60_000  # completed jobs in the rerun section
     sim_rpm: float = 1200
     client_rpm: float = 1100
     rate_jobs: int = 400
@@ -245,9 +249,13 @@ def _stage(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
     return stage_section(s.stage_jobs, s.run_jobs)
 
 
+def _rerun(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
+    return rerun_section(s.rerun_jobs)
+
+
 RUNS: dict[str, Section] = {"efficiency": _efficiency, "efficiency-long": _efficiency_long, "inprocess": _inprocess,
                             "ratelimit": _ratelimit, "spare": _spare, "overhead": _overhead, "shared": _shared,
-                            "memory": _memory, "stage": _stage, "webhooks": _webhooks}
+                            "memory": _memory, "stage": _stage, "rerun": _rerun, "webhooks": _webhooks}
 SECTIONS = list(RUNS)
 """Every section, in the order they run (`batcher bench all`)."""
 DEFAULT_SECTIONS = [name for name in SECTIONS if name not in ("efficiency-long", "inprocess")]
