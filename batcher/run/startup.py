@@ -48,9 +48,9 @@ async def prepare_outputs(ctx: RunContext) -> None:
     out = ctx.options.saving.out_dir
     await ctx.threads.run(partial(out.mkdir, parents=True, exist_ok=True))
     ctx.out_abs = out.resolve()
-    await ctx.threads.run(sweep_temp_files, out)
     # A share of the files to each of the run's threads, not a thread hop per file: 60,000 hops
-    # cost seconds where the checks of a quick rerun cost a fraction of one.
+    # cost seconds where the checks of a quick rerun cost a fraction of one. Temporary files
+    # are swept meanwhile (a listing of the folder: no clip's check reads one).
     parts = [completed[i::ctx.threads.size] for i in range(ctx.threads.size)]
     problems: list[list[tuple[int, str, str]]] = [[] for _ in parts]
 
@@ -58,6 +58,7 @@ async def prepare_outputs(ctx: RunContext) -> None:
         problems[i] = await ctx.threads.run(_local_problems, parts[i], full, ctx.ledger.shared)
 
     async with anyio.create_task_group() as tg:
+        tg.start_soon(ctx.threads.run, sweep_temp_files, out)
         for i in range(len(parts)):
             tg.start_soon(check, i)
     for job_id, file_path, why in sorted(p for part in problems for p in part):
