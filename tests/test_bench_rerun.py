@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sqlite3
 
+import pytest
+
 from batcher.bench.stage import RERUN_TARGET, completed_batch, rerun_section
 from batcher.ledger import Ledger
 from batcher.run.startup import _local_problems
@@ -23,7 +25,7 @@ def test_the_rerun_section_times_a_rerun_with_the_quick_and_the_full_check():
 
 def test_the_completed_batch_holds_files_as_a_verified_download_records_them(tmp_path):
     manifest, ledger, out = completed_batch(30, tmp_path)
-    assert manifest.exists() and len(list(out.iterdir())) == 30
+    assert manifest.exists() and len(os.listdir(out)) == 30
     with Ledger(ledger) as led:
         completed = led.completed_files("rerun")
     assert len(completed) == 30 and all(n is not None and h and m for _, _, n, h, m in completed)
@@ -40,3 +42,16 @@ def test_the_completed_batch_holds_files_as_a_verified_download_records_them(tmp
     with sqlite3.connect(ledger) as db:
         assert db.execute("SELECT COUNT(*) FROM job WHERE state != 'completed'").fetchone()[0] == 0
     db.close()
+
+
+def test_the_rerun_section_times_a_bucket_too_and_removes_it(s3_endpoint):
+    boto3 = pytest.importorskip("boto3")
+    figures, lines = rerun_section(20, runs=1, s3_url=s3_endpoint, objects=40)
+    b = figures["bucket"]
+    assert b["jobs"] == 40 and b["quick_seconds"] > 0 and b["full_seconds"] > 0
+    assert len(lines) == 2 and "on 40 objects" in lines[1]
+    assert f"quick check (one listing) {b['quick_seconds']:.2f}s" in lines[1]
+    assert f"--verify full (a HEAD each) {b['full_seconds']:.2f}s" in lines[1]
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="k",
+                      aws_secret_access_key="s")
+    assert not [x for x in s3.list_buckets()["Buckets"] if x["Name"].startswith(f"batcher-bench-{os.getpid()}-")]

@@ -16,7 +16,8 @@
 - stage: seconds and peak memory to plan and add a large manifest to the ledger, `status`; `batcher
   run --budget 0` beside `batcher plan --json`, and start-up, whole process (bench.stage).
 - rerun: the start-up of a rerun of 60,000 completed jobs (a small file each), whole process, with
-  the quick check of their files and with `--verify full` (bench.stage).
+  the quick check of their files and with `--verify full`; with an S3-compatible server (--s3-url),
+  the same on 5,000 objects in a bucket (bench.stage).
 """
 
 from __future__ import annotations
@@ -167,6 +168,8 @@ class BenchSettings:
     stage_jobs: int = 100_000
     run_jobs: int = 104_000  # `batcher run --budget 0` beside `batcher plan --json` (the stage section)
     rerun_jobs: int = 60_000  # completed jobs in the rerun section
+    s3_url: str | None = None  # the rerun section's S3-compatible server, for its run on a bucket (None: not run)
+    rerun_objects: int = 5000  # objects in that run (putting 60,000 into a local test server takes minutes)
     sim_rpm: float = 1200
     client_rpm: float = 1100
     rate_jobs: int = 400
@@ -250,7 +253,7 @@ def _stage(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
 
 
 def _rerun(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
-    return rerun_section(s.rerun_jobs)
+    return rerun_section(s.rerun_jobs, s3_url=s.s3_url, objects=s.rerun_objects)
 
 
 RUNS: dict[str, Section] = {"efficiency": _efficiency, "efficiency-long": _efficiency_long, "inprocess": _inprocess,

@@ -89,6 +89,10 @@ def simulator(host: str, port: int, api_key: str, credit_balance: float, render_
 @click.option("--stage-jobs", default=100_000, show_default=True, help="Jobs planned and added to a ledger.")
 @click.option("--rerun-jobs", default=60_000, show_default=True,
               help="Completed jobs (a small file each) in the rerun section.")
+@click.option("--s3-url", envvar="BATCHER_BENCH_S3", default=None, metavar="URL",
+              help="S3-compatible endpoint for the rerun section's run on a bucket (or set BATCHER_BENCH_S3): a "
+                   "bucket is made and removed; without it that run is left out.")
+@click.option("--rerun-objects", default=5000, show_default=True, help="Objects in the rerun section's bucket run.")
 @click.option("--memory-jobs", default=3000, show_default=True, help="Jobs in the memory run (over loopback).")
 @click.option("--pg-url", envvar="BATCHER_BENCH_PG", default=None, metavar="URL",
               help="PostgreSQL database for the shared section (or set BATCHER_BENCH_PG): "
