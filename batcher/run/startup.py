@@ -48,10 +48,12 @@ async def prepare_outputs(ctx: RunContext) -> None:
     out = ctx.options.saving.out_dir
     await ctx.threads.run(partial(out.mkdir, parents=True, exist_ok=True))
     ctx.out_abs = out.resolve()
-    # A share of the files to each of the run's threads, not a thread hop per file: 60,000 hops
-    # cost seconds where the checks of a quick rerun cost a fraction of one. Temporary files
-    # are swept meanwhile (a listing of the folder: no clip's check reads one).
-    parts = [completed[i::ctx.threads.size] for i in range(ctx.threads.size)]
+    # The files in a few shares, not a thread hop each: 60,000 hops cost seconds where the checks
+    # of a quick rerun cost a fraction of one. Hashing releases the GIL, so a full check shares
+    # them among the run's threads; a quick one is Python between stats, faster in one thread.
+    # Temporary files are swept meanwhile (a listing of the folder: no clip's check reads one).
+    shares = ctx.threads.size if full else 1
+    parts = [completed[i::shares] for i in range(shares)]
     problems: list[list[tuple[int, str, str]]] = [[] for _ in parts]
 
     async def check(i: int) -> None:
