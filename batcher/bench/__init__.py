@@ -5,7 +5,7 @@
     whole       whole-process efficiency beside the oracle
     hooks       webhooks against polling, whole process
     shared      what a shared ledger costs
-    stage       staging a large manifest and the commands around it; start-up
+    stage       staging a large manifest and the commands around it; start-up; a rerun's start-up
     suite       the sections, their settings, and the in-process runs
 """
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from .breakdown import PARTS, Breakdown, clock_offset, describe_side_by_side, idle_slot_seconds
     from .oracle import bench_body, best_schedule, expected, manifest_text, run_oracle
     from .shared import HOW
-    from .stage import RUN_TARGET, STARTUP_TARGET
+    from .stage import RERUN_TARGET, RUN_TARGET, STARTUP_TARGET
     from .suite import DEFAULT_SECTIONS, SECTIONS, BenchSettings, run_all
 
 __getattr__ = lazy(__name__)
@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_SECTIONS",
     "HOW",
     "PARTS",
+    "RERUN_TARGET",
     "RUN_TARGET",
     "SECTIONS",
     "STARTUP_TARGET",

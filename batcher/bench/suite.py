@@ -15,6 +15,9 @@
   every webhook delivered and with a share lost (bench.hooks).
 - stage: seconds and peak memory to plan and add a large manifest to the ledger, `status`; `batcher
   run --budget 0` beside `batcher plan --json`, and start-up, whole process (bench.stage).
+- rerun: the start-up of a rerun of 60,000 completed jobs (a small file each), whole process, with
+  the quick check of their files and with `--verify full`; with an S3-compatible server (--s3-url),
+  the same on 5,000 objects in a bucket (bench.stage).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from ..simulator import SimConfig, Simulator
 from .hooks import bench_webhooks, describe_webhooks
 from .oracle import manifest_text
 from .shared import section as shared_section
+from .stage import rerun_section
 from .stage import section as stage_section
 from .whole import bench_whole, describe
 
@@ -163,6 +167,9 @@ class BenchSettings:
     overhead_jobs: int = 10_000
     stage_jobs: int = 100_000
     run_jobs: int = 104_000  # `batcher run --budget 0` beside `batcher plan --json` (the stage section)
+    rerun_jobs: int = 60_000  # completed jobs in the rerun section
+    s3_url: str | None = None  # the rerun section's S3-compatible server, for its run on a bucket (None: not run)
+    rerun_objects: int = 5000  # objects in that run (putting 60,000 into a local test server takes minutes)
     sim_rpm: float = 1200
     client_rpm: float = 1100
     rate_jobs: int = 400
@@ -245,9 +252,13 @@ def _stage(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
     return stage_section(s.stage_jobs, s.run_jobs)
 
 
+def _rerun(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
+    return rerun_section(s.rerun_jobs, s3_url=s.s3_url, objects=s.rerun_objects)
+
+
 RUNS: dict[str, Section] = {"efficiency": _efficiency, "efficiency-long": _efficiency_long, "inprocess": _inprocess,
                             "ratelimit": _ratelimit, "spare": _spare, "overhead": _overhead, "shared": _shared,
-                            "memory": _memory, "stage": _stage, "webhooks": _webhooks}
+                            "memory": _memory, "stage": _stage, "rerun": _rerun, "webhooks": _webhooks}
 SECTIONS = list(RUNS)
 """Every section, in the order they run (`batcher bench all`)."""
 DEFAULT_SECTIONS = [name for name in SECTIONS if name not in ("efficiency-long", "inprocess")]

@@ -73,7 +73,7 @@ def simulator(host: str, port: int, api_key: str, credit_balance: float, render_
 @cli.command()
 @click.argument("sections", nargs=-1, type=click.Choice(["efficiency", "efficiency-long", "inprocess", "ratelimit",
                                                           "spare", "overhead", "shared", "memory", "stage",
-                                                          "webhooks", "all"]))
+                                                          "rerun", "webhooks", "all"]))
 @click.option("--jobs", default=800, show_default=True, help="Jobs in the efficiency run.")
 @click.option("--concurrency", default=40, show_default=True, help="Jobs in flight.")
 @click.option("--render", default=1.0, show_default=True, help="Mean simulated render seconds.")
@@ -87,6 +87,12 @@ def simulator(host: str, port: int, api_key: str, credit_balance: float, render_
 @click.option("--rpm", "client_rpm", default=1100.0, show_default=True, help="batcher's --rpm in that run.")
 @click.option("--overhead-jobs", default=10_000, show_default=True, help="Jobs in the zero-render run.")
 @click.option("--stage-jobs", default=100_000, show_default=True, help="Jobs planned and added to a ledger.")
+@click.option("--rerun-jobs", default=60_000, show_default=True,
+              help="Completed jobs (a small file each) in the rerun section.")
+@click.option("--s3-url", envvar="BATCHER_BENCH_S3", default=None, metavar="URL",
+              help="S3-compatible endpoint for the rerun section's run on a bucket (or set BATCHER_BENCH_S3): a "
+                   "bucket is made and removed; without it that run is left out.")
+@click.option("--rerun-objects", default=5000, show_default=True, help="Objects in the rerun section's bucket run.")
 @click.option("--memory-jobs", default=3000, show_default=True, help="Jobs in the memory run (over loopback).")
 @click.option("--pg-url", envvar="BATCHER_BENCH_PG", default=None, metavar="URL",
               help="PostgreSQL database for the shared section (or set BATCHER_BENCH_PG): "

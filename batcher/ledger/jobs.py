@@ -19,6 +19,8 @@ from .rows import Attempt, Batch, Event, Job, R, from_mapping
 from .store import LedgerStore, Operation
 
 Request = tuple[int, int, str, str, str, str | None]  # seq, id, state, origin, params JSON, model
+# job id, file path or s3:// URI, size, sha256, the file's modification time (ns) when it was verified
+CompletedFile = tuple[int, str, int | None, str | None, int | None]
 
 
 def _page(columns: str, states: Iterable[JobState], generation: int | None) -> str:
@@ -220,13 +222,14 @@ class LedgerJobs(LedgerStore):
                 return
             last = chunk[-1].id
 
-    def completed_files(self, batch: str) -> list[tuple[int, str, int | None, str | None, int | None]]:
+    def completed_files(self, batch: str) -> list[CompletedFile]:
         """(job id, file path or s3:// URI, size, sha256, the file's modification time in ns when it
-        was verified) of a batch's completed jobs."""
+        was verified) of a batch's completed jobs: straight from the driver, as tuples (a rerun of
+        a large batch reads every one of them before it starts)."""
+        sql = self.sql.driver_sql("SELECT id, file_path, size, sha256, file_mtime_ns FROM job WHERE batch = :b "
+                                  "AND state = 'completed' AND file_path IS NOT NULL")
         with self.engine.connect() as conn:
-            return [(i, f, n, h, m) for i, f, n, h, m in conn.execute(text(
-                "SELECT id, file_path, size, sha256, file_mtime_ns FROM job WHERE batch = :b "
-                "AND state = 'completed' AND file_path IS NOT NULL"), {"b": batch})]
+            return cast(list[CompletedFile], [tuple(row) for row in conn.exec_driver_sql(sql, {"b": batch})])
 
     def events(self, job_id: int) -> list[Event]:
         return self._rows(Event, "SELECT * FROM event WHERE job_id = :j ORDER BY id", {"j": job_id})

@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from ..client.preflight import preflight, references_of
 from ..errors import AuthError, BatcherError, PreflightFailed, SchemaMismatch
-from ..ledger.jobs import Request
+from ..ledger.jobs import CompletedFile, Request
 from ..models import ModelSpec, check_against
 from ..outputs import matches, sweep_temp_files
 from ..outputs.bucket import is_bucket_address
@@ -45,28 +48,51 @@ async def prepare_outputs(ctx: RunContext) -> None:
     out = ctx.options.saving.out_dir
     await ctx.threads.run(partial(out.mkdir, parents=True, exist_ok=True))
     ctx.out_abs = out.resolve()
-    await ctx.threads.run(sweep_temp_files, out)
-    for job_id, file_path, size, sha256, mtime_ns in completed:
-        if is_bucket_address(file_path):
-            continue  # a clip kept in a bucket by an earlier --out s3://...: left where it is
-        why = await ctx.threads.run(_file_problem, Path(file_path), size, sha256, None if full else mtime_ns)
-        if why is None or (why == "is gone" and ctx.ledger.shared):
-            continue  # (on a shared ledger, other runners' files live on their own hosts)
+    # The files in a few shares, not a thread hop each: 60,000 hops cost seconds where the checks
+    # of a quick rerun cost a fraction of one. Hashing releases the GIL, so a full check shares
+    # them among the run's threads; a quick one is Python between stats, faster in one thread.
+    # Temporary files are swept meanwhile (a listing of the folder: no clip's check reads one).
+    shares = ctx.threads.size if full else 1
+    parts = [completed[i::shares] for i in range(shares)]
+    problems: list[list[tuple[int, str, str]]] = [[] for _ in parts]
+
+    async def check(i: int) -> None:
+        problems[i] = await ctx.threads.run(_local_problems, parts[i], full, ctx.ledger.shared)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ctx.threads.run, sweep_temp_files, out)
+        for i in range(len(parts)):
+            tg.start_soon(check, i)
+    for job_id, file_path, why in sorted(p for part in problems for p in part):
         await _download_again(ctx, job_id, file_path, why)
 
 
-def _file_problem(path: Path, size: int | None, sha256: str | None, mtime_ns: int | None) -> str | None:
+def _local_problems(completed: list[CompletedFile], full: bool, shared: bool) -> list[tuple[int, str, str]]:
+    """(job id, file path, why) of each completed clip whose file no longer holds it. A clip kept
+    in a bucket by an earlier --out s3://... is left where it is; on a shared ledger, so is a file
+    this host lacks (other runners' files live on their own hosts)."""
+    problems = []
+    for job_id, file_path, size, sha256, mtime_ns in completed:
+        if is_bucket_address(file_path):
+            continue
+        why = _file_problem(file_path, size, sha256, None if full else mtime_ns)
+        if why is not None and not (why == "is gone" and shared):
+            problems.append((job_id, file_path, why))
+    return problems
+
+
+def _file_problem(path: str, size: int | None, sha256: str | None, mtime_ns: int | None) -> str | None:
     """Why a completed clip's file no longer holds it (None: it does). `mtime_ns`: trust a file of
     the right size that still has this modification time (None: hash it whatever)."""
     try:
-        found = path.stat()
+        found = os.stat(path)
     except OSError:
         return "is gone"
     if size is not None and found.st_size != size:
         return "does not match its recorded size and sha256"
     if mtime_ns is not None and found.st_mtime_ns == mtime_ns:
         return None
-    return None if matches(path, size, sha256) else "does not match its recorded size and sha256"
+    return None if matches(Path(path), size, sha256) else "does not match its recorded size and sha256"
 
 
 async def _download_again(ctx: RunContext, job_id: int, location: str, why: str) -> None:
