@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from ..errors import OutputStoreError, UsageError
 from ..references.local import StoreSettings
 from ..storage import Bucket, ObjectFacts
@@ -23,6 +25,7 @@ from ..storage.s3 import Upload
 # How old an unfinished upload must be before a run removes it: a live one of a clip takes
 # minutes; one this old belongs to a process that died (kill -9, a lost host).
 STALE_UPLOAD_SECONDS = 6 * 3600.0
+HEADS_AT_ONCE = 16  # a full check's HEADs in flight (each in a worker thread: boto3 blocks)
 
 
 def is_bucket_address(out: str | Path) -> bool:
@@ -79,15 +82,26 @@ class BucketOutputs:
 
     async def check(self, completed: list[tuple[str, int | None, str | None]], full: bool) -> list[Checked]:
         """Completed clips as the ledger has them (location, size, sha256), found again: by one
-        listing (sizes) or, `full`, by a HEAD each (sizes and recorded hashes)."""
+        listing (sizes) or, `full`, by a HEAD each (sizes and recorded hashes; HEADS_AT_ONCE at a
+        time)."""
         listed: dict[str, ObjectFacts] = {} if full else await self.bucket.listing()
+        heads: dict[str, ObjectFacts | None] = {}
+        if full:
+            limiter = anyio.CapacityLimiter(HEADS_AT_ONCE)
+
+            async def head(name: str) -> None:
+                async with limiter:
+                    heads[name] = await self.bucket.head(name)
+            async with anyio.create_task_group() as tasks:
+                for wanted in {n for n in (self.name_of(c[0]) for c in completed) if n is not None}:
+                    tasks.start_soon(head, wanted)
         out = []
         for location, size, sha256 in completed:
             name = self.name_of(location)
             if name is None:
                 out.append(Checked(location, False, "is not in this output store"))
                 continue
-            facts = await self.bucket.head(name) if full else listed.get(name)
+            facts = heads.get(name) if full else listed.get(name)
             if facts is None:
                 out.append(Checked(location, False, "is gone"))
             elif facts.size != size or (full and facts.sha256 != sha256):
