@@ -10,15 +10,8 @@ from typing import Any
 import click
 
 from ..errors import BatcherError
-from ..manifest import load_manifest
 from ..money import json_safe
-from . import cli, reading_ledger
-
-
-def _batch_for(manifest: str | None) -> str | None:
-    if manifest is None:
-        return None
-    return load_manifest(manifest).batch
+from . import batch_option, cli, named_batch, only_batch, reading_ledger
 
 
 def _open_existing(ledger_path: str, batch: str | None = None) -> Any:
@@ -44,22 +37,27 @@ def _open_existing(ledger_path: str, batch: str | None = None) -> Any:
 
 model_option = click.option("--model", "model", default=None, metavar="APIID",
                             help="Only the jobs of this model (a batch may mix models).")
+orphans_option = click.option("--include-orphans", is_flag=True,
+                              help="Also the jobs no row of the current manifest produces (left out by default).")
 
 
 @cli.command()
 @click.argument("manifest", required=False, type=click.Path(dir_okay=False))
+@batch_option
 @reading_ledger
 @click.option("--json", "as_json", is_flag=True, help="Print an object with counts, credits_spent and more.")
 @click.option("--job", "job_key", default=None, help="Show one job's history (a key or its first characters).")
 @click.option("--rows", "by_row", is_flag=True, help="Jobs per state for each manifest row.")
 @model_option
-def status(manifest: str | None, ledger_path: str, as_json: bool, job_key: str | None, by_row: bool,
-           model: str | None) -> None:
-    """Show jobs per state, credits spent and held, and videos downloaded."""
+def status(manifest: str | None, batch_name: str | None, ledger_path: str, as_json: bool, job_key: str | None,
+           by_row: bool, model: str | None) -> None:
+    """Show jobs per state, credits spent and held, and videos downloaded; jobs no row of the
+    current manifest produces (orphans) apart."""
     from ..text import iso
     from ..views import history_lines, row_lines, status_lines
+    from ..views.commands import orphan_lines, orphans_info
     from ..views.exports import check_model, job_record, render_timing
-    batch = _batch_for(manifest)
+    batch = named_batch(manifest, batch_name)
     with _open_existing(ledger_path, batch) as ledger:
         check_model(ledger, batch, model)
         if job_key:
@@ -81,13 +79,14 @@ def status(manifest: str | None, ledger_path: str, as_json: bool, job_key: str |
             return
         if by_row:
             if batch is None:
-                raise click.UsageError("--rows needs the MANIFEST")
+                raise click.UsageError("--rows needs the MANIFEST (or --batch NAME)")
             rows = ledger.counts_by_row_and_model(batch, model)
             if as_json:
                 click.echo(json.dumps([{"origin": o, "label": label, "prompt": prompt, "model": m, "counts": c}
                                        for o, label, prompt, m, c in rows], indent=2, allow_nan=False))
                 return
-            for line in row_lines(rows, show_model=len({r[3] for r in rows}) > 1):
+            for line in row_lines(rows, show_model=len({r[3] for r in rows}) > 1) + orphan_lines(
+                    orphans_info(ledger.orphans(batch))):
                 click.echo(line)
             return
         data = _status_data(ledger, batch, model)
@@ -112,6 +111,7 @@ def _status_data(ledger: Any, batch: str | None, model: str | None) -> dict[str,
     models; with `model`, the same figures of that model's jobs only (batches without it left out)."""
     from .. import api
     from ..views import by_model_info, figures_info
+    from ..views.commands import orphans_info
     if model is None:
         data = api.status(ledger, batch)
         for name, info in ([(batch, data)] if batch else data["batches"].items()):
@@ -119,6 +119,8 @@ def _status_data(ledger: Any, batch: str | None, model: str | None) -> dict[str,
             if len(per) > 1:
                 info["by_model"] = by_model_info(per)
             info.update(_control_of(ledger, name))
+            if info["orphans"]:
+                info["orphan_jobs"] = orphans_info(ledger.orphans(name))
         return data
     infos = {name: {"model": model, **figures_info(ledger.figures(name, model=model)),
                     "batch_credits_committed": round(ledger.committed(name), 2), **_control_of(ledger, name)}
@@ -155,27 +157,29 @@ def _control_of(ledger: Any, name: str) -> dict[str, Any]:
               help="The former spelling of -o for videofolder (says so on stderr when used).")
 @click.option("--include-failed", is_flag=True, help="videofolder: list jobs without a video in not_completed.jsonl.")
 @model_option
+@orphans_option
+@batch_option
 def export(manifest: str | None, ledger_path: str, fmt: str, output: str | None, old_out: str | None,
-           include_failed: bool, model: str | None) -> None:
+           include_failed: bool, model: str | None, include_orphans: bool, batch_name: str | None) -> None:
     """Export jobs with their provenance: JSONL or CSV records, or a VideoFolder dataset."""
     from ..views import check_model, export_videofolder
     from ..views import export as write_export
     output = _export_output(output, old_out, fmt)
-    batch = _batch_for(manifest)
+    batch = named_batch(manifest, batch_name)
     with _open_existing(ledger_path, batch) as ledger:
         check_model(ledger, batch, model)
         if fmt == "videofolder":
-            r = export_videofolder(ledger, batch, Path(output), include_failed, model)
+            r = export_videofolder(ledger, batch, Path(output), include_failed, model, orphans=include_orphans)
             click.echo(f"{output}: {r.videos} video(s) ({r.linked} linked, {r.copied} copied, {r.unchanged} "
                        f"already there) and metadata.jsonl; {r.others} job(s) without a video"
                        + (f"; {len(r.unverified)} skipped: file missing or not matching its sha256"
                           if r.unverified else ""), err=True)
             return
         if output == "-":
-            n = write_export(ledger, batch, fmt, sys.stdout, model)
+            n = write_export(ledger, batch, fmt, sys.stdout, model, orphans=include_orphans)
         else:
             with open(output, "w", encoding="utf-8", newline="") as f:
-                n = write_export(ledger, batch, fmt, f, model)
+                n = write_export(ledger, batch, fmt, f, model, orphans=include_orphans)
             click.echo(f"wrote {n} record(s) to {output}", err=True)
 
 
@@ -204,16 +208,15 @@ def _export_output(output: str | None, old_out: str | None, fmt: str) -> str:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="report.html", show_default=True,
               help="The HTML file to write.")
 @model_option
-def report(manifest: str | None, ledger_path: str, output: str, model: str | None) -> None:
+@orphans_option
+@batch_option
+def report(manifest: str | None, ledger_path: str, output: str, model: str | None, include_orphans: bool,
+           batch_name: str | None) -> None:
     """Write a self-contained HTML gallery of a batch: clips, prompts, references, costs, reasons."""
     from ..views import build_report, check_model
-    batch = _batch_for(manifest)
+    batch = named_batch(manifest, batch_name)
     with _open_existing(ledger_path, batch) as ledger:
-        if batch is None:
-            names = [b.name for b in ledger.batches()]
-            if len(names) != 1:
-                raise click.UsageError(f"the ledger holds {len(names)} batches; name the MANIFEST")
-            batch = names[0]
+        batch = batch or only_batch(ledger)
         check_model(ledger, batch, model)
-        n = build_report(ledger, batch, Path(output), model=model)
+        n = build_report(ledger, batch, Path(output), model=model, orphans=include_orphans)
     click.echo(f"wrote {output} ({n} job(s))", err=True)

@@ -21,6 +21,13 @@ from .store import LedgerStore, Operation
 Request = tuple[int, int, str, str, str, str | None]  # seq, id, state, origin, params JSON, model
 
 
+def orphan_sql(alias: str = "job") -> str:
+    """SQL true of an orphan: a job the batch's latest staging did not mark (no row of the current
+    manifest produces it any more: its prompt, seeds, row or reference changed). Staging gives every
+    job of the manifest the batch's new generation; an orphan keeps an older one."""
+    return f"{alias}.generation < (SELECT ob.generation FROM batch ob WHERE ob.name = {alias}.batch)"
+
+
 def _page(columns: str, states: Iterable[JobState], generation: int | None) -> str:
     """A page of a batch's jobs in some states (of one generation), in manifest order; binds :b,
     :after (the last seq of the page before), :n and :g."""
@@ -108,6 +115,11 @@ class LedgerJobs(LedgerStore):
                     buf.clear()
             if buf:
                 conn.exec_driver_sql(sql, buf)
+            # A runner that claimed a job before this staging orphaned it must not send it: its
+            # lease ends and its fencing token moves on, so the intent it would write is refused.
+            conn.execute(text("UPDATE job SET owner = NULL, lease_until = NULL, lease_token = lease_token + 1 "
+                              "WHERE batch = :b AND state = 'pending' AND owner IS NOT NULL AND generation < :g"),
+                         {"b": batch, "g": generation})
             added = _count(conn, batch) - before
             return added, seen - added
         return Operation(insert_all)
@@ -192,8 +204,9 @@ class LedgerJobs(LedgerStore):
             rows = conn.exec_driver_sql(sql, {"b": batch, "after": after_seq, "n": limit, "g": generation})
             return cast(list[Request], [tuple(row) for row in rows])
 
-    def iter_batch(self, batch: str | None = None, page: int = 1000) -> Iterator[Job]:
-        """Every job (of a batch, or of the ledger), a page at a time, in the order they were added.
+    def iter_batch(self, batch: str | None = None, page: int = 1000, *, orphans: bool = True) -> Iterator[Job]:
+        """Every job (of a batch, or of the ledger), a page at a time, in the order they were added;
+        without the orphans (`orphan_sql`) unless `orphans`.
 
         Pages walk the ids from the batch's first to its last: read through an index on `batch`,
         each page would sort the whole batch (`Dialect.in_id_order`); bounded, the walk costs the
@@ -209,6 +222,8 @@ class LedgerJobs(LedgerStore):
             last = int(first) - 1
         else:
             last = 0
+        if not orphans:
+            where += f" AND NOT ({orphan_sql()})"
         while True:
             chunk = self._rows(Job, f"SELECT * FROM {self.sql.in_id_order('job')} WHERE id > :last{where} "
                                     "ORDER BY id LIMIT :n", {"last": last, "n": page, **args})

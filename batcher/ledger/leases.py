@@ -32,7 +32,9 @@ class LedgerLeases(LedgerStore):
         rest = sorted(given - {JobState.RENDERED, JobState.SUBMITTED})
         groups += [rest] if rest else []
         skip = self.sql.skip_locked
-        gen = " AND (generation = :g OR state != 'pending')" if generation is not None else ""
+        # A pending job is claimed only when the batch's latest staging produced it: never an orphan.
+        gen = (" AND (state != 'pending' OR (generation = (SELECT cb.generation FROM batch cb WHERE cb.name = :b)"
+               + (" AND generation = :g))" if generation is not None else "))"))
 
         def op(conn: Connection) -> list[Job]:
             now = self.clock()

@@ -205,6 +205,7 @@ class Figures:
     untrusted_costs: int  # jobs answered with a creditCost that could not be believed
     first_submitted: float | None
     last_finished: float | None
+    orphans: int = 0  # jobs no row of the current manifest produces: not in `counts`
 
     @property
     def jobs(self) -> int:

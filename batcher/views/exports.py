@@ -57,10 +57,12 @@ def job_record(job: Job, model: str | None = None, simulated: bool = False, timi
     }
 
 
-def records(ledger: Ledger, batch: str | None, model: str | None = None) -> Iterator[dict[str, Any]]:
-    """Every job's record (of a batch, or of the ledger); only `model`'s jobs when it is given."""
+def records(ledger: Ledger, batch: str | None, model: str | None = None, *,
+            orphans: bool = False) -> Iterator[dict[str, Any]]:
+    """Every job's record (of a batch, or of the ledger); only `model`'s jobs when it is given;
+    jobs no row of the current manifest produces only with `orphans`."""
     batches = {b.name: b for b in ledger.batches()}
-    for job in ledger.iter_batch(batch):
+    for job in ledger.iter_batch(batch, orphans=orphans):
         info = batches.get(job.batch)
         simulated = bool(info and info.simulated)
         record = job_record(job, info.model if info else None, simulated, render_timing(ledger, job))
@@ -124,10 +126,11 @@ def write_csv(rows: Iterator[dict[str, Any]], out: IO[str]) -> int:
     return n
 
 
-def export(ledger: Ledger, batch: str | None, fmt: str, out: IO[str], model: str | None = None) -> int:
-    """Write every job of `batch` (or of the ledger; of `model` only, if given) to `out`; returns
-    the number of records."""
-    rows = records(ledger, batch, model)
+def export(ledger: Ledger, batch: str | None, fmt: str, out: IO[str], model: str | None = None, *,
+           orphans: bool = False) -> int:
+    """Write every job of `batch` (or of the ledger; of `model` only, if given; orphans only with
+    `orphans`) to `out`; returns the number of records."""
+    rows = records(ledger, batch, model, orphans=orphans)
     if fmt == "jsonl":
         return write_jsonl(rows, out)
     if fmt == "csv":
@@ -169,7 +172,7 @@ def _place(source: Path, target: Path, sha256: str, result: FolderExport) -> Non
 
 
 def export_videofolder(ledger: Ledger, batch: str | None, out_dir: Path, include_failed: bool = False,
-                       model: str | None = None) -> FolderExport:
+                       model: str | None = None, *, orphans: bool = False) -> FolderExport:
     """A folder Hugging Face datasets' VideoFolder loads as it is: the videos and metadata.jsonl.
 
     Only completed clips whose file is present and matches its recorded sha256 go in. Exporting
@@ -188,7 +191,7 @@ def export_videofolder(ledger: Ledger, batch: str | None, out_dir: Path, include
                     continue
     result = FolderExport()
     failed: list[dict[str, Any]] = []
-    for record in records(ledger, batch, model):
+    for record in records(ledger, batch, model, orphans=orphans):
         if record["state"] != "completed" or not record["file"]:
             result.others += 1
             if include_failed:

@@ -137,7 +137,7 @@ def _credits(value: float | Decimal | None) -> str:
 
 
 def build_report(ledger: Ledger, batch: str, out_path: Path, local_files: Mapping[str, Path] | None = None,
-                 model: str | None = None) -> int:
+                 model: str | None = None, *, orphans: bool = False) -> int:
     """Write the gallery of `batch` to `out_path`; returns the number of cards. Local references
     are shown from their files (`local_files`, content address -> file; default: where the
     ledger last found each), with no network. With `model`, only that model's jobs (and figures)."""
@@ -152,7 +152,7 @@ def build_report(ledger: Ledger, batch: str, out_path: Path, local_files: Mappin
     try:
         with body.open("w", encoding="utf-8") as cards_out:
             cards = _Cards(out_path.resolve().parent, local_files or {}, cards_out)
-            for record in records(ledger, batch, model):
+            for record in records(ledger, batch, model, orphans=orphans):
                 cards.add(record)
         _write_page(tmp, body, cards, _head(batch, cards, f, model, ledger.display))
         os.replace(tmp, out_path)
