@@ -22,10 +22,12 @@ Request = tuple[int, int, str, str, str, str | None]  # seq, id, state, origin, 
 
 
 def orphan_sql(alias: str = "job") -> str:
-    """SQL true of an orphan: a job the batch's latest staging did not mark (no row of the current
-    manifest produces it any more: its prompt, seeds, row or reference changed). Staging gives every
-    job of the manifest the batch's new generation; an orphan keeps an older one."""
-    return f"{alias}.generation < (SELECT ob.generation FROM batch ob WHERE ob.name = {alias}.batch)"
+    """SQL true of an orphan: a job the batch's latest staging of its whole manifest did not mark (no
+    row of the current manifest produces it any more: its prompt, seeds, row or reference changed).
+    That staging gives every job of the manifest the batch's new manifest_generation; an orphan
+    keeps an older one."""
+    return (f"{alias}.manifest_generation < (SELECT ob.manifest_generation FROM batch ob "
+            f"WHERE ob.name = {alias}.batch)")
 
 
 def _page(columns: str, states: Iterable[JobState], generation: int | None) -> str:
@@ -37,12 +39,15 @@ def _page(columns: str, states: Iterable[JobState], generation: int | None) -> s
             "ORDER BY seq LIMIT :n")
 
 
-def _staging_sql(q: str) -> str:
+def _staging_sql(q: str, whole: bool) -> str:
     """One statement adding jobs (a tuple each, `q` the driver's mark); a key already known keeps
-    its state, and a job never sent takes today's estimate (a --rate at the real price, say)."""
+    its state, and a job never sent takes today's estimate (a --rate at the real price, say); the
+    staging of a `whole` manifest marks each job its manifest produces."""
+    mark = "manifest_generation = excluded.manifest_generation, " if whole else ""
     return ("INSERT INTO job (batch, key, seq, generation, row, take, origin, label, params, estimate, "
-            f"created_at, updated_at, model, state, attempts, lease_token) VALUES ({', '.join([q] * 13)}, "
-            "'pending', 0, 0) ON CONFLICT(batch, key) DO UPDATE SET generation = excluded.generation, "
+            f"created_at, updated_at, model, manifest_generation, state, attempts, lease_token) VALUES "
+            f"({', '.join([q] * 14)}, 'pending', 0, 0) ON CONFLICT(batch, key) DO UPDATE SET {mark}"
+            "generation = excluded.generation, "
             "origin = excluded.origin, label = excluded.label, row = excluded.row, "
             "estimate = CASE WHEN job.state = 'pending' AND job.attempts = 0 THEN excluded.estimate "
             "ELSE job.estimate END")
@@ -60,14 +65,30 @@ def _estimate_cents(cache: dict[Any, int], estimate: Any) -> int:
     return found
 
 
+def _next_generation(conn: Connection, batch: str, model: str, manifest: str, simulated: bool, now: float,
+                     whole: bool) -> tuple[int, int]:
+    """The batch (made if new) staged once more: its new generation, and its manifest generation
+    (bumped only by the staging of a `whole` manifest)."""
+    conn.execute(text(
+        "INSERT INTO batch (name, model, manifest, generation, simulated, committed, created_at, updated_at, "
+        "manifest_generation) VALUES (:n, :m, :f, 1, :s, 0, :t, :t, :w) ON CONFLICT(name) DO UPDATE SET "
+        "generation = batch.generation + 1, manifest = excluded.manifest, simulated = excluded.simulated, "
+        "updated_at = excluded.updated_at, manifest_generation = batch.manifest_generation + :w"),
+        {"n": batch, "m": model, "f": manifest, "s": simulated, "t": now, "w": int(whole)})
+    row = conn.execute(text("SELECT generation, manifest_generation FROM batch WHERE name = :n"),
+                                    {"n": batch}).one()
+    return int(row[0]), int(row[1])
+
+
 class LedgerJobs(LedgerStore):
     def add_jobs(self, batch: str, model: str, manifest: str, jobs: Iterable[JobSpec], chunk: int = 5000,
-                 *, simulated: bool = False) -> Operation[tuple[int, int]]:
+                 *, simulated: bool = False, whole: bool = False) -> Operation[tuple[int, int]]:
         """Add a manifest's jobs (built one by one; see `add_rows`). Returns (added, already known)."""
-        return self.add_rows(batch, model, manifest, (row_of(job) for job in jobs), chunk, simulated=simulated)
+        return self.add_rows(batch, model, manifest, (row_of(job) for job in jobs), chunk, simulated=simulated,
+                             whole=whole)
 
     def add_rows(self, batch: str, model: str, manifest: str, rows: Iterable[JobRow] | Callable[[], Iterable[JobRow]],
-                 chunk: int = 5000, *, simulated: bool = False) -> Operation[tuple[int, int]]:
+                 chunk: int = 5000, *, simulated: bool = False, whole: bool = False) -> Operation[tuple[int, int]]:
         """Add a manifest's jobs, in one transaction; known keys keep their state. Returns (added,
         already known).
 
@@ -75,6 +96,10 @@ class LedgerJobs(LedgerStore):
         in the manifest are not submitted. A batch remembers whether it is simulated: once anything
         of it was submitted, a run of the other kind is refused (SimulationMismatch), so simulated
         clips never pass for real ones.
+
+        `whole`: the rows are every job of the batch's manifest (a run's staging): they are marked
+        with a new manifest generation, and the batch's jobs left unmarked are orphans
+        (`orphan_sql`). Otherwise the rows are added to the current manifest's jobs.
         """
         now = self.clock()
 
@@ -93,22 +118,16 @@ class LedgerJobs(LedgerStore):
             tried, seen = True, 0
             self._check_mode(conn, batch, simulated)
             before = _count(conn, batch)
-            conn.execute(text(
-                "INSERT INTO batch (name, model, manifest, generation, simulated, committed, created_at, updated_at) "
-                "VALUES (:n, :m, :f, 1, :s, 0, :t, :t) ON CONFLICT(name) DO UPDATE SET "
-                "generation = batch.generation + 1, manifest = excluded.manifest, simulated = excluded.simulated, "
-                "updated_at = excluded.updated_at"),
-                {"n": batch, "m": model, "f": manifest, "s": simulated, "t": now})
-            generation = conn.execute(text("SELECT generation FROM batch WHERE name = :n"), {"n": batch}).scalar_one()
+            generation, mark = _next_generation(conn, batch, model, manifest, simulated, now, whole)
             # Straight to the driver, many rows a statement, each a tuple: SQLAlchemy's processing
             # of each row's parameters, and the driver's lookup of each by name, cost more than the
             # database's insert.
-            sql = _staging_sql(self.sql.mark)
+            sql = _staging_sql(self.sql.mark, whole)
             buf: list[tuple[Any, ...]] = []
             cents: dict[Any, int] = {}
             for r in (rows() if callable(rows) else rows):
                 buf.append((batch, r.key, seen, generation, r.row, r.take, r.origin, r.label, r.params,
-                            _estimate_cents(cents, r.estimate), now, now, r.model or model))
+                            _estimate_cents(cents, r.estimate), now, now, r.model or model, mark))
                 seen += 1
                 if len(buf) >= chunk:
                     conn.exec_driver_sql(sql, buf)
@@ -118,8 +137,8 @@ class LedgerJobs(LedgerStore):
             # A runner that claimed a job before this staging orphaned it must not send it: its
             # lease ends and its fencing token moves on, so the intent it would write is refused.
             conn.execute(text("UPDATE job SET owner = NULL, lease_until = NULL, lease_token = lease_token + 1 "
-                              "WHERE batch = :b AND state = 'pending' AND owner IS NOT NULL AND generation < :g"),
-                         {"b": batch, "g": generation})
+                              "WHERE batch = :b AND state = 'pending' AND owner IS NOT NULL "
+                              "AND manifest_generation < :mg"), {"b": batch, "mg": mark})
             added = _count(conn, batch) - before
             return added, seen - added
         return Operation(insert_all)

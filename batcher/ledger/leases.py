@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from sqlalchemy import Connection, text
 
 from ..states import JobState
+from .jobs import orphan_sql
 from .rows import Job, from_mapping
 from .store import LedgerStore, Operation, Unchanged
 
@@ -33,7 +34,7 @@ class LedgerLeases(LedgerStore):
         groups += [rest] if rest else []
         skip = self.sql.skip_locked
         # A pending job is claimed only when the batch's latest staging produced it: never an orphan.
-        gen = (" AND (state != 'pending' OR (generation = (SELECT cb.generation FROM batch cb WHERE cb.name = :b)"
+        gen = (f" AND (state != 'pending' OR (NOT ({orphan_sql()})"
                + (" AND generation = :g))" if generation is not None else "))"))
 
         def op(conn: Connection) -> list[Job]:

@@ -209,6 +209,13 @@ MIGRATIONS: list[Migration] = [
     Migration(13, "a completed file's modification time, for quick checks on a rerun", [
         add_column(JobTable, "file_mtime_ns"),
     ]),
+    # Every staging so far was of a whole manifest: its generation is the mark it would have given.
+    Migration(14, "jobs marked by the latest staging of the whole manifest: orphans told apart", [
+        add_column(BatchTable, "manifest_generation"),
+        add_column(JobTable, "manifest_generation"),
+        sql("UPDATE batch SET manifest_generation = generation"),
+        sql("UPDATE job SET manifest_generation = generation"),
+    ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

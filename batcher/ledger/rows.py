@@ -54,6 +54,7 @@ class Batch:
     control: str = "running"  # a `Control` word: what the operator asked of every runner
     control_at: float | None = None
     webhook_secret: str | None = field(default=None, repr=False)  # never printed
+    manifest_generation: int = 0  # bumped by each staging of the whole manifest
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class Job:
     model: str | None = None  # None on jobs a ledger held before batches could mix models
     api_base: str | None = None  # the API that gave remote_job_id
     file_mtime_ns: int | None = None  # the file's modification time when it was verified (None: hash it)
+    manifest_generation: int = 0  # the batch's, when a staging of the whole manifest last produced it
 
     @property
     def job_state(self) -> JobState:
