@@ -128,3 +128,43 @@ def test_batches_lists_each_batch_and_a_command_needing_one_names_them(simrun, t
     assert code == 2 and f"2 batches ({BATCH}, second)" in out
     code, out = invoke("report", "--batch", "second", "--ledger", ledger, "-o", str(tmp_path / "r.html"))
     assert code == 0
+
+
+def test_plan_counts_the_ledgers_jobs_this_manifest_does_not_produce(simrun, tmp_path: Path) -> None:
+    ledger = str(tmp_path / "l.db")
+    path = tmp_path / "m.yaml"
+    path.write_text(FIRST)
+    simrun(path, ledger=ledger)
+    path.write_text(EDITED)
+    code, out = invoke("plan", str(path), "--ledger", ledger, "--json")
+    led = json.loads(out)["ledger"]
+    assert code == 0 and led["in_ledger"] == 1 and led["to_run"]["jobs"] == 2
+    assert led["orphans"]["jobs"] == 5 and led["orphans"]["paid"] == 5
+    assert {r["label"]: sum(r["counts"].values()) for r in led["orphans"]["rows"]} == {
+        "storm": 1, "seeds": 2, "gone": 1, "ref": 1}
+    code, out = invoke("plan", str(path), "--ledger", ledger)
+    assert "orphans: 5 job(s) no row of the current manifest produces (5 completed), not in this plan" in out
+    path.write_text(FIRST)
+    code, out = invoke("plan", str(path), "--ledger", ledger, "--json")
+    assert "orphans" not in json.loads(out)["ledger"]
+
+
+def test_an_older_ledger_takes_its_orphans_from_the_generation_of_its_latest_staging(tmp_path: Path) -> None:
+    import sqlite3
+    path = tmp_path / "old.db"
+    m = tmp_path / "m.yaml"
+    m.write_text(FIRST)
+    with Ledger(path) as led:
+        stage(led, load_manifest(m))
+        m.write_text(EDITED)
+        stage(led, load_manifest(m))
+    conn = sqlite3.connect(path)  # as version 13 left it: no mark, only the generations
+    for table in ("job", "batch"):
+        conn.execute(f"ALTER TABLE {table} DROP COLUMN manifest_generation")
+    conn.execute("DELETE FROM schema_migrations WHERE version = 14")
+    conn.commit()
+    conn.close()
+    with Ledger(path) as led:
+        assert led.schema_version() == 14
+        assert led.orphans(BATCH).counts == {"pending": 5}
+        assert led.figures(BATCH).counts["pending"] == 3

@@ -266,6 +266,15 @@ class LedgerJobs(LedgerStore):
         return self._rows(Attempt, "SELECT * FROM attempt WHERE job_id = :j ORDER BY id", {"j": job_id})
 
 
+def read_origins(path: str | Path, batch: str, keys: Iterable[str]) -> dict[str, tuple[str, str, str]]:
+    """Key -> (state, origin, label) of some of a batch's jobs, read without writing anything
+    (nothing if there is no ledger): the rows the ledger recorded for them."""
+    wanted = set(keys)
+    found = read_only(path, "job", lambda conn: {k: (s, o, lb) for k, s, o, lb in conn.execute(
+        text("SELECT key, state, origin, label FROM job WHERE batch = :b"), {"b": batch}) if k in wanted})
+    return found or {}
+
+
 def read_states(path: str | Path, batch: str) -> dict[str, str] | None:
     """Key -> state for a batch, read without writing anything (None if there is no ledger)."""
     states = read_only(path, "job", lambda conn: {k: v for k, v in conn.execute(

@@ -93,6 +93,7 @@ def plan_lines(m: Manifest, summary: PlanSummary, overrides: dict[str, float], d
     if "ledger" in data:
         led = data["ledger"]
         lines.append(f"ledger {led['path']}: holds {led['in_ledger']} of these jobs, {led['completed']} completed")
+        lines += orphan_lines(led["orphans"], apart="not in this plan") if led.get("orphans") else []
     return lines
 
 
@@ -161,7 +162,8 @@ def orphans_info(o: Orphans) -> dict[str, Any]:
             "rows": [{"origin": r.origin, "label": r.label, "counts": r.counts} for r in o.rows]}
 
 
-def orphan_lines(info: dict[str, Any], shown: int = 5) -> list[str]:
+def orphan_lines(info: dict[str, Any], shown: int = 5,
+                 apart: str = "left out of the counts above, of watch and of exports") -> list[str]:
     """The orphans of a batch (`orphans_info`): apart from its jobs, with the rows they came from
     (the first `shown`) and what `batcher prune` would do with them."""
     if not info["jobs"]:
@@ -170,7 +172,7 @@ def orphan_lines(info: dict[str, Any], shown: int = 5) -> list[str]:
     more = f", and {len(info['rows']) - shown} more row(s)" if len(info["rows"]) > shown else ""
     paid = f"; {info['paid']} of them paid for: kept, marked" if info["paid"] else ""
     return [f"  orphans: {info['jobs']} job(s) no row of the current manifest produces ({state_counts(info['counts'])})"
-            f", left out of the counts above, of watch and of exports{paid}",
+            f", {apart}{paid}",
             f"    from rows that went or changed: {', '.join(rows)}{more}",
             "    `batcher prune MANIFEST` cancels the unpaid ones (--forget removes them from the ledger)"]
 
