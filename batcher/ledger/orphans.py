@@ -6,7 +6,7 @@ them, and pruned: unpaid ones cancelled (or forgotten), paid ones kept and marke
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sqlalchemy import Connection
 
@@ -24,12 +24,8 @@ _ORPHANS_OF = f"job.batch = :b AND {orphan_sql()}"
 
 
 @dataclass(frozen=True)
-class OrphanRow:
-    """A manifest row (as the ledger recorded it) whose jobs are orphans: how many, per state."""
-
-    origin: str
-    label: str
-    counts: dict[str, int]
+class _Tally:
+    counts: dict[str, int]  # jobs per state
 
     @property
     def jobs(self) -> int:
@@ -37,16 +33,19 @@ class OrphanRow:
 
 
 @dataclass(frozen=True)
-class Orphans:
+class OrphanRow(_Tally):
+    """A manifest row (as the ledger recorded it) whose jobs are orphans: how many, per state."""
+
+    origin: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Orphans(_Tally):
     """A batch's orphans: jobs per state, how many were paid for, and the rows they came from."""
 
-    counts: dict[str, int] = field(default_factory=dict)
     paid: int = 0
     rows: tuple[OrphanRow, ...] = ()
-
-    @property
-    def jobs(self) -> int:
-        return sum(self.counts.values())
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,7 @@ class LedgerOrphans(LedgerControl):
                 rows.setdefault((origin, label), {})[state] = int(n)
                 counts[state] = counts.get(state, 0) + int(n)
             paid = self.x(conn, f"SELECT COUNT(*) FROM job WHERE {_ORPHANS_OF} AND {_PAID}", {"b": batch}).scalar_one()
-        return Orphans(counts, int(paid), tuple(OrphanRow(o, lb, c) for (o, lb), c in rows.items()))
+        return Orphans(counts, int(paid), tuple(OrphanRow(c, o, lb) for (o, lb), c in rows.items()))
 
     def prune(self, batch: str, *, forget: bool = False, detail: str = "`batcher prune`") -> Operation[Pruned]:
         """Cancel the batch's pending orphans; with `forget`, remove every unpaid orphan (its job,
