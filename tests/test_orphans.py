@@ -168,3 +168,13 @@ def test_an_older_ledger_takes_its_orphans_from_the_generation_of_its_latest_sta
         assert led.schema_version() == 14
         assert led.orphans(BATCH).counts == {"pending": 5}
         assert led.figures(BATCH).counts["pending"] == 3
+
+
+def test_a_run_after_an_edit_counts_the_current_manifest_only(simrun, tmp_path: Path) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(FIRST)
+    first, sim, ledger = simrun(path)
+    path.write_text(EDITED)
+    again, _, _ = simrun(path, simulator=sim, ledger=ledger)
+    assert sum(first.counts.values()) == 6
+    assert again.counts["completed"] == 3 and sum(again.counts.values()) == 3 and again.total == 3
