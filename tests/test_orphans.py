@@ -178,3 +178,16 @@ def test_a_run_after_an_edit_counts_the_current_manifest_only(simrun, tmp_path: 
     again, _, _ = simrun(path, simulator=sim, ledger=ledger)
     assert sum(first.counts.values()) == 6
     assert again.counts["completed"] == 3 and sum(again.counts.values()) == 3 and again.total == 3
+
+
+def test_retry_requeues_the_current_manifests_jobs_only(tmp_path: Path, ledger_url: str) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(FIRST)
+    with Ledger(ledger_url) as led:
+        stage(led, load_manifest(path))
+        for job in led.iter_batch(BATCH):  # every job failed, never charged
+            led.write(lambda conn, i=job.id: led.x(conn, "UPDATE job SET state = 'failed' WHERE id = :i", {"i": i}))
+        path.write_text(EDITED)
+        stage(led, load_manifest(path))
+        assert led.write(led.requeue(BATCH, [JobState.FAILED], "test")) == 1  # 'a walk', seed 1: the one kept
+        assert led.orphans(BATCH).counts == {"failed": 5}
