@@ -191,3 +191,24 @@ def test_retry_requeues_the_current_manifests_jobs_only(tmp_path: Path, ledger_u
         stage(led, load_manifest(path))
         assert led.write(led.requeue(BATCH, [JobState.FAILED], "test")) == 1  # 'a walk', seed 1: the one kept
         assert led.orphans(BATCH).counts == {"failed": 5}
+
+
+def test_a_job_claimed_before_an_edit_orphaned_it_is_never_sent(tmp_path: Path, ledger_url: str) -> None:
+    from decimal import Decimal
+
+    import pytest
+
+    from batcher.errors import LeaseLost
+    path = tmp_path / "m.yaml"
+    path.write_text(FIRST)
+    with Ledger(ledger_url) as led:
+        stage(led, load_manifest(path))
+        claimed = led.write(led.claim(BATCH, [JobState.PENDING], "host:1:a", 60, 10))
+        assert len(claimed) == 6
+        path.write_text(EDITED)
+        stage(led, load_manifest(path))  # another runner stages the edited manifest
+        orphan = next(j for j in claimed if j.parameters()["prompt"] == "heavy raim falls")
+        with pytest.raises(LeaseLost):
+            led.write(led.begin_submission(orphan.id, JobState.PENDING, Decimal(1), token=orphan.lease_token))
+        again = led.write(led.claim(BATCH, [JobState.PENDING], "host:2:b", 60, 10))
+        assert {j.parameters()["prompt"] for j in again} == {"heavy rain falls", "a face"}
