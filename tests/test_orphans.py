@@ -212,3 +212,16 @@ def test_a_job_claimed_before_an_edit_orphaned_it_is_never_sent(tmp_path: Path, 
             led.write(led.begin_submission(orphan.id, JobState.PENDING, Decimal(1), token=orphan.lease_token))
         again = led.write(led.claim(BATCH, [JobState.PENDING], "host:2:b", 60, 10))
         assert {j.parameters()["prompt"] for j in again} == {"heavy rain falls", "a face"}
+
+
+def test_a_rerun_after_an_edit_says_what_it_leaves_and_sends(tmp_path: Path) -> None:
+    ledger = str(tmp_path / "l.db")
+    path = tmp_path / "m.yaml"
+    path.write_text(FIRST)
+    common = ["--simulate", "--ledger", ledger, "--sim-render-seconds", "0.05", "--out", str(tmp_path / "out")]
+    assert invoke("run", str(path), *common)[0] == 0
+    path.write_text(EDITED)
+    code, out = invoke("run", str(path), *common)
+    assert code == 0 and "sends 2 pending, holds 0; 1 already completed" in out
+    assert "5 job(s) of the ledger no row of the manifest produces any more (orphans): never sent" in out
+    assert "3 completed (of 3)" in out

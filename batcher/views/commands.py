@@ -170,7 +170,7 @@ def orphan_lines(info: dict[str, Any], shown: int = 5,
         return []
     rows = [f"{r['origin']} {r['label']} ({sum(r['counts'].values())})" for r in info["rows"][:shown]]
     more = f", and {len(info['rows']) - shown} more row(s)" if len(info["rows"]) > shown else ""
-    paid = f"; {info['paid']} of them paid for: kept, marked" if info["paid"] else ""
+    paid = f"; {info['paid']} of them paid for (prune keeps those)" if info["paid"] else ""
     return [f"  orphans: {info['jobs']} job(s) no row of the current manifest produces ({state_counts(info['counts'])})"
             f", {apart}{paid}",
             f"    from rows that went or changed: {', '.join(rows)}{more}",
