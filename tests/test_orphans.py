@@ -69,6 +69,8 @@ def test_every_kind_of_edit_orphans_the_jobs_it_replaced(simrun, tmp_path: Path,
 
     code, out = invoke("export", "--batch", BATCH, "--ledger", ledger_url)
     assert code == 0 and len(out.splitlines()) == 3
+    code, out = invoke("export", "--ledger", ledger_url, "--format", "csv")  # every batch of the ledger
+    assert code == 0 and len(out.splitlines()) == 1 + 3
     code, out = invoke("export", str(path), "--ledger", ledger_url, "--include-orphans")
     assert len(out.splitlines()) == 8 and "heavy raim" in out
 

@@ -117,7 +117,7 @@ class LedgerFigures(LedgerJobs):
             where.append(f"{job_model()} = :model")
             args["model"] = model
         if not orphans:
-            where.append(f"NOT ({orphan_sql()})")
+            where.append(f"NOT ({orphan_sql(batch=':b' if batch is not None else None)})")
         if where:
             sql += " WHERE " + " AND ".join(where)
         out = {s.value: 0 for s in JobState}

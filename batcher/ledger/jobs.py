@@ -21,13 +21,14 @@ from .store import LedgerStore, Operation
 Request = tuple[int, int, str, str, str, str | None]  # seq, id, state, origin, params JSON, model
 
 
-def orphan_sql(alias: str = "job") -> str:
+def orphan_sql(alias: str = "job", batch: str | None = ":b") -> str:
     """SQL true of an orphan: a job the batch's latest staging of its whole manifest did not mark (no
     row of the current manifest produces it any more: its prompt, seeds, row or reference changed).
     That staging gives every job of the manifest the batch's new manifest_generation; an orphan
-    keeps an older one."""
-    return (f"{alias}.manifest_generation < (SELECT ob.manifest_generation FROM batch ob "
-            f"WHERE ob.name = {alias}.batch)")
+    keeps an older one. `batch`: the parameter naming the jobs' batch, whose mark is then read once;
+    None for jobs of any batch (each job's own batch's mark)."""
+    of = batch if batch is not None else f"{alias}.batch"
+    return f"{alias}.manifest_generation < (SELECT ob.manifest_generation FROM batch ob WHERE ob.name = {of})"
 
 
 def _page(columns: str, states: Iterable[JobState], generation: int | None) -> str:
@@ -242,7 +243,7 @@ class LedgerJobs(LedgerStore):
         else:
             last = 0
         if not orphans:
-            where += f" AND NOT ({orphan_sql()})"
+            where += f" AND NOT ({orphan_sql(batch=':b' if batch else None)})"
         while True:
             chunk = self._rows(Job, f"SELECT * FROM {self.sql.in_id_order('job')} WHERE id > :last{where} "
                                     "ORDER BY id LIMIT :n", {"last": last, "n": page, **args})
