@@ -144,7 +144,7 @@ def stage(ledger: Ledger, manifest: Manifest, rate_overrides: dict[str, float] |
     added = ledger.write(ledger.add_rows(manifest.batch, manifest.model.api_id, str(manifest.path),
                                          lambda: job_rows(manifest, rate_overrides, max_jobs=max_jobs,
                                                           compiled=compiled),
-                                         simulated=simulated))
+                                         simulated=simulated, whole=True))
     images = {**manifest.set_files, **manifest.local_files}
     ledger.write(ledger.remember_local_images(((a, str(f.path), f.size, f.origin) for a, f in images.items()),
                                               time.time()))

@@ -23,9 +23,8 @@ WITHIN = {
     "manifest": ["diagnostics", "textfiles", "yamlfile", "template", "rowfields", "rowfiles", "stores", "document"],
     "plan": ["references", "expansion", "keys", "compiled", "jobs", "staging"],
     "outputs": ["files", "media", "wholeness", "bucket"],
-    "ledger": ["rows", "schema", "dialect", "migrations", "store", "jobs", "control", "curation", "transitions",
-               "answers",
-               "journal", "leases", "figures", "fleet", "references", "modelinfo"],
+    "ledger": ["rows", "schema", "dialect", "migrations", "store", "jobs", "control", "curation", "orphans",
+               "transitions", "answers", "journal", "leases", "figures", "fleet", "references", "modelinfo"],
     "client": ["answers", "transfers", "http", "catalog", "preflight"],
     "simulator": ["images", "references", "models", "webhooks", "clips", "config", "wire", "jobs", "server", "journal",
                   "transport"],
@@ -34,7 +33,7 @@ WITHIN = {
             "listener", "hooks", "submission", "downloads", "control", "reporting", "runner"],
     "views": ["commands", "watch", "progress", "record", "exports", "shards", "report"],
     "bench": ["oracle", "breakdown", "whole", "hooks", "shared", "stage", "suite"],
-    "cli": ["__init__", "tools", "catalog", "plans", "results", "running", "control", "watch", "reference",
+    "cli": ["__init__", "tools", "catalog", "plans", "results", "running", "control", "watch", "batches", "reference",
             "curation"],
 }
 PACKAGE = Path(batcher.__file__).parent

@@ -82,6 +82,34 @@ def reading_ledger(f: Any) -> Any:
     return ledger_option(with_ledger)
 
 
+batch_option = click.option("--batch", "batch_name", default=None, metavar="NAME",
+                            help="The batch by its name, instead of a MANIFEST (`batcher batches` lists them).")
+
+
+def named_batch(manifest: str | None, batch_name: str | None) -> str | None:
+    """The batch named by the MANIFEST or --batch NAME (both: they must agree); None if neither."""
+    if manifest is None:
+        return batch_name
+    from ..manifest import load_manifest
+    batch = load_manifest(manifest).batch
+    if batch_name is not None and batch_name != batch:
+        raise UsageError(f"{manifest} is batch {batch!r}, not {batch_name!r}: give MANIFEST or --batch, not both")
+    return batch
+
+
+def only_batch(ledger: Any) -> str:
+    """The one batch of a ledger, for a command given neither MANIFEST nor --batch; a ledger holding
+    several is refused with their names."""
+    from ..errors import LedgerError
+    names = [b.name for b in ledger.batches()]
+    if len(names) == 1:
+        return str(names[0])
+    if not names:
+        raise LedgerError(f"the ledger {ledger.display} holds no batch yet")
+    listed = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+    raise UsageError(f"the ledger holds {len(names)} batches ({listed}); name one: MANIFEST or --batch NAME")
+
+
 def parse_rates(values: tuple[str, ...]) -> dict[str, float]:
     rates = {}
     for item in values:
@@ -185,4 +213,4 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 # The commands, registered on `cli` as their modules load.
-from . import catalog, control, curation, plans, results, running, tools, watch  # noqa: E402,F401 - import for the commands they define
+from . import batches, catalog, control, curation, plans, results, running, tools, watch  # noqa: E402,F401 - import for the commands they define

@@ -8,20 +8,16 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from . import cli, reading_ledger
+from . import cli, named_batch, reading_ledger
 
 RUN_WORD = {"pause": "paused", "resume": "running", "cancel": "cancelled"}
 
 
 def _batch_name(manifest: str | None, batch: str | None) -> str:
     """The batch a command means: the manifest's, or `--batch NAME` (the same one if both)."""
-    from ..manifest import load_manifest
     if manifest is None and batch is None:
         raise click.UsageError("name the batch: MANIFEST, or --batch NAME")
-    named = load_manifest(manifest).batch if manifest is not None else None
-    if named is not None and batch is not None and named != batch:
-        raise UsageError(f"{manifest} is batch {named!r}, not {batch!r}: give one of them")
-    return str(named or batch)
+    return str(named_batch(manifest, batch))
 
 
 def _line(command: str, change: Any) -> str:

@@ -93,7 +93,8 @@ def plan(manifest: str, ledger_path: str, rates: tuple[str, ...], as_json: bool,
         from ..money import from_hundredths
         from ..policy import estimate_wall_seconds
         to_run, hundredths = held.pop("to_run"), held.pop("to_run_hundredths")
-        data["ledger"] = {"path": display_location(ledger_path), **held, "to_run": {
+        orphans = _orphans(ledger_path, m.batch, held.pop("orphan_keys"))
+        data["ledger"] = {"path": display_location(ledger_path), **held, **orphans, "to_run": {
             "jobs": to_run, "credits": from_hundredths(hundredths),
             "seconds": estimate_wall_seconds(to_run, concurrency, data["wall_time"]["typical_render_seconds"])}}
     uploads = _uploads(m, ledger_path, store_settings(m, **store))
@@ -114,21 +115,47 @@ _RERUN = {"pending": "to_run", "submitting": "in_flight", "submitted": "in_fligh
 
 
 def _held(m: Any, overrides: dict[str, float], max_jobs: int, summary: Any, jobs: list[Any], shares: Any,
-          states: dict[str, str] | None) -> dict[str, int]:
+          states: dict[str, str] | None) -> dict[str, Any]:
     """What the ledger holds of the plan's jobs, and what a rerun would still send: its jobs and
-    their estimates (in hundredths); a mixed batch's jobs are added to its model shares on the way."""
-    held = {"in_ledger": 0, "completed": 0, "in_flight": 0, "held": 0, "to_run": 0, "to_run_hundredths": 0}
+    their estimates (in hundredths), and the keys of its jobs the plan lacks (`orphan_keys`); a mixed
+    batch's jobs are added to its model shares on the way."""
+    held: dict[str, Any] = {"in_ledger": 0, "completed": 0, "in_flight": 0, "held": 0, "to_run": 0,
+                            "to_run_hundredths": 0}
     if states is None and shares is None:
         return held
     from ..money import estimate_hundredths
+    left = set(states or ())  # the ledger's keys no job of this manifest has: orphans
     for key, estimate in _keys(m, overrides, max_jobs, summary, jobs, shares):
         state = states.get(key) if states is not None else None
         held["in_ledger"] += state is not None
+        left.discard(key)
         outcome = "to_run" if state is None else _RERUN.get(state, state)
         held[outcome] = held.get(outcome, 0) + 1
         if outcome == "to_run":
             held["to_run_hundredths"] += estimate_hundredths(estimate)
+    held["orphan_keys"] = left
     return held
+
+
+# States of jobs that have (or may have) cost credits.
+_PAID_STATES = {"submitting", "submitted", "rendered", "completed", "unknown", "expired"}
+
+
+def _orphans(location: str, batch: str, keys: set[str]) -> dict[str, Any]:
+    """The ledger's jobs of the batch that this manifest does not produce, by the rows the ledger
+    recorded for them (`orphans` for plan's JSON; nothing when there are none)."""
+    if not keys:
+        return {}
+    from ..ledger import read_origins
+    counts: dict[str, int] = {}
+    rows: dict[tuple[str, str], dict[str, int]] = {}
+    for state, origin, label in read_origins(location, batch, keys).values():
+        counts[state] = counts.get(state, 0) + 1
+        row = rows.setdefault((origin, label), {})
+        row[state] = row.get(state, 0) + 1
+    paid = sum(n for s, n in counts.items() if s in _PAID_STATES)
+    return {"orphans": {"jobs": len(keys), "counts": counts, "paid": paid,
+                        "rows": [{"origin": o, "label": lb, "counts": c} for (o, lb), c in rows.items()]}}
 
 
 def _keys(m: Any, overrides: dict[str, float], max_jobs: int, summary: Any, jobs: list[Any],

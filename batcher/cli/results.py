@@ -10,15 +10,8 @@ from typing import Any
 import click
 
 from ..errors import BatcherError
-from ..manifest import load_manifest
 from ..money import json_safe
-from . import cli, reading_ledger
-
-
-def _batch_for(manifest: str | None) -> str | None:
-    if manifest is None:
-        return None
-    return load_manifest(manifest).batch
+from . import batch_option, cli, named_batch, only_batch, reading_ledger
 
 
 def _open_existing(ledger_path: str, batch: str | None = None) -> Any:
@@ -44,22 +37,27 @@ def _open_existing(ledger_path: str, batch: str | None = None) -> Any:
 
 model_option = click.option("--model", "model", default=None, metavar="APIID",
                             help="Only the jobs of this model (a batch may mix models).")
+orphans_option = click.option("--include-orphans", is_flag=True,
+                              help="Also the jobs no row of the current manifest produces (left out by default).")
 
 
 @cli.command()
 @click.argument("manifest", required=False, type=click.Path(dir_okay=False))
+@batch_option
 @reading_ledger
 @click.option("--json", "as_json", is_flag=True, help="Print an object with counts, credits_spent and more.")
 @click.option("--job", "job_key", default=None, help="Show one job's history (a key or its first characters).")
 @click.option("--rows", "by_row", is_flag=True, help="Jobs per state for each manifest row.")
 @model_option
-def status(manifest: str | None, ledger_path: str, as_json: bool, job_key: str | None, by_row: bool,
-           model: str | None) -> None:
-    """Show jobs per state, credits spent and held, and videos downloaded."""
+def status(manifest: str | None, batch_name: str | None, ledger_path: str, as_json: bool, job_key: str | None,
+           by_row: bool, model: str | None) -> None:
+    """Show jobs per state, credits spent and held, and videos downloaded; jobs no row of the
+    current manifest produces (orphans) apart."""
     from ..text import iso
     from ..views import history_lines, row_lines, status_lines
+    from ..views.commands import orphan_lines, orphans_info
     from ..views.record import check_model, job_record, render_timing
-    batch = _batch_for(manifest)
+    batch = named_batch(manifest, batch_name)
     with _open_existing(ledger_path, batch) as ledger:
         check_model(ledger, batch, model)
         if job_key:
@@ -81,13 +79,14 @@ def status(manifest: str | None, ledger_path: str, as_json: bool, job_key: str |
             return
         if by_row:
             if batch is None:
-                raise click.UsageError("--rows needs the MANIFEST")
+                raise click.UsageError("--rows needs the MANIFEST (or --batch NAME)")
             rows = ledger.counts_by_row_and_model(batch, model)
             if as_json:
                 click.echo(json.dumps([{"origin": o, "label": label, "prompt": prompt, "model": m, "counts": c}
                                        for o, label, prompt, m, c in rows], indent=2, allow_nan=False))
                 return
-            for line in row_lines(rows, show_model=len({r[3] for r in rows}) > 1):
+            for line in row_lines(rows, show_model=len({r[3] for r in rows}) > 1) + orphan_lines(
+                    orphans_info(ledger.orphans(batch))):
                 click.echo(line)
             return
         data = _status_data(ledger, batch, model)
@@ -112,6 +111,7 @@ def _status_data(ledger: Any, batch: str | None, model: str | None) -> dict[str,
     models; with `model`, the same figures of that model's jobs only (batches without it left out)."""
     from .. import api
     from ..views import by_model_info, figures_info
+    from ..views.commands import orphans_info
     if model is None:
         data = api.status(ledger, batch)
         for name, info in ([(batch, data)] if batch else data["batches"].items()):
@@ -119,6 +119,8 @@ def _status_data(ledger: Any, batch: str | None, model: str | None) -> dict[str,
             if len(per) > 1:
                 info["by_model"] = by_model_info(per)
             info.update(_control_of(ledger, name))
+            if info["orphans"]:
+                info["orphan_jobs"] = orphans_info(ledger.orphans(name))
         return data
     infos = {name: {"model": model, **figures_info(ledger.figures(name, model=model)),
                     "batch_credits_committed": round(ledger.committed(name), 2), **_control_of(ledger, name)}
@@ -171,9 +173,11 @@ FOLDER_FORMATS = ("videofolder", "webdataset")
               help="Give each clip in an output store (s3://) an HTTPS URL that fetches it for DURATION (90m, 1h, "
                    "7d at most), in `url`. The URL names the access key id it is signed with, never a secret.")
 @model_option
+@orphans_option
+@batch_option
 def export(manifest: str | None, ledger_path: str, fmt: str, output: str | None, old_out: str | None,
            include_failed: bool, split_spec: str | None, include_rejected: bool, shard_size: str, link: bool,
-           presign: str | None, model: str | None) -> None:
+           presign: str | None, model: str | None, include_orphans: bool, batch_name: str | None) -> None:
     """Export jobs with their provenance and dataset columns: JSONL, CSV or Parquet records, a
     VideoFolder dataset or WebDataset shards.
 
@@ -190,9 +194,10 @@ def export(manifest: str | None, ledger_path: str, fmt: str, output: str | None,
     if presign is not None and fmt in ("webdataset", "parquet"):
         raise click.UsageError(f"--presign is for jsonl, csv and videofolder --link, not --format {fmt}")
     lifetime = presign_lifetime(presign) if presign is not None else None
-    selection = Selection(model, parse_splits(split_spec) if split_spec else None, include_rejected)
+    selection = Selection(model, parse_splits(split_spec) if split_spec else None, include_rejected,
+                          orphans=include_orphans)
     shard_bytes = _shard_bytes(shard_size)
-    batch = _batch_for(manifest)
+    batch = named_batch(manifest, batch_name)
     with _open_existing(ledger_path, batch) as ledger:
         check_model(ledger, batch, model)
         if fmt == "videofolder":
@@ -278,18 +283,17 @@ def _export_output(output: str | None, old_out: str | None, fmt: str) -> str:
                    "URLs, signed now, that work this long (at most 7d) and name the access key id they are signed "
                    "with, never a secret.")
 @model_option
-def report(manifest: str | None, ledger_path: str, output: str, presign: str, model: str | None) -> None:
+@orphans_option
+@batch_option
+def report(manifest: str | None, ledger_path: str, output: str, presign: str, model: str | None,
+           include_orphans: bool, batch_name: str | None) -> None:
     """Write a self-contained HTML gallery of a batch: clips, prompts, references, costs, reasons."""
     from ..views import build_report, check_model
     from ..views.exports import presign_lifetime
     lifetime = presign_lifetime(presign)
-    batch = _batch_for(manifest)
+    batch = named_batch(manifest, batch_name)
     with _open_existing(ledger_path, batch) as ledger:
-        if batch is None:
-            names = [b.name for b in ledger.batches()]
-            if len(names) != 1:
-                raise click.UsageError(f"the ledger holds {len(names)} batches; name the MANIFEST")
-            batch = names[0]
+        batch = batch or only_batch(ledger)
         check_model(ledger, batch, model)
-        n = build_report(ledger, batch, Path(output), model=model, presign=lifetime)
+        n = build_report(ledger, batch, Path(output), model=model, presign=lifetime, orphans=include_orphans)
     click.echo(f"wrote {output} ({n} job(s))", err=True)

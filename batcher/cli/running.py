@@ -134,7 +134,11 @@ def _staged(ledger: Ledger, ready: Ready, settings: RunSettings) -> None:
         _say(f"requeued {requeued} job(s) ({', '.join(settings.requeue)})")
     _say(f"batch {ready.manifest.batch!r}: {added} new job(s), {known} already in {ledger.display}")
     if known:
-        _say(rerun_line(ledger.counts(ready.manifest.batch), settings.resubmit_unknown))
+        _say(rerun_line(ledger.counts(ready.manifest.batch, orphans=False), settings.resubmit_unknown))
+    orphans = ledger.orphan_jobs(ready.manifest.batch)
+    if orphans:
+        _say(f"{orphans} job(s) of the ledger no row of the manifest produces any more (orphans): never sent, "
+             f"left out of status, watch and exports; `batcher status` names their rows, `batcher prune` cancels them")
 
 
 def _run(manifest: str, settings: RunSettings) -> None:

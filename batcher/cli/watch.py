@@ -12,9 +12,9 @@ from typing import Any
 
 import click
 
-from ..errors import LedgerError, UsageError
+from ..errors import LedgerError
 from ..money import json_safe
-from . import cli, reading_ledger
+from . import batch_option, cli, named_batch, only_batch, reading_ledger
 
 # The terminal's alternate screen with the cursor hidden (as `top` and `less` use), and back.
 ENTER, LEAVE = "\x1b[?1049h\x1b[?25l", "\x1b[?25h\x1b[?1049l"
@@ -24,8 +24,7 @@ PLAIN_WIDTH = 120  # off a terminal, unless COLUMNS says otherwise
 
 @cli.command()
 @click.argument("manifest", required=False, type=click.Path(dir_okay=False))
-@click.option("--batch", "batch_name", default=None, metavar="NAME",
-              help="The batch to watch, by name (instead of MANIFEST; needed when the ledger holds several).")
+@batch_option
 @reading_ledger
 @click.option("--interval", type=click.FloatRange(min=0.2), default=2.0, show_default=True,
               help="Seconds between refreshes.")
@@ -37,9 +36,9 @@ def watch(manifest: str | None, batch_name: str | None, ledger_path: str, interv
     """Watch a batch live: jobs per state, credits of the budget, rate, ETA, control state and
     every runner (host, process, jobs it holds, heartbeat; stale ones marked)."""
     from .results import _open_existing
-    name = _named(manifest, batch_name)
+    name = named_batch(manifest, batch_name)
     with _open_existing(ledger_path, name) as ledger:
-        name = name or _only_batch(ledger)
+        name = name or only_batch(ledger)
         try:
             if once or as_json or not sys.stdout.isatty():
                 _plain(ledger, name, interval, once, as_json)
@@ -47,27 +46,6 @@ def watch(manifest: str | None, batch_name: str | None, ledger_path: str, interv
                 _live(ledger, name, interval)
         except KeyboardInterrupt:
             pass  # Ctrl-C (or SIGTERM, SIGHUP) ends a watch: nothing was interrupted, exit 0
-
-
-def _named(manifest: str | None, batch_name: str | None) -> str | None:
-    """The batch named by the MANIFEST or --batch (both: they must agree)."""
-    if manifest is None:
-        return batch_name
-    from ..manifest import load_manifest
-    batch = load_manifest(manifest).batch
-    if batch_name is not None and batch_name != batch:
-        raise UsageError(f"{manifest} is batch {batch!r}, not {batch_name!r}: give MANIFEST or --batch, not both")
-    return batch
-
-
-def _only_batch(ledger: Any) -> str:
-    names = [b.name for b in ledger.batches()]
-    if len(names) == 1:
-        return str(names[0])
-    if not names:
-        raise LedgerError(f"the ledger {ledger.display} holds no batch yet")
-    listed = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
-    raise UsageError(f"the ledger holds {len(names)} batches ({listed}); name one: MANIFEST or --batch NAME")
 
 
 def _read(ledger: Any, name: str) -> Any:

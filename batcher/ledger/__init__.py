@@ -18,6 +18,7 @@ Now an uncommitted result used is a type error, and one dropped fails tests/test
     figures      counts, spend, budget outlook, failure reasons
     control      a batch's control word (pause, resume, cancel) and what it does to the jobs
     curation     clips rejected from exports; rerolls, new takes of a request
+    orphans      jobs no row of the current manifest produces: counted, named, pruned
     references   what preflight found at each reference URL; local images and where they are stored
     modelinfo    models the API described, cached
     journal      answers of the API the ledger could not record when they came, kept beside it
@@ -36,11 +37,12 @@ from .curation import LedgerCuration, Reroll
 from .dialect import DEFAULT_LEDGER, display_location, engine_url, is_database_url, postgres_engine
 from .figures import LedgerFigures
 from .fleet import Fleet, LedgerFleet, RunnerStatus
-from .jobs import read_states
+from .jobs import read_origins, read_states
 from .journal import LedgerJournal
 from .leases import LedgerLeases
 from .migrations import MIGRATIONS, SCHEMA_VERSION, Migration
 from .modelinfo import LedgerModelInfo, read_model_infos
+from .orphans import LedgerOrphans, OrphanRow, Orphans, Pruned
 from .references import LedgerReferences, read_stored
 from .rows import (
     Attempt,
@@ -60,13 +62,14 @@ from .transitions import LedgerTransitions
 __all__ = [
     "DEFAULT_LEDGER", "MIGRATIONS", "SCHEMA_VERSION", "Acceptance", "Accepted", "Answer", "Arrival", "Attempt",
     "Batch", "ControlChange", "Event", "Figures", "Fleet", "Job", "Ledger", "LocalImage", "Migration", "ModelInfo",
-    "Operation", "Reference", "Reroll", "RunnerStatus", "SQLModel", "Spend", "StoredImage", "display_location",
-    "engine_url", "is_database_url", "postgres_engine", "read_model_infos", "read_states", "read_stored"
+    "Operation", "OrphanRow", "Orphans", "Pruned", "Reference", "Reroll", "RunnerStatus", "SQLModel", "Spend",
+    "StoredImage", "display_location", "engine_url", "is_database_url", "postgres_engine", "read_model_infos",
+    "read_origins", "read_states", "read_stored"
 ]
 
 
 class Ledger(LedgerJournal, LedgerTransitions, LedgerLeases, LedgerFigures, LedgerReferences, LedgerModelInfo,
-             LedgerFleet, LedgerControl, LedgerCuration):
+             LedgerFleet, LedgerOrphans, LedgerControl, LedgerCuration):
     """One ledger. Writes return operations (`write`, `write_many`, or the run's group writer
     commit them; nothing else does); reads return frozen rows. Opened for writing (the default),
     it first records what its answer journal holds (`journal_applied` says what), before any

@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from ..money import ZERO, from_hundredths, to_hundredths
 from ..states import JobState
-from .jobs import LedgerJobs
+from .jobs import LedgerJobs, orphan_sql
 from .rows import Figures, Spend
 
 _ID_OR_NUMBER = re.compile(r"\b(?:job_)?[0-9a-f]*\d[0-9a-f]*\b")
@@ -56,20 +56,36 @@ def _credits(hundredths: Any) -> Decimal:
 class LedgerFigures(LedgerJobs):
     def figures(self, batch: str, generation: int | None = None, *, model: str | None = None) -> Figures:
         """Everything status, a run's report and the gallery show about a batch; with `model`, about
-        that model's jobs only (then `committed` is what they charged and hold, not the batch's total)."""
+        that model's jobs only (then `committed` is what they charged and hold, not the batch's total).
+        Its jobs per state are those of the current manifest: orphans are counted apart (`orphans`)."""
         tallies = self._tallies(batch, model)
         held, done = tallies.get(JobState.UNKNOWN.value, _NONE), tallies.get(JobState.COMPLETED.value, _NONE)
         timed = sum(t.renders for t in tallies.values())
         spend = self.spend(batch, model=model)
         return Figures(
-            self.batch(batch), self.counts(batch, generation, model=model), spend, held.jobs, held.estimate,
+            self.batch(batch), self.counts(batch, generation, model=model, orphans=False), spend, held.jobs,
+            held.estimate,
             self.lost_jobs(batch, model=model) if held.jobs else 0, done.jobs, done.bytes,
             sum(t.render_seconds for t in tallies.values()) / timed if timed else None,
             self.committed(batch) if model is None else spend.committed,
             self.jobs_with_event(batch, "cost-untrusted", model=model),
             min((t.first_submitted for t in tallies.values() if t.first_submitted is not None), default=None),
             max((t.last_update for s, t in tallies.items() if s in _FINISHED and t.last_update is not None),
-                default=None))
+                default=None),
+            self.orphan_jobs(batch, model=model))
+
+    def last_activity(self, batch: str) -> float | None:
+        """When anything last happened to the batch: a job changed, or it was staged."""
+        with self.engine.connect() as conn:
+            job, staged = conn.execute(text("SELECT (SELECT MAX(updated_at) FROM job WHERE batch = :b), "
+                                            "(SELECT updated_at FROM batch WHERE name = :b)"), {"b": batch}).one()
+        return max((t for t in (job, staged) if t is not None), default=None)
+
+    def orphan_jobs(self, batch: str, *, model: str | None = None) -> int:
+        """How many jobs of the batch no row of its current manifest produces (of `model`'s, if given)."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(text(f"SELECT COUNT(*) FROM job WHERE batch = :b AND {orphan_sql()}"
+                                         + _only(model)), {"b": batch, "model": model}).scalar_one())
 
     def _tallies(self, batch: str, model: str | None) -> dict[str, StateTally]:
         """Each state's tally, in one pass that reads the jobs in the state index's order (a
@@ -85,8 +101,9 @@ class LedgerFigures(LedgerJobs):
                         {"b": batch, "model": model})}
 
     def counts(self, batch: str | None = None, generation: int | None = None, *,
-               model: str | None = None) -> dict[str, int]:
-        """Jobs per state (every state present, zeros included); of one model's jobs if `model`."""
+               model: str | None = None, orphans: bool = True) -> dict[str, int]:
+        """Jobs per state (every state present, zeros included); of one model's jobs if `model`;
+        without the orphans (jobs no row of the current manifest produces) unless `orphans`."""
         sql = "SELECT state, COUNT(*) FROM job"
         where: list[str] = []
         args: dict[str, Any] = {}
@@ -99,29 +116,14 @@ class LedgerFigures(LedgerJobs):
         if model is not None:
             where.append(f"{job_model()} = :model")
             args["model"] = model
+        if not orphans:
+            where.append(f"NOT ({orphan_sql(batch=':b' if batch is not None else None)})")
         if where:
             sql += " WHERE " + " AND ".join(where)
         out = {s.value: 0 for s in JobState}
         with self.engine.connect() as conn:
             for state, n in conn.execute(text(sql + " GROUP BY state"), args):
                 out[state] = n
-        return out
-
-    def counts_by_row(self, batch: str) -> list[tuple[str, str, str, dict[str, int]]]:
-        """Per manifest row, in manifest order: (origin, label, the prompt of its first job, jobs per state)."""
-        rows: dict[str, dict[str, int]] = {}
-        with self.engine.connect() as conn:
-            for origin, state, n in conn.execute(text(
-                    "SELECT origin, state, COUNT(*) FROM job WHERE batch = :b GROUP BY origin, state "
-                    "ORDER BY MIN(seq)"), {"b": batch}):
-                rows.setdefault(origin, {})[state] = n
-            first = {origin: (label, params) for origin, label, params in conn.execute(text(
-                "SELECT origin, label, params FROM job WHERE batch = :b AND seq IN "
-                "(SELECT MIN(seq) FROM job WHERE batch = :b GROUP BY origin)"), {"b": batch})}
-        out = []
-        for origin, counts in rows.items():
-            label, params = first.get(origin, ("", "{}"))
-            out.append((origin, label, str(json.loads(params).get("prompt", "")), counts))
         return out
 
     def spend(self, batch: str, *, model: str | None = None) -> Spend:
@@ -223,18 +225,20 @@ class LedgerFigures(LedgerJobs):
 
     def counts_by_row_and_model(self, batch: str, model: str | None = None
                                 ) -> list[tuple[str, str, str, str, dict[str, int]]]:
-        """As `counts_by_row`, per (row, model): (origin, label, prompt of its first job, model, jobs per
-        state); only `model`'s jobs when given. A row is one model's, unless an edit changed it."""
+        """Per manifest row and model, in manifest order: (origin, label, prompt of its first job, model,
+        jobs per state); only `model`'s jobs when given. A row is one model's, unless an edit changed it.
+        The jobs of the current manifest only: an orphan is no row's (`LedgerOrphans.orphans` names them)."""
         rows: dict[tuple[str, str], dict[str, int]] = {}
         with self.engine.connect() as conn:
             for origin, m, state, n in conn.execute(text(
                     f"SELECT j.origin, {_JOINED}, j.state, COUNT(*) FROM job j JOIN batch b ON b.name = j.batch "
-                    f"WHERE j.batch = :b{_only(model, 'j')} GROUP BY j.origin, {_JOINED}, j.state ORDER BY MIN(j.seq)"),
+                    f"WHERE j.batch = :b AND NOT ({orphan_sql('j')}){_only(model, 'j')} "
+                    f"GROUP BY j.origin, {_JOINED}, j.state ORDER BY MIN(j.seq)"),
                     {"b": batch, "model": model}):
                 rows.setdefault((origin, str(m)), {})[state] = int(n)
             first = {origin: (label, params) for origin, label, params in conn.execute(text(
-                "SELECT origin, label, params FROM job WHERE batch = :b AND seq IN "
-                "(SELECT MIN(seq) FROM job WHERE batch = :b GROUP BY origin)"), {"b": batch})}
+                f"SELECT origin, label, params FROM job WHERE batch = :b AND NOT ({orphan_sql()}) AND seq IN "
+                f"(SELECT MIN(seq) FROM job WHERE batch = :b AND NOT ({orphan_sql()}) GROUP BY origin)"), {"b": batch})}
         out = []
         for (origin, m), counts in rows.items():
             label, params = first.get(origin, ("", "{}"))

@@ -14,6 +14,7 @@ from ..errors import LedgerError
 from ..money import ZERO, from_hundredths
 from ..states import JobState
 from .dialect import first_line
+from .jobs import orphan_sql
 from .rows import Batch, from_mapping
 from .store import LedgerStore
 
@@ -52,7 +53,7 @@ class Fleet:
 
     batch: Batch
     at: float
-    counts: dict[str, int]  # every state, zeros included
+    counts: dict[str, int]  # every state, zeros included (of the current manifest's jobs: no orphan)
     spent: Decimal  # charged by the API and not refunded
     recent: int  # jobs completed in the last `window` seconds
     window: float
@@ -90,8 +91,9 @@ class LedgerFleet(LedgerStore):
         if row is None:
             return None
         counts = {s.value: 0 for s in JobState}
-        for state, n in conn.execute(text("SELECT state, COUNT(*) FROM job WHERE batch = :b GROUP BY state"),
-                                     {"b": batch}):
+        # The current manifest's jobs: orphans (`orphan_sql`) never finish, and would hold the ETA up.
+        for state, n in conn.execute(text(f"SELECT state, COUNT(*) FROM job WHERE batch = :b AND NOT ({orphan_sql()}) "
+                                          "GROUP BY state"), {"b": batch}):
             counts[state] = int(n)
         spent = conn.execute(text(
             "SELECT COALESCE(SUM(a.credit_cost), 0) FROM attempt a JOIN job j ON j.id = a.job_id "

@@ -23,6 +23,16 @@ Request = tuple[int, int, str, str, str, str | None]  # seq, id, state, origin, 
 CompletedFile = tuple[int, str, int | None, str | None, int | None]
 
 
+def orphan_sql(alias: str = "job", batch: str | None = ":b") -> str:
+    """SQL true of an orphan: a job the batch's latest staging of its whole manifest did not mark (no
+    row of the current manifest produces it any more: its prompt, seeds, row or reference changed).
+    That staging gives every job of the manifest the batch's new manifest_generation; an orphan
+    keeps an older one. `batch`: the parameter naming the jobs' batch, whose mark is then read once;
+    None for jobs of any batch (each job's own batch's mark)."""
+    of = batch if batch is not None else f"{alias}.batch"
+    return f"{alias}.manifest_generation < (SELECT ob.manifest_generation FROM batch ob WHERE ob.name = {of})"
+
+
 def _page(columns: str, states: Iterable[JobState], generation: int | None) -> str:
     """A page of a batch's jobs in some states (of one generation), in manifest order; binds :b,
     :after (the last seq of the page before), :n and :g."""
@@ -32,15 +42,33 @@ def _page(columns: str, states: Iterable[JobState], generation: int | None) -> s
             "ORDER BY seq LIMIT :n")
 
 
-def _staging_sql(q: str) -> str:
+def _staging_sql(q: str, whole: bool) -> str:
     """One statement adding jobs (a tuple each, `q` the driver's mark); a key already known keeps
-    its state, and a job never sent takes today's estimate (a --rate at the real price, say)."""
+    its state, and a job never sent takes today's estimate (a --rate at the real price, say); the
+    staging of a `whole` manifest marks each job its manifest produces."""
+    mark = "manifest_generation = excluded.manifest_generation, " if whole else ""
     return ("INSERT INTO job (batch, key, seq, generation, row, take, origin, label, params, estimate, "
-            f"created_at, updated_at, model, row_data, state, attempts, lease_token) VALUES ({', '.join([q] * 14)}, "
-            "'pending', 0, 0) ON CONFLICT(batch, key) DO UPDATE SET generation = excluded.generation, "
+            f"created_at, updated_at, model, row_data, manifest_generation, state, attempts, lease_token) VALUES "
+            f"({', '.join([q] * 15)}, 'pending', 0, 0) ON CONFLICT(batch, key) DO UPDATE SET {mark}"
+            "generation = excluded.generation, "
             "origin = excluded.origin, label = excluded.label, row = excluded.row, row_data = excluded.row_data, "
             "estimate = CASE WHEN job.state = 'pending' AND job.attempts = 0 THEN excluded.estimate "
             "ELSE job.estimate END")
+
+
+def _after_staging(conn: Connection, batch: str, generation: int, mark: int) -> None:
+    """What a staging settles beside its rows: rerolls and orphans' leases."""
+    # A reroll is no row of the manifest, yet part of the batch: it stays current (and one not yet
+    # sent stays in this generation, so the run sends it).
+    conn.execute(text("UPDATE job SET manifest_generation = :mg WHERE batch = :b AND reroll_of IS NOT NULL"),
+                 {"mg": mark, "b": batch})
+    conn.execute(text("UPDATE job SET generation = :g WHERE batch = :b AND reroll_of IS NOT NULL "
+                      "AND state = 'pending'"), {"g": generation, "b": batch})
+    # A runner that claimed a job before this staging orphaned it must not send it: its lease ends
+    # and its fencing token moves on, so the intent it would write is refused.
+    conn.execute(text("UPDATE job SET owner = NULL, lease_until = NULL, lease_token = lease_token + 1 "
+                      "WHERE batch = :b AND state = 'pending' AND owner IS NOT NULL "
+                      "AND manifest_generation < :mg"), {"b": batch, "mg": mark})
 
 
 def _count(conn: Connection, batch: str) -> int:
@@ -55,14 +83,30 @@ def _estimate_cents(cache: dict[Any, int], estimate: Any) -> int:
     return found
 
 
+def _next_generation(conn: Connection, batch: str, model: str, manifest: str, simulated: bool, now: float,
+                     whole: bool) -> tuple[int, int]:
+    """The batch (made if new) staged once more: its new generation, and its manifest generation
+    (bumped only by the staging of a `whole` manifest)."""
+    conn.execute(text(
+        "INSERT INTO batch (name, model, manifest, generation, simulated, committed, created_at, updated_at, "
+        "manifest_generation) VALUES (:n, :m, :f, 1, :s, 0, :t, :t, :w) ON CONFLICT(name) DO UPDATE SET "
+        "generation = batch.generation + 1, manifest = excluded.manifest, simulated = excluded.simulated, "
+        "updated_at = excluded.updated_at, manifest_generation = batch.manifest_generation + :w"),
+        {"n": batch, "m": model, "f": manifest, "s": simulated, "t": now, "w": int(whole)})
+    row = conn.execute(text("SELECT generation, manifest_generation FROM batch WHERE name = :n"),
+                                    {"n": batch}).one()
+    return int(row[0]), int(row[1])
+
+
 class LedgerJobs(LedgerStore):
     def add_jobs(self, batch: str, model: str, manifest: str, jobs: Iterable[JobSpec], chunk: int = 5000,
-                 *, simulated: bool = False) -> Operation[tuple[int, int]]:
+                 *, simulated: bool = False, whole: bool = False) -> Operation[tuple[int, int]]:
         """Add a manifest's jobs (built one by one; see `add_rows`). Returns (added, already known)."""
-        return self.add_rows(batch, model, manifest, (row_of(job) for job in jobs), chunk, simulated=simulated)
+        return self.add_rows(batch, model, manifest, (row_of(job) for job in jobs), chunk, simulated=simulated,
+                             whole=whole)
 
     def add_rows(self, batch: str, model: str, manifest: str, rows: Iterable[JobRow] | Callable[[], Iterable[JobRow]],
-                 chunk: int = 5000, *, simulated: bool = False) -> Operation[tuple[int, int]]:
+                 chunk: int = 5000, *, simulated: bool = False, whole: bool = False) -> Operation[tuple[int, int]]:
         """Add a manifest's jobs, in one transaction; known keys keep their state. Returns (added,
         already known).
 
@@ -70,6 +114,10 @@ class LedgerJobs(LedgerStore):
         in the manifest are not submitted. A batch remembers whether it is simulated: once anything
         of it was submitted, a run of the other kind is refused (SimulationMismatch), so simulated
         clips never pass for real ones.
+
+        `whole`: the rows are every job of the batch's manifest (a run's staging): they are marked
+        with a new manifest generation, and the batch's jobs left unmarked are orphans
+        (`orphan_sql`). Otherwise the rows are added to the current manifest's jobs.
         """
         now = self.clock()
 
@@ -88,31 +136,23 @@ class LedgerJobs(LedgerStore):
             tried, seen = True, 0
             self._check_mode(conn, batch, simulated)
             before = _count(conn, batch)
-            conn.execute(text(
-                "INSERT INTO batch (name, model, manifest, generation, simulated, committed, created_at, updated_at) "
-                "VALUES (:n, :m, :f, 1, :s, 0, :t, :t) ON CONFLICT(name) DO UPDATE SET "
-                "generation = batch.generation + 1, manifest = excluded.manifest, simulated = excluded.simulated, "
-                "updated_at = excluded.updated_at"),
-                {"n": batch, "m": model, "f": manifest, "s": simulated, "t": now})
-            generation = conn.execute(text("SELECT generation FROM batch WHERE name = :n"), {"n": batch}).scalar_one()
+            generation, mark = _next_generation(conn, batch, model, manifest, simulated, now, whole)
             # Straight to the driver, many rows a statement, each a tuple: SQLAlchemy's processing
             # of each row's parameters, and the driver's lookup of each by name, cost more than the
             # database's insert.
-            sql = _staging_sql(self.sql.mark)
+            sql = _staging_sql(self.sql.mark, whole)
             buf: list[tuple[Any, ...]] = []
             cents: dict[Any, int] = {}
             for r in (rows() if callable(rows) else rows):
                 buf.append((batch, r.key, seen, generation, r.row, r.take, r.origin, r.label, r.params,
-                            _estimate_cents(cents, r.estimate), now, now, r.model or model, r.data or None))
+                            _estimate_cents(cents, r.estimate), now, now, r.model or model, r.data or None, mark))
                 seen += 1
                 if len(buf) >= chunk:
                     conn.exec_driver_sql(sql, buf)
                     buf.clear()
             if buf:
                 conn.exec_driver_sql(sql, buf)
-            # A reroll not yet sent is no row of the manifest, yet part of the batch: it stays current.
-            conn.execute(text("UPDATE job SET generation = :g WHERE batch = :b AND reroll_of IS NOT NULL "
-                              "AND state = 'pending'"), {"g": generation, "b": batch})
+            _after_staging(conn, batch, generation, mark)
             added = _count(conn, batch) - before
             return added, seen - added
         return Operation(insert_all)
@@ -197,8 +237,9 @@ class LedgerJobs(LedgerStore):
             rows = conn.exec_driver_sql(sql, {"b": batch, "after": after_seq, "n": limit, "g": generation})
             return cast(list[Request], [tuple(row) for row in rows])
 
-    def iter_batch(self, batch: str | None = None, page: int = 1000) -> Iterator[Job]:
-        """Every job (of a batch, or of the ledger), a page at a time, in the order they were added.
+    def iter_batch(self, batch: str | None = None, page: int = 1000, *, orphans: bool = True) -> Iterator[Job]:
+        """Every job (of a batch, or of the ledger), a page at a time, in the order they were added;
+        without the orphans (`orphan_sql`) unless `orphans`.
 
         Pages walk the ids from the batch's first to its last: read through an index on `batch`,
         each page would sort the whole batch (`Dialect.in_id_order`); bounded, the walk costs the
@@ -214,6 +255,8 @@ class LedgerJobs(LedgerStore):
             last = int(first) - 1
         else:
             last = 0
+        if not orphans:
+            where += f" AND NOT ({orphan_sql(batch=':b' if batch else None)})"
         while True:
             chunk = self._rows(Job, f"SELECT * FROM {self.sql.in_id_order('job')} WHERE id > :last{where} "
                                     "ORDER BY id LIMIT :n", {"last": last, "n": page, **args})
@@ -236,6 +279,15 @@ class LedgerJobs(LedgerStore):
 
     def attempts(self, job_id: int) -> list[Attempt]:
         return self._rows(Attempt, "SELECT * FROM attempt WHERE job_id = :j ORDER BY id", {"j": job_id})
+
+
+def read_origins(path: str | Path, batch: str, keys: Iterable[str]) -> dict[str, tuple[str, str, str]]:
+    """Key -> (state, origin, label) of some of a batch's jobs, read without writing anything
+    (nothing if there is no ledger): the rows the ledger recorded for them."""
+    wanted = set(keys)
+    found = read_only(path, "job", lambda conn: {k: (s, o, lb) for k, s, o, lb in conn.execute(
+        text("SELECT key, state, origin, label FROM job WHERE batch = :b"), {"b": batch}) if k in wanted})
+    return found or {}
 
 
 def read_states(path: str | Path, batch: str) -> dict[str, str] | None:

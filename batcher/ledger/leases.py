@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from sqlalchemy import Connection, text
 
 from ..states import JobState
+from .jobs import orphan_sql
 from .rows import Job, from_mapping
 from .store import LedgerStore, Operation, Unchanged
 
@@ -32,7 +33,9 @@ class LedgerLeases(LedgerStore):
         rest = sorted(given - {JobState.RENDERED, JobState.SUBMITTED})
         groups += [rest] if rest else []
         skip = self.sql.skip_locked
-        gen = " AND (generation = :g OR state != 'pending')" if generation is not None else ""
+        # A pending job is claimed only when the batch's latest staging produced it: never an orphan.
+        gen = (f" AND (state != 'pending' OR (NOT ({orphan_sql()})"
+               + (" AND generation = :g))" if generation is not None else "))"))
 
         def op(conn: Connection) -> list[Job]:
             now = self.clock()

@@ -214,6 +214,13 @@ MIGRATIONS: list[Migration] = [
         add_column(JobTable, "rejected_at"),
         add_column(JobTable, "reroll_of"),
     ]),
+    # Every staging so far was of a whole manifest: its generation is the mark it would have given.
+    Migration(15, "jobs marked by the latest staging of the whole manifest: orphans told apart", [
+        add_column(BatchTable, "manifest_generation"),
+        add_column(JobTable, "manifest_generation"),
+        sql("UPDATE batch SET manifest_generation = generation"),
+        sql("UPDATE job SET manifest_generation = generation"),
+    ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

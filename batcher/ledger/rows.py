@@ -54,6 +54,7 @@ class Batch:
     control: str = "running"  # a `Control` word: what the operator asked of every runner
     control_at: float | None = None
     webhook_secret: str | None = field(default=None, repr=False)  # never printed
+    manifest_generation: int = 0  # bumped by each staging of the whole manifest
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class Job:
     row_data: str | None = None  # JSON: its template variables and its row's `meta:` (None: staged before)
     rejected_at: float | None = None  # when `batcher reject` left it out of exports
     reroll_of: str | None = None  # the key of the job it renders again (`batcher reroll`)
+    manifest_generation: int = 0  # the batch's, when a staging of the whole manifest last produced it
 
     @property
     def job_state(self) -> JobState:
@@ -213,6 +215,7 @@ class Figures:
     untrusted_costs: int  # jobs answered with a creditCost that could not be believed
     first_submitted: float | None
     last_finished: float | None
+    orphans: int = 0  # jobs no row of the current manifest produces: not in `counts`
 
     @property
     def jobs(self) -> int:

@@ -67,6 +67,8 @@ class BatchTable(SQLModel, table=True):
     model: str
     manifest: str
     generation: int = Field(default=0, sa_column=_int("0"))
+    # bumped by each staging of the whole manifest; its jobs carry it (an older mark: an orphan)
+    manifest_generation: int = Field(default=0, sa_column=_int("0"))
     budget: int | None = Field(default=None, sa_column=_cents())  # the budget of the latest run
     # credits charged or reserved: the shared budget's running total
     committed: int = Field(default=0, sa_column=_cents(nullable=False))
@@ -98,6 +100,8 @@ class JobTable(SQLModel, table=True):
     key: str
     seq: int
     generation: int = Field(default=0, sa_column=_int("0"))
+    # the batch's manifest_generation when a staging of the whole manifest last produced this job
+    manifest_generation: int = Field(default=0, sa_column=_int("0"))
     row: int
     take: int
     origin: str

@@ -15,6 +15,7 @@ from ..errors import BudgetExceeded, IllegalTransition, LeaseLost, LedgerError
 from ..money import ZERO, from_hundredths, show, to_hundredths
 from ..states import JobState, check_move
 from .control import BatchNotRunning
+from .jobs import orphan_sql
 from .store import LedgerStore, Operation
 
 # A job's columns that hold credits: written as integer hundredths.
@@ -206,7 +207,7 @@ class LedgerTransitions(LedgerStore):
 
     def requeue(self, batch: str, states: Iterable[JobState], reason: str) -> Operation[int]:
         """Move jobs in `states` back to pending (the user's decision, e.g. `batcher retry`); returns
-        how many."""
+        how many. Orphans stay as they are: no run would send them."""
         wanted = [s for s in states]
         for s in wanted:
             check_move(s, JobState.PENDING)
@@ -214,7 +215,7 @@ class LedgerTransitions(LedgerStore):
 
         def op(conn: Connection) -> int:
             ids = [(i, st) for (i, st) in conn.execute(
-                text(f"SELECT id, state FROM job WHERE batch = :b AND state IN "
+                text(f"SELECT id, state FROM job WHERE batch = :b AND NOT ({orphan_sql()}) AND state IN "
                      f"({', '.join(repr(s.value) for s in wanted)})"), {"b": batch})]
             for job_id, st in ids:
                 conn.execute(text("UPDATE job SET state = 'pending', error = NULL, remote_job_id = NULL, "

@@ -245,7 +245,8 @@ class Runner:
 
     async def snapshot(self) -> Progress:
         ctx = self.ctx
-        counts = await ctx.threads.run(lambda: ctx.ledger.counts(ctx.batch, ctx.state.generation))
+        # the current manifest's jobs: orphans never finish, and would hold the ETA up
+        counts = await ctx.threads.run(lambda: ctx.ledger.counts(ctx.batch, ctx.state.generation, orphans=False))
         total = sum(counts.values())
         covered = None
         if self.outlook is not None and self.outlook.covered < self.outlook.pending:

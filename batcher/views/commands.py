@@ -13,7 +13,7 @@ from ..plan import JobSpec, PlanSummary
 from ..text import format_seconds, iso, state_counts
 
 if TYPE_CHECKING:  # rows of the ledger, named only: plan lines load no database package
-    from ..ledger import Event, Figures, Job
+    from ..ledger import Event, Figures, Job, Orphans
 from ..text import format_credits
 
 
@@ -93,6 +93,7 @@ def plan_lines(m: Manifest, summary: PlanSummary, overrides: dict[str, float], d
     if "ledger" in data:
         led = data["ledger"]
         lines.append(f"ledger {led['path']}: holds {led['in_ledger']} of these jobs, {led['completed']} completed")
+        lines += orphan_lines(led["orphans"], apart="not in this plan") if led.get("orphans") else []
     return lines
 
 
@@ -151,7 +152,29 @@ def figures_info(f: Figures) -> dict[str, Any]:
         "simulated": bool(f.batch and f.batch.simulated), "untrusted_costs": f.untrusted_costs,
         # What the latest run was given; every runner keeps to its own --budget.
         "budget": f.batch.budget if f.batch else None, "credits_committed": round(f.committed, 2),
+        "orphans": f.orphans,
     }
+
+
+def orphans_info(o: Orphans) -> dict[str, Any]:
+    """A batch's orphans for `--json`: jobs per state, how many were paid, the rows they came from."""
+    return {"jobs": o.jobs, "counts": o.counts, "paid": o.paid,
+            "rows": [{"origin": r.origin, "label": r.label, "counts": r.counts} for r in o.rows]}
+
+
+def orphan_lines(info: dict[str, Any], shown: int = 5,
+                 apart: str = "left out of the counts above, of watch and of exports") -> list[str]:
+    """The orphans of a batch (`orphans_info`): apart from its jobs, with the rows they came from
+    (the first `shown`) and what `batcher prune` would do with them."""
+    if not info["jobs"]:
+        return []
+    rows = [f"{r['origin']} {r['label']} ({sum(r['counts'].values())})" for r in info["rows"][:shown]]
+    more = f", and {len(info['rows']) - shown} more row(s)" if len(info["rows"]) > shown else ""
+    paid = f"; {info['paid']} of them paid for (prune keeps those)" if info["paid"] else ""
+    return [f"  orphans: {info['jobs']} job(s) no row of the current manifest produces ({state_counts(info['counts'])})"
+            f", {apart}{paid}",
+            f"    from rows that went or changed: {', '.join(rows)}{more}",
+            "    `batcher prune MANIFEST` cancels the unpaid ones (--forget removes them from the ledger)"]
 
 
 def by_model_info(counts: dict[str, tuple[dict[str, int], float]]) -> dict[str, Any]:
@@ -178,6 +201,7 @@ def status_lines(name: str | None, info: dict[str, Any]) -> list[str]:
         lines.append(f"  {api_id}: {share['jobs']} job(s): {state_counts(share['counts']) or 'none'}; "
                      f"{format_credits(share['credits_spent'])} credits spent")
     lines += _control_lines(info)
+    lines += orphan_lines(info["orphan_jobs"]) if info.get("orphan_jobs") else []
     if info["untrusted_costs"]:
         lines.append(f"  warning: {info['untrusted_costs']} job(s) were answered with a creditCost that cannot be "
                      f"believed (negative, not a number, below half the job's estimate, or more than any clip "

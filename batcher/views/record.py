@@ -144,6 +144,7 @@ class Selection:
     splits: Splits | None = None  # each record's `split` (None: no split field)
     include_rejected: bool = False  # clips `batcher reject` left out
     facts: bool = True  # read each video's facts from its file (the gallery needs none)
+    orphans: bool = False  # jobs no row of the current manifest produces (`--include-orphans`)
 
 
 def records(ledger: Ledger, batch: str | None, model: str | None = None, selection: Selection | None = None
@@ -154,7 +155,7 @@ def records(ledger: Ledger, batch: str | None, model: str | None = None, selecti
     model = chosen.model or model
     batches = {b.name: b for b in ledger.batches()}
     local = ledger.local_images(any_host=True)
-    for job in ledger.iter_batch(batch):
+    for job in ledger.iter_batch(batch, orphans=chosen.orphans):
         if job.rejected_at is not None and not chosen.include_rejected:
             continue
         info = batches.get(job.batch)

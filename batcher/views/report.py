@@ -161,7 +161,7 @@ def _credits(value: float | Decimal | None) -> str:
 
 
 def build_report(ledger: Ledger, batch: str, out_path: Path, local_files: Mapping[str, Path] | None = None,
-                 model: str | None = None, presign: float = PRESIGN_SECONDS) -> int:
+                 model: str | None = None, presign: float = PRESIGN_SECONDS, *, orphans: bool = False) -> int:
     """Write the gallery of `batch` to `out_path`; returns the number of cards. Local references
     are shown from their files (`local_files`, content address -> file; default: where the
     ledger last found each), with no network. With `model`, only that model's jobs (and figures).
@@ -178,7 +178,8 @@ def build_report(ledger: Ledger, batch: str, out_path: Path, local_files: Mappin
         with body.open("w", encoding="utf-8") as cards_out:
             cards = _Cards(out_path.resolve().parent, local_files or {}, cards_out, presign)
             # Rejected clips too (marked): the gallery is where they are judged.
-            for record in records(ledger, batch, model, Selection(model, include_rejected=True, facts=False)):
+            for record in records(ledger, batch, model, Selection(model, include_rejected=True, facts=False,
+                                                                  orphans=orphans)):
                 cards.add(record)
         _write_page(tmp, body, cards, _head(batch, cards, f, model, ledger.display))
         os.replace(tmp, out_path)
