@@ -275,9 +275,18 @@ def reference_urls(m: Manifest) -> tuple[dict[str, str], bool]:
                     continue
                 if check_url(value) is None and not value.lower().startswith("file:"):
                     uses.setdefault(value, row.origin)
-                elif spec not in m.reference_sets and looks_like_local(value):
+                elif spec not in m.reference_sets and _names_local(value, m.base):
                     local_refused = local_refused or bool(resolve_local(value, m.base, row.origin)[1])
     return uses, local_refused
+
+
+def _names_local(spec: str, base: Path) -> bool:
+    """Whether a row's reference names local images: it reads as a path, or names a file or
+    folder beside the manifest (as `plan.references` reads it)."""
+    try:
+        return looks_like_local(spec) or ("://" not in spec and (base / spec).exists())
+    except (OSError, ValueError):
+        return False
 
 
 def _refused_set_value(value: object) -> bool:

@@ -56,9 +56,30 @@ def test_run_refuses_a_404_url_and_a_small_local_image_at_once_and_stages_nothin
     assert result.exit_code == 2, result.output
     assert_both(refusal_lines(result.stderr), path)
     assert "150" in refusal_lines(result.stderr)[1]  # the local image's refusal is as before: its pixels
-    if ledger.exists():
-        with Ledger(ledger) as led:
-            assert sum(led.counts("both").values()) == 0
+    assert staged(ledger) == 0
+
+
+def staged(ledger: Path) -> int:
+    if not ledger.exists():
+        return 0
+    with Ledger(ledger) as led:
+        return sum(led.counts("both").values())
+
+
+def test_a_set_of_local_images_and_a_folder_named_bare_count_as_local_problems_too(tmp_path, write):
+    (tmp_path / "chars").mkdir()
+    (tmp_path / "chars" / "knight.png").write_bytes(png_image(200, 150))
+    (tmp_path / "wide.png").write_bytes(png_image(200, 150))
+    for name, lines in (("set.yaml", "reference_sets:\n  hero: [./wide.png]\n"), ("folder.yaml", "")):
+        used = "hero" if lines else "chars"
+        path = write(name, f"version: 1\nbatch: both\n{lines}defaults:\n  duration: 5\nrows:\n"
+                           f"  - prompt: 'a'\n    references: [{MISSING}]\n"
+                           f"  - prompt: 'b'\n    references: [{used}]\n")
+        result = CliRunner().invoke(cli, ["validate", str(path), "--online", "--simulate"])
+        assert result.exit_code == 2, result.output
+        found = refusal_lines(result.stderr)
+        assert len(found) == 2 and any(f"reference {MISSING}: answered HTTP 404" in line for line in found), found
+        assert any("200x150" in line for line in found), found
 
 
 def test_validate_online_refuses_a_404_url_and_a_text_file_named_png_at_once(tmp_path, write):
