@@ -24,7 +24,7 @@ import httpx
 
 from .client import DEFAULT_BASE, ModelCatalog, PixelDojoClient, UnusableDescription, spec_of
 from .client import list_models as catalog_list
-from .client.preflight import PreflightReport, check_local_files, preflight, references_of
+from .client.preflight import PreflightReport, check_local_files, preflight, references_of, with_url_refusals
 from .defaults import SIMULATED_LEDGER
 from .errors import ManifestError, UsageError
 from .launch import (
@@ -43,7 +43,6 @@ from .launch import (
     stage_ready,
     start_run,
     target,
-    with_url_refusals,
 )
 from .ledger import DEFAULT_LEDGER, Ledger, read_model_infos
 from .manifest import Manifest, load_manifest

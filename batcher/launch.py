@@ -19,24 +19,15 @@ import anyio
 import httpx
 
 from .client import DEFAULT_BASE, ModelCatalog, PixelDojoClient
-from .client.preflight import preflight
-from .errors import ApiError, Diagnostic, ManifestError, MissingKeyError, ServerError, TooSlow, UsageError
+from .client.preflight import preflight, with_url_refusals
+from .errors import ApiError, ManifestError, MissingKeyError, ServerError, TooSlow, UsageError
 from .ledger import Ledger, display_location, is_database_url
-from .manifest import Located, Manifest, as_list, load_manifest
-from .models import check_rates, check_url, unpriced, wanted_descriptions
+from .manifest import Manifest, load_manifest
+from .models import check_rates, unpriced, wanted_descriptions
 from .outputs import default_out_dir
 from .outputs.bucket import BucketOutputs, is_bucket_address
 from .plan import MAX_JOBS, PlanSummary, check, job_rows
-from .references import (
-    ReferenceStore,
-    S3Store,
-    SimulatedStore,
-    StoreSettings,
-    is_local_address,
-    looks_like_local,
-    refuse_without_store,
-    resolve_local,
-)
+from .references import ReferenceStore, S3Store, SimulatedStore, StoreSettings, refuse_without_store
 from .run import RunOptions
 from .run.options import RunSettings
 from .run.webhooks import Webhooks, parse_listen, webhooks_for
@@ -258,73 +249,11 @@ def prepare(m: Manifest, ledger: Ledger | str | Path, to: Target, options: RunOp
     return Ready(m, to, overrides, checked, replace(options, reference_store=store), max_jobs)
 
 
-# --- one refusal for local images and reference URLs alike ---------------------------------------
-
-def reference_urls(m: Manifest) -> tuple[dict[str, str], bool]:
-    """The well-formed reference URLs a manifest's rows name (URL -> the origin of the first row
-    using it, where a run's preflight points), and whether a local image it names is refused:
-    read from the rows as written, so both are known when the manifest fails `check`."""
-    uses: dict[str, str] = {}
-    local_refused = any(_refused_set_value(v) for loc in m.reference_sets.values() for v in loc.value)
-    for row in m.rows:
-        written = row.fields.get("references", m.defaults.get("references"))
-        for spec in _flattened(written) if written is not None else ():
-            values = m.reference_sets[spec].value if spec in m.reference_sets else [spec]
-            for value in values:
-                if not isinstance(value, str) or is_local_address(value):
-                    continue
-                if check_url(value) is None and not value.lower().startswith("file:"):
-                    uses.setdefault(value, row.origin)
-                elif spec not in m.reference_sets and _names_local(value, m.base):
-                    local_refused = local_refused or bool(resolve_local(value, m.base, row.origin)[1])
-    return uses, local_refused
-
-
-def _names_local(spec: str, base: Path) -> bool:
-    """Whether a row's reference names local images: it reads as a path, or names a file or
-    folder beside the manifest (as `plan.references` reads it)."""
-    try:
-        return looks_like_local(spec) or ("://" not in spec and (base / spec).exists())
-    except (OSError, ValueError):
-        return False
-
-
-def _refused_set_value(value: object) -> bool:
-    """A set keeps the value of a local image it could not use (see `manifest.document`)."""
-    return isinstance(value, str) and check_url(value) is not None and looks_like_local(value)
-
-
-def _flattened(loc: Located) -> list[str]:
-    items = as_list(loc) if isinstance(loc.value, list) else [loc]
-    return [s for item in items for s in (_flattened(item) if isinstance(item.value, list) else [item.value])
-            if isinstance(s, str)]
-
-
 async def refused_urls(to: Target, uses: dict[str, str]) -> list[str]:
     """What a run's preflight refuses among `uses` (URL -> origin), fetched through `to`, nothing
     remembered: `FILE:LINE: reference URL: why` lines."""
     async with PixelDojoClient(to.api_key, to.base_url, transport=to.transport) as client:
         return (await preflight(client, uses, {}, time.time())).errors
-
-
-def with_url_refusals(e: ManifestError, m: Manifest, fetch: Callable[[dict[str, str]], list[str]]) -> ManifestError:
-    """`e`, a refused manifest, with what preflight refuses among its reference URLs (`fetch`
-    fetches them, before anything is staged) when it refuses a local image: one refusal lists
-    both kinds, in the manifest's order. Otherwise `e` as it is."""
-    uses, local_refused = reference_urls(m)
-    if not (local_refused and uses):
-        return e
-    found = [Diagnostic(*_located(line, uses)) for line in fetch(uses)]
-    capped = e.diagnostics[-1].message.startswith("... and ")  # its count stays last (see Diagnostics)
-    shown, rest = (e.diagnostics[:-1], e.diagnostics[-1:]) if capped else (e.diagnostics, [])
-    return ManifestError([*sorted([*shown, *found], key=lambda d: (d.file, d.line)), *rest])
-
-
-def _located(line: str, uses: dict[str, str]) -> tuple[str, int, str]:
-    """(file, line, message) of a preflight line `ORIGIN: reference URL: why`."""
-    origin = next(o for url, o in uses.items() if line.startswith(f"{o}: reference {url}: "))
-    file, _, number = origin.rpartition(":")
-    return file, int(number), line[len(origin) + 2:]
 
 
 async def _described(m: Manifest, ledger: Ledger | str | Path, to: Target) -> Manifest:
