@@ -24,9 +24,9 @@ import httpx
 
 from .client import DEFAULT_BASE, ModelCatalog, PixelDojoClient, UnusableDescription, spec_of
 from .client import list_models as catalog_list
-from .client.preflight import PreflightReport, check_local_files, preflight, references_of
+from .client.preflight import PreflightReport, check_local_files, preflight, references_of, with_url_refusals
 from .defaults import SIMULATED_LEDGER
-from .errors import UsageError
+from .errors import ManifestError, UsageError
 from .launch import (
     Ready,
     Target,
@@ -150,15 +150,17 @@ def check_references(manifest: Manifest | str | Path, *, simulate: bool | Simula
     a run: nothing is sent to the API, nothing remembered.
     `simulate` fetches through the built-in simulator (which serves `/_sim/refs/`) instead."""
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
-    check(m, max_jobs=max_jobs)
-    uses = references_of((job.origin, job.params) for job in iter_jobs(m, max_jobs=max_jobs))
     if simulate:
         transport = SimulatorTransport(simulate if isinstance(simulate, Simulator) else Simulator())
 
-    async def go() -> PreflightReport:
+    async def go(uses: dict[str, str]) -> PreflightReport:
         async with PixelDojoClient("", DEFAULT_BASE, transport=transport) as client:
             return await preflight(client, uses, {}, time.time())
-    report = anyio.run(go)
+    try:
+        check(m, max_jobs=max_jobs)
+    except ManifestError as e:  # a refused local image: the refusal lists the refused URLs too
+        raise with_url_refusals(e, m, lambda uses: anyio.run(go, uses).errors) from None
+    report = anyio.run(go, references_of((job.origin, job.params) for job in iter_jobs(m, max_jobs=max_jobs)))
     check_local_files(m.local_files.values(), report)  # local images: read here, never sent
     return report
 

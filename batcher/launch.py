@@ -19,7 +19,8 @@ import anyio
 import httpx
 
 from .client import DEFAULT_BASE, ModelCatalog, PixelDojoClient
-from .errors import ApiError, MissingKeyError, ServerError, TooSlow, UsageError
+from .client.preflight import preflight, with_url_refusals
+from .errors import ApiError, ManifestError, MissingKeyError, ServerError, TooSlow, UsageError
 from .ledger import Ledger, display_location, is_database_url
 from .manifest import Manifest, load_manifest
 from .models import check_rates, unpriced, wanted_descriptions
@@ -236,11 +237,23 @@ def prepare(m: Manifest, ledger: Ledger | str | Path, to: Target, options: RunOp
             m = wait(lambda: _described(m, ledger, to))
         if problem := check_rates(list(m.models.values()) or [m.model], overrides):
             raise UsageError(problem)
-        checked = check(m, overrides, max_jobs=max_jobs, keep=True)
+        try:
+            checked = check(m, overrides, max_jobs=max_jobs, keep=True)
+        except ManifestError as e:
+            if not options.preflight:
+                raise
+            raise with_url_refusals(e, m, lambda uses: wait(lambda: refused_urls(to, uses))) from None
     if options.limits.budget is not None:
         refuse_unpriced(m, overrides)
     store = options.reference_store or reference_store(m, to, store_settings)
     return Ready(m, to, overrides, checked, replace(options, reference_store=store), max_jobs)
+
+
+async def refused_urls(to: Target, uses: dict[str, str]) -> list[str]:
+    """What a run's preflight refuses among `uses` (URL -> origin), fetched through `to`, nothing
+    remembered: `FILE:LINE: reference URL: why` lines."""
+    async with PixelDojoClient(to.api_key, to.base_url, transport=to.transport) as client:
+        return (await preflight(client, uses, {}, time.time())).errors
 
 
 async def _described(m: Manifest, ledger: Ledger | str | Path, to: Target) -> Manifest:

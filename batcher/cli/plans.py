@@ -33,11 +33,12 @@ def validate(manifest: str, max_jobs: int, online: bool, simulate: bool) -> None
     from ..defaults import DEFAULT_LEDGER
     # Models batcher has no table for are described from the ledger's cache (nothing is sent).
     m = _described(load_manifest(manifest), os.environ.get("BATCHER_LEDGER", DEFAULT_LEDGER))
-    summary = check(m, max_jobs=max_jobs)
-    if online:
+    if online:  # first: a refused local image and the refused reference URLs in one refusal
         from ..api import check_references
         from ..errors import PreflightFailed
         report = check_references(m, simulate=simulate, max_jobs=max_jobs)
+    summary = check(m, max_jobs=max_jobs)
+    if online:
         for line in report.warning_lines():
             click.echo(line, err=True)
         if report.errors:

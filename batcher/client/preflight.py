@@ -13,11 +13,14 @@ Results are remembered (in the ledger, by the caller): a rerun asks again cheapl
 came with an ETag or Last-Modified is asked again conditionally (If-None-Match /
 If-Modified-Since), and a 304 keeps it; an OK result without validators is trusted for 24 hours
 without asking. Errors and unreachable results are never trusted: a fixed image passes next run.
+
+A manifest refused for a local image (found offline, when it is checked) is refused once with its
+refused URLs too (`with_url_refusals`): both kinds in one refusal, before anything is staged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -25,9 +28,20 @@ from typing import Any
 
 import anyio
 
-from ..errors import MalformedAnswer, NotSentError, ServerError
+from ..errors import Diagnostic, MalformedAnswer, ManifestError, NotSentError, ServerError
 from ..ledger import Reference
-from ..references import HEAD_BYTES, MAX_BYTES, LocalFile, is_local_address, judge_image, reserved_host
+from ..manifest import Located, Manifest, as_list
+from ..models import check_url as url_problem
+from ..references import (
+    HEAD_BYTES,
+    MAX_BYTES,
+    LocalFile,
+    is_local_address,
+    judge_image,
+    looks_like_local,
+    reserved_host,
+    resolve_local,
+)
 from .answers import ReferenceFetch
 from .http import PixelDojoClient
 
@@ -180,3 +194,66 @@ async def preflight(client: PixelDojoClient, uses: Mapping[str, str], known: Map
             report.results.append(Reference(url, verdict.outcome.value, verdict.detail, verdict.etag,
                                             verdict.last_modified, now))
     return report
+
+
+# --- one refusal for local images and reference URLs alike ------------------------------------
+
+def reference_urls(m: Manifest) -> tuple[dict[str, str], bool]:
+    """The well-formed reference URLs a manifest's rows name (URL -> the origin of the first row
+    using it, where a run's preflight points), and whether a local image it names is refused:
+    read from the rows as written, so both are known when the manifest fails `check`."""
+    uses: dict[str, str] = {}
+    local_refused = any(_refused_set_value(v) for loc in m.reference_sets.values() for v in loc.value)
+    for row in m.rows:
+        written = row.fields.get("references", m.defaults.get("references"))
+        for spec in _flattened(written) if written is not None else ():
+            values = m.reference_sets[spec].value if spec in m.reference_sets else [spec]
+            for value in values:
+                if not isinstance(value, str) or is_local_address(value):
+                    continue
+                if url_problem(value) is None and not value.lower().startswith("file:"):
+                    uses.setdefault(value, row.origin)
+                elif spec not in m.reference_sets and _names_local(value, m.base):
+                    local_refused = local_refused or bool(resolve_local(value, m.base, row.origin)[1])
+    return uses, local_refused
+
+
+def _names_local(spec: str, base: Path) -> bool:
+    """Whether a row's reference names local images: it reads as a path, or names a file or
+    folder beside the manifest (as `plan.references` reads it)."""
+    try:
+        return looks_like_local(spec) or ("://" not in spec and (base / spec).exists())
+    except (OSError, ValueError):
+        return False
+
+
+def _refused_set_value(value: object) -> bool:
+    """A set keeps the value of a local image it could not use (see `manifest.document`)."""
+    return isinstance(value, str) and url_problem(value) is not None and looks_like_local(value)
+
+
+def _flattened(loc: Located) -> list[str]:
+    items = as_list(loc) if isinstance(loc.value, list) else [loc]
+    return [s for item in items for s in (_flattened(item) if isinstance(item.value, list) else [item.value])
+            if isinstance(s, str)]
+
+
+def with_url_refusals(e: ManifestError, m: Manifest, fetch: Callable[[dict[str, str]], list[str]]) -> ManifestError:
+    """`e`, a refused manifest, with what preflight refuses among its reference URLs (`fetch`
+    fetches them, before anything is staged) when it refuses a local image: one refusal lists
+    both kinds, in the manifest's order. Otherwise `e` as it is."""
+    uses, local_refused = reference_urls(m)
+    if not (local_refused and uses):
+        return e
+    found = [Diagnostic(*_located(line, uses)) for line in fetch(uses)]
+    # the cap's count of problems not shown stays last (see manifest.Diagnostics)
+    capped = bool(e.diagnostics) and e.diagnostics[-1].message.startswith("... and ")
+    shown, rest = (e.diagnostics[:-1], e.diagnostics[-1:]) if capped else (e.diagnostics, [])
+    return ManifestError([*sorted([*shown, *found], key=lambda d: (d.file, d.line)), *rest])
+
+
+def _located(line: str, uses: dict[str, str]) -> tuple[str, int, str]:
+    """(file, line, message) of a preflight line `ORIGIN: reference URL: why`."""
+    origin = next(o for url, o in uses.items() if line.startswith(f"{o}: reference {url}: "))
+    file, _, number = origin.rpartition(":")
+    return file, int(number), line[len(origin) + 2:]
