@@ -18,7 +18,10 @@ def _keys(keys: tuple[str, ...], from_file: str | None) -> list[str]:
     """The keys given, then those of `--from FILE` (one a line; blank lines and `#` comments skipped)."""
     found = list(keys)
     if from_file is not None:
-        lines = sys.stdin.read() if from_file == "-" else Path(from_file).read_text(encoding="utf-8")
+        try:
+            lines = sys.stdin.read() if from_file == "-" else Path(from_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise click.UsageError(f"--from {from_file}: {getattr(e, 'strerror', None) or 'not UTF-8 text'}") from None
         found += [line.split("#", 1)[0].strip() for line in lines.splitlines()]
     found = list(dict.fromkeys(k for k in found if k))
     if not found:

@@ -111,17 +111,20 @@ async def save_video(response: httpx.Response, sink: VideoSink, max_bytes: int,
     arrived(0)
     whole = WholeVideo()  # checked as the bytes pass: no second read
     digest = hashlib.sha256()
-    first = b""
+    first, size = b"", 0
     try:
         async for chunk in response.aiter_bytes():
-            if whole.size + len(chunk) > max_bytes:
+            size += len(chunk)  # counted here: the checker stops counting at the first bad box
+            if size > max_bytes:
                 raise OversizeError(f"the video is over the {max_bytes}-byte cap; download stopped")
             if len(first) < 12:
                 first += chunk[: 12 - len(first)]
             digest.update(chunk)
             whole.feed(chunk)
+            if whole.problem is not None:  # no need to read (or store) the rest of what is no video
+                raise MalformedAnswer(f"the downloaded file {whole.problem}")
             await sink.write(chunk)
-            arrived(whole.size)
+            arrived(size)
         if first[4:8] != b"ftyp":
             raise MalformedAnswer(f"the downloaded file is not an MP4 video (starts with {first[:12]!r})")
         video = whole.verdict()
@@ -131,4 +134,4 @@ async def save_video(response: httpx.Response, sink: VideoSink, max_bytes: int,
         await sink.abort()
         raise
     await sink.finish()
-    return Download(sink.path if isinstance(sink, FileSink) else None, whole.size, digest.hexdigest(), video)
+    return Download(sink.path if isinstance(sink, FileSink) else None, size, digest.hexdigest(), video)

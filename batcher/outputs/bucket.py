@@ -33,6 +33,17 @@ def is_bucket_address(out: str | Path) -> bool:
     return str(out).startswith("s3://")
 
 
+def names_clip(location: str, key: str) -> bool:
+    """Whether `location` (from the ledger: hostile until checked) is an s3:// URI of job `key`'s
+    clip as a run names it (`label_tN_KEY.mp4`, or `.N.mp4` beside another's): exports sign and
+    fetch nothing else with the user's credentials."""
+    name = location.rsplit("/", 1)[-1]
+    stem = name.removesuffix(".mp4")
+    stem = stem.rsplit(".", 1)[0] if stem.rsplit(".", 1)[-1].isdigit() else stem
+    return (is_bucket_address(location) and name.endswith(".mp4") and bool(key) and stem.endswith(f"_{key}")
+            and ".." not in location and "/." not in location)
+
+
 @dataclass(frozen=True)
 class Checked:
     """A completed clip found again: there as recorded, or why not."""
@@ -71,9 +82,11 @@ class BucketOutputs:
         name = location[len(start):]
         return name if "/" not in name and not name.startswith(".") else None
 
-    async def sink(self, name: str, started: float | None = None) -> Upload:
-        """Where a download streams to: an atomic upload to `name`."""
-        return await self.bucket.upload(name, "video/mp4", started)
+    async def sink(self, name: str, started: float | None = None, own: str | None = None) -> Upload:
+        """Where a download streams to: an atomic upload to `name` (or beside it: `Upload.name` says
+        where it went); `own`: the location this job recorded before, which it may replace."""
+        return await self.bucket.upload(name, "video/mp4", started,
+                                        may_replace=lambda n: own is not None and self.location(n) == own)
 
     async def holds(self, name: str, size: int, sha256: str) -> bool:
         """Whether the object is in place with exactly this size and recorded sha256 (a HEAD)."""
@@ -151,7 +164,10 @@ class ClipStores:
         """The output store holding the clip at `location` (an s3:// URI)."""
         home = location.rsplit("/", 1)[0]
         if home not in self._stores:
-            self._stores[home] = BucketOutputs(home)
+            try:
+                self._stores[home] = BucketOutputs(home)
+            except UsageError as e:  # a location the ledger holds that names no bucket we can open
+                raise OutputStoreError(str(e)) from None
         return self._stores[home]
 
     def presign(self, location: str, lifetime: float) -> str:

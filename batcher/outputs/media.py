@@ -16,6 +16,7 @@ from typing import BinaryIO
 # Boxes that only contain other boxes, on the way to mvhd and tkhd.
 _CONTAINERS = {b"moov", b"trak", b"mdia"}
 _MAX_BOXES = 10_000  # a hostile file cannot keep us walking forever
+_MAX_DEPTH = 16  # nor nest boxes past Python's recursion limit (a clip's go 4 deep to tkhd)
 
 # Frame sizes the model renders, by resolution and aspect ratio (short side = the resolution).
 _SHORT_SIDE = {"720p": 720, "1080p": 1080}
@@ -63,7 +64,10 @@ def _boxes(f: BinaryIO, start: int, end: int, budget: list[int]) -> list[tuple[b
     return out
 
 
-def _walk(f: BinaryIO, start: int, end: int, found: _Found, budget: list[int], track: _Found | None) -> None:
+def _walk(f: BinaryIO, start: int, end: int, found: _Found, budget: list[int], track: _Found | None,
+          depth: int = 0) -> None:
+    if depth > _MAX_DEPTH:
+        return
     for kind, payload, box_end in _boxes(f, start, end, budget):
         f.seek(payload)
         if kind == b"mvhd":
@@ -78,7 +82,7 @@ def _walk(f: BinaryIO, start: int, end: int, found: _Found, budget: list[int], t
                 found.seconds = duration / timescale
         elif kind == b"trak":
             this = _Found()
-            _walk(f, payload, box_end, found, budget, this)
+            _walk(f, payload, box_end, found, budget, this, depth + 1)
             if this.handler == b"vide" and this.width and found.width is None:
                 found.width, found.height = this.width, this.height
         elif kind == b"tkhd" and track is not None:
@@ -94,7 +98,7 @@ def _walk(f: BinaryIO, start: int, end: int, found: _Found, budget: list[int], t
             if len(data) == 12:
                 track.handler = data[8:12]
         elif kind in _CONTAINERS:
-            _walk(f, payload, box_end, found, budget, track)
+            _walk(f, payload, box_end, found, budget, track, depth + 1)
 
 
 def probe(path: Path) -> VideoInfo | None:

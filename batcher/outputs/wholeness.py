@@ -49,7 +49,16 @@ class WholeVideo:
             self.size += take
             self._read_head()
 
+    @property
+    def problem(self) -> str | None:
+        """Why the bytes fed so far cannot be a whole MP4 video, once that is certain (None: not yet)."""
+        return self._problem
+
     def _keep(self, part: bytes) -> None:
+        if self._moov is not None and len(self._moov) + len(part) > MAX_MOOV:
+            self._problem = f"has a header (moov) over {MAX_MOOV // (1024 * 1024)} MB: not a clip's"
+            self._moov = None
+            return
         if self._moov is not None:
             self._moov += part
 
@@ -71,10 +80,16 @@ class WholeVideo:
         self._kinds.append(kind)
         past = bytes(self._head[header:])
         self._moov = None
-        if kind == b"moov" and size <= MAX_MOOV:
+        if kind == b"moov" and 0 < size <= MAX_MOOV:
             self._moov = bytearray(self._head[:header])
         self._head.clear()
         if size == 0:
+            # Only media data after its header may run to the end: anything else leaves no room
+            # for a moov or an mdat, so the rest need not be read (or stored) to know.
+            if kind != b"mdat" or b"moov" not in self._kinds:
+                self._problem = (f"is not a whole MP4 file: a box running to its end at byte {start:,} is not media "
+                                 f"data after a header")
+                return
             self._to_end = True
         else:
             self._box_end = start + size

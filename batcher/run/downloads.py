@@ -144,12 +144,17 @@ async def _into_store(ctx: RunContext, item: Queued, job: Job) -> None:
     download measured before the job counts as completed."""
     store = ctx.options.saving.out_store
     assert store is not None
-    name = video_name(job.label, job.take, job.key)
     try:
         await ctx.wait_pause(job)
-        result = await ctx.client.download(job.output_url or "", await store.sink(name, ctx.wall()),
-                                           max_bytes=ctx.options.saving.max_download_bytes)
+        sink = await store.sink(video_name(job.label, job.take, job.key), ctx.wall(), own=job.file_path)
+        try:
+            result = await ctx.client.download(job.output_url or "", sink,
+                                               max_bytes=ctx.options.saving.max_download_bytes)
+        except BaseException:
+            await sink.abort()  # (a refused URL, a 404 or a cancel before any byte: no upload stays open)
+            raise
         failpoint("after-upload")
+        name = sink.name  # where it went: beside another batch's clip of the same name, if one is there
         if not await store.holds(name, result.size, result.sha256):
             raise OutputStoreError(f"{name} is not in {store.identity} as uploaded")
     except ApiError as e:

@@ -149,15 +149,20 @@ class Bucket:
                                     Metadata={"sha256": sha256})
         await self.call(put, f"cannot upload {name} to {self.identity}")
 
-    async def upload(self, name: str, content_type: str, started: float | None = None) -> Upload:
+    async def upload(self, name: str, content_type: str, started: float | None = None,
+                     may_replace: Callable[[str], bool] | None = None) -> Upload:
         """An atomic upload to `name`, fed by `Upload.write` (see the module's docstring). The
-        temporary key carries `started` (epoch seconds; default now), which `clean_partial` ages."""
+        temporary key carries `started` (epoch seconds; default now), which `clean_partial` ages.
+        An object already under `name` with other bytes is replaced only if `may_replace(name)`
+        says so; else the upload goes to `NAME.2.EXT` (the first name free or holding these bytes)."""
         when = int(time.time() if started is None else started)
         temp = f"{PARTIAL}/{name}.{when}.{secrets.token_hex(4)}"
         failed = f"cannot upload {name} to {self.identity}"
         answer = await self.call(lambda: self._client.create_multipart_upload(
             Bucket=self.bucket, Key=self.key(temp), ContentType=content_type), failed)
-        return Upload(self, name, temp, str(answer["UploadId"]), content_type)
+        upload = Upload(self, name, temp, str(answer["UploadId"]), content_type)
+        upload.may_replace = may_replace or (lambda _: False)
+        return upload
 
     async def stream(self, name: str, chunks: AsyncIterator[bytes], content_type: str,
                      started: float | None = None) -> tuple[int, str]:
@@ -249,6 +254,7 @@ class Upload:
     def __init__(self, bucket: Bucket, name: str, temp: str, upload_id: str, content_type: str):
         self.bucket, self.name, self.temp, self.upload_id = bucket, name, temp, upload_id
         self.content_type = content_type
+        self.may_replace: Callable[[str], bool] = lambda _: False
         self.size = 0
         self._digest = hashlib.sha256()
         self._buffer = bytearray()
@@ -285,6 +291,8 @@ class Upload:
             await self.abort()
             raise
         try:
+            if await self._placed(sha256):
+                return self.size, sha256  # these very bytes are there already: no second copy
             await b.call(lambda: b._client.copy_object(
                 Bucket=b.bucket, Key=b.key(self.name), CopySource={"Bucket": b.bucket, "Key": b.key(self.temp)},
                 Metadata={"sha256": sha256, "size": str(self.size)}, MetadataDirective="REPLACE",
@@ -293,6 +301,23 @@ class Upload:
             with anyio.CancelScope(shield=True):
                 await b.quietly(lambda: b._client.delete_object(Bucket=b.bucket, Key=b.key(self.temp)))
         return self.size, sha256
+
+    async def _placed(self, sha256: str) -> bool:
+        """Settle the final name (`self.name`): the one asked for, unless another object with other
+        bytes is there that may not be replaced (another batch's clip sharing the prefix, say):
+        then `NAME.2.EXT`, `NAME.3.EXT`, ... Whether the name already holds these bytes."""
+        stem, dot, ext = self.name.rpartition(".")
+        stem, ext = (stem, f".{ext}") if dot else (self.name, "")
+        for n in range(1, 100):
+            name = self.name if n == 1 else f"{stem}.{n}{ext}"
+            found = await self.bucket.head(name)
+            if found is not None and found.size == self.size and found.sha256 == sha256:
+                self.name = name
+                return True
+            if found is None or self.may_replace(name):
+                self.name = name
+                return False
+        raise self.bucket.error(f"{self._failed}: 99 other objects already hold its name's variants")
 
     async def abort(self) -> None:
         """Drop the upload (shielded: a cancelled download still cleans up after itself)."""

@@ -19,7 +19,7 @@ from ..errors import OutputStoreError, UsageError
 from ..ledger import Ledger
 from ..money import json_safe
 from ..outputs import file_sha256
-from ..outputs.bucket import ClipStores, is_bucket_address
+from ..outputs.bucket import ClipStores, is_bucket_address, names_clip
 from ..references.local import parse_lifetime
 from .record import EXTRA_FIELDS, FIELDS, Selection, records
 
@@ -105,8 +105,13 @@ def with_urls(rows: Iterator[dict[str, Any]], lifetime: float, stores: ClipStore
     stores = stores or ClipStores()
     for row in rows:
         location = row.get("file")
-        stored = isinstance(location, str) and is_bucket_address(location)
-        yield {**row, "url": stores.presign(str(location), lifetime) if stored else None}
+        url = None
+        if isinstance(location, str) and names_clip(location, str(row.get("id") or "")):
+            try:
+                url = stores.presign(location, lifetime)
+            except OutputStoreError:
+                url = None  # a location no bucket of this host's credentials answers for: no URL
+        yield {**row, "url": url}
 
 
 # --- dataset folders --------------------------------------------------------------------------
@@ -241,12 +246,20 @@ def _clip_row(record: dict[str, Any], folder: Path, how: _Clips, result: FolderE
     downloaded (`how.fetches`)."""
     location, in_store = str(record["file"]), is_bucket_address(str(record["file"]))
     row = {"file_name": location.rsplit("/", 1)[-1], **{k: v for k, v in record.items() if k != "file"}}
+    if in_store and not names_clip(location, str(record["id"])):
+        result.unverified.append(record["id"])
+        result.missing.append(f"{record['id']} {location[:120]}: not a clip of this job (never fetched)")
+        return None
     if not in_store and not Path(location).exists():
         result.unverified.append(record["id"])
         result.missing.append(f"{record['id']} {location}: not on this host")
         return None
     if how.link:
-        url = how.stores.presign(location, how.presign) if in_store and how.presign is not None else None
+        try:
+            url = how.stores.presign(location, how.presign) if in_store and how.presign is not None else None
+        except OutputStoreError as e:
+            result.missing.append(f"{record['id']} {location[:120]}: {e}")
+            url = None
         result.listed += 1
         return {**row, "file": location, **({"url": url} if url else {})}
     if in_store:
@@ -274,7 +287,7 @@ async def _fetch_all(how: _Clips, result: FolderExport, folders: dict[Path, dict
                 tmp = target.with_name(f".{target.name}.tmp")
                 try:
                     await how.stores.fetch(location, tmp)
-                except OutputStoreError as e:
+                except (OutputStoreError, OSError) as e:
                     result.unverified.append(row["id"])
                     result.missing.append(f"{row['id']} {location}: {e}")
                     return

@@ -49,6 +49,8 @@ def parse_splits(spec: str) -> Splits:
         if name.strip() in dict(found):
             raise UsageError(f"--split {spec}: {name.strip()} is named twice")
         found.append((name.strip(), value))
+    if any(v > 1 for _, v in found):  # (a sum of huge shares would overflow)
+        raise UsageError(f"--split {spec}: a share is above 1; the shares must sum to exactly 1")
     if sum(v for _, v in found) != 1:
         raise UsageError(f"--split {spec}: the shares sum to {sum(v for _, v in found)}, not 1")
     return tuple(found)

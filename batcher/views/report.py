@@ -19,9 +19,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
+from ..errors import OutputStoreError
 from ..ledger import Figures, Ledger
 from ..outputs import mismatches, probe
-from ..outputs.bucket import ClipStores, is_bucket_address
+from ..outputs.bucket import ClipStores, is_bucket_address, names_clip
 from ..references import is_local_address
 from ..states import JobState
 from ..text import format_credits, format_seconds, iso
@@ -297,8 +298,14 @@ class _Cards:
         if r["state"] != "completed" or not r["file"]:
             return None
         if is_bucket_address(r["file"]):
+            if not names_clip(r["file"], str(r["id"])):
+                return None  # a location that is no clip of this job: never signed
+            try:
+                url = self.stores.presign(r["file"], self.lifetime)
+            except OutputStoreError:
+                return None
             self.presigned += 1
-            return self.stores.presign(r["file"], self.lifetime)
+            return url
         return Path(os.path.relpath(r["file"], self.base)).as_posix()
 
     def compare_section(self) -> str:
