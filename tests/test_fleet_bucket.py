@@ -296,3 +296,27 @@ def test_an_outputs_field_that_is_no_store_is_refused_at_its_line_by_validate(tm
         outputs_line = small_manifest(n_rows=1).splitlines().index("rows:") + 1
         [said] = done.output.strip().splitlines()
         assert done.exit_code == 2 and said.startswith(f"{manifest}:{outputs_line}: {why}"), done.output
+
+
+def test_a_clip_uploaded_before_its_runner_was_killed_is_found_not_downloaded_again(bucket, served, tmp_path,
+                                                                                  ledger_url):
+    """Killed after the object is in place and before the ledger says so: the rerun finds the clip
+    by the API job id it records (so a lapsed URL could not lose it) and stores nothing twice."""
+    s3, name = bucket
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(small_manifest(n_rows=2))
+    out = f"s3://{name}/adopt"
+    code, said = _finish(_run(served, manifest, ledger_url, out, tmp_path, failpoint="after-upload:1"))
+    assert code == -9, said
+    assert len(_objects(s3, name)) == 1
+    code, said = _finish(_run(served, manifest, ledger_url, out, tmp_path))
+    assert code == 0, said
+    with Ledger(ledger_url) as led:
+        jobs = list(led.iter_batch("small"))
+        details = [e.detail or "" for j in jobs for e in led.events(j.id) if e.kind == "downloaded"]
+    assert all(j.state == "completed" for j in jobs) and len(details) == 2
+    assert sum("found in the output store" in d for d in details) == 1
+    finished = _objects(s3, name)
+    assert len(finished) == 2 and not any(".2.mp4" in k for k in finished)
+    for job in jobs:
+        assert hashlib.sha256(finished[job.file_path.split("/", 3)[3]]).hexdigest() == job.sha256

@@ -82,11 +82,27 @@ class BucketOutputs:
         name = location[len(start):]
         return name if "/" not in name and not name.startswith(".") else None
 
-    async def sink(self, name: str, started: float | None = None, own: str | None = None) -> Upload:
+    async def sink(self, name: str, started: float | None = None, own: str | None = None,
+                   remote_job_id: str | None = None) -> Upload:
         """Where a download streams to: an atomic upload to `name` (or beside it: `Upload.name` says
-        where it went); `own`: the location this job recorded before, which it may replace."""
+        where it went); `own`: the location this job recorded before, which it may replace; the
+        object records the API's job id it is the clip of (`stored_clip` finds it by that)."""
         return await self.bucket.upload(name, "video/mp4", started,
-                                        may_replace=lambda n: own is not None and self.location(n) == own)
+                                        may_replace=lambda n: own is not None and self.location(n) == own,
+                                        tags={"remote-job-id": remote_job_id} if remote_job_id else None)
+
+    async def stored_clip(self, name: str, remote_job_id: str) -> tuple[str, ObjectFacts] | None:
+        """The clip of the API's job `remote_job_id` if an upload already put it under `name` (or a
+        `NAME.N.mp4` beside it) with its hash: a run killed after the upload and before its ledger
+        write finds it here, rather than downloading it again (or, its URL lapsed, losing it)."""
+        stem = name.removesuffix(".mp4")
+        for candidate in (name, *(f"{stem}.{n}.mp4" for n in range(2, 10))):
+            found = await self.bucket.head(candidate)
+            if found is None:
+                return None
+            if found.sha256 and ("remote-job-id", remote_job_id) in found.tags:
+                return candidate, found
+        return None
 
     async def holds(self, name: str, size: int, sha256: str) -> bool:
         """Whether the object is in place with exactly this size and recorded sha256 (a HEAD)."""

@@ -145,8 +145,11 @@ async def _into_store(ctx: RunContext, item: Queued, job: Job) -> None:
     store = ctx.options.saving.out_store
     assert store is not None
     try:
+        if await _adopt(ctx, job):
+            return
         await ctx.wait_pause(job)
-        sink = await store.sink(video_name(job.label, job.take, job.key), ctx.wall(), own=job.file_path)
+        sink = await store.sink(video_name(job.label, job.take, job.key), ctx.wall(), own=job.file_path,
+                                remote_job_id=job.remote_job_id)
         try:
             result = await ctx.client.download(job.output_url or "", sink,
                                                max_bytes=ctx.options.saving.max_download_bytes)
@@ -170,6 +173,24 @@ async def _into_store(ctx: RunContext, item: Queued, job: Job) -> None:
                    file_path=location, size=result.size, sha256=result.sha256, error=None,
                    record=records.downloaded(ctx, job, location, result.size, result.sha256))
     ctx.state.completed += 1
+
+
+async def _adopt(ctx: RunContext, job: Job) -> bool:
+    """A clip an earlier upload already put in the output store (its process killed before the
+    ledger recorded it) is the job's: recorded as downloaded, not fetched again."""
+    store = ctx.options.saving.out_store
+    if store is None or not job.remote_job_id:
+        return False
+    found = await store.stored_clip(video_name(job.label, job.take, job.key), job.remote_job_id)
+    if found is None or found[1].sha256 is None:
+        return False
+    name, facts = found
+    location, sha256 = store.location(name), found[1].sha256
+    await ctx.move(job, S.RENDERED, S.COMPLETED, "downloaded", f"{facts.size} bytes, sha256 {sha256[:12]}, found in "
+                   f"the output store (uploaded before)", file_path=location, size=facts.size, sha256=sha256,
+                   error=None, record=records.downloaded(ctx, job, location, facts.size, sha256))
+    ctx.state.completed += 1
+    return True
 
 
 async def _failed(ctx: RunContext, item: Queued, e: ApiError) -> None:

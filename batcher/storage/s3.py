@@ -44,6 +44,7 @@ class ObjectFacts:
 
     size: int
     sha256: str | None  # from its metadata (None: not recorded, or a listing)
+    tags: tuple[tuple[str, str], ...] = ()  # the rest of its metadata (a HEAD's), as the upload gave it
 
 
 class Bucket:
@@ -137,8 +138,11 @@ class Bucket:
                 if status_of(e) in (403, 404):
                     return None
                 raise
-            recorded = (found.get("Metadata") or {}).get("sha256")
-            return ObjectFacts(int(found.get("ContentLength", -1)), recorded if isinstance(recorded, str) else None)
+            meta = found.get("Metadata") or {}
+            recorded = meta.get("sha256")
+            tags = tuple(sorted((str(k), str(v)) for k, v in meta.items() if k not in ("sha256", "size")))
+            return ObjectFacts(int(found.get("ContentLength", -1)), recorded if isinstance(recorded, str) else None,
+                               tags)
         result: ObjectFacts | None = await self.call(head, f"cannot look up {name} in {self.identity}")
         return result
 
@@ -150,7 +154,8 @@ class Bucket:
         await self.call(put, f"cannot upload {name} to {self.identity}")
 
     async def upload(self, name: str, content_type: str, started: float | None = None,
-                     may_replace: Callable[[str], bool] | None = None) -> Upload:
+                     may_replace: Callable[[str], bool] | None = None, tags: dict[str, str] | None = None
+                     ) -> Upload:
         """An atomic upload to `name`, fed by `Upload.write` (see the module's docstring). The
         temporary key carries `started` (epoch seconds; default now), which `clean_partial` ages.
         An object already under `name` with other bytes is replaced only if `may_replace(name)`
@@ -162,6 +167,7 @@ class Bucket:
             Bucket=self.bucket, Key=self.key(temp), ContentType=content_type), failed)
         upload = Upload(self, name, temp, str(answer["UploadId"]), content_type)
         upload.may_replace = may_replace or (lambda _: False)
+        upload.tags = dict(tags or {})
         return upload
 
     async def stream(self, name: str, chunks: AsyncIterator[bytes], content_type: str,
@@ -255,6 +261,7 @@ class Upload:
         self.bucket, self.name, self.temp, self.upload_id = bucket, name, temp, upload_id
         self.content_type = content_type
         self.may_replace: Callable[[str], bool] = lambda _: False
+        self.tags: dict[str, str] = {}  # more metadata for the object (what it is a clip of)
         self.size = 0
         self._digest = hashlib.sha256()
         self._buffer = bytearray()
@@ -295,7 +302,7 @@ class Upload:
                 return self.size, sha256  # these very bytes are there already: no second copy
             await b.call(lambda: b._client.copy_object(
                 Bucket=b.bucket, Key=b.key(self.name), CopySource={"Bucket": b.bucket, "Key": b.key(self.temp)},
-                Metadata={"sha256": sha256, "size": str(self.size)}, MetadataDirective="REPLACE",
+                Metadata={**self.tags, "sha256": sha256, "size": str(self.size)}, MetadataDirective="REPLACE",
                 ContentType=self.content_type), self._failed)
         finally:
             with anyio.CancelScope(shield=True):
