@@ -137,7 +137,8 @@ def test_a_rerun_does_not_fetch_an_ok_reference_again(tmp_path, write):
     write("m.yaml", path.read_text().replace("'shot", "'another shot"))  # new pending jobs, same references
     counting.statuses.clear()
     report = run_through(path, counting, sim, tmp_path / "l.db", tmp_path / "out")
-    assert report.counts["completed"] == 4
+    # the two new jobs rendered; the edited prompt's first two are orphans now, counted apart
+    assert report.counts["completed"] == 2 and len(sim.record()["jobs"]) == 4
     # good.png had an ETag: asked again conditionally, 304; noetag.png: trusted for 24 h, not asked
     assert counting.statuses == [304]
 
