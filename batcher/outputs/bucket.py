@@ -21,6 +21,7 @@ from ..errors import OutputStoreError, UsageError
 from ..references.local import StoreSettings
 from ..storage import Bucket, ObjectFacts
 from ..storage.s3 import Upload
+from .files import Found
 
 # How old an unfinished upload must be before a run removes it: a live one of a clip takes
 # minutes; one this old belongs to a process that died (kill -9, a lost host).
@@ -49,8 +50,15 @@ class Checked:
     """A completed clip found again: there as recorded, or why not."""
 
     location: str
-    ok: bool
-    why: str = ""
+    found: Found
+
+    @property
+    def ok(self) -> bool:
+        return self.found is Found.THERE
+
+    @property
+    def why(self) -> str:
+        return self.found.value
 
 
 class BucketOutputs:
@@ -128,15 +136,15 @@ class BucketOutputs:
         for location, size, sha256 in completed:
             name = self.name_of(location)
             if name is None:
-                out.append(Checked(location, False, "is not in this output store"))
+                out.append(Checked(location, Found.FOREIGN))
                 continue
             facts = heads.get(name) if full else listed.get(name)
             if facts is None:
-                out.append(Checked(location, False, "is gone"))
+                out.append(Checked(location, Found.GONE))
             elif facts.size != size or (full and facts.sha256 != sha256):
-                out.append(Checked(location, False, "does not match its recorded size and sha256"))
+                out.append(Checked(location, Found.CHANGED))
             else:
-                out.append(Checked(location, True))
+                out.append(Checked(location, Found.THERE))
         return out
 
     async def clean(self, now: float) -> int:

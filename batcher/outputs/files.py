@@ -9,6 +9,7 @@ processes that no longer exist, never the downloads of a runner working beside i
 
 from __future__ import annotations
 
+import enum
 import errno
 import hashlib
 import os
@@ -23,6 +24,15 @@ OUTPUTS = Path("outputs")  # where videos go by default, one folder per batch
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "host"
 # .NAME.mp4.HOST.PID-RANDOM.part (files from before host names were added lack HOST.)
 _TEMP = re.compile(r"^\.(?P<final>.+\.mp4)\.(?:(?P<host>[A-Za-z0-9-]+)\.)?(?P<pid>\d+)-[0-9a-f]+\.part$")
+
+
+class Found(enum.Enum):
+    """What a rerun's check of a completed clip found (its value: why it no longer counts)."""
+
+    THERE = ""
+    GONE = "is gone"
+    CHANGED = "does not match its recorded size and sha256"
+    FOREIGN = "is not in this output store"  # kept elsewhere (an earlier --out): left where it is
 
 
 def video_name(label: str, take: int, key: str) -> str:

@@ -40,8 +40,10 @@ class _Found:
     handler: bytes | None = None
 
 
-def _boxes(f: BinaryIO, start: int, end: int, budget: list[int]) -> list[tuple[bytes, int, int]]:
-    """(type, payload start, box end) of the boxes between `start` and `end`."""
+def boxes(f: BinaryIO, start: int, end: int, budget: list[int] | None = None) -> list[tuple[bytes, int, int]]:
+    """(type, payload start, box end) of the boxes between `start` and `end` (at most `budget[0]`
+    boxes in all, counted down across calls; default: this call's own)."""
+    budget = budget if budget is not None else [_MAX_BOXES]
     out = []
     pos = start
     while pos + 8 <= end and budget[0] > 0:
@@ -68,7 +70,7 @@ def _walk(f: BinaryIO, start: int, end: int, found: _Found, budget: list[int], t
           depth: int = 0) -> None:
     if depth > _MAX_DEPTH:
         return
-    for kind, payload, box_end in _boxes(f, start, end, budget):
+    for kind, payload, box_end in boxes(f, start, end, budget):
         f.seek(payload)
         if kind == b"mvhd":
             data = f.read(32)

@@ -22,6 +22,7 @@ from ..ledger.jobs import CompletedFile, Request
 from ..models import ModelSpec, check_against
 from ..outputs import matches, sweep_temp_files
 from ..outputs.bucket import is_bucket_address
+from ..outputs.files import Found
 from ..references import LOCAL_PREFIX, local_addresses, placeholder_url, with_urls
 from ..states import JobState as S
 from .context import RunContext
@@ -41,8 +42,7 @@ async def prepare_outputs(ctx: RunContext) -> None:
         await store.clean(ctx.wall())
         checked = await store.check([(f, n, h) for _, f, n, h, _ in completed], full)
         for (job_id, *_), found in zip(completed, checked, strict=True):
-            # (a clip kept elsewhere, a file of an earlier --out, is left where it is)
-            if not found.ok and found.why != "is not in this output store":
+            if found.found in (Found.GONE, Found.CHANGED):  # (a clip kept elsewhere is left where it is)
                 await _download_again(ctx, job_id, found.location, found.why)
         return
     out = ctx.options.saving.out_dir
@@ -71,28 +71,28 @@ def _local_problems(completed: list[CompletedFile], full: bool, shared: bool) ->
     """(job id, file path, why) of each completed clip whose file no longer holds it. A clip kept
     in a bucket by an earlier --out s3://... is left where it is; on a shared ledger, so is a file
     this host lacks (other runners' files live on their own hosts)."""
-    problems = []
+    problems: list[tuple[int, str, str]] = []
     for job_id, file_path, size, sha256, mtime_ns in completed:
         if is_bucket_address(file_path):
             continue
-        why = _file_problem(file_path, size, sha256, None if full else mtime_ns)
-        if why is not None and not (why == "is gone" and shared):
-            problems.append((job_id, file_path, why))
+        found = _file_found(file_path, size, sha256, None if full else mtime_ns)
+        if found is Found.CHANGED or (found is Found.GONE and not shared):
+            problems.append((job_id, file_path, found.value))
     return problems
 
 
-def _file_problem(path: str, size: int | None, sha256: str | None, mtime_ns: int | None) -> str | None:
-    """Why a completed clip's file no longer holds it (None: it does). `mtime_ns`: trust a file of
-    the right size that still has this modification time (None: hash it whatever)."""
+def _file_found(path: str, size: int | None, sha256: str | None, mtime_ns: int | None) -> Found:
+    """Whether a completed clip's file still holds it. `mtime_ns`: trust a file of the right size
+    that still has this modification time (None: hash it whatever)."""
     try:
         found = os.stat(path)
     except OSError:
-        return "is gone"
+        return Found.GONE
     if size is not None and found.st_size != size:
-        return "does not match its recorded size and sha256"
+        return Found.CHANGED
     if mtime_ns is not None and found.st_mtime_ns == mtime_ns:
-        return None
-    return None if matches(Path(path), size, sha256) else "does not match its recorded size and sha256"
+        return Found.THERE
+    return Found.THERE if matches(Path(path), size, sha256) else Found.CHANGED
 
 
 async def _download_again(ctx: RunContext, job_id: int, location: str, why: str) -> None:

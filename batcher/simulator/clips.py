@@ -8,9 +8,12 @@ an MP4 whose boxes account for every byte; a checker that reads the header sees 
 from __future__ import annotations
 
 import enum
+import io
 import struct
 from functools import cache
 from importlib import resources
+
+from ..outputs.media import boxes, read_header
 
 # Boxes that only contain other boxes, on the way to the ones rewritten here.
 _CONTAINERS = {b"moov", b"trak", b"mdia", b"edts"}
@@ -32,15 +35,8 @@ def demo_clip() -> bytes:
 
 
 def _boxes(data: bytearray, start: int, end: int) -> list[tuple[bytes, int, int]]:
-    """(type, payload start, box end) of the boxes between `start` and `end` (32-bit sizes: the demo's)."""
-    out, pos = [], start
-    while pos + 8 <= end:
-        size, kind = struct.unpack_from(">I4s", data, pos)
-        if size < 8 or pos + size > end:
-            break
-        out.append((kind, pos + 8, pos + size))
-        pos += size
-    return out
+    """(type, payload start, box end) of the boxes between `start` and `end` of `data`."""
+    return boxes(io.BytesIO(data), start, end)
 
 
 def _set_times(data: bytearray, payload: int, seconds: float, scale_at: tuple[int, int], duration_at: tuple[int, int],
@@ -96,23 +92,12 @@ def clip_for(job_id: str, seconds: float | None = None, frame: tuple[int, int] |
     if lie is ClipLie.SIZE and frame is not None:
         frame = (frame[0] + 64, frame[1] // 2)
     if seconds is not None or frame is not None:
-        original = _movie_seconds(data)
-        _rewrite(data, 0, len(data), seconds if seconds is not None else original, frame, 0, [False])
+        original = read_header(io.BytesIO(data), len(data))
+        _rewrite(data, 0, len(data), seconds if seconds is not None else original.seconds if original else 0.0,
+                 frame, 0, [False])
     payload = f"batcher-simulator job {job_id}".encode()
     clip = bytes(data) + struct.pack(">I", 8 + len(payload)) + b"free" + payload
     if lie is ClipLie.TRUNCATED:
         # cut inside the media data: the last box claims more bytes than the file holds
         return clip[:len(clip) - len(payload) - 8 - 1000]
     return clip
-
-
-def _movie_seconds(data: bytearray) -> float:
-    for kind, payload, box_end in _boxes(data, 0, len(data)):
-        if kind == b"moov":
-            for inner, at, _ in _boxes(data, payload, box_end):
-                if inner == b"mvhd":
-                    version = data[at]
-                    scale, duration = (struct.unpack_from(">IQ", data, at + 20) if version == 1
-                                       else struct.unpack_from(">II", data, at + 12))
-                    return float(duration / scale) if scale else 0.0
-    return 0.0
