@@ -57,8 +57,8 @@ def outputs_of(doc: LineDict, display: str, diags: Diagnostics) -> str | None:
                                  "(a local folder is given with `batcher run --out FOLDER`)")
         return None
     try:
-        StoreSettings.of(raw)
+        StoreSettings.of(raw, what="outputs")
     except UsageError as e:
-        diags.add(display, line, str(e).replace("reference store", "outputs"))
+        diags.add(display, line, str(e))
         return None
     return raw.strip()

@@ -65,10 +65,7 @@ class BucketOutputs:
     """The output store of one batch: a bucket and prefix."""
 
     def __init__(self, url: str, endpoint: str | None = None, client: Any | None = None):
-        try:
-            self.settings = StoreSettings.of(url, endpoint=endpoint)
-        except UsageError as e:
-            raise UsageError(str(e).replace("reference store", "output store")) from None
+        self.settings = StoreSettings.of(url, endpoint=endpoint, what="output store")
         self.identity = self.settings.identity(os.environ)
         self.bucket = Bucket(self.settings.bucket, self.settings.prefix, self.identity,
                              endpoint=None if client is not None else self.settings.resolved_endpoint(os.environ),

@@ -198,20 +198,21 @@ _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", re.IGNORECASE)
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
-def parse_lifetime(text: str | float) -> float:
-    """A URL lifetime: seconds, or a number with s, m, h or d (`90m`, `6h`, `2d`)."""
+def parse_lifetime(text: str | float, what: str = "reference URL lifetime") -> float:
+    """A URL lifetime: seconds, or a number with s, m, h or d (`90m`, `6h`, `2d`); `what` names it
+    in the UsageError."""
     try:
         if isinstance(text, (int, float)) and not isinstance(text, bool):
             seconds = float(text)
         else:
             found = _DURATION.fullmatch(str(text)[:40])
             if found is None:
-                raise UsageError(f"reference URL lifetime {short(text)} is not a duration (for example 6h, 90m, 3600)")
+                raise UsageError(f"{what} {short(text)} is not a duration (for example 6h, 90m, 3600)")
             seconds = float(found.group(1)) * _UNITS[found.group(2).lower()]
     except OverflowError:
         seconds = math.inf
     if not MIN_URL_LIFETIME <= seconds <= MAX_URL_LIFETIME:
-        raise UsageError(f"reference URL lifetime must be between 1 minute and 7 days, got {short(text)}")
+        raise UsageError(f"{what} must be between 1 minute and 7 days, got {short(text)}")
     return seconds
 
 
@@ -240,33 +241,35 @@ def check_http_url(url: str, what: str) -> str:
 
 @dataclass(frozen=True)
 class StoreSettings:
-    """Where local images go: `s3://bucket/prefix`, an endpoint for stores other than AWS, an
-    optional public base URL (the bucket is public: no signing) and how long a signed URL lives."""
+    """Where local images go (or clips: `what` names the store in messages): `s3://bucket/prefix`,
+    an endpoint for stores other than AWS, an optional public base URL (the bucket is public: no
+    signing) and how long a signed URL lives."""
 
     url: str
     endpoint: str | None = None
     public_url: str | None = None
     url_lifetime: float = DEFAULT_URL_LIFETIME
+    what: str = "reference store"
 
     @classmethod
     def of(cls, url: str, endpoint: str | None = None, public_url: str | None = None,
-           url_lifetime: str | float | None = None) -> StoreSettings:
+           url_lifetime: str | float | None = None, what: str = "reference store") -> StoreSettings:
         """Checked settings (UsageError names what is wrong). Without an endpoint the store's client
         takes AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL from the environment when it opens."""
         parts = urlsplit(url.strip())
         if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
-            raise UsageError(f"reference store {short(url)} is not an s3://BUCKET/PREFIX address")
+            raise UsageError(f"{what} {short(url)} is not an s3://BUCKET/PREFIX address")
         if not _BUCKET.fullmatch(parts.netloc) or ".." in parts.netloc:
-            raise UsageError(f"reference store bucket {short(parts.netloc)} is not a valid bucket name")
+            raise UsageError(f"{what} bucket {short(parts.netloc)} is not a valid bucket name")
         prefix = parts.path.strip("/")
         if any(p in ("", ".", "..") for p in prefix.split("/")) and prefix:
-            raise UsageError(f"reference store prefix {short(prefix)} has an empty, '.' or '..' part")
+            raise UsageError(f"{what} prefix {short(prefix)} has an empty, '.' or '..' part")
         if endpoint is not None:
-            endpoint = check_http_url(endpoint, "reference store endpoint")
+            endpoint = check_http_url(endpoint, f"{what} endpoint")
         if public_url is not None:
             public_url = check_http_url(public_url, "reference public URL")
         lifetime = DEFAULT_URL_LIFETIME if url_lifetime is None else parse_lifetime(url_lifetime)
-        return cls(f"s3://{parts.netloc}/{prefix}".rstrip("/"), endpoint, public_url, lifetime)
+        return cls(f"s3://{parts.netloc}/{prefix}".rstrip("/"), endpoint, public_url, lifetime, what)
 
     @property
     def bucket(self) -> str:
@@ -280,7 +283,7 @@ class StoreSettings:
         """The endpoint given, else the environment's (AWS_ENDPOINT_URL_S3, then AWS_ENDPOINT_URL),
         checked as one given would be."""
         found = self.endpoint or environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL") or None
-        return check_http_url(found, "reference store endpoint") if found else None
+        return check_http_url(found, f"{self.what} endpoint") if found else None
 
     def identity(self, environ: Mapping[str, str]) -> str:
         """What the ledger calls this store: endpoint (no credentials), bucket and prefix."""

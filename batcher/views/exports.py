@@ -15,7 +15,7 @@ from typing import IO, Any
 
 import anyio
 
-from ..errors import OutputStoreError, UsageError
+from ..errors import OutputStoreError
 from ..ledger import Ledger
 from ..money import json_safe
 from ..outputs import file_sha256
@@ -91,10 +91,7 @@ def export(ledger: Ledger, batch: str | None, fmt: str, out: IO[str], model: str
 def presign_lifetime(text: str) -> float:
     """`--presign DURATION` in seconds: a number with s, m, h or d (`90m`, `1h`, `7d`), from a
     minute to 7 days (the longest a presigned S3 URL lives)."""
-    try:
-        return parse_lifetime(text)
-    except UsageError as e:
-        raise UsageError(str(e).replace("reference URL lifetime", "--presign")) from None
+    return parse_lifetime(text, "--presign")
 
 
 def with_urls(rows: Iterator[dict[str, Any]], lifetime: float, stores: ClipStores | None = None
