@@ -274,6 +274,15 @@ class LedgerJobs(LedgerStore):
         with self.engine.connect() as conn:
             return cast(list[CompletedFile], [tuple(row) for row in conn.exec_driver_sql(sql, {"b": batch})])
 
+    def last_event_details(self, batch: str | None, kind: str) -> dict[int, str | None]:
+        """Job id -> the detail of its latest event of `kind`, for a batch (or the ledger) in one
+        read: an export's per-job facts without a query per job."""
+        where = "e.kind = :k" + (" AND j.batch = :b" if batch is not None else "")
+        with self.engine.connect() as conn:
+            return {int(job_id): detail for job_id, detail in conn.execute(text(
+                f"SELECT e.job_id, e.detail FROM event e JOIN job j ON j.id = e.job_id WHERE {where} ORDER BY e.id"),
+                {"k": kind, "b": batch})}
+
     def events(self, job_id: int) -> list[Event]:
         return self._rows(Event, "SELECT * FROM event WHERE job_id = :j ORDER BY id", {"j": job_id})
 

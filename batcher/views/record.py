@@ -157,6 +157,7 @@ def records(ledger: Ledger, batch: str | None, model: str | None = None, selecti
     model = chosen.model or model
     batches = {b.name: b for b in ledger.batches()}
     local = ledger.local_images(any_host=True)
+    rendered = ledger.last_event_details(batch, "rendered")
     for job in ledger.iter_batch(batch, orphans=chosen.orphans):
         if job.rejected_at is not None and not chosen.include_rejected:
             continue
@@ -164,8 +165,8 @@ def records(ledger: Ledger, batch: str | None, model: str | None = None, selecti
         if model is not None and (job.model or (info.model if info else None)) != model:
             continue
         simulated = bool(info and info.simulated)
-        record = job_record(job, info.model if info else None, simulated, render_timing(ledger, job), local,
-                            chosen.facts)
+        record = job_record(job, info.model if info else None, simulated, _timing(job, rendered.get(job.id)),
+                            local, chosen.facts)
         if chosen.splits is not None:
             record["split"] = split_of(job.key, chosen.splits)
         yield record
@@ -173,10 +174,15 @@ def records(ledger: Ledger, batch: str | None, model: str | None = None, selecti
 
 def render_timing(ledger: Ledger, job: Job) -> RenderTiming | None:
     """What the run that found a job's render ended kept of its time (in its `rendered` event)."""
-    if job.state not in ("rendered", "completed"):
-        return None
     found = [e.detail for e in ledger.events(job.id) if e.kind == "rendered"]
-    return RenderTiming.read(found[-1]) if found else None
+    return _timing(job, found[-1]) if found else None
+
+
+def _timing(job: Job, detail: str | None) -> RenderTiming | None:
+    """A finished job's render time as its `rendered` event's `detail` keeps it."""
+    if job.state not in ("rendered", "completed") or detail is None:
+        return None
+    return RenderTiming.read(detail)
 
 
 def check_model(ledger: Ledger, batch: str | None, model: str | None) -> None:
