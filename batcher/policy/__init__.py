@@ -4,7 +4,9 @@
     safetynet   when to poll a job whose end a webhook should announce
     budget      the budget's accounting and each submission's reservation
     costs       what the run learnt of the API's charges, and its probes
-    decisions   retry back-off, poll timing, request pacing
+    memory      render times remembered from earlier batches (each class's seed)
+    polls       when to poll a job: the planner, and how a new class learns fast
+    decisions   retry back-off, request deadlines, request pacing
 """
 
 from __future__ import annotations
@@ -20,16 +22,12 @@ if TYPE_CHECKING:
         DEFAULT_MIN_DOWNLOAD_RATE,
         DEFAULT_REQUEST_DEADLINE,
         Deadlines,
-        PollPlanner,
         RatePolicy,
-        RenderSeed,
         RetryPolicy,
-        class_seeds,
         estimate_wall_seconds,
-        pooled,
-        remembered_intervals,
-        seed_from,
     )
+    from .memory import RenderSeed, class_seeds, pooled, remembered_intervals, seed_from
+    from .polls import PROBES, PollPlanner, rung_after
     from .renderfit import MAX_RUNNING, InFlight, RenderTimes, fit_censored_normal
     from .safetynet import WebhookTally, next_safety_poll, silent_done
 
@@ -39,6 +37,7 @@ __all__ = [
     "DEFAULT_MIN_DOWNLOAD_RATE",
     "DEFAULT_REQUEST_DEADLINE",
     "MAX_RUNNING",
+    "PROBES",
     "Budget",
     "CostMemory",
     "Deadlines",
@@ -56,6 +55,7 @@ __all__ = [
     "next_safety_poll",
     "pooled",
     "remembered_intervals",
+    "rung_after",
     "seed_from",
     "silent_done",
 ]

@@ -130,9 +130,12 @@ class RenderTimes:
     """What a run knows of one class's render times: the renders seen to end (the most recent
     400), those still going, and the fit of both, refitted often while learning, then every 50
     renders (warm-started: cheap at any rate). `spread`: the spread assumed, as a fraction of the
-    mean, worth SPREAD_WEIGHT renders."""
+    mean, worth SPREAD_WEIGHT renders. The first render seen to end makes the fit (a guess is no
+    measurement: one wrong by five times must not outweigh it); a class `primed` from earlier
+    batches keeps that measurement until `min_samples` renders of its own."""
 
     spread: float = GUESS_SPREAD
+    primed: bool = False
     intervals: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=400))
     running: InFlight = field(default_factory=InFlight)
     fit: tuple[float, float] | None = None
@@ -144,7 +147,7 @@ class RenderTimes:
         self.intervals.append((lower, upper))
         self.since_fit += 1
         n = len(self.intervals)
-        if n >= min_samples and (self.fit is None or n < 50 or self.since_fit >= 50):
+        if n >= (min_samples if self.primed else 1) and (self.fit is None or n < 50 or self.since_fit >= 50):
             self.refit()
 
     def refit(self) -> None:
@@ -168,3 +171,4 @@ class RenderTimes:
             self.spread = min(1.0, max(0.01, std / mean))
         if len(self.intervals) < min_samples:
             self.fit = (mean, std)
+            self.primed = True

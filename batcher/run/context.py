@@ -35,6 +35,7 @@ from .pauses import Pauses
 from .pokes import HookState
 from .state import RunState
 from .threads import IoThreads
+from .wakeups import Wakeups
 from .writer import LedgerWriter
 
 log = logging.getLogger("batcher.run")
@@ -68,6 +69,7 @@ class RunContext:
     image_names: dict[str, str] = field(default_factory=dict)
     out_abs: Path = Path()  # the output folder, resolved once it exists (`startup.prepare_outputs`)
     hooks: HookState | None = None  # webhooks, once the listener listens (when the run asks for them)
+    wakeups: Wakeups = field(default_factory=Wakeups)  # followers to wake when their polls move earlier
     core: anyio.CancelScope | None = None  # the workers and downloaders, once they run
 
     def __post_init__(self) -> None:

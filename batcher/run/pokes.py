@@ -36,6 +36,7 @@ class PokeBoard:
     clock: Callable[[], float] = time.monotonic
     pokes: int = 0  # valid pokes received
     _waiting: dict[str, anyio.Event] = field(default_factory=dict)
+    _rung: set[str] = field(default_factory=set)  # waiting keys a poke has set the event of
     _early: OrderedDict[str, float] = field(default_factory=OrderedDict)
     _woken: OrderedDict[str, tuple[float, int]] = field(default_factory=OrderedDict)  # key -> (last wake, wakes)
 
@@ -43,6 +44,7 @@ class PokeBoard:
         self.pokes += 1
         event = self._waiting.get(key)
         if event is not None:
+            self._rung.add(key)
             event.set()
             return
         now = self.clock()
@@ -55,12 +57,13 @@ class PokeBoard:
         at = self._early.pop(key, None)
         return at is not None and at >= self.clock() - EARLY_SECONDS
 
-    async def wait(self, key: str, timeout: float) -> bool:
+    async def wait(self, key: str, timeout: float, event: anyio.Event | None = None) -> bool:
         """Until `key` is poked (True) or `timeout` seconds pass (False). A poke that comes within
-        the gap after the last one that woke this key is held to the gap's end (or the timeout)."""
+        the gap after the last one that woke this key is held to the gap's end (or the timeout).
+        `event`: the one to wait on, which another may set too (`Wakeups`): then False at once."""
         started = anyio.current_time()
         if not self.take_early(key):
-            event = anyio.Event()
+            event = event or anyio.Event()
             self._waiting[key] = event
             try:
                 with anyio.move_on_after(timeout):
@@ -68,8 +71,9 @@ class PokeBoard:
             finally:
                 if self._waiting.get(key) is event:
                     del self._waiting[key]
-            if not event.is_set():
+            if key not in self._rung:
                 return False
+            self._rung.discard(key)
         hold = self._hold(key)
         if hold > 0:
             await anyio.sleep(min(hold, max(0.0, timeout - (anyio.current_time() - started))))

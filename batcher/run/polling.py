@@ -76,18 +76,17 @@ _TIMING = re.compile(r"(?:render (?P<api>[0-9.]+) s by the API's createdAt and c
 async def follow_to_end(ctx: RunContext, job: Job, *, hooked: bool = False) -> tuple[Followed, Job]:
     """Poll a submitted job until it ends (or this run stops following it); `hooked`: this run
     submitted it with a webhook URL, so its end should be announced (polls are a safety net)."""
-    o = ctx.options
-    timeout = o.polling.job_timeout
+    o, hooks, timeout = ctx.options, ctx.hooks, ctx.options.polling.job_timeout
     cls = ctx.model_of(job).job_class(job.parameters())
     start_wall = job.submitted_at or ctx.wall()
 
     def elapsed() -> float:
         return max(0.0, ctx.wall() - start_wall)
-    hooks = ctx.hooks
+    probe = None if hooked else ctx.planner.enlist(cls)  # with webhooks, their ends teach a new class
     polls = failures = tries = 0
     first_failure = lower = 0.0
     while True:
-        poked = await _until_due(ctx, job, cls, hooked, elapsed, polls)
+        poked = await _until_due(ctx, job, cls, hooked, elapsed, Pace(polls, lower, probe))
         if timeout is not None and elapsed() >= timeout and tries > 0:
             await ctx.event(job, "timeout", f"not finished after {timeout:g}s; the next run polls it again")
             ctx.state.note("some jobs passed --job-timeout; rerun to keep polling them")
@@ -131,28 +130,51 @@ async def follow_to_end(ctx: RunContext, job: Job, *, hooked: bool = False) -> t
             hooks.tally.record(announced=poked)
         # A poke comes as the render ends: its time is the render's length (the delivery's delay
         # included, which later polls should allow for too), not an interval since the last poll.
-        ctx.planner.observe(cls, seen_at if poked else lower, seen_at)
+        if ctx.planner.observe(cls, seen_at if poked else lower, seen_at):
+            ctx.wakeups.changed(cls[0] if cls else None)
         return await _finished(ctx, job, status, RenderTiming.of(status, lower, elapsed()), (lower + seen_at) / 2)
 
 
+@dataclass(frozen=True)
+class Pace:
+    """Where a followed job stands: polls that found it running, the last at `last` seconds after
+    its submission (0: none yet), and its number on the ladder if it is a probe."""
+
+    polls: int
+    last: float
+    probe: int | None
+
+
 async def _until_due(ctx: RunContext, job: Job, cls: tuple[Any, ...], hooked: bool, elapsed: Callable[[], float],
-                     polls: int) -> bool:
+                     pace: Pace) -> bool:
     """Wait for the job's next poll (its safety poll, when a webhook should announce its end), or
-    for a poke, whichever comes first; whether a poke came."""
+    for a poke, whichever comes first; whether a poke came. When what the run learns moves the
+    poll earlier meanwhile, the wait is planned again (the new time may have passed: at once)."""
     hooks, timeout = ctx.hooks, ctx.options.polling.job_timeout
     density = ctx.pacer.density() if ctx.pacer is not None else 1.0
     if hooked and hooks is not None:
         due = ctx.planner.safety_poll(cls, elapsed(), hooks.tally.lost, density)
     else:
-        due = ctx.planner.next_poll(cls, elapsed(), polls, density)
-    if timeout is not None and due > timeout:
-        due = max(elapsed(), timeout)
-    delay = due - elapsed()  # read the clock once: it moves between two reads
-    if hooks is not None:  # a poke cuts the wait short (any job: an earlier run may have asked for one)
-        return await hooks.board.wait(job.key, delay) if delay > 0 else hooks.board.take_early(job.key)
-    if delay > 0:
-        await anyio.sleep(delay)
-    return False
+        due = ctx.planner.next_poll(cls, elapsed(), pace.polls, density, pace.probe)
+    while True:
+        if timeout is not None and due > timeout:
+            due = max(elapsed(), timeout)
+        delay = due - elapsed()  # read the clock once: it moves between two reads
+        if delay <= 0:
+            return hooks.board.take_early(job.key) if hooks is not None else False
+        with ctx.wakeups.listening(cls[0] if cls else None) as replan:
+            if hooks is not None:  # a poke cuts the wait short (any job: an earlier run may have asked for one)
+                if await hooks.board.wait(job.key, delay, replan):
+                    return True
+            else:
+                with anyio.move_on_after(delay):
+                    await replan.wait()
+        if not replan.is_set():
+            return False
+        if hooked and hooks is not None:
+            due = min(due, ctx.planner.safety_poll(cls, pace.last, hooks.tally.lost, density))
+        else:
+            due = min(due, ctx.planner.due(cls, pace.last, pace.polls, density, pace.probe))
 
 
 async def _refused(ctx: RunContext, job: Job, e: JobForbidden | RejectedError) -> tuple[Followed, Job]:

@@ -63,6 +63,7 @@ class SimJob:
     refunded: bool = False
     answer_lost: bool = False
     seen_done: float | None = None  # when a status answer first said it ended (the bench's detection delay)
+    polls: int = 0  # status requests answered for it
     webhook_url: str | None = None  # where its webhook goes
     base: str = ""  # the API base it was submitted on, where its webhooks' output URLs are minted
 

@@ -104,6 +104,7 @@ class JobBook:
         job = self.jobs.get(job_id)
         if job is None:
             return error_answer(404, "not_found", f"Job {job_id} not found")
+        job.polls += 1
         now = self.clock()
         if now < job.ends:
             status = "pending" if now < job.submitted + 0.1 * (job.ends - job.submitted) else "processing"

@@ -107,7 +107,7 @@ class Simulator(JobBook):
             jobs = [{"job_id": j.job_id, "model": j.model, "body": j.body, "cost": j.cost, "fails": j.fails,
                      "refunded": j.refunded, "answer_lost": j.answer_lost,
                      "render_seconds": round(j.ends - j.submitted, 6), "submitted": j.submitted,
-                     "seen_done": j.seen_done} for j in self.jobs.values()]
+                     "seen_done": j.seen_done, "polls": j.polls} for j in self.jobs.values()]
             return {
                 "clock": self.clock(),  # the simulator's clock now: relates its times to others'
                 "jobs": jobs,
