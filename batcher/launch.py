@@ -70,9 +70,11 @@ def simulator_state_for(ledger: str | Path) -> Path:
 
 
 def expected_render_for(to: Target, given: float | None) -> float | None:
-    """The render time to assume before any is learned: the simulator's own when simulating; else
-    what was given (None: each model's typical render time)."""
-    return to.simulator.config.render_seconds if to.simulator is not None else given
+    """The render time to assume before any is learned: what was given; else, simulating, the
+    simulator's own (None: each model's typical render time)."""
+    if given is not None or to.simulator is None:
+        return given
+    return to.simulator.config.render_seconds
 
 
 def target(*, simulate: bool | SimConfig | Simulator = False, api_base: str | None = None,

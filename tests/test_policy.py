@@ -83,7 +83,7 @@ def test_planner_backs_off_without_data_and_past_the_spread():
     for n in range(6):
         times.append(planner.next_poll(("x",), times[-1], n))
     gaps = [b - a for a, b in itertools.pairwise(times[1:])]
-    assert times[1] == 8 and gaps == sorted(gaps) and max(gaps) <= 30
+    assert times[1] == 10 and gaps == sorted(gaps) and max(gaps) <= 30
     for _ in range(20):
         planner.observe(("x",), 9, 11)
     late = planner.next_poll(("x",), 500, 3)
@@ -225,7 +225,7 @@ def test_a_seeded_planner_polls_from_the_seed_until_the_run_has_its_own_fit():
     assert planner.expected(x5) == (60, 6)
     assert 58 < planner.next_poll(x5, 0, 0) < 60  # mean - 0.2 sd, not 0.8 * 600
     assert planner.expected(x8) == (60, 6)  # another class of the model: the model's pooled seed
-    assert planner.expected(y5) is None and planner.next_poll(y5, 0, 0) == 480  # never another model's
+    assert planner.expected(y5) is None and planner.next_poll(y5, 0, 0) == 600  # never another model's
     planner.observe(x5, 99, 101)
     planner.observe(x5, 99, 101)
     assert planner.expected(x5) == (60, 6)  # two renders of its own: not yet trusted
@@ -240,11 +240,11 @@ def test_in_run_renders_of_one_model_do_not_answer_for_another():
         planner.observe(("x", 5, "720p"), 29, 31)
     assert abs(planner.expected(("x", 8, "1080p"))[0] - 30) < 1  # same model, other class: pooled
     assert planner.expected(("y", 5, "720p")) is None
-    assert planner.next_poll(("y", 5, "720p"), 0, 0) == 8
+    assert planner.next_poll(("y", 5, "720p"), 0, 0) == 10
 
 
 def test_a_model_never_measured_starts_from_its_own_guess_not_the_runs():
     planner = PollPlanner(initial=60.0, guesses={"fast-model": 10.0})
-    assert planner.next_poll(("fast-model", 5, "720p"), 0.0, 0) == pytest.approx(8.0)
-    assert planner.next_poll(("other-model", 5, "720p"), 0.0, 0) == pytest.approx(48.0)
-    assert planner.next_poll(("fast-model", 5, "720p"), 8.0, 1) == pytest.approx(8.0 + 2.5)
+    assert planner.next_poll(("fast-model", 5, "720p"), 0.0, 0) == pytest.approx(10.0)
+    assert planner.next_poll(("other-model", 5, "720p"), 0.0, 0) == pytest.approx(60.0)
+    assert planner.next_poll(("fast-model", 5, "720p"), 10.0, 1) == pytest.approx(20.0)  # then waits that double

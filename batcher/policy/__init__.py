@@ -27,7 +27,7 @@ if TYPE_CHECKING:
         estimate_wall_seconds,
     )
     from .memory import RenderSeed, class_seeds, pooled, remembered_intervals, seed_from
-    from .polls import PROBES, PollPlanner, rung_after
+    from .polls import PROBES, Learned, PollPlanner, rung_after
     from .renderfit import MAX_RUNNING, InFlight, RenderTimes, fit_censored_normal
     from .safetynet import WebhookTally, next_safety_poll, silent_done
 
@@ -42,6 +42,7 @@ __all__ = [
     "CostMemory",
     "Deadlines",
     "InFlight",
+    "Learned",
     "PollPlanner",
     "RatePolicy",
     "RenderSeed",

@@ -4,12 +4,13 @@ of this run (seeded from earlier batches), and how a class with nothing learned 
 A guess of the render time (the model's typical one, --expected-render) is often wrong, in either
 direction. Two things keep a wrong guess from costing minutes. While a class has nothing learned,
 its first PROBES jobs poll on a ladder (`rung_after`): from a small share of the guess, doubling,
-the probes a third of a doubling apart, so the class is polled at times that are never more than
-26% apart, wherever its renders end. And the run's own fit is trusted from its first render seen
-to end (a seed from earlier batches, from its third): the first wave's other jobs are told to poll
-again as soon as that moves their polls earlier (`observe` says so), so they need not sit out a
-guess five times too long. A job found done at its first poll only says "done within [0, t]": the
-censored fit of such renders halves the first poll, again and again, until polls find jobs running.
+the probes a quarter of a doubling apart, so the class is polled at times never more than 19%
+apart, wherever its renders end; its other jobs poll from the guess, doubling the wait. The run's
+own fit is trusted from its first render seen to end (a seed from earlier batches, from its
+third): the first wave's other jobs are told to plan their polls again as soon as that comes
+(`observe` says so), so they need not sit out a guess five times too long. A job found done at
+its first poll only says "done within [0, t]": the censored fit of such renders halves the first
+poll, again and again, until polls find jobs running.
 
 Pure: no clock and no I/O; times are seconds after a job's submission.
 """
@@ -25,14 +26,15 @@ from .memory import RenderSeed, pooled
 from .renderfit import GUESS_SPREAD, RenderTimes
 from .safetynet import next_safety_poll
 
-PROBES = 3  # jobs of a class with nothing learned that poll on the ladder
-LADDER_START = 1 / 64  # the ladder's first rung, as a share of the guess: a guess 60 x too long still finds the end
+PROBES = 4  # jobs of a class with nothing learned that poll on the ladder
+LADDER_START = 1 / 32  # the ladder's first rung, as a share of the guess: a guess 30 x too long still finds the end
 REPLAN_SHARE = 0.25  # followers are woken when a class's first poll moves earlier by a quarter step or more
 
 
 def rung_after(guess: float, probe: int, last: float, min_interval: float = 0.005) -> float:
     """The ladder's next rung for probe number `probe` after `last`: guess x LADDER_START x
-    2^(k + probe / PROBES) for the least k that comes after `last` (by `min_interval` at least)."""
+    2^(k + probe / PROBES) for the least k that comes after `last` (by `min_interval` at least).
+    A probe polls once a doubling (a few times before the guess, when the guess is right)."""
     base = max(guess * LADDER_START, 1e-6) * math.pow(2.0, (probe % PROBES) / PROBES)
     if last < base:
         return max(base, last + min_interval)
@@ -41,6 +43,26 @@ def rung_after(guess: float, probe: int, last: float, min_interval: float = 0.00
     while rung < last + min_interval:
         rung *= 2.0
     return rung
+
+
+@dataclass(frozen=True)
+class Learned:
+    """What a run learned of one job class's render times: the fitted mean and spread, from
+    `renders` renders seen to end; the guess it started from, and whether earlier batches'
+    measurement (a seed) stood in for the guess."""
+
+    job_class: tuple[Any, ...]
+    mean: float
+    std: float
+    renders: int
+    guess: float
+    seeded: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        model, duration, resolution = (*self.job_class, None, None, None)[:3]
+        return {"model": model, "duration": duration, "resolution": resolution, "mean_seconds": round(self.mean, 3),
+                "std_seconds": round(self.std, 3), "renders": self.renders, "guessed_seconds": round(self.guess, 3),
+                "seeded_from_earlier_batches": self.seeded}
 
 
 @dataclass
@@ -100,16 +122,19 @@ class PollPlanner:
 
     def observe(self, job_class: tuple[Any, ...], lower: float, upper: float) -> bool:
         """A render of `job_class` finished between `lower` and `upper` seconds after submission.
-        True when the class's first poll moved earlier by a quarter step or more: the jobs of its
-        model waiting for a poll should plan it again."""
+        True when this is the class's first fit, or its first poll moved earlier by a quarter step
+        or more: the jobs of its model waiting for a poll should plan it again."""
+        learning = self.expected(job_class) is None
         before = self.due(job_class, 0.0, 0)
         lower, upper = max(0.0, lower), max(0.0, upper)
         self._times(job_class).add(lower, upper, self.min_samples)
         self._model_times(_model_of(job_class)).add(lower, upper, self.min_samples)
-        after = self.due(job_class, 0.0, 0)
         expected = self.expected(job_class)
-        step = self.step(*expected) if expected is not None else self.min_interval
-        return after < before - max(self.min_interval, REPLAN_SHARE * step)
+        if expected is None:
+            return False
+        # The first fit: every waiting job's poll, planned from the guess, is worth planning again.
+        return learning or self.due(job_class, 0.0, 0) < before - max(self.min_interval,
+                                                                       REPLAN_SHARE * self.step(*expected))
 
     def _times(self, job_class: tuple[Any, ...]) -> RenderTimes:
         return self._classes.setdefault(job_class, RenderTimes())
@@ -130,11 +155,10 @@ class PollPlanner:
         mean, std = fit
         return mean, max(std, 0.02 * mean)
 
-    def learned(self) -> dict[tuple[Any, ...], tuple[float, float, int]]:
-        """Each class's render times as this run learned them: (mean, std, renders seen to end),
-        for the classes with renders of their own."""
-        return {cls: (times.fit[0], times.fit[1], len(times.intervals)) for cls, times in self._classes.items()
-                if times.fit is not None and times.intervals}
+    def learned(self) -> list[Learned]:
+        """The render times this run learned, per class with renders of its own seen to end."""
+        return [Learned(cls, times.fit[0], times.fit[1], len(times.intervals), self.guess(cls), times.primed)
+                for cls, times in self._classes.items() if times.fit is not None and times.intervals]
 
     def guess(self, job_class: tuple[Any, ...]) -> float:
         """The render seconds assumed for a class before any is learned (its model's own guess)."""
@@ -163,11 +187,11 @@ class PollPlanner:
             guess = self.guess(job_class)
             if probe is not None:
                 return min(rung_after(guess, probe, last, self.min_interval), last + self.max_interval)
-            # Nothing learned yet: a first poll a little before the expected render time, then
-            # steps of a quarter of it, growing by `factor`.
+            # Nothing learned yet: a first poll at the guessed render time (the probes come
+            # earlier), then waits that double (the probes find the end; its first fit wakes this job).
             if polls == 0:
-                return max(self.min_interval, 0.8 * guess)
-            step = 0.25 * guess * (self.factor ** (polls - 1))
+                return max(self.min_interval, guess)
+            step = max(0.25 * guess * (self.factor ** (polls - 1)), last)
             return last + min(self.max_interval, max(self.min_interval, step))
         mean, std = expected
         first = max(self.min_interval, mean - self.lead * density * std)

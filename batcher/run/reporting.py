@@ -9,6 +9,7 @@ from typing import Protocol, runtime_checkable
 
 from ..ledger import Ledger
 from ..money import ZERO
+from ..policy import Learned
 from ..text import format_credits
 from .outcomes import ExitCode, StopReason
 
@@ -116,6 +117,7 @@ class RunReport:
     webhooks: WebhookFigures | None = None  # when the run listened for webhooks
     run_spent: Decimal | None = None  # what this run spent, where `spent` is the batch's (see `Progress`)
     told: frozenset[str] = frozenset()  # messages said as they happened: the end summary does not repeat them
+    render_times: tuple[Learned, ...] = ()  # what the run learned of its classes' render times
 
     @property
     def total(self) -> int:

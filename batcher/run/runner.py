@@ -239,7 +239,7 @@ class Runner:
         return RunReport(ctx.batch, f.counts, f.spend.spent, f.held, f.held_cost, ctx.options.limits.budget,
                          time.monotonic() - self._started, run.submitted, run.completed, run.stop_reason,
                          run.messages, f.bytes, failures, self.uploads.summary(), run.control.value,
-                         _webhook_figures(ctx), run.spent, frozenset(run.told))
+                         _webhook_figures(ctx), run.spent, frozenset(run.told), tuple(ctx.planner.learned()))
 
     # --- progress and signals ------------------------------------------------------------------
 
