@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .memory import RenderSeed, pooled
-from .renderfit import GUESS_SPREAD, RenderTimes
+from .renderfit import RenderTimes
 from .safetynet import next_safety_poll
 
 PROBES = 4  # jobs of a class with nothing learned that poll on the ladder
 LADDER_START = 1 / 32  # the ladder's first rung, as a share of the guess: a guess 30 x too long still finds the end
+SAFETY_PAST_GUESS = 1.5  # a safety poll planned from a guess comes this many guesses after the submission
 REPLAN_SHARE = 0.25  # followers are woken when a class's first poll moves earlier by a quarter step or more
 
 
@@ -132,9 +133,18 @@ class PollPlanner:
         expected = self.expected(job_class)
         if expected is None:
             return False
-        # The first fit: every waiting job's poll, planned from the guess, is worth planning again.
-        return learning or self.due(job_class, 0.0, 0) < before - max(self.min_interval,
-                                                                       REPLAN_SHARE * self.step(*expected))
+        # The first fit (and the first a safety net trusts): every waiting job's poll, planned
+        # from the guess, is worth planning again.
+        trusted = self._seen(job_class) == self.min_samples
+        return learning or trusted or self.due(job_class, 0.0, 0) < before - max(
+            self.min_interval, REPLAN_SHARE * self.step(*expected))
+
+    def _seen(self, job_class: tuple[Any, ...]) -> int:
+        """Renders of the class (else of its model) seen to end, or a seed's worth (`min_samples`)."""
+        for times in (self._classes.get(job_class), self._models.get(_model_of(job_class))):
+            if times is not None and times.fit is not None:
+                return self.min_samples if times.primed else len(times.intervals)
+        return 0
 
     def _times(self, job_class: tuple[Any, ...]) -> RenderTimes:
         return self._classes.setdefault(job_class, RenderTimes())
@@ -211,15 +221,24 @@ class PollPlanner:
         """Seconds between two polls of a job of a class fitted as (mean, std)."""
         return max(self.step_std * std / density, self.min_step_fraction * mean / density, self.min_interval)
 
+    def safety_guessed(self, job_class: tuple[Any, ...]) -> bool:
+        """Whether a safety poll of the class is planned from the guess (nothing trusted yet)."""
+        return self._seen(job_class) < self.min_samples
+
     def safety_poll(self, job_class: tuple[Any, ...], elapsed: float, lost: float, density: float = 1.0) -> float:
         """Seconds after submission of the next safety poll of a job a webhook should announce
-        (`safetynet`), `lost` the share of webhooks that do not come: from the class's fit, or with
-        nothing learned yet from its model's guessed render time; never denser than polling."""
+        (`safetynet`), `lost` the share of webhooks that do not come, from the class's fit; with
+        nothing trusted yet, at 1.5 x the guessed render time (past most renders, were it right,
+        and their webhooks), then waits that double from the submission on: never denser than
+        polling mode's schedule from the guess."""
+        if self.safety_guessed(job_class):
+            first = SAFETY_PAST_GUESS * self.guess(job_class)
+            return first if elapsed < first else elapsed + min(self.max_interval, max(self.min_interval, elapsed))
         expected = self.expected(job_class)
-        guess = self.guess(job_class)
-        mean, std = expected if expected is not None else (guess, GUESS_SPREAD * guess)
+        assert expected is not None  # (trusted: a fit of its own or its model's)
+        mean, std = expected
         return next_safety_poll(elapsed, mean, std, lost, self.step(mean, std, density), factor=self.factor,
-                                max_interval=self.max_interval, guessed=expected is None)
+                                max_interval=self.max_interval)
 
 
 def _model_of(job_class: tuple[Any, ...]) -> Any:

@@ -7,10 +7,9 @@ silent is q(t) = lost F(t) / (1 - (1 - lost) F(t)), F the render times' distribu
 an intensity sqrt(q(t)) / step: `step` is the polling mode's own interval, reached only when an
 unannounced job is surely done (q = 1, e.g. every webhook lost), and far sparser while webhooks
 arrive (the square root is the classic balance of detection delay against requests). Past every
-render seen (mean + 3 std) the polls back off as in polling mode; past a mere guess (nothing of the
-class learned yet), they back off from the submission on, as polling mode does before it has
-learned anything: a job still running there says the guess was short, not that its webhook was
-lost. Pure functions."""
+render seen (mean + 3 std) the polls back off as in polling mode. (With nothing learned yet, the
+poll planner polls at the guess, then doubles its waits: a job still running there says the guess
+was short, not that its webhook was lost.) Pure functions."""
 
 from __future__ import annotations
 
@@ -55,17 +54,15 @@ def silent_done(t: float, mean: float, std: float, lost: float) -> float:
 
 
 def next_safety_poll(elapsed: float, mean: float, std: float, lost: float, step: float, *,
-                     factor: float = 1.5, max_interval: float = 60.0, guessed: bool = False) -> float:
+                     factor: float = 1.5, max_interval: float = 60.0) -> float:
     """Seconds after submission of the next safety poll of a job not yet announced, `elapsed`
-    seconds after its submission. `step` is the polling mode's interval for this job's class;
-    `guessed`: `mean` and `std` are a guess, not learned."""
+    seconds after its submission. `step` is the polling mode's interval for this job's class."""
     std = max(std, MIN_STD_FRACTION * mean, 1e-6)
     step = max(step, 1e-6)
     lost = min(1.0, max(lost, 1e-6))
     late = mean + TAIL_STDS * std
     if elapsed >= late:
-        over = elapsed if guessed else elapsed - late
-        return elapsed + min(max_interval, max(step, over * (factor - 1.0)))
+        return elapsed + min(max_interval, max(step, (elapsed - late) * (factor - 1.0)))
     # Integrate the intensity forward until it adds up to one poll (midpoint rule, steps of a
     # fraction of the polling interval: a few hundred at most).
     dt = min(step, std) / 8.0

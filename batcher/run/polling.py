@@ -152,8 +152,9 @@ async def _until_due(ctx: RunContext, job: Job, cls: tuple[Any, ...], hooked: bo
     poll earlier meanwhile, the wait is planned again (the new time may have passed: at once)."""
     hooks, timeout = ctx.hooks, ctx.options.polling.job_timeout
     density = ctx.pacer.density() if ctx.pacer is not None else 1.0
+    since = elapsed()  # the safety net's polls are spread from when its wait began
     if hooked and hooks is not None:
-        due = ctx.planner.safety_poll(cls, elapsed(), hooks.tally.lost, density)
+        due = ctx.planner.safety_poll(cls, since, hooks.tally.lost, density)
     else:
         due = ctx.planner.next_poll(cls, elapsed(), pace.polls, density, pace.probe)
     while True:
@@ -162,19 +163,24 @@ async def _until_due(ctx: RunContext, job: Job, cls: tuple[Any, ...], hooked: bo
         delay = due - elapsed()  # read the clock once: it moves between two reads
         if delay <= 0:
             return hooks.board.take_early(job.key) if hooks is not None else False
+        # A safety poll planned from what was learned stays as planned: planned again at every
+        # change, its polls would crowd where renders end, before the webhooks.
+        listen = not hooked or ctx.planner.safety_guessed(cls)
         with ctx.wakeups.listening(cls[0] if cls else None) as replan:
             if hooks is not None:  # a poke cuts the wait short (any job: an earlier run may have asked for one)
-                if await hooks.board.wait(job.key, delay, replan):
+                if await hooks.board.wait(job.key, delay, replan if listen else None):
                     return True
             else:
                 with anyio.move_on_after(delay):
                     await replan.wait()
-        if not replan.is_set():
+        if not (listen and replan.is_set()):
             return False
+        # Planned again by what is known now: a poll from the job's last poll (or its submission),
+        # a safety poll from when the wait began.
         if hooked and hooks is not None:
-            due = min(due, ctx.planner.safety_poll(cls, pace.last, hooks.tally.lost, density))
+            due = ctx.planner.safety_poll(cls, since, hooks.tally.lost, density)
         else:
-            due = min(due, ctx.planner.due(cls, pace.last, pace.polls, density, pace.probe))
+            due = ctx.planner.due(cls, pace.last, pace.polls, density, pace.probe)
 
 
 async def _refused(ctx: RunContext, job: Job, e: JobForbidden | RejectedError) -> tuple[Followed, Job]:
