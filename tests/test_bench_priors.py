@@ -204,3 +204,21 @@ def test_the_default_bench_runs_the_priors_and_the_lossy_runs_lose_the_issues_sh
     assert (BenchSettings().webhook_loss, BenchSettings().prior_timeout) == (0.3, 3.0)
     shown = CliRunner().invoke(cli, ["bench", "--help"]).output
     assert "priors" in shown and "--prior-timeout" in shown
+
+
+def test_every_section_of_one_bench_shares_its_runs_and_its_time_is_given(monkeypatch):
+    from batcher.bench import suite
+    seen = []
+
+    def section(name):
+        def run_section(settings, runs):
+            seen.append(runs)
+            return {"met": True}, [f"{name} line"]
+        return run_section
+
+    monkeypatch.setattr(suite, "RUNS", {name: section(name) for name in suite.SECTIONS})
+    echoed = []
+    results = suite.run_all(["webhooks", "priors"], echo=echoed.append)
+    assert echoed[1:3] == ["priors line", "webhooks line"]  # in SECTIONS' order
+    assert len(seen) == 2 and seen[0] is seen[1] and isinstance(seen[0], Runs)
+    assert set(results["seconds"]) == {"priors", "webhooks"} and echoed[-1].startswith("seconds: priors 0, webhooks 0")

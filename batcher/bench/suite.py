@@ -290,13 +290,17 @@ mean) and the in-process diagnostic (`shared` without a PostgreSQL URL prints on
 
 def run_all(sections: list[str], settings: BenchSettings | None = None, *,
             echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the named sections (in SECTIONS' order), echoing each one's lines; their figures by name."""
+    """Run the named sections (in SECTIONS' order), echoing each one's lines; their figures by name, and
+    under `seconds` each section's time (a run another section made first counts in that one's)."""
     s, runs = settings or BenchSettings(), Runs()
-    results: dict[str, Any] = {"machine": machine()}
+    results: dict[str, Any] = {"machine": machine(), "seconds": {}}
     echo(f"machine: {results['machine']}")
     for name in SECTIONS:
         if name in sections:
+            started = time.monotonic()
             results[name], lines = RUNS[name](s, runs)
+            results["seconds"][name] = time.monotonic() - started
             for line in lines:
                 echo(line)
+    echo("seconds: " + ", ".join(f"{name} {t:.0f}" for name, t in results["seconds"].items()))
     return results
