@@ -52,9 +52,6 @@ class Batch:
         """The ideal wall time at the mean render: jobs x mean / concurrency."""
         return self.jobs * self.render / self.concurrency
 
-    def label(self) -> str:
-        return f"{self.jobs} x {self.render:g}s"
-
 
 @dataclass(frozen=True)
 class Target:
