@@ -201,7 +201,7 @@ def test_the_default_bench_runs_the_priors_and_the_lossy_runs_lose_the_issues_sh
     from batcher.cli import cli
     assert "priors" in SECTIONS and "priors" in DEFAULT_SECTIONS
     assert SECTIONS.index("priors") < SECTIONS.index("webhooks")  # webhooks reuses its run told 5x the mean
-    assert (BenchSettings().webhook_loss, BenchSettings().prior_timeout) == (0.3, 3.0)
+    assert (BenchSettings().webhook_loss, BenchSettings().prior_timeout) == (0.3, 2.0)
     shown = CliRunner().invoke(cli, ["bench", "--help"]).output
     assert "priors" in shown and "--prior-timeout" in shown
 

@@ -104,7 +104,7 @@ def simulator(host: str, port: int, api_key: str, credit_balance: float, render_
               help="Share of webhooks the simulator loses in the webhooks section's lossy runs.")
 @click.option("--webhook-delay", default=0.02, show_default=True, type=click.FloatRange(0),
               help="Seconds from a render's end to its webhook in the webhooks section.")
-@click.option("--prior-timeout", default=3.0, show_default=True, type=click.FloatRange(1),
+@click.option("--prior-timeout", default=2.0, show_default=True, type=click.FloatRange(1),
               help="A run told a wrong render time (priors, webhooks) is stopped after this many times the "
                    "oracle's wall time.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON too.")
