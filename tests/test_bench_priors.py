@@ -187,8 +187,8 @@ def test_the_section_runs_every_guess_beside_one_oracle_per_batch():
 
 
 def test_a_run_stopped_at_its_timeout_says_it_did_not_finish(tmp_path):
-    tiny = Batch(4, 2, 0.05, 0.2)
-    f = whole.whole_batcher(tiny, tmp_path, expected=None, timeout=1.5)  # the model's typical 90 s: no end soon
+    tiny = Batch(4, 2, 20.0, 0.2)  # renders far longer than the timeout, whatever the guess
+    f = whole.whole_batcher(tiny, tmp_path, expected=None, timeout=1.5)
     assert (f["finished"], f["efficiency"], f["timeout"], f["exit_code"]) == (False, None, 1.5, None)
     assert f["wall"] >= 1.5 and f["efficiency_below"] == pytest.approx(tiny.ideal / f["wall"])
     assert f["expected_render"] is None and f["completed"] < 4
