@@ -19,9 +19,10 @@ BATCH = Batch(800, 40, 1.0, 0.2)
 
 
 def run(wall, efficiency, polls=2.0, jobs=800, completed=800):
-    """A finished run's figures, as `whole_batcher` gives them (the fields the lines read)."""
+    """A finished run's figures, as `whole_batcher` or `whole_oracle` give them (the fields the lines read)."""
     return {"jobs": jobs, "wall": wall, "efficiency": efficiency, "polls_per_job": polls, "finished": True,
-            "completed": completed, "exit_code": 0, "messages": [], "webhooks": None}
+            "completed": completed, "exit_code": 0, "messages": [], "webhooks": None,
+            "mean_poll_lateness": 0.0008, "mean_poll_round_trip": 0.004}
 
 
 def killed(timeout, below, jobs=800, seen=300, polls=1.0):
@@ -106,7 +107,7 @@ def test_the_section_prints_each_batch_with_its_oracle_then_its_cases():
     lines = describe_priors(r)
     assert lines[0].startswith("priors ") and "killed after 3 x the oracle's wall" in lines[0]
     assert lines[1] == ("  800 jobs, concurrency 40, renders 1s +/- 20%: oracle efficiency 0.855, 2.36 polls/job, "
-                        "wall 23.40s")
+                        "wall 23.40s (its polls sent 0.8 ms late, answered in 4.0 ms: more is a busy machine)")
     assert lines[2].endswith("0.975 x oracle; target >= 0.97 x oracle at <= 2.5 polls/job: met")
     assert lines[3].endswith("0.780 x oracle; target >= 0.9 x oracle: not met") and len(lines) == 4
 

@@ -100,6 +100,7 @@ def describe_priors(r: dict[str, Any]) -> list[str]:
     for size in r["sizes"]:
         o = size["oracle"]
         lines.append(f"  {size['jobs']} jobs, concurrency {size['concurrency']}, renders {size['render']:g}s +/- "
-                     f"{size['jitter']:.0%}: oracle {outcome(o)}")
+                     f"{size['jitter']:.0%}: oracle {outcome(o)} (its polls sent {o['mean_poll_lateness'] * 1000:.1f} "
+                     f"ms late, answered in {o['mean_poll_round_trip'] * 1000:.1f} ms: more is a busy machine)")
         lines += [case_line(c) for c in size["cases"]]
     return lines
