@@ -32,7 +32,7 @@ WITHIN = {
             "downloads_queue", "pokes", "wakeups", "state", "context", "records", "uploads", "startup", "feeder",
             "polling", "listener", "hooks", "submission", "downloads", "control", "reporting", "runner"],
     "views": ["commands", "watch", "progress", "record", "exports", "shards", "report"],
-    "bench": ["oracle", "breakdown", "whole", "hooks", "shared", "stage", "suite"],
+    "bench": ["oracle", "breakdown", "whole", "priors", "hooks", "shared", "stage", "suite"],
     "cli": ["__init__", "tools", "catalog", "plans", "results", "running", "control", "watch", "batches", "reference",
             "curation"],
 }

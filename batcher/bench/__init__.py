@@ -2,8 +2,9 @@
 
     oracle      the yardstick: an oracle poller, told the true render times (its own process)
     breakdown   where a whole-process run's slot-seconds go
-    whole       whole-process efficiency beside the oracle
-    hooks       webhooks against polling, whole process
+    whole       whole-process efficiency beside the oracle; the runs the sections share
+    priors      a right, a wrong or no guess of the render time, whole process
+    hooks       webhooks against polling, whole process (a wrong guess too)
     shared      what a shared ledger costs
     stage       staging a large manifest and the commands around it; start-up; a rerun's start-up
     suite       the sections, their settings, and the in-process runs

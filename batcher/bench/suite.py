@@ -11,13 +11,19 @@
 - shared: what a shared ledger costs: jobs and claims per second, whole process, zero render, one
   runner on SQLite and on PostgreSQL, several at once on PostgreSQL (bench.shared; needs --pg-url).
 - memory: the runner's resident memory through a run, against `batcher simulator` over loopback.
+- priors: whole process, batcher told a right, a wrong (5x too high, 3x too low) or no render time,
+  beside the oracle, on the efficiency sections' two batches (bench.priors).
 - webhooks: whole process, webhooks against polling: the oracle, batcher polling, batcher with
-  every webhook delivered and with a share lost (bench.hooks).
+  every webhook delivered and with a share lost; polling and webhooks with that share lost when told
+  a render time 5x too high (bench.hooks).
 - stage: seconds and peak memory to plan and add a large manifest to the ledger, `status`; `batcher
   run --budget 0` beside `batcher plan --json`, and start-up, whole process (bench.stage).
 - rerun: the start-up of a rerun of 60,000 completed jobs (a small file each), whole process, with
   the quick check of their files and with `--verify full`; with an S3-compatible server (--s3-url),
   the same on 5,000 objects in a bucket (bench.stage).
+
+The whole-process sections share their runs (bench.whole.Runs): a run that several print (the
+oracle, batcher told the true mean, batcher told 5x it) is made once per `batcher bench`.
 """
 
 from __future__ import annotations
@@ -38,12 +44,13 @@ import anyio
 from ..api import run_async, target
 from ..run import RunOptions
 from ..simulator import SimConfig, Simulator
-from .hooks import bench_webhooks, describe_webhooks
+from .hooks import LOSS, bench_webhooks, describe_webhooks
 from .oracle import manifest_text
+from .priors import TIMEOUT_FACTOR, bench_priors, describe_priors
 from .shared import section as shared_section
 from .stage import rerun_section
 from .stage import section as stage_section
-from .whole import bench_whole, describe
+from .whole import Batch, Runs, bench_whole, describe
 
 
 @dataclass
@@ -178,24 +185,38 @@ class BenchSettings:
     pg_url: str | None = None  # the `shared` section's PostgreSQL database (a schema is made per measurement)
     shared_jobs: int = 2000
     shared_runners: int = 4
-    webhook_loss: float = 0.2  # the `webhooks` section's lossy run
+    webhook_loss: float = LOSS  # the `webhooks` section's lossy runs
     webhook_delay: float = 0.02  # seconds from a render's end to its webhook
+    prior_timeout: float = TIMEOUT_FACTOR  # a run told a wrong render time is killed after this x the oracle's wall
+
+    def batch(self) -> Batch:
+        """The efficiency section's batch."""
+        return Batch(self.jobs, self.concurrency, self.render, self.jitter)
+
+    def long_batch(self) -> Batch:
+        """The efficiency-long section's batch."""
+        return Batch(self.long_jobs, self.concurrency, self.long_render, self.jitter)
 
 
-Section = Callable[[BenchSettings], tuple[dict[str, Any], list[str]]]
+Section = Callable[[BenchSettings, Runs], tuple[dict[str, Any], list[str]]]
 
 
-def _efficiency(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
-    r = bench_whole(s.jobs, s.concurrency, s.render, s.jitter, max_polls=s.max_polls)
+def _efficiency(s: BenchSettings, runs: Runs) -> tuple[dict[str, Any], list[str]]:
+    r = bench_whole(s.batch(), max_polls=s.max_polls, runs=runs)
     return r, describe("efficiency", r)
 
 
-def _efficiency_long(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
-    r = bench_whole(s.long_jobs, s.concurrency, s.long_render, s.jitter, max_polls=s.max_polls)
+def _efficiency_long(s: BenchSettings, runs: Runs) -> tuple[dict[str, Any], list[str]]:
+    r = bench_whole(s.long_batch(), max_polls=s.max_polls, runs=runs)
     return r, describe("efficiency-long", r)
 
 
-def _inprocess(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
+def _priors(s: BenchSettings, runs: Runs) -> tuple[dict[str, Any], list[str]]:
+    r = bench_priors([s.batch(), s.long_batch()], max_polls=s.max_polls, timeout_factor=s.prior_timeout, runs=runs)
+    return r, describe_priors(r)
+
+
+def _inprocess(s: BenchSettings, _: Runs) -> tuple[dict[str, Any], list[str]]:
     f = bench_run(s.jobs, s.concurrency, s.render, s.jitter)
     return f.__dict__ | {"efficiency": f.efficiency, "diagnostic": True}, [
         f"inprocess    diagnostic: runner and simulator in one process (not as users meet it), {s.jobs} jobs, "
@@ -203,7 +224,7 @@ def _inprocess(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
         f"{f.ideal:.2f}s, efficiency {f.efficiency:.3f}, {f.polls_per_job:.2f} polls/job ({f.completed} completed)"]
 
 
-def _ratelimit(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
+def _ratelimit(s: BenchSettings, _: Runs) -> tuple[dict[str, Any], list[str]]:
     f = bench_run(s.rate_jobs, s.concurrency, s.render, s.jitter, sim_rpm=s.sim_rpm, client_rpm=s.client_rpm)
     bound = max(f.ideal, f.requests / (s.client_rpm / 60))
     return f.__dict__ | {"efficiency": f.efficiency, "rate_bound_seconds": bound,
@@ -214,14 +235,14 @@ def _ratelimit(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
         f"render-bound ideal {f.ideal:.2f}s ({f.completed} completed)"]
 
 
-def _spare(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
+def _spare(s: BenchSettings, _: Runs) -> tuple[dict[str, Any], list[str]]:
     f = bench_run(s.jobs, s.concurrency, s.render, s.jitter, sim_rpm=s.spare_rpm * 1.1, client_rpm=s.spare_rpm)
     return f.__dict__ | {"efficiency": f.efficiency}, [
         f"spare rate   {s.jobs} jobs, --rpm {s.spare_rpm:g} (more than needed; in-process): wall {f.wall:.2f}s, "
         f"efficiency {f.efficiency:.3f}, {f.polls_per_job:.2f} polls/job, {f.rate_limited} answered 429"]
 
 
-def _overhead(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
+def _overhead(s: BenchSettings, _: Runs) -> tuple[dict[str, Any], list[str]]:
     n, smaller = s.overhead_jobs, max(1, s.overhead_jobs // 5)
     small = bench_overhead(smaller, s.concurrency)
     big = bench_overhead(n, s.concurrency)
@@ -231,50 +252,55 @@ def _overhead(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
         f"{smaller} jobs)"]
 
 
-def _shared(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
+def _shared(s: BenchSettings, _: Runs) -> tuple[dict[str, Any], list[str]]:
     return shared_section(s.pg_url, s.shared_jobs, s.shared_runners, s.concurrency)
 
 
-def _memory(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
+def _memory(s: BenchSettings, _: Runs) -> tuple[dict[str, Any], list[str]]:
     m = bench_memory(s.memory_jobs)
     return {"jobs": s.memory_jobs, **m}, [
         f"memory       {s.memory_jobs} jobs, runner alone (simulator in its own process): {m['tenth']:.0f} MB after "
         f"10% of the run, {m['half']:.0f} MB at half way, {m['end']:.0f} MB at the end"]
 
 
-def _webhooks(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
-    r = bench_webhooks(s.jobs, s.concurrency, s.render, s.jitter, loss=s.webhook_loss, delay=s.webhook_delay,
-                       max_polls=s.max_polls)
+def _webhooks(s: BenchSettings, runs: Runs) -> tuple[dict[str, Any], list[str]]:
+    r = bench_webhooks(s.batch(), loss=s.webhook_loss, delay=s.webhook_delay, max_polls=s.max_polls,
+                       timeout_factor=s.prior_timeout, runs=runs)
     return r, describe_webhooks(r)
 
 
-def _stage(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
+def _stage(s: BenchSettings, _: Runs) -> tuple[dict[str, Any], list[str]]:
     return stage_section(s.stage_jobs, s.run_jobs)
 
 
-def _rerun(s: BenchSettings) -> tuple[dict[str, Any], list[str]]:
+def _rerun(s: BenchSettings, _: Runs) -> tuple[dict[str, Any], list[str]]:
     return rerun_section(s.rerun_jobs, s3_url=s.s3_url, objects=s.rerun_objects)
 
 
-RUNS: dict[str, Section] = {"efficiency": _efficiency, "efficiency-long": _efficiency_long, "inprocess": _inprocess,
+RUNS: dict[str, Section] = {"efficiency": _efficiency, "efficiency-long": _efficiency_long, "priors": _priors,
+                            "inprocess": _inprocess,
                             "ratelimit": _ratelimit, "spare": _spare, "overhead": _overhead, "shared": _shared,
                             "memory": _memory, "stage": _stage, "rerun": _rerun, "webhooks": _webhooks}
 SECTIONS = list(RUNS)
 """Every section, in the order they run (`batcher bench all`)."""
 DEFAULT_SECTIONS = [name for name in SECTIONS if name not in ("efficiency-long", "inprocess")]
-"""`batcher bench` with no section: all but the 8 s renders (about two minutes more) and the in-process diagnostic
-(`shared` without a PostgreSQL URL prints one line saying how to run it)."""
+"""`batcher bench` with no section: all but the 8 s renders beside the oracle (priors prints the same run, told the true
+mean) and the in-process diagnostic (`shared` without a PostgreSQL URL prints one line saying how to run it)."""
 
 
 def run_all(sections: list[str], settings: BenchSettings | None = None, *,
             echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the named sections (in SECTIONS' order), echoing each one's lines; their figures by name."""
-    s = settings or BenchSettings()
-    results: dict[str, Any] = {"machine": machine()}
+    """Run the named sections (in SECTIONS' order), echoing each one's lines; their figures by name, and
+    under `seconds` each section's time (a run another section made first counts in that one's)."""
+    s, runs = settings or BenchSettings(), Runs()
+    results: dict[str, Any] = {"machine": machine(), "seconds": {}}
     echo(f"machine: {results['machine']}")
     for name in SECTIONS:
         if name in sections:
-            results[name], lines = RUNS[name](s)
+            started = time.monotonic()
+            results[name], lines = RUNS[name](s, runs)
+            results["seconds"][name] = time.monotonic() - started
             for line in lines:
                 echo(line)
+    echo("seconds: " + ", ".join(f"{name} {t:.0f}" for name, t in results["seconds"].items()))
     return results

@@ -71,9 +71,9 @@ def simulator(host: str, port: int, api_key: str, credit_balance: float, render_
 
 
 @cli.command()
-@click.argument("sections", nargs=-1, type=click.Choice(["efficiency", "efficiency-long", "inprocess", "ratelimit",
-                                                          "spare", "overhead", "shared", "memory", "stage",
-                                                          "rerun", "webhooks", "all"]))
+@click.argument("sections", nargs=-1, type=click.Choice(["efficiency", "efficiency-long", "priors", "inprocess",
+                                                          "ratelimit", "spare", "overhead", "shared", "memory",
+                                                          "stage", "rerun", "webhooks", "all"]))
 @click.option("--jobs", default=800, show_default=True, help="Jobs in the efficiency run.")
 @click.option("--concurrency", default=40, show_default=True, help="Jobs in flight.")
 @click.option("--render", default=1.0, show_default=True, help="Mean simulated render seconds.")
@@ -100,16 +100,19 @@ def simulator(host: str, port: int, api_key: str, credit_balance: float, render_
 @click.option("--shared-jobs", default=2000, show_default=True, help="Jobs in each run of the shared section.")
 @click.option("--shared-runners", default=4, show_default=True, type=click.IntRange(1),
               help="Runner processes at once on one PostgreSQL ledger in the shared section.")
-@click.option("--webhook-loss", default=0.2, show_default=True, type=click.FloatRange(0, 1),
-              help="Share of webhooks the simulator loses in the webhooks section's lossy run.")
+@click.option("--webhook-loss", default=0.3, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of webhooks the simulator loses in the webhooks section's lossy runs.")
 @click.option("--webhook-delay", default=0.02, show_default=True, type=click.FloatRange(0),
               help="Seconds from a render's end to its webhook in the webhooks section.")
+@click.option("--prior-timeout", default=2.0, show_default=True, type=click.FloatRange(1),
+              help="A run told a wrong render time (priors, webhooks) is stopped after this many times the "
+                   "oracle's wall time.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON too.")
 def bench(sections: tuple[str, ...], as_json: bool, **options: Any) -> None:
     """Benchmark batcher against the built-in simulator and print a table of figures.
 
-    With no SECTIONS: every section but efficiency-long (8 s renders: about two minutes more) and
-    the inprocess diagnostic; `all`: every section."""
+    With no SECTIONS: every section but efficiency-long (8 s renders: about two minutes more; priors
+    prints its run told the true mean) and the inprocess diagnostic; `all`: every section."""
     from ..bench import DEFAULT_SECTIONS, SECTIONS, BenchSettings, run_all
     chosen = SECTIONS if "all" in sections else list(sections) or DEFAULT_SECTIONS
     results = run_all(chosen, BenchSettings(**options), echo=click.echo)
