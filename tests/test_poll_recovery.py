@@ -13,10 +13,11 @@ import pytest
 
 from batcher import api
 from batcher.bench.oracle import best_schedule, manifest_text
-from batcher.policy import PROBES, PollPlanner, RenderSeed, rung_after
+from batcher.policy import PROBES, Learned, PollPlanner, RenderSeed, rung_after
 from batcher.run import RunOptions
 from batcher.run.pokes import PokeBoard
 from batcher.run.wakeups import Wakeups
+from batcher.run.webhooks import Webhooks
 from batcher.simulator import SimConfig, Simulator
 from batcher.views.progress import learned_line, summary, summary_json
 
@@ -170,3 +171,65 @@ def test_a_run_whose_guess_is_five_times_too_long_takes_about_as_long_as_a_right
     detection = [j["seen_done"] - j["submitted"] - j["render_seconds"] for j in record["jobs"]]
     assert statistics.mean(detection) < 0.25 * 0.4 * 2, statistics.mean(detection)
     assert math.isfinite(sum(j["polls"] for j in record["jobs"]) / 120)
+
+
+# --- what a hostile review found ------------------------------------------------------------------
+
+def test_a_seeded_class_does_not_wake_its_followers_at_every_render():
+    planner = PollPlanner(initial=60)
+    planner.seed({CLS: RenderSeed(10, 2, 50)})
+    woken = sum(planner.observe(CLS, 9.0 + (i % 5) * 0.1, 10.0 + (i % 5) * 0.1) for i in range(200))
+    assert woken <= 2, woken
+
+
+def test_a_render_of_no_time_teaches_nothing_and_a_young_fit_polls_no_denser_than_the_ladder():
+    planner = PollPlanner(initial=60)
+    assert not planner.observe(CLS, 0.0, 0.0) and planner.expected(CLS) is None  # a clock stepped back
+    assert not planner.observe(CLS, 0.0, math.nan) and planner.expected(CLS) is None
+    assert planner.observe(CLS, 0.0, 0.02)  # one hostile answer: done within 20 ms
+    assert planner.due(CLS, 0.0, 0) >= 60 / 32  # the first poll no earlier than the ladder's first rung
+    t, polls = 2.0, 1
+    for _ in range(20):
+        nxt = planner.due(CLS, t, polls)
+        assert nxt >= t * 2 ** (1 / PROBES) - 1e-9  # no denser than the probes' rungs together
+        t, polls = nxt, polls + 1
+    assert t > 60  # twenty polls reach past the guess: at most ~4 a doubling, not a flood
+
+
+def test_renders_are_counted_beyond_those_the_fit_keeps_and_a_seed_is_not_reported_as_learned():
+    planner = PollPlanner(initial=1)
+    for _ in range(1000):
+        planner.observe(CLS, 0.9, 1.1)
+    [learned] = planner.learned()
+    assert learned.renders == 1000 and not learned.seeded
+    seeded = PollPlanner(initial=1)
+    seeded.seed({CLS: RenderSeed(5, 1, 50)})
+    seeded.observe(CLS, 0.9, 1.1)
+    assert seeded.learned() == []  # still the seed's answer: nothing of its own to report yet
+    seeded.observe(CLS, 0.9, 1.1)
+    seeded.observe(CLS, 0.9, 1.1)
+    [own] = seeded.learned()
+    assert own.seeded and own.renders == 3 and abs(own.mean - 1.0) < 0.2
+
+
+@pytest.mark.parametrize(("job_class", "named"), [
+    (("m", 5, "720p"), "m 5 s 720p"), (("m", None, "720p"), "m 720p"), (("m", "5", 720), "m 5 720"),
+    (("m", True, "x\x1b[2J"), "m True x[2J"), (("m",), "m")])
+def test_a_learned_line_names_its_class_by_position_and_prints_nothing_raw(job_class, named):
+    learned = Learned(job_class, 1.0, 0.2, 3, 5.0, False)
+    assert learned_line(learned).startswith(f"{named}: 1 s +- 0.2 s from 3 render(s)")
+
+
+def test_with_every_webhook_lost_a_guess_twenty_times_too_long_costs_seconds_not_waves(tmp_path):
+    # The webhook path is dead (a listener the API cannot reach): the class's probe finds the render
+    # times, and, no webhook having come, every job is polled as in polling mode. Before: each wave
+    # waited 1.5 x the guess (9 s) for its safety poll.
+    path = tmp_path / "m.yaml"
+    path.write_text(manifest_text(16))
+    sim = Simulator(SimConfig(render_seconds=0.3, render_jitter=0.2, seed=3, webhook_loss=1.0))
+    options = RunOptions.of(concurrency=4, out_dir=tmp_path / "out", expected_render=6.0, progress_interval=3600,
+                            webhooks=Webhooks("127.0.0.1", 0))
+    report = anyio.run(lambda: api.run_async(path, ledger=tmp_path / "l.db", options=options,
+                                             to=api.target(simulate=sim)))
+    assert report.counts["completed"] == 16 and report.webhooks is not None and report.webhooks.pokes == 0
+    assert report.elapsed < 9.0, report.elapsed

@@ -29,6 +29,7 @@ from .safetynet import next_safety_poll
 PROBES = 4  # jobs of a class with nothing learned that poll on the ladder
 LADDER_START = 1 / 32  # the ladder's first rung, as a share of the guess: a guess 30 x too long still finds the end
 SAFETY_PAST_GUESS = 1.5  # a safety poll planned from a guess comes this many guesses after the submission
+LADDER_STEP = math.pow(2.0, 1.0 / PROBES)  # the probes' rungs together: a quarter doubling apart
 REPLAN_SHARE = 0.25  # followers are woken when a class's first poll moves earlier by a quarter step or more
 
 
@@ -110,13 +111,13 @@ class PollPlanner:
             if pool is not None:
                 self._model_times(model).prime(pool.mean, pool.std, self.min_samples)
 
-    def enlist(self, job_class: tuple[Any, ...]) -> int | None:
+    def enlist(self, job_class: tuple[Any, ...], most: int = PROBES) -> int | None:
         """The role of a job about to be followed: a probe's number while its class has nothing
-        learned and fewer than PROBES probes have been enlisted; None: an ordinary job."""
+        learned and fewer than `most` probes have been enlisted; None: an ordinary job."""
         if self.expected(job_class) is not None:
             return None
         count = self._probes.get(job_class, 0)
-        if count >= PROBES:
+        if count >= min(most, PROBES):
             return None
         self._probes[job_class] = count + 1
         return count
@@ -125,26 +126,34 @@ class PollPlanner:
         """A render of `job_class` finished between `lower` and `upper` seconds after submission.
         True when this is the class's first fit, or its first poll moved earlier by a quarter step
         or more: the jobs of its model waiting for a poll should plan it again."""
-        learning = self.expected(job_class) is None
-        before = self.due(job_class, 0.0, 0)
         lower, upper = max(0.0, lower), max(0.0, upper)
+        if not (math.isfinite(lower) and math.isfinite(upper)) or upper < self.min_interval:
+            return False  # no render's time (a clock stepped back, a hostile answer): nothing learned
+        learning, guessing = self.expected(job_class) is None, self.safety_guessed(job_class)
+        before = self.due(job_class, 0.0, 0)
         self._times(job_class).add(lower, upper, self.min_samples)
         self._model_times(_model_of(job_class)).add(lower, upper, self.min_samples)
         expected = self.expected(job_class)
         if expected is None:
             return False
-        # The first fit (and the first a safety net trusts): every waiting job's poll, planned
-        # from the guess, is worth planning again.
-        trusted = self._seen(job_class) == self.min_samples
-        return learning or trusted or self.due(job_class, 0.0, 0) < before - max(
-            self.min_interval, REPLAN_SHARE * self.step(*expected))
+        # The first fit, and the first a safety net trusts: every waiting job's poll, planned
+        # from the guess, is worth planning again (once each: not at every render after).
+        return learning or (guessing and not self.safety_guessed(job_class)) or self.due(job_class, 0.0, 0) < (
+            before - max(self.min_interval, REPLAN_SHARE * self.step(*expected)))
 
-    def _seen(self, job_class: tuple[Any, ...]) -> int:
-        """Renders of the class (else of its model) seen to end, or a seed's worth (`min_samples`)."""
+    def _answering(self, job_class: tuple[Any, ...]) -> RenderTimes | None:
+        """The times that answer for a class: its own once fitted, else its model's pooled."""
         for times in (self._classes.get(job_class), self._models.get(_model_of(job_class))):
             if times is not None and times.fit is not None:
-                return self.min_samples if times.primed else len(times.intervals)
-        return 0
+                return times
+        return None
+
+    def _seen(self, job_class: tuple[Any, ...]) -> int:
+        """Renders seen to end behind the class's fit, a seed counting as `min_samples`."""
+        times = self._answering(job_class)
+        if times is None:
+            return 0
+        return max(times.ended, self.min_samples if times.primed else 0)
 
     def _times(self, job_class: tuple[Any, ...]) -> RenderTimes:
         return self._classes.setdefault(job_class, RenderTimes())
@@ -155,20 +164,16 @@ class PollPlanner:
     def expected(self, job_class: tuple[Any, ...]) -> tuple[float, float] | None:
         """(mean, std) of render seconds for a class, falling back to the other classes of its
         model (never another model's); None without data."""
-        observed = self._classes.get(job_class)
-        fit = observed.fit if observed is not None else None
-        if fit is None:
-            pool = self._models.get(_model_of(job_class))
-            fit = pool.fit if pool is not None else None
-        if fit is None:
+        times = self._answering(job_class)
+        if times is None or times.fit is None:
             return None
-        mean, std = fit
+        mean, std = times.fit
         return mean, max(std, 0.02 * mean)
 
     def learned(self) -> list[Learned]:
         """The render times this run learned, per class with renders of its own seen to end."""
-        return [Learned(cls, times.fit[0], times.fit[1], len(times.intervals), self.guess(cls), times.primed)
-                for cls, times in self._classes.items() if times.fit is not None and times.intervals]
+        return [Learned(cls, times.fit[0], times.fit[1], times.ended, self.guess(cls), times.primed)
+                for cls, times in self._classes.items() if times.fit is not None and times.measured]
 
     def guess(self, job_class: tuple[Any, ...]) -> float:
         """The render seconds assumed for a class before any is learned (its model's own guess)."""
@@ -204,6 +209,15 @@ class PollPlanner:
             step = max(0.25 * guess * (self.factor ** (polls - 1)), last)
             return last + min(self.max_interval, max(self.min_interval, step))
         mean, std = expected
+        if self._seen(job_class) < self.min_samples:
+            # A fit of one or two renders may be one hostile answer's: polls no denser than the
+            # ladder's until it has more (a first poll from its first rung, then 19% apart).
+            floor = max(LADDER_START * self.guess(job_class), last * LADDER_STEP)
+            return max(self._due_fitted(mean, std, last, polls, density), floor, last + self.min_interval)
+        return self._due_fitted(mean, std, last, polls, density)
+
+    def _due_fitted(self, mean: float, std: float, last: float, polls: int, density: float) -> float:
+        """`due` for a class fitted as (mean, std)."""
         first = max(self.min_interval, mean - self.lead * density * std)
         step = self.step(mean, std, density)
         if last < first:

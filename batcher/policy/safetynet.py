@@ -39,6 +39,12 @@ class WebhookTally:
             self.missed += 1
 
     @property
+    def silent(self) -> bool:
+        """No webhook has come yet, and a poll found a job done first: the webhook path may be
+        dead (a listener the API cannot reach); until one comes, jobs are polled, not waited on."""
+        return self.announced == 0 and self.missed > 0
+
+    @property
     def lost(self) -> float:
         """The share of webhooks that do not arrive in time, smoothed by the prior."""
         return (self.missed + self.prior_missed) / (self.announced + self.missed + self.prior_jobs)

@@ -36,7 +36,7 @@ class PokeBoard:
     clock: Callable[[], float] = time.monotonic
     pokes: int = 0  # valid pokes received
     _waiting: dict[str, anyio.Event] = field(default_factory=dict)
-    _rung: set[str] = field(default_factory=set)  # waiting keys a poke has set the event of
+    _rung: set[anyio.Event] = field(default_factory=set)  # waiting events a poke has set (others may set them too)
     _early: OrderedDict[str, float] = field(default_factory=OrderedDict)
     _woken: OrderedDict[str, tuple[float, int]] = field(default_factory=OrderedDict)  # key -> (last wake, wakes)
 
@@ -44,7 +44,7 @@ class PokeBoard:
         self.pokes += 1
         event = self._waiting.get(key)
         if event is not None:
-            self._rung.add(key)
+            self._rung.add(event)
             event.set()
             return
         now = self.clock()
@@ -71,9 +71,10 @@ class PokeBoard:
             finally:
                 if self._waiting.get(key) is event:
                     del self._waiting[key]
-            if key not in self._rung:
+                poked = event in self._rung
+                self._rung.discard(event)
+            if not poked:
                 return False
-            self._rung.discard(key)
         hold = self._hold(key)
         if hold > 0:
             await anyio.sleep(min(hold, max(0.0, timeout - (anyio.current_time() - started))))

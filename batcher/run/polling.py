@@ -26,6 +26,7 @@ from ..errors import (
     ServerError,
 )
 from ..ledger import Job
+from ..policy import PROBES
 from ..states import JobState as S
 from .context import RunContext
 from .outcomes import Followed, StopReason
@@ -73,16 +74,18 @@ _TIMING = re.compile(r"(?:render (?P<api>[0-9.]+) s by the API's createdAt and c
                      r"by the API); polls: ended between (?P<low>[0-9.]+) s and (?P<high>[0-9.]+) s after submission")
 
 
-async def follow_to_end(ctx: RunContext, job: Job, *, hooked: bool = False) -> tuple[Followed, Job]:
+async def follow_to_end(ctx: RunContext, job: Job, *, hooked: bool = False, resumed: bool = False
+                        ) -> tuple[Followed, Job]:
     """Poll a submitted job until it ends (or this run stops following it); `hooked`: this run
-    submitted it with a webhook URL, so its end should be announced (polls are a safety net)."""
+    submitted it with a webhook URL, so its end should be announced (polls are a safety net);
+    `resumed`: an earlier run submitted it (its time since then is no render's time)."""
     o, hooks, timeout = ctx.options, ctx.hooks, ctx.options.polling.job_timeout
     cls = ctx.model_of(job).job_class(job.parameters())
     start_wall = job.submitted_at or ctx.wall()
 
     def elapsed() -> float:
         return max(0.0, ctx.wall() - start_wall)
-    probe = None if hooked else ctx.planner.enlist(cls)  # with webhooks, their ends teach a new class
+    probe = None if resumed else ctx.planner.enlist(cls, 1 if hooked else PROBES)  # (hooked: in case none come)
     polls = failures = tries = 0
     first_failure = lower = 0.0
     while True:
@@ -128,11 +131,19 @@ async def follow_to_end(ctx: RunContext, job: Job, *, hooked: bool = False) -> t
             continue
         if hooked and hooks is not None:
             hooks.tally.record(announced=poked)
-        # A poke comes as the render ends: its time is the render's length (the delivery's delay
-        # included, which later polls should allow for too), not an interval since the last poll.
-        if ctx.planner.observe(cls, seen_at if poked else lower, seen_at):
-            ctx.wakeups.changed(cls[0] if cls else None)
+        if status.status == "completed" and (lower > 0 or not resumed):
+            _learn(ctx, cls, seen_at if poked else lower, seen_at)
         return await _finished(ctx, job, status, RenderTiming.of(status, lower, elapsed()), (lower + seen_at) / 2)
+
+
+def _learn(ctx: RunContext, cls: tuple[Any, ...], lower: float, upper: float) -> None:
+    """A render ended within [lower, upper] (a poke comes as it ends: its time is the render's
+    length, the delivery's delay included, which later polls should allow for too): the planner
+    learns it, and the followers of its model plan again when it says so. Only a completed render
+    teaches (a failure's time is not a render's), and a job an earlier run submitted only once a
+    poll of this run saw it running."""
+    if ctx.planner.observe(cls, lower, upper):
+        ctx.wakeups.changed(cls[0] if cls else None)
 
 
 @dataclass(frozen=True)
@@ -153,6 +164,11 @@ async def _until_due(ctx: RunContext, job: Job, cls: tuple[Any, ...], hooked: bo
     hooks, timeout = ctx.hooks, ctx.options.polling.job_timeout
     density = ctx.pacer.density() if ctx.pacer is not None else 1.0
     since = elapsed()  # the safety net's polls are spread from when its wait began
+    # A probe climbs its ladder until its class is learned, webhooks or not, and while no
+    # webhook has come but a poll found a job done, jobs are polled: a dead webhook path must not
+    # leave a wrong guess standing.
+    hooked = (hooked and hooks is not None and not hooks.tally.silent
+              and (pace.probe is None or ctx.planner.expected(cls) is not None))
     if hooked and hooks is not None:
         due = ctx.planner.safety_poll(cls, since, hooks.tally.lost, density)
     else:

@@ -198,7 +198,7 @@ class Runner:
                                 await ctx.writer.patiently(ctx.ledger.write,
                                                            ctx.ledger.release_jobs([job.id], ctx.owner))
                         elif job.state == S.SUBMITTED.value:
-                            followed, job = await follow_to_end(ctx, job)
+                            followed, job = await follow_to_end(ctx, job, resumed=True)
                             if followed is Followed.REQUEUED:  # failed remotely, refunded: send it again
                                 if ctx.state.submitting_allowed:
                                     await submit_and_follow(ctx, job)

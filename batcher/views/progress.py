@@ -15,6 +15,7 @@ from ..policy import Learned
 from ..run import Progress, RunReport
 from ..text import STATE_ORDER as ORDER
 from ..text import format_credits, format_seconds, state_counts
+from .commands import printable
 
 SHORT = {"completed": "done", "rendered": "rendered", "submitted": "rendering", "submitting": "sending",
          "pending": "waiting", "unknown": "held", "failed": "failed", "expired": "expired", "cancelled": "cancelled"}
@@ -147,7 +148,10 @@ def summary(report: RunReport, out_dir: str, retry_command: Callable[[str], str]
 
 def learned_line(learned: Learned) -> str:
     """`happyhorse-1.0-r2v 5 s 720p: 1.02 s +- 0.21 s from 800 render(s) (guessed 5 s)`."""
-    named = " ".join(f"{x} s" if isinstance(x, int | float) else str(x) for x in learned.job_class if x is not None)
+    model, duration, resolution = (*learned.job_class, None, None, None)[:3]  # (as models name a class)
+    if isinstance(duration, int | float) and not isinstance(duration, bool):
+        duration = f"{duration:g} s"
+    named = " ".join(printable(x, 60) for x in (model, duration, resolution) if x is not None)
     start = "started from earlier batches' measurement" if learned.seeded else f"guessed {learned.guess:.3g} s"
     return f"{named}: {learned.mean:.3g} s +- {learned.std:.2g} s from {learned.renders} render(s) ({start})"
 
