@@ -45,3 +45,31 @@ def test_plan_with_a_ledger_does_open_it(tmp_path):
                                       "--out", str(tmp_path / "out")])
     assert result.exit_code == 3, result.output
     assert loaded(["plan", str(MANIFESTS / "demo.yaml")], tmp_path) == "LOADED True True"  # batcher.db is there
+
+
+FROZEN = """
+import gc, sys
+sys.argv = ["batcher", *{args!r}]
+try:
+    from batcher.cli import main
+    main()
+except SystemExit:
+    pass
+print("FROZEN", gc.get_freeze_count() > 0)
+"""
+
+
+def test_a_run_of_its_own_process_freezes_what_its_imports_made(tmp_path):
+    from click.testing import CliRunner
+
+    from batcher.cli import cli, modules_loaded
+    args = ["run", str(MANIFESTS / "demo.yaml"), "--simulate", "--sim-render-seconds", "0", "--budget", "0",
+            "--ledger", str(tmp_path / "batcher.db"), "--out", str(tmp_path / "out")]
+    done = subprocess.run([sys.executable, "-c", FROZEN.format(args=args)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == "FROZEN True", done.stderr
+    import gc
+    before = gc.get_freeze_count()
+    modules_loaded()  # commands invoked in turn (CliRunner, tests): nothing is frozen
+    assert CliRunner().invoke(cli, args).exit_code == 3
+    assert gc.get_freeze_count() == before

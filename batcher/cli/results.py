@@ -53,14 +53,16 @@ def status(manifest: str | None, batch_name: str | None, ledger_path: str, as_js
            by_row: bool, model: str | None) -> None:
     """Show jobs per state, credits spent and held, and videos downloaded; jobs no row of the
     current manifest produces (orphans) apart."""
-    from ..text import iso
     from ..views import history_lines, row_lines, status_lines
     from ..views.commands import orphan_lines, orphans_info
-    from ..views.record import check_model, job_record, render_timing
     batch = named_batch(manifest, batch_name)
     with _open_existing(ledger_path, batch) as ledger:
-        check_model(ledger, batch, model)
+        if model is not None:  # (an export's module: the counts need none of it)
+            from ..views.record import check_model
+            check_model(ledger, batch, model)
         if job_key:
+            from ..text import iso
+            from ..views.record import job_record, render_timing
             jobs = [j for j in ledger.find(job_key, batch) if model is None or _model_of(ledger, j) == model]
             if not jobs:
                 raise BatcherError(f"no job whose key starts with {job_key!r}")

@@ -25,6 +25,7 @@ from . import (
     ledger_for,
     ledger_option,
     max_jobs_option,
+    modules_loaded,
     parse_rates,
     rate_option,
     store_options,
@@ -147,6 +148,7 @@ def _run(manifest: str, settings: RunSettings) -> None:
     from .. import api
     from ..views import ProgressPrinter, setup_logging
 
+    modules_loaded()
     m = load_manifest(manifest)
     ready, settings = _ready(m, settings)
     setup_logging(settings.verbose, settings.log_json, None if settings.simulate else ready.to.api_key)

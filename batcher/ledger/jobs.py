@@ -152,7 +152,8 @@ class LedgerJobs(LedgerStore):
                     buf.clear()
             if buf:
                 conn.exec_driver_sql(sql, buf)
-            _after_staging(conn, batch, generation, mark)
+            if before:  # (a batch new to the ledger has no reroll, and no orphan a runner claimed)
+                _after_staging(conn, batch, generation, mark)
             added = _count(conn, batch) - before
             return added, seen - added
         return Operation(insert_all)

@@ -81,9 +81,12 @@ def hashed_key(text: str, sha256: Callable[[bytes], Any] = hashlib.sha256) -> in
     return int.from_bytes(sha256(text.encode()).digest()[:KEY_BYTES], "big")
 
 
+_KEY_TEXT = f"%0{KEY_BYTES * 2}x"
+
+
 def key_text(key: int) -> str:
     """A key int as the 20 hex digits jobs carry."""
-    return f"{key:0{KEY_BYTES * 2}x}"
+    return _KEY_TEXT % key
 
 
 def derived_seed(seedless_request: str, take: int) -> int:
