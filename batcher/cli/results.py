@@ -11,7 +11,7 @@ import click
 
 from ..errors import BatcherError
 from ..money import json_safe
-from . import batch_option, cli, named_batch, only_batch, reading_ledger
+from . import batch_option, cli, modules_loaded, named_batch, only_batch, reading_ledger
 
 
 def _open_existing(ledger_path: str, batch: str | None = None) -> Any:
@@ -57,6 +57,7 @@ def status(manifest: str | None, batch_name: str | None, ledger_path: str, as_js
     from ..views.commands import orphan_lines, orphans_info
     batch = named_batch(manifest, batch_name)
     with _open_existing(ledger_path, batch) as ledger:
+        modules_loaded()
         if model is not None:  # (an export's module: the counts need none of it)
             from ..views.record import check_model
             check_model(ledger, batch, model)
@@ -111,11 +112,10 @@ def _model_of(ledger: Any, job: Any) -> str | None:
 def _status_data(ledger: Any, batch: str | None, model: str | None) -> dict[str, Any]:
     """`status`'s figures: `api.status`, with jobs and credits per model for a batch that mixes
     models; with `model`, the same figures of that model's jobs only (batches without it left out)."""
-    from .. import api
     from ..views import by_model_info, figures_info
-    from ..views.commands import orphans_info
+    from ..views.commands import orphans_info, status_info
     if model is None:
-        data = api.status(ledger, batch)
+        data = status_info(ledger, batch)
         for name, info in ([(batch, data)] if batch else data["batches"].items()):
             per = ledger.counts_by_model(name)
             if len(per) > 1:
