@@ -235,10 +235,11 @@ def test_figures_count_in_one_pass_what_counts_and_orphan_jobs_count(tmp_path: P
     path.write_text(FIRST)
     with Ledger(ledger_url) as led:
         stage(led, load_manifest(path))
-        failed = [j.id for j in led.iter_batch(BATCH) if j.label == "storm" or (j.label == "seeds" and j.take == 1)]
-        with led.engine.begin() as conn:  # one job to be orphaned, one to stay: not pending
-            conn.execute(text("UPDATE job SET state = 'failed' WHERE id IN (:a, :b)"),
-                         dict(zip("ab", failed, strict=True)))
+        jobs = list(led.iter_batch(BATCH))
+        # not pending: one job the edit orphans (the misspelt prompt's), one it keeps (seed 1's)
+        failed = {name: next(j.id for j in jobs if j.label == name) for name in ("storm", "seeds")}
+        with led.engine.begin() as conn:
+            conn.execute(text("UPDATE job SET state = 'failed' WHERE id IN (:storm, :seeds)"), failed)
         path.write_text(EDITED)
         stage(led, load_manifest(path))  # a new generation: the edit's jobs; the replaced ones orphans
         generation = led.generation(BATCH)

@@ -11,21 +11,26 @@ import pytest
 from .conftest import MANIFESTS
 
 PROBE = """
-import sys
+import gc, sys
 sys.argv = ["batcher", *{args!r}]
 try:
     from batcher.cli import main
     main()
 except SystemExit:
     pass
-print("LOADED", "sqlalchemy" in sys.modules, "sqlmodel" in sys.modules)
+print({report})
 """
 
 
-def loaded(args: list[str], cwd) -> str:
-    done = subprocess.run([sys.executable, "-c", PROBE.format(args=args)], capture_output=True, text=True, cwd=cwd,
-                          timeout=60)
+def probed(args: list[str], cwd, report: str, timeout: float = 60) -> str:
+    """What `report` (Python expressions) says after the command ran as its own process."""
+    done = subprocess.run([sys.executable, "-c", PROBE.format(args=args, report=report)], capture_output=True,
+                          text=True, cwd=cwd, timeout=timeout)
     return done.stdout.strip().splitlines()[-1]
+
+
+def loaded(args: list[str], cwd) -> str:
+    return probed(args, cwd, '"LOADED", "sqlalchemy" in sys.modules, "sqlmodel" in sys.modules')
 
 
 @pytest.mark.parametrize("args", [
@@ -47,27 +52,13 @@ def test_plan_with_a_ledger_does_open_it(tmp_path):
     assert loaded(["plan", str(MANIFESTS / "demo.yaml")], tmp_path) == "LOADED True True"  # batcher.db is there
 
 
-FROZEN = """
-import gc, sys
-sys.argv = ["batcher", *{args!r}]
-try:
-    from batcher.cli import main
-    main()
-except SystemExit:
-    pass
-print("FROZEN", gc.get_freeze_count() > 0)
-"""
-
-
 def test_a_run_of_its_own_process_freezes_what_its_imports_made(tmp_path):
     from click.testing import CliRunner
 
     from batcher.cli import cli, modules_loaded
     args = ["run", str(MANIFESTS / "demo.yaml"), "--simulate", "--sim-render-seconds", "0", "--budget", "0",
             "--ledger", str(tmp_path / "batcher.db"), "--out", str(tmp_path / "out")]
-    done = subprocess.run([sys.executable, "-c", FROZEN.format(args=args)], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=120)
-    assert done.stdout.strip().splitlines()[-1] == "FROZEN True", done.stderr
+    assert probed(args, tmp_path, '"FROZEN", gc.get_freeze_count() > 0', timeout=120) == "FROZEN True"
     import gc
     before = gc.get_freeze_count()
     modules_loaded()  # commands invoked in turn (CliRunner, tests): nothing is frozen
