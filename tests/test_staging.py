@@ -198,3 +198,22 @@ def test_values_the_api_tells_apart_are_checked_apart():
     keys = [_value_key(v) for v in (1, 1.0, True, "1", None, [1], [True], ["1"], {"a": 1})]
     assert len(set(keys)) == len(keys)
     assert _value_key(["a", "b"]) == _value_key(["a", "b"]) != _value_key(["b", "a"])
+
+
+def test_staging_pauses_the_collector_while_it_makes_the_rows_and_only_then(tmp_path, write, monkeypatch):
+    import gc
+
+    import batcher.launch
+    m = load_manifest(write("m.yaml", small_manifest(n_rows=3)))
+    seen = []
+
+    def rows(*args, **kwargs):
+        seen.append(gc.isenabled())
+        yield from job_rows(*args, **kwargs)
+    monkeypatch.setattr(batcher.launch, "job_rows", rows)
+    with Ledger(tmp_path / "l.db") as ledger:
+        assert api.stage(ledger, m) == (3, 0) and seen == [False] and gc.isenabled()
+        monkeypatch.setattr(ledger, "write", lambda op: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            api.stage(ledger, m)
+        assert gc.isenabled()

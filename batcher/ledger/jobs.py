@@ -143,9 +143,10 @@ class LedgerJobs(LedgerStore):
             sql = _staging_sql(self.sql.mark, whole)
             buf: list[tuple[Any, ...]] = []
             cents: dict[Any, int] = {}
-            for r in (rows() if callable(rows) else rows):
-                buf.append((batch, r.key, seen, generation, r.row, r.take, r.origin, r.label, r.params,
-                            _estimate_cents(cents, r.estimate), now, now, r.model or model, r.data or None, mark))
+            given = rows() if callable(rows) else rows
+            for key, row, take, origin, label, params, estimate, job_model, data in given:  # (a JobRow each)
+                buf.append((batch, key, seen, generation, row, take, origin, label, params,
+                            _estimate_cents(cents, estimate), now, now, job_model or model, data or None, mark))
                 seen += 1
                 if len(buf) >= chunk:
                     conn.exec_driver_sql(sql, buf)
