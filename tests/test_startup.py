@@ -52,15 +52,19 @@ def test_plan_with_a_ledger_does_open_it(tmp_path):
     assert loaded(["plan", str(MANIFESTS / "demo.yaml")], tmp_path) == "LOADED True True"  # batcher.db is there
 
 
-def test_a_run_of_its_own_process_freezes_what_its_imports_made(tmp_path):
+def test_run_and_status_in_their_own_process_freeze_what_their_imports_made(tmp_path):
     from click.testing import CliRunner
 
-    from batcher.cli import cli, modules_loaded
+    from batcher.cli import cli, modules_loading
     args = ["run", str(MANIFESTS / "demo.yaml"), "--simulate", "--sim-render-seconds", "0", "--budget", "0",
             "--ledger", str(tmp_path / "batcher.db"), "--out", str(tmp_path / "out")]
-    assert probed(args, tmp_path, '"FROZEN", gc.get_freeze_count() > 0', timeout=120) == "FROZEN True"
+    report = '"FROZEN", gc.get_freeze_count() > 0, "COLLECTING", gc.isenabled()'
+    assert probed(args, tmp_path, report, timeout=120) == "FROZEN True COLLECTING True"
+    assert probed(["status", "--ledger", str(tmp_path / "batcher.db")], tmp_path, report) == \
+        "FROZEN True COLLECTING True"
     import gc
     before = gc.get_freeze_count()
-    modules_loaded()  # commands invoked in turn (CliRunner, tests): nothing is frozen
+    with modules_loading():  # commands invoked in turn (CliRunner, tests): nothing is frozen or paused
+        assert gc.isenabled()
     assert CliRunner().invoke(cli, args).exit_code == 3
     assert gc.get_freeze_count() == before

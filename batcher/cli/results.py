@@ -11,7 +11,7 @@ import click
 
 from ..errors import BatcherError
 from ..money import json_safe
-from . import batch_option, cli, modules_loaded, named_batch, only_batch, reading_ledger
+from . import batch_option, cli, modules_loading, named_batch, only_batch, reading_ledger
 
 
 def _open_existing(ledger_path: str, batch: str | None = None) -> Any:
@@ -53,11 +53,12 @@ def status(manifest: str | None, batch_name: str | None, ledger_path: str, as_js
            by_row: bool, model: str | None) -> None:
     """Show jobs per state, credits spent and held, and videos downloaded; jobs no row of the
     current manifest produces (orphans) apart."""
-    from ..views import history_lines, row_lines, status_lines
-    from ..views.commands import orphan_lines, orphans_info
     batch = named_batch(manifest, batch_name)
-    with _open_existing(ledger_path, batch) as ledger:
-        modules_loaded()
+    with modules_loading():
+        from ..views import history_lines, row_lines, status_lines
+        from ..views.commands import orphan_lines, orphans_info
+        opened = _open_existing(ledger_path, batch)  # (it loads the ledger's modules)
+    with opened as ledger:
         if model is not None:  # (an export's module: the counts need none of it)
             from ..views.record import check_model
             check_model(ledger, batch, model)
