@@ -51,8 +51,7 @@ from .outputs import OUTPUTS, default_out_dir
 from .plan import MAX_JOBS, PlanSummary, check, iter_jobs
 from .run import Progress, Runner, RunOptions, RunReport
 from .simulator import Simulator, SimulatorTransport
-from .states import JobState
-from .views import figures_info
+from .views import status_info
 
 __all__ = [
     "OUTPUTS",
@@ -228,19 +227,7 @@ def status(ledger: Ledger | str | Path, batch: str | None = None) -> dict[str, A
     owned = not isinstance(ledger, Ledger)
     led = Ledger(ledger) if not isinstance(ledger, Ledger) else ledger
     try:
-        batches = [batch] if batch else [b.name for b in led.batches()]
-        out: dict[str, Any] = {"batches": {}}
-        for name in batches:
-            out["batches"][name] = figures_info(led.figures(name))
-        if batch:
-            return {"batch": batch, **out["batches"][batch]}
-        totals = {s.value: 0 for s in JobState}
-        for data in out["batches"].values():
-            for state, n in data["counts"].items():
-                totals[state] += n
-        out["counts"] = totals
-        out["credits_spent"] = round(sum(d["credits_spent"] for d in out["batches"].values()), 2)
-        return out
+        return status_info(led, batch)
     finally:
         if owned:
             led.close()

@@ -7,6 +7,7 @@ settings (RunSettings); the CLI adds only the parsing, printing and exit codes."
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import time
@@ -144,10 +145,18 @@ def stage(ledger: Ledger, manifest: Manifest, rate_overrides: dict[str, float] |
     # a run keeps its plan: the rows' keys must not stay with it
     compiled, checked.compiled = checked.compiled, None
     ledger.check_mode(manifest.batch, simulated)  # before the expansion, which can take a while
-    added = ledger.write(ledger.add_rows(manifest.batch, manifest.model.api_id, str(manifest.path),
-                                         lambda: job_rows(manifest, rate_overrides, max_jobs=max_jobs,
-                                                          compiled=compiled),
-                                         simulated=simulated, whole=True))
+    # The rows are tuples of text and numbers, made and let go by the hundred thousand: no cycle
+    # for the collector to find, its passes over them only lost time.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        added = ledger.write(ledger.add_rows(manifest.batch, manifest.model.api_id, str(manifest.path),
+                                             lambda: job_rows(manifest, rate_overrides, max_jobs=max_jobs,
+                                                              compiled=compiled),
+                                             simulated=simulated, whole=True))
+    finally:
+        if collecting:
+            gc.enable()
     images = {**manifest.set_files, **manifest.local_files}
     ledger.write(ledger.remember_local_images(((a, str(f.path), f.size, f.origin) for a, f in images.items()),
                                               time.time()))

@@ -15,7 +15,10 @@ def test_the_stage_section_measures_run_beside_plan_status_and_start_up(tmp_path
     f = r["floor"]
     assert f["rows"] == 400  # counted in the copy the floor inserted, not taken from the run's ledger
     assert 0 < f["imports_seconds"] < r["run_seconds"]
+    assert f["seconds"] == r["plan_seconds"] + f["insert_seconds"] + f["imports_seconds"]
+    assert r["floor_ratio"] == r["run_seconds"] / f["seconds"] and RUN_TARGET == 1.2
     text = "\n".join(lines)
     assert f"least ratio {f['least_ratio']:.2f}" in text
     assert "batcher run --budget 0 on 400 jobs" in text and f"ratio {r['ratio']:.2f}" in text
-    assert "batcher --version" in text and "target <= 1.3" in text and "target <= 2" in text
+    assert "batcher --version" in text and "within 1.2 x the floor: " in text and "target <= 2" in text
+    assert f"{r['floor_ratio']:.2f} x the floor" in text and f"= {f['seconds']:.2f}s" in text

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from click.testing import CliRunner
+from sqlalchemy import text
 
 from batcher.cli import cli
 from batcher.launch import stage
@@ -227,3 +228,25 @@ def test_a_rerun_after_an_edit_says_what_it_leaves_and_sends(tmp_path: Path) -> 
     assert code == 0 and "sends 2 pending, holds 0; 1 already completed" in out
     assert "5 job(s) of the ledger no row of the manifest produces any more (orphans): never sent" in out
     assert "3 completed (of 3)" in out
+
+
+def test_figures_count_in_one_pass_what_counts_and_orphan_jobs_count(tmp_path: Path, ledger_url: str) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(FIRST)
+    with Ledger(ledger_url) as led:
+        stage(led, load_manifest(path))
+        jobs = list(led.iter_batch(BATCH))
+        # not pending: one job the edit orphans (the misspelt prompt's), one it keeps (seed 1's)
+        failed = {name: next(j.id for j in jobs if j.label == name) for name in ("storm", "seeds")}
+        with led.engine.begin() as conn:
+            conn.execute(text("UPDATE job SET state = 'failed' WHERE id IN (:storm, :seeds)"), failed)
+        path.write_text(EDITED)
+        stage(led, load_manifest(path))  # a new generation: the edit's jobs; the replaced ones orphans
+        generation = led.generation(BATCH)
+        for gen, model in ((None, None), (generation, None), (generation - 1, None), (None, "no-such-model")):
+            f = led.figures(BATCH, gen, model=model)
+            assert f.counts == led.counts(BATCH, gen, model=model, orphans=False)
+            assert f.orphans == led.orphan_jobs(BATCH, model=model)
+        now, before = led.figures(BATCH), led.figures(BATCH, generation - 1)
+        assert (now.orphans, now.counts["pending"], now.counts["failed"]) == (5, 2, 1)
+        assert (before.orphans, before.counts["pending"], before.counts["failed"]) == (5, 0, 1)

@@ -16,6 +16,7 @@ from batcher.ledger import Ledger
 from batcher.manifest import load_manifest
 from batcher.models import check_against
 from batcher.plan import check, expand, iter_jobs, job_rows, row_of
+from batcher.plan.keys import row_data, row_data_format, row_data_value
 from batcher.run import RunOptions
 from batcher.run.startup import _plainly_fits, _value_key
 from batcher.simulator import SimConfig, Simulator
@@ -45,6 +46,48 @@ def test_staged_rows_are_the_jobs_built_one_by_one(tmp_path, rows, defaults):
     assert list(job_rows(m)) == built
     assert list(job_rows(m, compiled=summary.compiled)) == built  # check's keys, not hashed again
     assert summary.jobs == len(built) == len({r.key for r in built})
+
+
+_values = _texts | st.integers(-3, 3) | st.floats(-2, 2, allow_nan=False)
+_cells = _values.filter(lambda v: v != "")  # (an empty cell fills no variable)
+_meta = st.dictionaries(st.sampled_from(["source", "licence", "é", "{x}", "n"]), _values | st.dates()
+                        | st.lists(_texts, max_size=2) | st.dictionaries(_texts, _texts, max_size=1), max_size=3)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(records=st.lists(st.tuples(_cells, _cells), min_size=1, max_size=3), with_b=st.booleans(),
+       vary=st.fixed_dictionaries({}, optional={"c": st.lists(_values, min_size=1, max_size=3),
+                                                "d": st.lists(_texts, min_size=1, max_size=2),
+                                                "duration": st.lists(st.sampled_from([3, 5]), min_size=1, max_size=2)}),
+       meta=st.tuples(_meta, _meta), plain=_meta, repeat=st.integers(1, 2), seed=st.sampled_from([7, "auto"]))
+def test_staged_rows_carry_the_variables_and_meta_of_the_jobs_built_one_by_one(tmp_path, records, with_b, vary, meta,
+                                                                                 plain, repeat, seed):
+    lines = [json.dumps({"a": a, "b": b} if with_b else {"a": a}) + "\n" for a, b in records]
+    (tmp_path / "rows.jsonl").write_text("".join(lines), encoding="utf-8")
+    names = ["a", *(["b"] if with_b else []), *(n for n in ("c", "d") if n in vary)]
+    prompt = "shot " + " ".join(f"{{{n}}}" for n in names)
+    doc = {"version": 1, "defaults": {"meta": meta[0]}, "reference_sets": {"hero": ["https://x.com/a.png"]},
+           "rows": [{"from": "rows.jsonl", "prompt": prompt, "references": "hero", "meta": meta[1],
+                     "repeat": repeat, "seed": seed, **({"vary": vary} if vary else {})},
+                    {"prompt": "plain", "references": ["hero"], "meta": plain}]}
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    m = load_manifest(path)
+    summary = check(m, keep=True)
+    built = [row_of(job) for job in iter_jobs(m)]
+    assert list(job_rows(m, compiled=summary.compiled)) == built
+    assert all(json.loads(r.data)["meta"] == json.loads(row_data({}, {**meta[0], **meta[1]}))["meta"]
+               for r in built[:-1])
+
+
+def test_a_rows_data_format_filled_is_its_row_data():
+    variables, meta = {"x": 1, "{y}": "é \"q\"", "c": 2}, {"when": "{{now}}", "n": [1, "a"]}
+    text = row_data_format(variables, ["c", "new"], meta)
+    for c, new in ((3, "a{b}"), (-2, 1.5), ("\u2713", None), (True, ["l", 2])):
+        assert text.format(row_data_value(c), row_data_value(new)) == row_data({**variables, "c": c, "new": new},
+                                                                                meta)
+    assert row_data_format({}, [], None).format() == row_data({}, None) == '{"vars": {}, "meta": {}}'
+    assert [row_data_value(v) for v in (7, True, 2.5, "a\"b")] == ["7", "true", "2.5", '"a\\"b"']
 
 
 def test_the_shipped_manifests_stage_as_built_one_by_one():
@@ -155,3 +198,22 @@ def test_values_the_api_tells_apart_are_checked_apart():
     keys = [_value_key(v) for v in (1, 1.0, True, "1", None, [1], [True], ["1"], {"a": 1})]
     assert len(set(keys)) == len(keys)
     assert _value_key(["a", "b"]) == _value_key(["a", "b"]) != _value_key(["b", "a"])
+
+
+def test_staging_pauses_the_collector_while_it_makes_the_rows_and_only_then(tmp_path, write, monkeypatch):
+    import gc
+
+    import batcher.launch
+    m = load_manifest(write("m.yaml", small_manifest(n_rows=3)))
+    seen = []
+
+    def rows(*args, **kwargs):
+        seen.append(gc.isenabled())
+        yield from job_rows(*args, **kwargs)
+    monkeypatch.setattr(batcher.launch, "job_rows", rows)
+    with Ledger(tmp_path / "l.db") as ledger:
+        assert api.stage(ledger, m) == (3, 0) and seen == [False] and gc.isenabled()
+        monkeypatch.setattr(ledger, "write", lambda op: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            api.stage(ledger, m)
+        assert gc.isenabled()

@@ -11,21 +11,26 @@ import pytest
 from .conftest import MANIFESTS
 
 PROBE = """
-import sys
+import gc, sys
 sys.argv = ["batcher", *{args!r}]
 try:
     from batcher.cli import main
     main()
 except SystemExit:
     pass
-print("LOADED", "sqlalchemy" in sys.modules, "sqlmodel" in sys.modules)
+print({report})
 """
 
 
-def loaded(args: list[str], cwd) -> str:
-    done = subprocess.run([sys.executable, "-c", PROBE.format(args=args)], capture_output=True, text=True, cwd=cwd,
-                          timeout=60)
+def probed(args: list[str], cwd, report: str, timeout: float = 60) -> str:
+    """What `report` (Python expressions) says after the command ran as its own process."""
+    done = subprocess.run([sys.executable, "-c", PROBE.format(args=args, report=report)], capture_output=True,
+                          text=True, cwd=cwd, timeout=timeout)
     return done.stdout.strip().splitlines()[-1]
+
+
+def loaded(args: list[str], cwd) -> str:
+    return probed(args, cwd, '"LOADED", "sqlalchemy" in sys.modules, "sqlmodel" in sys.modules')
 
 
 @pytest.mark.parametrize("args", [
@@ -45,3 +50,21 @@ def test_plan_with_a_ledger_does_open_it(tmp_path):
                                       "--out", str(tmp_path / "out")])
     assert result.exit_code == 3, result.output
     assert loaded(["plan", str(MANIFESTS / "demo.yaml")], tmp_path) == "LOADED True True"  # batcher.db is there
+
+
+def test_run_and_status_in_their_own_process_freeze_what_their_imports_made(tmp_path):
+    from click.testing import CliRunner
+
+    from batcher.cli import cli, modules_loading
+    args = ["run", str(MANIFESTS / "demo.yaml"), "--simulate", "--sim-render-seconds", "0", "--budget", "0",
+            "--ledger", str(tmp_path / "batcher.db"), "--out", str(tmp_path / "out")]
+    report = '"FROZEN", gc.get_freeze_count() > 0, "COLLECTING", gc.isenabled()'
+    assert probed(args, tmp_path, report, timeout=120) == "FROZEN True COLLECTING True"
+    assert probed(["status", "--ledger", str(tmp_path / "batcher.db")], tmp_path, report) == \
+        "FROZEN True COLLECTING True"
+    import gc
+    before = gc.get_freeze_count()
+    with modules_loading():  # commands invoked in turn (CliRunner, tests): nothing is frozen or paused
+        assert gc.isenabled()
+    assert CliRunner().invoke(cli, args).exit_code == 3
+    assert gc.get_freeze_count() == before

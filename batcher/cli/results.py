@@ -11,7 +11,7 @@ import click
 
 from ..errors import BatcherError
 from ..money import json_safe
-from . import batch_option, cli, named_batch, only_batch, reading_ledger
+from . import batch_option, cli, modules_loading, named_batch, only_batch, reading_ledger
 
 
 def _open_existing(ledger_path: str, batch: str | None = None) -> Any:
@@ -53,14 +53,18 @@ def status(manifest: str | None, batch_name: str | None, ledger_path: str, as_js
            by_row: bool, model: str | None) -> None:
     """Show jobs per state, credits spent and held, and videos downloaded; jobs no row of the
     current manifest produces (orphans) apart."""
-    from ..text import iso
-    from ..views import history_lines, row_lines, status_lines
-    from ..views.commands import orphan_lines, orphans_info
-    from ..views.record import check_model, job_record, render_timing
     batch = named_batch(manifest, batch_name)
-    with _open_existing(ledger_path, batch) as ledger:
-        check_model(ledger, batch, model)
+    with modules_loading():
+        from ..views import history_lines, row_lines, status_lines
+        from ..views.commands import orphan_lines, orphans_info
+        opened = _open_existing(ledger_path, batch)  # (it loads the ledger's modules)
+    with opened as ledger:
+        if model is not None:  # (an export's module: the counts need none of it)
+            from ..views.record import check_model
+            check_model(ledger, batch, model)
         if job_key:
+            from ..text import iso
+            from ..views.record import job_record, render_timing
             jobs = [j for j in ledger.find(job_key, batch) if model is None or _model_of(ledger, j) == model]
             if not jobs:
                 raise BatcherError(f"no job whose key starts with {job_key!r}")
@@ -109,11 +113,10 @@ def _model_of(ledger: Any, job: Any) -> str | None:
 def _status_data(ledger: Any, batch: str | None, model: str | None) -> dict[str, Any]:
     """`status`'s figures: `api.status`, with jobs and credits per model for a batch that mixes
     models; with `model`, the same figures of that model's jobs only (batches without it left out)."""
-    from .. import api
     from ..views import by_model_info, figures_info
-    from ..views.commands import orphans_info
+    from ..views.commands import orphans_info, status_info
     if model is None:
-        data = api.status(ledger, batch)
+        data = status_info(ledger, batch)
         for name, info in ([(batch, data)] if batch else data["batches"].items()):
             per = ledger.counts_by_model(name)
             if len(per) > 1:

@@ -25,6 +25,7 @@ from . import (
     ledger_for,
     ledger_option,
     max_jobs_option,
+    modules_loading,
     parse_rates,
     rate_option,
     store_options,
@@ -142,11 +143,11 @@ def _staged(ledger: Ledger, ready: Ready, settings: RunSettings) -> None:
 
 
 def _run(manifest: str, settings: RunSettings) -> None:
-    import anyio
+    with modules_loading():
+        import anyio
 
-    from .. import api
-    from ..views import ProgressPrinter, setup_logging
-
+        from .. import api
+        from ..views import ProgressPrinter, setup_logging
     m = load_manifest(manifest)
     ready, settings = _ready(m, settings)
     setup_logging(settings.verbose, settings.log_json, None if settings.simulate else ready.to.api_key)

@@ -75,12 +75,13 @@ def _count(conn: Connection, batch: str) -> int:
     return int(conn.execute(text("SELECT COUNT(*) FROM job WHERE batch = :b"), {"b": batch}).scalar_one())
 
 
-def _estimate_cents(cache: dict[Any, int], estimate: Any) -> int:
-    """An estimate as exact hundredths (rounded up), made once per distinct estimate of a batch."""
-    found = cache.get(estimate)
-    if found is None:
-        found = cache[estimate] = estimate_hundredths(estimate)
-    return found
+class _Hundredths(dict[Any, int]):
+    """Estimates as exact hundredths (rounded up), each made once per staging: a known one is a
+    plain lookup, without a call."""
+
+    def __missing__(self, estimate: Any) -> int:
+        found = self[estimate] = estimate_hundredths(estimate)
+        return found
 
 
 def _next_generation(conn: Connection, batch: str, model: str, manifest: str, simulated: bool, now: float,
@@ -142,17 +143,19 @@ class LedgerJobs(LedgerStore):
             # database's insert.
             sql = _staging_sql(self.sql.mark, whole)
             buf: list[tuple[Any, ...]] = []
-            cents: dict[Any, int] = {}
-            for r in (rows() if callable(rows) else rows):
-                buf.append((batch, r.key, seen, generation, r.row, r.take, r.origin, r.label, r.params,
-                            _estimate_cents(cents, r.estimate), now, now, r.model or model, r.data or None, mark))
+            cents = _Hundredths()
+            given = rows() if callable(rows) else rows
+            for key, row, take, origin, label, params, estimate, job_model, data in given:  # (a JobRow each)
+                buf.append((batch, key, seen, generation, row, take, origin, label, params,
+                            cents[estimate], now, now, job_model or model, data or None, mark))
                 seen += 1
                 if len(buf) >= chunk:
                     conn.exec_driver_sql(sql, buf)
                     buf.clear()
             if buf:
                 conn.exec_driver_sql(sql, buf)
-            _after_staging(conn, batch, generation, mark)
+            if before:  # (a batch new to the ledger has no reroll, and no orphan a runner claimed)
+                _after_staging(conn, batch, generation, mark)
             added = _count(conn, batch) - before
             return added, seen - added
         return Operation(insert_all)

@@ -65,6 +65,11 @@ def row_data(variables: Mapping[str, Any], meta: Mapping[str, Any] | None) -> st
     return ROW_DATA.encode({"vars": dict(variables), "meta": dict(meta or {})})
 
 
+def row_data_value(value: Any) -> str:
+    """A template variable's value as `row_data` writes it (an int without a call of the encoder)."""
+    return int.__repr__(value) if type(value) is int else ROW_DATA.encode(value)
+
+
 def take_suffix(take: int) -> str:
     """What follows a request's text in what its take's key hashes."""
     return f"#take={take}"
@@ -76,9 +81,12 @@ def hashed_key(text: str, sha256: Callable[[bytes], Any] = hashlib.sha256) -> in
     return int.from_bytes(sha256(text.encode()).digest()[:KEY_BYTES], "big")
 
 
+_KEY_TEXT = f"%0{KEY_BYTES * 2}x"
+
+
 def key_text(key: int) -> str:
     """A key int as the 20 hex digits jobs carry."""
-    return f"{key:0{KEY_BYTES * 2}x}"
+    return _KEY_TEXT % key
 
 
 def derived_seed(seedless_request: str, take: int) -> int:
@@ -170,6 +178,13 @@ def compile_row(api_id: str, wire: Shape, stored: Shape, axes: list[list[str]], 
         seedless = _format_of(request, wire)
         wire, stored = {**wire, auto_seed_wire: seed}, {**stored, "seed": seed}
     return RowText(axes, _format_of(request, wire), seedless, repeat, _format_of(stored_params, stored), stored_axes)
+
+
+def row_data_format(variables: Mapping[str, Any], varied: list[str], meta: Mapping[str, Any] | None) -> str:
+    """`row_data` of a row's jobs as a format string: slot j takes the value of the variable
+    `varied[j]` as `row_data_value` writes it (the other variables are `variables`)."""
+    shape = {**variables, **{name: Slot(j) for j, name in enumerate(varied)}}
+    return _format_of(lambda filled: row_data(filled, meta), shape)
 
 
 def row_keys(row: RowText) -> Iterator[tuple[int, tuple[str, ...]]]:

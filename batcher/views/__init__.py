@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         model_list_lines,
         plan_lines,
         row_lines,
+        status_info,
         status_lines,
     )
     from .exports import export, export_videofolder
@@ -44,5 +45,5 @@ __all__ = [
     "export", "export_parquet", "export_videofolder", "export_webdataset", "figures_info", "history_lines",
     "job_record", "model_lines", "model_list_lines", "parse_size", "parse_splits", "plan_lines", "progress_line",
     "rate_per_minute", "records", "row_lines", "screen", "setup_logging",
-    "snapshot_json", "status_lines", "summary", "summary_json",
+    "snapshot_json", "status_info", "status_lines", "summary", "summary_json",
 ]

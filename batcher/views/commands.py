@@ -10,10 +10,11 @@ from ..manifest import Manifest
 from ..models import ModelSpec
 from ..money import estimate_hundredths, from_hundredths
 from ..plan import JobSpec, PlanSummary
+from ..states import JobState
 from ..text import format_seconds, iso, state_counts
 
 if TYPE_CHECKING:  # rows of the ledger, named only: plan lines load no database package
-    from ..ledger import Event, Figures, Job, Orphans
+    from ..ledger import Event, Figures, Job, Ledger, Orphans
 from ..text import format_credits
 
 
@@ -154,6 +155,22 @@ def figures_info(f: Figures) -> dict[str, Any]:
         "budget": f.batch.budget if f.batch else None, "credits_committed": round(f.committed, 2),
         "orphans": f.orphans,
     }
+
+
+def status_info(ledger: Ledger, batch: str | None = None) -> dict[str, Any]:
+    """What `status` says of a batch (`figures_info`), or of every batch of the ledger if None,
+    with their totals (`api.status`; here, so the command imports no run to say it)."""
+    out: dict[str, Any] = {"batches": {name: figures_info(ledger.figures(name))
+                                       for name in ([batch] if batch else [b.name for b in ledger.batches()])}}
+    if batch:
+        return {"batch": batch, **out["batches"][batch]}
+    totals = {s.value: 0 for s in JobState}
+    for data in out["batches"].values():
+        for state, n in data["counts"].items():
+            totals[state] += n
+    out["counts"] = totals
+    out["credits_spent"] = round(sum(d["credits_spent"] for d in out["batches"].values()), 2)
+    return out
 
 
 def orphans_info(o: Orphans) -> dict[str, Any]:
