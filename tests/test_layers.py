@@ -25,7 +25,7 @@ WITHIN = {
     "outputs": ["files", "media", "wholeness", "bucket"],
     "ledger": ["rows", "schema", "dialect", "migrations", "store", "jobs", "control", "curation", "orphans",
                "transitions", "answers", "journal", "leases", "figures", "fleet", "references", "modelinfo"],
-    "client": ["answers", "transfers", "http", "catalog", "preflight"],
+    "client": ["answers", "transfers", "connections", "http", "catalog", "preflight"],
     "simulator": ["images", "references", "models", "webhooks", "clips", "config", "wire", "jobs", "server", "journal",
                   "transport"],
     "run": ["failpoints", "outcomes", "webhooks", "options", "pacer", "pauses", "threads", "writer",

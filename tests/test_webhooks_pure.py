@@ -177,3 +177,25 @@ def test_early_pokes_are_bounded_and_expire():
     board.poke("old")
     now[0] += 601
     assert not board.take_early("old")
+
+
+def test_a_webhook_that_comes_after_a_poll_found_its_job_is_late_not_lost():
+    tally = WebhookTally()
+    for _ in range(40):
+        tally.record(announced=True)
+    for i in range(10):
+        tally.record(announced=False, key=f"k{i}")
+    doubted = tally.lost
+    assert [tally.came(f"k{i}") for i in range(8)] == [True] * 8  # their webhooks came after all
+    assert not tally.came("k0") and not tally.came("never-found")  # once each, and only those found
+    assert tally.late == 8 and tally.missed == 10 and tally.lost < doubted / 3
+    assert not tally.silent
+
+
+def test_a_tally_keeps_a_bounded_memory_of_jobs_found_first():
+    from batcher.policy.safetynet import FOUND_KEPT
+    tally = WebhookTally()
+    for i in range(FOUND_KEPT + 5):
+        tally.record(announced=False, key=f"k{i}")
+    assert not tally.came("k0") and tally.came(f"k{FOUND_KEPT + 4}")  # the oldest forgotten first
+    assert tally.silent is False  # a late webhook came: the path works

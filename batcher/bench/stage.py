@@ -59,7 +59,10 @@ IMPORTS = [sys.executable, "-c", "import httpx, click, yaml"]
 # What importing the ledger's libraries adds to a process that has imported what `plan` imports.
 LEDGER_IMPORTS = [sys.executable, "-c", "import time, batcher.cli, batcher.cli.plans, batcher.plan.staging; "
                   "t = time.perf_counter(); import sqlalchemy, sqlmodel; print(time.perf_counter() - t)"]
-_JOB_COLUMNS = "batch, key, seq, generation, row, take, origin, label, params, estimate, created_at, updated_at, model"
+# Every column the run's staging writes (the row's data and its manifest mark too): the floor
+# inserts the run's own rows, whole.
+_JOB_COLUMNS = ("batch, key, seq, generation, row, take, origin, label, params, estimate, created_at, updated_at, "
+                "model, row_data, manifest_generation")
 
 _STAGE_SCRIPT = """
 import json, resource, sys, time
@@ -135,7 +138,7 @@ def design_floor(ledger: Path, work: Path, runs: int = 3) -> dict[str, float]:
         batch = source.execute("SELECT name, model, manifest, generation FROM batch").fetchall()
         rows = source.execute(f"SELECT {_JOB_COLUMNS} FROM job ORDER BY seq").fetchall()
     source.close()
-    insert = (f"INSERT INTO job ({_JOB_COLUMNS}, state, attempts, lease_token) VALUES ({', '.join('?' * 13)}, "
+    insert = (f"INSERT INTO job ({_JOB_COLUMNS}, state, attempts, lease_token) VALUES ({', '.join('?' * 15)}, "
               "'pending', 0, 0) ON CONFLICT(batch, key) DO UPDATE SET generation = excluded.generation")
     seconds = []
     for i in range(runs):

@@ -10,9 +10,7 @@ answer is cleaned of what no database stores (lone surrogates, NUL: see `answers
 
 from __future__ import annotations
 
-import functools
 import logging
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -55,6 +53,7 @@ from .answers import (
     redact_json,
     secret_pattern,
 )
+from .connections import http_client
 from .transfers import MAX_ANSWER_BYTES, FileSink, VideoSink, raise_for_download, read_capped, save_video
 
 DEFAULT_BASE = "https://pixeldojo.ai"
@@ -65,19 +64,6 @@ log = logging.getLogger("batcher.http")
 
 # Failures that prove the request never left this machine.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
-
-
-class _NoCookies(httpx.Cookies):
-    def extract_cookies(self, response: httpx.Response) -> None:
-        return None
-
-
-@functools.cache
-def tls_context() -> ssl.SSLContext:
-    """The TLS settings every client of this process shares (httpx's own default: certifi's
-    authorities, or SSL_CERT_FILE / SSL_CERT_DIR): loading them takes some 50 ms, once, not once
-    per client (a run makes two)."""
-    return httpx.create_ssl_context()
 
 
 class PixelDojoClient:
@@ -111,14 +97,7 @@ class PixelDojoClient:
         self._key_only = secret_pattern(api_key)
         self.max_retry_after = max_retry_after
         self.served_by_simulator = False  # an answer carried SIMULATOR_HEADER
-        self._http = httpx.AsyncClient(
-            transport=transport, verify=tls_context() if transport is None else True,
-            timeout=httpx.Timeout(timeout, connect=10.0),
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=50),
-            headers={"user-agent": "batcher"}, follow_redirects=False)
-        # The API sets no cookies: skip httpx's per-response cookie parsing (costly at hundreds of requests a second).
-        if isinstance(getattr(self._http, "_cookies", None), httpx.Cookies):
-            self._http._cookies = _NoCookies()
+        self._http = http_client(transport, timeout)
         # Hooks for the pool's rate limiter: called with the request kind ("submit", "poll", ...).
         self._before, self._after = before_request, after_response
 

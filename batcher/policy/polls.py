@@ -235,6 +235,12 @@ class PollPlanner:
         """Seconds between two polls of a job of a class fitted as (mean, std)."""
         return max(self.step_std * std / density, self.min_step_fraction * mean / density, self.min_interval)
 
+    def surely_ended(self, job_class: tuple[Any, ...]) -> float | None:
+        """Seconds after submission by which a render of the class has ended, by what is known
+        (mean + 3 std; None: nothing is)."""
+        expected = self.expected(job_class)
+        return None if expected is None else expected[0] + 3 * expected[1]
+
     def safety_guessed(self, job_class: tuple[Any, ...]) -> bool:
         """Whether a safety poll of the class is planned from the guess (nothing trusted yet)."""
         return self._seen(job_class) < self.min_samples

@@ -14,40 +14,58 @@ was short, not that its webhook was lost.) Pure functions."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
 TAIL_STDS = 3.0  # past mean + 3 std no render was expected: back off
 MIN_STD_FRACTION = 0.05  # a fit narrower than this (of the mean) is widened: renders are never exact
+FOUND_KEPT = 10_000  # jobs a poll found done first, kept to tell a late webhook from a lost one
 
 
 @dataclass
 class WebhookTally:
-    """How webhooks have done in this run: jobs a poke announced, and jobs a scheduled poll found
-    done first (their webhook lost or late). Starts from a prior of one lost in twenty, worth ten
-    jobs: doubtful enough to find a dead webhook path soon, light enough to be outweighed by the
-    first wave's pokes."""
+    """How webhooks have done in this run: jobs a poke announced, jobs a scheduled poll found
+    done first (their webhook lost or late), and of those, the ones whose webhook came after all
+    (late, not lost: a busy API, or a poll a moment after the render's end). Starts from a prior
+    of one lost in twenty, worth ten jobs: doubtful enough to find a dead webhook path soon, light
+    enough to be outweighed by the first wave's pokes."""
 
     announced: int = 0
     missed: int = 0
+    late: int = 0
     prior_missed: float = 0.5
     prior_jobs: float = 10.0
+    _found: OrderedDict[str, None] = field(default_factory=OrderedDict)  # jobs polls found first, newest last
 
-    def record(self, announced: bool) -> None:
+    def record(self, announced: bool, key: str | None = None) -> None:
+        """A job ended: announced by its poke, or found by a poll first (`key`: its job, whose
+        webhook may still come)."""
         if announced:
             self.announced += 1
-        else:
-            self.missed += 1
+            return
+        self.missed += 1
+        if key is not None:
+            self._found[key] = None
+            if len(self._found) > FOUND_KEPT:
+                self._found.popitem(last=False)
+
+    def came(self, key: str) -> bool:
+        """A webhook came for `key`: True if a poll had found its job done first (late, not lost)."""
+        if self._found.pop(key, False) is None:
+            self.late += 1
+            return True
+        return False
 
     @property
     def silent(self) -> bool:
         """No webhook has come yet, and a poll found a job done first: the webhook path may be
         dead (a listener the API cannot reach); until one comes, jobs are polled, not waited on."""
-        return self.announced == 0 and self.missed > 0
+        return self.announced == 0 and self.late == 0 and self.missed > 0
 
     @property
     def lost(self) -> float:
-        """The share of webhooks that do not arrive in time, smoothed by the prior."""
-        return (self.missed + self.prior_missed) / (self.announced + self.missed + self.prior_jobs)
+        """The share of webhooks that do not arrive, smoothed by the prior (a late one came)."""
+        return (self.missed - self.late + self.prior_missed) / (self.announced + self.missed + self.prior_jobs)
 
 
 def silent_done(t: float, mean: float, std: float, lost: float) -> float:

@@ -15,6 +15,7 @@ import anyio.abc
 
 from ..errors import RejectedError
 from ..ledger import Job
+from ..policy import WebhookTally
 from ..states import JobState as S
 from .context import RunContext
 from .listener import PokeListener
@@ -29,13 +30,17 @@ async def listen(ctx: RunContext, scope: anyio.CancelScope, *,
     settings = ctx.options.webhooks
     assert settings is not None
     secret = await ctx.threads.run(ctx.ledger.write, ctx.ledger.webhook_secret(ctx.batch, make_secret))
-    board = PokeBoard()
+    board, tally = PokeBoard(), WebhookTally()
+
+    def poked(key: str) -> None:
+        tally.came(key)  # (a job a poll found done first: its webhook was late, not lost)
+        board.poke(key)
     listener = PokeListener(settings.listen_host, settings.listen_port,
-                            lambda path: key_of(path, secret, ctx.batch), board.poke)
+                            lambda path: key_of(path, secret, ctx.batch), poked)
     with scope:
         async with anyio.create_task_group() as group:
             port = await group.start(listener.serve)
-            ctx.hooks = HookState(ctx.batch, secret, settings.base(port), board)
+            ctx.hooks = HookState(ctx.batch, secret, settings.base(port), board, tally)
             task_status.started(port)
 
 

@@ -130,7 +130,7 @@ async def follow_to_end(ctx: RunContext, job: Job, *, hooked: bool = False, resu
             lower = seen_at
             continue
         if hooked and hooks is not None:
-            hooks.tally.record(announced=poked)
+            hooks.tally.record(announced=poked, key=job.key)
         if status.status == "completed" and (lower > 0 or not resumed):
             _learn(ctx, cls, seen_at if poked else lower, seen_at)
         return await _finished(ctx, job, status, RenderTiming.of(status, lower, elapsed()), (lower + seen_at) / 2)
@@ -191,10 +191,12 @@ async def _until_due(ctx: RunContext, job: Job, cls: tuple[Any, ...], hooked: bo
                     await replan.wait()
         if not (listen and replan.is_set()):
             return False
-        # Planned again by what is known now: a poll from the job's last poll (or its submission),
-        # a safety poll from when the wait began.
+        # Planned again by what is known now: a poll from the job's last poll (or its submission);
+        # a safety poll planned from a guess no later than the renders surely ended (not earlier:
+        # the webhooks of the renders ending now are still on their way).
         if hooked and hooks is not None:
-            due = ctx.planner.safety_poll(cls, since, hooks.tally.lost, density)
+            due = min(due, max(ctx.planner.safety_poll(cls, since, hooks.tally.lost, density),
+                               ctx.planner.surely_ended(cls) or due))
         else:
             due = ctx.planner.due(cls, pace.last, pace.polls, density, pace.probe)
 

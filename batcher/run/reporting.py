@@ -82,16 +82,18 @@ class WebhookFigures:
     missed: int
     pokes: int
     refused: tuple[str, ...] = ()
+    late: int = 0  # of the missed, those whose webhook came after all
 
     def line(self) -> str:
         jobs = self.announced + self.missed
         refused = f"; refused by the API for {', '.join(self.refused)} (polled instead)" if self.refused else ""
+        late = f" ({self.late} of whose webhooks came later: late, not lost)" if self.late else ""
         return (f"webhooks: {self.announced} of {jobs} finished job(s) announced by a webhook, {self.missed} found "
-                f"by safety polls; {self.pokes} poke(s) received at {self.base}{refused}")
+                f"by safety polls{late}; {self.pokes} poke(s) received at {self.base}{refused}")
 
     def as_dict(self) -> dict[str, object]:
-        return {"base": self.base, "announced": self.announced, "missed": self.missed, "pokes": self.pokes,
-                "refused": list(self.refused)}
+        return {"base": self.base, "announced": self.announced, "missed": self.missed, "late": self.late,
+                "pokes": self.pokes, "refused": list(self.refused)}
 
 
 @dataclass

@@ -305,7 +305,7 @@ def _webhook_figures(ctx: RunContext) -> WebhookFigures | None:
     if hooks is None:
         return None
     return WebhookFigures(hooks.base, hooks.tally.announced, hooks.tally.missed, hooks.board.pokes,
-                          tuple(sorted(hooks.refused)))
+                          tuple(sorted(hooks.refused)), hooks.tally.late)
 
 
 def _first_batcher_error(exc: BaseException) -> BaseException:
