@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import textwrap
 from collections.abc import Iterator
@@ -137,6 +138,25 @@ def s3_endpoint() -> Iterator[str]:
                     f"(pip install -e '.[test]'); {SETUP_HINT}")
     with moto_on_loopback() as url:
         yield url
+
+
+def bucket_credentials(monkeypatch, access: str, secret: str) -> None:
+    """A bucket's credentials in the environment, as a user sets them for a run (no session
+    token, profile or S3-only endpoint of the machine's own to stand in for them)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", access)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    for name in ("AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def new_bucket(s3_endpoint: str, prefix: str, monkeypatch) -> tuple[object, str]:
+    """(an S3 client, the name of a bucket made for this test) on the S3 server under test."""
+    import boto3
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    name = f"{prefix}-{hashlib.sha256(str(id(monkeypatch)).encode()).hexdigest()[:10]}"
+    s3.create_bucket(Bucket=name)
+    return s3, name
 
 
 @contextlib.contextmanager

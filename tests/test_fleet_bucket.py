@@ -27,7 +27,7 @@ from batcher.errors import OutputStoreError
 from batcher.ledger import Ledger
 from batcher.outputs.bucket import BucketOutputs, ClipStores
 
-from .conftest import PG_SKIP, PG_URL, pg_schema_url, small_manifest
+from .conftest import PG_SKIP, PG_URL, bucket_credentials, pg_schema_url, small_manifest
 from .test_e2e import start_simulator
 
 boto3 = pytest.importorskip("boto3")
@@ -39,12 +39,9 @@ SECRET = "fleet-bucket-test-secret-0123456789"
 def bucket(s3_endpoint, monkeypatch, request):
     """A fresh bucket, with the credentials and endpoint every process here finds in its
     environment (as each host of a fleet would)."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFLEETBUCKETTEST1")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    bucket_credentials(monkeypatch, "AKIAFLEETBUCKETTEST1", SECRET)
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
-    for name in ("AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "BATCHER_FAILPOINT",
-                 "BATCHER_FAILPOINT_PAUSE", "BATCHER_LEDGER"):
+    for name in ("BATCHER_FAILPOINT", "BATCHER_FAILPOINT_PAUSE", "BATCHER_LEDGER"):
         monkeypatch.delenv(name, raising=False)
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     name = "fleet-" + hashlib.sha256(f"{request.node.nodeid}{os.getpid()}".encode()).hexdigest()[:12]
@@ -209,14 +206,20 @@ def test_temporary_credentials_are_never_written_into_a_presigned_url(bucket, mo
 
 # --- a runner killed in the middle of an upload ----------------------------------------------------
 
+def _killed(served: str, ledger_url: str, tmp_path: Path, out: str, rows: int, failpoint: str) -> tuple[Path, str]:
+    """A batch of `rows` jobs run into `out` until the runner is killed (-9) at `failpoint`:
+    (its manifest, `out`)."""
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(small_manifest(n_rows=rows))
+    code, said = _finish(_run(served, manifest, ledger_url, out, tmp_path, failpoint=failpoint))
+    assert code == -9, said
+    return manifest, out
+
+
 def test_a_runner_killed_mid_upload_leaves_no_object_and_the_rerun_stores_each_clip_once(bucket, served, tmp_path,
                                                                                        ledger_url):
     s3, name = bucket
-    manifest = tmp_path / "m.yaml"
-    manifest.write_text(small_manifest(n_rows=3))
-    out = f"s3://{name}/killed"
-    code, said = _finish(_run(served, manifest, ledger_url, out, tmp_path, failpoint="mid-upload:2"))
-    assert code == -9, said
+    manifest, out = _killed(served, ledger_url, tmp_path, f"s3://{name}/killed", 3, "mid-upload:2")
     with Ledger(ledger_url) as led:
         states = Counter(j.state for j in led.iter_batch("small"))
     assert states["completed"] <= 1 and states["completed"] + states["rendered"] >= 2, states
@@ -303,11 +306,7 @@ def test_a_clip_uploaded_before_its_runner_was_killed_is_found_not_downloaded_ag
     """Killed after the object is in place and before the ledger says so: the rerun finds the clip
     by the API job id it records (so a lapsed URL could not lose it) and stores nothing twice."""
     s3, name = bucket
-    manifest = tmp_path / "m.yaml"
-    manifest.write_text(small_manifest(n_rows=2))
-    out = f"s3://{name}/adopt"
-    code, said = _finish(_run(served, manifest, ledger_url, out, tmp_path, failpoint="after-upload:1"))
-    assert code == -9, said
+    manifest, out = _killed(served, ledger_url, tmp_path, f"s3://{name}/adopt", 2, "after-upload:1")
     assert len(_objects(s3, name)) == 1
     code, said = _finish(_run(served, manifest, ledger_url, out, tmp_path))
     assert code == 0, said

@@ -16,20 +16,16 @@ from batcher.errors import OutputStoreError, UsageError
 from batcher.outputs.bucket import BucketOutputs, is_bucket_address
 from batcher.simulator import clip_for
 
+from .conftest import bucket_credentials, new_bucket
+
 boto3 = pytest.importorskip("boto3")
 
 
 @pytest.fixture
 def store(s3_endpoint, monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAOUTPUTSTORETEST1")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "output-store-test-secret-0123456789")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    bucket_credentials(monkeypatch, "AKIAOUTPUTSTORETEST1", "output-store-test-secret-0123456789")
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)  # as a user sets it for a run
-    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
-    name = f"clips-{hashlib.sha256(str(id(monkeypatch)).encode()).hexdigest()[:10]}"
-    s3.create_bucket(Bucket=name)
+    s3, name = new_bucket(s3_endpoint, "clips", monkeypatch)
     return s3, name, BucketOutputs(f"s3://{name}/batch-a", endpoint=s3_endpoint)
 
 

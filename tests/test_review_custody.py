@@ -5,7 +5,6 @@ upload open, exports sign and fetch only their own jobs' clips, and bad input is
 
 from __future__ import annotations
 
-import hashlib
 import struct
 
 import anyio
@@ -21,6 +20,8 @@ from batcher.outputs.wholeness import WholeVideo
 from batcher.simulator import clip_for
 from batcher.views.exports import with_urls
 from batcher.views.record import parse_splits
+
+from .conftest import bucket_credentials, new_bucket
 
 boto3 = pytest.importorskip("boto3")
 
@@ -115,13 +116,8 @@ def test_exports_sign_and_fetch_only_a_clip_named_for_its_own_job():
 
 @pytest.fixture
 def outputs(s3_endpoint, monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAREVIEWCUSTODY01")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "review-custody-secret-0123456789")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
-    name = f"review-{hashlib.sha256(str(id(monkeypatch)).encode()).hexdigest()[:10]}"
-    s3.create_bucket(Bucket=name)
+    bucket_credentials(monkeypatch, "AKIAREVIEWCUSTODY01", "review-custody-secret-0123456789")
+    s3, name = new_bucket(s3_endpoint, "review", monkeypatch)
     return s3, name, BucketOutputs(f"s3://{name}/shared", endpoint=s3_endpoint)
 
 

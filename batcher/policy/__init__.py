@@ -27,7 +27,7 @@ if TYPE_CHECKING:
         estimate_wall_seconds,
     )
     from .memory import RenderSeed, class_seeds, pooled, remembered_intervals, seed_from
-    from .polls import PROBES, Learned, PollPlanner, rung_after
+    from .polls import PROBES, Learned, PollPlanner, model_of, rung_after
     from .renderfit import MAX_RUNNING, InFlight, RenderTimes, fit_censored_normal
     from .safetynet import WebhookTally, next_safety_poll, silent_done
 
@@ -53,6 +53,7 @@ __all__ = [
     "class_seeds",
     "estimate_wall_seconds",
     "fit_censored_normal",
+    "model_of",
     "next_safety_poll",
     "pooled",
     "remembered_intervals",

@@ -60,8 +60,14 @@ class Learned:
     guess: float
     seeded: bool
 
-    def as_dict(self) -> dict[str, Any]:
+    @property
+    def named(self) -> tuple[Any, Any, Any]:
+        """(model, duration, resolution), as models name a class (None where it names none)."""
         model, duration, resolution = (*self.job_class, None, None, None)[:3]
+        return model, duration, resolution
+
+    def as_dict(self) -> dict[str, Any]:
+        model, duration, resolution = self.named
         return {"model": model, "duration": duration, "resolution": resolution, "mean_seconds": round(self.mean, 3),
                 "std_seconds": round(self.std, 3), "renders": self.renders, "guessed_seconds": round(self.guess, 3),
                 "seeded_from_earlier_batches": self.seeded}
@@ -105,7 +111,7 @@ class PollPlanner:
         by_model: dict[Any, list[RenderSeed]] = {}
         for job_class, seed in seeds.items():
             self._times(job_class).prime(seed.mean, seed.std, self.min_samples)
-            by_model.setdefault(_model_of(job_class), []).append(seed)
+            by_model.setdefault(model_of(job_class), []).append(seed)
         for model, group in by_model.items():
             pool = pooled(group)
             if pool is not None:
@@ -132,7 +138,7 @@ class PollPlanner:
         learning, guessing = self.expected(job_class) is None, self.safety_guessed(job_class)
         before = self.due(job_class, 0.0, 0)
         self._times(job_class).add(lower, upper, self.min_samples)
-        self._model_times(_model_of(job_class)).add(lower, upper, self.min_samples)
+        self._model_times(model_of(job_class)).add(lower, upper, self.min_samples)
         expected = self.expected(job_class)
         if expected is None:
             return False
@@ -143,7 +149,7 @@ class PollPlanner:
 
     def _answering(self, job_class: tuple[Any, ...]) -> RenderTimes | None:
         """The times that answer for a class: its own once fitted, else its model's pooled."""
-        for times in (self._classes.get(job_class), self._models.get(_model_of(job_class))):
+        for times in (self._classes.get(job_class), self._models.get(model_of(job_class))):
             if times is not None and times.fit is not None:
                 return times
         return None
@@ -172,12 +178,14 @@ class PollPlanner:
 
     def learned(self) -> list[Learned]:
         """The render times this run learned, per class with renders of its own seen to end."""
+        # (a seed still standing in for a class's own fit is no learning of this run's)
         return [Learned(cls, times.fit[0], times.fit[1], times.ended, self.guess(cls), times.primed)
-                for cls, times in self._classes.items() if times.fit is not None and times.measured]
+                for cls, times in self._classes.items()
+                if times.fit is not None and times.ended and not (times.primed and times.ended < self.min_samples)]
 
     def guess(self, job_class: tuple[Any, ...]) -> float:
         """The render seconds assumed for a class before any is learned (its model's own guess)."""
-        return self.guesses.get(_model_of(job_class), self.initial)
+        return self.guesses.get(model_of(job_class), self.initial)
 
     def next_poll(self, job_class: tuple[Any, ...], elapsed: float, polls: int, density: float = 1.0,
                   probe: int | None = None) -> float:
@@ -189,7 +197,7 @@ class PollPlanner:
         spare: spend it on a shorter detection delay); < 1 less often (the rate is the bottleneck).
         `probe`: the job's number on the ladder (`enlist`)."""
         self._times(job_class).running.seen(polls, elapsed)
-        self._model_times(_model_of(job_class)).running.seen(polls, elapsed)
+        self._model_times(model_of(job_class)).running.seen(polls, elapsed)
         return self.due(job_class, elapsed, polls, density, probe)
 
     def due(self, job_class: tuple[Any, ...], last: float, polls: int, density: float = 1.0,
@@ -261,5 +269,6 @@ class PollPlanner:
                                 max_interval=self.max_interval)
 
 
-def _model_of(job_class: tuple[Any, ...]) -> Any:
+def model_of(job_class: tuple[Any, ...]) -> Any:
+    """The model a job class names (its first item)."""
     return job_class[0] if job_class else None

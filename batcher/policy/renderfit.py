@@ -141,12 +141,6 @@ class RenderTimes:
     fit: tuple[float, float] | None = None
     since_fit: int = 0
     ended: int = 0  # renders seen to end in all (the intervals keep the most recent)
-    prime_until: int = 0  # renders of its own a primed class needs before its fit is the run's
-
-    @property
-    def measured(self) -> bool:
-        """Whether the fit is the run's own (not a seed still standing in for it)."""
-        return self.fit is not None and self.ended > 0 and not (self.primed and len(self.intervals) < self.prime_until)
 
     def add(self, lower: float, upper: float, min_samples: int) -> None:
         """A render ended between `lower` and `upper` seconds after submission."""
@@ -179,4 +173,4 @@ class RenderTimes:
             self.spread = min(1.0, max(0.01, std / mean))
         if len(self.intervals) < min_samples:
             self.fit = (mean, std)
-            self.primed, self.prime_until = True, min_samples
+            self.primed = True

@@ -51,10 +51,11 @@ class WebhookTally:
 
     def came(self, key: str) -> bool:
         """A webhook came for `key`: True if a poll had found its job done first (late, not lost)."""
-        if self._found.pop(key, False) is None:
-            self.late += 1
-            return True
-        return False
+        if key not in self._found:
+            return False
+        del self._found[key]
+        self.late += 1
+        return True
 
     @property
     def silent(self) -> bool:

@@ -26,7 +26,7 @@ from ..errors import (
     ServerError,
 )
 from ..ledger import Job
-from ..policy import PROBES
+from ..policy import PROBES, model_of
 from ..states import JobState as S
 from .context import RunContext
 from .outcomes import Followed, StopReason
@@ -143,7 +143,7 @@ def _learn(ctx: RunContext, cls: tuple[Any, ...], lower: float, upper: float) ->
     teaches (a failure's time is not a render's), and a job an earlier run submitted only once a
     poll of this run saw it running."""
     if ctx.planner.observe(cls, lower, upper):
-        ctx.wakeups.changed(cls[0] if cls else None)
+        ctx.wakeups.changed(model_of(cls))
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,7 @@ async def _until_due(ctx: RunContext, job: Job, cls: tuple[Any, ...], hooked: bo
         # A safety poll planned from what was learned stays as planned: planned again at every
         # change, its polls would crowd where renders end, before the webhooks.
         listen = not hooked or ctx.planner.safety_guessed(cls)
-        with ctx.wakeups.listening(cls[0] if cls else None) as replan:
+        with ctx.wakeups.listening(model_of(cls)) as replan:
             if hooks is not None:  # a poke cuts the wait short (any job: an earlier run may have asked for one)
                 if await hooks.board.wait(job.key, delay, replan if listen else None):
                     return True

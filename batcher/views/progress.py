@@ -148,7 +148,7 @@ def summary(report: RunReport, out_dir: str, retry_command: Callable[[str], str]
 
 def learned_line(learned: Learned) -> str:
     """`happyhorse-1.0-r2v 5 s 720p: 1.02 s +- 0.21 s from 800 render(s) (guessed 5 s)`."""
-    model, duration, resolution = (*learned.job_class, None, None, None)[:3]  # (as models name a class)
+    model, duration, resolution = learned.named
     if isinstance(duration, int | float) and not isinstance(duration, bool):
         duration = f"{duration:g} s"
     named = " ".join(printable(x, 60) for x in (model, duration, resolution) if x is not None)
