@@ -22,7 +22,7 @@ import httpx
 from .client import DEFAULT_BASE, ModelCatalog, PixelDojoClient
 from .client.preflight import preflight, with_url_refusals
 from .errors import ApiError, ManifestError, MissingKeyError, ServerError, TooSlow, UsageError
-from .ledger import Ledger, display_location, is_database_url
+from .ledger import Ledger, Staged, display_location, is_database_url
 from .manifest import Manifest, load_manifest
 from .models import check_rates, unpriced, wanted_descriptions
 from .outputs import default_out_dir
@@ -135,10 +135,10 @@ def run_target(settings: RunSettings, ledger_path: str | Path) -> Target:
 
 
 def stage(ledger: Ledger, manifest: Manifest, rate_overrides: dict[str, float] | None = None, *,
-          checked: PlanSummary | None = None, simulated: bool = False, max_jobs: int = MAX_JOBS) -> tuple[int, int]:
+          checked: PlanSummary | None = None, simulated: bool = False, max_jobs: int = MAX_JOBS) -> Staged:
     """Check a manifest (unless the caller just did: `checked`, what `check(..., keep=True)`
     returned for it, whose compiled rows are then filled in rather than expanded again, and let
-    go) and add its jobs to the ledger; returns (added, already known). `simulated` marks the batch
+    go) and add its jobs to the ledger: what it found (added, already known, orphans). `simulated` marks the batch
     as rendered by the simulator; a batch with results of the other kind is refused (SimulationMismatch)."""
     if checked is None:
         checked = check(manifest, rate_overrides, max_jobs=max_jobs, keep=True)
@@ -150,7 +150,7 @@ def stage(ledger: Ledger, manifest: Manifest, rate_overrides: dict[str, float] |
     collecting = gc.isenabled()
     gc.disable()
     try:
-        added = ledger.write(ledger.add_rows(manifest.batch, manifest.model.api_id, str(manifest.path),
+        staged = ledger.write(ledger.add_rows(manifest.batch, manifest.model.api_id, str(manifest.path),
                                              lambda: job_rows(manifest, rate_overrides, max_jobs=max_jobs,
                                                               compiled=compiled),
                                              simulated=simulated, whole=True))
@@ -160,7 +160,7 @@ def stage(ledger: Ledger, manifest: Manifest, rate_overrides: dict[str, float] |
     images = {**manifest.set_files, **manifest.local_files}
     ledger.write(ledger.remember_local_images(((a, str(f.path), f.size, f.origin) for a, f in images.items()),
                                               time.time()))
-    return added
+    return staged
 
 
 def refuse_unpriced(m: Manifest, overrides: dict[str, float]) -> None:
@@ -306,11 +306,11 @@ def run_ledger(path: str | Path, options: RunOptions) -> Ledger:
     return Ledger(path, busy_timeout=min(60.0, max(0.1, options.limits.ledger_patience)))
 
 
-def stage_ready(ledger: Ledger, ready: Ready, requeue: tuple[str, ...] = ()) -> tuple[int, int, int]:
+def stage_ready(ledger: Ledger, ready: Ready, requeue: tuple[str, ...] = ()) -> tuple[Staged, int]:
     """Add the batch's jobs to the ledger, then requeue the jobs in the states `retry` names;
-    returns (added, already known, requeued)."""
-    added, known = stage(ledger, ready.manifest, ready.rate_overrides, checked=ready.checked,
+    returns what staging found, and how many were requeued."""
+    staged = stage(ledger, ready.manifest, ready.rate_overrides, checked=ready.checked,
                          simulated=ready.simulated, max_jobs=ready.max_jobs)
     requeued = ledger.write(ledger.requeue(ready.manifest.batch, [JobState(s) for s in requeue],
                                            "requeued by `batcher retry`")) if requeue else 0
-    return added, known, requeued
+    return staged, requeued

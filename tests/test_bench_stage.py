@@ -5,7 +5,7 @@ from batcher.bench.stage import RUN_TARGET, STARTUP_TARGET, section
 
 
 def test_the_stage_section_measures_run_beside_plan_status_and_start_up(tmp_path):
-    figures, lines = section(300, 400, runs=1)
+    figures, lines = section(300, 400, runs=1, run_runs=2)
     assert figures["added"] == 300 and figures["jobs"] == 300
     r, u = figures["run_beside_plan"], figures["startup"]
     assert r["jobs"] == 400 and r["run_seconds"] > 0 and r["plan_seconds"] > 0
@@ -14,6 +14,8 @@ def test_the_stage_section_measures_run_beside_plan_status_and_start_up(tmp_path
     assert figures["status_cli_seconds"] > 0 and figures["plan_cli_seconds"] > 0
     f = r["floor"]
     assert f["rows"] == 400  # counted in the copy the floor inserted, not taken from the run's ledger
+    # the floor's insert taken in turn with each run and plan
+    assert r["runs"] == len(r["run_each"]) == len(r["plan_each"]) == len(f["insert_each"]) == 2
     assert 0 < f["imports_seconds"] < r["run_seconds"]
     assert f["seconds"] == r["plan_seconds"] + f["insert_seconds"] + f["imports_seconds"]
     assert r["floor_ratio"] == r["run_seconds"] / f["seconds"] and RUN_TARGET == 1.2

@@ -24,9 +24,9 @@ def demo():
 def test_add_is_idempotent(ledger_url, demo):
     m, jobs = demo
     with Ledger(ledger_url) as ledger:
-        assert ledger.write(ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs)) == (12, 0)
-        assert ledger.write(ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs)) == (0, 12)
-        assert ledger.write(ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs[:5])) == (0, 5)
+        assert ledger.write(ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs)) == (12, 0, 0)
+        assert ledger.write(ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs)) == (0, 12, 0)
+        assert ledger.write(ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs[:5])) == (0, 5, 0)
         assert ledger.count_jobs(m.batch) == 12
         assert ledger.counts(m.batch)["pending"] == 12
 

@@ -191,7 +191,9 @@ def test_retry_requeues_the_current_manifests_jobs_only(tmp_path: Path, ledger_u
         for job in led.iter_batch(BATCH):  # every job failed, never charged
             led.write(lambda conn, i=job.id: led.x(conn, "UPDATE job SET state = 'failed' WHERE id = :i", {"i": i}))
         path.write_text(EDITED)
-        stage(led, load_manifest(path))
+        staged = stage(led, load_manifest(path))
+        # the staging counts the orphans it left, as the ledger counts them after it
+        assert staged.orphans == led.orphan_jobs(BATCH) == 5 and staged.known == 1
         assert led.write(led.requeue(BATCH, [JobState.FAILED], "test")) == 1  # 'a walk', seed 1: the one kept
         assert led.orphans(BATCH).counts == {"failed": 5}
 

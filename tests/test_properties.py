@@ -13,6 +13,7 @@ from batcher.money import estimate_hundredths
 from batcher.plan import check
 
 from .conftest import manifest_rows, valid_rows
+from .test_job_keys import spec_job_key, spec_job_seed, spec_stored  # (at import: see below)
 
 FIELDS = ["version", "batch", "model", "defaults", "reference_sets", "rows", "prompt", "references", "duration",
           "resolution", "aspect_ratio", "seed", "seeds", "vary", "repeat", "from", "negative_prompt", "name",
@@ -175,10 +176,11 @@ def test_counting_rows_gives_the_keys_and_figures_of_building_jobs(tmp_path, row
 
 def _assert_the_plain_statement(m, doc, jobs):
     """Every job's key and derived seed, built or counted, and its stored parameters, staged
-    from compiled rows or built, are the plain statement of them (`test_job_keys`)."""
+    from compiled rows or built, are the plain statement of them (`test_job_keys`, imported with
+    this module: importing it inside a running @given test applies its @given there, a nested
+    @given, which Hypothesis refuses)."""
     from batcher.plan import job_rows
 
-    from .test_job_keys import spec_job_key, spec_job_seed, spec_stored
     for job in _jobs_with_duplicates(m):
         assert job.key == spec_job_key(job.model, job.params, job.take)
         if doc["rows"][job.row].get("seed", doc.get("defaults", {}).get("seed")) == "auto":

@@ -102,9 +102,9 @@ def test_stage_ready_adds_the_jobs_then_requeues_what_retry_names(write, tmp_pat
     m = api.load(write("m.yaml", small_manifest(3)))
     options = RunOptions.of(out_dir=tmp_path / "o", ledger_patience=2.0)
     with api.run_ledger(tmp_path / "l.db", options) as ledger:
-        assert api.stage_ready(ledger, api.prepare(m, ledger, api.target(simulate=True), options)) == (3, 0, 0)
+        assert api.stage_ready(ledger, api.prepare(m, ledger, api.target(simulate=True), options)) == ((3, 0, 0), 0)
         again = api.stage_ready(ledger, api.prepare(m, ledger, api.target(simulate=True), options), ("failed",))
-        assert again == (0, 3, 0)  # nothing failed: nothing requeued
+        assert again == ((0, 3, 0), 0)  # nothing failed: nothing requeued
         assert api.status(ledger, m.batch)["counts"]["pending"] == 3
 
 

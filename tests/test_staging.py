@@ -133,15 +133,31 @@ def test_staging_writes_what_adding_built_jobs_writes(ledger_url, tmp_path, writ
     write("topics.csv", 'topic,aspect_ratio\nsea,1:1\n"été ""hot""",9:16\n')
     m = load_manifest(manifest)
     with Ledger(ledger_url) as ledger:
-        assert api.stage(ledger, m) == (18, 0)
+        assert api.stage(ledger, m) == (18, 0, 0)
         staged = _stored(ledger, "same")
         ledger.write(ledger.add_jobs("built", m.model.api_id, str(m.path), expand(m)))
         built = _stored(ledger, "built")
         assert staged == built and len(staged) == 18
         assert json.loads(staged[0][7])["prompt"] == 'été 1 "quoted"'
         assert json.loads(staged[-1][7])["prompt"] == 'été "hot" at dusk'
-        assert api.stage(ledger, m) == (0, 18)  # a second staging: a new generation, no new job
+        assert api.stage(ledger, m) == (0, 18, 0)  # a second staging: a new generation, no new job
         assert [r[2] for r in _stored(ledger, "same")] == [2] * 18
+
+
+def test_a_staging_writes_with_a_roomy_page_cache_and_gives_the_connection_back_as_it_was(write, tmp_path):
+    from sqlalchemy import event
+
+    from batcher.ledger.dialect import BULK_CACHE_KIB
+    m = load_manifest(write("m.yaml", small_manifest(12)))
+    said: list[str] = []
+    with Ledger(tmp_path / "l.db") as ledger:
+        event.listen(ledger.engine, "before_cursor_execute", lambda _c, _k, sql, *_: said.append(sql))
+        assert api.stage(ledger, m).added == 12
+        with ledger.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA cache_size").scalar_one() == -2000  # SQLite's default
+    insert = next(i for i, sql in enumerate(said) if sql.startswith("INSERT INTO job"))
+    roomy = said.index(f"PRAGMA cache_size=-{BULK_CACHE_KIB}")
+    assert roomy < insert < said.index("PRAGMA cache_size=-2000"), said
 
 
 def _narrowed(**rules):
@@ -212,7 +228,7 @@ def test_staging_pauses_the_collector_while_it_makes_the_rows_and_only_then(tmp_
         yield from job_rows(*args, **kwargs)
     monkeypatch.setattr(batcher.launch, "job_rows", rows)
     with Ledger(tmp_path / "l.db") as ledger:
-        assert api.stage(ledger, m) == (3, 0) and seen == [False] and gc.isenabled()
+        assert api.stage(ledger, m) == (3, 0, 0) and seen == [False] and gc.isenabled()
         monkeypatch.setattr(ledger, "write", lambda op: 1 / 0)
         with pytest.raises(ZeroDivisionError):
             api.stage(ledger, m)

@@ -28,7 +28,7 @@ def test_a_restage_rolled_back_by_a_deadlock_leaves_the_batch_as_it_was(ledger_u
     m = load_manifest(write("m.yaml", small_manifest(n_rows=8)))
     rows = list(job_rows(m))
     with Ledger(ledger_url) as ledger:
-        assert ledger.write(ledger.add_rows(m.batch, m.model.api_id, "m.yaml", iter(rows), chunk=2)) == (8, 0)
+        assert ledger.write(ledger.add_rows(m.batch, m.model.api_id, "m.yaml", iter(rows), chunk=2)) == (8, 0, 0)
         generation = ledger.generation(m.batch)
         with pytest.raises(LedgerError, match="deadlock"):
             # Before: the retry read the generator's remaining rows (none), so the batch moved to
@@ -48,9 +48,9 @@ def test_rows_given_as_a_function_are_made_anew_when_a_deadlock_victim_is_retrie
         attempts.append(1)
         return _rows_then_deadlock(rows, 5) if len(attempts) == 1 else iter(rows)
     with Ledger(ledger_url) as ledger:
-        assert ledger.write(ledger.add_rows(m.batch, m.model.api_id, "m.yaml", iter(rows), chunk=2)) == (8, 0)
+        assert ledger.write(ledger.add_rows(m.batch, m.model.api_id, "m.yaml", iter(rows), chunk=2)) == (8, 0, 0)
         generation = ledger.generation(m.batch)
-        assert ledger.write(ledger.add_rows(m.batch, m.model.api_id, "m.yaml", make, chunk=2)) == (0, 8)
+        assert ledger.write(ledger.add_rows(m.batch, m.model.api_id, "m.yaml", make, chunk=2)) == (0, 8, 0)
         assert len(attempts) == 2
         assert ledger.generation(m.batch) == generation + 1
         assert ledger.counts(m.batch, generation + 1).get("pending") == 8

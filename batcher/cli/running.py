@@ -130,15 +130,14 @@ def _staged(ledger: Ledger, ready: Ready, settings: RunSettings) -> None:
     """Stage the batch's jobs and say what the run found and what it does with it."""
     from .. import api
     from ..views.commands import rerun_line
-    added, known, requeued = api.stage_ready(ledger, ready, settings.requeue)
+    staged, requeued = api.stage_ready(ledger, ready, settings.requeue)
     if settings.requeue:
         _say(f"requeued {requeued} job(s) ({', '.join(settings.requeue)})")
-    _say(f"batch {ready.manifest.batch!r}: {added} new job(s), {known} already in {ledger.display}")
-    if known:
+    _say(f"batch {ready.manifest.batch!r}: {staged.added} new job(s), {staged.known} already in {ledger.display}")
+    if staged.known:
         _say(rerun_line(ledger.counts(ready.manifest.batch, orphans=False), settings.resubmit_unknown))
-    orphans = ledger.orphan_jobs(ready.manifest.batch)
-    if orphans:
-        _say(f"{orphans} job(s) of the ledger no row of the manifest produces any more (orphans): never sent, "
+    if staged.orphans:
+        _say(f"{staged.orphans} job(s) of the ledger no row of the manifest produces any more (orphans): never sent, "
              f"left out of status, watch and exports; `batcher status` names their rows, `batcher prune` cancels them")
 
 

@@ -37,7 +37,7 @@ from .curation import LedgerCuration, Reroll
 from .dialect import DEFAULT_LEDGER, display_location, engine_url, is_database_url, postgres_engine
 from .figures import LedgerFigures
 from .fleet import Fleet, LedgerFleet, RunnerStatus
-from .jobs import read_origins, read_states
+from .jobs import Staged, read_origins, read_states
 from .journal import LedgerJournal
 from .leases import LedgerLeases
 from .migrations import MIGRATIONS, SCHEMA_VERSION, Migration
@@ -62,7 +62,7 @@ from .transitions import LedgerTransitions
 __all__ = [
     "DEFAULT_LEDGER", "MIGRATIONS", "SCHEMA_VERSION", "Acceptance", "Accepted", "Answer", "Arrival", "Attempt",
     "Batch", "ControlChange", "Event", "Figures", "Fleet", "Job", "Ledger", "LocalImage", "Migration", "ModelInfo",
-    "Operation", "OrphanRow", "Orphans", "Pruned", "Reference", "Reroll", "RunnerStatus", "SQLModel", "Spend",
+    "Operation", "OrphanRow", "Orphans", "Pruned", "Reference", "Reroll", "RunnerStatus", "SQLModel", "Spend", "Staged",
     "StoredImage", "display_location", "engine_url", "is_database_url", "postgres_engine", "read_model_infos",
     "read_origins", "read_states", "read_stored"
 ]

@@ -8,7 +8,8 @@ import functools
 import os
 import re
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +23,7 @@ from ..defaults import is_database_url as is_database_url
 from ..errors import LedgerError
 
 T = TypeVar("T")
+BULK_CACHE_KIB = 64 * 1024  # SQLite's page cache for a bulk write (the default: 2,000 KiB)
 _NAMED = re.compile(r"(?<![:\w]):(\w+)")
 
 
@@ -144,6 +146,23 @@ class Dialect:
     def driver_sql(self, sql: str) -> str:
         """`:name` placeholders (sqlite3's native style) in the driver's own style."""
         return _pyformat(sql) if self.postgres else sql
+
+    @contextmanager
+    def roomy_cache(self, conn: Connection) -> Iterator[None]:
+        """A write of many rows with room in memory for the indexes' pages: SQLite's 2 MB page cache
+        spills the unique (batch, key) index of a 100,000-job staging (keys are hashes: each
+        insert lands on a random page) and reads it back from the file (a staging of 104,000
+        jobs: about 0.1 s of its 1.1 s). Set back after: the connection returns to the pool.
+        PostgreSQL's cache is the server's."""
+        if self.postgres:
+            yield
+            return
+        was = conn.exec_driver_sql("PRAGMA cache_size").scalar_one()
+        conn.exec_driver_sql(f"PRAGMA cache_size=-{BULK_CACHE_KIB}")
+        try:
+            yield
+        finally:
+            conn.exec_driver_sql(f"PRAGMA cache_size={int(was)}")
 
 
 @functools.lru_cache(maxsize=256)

@@ -3,15 +3,16 @@ jobs, batches, attempts and events back as frozen rows."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Connection, text
 
 from ..errors import LedgerError, SimulationMismatch
-from ..money import estimate_hundredths, to_hundredths
+from ..money import to_hundredths
 from ..plan import JobRow, JobSpec, row_of
 from ..states import JobState
 from .dialect import is_database_url, read_only
@@ -47,9 +48,11 @@ def _staging_sql(q: str, whole: bool) -> str:
     its state, and a job never sent takes today's estimate (a --rate at the real price, say); the
     staging of a `whole` manifest marks each job its manifest produces."""
     mark = "manifest_generation = excluded.manifest_generation, " if whole else ""
-    return ("INSERT INTO job (batch, key, seq, generation, row, take, origin, label, params, estimate, "
-            f"created_at, updated_at, model, row_data, manifest_generation, state, attempts, lease_token) VALUES "
-            f"({', '.join([q] * 15)}, 'pending', 0, 0) ON CONFLICT(batch, key) DO UPDATE SET {mark}"
+    # A JobRow's columns first, in its order, then the staging's own (`_Stager`): one tuple a row.
+    return ("INSERT INTO job (key, row, take, origin, label, params, estimate, model, row_data, seq, batch, "
+            "generation, created_at, updated_at, manifest_generation, state, attempts, lease_token) VALUES "
+            f"({', '.join([q] * 8)}, NULLIF({q}, ''), {', '.join([q] * 6)}, 'pending', 0, 0) "
+            f"ON CONFLICT(batch, key) DO UPDATE SET {mark}"
             "generation = excluded.generation, "
             "origin = excluded.origin, label = excluded.label, row = excluded.row, row_data = excluded.row_data, "
             "estimate = CASE WHEN job.state = 'pending' AND job.attempts = 0 THEN excluded.estimate "
@@ -75,13 +78,13 @@ def _count(conn: Connection, batch: str) -> int:
     return int(conn.execute(text("SELECT COUNT(*) FROM job WHERE batch = :b"), {"b": batch}).scalar_one())
 
 
-class _Hundredths(dict[Any, int]):
-    """Estimates as exact hundredths (rounded up), each made once per staging: a known one is a
-    plain lookup, without a call."""
+class Staged(NamedTuple):
+    """What a staging found: jobs new to the ledger, jobs it already held (they keep their state),
+    and the batch's orphans after it (jobs no row of the manifest produces: see `orphan_sql`)."""
 
-    def __missing__(self, estimate: Any) -> int:
-        found = self[estimate] = estimate_hundredths(estimate)
-        return found
+    added: int
+    known: int
+    orphans: int
 
 
 def _next_generation(conn: Connection, batch: str, model: str, manifest: str, simulated: bool, now: float,
@@ -101,15 +104,14 @@ def _next_generation(conn: Connection, batch: str, model: str, manifest: str, si
 
 class LedgerJobs(LedgerStore):
     def add_jobs(self, batch: str, model: str, manifest: str, jobs: Iterable[JobSpec], chunk: int = 5000,
-                 *, simulated: bool = False, whole: bool = False) -> Operation[tuple[int, int]]:
-        """Add a manifest's jobs (built one by one; see `add_rows`). Returns (added, already known)."""
-        return self.add_rows(batch, model, manifest, (row_of(job) for job in jobs), chunk, simulated=simulated,
+                 *, simulated: bool = False, whole: bool = False) -> Operation[Staged]:
+        """Add a manifest's jobs (built one by one; see `add_rows`)."""
+        return self.add_rows(batch, model, manifest, (row_of(job, model) for job in jobs), chunk, simulated=simulated,
                              whole=whole)
 
     def add_rows(self, batch: str, model: str, manifest: str, rows: Iterable[JobRow] | Callable[[], Iterable[JobRow]],
-                 chunk: int = 5000, *, simulated: bool = False, whole: bool = False) -> Operation[tuple[int, int]]:
-        """Add a manifest's jobs, in one transaction; known keys keep their state. Returns (added,
-        already known).
+                 chunk: int = 5000, *, simulated: bool = False, whole: bool = False) -> Operation[Staged]:
+        """Add a manifest's jobs, in one transaction; known keys keep their state.
 
         Marks every job of this manifest with a new generation, so pending jobs that are no longer
         in the manifest are not submitted. A batch remembers whether it is simulated: once anything
@@ -127,7 +129,7 @@ class LedgerJobs(LedgerStore):
         one_shot = not callable(rows) and iter(rows) is rows
         tried = False
 
-        def insert_all(conn: Connection) -> tuple[int, int]:
+        def insert_all(conn: Connection) -> Staged:
             nonlocal tried
             if tried and one_shot:
                 # A second pass would stage only the rest, and its new generation would leave the
@@ -142,22 +144,23 @@ class LedgerJobs(LedgerStore):
             # of each row's parameters, and the driver's lookup of each by name, cost more than the
             # database's insert.
             sql = _staging_sql(self.sql.mark, whole)
-            buf: list[tuple[Any, ...]] = []
-            cents = _Hundredths()
-            given = rows() if callable(rows) else rows
-            for key, row, take, origin, label, params, estimate, job_model, data in given:  # (a JobRow each)
-                buf.append((batch, key, seen, generation, row, take, origin, label, params,
-                            cents[estimate], now, now, job_model or model, data or None, mark))
-                seen += 1
-                if len(buf) >= chunk:
+            given = iter(rows() if callable(rows) else rows)
+            order, ours = itertools.count(), (batch, generation, now, now, mark)
+            with self.sql.roomy_cache(conn):
+                # A chunk's rows made in one comprehension, each a JobRow with its manifest order
+                # and the staging's columns after it: no statement run per row in Python.
+                # (zip stops at the chunk's end: `order` runs on into the next chunk.)
+                while buf := [(*job, seq, *ours)
+                              for job, seq in zip(itertools.islice(given, chunk), order, strict=False)]:
                     conn.exec_driver_sql(sql, buf)
-                    buf.clear()
-            if buf:
-                conn.exec_driver_sql(sql, buf)
+                    seen += len(buf)
             if before:  # (a batch new to the ledger has no reroll, and no orphan a runner claimed)
                 _after_staging(conn, batch, generation, mark)
             added = _count(conn, batch) - before
-            return added, seen - added
+            # (a batch new to the ledger has none: no pass over its jobs to count them)
+            orphans = int(conn.execute(text(f"SELECT COUNT(*) FROM job WHERE batch = :b AND {orphan_sql()}"),
+                                       {"b": batch}).scalar_one()) if before else 0
+            return Staged(added, seen - added, orphans)
         return Operation(insert_all)
 
     def _check_mode(self, conn: Connection, batch: str, simulated: bool) -> None:
