@@ -17,7 +17,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
@@ -50,8 +50,10 @@ from .models import MODELS, ModelSpec, needs_description, wanted_descriptions
 from .outputs import OUTPUTS, default_out_dir
 from .plan import MAX_JOBS, PlanSummary, check, iter_jobs
 from .run import Progress, Runner, RunOptions, RunReport
-from .simulator import Simulator, SimulatorTransport
 from .views import status_info
+
+if TYPE_CHECKING:
+    from .simulator import Simulator
 
 __all__ = [
     "OUTPUTS",
@@ -150,6 +152,7 @@ def check_references(manifest: Manifest | str | Path, *, simulate: bool | Simula
     `simulate` fetches through the built-in simulator (which serves `/_sim/refs/`) instead."""
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     if simulate:
+        from .simulator import Simulator, SimulatorTransport
         transport = SimulatorTransport(simulate if isinstance(simulate, Simulator) else Simulator())
 
     async def go(uses: dict[str, str]) -> PreflightReport:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
@@ -32,8 +32,10 @@ from .references import ReferenceStore, S3Store, SimulatedStore, StoreSettings, 
 from .run import RunOptions
 from .run.options import RunSettings
 from .run.webhooks import Webhooks, parse_listen, webhooks_for
-from .simulator import Journal, SimConfig, Simulator, SimulatorTransport
 from .states import JobState
+
+if TYPE_CHECKING:  # (a run against the API never imports the simulator)
+    from .simulator import SimConfig, Simulator
 
 
 @dataclass
@@ -84,6 +86,7 @@ def target(*, simulate: bool | SimConfig | Simulator = False, api_base: str | No
     """Resolve where to send requests. A real run needs PIXELDOJO_API_KEY. A simulator given a
     `simulator_state` file starts from what it holds and records there what it charges."""
     if simulate:
+        from .simulator import Journal, SimConfig, Simulator, SimulatorTransport
         sim = simulate if isinstance(simulate, Simulator) else Simulator(
             simulate if isinstance(simulate, SimConfig) else SimConfig())
         if simulator_state is not None:
@@ -127,6 +130,7 @@ def run_target(settings: RunSettings, ledger_path: str | Path) -> Target:
     (--simulate, its state kept beside `ledger_path`), else the API at --api-base, `identified`
     once the options that need no request (the key, the webhooks) are known to be right."""
     if settings.simulate:
+        from .simulator import SimConfig
         sim = SimConfig(render_seconds=settings.sim_render_seconds, fail_rate=settings.sim_fail_rate)
         return target(simulate=sim, simulator_state=simulator_state_for(ledger_path))
     to = target(api_base=settings.api_base)

@@ -3,6 +3,7 @@
 most of a command's start-up time). Measured by `batcher bench`, checked here by what is imported."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -22,10 +23,10 @@ print({report})
 """
 
 
-def probed(args: list[str], cwd, report: str, timeout: float = 60) -> str:
+def probed(args: list[str], cwd, report: str, timeout: float = 60, env: dict[str, str] | None = None) -> str:
     """What `report` (Python expressions) says after the command ran as its own process."""
     done = subprocess.run([sys.executable, "-c", PROBE.format(args=args, report=report)], capture_output=True,
-                          text=True, cwd=cwd, timeout=timeout)
+                          text=True, cwd=cwd, timeout=timeout, env=env)
     return done.stdout.strip().splitlines()[-1]
 
 
@@ -50,6 +51,23 @@ def test_plan_with_a_ledger_does_open_it(tmp_path):
                                       "--out", str(tmp_path / "out")])
     assert result.exit_code == 3, result.output
     assert loaded(["plan", str(MANIFESTS / "demo.yaml")], tmp_path) == "LOADED True True"  # batcher.db is there
+
+
+def test_a_run_against_the_api_never_imports_the_simulator(tmp_path):
+    from .conftest import small_manifest
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(small_manifest(3))
+    # port 9 (discard) on loopback: nothing answers; the run takes it for the real API and stops
+    # at its budget of 0 before sending anything
+    args = ["run", str(manifest), "--budget", "0", "--api-base", "http://127.0.0.1:9",
+            "--ledger", str(tmp_path / "l.db"), "--out", str(tmp_path / "out")]
+    report = '"SIMULATOR", any(m.startswith("batcher.simulator") for m in sys.modules)'
+    env = {**os.environ, "PIXELDOJO_API_KEY": "k"}
+    assert probed(args, tmp_path, report, env=env) == "SIMULATOR False"
+    import sqlite3
+    with sqlite3.connect(tmp_path / "l.db") as db:  # the run went as far as staging its jobs
+        assert db.execute("SELECT COUNT(*) FROM job").fetchone()[0] == 3
+    db.close()
 
 
 def test_run_and_status_in_their_own_process_freeze_what_their_imports_made(tmp_path):
