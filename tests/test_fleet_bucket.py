@@ -50,10 +50,10 @@ def bucket(s3_endpoint, monkeypatch, request):
 
 
 def _run(url: str, manifest: Path, ledger: str, out: str, cwd: Path, failpoint: str | None = None,
-         ) -> subprocess.Popen:
+         concurrency: int = 2) -> subprocess.Popen:
     env = dict(os.environ, PIXELDOJO_API_KEY="sim-key", **({"BATCHER_FAILPOINT": failpoint} if failpoint else {}))
     return subprocess.Popen([sys.executable, "-m", "batcher", "run", str(manifest), "--api-base", url, "--ledger",
-                             ledger, "--out", out, "--concurrency", "2", "--expected-render", "0.2"],
+                             ledger, "--out", out, "--concurrency", str(concurrency), "--expected-render", "0.2"],
                             cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -206,12 +206,14 @@ def test_temporary_credentials_are_never_written_into_a_presigned_url(bucket, mo
 
 # --- a runner killed in the middle of an upload ----------------------------------------------------
 
-def _killed(served: str, ledger_url: str, tmp_path: Path, out: str, rows: int, failpoint: str) -> tuple[Path, str]:
+def _killed(served: str, ledger_url: str, tmp_path: Path, out: str, rows: int, failpoint: str,
+            concurrency: int = 2) -> tuple[Path, str]:
     """A batch of `rows` jobs run into `out` until the runner is killed (-9) at `failpoint`:
     (its manifest, `out`)."""
     manifest = tmp_path / "m.yaml"
     manifest.write_text(small_manifest(n_rows=rows))
-    code, said = _finish(_run(served, manifest, ledger_url, out, tmp_path, failpoint=failpoint))
+    code, said = _finish(_run(served, manifest, ledger_url, out, tmp_path, failpoint=failpoint,
+                              concurrency=concurrency))
     assert code == -9, said
     return manifest, out
 
@@ -306,7 +308,9 @@ def test_a_clip_uploaded_before_its_runner_was_killed_is_found_not_downloaded_ag
     """Killed after the object is in place and before the ledger says so: the rerun finds the clip
     by the API job id it records (so a lapsed URL could not lose it) and stores nothing twice."""
     s3, name = bucket
-    manifest, out = _killed(served, ledger_url, tmp_path, f"s3://{name}/adopt", 2, "after-upload:1")
+    # one job at a time: two renders ending together could both be uploaded before the first
+    # upload's failpoint runs (the kill would then leave two objects, not one)
+    manifest, out = _killed(served, ledger_url, tmp_path, f"s3://{name}/adopt", 2, "after-upload:1", concurrency=1)
     assert len(_objects(s3, name)) == 1
     code, said = _finish(_run(served, manifest, ledger_url, out, tmp_path))
     assert code == 0, said

@@ -124,7 +124,6 @@ def _held(m: Any, overrides: dict[str, float], max_jobs: int, summary: Any, jobs
                             "to_run_hundredths": 0}
     if states is None and shares is None:
         return held
-    from ..money import estimate_hundredths
     left = set(states or ())  # the ledger's keys no job of this manifest has: orphans
     for key, estimate in _keys(m, overrides, max_jobs, summary, jobs, shares):
         state = states.get(key) if states is not None else None
@@ -133,7 +132,7 @@ def _held(m: Any, overrides: dict[str, float], max_jobs: int, summary: Any, jobs
         outcome = "to_run" if state is None else _RERUN.get(state, state)
         held[outcome] = held.get(outcome, 0) + 1
         if outcome == "to_run":
-            held["to_run_hundredths"] += estimate_hundredths(estimate)
+            held["to_run_hundredths"] += estimate
     held["orphan_keys"] = left
     return held
 
@@ -160,19 +159,21 @@ def _orphans(location: str, batch: str, keys: set[str]) -> dict[str, Any]:
 
 
 def _keys(m: Any, overrides: dict[str, float], max_jobs: int, summary: Any, jobs: list[Any],
-          shares: Any) -> Iterator[tuple[str, float]]:
-    """Every distinct job's key and estimate, for counting what the ledger holds; a mixed batch's
+          shares: Any) -> Iterator[tuple[str, int]]:
+    """Every distinct job's key and estimate (in hundredths, as the ledger holds it), for counting
+    what the ledger holds; a mixed batch's
     jobs are added to its model shares on the way. With neither shares nor a job list, they come
     from the rows `check` compiled (a 100,000-job manifest as a command: 2.75 s -> 1.8-2.0 s), not whole jobs."""
     if shares is None and not jobs:
         from ..plan import job_rows
         yield from ((r.key, r.estimate) for r in job_rows(m, overrides, max_jobs=max_jobs, compiled=summary.compiled))
         return
+    from ..money import estimate_hundredths
     from ..plan import iter_jobs
     for job in jobs or iter_jobs(m, overrides, max_jobs=max_jobs):
         if shares is not None:
             shares.add(job)
-        yield job.key, job.estimate
+        yield job.key, estimate_hundredths(job.estimate)
 
 
 def wall_time_estimate(m: Any, summary: Any, concurrency: int) -> dict[str, Any]:

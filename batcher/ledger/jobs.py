@@ -48,7 +48,7 @@ def _staging_sql(q: str, whole: bool) -> str:
     its state, and a job never sent takes today's estimate (a --rate at the real price, say); the
     staging of a `whole` manifest marks each job its manifest produces."""
     mark = "manifest_generation = excluded.manifest_generation, " if whole else ""
-    # A JobRow's columns first, in its order, then the staging's own (`_Stager`): one tuple a row.
+    # A JobRow's columns first, in its order, then the staging's own (see add_rows): one tuple a row.
     return ("INSERT INTO job (key, row, take, origin, label, params, estimate, model, row_data, seq, batch, "
             "generation, created_at, updated_at, manifest_generation, state, attempts, lease_token) VALUES "
             f"({', '.join([q] * 8)}, NULLIF({q}, ''), {', '.join([q] * 6)}, 'pending', 0, 0) "
