@@ -54,3 +54,38 @@ def test_rows_given_as_a_function_are_made_anew_when_a_deadlock_victim_is_retrie
         assert len(attempts) == 2
         assert ledger.generation(m.batch) == generation + 1
         assert ledger.counts(m.batch, generation + 1).get("pending") == 8
+
+
+def test_rows_of_credits_not_hundredths_are_refused_before_anything_is_written(ledger_url, write):
+    """A JobRow's estimate is whole hundredths: a float of credits taken for hundredths would
+    reserve a hundredth of each job's price against the budget."""
+    m = load_manifest(write("m.yaml", small_manifest(n_rows=3)))
+    rows = list(job_rows(m))
+    in_credits = [row._replace(estimate=row.estimate / 100) for row in rows]
+    with Ledger(ledger_url) as ledger:
+        with pytest.raises(TypeError, match="hundredths"):
+            ledger.write(ledger.add_rows(m.batch, m.model.api_id, "m.yaml", iter(in_credits)))
+        assert ledger.count_jobs(m.batch) == 0
+        with pytest.raises(ValueError, match="chunk"):  # (a chunk of none would stage nothing, say nothing)
+            ledger.add_rows(m.batch, m.model.api_id, "m.yaml", iter(rows), chunk=0)
+        # a row naming no model renders with the batch's, as a job of an older ledger does
+        nameless = [row._replace(model="") for row in rows]
+        assert ledger.write(ledger.add_rows(m.batch, m.model.api_id, "m.yaml", iter(nameless))).added == 3
+        assert {job.model for job in ledger.iter_batch(m.batch)} == {None}
+        assert ledger.figures(m.batch, model=m.model.api_id).counts["pending"] == 3
+
+
+def test_a_staging_that_fails_sets_its_connections_page_cache_back(tmp_path, write):
+    m = load_manifest(write("m.yaml", small_manifest(n_rows=6)))
+    rows = list(job_rows(m))
+
+    def failing() -> Iterator[JobRow]:
+        yield from rows[:3]
+        raise RuntimeError("the rows gave out")
+    with Ledger(tmp_path / "l.db") as ledger:
+        for _ in range(2):  # a second failure reads the cache the first one left: SQLite's default
+            with pytest.raises(RuntimeError, match="gave out"):
+                ledger.write(ledger.add_rows(m.batch, m.model.api_id, "m.yaml", failing, chunk=2))
+        with ledger.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA cache_size").scalar_one() == -2000
+        assert ledger.count_jobs(m.batch) == 0

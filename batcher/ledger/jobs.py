@@ -51,7 +51,7 @@ def _staging_sql(q: str, whole: bool) -> str:
     # A JobRow's columns first, in its order, then the staging's own (see add_rows): one tuple a row.
     return ("INSERT INTO job (key, row, take, origin, label, params, estimate, model, row_data, seq, batch, "
             "generation, created_at, updated_at, manifest_generation, state, attempts, lease_token) VALUES "
-            f"({', '.join([q] * 8)}, NULLIF({q}, ''), {', '.join([q] * 6)}, 'pending', 0, 0) "
+            f"({', '.join([q] * 7)}, NULLIF({q}, ''), NULLIF({q}, ''), {', '.join([q] * 6)}, 'pending', 0, 0) "
             f"ON CONFLICT(batch, key) DO UPDATE SET {mark}"
             "generation = excluded.generation, "
             "origin = excluded.origin, label = excluded.label, row = excluded.row, row_data = excluded.row_data, "
@@ -72,6 +72,13 @@ def _after_staging(conn: Connection, batch: str, generation: int, mark: int) -> 
     conn.execute(text("UPDATE job SET owner = NULL, lease_until = NULL, lease_token = lease_token + 1 "
                       "WHERE batch = :b AND state = 'pending' AND owner IS NOT NULL "
                       "AND manifest_generation < :mg"), {"b": batch, "mg": mark})
+
+
+def _check_estimates(chunk: list[tuple[Any, ...]]) -> None:
+    """Every row's estimate (its seventh column) is whole hundredths: an int, not a float of credits."""
+    if not all(type(row[6]) is int for row in chunk):
+        bad = next(row[6] for row in chunk if type(row[6]) is not int)
+        raise TypeError(f"a job's estimate must be whole hundredths of a credit (an int), got {bad!r}")
 
 
 def _count(conn: Connection, batch: str) -> int:
@@ -121,7 +128,13 @@ class LedgerJobs(LedgerStore):
         `whole`: the rows are every job of the batch's manifest (a run's staging): they are marked
         with a new manifest generation, and the batch's jobs left unmarked are orphans
         (`orphan_sql`). Otherwise the rows are added to the current manifest's jobs.
+
+        Each row's estimate is in whole hundredths of a credit (`JobRow`; anything else is refused,
+        a TypeError, before it is written: credits taken for hundredths would under-reserve the
+        budget a hundred times); a row of no model ("") renders with the batch's.
         """
+        if chunk < 1:
+            raise ValueError(f"chunk must be at least 1, got {chunk}")
         now = self.clock()
 
         # A deadlock's victim is run again by `write`: rows given as a function are made anew for
@@ -152,6 +165,7 @@ class LedgerJobs(LedgerStore):
                 # (zip stops at the chunk's end: `order` runs on into the next chunk.)
                 while buf := [(*job, seq, *ours)
                               for job, seq in zip(itertools.islice(given, chunk), order, strict=False)]:
+                    _check_estimates(buf)
                     conn.exec_driver_sql(sql, buf)
                     seen += len(buf)
             if before:  # (a batch new to the ledger has no reroll, and no orphan a runner claimed)

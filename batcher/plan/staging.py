@@ -6,6 +6,7 @@ The rows are exactly those `row_of` makes of each job of `iter_jobs` (a test hol
 
 from __future__ import annotations
 
+import functools
 import itertools
 import operator
 from collections.abc import Callable, Iterable, Iterator
@@ -41,7 +42,7 @@ class JobRow(NamedTuple):
     label: str
     params: str  # keys.stored_params: manifest names, every effective value
     estimate: int  # whole hundredths of a credit, rounded up (money.estimate_hundredths)
-    model: str  # the API id of the model it renders with
+    model: str  # the API id of the model it renders with ("": the batch's)
     data: str = ""  # keys.row_data: its template variables and its row's `meta:` ("": none)
 
 
@@ -49,7 +50,11 @@ def row_of(job: JobSpec, model: str = "") -> JobRow:
     """A job built one by one, as the ledger stores it (`model`: the manifest's, for a job that
     names none)."""
     return JobRow(job.key, job.row, job.take, job.origin, job.label, stored_params(job.params),
-                  estimate_hundredths(job.estimate), job.model or model, job.data)
+                  _hundredths(job.estimate), job.model or model, job.data)
+
+
+# A batch's jobs share a few estimates: each made exact once, not once a job.
+_hundredths = functools.lru_cache(maxsize=1024)(estimate_hundredths)
 
 
 def new_take(model: ModelSpec, params: dict[str, Any], take: int, new_seed: bool, taken: Callable[[str], bool]
