@@ -151,7 +151,8 @@ def test_a_staging_writes_with_a_roomy_page_cache_and_gives_the_connection_back_
     m = load_manifest(write("m.yaml", small_manifest(12)))
     said: list[str] = []
     with Ledger(tmp_path / "l.db") as ledger:
-        event.listen(ledger.engine, "before_cursor_execute", lambda _c, _k, sql, *_: said.append(sql))
+        ledger.engine.dispose()  # every connection from here on traced by SQLite itself
+        event.listen(ledger.engine, "connect", lambda dbapi, _: dbapi.set_trace_callback(said.append))
         assert api.stage(ledger, m).added == 12
         with ledger.engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA cache_size").scalar_one() == -2000  # SQLite's default
