@@ -16,6 +16,10 @@ def test_the_stage_section_measures_run_beside_plan_status_and_start_up(tmp_path
     assert f["rows"] == 400  # counted in the copy the floor inserted, not taken from the run's ledger
     # the floor's insert taken in turn with each run and plan
     assert r["runs"] == len(r["run_each"]) == len(r["plan_each"]) == len(f["insert_each"]) == 2
+    t = r["tuned_floor"]  # the same insert with the ledger's page settings, beside it
+    assert len(t["insert_each"]) == 2 and t["seconds"] == r["plan_seconds"] + t["insert_seconds"] + f["imports_seconds"]
+    assert t["run_ratio"] == r["run_seconds"] / t["seconds"]
+    assert f"{t['run_ratio']:.2f} x that floor" in "\n".join(lines)
     assert 0 < f["imports_seconds"] < r["run_seconds"]
     assert f["seconds"] == r["plan_seconds"] + f["insert_seconds"] + f["imports_seconds"]
     assert r["floor_ratio"] == r["run_seconds"] / f["seconds"] and RUN_TARGET == 1.2

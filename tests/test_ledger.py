@@ -346,3 +346,23 @@ def test_paging_a_batch_by_id_reads_rowids_in_order_not_a_sort_per_page(tmp_path
         assert len(read) == len(jobs) and len(plans) <= -(-len(jobs) // 5) + 1
         for plan in plans:
             assert "PRIMARY KEY" in plan and "TEMP B-TREE" not in plan, plan
+
+
+def test_a_new_ledger_takes_16_kib_pages_and_an_older_one_keeps_its_own(tmp_path, demo):
+    from batcher.ledger.dialect import PAGE_SIZE
+    m, jobs = demo
+    with Ledger(tmp_path / "new.db") as ledger:
+        ledger.write(ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs))
+    older = tmp_path / "older.db"
+    db = sqlite3.connect(older)  # a ledger an earlier batcher made: SQLite's default pages
+    db.execute("PRAGMA journal_mode=WAL")
+    db.close()
+    with Ledger(older) as ledger:
+        ledger.write(ledger.add_jobs(m.batch, m.model.api_id, "demo.yaml", jobs))
+        assert ledger.count_jobs(m.batch) == len(jobs)
+    sizes = {}
+    for name in ("new.db", "older.db"):
+        db = sqlite3.connect(tmp_path / name)
+        sizes[name] = db.execute("PRAGMA page_size").fetchone()[0]
+        db.close()
+    assert sizes == {"new.db": PAGE_SIZE, "older.db": 4096} and PAGE_SIZE == 16384

@@ -23,6 +23,11 @@ from ..defaults import is_database_url as is_database_url
 from ..errors import LedgerError
 
 T = TypeVar("T")
+# A new ledger's page size. SQLite's default of 4 KiB holds a few jobs a page (each carries its
+# parameters and row data as JSON); 16 KiB pages mean fewer pages and shallower indexes: staging
+# 104,000 jobs with bare sqlite3 0.63-0.69 s against 0.87-0.95 s, and the runner's small commits
+# faster too (`bench overhead`, 4,000 jobs: 228-246 jobs/s against 199-203).
+PAGE_SIZE = 16384
 BULK_CACHE_KIB = 64 * 1024  # SQLite's page cache for a bulk write (the default: 2,000 KiB)
 _NAMED = re.compile(r"(?<![:\w]):(\w+)")
 
@@ -81,6 +86,7 @@ def sqlite_engine(path: Path, durable: bool, busy_timeout: float = 60.0) -> Engi
         # Let the begin event below issue the BEGIN, not pysqlite's implicit transactions.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA page_size={PAGE_SIZE}")  # a new file's (before WAL); an existing one keeps its own
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
