@@ -142,8 +142,9 @@ def stage(ledger: Ledger, manifest: Manifest, rate_overrides: dict[str, float] |
           checked: PlanSummary | None = None, simulated: bool = False, max_jobs: int = MAX_JOBS) -> Staged:
     """Check a manifest (unless the caller just did: `checked`, what `check(..., keep=True)`
     returned for it, whose compiled rows are then filled in rather than expanded again, and let
-    go) and add its jobs to the ledger: what it found (added, already known, orphans). `simulated` marks the batch
-    as rendered by the simulator; a batch with results of the other kind is refused (SimulationMismatch)."""
+    go) and add its jobs to the ledger: what it found (added, already known, orphans). `simulated`
+    marks the batch as rendered by the simulator; a batch with results of the other kind is
+    refused (SimulationMismatch)."""
     if checked is None:
         checked = check(manifest, rate_overrides, max_jobs=max_jobs, keep=True)
     # a run keeps its plan: the rows' keys must not stay with it
@@ -155,9 +156,9 @@ def stage(ledger: Ledger, manifest: Manifest, rate_overrides: dict[str, float] |
     gc.disable()
     try:
         staged = ledger.write(ledger.add_rows(manifest.batch, manifest.model.api_id, str(manifest.path),
-                                             lambda: job_rows(manifest, rate_overrides, max_jobs=max_jobs,
-                                                              compiled=compiled),
-                                             simulated=simulated, whole=True))
+                                              lambda: job_rows(manifest, rate_overrides, max_jobs=max_jobs,
+                                                               compiled=compiled),
+                                              simulated=simulated, whole=True))
     finally:
         if collecting:
             gc.enable()

@@ -161,9 +161,9 @@ def _orphans(location: str, batch: str, keys: set[str]) -> dict[str, Any]:
 def _keys(m: Any, overrides: dict[str, float], max_jobs: int, summary: Any, jobs: list[Any],
           shares: Any) -> Iterator[tuple[str, int]]:
     """Every distinct job's key and estimate (in hundredths, as the ledger holds it), for counting
-    what the ledger holds; a mixed batch's
-    jobs are added to its model shares on the way. With neither shares nor a job list, they come
-    from the rows `check` compiled (a 100,000-job manifest as a command: 2.75 s -> 1.8-2.0 s), not whole jobs."""
+    what the ledger holds; a mixed batch's jobs are added to its model shares on the way. With
+    neither shares nor a job list, they come from the rows `check` compiled (a 100,000-job
+    manifest as a command: 2.75 s -> 1.8-2.0 s), not whole jobs."""
     if shares is None and not jobs:
         from ..plan import job_rows
         yield from ((r.key, r.estimate) for r in job_rows(m, overrides, max_jobs=max_jobs, compiled=summary.compiled))
