@@ -89,3 +89,24 @@ def test_a_staging_that_fails_sets_its_connections_page_cache_back(tmp_path, wri
         with ledger.engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA cache_size").scalar_one() == -2000
         assert ledger.count_jobs(m.batch) == 0
+
+
+class _Interrupting:
+    """A value whose binding is interrupted, as Ctrl-C or SIGTERM interrupts a staging mid-write:
+    the KeyboardInterrupt comes from inside the driver's executemany, and SQLAlchemy closes the
+    connection it was writing on."""
+
+    def __conform__(self, protocol: object) -> str:
+        raise KeyboardInterrupt
+
+
+def test_a_signal_mid_write_is_what_a_staging_says_though_its_connection_was_closed(tmp_path, write):
+    m = load_manifest(write("m.yaml", small_manifest(n_rows=6)))
+    rows = list(job_rows(m))
+    rows[3] = rows[3]._replace(label=_Interrupting())  # type: ignore[arg-type]  # (a label that cannot be bound)
+    with Ledger(tmp_path / "l.db") as ledger:
+        with pytest.raises(KeyboardInterrupt):  # not "Cannot operate on a closed database"
+            ledger.write(ledger.add_rows(m.batch, m.model.api_id, "m.yaml", iter(rows)))
+        assert ledger.count_jobs(m.batch) == 0
+        with ledger.engine.connect() as conn:  # the pool's next connection: SQLite's default cache
+            assert conn.exec_driver_sql("PRAGMA cache_size").scalar_one() == -2000

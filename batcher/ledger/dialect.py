@@ -9,7 +9,7 @@ import os
 import re
 import sqlite3
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -159,8 +159,10 @@ class Dialect:
         spills the unique (batch, key) index of a 100,000-job staging (keys are hashes: each
         insert lands on a random page) and reads it back from the file (a staging of 104,000
         jobs: about 0.1 s of its 1.1 s). Set back after, even after a failure (through the
-        driver's connection: SQLAlchemy's refuses statements in a failed transaction): the
-        connection returns to the pool. PostgreSQL's cache is the server's."""
+        driver's connection: SQLAlchemy's refuses statements in a failed transaction), since the
+        connection returns to the pool; unless the failure closed it (a signal mid-write: SQLAlchemy
+        drops the connection), when there is nothing to set back and the failure is what is said.
+        PostgreSQL's cache is the server's."""
         if self.postgres:
             yield
             return
@@ -171,7 +173,8 @@ class Dialect:
         try:
             yield
         finally:
-            driver.execute(f"PRAGMA cache_size={int(was)}")
+            with suppress(sqlite3.ProgrammingError):  # (closed: "Cannot operate on a closed database")
+                driver.execute(f"PRAGMA cache_size={int(was)}")
 
 
 @functools.lru_cache(maxsize=256)
