@@ -251,14 +251,27 @@ def export_records(ledger: Ledger | str | Path, batch: str | None = None) -> lis
 
 
 def export_dataset(ledger: Ledger | str | Path, batch: str | None, out_dir: str | Path,
-                   include_failed: bool = False) -> Any:
-    """A Hugging Face VideoFolder dataset: verified videos and metadata.jsonl."""
+                   include_failed: bool = False, *, model: str | None = None, link: bool = False,
+                   presign: str | None = None) -> Any:
+    """A Hugging Face VideoFolder dataset: verified videos and metadata.jsonl (`batcher export
+    --format videofolder`). With `link`, no video is written: metadata.jsonl names each clip by
+    its location (a path or an s3:// URI), and with `presign` (a duration: "90m", "1h", "7d") a
+    presigned HTTPS URL beside it. `model`: that model's jobs only."""
     from .views import export_videofolder
-    return _with_ledger(ledger, lambda led: export_videofolder(led, batch, Path(out_dir), include_failed))
+    from .views.exports import presign_lifetime
+    if presign is not None and not link:
+        raise UsageError("presign needs link=True (otherwise the clips are copied or downloaded)")
+    lifetime = presign_lifetime(presign) if presign is not None else None
+    return _with_ledger(ledger, lambda led: export_videofolder(led, batch, Path(out_dir), include_failed, model,
+                                                               link=link, presign=lifetime))
 
 
-def report(ledger: Ledger | str | Path, batch: str, out_path: str | Path = "report.html") -> int:
-    """Write the batch's self-contained HTML gallery; returns the number of cards."""
+def report(ledger: Ledger | str | Path, batch: str, out_path: str | Path = "report.html", *,
+           presign: str = "7d") -> int:
+    """Write the batch's self-contained HTML gallery; returns the number of cards. `presign`: how
+    long the page plays clips held in an output store (`batcher report --presign`)."""
     from .views import build_report
-    cards: int = _with_ledger(ledger, lambda led: build_report(led, batch, Path(out_path)))
+    from .views.exports import presign_lifetime
+    lifetime = presign_lifetime(presign)
+    cards: int = _with_ledger(ledger, lambda led: build_report(led, batch, Path(out_path), presign=lifetime))
     return cards

@@ -67,6 +67,24 @@ def test_videofolder_skips_tampered_files(simrun, write, tmp_path):
     assert r.videos == 1 and len(r.unverified) == 1
 
 
+def test_the_api_exports_a_linked_dataset_and_presigns_as_the_command_does(simrun, write, tmp_path):
+    import pytest
+
+    from batcher.errors import UsageError
+    _report, _, ledger = simrun(write("m.yaml", small_manifest(3)))
+    clips = sorted(str(p) for p in (tmp_path / "out").glob("*.mp4"))
+    r = api.export_dataset(ledger, "small", tmp_path / "ds", link=True, presign="1h")
+    rows = [json.loads(line) for line in (tmp_path / "ds" / "metadata.jsonl").read_text().splitlines()]
+    assert r.listed == r.videos == 3 and not list((tmp_path / "ds").rglob("*.mp4"))  # named, not written
+    assert sorted(str(Path(row["file"]).resolve()) for row in rows) == [str(Path(c).resolve()) for c in clips]
+    assert all(row.get("url") is None for row in rows)  # (local clips: no store to sign a URL for)
+    with pytest.raises(UsageError, match="link"):
+        api.export_dataset(ledger, "small", tmp_path / "ds2", presign="1h")
+    with pytest.raises(UsageError, match="between 1 minute and 7 days"):
+        api.report(ledger, "small", tmp_path / "r.html", presign="30d")
+    assert api.report(ledger, "small", tmp_path / "r.html", presign="2h") == 3
+
+
 def test_status_rows_and_job_history_cli(simrun, write, tmp_path):
     manifest = write("m.yaml", small_manifest(3, repeat=2))
     _report, _, ledger = simrun(manifest)
