@@ -259,19 +259,18 @@ def export_dataset(ledger: Ledger | str | Path, batch: str | None, out_dir: str 
     presigned HTTPS URL beside it. `model`: that model's jobs only."""
     from .views import export_videofolder
     from .views.exports import presign_lifetime
-    if presign is not None and not link:
-        raise UsageError("presign needs link=True (otherwise the clips are copied or downloaded)")
     lifetime = presign_lifetime(presign) if presign is not None else None
     return _with_ledger(ledger, lambda led: export_videofolder(led, batch, Path(out_dir), include_failed, model,
                                                                link=link, presign=lifetime))
 
 
 def report(ledger: Ledger | str | Path, batch: str, out_path: str | Path = "report.html", *,
-           presign: str = "7d") -> int:
+           presign: str | None = None) -> int:
     """Write the batch's self-contained HTML gallery; returns the number of cards. `presign`: how
-    long the page plays clips held in an output store (`batcher report --presign`)."""
+    long the page plays clips held in an output store (`batcher report --presign`; 7 days unless given)."""
     from .views import build_report
     from .views.exports import presign_lifetime
-    lifetime = presign_lifetime(presign)
+    from .views.report import PRESIGN_SECONDS
+    lifetime = PRESIGN_SECONDS if presign is None else presign_lifetime(presign)
     cards: int = _with_ledger(ledger, lambda led: build_report(led, batch, Path(out_path), presign=lifetime))
     return cards

@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from ..money import ZERO, from_hundredths, to_hundredths
 from ..states import JobState
-from .jobs import LedgerJobs, orphan_sql
+from .jobs import LedgerJobs, count_orphans, orphan_sql
 from .rows import Figures, Spend
 
 _ID_OR_NUMBER = re.compile(r"\b(?:job_)?[0-9a-f]*\d[0-9a-f]*\b")
@@ -87,8 +87,7 @@ class LedgerFigures(LedgerJobs):
     def orphan_jobs(self, batch: str, *, model: str | None = None) -> int:
         """How many jobs of the batch no row of its current manifest produces (of `model`'s, if given)."""
         with self.engine.connect() as conn:
-            return int(conn.execute(text(f"SELECT COUNT(*) FROM job WHERE batch = :b AND {orphan_sql()}"
-                                         + _only(model)), {"b": batch, "model": model}).scalar_one())
+            return count_orphans(conn, batch, _only(model), model=model)
 
     def _tallies(self, batch: str, generation: int | None, model: str | None) -> dict[str, StateTally]:
         """Each state's tally, its jobs of the current manifest (`generation`: as `counts` takes

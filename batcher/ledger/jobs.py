@@ -76,9 +76,16 @@ def _after_staging(conn: Connection, batch: str, generation: int, mark: int) -> 
 
 def _check_estimates(chunk: list[tuple[Any, ...]]) -> None:
     """Every row's estimate (its seventh column) is whole hundredths: an int, not a float of credits."""
-    if not all(type(row[6]) is int for row in chunk):
-        bad = next(row[6] for row in chunk if type(row[6]) is not int)
-        raise TypeError(f"a job's estimate must be whole hundredths of a credit (an int), got {bad!r}")
+    bad = next((row for row in chunk if type(row[6]) is not int), None)
+    if bad is not None:
+        raise TypeError(f"a job's estimate must be whole hundredths of a credit (an int), got {bad[6]!r}")
+
+
+def count_orphans(conn: Connection, batch: str, only: str = "", **args: Any) -> int:
+    """How many jobs of `batch` no row of its current manifest produces (`only`: a further
+    condition, its parameters in `args`)."""
+    return int(conn.execute(text(f"SELECT COUNT(*) FROM job WHERE batch = :b AND {orphan_sql()}{only}"),
+                            {"b": batch, **args}).scalar_one())
 
 
 def _count(conn: Connection, batch: str) -> int:
@@ -172,8 +179,7 @@ class LedgerJobs(LedgerStore):
                 _after_staging(conn, batch, generation, mark)
             added = _count(conn, batch) - before
             # (a batch new to the ledger has none: no pass over its jobs to count them)
-            orphans = int(conn.execute(text(f"SELECT COUNT(*) FROM job WHERE batch = :b AND {orphan_sql()}"),
-                                       {"b": batch}).scalar_one()) if before else 0
+            orphans = count_orphans(conn, batch) if before else 0
             return Staged(added, seen - added, orphans)
         return Operation(insert_all)
 

@@ -15,7 +15,7 @@ from typing import IO, Any
 
 import anyio
 
-from ..errors import OutputStoreError
+from ..errors import OutputStoreError, UsageError
 from ..ledger import Ledger
 from ..money import json_safe
 from ..outputs import file_sha256
@@ -176,6 +176,8 @@ def export_videofolder(ledger: Ledger, batch: str | None, out_dir: Path, include
     is not on this host (recorded by a runner on another) is reported in `missing`. Exporting
     again into the same folder updates it: records are keyed by file name, never duplicated.
     """
+    if presign is not None and not link:
+        raise UsageError("presign needs link (otherwise the clips are copied or downloaded, not linked)")
     out_dir.mkdir(parents=True, exist_ok=True)
     folders: dict[Path, dict[str, dict[str, Any]]] = {}
     if selection is None or selection.splits is None:
